@@ -1,0 +1,35 @@
+# Two promises: `make demo` sets up and runs the pipeline on the bundled demo;
+# `make test` sets up and runs the test suite. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@# A torch already importable (a user's CUDA build) is kept: the venv sees it and nothing replaces it.
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	  $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+	  $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q "torch==2.13.0"; \
+	fi
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-$$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")} \
+	  $(PY) -m rlhf.pipeline --config configs/demo.yaml
+
+test: setup
+	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
+
+test-fast: setup
+	DS_ACCELERATOR=cpu $(PY) -m pytest -q -m "not slow" tests
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf runs

@@ -1,0 +1,52 @@
+"""User-facing errors: bad config, bad data, missing paths.
+
+The CLI turns an `RLHFError` into one line on stderr and a non-zero exit; a traceback means a bug of ours.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+EXIT_USER_ERROR = 2
+
+
+class RLHFError(Exception):
+    """An error the user can fix (config, data, paths). Its message is one line."""
+
+
+class ConfigError(RLHFError):
+    """A bad config key, value or type."""
+
+
+class DataError(RLHFError):
+    """A bad input file or record. The message names the file, the record and the field."""
+
+    def __init__(self, reason: str, *, file: str | None = None, record: int | str | None = None,
+                 field: str | None = None):
+        self.reason, self.file, self.record, self.field = reason, file, record, field
+        where = [str(file)] if file is not None else []
+        if record is not None:
+            where.append(f"record {record}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(": ".join(where + [reason]))
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def exits_cleanly(main: F) -> F:
+    """Wrap a CLI entry point: an RLHFError becomes `error: <message>` and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except RLHFError as error:
+            message = " ".join(str(error).split())  # one line, whatever the message held
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper  # type: ignore[return-value]
