@@ -1,0 +1,139 @@
+"""Config: one dataclass per stage, filled from YAML and overridden on the command line.
+
+    python -m rlhf.stages.sft --config configs/sft.yaml --learning_rate 3e-5
+
+YAML values are turned into command-line arguments and put before the user's, so that the same
+`HfArgumentParser` types both (a string where a float belongs is an error naming the key) and the
+command line wins. Fields shared by every stage live once, in `CommonArguments`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+
+from rlhf.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class CommonArguments:
+    """Fields every stage shares. Declared once here; each stage's config inherits them."""
+
+    model_name_or_path: str = field(
+        default="",
+        metadata={"help": "The model to start from: a registry reference (`sft`, `sft@2`), a local "
+                          "Hugging Face directory, or a hub id; resolved in that order."},
+    )
+    registry_dir: str = field(
+        default="",
+        metadata={"help": "Root of the model registry. Empty: $RLHF_REGISTRY, else runs/registry."},
+    )
+    register_as: str = field(
+        default="",
+        metadata={"help": "Registry name for this run's model. Empty: the stage's own name (sft, rm, ppo)."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run model code shipped with a hub model. Off unless you trust its author."},
+    )
+
+
+class _RaisingParser:
+    """Mixin that turns argparse's print-usage-and-exit into a ConfigError (one line, named key)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook name
+        raise ConfigError(f"bad argument: {message}")
+
+
+def _parser_for(config_class: type):
+    from transformers import HfArgumentParser
+
+    class Parser(_RaisingParser, HfArgumentParser):
+        pass
+
+    return Parser(config_class)
+
+
+def yaml_to_argv(settings: dict[str, Any], known_keys: set[str], source: str) -> list[str]:
+    """Turn a YAML mapping into `--key value` arguments; an unknown key is an error naming it."""
+    argv: list[str] = []
+    for key, value in settings.items():
+        if key not in known_keys:
+            raise ConfigError(f"{source}: unknown key '{key}'")
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, bool):
+            argv.append(str(value).lower())
+        elif isinstance(value, (list, tuple)):
+            argv.extend(str(item) for item in value)
+        elif isinstance(value, dict):
+            argv.append(json.dumps(value))
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        settings = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: must be a YAML mapping of config keys")
+    return settings
+
+
+def parse_config(config_class: type[T], argv: Sequence[str] | None = None) -> T:
+    """Build `config_class` from `--config FILE.yaml` (optional) plus command-line overrides."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    yaml_argv: list[str] = []
+    if "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 >= len(argv):
+            raise ConfigError("--config needs a YAML file path")
+        config_path = argv[at + 1]
+        del argv[at:at + 2]
+        known = {f.name for f in dataclasses.fields(config_class)}
+        yaml_argv = yaml_to_argv(load_yaml(config_path), known, config_path)
+    parser = _parser_for(config_class)
+    try:
+        config, unknown = parser.parse_args_into_dataclasses(args=yaml_argv + argv, return_remaining_strings=True)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:
+        # Dataclass __post_init__ checks (TrainingArguments has many) are user errors too.
+        raise ConfigError(" ".join(str(error).split())) from None
+    if unknown:
+        raise ConfigError(f"unknown argument '{unknown[0]}' (not a field of {config_class.__name__})")
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-safe dict of every field, for the resolved config written next to a run's outputs."""
+    if hasattr(config, "to_dict"):  # TrainingArguments hides tokens and turns enums into strings
+        values = config.to_dict()
+    else:
+        values = dataclasses.asdict(config)
+    return json.loads(json.dumps(values, default=str))
+
+
+def write_resolved_config(config: Any, output_dir: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML beside the outputs, the record of what this run used."""
+    from rlhf.io import atomic_write_text
+
+    path = Path(output_dir) / "resolved_config.yaml"
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=True))
+    return path

@@ -1,0 +1,1 @@
+"""Data formats, loading with clear errors, and the labeling-tool importers."""

@@ -1,0 +1,57 @@
+"""Write the demo's starting model and data files, as a user would bring their own.
+
+    python -m rlhf.demo.prepare --out runs/demo
+
+    runs/demo/base_model/              tiny Llama-style causal LM + tokenizer (Hugging Face format)
+    runs/demo/data/sft_train.jsonl     human-like demonstrations (prompt/completion)
+    runs/demo/data/sft_eval.jsonl      held-out demonstrations
+    runs/demo/data/prompts_train.jsonl prompts for sampling responses to rank, and for PPO
+    runs/demo/data/prompts_eval.jsonl  held-out prompts for win rates and gold scores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rlhf.demo.task import DemoSettings, corpus_words, make_split
+from rlhf.demo.tiny_model import build_tiny_model
+from rlhf.io import atomic_write_text
+
+SPLITS = {"sft_train": 2000, "sft_eval": 200, "prompts_train": 1000, "prompts_eval": 100}
+
+
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)
+
+
+def prepare(out: str | Path, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
+            sizes: dict[str, int] | None = None, settings: DemoSettings = DemoSettings()) -> Path:
+    """Write the demo's files under `out`; every split's prompts are distinct from the others'."""
+    out = Path(out)
+    sizes = {**SPLITS, **(sizes or {})}
+    seen: set[str] = set()
+    for offset, (split, count) in enumerate(sizes.items()):
+        records = make_split(count, seed * 1000 + offset, settings, exclude=frozenset(seen))
+        seen.update(record["prompt"] for record in records)
+        if split.startswith("prompts_"):
+            records = [{"prompt": record["prompt"]} for record in records]
+        atomic_write_text(out / "data" / f"{split}.jsonl", _jsonl(records))
+    build_tiny_model(out / "base_model", corpus_words(), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rlhf.demo.prepare", description="Write the demo model and data.")
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden_size", type=int, default=64)
+    parser.add_argument("--num_layers", type=int, default=2)
+    args = parser.parse_args(argv)
+    path = prepare(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    print(f"demo model and data written to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Gold-score evaluation: how good a policy's responses are by the task's own judge.
+
+On the demo the judge is `rlhf.demo.task.gold_score`, standing in for what people truly prefer;
+it is what tells us whether each stage really improved the policy.
+"""
+
+from __future__ import annotations
+
+from statistics import fmean
+from typing import Any, Callable, Sequence
+
+from rlhf.errors import ConfigError
+
+GoldScorer = Callable[[str, str], float]
+
+
+def gold_scorer(name: str) -> GoldScorer:
+    """The named gold scorer. Names, not import paths, so a config cannot run arbitrary code."""
+    if name == "demo":
+        from rlhf.demo.task import gold_score
+
+        return gold_score
+    raise ConfigError(f"unknown gold_scorer '{name}' (known: demo)")
+
+
+def gold_evaluation(model, tokenizer, prompts: Sequence[Any], scorer: GoldScorer, *,
+                    max_new_tokens: int = 32, samples_kept: int = 5, **generation) -> dict[str, Any]:
+    """Mean gold score of the model's responses to `prompts`, and a few of them to read."""
+    from rlhf.generation import generate_responses
+
+    responses = generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens, **generation)
+    scores = [scorer(prompt, response) for prompt, response in zip(prompts, responses)]
+    return {
+        "gold_score": fmean(scores) if scores else 0.0,
+        "samples": [{"prompt": p, "response": r, "gold_score": s}
+                    for p, r, s in list(zip(prompts, responses, scores))[:samples_kept]],
+    }

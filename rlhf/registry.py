@@ -1,0 +1,238 @@
+"""The model registry every stage shares.
+
+    python -m rlhf.registry list [--json]
+    python -m rlhf.registry show sft@2 [--json]
+
+Layout under the root (default `runs/registry`, or $RLHF_REGISTRY):
+
+    entries/<name>/<version>.json   one immutable entry per version, written atomically
+    models/<name>/<version>/        the Hugging Face directory the stage saved, moved in on registration
+    .lock                           serialises version numbers between concurrent writers
+
+`sft` means the latest version of `sft`; `sft@2` a given one. A stage names its input model as a
+registry reference, a local directory, or a hub id, tried in that order (`resolve_model`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from filelock import FileLock
+
+from rlhf.errors import ConfigError, RLHFError, exits_cleanly
+from rlhf.io import atomic_write_json
+
+DEFAULT_ROOT = "runs/registry"
+# Names become directory names, so they are held to a safe alphabet (no '/', no '..').
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+REFERENCE_PATTERN = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]{0,63})(@(?P<version>[0-9]+))?$")
+
+
+@dataclass
+class Entry:
+    """One registered model version and where it came from."""
+
+    name: str
+    version: int
+    stage: str
+    path: str
+    base_model: str = ""
+    parents: list[str] = field(default_factory=list)
+    data_fingerprint: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+
+    @property
+    def reference(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("RLHF_REGISTRY") or DEFAULT_ROOT)
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name) or ".." in name:
+        raise ConfigError(f"registry name '{name}' must be letters, digits, '_', '.', '-' (starting with a letter)")
+    return name
+
+
+class Registry:
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root else default_root()
+
+    # -- reading --------------------------------------------------------------------------------
+    def entries(self, name: str | None = None) -> list[Entry]:
+        """All entries (or all versions of one name), oldest first."""
+        base = self.root / "entries"
+        names = [name] if name else sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        found = []
+        for entry_name in names:
+            directory = base / entry_name
+            if not directory.is_dir():
+                continue
+            for file in directory.glob("*.json"):
+                if file.stem.isdigit():
+                    found.append(Entry(**json.loads(file.read_text())))
+        return sorted(found, key=lambda entry: (entry.name, entry.version))
+
+    def get(self, reference: str) -> Entry:
+        match = REFERENCE_PATTERN.match(reference)
+        if not match:
+            raise ConfigError(f"'{reference}' is not a registry reference (NAME or NAME@VERSION)")
+        versions = self.entries(match["name"])
+        if not versions:
+            raise ConfigError(f"registry {self.root}: no entry named '{match['name']}'")
+        if match["version"] is None:
+            return versions[-1]
+        wanted = int(match["version"])
+        for entry in versions:
+            if entry.version == wanted:
+                return entry
+        raise ConfigError(f"registry {self.root}: no version {wanted} of '{match['name']}' "
+                          f"(have {', '.join(e.reference for e in versions)})")
+
+    def has(self, reference: str) -> bool:
+        try:
+            self.get(reference)
+        except ConfigError:
+            return False
+        return True
+
+    # -- writing --------------------------------------------------------------------------------
+    def register(self, name: str, stage: str, model_dir: str | os.PathLike, *, base_model: str = "",
+                 parents: Iterable[str] = (), data_fingerprint: str = "", config: dict | None = None,
+                 metrics: dict | None = None) -> Entry:
+        """Move `model_dir` into the registry as the next version of `name` and write its entry.
+
+        Call on global rank 0 only. The entry file appears last and in one rename, so a crash
+        part-way leaves no entry that points at a missing or half-copied model.
+        """
+        check_name(name)
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise RLHFError(f"cannot register '{name}': {model_dir} is not a directory")
+        parents = [self.get(parent).reference for parent in parents]  # pin "sft" to "sft@N"
+        (self.root / "entries" / name).mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / ".lock")):
+            version = max((entry.version for entry in self.entries(name)), default=0) + 1
+            stored = (self.root / "models" / name / str(version)).resolve()
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            if stored.exists():  # left by a registration that died before writing its entry
+                shutil.rmtree(stored)
+            _move_directory(model_dir, stored)
+            entry = Entry(
+                name=name, version=version, stage=stage, path=str(stored), base_model=base_model,
+                parents=parents, data_fingerprint=data_fingerprint, config=config or {},
+                metrics=metrics or {}, created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            )
+            atomic_write_json(self.root / "entries" / name / f"{version}.json", asdict(entry))
+        return entry
+
+    def lineage(self, reference: str) -> list[Entry]:
+        """The entry and every ancestor, depth first (the entry itself first)."""
+        seen: dict[str, Entry] = {}
+        pending = [reference]
+        while pending:
+            entry = self.get(pending.pop(0))
+            if entry.reference not in seen:
+                seen[entry.reference] = entry
+                pending.extend(entry.parents)
+        return list(seen.values())
+
+
+def _move_directory(source: Path, target: Path) -> None:
+    try:
+        os.replace(source, target)
+    except OSError:  # another filesystem: copy beside the target, then rename into place
+        staging = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        os.replace(staging, target)
+        shutil.rmtree(source, ignore_errors=True)
+
+
+def resolve_model(reference: str, registry: Registry | None = None) -> tuple[str, Entry | None]:
+    """Where to load `reference` from: a registry entry, else a local directory, else a hub id."""
+    if not reference:
+        raise ConfigError("no model given (set model_name_or_path)")
+    registry = registry or Registry()
+    if REFERENCE_PATTERN.match(reference) and registry.has(reference):
+        entry = registry.get(reference)
+        return entry.path, entry
+    if Path(reference).expanduser().is_dir():
+        return str(Path(reference).expanduser().resolve()), None
+    if Path(reference).expanduser().exists():
+        raise ConfigError(f"model '{reference}' is a file; a model is a Hugging Face directory")
+    looks_local = reference.startswith((".", "/", "~")) or reference.count("/") > 1
+    if looks_local or "@" in reference:
+        raise ConfigError(f"model '{reference}' is neither a registry entry in {registry.root} "
+                          f"nor an existing directory")
+    return reference, None  # a hub id; from_pretrained reports it if it cannot be found
+
+
+def fingerprint_files(paths: Iterable[str | os.PathLike]) -> str:
+    """sha256 over the contents of data files (a directory: all its files, sorted by path)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+# -- command line ------------------------------------------------------------------------------
+def _summary_row(entry: Entry) -> str:
+    metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in sorted(entry.metrics.items())[:4])
+    parents = ",".join(entry.parents) or "-"
+    return f"{entry.reference:<12} {entry.stage:<5} {entry.created_at:<25} parents={parents:<16} {metrics}"
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rlhf.registry", description=__doc__.split("\n")[0])
+    parser.add_argument("--registry_dir", default=None, help="registry root (default $RLHF_REGISTRY or runs/registry)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="every entry")
+    listing.add_argument("--json", action="store_true")
+    show = commands.add_parser("show", help="one entry and its lineage")
+    show.add_argument("reference")
+    show.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    registry = Registry(args.registry_dir)
+    if args.command == "list":
+        entries = registry.entries()
+        if args.json:
+            print(json.dumps([asdict(entry) for entry in entries], indent=2))
+        elif not entries:
+            print(f"registry {registry.root} is empty")
+        else:
+            print("\n".join(_summary_row(entry) for entry in entries))
+    else:
+        entry = registry.get(args.reference)
+        if args.json:
+            print(json.dumps(asdict(entry), indent=2))
+        else:
+            print(json.dumps({k: v for k, v in asdict(entry).items() if k != "config"}, indent=2))
+            print("lineage: " + " <- ".join(e.reference for e in registry.lineage(entry.reference)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,119 @@
+"""What every stage does around its algorithm: resolve inputs, save, grade, register.
+
+Kept apart so that each stage file reads as its algorithm and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhf import distributed
+from rlhf.config import config_to_dict, write_resolved_config
+from rlhf.io import atomic_write_json, atomic_write_text
+from rlhf.registry import Entry, Registry, fingerprint_files
+
+logger = logging.getLogger("rlhf")
+
+
+@dataclass
+class StageInputs:
+    model_path: str  # a directory, or a hub id
+    parent: Entry | None  # the registry entry the model came from, if it did
+    registry: Registry
+    tokenizer: Any
+
+
+def resolve_inputs(config) -> StageInputs:
+    from rlhf.models import load_tokenizer
+
+    registry = Registry(config.registry_dir or None)
+    from rlhf.registry import resolve_model
+
+    model_path, parent = resolve_model(config.model_name_or_path, registry)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+    return StageInputs(model_path, parent, registry, tokenizer)
+
+
+def load_adapted_policy(inputs: StageInputs, config):
+    from rlhf.adaptation import apply_adaptation, count_parameters, load_adapted, parameter_summary
+
+    model = load_adapted(inputs.model_path, task="causal_lm", trust_remote_code=config.trust_remote_code)
+    model = apply_adaptation(model, config.adaptation_config(), task="causal_lm")
+    if distributed.is_main_process():
+        print(f"adaptation {config.adaptation}: {parameter_summary(model)}", flush=True)
+    trainable, total = count_parameters(model)
+    config._parameter_counts = {"trainable_params": trainable, "total_params": total}
+    return model
+
+
+def gold_metrics(model, tokenizer, prompts: list, config, suffix: str) -> dict[str, Any]:
+    """{'gold_score_<suffix>': mean} on rank 0 when the config names a gold scorer, else {}."""
+    if not config.gold_scorer or not prompts or not distributed.is_main_process():
+        return {}
+    from rlhf.evaluation import gold_evaluation, gold_scorer
+
+    result = gold_evaluation(model, tokenizer, prompts, gold_scorer(config.gold_scorer),
+                             max_new_tokens=config.gold_max_new_tokens)
+    return {f"gold_score_{suffix}": result["gold_score"], f"gold_samples_{suffix}": result["samples"]}
+
+
+def resume_argument(config):
+    """The Trainer's resume_from_checkpoint: True for the latest checkpoint in output_dir, or a path."""
+    value = config.resume_from_checkpoint
+    if value in (None, "", "false", "False"):
+        return None
+    return True if value in ("true", "True") else value
+
+
+def _gathered_if_zero3(model):
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    # Every rank must enter: gathering is a collective. Only rank 0 then writes.
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+
+
+def save_and_register(trainer, config, inputs: StageInputs, metrics: dict[str, Any], *, stage: str,
+                      data_files: list[str], gold_prompts: list, task: str = "causal_lm") -> Entry | None:
+    """Save the trained model, grade it, write the run's files and register it (rank 0 only)."""
+    from rlhf.adaptation import load_adapted, save_adapted
+
+    output_dir = Path(config.output_dir)
+    final_dir = output_dir / "final_model"
+    with _gathered_if_zero3(trainer.model):
+        if distributed.is_main_process():
+            save_adapted(trainer.model, inputs.tokenizer, final_dir, config.adaptation_config())
+    distributed.barrier()
+    if not distributed.is_main_process():
+        return None
+
+    if gold_prompts and config.gold_scorer:
+        saved = load_adapted(str(final_dir), task=task, trust_remote_code=config.trust_remote_code)
+        metrics.update(gold_metrics(saved, inputs.tokenizer, gold_prompts, config, suffix="after"))
+    metrics.update(getattr(config, "_parameter_counts", {}))
+    samples = {key: metrics.pop(key) for key in list(metrics) if key.startswith("gold_samples_")}
+
+    write_resolved_config(config, output_dir)
+    atomic_write_json(output_dir / "metrics.json", metrics)
+    if samples:
+        atomic_write_json(output_dir / "gold_samples.json", samples)
+    history = "".join(json.dumps(row) + "\n" for row in trainer.state.log_history)
+    atomic_write_text(output_dir / "log_history.jsonl", history)
+
+    parent_base = inputs.parent.base_model if inputs.parent else ""
+    entry = inputs.registry.register(
+        config.register_as or stage, stage, final_dir,
+        base_model=parent_base or inputs.model_path,
+        parents=[inputs.parent.reference] if inputs.parent else [],
+        data_fingerprint=fingerprint_files(data_files), config=config_to_dict(config), metrics=metrics,
+    )
+    atomic_write_json(output_dir / "registered.json", {"reference": entry.reference, "path": entry.path})
+    return entry

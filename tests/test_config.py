@@ -1,0 +1,56 @@
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rlhf.config import parse_config
+from rlhf.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Example:
+    learning_rate: float = field(default=1e-3)
+    name: str = "x"
+    layers: list[int] = field(default_factory=lambda: [1])
+    flag: bool = False
+
+
+def test_yaml_fills_and_command_line_overrides(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: 3.0e-5\nname: from-yaml\nlayers: [2, 3]\nflag: true\n")
+    parsed = parse_config(Example, ["--config", str(config), "--name", "from-cli"])
+    assert parsed == Example(learning_rate=3e-5, name="from-cli", layers=[2, 3], flag=True)
+
+
+def test_unknown_yaml_key_is_named(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rat: 1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown key 'learning_rat'"):
+        parse_config(Example, ["--config", str(config)])
+
+
+def test_unknown_flag_and_wrong_type_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="unknown argument '--nme' \\(not a field of Example\\)"):
+        parse_config(Example, ["--nme", "x"])
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: fast\n")
+    with pytest.raises(ConfigError, match="argument --learning_rate/--learning-rate: invalid float value: 'fast'"):
+        parse_config(Example, ["--config", str(config)])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        parse_config(Example, ["--config", str(tmp_path / "nope.yaml")])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "deepspeed_configs").glob("*.json")), ids=lambda p: p.name)
+def test_deepspeed_configs_are_valid(path):
+    config = json.loads(path.read_text())
+    stage = config["zero_optimization"]["stage"]
+    assert stage in (0, 2, 3)
+    if stage == 3 and "inference" not in path.name:
+        # Without this a ZeRO-3 run would save shards, not a from_pretrained directory.
+        assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
