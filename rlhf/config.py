@@ -46,6 +46,20 @@ class CommonArguments:
         metadata={"help": "Run model code shipped with a hub model. Off unless you trust its author."},
     )
 
+    def __post_init__(self):
+        # TRL turns bf16 on whenever it is unset, which fails on a CPU; unset means "where supported".
+        if getattr(self, "bf16", False) is None:
+            self.bf16 = _bf16_supported() and not getattr(self, "fp16", False)
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
 
 class _RaisingParser:
     """Mixin that turns argparse's print-usage-and-exit into a ConfigError (one line, named key)."""
