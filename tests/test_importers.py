@@ -358,3 +358,13 @@ def test_cli_reads_several_files_in_one_run(tmp_path, capsys):
     code, out, _ = run_cli(["import", "--format", "oasst", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
                             "-o", str(output)], capsys)
     assert code == 0 and out.startswith("read 24 records (oasst)\nwrote 4 rankings")
+
+
+def test_data_modules_and_cli_import_no_torch_or_datasets():
+    import subprocess
+    import sys
+
+    code = ("import sys, rlhf.labels, rlhf.data.exporters, rlhf.data.rankings; "
+            "heavy = [m for m in ('torch', 'datasets', 'deepspeed', 'peft', 'transformers') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
