@@ -8,27 +8,52 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, TextIO
+
+from rlhf.errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[TextIO]:
+    """Yield a text file that replaces `path` only when the block ends without an exception.
+
+    The temporary file lives in the same directory, so `os.replace` is a rename on one file system and is atomic;
+    on an exception it is removed and a file already at `path` is left untouched.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise DataError("output directory does not exist", file=str(path))
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path) as file:
+        file.write(text)
 
 
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl_atomically(path: str | os.PathLike, rows: Iterable[Any]) -> int:
+    """Write JSON-ready `rows` as JSON Lines through `atomic_writer`; return how many were written."""
+    count = 0
+    with atomic_writer(path) as file:
+        for row in rows:
+            file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
 
 
 @contextlib.contextmanager

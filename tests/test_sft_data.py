@@ -51,10 +51,10 @@ def test_bad_records_name_file_record_and_field(tmp_path, records, message):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(DataError, match="missing.jsonl: file not found"):
+    with pytest.raises(DataError, match="missing.jsonl: no such file or directory"):
         load_demonstrations(str(tmp_path / "missing.jsonl"))
     (tmp_path / "empty.jsonl").write_text("\n")
-    with pytest.raises(DataError, match="empty.jsonl: no records"):
+    with pytest.raises(DataError, match="empty.jsonl: file is empty"):
         load_demonstrations(str(tmp_path / "empty.jsonl"))
     (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": \n')
     with pytest.raises(DataError, match=r"broken.jsonl: record 2: not valid JSON"):

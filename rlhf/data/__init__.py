@@ -1,1 +1,1 @@
-"""Data formats, loading with clear errors, and the labeling-tool importers."""
+"""Data formats, loading and importers. Import-light on purpose: nothing here imports torch."""

@@ -1,72 +1,126 @@
-"""Reading record files (JSONL, JSON, CSV, or a `datasets` directory) with errors that name the place.
+"""Read the records of a data file, whatever container holds them.
 
-`datasets` reads large files well but reports a bad line as a pyarrow traceback; users need
-`file: record N: reason` instead, so JSON Lines are parsed here line by line.
+Containers: a JSON list (or an object with an "items" list, as REST APIs answer), JSON Lines (also gzipped, and
+also when named `.json`: Stanford SHP ships JSON Lines as `train.json`), CSV with a header, parquet, and a
+`datasets` `save_to_disk` directory. Records are numbered from 1: the line number in JSON Lines, the element in a
+JSON list, the data row in CSV, parquet and `datasets`. A record that cannot be parsed is yielded with `error` set,
+so that importers can quarantine it instead of stopping the whole file.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rlhf.errors import DataError
 
-
-def read_records(path: str) -> list[dict[str, Any]]:
-    """Every record of a data file as a dict. Records are numbered from 1, as an editor shows lines."""
-    file = Path(path)
-    if not file.exists():
-        raise DataError("file not found", file=path)
-    if file.is_dir():
-        return _read_datasets_directory(path)
-    suffix = file.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return _read_json_lines(path)
-    if suffix == ".json":
-        return _read_json(path)
-    if suffix in (".csv", ".tsv"):
-        with open(file, newline="", encoding="utf-8") as handle:
-            return [dict(row) for row in csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")]
-    raise DataError("unknown file type (expected .jsonl, .json, .csv, .tsv or a `datasets` directory)", file=path)
+# Label Studio and Argilla CSV cells hold whole responses; the csv module's default limit is 128 KiB.
+_CSV_FIELD_LIMIT = 2**31 - 1
 
 
-def _read_json_lines(path: str) -> list[dict[str, Any]]:
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"not valid JSON ({error.msg} at column {error.colno})", file=path, record=number) from None
-            if not isinstance(record, dict):
-                raise DataError("each line must be a JSON object", file=path, record=number)
-            records.append(record)
-    return records
+@dataclass(frozen=True)
+class RawRecord:
+    number: int
+    value: Any = None
+    error: str | None = None
 
 
-def _read_json(path: str) -> list[dict[str, Any]]:
+def read_records(path: str | os.PathLike) -> Iterator[RawRecord]:
+    """Yield the records of `path`; raise DataError if it is missing, empty or not any container we know."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such file or directory", file=str(path))
+    if path.is_dir():
+        yield from _dataset_directory(path)
+        return
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        yield from _parquet(path)
+    elif name.endswith((".csv", ".tsv")):
+        yield from _csv(path, delimiter="\t" if name.endswith(".tsv") else ",")
+    else:
+        yield from _json_or_lines(path, _read_text(path))
+
+
+def _read_text(path: Path) -> str:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"not valid JSON ({error.msg} at line {error.lineno})", file=path) from None
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise DataError("a .json data file must hold a list of objects (use .jsonl for one object per line)", file=path)
-    return value
+        with opener(path, "rt", encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot be read as UTF-8 text ({error.__class__.__name__})", file=str(path)) from None
+    if not text.strip():
+        raise DataError("file is empty", file=str(path))
+    return text
 
 
-def _read_datasets_directory(path: str) -> list[dict[str, Any]]:
-    import datasets
+def _json_or_lines(path: Path, text: str) -> Iterator[RawRecord]:
+    lines_by_name = path.name.lower().endswith((".jsonl", ".jsonl.gz", ".ndjson"))
+    if not lines_by_name:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            # "Extra data" means several JSON values one after another: JSON Lines under a .json name.
+            if not error.msg.startswith("Extra data"):
+                raise DataError(f"not valid JSON ({error.msg} at line {error.lineno})", file=str(path)) from None
+        else:
+            if isinstance(document, dict) and isinstance(document.get("items"), list):
+                document = document["items"]
+            if not isinstance(document, list):
+                document = [document]
+            for number, value in enumerate(document, start=1):
+                yield RawRecord(number, value)
+            return
+    yield from _lines(text)
 
+
+def _lines(text: str) -> Iterator[RawRecord]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield RawRecord(number, json.loads(line))
+        except json.JSONDecodeError as error:
+            yield RawRecord(number, None, f"not valid JSON ({error.msg})")
+
+
+def _csv(path: Path, delimiter: str) -> Iterator[RawRecord]:
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    if not reader.fieldnames:
+        raise DataError("CSV file has no header row", file=str(path))
+    for number, row in enumerate(reader, start=1):
+        yield RawRecord(number, dict(row))
+
+
+def _parquet(path: Path) -> Iterator[RawRecord]:
     try:
-        loaded = datasets.load_from_disk(path)
-    except FileNotFoundError:
-        raise DataError("directory is not a saved `datasets` Dataset (save_to_disk)", file=path) from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" not in loaded:
-            raise DataError(f"DatasetDict has no 'train' split (has {sorted(loaded)})", file=path)
-        loaded = loaded["train"]
-    return loaded.to_list()
+        import pyarrow.parquet as parquet  # comes with `datasets`; imported here to keep this module light
+    except ImportError:
+        raise DataError("reading parquet needs pyarrow (pip install pyarrow)", file=str(path)) from None
+    try:
+        rows = parquet.read_table(path).to_pylist()
+    except Exception as error:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"not a parquet file ({error.__class__.__name__})", file=str(path)) from None
+    for number, row in enumerate(rows, start=1):
+        yield RawRecord(number, row)
+
+
+def _dataset_directory(path: Path) -> Iterator[RawRecord]:
+    if not any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        raise DataError("directory is not a `datasets` save_to_disk directory", file=str(path))
+    from datasets import DatasetDict, load_from_disk
+
+    loaded = load_from_disk(str(path))
+    splits = loaded.values() if isinstance(loaded, DatasetDict) else [loaded]
+    number = 0
+    for split in splits:
+        for row in split:
+            number += 1
+            yield RawRecord(number, row)

@@ -20,10 +20,16 @@ ROLES = {"system", "user", "assistant", "tool"}
 
 def load_demonstrations(path: str) -> list[dict[str, Any]]:
     """Records as TRL's prompt/completion dicts (plain text, or conversational lists of messages)."""
-    records = read_records(path)
-    if not records:
+    demonstrations = []
+    for raw in read_records(path):
+        if raw.error is not None:
+            raise DataError(raw.error, file=path, record=raw.number)
+        if not isinstance(raw.value, dict):
+            raise DataError("must be an object with 'prompt' and 'completion', or 'messages'", file=path, record=raw.number)
+        demonstrations.append(_demonstration(raw.value, path, raw.number))
+    if not demonstrations:
         raise DataError("no records (the data set is empty)", file=path)
-    return [_demonstration(record, path, number) for number, record in enumerate(records, start=1)]
+    return demonstrations
 
 
 def _demonstration(record: dict[str, Any], path: str, number: int) -> dict[str, Any]:

@@ -1,0 +1,145 @@
+"""What every importer yields, and how a stream of it becomes rankings, a quarantine and counts.
+
+An importer is a generator over its tool's export files that yields three kinds of events:
+- `RecordsRead(source, count)`: how many top-level records a file held (tasks, rows, lines);
+- `Imported(ranking, ...)`: one ranking kept, with `flags` for things a person should look at (an untouched
+  ranker, a status the export did not keep);
+- `Skipped(...)`: one record, or one annotation inside a record, left out with a short countable `reason`. `kind`
+  says whether it was left out on purpose ("skipped": cancelled, draft, nothing selected) or is malformed
+  ("invalid"). Nothing is dropped silently: every Skipped goes to the quarantine file with where it came from.
+A file that is not the claimed format at all is a DataError before any event (see `source_records`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from rlhf.data.rankings import Ranking, merge_annotators, merge_duplicate_completions
+from rlhf.data.records import RawRecord, read_records
+from rlhf.errors import DataError
+
+
+@dataclass(frozen=True)
+class RecordsRead:
+    source: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Imported:
+    ranking: Ranking
+    source: str
+    record: int
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Skipped:
+    source: str
+    record: int
+    reason: str
+    kind: str = "skipped"
+    detail: str | None = None
+    raw: Any = None
+
+
+@dataclass
+class ImportReport:
+    """The rankings to write, the quarantine entries, and the numbers the CLI summary prints."""
+
+    rankings: list[Ranking] = field(default_factory=list)
+    quarantine: list[dict] = field(default_factory=list)
+    records_read: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    flagged: dict[str, list[str]] = field(default_factory=dict)
+    duplicates_merged: int = 0
+    # (rankings before, rankings after, groups cancelled) when --merge-annotators ran, else None
+    annotator_merge: tuple[int, int, int] | None = None
+
+    def k_histogram(self) -> dict[int, int]:
+        return dict(sorted(Counter(ranking.k for ranking in self.rankings).items()))
+
+    def annotators(self) -> Counter:
+        return Counter(ranking.annotator or "(none)" for ranking in self.rankings)
+
+
+def source_records(path: str, what: str, problem_with: Callable[[Any], str | None]) -> Iterator[RawRecord]:
+    """Records of `path`, after checking that the first one is `what`; if not, the file is not that format.
+
+    `problem_with(record)` returns None when the record looks like the format, else a short reason.
+    """
+    checked = False
+    for raw in read_records(path):
+        if not checked:
+            problem = raw.error or problem_with(raw.value)
+            if problem:
+                raise DataError(f"not {what}: {problem}", file=path)
+            checked = True
+        yield raw
+
+
+def build(source: str, record: int, raw: Any, flags: Sequence[str] = (), **fields) -> Imported | Skipped:
+    """An Imported if the fields make a valid Ranking, else a Skipped naming what is wrong."""
+    try:
+        return Imported(Ranking(**fields), source, record, tuple(flags))
+    except DataError as error:
+        return invalid(source, record, error, raw)
+
+
+def invalid(source: str, record: int, error: DataError | str, raw: Any = None, detail: str | None = None) -> Skipped:
+    """A Skipped of kind "invalid"; keep `error` countable (no ids in it) and put specifics in `detail`."""
+    if isinstance(error, DataError):
+        reason = f"field '{error.field}': {error.reason}" if error.field else error.reason
+    else:
+        reason = error
+    return Skipped(source, record, reason, kind="invalid", detail=detail, raw=raw)
+
+
+def unparsable(source: str, raw: RawRecord) -> Skipped:
+    return Skipped(source, raw.number, "not valid JSON", kind="invalid", detail=raw.error)
+
+
+def option_list(value: str | Sequence[str] | None) -> list[str] | None:
+    """Importer options arrive from the CLI as "a,b,c"; from Python as a list."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return list(value)
+
+
+def collect(events: Iterable[RecordsRead | Imported | Skipped], *, merge_annotator_rankings: bool = False
+            ) -> ImportReport:
+    """Run an importer's events into a report: duplicates merged, optional annotator merge, quarantine built."""
+    report = ImportReport()
+    for event in events:
+        if isinstance(event, RecordsRead):
+            report.records_read += event.count
+        elif isinstance(event, Skipped):
+            _quarantine(report, event)
+        else:
+            try:
+                ranking = merge_duplicate_completions(event.ranking)
+            except DataError as error:
+                _quarantine(report, invalid(event.source, event.record, error, event.ranking.to_dict()))
+                continue
+            report.duplicates_merged += ranking is not event.ranking
+            report.rankings.append(ranking)
+            for flag in event.flags:
+                report.flagged.setdefault(flag, []).append(ranking.id)
+    if merge_annotator_rankings:
+        before = len(report.rankings)
+        report.rankings, cancelled = merge_annotators(report.rankings)
+        for group in cancelled:
+            _quarantine(report, Skipped("(merge)", 0, "annotators cancel out: equal mean ranks", kind="skipped",
+                                        detail=", ".join(r.id for r in group), raw=[r.to_dict() for r in group]))
+        report.annotator_merge = (before, len(report.rankings), len(cancelled))
+    return report
+
+
+def _quarantine(report: ImportReport, skipped: Skipped) -> None:
+    report.skipped[skipped.reason] += 1
+    report.quarantine.append({"source": skipped.source, "record": skipped.record, "kind": skipped.kind,
+                              "reason": skipped.reason, "detail": skipped.detail, "raw": skipped.raw})

@@ -1,0 +1,104 @@
+"""Human labels in and out of the pipeline.
+
+    python -m rlhf.labels import --format label_studio export.json -o rankings.jsonl [--merge-annotators]
+        [--option KEY=VALUE ...]
+
+`import` reads a labeling tool's export (or a public preference dataset) into the canonical rankings JSONL that
+the reward-model stage trains on (see rlhf.data.rankings), written atomically. Every record left out goes to
+`<output>.quarantine.jsonl` with its source file, record number and reason, and the summary counts them. Each
+subcommand is one `add_<name>_command` function below; `export` (sample K completions per prompt from a policy,
+then hand them to rlhf.data.exporters) is meant to be added the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rlhf.io import write_jsonl_atomically
+from rlhf.data.importers import IMPORTERS, ImportReport, import_rankings, importer_options
+from rlhf.data.rankings import write_rankings
+from rlhf.errors import ConfigError, DataError, exits_cleanly
+
+FLAGGED_IDS_SHOWN = 5
+
+
+def quarantine_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".quarantine.jsonl")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rlhf.labels", description=__doc__.splitlines()[0])
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_import_command(subcommands)
+    return parser
+
+
+def add_import_command(subcommands) -> None:
+    command = subcommands.add_parser("import", help="a labeling tool's export -> rankings JSONL",
+                                     description="Read a labeling export into rankings JSONL.")
+    command.add_argument("--format", required=True, choices=sorted(IMPORTERS), help="the tool or dataset")
+    command.add_argument("inputs", nargs="+", metavar="INPUT", help="export files (or `datasets` directories)")
+    command.add_argument("-o", "--output", required=True, help="rankings JSONL to write")
+    command.add_argument("--merge-annotators", action="store_true",
+                         help="merge rankings of the same completions by several annotators (mean rank)")
+    command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="importer option, e.g. prompt_field=question (see each importer's docstring)")
+    command.set_defaults(run=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    options = _options(args.option, args.format)
+    report = import_rankings(args.format, args.inputs, merge_annotators=args.merge_annotators, **options)
+    quarantine = quarantine_path(args.output)
+    write_jsonl_atomically(quarantine, report.quarantine)
+    if not report.rankings:
+        raise DataError(f"no rankings imported: all {len(report.quarantine)} left-out records are in {quarantine}",
+                        file=args.output)
+    write_rankings(args.output, report.rankings)
+    print(format_summary(report, args.format, args.output, quarantine))
+    return 0
+
+
+def _options(pairs: list[str], format: str) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--option {pair!r} must read KEY=VALUE (options of {format}: "
+                              f"{', '.join(importer_options(format)) or 'none'})")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def format_summary(report: ImportReport, format: str, output, quarantine) -> str:
+    lines = [f"read {report.records_read} records ({format})",
+             f"wrote {len(report.rankings)} rankings to {output}",
+             "K histogram: " + ", ".join(f"K={k}: {n}" for k, n in report.k_histogram().items()),
+             "annotators: " + ", ".join(f"{name}: {n}" for name, n in report.annotators().most_common())]
+    if report.skipped:
+        lines.append(f"left out {sum(report.skipped.values())} (details in {quarantine}):")
+        lines += [f"  {n:6d}  {reason}" for reason, n in report.skipped.most_common()]
+    else:
+        lines.append("left out nothing")
+    for flag, ids in report.flagged.items():
+        shown = ", ".join(ids[:FLAGGED_IDS_SHOWN]) + (", ..." if len(ids) > FLAGGED_IDS_SHOWN else "")
+        lines.append(f"flagged {len(ids)}: {flag} (ids: {shown})")
+    if report.duplicates_merged:
+        lines.append(f"merged duplicate completions in {report.duplicates_merged} rankings")
+    if report.annotator_merge:
+        before, after, cancelled = report.annotator_merge
+        lines.append(f"merged annotators: {before} rankings -> {after}, {cancelled} groups cancelled out")
+    return "\n".join(lines)
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

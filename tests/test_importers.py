@@ -1,0 +1,370 @@
+"""Each importer on its real-shaped sample in tests/data/labels, the quarantine, and the `rlhf.labels` CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rlhf.data.importers import import_rankings
+from rlhf.data.importers.argilla import NO_RANK_NUMBERS, NO_STATUS
+from rlhf.data.importers.label_studio import UNTOUCHED
+from rlhf.data.importers.ultrafeedback import UNRATED, rating
+from rlhf.errors import ConfigError, DataError
+from rlhf.labels import main, quarantine_path
+
+SAMPLES = Path(__file__).parent / "data" / "labels"
+
+
+def sample(name: str) -> str:
+    return str(SAMPLES / name)
+
+
+def by_id(report):
+    return {ranking.id: ranking for ranking in report.rankings}
+
+
+def reasons_by_record(report):
+    return sorted((entry["record"], entry["reason"]) for entry in report.quarantine)
+
+
+# -- Label Studio -------------------------------------------------------------------------------------------------
+
+def test_label_studio_rlhf_pairwise_template():
+    report = import_rankings("label_studio", [sample("label_studio_rlhf_pairwise.json")])
+    rankings = by_id(report)
+    assert report.records_read == 6 and sorted(rankings) == ["1:101", "1:102"]
+    canberra, sydney = "Canberra is the capital of Australia.", "Sydney is the capital of Australia."
+    # every annotator's judgement is its own ranking: user id 1 chose left, bea (a completed_by object) right
+    assert (rankings["1:101"].completions, rankings["1:101"].ranks, rankings["1:101"].annotator) == (
+        (canberra, sydney), (1, 2), "1")
+    assert (rankings["1:102"].ranks, rankings["1:102"].annotator) == ((2, 1), "bea@example.com")
+    assert reasons_by_record(report) == [
+        (2, "cancelled (skipped) annotation"),
+        (3, "empty result (submitted without a choice)"),
+        (4, "draft, never submitted"),
+        (5, "task not annotated"),  # predictions are a model's, not imported
+        (6, "field 'completions': all completions are identical"),
+    ]
+    kinds = {entry["reason"]: entry["kind"] for entry in report.quarantine}
+    assert kinds["cancelled (skipped) annotation"] == "skipped"
+    assert kinds["field 'completions': all completions are identical"] == "invalid"
+
+
+def test_label_studio_ranker_rank_mode_flat_list_buckets_and_untouched():
+    report = import_rankings("label_studio", [sample("label_studio_ranker.json")])
+    rankings = by_id(report)
+    fire, wars, nobody = ("A fire during Caesar's siege in 48 BC, then centuries of decline.",
+                          "Wars led to the library's ruin.", "Nobody knows.")
+    assert rankings["10:201"].completions == (fire, wars, nobody) and rankings["10:201"].ranks == (1, 2, 3)
+    assert rankings["12:203"].completions == (nobody, fire, wars)  # older flat-list value {"ranker": [ids]}
+    # buckets are tie groups in the order written; the item left in "_" was not judged
+    buckets = rankings["13:204"]
+    assert buckets.completions == ("It depends on the definition of wet.", "Yes: it wets what it touches.",
+                                   "Water is H2O.")
+    assert buckets.ranks == (1, 1, 2)
+    # two items with the same body: merged, keeping the better place
+    assert (rankings["14:205"].completions, rankings["14:205"].ranks) == ((fire, nobody), (1, 2))
+    assert report.duplicates_merged == 1
+    # submitted without dragging anything: kept, counted and flagged
+    assert report.flagged == {UNTOUCHED: ["11:202"]} and "11:202" in rankings
+    assert report.skipped == {}
+
+
+def test_label_studio_bucket_order_option():
+    report = import_rankings("label_studio", [sample("label_studio_ranker.json")],
+                             bucket_order="biased_results,relevant_results")
+    assert by_id(report)["13:204"].completions[0] == "Water is H2O."
+    assert by_id(report)["13:204"].ranks == (1, 2, 2)
+
+
+def test_label_studio_json_min_export():
+    report = import_rankings("label_studio", [sample("label_studio_min.json")])
+    rankings = by_id(report)
+    assert sorted(rankings) == ["10:201", "1:101", "1:102"]
+    assert [rankings["1:101"].annotator, rankings["1:102"].annotator] == ["1", "7"]
+    assert rankings["10:201"].k == 3 and report.flagged == {UNTOUCHED: ["10:201"]}
+    assert reasons_by_record(report) == [(3, "task not annotated")]
+
+
+def test_label_studio_csv_export_keeps_multiline_cells():
+    report = import_rankings("label_studio", [sample("label_studio.csv")])
+    rankings = by_id(report)
+    assert report.records_read == 3 and sorted(rankings) == ["1:101", "2:107", "4:108"]
+    haiku = rankings["2:107"]
+    assert haiku.prompt == "Write a haiku about rain,\nin English."
+    assert haiku.completions[0].count("\n") == 2 and haiku.annotator == "bea@example.com"
+    assert rankings["4:108"].ranks == (2, 1)
+
+
+def test_label_studio_pairwise_with_custom_fields(tmp_path):
+    task = {"id": 1, "data": {"question": "Q?", "left_reply": "A", "right_reply": "B"},
+            "annotations": [{"id": 5, "completed_by": 2, "was_cancelled": False,
+                             "result": [{"from_name": "pw", "to_name": "pw", "type": "pairwise",
+                                         "value": {"selected": "right"}}]}]}
+    (tmp_path / "export.json").write_text(json.dumps([task]))
+    unknown = import_rankings("label_studio", [str(tmp_path / "export.json")], prompt_field="question")
+    assert unknown.rankings == [] and unknown.skipped == {
+        "cannot tell which task fields the Pairwise compared (set pair_fields=left,right)": 1}
+    report = import_rankings("label_studio", [str(tmp_path / "export.json")], prompt_field="question",
+                             pair_fields="left_reply,right_reply")
+    assert [(r.prompt, r.completions, r.ranks) for r in report.rankings] == [("Q?", ("A", "B"), (2, 1))]
+
+
+def test_a_file_that_is_not_a_label_studio_export_is_one_data_error():
+    with pytest.raises(DataError, match=r"hh_rlhf\.jsonl: not a Label Studio export: records have neither"):
+        import_rankings("label_studio", [sample("hh_rlhf.jsonl")])
+
+
+# -- Argilla ------------------------------------------------------------------------------------------------------
+
+ALICE, BOB = "3f5d9a52-1c1e-4d55-9e4c-2b7a0c4e8f10", "b2a7e6c1-0d4f-4a3b-8c9d-7e6f5a4b3c21"
+
+
+def test_argilla_rest_records_keep_ties_and_unranked_options():
+    report = import_rankings("argilla", [sample("argilla_rest.json")])
+    rankings = by_id(report)
+    tied = rankings[f"p1:{ALICE}"]
+    assert (tied.completions, tied.ranks, tied.annotator) == (("Joyful.", "Sad.", "Content."), (1, 2, 1), ALICE)
+    assert rankings[f"p3:{BOB}"].completions == ("Whiskers", "Mr. Paws")  # the option with rank null is left out
+    assert report.skipped == {"draft response, never submitted": 1, "discarded response": 1,
+                              "record has no responses": 1}
+    assert report.flagged == {}
+
+
+def test_argilla_sdk_flattened_to_list_takes_list_order_and_flags_it():
+    report = import_rankings("argilla", [sample("argilla_to_list.json")])
+    rankings = by_id(report)
+    assert (rankings[f"p1:{ALICE}"].completions, rankings[f"p1:{ALICE}"].ranks) == (
+        ("Content.", "Joyful.", "Sad."), (1, 2, 3))
+    assert report.skipped == {"draft response, never submitted": 1, "record has no responses": 1}
+    assert report.flagged == {NO_RANK_NUMBERS: [f"p1:{ALICE}", f"p3:{BOB}"]}
+
+
+def test_argilla_nested_records_have_no_status_and_are_flagged():
+    report = import_rankings("argilla", [sample("argilla_records_nested.json")])
+    assert [r.completions for r in report.rankings] == [("Joyful.", "Content.", "Sad.")]
+    assert set(report.flagged) == {NO_RANK_NUMBERS, NO_STATUS}
+
+
+def test_argilla_to_datasets_directory_reads_like_to_list(tmp_path):
+    from datasets import Dataset
+
+    rows = json.loads(Path(sample("argilla_to_list.json")).read_text())
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    from_disk = import_rankings("argilla", [str(tmp_path / "ds")])
+    from_json = import_rankings("argilla", [sample("argilla_to_list.json")])
+    assert from_disk.rankings == from_json.rankings and from_disk.skipped == from_json.skipped
+
+
+def test_argilla_option_fields_maps_options_to_fields(tmp_path):
+    record = {"id": "x", "fields": {"prompt": "P", "first": "A", "second": "B"},
+              "responses": [{"values": {"pref": {"value": [{"value": "reply-1", "rank": 2},
+                                                             {"value": "reply-2", "rank": 1}]}},
+                             "status": "submitted", "user_id": "u1"}]}
+    (tmp_path / "records.json").write_text(json.dumps({"items": [{"record": record, "query_score": None}]}))
+    missing = import_rankings("argilla", [str(tmp_path / "records.json")])
+    assert missing.quarantine[0]["reason"] == "ranking option names no field (set option_fields)"
+    assert missing.quarantine[0]["detail"] == "option 'reply-1'"
+    report = import_rankings("argilla", [str(tmp_path / "records.json")], option_fields="reply-1=first,reply-2=second")
+    assert [(r.completions, r.ranks) for r in report.rankings] == [(("A", "B"), (2, 1))]
+
+
+# -- public preference datasets -----------------------------------------------------------------------------------
+
+def test_hh_rlhf_splits_the_shared_prefix_into_a_chat_prompt(tmp_path):
+    # the real files are gzipped JSON Lines
+    gz = tmp_path / "train.jsonl.gz"
+    gz.write_bytes(gzip.compress(Path(sample("hh_rlhf.jsonl")).read_bytes()))
+    report = import_rankings("hh_rlhf", [str(gz)])
+    first, second = report.rankings
+    assert first.prompt == [{"role": "user", "content": "What are some cuss words in english?"}]
+    assert first.completions[1] == "Here's an incomplete list: ass, dick, bugger."
+    assert [m["role"] for m in second.prompt] == ["user", "assistant", "user"]
+    assert second.completions == ("Usually one to two hours, until it has doubled in size.", "Ten minutes.")
+    assert reasons_by_record(report) == [(3, "chosen and rejected are identical"),
+                                         (4, "chosen and rejected differ before their final assistant turn"),
+                                         (5, "field 'completions': contains an empty completion")]
+
+
+def test_shp_total_orders_become_rankings_partial_orders_pairs():
+    report = import_rankings("shp", [sample("shp.json")])  # JSON Lines under a .json name, as SHP ships
+    rankings = by_id(report)
+    # qt3nxl: a > b, b > c (closure total); ab12cd: c1 > c2, c1 > c3, c3 > c2
+    assert rankings["qt3nxl"].completions[0].startswith("Pectinex") and rankings["qt3nxl"].ranks == (1, 2, 3)
+    assert rankings["ab12cd"].completions == ("Raw flour can carry E. coli, so heat-treat it first.",
+                                              "Only if you use pasteurised eggs and heat-treated flour.",
+                                              "Yes, always.")
+    # zz99yy: o1 beats o2 and o3, but o2 and o3 are never compared -> two pairs
+    assert sorted(id for id in rankings if id.startswith("zz99yy")) == ["zz99yy:o1>o2", "zz99yy:o1>o3"]
+    assert reasons_by_record(report) == [(8, "'labels' is not 0 or 1")]
+    assert all(r.annotator is None for r in report.rankings)
+
+
+def test_shp_pairs_only_option():
+    report = import_rankings("shp", [sample("shp.json")], total_orders="false")
+    assert len(report.rankings) == 7 and report.k_histogram() == {2: 7}
+
+
+def test_oasst_groups_ranked_siblings_and_rebuilds_the_conversation():
+    report = import_rankings("oasst", [sample("oasst.jsonl")])
+    rankings = by_id(report)
+    root = rankings["p1"]  # rank 0.0 is best: a2 beats a1; a3 was never ranked
+    assert root.completions[1].startswith("A monad is a monoid") and root.ranks == (2, 1)
+    assert root.prompt == [{"role": "user", "content": "Can you explain what a monad is?"}]
+    follow_up = rankings["p2"]
+    assert [m["role"] for m in follow_up.prompt] == ["user", "assistant", "user"]
+    assert follow_up.prompt[1]["content"].startswith("A monad is a design pattern")
+    assert follow_up.ranks == (1, 2)
+    assert report.skipped == {"reply left out of its siblings' ranking": 1, "deleted reply": 1,
+                              "fewer than 2 ranked replies to one prompt": 1,
+                              "parent chain broken: an ancestor message is not in the file": 1}
+    broken = next(e for e in report.quarantine if e["reason"].startswith("parent chain"))
+    assert broken["detail"] == "missing message_id missing-prompt" and broken["record"] == 11
+
+
+def test_ultrafeedback_ratings_as_strings_and_na():
+    assert [rating(v) for v in ("5", 4, "N/A", "", None, [{"Rating": "4"}, {"Rating": "N/A"}])] == [
+        5.0, 4.0, None, None, None, 4.0]
+    report = import_rankings("ultrafeedback", [sample("ultrafeedback.jsonl")])
+    rankings = by_id(report)
+    # means of the aspects present: 5, (4 + 5 + 3) / 3 = 4 (honesty N/A), 2.5, 4 -> a tie for second
+    assert rankings["ultrafeedback.jsonl:1"].ranks == (1, 2, 3, 2)
+    assert rankings["ultrafeedback.jsonl:2"].k == 2 and report.flagged == {UNRATED: ["ultrafeedback.jsonl:2"]}
+    assert rankings["ultrafeedback.jsonl:4"].completions == ("Red, yellow, blue.", "Green.")  # list-of-passes form
+    assert report.skipped == {"all completions rated equal": 1, "fewer than 2 rated completions": 1}
+
+
+def test_ultrafeedback_overall_score_option():
+    report = import_rankings("ultrafeedback", [sample("ultrafeedback.jsonl")], score="overall_score")
+    assert by_id(report)["ultrafeedback.jsonl:1"].ranks == (1, 3, 4, 2)  # 9, 7, 4, 7.5
+    with pytest.raises(DataError, match="unknown score 'vibes'"):
+        import_rankings("ultrafeedback", [sample("ultrafeedback.jsonl")], score="vibes")
+
+
+def test_prodigy_compare_and_choice_answers():
+    report = import_rankings("prodigy", [sample("prodigy.jsonl")])
+    rankings = by_id(report)
+    assert rankings["2001:rlhf_ab-alice"].ranks == (1, 2)  # accept prefers the "accept" output
+    assert rankings["2002:rlhf_ab-alice"].completions == ("Sunny weather.", "A rainy day.")
+    assert rankings["2002:rlhf_ab-alice"].ranks == (2, 1)  # reject prefers the "reject" output
+    # the same choice task by two annotators: selected options beat the rest
+    assert rankings["2004:rlhf_ab-alice"].ranks == (1, 2, 1)
+    assert rankings["2004:rlhf_ab-bob"].ranks == (1, 2, 2) and rankings["2004:rlhf_ab-bob"].annotator == "rlhf_ab-bob"
+    assert reasons_by_record(report) == [(3, "answer: ignore"), (6, "choice with nothing selected"),
+                                         (7, "choice answered reject (the task, not an option)")]
+
+
+def test_jsonl_importer_reads_ours_and_trl_and_quarantines_bad_lines():
+    report = import_rankings("jsonl", [sample("rankings_and_trl.jsonl")])
+    assert [r.id for r in report.rankings] == ["r1", "r2", "rankings_and_trl.jsonl:4", "rankings_and_trl.jsonl:5"]
+    assert reasons_by_record(report) == [(3, "field 'ranks': must be integers"),
+                                         (6, "field 'ranks': all completions are tied: no preference pair"),
+                                         (7, "not valid JSON")]
+    assert report.quarantine[-1]["detail"].startswith("not valid JSON")
+    assert report.k_histogram() == {2: 3, 3: 1}
+    assert report.annotators() == {"(none)": 3, "alice": 1}
+
+
+def test_unknown_format_and_option_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown format 'doccano'"):
+        import_rankings("doccano", [sample("shp.json")])
+    with pytest.raises(ConfigError, match="format 'shp' has no option 'score' \\(options: total_orders\\)"):
+        import_rankings("shp", [sample("shp.json")], score="x")
+
+
+# -- the CLI ------------------------------------------------------------------------------------------------------
+
+def run_cli(args, capsys):
+    try:
+        code = main(args)
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_import_writes_rankings_quarantine_and_summary(tmp_path, capsys):
+    output = tmp_path / "rankings.jsonl"
+    code, out, err = run_cli(["import", "--format", "label_studio", sample("label_studio_rlhf_pairwise.json"),
+                              sample("label_studio_ranker.json"), "-o", str(output)], capsys)
+    assert (code, err) == (0, "")
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(lines) == 7 and set(lines[0]) == {"id", "prompt", "completions", "ranks", "annotator"}
+    quarantine = [json.loads(line) for line in quarantine_path(output).read_text().splitlines()]
+    assert [(q["source"], q["record"], q["kind"], q["reason"]) for q in quarantine] == [
+        (sample("label_studio_rlhf_pairwise.json"), 2, "skipped", "cancelled (skipped) annotation"),
+        (sample("label_studio_rlhf_pairwise.json"), 3, "skipped", "empty result (submitted without a choice)"),
+        (sample("label_studio_rlhf_pairwise.json"), 4, "skipped", "draft, never submitted"),
+        (sample("label_studio_rlhf_pairwise.json"), 5, "skipped", "task not annotated"),
+        (sample("label_studio_rlhf_pairwise.json"), 6, "invalid", "field 'completions': all completions are identical"),
+    ]
+    assert quarantine[0]["raw"]["annotation"]["was_cancelled"] is True
+    summary = out.splitlines()
+    assert summary[:4] == ["read 11 records (label_studio)", f"wrote 7 rankings to {output}",
+                           "K histogram: K=2: 3, K=3: 4", "annotators: 1: 5, bea@example.com: 1, 2: 1"]
+    assert f"left out 5 (details in {quarantine_path(output)}):" in summary
+    assert "       1  cancelled (skipped) annotation" in summary
+    assert f"flagged 1: {UNTOUCHED} (ids: 11:202)" in summary
+    assert "merged duplicate completions in 1 rankings" in summary
+
+
+def test_cli_merge_annotators(tmp_path, capsys):
+    output = tmp_path / "merged.jsonl"
+    code, out, _ = run_cli(["import", "--format", "label_studio", sample("label_studio_min.json"), "-o", str(output),
+                            "--merge-annotators"], capsys)
+    rankings = [json.loads(line) for line in output.read_text().splitlines()]
+    assert code == 0 and [r["annotator"] for r in rankings] == ["1+7", "1"]
+    assert "merged annotators: 3 rankings -> 2, 0 groups cancelled out" in out
+
+
+def test_cli_wrong_format_is_one_line_exit_2_and_leaves_output_untouched(tmp_path, capsys):
+    output = tmp_path / "rankings.jsonl"
+    output.write_text("precious\n")
+    code, out, err = run_cli(["import", "--format", "argilla", sample("hh_rlhf.jsonl"), "-o", str(output)], capsys)
+    assert code == 2 and out == ""
+    assert err == (f"error: {sample('hh_rlhf.jsonl')}: not an Argilla records export: "
+                   "records have no 'responses' and no '<question>.responses' keys\n")
+    assert output.read_text() == "precious\n" and not quarantine_path(output).exists()
+
+
+def test_cli_bad_option_and_nothing_imported_are_errors(tmp_path, capsys):
+    output = tmp_path / "rankings.jsonl"
+    output.write_text("precious\n")
+    code, _, err = run_cli(["import", "--format", "shp", sample("shp.json"), "-o", str(output),
+                            "--option", "total_orders"], capsys)
+    assert code == 2 and err.startswith("error: --option 'total_orders' must read KEY=VALUE") and err.count("\n") == 1
+    code, _, err = run_cli(["import", "--format", "label_studio", sample("label_studio_rlhf_pairwise.json"),
+                            "-o", str(output), "--merge-annotators"], capsys)
+    assert code == 2 and "no rankings imported" in err and err.count("\n") == 1
+    assert output.read_text() == "precious\n"  # the two annotators of task 1 cancel out: nothing to write
+    entries = [json.loads(line) for line in quarantine_path(output).read_text().splitlines()]
+    assert entries[-1]["reason"] == "annotators cancel out: equal mean ranks"
+
+
+def test_cli_output_into_missing_directory_is_an_error(tmp_path, capsys):
+    code, _, err = run_cli(["import", "--format", "shp", sample("shp.json"), "-o",
+                            str(tmp_path / "missing" / "out.jsonl")], capsys)
+    assert code == 2 and "output directory does not exist" in err
+
+
+def test_cli_reads_several_files_in_one_run(tmp_path, capsys):
+    shutil.copy(sample("oasst.jsonl"), tmp_path / "a.jsonl")
+    shutil.copy(sample("oasst.jsonl"), tmp_path / "b.jsonl")
+    output = tmp_path / "out.jsonl"
+    code, out, _ = run_cli(["import", "--format", "oasst", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
+                            "-o", str(output)], capsys)
+    assert code == 0 and out.startswith("read 24 records (oasst)\nwrote 4 rankings")
+
+
+def test_data_modules_and_cli_import_no_torch_or_datasets():
+    import subprocess
+    import sys
+
+    code = ("import sys, rlhf.labels, rlhf.data.exporters, rlhf.data.rankings; "
+            "heavy = [m for m in ('torch', 'datasets', 'deepspeed', 'peft', 'transformers') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
