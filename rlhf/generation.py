@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-
-def prompt_text(tokenizer, prompt: str | list[dict[str, str]]) -> str:
-    """The text a model continues: a plain prompt as is, chat messages through the chat template."""
-    if isinstance(prompt, list):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return prompt
+from rlhf.data.formatting import prompt_text
 
 
 def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_tokens: int = 32,
