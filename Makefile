@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The demo's and the tests' models are tiny: one thread each beats two threads fighting over two cores.
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup demo test test-fast bench clean
 

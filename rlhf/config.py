@@ -50,9 +50,17 @@ class CommonArguments:
         # TRL turns bf16 on whenever it is unset, which fails on a CPU; unset means "where supported".
         if getattr(self, "bf16", False) is None:
             self.bf16 = _bf16_supported() and not getattr(self, "fp16", False)
+        if getattr(self, "dataloader_pin_memory", False) and not _cuda_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; on a CPU it only warns
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _bf16_supported() -> bool:

@@ -153,7 +153,7 @@ def _apply_peft(model: nn.Module, config: AdaptationConfig, task: str, head_name
     if method == "lora":
         targets = config.lora_target_modules
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules=targets if isinstance(targets, str) else list(targets),
+                                 target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
                                  bias="none", **common)
     elif method == "prompt_tuning":
         peft_config = PromptTuningConfig(num_virtual_tokens=config.num_virtual_tokens, **common)

@@ -19,14 +19,14 @@ from rlhf.demo.task import DemoSettings, corpus_words, make_split
 from rlhf.demo.tiny_model import build_tiny_model
 from rlhf.io import atomic_write_text
 
-SPLITS = {"sft_train": 2000, "sft_eval": 200, "prompts_train": 1000, "prompts_eval": 100}
+SPLITS = {"sft_train": 5000, "sft_eval": 200, "prompts_train": 1000, "prompts_eval": 100}
 
 
 def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(record) + "\n" for record in records)
 
 
-def prepare(out: str | Path, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
+def prepare(out: str | Path, *, seed: int = 0, hidden_size: int = 128, num_layers: int = 3,
             sizes: dict[str, int] | None = None, settings: DemoSettings = DemoSettings()) -> Path:
     """Write the demo's files under `out`; every split's prompts are distinct from the others'."""
     out = Path(out)
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlhf.demo.prepare", description="Write the demo model and data.")
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden_size", type=int, default=64)
-    parser.add_argument("--num_layers", type=int, default=2)
+    parser.add_argument("--hidden_size", type=int, default=128)
+    parser.add_argument("--num_layers", type=int, default=3)
     args = parser.parse_args(argv)
     path = prepare(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers)
     print(f"demo model and data written to {path}")

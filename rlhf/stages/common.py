@@ -39,16 +39,25 @@ def resolve_inputs(config) -> StageInputs:
     return StageInputs(model_path, parent, registry, tokenizer)
 
 
-def load_adapted_policy(inputs: StageInputs, config):
-    from rlhf.adaptation import apply_adaptation, count_parameters, load_adapted, parameter_summary
+def load_trainable(inputs: StageInputs, config, task: str):
+    """The input model with the config's adaptation applied, so that only the chosen parameters train."""
+    from rlhf.adaptation import apply_adaptation, load_adapted, parameter_summary
 
-    model = load_adapted(inputs.model_path, task="causal_lm", trust_remote_code=config.trust_remote_code)
-    model = apply_adaptation(model, config.adaptation_config(), task="causal_lm")
+    model = load_adapted(inputs.model_path, task=task, trust_remote_code=config.trust_remote_code)
+    if task == "reward" and model.config.pad_token_id is None:
+        # The score is read at the last non-padding token, which needs to know the padding token.
+        model.config.pad_token_id = inputs.tokenizer.pad_token_id
+    model = apply_adaptation(model, config, task=task)
     if distributed.is_main_process():
-        print(f"adaptation {config.adaptation}: {parameter_summary(model)}", flush=True)
-    trainable, total = count_parameters(model)
-    config._parameter_counts = {"trainable_params": trainable, "total_params": total}
+        print(f"adaptation {config.adaptation_method}: {parameter_summary(model)}", flush=True)
     return model
+
+
+def parameter_counts(model) -> dict[str, int]:
+    from rlhf.adaptation import count_parameters
+
+    trainable, total = count_parameters(model)
+    return {"trainable_params": trainable, "total_params": total}
 
 
 def gold_metrics(model, tokenizer, prompts: list, config, suffix: str) -> dict[str, Any]:
@@ -90,7 +99,7 @@ def save_and_register(trainer, config, inputs: StageInputs, metrics: dict[str, A
     final_dir = output_dir / "final_model"
     with _gathered_if_zero3(trainer.model):
         if distributed.is_main_process():
-            save_adapted(trainer.model, inputs.tokenizer, final_dir, config.adaptation_config())
+            save_adapted(trainer.model, inputs.tokenizer, final_dir, config)
     distributed.barrier()
     if not distributed.is_main_process():
         return None
@@ -98,7 +107,6 @@ def save_and_register(trainer, config, inputs: StageInputs, metrics: dict[str, A
     if gold_prompts and config.gold_scorer:
         saved = load_adapted(str(final_dir), task=task, trust_remote_code=config.trust_remote_code)
         metrics.update(gold_metrics(saved, inputs.tokenizer, gold_prompts, config, suffix="after"))
-    metrics.update(getattr(config, "_parameter_counts", {}))
     samples = {key: metrics.pop(key) for key in list(metrics) if key.startswith("gold_samples_")}
 
     write_resolved_config(config, output_dir)

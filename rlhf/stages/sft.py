@@ -17,13 +17,13 @@ from pathlib import Path
 
 from trl import SFTConfig
 
-from rlhf.adaptation import AdaptationArguments
+from rlhf.adaptation.config import AdaptationConfig
 from rlhf.config import CommonArguments, parse_config
 from rlhf.errors import exits_cleanly
 
 
 @dataclass
-class SFTStageConfig(CommonArguments, AdaptationArguments, SFTConfig):
+class SFTStageConfig(CommonArguments, AdaptationConfig, SFTConfig):
     """Stage 1's config: our fields, the adaptation fields, and every field of TRL's SFTConfig.
 
     Instruction modeling (Shi et al. 2024: the loss on the prompt too) is `completion_only_loss: false`;
@@ -56,11 +56,12 @@ def run(config: SFTStageConfig):
     check_prompt_lengths(eval_records, tokenizer, config.max_length, config.eval_file)
 
     # 2. The model, adapted so that only the chosen parameters train.
-    model = common.load_adapted_policy(inputs, config)
+    model = common.load_trainable(inputs, config, task="causal_lm")
+    metrics = common.parameter_counts(model)
 
     # 3. Gold score of the starting policy on held-out prompts (the demo's stand-in for people).
     gold_prompts = [r["prompt"] for r in eval_records[:config.gold_eval_prompts]]
-    metrics = common.gold_metrics(model, tokenizer, gold_prompts, config, suffix="before")
+    metrics.update(common.gold_metrics(model, tokenizer, gold_prompts, config, suffix="before"))
 
     # 4. Train with TRL's SFTTrainer; held-out loss before and after.
     trainer = SFTTrainer(
