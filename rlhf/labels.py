@@ -2,12 +2,14 @@
 
     python -m rlhf.labels import --format label_studio export.json -o rankings.jsonl [--merge-annotators]
         [--option KEY=VALUE ...]
+    python -m rlhf.labels export --policy sft --prompts prompts.jsonl --k 4 --format label-studio -o tasks.json
 
 `import` reads a labeling tool's export (or a public preference dataset) into the canonical rankings JSONL that
 the reward-model stage trains on (see rlhf.data.rankings), written atomically. Every record left out goes to
 `<output>.quarantine.jsonl` with its source file, record number and reason, and the summary counts them. Each
 subcommand is one `add_<name>_command` function below; `export` (sample K completions per prompt from a policy,
-then hand them to rlhf.data.exporters) is meant to be added the same way.
+then hand them to rlhf.data.exporters) closes InstructGPT's loop: sample from the SFT policy, people rank the
+samples in their tool, `import` brings the rankings back for the reward model.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlhf.labels", description=__doc__.splitlines()[0])
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_import_command(subcommands)
+    add_export_command(subcommands)
     return parser
 
 
@@ -59,6 +62,42 @@ def run_import(args: argparse.Namespace) -> int:
                         file=args.output)
     write_rankings(args.output, report.rankings)
     print(format_summary(report, args.format, args.output, quarantine))
+    return 0
+
+
+EXPORT_FORMATS = ("label-studio", "argilla")
+
+
+def add_export_command(subcommands) -> None:
+    command = subcommands.add_parser("export", help="sample K responses per prompt -> labeling tasks",
+                                     description="Sample K responses per prompt from a policy and write tasks "
+                                                 "for a labeling tool, with its labeling config beside them.")
+    command.add_argument("--policy", default="sft", help="registry reference, directory or hub id (default: sft)")
+    command.add_argument("--prompts", required=True, help="JSONL/JSON/CSV records with a 'prompt' field")
+    command.add_argument("--k", type=int, default=4, help="responses sampled per prompt (InstructGPT: 4 to 9)")
+    command.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    command.add_argument("-o", "--output", required=True, help="tasks file to write (config written beside it)")
+    command.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0: all)")
+    command.add_argument("--max_new_tokens", type=int, default=64)
+    command.add_argument("--temperature", type=float, default=1.0)
+    command.add_argument("--top_p", type=float, default=1.0)
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--registry_dir", default="", help="registry root (default $RLHF_REGISTRY or runs/registry)")
+    command.add_argument("--trust_remote_code", action="store_true")
+    command.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from rlhf.sampling import load_prompts, sample_k_responses, write_labeling_tasks
+
+    if not 2 <= args.k <= 16:
+        raise ConfigError(f"--k must be between 2 and 16, got {args.k}")
+    prompts = load_prompts(args.prompts)[:args.limit or None]
+    items = sample_k_responses(args.policy, prompts, k=args.k, registry_dir=args.registry_dir,
+                               max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                               top_p=args.top_p, seed=args.seed, trust_remote_code=args.trust_remote_code)
+    tasks, config = write_labeling_tasks(items, args.format, args.output, seed=args.seed)
+    print(f"wrote {len(items)} tasks with up to {args.k} responses each to {tasks}; labeling config: {config}")
     return 0
 
 

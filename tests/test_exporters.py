@@ -71,7 +71,7 @@ def simulated_label_studio_export(tasks, leave_untouched=()):
 
 
 def test_label_studio_round_trip(tmp_path):
-    tasks_path, config_path = write_label_studio_export(ITEMS, tmp_path / "ls", seed=3)
+    tasks_path, config_path = write_label_studio_export(ITEMS, tmp_path / "ls" / "tasks.json", seed=3)
     assert "<Paragraphs" in config_path.read_text()  # one prompt is a chat: all are shown as dialogues
     tasks = json.loads(tasks_path.read_text())
     export = tmp_path / "project-1-at-2024.json"
@@ -114,7 +114,7 @@ def test_argilla_needs_the_same_k_everywhere():
 
 
 def test_argilla_round_trip_through_the_rest_api_keeps_ties(tmp_path):
-    records_path, settings_path = write_argilla_export(ITEMS[1:], tmp_path / "argilla", seed=5)
+    records_path, settings_path = write_argilla_export(ITEMS[1:], tmp_path / "argilla" / "records.json", seed=5)
     settings = json.loads(settings_path.read_text())
     assert settings["fields"][0]["settings"]["type"] == "chat"
     items = []

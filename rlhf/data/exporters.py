@@ -4,10 +4,10 @@ Pure and model-free: sampling the completions from a policy belongs to the `expo
 deduplicated (identical samples would waste an annotator's comparison) and shuffled with a seed, so that the
 position on screen says nothing about which sample came first.
 
-- Label Studio: `tasks.json` (a list of {"data": {"prompt_id", "prompt", "items": [{"id", "title", "body"}]}})
-  and `config.xml`, a <List> + <Ranker> labeling config. Item ids are "r1".."rK", not numbers: the Ranker keeps
+- Label Studio: a tasks file such as `tasks.json` (a list of {"data": {"prompt_id", "prompt", "items": [{"id", "title", "body"}]}})
+  and `tasks.config.xml` beside it, a <List> + <Ranker> labeling config. Item ids are "r1".."rK", not numbers: the Ranker keeps
   items in a JavaScript object, which would reorder integer-like keys. Chat prompts use <Paragraphs>.
-- Argilla v2: `records.json`, flat dicts for `dataset.records.log(...)` ({"id", "prompt", "response-1", ...}),
+- Argilla v2: a records file such as `records.json` (with `records.settings.json` beside it), flat dicts for `dataset.records.log(...)` ({"id", "prompt", "response-1", ...}),
   and `settings.json` in `rg.Settings.from_json` shape, with a RankingQuestion whose options are the field
   names. Argilla's options are fixed per dataset, so every prompt needs the same number of distinct completions.
 """
@@ -77,12 +77,13 @@ def label_studio_config(*, chat: bool = False) -> str:
         ""])
 
 
-def write_label_studio_export(items, directory: str | os.PathLike, *, seed: int = 0) -> tuple[Path, Path]:
-    """Write tasks.json and config.xml into `directory` (created if missing); return their paths."""
+def write_label_studio_export(items, tasks_path: str | os.PathLike, *, seed: int = 0) -> tuple[Path, Path]:
+    """Write the tasks to `tasks_path` and the labeling config beside it (`<stem>.config.xml`); return both paths."""
+    tasks_path = Path(tasks_path)
     tasks = label_studio_tasks(items, seed=seed)
     chat = any(isinstance(task["data"]["prompt"], list) for task in tasks)
-    return (_write(Path(directory) / "tasks.json", json.dumps(tasks, ensure_ascii=False, indent=2)),
-            _write(Path(directory) / "config.xml", label_studio_config(chat=chat)))
+    return (_write(tasks_path, json.dumps(tasks, ensure_ascii=False, indent=2)),
+            _write(tasks_path.with_name(tasks_path.stem + ".config.xml"), label_studio_config(chat=chat)))
 
 
 # -- Argilla ------------------------------------------------------------------------------------------------------
@@ -116,13 +117,15 @@ def argilla_settings(k: int, *, chat: bool = False) -> dict:
         "vectors": [], "metadata": [], "allow_extra_metadata": False}
 
 
-def write_argilla_export(items, directory: str | os.PathLike, *, seed: int = 0) -> tuple[Path, Path]:
-    """Write records.json and settings.json into `directory` (created if missing); return their paths."""
+def write_argilla_export(items, records_path: str | os.PathLike, *, seed: int = 0) -> tuple[Path, Path]:
+    """Write the records to `records_path` and the dataset settings beside it (`<stem>.settings.json`)."""
+    records_path = Path(records_path)
     records = argilla_records(items, seed=seed)
     settings = argilla_settings(sum(key.startswith("response-") for key in records[0]) if records else 2,
                                 chat=any(isinstance(record["prompt"], list) for record in records))
-    return (_write(Path(directory) / "records.json", json.dumps(records, ensure_ascii=False, indent=2)),
-            _write(Path(directory) / "settings.json", json.dumps(settings, ensure_ascii=False, indent=2)))
+    return (_write(records_path, json.dumps(records, ensure_ascii=False, indent=2)),
+            _write(records_path.with_name(records_path.stem + ".settings.json"),
+                   json.dumps(settings, ensure_ascii=False, indent=2)))
 
 
 def _write(path: Path, text: str) -> Path:

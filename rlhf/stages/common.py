@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rlhf import distributed
 from rlhf.config import config_to_dict, write_resolved_config
@@ -91,8 +91,13 @@ def _gathered_if_zero3(model):
 
 
 def save_and_register(trainer, config, inputs: StageInputs, metrics: dict[str, Any], *, stage: str,
-                      data_files: list[str], gold_prompts: list, task: str = "causal_lm") -> Entry | None:
-    """Save the trained model, grade it, write the run's files and register it (rank 0 only)."""
+                      data_files: list[str], gold_prompts: list, task: str = "causal_lm",
+                      after_save: Callable[[Path], dict[str, Any]] | None = None) -> Entry | None:
+    """Save the trained model, grade it, write the run's files and register it (rank 0 only).
+
+    `after_save(saved_dir)` runs on rank 0 before registration and returns more metrics (the reward
+    model sets its normalisation there).
+    """
     from rlhf.adaptation import load_adapted, save_adapted
 
     output_dir = Path(config.output_dir)
@@ -107,6 +112,8 @@ def save_and_register(trainer, config, inputs: StageInputs, metrics: dict[str, A
     if gold_prompts and config.gold_scorer:
         saved = load_adapted(str(final_dir), task=task, trust_remote_code=config.trust_remote_code)
         metrics.update(gold_metrics(saved, inputs.tokenizer, gold_prompts, config, suffix="after"))
+    if after_save is not None:
+        metrics.update(after_save(final_dir))
     samples = {key: metrics.pop(key) for key in list(metrics) if key.startswith("gold_samples_")}
 
     write_resolved_config(config, output_dir)

@@ -1,0 +1,53 @@
+"""Sampling K responses per prompt from a policy, for people to rank (InstructGPT's labeling loop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rlhf.data.records import read_records
+from rlhf.errors import DataError
+
+
+def load_prompts(path: str) -> list[Any]:
+    """The 'prompt' of every record (text, or a list of chat messages)."""
+    prompts = []
+    for raw in read_records(path):
+        if raw.error is not None:
+            raise DataError(raw.error, file=path, record=raw.number)
+        if not isinstance(raw.value, dict) or not isinstance(raw.value.get("prompt"), (str, list)) \
+                or not raw.value.get("prompt"):
+            raise DataError("missing or empty", file=path, record=raw.number, field="prompt")
+        prompts.append(raw.value["prompt"])
+    if not prompts:
+        raise DataError("no prompts", file=path)
+    return prompts
+
+
+def sample_k_responses(policy: str, prompts: list[Any], *, k: int, registry_dir: str = "", max_new_tokens: int = 64,
+                       temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                       trust_remote_code: bool = False) -> list[tuple[Any, list[str]]]:
+    """(prompt, k sampled responses) for each prompt; duplicates are removed later by the exporters."""
+    import torch
+
+    from rlhf.adaptation import load_adapted
+    from rlhf.generation import generate_responses
+    from rlhf.models import load_tokenizer, resolve
+
+    path, _ = resolve(policy, registry_dir)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    model = load_adapted(path, task="causal_lm", trust_remote_code=trust_remote_code)
+    torch.manual_seed(seed)
+    repeated = [prompt for prompt in prompts for _ in range(k)]
+    responses = generate_responses(model, tokenizer, repeated, max_new_tokens=max_new_tokens, do_sample=True,
+                                   temperature=temperature, top_p=top_p)
+    return [(prompt, responses[i * k:(i + 1) * k]) for i, prompt in enumerate(prompts)]
+
+
+def write_labeling_tasks(items, format: str, output: str, *, seed: int = 0) -> tuple[Path, Path]:
+    """Tasks at `output`, and the tool's labeling config beside it (Label Studio XML, Argilla settings JSON)."""
+    from rlhf.data import exporters
+
+    if format == "label-studio":
+        return exporters.write_label_studio_export(items, output, seed=seed)
+    return exporters.write_argilla_export(items, output, seed=seed)
