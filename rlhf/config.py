@@ -45,6 +45,10 @@ class CommonArguments:
         default=False,
         metadata={"help": "Run model code shipped with a hub model. Off unless you trust its author."},
     )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue from the latest checkpoint in output_dir (a fresh start if there is none)."},
+    )
 
     def __post_init__(self):
         # TRL turns bf16 on whenever it is unset, which fails on a CPU; unset means "where supported".

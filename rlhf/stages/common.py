@@ -72,11 +72,20 @@ def gold_metrics(model, tokenizer, prompts: list, config, suffix: str) -> dict[s
 
 
 def resume_argument(config):
-    """The Trainer's resume_from_checkpoint: True for the latest checkpoint in output_dir, or a path."""
+    """The Trainer's resume_from_checkpoint: a path, the latest checkpoint in output_dir, or None.
+
+    `--resume` with no checkpoint yet is a fresh start, so that one command serves a first run and a
+    re-run after a kill.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
     value = config.resume_from_checkpoint
-    if value in (None, "", "false", "False"):
-        return None
-    return True if value in ("true", "True") else value
+    if value not in (None, "", "false", "False", "true", "True"):
+        return value
+    if config.resume or value in ("true", "True"):
+        output_dir = Path(config.output_dir)
+        return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    return None
 
 
 def _gathered_if_zero3(model):
