@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_import_command(subcommands) -> None:
     command = subcommands.add_parser("import", help="a labeling tool's export -> rankings JSONL",
                                      description="Read a labeling export into rankings JSONL.")
-    command.add_argument("--format", required=True, choices=sorted(IMPORTERS), help="the tool or dataset")
+    command.add_argument("--format", required=True, choices=sorted(IMPORTERS), type=_format_name,
+                         help="the tool or dataset (label-studio and label_studio are the same)")
     command.add_argument("inputs", nargs="+", metavar="INPUT", help="export files (or `datasets` directories)")
     command.add_argument("-o", "--output", required=True, help="rankings JSONL to write")
     command.add_argument("--merge-annotators", action="store_true",
@@ -50,6 +51,10 @@ def add_import_command(subcommands) -> None:
     command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="importer option, e.g. prompt_field=question (see each importer's docstring)")
     command.set_defaults(run=run_import)
+
+
+def _format_name(text: str) -> str:
+    return text.replace("-", "_")
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -88,7 +93,7 @@ def add_export_command(subcommands) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from rlhf.sampling import load_prompts, sample_k_responses, write_labeling_tasks
+    from rlhf.sampling import load_prompts, rankable, sample_k_responses, write_labeling_tasks
 
     if not 2 <= args.k <= 16:
         raise ConfigError(f"--k must be between 2 and 16, got {args.k}")
@@ -96,8 +101,13 @@ def run_export(args: argparse.Namespace) -> int:
     items = sample_k_responses(args.policy, prompts, k=args.k, registry_dir=args.registry_dir,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                top_p=args.top_p, seed=args.seed, trust_remote_code=args.trust_remote_code)
+    items, dropped = rankable(items)
+    if not items:
+        raise DataError(f"no prompt got 2 distinct non-empty responses from {args.policy}", file=args.prompts)
     tasks, config = write_labeling_tasks(items, args.format, args.output, seed=args.seed)
     print(f"wrote {len(items)} tasks with up to {args.k} responses each to {tasks}; labeling config: {config}")
+    for reason, count in dropped.items():
+        print(f"left out {count} {reason}")
     return 0
 
 

@@ -44,6 +44,25 @@ def sample_k_responses(policy: str, prompts: list[Any], *, k: int, registry_dir:
     return [(prompt, responses[i * k:(i + 1) * k]) for i, prompt in enumerate(prompts)]
 
 
+def rankable(items: list[tuple[Any, list[str]]]) -> tuple[list[tuple[Any, list[str]]], dict[str, int]]:
+    """The samples worth a labeler's time: empty responses dropped, duplicates merged, at least 2 left.
+
+    A policy can answer with nothing or say the same thing twice; neither gives a comparison, so they are
+    left out here and counted, rather than failing the export.
+    """
+    kept, dropped = [], {"empty responses": 0, "duplicate responses": 0, "prompts with fewer than 2 distinct responses": 0}
+    for prompt, responses in items:
+        non_empty = [text for text in responses if text.strip()]
+        distinct = list(dict.fromkeys(non_empty))
+        dropped["empty responses"] += len(responses) - len(non_empty)
+        dropped["duplicate responses"] += len(non_empty) - len(distinct)
+        if len(distinct) < 2:
+            dropped["prompts with fewer than 2 distinct responses"] += 1
+            continue
+        kept.append((prompt, distinct))
+    return kept, {reason: count for reason, count in dropped.items() if count}
+
+
 def write_labeling_tasks(items, format: str, output: str, *, seed: int = 0) -> tuple[Path, Path]:
     """Tasks at `output`, and the tool's labeling config beside it (Label Studio XML, Argilla settings JSON)."""
     from rlhf.data import exporters
