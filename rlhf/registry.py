@@ -163,6 +163,9 @@ def _move_directory(source: Path, target: Path) -> None:
         shutil.rmtree(source, ignore_errors=True)
 
 
+STAGE_NAMES = ("sft", "rm", "ppo")
+
+
 def resolve_model(reference: str, registry: Registry | None = None) -> tuple[str, Entry | None]:
     """Where to load `reference` from: a registry entry, else a local directory, else a hub id."""
     if not reference:
@@ -175,6 +178,10 @@ def resolve_model(reference: str, registry: Registry | None = None) -> tuple[str
         return str(Path(reference).expanduser().resolve()), None
     if Path(reference).expanduser().exists():
         raise ConfigError(f"model '{reference}' is a file; a model is a Hugging Face directory")
+    if reference.split("@")[0] in STAGE_NAMES:
+        # Nobody means the hub's "sft": this is a stage that has not run, or a registry looked for in the wrong place.
+        raise ConfigError(f"model '{reference}' is not in the registry at {registry.root}: run that stage first, "
+                          f"or point registry_dir (or $RLHF_REGISTRY) at the registry that has it")
     looks_local = reference.startswith((".", "/", "~")) or reference.count("/") > 1
     if looks_local or "@" in reference:
         raise ConfigError(f"model '{reference}' is neither a registry entry in {registry.root} "

@@ -87,8 +87,10 @@ def test_resolve_order_registry_then_directory_then_hub(tmp_path, monkeypatch):
     assert resolve_model("org/some-model", registry) == ("org/some-model", None)
     with pytest.raises(ConfigError, match="neither a registry entry"):
         resolve_model("./missing/dir", registry)
-    with pytest.raises(ConfigError, match="neither a registry entry"):
+    with pytest.raises(ConfigError, match="not in the registry"):
         resolve_model("rm@3", registry)
+    with pytest.raises(ConfigError, match="'rm' is not in the registry.*run that stage first"):
+        resolve_model("rm", registry)  # a stage that has not run yet, not a hub id to try downloading
 
 
 def test_environment_variable_sets_the_default_root(tmp_path, monkeypatch):
