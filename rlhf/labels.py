@@ -102,6 +102,13 @@ def run_export(args: argparse.Namespace) -> int:
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                top_p=args.top_p, seed=args.seed, trust_remote_code=args.trust_remote_code)
     items, dropped = rankable(items)
+    if args.format == "argilla":
+        # Argilla fixes a ranking question's options per dataset: every record needs all K responses.
+        complete = [(prompt, responses) for prompt, responses in items if len(responses) == args.k]
+        if len(complete) < len(items):
+            dropped[f"prompts with fewer than {args.k} distinct responses (Argilla needs K per record)"] = \
+                len(items) - len(complete)
+        items = complete
     if not items:
         raise DataError(f"no prompt got 2 distinct non-empty responses from {args.policy}", file=args.prompts)
     tasks, config = write_labeling_tasks(items, args.format, args.output, seed=args.seed)

@@ -120,3 +120,29 @@ def test_export_annotate_import_closes_the_labeling_loop(rm_workspace, tmp_path)
         assert set(ranking.completions) == shown[ranking.prompt]
         assert sorted(ranking.ranks) == list(range(1, len(ranking.completions) + 1))
     assert f"wrote {len(imported)} rankings" in summary
+
+
+def test_rankable_leaves_out_empty_and_duplicate_samples_and_counts_them():
+    from rlhf.sampling import rankable
+
+    items = [("p1", ["a b", "a b", " ", "c"]), ("p2", ["x", "x", ""]), ("p3", ["y", "z"])]
+    kept, dropped = rankable(items)
+    assert kept == [("p1", ["a b", "c"]), ("p3", ["y", "z"])]
+    assert dropped == {"empty responses": 2, "duplicate responses": 2,
+                       "prompts with fewer than 2 distinct responses": 1}
+
+
+def test_argilla_export_from_a_policy_keeps_only_prompts_with_k_distinct_responses(rm_workspace, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in make_split(8, seed=4)))
+    result = subprocess.run([sys.executable, "-m", "rlhf.labels", "export", "--policy", "sft",
+                             "--registry_dir", str(rm_workspace / "registry"), "--prompts", str(prompts), "--k", "3",
+                             "--max_new_tokens", "6", "--format", "argilla", "-o", str(tmp_path / "records.json")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    records = json.loads((tmp_path / "records.json").read_text())
+    settings = json.loads((tmp_path / "records.settings.json").read_text())
+    assert records and all(sorted(k for k in r if k.startswith("response-")) == ["response-1", "response-2", "response-3"]
+                           for r in records)
+    assert [o["value"] for o in settings["questions"][0]["settings"]["options"]] == ["response-1", "response-2", "response-3"]
+    assert f"wrote {len(records)} tasks" in result.stdout
