@@ -124,6 +124,9 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def parse_config(config_class: type[T], argv: Sequence[str] | None = None) -> T:
     """Build `config_class` from `--config FILE.yaml` (optional) plus command-line overrides."""
+    from rlhf.distributed import let_accelerate_see_cpu_ranks
+
+    let_accelerate_see_cpu_ranks()  # before TrainingArguments sets up the process group
     argv = list(sys.argv[1:] if argv is None else argv)
     yaml_argv: list[str] = []
     if "--config" in argv:

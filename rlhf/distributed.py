@@ -23,3 +23,30 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def let_accelerate_see_cpu_ranks() -> None:
+    """Make the Trainer count every rank when the `deepspeed` launcher runs it on CPUs.
+
+    accelerate picks a process-group backend only for accelerators or an explicit CPU run; under the
+    `deepspeed` launcher with no GPU it picks none and reports a world of one process, so DeepSpeed's
+    batch-size check fails (16 != 16 * 1 * 2) and every rank would see the whole data set. Asking it
+    for the CPU backend (gloo) keeps everything else DeepSpeed's. Harmless where a GPU is present.
+    """
+    if "LOCAL_RANK" not in os.environ:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    from accelerate.state import PartialState
+
+    original = PartialState._prepare_backend
+    if getattr(original, "counts_cpu_ranks", False):
+        return
+
+    def prepare_backend(self, cpu: bool = False, sagemaker_dp: bool = False, backend: str | None = None):
+        return original(self, True, sagemaker_dp, backend)
+
+    prepare_backend.counts_cpu_ranks = True
+    PartialState._prepare_backend = prepare_backend

@@ -146,3 +146,40 @@ def test_argilla_export_from_a_policy_keeps_only_prompts_with_k_distinct_respons
                            for r in records)
     assert [o["value"] for o in settings["questions"][0]["settings"]["options"]] == ["response-1", "response-2", "response-3"]
     assert f"wrote {len(records)} tasks" in result.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_rm_under_two_process_zero3_trains_on_both_ranks_and_saves_whole_weights(rm_workspace, tmp_path):
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    registry = tmp_path / "registry"
+    Registry(registry).register("sft", "sft", build_tiny_model(tmp_path / "sft", corpus_words(), hidden_size=32,
+                                                                num_layers=2), base_model="tiny")
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    result = subprocess.run(
+        [str(deepspeed), "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "rlhf.stages.rm",
+         *_rm_args(rm_workspace, "--num_train_epochs", "1"), "--registry_dir", str(registry),
+         "--output_dir", str(tmp_path / "out"), "--deepspeed", "deepspeed_configs/zero3.json"],
+        capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    entries = Registry(registry).entries("rm")
+    assert [e.reference for e in entries] == ["rm@1"]  # rank 1 registered nothing
+    history = [json.loads(line) for line in (tmp_path / "out" / "log_history.jsonl").read_text().splitlines()]
+    steps = max(row.get("step", 0) for row in history)
+    assert steps == 192 // (8 * 2)  # each rank took half of every global batch of 2 x 8 rankings
+    weights = load_file(Path(entries[0].path) / "model.safetensors")
+    assert weights["score.weight"].shape == (1, 32)  # gathered from the ZeRO-3 partitions, not empty shards
+    assert all(tensor.numel() > 0 for tensor in weights.values())
+    assert 0.0 <= entries[0].metrics["eval_pairwise_accuracy"] <= 1.0 and "reward_offset" in entries[0].metrics

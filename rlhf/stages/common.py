@@ -71,6 +71,18 @@ def gold_metrics(model, tokenizer, prompts: list, config, suffix: str) -> dict[s
     return {f"gold_score_{suffix}": result["gold_score"], f"gold_samples_{suffix}": result["samples"]}
 
 
+def first_evaluation(trainer) -> dict[str, Any]:
+    """The metrics of the evaluation the Trainer ran before its first step (`eval_on_start`).
+
+    Evaluating through the Trainer before `train()` would wrap the model in an inference-only DeepSpeed
+    engine that training then cannot use; evaluating at step 0 inside `train()` measures the same thing.
+    """
+    for row in trainer.state.log_history:
+        if any(key.startswith("eval_") for key in row) and row.get("step", 0) == 0:
+            return row
+    return {}
+
+
 def resume_argument(config):
     """The Trainer's resume_from_checkpoint: a path, the latest checkpoint in output_dir, or None.
 
@@ -117,6 +129,11 @@ def save_and_register(trainer, config, inputs: StageInputs, metrics: dict[str, A
     distributed.barrier()
     if not distributed.is_main_process():
         return None
+    # From here rank 0 works alone: models it loads must be whole, not ZeRO-3 partitions that would wait
+    # for the other ranks.
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
     if gold_prompts and config.gold_scorer:
         saved = load_adapted(str(final_dir), task=task, trust_remote_code=config.trust_remote_code)

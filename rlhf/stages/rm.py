@@ -95,11 +95,12 @@ def run(config: RMStageConfig):
         model=model, args=config, train_dataset=train_features, eval_dataset=eval_features or None,
         data_collator=RankingCollator(inputs.tokenizer.pad_token_id), compute_metrics=compute_ranking_metrics,
     )
-    if eval_features:
-        before = trainer.evaluate()
+    config.eval_on_start = bool(eval_features)  # the "before" numbers
+    result = trainer.train(resume_from_checkpoint=common.resume_argument(config))
+    before = common.first_evaluation(trainer)
+    if before:
         metrics["eval_pairwise_accuracy_before"] = before["eval_pairwise_accuracy"]
         metrics["eval_loss_before"] = before["eval_loss"]
-    result = trainer.train(resume_from_checkpoint=common.resume_argument(config))
     metrics["train_loss"] = result.training_loss
     metrics["train_runtime_s"] = result.metrics.get("train_runtime")
 
