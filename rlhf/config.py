@@ -86,7 +86,8 @@ def _parser_for(config_class: type):
     class Parser(_RaisingParser, HfArgumentParser):
         pass
 
-    return Parser(config_class)
+    # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
+    return Parser(config_class, allow_abbrev=False)
 
 
 def yaml_to_argv(settings: dict[str, Any], known_keys: set[str], source: str) -> list[str]:
@@ -95,8 +96,8 @@ def yaml_to_argv(settings: dict[str, Any], known_keys: set[str], source: str) ->
     for key, value in settings.items():
         if key not in known_keys:
             raise ConfigError(f"{source}: unknown key '{key}'")
-        if value is None:
-            continue
+        if value is None or (isinstance(value, (list, tuple, dict)) and not value):
+            continue  # unset, or empty: the field's default says the same
         argv.append(f"--{key}")
         if isinstance(value, bool):
             argv.append(str(value).lower())

@@ -54,3 +54,10 @@ def test_deepspeed_configs_are_valid(path):
     if stage == 3 and "inference" not in path.name:
         # Without this a ZeRO-3 run would save shards, not a from_pretrained directory.
         assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+def test_an_abbreviated_argument_is_an_error_not_a_guess():
+    from rlhf.stages.rm import RMStageConfig
+
+    with pytest.raises(ConfigError, match="learning_rat"):
+        parse_config(RMStageConfig, ["--output_dir", "x", "--learning_rat", "1e-3"])

@@ -83,6 +83,35 @@ def first_evaluation(trainer) -> dict[str, Any]:
     return {}
 
 
+@contextlib.contextmanager
+def whole_models_on_this_rank():
+    """Load models whole on this rank alone, even while a ZeRO-3 run has them load as partitions."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def gold_metrics_of_start(model, inputs: StageInputs, prompts: list, config) -> dict[str, Any]:
+    """The gold score of the starting policy (rank 0). Under ZeRO-3 `model` is a partition, so a whole copy is graded."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not config.gold_scorer or not prompts or not distributed.is_main_process():
+        return {}
+    if not is_deepspeed_zero3_enabled():
+        return gold_metrics(model, inputs.tokenizer, prompts, config, suffix="before")
+    from rlhf.adaptation import load_adapted
+
+    # Loading and generating both inside: under ZeRO-3, generate() would otherwise wait for the other ranks.
+    with whole_models_on_this_rank():
+        whole = load_adapted(inputs.model_path, task="causal_lm", trust_remote_code=config.trust_remote_code)
+        return gold_metrics(whole, inputs.tokenizer, prompts, config, suffix="before")
+
+
 def resume_argument(config):
     """The Trainer's resume_from_checkpoint: a path, the latest checkpoint in output_dir, or None.
 
@@ -100,12 +129,18 @@ def resume_argument(config):
     return None
 
 
-def _gathered_if_zero3(model):
+def _gathered_if_zero3(trainer):
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if not is_deepspeed_zero3_enabled():
         return contextlib.nullcontext()
     import deepspeed
+
+    model = trainer.model
+    engine = trainer.model_wrapped
+    if hasattr(engine, "empty_partition_cache"):
+        # The last evaluation's prefetches can leave parameters "in flight"; settle them before gathering.
+        engine.empty_partition_cache()
 
     # Every rank must enter: gathering is a collective. Only rank 0 then writes.
     return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
@@ -119,11 +154,11 @@ def save_and_register(trainer, config, inputs: StageInputs, metrics: dict[str, A
     `after_save(saved_dir)` runs on rank 0 before registration and returns more metrics (the reward
     model sets its normalisation there).
     """
-    from rlhf.adaptation import load_adapted, save_adapted
+    from rlhf.adaptation import save_adapted
 
     output_dir = Path(config.output_dir)
     final_dir = output_dir / "final_model"
-    with _gathered_if_zero3(trainer.model):
+    with _gathered_if_zero3(trainer):
         if distributed.is_main_process():
             save_adapted(trainer.model, inputs.tokenizer, final_dir, config)
     distributed.barrier()
@@ -131,10 +166,16 @@ def save_and_register(trainer, config, inputs: StageInputs, metrics: dict[str, A
         return None
     # From here rank 0 works alone: models it loads must be whole, not ZeRO-3 partitions that would wait
     # for the other ranks.
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+    with whole_models_on_this_rank():
+        return _grade_write_and_register(trainer, config, inputs, metrics, stage, data_files, gold_prompts, task,
+                                         after_save, final_dir)
 
-    unset_hf_deepspeed_config()
 
+def _grade_write_and_register(trainer, config, inputs, metrics, stage, data_files, gold_prompts, task, after_save,
+                              final_dir) -> Entry:
+    from rlhf.adaptation import load_adapted
+
+    output_dir = Path(config.output_dir)
     if gold_prompts and config.gold_scorer:
         saved = load_adapted(str(final_dir), task=task, trust_remote_code=config.trust_remote_code)
         metrics.update(gold_metrics(saved, inputs.tokenizer, gold_prompts, config, suffix="after"))

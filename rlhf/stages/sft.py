@@ -19,7 +19,7 @@ from trl import SFTConfig
 
 from rlhf.adaptation.config import AdaptationConfig
 from rlhf.config import CommonArguments, parse_config
-from rlhf.errors import exits_cleanly
+from rlhf.errors import ConfigError, exits_cleanly
 
 
 @dataclass
@@ -48,6 +48,11 @@ def run(config: SFTStageConfig):
     from rlhf.stages import common
 
     # 1. Inputs: the model by reference, the demonstrations checked before any training starts.
+    if config.adaptation_method == "prefix_tuning":
+        # TRL's SFTTrainer computes the loss through the backbone with a fused LM head, which bypasses the
+        # prefix keys and values that peft injects; the run would fail at its first step.
+        raise ConfigError("adaptation_method prefix_tuning does not work with TRL's SFTTrainer; "
+                          "use prompt_tuning (learned input embeddings) or lora instead")
     inputs = common.resolve_inputs(config)
     tokenizer = inputs.tokenizer
     train_records = load_demonstrations(config.train_file)
@@ -61,17 +66,19 @@ def run(config: SFTStageConfig):
 
     # 3. Gold score of the starting policy on held-out prompts (the demo's stand-in for people).
     gold_prompts = [r["prompt"] for r in eval_records[:config.gold_eval_prompts]]
-    metrics.update(common.gold_metrics(model, tokenizer, gold_prompts, config, suffix="before"))
+    metrics.update(common.gold_metrics_of_start(model, inputs, gold_prompts, config))
 
-    # 4. Train with TRL's SFTTrainer; held-out loss before and after.
+    # 4. Train with TRL's SFTTrainer; held-out loss before (at step 0) and after.
+    config.eval_on_start = bool(eval_records)
     trainer = SFTTrainer(
         model=model, args=config, processing_class=tokenizer,
         train_dataset=datasets.Dataset.from_list(train_records),
         eval_dataset=datasets.Dataset.from_list(eval_records) if eval_records else None,
     )
-    if eval_records:
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
     result = trainer.train(resume_from_checkpoint=common.resume_argument(config))
+    before = common.first_evaluation(trainer)
+    if "eval_loss" in before:
+        metrics["eval_loss_before"] = before["eval_loss"]
     metrics["train_loss"] = result.training_loss
     metrics["train_runtime_s"] = result.metrics.get("train_runtime")
     if eval_records:

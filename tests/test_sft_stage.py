@@ -1,0 +1,264 @@
+"""Stage 1 end to end on a tiny model: held-out loss falls, the run registers what it should, the loss sees only
+what it should, every adaptation method runs through the stage, a killed run resumes, and bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf.demo.task import corpus_words, make_split
+from rlhf.demo.tiny_model import build_tiny_model
+from rlhf.registry import Registry, fingerprint_files
+
+
+def _write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sft_workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    build_tiny_model(root / "base", corpus_words(), hidden_size=32, num_layers=2)
+    _write_jsonl(root / "train.jsonl", make_split(256, seed=1))
+    _write_jsonl(root / "eval.jsonl", make_split(32, seed=2))
+    return root
+
+
+def _sft_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model_name_or_path", str(root / "base"), "--registry_dir", str(out / "registry"),
+            "--train_file", str(root / "train.jsonl"), "--eval_file", str(root / "eval.jsonl"),
+            "--output_dir", str(out / "run"), "--max_length", "48", "--per_device_train_batch_size", "16",
+            "--per_device_eval_batch_size", "32", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
+            "--max_steps", "30", "--logging_steps", "10", "--eval_strategy", "no", "--save_strategy", "no",
+            "--report_to", "none", "--seed", "0", *extra]
+
+
+def test_sft_lowers_held_out_loss_and_registers_lineage_data_and_config(sft_workspace, tmp_path):
+    from rlhf.config import config_to_dict, parse_config
+    from rlhf.stages.sft import SFTStageConfig, main
+
+    main(_sft_args(sft_workspace, tmp_path, "--gold_scorer", "demo", "--gold_eval_prompts", "8"))
+
+    entry = Registry(tmp_path / "registry").get("sft")
+    metrics = entry.metrics
+    assert entry.reference == "sft@1" and entry.stage == "sft" and entry.parents == []
+    assert entry.base_model == str((sft_workspace / "base").resolve())
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 1.0
+    assert 0.0 <= metrics["gold_score_before"] <= 1.0 and 0.0 <= metrics["gold_score_after"] <= 1.0
+    assert entry.data_fingerprint == fingerprint_files([sft_workspace / "train.jsonl"])
+    assert entry.config["learning_rate"] == 3e-3 and entry.config["max_steps"] == 30
+    assert (Path(entry.path) / "model.safetensors").is_file() and (Path(entry.path) / "tokenizer.json").is_file()
+
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+    assert json.loads((run_dir / "registered.json").read_text()) == {"reference": "sft@1", "path": entry.path}
+    # The resolved config is a config: fed back, it rebuilds the same run.
+    resolved = run_dir / "resolved_config.yaml"
+    again = parse_config(SFTStageConfig, ["--config", str(resolved)])
+    original = yaml.safe_load(resolved.read_text())
+    assert {k: v for k, v in config_to_dict(again).items() if k in original} == original
+
+
+def _first_batch(sft_workspace, tmp_path, records, *extra):
+    """The first training batch that the stage's SFTTrainer builds from `records`, and the tokenizer."""
+    import datasets
+    from trl import SFTTrainer
+
+    from rlhf.config import parse_config
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.stages.sft import SFTStageConfig
+
+    config = parse_config(SFTStageConfig, ["--model_name_or_path", str(sft_workspace / "base"),
+                                           "--output_dir", str(tmp_path / "o"), "--max_length", "48",
+                                           "--per_device_train_batch_size", str(len(records)), "--report_to", "none",
+                                           *extra])
+    tokenizer = load_tokenizer(str(sft_workspace / "base"))
+    trainer = SFTTrainer(model=load_causal_lm(str(sft_workspace / "base")), args=config, processing_class=tokenizer,
+                         train_dataset=datasets.Dataset.from_list(records))
+    batch = next(iter(trainer.get_train_dataloader()))
+    return batch, tokenizer
+
+
+def _ids(tokenizer, words: str) -> list[int]:
+    return tokenizer.convert_tokens_to_ids(words.split())
+
+
+def test_loss_is_on_completion_tokens_and_eos_only_by_default(sft_workspace, tmp_path):
+    batch, tokenizer = _first_batch(sft_workspace, tmp_path,
+                                    [{"prompt": "reverse cat dog answer :", "completion": " dog cat"}])
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    assert batch["input_ids"][0].tolist() == [bos, *_ids(tokenizer, "reverse cat dog answer : dog cat"), eos]
+    assert batch["labels"][0].tolist() == [-100] * 6 + [*_ids(tokenizer, "dog cat"), eos]
+
+
+def test_instruction_modeling_puts_the_prompt_in_the_loss_too(sft_workspace, tmp_path):
+    batch, tokenizer = _first_batch(sft_workspace, tmp_path,
+                                    [{"prompt": "first owl bee answer :", "completion": " owl"}],
+                                    "--completion_only_loss", "false")
+    expected = [tokenizer.bos_token_id, *_ids(tokenizer, "first owl bee answer : owl"), tokenizer.eos_token_id]
+    assert batch["input_ids"][0].tolist() == expected
+    assert batch["labels"][0].tolist() == expected  # the model shifts labels itself
+
+
+def test_conversational_records_put_only_the_assistant_reply_in_the_loss(sft_workspace, tmp_path):
+    from rlhf.data.sft import load_demonstrations
+
+    path = _write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        {"role": "user", "content": "repeat cat answer :"}, {"role": "assistant", "content": "cat"}]}])
+    batch, tokenizer = _first_batch(sft_workspace, tmp_path, load_demonstrations(str(path)))
+    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    labelled = [t for t, label in zip(tokens, batch["labels"][0].tolist()) if label != -100]
+    assert tokens[:7] == ["<s>", "user", ":", "repeat", "cat", "answer", ":"]
+    assert labelled == ["cat", "</s>"]
+
+
+def test_packing_joins_several_demonstrations_into_one_row(sft_workspace, tmp_path):
+    records = make_split(8, seed=5)
+    batch, _ = _first_batch(sft_workspace, tmp_path, records, "--packing", "true")
+    rows = batch["input_ids"].shape[0]
+    assert rows < len(records)  # 8 short demonstrations fit in fewer rows of 48 tokens
+    # Each packed demonstration restarts its positions, so attention does not cross into its neighbour.
+    assert int((batch["position_ids"] == 0).sum()) == len(records)
+
+
+ADAPTATIONS = {
+    "lora": ["--lora_r", "4"],
+    "bitfit": [],
+    "adapter": ["--adapter_bottleneck", "8"],
+    "ia3": [],
+    "prompt_tuning": ["--num_virtual_tokens", "4"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(ADAPTATIONS))
+def test_each_adaptation_method_trains_through_the_stage_and_saves_a_loadable_model(sft_workspace, tmp_path, method):
+    from rlhf.adaptation import load_adapted
+    from rlhf.stages.sft import main
+
+    main(_sft_args(sft_workspace, tmp_path, "--adaptation_method", method, *ADAPTATIONS[method],
+                   "--max_steps", "4", "--learning_rate", "1e-2"))
+    entry = Registry(tmp_path / "registry").get("sft")
+    assert 0 < entry.metrics["trainable_params"] < entry.metrics["total_params"] / 2
+    assert entry.metrics["eval_loss_after"] < entry.metrics["eval_loss_before"]
+    assert entry.config["adaptation_method"] == method
+    load_adapted(entry.path, task="causal_lm")  # the saved directory loads as the method saved it
+
+
+def test_resume_continues_a_killed_run_from_its_last_checkpoint(sft_workspace, tmp_path):
+    from rlhf.stages.sft import main
+
+    common = ["--save_strategy", "steps", "--save_steps", "4", "--logging_steps", "1", "--eval_file", ""]
+    main(_sft_args(sft_workspace, tmp_path, *common, "--max_steps", "4", "--register_as", "interrupted"))
+    assert (tmp_path / "run" / "checkpoint-4").is_dir()
+
+    main(_sft_args(sft_workspace, tmp_path, *common, "--max_steps", "8", "--resume", "true"))
+    history = [json.loads(line) for line in (tmp_path / "run" / "log_history.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in history if "loss" in row]
+    assert steps == list(range(1, 9))  # steps 1-4 restored from the checkpoint, 5-8 trained after it
+    state = json.loads((tmp_path / "run" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+
+
+def _stage_error(capsys, argv) -> str:
+    from rlhf.stages.sft import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing file", ["nope.jsonl", "no such file"]),
+    ("misnamed column", ["bad.jsonl", "record 2", "'prompt'", "missing"]),
+    ("empty data set", ["bad.jsonl", "empty"]),
+    ("prompt too long", ["bad.jsonl", "record 1", "'prompt'", "48"]),
+    ("missing model", ["no/such/model", "neither a registry entry"]),
+    ("unknown key", ["learning_rat"]),
+    ("wrong type", ["learning_rate", "fast"]),
+    ("prefix tuning", ["prefix_tuning", "prompt_tuning"]),
+])
+def test_bad_input_is_one_line_naming_where_and_leaves_the_registry_untouched(sft_workspace, tmp_path, capsys,
+                                                                           case, expected):
+    bad = tmp_path / "bad.jsonl"
+    args = _sft_args(sft_workspace, tmp_path)
+    if case == "missing file":
+        args += ["--train_file", str(tmp_path / "nope.jsonl")]
+    elif case == "misnamed column":
+        _write_jsonl(bad, [{"prompt": "sort cat answer :", "completion": " cat"}, {"question": "x", "completion": "y"}])
+        args += ["--train_file", str(bad)]
+    elif case == "empty data set":
+        bad.write_text("")
+        args += ["--train_file", str(bad)]
+    elif case == "prompt too long":
+        _write_jsonl(bad, [{"prompt": " ".join(["cat"] * 60), "completion": " cat"}])
+        args += ["--train_file", str(bad)]
+    elif case == "missing model":
+        args += ["--model_name_or_path", "./no/such/model"]
+    elif case == "prefix tuning":
+        args += ["--adaptation_method", "prefix_tuning"]
+    elif case == "unknown key":
+        args += ["--learning_rat", "1e-3"]
+    else:
+        args += ["--learning_rate", "fast"]
+    message = _stage_error(capsys, args)
+    for fragment in expected:
+        assert fragment in message, message
+    assert Registry(tmp_path / "registry").entries() == []
+    assert not (tmp_path / "registry" / "models").exists() or not any((tmp_path / "registry" / "models").rglob("*"))
+
+
+def test_the_command_line_reports_a_yaml_typo_without_a_traceback(sft_workspace, tmp_path):
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"model_name_or_path: {sft_workspace / 'base'}\nnum_train_epoch: 3\n")
+    result = subprocess.run([sys.executable, "-m", "rlhf.stages.sft", "--config", str(config)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "num_train_epoch" in result.stderr and str(config) in result.stderr and "Traceback" not in result.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sft_under_two_process_zero3_trains_registers_once_and_saves_whole_weights(sft_workspace, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from rlhf.models import load_causal_lm
+
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    result = subprocess.run(
+        [str(deepspeed), "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "rlhf.stages.sft",
+         *_sft_args(sft_workspace, tmp_path, "--max_steps", "16", "--per_device_train_batch_size", "8",
+                    "--gold_scorer", "demo", "--gold_eval_prompts", "4"),
+         "--deepspeed", "deepspeed_configs/zero3.json"],
+        capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    entries = Registry(tmp_path / "registry").entries()
+    assert [e.reference for e in entries] == ["sft@1"]  # only rank 0 registered
+    metrics = entries[0].metrics
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert "gold_score_before" in metrics and "gold_score_after" in metrics
+    saved = load_file(Path(entries[0].path) / "model.safetensors")
+    base = load_file(sft_workspace / "base" / "model.safetensors")
+    assert saved.keys() == base.keys()
+    assert all(saved[name].shape == base[name].shape for name in base)  # whole tensors, not ZeRO-3 partitions
+    assert any(not torch.equal(saved[name], base[name]) for name in base)  # and trained
+    load_causal_lm(entries[0].path)
