@@ -26,6 +26,9 @@ class SamplingSettings:
     top_k: int = 0  # 0: no top-k filtering
     top_p: float = 1.0  # 1.0: no nucleus filtering
     max_new_tokens: int = 32
+    # Never sampled: the padding token when it is not EOS. A sampled pad would be masked out of the forward
+    # passes that score the response, so generation and scoring would see different sequences.
+    suppressed_token_ids: tuple[int, ...] = ()
 
     def generation_config(self, tokenizer):
         """A complete GenerationConfig: nothing from a model's own generation_config.json sneaks in
@@ -36,15 +39,19 @@ class SamplingSettings:
             do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
             max_new_tokens=self.max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+            suppress_tokens=list(self.suppressed_token_ids) or None,
         )
 
 
 def warp_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
-    """The sampler's scores for logits (..., V): logits / T, then top-k, then top-p; filtered tokens -inf."""
+    """The sampler's scores for logits (..., V): suppressed tokens, logits / T, top-k, top-p; filtered ones -inf."""
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     shape = logits.shape
     scores = logits.float().reshape(-1, shape[-1])
+    if settings.suppressed_token_ids:
+        scores = scores.index_fill(-1, torch.tensor(settings.suppressed_token_ids, device=scores.device),
+                                   float("-inf"))
     if settings.temperature != 1.0:
         scores = TemperatureLogitsWarper(settings.temperature)(None, scores)
     if settings.top_k:
@@ -52,6 +59,14 @@ def warp_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tenso
     if settings.top_p < 1.0:
         scores = TopPLogitsWarper(settings.top_p)(None, scores)
     return scores.reshape(shape)
+
+
+def sampling_settings_for(tokenizer, temperature: float, top_k: int, top_p: float,
+                          max_new_tokens: int) -> SamplingSettings:
+    """Settings with the tokenizer's padding token suppressed (unless it doubles as EOS)."""
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    suppressed = (pad,) if pad is not None and pad != eos else ()
+    return SamplingSettings(temperature, top_k, top_p, max_new_tokens, suppressed)
 
 
 def sampling_logprobs(logits: torch.Tensor, labels: torch.Tensor, settings: SamplingSettings,

@@ -161,7 +161,7 @@ def run(config: PPOStageConfig):
     from rlhf.ppo import checkpoint, experience, inputs as ppo_inputs, report
     from rlhf.ppo.engines import build_engines, init_distributed
     from rlhf.ppo.experience import choose_zero3_generation
-    from rlhf.ppo.logprobs import SamplingSettings
+    from rlhf.ppo.logprobs import sampling_settings_for
     from rlhf.ppo.metrics import MetricsLogger
     from rlhf.ppo.update import NonFiniteLossError, UpdateSettings, ppo_update
 
@@ -171,7 +171,7 @@ def run(config: PPOStageConfig):
     inputs = ppo_inputs.resolve(config)
     tokenizer = inputs.tokenizer
     engines = build_engines(config, inputs.paths, tokenizer)
-    sampling = SamplingSettings(config.temperature, config.top_k, config.top_p, config.max_new_tokens)
+    sampling = sampling_settings_for(tokenizer, config.temperature, config.top_k, config.top_p, config.max_new_tokens)
     generation_config = sampling.generation_config(tokenizer)
     zero3_generation = choose_zero3_generation(config.zero3_generation, engines.actor)
     kl_controller = make_kl_controller(config.kl_coef, config.adaptive_kl, config.target_kl, config.kl_horizon)
@@ -201,55 +201,55 @@ def run(config: PPOStageConfig):
                 "score_moments": moments.state_dict() if moments is not None else None}
 
     last_saved = resume_from
-    for step in range(state["step"], config.steps):
-        # 1. Generate: this rank's slice of the step's prompts, sampled with the KV cache.
-        started = time.perf_counter()
-        prompts = inputs.prompts_for_step(step)
-        batch = experience.tokenize_prompts(tokenizer, prompts)
-        response_ids = experience.generate(engines.actor, batch, generation_config, zero3_generation)
-        generated = time.perf_counter()
+    try:
+        for step in range(state["step"], config.steps):
+            # 1. Generate: this rank's slice of the step's prompts, sampled with the KV cache.
+            started = time.perf_counter()
+            prompts = inputs.prompts_for_step(step)
+            batch = experience.tokenize_prompts(tokenizer, prompts)
+            response_ids = experience.generate(engines.actor, batch, generation_config, zero3_generation)
+            generated = time.perf_counter()
 
-        # 2. Score: log π_old and log π_ref under the sampling distribution, V(s_t), reward-model scores.
-        rollout = experience.score(engines, batch, response_ids, tokenizer, sampling, config.reward_max_length)
-        scored = time.perf_counter()
+            # 2. Score: log π_old and log π_ref under the sampling distribution, V(s_t), reward-model scores.
+            rollout = experience.score(engines, batch, response_ids, tokenizer, sampling, config.reward_max_length)
+            scored = time.perf_counter()
 
-        # 3. Advantages: per-token rewards with the KL penalty, GAE, whitening.
-        shaping = experience.RewardShaping(kl_controller.value, config.kl_estimator, config.score_clip,
-                                           config.missing_eos_penalty, config.gamma, config.lam)
-        rollout, kl = experience.with_advantages(rollout, shaping, tokenizer.eos_token_id, moments)
+            # 3. Advantages: per-token rewards with the KL penalty, GAE, whitening.
+            shaping = experience.RewardShaping(kl_controller.value, config.kl_estimator, config.score_clip,
+                                               config.missing_eos_penalty, config.gamma, config.lam)
+            rollout, kl = experience.with_advantages(rollout, shaping, tokenizer.eos_token_id, moments)
 
-        # 4. Update: PPO epochs over minibatches; a non-finite loss skips its update.
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        try:
-            result = ppo_update(engines.actor, engines.critic, rollout, update_settings, generator, ptx,
-                                state["consecutive_skips"], config.max_consecutive_nonfinite)
-        except NonFiniteLossError as error:
-            logger.close()
-            raise RLHFError(f"stopped at step {step + 1}: {error}; the last good checkpoint is "
-                            f"{last_saved or 'none (no checkpoint was saved yet)'}") from None
-        state["skipped_updates"] += result.skipped
-        state["consecutive_skips"] = result.consecutive_skips
-        trained = time.perf_counter()
+            # 4. Update: PPO epochs over minibatches; a non-finite loss skips its update.
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            try:
+                result = ppo_update(engines.actor, engines.critic, rollout, update_settings, generator, ptx,
+                                    state["consecutive_skips"], config.max_consecutive_nonfinite)
+            except NonFiniteLossError as error:
+                raise RLHFError(f"stopped at step {step + 1}: {error}; the last good checkpoint is "
+                                f"{last_saved or 'none (no checkpoint was saved yet)'}") from None
+            state["skipped_updates"] += result.skipped
+            state["consecutive_skips"] = result.consecutive_skips
+            trained = time.perf_counter()
 
-        # 5. Metrics, β, checkpoint.
-        texts = experience.decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
-        row = report.step_metrics(step + 1, rollout, kl, result, kl_controller.value, prompts, texts, gold,
-                                  times=(generated - started, scored - generated, trained - scored),
-                                  skipped_updates=state["skipped_updates"], ptx=ptx is not None,
-                                  eos_token_id=tokenizer.eos_token_id)
-        kl_controller.update(row["kl"], config.rollout_batch_size * distributed.world_size())
-        logger.log(row)
-        stopping = stop.any_rank()
-        if stopping or (config.save_steps and (step + 1) % config.save_steps == 0):
-            last_saved = checkpoint.save_checkpoint(config.output_dir, step + 1, engines.actor, engines.critic,
-                                                    trainer_state(step + 1), config.save_total_limit)
-        if stopping:
-            logger.close()
-            if distributed.is_main_process():
-                print(f"SIGTERM: saved {last_saved}; resume with --resume", flush=True)
-            return None
-    logger.close()
-    stop.restore()
+            # 5. Metrics, β, checkpoint.
+            texts = experience.decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
+            row = report.step_metrics(step + 1, rollout, kl, result, kl_controller.value, prompts, texts, gold,
+                                      times=(generated - started, scored - generated, trained - scored),
+                                      skipped_updates=state["skipped_updates"], ptx=ptx is not None,
+                                      eos_token_id=tokenizer.eos_token_id)
+            kl_controller.update(row["kl"], config.rollout_batch_size * distributed.world_size())
+            logger.log(row)
+            stopping = stop.any_rank()
+            if stopping or (config.save_steps and (step + 1) % config.save_steps == 0):
+                last_saved = checkpoint.save_checkpoint(config.output_dir, step + 1, engines.actor, engines.critic,
+                                                        trainer_state(step + 1), config.save_total_limit)
+            if stopping:
+                if distributed.is_main_process():
+                    print(f"SIGTERM: saved {last_saved}; resume with --resume", flush=True)
+                return None
+    finally:
+        logger.close()
+        stop.restore()
 
     # 6. Compare with the SFT policy on held-out prompts, save in Hugging Face format, register.
     return report.finish(config, inputs, engines, tokenizer, sampling, state)
