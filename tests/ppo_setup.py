@@ -47,18 +47,14 @@ def build_models(root: Path, *, hidden_size: int = 32, num_layers: int = 1, head
             "eval_prompts": str(root / "eval_prompts.jsonl"), "demos": str(root / "demos.jsonl")}
 
 
-def zero0_config(root: Path) -> str:
-    return str(REPO / "deepspeed_configs" / "zero0.json")
-
-
 def stage_arguments(paths: dict, output_dir: Path, registry: Path, **overrides) -> list[str]:
     """Command-line arguments of a short, fast run on the tiny models (all four engines ZeRO-0)."""
     zero0 = str(REPO / "deepspeed_configs" / "zero0.json")
     settings = dict(
         model_name_or_path=paths["policy"], critic_model=paths["reward"], reward_model=paths["reward"],
         prompts_file=paths["prompts"], eval_prompts_file=paths["eval_prompts"], eval_prompts=8,
-        output_dir=str(output_dir), registry_dir=str(registry), max_new_tokens=6, max_steps=4,
-        rollout_batch_size=8, minibatch_size=4, ppo_epochs=1, actor_learning_rate=1e-3, critic_learning_rate=1e-3,
+        output_dir=str(output_dir), registry_dir=str(registry), max_new_tokens=4, max_steps=4,
+        rollout_batch_size=8, minibatch_size=4, ppo_epochs=1, actor_learning_rate=5e-3, critic_learning_rate=5e-3,
         kl_coef=0.01, save_steps=2, disable_tqdm=True, report_to="none", seed=0,
         actor_deepspeed=zero0, critic_deepspeed=zero0, reference_deepspeed=zero0, reward_deepspeed=zero0,
     )

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import torch
 
 
+LOGPROB_FLOOR = -1e4
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """How responses are sampled; recorded in the run's config and used for every log-probability."""
@@ -83,7 +86,9 @@ def sampling_logprobs(logits: torch.Tensor, labels: torch.Tensor, settings: Samp
     else:
         scores = (logits.float() / settings.temperature).masked_fill(~support, float("-inf"))
     logprobs = torch.log_softmax(scores, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    return logprobs, support
+    # Padding after EOS (suppressed, so -inf) and tokens the updated policy would no longer sample get a finite
+    # floor: a masked -inf would still turn gradients into NaN through exp(-inf - -inf).
+    return logprobs.clamp(min=LOGPROB_FLOOR), support
 
 
 def sampling_entropy(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
