@@ -8,6 +8,18 @@ import torch
 TINY_VOCAB = 64
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Stages run in-process set RANK, LOCAL_RANK, MASTER_PORT... for a world of one; later tests, and the
+    subprocesses they start, must not inherit them."""
+    import os
+
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def tiny_llama_config(**overrides):
     from transformers import LlamaConfig
 

@@ -32,11 +32,12 @@ def init_distributed() -> None:
     import deepspeed
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        return
     if "RANK" not in os.environ:
+        # DeepSpeed reads these even when the process group already exists (a second run in one process).
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+    if dist.is_available() and dist.is_initialized():
+        return
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
 
