@@ -14,8 +14,8 @@ from rlhf.errors import DataError
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike) -> Iterator[TextIO]:
-    """Yield a text file that replaces `path` only when the block ends without an exception.
+def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[TextIO]:
+    """Yield a file (text, or bytes with mode "wb") that replaces `path` only when the block ends without an exception.
 
     The temporary file lives in the same directory, so `os.replace` is a rename on one file system and is atomic;
     on an exception it is removed and a file already at `path` is left untouched.
@@ -25,7 +25,8 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[TextIO]:
         raise DataError("output directory does not exist", file=str(path))
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
+        text = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
+        with os.fdopen(handle, mode, **text) as file:
             yield file
             file.flush()
             os.fsync(file.fileno())

@@ -48,8 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_layers", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every split's size (smoke tests: 0.02)")
     args = parser.parse_args(argv)
-    path = prepare(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    sizes = {split: max(8, int(count * args.scale)) for split, count in SPLITS.items()}
+    path = prepare(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers, sizes=sizes)
     print(f"demo model and data written to {path}")
 
 

@@ -1,0 +1,303 @@
+"""The whole InstructGPT pipeline in one command: SFT, labeling, reward model, PPO, report.
+
+    python -m rlhf.pipeline --config configs/demo.yaml
+
+Each stage runs as its own process (`python -m rlhf.stages.X`, or under the `deepspeed` launcher), reads its own
+config file, and hands its model to the next through the registry by exact reference (`sft@3`), so that a later
+stage never picks up a model it was not planned with. The pipeline remembers, in `<run_dir>/pipeline_state.json`,
+what each stage was built from: a re-run skips a stage whose inputs and config are unchanged and whose registry
+entry still exists, resumes one that was interrupted, and starts afresh one whose inputs changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhf.config import parse_config, write_resolved_config
+from rlhf.errors import ConfigError, RLHFError, exits_cleanly
+from rlhf.io import atomic_write_json
+from rlhf.registry import Registry, fingerprint_files
+
+LABEL_MODES = ("simulated", "import", "pause")
+LAUNCHERS = ("python", "deepspeed")
+
+
+@dataclass
+class PipelineConfig:
+    """What to run and where. Each stage's own settings stay in its own config file."""
+
+    run_dir: str = field(default="runs/demo-run", metadata={"help": "Every stage's outputs, the labels and the report."})
+    registry_dir: str = field(default="", metadata={"help": "Model registry. Empty: <run_dir>/registry."})
+    prepare_demo: str = field(default="", metadata={"help": "Write the bundled demo (model + data) here first, "
+                                                            "when it is not there yet. Empty: bring your own."})
+    demo_scale: float = field(default=1.0, metadata={"help": "Scale of the demo's data splits (tests use 0.02)."})
+    demo_hidden_size: int = field(default=128, metadata={"help": "Width of the demo's tiny model."})
+    sft_config: str = field(default="configs/sft.yaml", metadata={"help": "Stage 1's config file."})
+    rm_config: str = field(default="configs/rm.yaml", metadata={"help": "Stage 2's config file."})
+    ppo_config: str = field(default="configs/ppo.yaml", metadata={"help": "Stage 3's config file."})
+    sft_overrides: str = field(default="", metadata={"help": "Stage 1 settings over its file, as a JSON/YAML mapping."})
+    rm_overrides: str = field(default="", metadata={"help": "Stage 2 settings over its file, as a JSON/YAML mapping."})
+    ppo_overrides: str = field(default="", metadata={"help": "Stage 3 settings over its file, as a JSON/YAML mapping."})
+    labels: str = field(default="simulated", metadata={"help": "'simulated': the demo's labelers rank the samples; "
+                                                               "'import': read labels_file; 'pause': write the "
+                                                               "labeling tasks and stop until the labels are imported."})
+    labels_file: str = field(default="", metadata={"help": "With labels: import, the labeling tool's export."})
+    labels_format: str = field(default="label-studio", metadata={"help": "Format of labels_file, or of the tasks "
+                                                                         "written for labeling (label-studio, argilla)."})
+    label_prompts: str = field(default="runs/demo/data/prompts_train.jsonl",
+                               metadata={"help": "Prompts whose sampled responses people rank."})
+    label_k: int = field(default=4, metadata={"help": "Responses sampled per prompt for ranking (InstructGPT: 4 to 9)."})
+    label_limit: int = field(default=0, metadata={"help": "Use only the first N prompts for labeling (0: all)."})
+    label_max_new_tokens: int = field(default=24, metadata={"help": "Length cap of the sampled responses."})
+    launcher: str = field(default="python", metadata={"help": "'python' (one process) or 'deepspeed'."})
+    launcher_args: str = field(default="", metadata={"help": "Arguments for the deepspeed launcher, e.g. "
+                                                             "'--num_gpus 8' or '--hostfile hostfile'."})
+    report: bool = field(default=True, metadata={"help": "Write the report (plots + summary) at the end."})
+
+    def __post_init__(self):
+        if self.labels not in LABEL_MODES:
+            raise ConfigError(f"labels must be one of {LABEL_MODES}, got '{self.labels}'")
+        if self.launcher not in LAUNCHERS:
+            raise ConfigError(f"launcher must be one of {LAUNCHERS}, got '{self.launcher}'")
+        if self.labels == "import" and not self.labels_file:
+            raise ConfigError("labels: import needs labels_file (the labeling tool's export)")
+        for name in ("sft_overrides", "rm_overrides", "ppo_overrides"):
+            overrides_of(self, name)  # a malformed mapping fails now, not after an hour of SFT
+
+
+def overrides_of(config: PipelineConfig, name: str) -> dict[str, Any]:
+    import yaml
+
+    text = getattr(config, name)
+    if not text:
+        return {}
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping of config keys, got {text!r}")
+    return value
+
+
+def stage_arguments(settings: dict[str, Any]) -> list[str]:
+    """`--key value` for each setting, as the stages' parsers read them."""
+    argv = []
+    for key, value in settings.items():
+        argv.append(f"--{key}")
+        argv += [str(v) for v in value] if isinstance(value, list) else [str(value).lower() if isinstance(value, bool)
+                                                                          else str(value)]
+    return argv
+
+
+# -- deciding what to run ------------------------------------------------------------------------------------------
+
+def stage_key(*parts: Any) -> str:
+    """What a stage was built from: its config file's text, its overrides, its input data and models."""
+    def content(part: Any) -> Any:
+        if isinstance(part, Path):  # a file or directory counts by what is in it, not by its name
+            return fingerprint_files([part]) if part.exists() else str(part)
+        if isinstance(part, (list, tuple)):
+            return [content(item) for item in part]
+        return part
+
+    return hashlib.sha256(json.dumps(content(list(parts)), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan(state: dict[str, Any], stage: str, key: str, registry: Registry | None) -> str:
+    """'skip' (done from the same inputs, and its model is still registered), 'resume' (interrupted with the
+    same inputs) or 'fresh' (never run, or its inputs changed)."""
+    record = state.get(stage)
+    if not record or record.get("key") != key:
+        return "fresh"
+    if record.get("status") == "done":
+        reference = record.get("reference")
+        if reference is None or (registry is not None and registry.has(reference)):
+            return "skip"
+        return "fresh"
+    return "resume"
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.registry = Registry(config.registry_dir or self.run_dir / "registry")
+        self.state_file = self.run_dir / "pipeline_state.json"
+        self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+
+    def _save_state(self) -> None:
+        atomic_write_json(self.state_file, self.state)
+
+    def _say(self, message: str) -> None:
+        print(f"[pipeline] {message}", flush=True)
+
+    def _run(self, command: list[str], stage: str) -> None:
+        self._say(" ".join(command))
+        process = subprocess.Popen(command, env={**os.environ, "RLHF_REGISTRY": str(self.registry.root)})
+        # A scheduler stopping the pipeline stops the stage as it would stop the stage itself: SIGTERM, on which
+        # the stage saves a checkpoint that the next run resumes from.
+        previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+        try:
+            returncode = process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            process.wait()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if returncode != 0:
+            raise RLHFError(f"stage {stage} failed (exit code {returncode}); its error is above. "
+                            f"Re-run the same command to resume it.")
+
+    def _stage_command(self, module: str) -> list[str]:
+        if self.config.launcher == "deepspeed":
+            return [shutil.which("deepspeed") or "deepspeed", *self.config.launcher_args.split(), "--module", module]
+        return [sys.executable, "-m", module]
+
+    def run_stage(self, stage: str, key: str, action) -> Any:
+        """Run `action(fresh)` unless planned away; record the result. Returns the stage's registry reference."""
+        decision = plan(self.state, stage, key, self.registry)
+        if decision == "skip":
+            self._say(f"{stage}: unchanged since its last run, skipped ({self.state[stage].get('reference') or 'done'})")
+            return self.state[stage].get("reference")
+        self._say(f"{stage}: {'resuming the interrupted run' if decision == 'resume' else 'running'}")
+        self.state[stage] = {"key": key, "status": "running"}
+        self._save_state()
+        reference = action(decision == "fresh")
+        self.state[stage] = {"key": key, "status": "done", "reference": reference}
+        self._save_state()
+        return reference
+
+    def _trained_stage(self, stage: str, config_file: str, overrides: dict[str, Any], inputs: dict[str, Any],
+                       data: list[Path]) -> str:
+        output_dir = self.run_dir / stage
+        key = stage_key(stage, Path(config_file), overrides, inputs, data)
+
+        def action(fresh: bool) -> str:
+            if fresh and output_dir.exists():
+                shutil.rmtree(output_dir)  # checkpoints of other inputs must not be resumed into this run
+            settings = {**overrides, **inputs, "registry_dir": str(self.registry.root),
+                        "output_dir": str(output_dir), "resume": True}
+            self._run([*self._stage_command(f"rlhf.stages.{stage}"), "--config", config_file,
+                       *stage_arguments(settings)], stage)
+            return json.loads((output_dir / "registered.json").read_text())["reference"]
+
+        return self.run_stage(stage, key, action)
+
+    # -- the stages, in order -------------------------------------------------------------------------------------
+
+    def prepare_demo(self) -> None:
+        out = Path(self.config.prepare_demo)
+        if (out / "base_model" / "config.json").is_file():
+            return
+        self._say(f"writing the demo model and data to {out}")
+        self._run([sys.executable, "-m", "rlhf.demo.prepare", "--out", str(out), "--scale", str(self.config.demo_scale),
+                   "--hidden_size", str(self.config.demo_hidden_size)], "prepare")
+
+    def sft(self) -> str:
+        overrides = overrides_of(self.config, "sft_overrides")
+        train = self._setting(self.config.sft_config, overrides, "train_file")
+        return self._trained_stage("sft", self.config.sft_config, overrides, {}, [Path(train)] if train else [])
+
+    def labels(self, sft_reference: str) -> Path | None:
+        """The rankings file for the reward model, or None when the pipeline pauses for people to label."""
+        labels_dir = self.run_dir / "labels"
+        rankings = labels_dir / "rankings.jsonl"
+        mode = self.config.labels
+        source = Path(self.config.labels_file) if mode == "import" else Path(self.config.label_prompts)
+        key = stage_key("labels", mode, sft_reference, source, self.config.labels_format, self.config.label_k,
+                        self.config.label_limit, self.config.label_max_new_tokens)
+        if mode == "pause":
+            self._write_tasks(sft_reference, labels_dir / "tasks.json")
+            return None
+        if not rankings.is_file():
+            self.state.pop("labels", None)  # its output is gone: nothing to skip to
+
+        def action(fresh: bool) -> None:
+            if mode == "import":
+                self._run([sys.executable, "-m", "rlhf.labels", "import", "--format", self.config.labels_format,
+                           str(source), "-o", str(rankings)], "labels")
+                return None
+            tasks = self._write_tasks(sft_reference, labels_dir / "tasks.json")
+            self._run([sys.executable, "-m", "rlhf.demo.annotate", str(tasks), "-o", str(labels_dir / "export.json")],
+                      "labels")
+            self._run([sys.executable, "-m", "rlhf.labels", "import", "--format", "label-studio",
+                       str(labels_dir / "export.json"), "-o", str(rankings)], "labels")
+            return None
+
+        self.run_stage("labels", key, action)
+        return rankings
+
+    def _write_tasks(self, sft_reference: str, tasks: Path) -> Path:
+        self._run([sys.executable, "-m", "rlhf.labels", "export", "--policy", sft_reference,
+                   "--registry_dir", str(self.registry.root), "--prompts", self.config.label_prompts,
+                   "--k", str(self.config.label_k), "--limit", str(self.config.label_limit),
+                   "--max_new_tokens", str(self.config.label_max_new_tokens),
+                   "--format", self.config.labels_format, "-o", str(tasks)], "labels")
+        return tasks
+
+    def rm(self, sft_reference: str, rankings: Path) -> str:
+        overrides = overrides_of(self.config, "rm_overrides")
+        inputs = {"model_name_or_path": sft_reference, "train_file": str(rankings)}
+        return self._trained_stage("rm", self.config.rm_config, overrides, inputs, [rankings])
+
+    def ppo(self, sft_reference: str, rm_reference: str) -> str:
+        overrides = overrides_of(self.config, "ppo_overrides")
+        prompts = self._setting(self.config.ppo_config, overrides, "prompts_file")
+        inputs = {"model_name_or_path": sft_reference, "critic_model": rm_reference, "reward_model": rm_reference}
+        return self._trained_stage("ppo", self.config.ppo_config, overrides, inputs, [Path(prompts)] if prompts else [])
+
+    @staticmethod
+    def _setting(config_file: str, overrides: dict[str, Any], key: str) -> str:
+        from rlhf.config import load_yaml
+
+        return str(overrides.get(key) or load_yaml(config_file).get(key) or "")
+
+
+def run(config: PipelineConfig) -> int:
+    pipeline = Pipeline(config)
+    write_resolved_config(config, pipeline.run_dir)
+    if config.prepare_demo:
+        pipeline.prepare_demo()
+
+    sft_reference = pipeline.sft()
+    rankings = pipeline.labels(sft_reference)
+    if rankings is None:
+        tasks = pipeline.run_dir / "labels" / "tasks.json"
+        pipeline._say(
+            f"paused for labeling. Import {tasks} (and the labeling config beside it) into "
+            f"{'Label Studio' if config.labels_format == 'label-studio' else 'Argilla'}, have people rank the "
+            f"responses, export the results, then run this command again with "
+            f"--labels import --labels_file EXPORT --labels_format {config.labels_format}. "
+            f"Finished stages will be skipped.")
+        return 0
+    rm_reference = pipeline.rm(sft_reference, rankings)
+    ppo_reference = pipeline.ppo(sft_reference, rm_reference)
+
+    if config.report:
+        from rlhf.report import write_report
+
+        report = write_report(pipeline.run_dir, registry_dir=str(pipeline.registry.root))
+        pipeline._say(f"done: {sft_reference} -> {rm_reference} -> {ppo_reference}. Report: {report}")
+    else:
+        pipeline._say(f"done: {sft_reference} -> {rm_reference} -> {ppo_reference}")
+    return 0
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_config(PipelineConfig, argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,247 @@
+"""The report a person reads after a run: plots of each stage and a Markdown summary.
+
+    python -m rlhf.report RUN_DIR [--registry_dir DIR]
+
+RUN_DIR holds the stages' output directories (`sft/`, `rm/`, `ppo/`, as the pipeline writes them). A stage that
+has not run yet is reported as missing; the rest is still drawn. Everything lands in RUN_DIR/report/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from rlhf.errors import DataError, exits_cleanly
+from rlhf.io import atomic_write_text, atomic_writer
+
+SAMPLES_SHOWN = 6
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- plots --------------------------------------------------------------------------------------------------------
+
+def _figure(rows: int = 1, columns: int = 1, size=(6.4, 4.0)):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(rows, columns, figsize=size, squeeze=False)
+    return figure, axes
+
+
+def _save(figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    with atomic_writer(path, "wb") as file:
+        file.write(buffer.getvalue())
+    return path
+
+
+def plot_sft_loss(history: list[dict], path: Path) -> Path:
+    figure, axes = _figure()
+    axis = axes[0][0]
+    train = [(row["step"], row["loss"]) for row in history if "loss" in row]
+    held_out = [(row["step"], row["eval_loss"]) for row in history if "eval_loss" in row]
+    if train:
+        axis.plot(*zip(*train), label="train loss", color="tab:blue")
+    if held_out:
+        axis.plot(*zip(*held_out), "o-", label="held-out loss", color="tab:orange")
+    axis.set(title="SFT: loss on demonstrations", xlabel="step", ylabel="cross-entropy per token")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_rm_accuracy_by_k(metrics: dict, path: Path) -> Path:
+    by_k = sorted((int(key.rsplit("_k", 1)[1]), value) for key, value in metrics.items()
+                  if key.startswith("eval_pairwise_accuracy_k"))
+    figure, axes = _figure()
+    axis = axes[0][0]
+    labels = [f"K={k}" for k, _ in by_k] + ["all"]
+    values = [value for _, value in by_k] + [metrics.get("eval_pairwise_accuracy", float("nan"))]
+    bars = axis.bar(labels, values, color=["tab:blue"] * len(by_k) + ["tab:green"])
+    axis.bar_label(bars, fmt="%.2f")
+    axis.axhline(0.5, color="grey", linestyle="--", label="chance")
+    if "eval_pairwise_accuracy_before" in metrics:
+        axis.axhline(metrics["eval_pairwise_accuracy_before"], color="tab:red", linestyle=":",
+                     label="before training (all)")
+    axis.set(title="Reward model: held-out pairwise accuracy by K", ylabel="pairs ordered as labelers did",
+             ylim=(0, 1.05))
+    axis.legend(loc="lower right", fontsize=8)
+    return _save(figure, path)
+
+
+def plot_ppo_training(steps: list[dict], path: Path) -> Path:
+    figure, axes = _figure(2, 2, size=(10, 6.5))
+    panels = [("rm_score", "reward-model score", "tab:blue"), ("gold_score", "gold score (demo)", "tab:green"),
+              ("kl", "KL to the SFT policy (nats / response)", "tab:red"), ("beta", "β (KL coefficient)", "tab:purple")]
+    for axis, (key, title, color) in zip([a for row in axes for a in row], panels):
+        points = [(row["step"], row[key]) for row in steps if row.get(key) is not None]
+        if points:
+            axis.plot(*zip(*points), color=color)
+        else:
+            axis.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=axis.transAxes)
+        axis.set(title=title, xlabel="PPO step")
+        axis.grid(alpha=0.3)
+    figure.suptitle("PPO: what the policy optimises, and what it costs")
+    return _save(figure, path)
+
+
+def plot_overoptimisation(steps: list[dict], path: Path, bins: int = 8) -> Path:
+    """Reward-model score and gold score against KL, each step a dot and the mean per KL bin a line: when the
+    RM line keeps rising while the gold line falls, the policy is exploiting the reward model (Gao et al. 2022)."""
+    import numpy as np
+
+    figure, axes = _figure()
+    axis = axes[0][0]
+    rows = [row for row in steps if row.get("kl") is not None]
+    kl = np.array([row["kl"] for row in rows], dtype=float)
+    edges = np.unique(np.quantile(kl, np.linspace(0, 1, bins + 1))) if len(kl) else np.array([])
+
+    def draw(target, key, color, label):
+        values = np.array([row.get(key) if row.get(key) is not None else np.nan for row in rows], dtype=float)
+        target.scatter(kl, values, s=10, alpha=0.35, color=color)
+        centres, means = [], []
+        for low, high in zip(edges[:-1], edges[1:]):
+            inside = (kl >= low) & (kl <= high) & ~np.isnan(values)
+            if inside.any():
+                centres.append(kl[inside].mean())
+                means.append(values[inside].mean())
+        return target.plot(centres, means, "o-", color=color, label=f"{label} (mean per KL bin)")
+
+    lines = draw(axis, "rm_score", "tab:blue", "reward-model score")
+    axis.set(xlabel="KL to the SFT policy (nats / response)", ylabel="reward-model score",
+             title="Reward-model score vs gold score as KL grows")
+    if any(row.get("gold_score") is not None for row in rows):
+        gold_axis = axis.twinx()
+        lines += draw(gold_axis, "gold_score", "tab:green", "gold score")
+        gold_axis.set_ylabel("gold score", color="tab:green")
+    axis.legend(handles=lines, loc="lower right", fontsize=8)
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_response_length(steps: list[dict], path: Path) -> Path:
+    figure, axes = _figure()
+    axis = axes[0][0]
+    points = [(row["step"], row["response_length"]) for row in steps if row.get("response_length") is not None]
+    if points:
+        axis.plot(*zip(*points), color="tab:brown")
+    axis.set(title="PPO: mean response length", xlabel="PPO step", ylabel="tokens")
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+# -- summary ------------------------------------------------------------------------------------------------------
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _metrics_table(metrics: dict) -> list[str]:
+    rows = ["| metric | value |", "|---|---|"]
+    rows += [f"| {key} | {_number(value)} |" for key, value in sorted(metrics.items())
+             if isinstance(value, (int, float, str))]
+    return rows
+
+
+def _lineage(run_dir: Path, registry_dir: str) -> list[str]:
+    from rlhf.registry import Registry
+
+    registry = Registry(registry_dir or run_dir / "registry")
+    for stage in ("ppo", "rm", "sft"):
+        registered = _json(run_dir / stage / "registered.json")
+        if registered and registry.has(registered["reference"]):
+            return [f"- `{entry.reference}` ({entry.stage}), from {', '.join(f'`{p}`' for p in entry.parents) or f'`{entry.base_model}`'}"
+                    f", made {entry.created_at}" for entry in registry.lineage(registered["reference"])]
+    return ["- nothing registered yet"]
+
+
+def _samples_table(samples: list[dict]) -> list[str]:
+    rows = ["| prompt | SFT | PPO | gold SFT → PPO | RM SFT → PPO |", "|---|---|---|---|---|"]
+    for sample in samples[:SAMPLES_SHOWN]:
+        cells = [sample["prompt"], sample["sft"], sample["ppo"]]
+        cells = [str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells]
+        gold = f"{sample['gold_sft']:.2f} → {sample['gold_ppo']:.2f}" if "gold_sft" in sample else "–"
+        rows.append(f"| {' | '.join(cells)} | {gold} | {sample['rm_sft']:.2f} → {sample['rm_ppo']:.2f} |")
+    return rows
+
+
+def write_report(run_dir: str | Path, registry_dir: str = "") -> Path:
+    """Write RUN_DIR/report/{*.png, report.md}; returns the Markdown file's path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError("no such run directory", file=str(run_dir))
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# RLHF run: `{run_dir}`", "", "## Lineage", "", *_lineage(run_dir, registry_dir), ""]
+
+    sft_metrics, sft_history = _json(run_dir / "sft" / "metrics.json"), _jsonl(run_dir / "sft" / "log_history.jsonl")
+    lines += ["## 1. SFT", ""]
+    if sft_metrics is None:
+        lines += ["Not run yet.", ""]
+    else:
+        plot_sft_loss(sft_history, out / "sft_loss.png")
+        lines += ["![SFT loss](sft_loss.png)", "", *_metrics_table(sft_metrics), ""]
+
+    rm_metrics = _json(run_dir / "rm" / "metrics.json")
+    lines += ["## 2. Reward model", ""]
+    if rm_metrics is None:
+        lines += ["Not run yet.", ""]
+    else:
+        plot_rm_accuracy_by_k(rm_metrics, out / "rm_accuracy_by_k.png")
+        lines += ["![Reward-model accuracy by K](rm_accuracy_by_k.png)", "", *_metrics_table(rm_metrics), ""]
+
+    ppo_metrics, ppo_steps = _json(run_dir / "ppo" / "metrics.json"), _jsonl(run_dir / "ppo" / "ppo_metrics.jsonl")
+    lines += ["## 3. PPO", ""]
+    if ppo_metrics is None and not ppo_steps:
+        lines += ["Not run yet.", ""]
+    else:
+        plot_ppo_training(ppo_steps, out / "ppo_training.png")
+        plot_overoptimisation(ppo_steps, out / "ppo_rm_vs_gold_by_kl.png")
+        plot_response_length(ppo_steps, out / "ppo_response_length.png")
+        lines += ["![PPO training](ppo_training.png)", "", "![RM vs gold by KL](ppo_rm_vs_gold_by_kl.png)", "",
+                  "![Response length](ppo_response_length.png)", ""]
+        if ppo_metrics:
+            win = [f"**Win rate of PPO over SFT** on {ppo_metrics.get('eval_prompts', '?')} held-out prompts: "
+                   f"{ppo_metrics['win_rate_rm']:.1%} under the reward model"]
+            if "win_rate_gold" in ppo_metrics:
+                win.append(f", {ppo_metrics['win_rate_gold']:.1%} under the gold scorer")
+            lines += ["".join(win) + " (ties count half).", "", *_metrics_table(ppo_metrics), ""]
+        samples = _json(run_dir / "ppo" / "samples.json") or []
+        if samples:
+            lines += ["### Samples on held-out prompts", "", *_samples_table(samples), ""]
+
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(lines))
+    return report
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rlhf.report", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="the pipeline's run directory (holding sft/, rm/, ppo/)")
+    parser.add_argument("--registry_dir", default="", help="registry (default: RUN_DIR/registry)")
+    args = parser.parse_args(argv)
+    print(f"report: {write_report(args.run_dir, args.registry_dir)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The one-command pipeline: what it decides to run, and the whole demo on the smallest settings, re-run, resumed,
+paused for people and fed their labels."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf.errors import ConfigError
+from rlhf.pipeline import PipelineConfig, plan, stage_key
+from rlhf.registry import Registry
+
+
+def test_plan_runs_fresh_skips_done_resumes_interrupted(tmp_path):
+    registry = Registry(tmp_path / "registry")
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    entry = registry.register("sft", "sft", model)
+    assert plan({}, "sft", "k1", registry) == "fresh"
+    assert plan({"sft": {"key": "k1", "status": "done", "reference": entry.reference}}, "sft", "k1", registry) == "skip"
+    assert plan({"sft": {"key": "k1", "status": "running"}}, "sft", "k1", registry) == "resume"
+    # Other inputs or config: the old run, finished or not, is not this one.
+    assert plan({"sft": {"key": "k0", "status": "done", "reference": "sft@1"}}, "sft", "k1", registry) == "fresh"
+    assert plan({"sft": {"key": "k0", "status": "running"}}, "sft", "k1", registry) == "fresh"
+    # Done, but its model is gone from the registry: run it again.
+    assert plan({"sft": {"key": "k1", "status": "done", "reference": "sft@7"}}, "sft", "k1", registry) == "fresh"
+
+
+def test_stage_key_follows_config_text_and_data_content(tmp_path):
+    config, data = tmp_path / "sft.yaml", tmp_path / "d.jsonl"
+    config.write_text("learning_rate: 1.0e-3\n")
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    key = stage_key("sft", config, {}, {}, [data])
+    assert key == stage_key("sft", config, {}, {}, [data])
+    assert key != stage_key("sft", config, {"max_steps": 3}, {}, [data])
+    assert key != stage_key("sft", config, {}, {"model_name_or_path": "sft@2"}, [data])
+    data.write_text('{"prompt": "a", "completion": "c"}\n')
+    assert key != stage_key("sft", config, {}, {}, [data])
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"labels": "crowd"}, "labels must be one of"),
+    ({"labels": "import"}, "needs labels_file"),
+    ({"launcher": "torchrun"}, "launcher must be one of"),
+    ({"ppo_overrides": "[1, 2]"}, "ppo_overrides must be a mapping"),
+])
+def test_bad_pipeline_settings_fail_before_anything_runs(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        PipelineConfig(**settings)
+
+
+def _yaml(path: Path, settings: dict) -> str:
+    path.write_text(yaml.safe_dump(settings))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def smallest(tmp_path_factory):
+    """Configs for the whole pipeline on the smallest demo: a few steps of each stage."""
+    root = tmp_path_factory.mktemp("pipeline")
+    demo = root / "demo"
+    data = demo / "data"
+    configs = {
+        "sft_config": _yaml(root / "sft.yaml", {
+            "model_name_or_path": str(demo / "base_model"), "train_file": str(data / "sft_train.jsonl"),
+            "eval_file": str(data / "sft_eval.jsonl"), "max_length": 48, "max_steps": 6,
+            "per_device_train_batch_size": 16, "learning_rate": 3e-3, "eval_strategy": "no", "save_strategy": "no",
+            "report_to": "none", "gold_scorer": "demo", "gold_eval_prompts": 4}),
+        "rm_config": _yaml(root / "rm.yaml", {
+            "max_length": 48, "num_train_epochs": 1, "per_device_train_batch_size": 4, "eval_fraction": 0.25,
+            "eval_strategy": "no", "save_strategy": "no", "report_to": "none", "gold_scorer": "demo"}),
+        "ppo_config": _yaml(root / "ppo.yaml", {
+            "prompts_file": str(data / "prompts_train.jsonl"), "eval_prompts_file": str(data / "prompts_eval.jsonl"),
+            "eval_prompts": 4, "max_steps": 2, "save_steps": 1, "rollout_batch_size": 8, "minibatch_size": 4,
+            "ppo_epochs": 1, "max_new_tokens": 8, "gold_scorer": "demo", "report_to": [], "disable_tqdm": True,
+            **{f"{model}_deepspeed": "deepspeed_configs/zero0.json" for model in ("actor", "critic", "reference",
+                                                                                  "reward")}}),
+    }
+    pipeline = _yaml(root / "pipeline.yaml", {
+        "run_dir": str(root / "run"), "prepare_demo": str(demo), "demo_scale": 0.02, "demo_hidden_size": 32,
+        "label_prompts": str(data / "prompts_train.jsonl"), "label_k": 3, "label_max_new_tokens": 8, **configs})
+    return root, pipeline
+
+
+def _pipeline(config: str, *overrides: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "rlhf.pipeline", "--config", config, *overrides],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return "\n".join(line for line in result.stdout.splitlines() if line.startswith("[pipeline]"))
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_then_skips_resumes_and_reruns_only_what_changed(smallest):
+    root, config = smallest
+    run = root / "run"
+    first = _pipeline(config)
+    registry = Registry(run / "registry")
+    assert [e.reference for e in registry.entries()] == ["ppo@1", "rm@1", "sft@1"] or \
+        sorted(e.reference for e in registry.entries()) == ["ppo@1", "rm@1", "sft@1"]
+    assert registry.get("rm@1").parents == ["sft@1"]
+    assert registry.get("ppo@1").parents == ["sft@1", "rm@1"]
+    assert (run / "labels" / "rankings.jsonl").is_file() and (run / "labels" / "tasks.config.xml").is_file()
+    report = run / "report" / "report.md"
+    assert f"Report: {report}" in first and "Win rate of PPO over SFT" in report.read_text()
+    assert (run / "resolved_config.yaml").is_file()
+
+    # Nothing changed: every stage is skipped and nothing new is registered.
+    again = _pipeline(config)
+    for stage in ("sft", "labels", "rm", "ppo"):
+        assert f"{stage}: unchanged since its last run, skipped" in again
+    assert len(registry.entries()) == 3
+
+    # PPO was killed mid-run: the next run resumes it from its checkpoint, and leaves SFT and RM alone.
+    state = json.loads((run / "pipeline_state.json").read_text())
+    state["ppo"]["status"] = "running"
+    (run / "pipeline_state.json").write_text(json.dumps(state))
+    resumed = _pipeline(config)
+    assert "ppo: resuming the interrupted run" in resumed and "sft: unchanged" in resumed and "rm: unchanged" in resumed
+    assert registry.get("ppo").reference == "ppo@2"
+
+    # A changed PPO setting reruns PPO from scratch, and only PPO.
+    changed = _pipeline(config, "--ppo_overrides", '{"kl_coef": 0.2}')
+    assert "ppo: running" in changed and "rm: unchanged" in changed
+    assert registry.get("ppo").config["kl_coef"] == 0.2
+
+
+@pytest.mark.slow
+def test_pipeline_pauses_for_people_then_trains_on_their_imported_labels(smallest, tmp_path):
+    root, config = smallest
+    run = root / "run"
+    paused = _pipeline(config, "--labels", "pause")
+    tasks = run / "labels" / "tasks.json"
+    assert "paused for labeling" in paused and f"Import {tasks}" in paused and "--labels import" in paused
+    assert json.loads(tasks.read_text())[0]["data"]["items"]
+
+    # People rank in Label Studio (here the demo's labelers) and the export comes back.
+    export = tmp_path / "export.json"
+    subprocess.run([sys.executable, "-m", "rlhf.demo.annotate", str(tasks), "-o", str(export), "--seed", "3"],
+                   check=True, capture_output=True)
+    imported = _pipeline(config, "--labels", "import", "--labels_file", str(export), "--report", "false")
+    assert "sft: unchanged" in imported and "labels: running" in imported and "rm: running" in imported
+    registry = Registry(run / "registry")
+    newest_rm = registry.get("rm")
+    assert newest_rm.data_fingerprint != registry.get("rm@1").data_fingerprint  # trained on the imported labels
+    assert registry.get("ppo").parents == ["sft@1", newest_rm.reference]

@@ -1,0 +1,100 @@
+"""The report: every plot is a real PNG, and the summary's numbers are the metrics files' numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf.registry import Registry
+from rlhf.report import _number, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _write(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(value, list) and path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in value))
+    else:
+        path.write_text(json.dumps(value))
+
+
+def _model_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "run"
+    registry = Registry(run / "registry")
+    sft = registry.register("sft", "sft", _model_dir(tmp_path / "m1"), base_model="base")
+    rm = registry.register("rm", "rm", _model_dir(tmp_path / "m2"), parents=[sft.reference])
+    ppo = registry.register("ppo", "ppo", _model_dir(tmp_path / "m3"), parents=[sft.reference, rm.reference])
+    for stage, entry in (("sft", sft), ("rm", rm), ("ppo", ppo)):
+        _write(run / stage / "registered.json", {"reference": entry.reference, "path": entry.path})
+    _write(run / "sft" / "log_history.jsonl", [{"step": 0, "eval_loss": 3.8}, {"step": 10, "loss": 2.0},
+                                               {"step": 20, "loss": 1.1}, {"step": 20, "eval_loss": 1.3}])
+    _write(run / "sft" / "metrics.json", {"eval_loss_before": 3.8, "eval_loss_after": 1.3, "gold_score_after": 0.97})
+    _write(run / "rm" / "metrics.json", {"eval_pairwise_accuracy": 0.6889, "eval_pairwise_accuracy_k2": 0.9143,
+                                         "eval_pairwise_accuracy_k4": 0.6449, "eval_pairwise_accuracy_before": 0.51,
+                                         "gold_agreement": 0.7345})
+    steps = [{"step": s, "rm_score": 0.1 * s, "gold_score": 0.7 + 0.02 * s, "kl": 0.05 * s, "beta": 0.1,
+              "response_length": 6 - 0.1 * s} for s in range(1, 11)]
+    _write(run / "ppo" / "ppo_metrics.jsonl", steps)
+    _write(run / "ppo" / "metrics.json", {"win_rate_rm": 0.7075, "win_rate_gold": 0.63625, "eval_prompts": 100,
+                                          "kl_final": 1.4853, "gold_score_sft": 0.7287, "gold_score_ppo": 0.8902})
+    _write(run / "ppo" / "samples.json", [{"prompt": "sort b a answer :", "sft": "ok : a b", "ppo": "a b",
+                                           "rm_sft": -0.5, "rm_ppo": 1.2, "gold_sft": 0.8, "gold_ppo": 1.0}])
+    return run
+
+
+def test_report_draws_every_plot_as_a_png_a_person_can_open(run_dir):
+    import matplotlib.image
+
+    report = write_report(run_dir)
+    names = {"sft_loss.png", "rm_accuracy_by_k.png", "ppo_training.png", "ppo_rm_vs_gold_by_kl.png",
+             "ppo_response_length.png"}
+    assert names <= {p.name for p in report.parent.iterdir()}
+    for name in names:
+        path = report.parent / name
+        assert path.read_bytes()[:8] == PNG_MAGIC
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert height > 300 and width > 500
+        assert f"]({name})" in report.read_text()  # and the summary shows it
+
+
+def test_summary_numbers_are_the_metrics_files_numbers(run_dir):
+    text = write_report(run_dir).read_text()
+    for stage in ("sft", "rm", "ppo"):
+        for key, value in json.loads((run_dir / stage / "metrics.json").read_text()).items():
+            assert f"| {key} | {_number(value)} |" in text
+    assert "70.8% under the reward model, 63.6% under the gold scorer" in text
+    assert "on 100 held-out prompts" in text
+    lineage = text.split("## Lineage")[1].split("##")[0]
+    assert [line.split("`")[1] for line in lineage.strip().splitlines()] == ["ppo@1", "sft@1", "rm@1"]
+    assert "| sort b a answer : | ok : a b | a b | 0.80 → 1.00 | -0.50 → 1.20 |" in text
+
+
+def test_a_run_that_stopped_after_sft_reports_what_exists(run_dir):
+    import shutil
+
+    shutil.rmtree(run_dir / "rm")
+    shutil.rmtree(run_dir / "ppo")
+    report = write_report(run_dir)
+    text = report.read_text()
+    assert text.count("Not run yet.") == 2
+    assert (report.parent / "sft_loss.png").is_file() and not (report.parent / "ppo_training.png").exists()
+    assert "`sft@1`" in text
+
+
+def test_report_of_a_missing_directory_is_a_one_line_error(tmp_path, capsys):
+    from rlhf.report import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "nope")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such run directory"
