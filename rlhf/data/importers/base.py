@@ -88,6 +88,22 @@ def build(source: str, record: int, raw: Any, flags: Sequence[str] = (), **field
         return invalid(source, record, error, raw)
 
 
+def each_record(paths: Sequence[str], what: str, problem_with: Callable[[Any], str | None],
+                convert: Callable[[str, int, Any], Any]) -> Iterator:
+    """The events of a one-record-one-ranking format: RecordsRead per file, then per record a Skipped for one
+    that is not JSON or not the format's shape, else whatever `convert(path, number, record)` returns."""
+    for path in map(str, paths):
+        records = list(source_records(path, what, problem_with))
+        yield RecordsRead(path, len(records))
+        for raw in records:
+            if raw.error:
+                yield unparsable(path, raw)
+            elif problem_with(raw.value):
+                yield invalid(path, raw.number, problem_with(raw.value), raw.value)
+            else:
+                yield convert(path, raw.number, raw.value)
+
+
 def invalid(source: str, record: int, error: DataError | str, raw: Any = None, detail: str | None = None) -> Skipped:
     """A Skipped of kind "invalid"; keep `error` countable (no ids in it) and put specifics in `detail`."""
     if isinstance(error, DataError):

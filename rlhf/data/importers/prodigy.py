@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-from rlhf.data.importers.base import RecordsRead, Skipped, build, invalid, source_records, unparsable
+from rlhf.data.importers.base import Skipped, build, each_record, invalid
 
 
 def read_prodigy(paths: Sequence[str], *, prompt_field: str = "text") -> Iterator:
@@ -23,16 +23,8 @@ def read_prodigy(paths: Sequence[str], *, prompt_field: str = "text") -> Iterato
 
     prompt_field: the task key holding a choice task's prompt (compare tasks use input.text).
     """
-    for path in map(str, paths):
-        records = list(source_records(path, "a Prodigy export", _problem_with))
-        yield RecordsRead(path, len(records))
-        for raw in records:
-            if raw.error:
-                yield unparsable(path, raw)
-            elif _problem_with(raw.value):
-                yield invalid(path, raw.number, _problem_with(raw.value), raw.value)
-            else:
-                yield _answer(path, raw.number, raw.value, prompt_field)
+    return each_record(paths, "a Prodigy export", _problem_with,
+                       lambda path, number, task: _answer(path, number, task, prompt_field))
 
 
 def _problem_with(record: Any) -> str | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-from rlhf.data.importers.base import RecordsRead, Skipped, build, invalid, source_records, unparsable
+from rlhf.data.importers.base import Skipped, build, each_record
 from rlhf.data.rankings import ranks_from_scores
 from rlhf.errors import DataError
 
@@ -29,16 +29,8 @@ def read_ultrafeedback(paths: Sequence[str], *, score: str = "mean_aspects") -> 
     """Yield RecordsRead, Imported and Skipped events for UltraFeedback files (JSONL, JSON, parquet, `datasets`)."""
     if score not in ("mean_aspects", "overall_score", "fine-grained_score") + ASPECTS:
         raise DataError(f"unknown score {score!r}: use mean_aspects, overall_score, fine-grained_score or an aspect")
-    for path in map(str, paths):
-        records = list(source_records(path, "an UltraFeedback file", _problem_with))
-        yield RecordsRead(path, len(records))
-        for raw in records:
-            if raw.error:
-                yield unparsable(path, raw)
-            elif _problem_with(raw.value):
-                yield invalid(path, raw.number, _problem_with(raw.value), raw.value)
-            else:
-                yield _row(path, raw.number, raw.value, score)
+    return each_record(paths, "an UltraFeedback file", _problem_with,
+                       lambda path, number, row: _row(path, number, row, score))
 
 
 def _problem_with(record: Any) -> str | None:
