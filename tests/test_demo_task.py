@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 
 from rlhf.demo.labelers import Labeler, make_labelers, rank_responses
-from rlhf.demo.task import DemoSettings, correct_answer, gold_score, make_split, parse_prompt
+from rlhf.demo.task import correct_answer, gold_score, make_split, parse_prompt
 
 SORT = "sort these words : plum cat owl answer :"
 
