@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -61,6 +62,9 @@ class PipelineConfig:
     launcher: str = field(default="python", metadata={"help": "'python' (one process) or 'deepspeed'."})
     launcher_args: str = field(default="", metadata={"help": "Arguments for the deepspeed launcher, e.g. "
                                                              "'--num_gpus 8' or '--hostfile hostfile'."})
+    sft_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for SFT alone (default: launcher_args)."})
+    rm_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for the RM alone (default: launcher_args)."})
+    ppo_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for PPO alone (default: launcher_args)."})
     report: bool = field(default=True, metadata={"help": "Write the report (plots + summary) at the end."})
 
     def __post_init__(self):
@@ -159,9 +163,12 @@ class Pipeline:
             raise RLHFError(f"stage {stage} failed (exit code {returncode}); its error is above. "
                             f"Re-run the same command to resume it.")
 
-    def _stage_command(self, module: str) -> list[str]:
+    def stage_command(self, stage: str) -> list[str]:
+        """How a stage starts: `python -m`, or the deepspeed launcher with that stage's process layout."""
+        module = f"rlhf.stages.{stage}"
         if self.config.launcher == "deepspeed":
-            return [shutil.which("deepspeed") or "deepspeed", *self.config.launcher_args.split(), "--module", module]
+            arguments = getattr(self.config, f"{stage}_launcher_args") or self.config.launcher_args
+            return [sys.executable, "-m", "deepspeed.launcher.runner", *shlex.split(arguments), "--module", module]
         return [sys.executable, "-m", module]
 
     def run_stage(self, stage: str, key: str, action) -> Any:
@@ -188,7 +195,7 @@ class Pipeline:
                 shutil.rmtree(output_dir)  # checkpoints of other inputs must not be resumed into this run
             settings = {**overrides, **inputs, "registry_dir": str(self.registry.root),
                         "output_dir": str(output_dir), "resume": True}
-            self._run([*self._stage_command(f"rlhf.stages.{stage}"), "--config", config_file,
+            self._run([*self.stage_command(stage), "--config", config_file,
                        *stage_arguments(settings)], stage)
             return json.loads((output_dir / "registered.json").read_text())["reference"]
 

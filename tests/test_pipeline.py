@@ -149,3 +149,16 @@ def test_pipeline_pauses_for_people_then_trains_on_their_imported_labels(smalles
     newest_rm = registry.get("rm")
     assert newest_rm.data_fingerprint != registry.get("rm@1").data_fingerprint  # trained on the imported labels
     assert registry.get("ppo").parents == ["sft@1", newest_rm.reference]
+
+
+def test_each_stage_starts_with_the_launcher_and_its_own_process_layout(tmp_path):
+    from rlhf.pipeline import Pipeline
+
+    plain = Pipeline(PipelineConfig(run_dir=str(tmp_path)))
+    assert plain.stage_command("sft") == [sys.executable, "-m", "rlhf.stages.sft"]
+    launched = Pipeline(PipelineConfig(run_dir=str(tmp_path), launcher="deepspeed", launcher_args="--num_gpus 2",
+                                       ppo_launcher_args="--hostfile 'my hosts' --no_ssh --node_rank 0"))
+    runner = [sys.executable, "-m", "deepspeed.launcher.runner"]
+    assert launched.stage_command("rm") == [*runner, "--num_gpus", "2", "--module", "rlhf.stages.rm"]
+    assert launched.stage_command("ppo") == [*runner, "--hostfile", "my hosts", "--no_ssh", "--node_rank", "0",
+                                             "--module", "rlhf.stages.ppo"]
