@@ -1,0 +1,1 @@
+"""PPO parts: engines, experience, update, checkpoints, metrics; assembled by rlhf.stages.ppo."""

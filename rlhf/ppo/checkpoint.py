@@ -1,0 +1,136 @@
+"""PPO checkpoints: everything a resumed run needs to continue as if it had never stopped.
+
+    output_dir/checkpoints/step-<N>/
+        actor/, critic/        DeepSpeed checkpoints: weights and optimiser states (each rank its shards)
+        trainer_state.json     step, KL controller, reward running moments, skip counters
+        rng_state_<rank>.pt    torch, Python and NumPy generator states of each rank
+
+A checkpoint is written in a hidden staging directory and renamed into place by rank 0 once every rank has
+finished writing, so `latest_checkpoint` never sees half of one. The data position is the step: the prompt
+order of every epoch is a function of the seed (see rlhf.ppo.data), so step N's prompts are known.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf import distributed
+from rlhf.io import atomic_write_json
+
+STEP_PATTERN = re.compile(r"^step-(\d+)$")
+TRAINER_STATE = "trainer_state.json"
+
+
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    directory = checkpoints_dir(output_dir)
+    if not directory.is_dir():
+        return None
+    found = [(int(m.group(1)), path) for path in directory.iterdir()
+             if (m := STEP_PATTERN.match(path.name)) and (path / TRAINER_STATE).is_file()]
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_state: dict[str, Any],
+                    keep: int) -> Path:
+    """Write checkpoint `step` (every rank calls this) and keep only the newest `keep` (0: all)."""
+    directory = checkpoints_dir(output_dir)
+    final = directory / f"step-{step}"
+    staging = directory / f".step-{step}.saving"
+    if distributed.is_main_process():
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    distributed.barrier()
+    actor.save_checkpoint(str(staging), tag="actor", save_latest=False)
+    critic.save_checkpoint(str(staging), tag="critic", save_latest=False)
+    torch.save(rng_states(), staging / f"rng_state_{distributed.global_rank()}.pt")
+    distributed.barrier()
+    if distributed.is_main_process():
+        atomic_write_json(staging / TRAINER_STATE, {**trainer_state, "step": step})
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+        _remove_old(directory, keep)
+    distributed.barrier()
+    return final
+
+
+def load_checkpoint(path: Path, actor, critic) -> dict[str, Any]:
+    """Restore actor, critic, optimiser states and RNG states from `path`; return its trainer state."""
+    for engine, tag in ((actor, "actor"), (critic, "critic")):
+        loaded, _ = engine.load_checkpoint(str(path), tag=tag, load_optimizer_states=True,
+                                           load_lr_scheduler_states=True)
+        if loaded is None:
+            raise RuntimeError(f"{path}: DeepSpeed found no {tag} checkpoint")
+    rng_file = path / f"rng_state_{distributed.global_rank()}.pt"
+    set_rng_states(torch.load(rng_file, weights_only=True))
+    return json.loads((path / TRAINER_STATE).read_text())
+
+
+def rng_states() -> dict[str, Any]:
+    import numpy as np
+
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached]}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy(), position, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _remove_old(directory: Path, keep: int) -> None:
+    if keep <= 0:
+        return
+    steps = sorted((int(m.group(1)), path) for path in directory.iterdir() if (m := STEP_PATTERN.match(path.name)))
+    for _, path in steps[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class StopRequest:
+    """Turns SIGTERM (what a cluster sends before preemption) into a flag the loop checks after each step,
+    so the run saves a checkpoint and exits cleanly instead of dying mid-update."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def any_rank(self) -> bool:
+        """True when any rank was signalled: all ranks must stop together (saving is a collective)."""
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.requested else 0.0])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if dist.get_backend() == "nccl":
+                flag = flag.cuda()
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)

@@ -1,0 +1,190 @@
+"""The four PPO models, each in its own DeepSpeed engine built from its own config file.
+
+    actor      trained, starts from the SFT policy                       (e.g. ZeRO-2 or ZeRO-3)
+    critic     trained, starts from the reward model, a value per token  (e.g. ZeRO-2 or ZeRO-3)
+    reference  frozen SFT policy, for the KL penalty                     (e.g. ZeRO-3 inference)
+    reward     frozen reward model with its saved normalisation          (e.g. ZeRO-3 inference)
+
+A LoRA actor is its own reference: the same weights with the adapter disabled, so no second copy is held.
+The files in deepspeed_configs/ use "auto" as the Hugging Face integration does; `fill_auto` resolves it
+from the PPO config, so the same files serve the Trainer stages and this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf import distributed
+from rlhf.adaptation.config import AdaptationConfig
+from rlhf.errors import ConfigError
+
+
+def init_distributed() -> None:
+    """torch.distributed through DeepSpeed: under the `deepspeed` launcher, or as a world of one under
+    `python -m` (gloo on CPU), so that the same code runs both ways."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_deepspeed_config(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{path}: DeepSpeed config file not found")
+    try:
+        value = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: a DeepSpeed config must be a JSON object")
+    return value
+
+
+def fill_auto(ds_config: dict[str, Any], *, micro_batch_size: int, max_grad_norm: float, hidden_size: int,
+              source: str) -> dict[str, Any]:
+    """A copy of `ds_config` with every "auto" resolved as the Hugging Face integration resolves it.
+
+    One optimiser step per minibatch: no gradient accumulation, so train_batch_size = minibatch x world size.
+    """
+    from rlhf.config import _bf16_supported
+
+    automatic = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": micro_batch_size * distributed.world_size(),
+        "gradient_clipping": max_grad_norm,
+        "bf16.enabled": _bf16_supported(),
+        "fp16.enabled": False,
+        "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
+        "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+        "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
+    }
+
+    def resolve(node: Any, prefix: str) -> Any:
+        if isinstance(node, dict):
+            return {key: resolve(value, f"{prefix}{key}") if not isinstance(value, dict)
+                    else resolve(value, f"{prefix}{key}.") for key, value in node.items()}
+        if node == "auto":
+            if prefix not in automatic:
+                raise ConfigError(f"{source}: '{prefix}' is \"auto\", which PPO cannot resolve; give a value")
+            return automatic[prefix]
+        return node
+
+    return resolve(ds_config, "")
+
+
+def zero_stage(engine) -> int:
+    return engine.zero_optimization_stage() if engine is not None else 0
+
+
+@dataclass
+class PPOEngines:
+    actor: Any  # DeepSpeedEngine around the policy (a PeftModel for LoRA)
+    critic: Any  # DeepSpeedEngine around a TokenValueModel
+    reference: Any  # DeepSpeedEngine, or None when the LoRA actor serves as its own reference
+    reward: Any  # DeepSpeedEngine around the reward model
+    reward_tokenizer: Any
+    reward_offset: float  # subtracted from raw reward-model scores (RM stage normalisation)
+
+    def reference_context(self):
+        """Where the reference's forward runs: the actor with its adapter disabled, or nothing special."""
+        if self.reference is not None:
+            return contextlib.nullcontext()
+        from rlhf.adaptation import disable_adapter_context
+
+        return disable_adapter_context(self.actor.module)
+
+    @property
+    def reference_module(self):
+        return self.reference.module if self.reference is not None else self.actor.module
+
+
+def adaptation_for(config, method: str) -> AdaptationConfig:
+    """An AdaptationConfig with the stage's LoRA settings and the given method (actor and critic differ)."""
+    values = {f.name: getattr(config, f.name) for f in fields(AdaptationConfig)}
+    values["adaptation_method"] = method
+    return AdaptationConfig(**values)
+
+
+def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
+    """Load the four models from `paths` (keys actor, critic, reference, reward) and wrap each in its engine."""
+    from rlhf.adaptation import apply_adaptation, load_adapted, parameter_summary
+    from rlhf.ppo.critic import TokenValueModel
+    from rlhf.reward import load_reward_model
+
+    remote = config.trust_remote_code
+    actor_model = apply_adaptation(load_adapted(paths["actor"], task="causal_lm", trust_remote_code=remote),
+                                   adaptation_for(config, config.adaptation_method), task="causal_lm")
+    critic_base = load_adapted(paths["critic"], task="reward", trust_remote_code=remote)
+    if critic_base.config.pad_token_id is None:
+        critic_base.config.pad_token_id = tokenizer.pad_token_id
+    critic_model = TokenValueModel(apply_adaptation(
+        critic_base, adaptation_for(config, config.critic_adaptation_method), task="reward"))
+    if distributed.is_main_process():
+        print(f"actor {config.adaptation_method}: {parameter_summary(actor_model)}; "
+              f"critic {config.critic_adaptation_method}: {parameter_summary(critic_model)}", flush=True)
+
+    hidden = actor_model.config.get_text_config().hidden_size
+    actor = _trained_engine(actor_model, config.actor_deepspeed, config.actor_learning_rate, config, hidden)
+    critic = _trained_engine(critic_model, config.critic_deepspeed, config.critic_learning_rate, config, hidden)
+
+    reference = None
+    if not uses_adapter_as_reference(config, paths):
+        reference_model = load_adapted(paths["reference"], task="causal_lm", trust_remote_code=remote)
+        reference = _frozen_engine(reference_model, config.reference_deepspeed, config, hidden)
+    reward_model, reward_tokenizer, normalization = load_reward_model(paths["reward"], trust_remote_code=remote)
+    reward = _frozen_engine(reward_model, config.reward_deepspeed, config, hidden)
+    for engine in (actor, critic, reference, reward):
+        if engine is not None and config.disable_dropout:
+            # Dropout would make the rollout's log π_old differ from the update's log π for the same weights.
+            engine.module.eval()
+    return PPOEngines(actor, critic, reference, reward, reward_tokenizer, normalization.offset)
+
+
+def uses_adapter_as_reference(config, paths: dict[str, str]) -> bool:
+    """A LoRA actor whose reference is its own starting point: disable the adapter instead of a second copy."""
+    return config.adaptation_method == "lora" and paths["reference"] == paths["actor"]
+
+
+def _trained_engine(model, config_path: str, learning_rate: float, config, hidden: int):
+    import deepspeed
+
+    ds_config = fill_auto(load_deepspeed_config(config_path), micro_batch_size=config.minibatch_size,
+                          max_grad_norm=config.max_grad_norm, hidden_size=hidden, source=config_path)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    # eps 1e-5 as in OpenAI's lm-human-preferences; AdamW from torch, which ZeRO supports on any device.
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, eps=1e-5, weight_decay=config.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine
+
+
+def _frozen_engine(model, config_path: str, config, hidden: int):
+    import deepspeed
+
+    ds_config = fill_auto(load_deepspeed_config(config_path), micro_batch_size=config.minibatch_size,
+                          max_grad_norm=config.max_grad_norm, hidden_size=hidden, source=config_path)
+    ds_config.pop("gradient_clipping", None)
+    engine, *_ = deepspeed.initialize(model=model, config=ds_config)
+    engine.module.eval()
+    return engine

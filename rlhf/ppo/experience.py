@@ -1,0 +1,213 @@
+"""Making PPO experience: sample responses, score them four ways, turn scores into advantages.
+
+    generate        the actor samples a response per prompt (KV cache; ZeRO-3: parameters gathered once
+                    for the whole batch, or per step with synced_gpus)
+    score           log π_old and log π_ref under the sampling distribution, V(s_t) from the critic, and
+                    the reward model's score of each full response
+    advantages      score shaping (clip, running normalisation, missing-EOS penalty), the per-token KL
+                    penalty, GAE and whitening
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Sequence
+
+import torch
+
+from rlhf import losses
+from rlhf.data.formatting import prompt_text, reward_input_ids
+from rlhf.ppo.engines import PPOEngines, zero_stage
+from rlhf.ppo.logprobs import SamplingSettings, position_ids_from_mask, sampling_logprobs
+from rlhf.rollout import Rollout
+
+
+@dataclasses.dataclass
+class PromptBatch:
+    prompts: list[Any]  # as read from the prompts file (text or chat messages)
+    query_ids: torch.Tensor  # (B, Q) left-padded
+    query_mask: torch.Tensor  # (B, Q)
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[Any]) -> PromptBatch:
+    """Left-padded prompt tokens, as `generate` wants them; a chat template already holds the BOS token."""
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        texts = [prompt_text(tokenizer, prompt) for prompt in prompts]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True,
+                            add_special_tokens=not isinstance(prompts[0], list))
+    finally:
+        tokenizer.padding_side = padding_side
+    return PromptBatch(list(prompts), encoded["input_ids"], encoded["attention_mask"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. generate
+# ---------------------------------------------------------------------------------------------------------
+
+
+def generate(actor, batch: PromptBatch, generation_config, zero3_generation: str) -> torch.Tensor:
+    """(B, T) sampled response tokens, padded after EOS.
+
+    Under ZeRO-3 each forward of `generate` would gather every layer's shards again, once per new token.
+    `gather_once` gathers the whole actor for the rollout (DeepSpeed-Chat's hybrid engine does the same), which
+    needs the full model in memory on every rank; `per_step` keeps the shards and synchronises the ranks at
+    each step (`synced_gpus`), so that a rank that finished early still joins the others' gathers.
+    """
+    module = actor.module
+    gathered = contextlib.nullcontext()
+    synced_gpus = False
+    if zero_stage(actor) == 3:
+        if zero3_generation == "gather_once":
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+        else:
+            synced_gpus = True
+    device = actor.device
+    with gathered, torch.no_grad():
+        output = module.generate(input_ids=batch.query_ids.to(device), attention_mask=batch.query_mask.to(device),
+                                 generation_config=generation_config, synced_gpus=synced_gpus)
+    return output[:, batch.query_ids.shape[1]:].cpu()
+
+
+def choose_zero3_generation(setting: str, actor) -> str:
+    """'gather_once' when the whole actor fits twice over in free memory (its shards stay), else 'per_step'."""
+    if setting != "auto":
+        return setting
+    full_bytes = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in actor.module.parameters())
+    if torch.cuda.is_available():
+        free_bytes, _ = torch.cuda.mem_get_info()
+    else:
+        import psutil
+
+        free_bytes = psutil.virtual_memory().available
+    return "gather_once" if 2 * full_bytes < free_bytes else "per_step"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. score
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sequence_inputs(query_ids, query_mask, response_ids, response_mask) -> dict[str, torch.Tensor]:
+    """Prompt + response as one left-padded sequence, with the positions generation used."""
+    attention_mask = torch.cat([query_mask, response_mask.to(query_mask.dtype)], dim=1)
+    return {"input_ids": torch.cat([query_ids, response_ids], dim=1), "attention_mask": attention_mask,
+            "position_ids": position_ids_from_mask(attention_mask)}
+
+
+def response_logits(model, inputs: dict[str, torch.Tensor], query_length: int) -> torch.Tensor:
+    """(B, T, V) logits that predicted each response token: position Q-1+t predicts response token t."""
+    logits = model(**inputs).logits
+    return logits[:, query_length - 1:-1]
+
+
+def _on(device, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in inputs.items()}
+
+
+@torch.no_grad()
+def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, tokenizer,
+          settings: SamplingSettings, reward_max_length: int) -> Rollout:
+    """A Rollout holding everything measured at sampling time (rewards and advantages still None)."""
+    response_mask = losses.response_mask_after_eos(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    inputs = sequence_inputs(batch.query_ids, batch.query_mask, response_ids, response_mask)
+    query_length = batch.query_ids.shape[1]
+    labels = response_ids.to(engines.actor.device)
+
+    actor_logits = response_logits(engines.actor.module, _on(engines.actor.device, inputs), query_length)
+    logprobs, support = sampling_logprobs(actor_logits, labels, settings)
+    del actor_logits
+    with engines.reference_context():
+        reference = engines.reference_module
+        device = engines.reference.device if engines.reference is not None else engines.actor.device
+        ref_logits = response_logits(reference, _on(device, inputs), query_length)
+    ref_logprobs, _ = sampling_logprobs(ref_logits, labels.to(device), settings, support=support.to(device))
+    del ref_logits, support
+
+    critic_values = engines.critic.module(**_on(engines.critic.device, inputs))
+    values = critic_values[:, query_length - 1:-1]
+
+    scores = reward_scores(engines, tokenizer, batch, response_ids, response_mask, reward_max_length)
+    return Rollout(
+        query_ids=batch.query_ids, query_mask=batch.query_mask, response_ids=response_ids,
+        response_mask=response_mask, logprobs=logprobs.float().cpu(), ref_logprobs=ref_logprobs.float().cpu(),
+        values=values.float().cpu(), scores=scores.cpu(),
+    )
+
+
+def reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
+                  response_mask: torch.Tensor, max_length: int) -> torch.Tensor:
+    """(B,) normalised reward-model score of prompt + response + EOS, the input the reward model was trained on.
+
+    With the policy's tokenizer the generated ids are used as they are; with another one the response is decoded
+    and re-tokenized for the reward model (`reward_input_ids`, as in the RM stage).
+    """
+    from rlhf.reward import pad_right, raw_scores
+
+    reward_tokenizer = engines.reward_tokenizer
+    sequences = []
+    if same_tokenizer(tokenizer, reward_tokenizer):
+        eos = tokenizer.eos_token_id
+        for query, query_mask, response, mask in zip(batch.query_ids, batch.query_mask, response_ids, response_mask):
+            ids = query[query_mask.bool()].tolist() + response[mask.bool()].tolist()
+            if eos is not None and (not ids or ids[-1] != eos):
+                ids.append(eos)
+            sequences.append(ids[-max_length:])
+    else:
+        texts = decode_responses(tokenizer, response_ids, response_mask)
+        sequences = [reward_input_ids(reward_tokenizer, prompt, text, max_length)
+                     for prompt, text in zip(batch.prompts, texts)]
+    input_ids, attention_mask = pad_right(sequences, reward_tokenizer.pad_token_id)
+    device = engines.reward.device
+    raw = raw_scores(engines.reward.module, input_ids.to(device), attention_mask.to(device))
+    return raw.float() - engines.reward_offset
+
+
+def same_tokenizer(first, second) -> bool:
+    return first is second or (type(first) is type(second) and first.get_vocab() == second.get_vocab()
+                               and first.eos_token_id == second.eos_token_id)
+
+
+def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    return [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+            for ids, mask in zip(response_ids, response_mask)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. advantages
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RewardShaping:
+    kl_coef: float
+    kl_estimator: str = "k1"
+    score_clip: float = 0.0  # 0: off
+    missing_eos_penalty: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+
+
+def with_advantages(rollout: Rollout, shaping: RewardShaping, eos_token_id: int,
+                    moments: losses.RunningMoments | None) -> tuple[Rollout, torch.Tensor]:
+    """The rollout with rewards, whitened advantages and returns; and the per-token KL (B, T).
+
+    Scores: minus the missing-EOS penalty, normalised by the running moments of all scores so far (when
+    `moments` is given), then clipped to ±score_clip. Then r_t = -β·KL_t + [t = last]·score, GAE, whitening.
+    """
+    scores = losses.score_with_eos_penalty(rollout.scores, rollout.response_ids, eos_token_id,
+                                           shaping.missing_eos_penalty)
+    if moments is not None:
+        moments.update(scores)
+        scores = moments.normalize(scores)
+    if shaping.score_clip > 0:
+        scores = scores.clamp(-shaping.score_clip, shaping.score_clip)
+    rewards, kl = losses.kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask,
+                                              shaping.kl_coef, shaping.kl_estimator)
+    advantages, returns = losses.gae_advantages(rollout.values, rewards, rollout.response_mask,
+                                                shaping.gamma, shaping.lam)
+    advantages = losses.masked_whiten(advantages, rollout.response_mask)
+    return dataclasses.replace(rollout, rewards=rewards, advantages=advantages, returns=returns), kl

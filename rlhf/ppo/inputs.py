@@ -1,0 +1,89 @@
+"""What a PPO run reads: four models by reference, the prompts (checked up front), optional PPO-ptx data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from rlhf import distributed
+from rlhf.errors import ConfigError, DataError
+from rlhf.registry import Entry, Registry, resolve_model
+
+
+@dataclass
+class PPOInputs:
+    paths: dict[str, str]  # actor, critic, reference, reward: a directory or hub id each
+    entries: dict[str, Entry | None]  # the registry entries they came from
+    registry: Registry
+    tokenizer: Any  # the policy's
+    prompts: list[Any]
+    eval_prompts: list[Any]
+    seed: int
+    rollout_batch_size: int
+
+    def prompts_for_step(self, step: int) -> list[Any]:
+        from rlhf.ppo.data import prompts_for_step
+
+        return prompts_for_step(self.prompts, step, self.rollout_batch_size, distributed.world_size(),
+                                distributed.global_rank(), self.seed)
+
+
+def resolve(config) -> PPOInputs:
+    from rlhf.models import load_tokenizer
+    from rlhf.sampling import load_prompts
+
+    registry = Registry(config.registry_dir or None)
+    references = {"actor": config.model_name_or_path, "critic": config.critic_model,
+                  "reference": config.reference_model or config.model_name_or_path, "reward": config.reward_model}
+    paths, entries = {}, {}
+    for role, reference in references.items():
+        try:
+            paths[role], entries[role] = resolve_model(reference, registry)
+        except ConfigError as error:
+            raise ConfigError(f"{role} model: {error}") from None
+    tokenizer = load_tokenizer(paths["actor"], trust_remote_code=config.trust_remote_code)
+    prompts = load_prompts(config.prompts_file)
+    check_prompt_lengths(prompts, tokenizer, config.max_prompt_length, config.prompts_file)
+    eval_prompts = load_prompts(config.eval_prompts_file)[:config.eval_prompts] if config.eval_prompts_file else []
+    check_prompt_lengths(eval_prompts, tokenizer, config.max_prompt_length, config.eval_prompts_file)
+    return PPOInputs(paths, entries, registry, tokenizer, prompts, eval_prompts, config.seed,
+                     config.rollout_batch_size)
+
+
+def check_prompt_lengths(prompts: list[Any], tokenizer, max_length: int, path: str) -> None:
+    from rlhf.data.formatting import prompt_text
+
+    for number, prompt in enumerate(prompts, start=1):
+        length = len(tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=not isinstance(prompt, list))
+                     ["input_ids"])
+        if length > max_length:
+            raise DataError(f"prompt is {length} tokens, over max_prompt_length {max_length}",
+                            file=path, record=number, field="prompt")
+
+
+def ptx_iterator(config, tokenizer, start_batch: int) -> Iterator | None:
+    """PPO-ptx batches from `start_batch` on (so a resumed run continues the sequence), or None when off."""
+    if not config.ptx_coef:
+        return None
+    from rlhf.data.records import read_records
+    from rlhf.data.sft import load_demonstrations
+    from rlhf.ppo.data import ptx_batches
+
+    first = next(iter(read_records(config.ptx_file)))
+    if isinstance(first.value, dict) and isinstance(first.value.get("text"), str):
+        records = [raw.value for raw in read_records(config.ptx_file)]
+        for number, record in enumerate(records, start=1):
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise DataError("missing or not a string", file=config.ptx_file, record=number, field="text")
+    else:
+        records = load_demonstrations(config.ptx_file)
+    return ptx_batches(records, tokenizer, config.ptx_batch_size, config.ptx_max_length,
+                       config.seed + distributed.global_rank(), start_batch)
+
+
+def gold_scorer_or_none(config):
+    if not config.gold_scorer:
+        return None
+    from rlhf.evaluation import gold_scorer
+
+    return gold_scorer(config.gold_scorer)

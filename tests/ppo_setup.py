@@ -1,0 +1,76 @@
+"""Tiny PPO inputs built on disk from config (never downloaded): a policy, a reward model, prompts.
+
+The policy is the demo's word-level tokenizer with a one-layer Llama; the reward model is the same architecture
+with a scalar head whose weights are scaled up, so that its (fixed, random) score varies clearly between
+responses and PPO has something to climb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_models(root: Path, *, hidden_size: int = 32, num_layers: int = 1, head_scale: float = 50.0) -> dict:
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    from rlhf.demo.task import DemoSettings, corpus_words, make_split
+    from rlhf.demo.tiny_model import build_tiny_model
+    from rlhf.models import load_tokenizer
+
+    policy = build_tiny_model(root / "policy", corpus_words(), hidden_size=hidden_size, num_layers=num_layers,
+                              num_heads=2, seed=0)
+    tokenizer = load_tokenizer(str(policy))
+    config = json.loads((policy / "config.json").read_text())
+    from transformers import LlamaConfig
+
+    reward_config = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "transformers_version",
+                                                                                 "dtype")})
+    reward_config.num_labels = 1
+    torch.manual_seed(1)
+    reward = LlamaForSequenceClassification(reward_config)
+    with torch.no_grad():
+        reward.score.weight.mul_(head_scale)
+    reward.save_pretrained(root / "reward")
+    tokenizer.save_pretrained(root / "reward")
+
+    records = make_split(64, seed=3, settings=DemoSettings())
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in records[:48]))
+    (root / "eval_prompts.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in records[48:]))
+    (root / "demos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return {"policy": str(policy), "reward": str(root / "reward"), "prompts": str(root / "prompts.jsonl"),
+            "eval_prompts": str(root / "eval_prompts.jsonl"), "demos": str(root / "demos.jsonl")}
+
+
+def stage_arguments(paths: dict, output_dir: Path, registry: Path, **overrides) -> list[str]:
+    """Command-line arguments of a short, fast run on the tiny models (all four engines ZeRO-0)."""
+    zero0 = str(REPO / "deepspeed_configs" / "zero0.json")
+    settings = dict(
+        model_name_or_path=paths["policy"], critic_model=paths["reward"], reward_model=paths["reward"],
+        prompts_file=paths["prompts"], eval_prompts_file=paths["eval_prompts"], eval_prompts=8,
+        output_dir=str(output_dir), registry_dir=str(registry), max_new_tokens=4, max_steps=4,
+        rollout_batch_size=8, minibatch_size=4, ppo_epochs=1, actor_learning_rate=5e-3, critic_learning_rate=5e-3,
+        kl_coef=0.01, save_steps=2, disable_tqdm=True, report_to="none", seed=0,
+        actor_deepspeed=zero0, critic_deepspeed=zero0, reference_deepspeed=zero0, reward_deepspeed=zero0,
+    )
+    settings.update(overrides)
+    argv = []
+    for key, value in settings.items():
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def subprocess_env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # a fresh world of one, not the test process's
+    return env
+
+
+PYTHON = sys.executable

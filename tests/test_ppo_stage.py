@@ -1,0 +1,169 @@
+"""The PPO stage end to end on tiny models: reward rises, outputs follow the contract, checkpoints resume
+exactly, SIGTERM saves and exits cleanly, non-finite losses are skipped then stop the run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ppo_setup import PYTHON, build_models, stage_arguments, subprocess_env
+
+CONTRACT_STEP_KEYS = {
+    "step", "rm_score", "gold_score", "kl", "beta", "entropy", "response_length", "policy_loss", "value_loss",
+    "clip_fraction", "approx_kl", "value_explained_variance", "non_eos_fraction", "skipped_updates",
+    "time_generation", "time_scoring", "time_training", "tokens_per_second",
+}
+TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    return build_models(tmp_path_factory.mktemp("ppo_models"))
+
+
+def run_in_process(argv: list[str]):
+    from rlhf.config import parse_config
+    from rlhf.stages.ppo import PPOStageConfig, run
+
+    return run(parse_config(PPOStageConfig, argv))
+
+
+def read_rows(output_dir: Path) -> list[dict]:
+    from rlhf.ppo.metrics import read_metrics
+
+    return read_metrics(output_dir)
+
+
+def launch(argv: list[str], tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([PYTHON, "-m", "rlhf.stages.ppo", *argv], env=subprocess_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, process: subprocess.Popen) -> None:
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before the condition held:\n{process.stdout.read()[-3000:]}")
+        time.sleep(0.02)
+
+
+def test_reward_rises_and_outputs_follow_the_contract(models, tmp_path):
+    output_dir = tmp_path / "run"
+    entry = run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=14,
+                                           rollout_batch_size=32, minibatch_size=8, ppo_epochs=2,
+                                           gold_scorer="demo", report_to="tensorboard", save_steps=7))
+    rows = read_rows(output_dir)
+    assert [row["step"] for row in rows] == list(range(1, 15))
+    assert CONTRACT_STEP_KEYS <= set(rows[0])
+    first, last = rows[:3], rows[-3:]
+    mean = lambda rows, key: sum(row[key] for row in rows) / len(rows)  # noqa: E731
+    assert mean(last, "rm_score") > mean(first, "rm_score") + 1.0, [row["rm_score"] for row in rows]
+    assert mean(last, "entropy") < mean(first, "entropy")  # the policy sharpened towards what the RM rewards
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first rollout is sampled by the reference itself
+
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    for key in ("win_rate_rm", "win_rate_gold", "rm_score_sft", "rm_score_ppo", "gold_score_sft", "gold_score_ppo",
+                "kl_final", "steps", "skipped_updates"):
+        assert key in metrics, key
+    assert metrics["rm_score_ppo"] > metrics["rm_score_sft"]
+    assert metrics["win_rate_rm"] > 0.5
+    samples = json.loads((output_dir / "samples.json").read_text())
+    assert set(samples[0]) == {"prompt", "sft", "ppo", "rm_sft", "rm_ppo", "gold_sft", "gold_ppo"}
+    assert list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step-14", "step-7"]
+
+    registered = json.loads((output_dir / "registered.json").read_text())
+    assert registered["reference"] == entry.reference == "ppo@1"
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(entry.path)  # a plain Hugging Face directory
+
+
+def test_resume_after_a_kill_reports_the_same_metrics_as_an_uninterrupted_run(models, tmp_path):
+    common = dict(max_steps=8, save_steps=2, eval_prompts=4)
+    straight = launch(stage_arguments(models, tmp_path / "straight", tmp_path / "reg1", **common), tmp_path)
+    assert straight.wait() == 0, straight.stdout.read()[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    killed = launch(stage_arguments(models, killed_dir, tmp_path / "reg2", **common), tmp_path)
+    wait_for(lambda: (killed_dir / "checkpoints" / "step-2").is_dir(), killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (killed_dir / "registered.json").exists()  # it really died mid-run
+    resumed = launch(stage_arguments(models, killed_dir, tmp_path / "reg2", resume=True, **common), tmp_path)
+    output = resumed.communicate()[0]
+    assert resumed.returncode == 0, output[-3000:]
+    assert "resuming from" in output
+
+    expected, got = read_rows(tmp_path / "straight"), read_rows(killed_dir)
+    assert [row["step"] for row in got] == list(range(1, 9))
+    for want, have in zip(expected, got):
+        for key in set(want) - TIMING_KEYS:
+            assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (want["step"], key)
+    final_expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    final_got = json.loads((killed_dir / "metrics.json").read_text())
+    assert final_got == pytest.approx(final_expected, rel=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(models, tmp_path):
+    output_dir = tmp_path / "run"
+    process = launch(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=500, save_steps=0),
+                     tmp_path)
+    wait_for(lambda: len(read_rows(output_dir)) >= 2, process)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate()[0]
+    assert process.returncode == 0, output[-3000:]
+    assert "SIGTERM: saved" in output
+    from rlhf.ppo.checkpoint import latest_checkpoint
+
+    last_step = read_rows(output_dir)[-1]["step"]
+    assert latest_checkpoint(output_dir).name == f"step-{last_step}"
+    state = json.loads((latest_checkpoint(output_dir) / "trainer_state.json").read_text())
+    assert state["step"] == last_step and "kl_controller" in state
+    assert not (output_dir / "registered.json").exists()
+
+
+def test_non_finite_losses_skip_their_updates_then_stop_with_the_last_good_checkpoint(models, tmp_path,
+                                                                                       monkeypatch):
+    from rlhf import losses
+    from rlhf.errors import RLHFError
+
+    real_policy_loss = losses.ppo_policy_loss
+    calls = {"count": 0}
+
+    def policy_loss_that_breaks_after_step_one(*args, **kwargs):
+        loss, clip_fraction, approx_kl = real_policy_loss(*args, **kwargs)
+        calls["count"] += 1
+        return (loss if calls["count"] <= 2 else loss * float("nan")), clip_fraction, approx_kl
+
+    monkeypatch.setattr(losses, "ppo_policy_loss", policy_loss_that_breaks_after_step_one)
+    output_dir = tmp_path / "run"
+    # Two minibatch updates per step: step 1 is good, step 2 skips both (its checkpoint holds step 1's weights),
+    # step 3's first skip is the third in a row and stops the run.
+    with pytest.raises(RLHFError, match=r"stopped at step 3: 3 non-finite losses in a row; the last good "
+                                        r"checkpoint is .*step-2"):
+        run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=10, save_steps=1,
+                                       max_consecutive_nonfinite=3))
+    rows = read_rows(output_dir)
+    assert [row["skipped_updates"] for row in rows] == [0, 2]
+    assert rows[0]["policy_loss"] is not None and rows[1]["policy_loss"] is None  # no update applied at step 2
+    from rlhf.ppo.checkpoint import latest_checkpoint
+
+    state = json.loads((latest_checkpoint(output_dir) / "trainer_state.json").read_text())
+    assert (state["step"], state["skipped_updates"], state["consecutive_skips"]) == (2, 2, 2)
+
+
+def test_a_bad_prompt_record_is_one_line_and_exit_code_2(models, tmp_path, capsys):
+    from rlhf.stages.ppo import main
+
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "sort these words : cat dog answer :"}\n{"text": "no prompt here"}\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(stage_arguments({**models, "prompts": str(bad)}, tmp_path / "run", tmp_path / "registry"))
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "record 2" in error and "'prompt'" in error
