@@ -1,0 +1,166 @@
+"""PPO iteration time and its phases, ours against TRL 1.0.0's PPOTrainer, on the same tiny models and prompts.
+
+Both sides train the same policy against the same reward model (also the critic's start) with the same rollout
+batch, minibatch, PPO epochs and response length, one process on CPU, float32, one thread. Ours runs as
+`python -m rlhf.stages.ppo` (four ZeRO-0 DeepSpeed engines, the single-process default) and reports its phase
+times in ppo_metrics.jsonl; TRL runs in its own venv as benchmarks/peers/trl_ppo.py. Runs alternate
+(ours, TRL, ours, TRL, ...) and the first step of every run is left out as warm-up. Training FLOPs are
+counted as 6 x trained parameters (actor + critic) x tokens (prompt + response) x PPO epochs.
+
+    python -m benchmarks.ppo_vs_trl [--smallest] [--no-peer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks import tiny_models
+from benchmarks.common import RESULTS_DIR, child_env, median, ratio, read_json, run_child, write_json
+
+PHASES = ("time_generation", "time_scoring", "time_training")
+
+
+@dataclass
+class Settings:
+    steps: int = 4  # per run; the first is warm-up
+    rounds: int = 2  # ours/TRL alternations
+    rollout_batch_size: int = 16
+    minibatch_size: int = 16  # = rollout: TRL takes one optimiser step per rollout epoch whatever its minibatches
+    ppo_epochs: int = 2
+    max_new_tokens: int = 16
+    learning_rate: float = 1e-5
+    kl_coef: float = 0.05
+    hidden_size: int = 64
+    num_layers: int = 2
+
+    @classmethod
+    def smallest(cls) -> "Settings":
+        return cls(steps=2, rounds=1, rollout_batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=4,
+                   hidden_size=32, num_layers=1)
+
+
+def run_ours(models: dict, settings: Settings, workdir: Path, index: int) -> list[dict]:
+    output_dir = workdir / f"ours-{index}"
+    zero0 = "deepspeed_configs/zero0.json"
+    arguments = {
+        "model_name_or_path": models["policy"], "critic_model": models["reward"], "reward_model": models["reward"],
+        "prompts_file": models["prompts"], "output_dir": output_dir, "registry_dir": workdir / "registry",
+        "max_new_tokens": settings.max_new_tokens, "max_steps": settings.steps,
+        "rollout_batch_size": settings.rollout_batch_size, "minibatch_size": settings.minibatch_size,
+        "ppo_epochs": settings.ppo_epochs, "actor_learning_rate": settings.learning_rate,
+        "critic_learning_rate": settings.learning_rate, "kl_coef": settings.kl_coef, "save_steps": 0,
+        "disable_tqdm": "true", "report_to": "none", "seed": index, "register_as": f"bench-ppo-{index}",
+        "actor_deepspeed": zero0, "critic_deepspeed": zero0, "reference_deepspeed": zero0, "reward_deepspeed": zero0,
+    }
+    command = [sys.executable, "-m", "rlhf.stages.ppo"]
+    for key, value in arguments.items():
+        command += [f"--{key}", str(value)]
+    run_child(command, workdir / f"ours-{index}.log")
+    return [json.loads(line) for line in (output_dir / "ppo_metrics.jsonl").read_text().splitlines() if line]
+
+
+def run_trl(python: Path, models: dict, settings: Settings, workdir: Path, index: int) -> dict:
+    out = workdir / f"trl-{index}.json"
+    command = [str(python), str(Path(__file__).parent / "peers" / "trl_ppo.py"),
+               "--policy", models["policy"], "--reward", models["reward"], "--prompt-ids", models["prompt_ids"],
+               "--steps", str(settings.steps), "--rollout-batch-size", str(settings.rollout_batch_size),
+               "--minibatch-size", str(settings.minibatch_size), "--ppo-epochs", str(settings.ppo_epochs),
+               "--max-new-tokens", str(settings.max_new_tokens), "--learning-rate", str(settings.learning_rate),
+               "--kl-coef", str(settings.kl_coef), "--seed", str(index), "--out", str(out)]
+    # The peer's venv must not see our repository's packages (or our TRL) on its path.
+    env = child_env()
+    env.pop("PYTHONPATH", None)
+    run_child(command, workdir / f"trl-{index}.log", env=env)
+    return read_json(out)
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Median of each phase over the timed steps (all but each run's first), and their sum."""
+    timed = [row for row in rows if row["step"] > 1] or rows
+    summary = {phase: median([row[phase] for row in timed]) for phase in PHASES}
+    summary["time_iteration"] = sum(summary[phase] for phase in PHASES)
+    summary["response_length"] = statistics.fmean(row["response_length"] for row in timed)
+    summary["tokens_per_second"] = median([row["tokens_per_second"] for row in timed])
+    summary["timed_steps"] = len(timed)
+    return summary
+
+
+def training_flops(models: dict, settings: Settings, response_length: float) -> float:
+    """6 x trained parameters x tokens of one PPO step's training phase (actor and critic, every epoch)."""
+    prompt_ids = read_json(Path(models["prompt_ids"]))
+    prompt_length = max(len(ids) for ids in prompt_ids)  # left-padded to the batch's longest
+    tokens = settings.rollout_batch_size * (prompt_length + response_length) * settings.ppo_epochs
+    trained = models["parameters"]["policy"] + models["parameters"]["reward"]
+    return 6 * trained * tokens
+
+
+def run(settings: Settings, workdir: Path, peer: bool = True, peak_flops: float | None = None, log=print) -> dict:
+    models = tiny_models.build(workdir / "models", tiny_models.TinySize(settings.hidden_size, settings.num_layers))
+    python = None
+    note = None
+    if peer:
+        from benchmarks.peers import trl_venv
+
+        python = trl_venv.ensure(log)
+    else:
+        note = "TRL peer not run (--no-peer)"
+    ours_rows, trl_rows, trl_versions = [], [], None
+    for index in range(settings.rounds):
+        log(f"ppo_vs_trl: round {index + 1}/{settings.rounds}: ours")
+        ours_rows += run_ours(models, settings, workdir, index)
+        if python is not None:
+            log(f"ppo_vs_trl: round {index + 1}/{settings.rounds}: TRL")
+            result = run_trl(python, models, settings, workdir, index)
+            trl_rows += result["steps"]
+            trl_versions = result["versions"]
+    ours = summarize(ours_rows)
+    flops = training_flops(models, settings, ours["response_length"])
+    ours["training_flops_per_step"] = flops
+    ours["training_flops_per_second"] = flops / ours["time_training"]
+    if peak_flops:
+        ours["training_share_of_matmul_peak"] = ours["training_flops_per_second"] / peak_flops
+    result = {"settings": asdict(settings), "model": models["model"], "parameters": models["parameters"],
+              "ours": ours, "ours_steps": ours_rows, "note": note,
+              "flops_formula": "6 x (actor + critic parameters) x (prompt + response tokens) x rollout x epochs"}
+    if trl_rows:
+        theirs = summarize(trl_rows)
+        result.update(trl=theirs, trl_steps=trl_rows, trl_versions=trl_versions,
+                      ratios={phase: ratio(ours[phase], theirs[phase]) for phase in (*PHASES, "time_iteration")})
+    return result
+
+
+def markdown(result: dict) -> str:
+    ours, theirs = result["ours"], result.get("trl")
+    lines = ["| phase | ours (s) | TRL 1.0.0 (s) | ours / TRL |", "|---|---:|---:|---:|"]
+    for phase in (*PHASES, "time_iteration"):
+        label = phase.replace("time_", "")
+        if theirs:
+            lines.append(f"| {label} | {ours[phase]:.3f} | {theirs[phase]:.3f} | {result['ratios'][phase]:.2f} |")
+        else:
+            lines.append(f"| {label} | {ours[phase]:.3f} | not run | - |")
+    length = f"{ours['response_length']:.1f}" + (f" / {theirs['response_length']:.1f}" if theirs else "")
+    lines.append(f"| mean response tokens (ours / TRL) | {length} | | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smallest", action="store_true")
+    parser.add_argument("--no-peer", action="store_true", help="skip TRL (and creating its venv)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ppo_vs_trl.json")
+    args = parser.parse_args(argv)
+    settings = Settings.smallest() if args.smallest else Settings()
+    with tempfile.TemporaryDirectory(prefix="bench-ppo-") as workdir:
+        result = run(settings, Path(workdir), peer=not args.no_peer)
+    print(markdown(result))
+    write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
