@@ -167,3 +167,14 @@ def test_a_bad_prompt_record_is_one_line_and_exit_code_2(models, tmp_path, capsy
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and "record 2" in error and "'prompt'" in error
+
+
+def test_ppo_ptx_mixes_in_a_language_modelling_loss_that_falls(models, tmp_path):
+    output_dir = tmp_path / "run"
+    run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=6, save_steps=0,
+                                   eval_prompts_file="", ptx_coef=5.0, ptx_file=models["demos"], ptx_batch_size=8))
+    rows = read_rows(output_dir)
+    losses = [row["ptx_loss"] for row in rows]
+    assert all(loss is not None and loss > 0 for loss in losses)
+    assert losses[-1] < losses[0] - 0.5, losses  # the demonstrations' language-modelling loss is trained down
+    assert "win_rate_rm" not in json.loads((output_dir / "metrics.json").read_text())  # no held-out prompts given

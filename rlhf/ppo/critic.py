@@ -1,9 +1,10 @@
 """The critic: a reward model read at every token, giving V(s_t) for each prefix.
 
 InstructGPT (§3.5) initialises the value function from the reward model. A sequence-classification model
-already computes its scalar head on every position and then keeps only the last real one; the critic keeps
-them all. A forward hook on the head reads them, so the same code serves a plain model and a peft-wrapped one
-(peft puts a trainable copy of the head in place of the original module).
+applies its scalar head to every position and then keeps only the last real one; the critic calls the same
+body and head itself and keeps them all. The body and head are called as modules (not through hooks), so that
+ZeRO-3 gathers their parameters for the forward and again for the backward; with LoRA, peft has put its
+layers inside the body and a trainable copy of the head in the head's place, so the same calls serve.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ class TokenValueModel(nn.Module):
         head_names = reward_head_names(inner)
         if len(head_names) != 1:
             raise ValueError(f"a critic needs exactly one scalar head; {type(inner).__name__} has {head_names}")
-        self._head = getattr(inner, head_names[0])
-        self._captured: list[torch.Tensor] = []
-        self._head.register_forward_hook(lambda module, inputs, output: self._captured.append(output))
+        self._body_name, self._head_name = inner.base_model_prefix, head_names[0]
+
+    def _inner(self) -> nn.Module:
+        return self.model.get_base_model() if is_peft_model(self.model) else self.model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        self._captured.clear()
-        self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        per_token = self._captured.pop()
-        self._captured.clear()
-        return per_token[..., 0].float()  # (B, L)
+        inner = self._inner()
+        hidden = getattr(inner, self._body_name)(input_ids=input_ids, attention_mask=attention_mask,
+                                                 position_ids=position_ids).last_hidden_state
+        return getattr(inner, self._head_name)(hidden)[..., 0].float()  # (B, L)

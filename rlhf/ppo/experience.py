@@ -60,9 +60,7 @@ def generate(actor, batch: PromptBatch, generation_config, zero3_generation: str
     synced_gpus = False
     if zero_stage(actor) == 3:
         if zero3_generation == "gather_once":
-            import deepspeed
-
-            gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+            gathered = gathered_for_generation(module)
         else:
             synced_gpus = True
     device = actor.device
@@ -70,6 +68,29 @@ def generate(actor, batch: PromptBatch, generation_config, zero3_generation: str
         output = module.generate(input_ids=batch.query_ids.to(device), attention_mask=batch.query_mask.to(device),
                                  generation_config=generation_config, synced_gpus=synced_gpus)
     return output[:, batch.query_ids.shape[1]:].cpu()
+
+
+@contextlib.contextmanager
+def gathered_for_generation(module):
+    """Every ZeRO-3 parameter of `module` gathered, and kept gathered, until the block ends.
+
+    GatheredParameters alone is not enough: ZeRO-3's module hooks release a parameter after each sub-module's
+    forward unless it is persistent, so every new token would gather the model again, and ranks generating
+    different numbers of tokens would then wait on each other's gathers. Marking the parameters persistent for
+    the block keeps them resident (DeepSpeed's own persistence flag, restored afterwards).
+    """
+    import deepspeed
+
+    parameters = list(module.parameters())
+    with deepspeed.zero.GatheredParameters(parameters, modifier_rank=None):
+        persistent = [getattr(p, "ds_persist", False) for p in parameters]
+        for parameter in parameters:
+            parameter.ds_persist = True
+        try:
+            yield
+        finally:
+            for parameter, flag in zip(parameters, persistent):
+                parameter.ds_persist = flag
 
 
 def choose_zero3_generation(setting: str, actor) -> str:

@@ -114,6 +114,8 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
     gold_scorer: str = field(default="", metadata={"help": "Name of a gold scorer ('demo') for per-step gold scores "
                                                              "and the gold win rate."})
+    local_rank: int = field(default=-1, metadata={"help": "Passed by the deepspeed launcher; ranks are read from "
+                                                          "the environment."})
 
     def __post_init__(self):
         _check(self.adaptation_method in ACTOR_CRITIC_METHODS,

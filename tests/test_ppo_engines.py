@@ -1,0 +1,92 @@
+"""The PPO engines: a LoRA actor is its own reference (adapter disabled = the base model), and under ZeRO-3 both
+generation paths (parameters gathered once, or per step with synced_gpus) sample the same tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ppo_setup import REPO, build_models, stage_arguments
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    return build_models(tmp_path_factory.mktemp("ppo_engine_models"))
+
+
+def engines_for(models, tmp_path, **overrides):
+    from rlhf.config import parse_config
+    from rlhf.ppo import inputs as ppo_inputs
+    from rlhf.ppo.engines import build_engines, init_distributed
+    from rlhf.stages.ppo import PPOStageConfig
+
+    init_distributed()
+    config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
+                                                          **overrides))
+    inputs = ppo_inputs.resolve(config)
+    return config, inputs, build_engines(config, inputs.paths, inputs.tokenizer)
+
+
+def rollout_batch(inputs, count: int = 6):
+    from rlhf.ppo.experience import tokenize_prompts
+
+    return tokenize_prompts(inputs.tokenizer, inputs.prompts[:count])
+
+
+def test_lora_actor_is_its_own_reference_and_disabling_the_adapter_gives_the_base_models_logprobs(models,
+                                                                                                   tmp_path):
+    from rlhf.adaptation import load_adapted
+    from rlhf.ppo import experience
+    from rlhf.ppo.logprobs import sampling_logprobs, sampling_settings_for
+
+    config, inputs, engines = engines_for(models, tmp_path, adaptation_method="lora", lora_dropout=0.0)
+    assert engines.reference is None  # no second copy of the policy
+    # A trained-looking adapter: LoRA B starts at zero, which would make the test pass trivially.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in engines.actor.module.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    sampling = sampling_settings_for(inputs.tokenizer, 0.8, 0, 1.0, 6)
+    batch = rollout_batch(inputs)
+    torch.manual_seed(1)
+    response_ids = experience.generate(engines.actor, batch, sampling.generation_config(inputs.tokenizer), "auto")
+    rollout = experience.score(engines, batch, response_ids, inputs.tokenizer, sampling, 64)
+
+    base = load_adapted(models["policy"], task="causal_lm")
+    mask = rollout.response_mask
+    seq = experience.sequence_inputs(batch.query_ids, batch.query_mask, response_ids, mask)
+    with torch.no_grad():
+        base_logits = experience.response_logits(base, seq, batch.query_ids.shape[1])
+    policy_support = sampling_logprobs(
+        experience.response_logits(engines.actor.module, seq, batch.query_ids.shape[1]).detach(), response_ids,
+        sampling)[1]
+    base_logprobs, _ = sampling_logprobs(base_logits, response_ids, sampling, support=policy_support)
+    real = mask.bool()
+    torch.testing.assert_close(rollout.ref_logprobs[real], base_logprobs[real], atol=1e-5, rtol=1e-5)
+    # ...and the adapter is really on for the policy's own log-probabilities.
+    assert (rollout.logprobs[real] - rollout.ref_logprobs[real]).abs().max() > 1e-2
+
+
+def test_zero3_generation_gathered_once_equals_per_step_gathering(models, tmp_path):
+    from rlhf.ppo import experience
+    from rlhf.ppo.logprobs import sampling_settings_for
+
+    zero3 = str(REPO / "deepspeed_configs" / "zero3.json")
+    config, inputs, engines = engines_for(models, tmp_path, actor_deepspeed=zero3, critic_deepspeed=zero3)
+    assert engines.actor.zero_optimization_stage() == 3
+    # Partitioned: the module holds no full weight outside a gather.
+    assert all(p.numel() == 0 or p.numel() < getattr(p, "ds_numel", p.numel())
+               for p in engines.actor.module.parameters())
+    sampling = sampling_settings_for(inputs.tokenizer, 1.0, 0, 1.0, 6)
+    generation_config = sampling.generation_config(inputs.tokenizer)
+    batch = rollout_batch(inputs, count=8)
+    tokens = {}
+    for path in ("gather_once", "per_step"):
+        torch.manual_seed(123)
+        tokens[path] = experience.generate(engines.actor, batch, generation_config, path)
+    assert tokens["gather_once"].shape[1] >= 1
+    assert torch.equal(tokens["gather_once"], tokens["per_step"])
+    torch.manual_seed(124)
+    other_seed = experience.generate(engines.actor, batch, generation_config, "gather_once")
+    assert not torch.equal(other_seed, tokens["gather_once"])  # the equality above is not a constant output

@@ -1,0 +1,156 @@
+"""Small PPO parts: config validation, DeepSpeed "auto" resolution, prompt positions, win rate, checkpoint picking,
+reward shaping, the critic's per-token values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(argv):
+    from rlhf.config import parse_config
+    from rlhf.stages.ppo import PPOStageConfig
+
+    return parse_config(PPOStageConfig, argv)
+
+
+def test_demo_config_loads_and_every_field_documents_itself():
+    import dataclasses
+
+    from rlhf.stages.ppo import PPOStageConfig
+
+    config = parse(["--config", str(ROOT / "configs" / "ppo.yaml")])
+    assert config.model_name_or_path == "sft" and config.reward_model == "rm" and config.critic_model == "rm"
+    assert config.reference_model == ""
+    for f in dataclasses.fields(PPOStageConfig):
+        assert f.metadata.get("help"), f.name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--adaptation_method", "bitfit"], "adaptation_method \\(actor\\) must be one of"),
+    (["--critic_adaptation_method", "ia3"], "critic_adaptation_method must be one of"),
+    (["--rollout_batch_size", "10", "--minibatch_size", "4"], "must be a multiple of minibatch_size"),
+    (["--temperature", "0"], "temperature must be > 0"),
+    (["--zero3_generation", "sometimes"], "zero3_generation must be one of"),
+    (["--ptx_coef", "0.5"], "ptx_coef > 0 needs a ptx_file"),
+    (["--kl_estimator", "k9"], "kl_estimator 'k9' is unknown"),
+])
+def test_bad_values_are_config_errors(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(["--prompts_file", "p.jsonl", *argv])
+
+
+def test_total_episodes_sets_the_number_of_steps():
+    config = parse(["--prompts_file", "p.jsonl", "--total_episodes", "100", "--rollout_batch_size", "16",
+                    "--minibatch_size", "8"])
+    assert config.steps == 7  # ceil(100 / 16) on one process
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "deepspeed_configs").glob("*.json")), ids=lambda p: p.name)
+def test_every_deepspeed_config_resolves_its_autos_for_ppo(path):
+    from rlhf.ppo.engines import fill_auto, load_deepspeed_config
+
+    resolved = fill_auto(load_deepspeed_config(str(path)), micro_batch_size=8, max_grad_norm=1.0, hidden_size=64,
+                         source=str(path))
+    assert "auto" not in repr(resolved)
+    assert resolved["train_micro_batch_size_per_gpu"] == 8 and resolved["train_batch_size"] == 8
+
+
+def test_an_auto_ppo_cannot_resolve_is_named():
+    from rlhf.ppo.engines import fill_auto
+
+    with pytest.raises(ConfigError, match="x.json: 'optimizer.params.lr' is \"auto\""):
+        fill_auto({"optimizer": {"params": {"lr": "auto"}}}, micro_batch_size=1, max_grad_norm=1.0, hidden_size=4,
+                  source="x.json")
+
+
+def test_prompt_positions_follow_from_the_step_and_split_by_rank():
+    from rlhf.ppo.data import prompts_for_step
+
+    prompts = list(range(10))
+    epoch = [prompts_for_step(prompts, step, 2, 1, 0, seed=0) for step in range(5)]
+    assert sorted(sum(epoch, [])) == prompts  # one epoch visits every prompt once
+    assert prompts_for_step(prompts, 3, 2, 1, 0, seed=0) == epoch[3]  # no state: a resumed run gets the same
+    assert prompts_for_step(prompts, 5, 2, 1, 0, seed=0) != epoch[0]  # a new epoch is reshuffled
+    ranks = [prompts_for_step(prompts, 1, 2, 2, rank, seed=0) for rank in (0, 1)]
+    assert ranks[0] + ranks[1] == epoch[2] + epoch[3]  # rank r takes its slice of the step's prompts
+
+
+def test_win_rate_counts_ties_half():
+    from rlhf.ppo.report import win_rate
+
+    assert win_rate([1.0, 0.5, 0.2, 0.7], [0.5, 0.5, 0.9, 0.1]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+
+
+def test_non_eos_fraction_reads_the_last_real_token():
+    from rlhf.ppo.report import non_eos_fraction
+    from rlhf.rollout import Rollout
+
+    response_ids = torch.tensor([[5, 2, 0], [5, 6, 7], [2, 0, 0], [0, 0, 0]])  # eos 2, pad 0
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    zeros = torch.zeros(4, 3)
+    rollout = Rollout(query_ids=torch.ones(4, 1, dtype=torch.long), query_mask=torch.ones(4, 1), response_ids=response_ids,
+                      response_mask=mask, logprobs=zeros, ref_logprobs=zeros, values=zeros, scores=torch.zeros(4))
+    assert non_eos_fraction(rollout, eos_token_id=2) == pytest.approx(0.5)  # rows 1 and 3 never ended
+
+
+def test_latest_checkpoint_ignores_unfinished_ones(tmp_path):
+    from rlhf.ppo.checkpoint import TRAINER_STATE, latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
+    for step, complete in ((2, True), (10, True), (12, False)):
+        directory = tmp_path / "checkpoints" / f"step-{step}"
+        directory.mkdir(parents=True)
+        if complete:
+            (directory / TRAINER_STATE).write_text("{}")
+    (tmp_path / "checkpoints" / ".step-14.saving").mkdir()
+    assert latest_checkpoint(tmp_path).name == "step-10"  # numeric order, not "step-2" > "step-10"
+
+
+def test_reward_shaping_by_hand():
+    from rlhf import losses
+    from rlhf.ppo.experience import RewardShaping, with_advantages
+    from rlhf.rollout import Rollout
+
+    # One response of 2 tokens ending in EOS (2), one of 3 tokens without EOS.
+    response_ids = torch.tensor([[7, 2, 0], [7, 8, 9]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    logprobs = torch.tensor([[-1.0, -1.0, 0.0], [-1.0, -2.0, -1.0]])
+    ref_logprobs = torch.tensor([[-1.5, -1.0, 0.0], [-1.0, -1.0, -1.0]])
+    rollout = Rollout(query_ids=torch.ones(2, 1, dtype=torch.long), query_mask=torch.ones(2, 1),
+                      response_ids=response_ids, response_mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
+                      values=torch.zeros(2, 3), scores=torch.tensor([3.0, 3.0]))
+    shaping = RewardShaping(kl_coef=0.1, score_clip=2.5, missing_eos_penalty=1.0, gamma=1.0, lam=1.0)
+    shaped, kl = with_advantages(rollout, shaping, eos_token_id=2, moments=None)
+    # Row 0: score 3 clipped to 2.5 at its last token; KL 0.5 at token 0. Row 1: 3 - 1 (no EOS) = 2 at token 2,
+    # KL -1 at token 1.
+    expected_rewards = torch.tensor([[-0.05, 2.5, 0.0], [0.0, 0.1, 2.0]])
+    torch.testing.assert_close(shaped.rewards, expected_rewards)
+    torch.testing.assert_close(kl, torch.tensor([[0.5, 0.0, 0.0], [0.0, -1.0, 0.0]]))
+    # With V = 0, γ = λ = 1 the returns are the reward-to-go; advantages are those, whitened over real tokens.
+    returns = torch.tensor([[2.45, 2.5, 0.0], [2.1, 2.1, 2.0]])
+    torch.testing.assert_close(shaped.returns, returns)
+    torch.testing.assert_close(shaped.advantages, losses.masked_whiten(returns, mask))
+
+
+def test_critic_values_are_the_reward_heads_output_at_every_position(tiny_reward_model):
+    from rlhf.ppo.critic import TokenValueModel
+
+    tiny_reward_model.eval()
+    critic = TokenValueModel(tiny_reward_model)
+    input_ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    attention_mask = torch.ones_like(input_ids)
+    values = critic(input_ids, attention_mask)
+    assert values.shape == (2, 4)
+    # The sequence classifier's score is the head at the last real token: the critic's last value.
+    scores = tiny_reward_model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+    torch.testing.assert_close(values[:, -1], scores)
+    # ...and every prefix has its own value: V(s_t) for the prefix input_ids[:, :t+1].
+    prefix_scores = tiny_reward_model(input_ids=input_ids[:, :2], attention_mask=attention_mask[:, :2]).logits[:, 0]
+    torch.testing.assert_close(values[:, 1], prefix_scores)
