@@ -100,8 +100,14 @@ def run_layouts(settings: Settings, workdir: Path, log=print) -> dict:
         log(f"ppo_memory: {layout} on {settings.num_processes} processes")
         out_dir = workdir / f"memory-{layout}"
         argv = stage_argv(models, settings, layout, workdir / f"ppo-{layout}", workdir / "registry")
-        run_child(deepspeed_command("benchmarks.ppo_memory", ["--worker", "--out-dir", str(out_dir), "--", *argv],
-                                    settings.num_processes), workdir / f"memory-{layout}.log")
+        try:
+            run_child(deepspeed_command("benchmarks.ppo_memory", ["--worker", "--out-dir", str(out_dir), "--", *argv],
+                                        settings.num_processes), workdir / f"memory-{layout}.log")
+        except RuntimeError as error:  # one layout failing (e.g. offload unsupported here) leaves the others
+            log(f"ppo_memory: {layout} failed: {error}")
+            rows.append({"layout": layout, "configs": dict(zip(("actor", "critic", "reference", "reward"),
+                                                                LAYOUTS[layout])), "error": str(error)[-2000:]})
+            continue
         ranks = sorted((read_json(path) for path in out_dir.glob("rank-*.json")), key=lambda r: r["rank"])
         row = {"layout": layout, "configs": dict(zip(("actor", "critic", "reference", "reward"), LAYOUTS[layout])),
                "ranks": ranks, "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
@@ -109,8 +115,9 @@ def run_layouts(settings: Settings, workdir: Path, log=print) -> dict:
         if "cuda_max_allocated_mb" in ranks[0]:
             row["cuda_max_allocated_mb"] = max(r["cuda_max_allocated_mb"] for r in ranks)
         rows.append(row)
-    base = rows[0]["models_share_mb"]
-    for row in rows:
+    measured = [row for row in rows if "error" not in row]
+    base = measured[0]["models_share_mb"] if measured else float("nan")
+    for row in measured:
         row["models_share_vs_first"] = row["models_share_mb"] / base if base > 0 else float("nan")
     parameters = models["parameters"]
     return {"settings": asdict(settings), "model": models["model"], "parameters": parameters,
@@ -118,12 +125,19 @@ def run_layouts(settings: Settings, workdir: Path, log=print) -> dict:
 
 
 def markdown(result: dict) -> str:
-    gpu = "cuda_max_allocated_mb" in result["rows"][0]
+    gpu = any("cuda_max_allocated_mb" in row for row in result["rows"])
     header = "| layout (actor, critic / reference, reward) | peak RSS per process (MB) | above imports (MB) | vs " \
              f"{result['rows'][0]['layout']} |" + (" CUDA max allocated (MB) |" if gpu else "")
+    first = next((row["layout"] for row in result["rows"] if "error" not in row), "first")
+    header = header.replace(f"vs {result['rows'][0]['layout']}", f"vs {first}")
     lines = [header, "|---|---:|---:|---:|" + ("---:|" if gpu else "")]
     for row in result["rows"]:
         c = row["configs"]
+        if "error" in row:
+            reason = row["error"].strip().splitlines()[-1][:160].replace("|", "/")
+            lines.append(f"| {row['layout']} ({c['actor']}, {c['critic']} / {c['reference']}, {c['reward']}) | "
+                         f"failed: `{reason}` | | |" + (" |" if gpu else ""))
+            continue
         line = (f"| {row['layout']} ({c['actor']}, {c['critic']} / {c['reference']}, {c['reward']}) | "
                 f"{row['peak_rss_mb']:.0f} | {row['models_share_mb']:.0f} | {row['models_share_vs_first']:.2f}x |")
         if gpu:

@@ -88,6 +88,8 @@ def summarize(rows: list[dict]) -> dict:
     summary["response_length"] = statistics.fmean(row["response_length"] for row in timed)
     summary["tokens_per_second"] = median([row["tokens_per_second"] for row in timed])
     summary["timed_steps"] = len(timed)
+    if all("time_gc_collect" in row for row in timed):
+        summary["time_gc_collect"] = median([row["time_gc_collect"] for row in timed])
     return summary
 
 
@@ -146,6 +148,9 @@ def markdown(result: dict) -> str:
             lines.append(f"| {label} | {ours[phase]:.3f} | not run | - |")
     length = f"{ours['response_length']:.1f}" + (f" / {theirs['response_length']:.1f}" if theirs else "")
     lines.append(f"| mean response tokens (ours / TRL) | {length} | | |")
+    if theirs and "time_gc_collect" in theirs:
+        lines.append(f"\nTRL's two `gc.collect()` calls per iteration take {theirs['time_gc_collect']:.3f} s "
+                     f"(in all; the one in scoring is counted above, the one after the step's end is not).")
     return "\n".join(lines)
 
 

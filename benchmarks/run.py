@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks.common import REPO, machine_info, write_json
+from rlhf.io import atomic_write_text
 
 NAMES = ("matmul", "ppo_vs_trl", "zero3_generation", "ppo_memory", "rm_kway", "sft_throughput", "demo")
 
@@ -285,7 +286,7 @@ def main(argv=None) -> int:
                 "results": results, "stage_throughput": derived}
     write_json(args.results_dir / "results" / "all.json", all_json)
     markdown = render(machine, results, derived, args, seconds)
-    (args.results_dir / "RESULTS.md").write_text(markdown)
+    atomic_write_text(args.results_dir / "RESULTS.md", markdown)
     log(f"wrote {args.results_dir / 'RESULTS.md'} and {args.results_dir / 'results' / 'all.json'}")
     failed = [name for name, result in results.items() if "error" in result]
     if failed:

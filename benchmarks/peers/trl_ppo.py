@@ -13,6 +13,7 @@ the trainer's `on_step_end` callback (PPO epochs, then its metrics).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -72,6 +73,21 @@ def main(argv=None) -> None:
         steps[-1]["responses"] = steps[-1].get("responses", 0) + truncated.shape[0]
         return truncated
 
+    class TimedGC:
+        """The trainer's `gc` module with `collect` timed: it runs a full collection twice per iteration."""
+
+        def __getattr__(self, name):
+            return getattr(gc, name)
+
+        @staticmethod
+        def collect(*positional):
+            began = time.perf_counter()
+            collected = gc.collect(*positional)
+            if steps:
+                steps[-1]["gc"] = steps[-1].get("gc", 0.0) + time.perf_counter() - began
+            return collected
+
+    ppo_trainer.gc = TimedGC()
     ppo_trainer.batch_generation = timed_generation
     ppo_trainer.forward = timed_forward
     ppo_trainer.truncate_response = counted_truncate
@@ -115,7 +131,8 @@ def main(argv=None) -> None:
         rows.append({"step": number, "time_generation": generation,
                      "time_scoring": step["scored"] - step["generated"], "time_training": step["trained"] - step["scored"],
                      "response_length": step["response_tokens"] / max(step["responses"], 1),
-                     "tokens_per_second": step["response_tokens"] / max(generation, 1e-9)})
+                     "tokens_per_second": step["response_tokens"] / max(generation, 1e-9),
+                     "time_gc_collect": step.get("gc", 0.0)})
     versions = {name: metadata.version(name) for name in ("trl", "transformers", "torch", "accelerate")}
     result = {"peer": "trl.experimental.ppo.PPOTrainer", "versions": versions, "steps": rows,
               "python": sys.version.split()[0]}
