@@ -63,11 +63,23 @@ def worker(out_dir: Path, stage_argv: list[str]) -> None:
     from rlhf.config import parse_config
     from rlhf.stages.ppo import PPOStageConfig, run
 
+    from rlhf.ppo import engines
+
     baseline = current_rss_mb()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    after_build = {}
+    build_engines = engines.build_engines
+
+    def measured_build(*positional, **keywords):  # the stage imports it from the module when it runs
+        built = build_engines(*positional, **keywords)
+        after_build.update(rss_after_engines_mb=current_rss_mb(), peak_rss_after_engines_mb=peak_rss_mb())
+        return built
+
+    engines.build_engines = measured_build
     run(parse_config(PPOStageConfig, stage_argv))
-    record = {"rank": distributed.global_rank(), "rss_after_imports_mb": baseline, "peak_rss_mb": peak_rss_mb()}
+    record = {"rank": distributed.global_rank(), "rss_after_imports_mb": baseline, "peak_rss_mb": peak_rss_mb(),
+              **after_build}
     if torch.cuda.is_available():
         record["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +121,7 @@ def run_layouts(settings: Settings, workdir: Path, log=print) -> dict:
                                                                 LAYOUTS[layout])), "error": str(error)[-2000:]})
             continue
         ranks = sorted((read_json(path) for path in out_dir.glob("rank-*.json")), key=lambda r: r["rank"])
-        row = {"layout": layout, "configs": dict(zip(("actor", "critic", "reference", "reward"), LAYOUTS[layout])),
+        row = {"layout": layout, "peak_rss_after_engines_mb": max(r["peak_rss_after_engines_mb"] for r in ranks), "configs": dict(zip(("actor", "critic", "reference", "reward"), LAYOUTS[layout])),
                "ranks": ranks, "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
                "models_share_mb": max(r["peak_rss_mb"] - r["rss_after_imports_mb"] for r in ranks)}
         if "cuda_max_allocated_mb" in ranks[0]:
@@ -127,19 +139,21 @@ def run_layouts(settings: Settings, workdir: Path, log=print) -> dict:
 def markdown(result: dict) -> str:
     gpu = any("cuda_max_allocated_mb" in row for row in result["rows"])
     header = "| layout (actor, critic / reference, reward) | peak RSS per process (MB) | above imports (MB) | vs " \
-             f"{result['rows'][0]['layout']} |" + (" CUDA max allocated (MB) |" if gpu else "")
+             f"{result['rows'][0]['layout']} | peak RSS once engines are built (MB) |" + \
+             (" CUDA max allocated (MB) |" if gpu else "")
     first = next((row["layout"] for row in result["rows"] if "error" not in row), "first")
     header = header.replace(f"vs {result['rows'][0]['layout']}", f"vs {first}")
-    lines = [header, "|---|---:|---:|---:|" + ("---:|" if gpu else "")]
+    lines = [header, "|---|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
     for row in result["rows"]:
         c = row["configs"]
         if "error" in row:
             reason = row["error"].strip().splitlines()[-1][:160].replace("|", "/")
             lines.append(f"| {row['layout']} ({c['actor']}, {c['critic']} / {c['reference']}, {c['reward']}) | "
-                         f"failed: `{reason}` | | |" + (" |" if gpu else ""))
+                         f"failed: `{reason}` | | | |" + (" |" if gpu else ""))
             continue
         line = (f"| {row['layout']} ({c['actor']}, {c['critic']} / {c['reference']}, {c['reward']}) | "
-                f"{row['peak_rss_mb']:.0f} | {row['models_share_mb']:.0f} | {row['models_share_vs_first']:.2f}x |")
+                f"{row['peak_rss_mb']:.0f} | {row['models_share_mb']:.0f} | {row['models_share_vs_first']:.2f}x | "
+                f"{row['peak_rss_after_engines_mb']:.0f} |")
         if gpu:
             line += f" {row['cuda_max_allocated_mb']:.0f} |"
         lines.append(line)

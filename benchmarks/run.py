@@ -167,7 +167,10 @@ def render(machine: dict, results: dict, derived: list[dict], args, seconds: flo
            f"{' --no-peer' if args.no_peer else ''}` on {machine['date']} in {seconds / 60:.1f} min.", "",
            f"- Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}; "
            f"shared with other jobs, so compare ratios, not seconds. OMP_NUM_THREADS={machine['omp_num_threads']}.",
-           f"- Python {machine['python']}; " + ", ".join(f"{k} {v[k]}" for k in v if v[k]) + ".",
+           f"- Python {machine['python']}; " + ", ".join(f"{k} {v[k]}" for k in v if v[k]) + "."
+           + (f" Peer: TRL {results['ppo_vs_trl']['trl_versions']['trl']} with transformers "
+              f"{results['ppo_vs_trl']['trl_versions']['transformers']} in its own venv (benchmarks/.venv-trl100)."
+              if results.get("ppo_vs_trl", {}).get("trl_versions") else ""),
            "- Models: tiny Llamas built from config (never downloaded), float32; details and raw timings in "
            "`results/all.json`.", ""]
 

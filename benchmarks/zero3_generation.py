@@ -84,9 +84,40 @@ def worker(args) -> None:
             assert responses.shape[1] == settings.max_new_tokens
             if repeat > 0:
                 seconds[mode].append(elapsed.item())
+    # Where a ZeRO-3 rollout's time goes, against the unsharded one: one more rollout of each under cProfile
+    # (every rank runs it, since the gathers are collective; rank 0's profile is kept).
+    profiles = {}
+    for mode in ("unsharded", "gather_once"):
+        engine = engines["unsharded" if mode == "unsharded" else "zero3"]
+        dist.barrier()
+        profiles[mode] = profile_call(lambda: generate(engine, batch, generation_config, "gather_once"))
     if distributed.is_main_process():
-        Path(args.out).write_text(json.dumps(seconds))
+        Path(args.out).write_text(json.dumps({"seconds": seconds, "profiles": profiles}))
     dist.barrier()
+
+
+def profile_call(function, top: int = 12) -> dict:
+    """cProfile of one call: total seconds and the functions with the most time of their own."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    function()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    rows = []
+    for (filename, line, name), (calls, _, own, cumulative, _) in stats.stats.items():
+        where = filename.split("site-packages/")[-1] if "site-packages/" in filename else filename
+        rows.append({"function": f"{where}:{line}({name})", "calls": calls, "own_s": own, "cumulative_s": cumulative})
+    rows.sort(key=lambda row: row["own_s"], reverse=True)
+    by_library: dict[str, float] = {}
+    for row in rows:
+        library = next((name for name in ("deepspeed", "transformers", "torch") if f"{name}/" in row["function"]),
+                       "builtins (torch ops)" if row["function"].startswith("~") else "other Python")
+        by_library[library] = by_library.get(library, 0.0) + row["own_s"]
+    return {"total_s": stats.total_tt, "calls": sum(r["calls"] for r in rows), "own_s_by_library": by_library,
+            "top": rows[:top]}
 
 
 def run(settings: Settings, workdir: Path, log=print) -> dict:
@@ -99,7 +130,8 @@ def run(settings: Settings, workdir: Path, log=print) -> dict:
                                 ["--worker", "--settings", json.dumps(asdict(settings)),
                                  "--models", str(workdir / "models-zero3.json"), "--out", str(out)],
                                 settings.num_processes), workdir / "zero3_generation.log")
-    seconds = read_json(out)
+    measured = read_json(out)
+    seconds = measured["seconds"]
     tokens = settings.prompts_per_rank * settings.num_processes * settings.max_new_tokens
     rows = []
     for mode in MODES:
@@ -110,7 +142,8 @@ def run(settings: Settings, workdir: Path, log=print) -> dict:
         row["relative_to_unsharded"] = row["rollout_s"] / unsharded
     gather_once = rows[1]["rollout_s"]
     return {"settings": asdict(settings), "model": models["model"], "parameters": models["parameters"]["policy"],
-            "rows": rows, "per_step_over_gather_once": rows[2]["rollout_s"] / gather_once}
+            "rows": rows, "per_step_over_gather_once": rows[2]["rollout_s"] / gather_once,
+            "profiles": measured["profiles"]}
 
 
 def markdown(result: dict) -> str:
@@ -120,6 +153,15 @@ def markdown(result: dict) -> str:
     for row in result["rows"]:
         lines.append(f"| {labels[row['mode']]} | {row['rollout_s']:.3f} | {row['tokens_per_s']:.0f} | "
                      f"{row['relative_to_unsharded']:.2f}x |")
+    profiles = result.get("profiles")
+    if profiles:
+        unsharded, zero3 = profiles["unsharded"], profiles["gather_once"]
+        lines += ["", f"Profile of one rollout (cProfile, rank 0): unsharded {unsharded['total_s']:.2f} s in "
+                      f"{unsharded['calls']} Python calls; ZeRO-3 gathered once {zero3['total_s']:.2f} s in "
+                      f"{zero3['calls']} calls. Own time by library (unsharded -> ZeRO-3 gathered once):", ""]
+        for library in sorted(zero3["own_s_by_library"], key=zero3["own_s_by_library"].get, reverse=True):
+            lines.append(f"- {library}: {unsharded['own_s_by_library'].get(library, 0.0):.3f} s -> "
+                         f"{zero3['own_s_by_library'][library]:.3f} s")
     return "\n".join(lines)
 
 
