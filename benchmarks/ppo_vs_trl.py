@@ -29,7 +29,7 @@ PHASES = ("time_generation", "time_scoring", "time_training")
 @dataclass
 class Settings:
     steps: int = 4  # per run; the first is warm-up
-    rounds: int = 2  # ours/TRL alternations
+    rounds: int = 3  # ours/TRL alternations
     rollout_batch_size: int = 16
     minibatch_size: int = 16  # = rollout: TRL takes one optimiser step per rollout epoch whatever its minibatches
     ppo_epochs: int = 2

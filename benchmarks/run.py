@@ -236,7 +236,15 @@ with smaller minibatches the two would take a different number of optimiser step
 ZERO3_NOTES = """All three run the PPO stage's `experience.generate` on the same prompts; every response is forced
 to full length. *Gathered once* all-gathers the actor's shards once and samples from the whole model (needs
 the full model in memory on each rank); *per step* re-gathers every layer at every token (synced_gpus) and keeps
-only shards resident. On CPU the all-gathers go through gloo and shared memory; on GPUs with NCCL the gaps differ."""
+only shards resident. On CPU the all-gathers go through gloo and shared memory; on GPUs with NCCL the gaps differ.
+
+Why ZeRO-3 is slower even when gathered once (the profile above): the parameters stay resident, so the extra
+time is not communication but ZeRO-3's per-module forward hooks, which still run on every sub-module call of
+every generated token (deepspeed's own time, torch's hook dispatch, and the signature inspection the hooks do).
+On these tiny models that fixed cost per call is as large as the arithmetic; it does not grow with the model,
+so the gap narrows with size. Taking the hooks off for the rollout (as DeepSpeed-Chat's hybrid engine does with
+its inference containers) is the fix to try next in the PPO stage; per-step gathering adds an all-gather per
+layer and token on top."""
 
 MEMORY_NOTES = """*Above imports* is the peak RSS minus the RSS once torch, transformers and DeepSpeed are imported:
 the share of the models, optimiser states, activations and communication buffers. On a CPU-only machine
