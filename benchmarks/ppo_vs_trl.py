@@ -47,22 +47,82 @@ class Settings:
 
 def run_ours(models: dict, settings: Settings, workdir: Path, index: int) -> list[dict]:
     output_dir = workdir / f"ours-{index}"
+    command = [sys.executable, "-m", "rlhf.stages.ppo", *stage_arguments(models, settings, output_dir, index)]
+    run_child(command, workdir / f"ours-{index}.log")
+    return [json.loads(line) for line in (output_dir / "ppo_metrics.jsonl").read_text().splitlines() if line]
+
+
+def stage_arguments(models: dict, settings: Settings, output_dir: Path, index) -> list[str]:
     zero0 = "deepspeed_configs/zero0.json"
     arguments = {
         "model_name_or_path": models["policy"], "critic_model": models["reward"], "reward_model": models["reward"],
-        "prompts_file": models["prompts"], "output_dir": output_dir, "registry_dir": workdir / "registry",
+        "prompts_file": models["prompts"], "output_dir": output_dir, "registry_dir": output_dir.parent / "registry",
         "max_new_tokens": settings.max_new_tokens, "max_steps": settings.steps,
         "rollout_batch_size": settings.rollout_batch_size, "minibatch_size": settings.minibatch_size,
         "ppo_epochs": settings.ppo_epochs, "actor_learning_rate": settings.learning_rate,
         "critic_learning_rate": settings.learning_rate, "kl_coef": settings.kl_coef, "save_steps": 0,
-        "disable_tqdm": "true", "report_to": "none", "seed": index, "register_as": f"bench-ppo-{index}",
+        "disable_tqdm": "true", "report_to": "none", "seed": index if isinstance(index, int) else 0,
+        "register_as": f"bench-ppo-{index}",
         "actor_deepspeed": zero0, "critic_deepspeed": zero0, "reference_deepspeed": zero0, "reward_deepspeed": zero0,
     }
-    command = [sys.executable, "-m", "rlhf.stages.ppo"]
+    argv = []
     for key, value in arguments.items():
-        command += [f"--{key}", str(value)]
-    run_child(command, workdir / f"ours-{index}.log")
-    return [json.loads(line) for line in (output_dir / "ppo_metrics.jsonl").read_text().splitlines() if line]
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+# Where our training phase's time goes: the stage run once more with ppo_update under cProfile (the first
+# update, with its warm-up, left out), totals of the calls that make up a PPO update.
+TRAINING_PARTS = {
+    "forward (actor, critic)": ("deepspeed/runtime/engine.py", "forward"),
+    "backward (autograd)": ("torch/autograd/__init__.py", "backward"),
+    "optimizer step (AdamW)": ("torch/optim/optimizer.py", "wrapper"),
+    "gradient clipping (DeepSpeed)": ("deepspeed/runtime/utils.py", "clip_grad_norm_"),
+    "gradient all-reduce (DeepSpeed)": ("deepspeed/runtime/engine.py", "allreduce_gradients"),
+}
+
+
+def profile_training_worker(argv: list[str], out: Path) -> None:
+    import cProfile
+    import pstats
+
+    from rlhf.config import parse_config
+    from rlhf.ppo import update
+    from rlhf.stages.ppo import PPOStageConfig, run
+
+    profiler = cProfile.Profile()
+    original = update.ppo_update
+    calls = []
+
+    def profiled(*positional, **keywords):
+        calls.append(1)
+        if len(calls) == 1:
+            return original(*positional, **keywords)
+        profiler.enable()
+        try:
+            return original(*positional, **keywords)
+        finally:
+            profiler.disable()
+
+    update.ppo_update = profiled
+    run(parse_config(PPOStageConfig, argv))
+    stats = pstats.Stats(profiler).stats
+    updates = max(len(calls) - 1, 1)
+    parts = {}
+    for label, (path, name) in TRAINING_PARTS.items():
+        parts[label] = sum(cumulative for (filename, _, function), (_, _, _, cumulative, _) in stats.items()
+                           if filename.endswith(path) and function == name) / updates
+    total = sum(cumulative for (filename, _, function), (_, _, _, cumulative, _) in stats.items()
+                if filename.endswith("rlhf/ppo/update.py") and function == "ppo_update") / updates
+    out.write_text(json.dumps({"update_s": total, "parts_s": parts, "updates": updates}))
+
+
+def profile_ours(models: dict, settings: Settings, workdir: Path) -> dict:
+    out = workdir / "ours-training-profile.json"
+    argv = stage_arguments(models, settings, workdir / "ours-profile", "profile")
+    run_child([sys.executable, "-m", "benchmarks.ppo_vs_trl", "--profile-training", str(out), "--", *argv],
+              workdir / "ours-profile.log")
+    return read_json(out)
 
 
 def run_trl(python: Path, models: dict, settings: Settings, workdir: Path, index: int) -> dict:
@@ -102,7 +162,8 @@ def training_flops(models: dict, settings: Settings, response_length: float) -> 
     return 6 * trained * tokens
 
 
-def run(settings: Settings, workdir: Path, peer: bool = True, peak_flops: float | None = None, log=print) -> dict:
+def run(settings: Settings, workdir: Path, peer: bool = True, peak_flops: float | None = None, log=print,
+        profile: bool = True) -> dict:
     models = tiny_models.build(workdir / "models", tiny_models.TinySize(settings.hidden_size, settings.num_layers))
     python = None
     note = None
@@ -134,6 +195,9 @@ def run(settings: Settings, workdir: Path, peer: bool = True, peak_flops: float 
         theirs = summarize(trl_rows)
         result.update(trl=theirs, trl_steps=trl_rows, trl_versions=trl_versions,
                       ratios={phase: ratio(ours[phase], theirs[phase]) for phase in (*PHASES, "time_iteration")})
+    if profile:
+        log("ppo_vs_trl: profiling our training phase")
+        result["ours_training_profile"] = profile_ours(models, settings, workdir)
     return result
 
 
@@ -151,6 +215,11 @@ def markdown(result: dict) -> str:
     if theirs and "time_gc_collect" in theirs:
         lines.append(f"\nTRL's two `gc.collect()` calls per iteration take {theirs['time_gc_collect']:.3f} s "
                      f"(in all; the one in scoring is counted above, the one after the step's end is not).")
+    profile = result.get("ours_training_profile")
+    if profile:
+        parts = "; ".join(f"{label} {1000 * seconds:.0f} ms" for label, seconds in profile["parts_s"].items())
+        lines.append(f"\nProfile of our training phase (cProfile, {profile['updates']} updates): "
+                     f"{1000 * profile['update_s']:.0f} ms per update: {parts}.")
     return "\n".join(lines)
 
 
@@ -159,6 +228,12 @@ def main(argv=None) -> None:
     parser.add_argument("--smallest", action="store_true")
     parser.add_argument("--no-peer", action="store_true", help="skip TRL (and creating its venv)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ppo_vs_trl.json")
+    parser.add_argument("--profile-training", type=Path, help=argparse.SUPPRESS)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--profile-training" in argv:
+        split = argv.index("--")
+        profile_training_worker(argv[split + 1:], Path(argv[argv.index("--profile-training") + 1]))
+        return
     args = parser.parse_args(argv)
     settings = Settings.smallest() if args.smallest else Settings()
     with tempfile.TemporaryDirectory(prefix="bench-ppo-") as workdir:

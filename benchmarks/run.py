@@ -49,7 +49,8 @@ def bench_ppo_vs_trl(args, workdir: Path, results: dict) -> dict:
 
     settings = ppo_vs_trl.Settings.smallest() if args.smallest else ppo_vs_trl.Settings()
     peak = results.get("matmul", {}).get("peak_flops")
-    return ppo_vs_trl.run(settings, workdir, peer=not args.no_peer, peak_flops=peak, log=log)
+    return ppo_vs_trl.run(settings, workdir, peer=not args.no_peer, peak_flops=peak, log=log,
+                          profile=not args.smallest)
 
 
 def bench_zero3_generation(args, workdir: Path) -> dict:
@@ -231,7 +232,16 @@ logits `generate` returned, and its scoring phase also holds its GAE and a `gc.c
 PPO epochs (ours also computes rewards/GAE/whitening there). Both sides: same models, prompts (token ids),
 rollout and minibatch size, epochs, response length, float32, one thread. The minibatch equals the rollout
 because TRL 1.0.0 steps its optimiser once per gradient-accumulation cycle, which spans the whole rollout:
-with smaller minibatches the two would take a different number of optimiser steps."""
+with smaller minibatches the two would take a different number of optimiser steps.
+
+Where ours is slower, the training phase on these tiny models (see the profile line above): the arithmetic is
+the same (same models, tokens, epochs), and ours pays fixed costs per optimiser step that TRL 1.0.0 does not:
+two DeepSpeed engines (actor and critic each take their own backward and AdamW step, where TRL wraps both in
+one module with one optimiser), gradient-norm clipping at `max_grad_norm` (TRL's PPO loop never clips,
+though its config has the field), and DeepSpeed's gradient all-reduce, which runs even in a world of one
+process. These are per-step constants, so their share falls as models grow; the all-reduce could be skipped
+when the world has one process. Scoring is where ours wins most: TRL collects garbage (`gc.collect()`) in
+every iteration, which on a heap holding datasets and the trainer costs more than the tiny models' forwards."""
 
 ZERO3_NOTES = """All three run the PPO stage's `experience.generate` on the same prompts; every response is forced
 to full length. *Gathered once* all-gathers the actor's shards once and samples from the whole model (needs
