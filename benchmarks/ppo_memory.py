@@ -63,27 +63,39 @@ def worker(out_dir: Path, stage_argv: list[str]) -> None:
     from rlhf.config import parse_config
     from rlhf.stages.ppo import PPOStageConfig, run
 
-    from rlhf.ppo import engines
+    from rlhf.ppo import engines, experience, report, update
 
     baseline = current_rss_mb()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    after_build = {}
-    build_engines = engines.build_engines
-
-    def measured_build(*positional, **keywords):  # the stage imports it from the module when it runs
-        built = build_engines(*positional, **keywords)
-        after_build.update(rss_after_engines_mb=current_rss_mb(), peak_rss_after_engines_mb=peak_rss_mb())
-        return built
-
-    engines.build_engines = measured_build
+    # The peak RSS when each phase of the stage first ends, so that a peak can be placed: the stage looks these
+    # functions up on their modules when it runs, so wrapping the module attributes is enough.
+    peaks = {}
+    for module, name, label in ((engines, "build_engines", "engines_built"), (experience, "generate", "generation"),
+                                (experience, "score", "scoring"), (update, "ppo_update", "update"),
+                                (report, "finish", "final_save")):
+        setattr(module, name, _peak_after(getattr(module, name), label, peaks))
     run(parse_config(PPOStageConfig, stage_argv))
     record = {"rank": distributed.global_rank(), "rss_after_imports_mb": baseline, "peak_rss_mb": peak_rss_mb(),
-              **after_build}
+              "peak_rss_after_mb": peaks, "rss_after_engines_mb": peaks.get("engines_built_rss"),
+              "peak_rss_after_engines_mb": peaks.get("engines_built")}
+    peaks.pop("engines_built_rss", None)
     if torch.cuda.is_available():
         record["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank-{record['rank']}.json").write_text(json.dumps(record))
+
+
+def _peak_after(function, label: str, peaks: dict):
+    def measured(*positional, **keywords):
+        result = function(*positional, **keywords)
+        if label not in peaks:
+            peaks[label] = peak_rss_mb()
+            if label == "engines_built":
+                peaks["engines_built_rss"] = current_rss_mb()
+        return result
+
+    return measured
 
 
 def stage_argv(models: dict, settings: Settings, layout: str, output_dir: Path, registry: Path) -> list[str]:
@@ -124,6 +136,8 @@ def run_layouts(settings: Settings, workdir: Path, log=print) -> dict:
         row = {"layout": layout, "peak_rss_after_engines_mb": max(r["peak_rss_after_engines_mb"] for r in ranks), "configs": dict(zip(("actor", "critic", "reference", "reward"), LAYOUTS[layout])),
                "ranks": ranks, "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
                "models_share_mb": max(r["peak_rss_mb"] - r["rss_after_imports_mb"] for r in ranks)}
+        row["peak_rss_after_mb"] = {label: max(r["peak_rss_after_mb"].get(label, 0.0) for r in ranks)
+                                    for label in ranks[0].get("peak_rss_after_mb", {})}
         if "cuda_max_allocated_mb" in ranks[0]:
             row["cuda_max_allocated_mb"] = max(r["cuda_max_allocated_mb"] for r in ranks)
         rows.append(row)
@@ -157,7 +171,18 @@ def markdown(result: dict) -> str:
         if gpu:
             line += f" {row['cuda_max_allocated_mb']:.0f} |"
         lines.append(line)
+    lines += ["", "Peak RSS (MB, the higher rank) when each phase first ended:", "",
+              "| layout | " + " | ".join(PHASE_LABELS.values()) + " |", "|---|" + "---:|" * len(PHASE_LABELS)]
+    for row in result["rows"]:
+        phases = row.get("peak_rss_after_mb")
+        if phases:
+            lines.append(f"| {row['layout']} | " + " | ".join(f"{phases[k]:.0f}" if k in phases else "-"
+                                                             for k in PHASE_LABELS) + " |")
     return "\n".join(lines)
+
+
+PHASE_LABELS = {"engines_built": "engines built", "generation": "first generation", "scoring": "first scoring",
+                "update": "first PPO update", "final_save": "final save"}
 
 
 def main(argv=None) -> None:
