@@ -3,7 +3,7 @@
 The pipeline itself writes the run; this only reads it. Stage directories are found by their metrics.json
 (sft/, rm/, ppo/ or any subdirectory holding one with the stage's keys). Wall time per stage comes from the
 pipeline's own timing file when it wrote one (a JSON with per-stage seconds: timings.json, pipeline.json or
-summary.json), else from the stage directory's file times (first file written to metrics.json), marked as such.
+summary.json), else from each stage's own record of its training loop, marked as such.
 """
 
 from __future__ import annotations
@@ -54,9 +54,23 @@ def stage_seconds_from_pipeline(run_dir: Path) -> dict[str, float]:
     return {}
 
 
-def stage_seconds_from_files(stage_dir: Path) -> float:
-    times = [path.stat().st_mtime for path in stage_dir.rglob("*") if path.is_file()]
-    return max(times) - min(times) if times else float("nan")
+def stage_seconds_from_stage(stage_dir: Path) -> float | None:
+    """The stage's own record of its training loop: the Trainer's `train_runtime` (SFT, RM), or the sum of
+    the per-step phase times in ppo_metrics.jsonl (PPO). Loading, evaluation and saving are not in it."""
+    metrics = json.loads((stage_dir / "metrics.json").read_text())
+    if isinstance(metrics.get("train_runtime"), (int, float)):
+        return float(metrics["train_runtime"])
+    history = stage_dir / "log_history.jsonl"
+    if history.is_file():
+        for line in reversed(history.read_text().splitlines()):
+            row = json.loads(line) if line.strip() else {}
+            if isinstance(row.get("train_runtime"), (int, float)):
+                return float(row["train_runtime"])
+    steps = stage_dir / "ppo_metrics.jsonl"
+    if steps.is_file():
+        rows = [json.loads(line) for line in steps.read_text().splitlines() if line.strip()]
+        return sum(row.get(key, 0.0) for row in rows for key in ("time_generation", "time_scoring", "time_training"))
+    return None
 
 
 def read(run_dir: Path | None) -> dict:
@@ -69,9 +83,11 @@ def read(run_dir: Path | None) -> dict:
     if not stages:
         return {"measured": False, "note": f"not measured: no stage metrics.json under {run_dir}"}
     seconds = stage_seconds_from_pipeline(run_dir)
-    source = "pipeline timing file" if seconds else "stage directory file times (approximate)"
+    source = "pipeline's timing file" if seconds else \
+        "stages' own records of their training loops (Trainer train_runtime; PPO: its per-step phase times)"
     if not seconds:
-        seconds = {stage: stage_seconds_from_files(path) for stage, path in stages.items()}
+        seconds = {stage: value for stage, path in stages.items()
+                   if (value := stage_seconds_from_stage(path)) is not None}
     metrics = {stage: json.loads((path / "metrics.json").read_text()) for stage, path in stages.items()}
     result = {"measured": True, "run_dir": str(run_dir), "stage_dirs": {k: str(v) for k, v in stages.items()},
               "stage_seconds": seconds, "seconds_source": source}

@@ -260,7 +260,17 @@ MEMORY_NOTES = """*Above imports* is the peak RSS minus the RSS once torch, tran
 the share of the models, optimiser states, activations and communication buffers. On a CPU-only machine
 offloading the frozen models' parameters to CPU cannot lower RSS (they are in CPU memory already; the
 offload adds pinned buffers); the layout pays off on GPUs, where `torch.cuda.max_memory_allocated` is reported
-too."""
+too.
+
+Reading the phase table: ZeRO-2 and ZeRO-3 save where they should, in the PPO update (gradients and AdamW
+states partitioned over the 2 processes: the first update adds less than under ZeRO-0). ZeRO-3 still peaks
+higher here because of what it adds elsewhere: at engine build (the stage loads every model whole on every
+rank and DeepSpeed partitions it afterwards, rather than constructing it under `deepspeed.zero.Init`; the
+freed whole copies stay in the process's heap, and peak RSS counts them), in scoring (the frozen models'
+parameters gathered for each forward) and at the final save (the actor gathered whole on every rank). With
+2 processes and 64 MB models those fixed costs outweigh the halved optimiser state; what ZeRO-3 saves grows
+with model size and process count, and building the models under `zero.Init` is the change that would lower
+its load-time peak."""
 
 
 # ---------------------------------------------------------------------------------------------------------
