@@ -154,3 +154,70 @@ def test_critic_values_are_the_reward_heads_output_at_every_position(tiny_reward
     # ...and every prefix has its own value: V(s_t) for the prefix input_ids[:, :t+1].
     prefix_scores = tiny_reward_model(input_ids=input_ids[:, :2], attention_mask=attention_mask[:, :2]).logits[:, 0]
     torch.testing.assert_close(values[:, 1], prefix_scores)
+
+
+def test_responses_are_retokenized_for_a_reward_model_with_another_tokenizer():
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from rlhf import losses
+    from rlhf.demo.task import corpus_words
+    from rlhf.demo.tiny_model import build_tokenizer
+    from rlhf.ppo.experience import decode_responses, reward_scores, same_tokenizer, tokenize_prompts
+    from rlhf.reward import score_texts
+
+    policy_tokenizer = build_tokenizer(corpus_words())
+    # One more word shifts every id after it: the same text becomes other ids for the reward model.
+    reward_tokenizer = build_tokenizer(corpus_words() + ["aardvark"])
+    assert not same_tokenizer(policy_tokenizer, reward_tokenizer)
+    torch.manual_seed(0)
+    reward_model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(reward_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=reward_tokenizer.pad_token_id)).eval()
+    prompts = ["sort these words : cat dog answer :", "reverse these words : owl fox bear answer :"]
+    batch = tokenize_prompts(policy_tokenizer, prompts)
+    word = policy_tokenizer.convert_tokens_to_ids
+    response_ids = torch.tensor([[word("cat"), word("dog"), policy_tokenizer.eos_token_id],
+                                 [word("bear"), word("fox"), word("owl")]])
+    mask = losses.response_mask_after_eos(response_ids, policy_tokenizer.eos_token_id, policy_tokenizer.pad_token_id)
+    engines = SimpleNamespace(reward=SimpleNamespace(module=reward_model, device=torch.device("cpu")),
+                              reward_tokenizer=reward_tokenizer, reward_offset=0.25)
+    with torch.no_grad():
+        scores = reward_scores(engines, policy_tokenizer, batch, response_ids, mask, max_length=64)
+    texts = decode_responses(policy_tokenizer, response_ids, mask)
+    assert texts == ["cat dog", "bear fox owl"]
+    expected = score_texts(reward_model, reward_tokenizer, prompts, texts, max_length=64)
+    torch.testing.assert_close(scores, torch.tensor(expected) - 0.25)
+
+
+def test_with_the_same_tokenizer_the_generated_ids_are_scored_as_the_text_would_be():
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from rlhf import losses
+    from rlhf.demo.task import corpus_words
+    from rlhf.demo.tiny_model import build_tokenizer
+    from rlhf.ppo.experience import decode_responses, reward_scores, tokenize_prompts
+    from rlhf.reward import score_texts
+
+    tokenizer = build_tokenizer(corpus_words())
+    torch.manual_seed(0)
+    reward_model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)).eval()
+    prompts = ["first word of these : cat dog answer :", "sort these words : owl fox answer :"]
+    batch = tokenize_prompts(tokenizer, prompts)
+    word = tokenizer.convert_tokens_to_ids
+    # A response ended by EOS and one cut at max_new_tokens: both reach the reward model ending in EOS.
+    response_ids = torch.tensor([[word("cat"), tokenizer.eos_token_id, tokenizer.pad_token_id],
+                                 [word("fox"), word("owl"), word("fox")]])
+    mask = losses.response_mask_after_eos(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    engines = SimpleNamespace(reward=SimpleNamespace(module=reward_model, device=torch.device("cpu")),
+                              reward_tokenizer=tokenizer, reward_offset=0.0)
+    with torch.no_grad():
+        scores = reward_scores(engines, tokenizer, batch, response_ids, mask, max_length=64)
+    expected = score_texts(reward_model, tokenizer, prompts, decode_responses(tokenizer, response_ids, mask),
+                           max_length=64)
+    torch.testing.assert_close(scores, torch.tensor(expected))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from ppo_setup import PYTHON, build_models, stage_arguments, subprocess_env
 
@@ -178,3 +179,20 @@ def test_ppo_ptx_mixes_in_a_language_modelling_loss_that_falls(models, tmp_path)
     assert all(loss is not None and loss > 0 for loss in losses)
     assert losses[-1] < losses[0] - 0.5, losses  # the demonstrations' language-modelling loss is trained down
     assert "win_rate_rm" not in json.loads((output_dir / "metrics.json").read_text())  # no held-out prompts given
+
+
+def test_lora_actor_and_critic_train_and_save_a_merged_plain_model(models, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    output_dir = tmp_path / "run"
+    entry = run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=3, save_steps=0,
+                                           adaptation_method="lora", critic_adaptation_method="lora", lora_r=4,
+                                           actor_learning_rate=2e-2))
+    rows = read_rows(output_dir)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[-1]["kl"] != 0  # the adapter moved the policy
+    saved = AutoModelForCausalLM.from_pretrained(entry.path)  # merged: no peft needed to load it
+    base = AutoModelForCausalLM.from_pretrained(models["policy"])
+    assert not any("lora" in name for name in saved.state_dict())
+    changed = [name for name, tensor in saved.state_dict().items()
+               if not torch.equal(tensor, base.state_dict()[name])]
+    assert changed and all(name.endswith(".weight") for name in changed)

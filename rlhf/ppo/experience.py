@@ -60,7 +60,7 @@ def generate(actor, batch: PromptBatch, generation_config, zero3_generation: str
     synced_gpus = False
     if zero_stage(actor) == 3:
         if zero3_generation == "gather_once":
-            gathered = gathered_for_generation(module)
+            gathered = gathered_for_generation(actor)
         else:
             synced_gpus = True
     device = actor.device
@@ -71,26 +71,45 @@ def generate(actor, batch: PromptBatch, generation_config, zero3_generation: str
 
 
 @contextlib.contextmanager
-def gathered_for_generation(module):
-    """Every ZeRO-3 parameter of `module` gathered, and kept gathered, until the block ends.
+def gathered_for_generation(engine):
+    """Every ZeRO-3 parameter of the engine's module gathered, and kept gathered, until the block ends.
 
     GatheredParameters alone is not enough: ZeRO-3's module hooks release a parameter after each sub-module's
     forward unless it is persistent, so every new token would gather the model again, and ranks generating
-    different numbers of tokens would then wait on each other's gathers. Marking the parameters persistent for
-    the block keeps them resident (DeepSpeed's own persistence flag, restored afterwards).
+    different numbers of tokens would then wait on each other's gathers. With the whole model gathered the
+    hooks have nothing left to do but cost time at every module of every token, so they are taken off for the
+    block and put back after (as DeepSpeed-Chat's hybrid engine runs generation outside them). Should a
+    DeepSpeed version lack those methods, the parameters are instead marked persistent for the block, which
+    keeps them resident with the hooks still on.
     """
     import deepspeed
 
+    module = engine.module
     parameters = list(module.parameters())
+    offload = getattr(engine.optimizer, "parameter_offload", None) or getattr(engine, "parameter_offload", None)
+    can_unhook = all(hasattr(offload, name) for name in ("_remove_module_hooks", "setup_zero_stage3_hooks"))
     with deepspeed.zero.GatheredParameters(parameters, modifier_rank=None):
         persistent = [getattr(p, "ds_persist", False) for p in parameters]
         for parameter in parameters:
             parameter.ds_persist = True
+        if can_unhook:
+            offload._remove_module_hooks()
         try:
             yield
         finally:
+            if can_unhook:
+                _restore_zero3_hooks(offload)
             for parameter, flag in zip(parameters, persistent):
                 parameter.ds_persist = flag
+
+
+def _restore_zero3_hooks(offload) -> None:
+    from deepspeed.runtime.zero import parameter_offload
+
+    depth = len(parameter_offload.FWD_MODULE_STACK)
+    offload.setup_zero_stage3_hooks()
+    # Setting the hooks up again pushes the module on DeepSpeed's forward stack a second time; keep it level.
+    del parameter_offload.FWD_MODULE_STACK[depth:]
 
 
 def choose_zero3_generation(setting: str, actor) -> str:
