@@ -19,6 +19,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from benchmarks import tiny_models
 from benchmarks.common import RESULTS_DIR, child_env, median, ratio, read_json, run_child, write_json
@@ -105,7 +106,8 @@ def profile_training_worker(argv: list[str], out: Path) -> None:
             profiler.disable()
 
     update.ppo_update = profiled
-    run(parse_config(PPOStageConfig, argv))
+    config = parse_config(PPOStageConfig, argv)
+    run(config)
     stats = pstats.Stats(profiler).stats
     updates = max(len(calls) - 1, 1)
     parts = {}
@@ -114,7 +116,61 @@ def profile_training_worker(argv: list[str], out: Path) -> None:
                            if filename.endswith(path) and function == name) / updates
     total = sum(cumulative for (filename, _, function), (_, _, _, cumulative, _) in stats.items()
                 if filename.endswith("rlhf/ppo/update.py") and function == "ppo_update") / updates
-    out.write_text(json.dumps({"update_s": total, "parts_s": parts, "updates": updates}))
+    out.write_text(json.dumps({"update_s": total, "parts_s": parts, "updates": updates,
+                               "generation_control": generation_control(config)}))
+
+
+def generation_control(config, repeats: int = 10) -> dict:
+    """Our rollout call against TRL 1.0.0's, in one process on the same model and prompts, alternating.
+
+    TRL's side re-creates its `generate` helper (trl/experimental/ppo/ppo_trainer.py): Hugging Face `generate`
+    with return_dict_in_generate and output_scores, the per-token logits stacked (it keeps them for the log-probs).
+    Both are made to sample exactly max_new_tokens tokens (min_new_tokens), so that both do the same work.
+    """
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from rlhf.models import load_tokenizer
+    from rlhf.ppo.data import prompts_for_step
+    from rlhf.ppo.experience import generate, tokenize_prompts
+    from rlhf.ppo.logprobs import sampling_settings_for
+    from rlhf.sampling import load_prompts
+
+    tokenizer = load_tokenizer(config.model_name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path).eval()
+    prompts = prompts_for_step(load_prompts(config.prompts_file), 0, config.rollout_batch_size, 1, 0, config.seed)
+    batch = tokenize_prompts(tokenizer, prompts)
+    ours_config = sampling_settings_for(tokenizer, config.temperature, config.top_k, config.top_p,
+                                        config.max_new_tokens).generation_config(tokenizer)
+    ours_config.min_new_tokens = config.max_new_tokens
+    trl_config = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=1.0 + 1e-7, top_k=0.0, top_p=1.0,
+                                  do_sample=True, min_new_tokens=config.max_new_tokens,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    unsharded = SimpleNamespace(module=model, device=torch.device("cpu"), zero_optimization_stage=lambda: 0)
+
+    def ours():
+        generate(unsharded, batch, ours_config, "gather_once")
+
+    @torch.no_grad()
+    def trl():
+        queries = batch.query_ids
+        output = model.generate(input_ids=queries, attention_mask=batch.query_mask, generation_config=trl_config,
+                                return_dict_in_generate=True, output_scores=True)
+        torch.stack(output.scores, 1)
+        torch.cat((queries, output.sequences[:, queries.shape[1]:]), dim=1)
+
+    seconds = {"ours": [], "trl": []}
+    for repeat in range(repeats + 1):  # the first round is warm-up
+        for name, function in (("ours", ours), ("trl", trl)):
+            began = time.perf_counter()
+            function()
+            if repeat:
+                seconds[name].append(time.perf_counter() - began)
+    ours_s, trl_s = median(seconds["ours"]), median(seconds["trl"])
+    return {"ours_s": ours_s, "trl_s": trl_s, "ratio": ours_s / trl_s, "repeats": repeats,
+            "tokens": config.max_new_tokens * len(prompts)}
 
 
 def profile_ours(models: dict, settings: Settings, workdir: Path) -> dict:
@@ -220,6 +276,11 @@ def markdown(result: dict) -> str:
         parts = "; ".join(f"{label} {1000 * seconds:.0f} ms" for label, seconds in profile["parts_s"].items())
         lines.append(f"\nProfile of our training phase (cProfile, {profile['updates']} updates): "
                      f"{1000 * profile['update_s']:.0f} ms per update: {parts}.")
+        control = profile.get("generation_control")
+        if control:
+            lines.append(f"\nGeneration head to head in one process (same model and prompts, {control['tokens']} "
+                         f"tokens, median of {control['repeats']} alternating): ours {1000 * control['ours_s']:.1f} ms, "
+                         f"TRL's call {1000 * control['trl_s']:.1f} ms, ours / TRL {control['ratio']:.2f}.")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Every benchmark in one command; writes benchmarks/RESULTS.md and benchmarks/results/all.json.
 
-    python -m benchmarks.run                         # the full suite (~15 min on 2 CPU cores; creates the TRL venv once)
+    python -m benchmarks.run                         # the full suite (~7 min on 2 shared CPU cores, plus creating the TRL venv once)
     python -m benchmarks.run --smallest --no-peer    # smallest settings, no TRL venv: checks the suite runs
     python -m benchmarks.run --demo-run runs/demo    # also read a pipeline run for the end-to-end section
     python -m benchmarks.run --only ppo_vs_trl rm_kway
@@ -34,7 +34,7 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def bench_matmul(args, workdir: Path) -> dict:
+def bench_matmul(args, workdir: Path, results: dict) -> dict:
     import torch
 
     from benchmarks.matmul import matmul_flops
@@ -53,21 +53,21 @@ def bench_ppo_vs_trl(args, workdir: Path, results: dict) -> dict:
                           profile=not args.smallest)
 
 
-def bench_zero3_generation(args, workdir: Path) -> dict:
+def bench_zero3_generation(args, workdir: Path, results: dict) -> dict:
     from benchmarks import zero3_generation
 
     settings = zero3_generation.Settings.smallest() if args.smallest else zero3_generation.Settings()
     return zero3_generation.run(settings, workdir, log=log)
 
 
-def bench_ppo_memory(args, workdir: Path) -> dict:
+def bench_ppo_memory(args, workdir: Path, results: dict) -> dict:
     from benchmarks import ppo_memory
 
     settings = ppo_memory.Settings.smallest() if args.smallest else ppo_memory.Settings()
     return ppo_memory.run_layouts(settings, workdir, log=log)
 
 
-def bench_rm_kway(args, workdir: Path) -> dict:
+def bench_rm_kway(args, workdir: Path, results: dict) -> dict:
     import torch
 
     from benchmarks import kway_vs_pairs
@@ -83,7 +83,7 @@ def bench_rm_kway(args, workdir: Path) -> dict:
             "step": "forward + loss + backward + AdamW step"}
 
 
-def bench_sft_throughput(args, workdir: Path) -> dict:
+def bench_sft_throughput(args, workdir: Path, results: dict) -> dict:
     """SFT tokens/s from benchmarks/sft_throughput.py, written on its own branch; skipped while it is absent."""
     script = REPO / "benchmarks" / "sft_throughput.py"
     if not script.is_file():
@@ -98,10 +98,16 @@ def bench_sft_throughput(args, workdir: Path) -> dict:
     return {"measured": True, **read_json(out)}
 
 
-def bench_demo(args, workdir: Path) -> dict:
+def bench_demo(args, workdir: Path, results: dict) -> dict:
     from benchmarks import demo_run
 
     return demo_run.read(Path(args.demo_run) if args.demo_run else None)
+
+
+BENCHMARKS = {"matmul": bench_matmul, "ppo_vs_trl": bench_ppo_vs_trl, "zero3_generation": bench_zero3_generation,
+              "ppo_memory": bench_ppo_memory, "rm_kway": bench_rm_kway, "sft_throughput": bench_sft_throughput,
+              "demo": bench_demo}
+assert tuple(BENCHMARKS) == NAMES
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,6 +240,10 @@ rollout and minibatch size, epochs, response length, float32, one thread. The mi
 because TRL 1.0.0 steps its optimiser once per gradient-accumulation cycle, which spans the whole rollout:
 with smaller minibatches the two would take a different number of optimiser steps.
 
+Generation: both sides call the same Hugging Face `generate` on the same model (ours with the padding token
+suppressed, TRL keeping every step's logits), so the head-to-head line above, timed in one process, is the
+comparison to read; a ratio away from 1 between separate processes is the shared machine's drift.
+
 Where ours is slower, the training phase on these tiny models (see the profile line above): the arithmetic is
 the same (same models, tokens, epochs), and ours pays fixed costs per optimiser step that TRL 1.0.0 does not:
 two DeepSpeed engines (actor and critic each take their own backward and AdamW step, where TRL wraps both in
@@ -248,13 +258,12 @@ to full length. *Gathered once* all-gathers the actor's shards once and samples 
 the full model in memory on each rank); *per step* re-gathers every layer at every token (synced_gpus) and keeps
 only shards resident. On CPU the all-gathers go through gloo and shared memory; on GPUs with NCCL the gaps differ.
 
-Why ZeRO-3 is slower even when gathered once (the profile above): the parameters stay resident, so the extra
-time is not communication but ZeRO-3's per-module forward hooks, which still run on every sub-module call of
-every generated token (deepspeed's own time, torch's hook dispatch, and the signature inspection the hooks do).
-On these tiny models that fixed cost per call is as large as the arithmetic; it does not grow with the model,
-so the gap narrows with size. Taking the hooks off for the rollout (as DeepSpeed-Chat's hybrid engine does with
-its inference containers) is the fix to try next in the PPO stage; per-step gathering adds an all-gather per
-layer and token on top."""
+*Gathered once*: the PPO stage all-gathers the actor once and takes ZeRO-3's module hooks off for the rollout
+(`rlhf/ppo/experience.py`, as DeepSpeed-Chat's hybrid engine runs generation outside them), so what remains over
+unsharded is that one all-gather and putting the hooks back. *Per step*: the hooks run on every sub-module call
+of every token and all-gather each layer's shards again (see the profile: the time goes to the collective ops
+and DeepSpeed's hook code, not to the model). It is the choice only when the whole model does not fit on one
+rank; `zero3_generation: auto` picks gathering once when it does."""
 
 MEMORY_NOTES = """*Above imports* is the peak RSS minus the RSS once torch, transformers and DeepSpeed are imported:
 the share of the models, optimiser states, activations and communication buffers. On a CPU-only machine
@@ -302,10 +311,8 @@ def main(argv=None) -> int:
         for name in selected:
             log(f"{name} ...")
             began = time.perf_counter()
-            function = globals()[f"bench_{name}"]
             try:
-                takes_results = function.__code__.co_argcount == 3
-                results[name] = function(args, workdir, results) if takes_results else function(args, workdir)
+                results[name] = BENCHMARKS[name](args, workdir, results)
             except Exception as error:  # one failed benchmark is reported, the others still run
                 traceback.print_exc()
                 results[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}

@@ -87,10 +87,11 @@ def worker(args) -> None:
     # Where a ZeRO-3 rollout's time goes, against the unsharded one: one more rollout of each under cProfile
     # (every rank runs it, since the gathers are collective; rank 0's profile is kept).
     profiles = {}
-    for mode in ("unsharded", "gather_once"):
+    for mode in MODES:
         engine = engines["unsharded" if mode == "unsharded" else "zero3"]
+        path = mode if mode != "unsharded" else "gather_once"
         dist.barrier()
-        profiles[mode] = profile_call(lambda: generate(engine, batch, generation_config, "gather_once"))
+        profiles[mode] = profile_call(lambda: generate(engine, batch, generation_config, path))
     if distributed.is_main_process():
         Path(args.out).write_text(json.dumps({"seconds": seconds, "profiles": profiles}))
     dist.barrier()
@@ -155,13 +156,14 @@ def markdown(result: dict) -> str:
                      f"{row['relative_to_unsharded']:.2f}x |")
     profiles = result.get("profiles")
     if profiles:
-        unsharded, zero3 = profiles["unsharded"], profiles["gather_once"]
-        lines += ["", f"Profile of one rollout (cProfile, rank 0): unsharded {unsharded['total_s']:.2f} s in "
-                      f"{unsharded['calls']} Python calls; ZeRO-3 gathered once {zero3['total_s']:.2f} s in "
-                      f"{zero3['calls']} calls. Own time by library (unsharded -> ZeRO-3 gathered once):", ""]
-        for library in sorted(zero3["own_s_by_library"], key=zero3["own_s_by_library"].get, reverse=True):
-            lines.append(f"- {library}: {unsharded['own_s_by_library'].get(library, 0.0):.3f} s -> "
-                         f"{zero3['own_s_by_library'][library]:.3f} s")
+        lines += ["", "Profile of one rollout each (cProfile, rank 0): seconds of own time by library.", "",
+                  "| library | " + " | ".join(labels[mode] for mode in MODES) + " |", "|---|" + "---:|" * len(MODES)]
+        libraries = sorted({name for mode in MODES for name in profiles[mode]["own_s_by_library"]},
+                           key=lambda name: -profiles["per_step"]["own_s_by_library"].get(name, 0.0))
+        for library in libraries:
+            lines.append(f"| {library} | " + " | ".join(f"{profiles[mode]['own_s_by_library'].get(library, 0.0):.3f}"
+                                                         for mode in MODES) + " |")
+        lines.append("| Python calls | " + " | ".join(str(profiles[mode]["calls"]) for mode in MODES) + " |")
     return "\n".join(lines)
 
 
