@@ -296,8 +296,11 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep models, logs and runs here")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch
+
+    from benchmarks.common import default_accelerator
+
+    os.environ.setdefault("DS_ACCELERATOR", default_accelerator())
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
