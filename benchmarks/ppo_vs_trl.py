@@ -273,7 +273,8 @@ def markdown(result: dict) -> str:
                      f"(in all; the one in scoring is counted above, the one after the step's end is not).")
     profile = result.get("ours_training_profile")
     if profile:
-        parts = "; ".join(f"{label} {1000 * seconds:.0f} ms" for label, seconds in profile["parts_s"].items())
+        parts = "; ".join(f"{label} {1000 * profile['parts_s'][label]:.0f} ms"
+                          for label in TRAINING_PARTS if label in profile["parts_s"])
         lines.append(f"\nProfile of our training phase (cProfile, {profile['updates']} updates): "
                      f"{1000 * profile['update_s']:.0f} ms per update: {parts}.")
         control = profile.get("generation_control")

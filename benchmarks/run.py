@@ -210,7 +210,9 @@ def render(machine: dict, results: dict, derived: list[dict], args, seconds: flo
                       + zero3_generation.markdown(r) + "\n\n" + ZERO3_NOTES)
     section("3. Reward-model training: K-way loss vs C(K,2) pairs", "rm_kway",
             lambda r: f"{r['model']}; {r['settings']['num_rankings']} rankings per step, sequences of "
-                      f"{r['settings']['seq_len']}; median of {r['settings']['repeats']} steps.\n\n" + markdown_table(r["rows"]))
+                      f"{r['settings']['seq_len']}; median of {r['settings']['repeats']} steps.\n\n" + markdown_table(r["rows"])
+                      + "\n\nAt K = 2 both do the same work (one pair, two sequences), so its ratio shows this run's "
+                        "noise. Both losses agree on the first step (strict rankings); see `first_step_loss_*`.")
     section("4. Peak memory per process, PPO's four models (2 processes)", "ppo_memory",
             lambda r: f"{r['model']} ({r['parameters']['policy'] / 1e6:.1f}M parameters per policy, "
                       f"{r['fp32_mb_per_model']['policy']:.0f} MB in fp32); {r['settings']['steps']} PPO steps.\n\n"
@@ -294,7 +296,17 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks",
                         help="where RESULTS.md and results/all.json go")
     parser.add_argument("--workdir", type=Path, default=None, help="keep models, logs and runs here")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite RESULTS.md from the existing results/all.json without measuring")
     args = parser.parse_args(argv)
+    if args.render_only:
+        from benchmarks.common import read_json
+
+        saved = read_json(args.results_dir / "results" / "all.json")
+        args.smallest, args.no_peer = saved["smallest"], not saved["peer"]
+        atomic_write_text(args.results_dir / "RESULTS.md", render(saved["machine"], saved["results"],
+                                                                  saved["stage_throughput"], args, saved["wall_s"]))
+        return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
