@@ -1,0 +1,1 @@
+"""Peer implementations, each run as a subprocess in its own virtual environment."""

@@ -1,0 +1,351 @@
+"""Every benchmark in one command; writes benchmarks/RESULTS.md and benchmarks/results/all.json.
+
+    python -m benchmarks.run                         # the full suite (~7 min on 2 shared CPU cores, plus creating the TRL venv once)
+    python -m benchmarks.run --smallest --no-peer    # smallest settings, no TRL venv: checks the suite runs
+    python -m benchmarks.run --demo-run runs/demo    # also read a pipeline run for the end-to-end section
+    python -m benchmarks.run --only ppo_vs_trl rm_kway
+
+Ratios compare ours with a peer or baseline measured in alternation within this run: the machine is shared
+and its speed drifts, so ratios mean more than the seconds behind them (kept in the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from benchmarks.common import REPO, machine_info, write_json
+from rlhf.io import atomic_write_text
+
+NAMES = ("matmul", "ppo_vs_trl", "zero3_generation", "ppo_memory", "rm_kway", "sft_throughput", "demo")
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The benchmarks, each returning a JSON-ready dict
+# ---------------------------------------------------------------------------------------------------------
+
+
+def bench_matmul(args, workdir: Path, results: dict) -> dict:
+    import torch
+
+    from benchmarks.matmul import matmul_flops
+
+    sizes = (128, 256) if args.smallest else (256, 512, 1024)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return matmul_flops(sizes=sizes, repeats=3 if args.smallest else 7, device=device)
+
+
+def bench_ppo_vs_trl(args, workdir: Path, results: dict) -> dict:
+    from benchmarks import ppo_vs_trl
+
+    settings = ppo_vs_trl.Settings.smallest() if args.smallest else ppo_vs_trl.Settings()
+    peak = results.get("matmul", {}).get("peak_flops")
+    return ppo_vs_trl.run(settings, workdir, peer=not args.no_peer, peak_flops=peak, log=log,
+                          profile=not args.smallest)
+
+
+def bench_zero3_generation(args, workdir: Path, results: dict) -> dict:
+    from benchmarks import zero3_generation
+
+    settings = zero3_generation.Settings.smallest() if args.smallest else zero3_generation.Settings()
+    return zero3_generation.run(settings, workdir, log=log)
+
+
+def bench_ppo_memory(args, workdir: Path, results: dict) -> dict:
+    from benchmarks import ppo_memory
+
+    settings = ppo_memory.Settings.smallest() if args.smallest else ppo_memory.Settings()
+    return ppo_memory.run_layouts(settings, workdir, log=log)
+
+
+def bench_rm_kway(args, workdir: Path, results: dict) -> dict:
+    import torch
+
+    from benchmarks import kway_vs_pairs
+
+    torch.set_num_threads(1)
+    if args.smallest:
+        settings = {"ks": [2, 4], "num_rankings": 2, "seq_len": 16, "warmup": 1, "repeats": 1, "seed": 0}
+    else:
+        settings = {"ks": [2, 4, 6, 9], "num_rankings": 8, "seq_len": 32, "warmup": 2, "repeats": 5, "seed": 0}
+    rows = kway_vs_pairs.run(**settings)
+    return {"settings": settings, "rows": rows,
+            "model": "LlamaForSequenceClassification hidden 32, 2 layers, vocab 64",
+            "step": "forward + loss + backward + AdamW step"}
+
+
+def bench_sft_throughput(args, workdir: Path, results: dict) -> dict:
+    """SFT tokens/s from benchmarks/sft_throughput.py, written on its own branch; skipped while it is absent."""
+    script = REPO / "benchmarks" / "sft_throughput.py"
+    if not script.is_file():
+        return {"measured": False, "note": "not measured: benchmarks/sft_throughput.py is not in this checkout yet"}
+    from benchmarks.common import read_json, run_child
+
+    out = workdir / "sft_throughput.json"
+    command = [sys.executable, "-m", "benchmarks.sft_throughput", "--out", str(out)]
+    if args.smallest:
+        command.append("--smoke")
+    run_child(command, workdir / "sft_throughput.log")
+    return {"measured": True, **read_json(out)}
+
+
+def bench_demo(args, workdir: Path, results: dict) -> dict:
+    from benchmarks import demo_run
+
+    return demo_run.read(Path(args.demo_run) if args.demo_run else None)
+
+
+BENCHMARKS = {"matmul": bench_matmul, "ppo_vs_trl": bench_ppo_vs_trl, "zero3_generation": bench_zero3_generation,
+              "ppo_memory": bench_ppo_memory, "rm_kway": bench_rm_kway, "sft_throughput": bench_sft_throughput,
+              "demo": bench_demo}
+assert tuple(BENCHMARKS) == NAMES
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Derived: each stage's tokens per second, training FLOP/s against the matmul ceiling
+# ---------------------------------------------------------------------------------------------------------
+
+
+def stage_throughput(results: dict) -> list[dict]:
+    rows = []
+    sft = results.get("sft_throughput", {})
+    sft_rate = _first_number(sft, ("tokens_per_second", "tokens_per_s", "train_tokens_per_second"))
+    rows.append({"stage": "SFT (training)", "tokens_per_s": sft_rate,
+                 "note": "benchmarks/sft_throughput.py" if sft_rate is not None else
+                 sft.get("note") or sft.get("error") or "not measured"})
+    rm = results.get("rm_kway", {})
+    if rm.get("rows"):
+        settings = rm["settings"]
+        row = next((r for r in rm["rows"] if r["k"] == 4), rm["rows"][-1])
+        rate = row["kway_rankings_per_s"] * row["k"] * settings["seq_len"]
+        rows.append({"stage": f"RM (training, K-way loss, K={row['k']})", "tokens_per_s": rate,
+                     "note": f"{row['kway_rankings_per_s']:.1f} rankings/s x {row['k']} responses x "
+                             f"{settings['seq_len']} positions (padding included)"})
+    ppo = results.get("ppo_vs_trl", {})
+    ours = ppo.get("ours")
+    if ours:
+        settings = ppo["settings"]
+        rows.append({"stage": "PPO (generation)", "tokens_per_s": ours["tokens_per_second"],
+                     "note": f"response tokens / generation time; TRL: "
+                             f"{ppo['trl']['tokens_per_second']:.0f}" if ppo.get("trl") else
+                             "response tokens / generation time"})
+        trained_tokens = ours["training_flops_per_step"] / (6 * sum(ppo["parameters"].values()))
+        share = ours.get("training_share_of_matmul_peak")
+        rows.append({"stage": "PPO (training)", "tokens_per_s": trained_tokens / ours["time_training"],
+                     "flops_per_s": ours["training_flops_per_second"], "share_of_matmul_peak": share,
+                     "note": f"rollout x (prompt + response) x {settings['ppo_epochs']} epochs / training time; "
+                             "FLOPs = 6 x (actor + critic params) x tokens"})
+    return rows
+
+
+def _first_number(mapping: dict, keys) -> float | None:
+    for key in keys:
+        if isinstance(mapping.get(key), (int, float)):
+            return float(mapping[key])
+    for value in mapping.values():
+        if isinstance(value, dict):
+            found = _first_number(value, keys)
+            if found is not None:
+                return found
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RESULTS.md
+# ---------------------------------------------------------------------------------------------------------
+
+
+def render(machine: dict, results: dict, derived: list[dict], args, seconds: float) -> str:
+    from benchmarks import demo_run, ppo_memory, ppo_vs_trl, zero3_generation
+    from benchmarks.kway_vs_pairs import markdown_table
+
+    v = machine["versions"]
+    out = ["# Benchmarks", "",
+           f"Generated by `python -m benchmarks.run{' --smallest' if args.smallest else ''}"
+           f"{' --no-peer' if args.no_peer else ''}` on {machine['date']} in {seconds / 60:.1f} min.", "",
+           f"- Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}; "
+           f"shared with other jobs, so compare ratios, not seconds. OMP_NUM_THREADS={machine['omp_num_threads']}.",
+           f"- Python {machine['python']}; " + ", ".join(f"{k} {v[k]}" for k in v if v[k]) + "."
+           + (f" Peer: TRL {results['ppo_vs_trl']['trl_versions']['trl']} with transformers "
+              f"{results['ppo_vs_trl']['trl_versions']['transformers']} in its own venv (benchmarks/.venv-trl100)."
+              if results.get("ppo_vs_trl", {}).get("trl_versions") else ""),
+           "- Models: tiny Llamas built from config (never downloaded), float32; details and raw timings in "
+           "`results/all.json`.", ""]
+
+    def section(title: str, name: str, body) -> None:
+        out.extend([f"## {title}", ""])
+        result = results.get(name)
+        if result is None:
+            out.append("not run (left out with --only)")
+        elif "error" in result:
+            out.append(f"**failed**: `{result['error']}`")
+        else:
+            out.append(body(result))
+        out.append("")
+
+    def ppo_body(result):
+        s = result["settings"]
+        text = [f"{result['model']}; rollout {s['rollout_batch_size']} prompts, minibatch {s['minibatch_size']}, "
+                f"{s['ppo_epochs']} PPO epochs, {s['max_new_tokens']} new tokens; medians over "
+                f"{result['ours']['timed_steps']} steps after warm-up, {s['rounds']} alternating runs each.", "",
+                ppo_vs_trl.markdown(result)]
+        if result.get("note"):
+            text += ["", result["note"]]
+        text += ["", PPO_NOTES]
+        return "\n".join(text)
+
+    section("1. PPO iteration vs TRL 1.0.0 PPOTrainer (1 process)", "ppo_vs_trl", ppo_body)
+    section("2. Rollout generation under ZeRO-3 (2 processes)", "zero3_generation",
+            lambda r: f"{r['model']}; {r['settings']['prompts_per_rank']} prompts per rank, "
+                      f"{r['settings']['max_new_tokens']} tokens each; median of {r['settings']['repeats']}.\n\n"
+                      + zero3_generation.markdown(r) + "\n\n" + ZERO3_NOTES)
+    section("3. Reward-model training: K-way loss vs C(K,2) pairs", "rm_kway",
+            lambda r: f"{r['model']}; {r['settings']['num_rankings']} rankings per step, sequences of "
+                      f"{r['settings']['seq_len']}; median of {r['settings']['repeats']} steps.\n\n" + markdown_table(r["rows"])
+                      + "\n\nAt K = 2 both do the same work (one pair, two sequences), so its ratio shows this run's "
+                        "noise. Both losses agree on the first step (strict rankings); see `first_step_loss_*`.")
+    section("4. Peak memory per process, PPO's four models (2 processes)", "ppo_memory",
+            lambda r: f"{r['model']} ({r['parameters']['policy'] / 1e6:.1f}M parameters per policy, "
+                      f"{r['fp32_mb_per_model']['policy']:.0f} MB in fp32); {r['settings']['steps']} PPO steps.\n\n"
+                      + ppo_memory.markdown(r) + "\n\n" + MEMORY_NOTES)
+    out.extend(["## 5. Tokens per second by stage; PPO training FLOP/s", ""])
+    matmul = results.get("matmul", {})
+    if "peak_flops" in matmul:
+        out.append(f"Dense matmul ceiling measured in this run: {matmul['peak_flops'] / 1e9:.1f} GFLOP/s "
+                   f"({matmul['dtype']}, {matmul['device']}, {matmul['threads']} thread(s)).")
+        out.append("")
+    out.extend(["| stage | tokens/s | FLOP/s | share of matmul ceiling | how |", "|---|---:|---:|---:|---|"])
+    for row in derived:
+        rate = f"{row['tokens_per_s']:.0f}" if row.get("tokens_per_s") is not None else "not measured"
+        flops = f"{row['flops_per_s'] / 1e9:.2f} G" if row.get("flops_per_s") else ""
+        share = f"{100 * row['share_of_matmul_peak']:.1f}%" if row.get("share_of_matmul_peak") else ""
+        out.append(f"| {row['stage']} | {rate} | {flops} | {share} | {row['note']} |")
+    out.append("")
+    section("6. End-to-end demo", "demo", demo_run.markdown)
+    return "\n".join(out).rstrip() + "\n"
+
+
+PPO_NOTES = """Phases: *generation* is sampling the responses; *scoring* is the forward passes of the frozen and
+critic models (ours: actor log-probs, reference, critic, reward model; TRL takes the actor's log-probs from the
+logits `generate` returned, and its scoring phase also holds its GAE and a `gc.collect()`); *training* is the
+PPO epochs (ours also computes rewards/GAE/whitening there). Both sides: same models, prompts (token ids),
+rollout and minibatch size, epochs, response length, float32, one thread. The minibatch equals the rollout
+because TRL 1.0.0 steps its optimiser once per gradient-accumulation cycle, which spans the whole rollout:
+with smaller minibatches the two would take a different number of optimiser steps.
+
+Generation: both sides call the same Hugging Face `generate` on the same model (ours with the padding token
+suppressed, TRL keeping every step's logits), so the head-to-head line above, timed in one process, is the
+comparison to read; a ratio away from 1 between separate processes is the shared machine's drift.
+
+Where ours is slower, the training phase on these tiny models (see the profile line above): the arithmetic is
+the same (same models, tokens, epochs), and ours pays fixed costs per optimiser step that TRL 1.0.0 does not:
+two DeepSpeed engines (actor and critic each take their own backward and AdamW step, where TRL wraps both in
+one module with one optimiser), gradient-norm clipping at `max_grad_norm` (TRL's PPO loop never clips,
+though its config has the field), and DeepSpeed's gradient all-reduce, which runs even in a world of one
+process. These are per-step constants, so their share falls as models grow; the all-reduce could be skipped
+when the world has one process. Scoring is where ours wins most: TRL collects garbage (`gc.collect()`) in
+every iteration, which on a heap holding datasets and the trainer costs more than the tiny models' forwards."""
+
+ZERO3_NOTES = """All three run the PPO stage's `experience.generate` on the same prompts; every response is forced
+to full length. *Gathered once* all-gathers the actor's shards once and samples from the whole model (needs
+the full model in memory on each rank); *per step* re-gathers every layer at every token (synced_gpus) and keeps
+only shards resident. On CPU the all-gathers go through gloo and shared memory; on GPUs with NCCL the gaps differ.
+
+*Gathered once*: the PPO stage all-gathers the actor once and takes ZeRO-3's module hooks off for the rollout
+(`rlhf/ppo/experience.py`, as DeepSpeed-Chat's hybrid engine runs generation outside them), so what remains over
+unsharded is that one all-gather and putting the hooks back. *Per step*: the hooks run on every sub-module call
+of every token and all-gather each layer's shards again (see the profile: the time goes to the collective ops
+and DeepSpeed's hook code, not to the model). It is the choice only when the whole model does not fit on one
+rank; `zero3_generation: auto` picks gathering once when it does."""
+
+MEMORY_NOTES = """*Above imports* is the peak RSS minus the RSS once torch, transformers and DeepSpeed are imported:
+the share of the models, optimiser states, activations and communication buffers. On a CPU-only machine
+offloading the frozen models' parameters to CPU cannot lower RSS (they are in CPU memory already; the
+offload adds pinned buffers); the layout pays off on GPUs, where `torch.cuda.max_memory_allocated` is reported
+too.
+
+Reading the phase table: ZeRO-2 and ZeRO-3 save where they should, in the PPO update (gradients and AdamW
+states partitioned over the 2 processes: the first update adds less than under ZeRO-0). ZeRO-3 still peaks
+higher here because of what it adds elsewhere: at engine build (the stage loads every model whole on every
+rank and DeepSpeed partitions it afterwards, rather than constructing it under `deepspeed.zero.Init`; the
+freed whole copies stay in the process's heap, and peak RSS counts them), in scoring (the frozen models'
+parameters gathered for each forward) and at the final save (the actor gathered whole on every rank). With
+2 processes and 64 MB models those fixed costs outweigh the halved optimiser state; what ZeRO-3 saves grows
+with model size and process count, and building the models under `zero.Init` is the change that would lower
+its load-time peak."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smallest", action="store_true", help="smallest settings: tiny models, 1-2 steps")
+    parser.add_argument("--no-peer", action="store_true", help="skip the TRL peer and creating its venv")
+    parser.add_argument("--demo-run", default="", help="a pipeline run directory for the end-to-end section")
+    parser.add_argument("--only", nargs="+", choices=NAMES, help="run only these (matmul always runs)")
+    parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks",
+                        help="where RESULTS.md and results/all.json go")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep models, logs and runs here")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite RESULTS.md from the existing results/all.json without measuring")
+    args = parser.parse_args(argv)
+    if args.render_only:
+        from benchmarks.common import read_json
+
+        saved = read_json(args.results_dir / "results" / "all.json")
+        args.smallest, args.no_peer = saved["smallest"], not saved["peer"]
+        atomic_write_text(args.results_dir / "RESULTS.md", render(saved["machine"], saved["results"],
+                                                                  saved["stage_throughput"], args, saved["wall_s"]))
+        return 0
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    from benchmarks.common import default_accelerator
+
+    os.environ.setdefault("DS_ACCELERATOR", default_accelerator())
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+    selected = [n for n in NAMES if n == "matmul" or not args.only or n in args.only]
+    started = time.perf_counter()
+    machine = machine_info()
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as temporary:
+        workdir = args.workdir or Path(temporary)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for name in selected:
+            log(f"{name} ...")
+            began = time.perf_counter()
+            try:
+                results[name] = BENCHMARKS[name](args, workdir, results)
+            except Exception as error:  # one failed benchmark is reported, the others still run
+                traceback.print_exc()
+                results[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+            results[name]["wall_s"] = round(time.perf_counter() - began, 1)
+            log(f"{name} done in {results[name]['wall_s']} s")
+    derived = stage_throughput(results)
+    seconds = time.perf_counter() - started
+    all_json = {"machine": machine, "smallest": args.smallest, "peer": not args.no_peer, "wall_s": round(seconds, 1),
+                "results": results, "stage_throughput": derived}
+    write_json(args.results_dir / "results" / "all.json", all_json)
+    markdown = render(machine, results, derived, args, seconds)
+    atomic_write_text(args.results_dir / "RESULTS.md", markdown)
+    log(f"wrote {args.results_dir / 'RESULTS.md'} and {args.results_dir / 'results' / 'all.json'}")
+    failed = [name for name, result in results.items() if "error" in result]
+    if failed:
+        log(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The benchmark suite starts and writes its files on the smallest settings (no peer venv, no network).
+
+It measures nothing worth keeping: the numbers come from `python -m benchmarks.run` (benchmarks/RESULTS.md).
+The multi-process benchmarks (ZeRO-3 generation, memory per ZeRO layout) are left out here: each starts a
+2-process DeepSpeed launch, which is the suite's job, not the test suite's.
+"""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import run as bench_run
+
+
+def write_fake_demo_run(root):
+    """A pipeline run's stage outputs as the contracts describe them (metrics.json per stage)."""
+    stages = {
+        "sft": {"eval_loss": 1.2, "gold_score_before": 0.1, "gold_score_after": 0.4},
+        "rm": {"eval_pairwise_accuracy": 0.8},
+        "ppo": {"gold_score_sft": 0.4, "gold_score_ppo": 0.65, "win_rate_gold": 0.7, "kl_final": 1.5},
+    }
+    for stage, metrics in stages.items():
+        (root / stage).mkdir(parents=True)
+        (root / stage / "metrics.json").write_text(json.dumps(metrics))
+    (root / "timings.json").write_text(json.dumps({"sft": 12.5, "rm": 7.0, "ppo": 30.0}))
+
+
+def test_suite_runs_on_smallest_settings_and_writes_its_files(tmp_path):
+    demo = tmp_path / "demo-run"
+    write_fake_demo_run(demo)
+    code = bench_run.main(["--smallest", "--no-peer", "--only", "ppo_vs_trl", "rm_kway", "sft_throughput", "demo",
+                           "--demo-run", str(demo), "--results-dir", str(tmp_path / "out"),
+                           "--workdir", str(tmp_path / "work")])
+    assert code == 0
+
+    results = json.loads((tmp_path / "out" / "results" / "all.json").read_text())
+    assert set(results["results"]) == {"matmul", "ppo_vs_trl", "rm_kway", "sft_throughput", "demo"}
+    assert results["machine"]["cpu_cores"] >= 1 and results["machine"]["versions"]["torch"]
+    assert results["results"]["matmul"]["peak_flops"] > 0
+
+    ppo = results["results"]["ppo_vs_trl"]
+    assert "trl" not in ppo and "--no-peer" in ppo["note"]
+    assert ppo["ours"]["time_iteration"] > 0 and ppo["ours"]["response_length"] > 0
+    assert 0 < ppo["ours"]["training_share_of_matmul_peak"]
+    assert [row["k"] for row in results["results"]["rm_kway"]["rows"]] == [2, 4]
+
+    demo_result = results["results"]["demo"]
+    assert demo_result["stage_seconds"] == {"sft": 12.5, "rm": 7.0, "ppo": 30.0}
+    assert abs(demo_result["gold_gain"] - 0.25) < 1e-9
+
+    markdown = (tmp_path / "out" / "RESULTS.md").read_text()
+    for heading in ("## 1. PPO iteration", "## 3. Reward-model training", "## 5. Tokens per second", "## 6. End-to-end"):
+        assert heading in markdown
+    assert "not run (left out with --only)" in markdown  # ZeRO-3 generation and memory
+    assert "+0.250" in markdown
