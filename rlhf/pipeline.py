@@ -146,21 +146,34 @@ class Pipeline:
         print(f"[pipeline] {message}", flush=True)
 
     def _run(self, command: list[str], stage: str) -> None:
+        """Run one step, its output shown and kept in <run_dir>/logs/<stage>.log; a failure names its error line."""
         self._say(" ".join(command))
-        process = subprocess.Popen(command, env={**os.environ, "RLHF_REGISTRY": str(self.registry.root)})
-        # A scheduler stopping the pipeline stops the stage as it would stop the stage itself: SIGTERM, on which
-        # the stage saves a checkpoint that the next run resumes from.
-        previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
-        try:
-            returncode = process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
-            process.wait()
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        log_path = self.run_dir / "logs" / f"{stage}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        error_lines: list[str] = []
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"$ {' '.join(command)}\n")
+            process = subprocess.Popen(command, env={**os.environ, "RLHF_REGISTRY": str(self.registry.root)},
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            # A scheduler stopping the pipeline stops the step as it would stop the stage itself: SIGTERM, on
+            # which the stage saves a checkpoint that the next run resumes from.
+            previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+            try:
+                for line in process.stdout:
+                    sys.stdout.write(line)
+                    log.write(line)
+                    if line.startswith("error: "):
+                        error_lines.append(line.strip())
+                returncode = process.wait()
+            except KeyboardInterrupt:
+                process.terminate()
+                process.wait()
+                raise
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         if returncode != 0:
-            raise RLHFError(f"stage {stage} failed (exit code {returncode}); its error is above. "
+            said = error_lines[-1] if error_lines else f"exit code {returncode}"
+            raise RLHFError(f"stage {stage} failed ({said}); its output is in {log_path}. "
                             f"Re-run the same command to resume it.")
 
     def stage_command(self, stage: str) -> list[str]:
@@ -188,7 +201,9 @@ class Pipeline:
     def _trained_stage(self, stage: str, config_file: str, overrides: dict[str, Any], inputs: dict[str, Any],
                        data: list[Path]) -> str:
         output_dir = self.run_dir / stage
-        key = stage_key(stage, Path(config_file), overrides, inputs, data)
+        # The process layout changes the global batch, so a stage run on other processes is another run.
+        launch = self.stage_command(stage)[:-2]
+        key = stage_key(stage, Path(config_file), overrides, inputs, data, launch[1:])
 
         def action(fresh: bool) -> str:
             if fresh and output_dir.exists():
@@ -225,7 +240,11 @@ class Pipeline:
         key = stage_key("labels", mode, sft_reference, source, self.config.labels_format, self.config.label_k,
                         self.config.label_limit, self.config.label_max_new_tokens)
         if mode == "pause":
-            self._write_tasks(sft_reference, labels_dir / "tasks.json")
+            tasks = labels_dir / "tasks.json"
+            if self.state.get("labeling_tasks") != key or not tasks.is_file():  # people may be labeling these
+                self._write_tasks(sft_reference, tasks)
+                self.state["labeling_tasks"] = key
+                self._save_state()
             return None
         if not rankings.is_file():
             self.state.pop("labels", None)  # its output is gone: nothing to skip to

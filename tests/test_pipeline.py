@@ -162,3 +162,16 @@ def test_each_stage_starts_with_the_launcher_and_its_own_process_layout(tmp_path
     assert launched.stage_command("rm") == [*runner, "--num_gpus", "2", "--module", "rlhf.stages.rm"]
     assert launched.stage_command("ppo") == [*runner, "--hostfile", "my hosts", "--no_ssh", "--node_rank", "0",
                                              "--module", "rlhf.stages.ppo"]
+
+
+def test_a_failing_step_is_named_with_its_own_error_line_and_its_log_kept(tmp_path, capsys):
+    from rlhf.errors import RLHFError
+    from rlhf.pipeline import Pipeline
+
+    pipeline = Pipeline(PipelineConfig(run_dir=str(tmp_path / "run")))
+    step = "import sys; print('training...'); print('error: data.jsonl: record 3: field prompt: missing'); sys.exit(2)"
+    with pytest.raises(RLHFError) as failure:
+        pipeline._run([sys.executable, "-c", step], "sft")
+    log = tmp_path / "run" / "logs" / "sft.log"
+    assert "error: data.jsonl: record 3: field prompt: missing" in str(failure.value) and str(log) in str(failure.value)
+    assert "training..." in log.read_text() and "training..." in capsys.readouterr().out  # shown and kept
