@@ -137,8 +137,37 @@ ADAPTATIONS = {
 }
 
 
+def _changed_tensors(saved: Path, base: Path) -> set[str]:
+    from safetensors.torch import load_file
+
+    import torch
+
+    before, after = load_file(base / "model.safetensors"), load_file(saved / "model.safetensors")
+    assert after.keys() == before.keys()
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+def _trained_only_its_parameters(method: str, saved: Path, base: Path) -> bool:
+    """What the saved directory shows of which parameters moved: the method's own, and nothing else."""
+    from safetensors.torch import load_file
+
+    if method == "bitfit":  # a plain model in which only biases moved
+        changed = _changed_tensors(saved, base)
+        return bool(changed) and all(name.endswith(".bias") for name in changed)
+    if method == "lora":  # merged on save: only the adapted linear layers' weights moved
+        changed = _changed_tensors(saved, base)
+        return bool(changed) and all(name.endswith("_proj.weight") for name in changed)
+    if method == "adapter":  # the base saved untouched, the adapters beside it
+        adapters = load_file(saved / "rlhf_adapters.safetensors")
+        return not _changed_tensors(saved, base) and bool(adapters)
+    # peft's own format: only the method's tensors are saved, the base is named by path
+    key = {"ia3": "ia3_l", "prompt_tuning": "prompt_embeddings"}[method]
+    saved_names = list(load_file(saved / "adapter_model.safetensors"))
+    return not (saved / "model.safetensors").exists() and bool(saved_names) and all(key in n for n in saved_names)
+
+
 @pytest.mark.parametrize("method", sorted(ADAPTATIONS))
-def test_each_adaptation_method_trains_through_the_stage_and_saves_a_loadable_model(sft_workspace, tmp_path, method):
+def test_each_adaptation_method_trains_only_its_parameters_through_the_stage(sft_workspace, tmp_path, method):
     from rlhf.adaptation import load_adapted
     from rlhf.stages.sft import main
 
@@ -148,7 +177,30 @@ def test_each_adaptation_method_trains_through_the_stage_and_saves_a_loadable_mo
     assert 0 < entry.metrics["trainable_params"] < entry.metrics["total_params"] / 2
     assert entry.metrics["eval_loss_after"] < entry.metrics["eval_loss_before"]
     assert entry.config["adaptation_method"] == method
+    assert _trained_only_its_parameters(method, Path(entry.path), sft_workspace / "base")
     load_adapted(entry.path, task="causal_lm")  # the saved directory loads as the method saved it
+
+
+def test_csv_demonstrations_and_a_datasets_directory_train_through_the_stage(sft_workspace, tmp_path):
+    import csv
+
+    import datasets
+
+    from rlhf.stages.sft import main
+
+    train_csv = tmp_path / "train.csv"
+    with open(train_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["prompt", "completion"])
+        writer.writeheader()
+        writer.writerows(make_split(128, seed=1))
+    eval_dir = tmp_path / "eval_dataset"
+    datasets.Dataset.from_list(make_split(32, seed=2)).save_to_disk(str(eval_dir))
+
+    main(_sft_args(sft_workspace, tmp_path, "--train_file", str(train_csv), "--eval_file", str(eval_dir),
+                   "--max_steps", "8"))
+    entry = Registry(tmp_path / "registry").get("sft")
+    assert entry.data_fingerprint == fingerprint_files([train_csv])
+    assert entry.metrics["eval_loss_after"] < entry.metrics["eval_loss_before"]
 
 
 def test_resume_continues_a_killed_run_from_its_last_checkpoint(sft_workspace, tmp_path):
