@@ -1,19 +1,23 @@
 """SFT throughput: training tokens per second of our Stage 1 against baselines measured in the same run.
 
-Four ways to fine-tune the same model on the same demonstrations with the same optimiser, batch and steps:
+Five ways to fine-tune the same model on the same demonstrations with the same optimiser and batch:
 
-    hf_trainer     plain transformers Trainer: prompt + completion tokenized as one text, loss on every token,
-                   rows padded to the longest in the batch (DataCollatorForLanguageModeling)
-    trl_sft        TRL's SFTTrainer with its defaults (loss on the completion only, no packing)
-    ours           python -m rlhf.stages.sft, as configs/sft.yaml runs it (TRL's loop underneath)
-    ours_packing   the same with `packing: true` (demonstrations packed into rows of max_length, best-fit
-                   decreasing, positions restarting per demonstration so that attention stays inside one)
+    hf_trainer       plain transformers Trainer: prompt + completion tokenized as one text, loss on every token,
+                     rows padded to the longest in the batch (DataCollatorForLanguageModeling)
+    trl_sft          TRL's SFTTrainer with its defaults (loss on the completion only, no packing)
+    trl_sft_packing  the same with `packing=True`: best-fit-decreasing rows of max_length, then the whole batch
+                     flattened into one padding-free row (built for flash attention's variable-length kernels)
+    ours             python -m rlhf.stages.sft, as configs/sft.yaml runs it (TRL's loop underneath)
+    ours_packing     the same with `packing: true`: TRL's packed rows, kept as rows when the model has no
+                     variable-length attention (rlhf/data/packing.py), positions restarting per demonstration
 
 Throughput is non-padding tokens seen by the model (the Trainer's own `num_input_tokens_seen`, non_padding)
 divided by the Trainer's `train_runtime` (the whole training loop, data loading included). The stage's
 end-to-end wall time (loading, checks, saving, registering) is reported separately. Runs alternate between the
-four ways for each repeat, so that load from other processes drifting over time hits all alike; medians are
-reported, with ratios against the baselines.
+variants for each repeat, so that load from other processes drifting over time hits all alike; medians are
+reported, with ratios against the baselines. Without flash attention (a CPU), a flattened batch costs
+(batch x max_length)^2 in attention, so trl_sft_packing runs a quarter of the steps (at least 3): its rate is
+per token like the others'.
 
     python -m benchmarks.sft_throughput            # demo model (Llama hidden 128, 3 layers), a few minutes
     python -m benchmarks.sft_throughput --smoke    # smallest settings, well under a minute
@@ -34,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = ("hf_trainer", "trl_sft", "ours", "ours_packing")
+VARIANTS = ("hf_trainer", "trl_sft", "trl_sft_packing", "ours", "ours_packing")
 
 
 def build_inputs(root: Path, hidden_size: int, num_layers: int, records: int, seed: int) -> dict:
@@ -59,7 +63,8 @@ def shared_settings(args, output_dir: Path) -> dict:
 def throughput(log_history: list[dict]) -> dict:
     tokens = max(row["num_input_tokens_seen"] for row in log_history if "num_input_tokens_seen" in row)
     runtime = next(row["train_runtime"] for row in log_history if "train_runtime" in row)
-    return {"tokens": int(tokens), "train_runtime_s": runtime, "tokens_per_s": tokens / runtime,
+    steps = max(row["step"] for row in log_history)
+    return {"steps": steps, "tokens": int(tokens), "train_runtime_s": runtime, "tokens_per_s": tokens / runtime,
             "final_loss": next(row["train_loss"] for row in log_history if "train_loss" in row)}
 
 
@@ -82,7 +87,7 @@ def run_hf_trainer(paths: dict, args, output_dir: Path) -> dict:
     return throughput(trainer.state.log_history)
 
 
-def run_trl_sft(paths: dict, args, output_dir: Path) -> dict:
+def run_trl_sft(paths: dict, args, output_dir: Path, packing: bool) -> dict:
     import datasets
     from trl import SFTConfig, SFTTrainer
 
@@ -91,7 +96,10 @@ def run_trl_sft(paths: dict, args, output_dir: Path) -> dict:
     records = [json.loads(line) for line in Path(paths["train"]).read_text().splitlines()]
     # TRL turns bf16 on by default, which its own validation refuses on a CPU; ours resolves it the same way.
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    config = SFTConfig(max_length=args.max_length, bf16=bf16, **shared_settings(args, output_dir))
+    settings = shared_settings(args, output_dir)
+    if packing:
+        settings["max_steps"] = max(args.steps // 4, 3)
+    config = SFTConfig(max_length=args.max_length, bf16=bf16, packing=packing, **settings)
     trainer = SFTTrainer(model=load_causal_lm(paths["model"]), args=config,
                          processing_class=load_tokenizer(paths["model"]),
                          train_dataset=datasets.Dataset.from_list(records))
@@ -118,8 +126,8 @@ def run_variant(name: str, paths: dict, args, output_dir: Path) -> dict:
     torch.manual_seed(args.seed)
     if name == "hf_trainer":
         return run_hf_trainer(paths, args, output_dir)
-    if name == "trl_sft":
-        return run_trl_sft(paths, args, output_dir)
+    if name.startswith("trl_sft"):
+        return run_trl_sft(paths, args, output_dir, packing=name == "trl_sft_packing")
     return run_ours(paths, args, output_dir, packing=name == "ours_packing")
 
 
@@ -132,6 +140,8 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         "ours_vs_hf_trainer": rate["ours"] / rate["hf_trainer"],
         "packing_on_vs_off": rate["ours_packing"] / rate["ours"],
         "ours_packing_vs_trl_sft": rate["ours_packing"] / rate["trl_sft"],
+        "ours_packing_vs_trl_sft_packing": rate["ours_packing"] / rate["trl_sft_packing"],
+        "trl_sft_packing_vs_trl_sft": rate["trl_sft_packing"] / rate["trl_sft"],
         "ours_packing_vs_hf_trainer": rate["ours_packing"] / rate["hf_trainer"],
     }
     return {"medians": {name: {k: round(v, 4) for k, v in m.items()} for name, m in medians.items()},
@@ -155,8 +165,8 @@ def main(argv=None) -> None:
     parser.add_argument("--records", type=int, default=2000, help="demonstrations in the training set")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per optimiser step (configs/sft.yaml)")
     parser.add_argument("--max-length", type=int, default=64, help="tokens per row (configs/sft.yaml)")
-    parser.add_argument("--steps", type=int, default=30, help="optimiser steps per run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant; medians are reported")
+    parser.add_argument("--steps", type=int, default=24, help="optimiser steps per run")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each variant; medians are reported")
     # One thread: on a shared 2-core machine two OpenMP threads contending with other processes time the
     # contention rather than the trainers.
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0 keeps torch's default")
@@ -176,14 +186,16 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="sft_throughput_") as tmp:
         root = Path(tmp)
         paths = build_inputs(root, args.hidden_size, args.num_layers, args.records, args.seed)
-        # One untimed round first: imports, first-call kernels and dataset caches would otherwise land on
-        # whichever variant runs first.
-        for repeat in range(args.repeats + 1):
+        # One short untimed round first: imports and first-call kernels would otherwise land on whichever
+        # variant runs first.
+        warmup = argparse.Namespace(**{**vars(args), "steps": 2})
+        for name in VARIANTS:
+            run_variant(name, paths, warmup, root / f"{name}_warmup")
+        for repeat in range(1, args.repeats + 1):
             for name in VARIANTS:
                 result = run_variant(name, paths, args, root / f"{name}_{repeat}")
-                if repeat:
-                    runs[name].append(result)
-                    print(f"repeat {repeat} {name}: {result['tokens_per_s']:.0f} tokens/s", flush=True)
+                runs[name].append(result)
+                print(f"repeat {repeat} {name}: {result['tokens_per_s']:.0f} tokens/s", flush=True)
 
     summary = summarise(runs)
     print(markdown_table(summary))

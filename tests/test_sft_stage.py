@@ -72,6 +72,7 @@ def _first_batch(sft_workspace, tmp_path, records, *extra):
     from trl import SFTTrainer
 
     from rlhf.config import parse_config
+    from rlhf.data.packing import keep_packed_rows
     from rlhf.models import load_causal_lm, load_tokenizer
     from rlhf.stages.sft import SFTStageConfig
 
@@ -82,6 +83,7 @@ def _first_batch(sft_workspace, tmp_path, records, *extra):
     tokenizer = load_tokenizer(str(sft_workspace / "base"))
     trainer = SFTTrainer(model=load_causal_lm(str(sft_workspace / "base")), args=config, processing_class=tokenizer,
                          train_dataset=datasets.Dataset.from_list(records))
+    keep_packed_rows(trainer)  # as the stage does
     batch = next(iter(trainer.get_train_dataloader()))
     return batch, tokenizer
 
@@ -122,10 +124,44 @@ def test_conversational_records_put_only_the_assistant_reply_in_the_loss(sft_wor
 def test_packing_joins_several_demonstrations_into_one_row(sft_workspace, tmp_path):
     records = make_split(8, seed=5)
     batch, _ = _first_batch(sft_workspace, tmp_path, records, "--packing", "true")
-    rows = batch["input_ids"].shape[0]
-    assert rows < len(records)  # 8 short demonstrations fit in fewer rows of 48 tokens
+    rows, width = batch["input_ids"].shape
+    assert 1 < rows < len(records) and width <= 48  # 8 short demonstrations fit in fewer rows of 48 tokens
     # Each packed demonstration restarts its positions, so attention does not cross into its neighbour.
     assert int((batch["position_ids"] == 0).sum()) == len(records)
+    assert "attention_mask" not in batch  # which is what lets transformers read the boundaries from positions
+
+
+def test_packed_rows_give_the_loss_of_trls_flattened_batch(sft_workspace, tmp_path):
+    """Without flash attention the stage keeps packed rows as rows (rlhf.data.packing); the loss must be the
+    one TRL's flattened, padding-free batch gives, where attention is confined to each demonstration."""
+    import datasets
+    import torch
+    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from rlhf.config import parse_config
+    from rlhf.data.packing import PackedRowsCollator
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.stages.sft import SFTStageConfig
+
+    records = make_split(24, seed=6)
+    config = parse_config(SFTStageConfig, ["--output_dir", str(tmp_path / "p"), "--max_length", "48",
+                                           "--packing", "true", "--report_to", "none"])
+    tokenizer = load_tokenizer(str(sft_workspace / "base"))
+    model = load_causal_lm(str(sft_workspace / "base"))
+    trainer = SFTTrainer(model=model, args=config, processing_class=tokenizer,
+                         train_dataset=datasets.Dataset.from_list(records))
+    examples = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    assert sum(len(e["seq_lengths"]) for e in examples) == len(records) > len(examples)
+
+    flattened = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(examples)
+    rows = PackedRowsCollator(tokenizer.pad_token_id)(examples)
+    assert flattened["input_ids"].shape[0] == 1 and rows["input_ids"].shape[0] == len(examples)
+    assert int((flattened["labels"] != -100).sum()) == int((rows["labels"] != -100).sum())
+    with torch.no_grad():
+        flat_loss = model(**flattened).loss
+        row_loss = model(**rows).loss
+    torch.testing.assert_close(row_loss, flat_loss, rtol=1e-5, atol=1e-6)
 
 
 ADAPTATIONS = {
