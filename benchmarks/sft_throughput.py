@@ -19,7 +19,7 @@ reported, with ratios against the baselines. Without flash attention (a CPU), a 
 (batch x max_length)^2 in attention, so trl_sft_packing runs a quarter of the steps (at least 3): its rate is
 per token like the others'.
 
-    python -m benchmarks.sft_throughput            # demo model (Llama hidden 128, 3 layers), a few minutes
+    python -m benchmarks.sft_throughput            # demo model (Llama hidden 128, 3 layers), ~7 min on 2 shared cores
     python -m benchmarks.sft_throughput --smoke    # smallest settings, well under a minute
 
 Models are built from config in a temporary directory, never downloaded.
