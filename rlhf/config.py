@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -87,7 +88,23 @@ def _parser_for(config_class: type):
         pass
 
     # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
-    return Parser(config_class, allow_abbrev=False)
+    parser = Parser(config_class, allow_abbrev=False)
+    # HfArgumentParser reads a `str | bool` field as a bool, so that, for example,
+    # `--include_num_input_tokens_seen non_padding` (a value TrainingArguments documents) would be refused.
+    hints = typing.get_type_hints(config_class)
+    for action in parser._actions:
+        if {str, bool} <= set(typing.get_args(hints.get(action.dest))):
+            action.type = bool_or_word
+    return parser
+
+
+def bool_or_word(value: str) -> bool | str:
+    """The value of a `str | bool` field: yes/no words are booleans, any other word stays a string."""
+    if value.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if value.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    return value
 
 
 def yaml_to_argv(settings: dict[str, Any], known_keys: set[str], source: str) -> list[str]:

@@ -61,3 +61,21 @@ def test_an_abbreviated_argument_is_an_error_not_a_guess():
 
     with pytest.raises(ConfigError, match="learning_rat"):
         parse_config(RMStageConfig, ["--output_dir", "x", "--learning_rat", "1e-3"])
+
+
+@dataclass
+class EitherWordOrFlag:
+    count_tokens: str | bool = "no"
+
+
+@pytest.mark.parametrize("value, expected", [("non_padding", "non_padding"), ("true", True), ("No", False)])
+def test_a_str_or_bool_field_takes_words_as_well_as_booleans(value, expected):
+    # HfArgumentParser alone would refuse "non_padding" (TrainingArguments.include_num_input_tokens_seen).
+    assert parse_config(EitherWordOrFlag, ["--count_tokens", value]).count_tokens == expected
+
+
+def test_training_arguments_count_non_padding_tokens_from_the_command_line():
+    from rlhf.stages.sft import SFTStageConfig
+
+    config = parse_config(SFTStageConfig, ["--output_dir", "x", "--include_num_input_tokens_seen", "non_padding"])
+    assert config.include_num_input_tokens_seen == "non_padding"

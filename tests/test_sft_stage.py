@@ -72,6 +72,7 @@ def _first_batch(sft_workspace, tmp_path, records, *extra):
     from trl import SFTTrainer
 
     from rlhf.config import parse_config
+    from rlhf.data.packing import keep_packed_rows
     from rlhf.models import load_causal_lm, load_tokenizer
     from rlhf.stages.sft import SFTStageConfig
 
@@ -82,6 +83,7 @@ def _first_batch(sft_workspace, tmp_path, records, *extra):
     tokenizer = load_tokenizer(str(sft_workspace / "base"))
     trainer = SFTTrainer(model=load_causal_lm(str(sft_workspace / "base")), args=config, processing_class=tokenizer,
                          train_dataset=datasets.Dataset.from_list(records))
+    keep_packed_rows(trainer)  # as the stage does
     batch = next(iter(trainer.get_train_dataloader()))
     return batch, tokenizer
 
@@ -122,10 +124,44 @@ def test_conversational_records_put_only_the_assistant_reply_in_the_loss(sft_wor
 def test_packing_joins_several_demonstrations_into_one_row(sft_workspace, tmp_path):
     records = make_split(8, seed=5)
     batch, _ = _first_batch(sft_workspace, tmp_path, records, "--packing", "true")
-    rows = batch["input_ids"].shape[0]
-    assert rows < len(records)  # 8 short demonstrations fit in fewer rows of 48 tokens
+    rows, width = batch["input_ids"].shape
+    assert 1 < rows < len(records) and width <= 48  # 8 short demonstrations fit in fewer rows of 48 tokens
     # Each packed demonstration restarts its positions, so attention does not cross into its neighbour.
     assert int((batch["position_ids"] == 0).sum()) == len(records)
+    assert "attention_mask" not in batch  # which is what lets transformers read the boundaries from positions
+
+
+def test_packed_rows_give_the_loss_of_trls_flattened_batch(sft_workspace, tmp_path):
+    """Without flash attention the stage keeps packed rows as rows (rlhf.data.packing); the loss must be the
+    one TRL's flattened, padding-free batch gives, where attention is confined to each demonstration."""
+    import datasets
+    import torch
+    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from rlhf.config import parse_config
+    from rlhf.data.packing import PackedRowsCollator
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.stages.sft import SFTStageConfig
+
+    records = make_split(24, seed=6)
+    config = parse_config(SFTStageConfig, ["--output_dir", str(tmp_path / "p"), "--max_length", "48",
+                                           "--packing", "true", "--report_to", "none"])
+    tokenizer = load_tokenizer(str(sft_workspace / "base"))
+    model = load_causal_lm(str(sft_workspace / "base"))
+    trainer = SFTTrainer(model=model, args=config, processing_class=tokenizer,
+                         train_dataset=datasets.Dataset.from_list(records))
+    examples = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    assert sum(len(e["seq_lengths"]) for e in examples) == len(records) > len(examples)
+
+    flattened = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(examples)
+    rows = PackedRowsCollator(tokenizer.pad_token_id)(examples)
+    assert flattened["input_ids"].shape[0] == 1 and rows["input_ids"].shape[0] == len(examples)
+    assert int((flattened["labels"] != -100).sum()) == int((rows["labels"] != -100).sum())
+    with torch.no_grad():
+        flat_loss = model(**flattened).loss
+        row_loss = model(**rows).loss
+    torch.testing.assert_close(row_loss, flat_loss, rtol=1e-5, atol=1e-6)
 
 
 ADAPTATIONS = {
@@ -137,8 +173,37 @@ ADAPTATIONS = {
 }
 
 
+def _changed_tensors(saved: Path, base: Path) -> set[str]:
+    from safetensors.torch import load_file
+
+    import torch
+
+    before, after = load_file(base / "model.safetensors"), load_file(saved / "model.safetensors")
+    assert after.keys() == before.keys()
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+def _trained_only_its_parameters(method: str, saved: Path, base: Path) -> bool:
+    """What the saved directory shows of which parameters moved: the method's own, and nothing else."""
+    from safetensors.torch import load_file
+
+    if method == "bitfit":  # a plain model in which only biases moved
+        changed = _changed_tensors(saved, base)
+        return bool(changed) and all(name.endswith(".bias") for name in changed)
+    if method == "lora":  # merged on save: only the adapted linear layers' weights moved
+        changed = _changed_tensors(saved, base)
+        return bool(changed) and all(name.endswith("_proj.weight") for name in changed)
+    if method == "adapter":  # the base saved untouched, the adapters beside it
+        adapters = load_file(saved / "rlhf_adapters.safetensors")
+        return not _changed_tensors(saved, base) and bool(adapters)
+    # peft's own format: only the method's tensors are saved, the base is named by path
+    key = {"ia3": "ia3_l", "prompt_tuning": "prompt_embeddings"}[method]
+    saved_names = list(load_file(saved / "adapter_model.safetensors"))
+    return not (saved / "model.safetensors").exists() and bool(saved_names) and all(key in n for n in saved_names)
+
+
 @pytest.mark.parametrize("method", sorted(ADAPTATIONS))
-def test_each_adaptation_method_trains_through_the_stage_and_saves_a_loadable_model(sft_workspace, tmp_path, method):
+def test_each_adaptation_method_trains_only_its_parameters_through_the_stage(sft_workspace, tmp_path, method):
     from rlhf.adaptation import load_adapted
     from rlhf.stages.sft import main
 
@@ -148,7 +213,30 @@ def test_each_adaptation_method_trains_through_the_stage_and_saves_a_loadable_mo
     assert 0 < entry.metrics["trainable_params"] < entry.metrics["total_params"] / 2
     assert entry.metrics["eval_loss_after"] < entry.metrics["eval_loss_before"]
     assert entry.config["adaptation_method"] == method
+    assert _trained_only_its_parameters(method, Path(entry.path), sft_workspace / "base")
     load_adapted(entry.path, task="causal_lm")  # the saved directory loads as the method saved it
+
+
+def test_csv_demonstrations_and_a_datasets_directory_train_through_the_stage(sft_workspace, tmp_path):
+    import csv
+
+    import datasets
+
+    from rlhf.stages.sft import main
+
+    train_csv = tmp_path / "train.csv"
+    with open(train_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["prompt", "completion"])
+        writer.writeheader()
+        writer.writerows(make_split(128, seed=1))
+    eval_dir = tmp_path / "eval_dataset"
+    datasets.Dataset.from_list(make_split(32, seed=2)).save_to_disk(str(eval_dir))
+
+    main(_sft_args(sft_workspace, tmp_path, "--train_file", str(train_csv), "--eval_file", str(eval_dir),
+                   "--max_steps", "8"))
+    entry = Registry(tmp_path / "registry").get("sft")
+    assert entry.data_fingerprint == fingerprint_files([train_csv])
+    assert entry.metrics["eval_loss_after"] < entry.metrics["eval_loss_before"]
 
 
 def test_resume_continues_a_killed_run_from_its_last_checkpoint(sft_workspace, tmp_path):

@@ -43,6 +43,7 @@ def run(config: SFTStageConfig):
     import datasets
     from trl import SFTTrainer
 
+    from rlhf.data.packing import keep_packed_rows
     from rlhf.data.sft import check_prompt_lengths, load_demonstrations
     from rlhf.stages import common
 
@@ -74,6 +75,7 @@ def run(config: SFTStageConfig):
         train_dataset=datasets.Dataset.from_list(train_records),
         eval_dataset=datasets.Dataset.from_list(eval_records) if eval_records else None,
     )
+    keep_packed_rows(trainer)  # without flash attention, a flattened packed batch costs (batch x length)^2
     result = trainer.train(resume_from_checkpoint=common.resume_argument(config))
     before = common.first_evaluation(trainer)
     if "eval_loss" in before:
