@@ -15,10 +15,10 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +207,10 @@ class Pipeline:
 
         def action(fresh: bool) -> str:
             if fresh and output_dir.exists():
-                shutil.rmtree(output_dir)  # checkpoints of other inputs must not be resumed into this run
+                # Checkpoints of other inputs must not be resumed into this run; the old run is kept aside.
+                aside = output_dir.with_name(f"{stage}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+                output_dir.rename(aside)
+                self._say(f"{stage}: inputs changed; the previous run's directory is now {aside}")
             settings = {**overrides, **inputs, "registry_dir": str(self.registry.root),
                         "output_dir": str(output_dir), "resume": True}
             self._run([*self.stage_command(stage), "--config", config_file,

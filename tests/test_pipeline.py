@@ -127,6 +127,7 @@ def test_pipeline_runs_every_stage_then_skips_resumes_and_reruns_only_what_chang
     # A changed PPO setting reruns PPO from scratch, and only PPO.
     changed = _pipeline(config, "--ppo_overrides", '{"kl_coef": 0.2}')
     assert "ppo: running" in changed and "rm: unchanged" in changed
+    assert len(list(run.glob("ppo.old-*"))) == 1  # the previous PPO run is kept aside, not deleted
     assert registry.get("ppo").config["kl_coef"] == 0.2
 
 
