@@ -12,13 +12,14 @@ import json
 import os
 import platform
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
+
+from rlhf.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -86,12 +87,6 @@ def default_accelerator() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_child(command: Sequence[str], log: Path, env: dict | None = None, timeout: float = 1800) -> None:

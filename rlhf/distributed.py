@@ -18,6 +18,15 @@ def is_main_process() -> bool:
     return global_rank() == 0
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a launcher's --master_port or a world of one's MASTER_PORT."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

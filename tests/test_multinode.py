@@ -10,16 +10,10 @@ import subprocess
 import pytest
 
 from ppo_setup import PYTHON, REPO, build_models, stage_arguments, subprocess_env
+from rlhf.distributed import free_port
 
 TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second"}
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _ppo_arguments(models, tmp_path, name):
@@ -39,7 +33,7 @@ def test_two_nodes_without_ssh_equal_one_node_with_two_processes(tmp_path):
     hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
     runner = [PYTHON, "-m", "deepspeed.launcher.runner"]
 
-    port = _free_port()
+    port = free_port()
     nodes = [subprocess.Popen([*runner, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(rank),
                                "--master_addr", "127.0.0.1", "--master_port", str(port), "--module", "rlhf.stages.ppo",
                                *_ppo_arguments(models, tmp_path, "two_nodes")],
@@ -53,7 +47,7 @@ def test_two_nodes_without_ssh_equal_one_node_with_two_processes(tmp_path):
     assert "dist_world_size=2" in outputs[0] and "dist_world_size=2" in outputs[1]
     assert "global_rank_mapping" in outputs[1] and "node_rank=1" in outputs[1]
 
-    one_node = subprocess.run([*runner, "--num_gpus", "2", "--master_port", str(_free_port()), "--module",
+    one_node = subprocess.run([*runner, "--num_gpus", "2", "--master_port", str(free_port()), "--module",
                                "rlhf.stages.ppo", *_ppo_arguments(models, tmp_path, "one_node")],
                               env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)

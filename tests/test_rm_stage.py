@@ -13,6 +13,7 @@ import pytest
 from rlhf.data.rankings import Ranking, ranks_from_scores, read_rankings, write_rankings
 from rlhf.demo.task import CHATTER, WORDS, correct_answer, corpus_words, gold_score, make_split, parse_prompt
 from rlhf.demo.tiny_model import build_tiny_model
+from rlhf.distributed import free_port
 from rlhf.registry import Registry
 
 
@@ -148,13 +149,6 @@ def test_argilla_export_from_a_policy_keeps_only_prompts_with_k_distinct_respons
     assert f"wrote {len(records)} tasks" in result.stdout
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_rm_under_two_process_zero3_trains_on_both_ranks_and_saves_whole_weights(rm_workspace, tmp_path):
@@ -168,7 +162,7 @@ def test_rm_under_two_process_zero3_trains_on_both_ranks_and_saves_whole_weights
                                                                 num_layers=2), base_model="tiny")
     deepspeed = Path(sys.executable).parent / "deepspeed"
     result = subprocess.run(
-        [str(deepspeed), "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "rlhf.stages.rm",
+        [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "rlhf.stages.rm",
          *_rm_args(rm_workspace, "--num_train_epochs", "1"), "--registry_dir", str(registry),
          "--output_dir", str(tmp_path / "out"), "--deepspeed", "deepspeed_configs/zero3.json"],
         capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})

@@ -14,6 +14,7 @@ import yaml
 
 from rlhf.demo.task import corpus_words, make_split
 from rlhf.demo.tiny_model import build_tiny_model
+from rlhf.distributed import free_port
 from rlhf.registry import Registry, fingerprint_files
 
 
@@ -315,13 +316,6 @@ def test_the_command_line_reports_a_yaml_typo_without_a_traceback(sft_workspace,
     assert "num_train_epoch" in result.stderr and str(config) in result.stderr and "Traceback" not in result.stderr
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_sft_under_two_process_zero3_trains_registers_once_and_saves_whole_weights(sft_workspace, tmp_path):
@@ -332,7 +326,7 @@ def test_sft_under_two_process_zero3_trains_registers_once_and_saves_whole_weigh
 
     deepspeed = Path(sys.executable).parent / "deepspeed"
     result = subprocess.run(
-        [str(deepspeed), "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "rlhf.stages.sft",
+        [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "rlhf.stages.sft",
          *_sft_args(sft_workspace, tmp_path, "--max_steps", "16", "--per_device_train_batch_size", "8",
                     "--gold_scorer", "demo", "--gold_eval_prompts", "4"),
          "--deepspeed", "deepspeed_configs/zero3.json"],

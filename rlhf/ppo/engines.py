@@ -23,6 +23,7 @@ import torch
 
 from rlhf import distributed
 from rlhf.adaptation.config import AdaptationConfig
+from rlhf.distributed import free_port
 from rlhf.errors import ConfigError
 
 
@@ -35,18 +36,11 @@ def init_distributed() -> None:
     if "RANK" not in os.environ:
         # DeepSpeed reads these even when the process group already exists (a second run in one process).
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     if dist.is_available() and dist.is_initialized():
         return
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def load_deepspeed_config(path: str) -> dict[str, Any]:

@@ -199,3 +199,12 @@ def _grade_write_and_register(trainer, config, inputs, metrics, stage, data_file
     )
     atomic_write_json(output_dir / "registered.json", {"reference": entry.reference, "path": entry.path})
     return entry
+
+
+def run_from_command_line(config_class: type, run: Callable[[Any], Entry | None], argv: list[str] | None) -> None:
+    """What `python -m rlhf.stages.<stage>` does: config from YAML and flags, the run, the registered entry printed."""
+    from rlhf.config import parse_config
+
+    entry = run(parse_config(config_class, argv))
+    if entry is not None:
+        print(json.dumps({"registered": entry.reference, "path": entry.path, "metrics": entry.metrics}, indent=2))

@@ -12,13 +12,12 @@ checkpoint. At the end the policy is compared with the SFT policy on held-out pr
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 
 from rlhf.adaptation.config import AdaptationConfig
-from rlhf.config import CommonArguments, parse_config
+from rlhf.config import CommonArguments
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
 
 ACTOR_CRITIC_METHODS = ("full", "lora")
@@ -263,10 +262,9 @@ def _updates_per_step(config: PPOStageConfig) -> int:
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(PPOStageConfig, argv)
-    entry = run(config)
-    if entry is not None:
-        print(json.dumps({"registered": entry.reference, "path": entry.path, "metrics": entry.metrics}, indent=2))
+    from rlhf.stages.common import run_from_command_line
+
+    run_from_command_line(PPOStageConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from rlhf.adaptation.config import AdaptationConfig
-from rlhf.config import CommonArguments, parse_config
+from rlhf.config import CommonArguments
 from rlhf.errors import exits_cleanly
 
 
@@ -116,10 +116,9 @@ def run(config: RMStageConfig):
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(RMStageConfig, argv)
-    entry = run(config)
-    if entry is not None:
-        print(json.dumps({"registered": entry.reference, "path": entry.path, "metrics": entry.metrics}, indent=2))
+    from rlhf.stages.common import run_from_command_line
+
+    run_from_command_line(RMStageConfig, run, argv)
 
 
 if __name__ == "__main__":

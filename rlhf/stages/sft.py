@@ -10,14 +10,13 @@ methods beyond peft's, gold-score evaluation before and after, and registration 
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
 from rlhf.adaptation.config import AdaptationConfig
-from rlhf.config import CommonArguments, parse_config
+from rlhf.config import CommonArguments
 from rlhf.errors import ConfigError, exits_cleanly
 
 
@@ -92,10 +91,9 @@ def run(config: SFTStageConfig):
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(SFTStageConfig, argv)
-    entry = run(config)
-    if entry is not None:
-        print(json.dumps({"registered": entry.reference, "path": entry.path, "metrics": entry.metrics}, indent=2))
+    from rlhf.stages.common import run_from_command_line
+
+    run_from_command_line(SFTStageConfig, run, argv)
 
 
 if __name__ == "__main__":
