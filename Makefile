@@ -27,6 +27,7 @@ demo: setup
 test: setup
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
 
+# The tests that train nothing and start no process group: the math, data formats, configs and layout.
 test-fast: setup
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q -m "not slow" tests
 

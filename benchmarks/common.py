@@ -116,3 +116,14 @@ def write_json(path: Path, value) -> None:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def add_standalone_arguments(parser, out: Path, smoke_help: str) -> None:
+    """--threads, --seed, --smoke and --out, which every single-process benchmark's own command line takes."""
+    # One thread by default: on a shared 2-core machine two OpenMP threads contending with other processes
+    # ran 8x slower than one, which would time the contention rather than the code.
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0 keeps torch's default")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--out", type=Path, default=out)
+

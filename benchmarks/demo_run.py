@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rlhf import run_files
+
 STAGES = ("sft", "rm", "ppo")
 TIMING_FILES = ("timings.json", "pipeline.json", "summary.json", "pipeline_summary.json")
 
 
 def find_stage_dirs(run_dir: Path) -> dict[str, Path]:
     found = {}
-    for metrics in sorted(run_dir.rglob("metrics.json")):
+    for metrics in sorted(run_dir.rglob(run_files.METRICS)):
         if "registry" in metrics.parts:
             continue
         keys = set(json.loads(metrics.read_text()))
@@ -57,10 +59,10 @@ def stage_seconds_from_pipeline(run_dir: Path) -> dict[str, float]:
 def stage_seconds_from_stage(stage_dir: Path) -> float | None:
     """The stage's own record of its training loop: the Trainer's `train_runtime` (SFT, RM), or the sum of
     the per-step phase times in ppo_metrics.jsonl (PPO). Loading, evaluation and saving are not in it."""
-    metrics = json.loads((stage_dir / "metrics.json").read_text())
+    metrics = json.loads((stage_dir / run_files.METRICS).read_text())
     if isinstance(metrics.get("train_runtime"), (int, float)):
         return float(metrics["train_runtime"])
-    history = stage_dir / "log_history.jsonl"
+    history = stage_dir / run_files.LOG_HISTORY
     if history.is_file():
         for line in reversed(history.read_text().splitlines()):
             row = json.loads(line) if line.strip() else {}
@@ -88,7 +90,7 @@ def read(run_dir: Path | None) -> dict:
     if not seconds:
         seconds = {stage: value for stage, path in stages.items()
                    if (value := stage_seconds_from_stage(path)) is not None}
-    metrics = {stage: json.loads((path / "metrics.json").read_text()) for stage, path in stages.items()}
+    metrics = {stage: json.loads((path / run_files.METRICS).read_text()) for stage, path in stages.items()}
     result = {"measured": True, "run_dir": str(run_dir), "stage_dirs": {k: str(v) for k, v in stages.items()},
               "stage_seconds": seconds, "seconds_source": source}
     ppo = metrics.get("ppo", {})

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from rlhf.losses import expand_to_pairs, kway_ranking_loss, pairwise_loss
+from benchmarks.common import RESULTS_DIR, add_standalone_arguments
+from rlhf.rm.loss import expand_to_pairs, kway_ranking_loss, pairwise_loss
 
 VOCAB_SIZE, PAD_ID, FIRST_REAL_ID = 64, 0, 3
 
@@ -146,12 +147,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-len", type=int, default=32, help="tokens per response, padding included")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported")
-    # One thread by default: on a shared 2-core machine, two OpenMP threads contending with other processes
-    # ran 8x slower than one, which would time the contention rather than the losses.
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0 keeps torch's default")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="smallest settings (K = 2, 4; 2 rankings; 1 repeat)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/kway_vs_pairs.json"))
+    add_standalone_arguments(parser, RESULTS_DIR / "kway_vs_pairs.json",
+                             "smallest settings (K = 2, 4; 2 rankings; 1 repeat)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.ks, args.rankings, args.seq_len, args.warmup, args.repeats = [2, 4], 2, 16, 1, 1

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmarks import tiny_models
 from benchmarks.common import RESULTS_DIR, deepspeed_command, peak_rss_mb, read_json, run_child, write_json
+from rlhf.config import settings_to_argv
 
 # actor, critic, reference, reward
 LAYOUTS = {
@@ -61,9 +62,8 @@ def worker(out_dir: Path, stage_argv: list[str]) -> None:
 
     from rlhf import distributed
     from rlhf.config import parse_config
-    from rlhf.stages.ppo import PPOStageConfig, run
-
-    from rlhf.ppo import engines, experience, report, update
+    from rlhf.ppo import engines, experience, update
+    from rlhf.stages.ppo import PPORecipe, PPOStageConfig, run
 
     baseline = current_rss_mb()
     if torch.cuda.is_available():
@@ -73,7 +73,7 @@ def worker(out_dir: Path, stage_argv: list[str]) -> None:
     peaks = {}
     for module, name, label in ((engines, "build_engines", "engines_built"), (experience, "generate", "generation"),
                                 (experience, "score", "scoring"), (update, "ppo_update", "update"),
-                                (report, "finish", "final_save")):
+                                (PPORecipe, "finish", "final_save")):
         setattr(module, name, _peak_after(getattr(module, name), label, peaks))
     run(parse_config(PPOStageConfig, stage_argv))
     record = {"rank": distributed.global_rank(), "rss_after_imports_mb": baseline, "peak_rss_mb": peak_rss_mb(),
@@ -110,10 +110,7 @@ def stage_argv(models: dict, settings: Settings, layout: str, output_dir: Path, 
         "actor_deepspeed": actor, "critic_deepspeed": critic, "reference_deepspeed": reference,
         "reward_deepspeed": reward,
     }
-    argv = []
-    for key, value in arguments.items():
-        argv += [f"--{key}", str(value)]
-    return argv
+    return settings_to_argv(arguments)
 
 
 def run_layouts(settings: Settings, workdir: Path, log=print) -> dict:

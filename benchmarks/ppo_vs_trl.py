@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 from benchmarks import tiny_models
 from benchmarks.common import RESULTS_DIR, child_env, median, ratio, read_json, run_child, write_json
+from rlhf.config import settings_to_argv
 
 PHASES = ("time_generation", "time_scoring", "time_training")
 
@@ -66,10 +67,7 @@ def stage_arguments(models: dict, settings: Settings, output_dir: Path, index) -
         "register_as": f"bench-ppo-{index}",
         "actor_deepspeed": zero0, "critic_deepspeed": zero0, "reference_deepspeed": zero0, "reward_deepspeed": zero0,
     }
-    argv = []
-    for key, value in arguments.items():
-        argv += [f"--{key}", str(value)]
-    return argv
+    return settings_to_argv(arguments)
 
 
 # Where our training phase's time goes: the stage run once more with ppo_update under cProfile (the first
@@ -136,7 +134,7 @@ def generation_control(config, repeats: int = 10) -> dict:
     from rlhf.ppo.data import prompts_for_step
     from rlhf.ppo.experience import generate, tokenize_prompts
     from rlhf.ppo.logprobs import sampling_settings_for
-    from rlhf.sampling import load_prompts
+    from rlhf.data.prompts import load_prompts
 
     tokenizer = load_tokenizer(config.model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path).eval()

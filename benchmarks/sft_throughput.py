@@ -9,7 +9,7 @@ Five ways to fine-tune the same model on the same demonstrations with the same o
                      flattened into one padding-free row (built for flash attention's variable-length kernels)
     ours             python -m rlhf.stages.sft, as configs/sft.yaml runs it (TRL's loop underneath)
     ours_packing     the same with `packing: true`: TRL's packed rows, kept as rows when the model has no
-                     variable-length attention (rlhf/data/packing.py), positions restarting per demonstration
+                     variable-length attention (rlhf/sft/packing.py), positions restarting per demonstration
 
 Throughput is non-padding tokens seen by the model (the Trainer's own `num_input_tokens_seen`, non_padding)
 divided by the Trainer's `train_runtime` (the whole training loop, data loading included). The stage's
@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.common import RESULTS_DIR, add_standalone_arguments
 
 VARIANTS = ("hf_trainer", "trl_sft", "trl_sft_packing", "ours", "ours_packing")
 
@@ -108,13 +110,13 @@ def run_trl_sft(paths: dict, args, output_dir: Path, packing: bool) -> dict:
 
 
 def run_ours(paths: dict, args, output_dir: Path, packing: bool) -> dict:
-    from rlhf.config import parse_config
+    from rlhf.config import parse_config, settings_to_argv
     from rlhf.stages.sft import SFTStageConfig, run
 
     settings = {**shared_settings(args, output_dir), "model_name_or_path": paths["model"],
                 "train_file": paths["train"], "registry_dir": str(output_dir / "registry"),
                 "max_length": args.max_length, "packing": packing}
-    argv = [item for key, value in settings.items() for item in (f"--{key}", str(value))]
+    argv = settings_to_argv(settings)
     start = time.perf_counter()
     run(parse_config(SFTStageConfig, argv))
     wall = time.perf_counter() - start
@@ -167,12 +169,7 @@ def main(argv=None) -> None:
     parser.add_argument("--max-length", type=int, default=64, help="tokens per row (configs/sft.yaml)")
     parser.add_argument("--steps", type=int, default=24, help="optimiser steps per run")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each variant; medians are reported")
-    # One thread: on a shared 2-core machine two OpenMP threads contending with other processes time the
-    # contention rather than the trainers.
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0 keeps torch's default")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="smallest settings (4 steps, 1 repeat)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sft_throughput.json"))
+    add_standalone_arguments(parser, RESULTS_DIR / "sft_throughput.json", "smallest settings (4 steps, 1 repeat)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.hidden_size, args.num_layers, args.records, args.batch_size, args.steps, args.repeats = 32, 2, 64, 8, 4, 1

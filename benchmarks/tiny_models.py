@@ -24,12 +24,9 @@ class TinySize:
 def build(root: Path, size: TinySize = TinySize(), num_prompts: int = 64, seed: int = 0) -> dict:
     """policy/, reward/, prompts.jsonl and prompt_ids.json (the prompts tokenized as our PPO stage tokenizes
     them) under `root`; returns their paths and the parameter counts. Reuses what an earlier call built."""
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    from rlhf.data.formatting import prompt_text
+    from rlhf.data.formatting import prompt_token_ids
     from rlhf.demo.task import DemoSettings, corpus_words, make_split
-    from rlhf.demo.tiny_model import build_tiny_model
+    from rlhf.demo.tiny_model import build_tiny_model, build_tiny_reward_model
     from rlhf.models import load_tokenizer
 
     root = Path(root)
@@ -43,31 +40,22 @@ def build(root: Path, size: TinySize = TinySize(), num_prompts: int = 64, seed: 
     policy = build_tiny_model(root / "policy", corpus_words(), hidden_size=size.hidden_size,
                               num_layers=size.num_layers, num_heads=size.num_heads, seed=seed)
     tokenizer = load_tokenizer(str(policy))
-    config = json.loads((policy / "config.json").read_text())
-    reward_config = LlamaConfig(**{k: v for k, v in config.items()
-                                   if k not in ("architectures", "transformers_version", "dtype")})
-    reward_config.num_labels = 1
-    reward_config.tie_word_embeddings = False
-    torch.manual_seed(seed + 1)
-    reward = LlamaForSequenceClassification(reward_config)
-    reward.save_pretrained(root / "reward", safe_serialization=True)
-    tokenizer.save_pretrained(root / "reward")
+    reward = build_tiny_reward_model(root / "reward", policy, seed=seed + 1)
 
     records = make_split(num_prompts, seed=seed + 3, settings=DemoSettings())
     prompts = [{"prompt": record["prompt"]} for record in records]
     (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    prompt_ids = [tokenizer(prompt_text(tokenizer, p["prompt"]))["input_ids"] for p in prompts]
+    prompt_ids = [prompt_token_ids(tokenizer, p["prompt"]) for p in prompts]
     (root / "prompt_ids.json").write_text(json.dumps(prompt_ids))
-    parameters = {"policy": sum(p.numel() for p in build_policy_parameters(policy)),
-                  "reward": sum(p.numel() for p in reward.parameters())}
-    built = {"settings": wanted, "policy": str(policy), "reward": str(root / "reward"),
+    parameters = {"policy": parameter_count(policy, "causal_lm"), "reward": parameter_count(reward, "reward")}
+    built = {"settings": wanted, "policy": str(policy), "reward": str(reward),
              "prompts": str(root / "prompts.jsonl"), "prompt_ids": str(root / "prompt_ids.json"),
              "parameters": parameters, "model": size.describe(), "vocab_size": len(tokenizer)}
     manifest.write_text(json.dumps(built, indent=2))
     return built
 
 
-def build_policy_parameters(path: Path):
-    from transformers import AutoModelForCausalLM
+def parameter_count(path: Path, task: str) -> int:
+    from rlhf.adaptation import load_adapted
 
-    return list(AutoModelForCausalLM.from_pretrained(path).parameters())
+    return sum(p.numel() for p in load_adapted(str(path), task=task).parameters())

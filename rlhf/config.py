@@ -20,6 +20,7 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
+from rlhf import _compat
 from rlhf.errors import ConfigError
 
 T = TypeVar("T")
@@ -92,7 +93,7 @@ def _parser_for(config_class: type):
     # HfArgumentParser reads a `str | bool` field as a bool, so that, for example,
     # `--include_num_input_tokens_seen non_padding` (a value TrainingArguments documents) would be refused.
     hints = typing.get_type_hints(config_class)
-    for action in parser._actions:
+    for action in _compat.parser_actions(parser):
         if {str, bool} <= set(typing.get_args(hints.get(action.dest))):
             action.type = bool_or_word
     return parser
@@ -107,14 +108,17 @@ def bool_or_word(value: str) -> bool | str:
     return value
 
 
-def yaml_to_argv(settings: dict[str, Any], known_keys: set[str], source: str) -> list[str]:
-    """Turn a YAML mapping into `--key value` arguments; an unknown key is an error naming it."""
+def settings_to_argv(settings: dict[str, Any]) -> list[str]:
+    """`--key value` arguments for a mapping of config keys, as every stage's parser reads them.
+
+    The one place settings become a command line (YAML files, pipeline overrides, tests, benchmarks). None and
+    empty lists or mappings leave the field at its default, as they do in a YAML file; booleans are written
+    `true`/`false`, lists as one argument per item, mappings as JSON.
+    """
     argv: list[str] = []
     for key, value in settings.items():
-        if key not in known_keys:
-            raise ConfigError(f"{source}: unknown key '{key}'")
         if value is None or (isinstance(value, (list, tuple, dict)) and not value):
-            continue  # unset, or empty: the field's default says the same
+            continue
         argv.append(f"--{key}")
         if isinstance(value, bool):
             argv.append(str(value).lower())
@@ -125,6 +129,14 @@ def yaml_to_argv(settings: dict[str, Any], known_keys: set[str], source: str) ->
         else:
             argv.append(str(value))
     return argv
+
+
+def yaml_to_argv(settings: dict[str, Any], known_keys: set[str], source: str) -> list[str]:
+    """Turn a YAML mapping into `--key value` arguments; an unknown key is an error naming it and the file."""
+    for key in settings:
+        if key not in known_keys:
+            raise ConfigError(f"{source}: unknown key '{key}'")
+    return settings_to_argv(settings)
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -142,9 +154,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def parse_config(config_class: type[T], argv: Sequence[str] | None = None) -> T:
     """Build `config_class` from `--config FILE.yaml` (optional) plus command-line overrides."""
-    from rlhf.distributed import let_accelerate_see_cpu_ranks
-
-    let_accelerate_see_cpu_ranks()  # before TrainingArguments sets up the process group
+    _compat.let_accelerate_see_cpu_ranks()  # before TrainingArguments sets up the process group
     argv = list(sys.argv[1:] if argv is None else argv)
     yaml_argv: list[str] = []
     if "--config" in argv:
@@ -180,7 +190,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def write_resolved_config(config: Any, output_dir: str | os.PathLike) -> Path:
     """Write the resolved config as YAML beside the outputs, the record of what this run used."""
     from rlhf.io import atomic_write_text
+    from rlhf.run_files import RESOLVED_CONFIG
 
-    path = Path(output_dir) / "resolved_config.yaml"
+    path = Path(output_dir) / RESOLVED_CONFIG
     atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=True))
     return path

@@ -34,28 +34,15 @@ def barrier() -> None:
         dist.barrier()
 
 
-def let_accelerate_see_cpu_ranks() -> None:
-    """Make the Trainer count every rank when the `deepspeed` launcher runs it on CPUs.
+def shutdown() -> None:
+    """Leave the process group at the end of a multi-process run, as torch asks: a rank that ends first then exits
+    cleanly instead of tearing the group's threads down at interpreter exit while the others still work.
 
-    accelerate picks a process-group backend only for accelerators or an explicit CPU run; under the
-    `deepspeed` launcher with no GPU it picks none and reports a world of one process, so DeepSpeed's
-    batch-size check fails (16 != 16 * 1 * 2) and every rank would see the whole data set. Asking it
-    for the CPU backend (gloo) keeps everything else DeepSpeed's. Harmless where a GPU is present.
+    A world of one keeps its group: DeepSpeed caches it, and a second run in the same process (tests, notebooks)
+    would find it destroyed.
     """
-    if "LOCAL_RANK" not in os.environ:
-        return
-    import torch
+    import torch.distributed as dist
 
-    if torch.cuda.is_available():
-        return
-    from accelerate.state import PartialState
+    if world_size() > 1 and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
-    original = PartialState._prepare_backend
-    if getattr(original, "counts_cpu_ranks", False):
-        return
-
-    def prepare_backend(self, cpu: bool = False, sagemaker_dp: bool = False, backend: str | None = None):
-        return original(self, True, sagemaker_dp, backend)
-
-    prepare_backend.counts_cpu_ranks = True
-    PartialState._prepare_backend = prepare_backend

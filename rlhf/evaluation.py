@@ -35,3 +35,14 @@ def gold_evaluation(model, tokenizer, prompts: Sequence[Any], scorer: GoldScorer
         "samples": [{"prompt": p, "response": r, "gold_score": s}
                     for p, r, s in list(zip(prompts, responses, scores))[:samples_kept]],
     }
+
+
+def gold_metrics(model, tokenizer, prompts: list, config, suffix: str) -> dict[str, Any]:
+    """{'gold_score_<suffix>': mean, 'gold_samples_<suffix>': a few} on rank 0 when the config names a gold scorer."""
+    from rlhf import distributed
+
+    if not config.gold_scorer or not prompts or not distributed.is_main_process():
+        return {}
+    result = gold_evaluation(model, tokenizer, prompts, gold_scorer(config.gold_scorer),
+                             max_new_tokens=config.gold_max_new_tokens)
+    return {f"gold_score_{suffix}": result["gold_score"], f"gold_samples_{suffix}": result["samples"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from rlhf.data.formatting import prompt_text
+from rlhf.data.formatting import encode_prompts
 
 
 def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_tokens: int = 32,
@@ -13,16 +13,12 @@ def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_toke
     """One response per prompt, decoded without special tokens."""
     import torch
 
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
     model.eval()
     responses: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            texts = [prompt_text(tokenizer, p) for p in prompts[start:start + batch_size]]
-            # A chat template already holds the BOS token: do not add a second.
-            batch = tokenizer(texts, return_tensors="pt", padding=True,
-                              add_special_tokens=not isinstance(prompts[start], list)).to(model.device)
+            batch = encode_prompts(tokenizer, prompts[start:start + batch_size]).to(model.device)
             with torch.no_grad():
                 output = model.generate(
                     **batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
@@ -33,6 +29,5 @@ def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_toke
             new_tokens = output[:, batch["input_ids"].shape[1]:]
             responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     finally:
-        tokenizer.padding_side = padding_side
         model.train(was_training)
     return responses

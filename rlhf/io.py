@@ -59,15 +59,19 @@ def write_jsonl_atomically(path: str | os.PathLike, rows: Iterable[Any]) -> int:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`; on success it replaces `path` in one rename.
+    """Yield an empty staging directory beside `path`; on success it replaces `path` in one rename.
 
-    An exception leaves `path` as it was (the old directory, or nothing) and removes the temporary one.
+    Readers see the old directory or the new one, never a half-written one (save interrupted, disk full). An
+    exception leaves `path` as it was (the old directory, or nothing) and removes the staging directory.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError("exists and is not a directory", file=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield staging
+        os.chmod(staging, 0o755)  # mkdtemp makes it private to us; a model directory is meant to be shared
         if path.exists():
             retired = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
             os.replace(path, retired / "old")

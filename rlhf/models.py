@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from rlhf.errors import ConfigError
-from rlhf.registry import Entry, Registry, resolve_model
 
 
 def _load(loader, path: str, what: str, **kwargs) -> Any:
@@ -36,7 +35,3 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: Any = None
     return _load(AutoModelForCausalLM.from_pretrained, path, "causal LM", use_safetensors=True,
                  trust_remote_code=trust_remote_code, dtype=dtype)
 
-
-def resolve(reference: str, registry_dir: str = "") -> tuple[str, Entry | None]:
-    """(path or hub id, registry entry or None) for a model reference."""
-    return resolve_model(reference, Registry(registry_dir or None))

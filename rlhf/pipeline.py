@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import parse_config, write_resolved_config
+from rlhf.config import load_yaml, parse_config, settings_to_argv, write_resolved_config
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
 from rlhf.io import atomic_write_json
 from rlhf.registry import Registry, fingerprint_files
+from rlhf.run_files import registered_reference
 
 LABEL_MODES = ("simulated", "import", "pause")
 LAUNCHERS = ("python", "deepspeed")
@@ -91,16 +92,6 @@ def overrides_of(config: PipelineConfig, name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{name} must be a mapping of config keys, got {text!r}")
     return value
-
-
-def stage_arguments(settings: dict[str, Any]) -> list[str]:
-    """`--key value` for each setting, as the stages' parsers read them."""
-    argv = []
-    for key, value in settings.items():
-        argv.append(f"--{key}")
-        argv += [str(v) for v in value] if isinstance(value, list) else [str(value).lower() if isinstance(value, bool)
-                                                                          else str(value)]
-    return argv
 
 
 # -- deciding what to run ------------------------------------------------------------------------------------------
@@ -211,11 +202,11 @@ class Pipeline:
                 aside = output_dir.with_name(f"{stage}.old-{time.strftime('%Y%m%d-%H%M%S')}")
                 output_dir.rename(aside)
                 self._say(f"{stage}: inputs changed; the previous run's directory is now {aside}")
-            settings = {**overrides, **inputs, "registry_dir": str(self.registry.root),
+            # The overrides merge into the file's mapping, so that `key: null` means the field's default in both.
+            settings = {**load_yaml(config_file), **overrides, **inputs, "registry_dir": str(self.registry.root),
                         "output_dir": str(output_dir), "resume": True}
-            self._run([*self.stage_command(stage), "--config", config_file,
-                       *stage_arguments(settings)], stage)
-            return json.loads((output_dir / "registered.json").read_text())["reference"]
+            self._run([*self.stage_command(stage), *settings_to_argv(settings)], stage)
+            return registered_reference(output_dir)
 
         return self.run_stage(stage, key, action)
 
@@ -288,8 +279,6 @@ class Pipeline:
 
     @staticmethod
     def _setting(config_file: str, overrides: dict[str, Any], key: str) -> str:
-        from rlhf.config import load_yaml
-
         return str(overrides.get(key) or load_yaml(config_file).get(key) or "")
 
 

@@ -14,20 +14,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rlhf import run_files
 from rlhf.errors import DataError, exits_cleanly
 from rlhf.io import atomic_write_text, atomic_writer
+from rlhf.run_files import read_jsonl as _jsonl
 
 SAMPLES_SHOWN = 6
 
 
 def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # -- plots --------------------------------------------------------------------------------------------------------
@@ -167,7 +163,7 @@ def _lineage(run_dir: Path, registry_dir: str) -> list[str]:
 
     registry = Registry(registry_dir or run_dir / "registry")
     for stage in ("ppo", "rm", "sft"):
-        registered = _json(run_dir / stage / "registered.json")
+        registered = _json(run_dir / stage / run_files.REGISTERED)
         if registered and registry.has(registered["reference"]):
             return [f"- `{entry.reference}` ({entry.stage}), from {', '.join(f'`{p}`' for p in entry.parents) or f'`{entry.base_model}`'}"
                     f", made {entry.created_at}" for entry in registry.lineage(registered["reference"])]
@@ -191,47 +187,50 @@ def write_report(run_dir: str | Path, registry_dir: str = "") -> Path:
         raise DataError("no such run directory", file=str(run_dir))
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# RLHF run: `{run_dir}`", "", "## Lineage", "", *_lineage(run_dir, registry_dir), ""]
-
-    sft_metrics, sft_history = _json(run_dir / "sft" / "metrics.json"), _jsonl(run_dir / "sft" / "log_history.jsonl")
-    lines += ["## 1. SFT", ""]
-    if sft_metrics is None:
-        lines += ["Not run yet.", ""]
-    else:
-        plot_sft_loss(sft_history, out / "sft_loss.png")
-        lines += ["![SFT loss](sft_loss.png)", "", *_metrics_table(sft_metrics), ""]
-
-    rm_metrics = _json(run_dir / "rm" / "metrics.json")
-    lines += ["## 2. Reward model", ""]
-    if rm_metrics is None:
-        lines += ["Not run yet.", ""]
-    else:
-        plot_rm_accuracy_by_k(rm_metrics, out / "rm_accuracy_by_k.png")
-        lines += ["![Reward-model accuracy by K](rm_accuracy_by_k.png)", "", *_metrics_table(rm_metrics), ""]
-
-    ppo_metrics, ppo_steps = _json(run_dir / "ppo" / "metrics.json"), _jsonl(run_dir / "ppo" / "ppo_metrics.jsonl")
-    lines += ["## 3. PPO", ""]
-    if ppo_metrics is None and not ppo_steps:
-        lines += ["Not run yet.", ""]
-    else:
-        plot_ppo_training(ppo_steps, out / "ppo_training.png")
-        plot_overoptimisation(ppo_steps, out / "ppo_rm_vs_gold_by_kl.png")
-        plot_response_length(ppo_steps, out / "ppo_response_length.png")
-        lines += ["![PPO training](ppo_training.png)", "", "![RM vs gold by KL](ppo_rm_vs_gold_by_kl.png)", "",
-                  "![Response length](ppo_response_length.png)", ""]
-        if ppo_metrics:
-            win = [f"**Win rate of PPO over SFT** on {ppo_metrics.get('eval_prompts', '?')} held-out prompts: "
-                   f"{ppo_metrics['win_rate_rm']:.1%} under the reward model"]
-            if "win_rate_gold" in ppo_metrics:
-                win.append(f", {ppo_metrics['win_rate_gold']:.1%} under the gold scorer")
-            lines += ["".join(win) + " (ties count half).", "", *_metrics_table(ppo_metrics), ""]
-        samples = _json(run_dir / "ppo" / "samples.json") or []
-        if samples:
-            lines += ["### Samples on held-out prompts", "", *_samples_table(samples), ""]
-
+    lines = [f"# RLHF run: `{run_dir}`", "", "## Lineage", "", *_lineage(run_dir, registry_dir), "",
+             *_sft_section(run_dir, out), *_rm_section(run_dir, out), *_ppo_section(run_dir, out)]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report
+
+
+def _sft_section(run_dir: Path, out: Path) -> list[str]:
+    metrics = _json(run_dir / "sft" / run_files.METRICS)
+    if metrics is None:
+        return ["## 1. SFT", "", "Not run yet.", ""]
+    plot_sft_loss(_jsonl(run_dir / "sft" / run_files.LOG_HISTORY), out / "sft_loss.png")
+    return ["## 1. SFT", "", "![SFT loss](sft_loss.png)", "", *_metrics_table(metrics), ""]
+
+
+def _rm_section(run_dir: Path, out: Path) -> list[str]:
+    metrics = _json(run_dir / "rm" / run_files.METRICS)
+    if metrics is None:
+        return ["## 2. Reward model", "", "Not run yet.", ""]
+    plot_rm_accuracy_by_k(metrics, out / "rm_accuracy_by_k.png")
+    return ["## 2. Reward model", "", "![Reward-model accuracy by K](rm_accuracy_by_k.png)", "",
+            *_metrics_table(metrics), ""]
+
+
+def _ppo_section(run_dir: Path, out: Path) -> list[str]:
+    metrics = _json(run_dir / "ppo" / run_files.METRICS)
+    steps = _jsonl(run_dir / "ppo" / run_files.PPO_METRICS)
+    if metrics is None and not steps:
+        return ["## 3. PPO", "", "Not run yet.", ""]
+    plot_ppo_training(steps, out / "ppo_training.png")
+    plot_overoptimisation(steps, out / "ppo_rm_vs_gold_by_kl.png")
+    plot_response_length(steps, out / "ppo_response_length.png")
+    lines = ["## 3. PPO", "", "![PPO training](ppo_training.png)", "", "![RM vs gold by KL](ppo_rm_vs_gold_by_kl.png)",
+             "", "![Response length](ppo_response_length.png)", ""]
+    if metrics:
+        win = [f"**Win rate of PPO over SFT** on {metrics.get('eval_prompts', '?')} held-out prompts: "
+               f"{metrics['win_rate_rm']:.1%} under the reward model"]
+        if "win_rate_gold" in metrics:
+            win.append(f", {metrics['win_rate_gold']:.1%} under the gold scorer")
+        lines += ["".join(win) + " (ties count half).", "", *_metrics_table(metrics), ""]
+    samples = _json(run_dir / "ppo" / run_files.PPO_SAMPLES) or []
+    if samples:
+        lines += ["### Samples on held-out prompts", "", *_samples_table(samples), ""]
+    return lines
 
 
 @exits_cleanly

@@ -21,17 +21,12 @@ def _environment_restored():
 
 
 def tiny_llama_config(**overrides):
-    from transformers import LlamaConfig
+    from rlhf.demo.tiny_model import tiny_llama_config as config
 
-    settings = dict(
-        vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        # Biases on, so that BitFit has something to train (Llama's default has none).
-        attention_bias=True, mlp_bias=True,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-    )
+    settings = dict(intermediate_size=64, max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
+                    eos_token_id=2, tie_word_embeddings=False)
     settings.update(overrides)
-    return LlamaConfig(**settings)
+    return config(TINY_VOCAB, hidden_size=32, num_layers=2, num_heads=4, num_key_value_heads=2, **settings)
 
 
 @pytest.fixture

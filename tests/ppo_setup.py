@@ -12,32 +12,18 @@ import os
 import sys
 from pathlib import Path
 
+from rlhf.config import settings_to_argv
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def build_models(root: Path, *, hidden_size: int = 32, num_layers: int = 1, head_scale: float = 50.0) -> dict:
-    import torch
-    from transformers import LlamaForSequenceClassification
-
     from rlhf.demo.task import DemoSettings, corpus_words, make_split
-    from rlhf.demo.tiny_model import build_tiny_model
-    from rlhf.models import load_tokenizer
+    from rlhf.demo.tiny_model import build_tiny_model, build_tiny_reward_model
 
     policy = build_tiny_model(root / "policy", corpus_words(), hidden_size=hidden_size, num_layers=num_layers,
                               num_heads=2, seed=0)
-    tokenizer = load_tokenizer(str(policy))
-    config = json.loads((policy / "config.json").read_text())
-    from transformers import LlamaConfig
-
-    reward_config = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "transformers_version",
-                                                                                 "dtype")})
-    reward_config.num_labels = 1
-    torch.manual_seed(1)
-    reward = LlamaForSequenceClassification(reward_config)
-    with torch.no_grad():
-        reward.score.weight.mul_(head_scale)
-    reward.save_pretrained(root / "reward")
-    tokenizer.save_pretrained(root / "reward")
+    build_tiny_reward_model(root / "reward", policy, seed=1, head_scale=head_scale)
 
     records = make_split(64, seed=3, settings=DemoSettings())
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in records[:48]))
@@ -59,10 +45,7 @@ def stage_arguments(paths: dict, output_dir: Path, registry: Path, **overrides) 
         actor_deepspeed=zero0, critic_deepspeed=zero0, reference_deepspeed=zero0, reward_deepspeed=zero0,
     )
     settings.update(overrides)
-    argv = []
-    for key, value in settings.items():
-        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return argv
+    return settings_to_argv(settings)
 
 
 def subprocess_env(tmp_path: Path) -> dict:

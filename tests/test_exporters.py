@@ -8,10 +8,10 @@ import xml.etree.ElementTree as ElementTree
 
 import pytest
 
-from rlhf.data.exporters import (argilla_records, argilla_settings, label_studio_config, label_studio_tasks,
+from rlhf.labels.exporters import (argilla_records, argilla_settings, label_studio_config, label_studio_tasks,
                                  write_argilla_export, write_label_studio_export)
-from rlhf.data.importers import import_rankings
-from rlhf.data.importers.label_studio import UNTOUCHED
+from rlhf.labels.importers import import_rankings
+from rlhf.labels.importers.label_studio import UNTOUCHED
 from rlhf.errors import DataError
 
 # Each completion carries its true quality, so a simulated annotator can rank it and the test can check the result.

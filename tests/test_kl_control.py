@@ -1,10 +1,10 @@
-"""rlhf.kl_control against numbers worked out by hand."""
+"""rlhf.ppo.kl_control against numbers worked out by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from rlhf.kl_control import AdaptiveKLController, FixedKLController, make_kl_controller
+from rlhf.ppo.kl_control import AdaptiveKLController, FixedKLController, make_kl_controller
 
 
 def test_fixed_controller_never_moves():

@@ -25,7 +25,7 @@ def _ppo_arguments(models, tmp_path, name):
 
 @pytest.mark.slow
 def test_two_nodes_without_ssh_equal_one_node_with_two_processes(tmp_path):
-    from rlhf.ppo.metrics import read_metrics
+    from rlhf.ppo.tracking import read_metrics
     from rlhf.registry import Registry
 
     models = build_models(tmp_path / "models")

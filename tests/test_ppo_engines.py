@@ -23,7 +23,7 @@ def engines_for(models, tmp_path, **overrides):
     init_distributed()
     config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
                                                           **overrides))
-    inputs = ppo_inputs.resolve(config)
+    inputs = ppo_inputs.read_inputs(config)
     return config, inputs, build_engines(config, inputs.paths, inputs.tokenizer)
 
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from rlhf import losses
+from rlhf.ppo import rewards
 from rlhf.ppo.experience import response_logits, sequence_inputs
 from rlhf.ppo.logprobs import SamplingSettings, sampling_entropy, sampling_logprobs, warp_logits
 
@@ -26,7 +26,7 @@ def sample(model, settings: SamplingSettings, seed: int = 0):
     generation_config.update(output_scores=True, return_dict_in_generate=True)
     output = model.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=generation_config)
     response_ids = output.sequences[:, query_ids.shape[1]:]
-    response_mask = losses.response_mask_after_eos(response_ids, TOKENS.eos_token_id, TOKENS.pad_token_id)
+    response_mask = rewards.response_mask_after_eos(response_ids, TOKENS.eos_token_id, TOKENS.pad_token_id)
     sampler_logprobs = torch.stack([torch.log_softmax(step_scores.float(), dim=-1) for step_scores in output.scores],
                                    dim=1).gather(-1, response_ids[..., None])[..., 0]
     inputs = sequence_inputs(query_ids, query_mask, response_ids, response_mask)
@@ -47,8 +47,14 @@ def test_logprobs_are_those_of_the_warped_distribution_generate_sampled_from(tin
     assert support.gather(-1, response_ids[..., None])[..., 0][real].all()
     assert (~support[real]).any()
     # Raw softmax log-probabilities are something else: that mismatch is what biases the KL elsewhere.
-    raw = losses.logprobs_from_logits(logits, response_ids)
+    raw = softmax_logprobs(logits, response_ids)
     assert (raw[real] - sampler_logprobs[real]).abs().max() > 0.05
+
+
+
+def softmax_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label]: what a sampler without temperature, top-k or top-p would have used."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
 def test_kl_to_an_identical_reference_is_zero_under_the_sampling_distribution(tiny_causal_lm):
@@ -60,12 +66,12 @@ def test_kl_to_an_identical_reference_is_zero_under_the_sampling_distribution(ti
         reference_logits = response_logits(tiny_causal_lm, inputs, query_length)
     logprobs, support = sampling_logprobs(policy_logits, response_ids, settings)
     ref_logprobs, _ = sampling_logprobs(reference_logits, response_ids, settings, support=support)
-    for estimator in losses.KL_ESTIMATORS:
-        kl = losses.kl_penalty(logprobs, ref_logprobs, estimator)[mask.bool()]
+    for estimator in rewards.KL_ESTIMATORS:
+        kl = rewards.kl_penalty(logprobs, ref_logprobs, estimator)[mask.bool()]
         assert kl.abs().max() == 0, estimator
     # The same reference read through a plain softmax gives a clearly non-zero (biased) KL estimate.
-    unwarped_ref = losses.logprobs_from_logits(reference_logits, response_ids)
-    biased = losses.kl_penalty(logprobs, unwarped_ref, "k1")[mask.bool()].mean()
+    unwarped_ref = softmax_logprobs(reference_logits, response_ids)
+    biased = rewards.kl_penalty(logprobs, unwarped_ref, "k1")[mask.bool()].mean()
     assert biased.abs() > 0.05
 
 

@@ -83,14 +83,14 @@ def test_prompt_positions_follow_from_the_step_and_split_by_rank():
 
 
 def test_win_rate_counts_ties_half():
-    from rlhf.ppo.report import win_rate
+    from rlhf.ppo.evaluation import win_rate
 
     assert win_rate([1.0, 0.5, 0.2, 0.7], [0.5, 0.5, 0.9, 0.1]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
 
 
 def test_non_eos_fraction_reads_the_last_real_token():
-    from rlhf.ppo.report import non_eos_fraction
-    from rlhf.rollout import Rollout
+    from rlhf.ppo.tracking import non_eos_fraction
+    from rlhf.ppo.rollout import Rollout
 
     response_ids = torch.tensor([[5, 2, 0], [5, 6, 7], [2, 0, 0], [0, 0, 0]])  # eos 2, pad 0
     mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]])
@@ -114,9 +114,9 @@ def test_latest_checkpoint_ignores_unfinished_ones(tmp_path):
 
 
 def test_reward_shaping_by_hand():
-    from rlhf import losses
+    from rlhf.ppo import rewards
     from rlhf.ppo.experience import RewardShaping, with_advantages
-    from rlhf.rollout import Rollout
+    from rlhf.ppo.rollout import Rollout
 
     # One response of 2 tokens ending in EOS (2), one of 3 tokens without EOS.
     response_ids = torch.tensor([[7, 2, 0], [7, 8, 9]])
@@ -136,7 +136,7 @@ def test_reward_shaping_by_hand():
     # With V = 0, γ = λ = 1 the returns are the reward-to-go; advantages are those, whitened over real tokens.
     returns = torch.tensor([[2.45, 2.5, 0.0], [2.1, 2.1, 2.0]])
     torch.testing.assert_close(shaped.returns, returns)
-    torch.testing.assert_close(shaped.advantages, losses.masked_whiten(returns, mask))
+    torch.testing.assert_close(shaped.advantages, rewards.masked_whiten(returns, mask))
 
 
 def test_critic_values_are_the_reward_heads_output_at_every_position(tiny_reward_model):
@@ -156,35 +156,49 @@ def test_critic_values_are_the_reward_heads_output_at_every_position(tiny_reward
     torch.testing.assert_close(values[:, 1], prefix_scores)
 
 
-def test_responses_are_retokenized_for_a_reward_model_with_another_tokenizer():
+def scalar_head_model(tokenizer):
+    """A tiny random reward model for `tokenizer`, in eval mode."""
+    from transformers import LlamaForSequenceClassification
+
+    from rlhf.demo.tiny_model import tiny_llama_config
+
+    torch.manual_seed(0)
+    config = tiny_llama_config(len(tokenizer), hidden_size=16, num_layers=1, num_heads=2, num_labels=1,
+                               pad_token_id=tokenizer.pad_token_id)
+    return LlamaForSequenceClassification(config).eval()
+
+
+def scores_in_ppo(reward_model, reward_tokenizer, policy_tokenizer, batch, response_ids, mask, offset: float):
+    """The scores PPO's scoring step gives these responses, with the reward model alone behind the engines."""
     from types import SimpleNamespace
 
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from rlhf.ppo.experience import reward_scores
 
-    from rlhf import losses
+    engines = SimpleNamespace(reward=SimpleNamespace(module=reward_model, device=torch.device("cpu")),
+                              reward_tokenizer=reward_tokenizer, reward_offset=offset)
+    with torch.no_grad():
+        return reward_scores(engines, policy_tokenizer, batch, response_ids, mask, max_length=64)
+
+
+def test_responses_are_retokenized_for_a_reward_model_with_another_tokenizer():
+    from rlhf.ppo import rewards
     from rlhf.demo.task import corpus_words
     from rlhf.demo.tiny_model import build_tokenizer
-    from rlhf.ppo.experience import decode_responses, reward_scores, same_tokenizer, tokenize_prompts
-    from rlhf.reward import score_texts
+    from rlhf.ppo.experience import decode_responses, same_tokenizer, tokenize_prompts
+    from rlhf.rm.model import score_texts
 
     policy_tokenizer = build_tokenizer(corpus_words())
     # One more word shifts every id after it: the same text becomes other ids for the reward model.
     reward_tokenizer = build_tokenizer(corpus_words() + ["aardvark"])
     assert not same_tokenizer(policy_tokenizer, reward_tokenizer)
-    torch.manual_seed(0)
-    reward_model = LlamaForSequenceClassification(LlamaConfig(
-        vocab_size=len(reward_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=reward_tokenizer.pad_token_id)).eval()
+    reward_model = scalar_head_model(reward_tokenizer)
     prompts = ["sort these words : cat dog answer :", "reverse these words : owl fox bear answer :"]
     batch = tokenize_prompts(policy_tokenizer, prompts)
     word = policy_tokenizer.convert_tokens_to_ids
     response_ids = torch.tensor([[word("cat"), word("dog"), policy_tokenizer.eos_token_id],
                                  [word("bear"), word("fox"), word("owl")]])
-    mask = losses.response_mask_after_eos(response_ids, policy_tokenizer.eos_token_id, policy_tokenizer.pad_token_id)
-    engines = SimpleNamespace(reward=SimpleNamespace(module=reward_model, device=torch.device("cpu")),
-                              reward_tokenizer=reward_tokenizer, reward_offset=0.25)
-    with torch.no_grad():
-        scores = reward_scores(engines, policy_tokenizer, batch, response_ids, mask, max_length=64)
+    mask = rewards.response_mask_after_eos(response_ids, policy_tokenizer.eos_token_id, policy_tokenizer.pad_token_id)
+    scores = scores_in_ppo(reward_model, reward_tokenizer, policy_tokenizer, batch, response_ids, mask, offset=0.25)
     texts = decode_responses(policy_tokenizer, response_ids, mask)
     assert texts == ["cat dog", "bear fox owl"]
     expected = score_texts(reward_model, reward_tokenizer, prompts, texts, max_length=64)
@@ -192,32 +206,22 @@ def test_responses_are_retokenized_for_a_reward_model_with_another_tokenizer():
 
 
 def test_with_the_same_tokenizer_the_generated_ids_are_scored_as_the_text_would_be():
-    from types import SimpleNamespace
-
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    from rlhf import losses
+    from rlhf.ppo import rewards
     from rlhf.demo.task import corpus_words
     from rlhf.demo.tiny_model import build_tokenizer
-    from rlhf.ppo.experience import decode_responses, reward_scores, tokenize_prompts
-    from rlhf.reward import score_texts
+    from rlhf.ppo.experience import decode_responses, tokenize_prompts
+    from rlhf.rm.model import score_texts
 
     tokenizer = build_tokenizer(corpus_words())
-    torch.manual_seed(0)
-    reward_model = LlamaForSequenceClassification(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)).eval()
+    reward_model = scalar_head_model(tokenizer)
     prompts = ["first word of these : cat dog answer :", "sort these words : owl fox answer :"]
     batch = tokenize_prompts(tokenizer, prompts)
     word = tokenizer.convert_tokens_to_ids
     # A response ended by EOS and one cut at max_new_tokens: both reach the reward model ending in EOS.
     response_ids = torch.tensor([[word("cat"), tokenizer.eos_token_id, tokenizer.pad_token_id],
                                  [word("fox"), word("owl"), word("fox")]])
-    mask = losses.response_mask_after_eos(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    engines = SimpleNamespace(reward=SimpleNamespace(module=reward_model, device=torch.device("cpu")),
-                              reward_tokenizer=tokenizer, reward_offset=0.0)
-    with torch.no_grad():
-        scores = reward_scores(engines, tokenizer, batch, response_ids, mask, max_length=64)
+    mask = rewards.response_mask_after_eos(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    scores = scores_in_ppo(reward_model, tokenizer, tokenizer, batch, response_ids, mask, offset=0.0)
     expected = score_texts(reward_model, tokenizer, prompts, decode_responses(tokenizer, response_ids, mask),
                            max_length=64)
     torch.testing.assert_close(scores, torch.tensor(expected))

@@ -35,7 +35,7 @@ def run_in_process(argv: list[str]):
 
 
 def read_rows(output_dir: Path) -> list[dict]:
-    from rlhf.ppo.metrics import read_metrics
+    from rlhf.ppo.tracking import read_metrics
 
     return read_metrics(output_dir)
 
@@ -52,6 +52,7 @@ def wait_for(condition, process: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_reward_rises_and_outputs_follow_the_contract(models, tmp_path):
     output_dir = tmp_path / "run"
     entry = run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=14,
@@ -84,6 +85,7 @@ def test_reward_rises_and_outputs_follow_the_contract(models, tmp_path):
     AutoModelForCausalLM.from_pretrained(entry.path)  # a plain Hugging Face directory
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_reports_the_same_metrics_as_an_uninterrupted_run(models, tmp_path):
     common = dict(max_steps=8, save_steps=2, eval_prompts=4)
     straight = launch(stage_arguments(models, tmp_path / "straight", tmp_path / "reg1", **common), tmp_path)
@@ -110,6 +112,7 @@ def test_resume_after_a_kill_reports_the_same_metrics_as_an_uninterrupted_run(mo
     assert final_got == pytest.approx(final_expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(models, tmp_path):
     output_dir = tmp_path / "run"
     process = launch(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=500, save_steps=0),
@@ -128,9 +131,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(models, tmp_path):
     assert not (output_dir / "registered.json").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_losses_skip_their_updates_then_stop_with_the_last_good_checkpoint(models, tmp_path,
                                                                                        monkeypatch):
-    from rlhf import losses
+    from rlhf.ppo import losses
     from rlhf.errors import RLHFError
 
     real_policy_loss = losses.ppo_policy_loss
@@ -170,6 +174,7 @@ def test_a_bad_prompt_record_is_one_line_and_exit_code_2(models, tmp_path, capsy
     assert error.startswith("error: ") and "record 2" in error and "'prompt'" in error
 
 
+@pytest.mark.slow
 def test_ppo_ptx_mixes_in_a_language_modelling_loss_that_falls(models, tmp_path):
     output_dir = tmp_path / "run"
     run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=6, save_steps=0,
@@ -181,6 +186,7 @@ def test_ppo_ptx_mixes_in_a_language_modelling_loss_that_falls(models, tmp_path)
     assert "win_rate_rm" not in json.loads((output_dir / "metrics.json").read_text())  # no held-out prompts given
 
 
+@pytest.mark.slow
 def test_lora_actor_and_critic_train_and_save_a_merged_plain_model(models, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -25,7 +25,7 @@ def deepspeed_launch(argv: list[str], tmp_path, port: int) -> subprocess.Complet
 
 @pytest.mark.slow
 def test_two_process_zero3_run_and_both_generation_paths_agree(tmp_path):
-    from rlhf.ppo.metrics import read_metrics
+    from rlhf.ppo.tracking import read_metrics
 
     models = build_models(tmp_path / "models")
     zero3, inference = (str(REPO / "deepspeed_configs" / name) for name in ("zero3.json", "zero3_inference.json"))

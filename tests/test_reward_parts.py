@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from rlhf.data.ranking_batches import RankingCollator, scores_on_grid, tokenize_rankings
+from rlhf.rm.batches import RankingCollator, scores_on_grid, tokenize_rankings
 from rlhf.data.rankings import Ranking
 from rlhf.errors import DataError
-from rlhf.losses import kway_ranking_loss
-from rlhf.metrics import kendall_tau_b, ranking_metrics
+from rlhf.rm.loss import kway_ranking_loss
+from rlhf.rm.evaluation import kendall_tau_b, ranking_metrics
 
 
 def test_collator_pads_variable_k_and_scatters_back():
@@ -47,7 +47,7 @@ def test_kendall_tau_b_matches_the_textbook_example():
 
 
 def test_trainer_loss_is_the_kway_loss_of_the_model_scores(tiny_reward_model):
-    from rlhf.reward_trainer import RankingTrainer, ranking_rewards
+    from rlhf.rm.trainer import RankingTrainer, ranking_rewards
 
     features = [{"input_ids": [[1, 5, 6], [1, 7]], "ranks": [1, 2]},
                 {"input_ids": [[1, 8], [1, 9, 10], [1, 11]], "ranks": [2, 1, 3]}]

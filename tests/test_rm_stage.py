@@ -54,8 +54,9 @@ def _rm_args(root, *extra):
             "--logging_steps", "10", "--report_to", "none", "--seed", "0", *extra]
 
 
+@pytest.mark.slow
 def test_rm_run_raises_held_out_pairwise_accuracy_and_registers_with_its_sft_parent(rm_workspace, capsys):
-    from rlhf.reward import load_reward_model, score_texts
+    from rlhf.rm.model import load_reward_model, score_texts
     from rlhf.stages.rm import main
 
     main(_rm_args(rm_workspace, "--output_dir", str(rm_workspace / "out")))
@@ -124,7 +125,7 @@ def test_export_annotate_import_closes_the_labeling_loop(rm_workspace, tmp_path)
 
 
 def test_rankable_leaves_out_empty_and_duplicate_samples_and_counts_them():
-    from rlhf.sampling import rankable
+    from rlhf.labels.sampling import rankable
 
     items = [("p1", ["a b", "a b", " ", "c"]), ("p2", ["x", "x", ""]), ("p3", ["y", "z"])]
     kept, dropped = rankable(items)

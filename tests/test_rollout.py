@@ -1,4 +1,4 @@
-"""rlhf.rollout: the typed PPO batch and its minibatches."""
+"""rlhf.ppo.rollout: the typed PPO batch and its minibatches."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from rlhf.rollout import PPOStats, Rollout
+from rlhf.ppo.rollout import PPOStats, Rollout
 
 
 def make_rollout(batch_size: int = 5) -> Rollout:

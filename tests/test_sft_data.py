@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from rlhf.data.sft import check_prompt_lengths, load_demonstrations
+from rlhf.data.demonstrations import load_demonstrations
+from rlhf.data.prompts import check_prompt_lengths, room_for_a_completion
 from rlhf.errors import DataError
 
 
@@ -67,6 +68,9 @@ def test_prompt_longer_than_max_length_is_named(tmp_path):
 
     tokenizer = build_tokenizer(corpus_words())
     records = [{"prompt": "cat dog", "completion": " owl"}, {"prompt": " ".join(["cat"] * 20), "completion": " owl"}]
-    check_prompt_lengths(records[:1], tokenizer, max_length=16, path="d.jsonl")
-    with pytest.raises(DataError, match=r"d.jsonl: record 2: field 'prompt': prompt is 21 tokens, at or over max_length 16"):
-        check_prompt_lengths(records, tokenizer, max_length=16, path="d.jsonl")
+    prompts = [record["prompt"] for record in records]
+    max_tokens, setting = room_for_a_completion(16)
+    check_prompt_lengths(prompts[:1], tokenizer, "d.jsonl", max_tokens=max_tokens, setting=setting)
+    with pytest.raises(DataError, match=r"d.jsonl: record 2: field 'prompt': prompt is 21 tokens, over the 15 that "
+                                        r"max_length 16 \(one token at least is the completion's\) allows"):
+        check_prompt_lengths(prompts, tokenizer, "d.jsonl", max_tokens=max_tokens, setting=setting)

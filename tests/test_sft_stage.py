@@ -41,6 +41,7 @@ def _sft_args(root: Path, out: Path, *extra: str) -> list[str]:
             "--report_to", "none", "--seed", "0", *extra]
 
 
+@pytest.mark.slow
 def test_sft_lowers_held_out_loss_and_registers_lineage_data_and_config(sft_workspace, tmp_path):
     from rlhf.config import config_to_dict, parse_config
     from rlhf.stages.sft import SFTStageConfig, main
@@ -73,7 +74,7 @@ def _first_batch(sft_workspace, tmp_path, records, *extra):
     from trl import SFTTrainer
 
     from rlhf.config import parse_config
-    from rlhf.data.packing import keep_packed_rows
+    from rlhf.sft.packing import keep_packed_rows
     from rlhf.models import load_causal_lm, load_tokenizer
     from rlhf.stages.sft import SFTStageConfig
 
@@ -111,7 +112,7 @@ def test_instruction_modeling_puts_the_prompt_in_the_loss_too(sft_workspace, tmp
 
 
 def test_conversational_records_put_only_the_assistant_reply_in_the_loss(sft_workspace, tmp_path):
-    from rlhf.data.sft import load_demonstrations
+    from rlhf.data.demonstrations import load_demonstrations
 
     path = _write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
         {"role": "user", "content": "repeat cat answer :"}, {"role": "assistant", "content": "cat"}]}])
@@ -133,7 +134,7 @@ def test_packing_joins_several_demonstrations_into_one_row(sft_workspace, tmp_pa
 
 
 def test_packed_rows_give_the_loss_of_trls_flattened_batch(sft_workspace, tmp_path):
-    """Without flash attention the stage keeps packed rows as rows (rlhf.data.packing); the loss must be the
+    """Without flash attention the stage keeps packed rows as rows (rlhf.sft.packing); the loss must be the
     one TRL's flattened, padding-free batch gives, where attention is confined to each demonstration."""
     import datasets
     import torch
@@ -141,7 +142,7 @@ def test_packed_rows_give_the_loss_of_trls_flattened_batch(sft_workspace, tmp_pa
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from rlhf.config import parse_config
-    from rlhf.data.packing import PackedRowsCollator
+    from rlhf.sft.packing import PackedRowsCollator
     from rlhf.models import load_causal_lm, load_tokenizer
     from rlhf.stages.sft import SFTStageConfig
 
@@ -203,6 +204,7 @@ def _trained_only_its_parameters(method: str, saved: Path, base: Path) -> bool:
     return not (saved / "model.safetensors").exists() and bool(saved_names) and all(key in n for n in saved_names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(ADAPTATIONS))
 def test_each_adaptation_method_trains_only_its_parameters_through_the_stage(sft_workspace, tmp_path, method):
     from rlhf.adaptation import load_adapted
@@ -218,6 +220,7 @@ def test_each_adaptation_method_trains_only_its_parameters_through_the_stage(sft
     load_adapted(entry.path, task="causal_lm")  # the saved directory loads as the method saved it
 
 
+@pytest.mark.slow
 def test_csv_demonstrations_and_a_datasets_directory_train_through_the_stage(sft_workspace, tmp_path):
     import csv
 
@@ -240,6 +243,7 @@ def test_csv_demonstrations_and_a_datasets_directory_train_through_the_stage(sft
     assert entry.metrics["eval_loss_after"] < entry.metrics["eval_loss_before"]
 
 
+@pytest.mark.slow
 def test_resume_continues_a_killed_run_from_its_last_checkpoint(sft_workspace, tmp_path):
     from rlhf.stages.sft import main
 

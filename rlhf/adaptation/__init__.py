@@ -8,23 +8,28 @@ BitFit, a reward-head probe), and how the adapted model is saved and loaded.
     save_adapted(model, tokenizer, out_dir, config)
     model = load_adapted(out_dir, task="causal_lm")
 
-peft is imported only when a peft method or a peft directory is used.
+The names below load their module on first use, so that `rlhf.adaptation.config` (which every stage config
+includes) imports neither torch nor peft; peft itself loads only when a peft method or directory is used.
 """
 
-from rlhf.adaptation.apply import (
-    apply_adaptation,
-    count_parameters,
-    disable_adapter_context,
-    is_adapted,
-    parameter_summary,
-    reward_head_names,
-    virtual_token_count,
-)
-from rlhf.adaptation.checkpoint import load_adapted, merged_lora_state_dict, save_adapted
-from rlhf.adaptation.config import METHODS, PEFT_METHODS, TASKS, AdaptationConfig
+from __future__ import annotations
 
-__all__ = [
-    "AdaptationConfig", "METHODS", "PEFT_METHODS", "TASKS",
-    "apply_adaptation", "count_parameters", "disable_adapter_context", "is_adapted", "load_adapted",
-    "merged_lora_state_dict", "parameter_summary", "reward_head_names", "save_adapted", "virtual_token_count",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "apply_adaptation": "apply", "count_parameters": "apply", "disable_adapter_context": "apply",
+    "is_adapted": "apply", "parameter_summary": "apply", "reward_head_names": "apply", "virtual_token_count": "apply",
+    "load_adapted": "checkpoint", "merged_lora_state_dict": "checkpoint", "save_adapted": "checkpoint",
+    "AdaptationConfig": "config", "METHODS": "config", "PEFT_METHODS": "config", "TASKS": "config",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'rlhf.adaptation' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f"rlhf.adaptation.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value

@@ -15,13 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -30,6 +25,7 @@ from rlhf.adaptation import houlsby
 from rlhf.adaptation.apply import head_parameter_names, is_peft_model, reward_head_names, set_trainable
 from rlhf.adaptation.config import PEFT_METHODS, AdaptationConfig, check_task
 from rlhf.errors import ConfigError
+from rlhf.io import atomic_directory
 
 ADAPTATION_FILE = "rlhf_adaptation.json"
 ADAPTER_WEIGHTS_FILE = "rlhf_adapters.safetensors"
@@ -48,7 +44,7 @@ def save_adapted(model: nn.Module, tokenizer, out_dir: str | os.PathLike, config
     _check_model_matches(model, method)
     description = {"format_version": FORMAT_VERSION, "adaptation_method": method, "merged_lora": False,
                    "adaptation_config": asdict(config)}
-    with _atomic_directory(Path(out_dir)) as staging:
+    with atomic_directory(out_dir) as staging:
         if method == "lora" and config.merge_lora_on_save:
             model.get_base_model().save_pretrained(staging, state_dict=merged_lora_state_dict(model))
             description["merged_lora"] = True
@@ -216,28 +212,3 @@ def _check_model_matches(model: nn.Module, method: str) -> None:
         matches = not is_peft_model(model) and not houlsby.adapted_modules(model)
     if not matches:
         raise ValueError(f"save_adapted: the model was not adapted with '{method}' ({type(model).__name__})")
-
-
-@contextmanager
-def _atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield an empty staging directory beside `target`; on success it replaces `target`, on error it vanishes.
-
-    Readers see the old directory or the new one, never a half-written one (save interrupted, disk full).
-    """
-    if target.exists() and not target.is_dir():
-        raise ConfigError(f"{target} exists and is not a directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
-    try:
-        yield staging
-        os.chmod(staging, 0o755)  # mkdtemp makes it private to us; a model directory is meant to be shared
-        if target.exists():
-            retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(target, retired)
-            os.rename(staging, target)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

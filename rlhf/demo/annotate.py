@@ -18,7 +18,7 @@ from rlhf.demo.labelers import make_labelers, rank_responses
 from rlhf.demo.task import gold_score
 from rlhf.io import atomic_write_text
 
-RANKER_NAME, LIST_NAME = "rank", "responses"  # the names in rlhf.data.exporters' labeling config
+RANKER_NAME, LIST_NAME = "rank", "responses"  # the names in rlhf.labels.exporters' labeling config
 
 
 def annotate_tasks(tasks: list[dict], *, seed: int = 0, labelers: int = 4, second_opinion_rate: float = 0.2,

@@ -1,1 +1,4 @@
-"""PPO parts: engines, experience, update, checkpoints, metrics; assembled by rlhf.stages.ppo."""
+"""Stage 3, PPO: config, inputs, engines, experience, rewards, losses, update, checkpoints, tracking, evaluation.
+
+The recipe that assembles them is rlhf.stages.ppo.
+"""

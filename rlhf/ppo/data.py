@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from rlhf.data.formatting import prompt_text, response_text
+from rlhf.data.formatting import padding_side, prompt_text, response_text
 
 
 def prompts_for_step(prompts: Sequence[Any], step: int, per_rank: int, world_size: int, rank: int,
@@ -48,11 +48,8 @@ def ptx_batches(records: list[dict[str, Any]], tokenizer, batch_size: int, max_l
     batch_index = start_batch
     while True:
         chosen = [texts[i] for i in _batch_indices(len(texts), batch_size, batch_index, seed)]
-        padding_side, tokenizer.padding_side = tokenizer.padding_side, "right"
-        try:
+        with padding_side(tokenizer, "right"):
             encoded = tokenizer(chosen, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-        finally:
-            tokenizer.padding_side = padding_side
         labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
         yield {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
         batch_index += 1

@@ -76,17 +76,17 @@ def fill_auto(ds_config: dict[str, Any], *, micro_batch_size: int, max_grad_norm
         "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
     }
 
-    def resolve(node: Any, prefix: str) -> Any:
+    def filled(node: Any, prefix: str) -> Any:
         if isinstance(node, dict):
-            return {key: resolve(value, f"{prefix}{key}") if not isinstance(value, dict)
-                    else resolve(value, f"{prefix}{key}.") for key, value in node.items()}
+            return {key: filled(value, f"{prefix}{key}") if not isinstance(value, dict)
+                    else filled(value, f"{prefix}{key}.") for key, value in node.items()}
         if node == "auto":
             if prefix not in automatic:
                 raise ConfigError(f"{source}: '{prefix}' is \"auto\", which PPO cannot resolve; give a value")
             return automatic[prefix]
         return node
 
-    return resolve(ds_config, "")
+    return filled(ds_config, "")
 
 
 def zero_stage(engine) -> int:
@@ -126,7 +126,7 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     """Load the four models from `paths` (keys actor, critic, reference, reward) and wrap each in its engine."""
     from rlhf.adaptation import apply_adaptation, load_adapted, parameter_summary
     from rlhf.ppo.critic import TokenValueModel
-    from rlhf.reward import load_reward_model
+    from rlhf.rm.model import load_reward_model
 
     remote = config.trust_remote_code
     actor_model = apply_adaptation(load_adapted(paths["actor"], task="causal_lm", trust_remote_code=remote),

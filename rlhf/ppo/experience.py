@@ -16,11 +16,12 @@ from typing import Any, Sequence
 
 import torch
 
-from rlhf import losses
-from rlhf.data.formatting import prompt_text, reward_input_ids
+from rlhf.ppo.rewards import (RunningMoments, gae_advantages, kl_penalized_rewards, masked_whiten,
+                              response_mask_after_eos, score_with_eos_penalty)
+from rlhf.data.formatting import encode_prompts, reward_input_ids
 from rlhf.ppo.engines import PPOEngines, zero_stage
 from rlhf.ppo.logprobs import SamplingSettings, position_ids_from_mask, sampling_logprobs
-from rlhf.rollout import Rollout
+from rlhf.ppo.rollout import Rollout
 
 
 @dataclasses.dataclass
@@ -31,14 +32,8 @@ class PromptBatch:
 
 
 def tokenize_prompts(tokenizer, prompts: Sequence[Any]) -> PromptBatch:
-    """Left-padded prompt tokens, as `generate` wants them; a chat template already holds the BOS token."""
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        texts = [prompt_text(tokenizer, prompt) for prompt in prompts]
-        encoded = tokenizer(texts, return_tensors="pt", padding=True,
-                            add_special_tokens=not isinstance(prompts[0], list))
-    finally:
-        tokenizer.padding_side = padding_side
+    """Left-padded prompt tokens, as `generate` wants them."""
+    encoded = encode_prompts(tokenizer, prompts)
     return PromptBatch(list(prompts), encoded["input_ids"], encoded["attention_mask"])
 
 
@@ -84,32 +79,22 @@ def gathered_for_generation(engine):
     """
     import deepspeed
 
-    module = engine.module
-    parameters = list(module.parameters())
-    offload = getattr(engine.optimizer, "parameter_offload", None) or getattr(engine, "parameter_offload", None)
-    can_unhook = all(hasattr(offload, name) for name in ("_remove_module_hooks", "setup_zero_stage3_hooks"))
+    from rlhf import _compat
+
+    parameters = list(engine.module.parameters())
+    offload = _compat.zero3_offload_of(engine)
+    unhooked = _compat.zero3_hooks_removed(offload) if _compat.can_remove_zero3_hooks(offload) \
+        else contextlib.nullcontext()
     with deepspeed.zero.GatheredParameters(parameters, modifier_rank=None):
         persistent = [getattr(p, "ds_persist", False) for p in parameters]
         for parameter in parameters:
             parameter.ds_persist = True
-        if can_unhook:
-            offload._remove_module_hooks()
         try:
-            yield
+            with unhooked:
+                yield
         finally:
-            if can_unhook:
-                _restore_zero3_hooks(offload)
             for parameter, flag in zip(parameters, persistent):
                 parameter.ds_persist = flag
-
-
-def _restore_zero3_hooks(offload) -> None:
-    from deepspeed.runtime.zero import parameter_offload
-
-    depth = len(parameter_offload.FWD_MODULE_STACK)
-    offload.setup_zero_stage3_hooks()
-    # Setting the hooks up again pushes the module on DeepSpeed's forward stack a second time; keep it level.
-    del parameter_offload.FWD_MODULE_STACK[depth:]
 
 
 def choose_zero3_generation(setting: str, actor) -> str:
@@ -152,7 +137,7 @@ def _on(device, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, tokenizer,
           settings: SamplingSettings, reward_max_length: int) -> Rollout:
     """A Rollout holding everything measured at sampling time (rewards and advantages still None)."""
-    response_mask = losses.response_mask_after_eos(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    response_mask = response_mask_after_eos(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
     inputs = sequence_inputs(batch.query_ids, batch.query_mask, response_ids, response_mask)
     query_length = batch.query_ids.shape[1]
     labels = response_ids.to(engines.actor.device)
@@ -185,7 +170,7 @@ def reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_i
     With the policy's tokenizer the generated ids are used as they are; with another one the response is decoded
     and re-tokenized for the reward model (`reward_input_ids`, as in the RM stage).
     """
-    from rlhf.reward import pad_right, raw_scores
+    from rlhf.rm.model import pad_right, raw_scores
 
     reward_tokenizer = engines.reward_tokenizer
     sequences = []
@@ -232,22 +217,22 @@ class RewardShaping:
 
 
 def with_advantages(rollout: Rollout, shaping: RewardShaping, eos_token_id: int,
-                    moments: losses.RunningMoments | None) -> tuple[Rollout, torch.Tensor]:
+                    moments: RunningMoments | None) -> tuple[Rollout, torch.Tensor]:
     """The rollout with rewards, whitened advantages and returns; and the per-token KL (B, T).
 
     Scores: minus the missing-EOS penalty, normalised by the running moments of all scores so far (when
     `moments` is given), then clipped to ±score_clip. Then r_t = -β·KL_t + [t = last]·score, GAE, whitening.
     """
-    scores = losses.score_with_eos_penalty(rollout.scores, rollout.response_ids, eos_token_id,
+    scores = score_with_eos_penalty(rollout.scores, rollout.response_ids, eos_token_id,
                                            shaping.missing_eos_penalty)
     if moments is not None:
         moments.update(scores)
         scores = moments.normalize(scores)
     if shaping.score_clip > 0:
         scores = scores.clamp(-shaping.score_clip, shaping.score_clip)
-    rewards, kl = losses.kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask,
+    rewards, kl = kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask,
                                               shaping.kl_coef, shaping.kl_estimator)
-    advantages, returns = losses.gae_advantages(rollout.values, rewards, rollout.response_mask,
+    advantages, returns = gae_advantages(rollout.values, rewards, rollout.response_mask,
                                                 shaping.gamma, shaping.lam)
-    advantages = losses.masked_whiten(advantages, rollout.response_mask)
+    advantages = masked_whiten(advantages, rollout.response_mask)
     return dataclasses.replace(rollout, rewards=rewards, advantages=advantages, returns=returns), kl

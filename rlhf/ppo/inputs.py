@@ -21,6 +21,13 @@ class PPOInputs:
     seed: int
     rollout_batch_size: int
 
+    def lineage(self, config) -> dict[str, Any]:
+        """Where the trained policy came from, for its registry entry: base model, parents, data files."""
+        actor, reward = self.entries["actor"], self.entries["reward"]
+        return {"base_model": (actor.base_model if actor else "") or self.paths["actor"],
+                "parents": list(dict.fromkeys(e.reference for e in (actor, reward) if e is not None)),
+                "data_files": [config.prompts_file] + ([config.ptx_file] if config.ptx_coef else [])}
+
     def prompts_for_step(self, step: int) -> list[Any]:
         from rlhf.ppo.data import prompts_for_step
 
@@ -28,9 +35,10 @@ class PPOInputs:
                                 distributed.global_rank(), self.seed)
 
 
-def resolve(config) -> PPOInputs:
+def read_inputs(config) -> PPOInputs:
+    """The four models by reference, the policy's tokenizer, and the prompts, checked before anything loads."""
     from rlhf.models import load_tokenizer
-    from rlhf.sampling import load_prompts
+    from rlhf.data.prompts import check_prompt_lengths, load_prompts
 
     registry = Registry(config.registry_dir or None)
     references = {"actor": config.model_name_or_path, "critic": config.critic_model,
@@ -43,22 +51,12 @@ def resolve(config) -> PPOInputs:
             raise ConfigError(f"{role} model: {error}") from None
     tokenizer = load_tokenizer(paths["actor"], trust_remote_code=config.trust_remote_code)
     prompts = load_prompts(config.prompts_file)
-    check_prompt_lengths(prompts, tokenizer, config.max_prompt_length, config.prompts_file)
     eval_prompts = load_prompts(config.eval_prompts_file)[:config.eval_prompts] if config.eval_prompts_file else []
-    check_prompt_lengths(eval_prompts, tokenizer, config.max_prompt_length, config.eval_prompts_file)
+    for checked, path in ((prompts, config.prompts_file), (eval_prompts, config.eval_prompts_file)):
+        check_prompt_lengths(checked, tokenizer, path, max_tokens=config.max_prompt_length,
+                             setting="max_prompt_length")
     return PPOInputs(paths, entries, registry, tokenizer, prompts, eval_prompts, config.seed,
                      config.rollout_batch_size)
-
-
-def check_prompt_lengths(prompts: list[Any], tokenizer, max_length: int, path: str) -> None:
-    from rlhf.data.formatting import prompt_text
-
-    for number, prompt in enumerate(prompts, start=1):
-        length = len(tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=not isinstance(prompt, list))
-                     ["input_ids"])
-        if length > max_length:
-            raise DataError(f"prompt is {length} tokens, over max_prompt_length {max_length}",
-                            file=path, record=number, field="prompt")
 
 
 def ptx_iterator(config, tokenizer, start_batch: int) -> Iterator | None:
@@ -66,7 +64,7 @@ def ptx_iterator(config, tokenizer, start_batch: int) -> Iterator | None:
     if not config.ptx_coef:
         return None
     from rlhf.data.records import read_records
-    from rlhf.data.sft import load_demonstrations
+    from rlhf.data.demonstrations import load_demonstrations
     from rlhf.ppo.data import ptx_batches
 
     first = next(iter(read_records(config.ptx_file)))

@@ -11,10 +11,11 @@ from typing import Iterator
 
 import torch
 
-from rlhf import losses
+from rlhf.ppo import losses
+from rlhf.ppo.rewards import masked_mean
 from rlhf.ppo.experience import response_logits, sequence_inputs
 from rlhf.ppo.logprobs import SamplingSettings, sampling_entropy, sampling_logprobs
-from rlhf.rollout import PPOStats, Rollout
+from rlhf.ppo.rollout import PPOStats, Rollout
 
 
 @dataclass
@@ -74,8 +75,8 @@ def train_minibatch(actor, critic, minibatch: Rollout, settings: UpdateSettings,
     policy_loss, clip_fraction, approx_kl = losses.ppo_policy_loss(
         logprobs, minibatch.logprobs.to(device), minibatch.advantages.to(device), mask.to(device), settings.cliprange)
     with torch.no_grad():
-        entropy = losses.masked_mean(sampling_entropy(logits.detach(), settings.sampling), mask.to(device))
-        ratio = losses.masked_mean(torch.exp(logprobs.detach() - minibatch.logprobs.to(device)), mask.to(device))
+        entropy = masked_mean(sampling_entropy(logits.detach(), settings.sampling), mask.to(device))
+        ratio = masked_mean(torch.exp(logprobs.detach() - minibatch.logprobs.to(device)), mask.to(device))
     del logits
     ptx_loss = torch.zeros((), device=device)
     if ptx_batch is not None:

@@ -11,30 +11,9 @@ methods beyond peft's, gold-score evaluation before and after, and registration 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 
-from trl import SFTConfig
-
-from rlhf.adaptation.config import AdaptationConfig
-from rlhf.config import CommonArguments
 from rlhf.errors import ConfigError, exits_cleanly
-
-
-@dataclass
-class SFTStageConfig(CommonArguments, AdaptationConfig, SFTConfig):
-    """Stage 1's config: our fields, the adaptation fields, and every field of TRL's SFTConfig.
-
-    Instruction modeling (Shi et al. 2024: the loss on the prompt too) is `completion_only_loss: false`;
-    sequence packing is `packing: true`.
-    """
-
-    train_file: str = field(default="", metadata={"help": "Demonstrations: JSONL/JSON/CSV or a `datasets` directory."})
-    eval_file: str = field(default="", metadata={"help": "Held-out demonstrations, same format. Empty: no evaluation."})
-    gold_scorer: str = field(default="", metadata={"help": "Name of a gold scorer ('demo') to grade greedy "
-                                                             "responses to held-out prompts before and after."})
-    gold_eval_prompts: int = field(default=100, metadata={"help": "How many held-out prompts the gold scorer grades."})
-    gold_max_new_tokens: int = field(default=32, metadata={"help": "Length cap of those responses, in tokens."})
-    output_dir: str = field(default="runs/sft", metadata={"help": "Checkpoints, metrics and the resolved config."})
+from rlhf.sft.config import SFTStageConfig
 
 
 def run(config: SFTStageConfig):
@@ -42,9 +21,10 @@ def run(config: SFTStageConfig):
     import datasets
     from trl import SFTTrainer
 
-    from rlhf.data.packing import keep_packed_rows
-    from rlhf.data.sft import check_prompt_lengths, load_demonstrations
-    from rlhf.stages import common
+    from rlhf.data.demonstrations import load_demonstrations
+    from rlhf.data.prompts import check_prompt_lengths, room_for_a_completion
+    from rlhf.sft.packing import keep_packed_rows
+    from rlhf.stages import epilogue, prologue
 
     # 1. Inputs: the model by reference, the demonstrations checked before any training starts.
     if config.adaptation_method == "prefix_tuning":
@@ -52,20 +32,22 @@ def run(config: SFTStageConfig):
         # prefix keys and values that peft injects; the run would fail at its first step.
         raise ConfigError("adaptation_method prefix_tuning does not work with TRL's SFTTrainer; "
                           "use prompt_tuning (learned input embeddings) or lora instead")
-    inputs = common.resolve_inputs(config)
+    inputs = prologue.resolve_inputs(config)
     tokenizer = inputs.tokenizer
+    max_prompt_tokens, setting = room_for_a_completion(config.max_length)
     train_records = load_demonstrations(config.train_file)
-    check_prompt_lengths(train_records, tokenizer, config.max_length, config.train_file)
     eval_records = load_demonstrations(config.eval_file) if config.eval_file else []
-    check_prompt_lengths(eval_records, tokenizer, config.max_length, config.eval_file)
+    for records, path in ((train_records, config.train_file), (eval_records, config.eval_file)):
+        check_prompt_lengths([r["prompt"] for r in records], tokenizer, path, max_tokens=max_prompt_tokens,
+                             setting=setting)
 
     # 2. The model, adapted so that only the chosen parameters train.
-    model = common.load_trainable(inputs, config, task="causal_lm")
-    metrics = common.parameter_counts(model)
+    model = prologue.load_trainable(inputs, config, task="causal_lm")
+    metrics = prologue.parameter_counts(model)
 
     # 3. Gold score of the starting policy on held-out prompts (the demo's stand-in for people).
     gold_prompts = [r["prompt"] for r in eval_records[:config.gold_eval_prompts]]
-    metrics.update(common.gold_metrics_of_start(model, inputs, gold_prompts, config))
+    metrics.update(prologue.gold_metrics_of_start(model, inputs, gold_prompts, config))
 
     # 4. Train with TRL's SFTTrainer; held-out loss before (at step 0) and after.
     config.eval_on_start = bool(eval_records)
@@ -75,8 +57,8 @@ def run(config: SFTStageConfig):
         eval_dataset=datasets.Dataset.from_list(eval_records) if eval_records else None,
     )
     keep_packed_rows(trainer)  # without flash attention, a flattened packed batch costs (batch x length)^2
-    result = trainer.train(resume_from_checkpoint=common.resume_argument(config))
-    before = common.first_evaluation(trainer)
+    result = trainer.train(resume_from_checkpoint=prologue.resume_argument(config))
+    before = epilogue.metrics_before_training(trainer)
     if "eval_loss" in before:
         metrics["eval_loss_before"] = before["eval_loss"]
     metrics["train_loss"] = result.training_loss
@@ -85,13 +67,13 @@ def run(config: SFTStageConfig):
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
 
     # 5. Save in Hugging Face format, grade the saved policy, register it.
-    return common.save_and_register(trainer, config, inputs, metrics, stage="sft",
-                                    data_files=[config.train_file], gold_prompts=gold_prompts)
+    return epilogue.save_and_register(trainer, config, inputs, metrics, stage="sft",
+                                      data_files=[config.train_file], gold_prompts=gold_prompts)
 
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
-    from rlhf.stages.common import run_from_command_line
+    from rlhf.stages.prologue import run_from_command_line
 
     run_from_command_line(SFTStageConfig, run, argv)
 

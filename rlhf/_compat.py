@@ -1,0 +1,115 @@
+"""Every use of another library's private API, in one place (checked on the versions in constraints.txt).
+
+A version bump that drops one of these fails tests/test_compat.py by name, instead of breaking a stage at run
+time. Each function says what it reaches into and why no public API does the job.
+
+| what                                              | library      | checked on |
+|---------------------------------------------------|--------------|------------|
+| `ArgumentParser._actions`                         | argparse     | Python 3.10 to 3.13 |
+| `integrations.deepspeed._hf_deepspeed_config_weak_ref` | transformers | 5.23.0 |
+| `PretrainedConfig._attn_implementation`           | transformers | 5.23.0 |
+| `Trainer._prepare_inputs`                         | transformers | 5.23.0 |
+| `PartialState._prepare_backend`                   | accelerate   | 1.15.0 |
+| `DeepSpeedZeRoOffload._remove_module_hooks`, `parameter_offload.FWD_MODULE_STACK` | deepspeed | 0.19.8 |
+| `SFTTrainer.padding_free` (set in `__init__`, undocumented) | trl  | 1.16.0 |
+
+Imports nothing heavy at module level: each function imports its library when called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+
+def parser_actions(parser) -> list:
+    """argparse keeps its actions in a private list; HfArgumentParser gives no other way to retype one."""
+    return parser._actions
+
+
+@contextlib.contextmanager
+def zero3_init_disabled() -> Iterator[None]:
+    """Load models whole on this rank alone, even while a ZeRO-3 run has `from_pretrained` load partitions.
+
+    transformers decides through a module-level weak reference to the Trainer's DeepSpeed config; there is no
+    public switch to turn partitioned loading off for one load.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def attention_implementation(model_config) -> str | None:
+    """The attention a loaded model runs ('sdpa', 'eager', 'flash_attention_2', ...); transformers keeps it private."""
+    return getattr(model_config, "_attn_implementation", None)
+
+
+def prepare_trainer_inputs(trainer, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Move a batch to the Trainer's device as its own steps do; an overridden `prediction_step` has to call it."""
+    return trainer._prepare_inputs(inputs)
+
+
+def sft_trainer_is_padding_free(trainer) -> bool:
+    """Whether TRL's SFTTrainer flattens each batch into one row (its packing), an attribute it does not document."""
+    return bool(getattr(trainer, "padding_free", False))
+
+
+def let_accelerate_see_cpu_ranks() -> None:
+    """Make the Trainer count every rank when the `deepspeed` launcher runs it on CPUs.
+
+    accelerate picks a process-group backend only for accelerators or an explicit CPU run; under the
+    `deepspeed` launcher with no GPU it picks none and reports a world of one process, so DeepSpeed's
+    batch-size check fails (16 != 16 * 1 * 2) and every rank would see the whole data set. Asking its private
+    `_prepare_backend` for the CPU backend (gloo) keeps everything else DeepSpeed's. Harmless where a GPU is.
+    """
+    if "LOCAL_RANK" not in os.environ:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    from accelerate.state import PartialState
+
+    original = PartialState._prepare_backend
+    if getattr(original, "counts_cpu_ranks", False):
+        return
+
+    def prepare_backend(self, cpu: bool = False, sagemaker_dp: bool = False, backend: str | None = None):
+        return original(self, True, sagemaker_dp, backend)
+
+    prepare_backend.counts_cpu_ranks = True
+    PartialState._prepare_backend = prepare_backend
+
+
+def zero3_offload_of(engine):
+    """The ZeRO-3 parameter coordinator of a DeepSpeed engine (where its module hooks live), or None."""
+    return getattr(engine.optimizer, "parameter_offload", None) or getattr(engine, "parameter_offload", None)
+
+
+def can_remove_zero3_hooks(offload) -> bool:
+    return all(hasattr(offload, name) for name in ("_remove_module_hooks", "setup_zero_stage3_hooks"))
+
+
+@contextlib.contextmanager
+def zero3_hooks_removed(offload) -> Iterator[None]:
+    """ZeRO-3's module hooks taken off for the block and put back after.
+
+    DeepSpeed has no public way to run a gathered module without its hooks (DeepSpeed-Chat's hybrid engine
+    does the same from inside DeepSpeed). Putting them back pushes the module on DeepSpeed's forward stack a
+    second time, so the stack is kept level.
+    """
+    from deepspeed.runtime.zero import parameter_offload
+
+    offload._remove_module_hooks()
+    try:
+        yield
+    finally:
+        depth = len(parameter_offload.FWD_MODULE_STACK)
+        offload.setup_zero_stage3_hooks()
+        del parameter_offload.FWD_MODULE_STACK[depth:]

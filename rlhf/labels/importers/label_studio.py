@@ -1,0 +1,221 @@
+"""Label Studio exports (JSON, JSON-MIN, CSV) with <Pairwise> or <Ranker> results -> rankings.
+
+The shapes, as Label Studio writes them (label-studio-sdk converter; editor tags Pairwise.js and Ranker.js):
+- JSON: a list of tasks {"id", "data", "annotations": [{"id", "completed_by", "result", "was_cancelled"}],
+  "drafts", "predictions"}. Old exports say "completions" for annotations. `completed_by` is a user id, or a
+  {"id", "email", ...} object in newer versions. Predictions are a model's, not a person's: not imported.
+- JSON-MIN: one flat object per (task, annotation): the task data, "id", one key per control tag holding the
+  list of its result values ("comparison": [{"selected": "left"}]), "annotator", "annotation_id", timestamps.
+  Label Studio has already dropped cancelled annotations here; unannotated tasks come with no result key.
+- CSV: the JSON-MIN columns in sorted order, lists and objects (results and list data) as JSON strings.
+- <Pairwise>: value {"selected": "left" | "right"}. Its to_name is the tag's own name, not the two texts, so the
+  texts are found in the task data: answer1/answer2 ("Human preference collection for RLHF" template),
+  text1/text2 ("Pairwise Classification"), or the `pair_fields` option.
+- <Ranker> over a <List> of {"id", "title", "body"} items: value {"ranker": {"<ranker name>": [ids, best first]}};
+  older versions wrote the bare list {"ranker": [ids]}. With <Bucket>s the object maps bucket names to ids and
+  "_" holds items left in the list: buckets become tie groups, best first in the order written (or
+  `bucket_order`), and items left in "_" were not judged. Submitting an untouched ranker stores the shown order:
+  kept, but flagged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from rlhf.labels.importers.base import (Imported, RecordsRead, Skipped, build, invalid, option_list,
+                                      source_records, unparsable)
+from rlhf.errors import DataError
+
+UNTOUCHED = "untouched ranker: result equals the shown order"
+KNOWN_PAIR_FIELDS = (("answer1", "answer2"), ("text1", "text2"), ("response1", "response2"))
+_MIN_EXPORT_KEYS = {"id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time", "agreement",
+                    "history", "was_cancelled"}
+
+
+@dataclass(frozen=True)
+class _Options:
+    prompt_field: str
+    pair_fields: list[str] | None
+    list_field: str | None
+    bucket_order: list[str] | None
+
+
+def read_label_studio(paths: Sequence[str], *, prompt_field: str = "prompt", pair_fields=None,
+                      list_field: str | None = None, bucket_order=None) -> Iterator:
+    """Yield RecordsRead, Imported and Skipped events for Label Studio export files.
+
+    prompt_field: the task data key that holds the prompt. pair_fields: "left,right" data keys a Pairwise
+    compared (found automatically for the stock templates). list_field: the data key of the List items (found
+    automatically). bucket_order: "best,ok,bad" bucket names, best first (default: the order in the result).
+    """
+    options = _Options(prompt_field, option_list(pair_fields), list_field, option_list(bucket_order))
+    if options.pair_fields is not None and len(options.pair_fields) != 2:
+        raise DataError("pair_fields must name two task data keys: left,right")
+    for path in map(str, paths):
+        records = list(source_records(path, "a Label Studio export", _problem_with))
+        yield RecordsRead(path, len(records))
+        from_csv = path.lower().endswith((".csv", ".tsv"))
+        for raw in records:
+            if raw.error:
+                yield unparsable(path, raw)
+            elif "data" in raw.value and ("annotations" in raw.value or "completions" in raw.value):
+                yield from _full_task(path, raw.number, raw.value, options)
+            else:
+                yield from _flat_row(path, raw.number, raw.value, options, from_csv)
+
+
+def _problem_with(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return "records are not JSON objects"
+    if "data" in record and ("annotations" in record or "completions" in record):
+        return None
+    if "annotation_id" in record:
+        return None
+    return "records have neither 'data' and 'annotations' (JSON export) nor 'annotation_id' (JSON-MIN, CSV)"
+
+
+def _full_task(path: str, number: int, task: dict, options: _Options) -> Iterator[Imported | Skipped]:
+    data = task.get("data")
+    if not isinstance(data, dict):
+        yield invalid(path, number, "task has no 'data' object", task)
+        return
+    annotations = task.get("annotations") or task.get("completions") or []
+    drafts = task.get("drafts") or []
+    for draft in drafts:
+        yield Skipped(path, number, "draft, never submitted", raw={"task": task.get("id"), "draft": draft})
+    if not annotations and not drafts:
+        yield Skipped(path, number, "task not annotated", raw={"task": task.get("id")})
+    for annotation in annotations:
+        where = {"task": task.get("id"), "annotation": annotation}
+        if annotation.get("was_cancelled") or annotation.get("skipped"):
+            yield Skipped(path, number, "cancelled (skipped) annotation", raw=where)
+            continue
+        results = [{"from_name": r.get("from_name"), "type": r.get("type"), "value": r.get("value") or {}}
+                   for r in annotation.get("result") or [] if isinstance(r, dict)]
+        yield from _judgements(path, number, data, results, _annotator(annotation.get("completed_by")),
+                               f"{task.get('id')}:{annotation.get('id')}", where, options)
+
+
+def _flat_row(path: str, number: int, row: dict, options: _Options, from_csv: bool) -> Iterator:
+    data, results = {}, []
+    for key, value in row.items():
+        if key in _MIN_EXPORT_KEYS:
+            continue
+        if from_csv and isinstance(value, str) and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        if _is_result_list(value):
+            results.extend({"from_name": key, "type": None, "value": item} for item in value)
+        else:
+            data[key] = value
+    if row.get("annotation_id") in (None, "") and not results:
+        yield Skipped(path, number, "task not annotated", raw={"task": row.get("id")})
+        return
+    annotator = row.get("annotator")
+    annotator = str(annotator) if annotator not in (None, "") else None
+    yield from _judgements(path, number, data, results, annotator, f"{row.get('id')}:{row.get('annotation_id')}",
+                           row, options)
+
+
+def _is_result_list(value) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(item, dict) and ("selected" in item or "ranker" in item) for item in value))
+
+
+def _annotator(completed_by) -> str | None:
+    if isinstance(completed_by, dict):
+        completed_by = completed_by.get("email") or completed_by.get("id")
+    return None if completed_by in (None, "") else str(completed_by)
+
+
+def _judgements(path, number, data, results, annotator, ranking_id, raw, options) -> Iterator:
+    relevant = [r for r in results if _kind(r) is not None]
+    if not results:
+        yield Skipped(path, number, "empty result (submitted without a choice)", raw=raw)
+    elif not relevant:
+        yield Skipped(path, number, "no Pairwise or Ranker result", raw=raw)
+    for result in relevant:
+        name = ranking_id if len(relevant) == 1 else f"{ranking_id}:{result['from_name']}"
+        try:
+            if options.prompt_field not in data:
+                raise DataError(f"task data has no '{options.prompt_field}' (set the prompt_field option)")
+            prompt = data[options.prompt_field]
+            if _kind(result) == "pairwise":
+                yield _from_pairwise(path, number, raw, result["value"], data, prompt, name, annotator, options)
+            else:
+                yield _from_ranker(path, number, raw, result, data, prompt, name, annotator, options)
+        except DataError as error:
+            yield invalid(path, number, error, raw)
+
+
+def _kind(result: dict) -> str | None:
+    value = result["value"] if isinstance(result.get("value"), dict) else {}
+    if result.get("type") == "pairwise" or "selected" in value:
+        return "pairwise"
+    if result.get("type") == "ranker" or "ranker" in value:
+        return "ranker"
+    return None
+
+
+def _from_pairwise(path, number, raw, value, data, prompt, ranking_id, annotator, options):
+    selected = value.get("selected")
+    if selected not in ("left", "right"):
+        return Skipped(path, number, "pairwise with nothing selected", raw=raw)
+    left, right = options.pair_fields or _known_pair_fields(data)
+    completions = (data.get(left), data.get(right))
+    return build(path, number, raw, id=ranking_id, prompt=prompt, completions=completions,
+                 ranks=(1, 2) if selected == "left" else (2, 1), annotator=annotator)
+
+
+def _known_pair_fields(data: dict) -> tuple[str, str]:
+    for pair in KNOWN_PAIR_FIELDS:
+        if all(key in data for key in pair):
+            return pair
+    raise DataError("cannot tell which task fields the Pairwise compared (set pair_fields=left,right)")
+
+
+def _from_ranker(path, number, raw, result, data, prompt, ranking_id, annotator, options):
+    ranked = result["value"].get("ranker")
+    item_ids, texts = _list_items(data, options.list_field)
+    flags = ()
+    if isinstance(ranked, dict) and set(ranked) == {result["from_name"]}:
+        ranked = ranked[result["from_name"]]  # rank mode: {"<ranker name>": [ids]}
+    if isinstance(ranked, list):
+        groups = [[item] for item in ranked]
+        if [str(item) for item in ranked] == item_ids:
+            flags = (UNTOUCHED,)
+    elif isinstance(ranked, dict):
+        names = options.bucket_order or [name for name in ranked if name != "_"]
+        groups = [ranked.get(name) or [] for name in names]
+    else:
+        raise DataError("ranker value is neither a list of ids nor an object of buckets")
+    completions, ranks = [], []
+    for place, group in enumerate([group for group in groups if group], start=1):
+        for item in group:
+            if str(item) not in texts:
+                raise DataError("ranker names an item that is not in the task's list")
+            completions.append(texts[str(item)])
+            ranks.append(place)
+    return build(path, number, raw, flags, id=ranking_id, prompt=prompt, completions=completions, ranks=ranks,
+                 annotator=annotator)
+
+
+def _list_items(data: dict, list_field: str | None) -> tuple[list[str], dict[str, Any]]:
+    """The List's item ids in shown order and their texts ("body", as the LLM Ranker template has it)."""
+    if list_field is not None:
+        items = data.get(list_field)
+    else:
+        items = next((value for value in data.values() if isinstance(value, list) and value
+                      and all(isinstance(item, dict) and "id" in item for item in value)), None)
+    if not isinstance(items, list):
+        raise DataError("task data has no list of {id, body} items for the Ranker (set the list_field option)")
+    ids, texts = [], {}
+    for item in items:
+        text = item.get("body", item.get("text")) if isinstance(item, dict) else None
+        ids.append(str(item.get("id")) if isinstance(item, dict) else "")
+        texts[ids[-1]] = text
+    return ids, texts

@@ -1,0 +1,83 @@
+"""openbmb/UltraFeedback rows -> rankings of each instruction's completions by rating.
+
+A row is {"source", "instruction", "models", "completions": [{"model", "principle", "response", "annotations":
+{"instruction_following", "honesty", "truthfulness", "helpfulness"}, "critique", "overall_score",
+"fine-grained_score"}], "correct_answers", "incorrect_answers"}. Each aspect holds {"Rating": "4", "Rationale":
+...} (truthfulness and helpfulness add "Type" and "Rationale For Rating"); the raw annotation output holds a list of
+such objects per aspect instead. Ratings are strings, and "N/A" where GPT-4 gave none. `overall_score` is the
+critique's 1-10 score, which the authors re-scored in Dec 2023 after a bug (their issue #8) turned 1s into 10s.
+
+score="mean_aspects" (default): the mean of the aspect ratings present, as ultrafeedback_binarized moved to after
+that bug; "overall_score" or "fine-grained_score": that field; an aspect name: that aspect's rating. Higher is
+better; equal scores tie. A completion with no usable score is left out of its ranking (counted and flagged).
+The ratings come from GPT-4, not people: there is no annotator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+from rlhf.labels.importers.base import Skipped, build, each_record
+from rlhf.data.rankings import ranks_from_scores
+from rlhf.errors import DataError
+
+ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
+UNRATED = "completion without a usable rating left out"
+
+
+def read_ultrafeedback(paths: Sequence[str], *, score: str = "mean_aspects") -> Iterator:
+    """Yield RecordsRead, Imported and Skipped events for UltraFeedback files (JSONL, JSON, parquet, `datasets`)."""
+    if score not in ("mean_aspects", "overall_score", "fine-grained_score") + ASPECTS:
+        raise DataError(f"unknown score {score!r}: use mean_aspects, overall_score, fine-grained_score or an aspect")
+    return each_record(paths, "an UltraFeedback file", _problem_with,
+                       lambda path, number, row: _row(path, number, row, score))
+
+
+def _problem_with(record: Any) -> str | None:
+    if not isinstance(record, dict) or "instruction" not in record or not isinstance(record.get("completions"), list):
+        return "records lack 'instruction' and a 'completions' list"
+    return None
+
+
+def rating(value) -> float | None:
+    """"4" -> 4.0, 4 -> 4.0, "N/A" / "" / None -> None; a list of per-pass ratings -> their mean."""
+    if isinstance(value, list):
+        ratings = [r for r in (rating(item) for item in value) if r is not None]
+        return sum(ratings) / len(ratings) if ratings else None
+    if isinstance(value, dict):
+        return rating(value.get("Rating"))
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN
+
+
+def completion_score(completion: dict, score: str) -> float | None:
+    annotations = completion.get("annotations") or {}
+    if score in ASPECTS:
+        return rating(annotations.get(score))
+    if score == "mean_aspects":
+        ratings = [r for r in (rating(annotations.get(aspect)) for aspect in ASPECTS) if r is not None]
+        return sum(ratings) / len(ratings) if ratings else None
+    return rating(completion.get(score))
+
+
+def _row(path: str, number: int, row: dict, score: str):
+    texts, scores = [], []
+    unrated = 0
+    for completion in row["completions"]:
+        value = completion_score(completion, score) if isinstance(completion, dict) else None
+        if value is None:
+            unrated += 1
+        else:
+            texts.append(completion.get("response"))
+            scores.append(value)
+    if len(scores) < 2:
+        return Skipped(path, number, "fewer than 2 rated completions", raw=row)
+    if len(set(scores)) < 2:
+        return Skipped(path, number, "all completions rated equal", raw=row)
+    return build(path, number, row, (UNRATED,) if unrated else (), id=f"{path.rsplit('/', 1)[-1]}:{number}",
+                 prompt=row["instruction"], completions=texts, ranks=ranks_from_scores(scores))

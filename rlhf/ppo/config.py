@@ -1,0 +1,146 @@
+"""PPOStageConfig: every setting of stage 3 (rlhf.stages.ppo), each with its default and unit.
+
+Batch sizes count sequences per process. The shared fields (model, registry, resume) come from CommonArguments,
+the actor's adaptation fields from AdaptationConfig.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlhf.adaptation.config import AdaptationConfig
+from rlhf.config import CommonArguments
+from rlhf.errors import ConfigError
+
+ACTOR_CRITIC_METHODS = ("full", "lora")
+ZERO3_GENERATION = ("auto", "gather_once", "per_step")
+
+
+
+@dataclass
+class PPOStageConfig(CommonArguments, AdaptationConfig):
+    """Stage 3's config. `adaptation_method` and the lora_* fields adapt the actor; the critic has its own
+    method and shares the LoRA settings. Batch sizes count sequences per process."""
+
+    model_name_or_path: str = field(default="sft", metadata={"help": "The actor's start: registry reference, "
+                                                                      "directory or hub id (the SFT policy)."})
+    critic_model: str = field(default="rm", metadata={"help": "The critic's start (InstructGPT: the reward model)."})
+    reference_model: str = field(default="", metadata={"help": "Frozen reference policy for the KL penalty. Empty: "
+                                                                "the actor's start (with a LoRA actor: the actor, adapter disabled)."})
+    reward_model: str = field(default="rm", metadata={"help": "Frozen reward model; its saved normalisation applies."})
+    critic_adaptation_method: str = field(default="full", metadata={"help": "Critic parameters that train: full or lora."})
+    prompts_file: str = field(default="", metadata={"help": "Training prompts: records with a 'prompt' (text or chat messages)."})
+    eval_prompts_file: str = field(default="", metadata={"help": "Held-out prompts for the final win rates. Empty: none."})
+    eval_prompts: int = field(default=100, metadata={"help": "How many held-out prompts the final comparison uses."})
+    eval_samples_per_prompt: int = field(default=1, metadata={"help": "Responses per held-out prompt and policy."})
+    eval_do_sample: bool = field(default=True, metadata={"help": "Compare policies on sampled responses (the "
+                                                                  "generation settings below, seeded) rather than greedy ones."})
+    output_dir: str = field(default="runs/ppo", metadata={"help": "Metrics, checkpoints, samples and the final model."})
+    seed: int = field(default=0, metadata={"help": "Seed of prompt order, sampling and minibatch shuffling."})
+
+    # Generation: the distribution responses are sampled from, and under which every log-probability is taken.
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (> 0)."})
+    top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens; 0: all."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass in (0, 1]; 1: off."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Response length cap, in tokens."})
+    max_prompt_length: int = field(default=256, metadata={"help": "Longer prompts are a data error (tokens)."})
+    zero3_generation: str = field(default="auto", metadata={"help": "Actor under ZeRO-3: 'gather_once' gathers its "
+                                                                     "parameters once per rollout, 'per_step' at every token (synced_gpus), 'auto' "
+                                                                     "gathers once when twice the model fits in free memory."})
+
+    # Schedule.
+    max_steps: int = field(default=100, metadata={"help": "PPO steps (rollout + update); overridden by total_episodes."})
+    total_episodes: int = field(default=0, metadata={"help": "Responses to train on in all; > 0 sets max_steps."})
+    rollout_batch_size: int = field(default=16, metadata={"help": "Prompts sampled per step, per process."})
+    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    minibatch_size: int = field(default=8, metadata={"help": "Sequences per optimiser step, per process."})
+    actor_learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the actor."})
+    critic_learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the critic."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of actor and critic."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (DeepSpeed gradient_clipping)."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Keep models in eval mode, so that log π_old and "
+                                                                  "log π agree for the same weights."})
+
+    # PPO.
+    gamma: float = field(default=1.0, metadata={"help": "Discount γ of GAE."})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ."})
+    cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip ε."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip ε_v around the rollout's values."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss (scales the critic's loss)."})
+
+    # Rewards.
+    kl_coef: float = field(default=0.05, metadata={"help": "β of the per-token KL penalty (the start, if adaptive)."})
+    adaptive_kl: bool = field(default=False, metadata={"help": "Steer β towards target_kl (Ziegler et al. 2019)."})
+    target_kl: float = field(default=6.0, metadata={"help": "Adaptive β: target KL per response, in nats."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive β: horizon, in responses."})
+    kl_estimator: str = field(default="k1", metadata={"help": "Per-token KL estimate in the reward: k1, k2, k3 or abs."})
+    score_clip: float = field(default=0.0, metadata={"help": "Clip reward-model scores to ±this; 0: off."})
+    normalize_scores: bool = field(default=False, metadata={"help": "Normalise scores by the running mean and std "
+                                                                    "of all scores so far."})
+    missing_eos_penalty: float = field(default=0.0, metadata={"help": "Subtracted from the score of a response that "
+                                                                      "ends without EOS (hit max_new_tokens)."})
+    reward_max_length: int = field(default=512, metadata={"help": "Tokens the reward model sees; the prompt's start "
+                                                                  "is cut first."})
+
+    # PPO-ptx (InstructGPT eq. 2).
+    ptx_coef: float = field(default=0.0, metadata={"help": "γ of PPO-ptx: weight of the language-modelling loss."})
+    ptx_file: str = field(default="", metadata={"help": "PPO-ptx data: demonstrations (prompt/completion) or {text}."})
+    ptx_batch_size: int = field(default=8, metadata={"help": "PPO-ptx sequences per optimiser step, per process."})
+    ptx_max_length: int = field(default=256, metadata={"help": "PPO-ptx sequence length cap, in tokens."})
+
+    # DeepSpeed: one config file per model.
+    actor_deepspeed: str = field(default="deepspeed_configs/zero2.json", metadata={"help": "Actor's DeepSpeed config."})
+    critic_deepspeed: str = field(default="deepspeed_configs/zero2.json", metadata={"help": "Critic's DeepSpeed config."})
+    reference_deepspeed: str = field(default="deepspeed_configs/zero3_inference.json",
+                                     metadata={"help": "Reference policy's DeepSpeed config."})
+    reward_deepspeed: str = field(default="deepspeed_configs/zero3_inference.json",
+                                  metadata={"help": "Reward model's DeepSpeed config."})
+
+    # Checkpoints, failures, reporting.
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint every this many steps; 0: only at SIGTERM."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (newest); 0: all."})
+    max_consecutive_nonfinite: int = field(default=3, metadata={"help": "Stop after this many non-finite losses "
+                                                                        "in a row (each one skips its update)."})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"],
+                                 metadata={"help": "Where metrics go besides ppo_metrics.jsonl: tensorboard, or none."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
+    gold_scorer: str = field(default="", metadata={"help": "Name of a gold scorer ('demo') for per-step gold scores "
+                                                             "and the gold win rate."})
+    local_rank: int = field(default=-1, metadata={"help": "Passed by the deepspeed launcher; ranks are read from "
+                                                          "the environment."})
+
+    def __post_init__(self):
+        _check(self.adaptation_method in ACTOR_CRITIC_METHODS,
+               f"adaptation_method (actor) must be one of {ACTOR_CRITIC_METHODS}, got '{self.adaptation_method}'")
+        _check(self.critic_adaptation_method in ACTOR_CRITIC_METHODS,
+               f"critic_adaptation_method must be one of {ACTOR_CRITIC_METHODS}, got '{self.critic_adaptation_method}'")
+        _check(self.zero3_generation in ZERO3_GENERATION, f"zero3_generation must be one of {ZERO3_GENERATION}")
+        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
+        _check(self.rollout_batch_size >= 1 and self.minibatch_size >= 1, "batch sizes must be >= 1")
+        _check(self.rollout_batch_size % self.minibatch_size == 0,
+               f"rollout_batch_size {self.rollout_batch_size} must be a multiple of minibatch_size {self.minibatch_size}")
+        _check(self.ppo_epochs >= 1 and self.max_new_tokens >= 1, "ppo_epochs and max_new_tokens must be >= 1")
+        _check(self.kl_estimator in ("k1", "k2", "k3", "abs"), f"kl_estimator '{self.kl_estimator}' is unknown")
+        _check(self.kl_coef >= 0, "kl_coef must be >= 0")
+        _check(not self.ptx_coef or self.ptx_file, "ptx_coef > 0 needs a ptx_file")
+        _check(self.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite must be >= 1")
+        _check(all(target in ("tensorboard", "none") for target in self.report_to),
+               f"report_to accepts tensorboard or none, got {self.report_to}")
+        _check(bool(self.prompts_file), "prompts_file is required")
+        super().__post_init__()
+
+    @property
+    def steps(self) -> int:
+        from rlhf import distributed
+
+        if self.total_episodes > 0:
+            per_step = self.rollout_batch_size * distributed.world_size()
+            return -(-self.total_episodes // per_step)
+        return self.max_steps
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,66 @@
+"""The PPO losses: the clipped policy surrogate, the clipped value loss and the PPO-ptx language-modelling loss.
+
+Pure functions of tensors, each with its formula; imports torch only. Shapes: B sequences, T response tokens,
+V vocabulary. Means are over the masked (real response) tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlhf.ppo.rewards import masked_mean
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    response_mask: torch.Tensor, clip_eps: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
+
+        ρ_t = exp(log π(a_t) - log π_old(a_t))
+        loss = mean_t max(-A_t ρ_t, -A_t clip(ρ_t, 1 - ε, 1 + ε))        (mean over all masked tokens)
+
+    Returns:
+        (loss, clip_fraction, approx_kl): clip_fraction is the share of tokens where the clipped term is the
+        larger (so its gradient is zero); approx_kl is the k3 estimate of KL(π_old || π),
+        mean_t (ρ_t - 1) - log ρ_t, on samples from π_old. Both statistics are detached.
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    loss = masked_mean(torch.maximum(unclipped, clipped), response_mask)
+    clip_fraction = masked_mean((clipped > unclipped).float(), response_mask)
+    approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, response_mask)
+    return loss, clip_fraction.detach(), approx_kl.detach()
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                   response_mask: torch.Tensor, clip_eps_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss (PPO2 baselines, as used by Ziegler et al. 2019):
+
+        V_clip = V_old + clip(V - V_old, -ε_v, ε_v)
+        loss = ½ · mean_t max((V_t - R_t)², (V_clip,t - R_t)²)              (mean over all masked tokens)
+
+    Returns (loss, clip_fraction), the latter the detached share of tokens where the clipped error is larger.
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_eps_value, clip_eps_value)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), response_mask)
+    clip_fraction = masked_mean((clipped_error > unclipped_error).float(), response_mask)
+    return loss, clip_fraction.detach()
+
+
+def sft_ptx_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token cross-entropy for PPO-ptx (InstructGPT eq. 2, the γ · E_pretrain[log π(x)] term):
+
+        loss = -1/N Σ_{t : labels[t+1] != ignore_index} log π(labels[t+1] | x_{<=t})
+
+    `logits` (B, T, V) and `labels` (B, T) are aligned as a causal LM sees them (labels = input ids, the
+    shift happens here, as in Hugging Face models). All labels ignored gives 0 with a gradient path.
+    """
+    shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+    shifted_labels = labels[:, 1:].reshape(-1)
+    total = F.cross_entropy(shifted_logits.float(), shifted_labels, ignore_index=ignore_index, reduction="sum")
+    return total / (shifted_labels != ignore_index).sum().clamp(min=1)

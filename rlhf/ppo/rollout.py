@@ -1,0 +1,79 @@
+"""Typed containers for PPO: one `Rollout` value per batch of experience, one `PPOStats` per update step.
+
+Imports torch only. Shapes: B rollouts, Q query (prompt) tokens, T response tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, NamedTuple
+
+import torch
+
+
+@dataclasses.dataclass
+class Rollout:
+    """A batch of PPO experience, row b being one prompt and the response the policy sampled for it.
+
+    The first fields come from generation and scoring; `rewards`, `advantages` and `returns` are filled in
+    afterwards (`dataclasses.replace(rollout, rewards=..., ...)`) and stay None until then.
+    """
+
+    query_ids: torch.Tensor  # (B, Q) prompt tokens, left-padded
+    query_mask: torch.Tensor  # (B, Q) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (B, T) sampled tokens, right-padded
+    response_mask: torch.Tensor  # (B, T) 1 up to and including the first EOS (rewards.response_mask_after_eos)
+    logprobs: torch.Tensor  # (B, T) log π_old(token) under the policy that sampled it
+    ref_logprobs: torch.Tensor  # (B, T) log π_ref(token) under the frozen SFT model
+    values: torch.Tensor  # (B, T) critic's V(s_t) at sampling time
+    scores: torch.Tensor  # (B,) reward-model score of each full response
+    rewards: torch.Tensor | None = None  # (B, T) per-token rewards with the KL penalty
+    advantages: torch.Tensor | None = None  # (B, T) GAE advantages (whitened or not, as the stage chooses)
+    returns: torch.Tensor | None = None  # (B, T) critic targets, advantages + values
+
+    def __post_init__(self) -> None:
+        batch_size = self.query_ids.shape[0]
+        for field in dataclasses.fields(self):
+            tensor = getattr(self, field.name)
+            if tensor is not None and tensor.shape[0] != batch_size:
+                raise ValueError(f"Rollout.{field.name} has {tensor.shape[0]} rows; query_ids has {batch_size}")
+
+    def __len__(self) -> int:
+        return self.query_ids.shape[0]
+
+    def _map(self, fn) -> Rollout:
+        """A new Rollout with `fn` applied to every tensor field (None stays None)."""
+        changes = {f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
+                   if getattr(self, f.name) is not None}
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device: torch.device | str) -> Rollout:
+        """The same rollout with every tensor on `device`."""
+        return self._map(lambda tensor: tensor.to(device))
+
+    def select(self, rows: torch.Tensor) -> Rollout:
+        """The rollout restricted to `rows` (a long index or bool mask over B)."""
+        return self._map(lambda tensor: tensor[rows.to(tensor.device)])
+
+    def minibatches(self, size: int, generator: torch.Generator | None = None) -> Iterator[Rollout]:
+        """Shuffle the rows (with `generator`, for reproducible epochs) and yield Rollouts of `size` rows;
+        the last one holds the remainder. Every row appears exactly once per call."""
+        if size < 1:
+            raise ValueError(f"minibatch size must be >= 1; got {size}")
+        order = torch.randperm(len(self), generator=generator)
+        for start in range(0, len(self), size):
+            yield self.select(order[start:start + size])
+
+
+class PPOStats(NamedTuple):
+    """What one PPO update step reports; tensors are detached scalars (means over the minibatch's tokens)."""
+
+    loss: torch.Tensor  # total loss that was back-propagated
+    policy_loss: torch.Tensor  # clipped surrogate (losses.ppo_policy_loss)
+    value_loss: torch.Tensor  # clipped value loss (losses.ppo_value_loss)
+    ptx_loss: torch.Tensor  # PPO-ptx language-modelling loss; 0 when ptx is off
+    clip_fraction: torch.Tensor  # share of tokens where the policy ratio was clipped
+    value_clip_fraction: torch.Tensor  # share of tokens where the value was clipped
+    approx_kl: torch.Tensor  # k3 estimate of KL(π_old || π)
+    entropy: torch.Tensor  # mean per-token entropy of π
+    ratio: torch.Tensor  # mean π / π_old

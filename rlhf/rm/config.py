@@ -1,0 +1,35 @@
+"""RMStageConfig: every setting of stage 2 (rlhf.stages.rm): ours, the adaptation fields and the Trainer's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from rlhf.adaptation.config import AdaptationConfig
+from rlhf.config import CommonArguments
+
+
+@dataclass
+class RMStageConfig(CommonArguments, AdaptationConfig, TrainingArguments):
+    """Stage 2's config: our fields, the adaptation fields (full, lora, bitfit, probe, ...) and the Trainer's.
+
+    `per_device_train_batch_size` counts rankings; each brings its K completions.
+    """
+
+    model_name_or_path: str = field(default="sft", metadata={"help": "Initial model: registry reference, "
+                                                                      "directory or hub id (a causal LM; a new scalar head is added)."})
+    train_file: str = field(default="", metadata={"help": "Rankings: our JSONL ({id, prompt, completions, ranks, annotator}), "
+                                                          "TRL prompt/chosen/rejected JSONL, or a `datasets` directory."})
+    eval_file: str = field(default="", metadata={"help": "Held-out rankings. Empty: hold out eval_fraction of the prompts."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Share of prompts held out when eval_file is empty."})
+    merge_annotators: bool = field(default=False, metadata={"help": "Merge rankings of the same prompt and completions "
+                                                                    "by several annotators into one (mean rank); default keeps each."})
+    max_length: int = field(default=512, metadata={"help": "Tokens per prompt + completion; longer inputs lose the start of the prompt."})
+    normalization_file: str = field(default="", metadata={"help": "prompt/completion records whose mean reward is set to 0. "
+                                                                  "Empty: the SFT parent's demonstrations, else the best completions."})
+    normalization_samples: int = field(default=512, metadata={"help": "At most this many records set the offset."})
+    gold_scorer: str = field(default="", metadata={"help": "Name of a gold scorer ('demo') to measure agreement with."})
+    output_dir: str = field(default="runs/rm", metadata={"help": "Checkpoints, metrics and the resolved config."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: batches carry ranks, not model inputs."})
+    label_names: list[str] = field(default_factory=lambda: ["ranks"], metadata={"help": "The batch key holding labels."})

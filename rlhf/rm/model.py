@@ -1,0 +1,110 @@
+"""The reward model as every stage uses it: loaded, scored in batches, on the scale fixed when it was trained.
+
+InstructGPT normalises the reward model with a bias so that the demonstrations score 0 on average
+(§C.2); that offset is saved beside the weights, in `reward_normalization.json`, and applied here,
+so every user of the model (PPO, evaluation, win rates) sees the same scale. `normalise` sets it after training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from rlhf.data.formatting import reward_input_ids
+from rlhf.data.rankings import Ranking
+from rlhf.io import atomic_write_json
+
+NORMALIZATION_FILE = "reward_normalization.json"
+
+
+@dataclass
+class RewardNormalization:
+    offset: float = 0.0  # subtracted from the raw score
+    normalized_on: str = ""  # what the mean was taken over
+    samples: int = 0
+
+    def save(self, model_dir: str | Path) -> None:
+        atomic_write_json(Path(model_dir) / NORMALIZATION_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "RewardNormalization":
+        path = Path(model_dir) / NORMALIZATION_FILE
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+
+def load_reward_model(path: str, trust_remote_code: bool = False):
+    """(model, tokenizer, normalization) for a saved reward model, frozen and in eval mode."""
+    from rlhf.adaptation import load_adapted
+    from rlhf.models import load_tokenizer
+
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    model = load_adapted(path, task="reward", trust_remote_code=trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, RewardNormalization.load(path)
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_token_id: int):
+    """(input_ids, attention_mask) tensors, right-padded: the score is read at the last real token."""
+    import torch
+
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, :len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[row, :len(sequence)] = 1
+    return input_ids, attention_mask
+
+
+def raw_scores(model, input_ids, attention_mask):
+    """The model's scalar output for each sequence, before normalisation, shape (N,)."""
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+
+
+def score_texts(model, tokenizer, prompts: Sequence[Any], completions: Sequence[str], *,
+                normalization: RewardNormalization | None = None, max_length: int = 512,
+                batch_size: int = 32) -> list[float]:
+    """Normalised reward of each (prompt, completion), scored in batches without gradients."""
+    import torch
+
+    offset = normalization.offset if normalization else 0.0
+    scores: list[float] = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            ids = [reward_input_ids(tokenizer, p, c, max_length)
+                   for p, c in zip(prompts[start:start + batch_size], completions[start:start + batch_size])]
+            input_ids, attention_mask = pad_right(ids, tokenizer.pad_token_id)
+            raw = raw_scores(model, input_ids.to(device), attention_mask.to(device))
+            scores.extend((raw.float() - offset).tolist())
+    return scores
+
+
+def normalization_records(config, inputs, train_rankings: Sequence[Ranking] = ()) -> tuple[list[dict], str]:
+    """(prompt/completion records, their source): the config's file, else the SFT parent's demonstrations."""
+    from rlhf.data.demonstrations import load_demonstrations
+
+    source = config.normalization_file
+    if not source and inputs.parent is not None:
+        parent_train_file = inputs.parent.config.get("train_file", "")
+        if parent_train_file and Path(parent_train_file).exists():
+            source = parent_train_file
+    if source:
+        records = load_demonstrations(source)
+        return records[:config.normalization_samples], source
+    best = [{"prompt": r.prompt, "completion": r.completions[r.ranks.index(min(r.ranks))]} for r in train_rankings]
+    return best[:config.normalization_samples], "best-ranked training completions"
+
+
+def normalise(model_dir: str | Path, config, inputs, train_rankings: Sequence[Ranking] = ()) -> RewardNormalization:
+    """Save the bias that makes the mean reward of the demonstrations 0 (InstructGPT §C.2)."""
+    model, tokenizer, _ = load_reward_model(str(model_dir), trust_remote_code=config.trust_remote_code)
+    records, source = normalization_records(config, inputs, train_rankings)
+    raw = score_texts(model, tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records],
+                      max_length=config.max_length)
+    normalization = RewardNormalization(offset=sum(raw) / len(raw), normalized_on=source, samples=len(raw))
+    normalization.save(model_dir)
+    return normalization

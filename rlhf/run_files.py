@@ -1,0 +1,38 @@
+"""What a stage run writes into its output_dir: one owner for the names, read back by the pipeline and the report.
+
+    resolved_config.yaml    every field's value for this run (feed it back with --config)
+    metrics.json            the final metrics, also stored in the registry entry
+    registered.json         {"reference": "sft@3", "path": ...}: the model this run registered
+    log_history.jsonl       the Trainer's log rows (SFT, RM)
+    gold_samples.json       a few graded responses (SFT with a gold scorer)
+    ppo_metrics.jsonl       one row per PPO step
+    samples.json            PPO against SFT on held-out prompts, side by side
+    final_model/            the saved model, until registration moves it into the registry
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESOLVED_CONFIG = "resolved_config.yaml"
+METRICS = "metrics.json"
+REGISTERED = "registered.json"
+LOG_HISTORY = "log_history.jsonl"
+GOLD_SAMPLES = "gold_samples.json"
+PPO_METRICS = "ppo_metrics.jsonl"
+PPO_SAMPLES = "samples.json"
+FINAL_MODEL = "final_model"
+
+
+def registered_reference(output_dir: str | Path) -> str | None:
+    """The registry reference a finished run wrote, or None when it registered nothing."""
+    path = Path(output_dir) / REGISTERED
+    return json.loads(path.read_text())["reference"] if path.is_file() else None
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSON Lines file the stages wrote; [] when it is missing."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

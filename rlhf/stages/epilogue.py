@@ -1,0 +1,112 @@
+"""What every stage does after its algorithm: save the model, write the run's files, register it.
+
+    save_final_model     every rank calls it (under ZeRO-3 the gather is a collective); rank 0 writes
+    write_and_register   rank 0: resolved_config.yaml, metrics.json, the registry entry, registered.json
+    save_and_register    the two, with the gold grading and log history of the Trainer stages (SFT, RM)
+
+The run's file names are rlhf.run_files'; the PPO stage ends through the same two functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from rlhf import distributed, run_files
+from rlhf.config import config_to_dict, write_resolved_config
+from rlhf.io import atomic_write_json, atomic_write_text
+from rlhf.registry import Entry, Registry, fingerprint_files
+
+
+def save_final_model(module, tokenizer, final_dir: Path, adaptation, *, zero3: bool, engine=None) -> None:
+    """`module` in Hugging Face format at `final_dir` (LoRA merged when configured). Every rank must call it."""
+    from rlhf.adaptation import save_adapted
+
+    gathered = contextlib.nullcontext()
+    if zero3:
+        import deepspeed
+
+        if engine is not None and hasattr(engine, "empty_partition_cache"):
+            # The last forward's prefetches can leave parameters "in flight"; settle them before gathering.
+            engine.empty_partition_cache()
+        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    with gathered:
+        if distributed.is_main_process():
+            save_adapted(module, tokenizer, final_dir, adaptation)
+    distributed.barrier()
+
+
+def write_and_register(config, registry: Registry, final_dir: Path, *, stage: str, metrics: dict[str, Any],
+                       base_model: str, parents: Iterable[str], data_files: list[str]) -> Entry:
+    """Write the run's record beside its outputs and register `final_dir` (rank 0 only)."""
+    output_dir = Path(config.output_dir)
+    write_resolved_config(config, output_dir)
+    atomic_write_json(output_dir / run_files.METRICS, metrics)
+    entry = registry.register(config.register_as or stage, stage, final_dir, base_model=base_model,
+                              parents=list(parents), data_fingerprint=fingerprint_files(data_files),
+                              config=config_to_dict(config), metrics=metrics)
+    atomic_write_json(output_dir / run_files.REGISTERED, {"reference": entry.reference, "path": entry.path})
+    return entry
+
+
+def metrics_before_training(trainer) -> dict[str, Any]:
+    """The metrics of the evaluation the Trainer ran before its first step (`eval_on_start`).
+
+    Evaluating through the Trainer before `train()` would wrap the model in an inference-only DeepSpeed
+    engine that training then cannot use; evaluating at step 0 inside `train()` measures the same thing.
+    """
+    for row in trainer.state.log_history:
+        if any(key.startswith("eval_") for key in row) and row.get("step", 0) == 0:
+            return row
+    return {}
+
+
+def save_and_register(trainer, config, inputs, metrics: dict[str, Any], *, stage: str, data_files: list[str],
+                      gold_prompts: list, task: str = "causal_lm",
+                      after_save: Callable[[Path], dict[str, Any]] | None = None) -> Entry | None:
+    """A Trainer stage's end: save the trained model, grade it, write the run's files and register it.
+
+    `after_save(saved_dir)` runs on rank 0 before registration and returns more metrics (the reward
+    model sets its normalisation there). Returns the entry on rank 0, None elsewhere.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from rlhf import _compat
+
+    final_dir = Path(config.output_dir) / run_files.FINAL_MODEL
+    save_final_model(trainer.model, inputs.tokenizer, final_dir, config, zero3=is_deepspeed_zero3_enabled(),
+                     engine=trainer.model_wrapped)
+    if not distributed.is_main_process():
+        return None
+    # From here rank 0 works alone: models it loads must be whole, not ZeRO-3 partitions that would wait
+    # for the other ranks.
+    with _compat.zero3_init_disabled():
+        metrics.update(_graded(config, inputs, final_dir, gold_prompts, task))
+        if after_save is not None:
+            metrics.update(after_save(final_dir))
+        _write_trainer_records(trainer, config, metrics)
+        return write_and_register(config, inputs.registry, final_dir, stage=stage, metrics=metrics,
+                                  base_model=(inputs.parent.base_model if inputs.parent else "") or inputs.model_path,
+                                  parents=[inputs.parent.reference] if inputs.parent else [], data_files=data_files)
+
+
+def _graded(config, inputs, final_dir: Path, gold_prompts: list, task: str) -> dict[str, Any]:
+    if not (gold_prompts and config.gold_scorer):
+        return {}
+    from rlhf.adaptation import load_adapted
+    from rlhf.evaluation import gold_metrics
+
+    saved = load_adapted(str(final_dir), task=task, trust_remote_code=config.trust_remote_code)
+    return gold_metrics(saved, inputs.tokenizer, gold_prompts, config, suffix="after")
+
+
+def _write_trainer_records(trainer, config, metrics: dict[str, Any]) -> None:
+    """gold_samples.json (taken out of the metrics) and log_history.jsonl."""
+    output_dir = Path(config.output_dir)
+    samples = {key: metrics.pop(key) for key in list(metrics) if key.startswith("gold_samples_")}
+    if samples:
+        atomic_write_json(output_dir / run_files.GOLD_SAMPLES, samples)
+    history = "".join(json.dumps(row) + "\n" for row in trainer.state.log_history)
+    atomic_write_text(output_dir / run_files.LOG_HISTORY, history)

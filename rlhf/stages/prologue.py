@@ -1,0 +1,101 @@
+"""What every stage does before its algorithm: parse its command line, resolve its inputs, load what it trains.
+
+Kept apart, with rlhf.stages.epilogue, so that each stage file reads as its algorithm and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rlhf import distributed
+from rlhf.registry import Entry, Registry, resolve_model
+
+
+def run_from_command_line(config_class: type, run: Callable[[Any], Entry | None], argv: list[str] | None) -> None:
+    """What `python -m rlhf.stages.<stage>` does: config from YAML and flags, the run, the registered entry printed."""
+    from rlhf.config import parse_config
+
+    try:
+        entry = run(parse_config(config_class, argv))
+    finally:
+        distributed.shutdown()
+    if entry is not None:
+        print(json.dumps({"registered": entry.reference, "path": entry.path, "metrics": entry.metrics}, indent=2))
+
+
+@dataclass
+class StageInputs:
+    model_path: str  # a directory, or a hub id
+    parent: Entry | None  # the registry entry the model came from, if it did
+    registry: Registry
+    tokenizer: Any
+
+
+def resolve_inputs(config) -> StageInputs:
+    """The starting model (registry reference, directory or hub id), its registry entry and its tokenizer."""
+    from rlhf.models import load_tokenizer
+
+    registry = Registry(config.registry_dir or None)
+    model_path, parent = resolve_model(config.model_name_or_path, registry)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+    return StageInputs(model_path, parent, registry, tokenizer)
+
+
+def load_trainable(inputs: StageInputs, config, task: str):
+    """The input model with the config's adaptation applied, so that only the chosen parameters train."""
+    from rlhf.adaptation import apply_adaptation, load_adapted, parameter_summary
+
+    model = load_adapted(inputs.model_path, task=task, trust_remote_code=config.trust_remote_code)
+    if task == "reward" and model.config.pad_token_id is None:
+        # The score is read at the last non-padding token, which needs to know the padding token.
+        model.config.pad_token_id = inputs.tokenizer.pad_token_id
+    model = apply_adaptation(model, config, task=task)
+    if distributed.is_main_process():
+        print(f"adaptation {config.adaptation_method}: {parameter_summary(model)}", flush=True)
+    return model
+
+
+def parameter_counts(model) -> dict[str, int]:
+    from rlhf.adaptation import count_parameters
+
+    trainable, total = count_parameters(model)
+    return {"trainable_params": trainable, "total_params": total}
+
+
+def gold_metrics_of_start(model, inputs: StageInputs, prompts: list, config) -> dict[str, Any]:
+    """The gold score of the starting policy (rank 0). Under ZeRO-3 `model` is a partition, so a whole copy is graded."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from rlhf import _compat
+    from rlhf.evaluation import gold_metrics
+
+    if not config.gold_scorer or not prompts or not distributed.is_main_process():
+        return {}
+    if not is_deepspeed_zero3_enabled():
+        return gold_metrics(model, inputs.tokenizer, prompts, config, suffix="before")
+    from rlhf.adaptation import load_adapted
+
+    # Loading and generating both inside: under ZeRO-3, generate() would otherwise wait for the other ranks.
+    with _compat.zero3_init_disabled():
+        whole = load_adapted(inputs.model_path, task="causal_lm", trust_remote_code=config.trust_remote_code)
+        return gold_metrics(whole, inputs.tokenizer, prompts, config, suffix="before")
+
+
+def resume_argument(config):
+    """The Trainer's resume_from_checkpoint: a path, the latest checkpoint in output_dir, or None.
+
+    `--resume` with no checkpoint yet is a fresh start, so that one command serves a first run and a
+    re-run after a kill.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = config.resume_from_checkpoint
+    if value not in (None, "", "false", "False", "true", "True"):
+        return value
+    if config.resume or value in ("true", "True"):
+        output_dir = Path(config.output_dir)
+        return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    return None

@@ -1,0 +1,60 @@
+"""Each private API that rlhf._compat reaches into still exists in the installed versions.
+
+A failure here names the library and the attribute: update rlhf/_compat.py (and its table) for the new version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+from rlhf import _compat
+
+
+def test_argparse_keeps_its_actions_in_a_list():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--x")
+    assert [action.dest for action in _compat.parser_actions(parser)] == ["help", "x"]
+
+
+def test_transformers_decides_zero3_loading_through_a_module_weak_reference():
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    assert hasattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref")
+    with _compat.zero3_init_disabled():
+        assert not hf_deepspeed.is_deepspeed_zero3_enabled()
+
+
+def test_transformers_configs_record_their_attention_implementation():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1)
+    config._attn_implementation = "sdpa"
+    assert _compat.attention_implementation(config) == "sdpa"
+
+
+def test_the_trainer_moves_batches_with_prepare_inputs():
+    from transformers import Trainer
+
+    assert "inputs" in inspect.signature(Trainer._prepare_inputs).parameters
+
+
+def test_trl_sft_trainer_sets_padding_free():
+    from trl import SFTTrainer
+
+    assert "self.padding_free" in inspect.getsource(SFTTrainer.__init__)
+
+
+def test_accelerate_picks_its_backend_in_prepare_backend():
+    from accelerate.state import PartialState
+
+    assert list(inspect.signature(PartialState._prepare_backend).parameters)[:4] == \
+        ["self", "cpu", "sagemaker_dp", "backend"]
+
+
+def test_deepspeed_zero3_hooks_can_be_taken_off_and_put_back():
+    from deepspeed.runtime.zero import parameter_offload
+
+    offload_class = parameter_offload.DeepSpeedZeRoOffload
+    assert _compat.can_remove_zero3_hooks(offload_class)
+    assert isinstance(parameter_offload.FWD_MODULE_STACK, list)

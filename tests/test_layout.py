@@ -1,0 +1,85 @@
+"""The layout's promises: import-light modules really are, and arrows point from stages to shared parts."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "rlhf"
+HEAVY = ("torch", "transformers", "deepspeed", "peft", "accelerate", "datasets", "trl")
+
+# Modules a data tool or a test imports without any ML library.
+NO_ML_LIBRARIES = ["rlhf", "rlhf.config", "rlhf.errors", "rlhf.io", "rlhf.registry", "rlhf.run_files", "rlhf._compat",
+                   "rlhf.distributed", "rlhf.data.records", "rlhf.data.formatting", "rlhf.data.rankings",
+                   "rlhf.data.prompts", "rlhf.data.demonstrations", "rlhf.labels", "rlhf.labels.cli",
+                   "rlhf.labels.exporters", "rlhf.labels.importers", "rlhf.adaptation", "rlhf.adaptation.config",
+                   "rlhf.pipeline"]
+# Pure math: torch at most, nothing else heavy.
+TORCH_ONLY = ["rlhf.rm.loss", "rlhf.ppo.rewards", "rlhf.ppo.losses", "rlhf.ppo.rollout", "rlhf.ppo.kl_control"]
+
+
+def heavy_modules_after_import(module: str) -> list[str]:
+    code = (f"import sys, {module}; "
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True)
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("module", NO_ML_LIBRARIES)
+def test_import_light_modules_import_no_ml_library(module):
+    assert heavy_modules_after_import(module) == []
+
+
+@pytest.mark.parametrize("module", TORCH_ONLY)
+def test_math_modules_import_nothing_heavier_than_torch(module):
+    assert set(heavy_modules_after_import(module)) <= {"torch"}
+
+
+def imported_rlhf_modules(path: Path) -> set[str]:
+    """Every rlhf module `path` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rlhf"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("rlhf"))
+    return found
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+
+
+STAGE_PACKAGES = ("rlhf.sft", "rlhf.rm", "rlhf.ppo", "rlhf.labels", "rlhf.stages")
+ORCHESTRATION = ("rlhf.pipeline", "rlhf.report", "rlhf.demo")
+
+
+def test_shared_parts_import_no_stage():
+    """config, io, registry, models, data, adaptation, ...: the stages use them, never the other way round."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        if name.startswith(STAGE_PACKAGES + ORCHESTRATION):
+            continue
+        # The gold scorer is looked up by name in the demo (rlhf.evaluation): a plug-in, not a stage.
+        reached = {m for m in imported_rlhf_modules(path) if m.startswith(STAGE_PACKAGES + ("rlhf.pipeline",))}
+        offenders += [f"{name} -> {m}" for m in sorted(reached)]
+    assert offenders == []
+
+
+def test_only_the_recipes_import_the_recipes():
+    offenders = [f"{module_name(path)} -> {m}" for path in PACKAGE.rglob("*.py")
+                 if not module_name(path).startswith("rlhf.stages")
+                 for m in imported_rlhf_modules(path) if m.startswith("rlhf.stages")]
+    assert offenders == []
+
+
+def test_every_module_opens_with_a_docstring():
+    missing = [module_name(path) for path in PACKAGE.rglob("*.py") if not ast.get_docstring(ast.parse(path.read_text()))]
+    assert missing == []
