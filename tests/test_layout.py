@@ -18,7 +18,7 @@ NO_ML_LIBRARIES = ["rlhf", "rlhf.config", "rlhf.errors", "rlhf.io", "rlhf.regist
                    "rlhf.distributed", "rlhf.data.records", "rlhf.data.formatting", "rlhf.data.rankings",
                    "rlhf.data.prompts", "rlhf.data.demonstrations", "rlhf.labels", "rlhf.labels.cli",
                    "rlhf.labels.exporters", "rlhf.labels.importers", "rlhf.adaptation", "rlhf.adaptation.config",
-                   "rlhf.pipeline"]
+                   "rlhf.sft.data", "rlhf.rm.data", "rlhf.pipeline"]
 # Pure math: torch at most, nothing else heavy.
 TORCH_ONLY = ["rlhf.rm.loss", "rlhf.ppo.rewards", "rlhf.ppo.losses", "rlhf.ppo.rollout", "rlhf.ppo.kl_control"]
 

@@ -1,4 +1,4 @@
-"""The labels command line: human labels in and out of the pipeline.
+"""Human labels in and out of the pipeline (`python -m rlhf.labels`).
 
     python -m rlhf.labels import --format label_studio export.json -o rankings.jsonl [--merge-annotators]
         [--option KEY=VALUE ...]

@@ -1,1 +1,4 @@
-"""Stage 1, supervised fine-tuning: its config and packed rows (the demonstrations format is rlhf.data.demonstrations, shared with RM and PPO-ptx). The recipe is rlhf.stages.sft."""
+"""Stage 1, supervised fine-tuning: its config, its demonstration splits and packed rows.
+
+The recipe is rlhf.stages.sft; the demonstrations format (shared with the RM and PPO-ptx) is rlhf.data.demonstrations.
+"""

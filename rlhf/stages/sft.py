@@ -21,8 +21,7 @@ def run(config: SFTStageConfig):
     import datasets
     from trl import SFTTrainer
 
-    from rlhf.data.demonstrations import load_demonstrations
-    from rlhf.data.prompts import check_prompt_lengths, room_for_a_completion
+    from rlhf.sft.data import load_demonstration_splits
     from rlhf.sft.packing import keep_packed_rows
     from rlhf.stages import epilogue, prologue
 
@@ -34,12 +33,7 @@ def run(config: SFTStageConfig):
                           "use prompt_tuning (learned input embeddings) or lora instead")
     inputs = prologue.resolve_inputs(config)
     tokenizer = inputs.tokenizer
-    max_prompt_tokens, setting = room_for_a_completion(config.max_length)
-    train_records = load_demonstrations(config.train_file)
-    eval_records = load_demonstrations(config.eval_file) if config.eval_file else []
-    for records, path in ((train_records, config.train_file), (eval_records, config.eval_file)):
-        check_prompt_lengths([r["prompt"] for r in records], tokenizer, path, max_tokens=max_prompt_tokens,
-                             setting=setting)
+    train_records, eval_records = load_demonstration_splits(config, tokenizer)
 
     # 2. The model, adapted so that only the chosen parameters train.
     model = prologue.load_trainable(inputs, config, task="causal_lm")
