@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rlhf.io import write_jsonl_atomically
-from rlhf.labels.importers import IMPORTERS, ImportReport, import_rankings, importer_options
 from rlhf.data.rankings import write_rankings
 from rlhf.errors import ConfigError, DataError, exits_cleanly
+from rlhf.io import write_jsonl_atomically
+from rlhf.labels.importers import IMPORTERS, ImportReport, import_rankings, importer_options
 
 FLAGGED_IDS_SHOWN = 5
 

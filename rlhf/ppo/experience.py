@@ -16,11 +16,11 @@ from typing import Any, Sequence
 
 import torch
 
-from rlhf.ppo.rewards import (RunningMoments, gae_advantages, kl_penalized_rewards, masked_whiten,
-                              response_mask_after_eos, score_with_eos_penalty)
 from rlhf.data.formatting import encode_prompts, reward_input_ids
 from rlhf.ppo.engines import PPOEngines, zero_stage
 from rlhf.ppo.logprobs import SamplingSettings, position_ids_from_mask, sampling_logprobs
+from rlhf.ppo.rewards import (RunningMoments, gae_advantages, kl_penalized_rewards, masked_whiten,
+                              response_mask_after_eos, score_with_eos_penalty)
 from rlhf.ppo.rollout import Rollout
 
 

@@ -12,9 +12,9 @@ from typing import Iterator
 import torch
 
 from rlhf.ppo import losses
-from rlhf.ppo.rewards import masked_mean
 from rlhf.ppo.experience import response_logits, sequence_inputs
 from rlhf.ppo.logprobs import SamplingSettings, sampling_entropy, sampling_logprobs
+from rlhf.ppo.rewards import masked_mean
 from rlhf.ppo.rollout import PPOStats, Rollout
 
 
