@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from by_hand import NAN, SP1, SP2, SP3, LN2, close
+from by_hand import NAN, SP1, SP2, SP3, close
 from rlhf.rm import loss as rm_loss
 
 
