@@ -10,7 +10,7 @@ time. Each function says what it reaches into and why no public API does the job
 | `PretrainedConfig._attn_implementation`           | transformers | 5.23.0 |
 | `Trainer._prepare_inputs`                         | transformers | 5.23.0 |
 | `PartialState._prepare_backend`                   | accelerate   | 1.15.0 |
-| `DeepSpeedZeRoOffload._remove_module_hooks`, `parameter_offload.FWD_MODULE_STACK` | deepspeed | 0.19.8 |
+| `DeepSpeedZeRoOffload._remove_module_hooks`, `.forward_hooks`, `.backward_hooks`, `parameter_offload.FWD_MODULE_STACK` | deepspeed | 0.19.8 |
 | `SFTTrainer.padding_free` (set in `__init__`, undocumented) | trl  | 1.16.0 |
 
 Imports nothing heavy at module level: each function imports its library when called.
@@ -101,12 +101,16 @@ def zero3_hooks_removed(offload) -> Iterator[None]:
     """ZeRO-3's module hooks taken off for the block and put back after.
 
     DeepSpeed has no public way to run a gathered module without its hooks (DeepSpeed-Chat's hybrid engine
-    does the same from inside DeepSpeed). Putting them back pushes the module on DeepSpeed's forward stack a
-    second time, so the stack is kept level.
+    does the same from inside DeepSpeed). `_remove_module_hooks` removes the hooks but keeps their dead handles
+    in `forward_hooks` and `backward_hooks`, to which `setup_zero_stage3_hooks` then appends the new ones; the
+    lists are emptied here, so that they stay one model's worth long across rollouts. Putting the hooks back
+    pushes the module on DeepSpeed's forward stack a second time, so the stack is kept level.
     """
     from deepspeed.runtime.zero import parameter_offload
 
     offload._remove_module_hooks()
+    offload.forward_hooks.clear()
+    offload.backward_hooks.clear()
     try:
         yield
     finally:

@@ -34,6 +34,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_ranks(flag: bool) -> bool:
+    """True on every rank when `flag` is True on every rank (a MIN all-reduce); `flag` itself in a world of one."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def shutdown() -> None:
     """Leave the process group at the end of a multi-process run, as torch asks: a rank that ends first then exits
     cleanly instead of tearing the group's threads down at interpreter exit while the others still work.

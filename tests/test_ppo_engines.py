@@ -90,3 +90,29 @@ def test_zero3_generation_gathered_once_equals_per_step_gathering(models, tmp_pa
     torch.manual_seed(124)
     other_seed = experience.generate(engines.actor, batch, generation_config, "gather_once")
     assert not torch.equal(other_seed, tokens["gather_once"])  # the equality above is not a constant output
+
+
+def test_zero3_hook_lists_stay_one_models_worth_across_rollouts(models, tmp_path):
+    """Gathered-once generation takes ZeRO-3's hooks off and puts them back; three rollouts must leave as many
+    hook handles, and as many live hooks on the modules, as the engine started with."""
+    from rlhf import _compat
+    from rlhf.ppo import experience
+    from rlhf.ppo.logprobs import sampling_settings_for
+
+    zero3 = str(REPO / "deepspeed_configs" / "zero3.json")
+    config, inputs, engines = engines_for(models, tmp_path, actor_deepspeed=zero3)
+    offload = _compat.zero3_offload_of(engines.actor)
+    modules = list(engines.actor.module.modules())
+
+    def counts():
+        live = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in modules)
+        return len(offload.forward_hooks), len(offload.backward_hooks), live
+
+    # Each module gets a pre- and a post-forward hook, and two more for its backward.
+    assert counts()[:2] == (2 * len(modules), 2 * len(modules))
+    before = counts()
+    generation_config = sampling_settings_for(inputs.tokenizer, 1.0, 0, 1.0, 4).generation_config(inputs.tokenizer)
+    batch = rollout_batch(inputs, count=4)
+    for _ in range(3):
+        experience.generate(engines.actor, batch, generation_config, "gather_once")
+        assert counts() == before

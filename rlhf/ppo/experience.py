@@ -98,7 +98,8 @@ def gathered_for_generation(engine):
 
 
 def choose_zero3_generation(setting: str, actor) -> str:
-    """'gather_once' when the whole actor fits twice over in free memory (its shards stay), else 'per_step'."""
+    """'gather_once' when the whole actor fits twice over in every rank's free memory (its shards stay), else
+    'per_step'. Decided once, the same on every rank."""
     if setting != "auto":
         return setting
     full_bytes = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in actor.module.parameters())
@@ -108,7 +109,18 @@ def choose_zero3_generation(setting: str, actor) -> str:
         import psutil
 
         free_bytes = psutil.virtual_memory().available
-    return "gather_once" if 2 * full_bytes < free_bytes else "per_step"
+    return decide_zero3_generation(full_bytes, free_bytes)
+
+
+def decide_zero3_generation(full_bytes: int, free_bytes: int) -> str:
+    """The 'auto' choice from this rank's numbers and every other rank's: gather once only if all ranks can.
+
+    Ranks that chose differently would wait on different collectives (one on a whole-model gather, the other on
+    per-step gathers) and never return, so the least free memory of any rank decides for all.
+    """
+    from rlhf import distributed
+
+    return "gather_once" if distributed.all_ranks(2 * full_bytes < free_bytes) else "per_step"
 
 
 # ---------------------------------------------------------------------------------------------------------
