@@ -59,3 +59,21 @@ def shutdown() -> None:
     if world_size() > 1 and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
+
+
+def sum_over_ranks(tensor):
+    """The element-wise sum of `tensor` over all ranks (a new tensor; the input itself when the world is one).
+
+    Statistics PPO takes over a batch (score moments, advantage whitening) go through this, so that every rank
+    normalises with the same numbers, those of the whole global batch.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    device = tensor.device
+    reduced = tensor.detach().clone()
+    if dist.get_backend() == "nccl":
+        reduced = reduced.cuda()
+    dist.all_reduce(reduced)
+    return reduced.to(device)

@@ -128,15 +128,34 @@ def test_reward_shaping_by_hand():
                       values=torch.zeros(2, 3), scores=torch.tensor([3.0, 3.0]))
     shaping = RewardShaping(kl_coef=0.1, score_clip=2.5, missing_eos_penalty=1.0, gamma=1.0, lam=1.0)
     shaped, kl = with_advantages(rollout, shaping, eos_token_id=2, moments=None)
-    # Row 0: score 3 clipped to 2.5 at its last token; KL 0.5 at token 0. Row 1: 3 - 1 (no EOS) = 2 at token 2,
-    # KL -1 at token 1.
-    expected_rewards = torch.tensor([[-0.05, 2.5, 0.0], [0.0, 0.1, 2.0]])
+    # Row 0: score 3 clipped to 2.5 at its last token; KL 0.5 at token 0. Row 1: 3 clipped to 2.5, then - 1 for
+    # the missing EOS (the penalty comes after clipping, so it is never clipped away) = 1.5 at token 2, KL -1 at
+    # token 1.
+    expected_rewards = torch.tensor([[-0.05, 2.5, 0.0], [0.0, 0.1, 1.5]])
     torch.testing.assert_close(shaped.rewards, expected_rewards)
     torch.testing.assert_close(kl, torch.tensor([[0.5, 0.0, 0.0], [0.0, -1.0, 0.0]]))
     # With V = 0, γ = λ = 1 the returns are the reward-to-go; advantages are those, whitened over real tokens.
-    returns = torch.tensor([[2.45, 2.5, 0.0], [2.1, 2.1, 2.0]])
+    returns = torch.tensor([[2.45, 2.5, 0.0], [1.6, 1.6, 1.5]])
     torch.testing.assert_close(shaped.returns, returns)
     torch.testing.assert_close(shaped.advantages, rewards.masked_whiten(returns, mask))
+
+
+def test_missing_eos_penalty_is_in_units_of_normalised_scores():
+    from rlhf.ppo.experience import RewardShaping, with_advantages
+    from rlhf.ppo.rewards import RunningMoments
+    from rlhf.ppo.rollout import Rollout
+
+    # Scores 10 and 30: running mean 20, unbiased std sqrt(200) = 14.142; normalised -0.7071 and 0.7071.
+    # Row 1 has no EOS: 0.7071 - 0.5 = 0.2071, whatever the raw scale of the scores was.
+    zeros = torch.zeros(2, 2)
+    rollout = Rollout(query_ids=torch.ones(2, 1, dtype=torch.long), query_mask=torch.ones(2, 1),
+                      response_ids=torch.tensor([[7, 2], [7, 8]]), response_mask=torch.ones(2, 2),
+                      logprobs=zeros, ref_logprobs=zeros, values=zeros, scores=torch.tensor([10.0, 30.0]))
+    moments = RunningMoments()
+    shaped, _ = with_advantages(rollout, RewardShaping(kl_coef=0.0, missing_eos_penalty=0.5), eos_token_id=2,
+                                moments=moments)
+    torch.testing.assert_close(shaped.rewards[:, -1], torch.tensor([-0.70710678, 0.20710678]))
+    assert (moments.mean, moments.count) == (20.0, 2)  # the moments saw the reward model's scores alone
 
 
 def test_critic_values_are_the_reward_heads_output_at_every_position(tiny_reward_model):

@@ -55,9 +55,12 @@ def wait_for(condition, process: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_reward_rises_and_outputs_follow_the_contract(models, tmp_path):
     output_dir = tmp_path / "run"
+    # No missing-EOS penalty: at 4 new tokens nearly every response is cut, and the penalty would pull the policy
+    # towards ending early instead of towards what the random reward model scores (see the test below).
     entry = run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=14,
                                            rollout_batch_size=32, minibatch_size=8, ppo_epochs=2,
-                                           gold_scorer="demo", report_to="tensorboard", save_steps=7))
+                                           gold_scorer="demo", report_to="tensorboard", save_steps=7,
+                                           missing_eos_penalty=0.0))
     rows = read_rows(output_dir)
     assert [row["step"] for row in rows] == list(range(1, 15))
     assert CONTRACT_STEP_KEYS <= set(rows[0])
@@ -83,6 +86,17 @@ def test_reward_rises_and_outputs_follow_the_contract(models, tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(entry.path)  # a plain Hugging Face directory
+
+
+@pytest.mark.slow
+def test_the_default_missing_eos_penalty_teaches_the_policy_to_end_its_responses(models, tmp_path):
+    output_dir = tmp_path / "run"
+    run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=14, rollout_batch_size=32,
+                                   minibatch_size=8, ppo_epochs=2, save_steps=0, eval_prompts=2))
+    rows = read_rows(output_dir)
+    unfinished = [row["non_eos_fraction"] for row in rows]
+    # At 4 new tokens the tiny random policy runs to the cap ~90% of the time; the penalty alone makes it stop.
+    assert sum(unfinished[-3:]) / 3 < sum(unfinished[:3]) / 3 - 0.4, unfinished
 
 
 @pytest.mark.slow

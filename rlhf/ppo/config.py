@@ -14,6 +14,7 @@ from rlhf.errors import ConfigError
 
 ACTOR_CRITIC_METHODS = ("full", "lora")
 ZERO3_GENERATION = ("auto", "gather_once", "per_step")
+LR_SCHEDULES = ("linear", "cosine", "constant")
 
 
 
@@ -57,16 +58,24 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
     actor_learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the actor."})
     critic_learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the critic."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of actor and critic."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule of actor and critic "
+                                                                      "over all optimiser steps: linear, cosine or constant (after warmup)."})
+    warmup_steps: int = field(default=0, metadata={"help": "Optimiser steps of linear warmup from 0 to the learning "
+                                                          "rate. Each PPO step makes ppo_epochs x rollout_batch_size / minibatch_size."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (DeepSpeed gradient_clipping)."})
-    disable_dropout: bool = field(default=True, metadata={"help": "Keep models in eval mode, so that log π_old and "
-                                                                  "log π agree for the same weights."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Keep actor and critic in eval mode, so that log "
+                                                                  "π_old and log π agree for the same weights; false: they train with "
+                                                                  "their models' dropout. The reference and reward models never drop out."})
 
     # PPO.
     gamma: float = field(default=1.0, metadata={"help": "Discount γ of GAE."})
     lam: float = field(default=0.95, metadata={"help": "GAE λ."})
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip ε."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Value clip ε_v around the rollout's values."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss (scales the critic's loss)."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Scale of the critic's loss. The critic has its own AdamW, "
+                                                             "which divides a constant scale out, so this does not weigh value against "
+                                                             "policy loss: it only moves gradient clipping, to max_grad_norm / vf_coef in "
+                                                             "value-loss units. critic_learning_rate sets how fast the critic learns."})
 
     # Rewards.
     kl_coef: float = field(default=0.05, metadata={"help": "β of the per-token KL penalty (the start, if adaptive)."})
@@ -77,8 +86,9 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
     score_clip: float = field(default=0.0, metadata={"help": "Clip reward-model scores to ±this; 0: off."})
     normalize_scores: bool = field(default=False, metadata={"help": "Normalise scores by the running mean and std "
                                                                     "of all scores so far."})
-    missing_eos_penalty: float = field(default=0.0, metadata={"help": "Subtracted from the score of a response that "
-                                                                      "ends without EOS (hit max_new_tokens)."})
+    missing_eos_penalty: float = field(default=1.0, metadata={"help": "Subtracted from the score of a response that "
+                                                                      "ends without EOS (hit max_new_tokens), after normalisation and clipping, "
+                                                                      "so in units of normalised scores when normalize_scores; 0: off."})
     reward_max_length: int = field(default=512, metadata={"help": "Tokens the reward model sees; the prompt's start "
                                                                   "is cut first."})
 
@@ -124,6 +134,10 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
         _check(self.ppo_epochs >= 1 and self.max_new_tokens >= 1, "ppo_epochs and max_new_tokens must be >= 1")
         _check(self.kl_estimator in ("k1", "k2", "k3", "abs"), f"kl_estimator '{self.kl_estimator}' is unknown")
         _check(self.kl_coef >= 0, "kl_coef must be >= 0")
+        _check(self.lr_scheduler_type in LR_SCHEDULES,
+               f"lr_scheduler_type must be one of {LR_SCHEDULES}, got '{self.lr_scheduler_type}'")
+        _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        _check(self.missing_eos_penalty >= 0, "missing_eos_penalty must be >= 0")
         _check(not self.ptx_coef or self.ptx_file, "ptx_coef > 0 needs a ptx_file")
         _check(self.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite must be >= 1")
         _check(all(target in ("tensorboard", "none") for target in self.report_to),
@@ -139,6 +153,11 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
             per_step = self.rollout_batch_size * distributed.world_size()
             return -(-self.total_episodes // per_step)
         return self.max_steps
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimiser steps (minibatch updates) of actor and critic per PPO step."""
+        return self.ppo_epochs * (self.rollout_batch_size // self.minibatch_size)
 
 
 def _check(condition: bool, message: str) -> None:

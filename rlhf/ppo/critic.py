@@ -16,11 +16,20 @@ from rlhf.adaptation.apply import is_peft_model, reward_head_names
 
 
 class TokenValueModel(nn.Module):
-    """V(s_t) for every position of (B, L) inputs: the reward model's head applied to every hidden state."""
+    """V(s_t) for every position of (B, L) inputs: the reward model's head applied to every hidden state,
+    minus `value_offset`.
 
-    def __init__(self, reward_model: nn.Module):
+    PPO's rewards are the reward model's scores minus its normalisation offset (`reward_normalization.json`),
+    so a critic started from the raw model would be off by that offset at every token; until the clipped value
+    loss had removed it (at most cliprange_value per rollout) the advantages of the last tokens would be biased.
+    Subtracting the same offset starts the critic on the rewards' scale. It is a constant of the module, not a
+    weight: a resumed critic is built with it again and loads the trained weights under it.
+    """
+
+    def __init__(self, reward_model: nn.Module, value_offset: float = 0.0):
         super().__init__()
         self.model = reward_model
+        self.value_offset = float(value_offset)
         inner = reward_model.get_base_model() if is_peft_model(reward_model) else reward_model
         head_names = reward_head_names(inner)
         if len(head_names) != 1:
@@ -35,4 +44,4 @@ class TokenValueModel(nn.Module):
         inner = self._inner()
         hidden = getattr(inner, self._body_name)(input_ids=input_ids, attention_mask=attention_mask,
                                                  position_ids=position_ids).last_hidden_state
-        return getattr(inner, self._head_name)(hidden)[..., 0].float()  # (B, L)
+        return getattr(inner, self._head_name)(hidden)[..., 0].float() - self.value_offset  # (B, L)

@@ -126,7 +126,7 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     """Load the four models from `paths` (keys actor, critic, reference, reward) and wrap each in its engine."""
     from rlhf.adaptation import apply_adaptation, load_adapted, parameter_summary
     from rlhf.ppo.critic import TokenValueModel
-    from rlhf.rm.model import load_reward_model
+    from rlhf.rm.model import RewardNormalization, load_reward_model
 
     remote = config.trust_remote_code
     actor_model = apply_adaptation(load_adapted(paths["actor"], task="causal_lm", trust_remote_code=remote),
@@ -134,8 +134,10 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     critic_base = load_adapted(paths["critic"], task="reward", trust_remote_code=remote)
     if critic_base.config.pad_token_id is None:
         critic_base.config.pad_token_id = tokenizer.pad_token_id
+    # The critic's start is a reward model: its saved normalisation puts V on the rewards' scale.
     critic_model = TokenValueModel(apply_adaptation(
-        critic_base, adaptation_for(config, config.critic_adaptation_method), task="reward"))
+        critic_base, adaptation_for(config, config.critic_adaptation_method), task="reward"),
+        value_offset=RewardNormalization.load(paths["critic"]).offset)
     if distributed.is_main_process():
         print(f"actor {config.adaptation_method}: {parameter_summary(actor_model)}; "
               f"critic {config.critic_adaptation_method}: {parameter_summary(critic_model)}", flush=True)
@@ -150,9 +152,12 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
         reference = _frozen_engine(reference_model, config.reference_deepspeed, config, hidden)
     reward_model, reward_tokenizer, normalization = load_reward_model(paths["reward"], trust_remote_code=remote)
     reward = _frozen_engine(reward_model, config.reward_deepspeed, config, hidden)
-    for engine in (actor, critic, reference, reward):
-        if engine is not None and config.disable_dropout:
-            # Dropout would make the rollout's log π_old differ from the update's log π for the same weights.
+    # from_pretrained leaves models in eval mode, which is also what disable_dropout wants: dropout would make the
+    # rollout's log π_old differ from the update's log π for the same weights. The frozen models never drop out.
+    for engine in (actor, critic):
+        engine.module.train(not config.disable_dropout)
+    for engine in (reference, reward):
+        if engine is not None:
             engine.module.eval()
     return PPOEngines(actor, critic, reference, reward, reward_tokenizer, normalization.offset)
 
@@ -170,8 +175,21 @@ def _trained_engine(model, config_path: str, learning_rate: float, config, hidde
     parameters = [p for p in model.parameters() if p.requires_grad]
     # eps 1e-5 as in OpenAI's lm-human-preferences; AdamW from torch, which ZeRO supports on any device.
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, eps=1e-5, weight_decay=config.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
+                                      lr_scheduler=learning_rate_schedule(optimizer, config))
     return engine
+
+
+def learning_rate_schedule(optimizer, config):
+    """Warmup then constant, linear or cosine decay over all the run's optimiser steps (transformers'
+    schedulers, as TRL's PPO had through the Trainer). DeepSpeed steps it with each optimiser step and saves
+    it in the checkpoint."""
+    from transformers import get_scheduler
+
+    # transformers' "constant" ignores warmup; "constant_with_warmup" with 0 steps is the same constant.
+    name = "constant_with_warmup" if config.lr_scheduler_type == "constant" else config.lr_scheduler_type
+    return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps,
+                         num_training_steps=config.steps * config.updates_per_step)
 
 
 def _frozen_engine(model, config_path: str, config, hidden: int):

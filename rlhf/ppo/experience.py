@@ -4,7 +4,7 @@
                     for the whole batch, or per step with synced_gpus)
     score           log π_old and log π_ref under the sampling distribution, V(s_t) from the critic, and
                     the reward model's score of each full response
-    advantages      score shaping (clip, running normalisation, missing-EOS penalty), the per-token KL
+    advantages      score shaping (running normalisation, clip, missing-EOS penalty), the per-token KL
                     penalty, GAE and whitening
 """
 
@@ -232,19 +232,21 @@ def with_advantages(rollout: Rollout, shaping: RewardShaping, eos_token_id: int,
                     moments: RunningMoments | None) -> tuple[Rollout, torch.Tensor]:
     """The rollout with rewards, whitened advantages and returns; and the per-token KL (B, T).
 
-    Scores: minus the missing-EOS penalty, normalised by the running moments of all scores so far (when
-    `moments` is given), then clipped to ±score_clip. Then r_t = -β·KL_t + [t = last]·score, GAE, whitening.
+    Scores: normalised by the running moments of all ranks' scores so far (when `moments` is given), clipped to
+    ±score_clip, then minus the missing-EOS penalty. The penalty comes last so that it is in the units the
+    user set (of normalised scores when normalising) and is never clipped away, and the moments see only the
+    reward model. Then r_t = -β·KL_t + [t = last]·score, GAE, and whitening over every rank's tokens.
     """
-    scores = score_with_eos_penalty(rollout.scores, rollout.response_ids, eos_token_id,
-                                           shaping.missing_eos_penalty)
+    scores = rollout.scores
     if moments is not None:
-        moments.update(scores)
+        moments.update(scores, across_ranks=True)
         scores = moments.normalize(scores)
     if shaping.score_clip > 0:
         scores = scores.clamp(-shaping.score_clip, shaping.score_clip)
+    scores = score_with_eos_penalty(scores, rollout.response_ids, eos_token_id, shaping.missing_eos_penalty)
     rewards, kl = kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask,
-                                              shaping.kl_coef, shaping.kl_estimator)
+                                       shaping.kl_coef, shaping.kl_estimator)
     advantages, returns = gae_advantages(rollout.values, rewards, rollout.response_mask,
-                                                shaping.gamma, shaping.lam)
-    advantages = masked_whiten(advantages, rollout.response_mask)
+                                         shaping.gamma, shaping.lam)
+    advantages = masked_whiten(advantages, rollout.response_mask, across_ranks=True)
     return dataclasses.replace(rollout, rewards=rewards, advantages=advantages, returns=returns), kl

@@ -46,19 +46,38 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return biased * count / (count - 1).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  across_ranks: bool = False) -> torch.Tensor:
     """Whitening over the masked entries: (x - μ) / sqrt(σ² + eps), plus μ back when `shift_mean` is False.
 
     μ and σ² (unbiased) are taken over the masked entries only; masked-out positions are set to 0 in the
     output, so padding carries no value into later sums. shift_mean=False keeps the mean (as rewards are
     whitened in some PPO setups, so that their sign survives).
+
+    across_ranks: μ and σ² of the masked entries of every rank together (Σ m·x, Σ m and Σ m·(x - μ)²
+    summed over ranks), as if one process held the whole batch. Per-rank whitening of one or two sequences
+    would remove most of their sequence-level signal (issue 13: correlation 0.76 with global whitening at 1
+    sequence per rank).
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    mean, var = _masked_moments(x, mask, across_ranks)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
+
+
+def _masked_moments(x: torch.Tensor, mask: torch.Tensor, across_ranks: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, unbiased variance) of the masked entries, of this rank or of all ranks; fewer than 2 give var 0."""
+    if not across_ranks:
+        return masked_mean(x, mask), masked_var(x, mask, unbiased=True)
+    from rlhf.distributed import sum_over_ranks
+
+    mask = mask.bool()
+    zeros = torch.zeros_like(x)
+    total, count = sum_over_ranks(torch.stack([torch.where(mask, x, zeros).sum(), mask.to(x.dtype).sum()]))
+    mean = total / count.clamp(min=1)
+    squares = sum_over_ranks(torch.where(mask, (x - mean) ** 2, zeros).sum())
+    return mean, squares / (count - 1).clamp(min=1)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -219,18 +238,31 @@ class RunningMoments:
     def std(self) -> float:
         return math.sqrt(self.var)
 
-    def update(self, x: torch.Tensor) -> tuple[float, float]:
+    def update(self, x: torch.Tensor, across_ranks: bool = False) -> tuple[float, float]:
         """Fold a batch of scores in; return the running (mean, std) after the update.
 
             δ = μ_batch - μ,  n' = n + m,  μ' = μ + δ m / n',
             M2' = M2 + M2_batch + δ² n m / n',  var' = M2' / (n' - 1)
+
+        across_ranks: the batch is every rank's scores together (m, Σx and Σ(x - μ_batch)² summed over ranks),
+        so all ranks hold the same moments, those one process would hold with the whole global batch, and a
+        checkpoint's moments are right for every rank on resume.
         """
         x = x.detach().double().flatten()
-        batch_count = x.numel()
+        if across_ranks:
+            from rlhf.distributed import sum_over_ranks
+
+            batch_count, batch_sum = sum_over_ranks(torch.stack([torch.tensor(float(x.numel()), dtype=x.dtype),
+                                                                 x.sum()])).tolist()
+            batch_count = int(round(batch_count))
+            batch_mean = batch_sum / batch_count if batch_count else 0.0
+            batch_m2 = sum_over_ranks(((x - batch_mean) ** 2).sum()).item()
+        else:
+            batch_count = x.numel()
+            batch_mean = x.mean().item() if batch_count else 0.0
+            batch_m2 = ((x - batch_mean) ** 2).sum().item()
         if batch_count == 0:
             return self.mean, self.std
-        batch_mean = x.mean().item()
-        batch_m2 = ((x - batch_mean) ** 2).sum().item()
         old_m2 = self.var * (self.count - 1) if self.count > 1 else 0.0
         total = self.count + batch_count
         delta = batch_mean - self.mean

@@ -60,7 +60,7 @@ class PPORecipe:
                                               config.cliprange_value, config.vf_coef, config.ptx_coef, self.sampling)
         self.resume()
         self.ptx = ppo_inputs.ptx_iterator(config, self.tokenizer,
-                                           start_batch=self.state["step"] * updates_per_step(config))
+                                           start_batch=self.state["step"] * config.updates_per_step)
         self.logger = tracking.MetricsLogger(config.output_dir, config.report_to, config.steps, self.state["step"],
                                              show_progress=not config.disable_tqdm)
         self.stop = checkpoint.StopRequest()
@@ -128,10 +128,12 @@ class PPORecipe:
 
         # 5. Metrics, averaged over ranks.
         texts = experience.decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
-        return tracking.step_metrics(step + 1, rollout, kl, result, self.kl_controller.value, prompts, texts,
+        row = tracking.step_metrics(step + 1, rollout, kl, result, self.kl_controller.value, prompts, texts,
                                      self.gold, times=(generated - started, scored - generated, trained - scored),
                                      skipped_updates=self.state["skipped_updates"], ptx=self.ptx is not None,
                                      eos_token_id=tokenizer.eos_token_id)
+        row["learning_rate"] = models.actor.get_lr()[0]  # the schedule's value for the next step
+        return row
 
     def save_checkpoint(self, step: int) -> None:
         trainer_state = {"step": step, "kl_controller": self.kl_controller.state_dict(),
@@ -169,10 +171,6 @@ def run(config: PPOStageConfig):
     finally:
         recipe.cleanup()
     return recipe.finish() if finished else None
-
-
-def updates_per_step(config: PPOStageConfig) -> int:
-    return config.ppo_epochs * (config.rollout_batch_size // config.minibatch_size)
 
 
 @exits_cleanly

@@ -1,0 +1,96 @@
+"""What the PPO engines start from: a critic on the rewards' scale, dropout only when asked for, and a learning-rate
+schedule with warmup and decay."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from ppo_setup import build_models, stage_arguments
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("ppo_setting_models")
+    paths = build_models(root)
+    # A reward model normalised as the RM stage leaves it: its scores minus an offset.
+    from rlhf.rm.model import RewardNormalization
+
+    RewardNormalization(offset=3.25, normalized_on="test", samples=1).save(paths["reward"])
+    # A policy that has dropout, to see whether it is on.
+    dropout_policy = root / "dropout_policy"
+    shutil.copytree(paths["policy"], dropout_policy)
+    config = json.loads((dropout_policy / "config.json").read_text())
+    (dropout_policy / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    return {**paths, "dropout_policy": str(dropout_policy)}
+
+
+def engines_for(models, tmp_path, **overrides):
+    from rlhf.config import parse_config
+    from rlhf.ppo import inputs as ppo_inputs
+    from rlhf.ppo.engines import build_engines, init_distributed
+    from rlhf.stages.ppo import PPOStageConfig
+
+    init_distributed()
+    config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
+                                                          **overrides))
+    inputs = ppo_inputs.read_inputs(config)
+    return config, inputs, build_engines(config, inputs.paths, inputs.tokenizer)
+
+
+def test_the_critic_starts_on_the_scale_of_the_rewards(models, tmp_path):
+    from rlhf.rm.model import raw_scores
+
+    _, inputs, engines = engines_for(models, tmp_path)
+    tokenizer = inputs.tokenizer
+    ids = tokenizer(inputs.prompts[0]["prompt"] if isinstance(inputs.prompts[0], dict) else inputs.prompts[0],
+                    return_tensors="pt").input_ids
+    ids = torch.cat([ids, torch.tensor([[tokenizer.eos_token_id]])], dim=1)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        values = engines.critic.module(ids, mask)
+        raw = raw_scores(engines.reward.module, ids, mask)
+    assert engines.reward_offset == 3.25
+    # PPO's reward for this sequence is raw - 3.25; the critic's value at its last token is the same number.
+    torch.testing.assert_close(values[:, -1], raw.float() - 3.25)
+
+
+def test_dropout_is_on_in_actor_and_critic_only_when_disable_dropout_is_false(models, tmp_path):
+    policy = models["dropout_policy"]
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    mask = torch.ones_like(ids)
+    for disable_dropout in (True, False):
+        _, _, engines = engines_for(models, tmp_path / str(disable_dropout), model_name_or_path=policy,
+                                    reference_model=policy, disable_dropout=disable_dropout)
+        assert engines.actor.module.training is not disable_dropout
+        assert engines.critic.module.training is not disable_dropout
+        assert not engines.reference.module.training and not engines.reward.module.training
+        with torch.no_grad():
+            first, second = (engines.actor.module(input_ids=ids, attention_mask=mask).logits for _ in range(2))
+            reference = [engines.reference.module(input_ids=ids, attention_mask=mask).logits for _ in range(2)]
+        assert torch.equal(first, second) is disable_dropout
+        assert torch.equal(*reference)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_learning_rate_warms_up_then_decays_over_all_optimiser_steps(models, tmp_path, schedule):
+    # 3 PPO steps x 2 epochs x (8 / 4) minibatches = 12 optimiser steps, the first 2 of them warmup.
+    config, _, engines = engines_for(models, tmp_path, max_steps=3, ppo_epochs=2, rollout_batch_size=8,
+                                     minibatch_size=4, actor_learning_rate=1e-3, critic_learning_rate=2e-3,
+                                     lr_scheduler_type=schedule, warmup_steps=2)
+    assert config.steps * config.updates_per_step == 12
+    by_hand = {
+        "linear": lambda s: s / 2 if s < 2 else (12 - s) / 10,
+        "cosine": lambda s: s / 2 if s < 2 else 0.5 * (1 + math.cos(math.pi * (s - 2) / 10)),
+        "constant": lambda s: s / 2 if s < 2 else 1.0,
+    }[schedule]
+    for step in range(13):
+        for engine, peak in ((engines.actor, 1e-3), (engines.critic, 2e-3)):
+            # The rate the optimiser itself will use, not only what the scheduler reports.
+            optimizer_rates = [group["lr"] for group in engine.optimizer.param_groups]
+            assert optimizer_rates == pytest.approx([peak * by_hand(step)] * len(optimizer_rates)), (schedule, step)
+            engine.lr_scheduler.step()
