@@ -23,6 +23,16 @@ def gold_scorer(name: str) -> GoldScorer:
     raise ConfigError(f"unknown gold_scorer '{name}' (known: demo)")
 
 
+def task_of_prompt(name: str) -> Callable[[str], str] | None:
+    """The named gold scorer's task label of a prompt text (the demo's operation: sort, reverse, ...), so that
+    results can be broken down by task; None when the scorer has none."""
+    if name == "demo":
+        from rlhf.demo.task import parse_prompt
+
+        return lambda text: parse_prompt(text).operation
+    return None
+
+
 def gold_evaluation(model, tokenizer, prompts: Sequence[Any], scorer: GoldScorer, *,
                     max_new_tokens: int = 32, samples_kept: int = 5, **generation) -> dict[str, Any]:
     """Mean gold score of the model's responses to `prompts`, and a few of them to read."""

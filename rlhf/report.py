@@ -180,6 +180,43 @@ def _samples_table(samples: list[dict]) -> list[str]:
     return rows
 
 
+def _by_task_table(samples: list[dict]) -> list[str]:
+    """Gold score of SFT and PPO per task (the demo's operations), and PPO's wins, losses and ties against SFT:
+    where RLHF helped and where it did not. Empty when the samples carry no task or no gold score."""
+    by_task: dict[str, list[tuple[float, float]]] = {}
+    for sample in samples:
+        if sample.get("task") is not None and sample.get("gold_sft") is not None:
+            by_task.setdefault(sample["task"], []).append((sample["gold_sft"], sample["gold_ppo"]))
+    if not by_task:
+        return []
+    rows = ["| task | responses | gold SFT | gold PPO | wins / losses / ties |", "|---|---:|---:|---:|---|"]
+    for task, pairs in sorted(by_task.items()):
+        wins = sum(ppo > sft for sft, ppo in pairs)
+        losses = sum(ppo < sft for sft, ppo in pairs)
+        sft_mean, ppo_mean = (sum(column) / len(pairs) for column in zip(*pairs))
+        rows.append(f"| {task} | {len(pairs)} | {sft_mean:.2f} | {ppo_mean:.2f} | "
+                    f"{wins} / {losses} / {len(pairs) - wins - losses} |")
+    return rows
+
+
+TIMED_PHASES = (("generation", "time_generation"), ("scoring", "time_scoring"), ("update", "time_training"))
+
+
+def _time_table(steps: list[dict]) -> list[str]:
+    """Seconds per PPO step in each phase (mean over steps) and its share of the step. Empty without timings."""
+    means = {}
+    for phase, key in TIMED_PHASES:
+        values = [row[key] for row in steps if isinstance(row.get(key), (int, float))]
+        if values:
+            means[phase] = sum(values) / len(values)
+    total = sum(means.values())
+    if not means or total <= 0:
+        return []
+    rows = ["| phase | seconds per step | share |", "|---|---:|---:|"]
+    rows += [f"| {phase} | {seconds:.3g} | {seconds / total:.0%} |" for phase, seconds in means.items()]
+    return rows
+
+
 def write_report(run_dir: str | Path, registry_dir: str = "") -> Path:
     """Write RUN_DIR/report/{*.png, report.md}; returns the Markdown file's path."""
     run_dir = Path(run_dir)
@@ -227,7 +264,17 @@ def _ppo_section(run_dir: Path, out: Path) -> list[str]:
         if "win_rate_gold" in metrics:
             win.append(f", {metrics['win_rate_gold']:.1%} under the gold scorer")
         lines += ["".join(win) + " (ties count half).", "", *_metrics_table(metrics), ""]
+        if "win_rate_gold_greedy" in metrics:
+            lines += [f"**Greedy responses** (InstructGPT's other claim): PPO wins {metrics['win_rate_gold_greedy']:.1%} "
+                      f"under the gold scorer; gold {metrics['gold_score_sft_greedy']:.3f} (SFT) → "
+                      f"{metrics['gold_score_ppo_greedy']:.3f} (PPO).", ""]
     samples = _json(run_dir / "ppo" / run_files.PPO_SAMPLES) or []
+    by_task = _by_task_table(samples)
+    if by_task:
+        lines += ["### Gold score by task", "", *by_task, ""]
+    times = _time_table(steps)
+    if times:
+        lines += ["### Time per step", "", *times, ""]
     if samples:
         lines += ["### Samples on held-out prompts", "", *_samples_table(samples), ""]
     return lines

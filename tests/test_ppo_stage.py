@@ -77,7 +77,10 @@ def test_reward_rises_and_outputs_follow_the_contract(models, tmp_path):
     assert metrics["rm_score_ppo"] > metrics["rm_score_sft"]
     assert metrics["win_rate_rm"] > 0.5
     samples = json.loads((output_dir / "samples.json").read_text())
-    assert set(samples[0]) == {"prompt", "sft", "ppo", "rm_sft", "rm_ppo", "gold_sft", "gold_ppo"}
+    assert set(samples[0]) == {"prompt", "sft", "ppo", "rm_sft", "rm_ppo", "gold_sft", "gold_ppo", "task"}
+    assert {sample["task"] for sample in samples} <= {"sort", "reverse", "repeat", "first", "last"}
+    for key in ("win_rate_gold_greedy", "gold_score_sft_greedy", "gold_score_ppo_greedy"):
+        assert 0 <= metrics[key] <= 1, key
     assert list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step-14", "step-7"]
 

@@ -43,12 +43,22 @@ def run_dir(tmp_path):
                                          "eval_pairwise_accuracy_k4": 0.6449, "eval_pairwise_accuracy_before": 0.51,
                                          "gold_agreement": 0.7345})
     steps = [{"step": s, "rm_score": 0.1 * s, "gold_score": 0.7 + 0.02 * s, "kl": 0.05 * s, "beta": 0.1,
-              "response_length": 6 - 0.1 * s} for s in range(1, 11)]
+              "response_length": 6 - 0.1 * s, "time_generation": 3.0 if s % 2 else 1.0, "time_scoring": 0.5,
+              "time_training": 1.5} for s in range(1, 11)]
     _write(run / "ppo" / "ppo_metrics.jsonl", steps)
     _write(run / "ppo" / "metrics.json", {"win_rate_rm": 0.7075, "win_rate_gold": 0.63625, "eval_prompts": 100,
                                           "kl_final": 1.4853, "gold_score_sft": 0.7287, "gold_score_ppo": 0.8902})
-    _write(run / "ppo" / "samples.json", [{"prompt": "sort b a answer :", "sft": "ok : a b", "ppo": "a b",
-                                           "rm_sft": -0.5, "rm_ppo": 1.2, "gold_sft": 0.8, "gold_ppo": 1.0}])
+    sample = {"rm_sft": 0.0, "rm_ppo": 0.0}
+    _write(run / "ppo" / "samples.json", [
+        {"prompt": "sort b a answer :", "sft": "ok : a b", "ppo": "a b", "rm_sft": -0.5, "rm_ppo": 1.2,
+         "gold_sft": 0.8, "gold_ppo": 1.0, "task": "sort"},
+        {**sample, "prompt": "sort c a answer :", "sft": "a c", "ppo": "a c", "gold_sft": 1.0, "gold_ppo": 1.0,
+         "task": "sort"},
+        {**sample, "prompt": "sort d a answer :", "sft": "a d", "ppo": "d", "gold_sft": 1.0, "gold_ppo": 0.5,
+         "task": "sort"},
+        {**sample, "prompt": "say the last word of : a b answer :", "sft": "a", "ppo": "b", "gold_sft": 0.0,
+         "gold_ppo": 1.0, "task": "last"},
+    ])
     return run
 
 
@@ -98,3 +108,14 @@ def test_report_of_a_missing_directory_is_a_one_line_error(tmp_path, capsys):
         main([str(tmp_path / "nope")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such run directory"
+
+
+def test_gold_by_task_and_time_per_phase_tables_by_hand(run_dir):
+    text = write_report(run_dir).read_text()
+    # sort: SFT 0.8, 1.0, 1.0 -> 0.93; PPO 1.0, 1.0, 0.5 -> 0.83; one win, one loss, one tie.
+    assert "| last | 1 | 0.00 | 1.00 | 1 / 0 / 0 |" in text
+    assert "| sort | 3 | 0.93 | 0.83 | 1 / 1 / 1 |" in text
+    # generation: 3 s on odd steps, 1 s on even ones, mean 2 s of a 4 s step.
+    assert "| generation | 2 | 50% |" in text
+    assert "| scoring | 0.5 | 12% |" in text
+    assert "| update | 1.5 | 38% |" in text

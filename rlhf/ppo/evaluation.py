@@ -34,16 +34,24 @@ def final_metrics(config, inputs, tokenizer, sampling, state: dict[str, Any], fi
 
 
 def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path) -> tuple[dict[str, Any], list[dict]]:
-    """Win rates of the PPO policy against the reference (SFT) policy on held-out prompts (ties count half)."""
+    """Win rates of the PPO policy against the reference (SFT) policy on held-out prompts (ties count half).
+
+    With a gold scorer, also the gold win rate of the greedy responses (InstructGPT's other claim: PPO's greedy
+    response is at least as good as SFT's), when the main comparison samples; and each sample's task label.
+    """
     from rlhf.adaptation import load_adapted
-    from rlhf.evaluation import gold_scorer
+    from rlhf.evaluation import gold_scorer, task_of_prompt
     from rlhf.rm.model import load_reward_model, score_texts
 
     prompts = [p for p in inputs.eval_prompts for _ in range(config.eval_samples_per_prompt)]
-    responses = {}
+    greedy = bool(config.gold_scorer) and config.eval_do_sample
+    responses, greedy_responses = {}, {}
     for name, path in (("sft", inputs.paths["reference"]), ("ppo", str(final_dir))):
         policy = load_adapted(path, task="causal_lm", trust_remote_code=config.trust_remote_code)
         responses[name] = sample_responses(policy, tokenizer, prompts, sampling, config.eval_do_sample, config.seed)
+        if greedy:
+            greedy_responses[name] = sample_responses(policy, tokenizer, inputs.eval_prompts, sampling, False,
+                                                      config.seed)
         del policy
     reward_model, reward_tokenizer, normalization = load_reward_model(inputs.paths["reward"],
                                                                       trust_remote_code=config.trust_remote_code)
@@ -53,15 +61,27 @@ def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path) -> tu
                "win_rate_rm": win_rate(rm["ppo"], rm["sft"]), "eval_prompts": len(inputs.eval_prompts),
                "eval_responses": len(prompts)}
     gold_scores = {"sft": [None] * len(prompts), "ppo": [None] * len(prompts)}
+    tasks = [None] * len(prompts)
     if config.gold_scorer:
         scorer = gold_scorer(config.gold_scorer)
-        gold_scores = {name: [scorer(prompt_text(tokenizer, p), r) for p, r in zip(prompts, texts)]
-                       for name, texts in responses.items()}
+        texts = [prompt_text(tokenizer, p) for p in prompts]
+        gold_scores = {name: [scorer(t, r) for t, r in zip(texts, answers)] for name, answers in responses.items()}
         metrics.update({"gold_score_sft": fmean(gold_scores["sft"]), "gold_score_ppo": fmean(gold_scores["ppo"]),
                         "win_rate_gold": win_rate(gold_scores["ppo"], gold_scores["sft"])})
-    samples = [{"prompt": p, "sft": s, "ppo": q, "rm_sft": rs, "rm_ppo": rq, "gold_sft": gs, "gold_ppo": gq}
-               for p, s, q, rs, rq, gs, gq in zip(prompts, responses["sft"], responses["ppo"], rm["sft"], rm["ppo"],
-                                                  gold_scores["sft"], gold_scores["ppo"])]
+        if greedy:
+            greedy_texts = [prompt_text(tokenizer, p) for p in inputs.eval_prompts]
+            greedy_gold = {name: [scorer(t, r) for t, r in zip(greedy_texts, answers)]
+                           for name, answers in greedy_responses.items()}
+            metrics.update({"gold_score_sft_greedy": fmean(greedy_gold["sft"]),
+                            "gold_score_ppo_greedy": fmean(greedy_gold["ppo"]),
+                            "win_rate_gold_greedy": win_rate(greedy_gold["ppo"], greedy_gold["sft"])})
+        task_of = task_of_prompt(config.gold_scorer)
+        if task_of is not None:
+            tasks = [task_of(t) for t in texts]
+    samples = [{"prompt": p, "sft": s, "ppo": q, "rm_sft": rs, "rm_ppo": rq, "gold_sft": gs, "gold_ppo": gq,
+                "task": task}
+               for p, s, q, rs, rq, gs, gq, task in zip(prompts, responses["sft"], responses["ppo"], rm["sft"],
+                                                        rm["ppo"], gold_scores["sft"], gold_scores["ppo"], tasks)]
     return metrics, samples
 
 
