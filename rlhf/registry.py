@@ -71,21 +71,28 @@ def check_name(name: str) -> str:
 class Registry:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root else default_root()
+        self._reported: set[Path] = set()
 
     # -- reading --------------------------------------------------------------------------------
     def entries(self, name: str | None = None) -> list[Entry]:
-        """All entries (or all versions of one name), oldest first."""
+        """All entries (or all versions of one name), oldest first. A damaged entry file is reported on stderr
+        with its path and left out, so that one bad file does not take the rest of the registry with it."""
+        found = []
+        for file in self._entry_files(name):
+            try:
+                found.append(_read_entry(file))
+            except (OSError, ValueError, TypeError) as error:
+                if file not in self._reported:
+                    self._reported.add(file)
+                    print(f"warning: registry entry {file} is damaged and left out "
+                          f"({' '.join(str(error).split())[:200]})", file=sys.stderr)
+        return sorted(found, key=lambda entry: (entry.name, entry.version))
+
+    def _entry_files(self, name: str | None = None) -> list[Path]:
         base = self.root / "entries"
         names = [name] if name else sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-        found = []
-        for entry_name in names:
-            directory = base / entry_name
-            if not directory.is_dir():
-                continue
-            for file in directory.glob("*.json"):
-                if file.stem.isdigit():
-                    found.append(Entry(**json.loads(file.read_text())))
-        return sorted(found, key=lambda entry: (entry.name, entry.version))
+        return [file for entry_name in names if (base / entry_name).is_dir()
+                for file in (base / entry_name).glob("*.json") if file.stem.isdigit()]
 
     def get(self, reference: str) -> Entry:
         match = REFERENCE_PATTERN.match(reference)
@@ -126,7 +133,8 @@ class Registry:
         parents = [self.get(parent).reference for parent in parents]  # pin "sft" to "sft@N"
         (self.root / "entries" / name).mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / ".lock")):
-            version = max((entry.version for entry in self.entries(name)), default=0) + 1
+            # Counted from the file names, damaged entries included: their version numbers stay taken.
+            version = max((int(file.stem) for file in self._entry_files(name)), default=0) + 1
             stored = (self.root / "models" / name / str(version)).resolve()
             stored.parent.mkdir(parents=True, exist_ok=True)
             if stored.exists():  # left by a registration that died before writing its entry
@@ -150,6 +158,16 @@ class Registry:
                 seen[entry.reference] = entry
                 pending.extend(entry.parents)
         return list(seen.values())
+
+
+def _read_entry(file: Path) -> Entry:
+    values = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(values, dict):
+        raise ValueError("not a JSON object")
+    entry = Entry(**values)
+    if entry.version != int(file.stem) or not isinstance(entry.path, str):
+        raise ValueError(f"its version {entry.version!r} is not its file name's")
+    return entry
 
 
 def _move_directory(source: Path, target: Path) -> None:

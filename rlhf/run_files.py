@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rlhf.errors import DataError
+
 RESOLVED_CONFIG = "resolved_config.yaml"
 METRICS = "metrics.json"
 REGISTERED = "registered.json"
@@ -33,6 +35,21 @@ def registered_reference(output_dir: str | Path) -> str | None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a JSON Lines file the stages wrote; [] when it is missing."""
+    """The rows of a JSON Lines file the stages wrote; [] when it is missing.
+
+    A last line cut short (a kill or a full disk during the append) is left out: the rows before it are whole.
+    A bad line anywhere else is damage, not a torn append, and an error naming the line.
+    """
     path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):
+                break
+            raise DataError(f"line {number} is not valid JSON", file=str(path)) from None
+    return rows

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from rlhf import distributed
+from rlhf import checkpoint_files, distributed
+from rlhf.errors import RLHFError
 from rlhf.io import atomic_write_json
 
 STEP_PATTERN = re.compile(r"^step-(\d+)$")
@@ -41,6 +42,22 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     found = [(int(m.group(1)), path) for path in directory.iterdir()
              if (m := STEP_PATTERN.match(path.name)) and (path / TRAINER_STATE).is_file()]
     return max(found)[1] if found else None
+
+
+def resumable_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose every file is whole (a damaged newer one is stepped over, saying so), or None.
+
+    Raises UnsafeCheckpointError when the chosen one pickles a type that states never hold.
+    """
+    directory = checkpoints_dir(output_dir)
+    if not directory.is_dir():
+        return None
+    candidates = [(int(m.group(1)), path) for path in directory.iterdir() if (m := STEP_PATTERN.match(path.name))]
+    required = [TRAINER_STATE, "actor", "critic", f"rng_state_{distributed.global_rank()}.pt"]
+    chosen, passed_over = checkpoint_files.newest_whole(candidates, required)
+    if passed_over and distributed.is_main_process():
+        print(checkpoint_files.fallback_message(chosen, passed_over), flush=True)
+    return chosen
 
 
 def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_state: dict[str, Any],
@@ -68,14 +85,18 @@ def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_st
 
 
 def load_checkpoint(path: Path, actor, critic) -> dict[str, Any]:
-    """Restore actor, critic, optimiser states and RNG states from `path`; return its trainer state."""
-    for engine, tag in ((actor, "actor"), (critic, "critic")):
-        loaded, _ = engine.load_checkpoint(str(path), tag=tag, load_optimizer_states=True,
-                                           load_lr_scheduler_states=True)
-        if loaded is None:
-            raise RuntimeError(f"{path}: DeepSpeed found no {tag} checkpoint")
-    rng_file = path / f"rng_state_{distributed.global_rank()}.pt"
-    set_rng_states(torch.load(rng_file, weights_only=True))
+    """Restore actor, critic, optimiser states and RNG states from `path`; return its trainer state.
+
+    Every file loads with weights_only=True, DeepSpeed's included (see rlhf.checkpoint_files).
+    """
+    with checkpoint_files.weights_only_loading():
+        for engine, tag in ((actor, "actor"), (critic, "critic")):
+            loaded, _ = engine.load_checkpoint(str(path), tag=tag, load_optimizer_states=True,
+                                               load_lr_scheduler_states=True)
+            if loaded is None:
+                raise RLHFError(f"{path}: DeepSpeed found no {tag} checkpoint")
+        rng_file = path / f"rng_state_{distributed.global_rank()}.pt"
+        set_rng_states(torch.load(rng_file, weights_only=True))
     return json.loads((path / TRAINER_STATE).read_text())
 
 

@@ -110,9 +110,9 @@ class MetricsLogger:
     def _truncate_after(self, step: int) -> None:
         if not self.path.is_file():
             return
-        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line)["step"] <= step]
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        # read_jsonl leaves out a last line torn by a kill or a full disk; the rows after the checkpoint go too.
+        kept = [row for row in read_jsonl(self.path) if row["step"] <= step]
+        atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:

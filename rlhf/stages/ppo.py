@@ -69,7 +69,7 @@ class PPORecipe:
         """Weights, optimisers, RNG, β, score moments and the data position (the step) of the latest checkpoint."""
         if not self.config.resume:
             return
-        self.last_saved = checkpoint.latest_checkpoint(self.config.output_dir)
+        self.last_saved = checkpoint.resumable_checkpoint(self.config.output_dir)
         if self.last_saved is None:
             return
         self.state = checkpoint.load_checkpoint(self.last_saved, self.engines.actor, self.engines.critic)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from rlhf import distributed
@@ -82,20 +81,3 @@ def gold_metrics_of_start(model, inputs: StageInputs, prompts: list, config) -> 
     with _compat.zero3_init_disabled():
         whole = load_adapted(inputs.model_path, task="causal_lm", trust_remote_code=config.trust_remote_code)
         return gold_metrics(whole, inputs.tokenizer, prompts, config, suffix="before")
-
-
-def resume_argument(config):
-    """The Trainer's resume_from_checkpoint: a path, the latest checkpoint in output_dir, or None.
-
-    `--resume` with no checkpoint yet is a fresh start, so that one command serves a first run and a
-    re-run after a kill.
-    """
-    from transformers.trainer_utils import get_last_checkpoint
-
-    value = config.resume_from_checkpoint
-    if value not in (None, "", "false", "False", "true", "True"):
-        return value
-    if config.resume or value in ("true", "True"):
-        output_dir = Path(config.output_dir)
-        return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    return None

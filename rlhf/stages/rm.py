@@ -24,7 +24,7 @@ def run(config: RMStageConfig):
     from rlhf.rm.data import load_ranking_splits
     from rlhf.rm.model import normalise
     from rlhf.rm.trainer import RankingTrainer, compute_ranking_metrics
-    from rlhf.stages import epilogue, prologue
+    from rlhf.stages import epilogue, prologue, trainer_run
 
     # 1. Inputs: the starting model by reference, the rankings checked before any training starts.
     inputs = prologue.resolve_inputs(config)
@@ -44,7 +44,7 @@ def run(config: RMStageConfig):
         data_collator=RankingCollator(inputs.tokenizer.pad_token_id), compute_metrics=compute_ranking_metrics,
     )
     config.eval_on_start = bool(eval_features)  # the "before" numbers
-    result = trainer.train(resume_from_checkpoint=prologue.resume_argument(config))
+    result = trainer_run.train(trainer, config)
     before = epilogue.metrics_before_training(trainer)
     if before:
         metrics["eval_pairwise_accuracy_before"] = before["eval_pairwise_accuracy"]

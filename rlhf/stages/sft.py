@@ -23,7 +23,7 @@ def run(config: SFTStageConfig):
 
     from rlhf.sft.data import load_demonstration_splits
     from rlhf.sft.packing import keep_packed_rows
-    from rlhf.stages import epilogue, prologue
+    from rlhf.stages import epilogue, prologue, trainer_run
 
     # 1. Inputs: the model by reference, the demonstrations checked before any training starts.
     if config.adaptation_method == "prefix_tuning":
@@ -51,7 +51,7 @@ def run(config: SFTStageConfig):
         eval_dataset=datasets.Dataset.from_list(eval_records) if eval_records else None,
     )
     keep_packed_rows(trainer)  # without flash attention, a flattened packed batch costs (batch x length)^2
-    result = trainer.train(resume_from_checkpoint=prologue.resume_argument(config))
+    result = trainer_run.train(trainer, config)
     before = epilogue.metrics_before_training(trainer)
     if "eval_loss" in before:
         metrics["eval_loss_before"] = before["eval_loss"]

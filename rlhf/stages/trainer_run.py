@@ -1,0 +1,61 @@
+"""The train() call of the Trainer stages (SFT, RM), made to survive what clusters do to jobs.
+
+    resume        from the newest *whole* checkpoint in output_dir; one cut short is stepped over and removed
+    safe loads    every checkpoint file checked before loading, and loaded with weights_only=True
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from rlhf import checkpoint_files, distributed
+from rlhf.errors import RLHFError
+
+# The Trainer's names: checkpoint-<global step>/, with trainer_state.json written last.
+TRAINER_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.json"
+
+
+def train(trainer, config):
+    """trainer.train(), resumed as the config says; returns the Trainer's TrainOutput."""
+    resume_from = resume_argument(config)
+    with checkpoint_files.weights_only_loading():
+        return trainer.train(resume_from_checkpoint=resume_from)
+
+
+def resume_argument(config) -> str | None:
+    """The Trainer's resume_from_checkpoint: a path, the newest whole checkpoint in output_dir, or None.
+
+    `--resume` with no checkpoint yet is a fresh start, so that one command serves a first run and a
+    re-run after a kill. A checkpoint cut short by a kill or a full disk is stepped over, saying so, and
+    removed, so that the Trainer writes that step afresh. The chosen one is checked for unsafe pickles.
+    """
+    value = config.resume_from_checkpoint
+    if value not in (None, "", "false", "False", "true", "True"):
+        problem = checkpoint_files.directory_problem(Path(value), [TRAINER_STATE])
+        if problem:
+            raise RLHFError(f"resume_from_checkpoint {value} is not a whole checkpoint: {problem}")
+        checkpoint_files.check_safe_to_load(Path(value))
+        return value
+    if not (config.resume or value in ("true", "True")):
+        return None
+    candidates = trainer_checkpoints(Path(config.output_dir))
+    chosen, passed_over = checkpoint_files.newest_whole(candidates, [TRAINER_STATE])
+    distributed.barrier()  # every rank has chosen before rank 0 removes what it stepped over
+    if passed_over and distributed.is_main_process():
+        print(checkpoint_files.fallback_message(chosen, passed_over), flush=True)
+        chosen_step = next((step for step, path in candidates if path == chosen), -1)
+        for step, path in candidates:
+            if step > chosen_step:
+                shutil.rmtree(path, ignore_errors=True)
+    distributed.barrier()
+    return str(chosen) if chosen is not None else None
+
+
+def trainer_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    if not output_dir.is_dir():
+        return []
+    return [(int(m.group(1)), path) for path in output_dir.iterdir()
+            if (m := TRAINER_CHECKPOINT.match(path.name)) and path.is_dir()]

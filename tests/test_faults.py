@@ -1,0 +1,322 @@
+"""Faults a cluster deals out, injected deterministically by file surgery, hooks and signals: a kill during a
+checkpoint write (the files it leaves), a torn metrics line, a damaged checkpoint or registry entry, a pickle that
+runs code, a full disk, SIGTERM. Each run then resumes to the result of an uninterrupted one, or stops with one
+line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ppo_setup import build_models, stage_arguments
+from rlhf.demo.task import corpus_words, make_split
+from rlhf.demo.tiny_model import build_tiny_model
+from rlhf.registry import Registry
+
+TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second"}
+
+
+class RunsCode:
+    """What an attacker saves in place of a state file: unpickling it creates `marker` (any call would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def one_line_error(capsys, main, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    # Progress bars of what ran before may precede it; the error is the last line, and the only one.
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err, err[-2000:]
+    return errors[0]
+
+
+# -- torn JSON Lines ---------------------------------------------------------------------------------------
+def test_a_torn_last_metrics_line_is_left_out_and_a_bad_middle_line_is_an_error(tmp_path):
+    from rlhf.errors import DataError
+    from rlhf.run_files import read_jsonl
+
+    path = tmp_path / "ppo_metrics.jsonl"
+    path.write_text('{"step": 1, "kl": 0.5}\n{"step": 2, "kl": 0.25}\n{"step": 3, "rm_sc')
+    assert read_jsonl(path) == [{"step": 1, "kl": 0.5}, {"step": 2, "kl": 0.25}]
+    path.write_text('{"step": 1}\n{"step": 2, "rm_sc\n{"step": 3}\n')
+    with pytest.raises(DataError, match="ppo_metrics.jsonl: line 2 is not valid JSON"):
+        read_jsonl(path)
+
+
+def test_the_report_skips_a_torn_last_metrics_line(tmp_path, capsys):
+    from rlhf.report import main
+
+    rows = [{"step": step, "rm_score": 0.1 * step, "kl": 0.01 * step, "beta": 0.1, "response_length": 4.0}
+            for step in (1, 2, 3)]
+    (tmp_path / "ppo").mkdir()
+    (tmp_path / "ppo" / "ppo_metrics.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in rows) + '{"step": 4, "rm_sc')
+    main([str(tmp_path), "--registry_dir", str(tmp_path / "registry")])
+    assert "report:" in capsys.readouterr().out
+    assert (tmp_path / "report" / "ppo_training.png").stat().st_size > 0
+
+
+# -- registry ----------------------------------------------------------------------------------------------
+def _model_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def test_a_damaged_registry_entry_is_reported_and_left_out_by_list_show_and_register(tmp_path, capsys):
+    from rlhf.registry import main
+
+    registry = Registry(tmp_path / "registry")
+    for number in (1, 2):
+        registry.register("sft", "sft", _model_dir(tmp_path / f"model{number}"))
+    damaged = tmp_path / "registry" / "entries" / "sft" / "2.json"
+    cut_in_half(damaged)
+
+    main(["--registry_dir", str(tmp_path / "registry"), "list"])
+    captured = capsys.readouterr()
+    assert "sft@1" in captured.out and "sft@2" not in captured.out
+    assert f"registry entry {damaged} is damaged and left out" in captured.err
+
+    main(["--registry_dir", str(tmp_path / "registry"), "show", "sft"])
+    assert '"version": 1' in capsys.readouterr().out  # the latest whole version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--registry_dir", str(tmp_path / "registry"), "show", "sft@2"])
+    assert exit_info.value.code == 2
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert str(damaged) in warning and error.startswith("error: ") and "no version 2 of 'sft'" in error
+
+    # A new registration takes a fresh number: the damaged entry's model is not overwritten.
+    entry = Registry(tmp_path / "registry").register("sft", "sft", _model_dir(tmp_path / "model3"))
+    assert entry.version == 3 and (tmp_path / "registry" / "models" / "sft" / "2").is_dir()
+
+
+# -- SFT and RM: a kill during a checkpoint write, a damaged or malicious checkpoint -------------------------
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from rlhf.data.rankings import Ranking, write_rankings
+
+    root = tmp_path_factory.mktemp("faults")
+    build_tiny_model(root / "base", corpus_words(), hidden_size=32, num_layers=2)
+    records = make_split(96, seed=1)
+    (root / "demos.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    rankings = [Ranking(f"r{i}", r["prompt"], (r["completion"], " cat", " dog dog"), (1, 2, 3))
+                for i, r in enumerate(records)]
+    write_rankings(root / "rankings.jsonl", rankings)
+    return root
+
+
+def trainer_stage_args(stage: str, root: Path, out: Path, *extra: str) -> list[str]:
+    common = ["--model_name_or_path", str(root / "base"), "--registry_dir", str(out / "registry"),
+              "--output_dir", str(out / "run"), "--max_length", "48", "--per_device_train_batch_size", "8",
+              "--learning_rate", "3e-3", "--lr_scheduler_type", "constant", "--max_steps", "4",
+              "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2",
+              "--report_to", "none", "--seed", "0"]
+    if stage == "sft":
+        common += ["--train_file", str(root / "demos.jsonl")]
+    else:
+        common += ["--train_file", str(root / "rankings.jsonl"), "--normalization_file", str(root / "demos.jsonl"),
+                   "--eval_fraction", "0"]
+    return common + list(extra)
+
+
+def stage_main(stage: str):
+    from rlhf.stages import rm, sft
+
+    return {"sft": sft.main, "rm": rm.main}[stage]
+
+
+def registered_weights(registry: Path, reference: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(Registry(registry).get(reference).path) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module", params=["sft", "rm"])
+def finished_trainer_run(request, workspace, tmp_path_factory):
+    """An uninterrupted run of 4 steps with checkpoints at 2 and 4, registered as <stage>@1."""
+    out = tmp_path_factory.mktemp(f"{request.param}_straight")
+    stage_main(request.param)(trainer_stage_args(request.param, workspace, out))
+    return request.param, out
+
+
+def as_if_killed(finished: Path, copy: Path) -> Path:
+    """A copy of a finished run's directory and registry as a kill before its end would have left them."""
+    shutil.copytree(finished, copy)
+    for name in ("registered.json", "metrics.json"):
+        (copy / "run" / name).unlink()
+    return copy
+
+
+@pytest.mark.slow
+def test_trainer_stage_resumes_from_the_newest_whole_checkpoint_after_a_kill_mid_write(finished_trainer_run,
+                                                                                   workspace, tmp_path, capsys):
+    stage, straight = finished_trainer_run
+    out = as_if_killed(straight, tmp_path / "killed")
+    torn = out / "run" / "checkpoint-4"
+    (torn / "trainer_state.json").unlink()  # the Trainer writes it last: a kill mid-save leaves none
+    cut_in_half(torn / "model.safetensors")
+
+    stage_main(stage)(trainer_stage_args(stage, workspace, out, "--resume", "true"))
+    output = capsys.readouterr().out
+    assert f"skipping damaged checkpoint(s) ({torn / 'trainer_state.json'}: missing)" in output
+    assert f"resuming from {out / 'run' / 'checkpoint-2'}" in output
+    assert json.loads((out / "run" / "registered.json").read_text())["reference"] == f"{stage}@2"
+    want, got = registered_weights(out / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@2")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_trainer_stage_steps_over_a_truncated_file_in_a_finished_checkpoint(finished_trainer_run, workspace, tmp_path,
+                                                                          capsys):
+    stage, straight = finished_trainer_run
+    out = as_if_killed(straight, tmp_path / "damaged")
+    cut_in_half(out / "run" / "checkpoint-4" / "optimizer.pt")  # a full disk, or a copy cut short
+
+    stage_main(stage)(trainer_stage_args(stage, workspace, out, "--resume", "true"))
+    output = capsys.readouterr().out
+    assert f"{out / 'run' / 'checkpoint-4' / 'optimizer.pt'}: cut short" in output
+    want, got = registered_weights(out / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@2")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_trainer_checkpoint_that_pickles_code_is_refused_without_running_it(finished_trainer_run, workspace,
+                                                                            tmp_path, capsys):
+    stage, straight = finished_trainer_run
+    out = as_if_killed(straight, tmp_path / "tampered")
+    marker = tmp_path / "payload_ran"
+    target = out / "run" / "checkpoint-4" / "optimizer.pt"
+    torch.save({"state": {}, "param_groups": [], "extra": RunsCode(marker)}, target)
+
+    message = one_line_error(capsys, stage_main(stage), trainer_stage_args(stage, workspace, out, "--resume", "true"))
+    assert str(target) in message and "refusing to load" in message and "io.open" in message
+    assert not marker.exists()
+
+
+# -- PPO -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ppo_models(tmp_path_factory) -> dict:
+    return build_models(tmp_path_factory.mktemp("ppo_models"))
+
+
+def ppo_args(models: dict, out: Path, **overrides) -> list[str]:
+    return stage_arguments(models, out / "run", out / "registry", max_steps=4, save_steps=2, eval_prompts=4,
+                           **overrides)
+
+
+@pytest.fixture(scope="module")
+def finished_ppo_run(ppo_models, tmp_path_factory) -> Path:
+    from rlhf.stages.ppo import main
+
+    out = tmp_path_factory.mktemp("ppo_straight")
+    main(ppo_args(ppo_models, out))
+    return out
+
+
+def ppo_rows(out: Path) -> list[dict]:
+    from rlhf.ppo.tracking import read_metrics
+
+    return read_metrics(out / "run")
+
+
+def assert_same_rows(got: list[dict], want: list[dict]) -> None:
+    assert [row["step"] for row in got] == [row["step"] for row in want]
+    for have, expected in zip(got, want):
+        for key in set(expected) - TIMING_KEYS:
+            assert have[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), (expected["step"], key)
+
+
+@pytest.mark.slow
+def test_ppo_resumes_past_a_torn_metrics_line(finished_ppo_run, ppo_models, tmp_path, capsys):
+    from rlhf.stages.ppo import main
+
+    out = as_if_killed(finished_ppo_run, tmp_path / "killed")
+    # Killed while appending step 4's row, after checkpoint 2: the row is half there, checkpoint 4 never was.
+    shutil.rmtree(out / "run" / "checkpoints" / "step-4")
+    metrics_file = out / "run" / "ppo_metrics.jsonl"
+    lines = metrics_file.read_text().splitlines()
+    metrics_file.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+
+    main(ppo_args(ppo_models, out, resume=True))
+    assert "resuming from" in capsys.readouterr().out
+    assert_same_rows(ppo_rows(out), ppo_rows(finished_ppo_run))
+    assert Registry(out / "registry").get("ppo").version == 2
+
+
+@pytest.mark.parametrize("damaged", ["actor/mp_rank_00_model_states.pt", "critic/mp_rank_00_model_states.pt",
+                                     "rng_state_0.pt", "trainer_state.json"])
+@pytest.mark.slow
+def test_ppo_falls_back_from_a_damaged_latest_checkpoint_saying_which_file(finished_ppo_run, ppo_models, tmp_path,
+                                                                         capsys, damaged):
+    from rlhf.stages.ppo import main
+
+    out = as_if_killed(finished_ppo_run, tmp_path / "damaged")
+    checkpoints = out / "run" / "checkpoints"
+    cut_in_half(checkpoints / "step-4" / damaged)
+
+    main(ppo_args(ppo_models, out, resume=True))
+    output = capsys.readouterr().out
+    assert f"skipping damaged checkpoint(s) ({checkpoints / 'step-4' / damaged}:" in output
+    assert f"resuming from {checkpoints / 'step-2'}" in output
+    assert_same_rows(ppo_rows(out), ppo_rows(finished_ppo_run))
+
+
+@pytest.mark.slow
+def test_a_ppo_checkpoint_that_pickles_code_is_refused_without_running_it(finished_ppo_run, ppo_models, tmp_path,
+                                                                        capsys):
+    from rlhf.stages.ppo import main
+
+    out = as_if_killed(finished_ppo_run, tmp_path / "tampered")
+    marker = tmp_path / "payload_ran"
+    target = out / "run" / "checkpoints" / "step-4" / "actor" / "mp_rank_00_model_states.pt"
+    state = torch.load(target, weights_only=True)
+    state["payload"] = RunsCode(marker)
+    torch.save(state, target)
+
+    message = one_line_error(capsys, main, ppo_args(ppo_models, out, resume=True))
+    assert str(target) in message and "refusing to load" in message
+    assert not marker.exists()
+
+
+def test_deepspeeds_own_checkpoint_load_is_weights_only_inside_weights_only_loading(tmp_path):
+    """The second line of defence, for a file that reaches DeepSpeed without the check: its loader passes
+    weights_only=False, and weights_only_loading overrides that."""
+    import pickle
+
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    from rlhf.checkpoint_files import weights_only_loading
+
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": {"w": torch.ones(2)}, "payload": RunsCode(marker)}, path)
+    with weights_only_loading(), pytest.raises(pickle.UnpicklingError, match="Unsupported global: GLOBAL io.open"):
+        TorchCheckpointEngine().load(str(path))
+    assert not marker.exists()
+    # DeepSpeed's ZeRO states still load: the types they hold are allowed.
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    torch.save({"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.gradients}, path)
+    with weights_only_loading():
+        loaded = TorchCheckpointEngine().load(str(path))
+    assert loaded["zero_stage"] is ZeroStageEnum.gradients and loaded["loss_scaler"].cur_scale == 1.0
