@@ -1,31 +1,75 @@
-"""Batched generation from prompts (text or chat messages), with left padding and the KV cache."""
+"""Batched generation from prompts (text or chat messages), with left padding and the KV cache.
+
+A checkpoint's own generation_config.json never changes how we sample: `generate` fills every field of the
+config it is given that is left unset from the model's `generation_config` (a shipped `repetition_penalty`,
+`no_repeat_ngram_size`, `temperature`...), so generation runs with a neutral one in its place
+(`checkpoint_defaults_off`). Its stop tokens are kept on purpose: Llama 3 Instruct ends a turn with
+`<|eot_id|>`, which is not the tokenizer's EOS, and lists several EOS ids (`stop_token_ids`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 from rlhf.data.formatting import encode_prompts
+
+
+def stop_token_ids(tokenizer, model=None) -> tuple[int, ...]:
+    """Every token that ends a response: the tokenizer's EOS first, then the EOS ids of the model's
+    generation config (an int or a list), without repeats."""
+    ids: list[int] = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    shipped = getattr(_generation_model(model), "generation_config", None) if model is not None else None
+    listed = getattr(shipped, "eos_token_id", None)
+    if listed is not None:
+        ids.extend([listed] if isinstance(listed, int) else list(listed))
+    return tuple(dict.fromkeys(int(i) for i in ids))
+
+
+def _generation_model(model):
+    """The innermost model that `generate` reads its generation_config from (through peft's wrappers)."""
+    from transformers import GenerationMixin
+
+    found = [module for module in model.modules() if isinstance(module, GenerationMixin)]
+    return found[-1] if found else model
+
+
+@contextlib.contextmanager
+def checkpoint_defaults_off(model) -> Iterator[None]:
+    """For the block, every generating (sub)module holds a default GenerationConfig, so that what `generate`
+    does not get from us is transformers' neutral default and never the checkpoint's setting."""
+    from transformers import GenerationConfig, GenerationMixin
+
+    swapped = [(module, module.generation_config) for module in model.modules()
+               if isinstance(module, GenerationMixin) and getattr(module, "generation_config", None) is not None]
+    for module, _ in swapped:
+        module.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        for module, saved in swapped:
+            module.generation_config = saved
 
 
 def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_tokens: int = 32,
                        do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                        batch_size: int = 32) -> list[str]:
-    """One response per prompt, decoded without special tokens."""
+    """One response per prompt, decoded without special tokens; any of the checkpoint's stop tokens ends it."""
     import torch
+    from transformers import GenerationConfig
 
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
+    generation_config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                         pad_token_id=tokenizer.pad_token_id,
+                                         eos_token_id=list(stop_token_ids(tokenizer, model)) or None, **settings)
     was_training = model.training
     model.eval()
     responses: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
             batch = encode_prompts(tokenizer, prompts[start:start + batch_size]).to(model.device)
-            with torch.no_grad():
-                output = model.generate(
-                    **batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                    temperature=temperature if do_sample else None, top_k=top_k if do_sample else None,
-                    top_p=top_p if do_sample else None, pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
+            with torch.no_grad(), checkpoint_defaults_off(model):
+                output = model.generate(**batch, generation_config=generation_config)
             new_tokens = output[:, batch["input_ids"].shape[1]:]
             responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     finally:

@@ -29,6 +29,26 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+# Text that shows how a tokenizer treats specials, digits, accents and whitespace, and whether it adds a BOS.
+TOKENIZATION_PROBE = "Hello, World! 123 \u00fcn\u00efc\u00f6d\u00e9\n  two  spaces."
+
+
+def same_tokenization(first, second) -> bool:
+    """True when two tokenizers give the same ids for the same text and the same conversation: same vocabulary,
+    same special tokens, same chat template, and the same ids for a probe text (which catches a BOS that only
+    one of them prepends, as OPT's does, or another normaliser). A shared vocabulary alone is not enough."""
+    if first is second:
+        return True
+    return (first.get_vocab() == second.get_vocab() and _special_tokens(first) == _special_tokens(second)
+            and getattr(first, "chat_template", None) == getattr(second, "chat_template", None)
+            and first(TOKENIZATION_PROBE).input_ids == second(TOKENIZATION_PROBE).input_ids)
+
+
+def _special_tokens(tokenizer) -> tuple:
+    return (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id,
+            sorted(tokenizer.all_special_ids))
+
+
 def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: Any = None):
     from transformers import AutoModelForCausalLM
 

@@ -1,4 +1,4 @@
-"""Log-probabilities under the sampling distribution: they are the sampler's, and the KL of a policy to itself is 0."""
+"""PPO's log-probabilities: the tempered softmax (the sampler's exactly without top-k/top-p), finite at every sampled token."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from rlhf.ppo import rewards
 from rlhf.ppo.experience import response_logits, sequence_inputs
-from rlhf.ppo.logprobs import SamplingSettings, sampling_entropy, sampling_logprobs, warp_logits
+from rlhf.ppo.logprobs import LOGPROB_FLOOR, SamplingSettings, sampling_entropy, sampling_logprobs
 
 TOKENS = SimpleNamespace(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
@@ -33,67 +33,68 @@ def sample(model, settings: SamplingSettings, seed: int = 0):
     return response_ids, response_mask, sampler_logprobs, inputs, query_ids.shape[1]
 
 
-def test_logprobs_are_those_of_the_warped_distribution_generate_sampled_from(tiny_causal_lm):
+def tempered_logprobs_by_hand(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def test_without_top_k_or_top_p_the_logprobs_are_exactly_the_samplers(tiny_causal_lm):
     tiny_causal_lm.eval()
-    settings = SamplingSettings(temperature=0.7, top_k=12, top_p=0.9, max_new_tokens=8, suppressed_token_ids=(0,))
+    settings = SamplingSettings(temperature=0.7, max_new_tokens=8, suppressed_token_ids=(0,))
     response_ids, mask, sampler_logprobs, inputs, query_length = sample(tiny_causal_lm, settings)
     with torch.no_grad():
         logits = response_logits(tiny_causal_lm, inputs, query_length)
-    ours, support = sampling_logprobs(logits, response_ids, settings)
+    ours = sampling_logprobs(logits, response_ids, settings)
     real = mask.bool()
     assert real.sum() > 10
     torch.testing.assert_close(ours[real], sampler_logprobs[real], atol=1e-4, rtol=1e-4)
-    # Every sampled token lies in the support, and the filters really removed tokens.
-    assert support.gather(-1, response_ids[..., None])[..., 0][real].all()
-    assert (~support[real]).any()
-    # Raw softmax log-probabilities are something else: that mismatch is what biases the KL elsewhere.
-    raw = softmax_logprobs(logits, response_ids)
+    # Raw softmax log-probabilities (T = 1) are something else: that mismatch is what biases the KL elsewhere.
+    raw = tempered_logprobs_by_hand(logits, response_ids, 1.0)
     assert (raw[real] - sampler_logprobs[real]).abs().max() > 0.05
 
 
-
-def softmax_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[label]: what a sampler without temperature, top-k or top-p would have used."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-
-
-def test_kl_to_an_identical_reference_is_zero_under_the_sampling_distribution(tiny_causal_lm):
+def test_with_top_k_and_top_p_the_logprobs_are_the_full_tempered_softmax(tiny_causal_lm):
     tiny_causal_lm.eval()
     settings = SamplingSettings(temperature=0.6, top_k=8, top_p=0.8, max_new_tokens=8, suppressed_token_ids=(0,))
     response_ids, mask, _, inputs, query_length = sample(tiny_causal_lm, settings, seed=3)
     with torch.no_grad():
-        policy_logits = response_logits(tiny_causal_lm, inputs, query_length)
-        reference_logits = response_logits(tiny_causal_lm, inputs, query_length)
-    logprobs, support = sampling_logprobs(policy_logits, response_ids, settings)
-    ref_logprobs, _ = sampling_logprobs(reference_logits, response_ids, settings, support=support)
+        logits = response_logits(tiny_causal_lm, inputs, query_length)
+    ours = sampling_logprobs(logits, response_ids, settings)
+    expected = tempered_logprobs_by_hand(logits.index_fill(-1, torch.tensor([0]), float("-inf")), response_ids, 0.6)
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], expected[real])
+    # KL of the policy to an identical reference is exactly 0 under every estimator.
     for estimator in rewards.KL_ESTIMATORS:
-        kl = rewards.kl_penalty(logprobs, ref_logprobs, estimator)[mask.bool()]
-        assert kl.abs().max() == 0, estimator
-    # The same reference read through a plain softmax gives a clearly non-zero (biased) KL estimate.
-    unwarped_ref = softmax_logprobs(reference_logits, response_ids)
-    biased = rewards.kl_penalty(logprobs, unwarped_ref, "k1")[mask.bool()].mean()
-    assert biased.abs() > 0.05
+        assert rewards.kl_penalty(ours, sampling_logprobs(logits.clone(), response_ids, settings),
+                                  estimator)[real].abs().max() == 0, estimator
 
 
-def test_reference_outside_the_policys_top_k_is_restricted_to_the_policys_support():
-    # Policy prefers token 0, the reference token 2; with top_k=2 the policy may sample token 1,
-    # which the reference's own top-2 ({2, 3}) would give -inf. On the policy's support it stays finite.
-    settings = SamplingSettings(temperature=1.0, top_k=2)
-    policy_logits = torch.tensor([[[3.0, 2.0, 0.0, -1.0]]])
-    reference_logits = torch.tensor([[[0.0, 1.0, 3.0, 2.0]]])
+def test_a_sampled_token_at_the_edge_of_the_nucleus_keeps_a_finite_ratio():
+    # Sampled under top_k=2 when token 1 was second (logits 3.0, 2.0, 1.99, ...). Rescored by a full forward whose
+    # last bits differ, token 2 overtakes it and a recomputed top-2 would give token 1 -inf: an infinite or zero
+    # ratio. On the full tempered softmax both passes give finite log-probs, by hand:
+    settings = SamplingSettings(temperature=0.5, top_k=2)
+    at_sampling = torch.tensor([[[3.0, 2.0, 1.99, -1.0]]])
+    at_update = torch.tensor([[[3.0, 1.99, 2.0, -1.0]]])
     labels = torch.tensor([[1]])
-    logprobs, support = sampling_logprobs(policy_logits, labels, settings)
-    ref_logprobs, _ = sampling_logprobs(reference_logits, labels, settings, support=support)
-    assert support.tolist() == [[[True, True, False, False]]]
-    # log softmax([3, 2])[1] and log softmax([0, 1])[1], by hand.
-    assert torch.allclose(logprobs, torch.tensor([[2.0 - torch.logaddexp(torch.tensor(3.0), torch.tensor(2.0))]]))
-    assert torch.allclose(ref_logprobs, torch.tensor([[1.0 - torch.logaddexp(torch.tensor(0.0), torch.tensor(1.0))]]))
+    old = sampling_logprobs(at_sampling, labels, settings)
+    new = sampling_logprobs(at_update, labels, settings)
+    z_old = torch.logsumexp(torch.tensor([6.0, 4.0, 3.98, -2.0]), dim=0)
+    z_new = torch.logsumexp(torch.tensor([6.0, 3.98, 4.0, -2.0]), dim=0)
+    torch.testing.assert_close(old, (4.0 - z_old).reshape(1, 1))
+    torch.testing.assert_close(new, (3.98 - z_new).reshape(1, 1))
+    ratio = torch.exp(new - old)
+    assert torch.isfinite(ratio).all() and abs(ratio.item() - 1) < 0.05
 
 
-def test_entropy_of_the_warped_distribution_by_hand():
-    settings = SamplingSettings(temperature=2.0, top_k=2)
-    logits = torch.tensor([[[4.0, 2.0, -10.0]]])  # /T -> [2, 1, -5]; top-2 keeps [2, 1]
-    p = torch.softmax(torch.tensor([2.0, 1.0]), dim=0)
+def test_suppressed_padding_after_eos_gets_the_finite_floor():
+    settings = SamplingSettings(suppressed_token_ids=(0,))
+    logprobs = sampling_logprobs(torch.tensor([[[1.0, 2.0, 3.0]]]), torch.tensor([[0]]), settings)
+    assert logprobs.item() == LOGPROB_FLOOR
+
+
+def test_entropy_of_the_tempered_distribution_by_hand():
+    settings = SamplingSettings(temperature=2.0, top_k=2, suppressed_token_ids=(3,))
+    logits = torch.tensor([[[4.0, 2.0, -10.0, 7.0]]])  # /T -> [2, 1, -5]; token 3 is never sampled
+    p = torch.softmax(torch.tensor([2.0, 1.0, -5.0]), dim=0)
     expected = -(p * p.log()).sum()
     assert torch.allclose(sampling_entropy(logits, settings), expected.reshape(1, 1))
-    assert torch.isinf(warp_logits(logits, settings)[0, 0, 2])

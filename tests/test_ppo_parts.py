@@ -203,13 +203,14 @@ def test_responses_are_retokenized_for_a_reward_model_with_another_tokenizer():
     from rlhf.ppo import rewards
     from rlhf.demo.task import corpus_words
     from rlhf.demo.tiny_model import build_tokenizer
-    from rlhf.ppo.experience import decode_responses, same_tokenizer, tokenize_prompts
+    from rlhf.models import same_tokenization
+    from rlhf.ppo.experience import decode_responses, tokenize_prompts
     from rlhf.rm.model import score_texts
 
     policy_tokenizer = build_tokenizer(corpus_words())
     # One more word shifts every id after it: the same text becomes other ids for the reward model.
     reward_tokenizer = build_tokenizer(corpus_words() + ["aardvark"])
-    assert not same_tokenizer(policy_tokenizer, reward_tokenizer)
+    assert not same_tokenization(policy_tokenizer, reward_tokenizer)
     reward_model = scalar_head_model(reward_tokenizer)
     prompts = ["sort these words : cat dog answer :", "reverse these words : owl fox bear answer :"]
     batch = tokenize_prompts(policy_tokenizer, prompts)
@@ -224,7 +225,7 @@ def test_responses_are_retokenized_for_a_reward_model_with_another_tokenizer():
     torch.testing.assert_close(scores, torch.tensor(expected) - 0.25)
 
 
-def test_with_the_same_tokenizer_the_generated_ids_are_scored_as_the_text_would_be():
+def test_with_the_same_tokenization_the_generated_ids_are_scored_as_the_text_would_be():
     from rlhf.ppo import rewards
     from rlhf.demo.task import corpus_words
     from rlhf.demo.tiny_model import build_tokenizer

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import torch
 
 from rlhf.data.formatting import encode_prompts, reward_input_ids
+from rlhf.generation import checkpoint_defaults_off
+from rlhf.models import same_tokenization
 from rlhf.ppo.engines import PPOEngines, zero_stage
 from rlhf.ppo.logprobs import SamplingSettings, position_ids_from_mask, sampling_logprobs
 from rlhf.ppo.rewards import (RunningMoments, gae_advantages, kl_penalized_rewards, masked_whiten,
@@ -59,7 +61,7 @@ def generate(actor, batch: PromptBatch, generation_config, zero3_generation: str
         else:
             synced_gpus = True
     device = actor.device
-    with gathered, torch.no_grad():
+    with gathered, torch.no_grad(), checkpoint_defaults_off(module):
         output = module.generate(input_ids=batch.query_ids.to(device), attention_mask=batch.query_mask.to(device),
                                  generation_config=generation_config, synced_gpus=synced_gpus)
     return output[:, batch.query_ids.shape[1]:].cpu()
@@ -149,25 +151,26 @@ def _on(device, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, tokenizer,
           settings: SamplingSettings, reward_max_length: int) -> Rollout:
     """A Rollout holding everything measured at sampling time (rewards and advantages still None)."""
-    response_mask = response_mask_after_eos(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    response_mask = response_mask_after_eos(response_ids, settings.stops(tokenizer), tokenizer.pad_token_id)
     inputs = sequence_inputs(batch.query_ids, batch.query_mask, response_ids, response_mask)
     query_length = batch.query_ids.shape[1]
     labels = response_ids.to(engines.actor.device)
 
     actor_logits = response_logits(engines.actor.module, _on(engines.actor.device, inputs), query_length)
-    logprobs, support = sampling_logprobs(actor_logits, labels, settings)
+    logprobs = sampling_logprobs(actor_logits, labels, settings)
     del actor_logits
     with engines.reference_context():
         reference = engines.reference_module
         device = engines.reference.device if engines.reference is not None else engines.actor.device
         ref_logits = response_logits(reference, _on(device, inputs), query_length)
-    ref_logprobs, _ = sampling_logprobs(ref_logits, labels.to(device), settings, support=support.to(device))
-    del ref_logits, support
+    ref_logprobs = sampling_logprobs(ref_logits, labels.to(device), settings)
+    del ref_logits
 
     critic_values = engines.critic.module(**_on(engines.critic.device, inputs))
     values = critic_values[:, query_length - 1:-1]
 
-    scores = reward_scores(engines, tokenizer, batch, response_ids, response_mask, reward_max_length)
+    scores = reward_scores(engines, tokenizer, batch, response_ids, response_mask, reward_max_length,
+                           settings.stops(tokenizer))
     return Rollout(
         query_ids=batch.query_ids, query_mask=batch.query_mask, response_ids=response_ids,
         response_mask=response_mask, logprobs=logprobs.float().cpu(), ref_logprobs=ref_logprobs.float().cpu(),
@@ -176,21 +179,23 @@ def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, t
 
 
 def reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
-                  response_mask: torch.Tensor, max_length: int) -> torch.Tensor:
+                  response_mask: torch.Tensor, max_length: int, stop_token_ids: Sequence[int] = ()) -> torch.Tensor:
     """(B,) normalised reward-model score of prompt + response + EOS, the input the reward model was trained on.
 
-    With the policy's tokenizer the generated ids are used as they are; with another one the response is decoded
-    and re-tokenized for the reward model (`reward_input_ids`, as in the RM stage).
+    With the policy's tokenization the generated ids are used as they are (a response that ended on another of
+    the checkpoint's stop tokens, such as <|eot_id|>, gets no second EOS); with another one the response is
+    decoded and re-tokenized for the reward model (`reward_input_ids`, as in the RM stage).
     """
     from rlhf.rm.model import pad_right, raw_scores
 
     reward_tokenizer = engines.reward_tokenizer
     sequences = []
-    if same_tokenizer(tokenizer, reward_tokenizer):
+    if same_tokenization(tokenizer, reward_tokenizer):
         eos = tokenizer.eos_token_id
+        stops = set(stop_token_ids) | ({eos} if eos is not None else set())
         for query, query_mask, response, mask in zip(batch.query_ids, batch.query_mask, response_ids, response_mask):
             ids = query[query_mask.bool()].tolist() + response[mask.bool()].tolist()
-            if eos is not None and (not ids or ids[-1] != eos):
+            if eos is not None and (not ids or ids[-1] not in stops):
                 ids.append(eos)
             sequences.append(ids[-max_length:])
     else:
@@ -201,11 +206,6 @@ def reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_i
     device = engines.reward.device
     raw = raw_scores(engines.reward.module, input_ids.to(device), attention_mask.to(device))
     return raw.float() - engines.reward_offset
-
-
-def same_tokenizer(first, second) -> bool:
-    return first is second or (type(first) is type(second) and first.get_vocab() == second.get_vocab()
-                               and first.eos_token_id == second.eos_token_id)
 
 
 def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
@@ -228,7 +228,7 @@ class RewardShaping:
     lam: float = 0.95
 
 
-def with_advantages(rollout: Rollout, shaping: RewardShaping, eos_token_id: int,
+def with_advantages(rollout: Rollout, shaping: RewardShaping, eos_token_id: int | Sequence[int],
                     moments: RunningMoments | None) -> tuple[Rollout, torch.Tensor]:
     """The rollout with rewards, whitened advantages and returns; and the per-token KL (B, T).
 

@@ -50,6 +50,7 @@ def read_inputs(config) -> PPOInputs:
         except ConfigError as error:
             raise ConfigError(f"{role} model: {error}") from None
     tokenizer = load_tokenizer(paths["actor"], trust_remote_code=config.trust_remote_code)
+    check_critic_tokenizer(tokenizer, paths, config.trust_remote_code)
     prompts = load_prompts(config.prompts_file)
     eval_prompts = load_prompts(config.eval_prompts_file)[:config.eval_prompts] if config.eval_prompts_file else []
     for checked, path in ((prompts, config.prompts_file), (eval_prompts, config.eval_prompts_file)):
@@ -57,6 +58,20 @@ def read_inputs(config) -> PPOInputs:
                              setting="max_prompt_length")
     return PPOInputs(paths, entries, registry, tokenizer, prompts, eval_prompts, config.seed,
                      config.rollout_batch_size)
+
+
+def check_critic_tokenizer(tokenizer, paths: dict[str, str], trust_remote_code: bool) -> None:
+    """The critic reads the policy's token ids as its own, so it must tokenize as the policy does; the reward
+    model need not (its input is re-tokenized from text)."""
+    from rlhf.models import load_tokenizer, same_tokenization
+
+    if paths["critic"] == paths["actor"]:
+        return
+    critic_tokenizer = load_tokenizer(paths["critic"], trust_remote_code=trust_remote_code)
+    if not same_tokenization(tokenizer, critic_tokenizer):
+        raise ConfigError(f"critic_model {paths['critic']} tokenizes differently from the policy "
+                          f"{paths['actor']} (vocabulary, special tokens or chat template); the critic reads the "
+                          "policy's token ids, so start it from a reward model trained on the policy's base model")
 
 
 def ptx_iterator(config, tokenizer, start_batch: int) -> Iterator | None:

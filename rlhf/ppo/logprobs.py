@@ -1,14 +1,14 @@
-"""Log-probabilities under exactly the distribution the policy sampled from.
+"""Log-probabilities of PPO: the full softmax of logits / temperature, whatever top-k and top-p sample from.
 
-Generation with temperature T, top-k and top-p samples from a warped distribution, not from softmax(logits).
-The PPO ratio and the KL penalty must be computed under that same distribution: log π from raw logits while
-sampling at T = 0.7 biases the KL estimate and can make it negative (a known complaint against several RLHF
-libraries). Here the warping is done by the very `transformers` warpers that `generate` uses, in its order
-(temperature, then top-k, then top-p), so the numbers are those of the sampler.
-
-The reference policy is warped with the same temperature and restricted to the tokens the policy could have
-sampled (the policy's top-k/top-p support): a token the policy drew always has finite log π_ref, so the
-per-token KL is finite, and KL(π || π_ref) is that of two distributions on the same support.
+Temperature is part of the policy: sampling at T = 0.7 and scoring softmax(logits) would bias the KL estimate
+and can make it negative, so every log π (old, new, reference) is taken at the sampling temperature. Top-k and
+top-p are not: their support is recomputed at every forward, and the KV-cached sampler and a full forward differ
+in the last bits, so a token at the edge of the nucleus can be inside it when sampled and outside it when scored.
+It would get log π = -inf (floored), and its ratio exp(log π_new - log π_old) would be 0 or infinite. On the
+full tempered softmax every sampled token has a finite log-probability under every model, as in TRL and
+OpenRLHF. The price is that with top-k/top-p the samples come from a truncated π while the ratio and the KL are
+those of the untruncated one; with both off (the default) they are exactly the sampler's.
+Suppressed tokens (padding that is not EOS) are never sampled and are kept out of the softmax.
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ class SamplingSettings:
     # Never sampled: the padding token when it is not EOS. A sampled pad would be masked out of the forward
     # passes that score the response, so generation and scoring would see different sequences.
     suppressed_token_ids: tuple[int, ...] = ()
+    # Every token that ends a response (the tokenizer's EOS and the checkpoint's EOS list, e.g. Llama 3's
+    # <|eot_id|>); empty: the tokenizer's EOS alone.
+    stop_token_ids: tuple[int, ...] = ()
+
+    def stops(self, tokenizer) -> tuple[int, ...]:
+        return self.stop_token_ids or ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ())
 
     def generation_config(self, tokenizer):
         """A complete GenerationConfig: nothing from a model's own generation_config.json sneaks in
@@ -41,59 +47,41 @@ class SamplingSettings:
         return GenerationConfig(
             do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
             max_new_tokens=self.max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=list(self.stops(tokenizer)) or None, bos_token_id=tokenizer.bos_token_id,
             suppress_tokens=list(self.suppressed_token_ids) or None,
         )
 
 
-def warp_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
-    """The sampler's scores for logits (..., V): suppressed tokens, logits / T, top-k, top-p; filtered ones -inf."""
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    shape = logits.shape
-    scores = logits.float().reshape(-1, shape[-1])
+def tempered_scores(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+    """float32 logits (..., V) / temperature, with suppressed tokens at -inf."""
+    scores = logits.float() / settings.temperature
     if settings.suppressed_token_ids:
-        scores = scores.index_fill(-1, torch.tensor(settings.suppressed_token_ids, device=scores.device),
-                                   float("-inf"))
-    if settings.temperature != 1.0:
-        scores = TemperatureLogitsWarper(settings.temperature)(None, scores)
-    if settings.top_k:
-        scores = TopKLogitsWarper(settings.top_k)(None, scores)
-    if settings.top_p < 1.0:
-        scores = TopPLogitsWarper(settings.top_p)(None, scores)
-    return scores.reshape(shape)
+        suppressed = torch.tensor(settings.suppressed_token_ids, device=scores.device)
+        scores = scores.index_fill(-1, suppressed, float("-inf"))
+    return scores
 
 
 def sampling_settings_for(tokenizer, temperature: float, top_k: int, top_p: float,
-                          max_new_tokens: int) -> SamplingSettings:
-    """Settings with the tokenizer's padding token suppressed (unless it doubles as EOS)."""
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    suppressed = (pad,) if pad is not None and pad != eos else ()
-    return SamplingSettings(temperature, top_k, top_p, max_new_tokens, suppressed)
+                          max_new_tokens: int, stop_token_ids: tuple[int, ...] = ()) -> SamplingSettings:
+    """Settings with the tokenizer's padding token suppressed (unless it ends responses, as GPT-2's EOS does)."""
+    stops = stop_token_ids or ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ())
+    pad = tokenizer.pad_token_id
+    suppressed = (pad,) if pad is not None and pad not in stops else ()
+    return SamplingSettings(temperature, top_k, top_p, max_new_tokens, suppressed, tuple(stops))
 
 
-def sampling_logprobs(logits: torch.Tensor, labels: torch.Tensor, settings: SamplingSettings,
-                      support: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log π_warped(labels), kept) for logits (B, T, V) and labels (B, T).
-
-    `support` (B, T, V) bool, when given, replaces the logits' own top-k/top-p support: the reference policy
-    is evaluated on the policy's support (see the module docstring). Returns the float32 log-probabilities and
-    the support that was used, so the reference can be restricted to the policy's.
-    """
-    if support is None:
-        scores = warp_logits(logits, settings)
-        support = torch.isfinite(scores)
-    else:
-        scores = (logits.float() / settings.temperature).masked_fill(~support, float("-inf"))
-    logprobs = torch.log_softmax(scores, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    # Padding after EOS (suppressed, so -inf) and tokens the updated policy would no longer sample get a finite
-    # floor: a masked -inf would still turn gradients into NaN through exp(-inf - -inf).
-    return logprobs.clamp(min=LOGPROB_FLOOR), support
+def sampling_logprobs(logits: torch.Tensor, labels: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+    """float32 log π(labels) (B, T) on the tempered softmax of logits (B, T, V)."""
+    logprobs = torch.log_softmax(tempered_scores(logits, settings), dim=-1)
+    logprobs = logprobs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    # Padding after EOS is suppressed, so -inf: a masked -inf would still turn gradients into NaN through
+    # exp(-inf - -inf), so it gets a finite floor.
+    return logprobs.clamp(min=LOGPROB_FLOOR)
 
 
 def sampling_entropy(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
-    """Per-token entropy (B, T) of the warped distribution; filtered tokens contribute 0 (not 0 · -inf)."""
-    scores = warp_logits(logits, settings)
+    """Per-token entropy (B, T) of the tempered softmax; suppressed tokens contribute 0 (not 0 · -inf)."""
+    scores = tempered_scores(logits, settings)
     log_p = torch.log_softmax(scores, dim=-1)
     p_log_p = torch.where(torch.isfinite(scores), log_p.exp() * log_p, torch.zeros_like(log_p))
     return -p_log_p.sum(dim=-1)

@@ -11,6 +11,7 @@ float); a position with mask 0 never affects a result, even when it holds NaN or
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
@@ -97,26 +98,34 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 # ---------------------------------------------------------------------------------------------------------
 
 
-def response_mask_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
-    """(B, T) long mask of the tokens a response really holds: 1 up to and including its first EOS,
-    0 after it and on padding. A response without EOS keeps every non-pad token (it hit max_new_tokens).
+def is_stop_token(response_ids: torch.Tensor, stop_token_ids: int | Sequence[int]) -> torch.Tensor:
+    """Bool mask of the tokens that end a response: one EOS id, or any of a checkpoint's several."""
+    stops = torch.as_tensor([stop_token_ids] if isinstance(stop_token_ids, int) else list(stop_token_ids),
+                            device=response_ids.device, dtype=response_ids.dtype)
+    return torch.isin(response_ids, stops)
+
+
+def response_mask_after_eos(response_ids: torch.Tensor, eos_token_id: int | Sequence[int],
+                            pad_token_id: int) -> torch.Tensor:
+    """(B, T) long mask of the tokens a response really holds: 1 up to and including its first EOS (any of the
+    stop ids), 0 after it and on padding. A response without EOS keeps every non-pad token (it hit max_new_tokens).
 
     Works when pad_token_id == eos_token_id (GPT-2 style): the first EOS is kept, the rest is padding.
     """
-    is_eos = response_ids == eos_token_id
+    is_eos = is_stop_token(response_ids, eos_token_id)
     eos_strictly_before = torch.cumsum(is_eos.long(), dim=-1) - is_eos.long()
     real_token = (response_ids != pad_token_id) | is_eos
     return ((eos_strictly_before == 0) & real_token).long()
 
 
-def score_with_eos_penalty(scores: torch.Tensor, response_ids: torch.Tensor, eos_token_id: int,
+def score_with_eos_penalty(scores: torch.Tensor, response_ids: torch.Tensor, eos_token_id: int | Sequence[int],
                            missing_eos_penalty: float) -> torch.Tensor:
     """score - penalty for each response holding no EOS (truncated at max_new_tokens), else unchanged.
 
     Without it the policy can learn to ramble past the length limit where the reward model never sees an
     ending (the "missing EOS" penalty of TRL's PPO; torchtune sets such scores to a constant instead).
     """
-    has_eos = (response_ids == eos_token_id).any(dim=-1)
+    has_eos = is_stop_token(response_ids, eos_token_id).any(dim=-1)
     return scores - missing_eos_penalty * (~has_eos).to(scores.dtype)
 
 

@@ -17,7 +17,7 @@ import torch
 
 from rlhf import distributed
 from rlhf.io import atomic_write_text
-from rlhf.ppo.rewards import explained_variance
+from rlhf.ppo.rewards import explained_variance, is_stop_token
 from rlhf.ppo.rollout import Rollout
 from rlhf.run_files import PPO_METRICS, read_jsonl
 
@@ -27,7 +27,7 @@ BAR_KEYS = ("rm_score", "kl", "beta")
 
 def step_metrics(step: int, rollout: Rollout, kl: torch.Tensor, result, beta: float, prompts: Sequence[Any],
                  texts: Sequence[str], gold: Callable[[str, str], float] | None, times: tuple[float, float, float],
-                 skipped_updates: int, ptx: bool, eos_token_id: int) -> dict[str, Any]:
+                 skipped_updates: int, ptx: bool, eos_token_id: int | Sequence[int]) -> dict[str, Any]:
     """One flat row of ppo_metrics.jsonl, averaged over ranks (contracts: the PPO metric keys)."""
     mask = rollout.response_mask
     lengths = mask.sum(dim=-1).float()
@@ -63,12 +63,12 @@ def step_metrics(step: int, rollout: Rollout, kl: torch.Tensor, result, beta: fl
     return {"step": step, **values, "beta": beta, "skipped_updates": skipped_updates}
 
 
-def non_eos_fraction(rollout: Rollout, eos_token_id: int) -> float:
+def non_eos_fraction(rollout: Rollout, eos_token_id: int | Sequence[int]) -> float:
     """Share of responses whose last real token is not EOS (they hit max_new_tokens)."""
     mask = rollout.response_mask.bool()
     lengths = mask.sum(dim=-1)
     last = rollout.response_ids.gather(1, (lengths - 1).clamp(min=0)[:, None])[:, 0]
-    ended = (lengths > 0) & (last == eos_token_id)
+    ended = (lengths > 0) & is_stop_token(last, eos_token_id)
     return 1.0 - ended.float().mean().item()
 
 

@@ -71,7 +71,7 @@ def train_minibatch(actor, critic, minibatch: Rollout, settings: UpdateSettings,
     device = actor.device
 
     logits = response_logits(actor, {k: v.to(device) for k, v in inputs.items()}, query_length)
-    logprobs, _ = sampling_logprobs(logits, minibatch.response_ids.to(device), settings.sampling)
+    logprobs = sampling_logprobs(logits, minibatch.response_ids.to(device), settings.sampling)
     policy_loss, clip_fraction, approx_kl = losses.ppo_policy_loss(
         logprobs, minibatch.logprobs.to(device), minibatch.advantages.to(device), mask.to(device), settings.cliprange)
     with torch.no_grad():

@@ -21,6 +21,7 @@ import torch
 
 from rlhf import distributed, run_files
 from rlhf.errors import RLHFError, exits_cleanly
+from rlhf.generation import stop_token_ids
 # Modules, not their functions: the phases are looked up when they run, so a profiler can wrap them.
 from rlhf.ppo import checkpoint, engines, evaluation, experience, tracking, update
 from rlhf.ppo import inputs as ppo_inputs
@@ -49,7 +50,8 @@ class PPORecipe:
         self.tokenizer = self.inputs.tokenizer
         self.engines = engines.build_engines(config, self.inputs.paths, self.tokenizer)
         self.sampling = sampling_settings_for(self.tokenizer, config.temperature, config.top_k, config.top_p,
-                                              config.max_new_tokens)
+                                              config.max_new_tokens,
+                                              stop_token_ids(self.tokenizer, self.engines.actor.module))
         self.generation_config = self.sampling.generation_config(self.tokenizer)
         self.zero3_generation = experience.choose_zero3_generation(config.zero3_generation, self.engines.actor)
         self.kl_controller = make_kl_controller(config.kl_coef, config.adaptive_kl, config.target_kl,
@@ -112,7 +114,7 @@ class PPORecipe:
         # 3. Advantages: per-token rewards with the KL penalty, GAE, whitening.
         shaping = experience.RewardShaping(self.kl_controller.value, config.kl_estimator, config.score_clip,
                                            config.missing_eos_penalty, config.gamma, config.lam)
-        rollout, kl = experience.with_advantages(rollout, shaping, tokenizer.eos_token_id, self.moments)
+        rollout, kl = experience.with_advantages(rollout, shaping, self.sampling.stop_token_ids, self.moments)
 
         # 4. Update: PPO epochs over minibatches; a non-finite loss skips its update.
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -131,7 +133,7 @@ class PPORecipe:
         row = tracking.step_metrics(step + 1, rollout, kl, result, self.kl_controller.value, prompts, texts,
                                      self.gold, times=(generated - started, scored - generated, trained - scored),
                                      skipped_updates=self.state["skipped_updates"], ptx=self.ptx is not None,
-                                     eos_token_id=tokenizer.eos_token_id)
+                                     eos_token_id=self.sampling.stop_token_ids)
         row["learning_rate"] = models.actor.get_lr()[0]  # the schedule's value for the next step
         return row
 

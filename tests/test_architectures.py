@@ -1,0 +1,163 @@
+"""Real checkpoints' conventions: shipped generation settings, several EOS ids, tokenizers that differ in more
+than their vocabulary. Tiny random models of real families (tests/architectures.py), never downloaded."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from architectures import build_family_model, family_tokenizer, llama3_stop_ids
+from rlhf.demo.task import corpus_words
+from rlhf.errors import ConfigError
+
+
+class _Engine:
+    """What experience.generate reads of a DeepSpeed engine, for a plain model (ZeRO-0)."""
+
+    def __init__(self, module):
+        self.module, self.device = module, torch.device("cpu")
+
+    def zero_optimization_stage(self) -> int:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def llama3(tmp_path_factory):
+    return build_family_model(tmp_path_factory.mktemp("llama3"), "llama3", corpus_words())
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.models import load_tokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path).eval(), load_tokenizer(str(path))
+
+
+def _sample(model, tokenizer, settings, seed: int):
+    from rlhf.ppo import experience
+
+    batch = experience.tokenize_prompts(tokenizer, ["owl dog :", "cat :", "apple banana cherry :"] * 4)
+    torch.manual_seed(seed)
+    return experience.generate(_Engine(model), batch, settings.generation_config(tokenizer), "auto")
+
+
+def test_a_checkpoints_generation_config_does_not_change_how_ppo_samples(llama3):
+    from transformers import GenerationConfig
+
+    from rlhf.generation import stop_token_ids
+    from rlhf.ppo.logprobs import sampling_settings_for
+
+    model, tokenizer = _load(llama3)
+    shipped = model.generation_config
+    # Every sampling-altering field is set by the checkpoint.
+    assert shipped.no_repeat_ngram_size == 1 and shipped.repetition_penalty == 1.8 and shipped.top_k == 3
+    settings = sampling_settings_for(tokenizer, 1.0, 0, 1.0, 12, stop_token_ids(tokenizer, model))
+    ours = _sample(model, tokenizer, settings, seed=5)
+    neutral = copy.deepcopy(model)
+    neutral.generation_config = GenerationConfig()
+    assert torch.equal(ours, _sample(neutral, tokenizer, settings, seed=5))
+    # The checkpoint's settings would have changed the samples: without the guard generate() fills our unset
+    # fields (repetition_penalty, no_repeat_ngram_size) from them.
+    batch_ids = _unguarded_sample(model, tokenizer, settings, seed=5)
+    assert not torch.equal(ours, batch_ids)
+    # What generate sampled from is what PPO scores: the tempered softmax of the model's logits.
+    assert model.generation_config is shipped  # restored after the block
+
+
+def _unguarded_sample(model, tokenizer, settings, seed: int):
+    from rlhf.ppo import experience
+
+    batch = experience.tokenize_prompts(tokenizer, ["owl dog :", "cat :", "apple banana cherry :"] * 4)
+    torch.manual_seed(seed)
+    output = model.generate(input_ids=batch.query_ids, attention_mask=batch.query_mask,
+                            generation_config=settings.generation_config(tokenizer))
+    return output[:, batch.query_ids.shape[1]:]
+
+
+def test_the_samplers_logprobs_equal_ppos_whatever_the_checkpoint_ships(llama3):
+    from rlhf.generation import checkpoint_defaults_off, stop_token_ids
+    from rlhf.ppo import experience, rewards
+    from rlhf.ppo.logprobs import sampling_logprobs, sampling_settings_for
+
+    model, tokenizer = _load(llama3)
+    settings = sampling_settings_for(tokenizer, 0.8, 0, 1.0, 8, stop_token_ids(tokenizer, model))
+    batch = experience.tokenize_prompts(tokenizer, ["owl dog :", "cat :", "apple banana cherry :"])
+    config = settings.generation_config(tokenizer)
+    config.update(output_scores=True, return_dict_in_generate=True)
+    torch.manual_seed(0)
+    with checkpoint_defaults_off(model), torch.no_grad():
+        output = model.generate(input_ids=batch.query_ids, attention_mask=batch.query_mask, generation_config=config)
+    response_ids = output.sequences[:, batch.query_ids.shape[1]:]
+    sampler = torch.stack([torch.log_softmax(s.float(), -1) for s in output.scores], 1)
+    sampler = sampler.gather(-1, response_ids[..., None])[..., 0]
+    mask = rewards.response_mask_after_eos(response_ids, settings.stop_token_ids, tokenizer.pad_token_id)
+    inputs = experience.sequence_inputs(batch.query_ids, batch.query_mask, response_ids, mask)
+    with torch.no_grad():
+        logits = experience.response_logits(model, inputs, batch.query_ids.shape[1])
+    ours = sampling_logprobs(logits, response_ids, settings)
+    real = mask.bool()
+    assert real.sum() >= 6
+    torch.testing.assert_close(ours[real], sampler[real], atol=1e-4, rtol=1e-4)
+
+
+def test_every_stop_token_of_the_checkpoint_ends_a_response(llama3):
+    from rlhf.generation import stop_token_ids
+    from rlhf.ppo import rewards
+    from rlhf.ppo.logprobs import sampling_settings_for
+    from rlhf.ppo.rollout import Rollout
+    from rlhf.ppo.tracking import non_eos_fraction
+
+    model, tokenizer = _load(llama3)
+    end_of_text, eot, eom = llama3_stop_ids(tokenizer)
+    stops = stop_token_ids(tokenizer, model)
+    assert stops == (end_of_text, eot, eom)
+    settings = sampling_settings_for(tokenizer, 1.0, 0, 1.0, 8, stops)
+    assert settings.generation_config(tokenizer).eos_token_id == [end_of_text, eot, eom]
+    word = tokenizer.convert_tokens_to_ids("owl")
+    pad = tokenizer.pad_token_id
+    response_ids = torch.tensor([[word, eot, word, pad], [word, eom, pad, pad], [word, word, word, word]])
+    mask = rewards.response_mask_after_eos(response_ids, stops, pad)
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    penalised = rewards.score_with_eos_penalty(torch.zeros(3), response_ids, stops, missing_eos_penalty=1.0)
+    assert penalised.tolist() == [0.0, 0.0, -1.0]
+    rollout = Rollout(query_ids=response_ids, query_mask=mask, response_ids=response_ids, response_mask=mask,
+                      logprobs=None, ref_logprobs=None, values=None, scores=None)
+    assert non_eos_fraction(rollout, stops) == pytest.approx(1 / 3)
+
+
+def test_a_critic_that_tokenizes_otherwise_is_refused(llama3, tmp_path):
+    from rlhf.ppo.inputs import check_critic_tokenizer
+
+    qwen2 = build_family_model(tmp_path / "qwen2", "qwen2", corpus_words())
+    paths = {"actor": str(llama3), "critic": str(qwen2)}
+    from rlhf.models import load_tokenizer
+
+    with pytest.raises(ConfigError) as refused:
+        check_critic_tokenizer(load_tokenizer(str(llama3)), paths, trust_remote_code=False)
+    message = str(refused.value)
+    assert "\n" not in message and "critic_model" in message and "tokenizes differently" in message
+    # The same tokenizer saved with the critic is accepted.
+    load_tokenizer(str(llama3)).save_pretrained(tmp_path / "same")
+    check_critic_tokenizer(load_tokenizer(str(llama3)), {"actor": str(llama3), "critic": str(tmp_path / "same")},
+                           trust_remote_code=False)
+
+
+def test_same_vocabulary_is_not_same_tokenization(tmp_path):
+    from rlhf.models import load_tokenizer, same_tokenization
+
+    words = corpus_words()
+    family_tokenizer("llama3", words).save_pretrained(tmp_path / "saved")
+    first, reloaded = (load_tokenizer(str(tmp_path / "saved")) for _ in range(2))
+    assert first is not reloaded and same_tokenization(first, reloaded)
+    other_template = load_tokenizer(str(tmp_path / "saved"))
+    other_template.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert other_template.get_vocab() == first.get_vocab() and not same_tokenization(first, other_template)
+    other_eos = load_tokenizer(str(tmp_path / "saved"))
+    other_eos.eos_token = "<|eot_id|>"
+    assert not same_tokenization(first, other_eos)
+    # OPT prepends its BOS, Mistral-style tokenizers theirs: the probe's ids show it even where vocabularies
+    # are alike.
+    assert not same_tokenization(family_tokenizer("opt", words), family_tokenizer("mistral", words))
