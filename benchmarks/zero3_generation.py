@@ -46,7 +46,8 @@ def worker(args) -> None:
 
     from rlhf import distributed
     from rlhf.models import load_tokenizer
-    from rlhf.ppo.engines import _trained_engine, init_distributed
+    from rlhf.models import partitioned_loading
+    from rlhf.ppo.engines import _trained_engine, engine_config, init_distributed
     from rlhf.ppo.experience import generate, tokenize_prompts
     from rlhf.ppo.logprobs import sampling_settings_for
     from transformers import AutoModelForCausalLM
@@ -64,12 +65,15 @@ def worker(args) -> None:
 
     stage = SimpleNamespace(minibatch_size=settings.prompts_per_rank, max_grad_norm=1.0, weight_decay=0.0)
     hidden = settings.hidden_size
-    engines = {
-        "unsharded": _trained_engine(AutoModelForCausalLM.from_pretrained(models["policy"]),
-                                     "deepspeed_configs/zero0.json", 1e-5, stage, hidden),
-        "zero3": _trained_engine(AutoModelForCausalLM.from_pretrained(models["policy"]),
-                                 "deepspeed_configs/zero3.json", 1e-5, stage, hidden),
-    }
+
+    def engine_from(config_path: str):
+        ds_config = engine_config(config_path, stage, hidden, trained=True)
+        with partitioned_loading(ds_config):
+            model = AutoModelForCausalLM.from_pretrained(models["policy"])
+        return _trained_engine(model, ds_config, 1e-5, stage)
+
+    engines = {"unsharded": engine_from("deepspeed_configs/zero0.json"),
+               "zero3": engine_from("deepspeed_configs/zero3.json")}
     for engine in engines.values():
         engine.module.eval()
     seconds = {mode: [] for mode in MODES}

@@ -45,6 +45,27 @@ def zero3_init_disabled() -> Iterator[None]:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
+@contextlib.contextmanager
+def zero3_init_from(ds_config: dict[str, Any]) -> Iterator[None]:
+    """Inside the block, `from_pretrained` builds every parameter partitioned over the ranks (DeepSpeed's
+    `zero.Init` with `ds_config`) and rank 0 streams the checkpoint in one module at a time, as the Trainer has it
+    for the SFT and RM stages; after it, loading is as it was before.
+
+    transformers reads the config through the same module-level weak reference as `zero3_init_disabled`; its
+    public `HfDeepSpeedConfig` sets it but offers no way back to the previous one (the Trainer's, if any).
+    """
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    held = HfDeepSpeedConfig(ds_config)  # referenced here: the weak reference dies with it
+    try:
+        yield
+    finally:
+        del held
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def attention_implementation(model_config) -> str | None:
     """The attention a loaded model runs ('sdpa', 'eager', 'flash_attention_2', ...); transformers keeps it private."""
     return getattr(model_config, "_attn_implementation", None)

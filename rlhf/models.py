@@ -55,3 +55,14 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: Any = None
     return _load(AutoModelForCausalLM.from_pretrained, path, "causal LM", use_safetensors=True,
                  trust_remote_code=trust_remote_code, dtype=dtype)
 
+
+
+def partitioned_loading(ds_config: dict[str, Any]):
+    """A block in which models load as the DeepSpeed engine `ds_config` describes will hold them: under ZeRO-3
+    each rank builds and keeps only its partition of every parameter (no rank ever holds the whole model), under
+    ZeRO-0/1/2 every rank loads the whole model."""
+    from rlhf import _compat
+
+    if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+        return _compat.zero3_init_from(ds_config)
+    return _compat.zero3_init_disabled()

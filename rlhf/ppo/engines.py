@@ -123,15 +123,26 @@ def adaptation_for(config, method: str) -> AdaptationConfig:
 
 
 def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
-    """Load the four models from `paths` (keys actor, critic, reference, reward) and wrap each in its engine."""
-    from rlhf.adaptation import apply_adaptation, load_adapted, parameter_summary
+    """Load the four models from `paths` (keys actor, critic, reference, reward) and wrap each in its engine.
+
+    Each model loads as its engine holds it: under ZeRO-3 partitioned from the start (`partitioned_loading`),
+    so that no rank ever holds a whole model, not even while the engines are being built.
+    """
+    from rlhf.adaptation import apply_adaptation, base_model_config, load_adapted, parameter_summary
+    from rlhf.models import partitioned_loading
     from rlhf.ppo.critic import TokenValueModel
     from rlhf.rm.model import RewardNormalization, load_reward_model
 
     remote = config.trust_remote_code
-    actor_model = apply_adaptation(load_adapted(paths["actor"], task="causal_lm", trust_remote_code=remote),
-                                   adaptation_for(config, config.adaptation_method), task="causal_lm")
-    critic_base = load_adapted(paths["critic"], task="reward", trust_remote_code=remote)
+    hidden = base_model_config(paths["actor"], remote).get_text_config().hidden_size
+    ds_configs = {role: engine_config(getattr(config, f"{role}_deepspeed"), config, hidden, trained=role in TRAINED)
+                  for role in ("actor", "critic", "reference", "reward")}
+
+    with partitioned_loading(ds_configs["actor"]):
+        actor_model = apply_adaptation(load_adapted(paths["actor"], task="causal_lm", trust_remote_code=remote),
+                                       adaptation_for(config, config.adaptation_method), task="causal_lm")
+    with partitioned_loading(ds_configs["critic"]):
+        critic_base = load_adapted(paths["critic"], task="reward", trust_remote_code=remote)
     if critic_base.config.pad_token_id is None:
         critic_base.config.pad_token_id = tokenizer.pad_token_id
     # The critic's start is a reward model: its saved normalisation puts V on the rewards' scale.
@@ -142,16 +153,17 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
         print(f"actor {config.adaptation_method}: {parameter_summary(actor_model)}; "
               f"critic {config.critic_adaptation_method}: {parameter_summary(critic_model)}", flush=True)
 
-    hidden = actor_model.config.get_text_config().hidden_size
-    actor = _trained_engine(actor_model, config.actor_deepspeed, config.actor_learning_rate, config, hidden)
-    critic = _trained_engine(critic_model, config.critic_deepspeed, config.critic_learning_rate, config, hidden)
+    actor = _trained_engine(actor_model, ds_configs["actor"], config.actor_learning_rate, config)
+    critic = _trained_engine(critic_model, ds_configs["critic"], config.critic_learning_rate, config)
 
     reference = None
     if not uses_adapter_as_reference(config, paths):
-        reference_model = load_adapted(paths["reference"], task="causal_lm", trust_remote_code=remote)
-        reference = _frozen_engine(reference_model, config.reference_deepspeed, config, hidden)
-    reward_model, reward_tokenizer, normalization = load_reward_model(paths["reward"], trust_remote_code=remote)
-    reward = _frozen_engine(reward_model, config.reward_deepspeed, config, hidden)
+        with partitioned_loading(ds_configs["reference"]):
+            reference_model = load_adapted(paths["reference"], task="causal_lm", trust_remote_code=remote)
+        reference = _frozen_engine(reference_model, ds_configs["reference"])
+    with partitioned_loading(ds_configs["reward"]):
+        reward_model, reward_tokenizer, normalization = load_reward_model(paths["reward"], trust_remote_code=remote)
+    reward = _frozen_engine(reward_model, ds_configs["reward"])
     # from_pretrained leaves models in eval mode, which is also what disable_dropout wants: dropout would make the
     # rollout's log π_old differ from the update's log π for the same weights. The frozen models never drop out.
     for engine in (actor, critic):
@@ -162,16 +174,26 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     return PPOEngines(actor, critic, reference, reward, reward_tokenizer, normalization.offset)
 
 
+TRAINED = ("actor", "critic")
+
+
+def engine_config(config_path: str, config, hidden: int, *, trained: bool) -> dict[str, Any]:
+    """The DeepSpeed config of one engine, every "auto" resolved; a frozen engine clips no gradients."""
+    ds_config = fill_auto(load_deepspeed_config(config_path), micro_batch_size=config.minibatch_size,
+                          max_grad_norm=config.max_grad_norm, hidden_size=hidden, source=config_path)
+    if not trained:
+        ds_config.pop("gradient_clipping", None)
+    return ds_config
+
+
 def uses_adapter_as_reference(config, paths: dict[str, str]) -> bool:
     """A LoRA actor whose reference is its own starting point: disable the adapter instead of a second copy."""
     return config.adaptation_method == "lora" and paths["reference"] == paths["actor"]
 
 
-def _trained_engine(model, config_path: str, learning_rate: float, config, hidden: int):
+def _trained_engine(model, ds_config: dict[str, Any], learning_rate: float, config):
     import deepspeed
 
-    ds_config = fill_auto(load_deepspeed_config(config_path), micro_batch_size=config.minibatch_size,
-                          max_grad_norm=config.max_grad_norm, hidden_size=hidden, source=config_path)
     parameters = [p for p in model.parameters() if p.requires_grad]
     # eps 1e-5 as in OpenAI's lm-human-preferences; AdamW from torch, which ZeRO supports on any device.
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, eps=1e-5, weight_decay=config.weight_decay)
@@ -192,12 +214,9 @@ def learning_rate_schedule(optimizer, config):
                          num_training_steps=config.steps * config.updates_per_step)
 
 
-def _frozen_engine(model, config_path: str, config, hidden: int):
+def _frozen_engine(model, ds_config: dict[str, Any]):
     import deepspeed
 
-    ds_config = fill_auto(load_deepspeed_config(config_path), micro_batch_size=config.minibatch_size,
-                          max_grad_norm=config.max_grad_norm, hidden_size=hidden, source=config_path)
-    ds_config.pop("gradient_clipping", None)
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     engine.module.eval()
     return engine
