@@ -41,9 +41,8 @@ def save_adapted(model: nn.Module, tokenizer, out_dir: str | os.PathLike, config
     merge in place. Call it on one process only (rank 0).
     """
     method = config.adaptation_method
-    _check_model_matches(model, method)
-    description = {"format_version": FORMAT_VERSION, "adaptation_method": method, "merged_lora": False,
-                   "adaptation_config": asdict(config)}
+    check_model_matches(model, method)
+    description = description_of(config, merged_lora=False)
     with atomic_directory(out_dir) as staging:
         if method == "lora" and config.merge_lora_on_save:
             model.get_base_model().save_pretrained(staging, state_dict=merged_lora_state_dict(model))
@@ -58,6 +57,12 @@ def save_adapted(model: nn.Module, tokenizer, out_dir: str | os.PathLike, config
             tokenizer.save_pretrained(staging)
         (staging / ADAPTATION_FILE).write_text(json.dumps(description, indent=2) + "\n")
     return Path(out_dir)
+
+
+def description_of(config: AdaptationConfig, *, merged_lora: bool) -> dict:
+    """The contents of rlhf_adaptation.json, before any method adds its own fields."""
+    return {"format_version": FORMAT_VERSION, "adaptation_method": config.adaptation_method,
+            "merged_lora": merged_lora, "adaptation_config": asdict(config)}
 
 
 def load_adapted(path: str | os.PathLike, task: str, torch_dtype: torch.dtype | None = None,
@@ -89,6 +94,20 @@ def load_adapted(path: str | os.PathLike, task: str, torch_dtype: torch.dtype | 
     return model
 
 
+def base_model_config(path: str | os.PathLike, trust_remote_code: bool = False):
+    """The transformers config of the model `load_adapted(path)` builds, read without loading any weight
+    (for a peft adapter directory: its base model's)."""
+    from transformers import AutoConfig
+
+    directory = Path(os.fspath(path))
+    if (directory / PEFT_CONFIG_FILE).is_file():
+        path = json.loads((directory / PEFT_CONFIG_FILE).read_text())["base_model_name_or_path"]
+    try:
+        return AutoConfig.from_pretrained(os.fspath(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot load model config from '{path}': {str(error).strip().splitlines()[0]}") from None
+
+
 def merged_lora_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict of the base model with the active LoRA update folded in, `W + (alpha/r) B A`.
 
@@ -102,11 +121,9 @@ def merged_lora_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
     base = peft_model.get_base_model()
     state = {}
     for key, tensor in base.state_dict().items():
-        parts = key.split(".")
-        if any(part.startswith("lora_") for part in parts) or "original_module" in parts:
-            continue
-        plain_key = key.replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")
-        state[plain_key] = tensor
+        plain_key = plain_lora_key(key, adapter)
+        if plain_key is not None:
+            state[plain_key] = tensor
     with torch.no_grad():
         for name, module in base.named_modules():
             if not isinstance(module, LoraLayer) or module.merged:
@@ -115,6 +132,15 @@ def merged_lora_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
                 weight = module.get_base_layer().weight
                 state[f"{name}.weight"] = weight + module.get_delta_weight(adapter).to(weight.dtype)
     return state
+
+
+def plain_lora_key(key: str, adapter: str) -> str | None:
+    """The plain model's key for a key of a LoRA model's base (peft's `.base_layer.` and
+    `.modules_to_save.<adapter>.` levels removed); None for the LoRA factors and the head's untrained original."""
+    parts = key.split(".")
+    if any(part.startswith("lora_") for part in parts) or "original_module" in parts:
+        return None
+    return key.replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")
 
 
 def _save_peft_adapter(model: nn.Module, staging: Path) -> None:
@@ -137,11 +163,16 @@ def _save_peft_adapter(model: nn.Module, staging: Path) -> None:
 def _save_with_houlsby_adapters(model: nn.Module, staging: Path) -> dict:
     from safetensors.torch import save_file
 
-    wrapped = houlsby.adapted_modules(model)
     weights = {key: tensor.detach().contiguous().cpu() for key, tensor in houlsby.adapter_state_dict(model).items()}
     with houlsby.adapters_removed(model):
         model.save_pretrained(staging)
     save_file(weights, str(staging / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+    return houlsby_description(model)
+
+
+def houlsby_description(model: nn.Module) -> dict:
+    """What rlhf_adaptation.json records of a model's Houlsby adapters, so that `load_adapted` can rebuild them."""
+    wrapped = houlsby.adapted_modules(model)
     first = next(iter(wrapped.values())).adapter
     return {"adapted_modules": list(wrapped), "hidden_size": first.down.in_features,
             "adapter_bottleneck": first.down.out_features, "adapter_weights": ADAPTER_WEIGHTS_FILE}
@@ -202,7 +233,7 @@ def _read_description(directory: Path) -> dict | None:
     return description
 
 
-def _check_model_matches(model: nn.Module, method: str) -> None:
+def check_model_matches(model: nn.Module, method: str) -> None:
     # A mismatch means a stage passed the wrong config: our bug, so not a ConfigError.
     if method in PEFT_METHODS:
         matches = is_peft_model(model)

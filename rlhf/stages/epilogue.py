@@ -9,7 +9,6 @@ The run's file names are rlhf.run_files'; the PPO stage ends through the same tw
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -21,21 +20,24 @@ from rlhf.registry import Entry, Registry, fingerprint_files
 
 
 def save_final_model(module, tokenizer, final_dir: Path, adaptation, *, zero3: bool, engine=None) -> None:
-    """`module` in Hugging Face format at `final_dir` (LoRA merged when configured). Every rank must call it."""
-    from rlhf.adaptation import save_adapted
+    """`module` in Hugging Face format at `final_dir` (LoRA merged when configured). Every rank must call it.
 
-    gathered = contextlib.nullcontext()
-    if zero3:
-        import deepspeed
+    Under ZeRO-3 no rank gathers the whole model: one module at a time is gathered and rank 0 streams it to
+    safetensors shards (rlhf.adaptation.partitioned_save).
+    """
+    if not zero3:
+        from rlhf.adaptation import save_adapted
 
-        if engine is not None and hasattr(engine, "empty_partition_cache"):
-            # The last forward's prefetches can leave parameters "in flight"; settle them before gathering.
-            engine.empty_partition_cache()
-        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-    with gathered:
         if distributed.is_main_process():
             save_adapted(module, tokenizer, final_dir, adaptation)
-    distributed.barrier()
+        distributed.barrier()
+        return
+    from rlhf.adaptation.partitioned_save import save_adapted_partitioned
+
+    if engine is not None and hasattr(engine, "empty_partition_cache"):
+        # The last forward's prefetches can leave parameters "in flight"; settle them before gathering.
+        engine.empty_partition_cache()
+    save_adapted_partitioned(module, tokenizer, final_dir, adaptation)
 
 
 def write_and_register(config, registry: Registry, final_dir: Path, *, stage: str, metrics: dict[str, Any],

@@ -152,7 +152,7 @@ class PPORecipe:
         final_dir = Path(config.output_dir) / run_files.FINAL_MODEL
         epilogue.save_final_model(self.engines.actor.module, self.tokenizer, final_dir,
                                   engines.adaptation_for(config, config.adaptation_method),
-                                  zero3=engines.zero_stage(self.engines.actor) == 3)
+                                  zero3=engines.zero_stage(self.engines.actor) == 3, engine=self.engines.actor)
         if not distributed.is_main_process():
             return None
         metrics = evaluation.final_metrics(config, self.inputs, self.tokenizer, self.sampling, self.state, final_dir)

@@ -1,0 +1,186 @@
+"""Save a ZeRO-3-partitioned model without any rank ever holding all of it.
+
+`save_adapted` needs every weight whole in one process. Under ZeRO-3 this module instead walks the model one
+module at a time: every rank gathers that module's own parameters (a collective, so all ranks call it),
+rank 0 copies them to CPU, and full shards stream to safetensors files as they fill. The directory is the one
+`save_adapted` writes for the same method (a Hugging Face model, sharded with an index when large; LoRA merged
+into it; Houlsby adapters in their own file), staged and renamed into place in one step.
+
+Peak memory of the save: one module gathered on every rank, plus one shard's worth of CPU tensors on rank 0.
+Unmerged peft adapters are small, so only their trainable parameters are gathered and peft writes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from rlhf import distributed
+from rlhf.adaptation import houlsby
+from rlhf.adaptation.apply import is_peft_model
+from rlhf.adaptation.checkpoint import (ADAPTATION_FILE, ADAPTER_WEIGHTS_FILE, check_model_matches, description_of,
+                                        houlsby_description, plain_lora_key, save_adapted)
+from rlhf.adaptation.config import PEFT_METHODS, AdaptationConfig
+from rlhf.io import atomic_directory
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
+DEFAULT_SHARD_BYTES = 1 << 30
+
+
+def save_adapted_partitioned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, config: AdaptationConfig, *,
+                             max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    """What `save_adapted(model, tokenizer, out_dir, config)` writes, for a ZeRO-3 model. Every rank calls it;
+    rank 0 writes."""
+    import deepspeed
+
+    method = config.adaptation_method
+    check_model_matches(model, method)
+    main = distributed.is_main_process()
+    if method in PEFT_METHODS and not (method == "lora" and config.merge_lora_on_save):
+        adapter = [p for p in model.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(adapter, modifier_rank=None):
+            if main:
+                save_adapted(model, tokenizer, out_dir, config)
+        return
+
+    plain = model.get_base_model() if is_peft_model(model) else model
+    description = description_of(config, merged_lora=method == "lora")
+    with atomic_directory(out_dir) if main else contextlib.nullcontext() as staging:
+        weights = ShardWriter(staging, max_shard_bytes) if main else None
+        adapter_weights: dict[str, torch.Tensor] = {}
+        wrapped = list(houlsby.adapted_modules(model)) if method == "adapter" else []
+        for key, tensor in gathered_state(model, method):
+            if tensor is None:
+                continue
+            owner = next((name for name in wrapped if key.startswith(f"{name}.")), None)
+            if owner is None:
+                weights.add(key, tensor)
+            elif key.startswith(f"{owner}.adapter."):
+                adapter_weights[key] = tensor
+            else:  # the wrapped base module, saved under its own name as `adapters_removed` has it
+                weights.add(f"{owner}." + key[len(f"{owner}.base_layer."):], tensor)
+        if main:
+            weights.finish()
+            plain.config.architectures = [type(plain).__name__]
+            plain.config.save_pretrained(staging)
+            if getattr(plain, "generation_config", None) is not None and plain.can_generate():
+                plain.generation_config.save_pretrained(staging)
+            if method == "adapter":
+                from safetensors.torch import save_file
+
+                save_file(adapter_weights, str(staging / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+                description.update(houlsby_description(model))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            (staging / ADAPTATION_FILE).write_text(json.dumps(description, indent=2) + "\n")
+    distributed.barrier()
+
+
+def gathered_state(model: nn.Module, method: str) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """(key, CPU tensor) of every saved weight, one module gathered at a time; the tensor is None off rank 0.
+
+    Keys are those of the saved plain model: for LoRA merged, `W + (alpha/r) B A` under the base layer's name.
+    Tied weights come once, under their first name, as `save_pretrained` writes them.
+    """
+    import deepspeed
+
+    main = distributed.is_main_process()
+    adapter = model.active_adapter if is_peft_model(model) else None
+    root = model.get_base_model() if is_peft_model(model) else model
+    saved_keys = set(root.state_dict(keep_vars=True))  # persistent buffers only; ZeRO-3 keeps it cheap
+    seen: set[int] = set()
+    lora_layers = _lora_layers(root) if method == "lora" else {}
+    inside_lora = tuple(f"{name}." for name in lora_layers)
+    for name, module in root.named_modules():
+        if name.startswith(inside_lora):
+            continue  # saved with its LoRA layer
+        whole_layer = name in lora_layers
+        own = list(module.parameters(recurse=whole_layer))
+        with deepspeed.zero.GatheredParameters(own, modifier_rank=None):
+            if whole_layer:
+                yield from _merged_lora_layer(name, module, adapter, main, seen)
+                continue
+            entries = [*module.named_parameters(prefix=name, recurse=False),
+                       *module.named_buffers(prefix=name, recurse=False)]
+            for key, tensor in entries:
+                if key not in saved_keys or id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                saved_key = plain_lora_key(key, adapter) if adapter is not None else key
+                if saved_key is not None:
+                    yield saved_key, _cpu_copy(tensor) if main else None
+
+
+def _merged_lora_layer(name: str, layer, adapter: str, main: bool, seen: set[int]):
+    base_layer = layer.get_base_layer()
+    weight = base_layer.weight
+    seen.add(id(weight))
+    merged = None
+    if main:
+        with torch.no_grad():
+            merged = weight + layer.get_delta_weight(adapter).to(weight.dtype) \
+                if adapter in layer.lora_A or adapter in layer.lora_embedding_A else weight
+    yield f"{name}.weight", _cpu_copy(merged) if main else None
+    for local, tensor in base_layer.named_parameters(recurse=False):
+        if local != "weight" and id(tensor) not in seen:
+            seen.add(id(tensor))
+            yield f"{name}.{local}", _cpu_copy(tensor) if main else None
+
+
+def _lora_layers(root: nn.Module) -> dict[str, nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return {name: module for name, module in root.named_modules() if isinstance(module, LoraLayer)}
+
+
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True).contiguous()
+
+
+class ShardWriter:
+    """safetensors files of at most `max_bytes` each (one larger tensor gets a file of its own), written as they
+    fill, named and indexed as `save_pretrained` names them once the last is written."""
+
+    def __init__(self, directory: Path, max_bytes: int):
+        self.directory, self.max_bytes = Path(directory), max_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.files: list[tuple[str, list[str]]] = []  # (temporary name, keys)
+        self.total_bytes = 0
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + size > self.max_bytes:
+            self._flush()
+        self.pending[key] = tensor
+        self.pending_bytes += size
+        self.total_bytes += size
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        name = f"shard-{len(self.files):05d}.tmp"
+        save_file(self.pending, str(self.directory / name), metadata={"format": "pt"})
+        self.files.append((name, list(self.pending)))
+        self.pending, self.pending_bytes = {}, 0
+
+    def finish(self) -> None:
+        if self.pending or not self.files:
+            self._flush()
+        if len(self.files) == 1:
+            os.replace(self.directory / self.files[0][0], self.directory / SAFE_WEIGHTS)
+            return
+        weight_map = {}
+        for number, (temporary, keys) in enumerate(self.files, start=1):
+            final = f"model-{number:05d}-of-{len(self.files):05d}.safetensors"
+            os.replace(self.directory / temporary, self.directory / final)
+            weight_map.update({key: final for key in keys})
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.directory / SAFE_WEIGHTS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
