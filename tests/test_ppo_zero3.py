@@ -1,7 +1,9 @@
 """PPO on 2 processes under the `deepspeed` launcher with ZeRO-3 actor and critic (gloo on CPU).
 
 The same run with the actor's parameters gathered once per rollout and gathered at every generation step must
-report the same metrics: generation samples the same tokens, and everything after follows from them.
+report the same metrics: generation samples the same tokens, and everything after follows from them. And the
+same run with nothing sharded (ZeRO-0 everywhere) must report the same metrics and save the same final policy:
+sharding changes where the numbers live, not what they are.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 from ppo_setup import PYTHON, REPO, build_models, stage_arguments, subprocess_env
 
@@ -23,27 +26,48 @@ def deepspeed_launch(argv: list[str], tmp_path, port: int) -> subprocess.Complet
                           text=True, cwd=REPO)
 
 
+def saved_weights(directory) -> dict:
+    from safetensors.torch import load_file
+
+    weights = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        weights.update(load_file(str(file)))
+    return weights
+
+
 @pytest.mark.slow
-def test_two_process_zero3_run_and_both_generation_paths_agree(tmp_path):
+def test_two_process_zero3_run_and_both_generation_paths_agree_and_equal_zero0(tmp_path):
     from rlhf.ppo.tracking import read_metrics
 
     models = build_models(tmp_path / "models")
     zero3, inference = (str(REPO / "deepspeed_configs" / name) for name in ("zero3.json", "zero3_inference.json"))
+    zero3_layout = dict(actor_deepspeed=zero3, critic_deepspeed=zero3, reference_deepspeed=inference,
+                        reward_deepspeed=inference)
     runs = {}
-    for port, path in ((29631, "gather_once"), (29632, "per_step")):
+    for port, path in ((29631, "gather_once"), (29632, "per_step"), (29633, "zero0")):
         output_dir = tmp_path / path
+        layout = {} if path == "zero0" else dict(zero3_layout, zero3_generation=path)  # stage_arguments: ZeRO-0
         argv = stage_arguments(models, output_dir, tmp_path / f"registry_{path}", max_steps=3, save_steps=3,
-                               eval_prompts=4, actor_deepspeed=zero3, critic_deepspeed=zero3,
-                               reference_deepspeed=inference, reward_deepspeed=inference, zero3_generation=path)
+                               eval_prompts=4, **layout)
         result = deepspeed_launch(argv, tmp_path, port)
         assert result.returncode == 0, result.stdout[-4000:]
         runs[path] = read_metrics(output_dir)
-        # Each rank wrote its own shards of weights and optimiser states.
-        shards = sorted(p.name for p in (output_dir / "checkpoints" / "step-3" / "actor").glob("*optim_states.pt"))
-        assert len(shards) == 2, shards
         assert json.loads((output_dir / "registered.json").read_text())["reference"] == "ppo@1"
+        if path != "zero0":
+            # Each rank wrote its own shards of weights and optimiser states.
+            shards = sorted(p.name for p in (output_dir / "checkpoints" / "step-3" / "actor").glob("*optim_states.pt"))
+            assert len(shards) == 2, shards
 
     assert [row["step"] for row in runs["gather_once"]] == [1, 2, 3]
-    for once, per_step in zip(runs["gather_once"], runs["per_step"]):
-        for key in set(once) - TIMING_KEYS:
-            assert per_step[key] == pytest.approx(once[key], rel=1e-5, abs=1e-6), (once["step"], key)
+    for other in ("per_step", "zero0"):
+        for once, row in zip(runs["gather_once"], runs[other]):
+            for key in set(once) - TIMING_KEYS:
+                assert row[key] == pytest.approx(once[key], rel=1e-5, abs=1e-6), (other, once["step"], key)
+
+    # The final policy, streamed one module at a time under ZeRO-3, equals the one ZeRO-0 saved whole.
+    sharded, whole = (saved_weights(tmp_path / path / "final_model") for path in ("gather_once", "zero0"))
+    assert sorted(sharded) == sorted(whole)
+    for key, tensor in whole.items():
+        torch.testing.assert_close(sharded[key], tensor, rtol=1e-5, atol=1e-6, msg=key)
+    final = {path: json.loads((tmp_path / path / "metrics.json").read_text()) for path in ("gather_once", "zero0")}
+    assert final["gather_once"] == pytest.approx(final["zero0"], rel=1e-5, abs=1e-6)

@@ -1,0 +1,88 @@
+"""ZeRO-3 really shards: on 2 processes no rank holds a whole PPO model, from loading on, and a model saved one
+module at a time (what every stage's final save does under ZeRO-3) equals the same model gathered and saved whole.
+
+tests/zero3_probe.py runs on both ranks and writes what it measured; this file checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from ppo_setup import PYTHON, REPO, build_models, subprocess_env
+from rlhf.distributed import free_port
+
+MAX_SHARE = 0.55  # half of each model, plus padding and ZeRO-3's persistent small parameters
+
+
+def houlsby_reward_model(reward_dir: str, out_dir) -> str:
+    from rlhf.adaptation import AdaptationConfig, apply_adaptation, load_adapted, save_adapted
+    from rlhf.models import load_tokenizer
+
+    adaptation = AdaptationConfig(adaptation_method="adapter", adapter_bottleneck=4)
+    model = apply_adaptation(load_adapted(reward_dir, task="reward"), adaptation, task="reward")
+    save_adapted(model, load_tokenizer(reward_dir), out_dir, adaptation)
+    return str(out_dir)
+
+
+def saved_weights(directory) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    weights = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        weights.update(load_file(str(file)))
+    return weights
+
+
+@pytest.mark.slow
+def test_no_rank_holds_a_whole_model_and_streamed_saves_equal_whole_ones(tmp_path):
+    from rlhf.adaptation import load_adapted
+
+    models = build_models(tmp_path / "models")
+    models["houlsby_reward"] = houlsby_reward_model(models["reward"], tmp_path / "models" / "houlsby_reward")
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+               str(REPO / "tests" / "zero3_probe.py"), str(tmp_path / "models.json"), str(tmp_path / "out")]
+    result = subprocess.run(command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]
+
+    reports = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for report in reports:
+        # The LoRA actor is its own reference: three engines.
+        assert sorted(report["full"]["built"]) == ["actor", "critic", "reference", "reward"]
+        assert sorted(report["lora"]["built"]) == ["actor", "critic", "reward"]
+        for setup in report.values():
+            for role, share in setup["built"].items():
+                assert share["share"] <= MAX_SHARE, (role, share)
+            # Partitioned already when from_pretrained returned: the base weights never existed whole here.
+            for role, share in setup["as_loaded"].items():
+                assert share["total"] > 0 and share["share"] <= MAX_SHARE, (role, share)
+    # Between them the ranks hold every element.
+    for setup in ("full", "lora"):
+        for role in reports[0][setup]["built"]:
+            assert sum(r[setup]["built"][role]["held"] for r in reports) >= reports[0][setup]["built"][role]["total"]
+
+    out = tmp_path / "out"
+    for setup, role in (("full", "actor"), ("lora", "actor"), ("lora", "reward")):
+        streamed, whole = out / setup / f"{role}_streamed", out / setup / f"{role}_whole"
+        # 20 kB shards: several files and an index, as save_pretrained writes a large model.
+        assert len(list(streamed.glob("model-*-of-*.safetensors"))) > 1
+        assert (streamed / "model.safetensors.index.json").is_file()
+        streamed_weights, whole_weights = saved_weights(streamed), saved_weights(whole)
+        assert sorted(streamed_weights) == sorted(whole_weights), (setup, role)
+        for key, tensor in whole_weights.items():
+            assert torch.equal(streamed_weights[key], tensor), (setup, role, key)
+        # ...and it loads back as the same model.
+        task = "reward" if role == "reward" else "causal_lm"
+        loaded, reference = load_adapted(streamed, task=task), load_adapted(whole, task=task)
+        for (name, a), (_, b) in zip(loaded.state_dict().items(), reference.state_dict().items()):
+            assert torch.equal(a, b), (setup, role, name)
+    # The random weights were really written (not the initial ones).
+    lora_policy = saved_weights(out / "lora" / "actor_streamed")
+    initial = saved_weights(Path(models["policy"]))
+    assert any(not torch.equal(lora_policy[key], initial[key]) for key in initial)
