@@ -23,6 +23,11 @@ def test_transformers_decides_zero3_loading_through_a_module_weak_reference():
     assert hasattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref")
     with _compat.zero3_init_disabled():
         assert not hf_deepspeed.is_deepspeed_zero3_enabled()
+    before = hf_deepspeed._hf_deepspeed_config_weak_ref
+    with _compat.zero3_init_from({"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}):
+        assert hf_deepspeed.is_deepspeed_zero3_enabled()
+        assert hf_deepspeed.deepspeed_config()["zero_optimization"]["stage"] == 3
+    assert hf_deepspeed._hf_deepspeed_config_weak_ref is before
 
 
 def test_transformers_configs_record_their_attention_implementation():
