@@ -236,3 +236,42 @@ def _weights(path, load_file):
     for file in files:
         weights.update(load_file(file))
     return weights
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+def test_two_families_run_ppo_on_two_processes_under_zero3(family, matrix_data, tmp_path):
+    """Tied embeddings (Qwen2) and Conv1D layers without a pad token (GPT-2), sharded over two ranks."""
+    from transformers import AutoModelForCausalLM
+
+    from ppo_setup import REPO, stage_arguments
+    from rlhf.registry import Registry, resolve_model
+    from rlhf.stages import rm
+    from test_ppo_zero3 import deepspeed_launch
+    from rlhf.ppo.tracking import read_metrics
+
+    base = build_family_model(tmp_path / "base", family, corpus_words())
+    registry = tmp_path / "registry"
+    rm.main(["--model_name_or_path", str(base), "--train_file", str(matrix_data / "rankings.jsonl"),
+             "--eval_fraction", "0.25", "--output_dir", str(tmp_path / "rm"), "--num_train_epochs", "1",
+             "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--registry_dir", str(registry),
+             "--report_to", "none", "--max_length", "48", "--eval_strategy", "no", "--save_strategy", "no"])
+    zero3, inference = (str(REPO / "deepspeed_configs" / name) for name in ("zero3.json", "zero3_inference.json"))
+    paths = {"policy": str(base), "reward": "rm", "prompts": str(matrix_data / "prompts.jsonl"),
+             "eval_prompts": str(matrix_data / "prompts.jsonl")}
+    argv = stage_arguments(paths, tmp_path / "ppo", registry, max_steps=2, save_steps=2, eval_prompts=4,
+                           max_new_tokens=6, rollout_batch_size=4, minibatch_size=2, actor_deepspeed=zero3,
+                           critic_deepspeed=zero3, reference_deepspeed=inference, reward_deepspeed=inference)
+    result = deepspeed_launch(argv, tmp_path, 29650 + (family == "gpt2"))
+    assert result.returncode == 0, result.stdout[-4000:]
+    rows = read_metrics(tmp_path / "ppo")
+    assert [row["step"] for row in rows] == [1, 2]
+    assert all(torch.isfinite(torch.tensor([row["kl"], row["policy_loss"], row["value_loss"]])).all()
+               for row in rows)
+    # The saved policy is whole (not one rank's shard) and loads as the family's own class.
+    final, _ = resolve_model("ppo", Registry(registry))
+    loaded = AutoModelForCausalLM.from_pretrained(final)
+    fresh = AutoModelForCausalLM.from_pretrained(base)
+    assert type(loaded) is type(fresh)
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in fresh.state_dict().items()}
+    assert any(not torch.equal(v, fresh.state_dict()[k]) for k, v in loaded.state_dict().items())
