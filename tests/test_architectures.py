@@ -275,3 +275,33 @@ def test_two_families_run_ppo_on_two_processes_under_zero3(family, matrix_data, 
     assert type(loaded) is type(fresh)
     assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in fresh.state_dict().items()}
     assert any(not torch.equal(v, fresh.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "opt"])
+def test_ptx_demonstrations_are_tokenized_as_the_sft_stage_tokenizes_them(family, tmp_path):
+    """TRL's SFTTrainer (what the SFT stage runs) is the reference: the same ids, one BOS, EOS or end of turn
+    at the end, and the loss on the completion only."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from rlhf.models import load_tokenizer
+    from rlhf.ppo.data import ptx_batches
+
+    path = build_family_model(tmp_path / family, family, corpus_words())
+    tokenizer = load_tokenizer(str(path))
+    records = [{"prompt": "owl dog : answer :", "completion": " dog owl"}]
+    if tokenizer.chat_template:
+        records.append({"prompt": [{"role": "user", "content": "owl dog"}],
+                        "completion": [{"role": "assistant", "content": "dog owl"}]})
+    for record in records:
+        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), processing_class=tokenizer,
+                             args=SFTConfig(output_dir=str(tmp_path / "trl"), report_to=[], max_length=64, bf16=False,
+                                           use_cpu=True),
+                             train_dataset=Dataset.from_list([record]))
+        expected = trainer.train_dataset[0]
+        batch = next(ptx_batches([record], tokenizer, batch_size=1, max_length=64, seed=0, start_batch=0))
+        assert batch["input_ids"][0].tolist() == expected["input_ids"]
+        assert batch["labels"][0].tolist() == expected["labels"]
+        in_loss = set(tokenizer.convert_ids_to_tokens([int(t) for t in batch["labels"][0] if t != -100]))
+        assert batch["labels"][0, 0] == -100 and in_loss & {"<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "</s>"}

@@ -199,7 +199,8 @@ def test_ppo_ptx_mixes_in_a_language_modelling_loss_that_falls(models, tmp_path)
     rows = read_rows(output_dir)
     losses = [row["ptx_loss"] for row in rows]
     assert all(loss is not None and loss > 0 for loss in losses)
-    assert losses[-1] < losses[0] - 0.5, losses  # the demonstrations' language-modelling loss is trained down
+    # The completions' loss (prompts are out of it, as in SFT) is trained down.
+    assert losses[-1] < losses[0] - 0.3, losses
     assert "win_rate_rm" not in json.loads((output_dir / "metrics.json").read_text())  # no held-out prompts given
 
 

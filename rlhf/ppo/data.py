@@ -11,7 +11,6 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from rlhf.data.formatting import padding_side, prompt_text, response_text
 
 
 def prompts_for_step(prompts: Sequence[Any], step: int, per_rank: int, world_size: int, rank: int,
@@ -40,19 +39,51 @@ def ptx_batches(records: list[dict[str, Any]], tokenizer, batch_size: int, max_l
                 start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
     """Endless language-modelling batches for PPO-ptx (InstructGPT eq. 2), from batch `start_batch` on.
 
-    Records are demonstrations (prompt/completion) or plain text ({"text": ...}); the loss covers every token,
-    as a pretraining loss does. Seeded order, so a resumed run continues with the same batches.
+    Plain text ({"text": ...}) is a pretraining loss on every token. Demonstrations (prompt/completion, text or
+    chat) are tokenized as the SFT stage tokenizes them (`demonstration_tokens`): the loss covers the completion
+    and its EOS, never the prompt. Seeded order, so a resumed run continues with the same batches.
     """
-    texts = [record["text"] if "text" in record else
-             prompt_text(tokenizer, record["prompt"]) + response_text(record["completion"]) for record in records]
+    examples = [plain_text_tokens(tokenizer, record["text"]) if "text" in record else
+                demonstration_tokens(tokenizer, record) for record in records]
     batch_index = start_batch
     while True:
-        chosen = [texts[i] for i in _batch_indices(len(texts), batch_size, batch_index, seed)]
-        with padding_side(tokenizer, "right"):
-            encoded = tokenizer(chosen, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
-        yield {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
+        chosen = [examples[i] for i in _batch_indices(len(examples), batch_size, batch_index, seed)]
+        yield _right_padded([(ids[:max_length], mask[:max_length]) for ids, mask in chosen], tokenizer.pad_token_id)
         batch_index += 1
+
+
+def plain_text_tokens(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    ids = tokenizer(text)["input_ids"]
+    return ids, [1] * len(ids)
+
+
+def demonstration_tokens(tokenizer, record: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """(input ids, completion mask) of a demonstration, as TRL's SFTTrainer (the SFT stage) tokenizes it: a chat
+    record through the chat template (which writes BOS and the end of turn), a text record as prompt + completion
+    with the tokenizer's special tokens and EOS appended."""
+    prompt, completion = record["prompt"], record["completion"]
+    if isinstance(prompt, list):
+        prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                                   return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+    else:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        ids = tokenizer(prompt + completion)["input_ids"]
+        if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+            ids = ids + [tokenizer.eos_token_id]
+    return ids, [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
+
+
+def _right_padded(examples: list[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for row, (ids, loss_mask) in enumerate(examples):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        attention_mask[row, :len(ids)] = 1
+        labels[row, :len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, loss_mask)])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def _batch_indices(count: int, batch_size: int, batch_index: int, seed: int) -> list[int]:
