@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.labels.importers import import_rankings
-from rlhf.labels.importers.argilla import NO_RANK_NUMBERS, NO_STATUS
+from rlhf.labels.importers.argilla import NO_STATUS
 from rlhf.labels.importers.label_studio import UNTOUCHED
 from rlhf.labels.importers.ultrafeedback import UNRATED, rating
 from rlhf.errors import ConfigError, DataError
@@ -135,29 +135,44 @@ def test_argilla_rest_records_keep_ties_and_unranked_options():
     assert report.flagged == {}
 
 
-def test_argilla_sdk_flattened_to_list_takes_list_order_and_flags_it():
-    report = import_rankings("argilla", [sample("argilla_to_list.json")])
-    rankings = by_id(report)
-    assert (rankings[f"p1:{ALICE}"].completions, rankings[f"p1:{ALICE}"].ranks) == (
-        ("Content.", "Joyful.", "Sad."), (1, 2, 3))
-    assert report.skipped == {"draft response, never submitted": 1, "record has no responses": 1}
-    assert report.flagged == {NO_RANK_NUMBERS: [f"p1:{ALICE}", f"p3:{BOB}"]}
+@pytest.mark.parametrize("name", ["argilla_to_list.json", "argilla_records_nested.json"])
+def test_argilla_sdk_exports_whose_ranks_are_lost_are_refused(name):
+    # the SDK writes a RankingQuestion answer as option values in option order (argilla #5712, #5677):
+    # reading that order as the ranking would import noise, so the whole file is refused
+    with pytest.raises(DataError) as refused:
+        import_rankings("argilla", [sample(name)])
+    message = str(refused.value)
+    assert message.startswith(f"{sample(name)}: record 1: field 'ranking': ranking answers are bare option lists")
+    assert "include=responses" in message and "\n" not in message
 
 
-def test_argilla_nested_records_have_no_status_and_are_flagged():
-    report = import_rankings("argilla", [sample("argilla_records_nested.json")])
-    assert [r.completions for r in report.rankings] == [("Joyful.", "Content.", "Sad.")]
-    assert set(report.flagged) == {NO_RANK_NUMBERS, NO_STATUS}
-
-
-def test_argilla_to_datasets_directory_reads_like_to_list(tmp_path):
+def test_argilla_to_datasets_directory_is_refused_like_to_list(tmp_path):
     from datasets import Dataset
 
     rows = json.loads(Path(sample("argilla_to_list.json")).read_text())
     Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
-    from_disk = import_rankings("argilla", [str(tmp_path / "ds")])
-    from_json = import_rankings("argilla", [sample("argilla_to_list.json")])
-    assert from_disk.rankings == from_json.rankings and from_disk.skipped == from_json.skipped
+    with pytest.raises(DataError, match="bare option lists"):
+        import_rankings("argilla", [str(tmp_path / "ds")])
+
+
+def test_argilla_nested_records_with_ranks_kept_are_read_and_flagged_without_status(tmp_path):
+    records = json.loads(Path(sample("argilla_records_nested.json")).read_text())
+    order = records[0]["responses"]["ranking"][0]["value"]  # response-1, response-3, response-2
+    records[0]["responses"]["ranking"][0]["value"] = [{"value": option, "rank": rank}
+                                                     for option, rank in zip(sorted(order), (1, 3, 1))]
+    (tmp_path / "records.json").write_text(json.dumps(records))
+    report = import_rankings("argilla", [str(tmp_path / "records.json")])
+    assert [(r.completions, r.ranks) for r in report.rankings] == [(("Joyful.", "Sad.", "Content."), (1, 3, 1))]
+    assert set(report.flagged) == {NO_STATUS}
+    assert report.skipped == {"record has no responses": 1}
+
+
+def test_cli_refuses_an_argilla_sdk_export_in_one_line_exit_2(tmp_path, capsys):
+    output = tmp_path / "rankings.jsonl"
+    code, out, err = run_cli(["import", "--format", "argilla", sample("argilla_to_list.json"), "-o", str(output)],
+                             capsys)
+    assert code == 2 and err.count("\n") == 1 and "record 1: field 'ranking'" in err
+    assert not output.exists()
 
 
 def test_argilla_option_fields_maps_options_to_fields(tmp_path):

@@ -9,8 +9,12 @@ Three shapes, as Argilla writes them:
   "<question>.responses" (one value per user), "<question>.responses.users", "<question>.responses.status".
 - SDK `to_list()` / `records.to_json()` (nested): {"id", "fields", "responses": {"<question>": [{"value",
   "user_id"}]}}. No status at all: drafts and discarded responses cannot be told apart, so these are flagged.
-In both SDK forms the SDK has already turned the ranking into a bare list of option values (its
-`__ranking_from_model_value` drops "rank"): list order is taken as rank order and ties are lost (flagged).
+In both SDK forms the SDK has already turned the ranking into a bare list of option values in option order (its
+`__ranking_from_model_value` drops "rank"; argilla issues #5712 and #5677 see orders that always come back as
+["1", "2", "3"]). The list order is not the annotator's ranking, so such a file is refused with a one-line error
+that names the exports that keep the ranks; guessing would write noise as preferences. An SDK-shaped file whose
+ranking answers still hold {"value", "rank"} items (written from `record.responses` with each answer's rank)
+is read, and without a status it is flagged.
 
 Each ranking option must name the record field that holds its text (as `export_argilla` writes them:
 options "response-1".."response-K" and fields of the same names), or be mapped with `option_fields`.
@@ -25,7 +29,9 @@ from rlhf.labels.importers.base import (RecordsRead, Skipped, build, invalid, op
 from rlhf.errors import DataError
 
 NO_STATUS = "argilla export without response status (drafts not told apart)"
-NO_RANK_NUMBERS = "argilla SDK export: list order taken as rank, ties lost"
+RANKS_LOST = ("ranking answers are bare option lists, an Argilla SDK export (to_list, to_datasets, to_json) that "
+              "has dropped the ranks; export the REST records instead (GET /api/v1/datasets/{id}/records"
+              "?include=responses) or write each record.responses answer with its rank")
 
 
 def read_argilla(paths: Sequence[str], *, question: str | None = None, prompt_field: str = "prompt",
@@ -56,7 +62,9 @@ def read_argilla(paths: Sequence[str], *, question: str | None = None, prompt_fi
                 continue
             if not responses:
                 yield Skipped(path, raw.number, "record has no responses", raw={"id": record.get("id")})
-            for user, status, value, flags in responses:
+            for question_name, user, status, value, flags in responses:
+                if _ranks_lost(value):
+                    raise DataError(RANKS_LOST, file=path, record=raw.number, field=question_name)
                 yield _ranking(path, raw.number, record, fields, prompt_field, mapping, user, status, value, flags)
 
 
@@ -76,21 +84,20 @@ def _fields(record: dict, prompt_field: str) -> dict:
     return fields
 
 
-def _responses(record: dict, question: str | None) -> Iterator[tuple[str | None, str | None, Any, tuple]]:
-    """(user, status, value, flags) for each response to the ranking question."""
+def _responses(record: dict, question: str | None) -> Iterator[tuple[str | None, str | None, str | None, Any, tuple]]:
+    """(question, user, status, value, flags) for each response to the ranking question."""
     responses = record.get("responses")
     if isinstance(responses, list):  # REST: one response per user, all questions inside "values"
         for response in responses:
             values = response.get("values") or {}
             name = question or _ranking_question(values, lambda v: v.get("value") if isinstance(v, dict) else None)
             value = (values.get(name) or {}).get("value") if name else None
-            yield _user(response.get("user_id")), response.get("status"), value, ()
+            yield name, _user(response.get("user_id")), response.get("status"), value, ()
     elif isinstance(responses, dict):  # SDK nested: {question: [{"value", "user_id", maybe "status"}]}
         name = question or _ranking_question(responses, lambda answers: answers[0].get("value") if answers else None)
         for answer in responses.get(name) or []:
             status = answer.get("status")
-            flags = (NO_RANK_NUMBERS,) + (() if status else (NO_STATUS,))
-            yield _user(answer.get("user_id")), status or "submitted", answer.get("value"), flags
+            yield name, _user(answer.get("user_id")), status or "submitted", answer.get("value"), _no_status(status)
     else:  # SDK flattened: "<question>.responses", ".users", ".status"
         names = [key[: -len(".responses")] for key in record if key.endswith(".responses")]
         name = question or _ranking_question({n: record[f"{n}.responses"] for n in names},
@@ -100,8 +107,8 @@ def _responses(record: dict, question: str | None) -> Iterator[tuple[str | None,
         statuses = record.get(f"{name}.responses.status")
         for index, value in enumerate(values):
             status = statuses[index] if statuses else None
-            flags = (NO_RANK_NUMBERS,) + (() if status else (NO_STATUS,))
-            yield _user(users[index] if index < len(users) else None), status or "submitted", value, flags
+            user = _user(users[index] if index < len(users) else None)
+            yield name, user, status or "submitted", value, _no_status(status)
 
 
 def _ranking_question(by_name: dict, first_value) -> str | None:
@@ -115,6 +122,14 @@ def _ranking_question(by_name: dict, first_value) -> str | None:
 def _looks_like_ranking(value) -> bool:
     return (isinstance(value, list) and bool(value)
             and all(isinstance(item, str) or (isinstance(item, dict) and "value" in item) for item in value))
+
+
+def _ranks_lost(value) -> bool:
+    return isinstance(value, list) and any(isinstance(item, str) for item in value)
+
+
+def _no_status(status) -> tuple[str, ...]:
+    return () if status else (NO_STATUS,)
 
 
 def _user(user_id) -> str | None:
@@ -132,8 +147,8 @@ def _ranking(path, number, record, fields, prompt_field, mapping, user, status, 
     if not _looks_like_ranking(value):
         return invalid(path, number, "ranking value is not a list of options", raw)
     completions, ranks = [], []
-    for place, item in enumerate(value, start=1):
-        option, rank = (item, place) if isinstance(item, str) else (item.get("value"), item.get("rank"))
+    for item in value:
+        option, rank = item.get("value"), item.get("rank")
         if rank is None:
             continue  # REST: an option the annotator did not rank
         field = mapping.get(option, option)
