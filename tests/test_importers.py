@@ -11,7 +11,7 @@ import pytest
 
 from rlhf.labels.importers import import_rankings
 from rlhf.labels.importers.argilla import NO_STATUS
-from rlhf.labels.importers.label_studio import UNTOUCHED
+from rlhf.labels.importers.label_studio import UNRANKED, UNTOUCHED
 from rlhf.labels.importers.ultrafeedback import UNRATED, rating
 from rlhf.errors import ConfigError, DataError
 from rlhf.labels.cli import main, quarantine_path
@@ -54,14 +54,17 @@ def test_label_studio_rlhf_pairwise_template():
     assert kinds["field 'completions': all completions are identical"] == "invalid"
 
 
+RANKER_CONFIG = sample("label_studio_ranker.config.xml")
+
+
 def test_label_studio_ranker_rank_mode_flat_list_buckets_and_untouched():
-    report = import_rankings("label_studio", [sample("label_studio_ranker.json")])
+    report = import_rankings("label_studio", [sample("label_studio_ranker.json")], config=RANKER_CONFIG)
     rankings = by_id(report)
     fire, wars, nobody = ("A fire during Caesar's siege in 48 BC, then centuries of decline.",
                           "Wars led to the library's ruin.", "Nobody knows.")
     assert rankings["10:201"].completions == (fire, wars, nobody) and rankings["10:201"].ranks == (1, 2, 3)
     assert rankings["12:203"].completions == (nobody, fire, wars)  # older flat-list value {"ranker": [ids]}
-    # buckets are tie groups in the order written; the item left in "_" was not judged
+    # buckets are tie groups in the config's <Bucket> order; the item left in "_" was not judged
     buckets = rankings["13:204"]
     assert buckets.completions == ("It depends on the definition of wet.", "Yes: it wets what it touches.",
                                    "Water is H2O.")
@@ -69,9 +72,42 @@ def test_label_studio_ranker_rank_mode_flat_list_buckets_and_untouched():
     # two items with the same body: merged, keeping the better place
     assert (rankings["14:205"].completions, rankings["14:205"].ranks) == ((fire, nobody), (1, 2))
     assert report.duplicates_merged == 1
-    # submitted without dragging anything: kept, counted and flagged
-    assert report.flagged == {UNTOUCHED: ["11:202"]} and "11:202" in rankings
+    # submitted without dragging anything: kept, counted and flagged; the unjudged "_" item counted and flagged
+    assert report.flagged == {UNTOUCHED: ["11:202"], UNRANKED: ["13:204"]} and "11:202" in rankings
     assert report.skipped == {}
+
+
+def jsonb_ordered(value):
+    """A JSON value with object keys as PostgreSQL's jsonb stores them: shorter keys first, then bytewise."""
+    if isinstance(value, dict):
+        return {key: jsonb_ordered(value[key]) for key in sorted(value, key=lambda k: (len(k.encode()), k.encode()))}
+    return [jsonb_ordered(item) for item in value] if isinstance(value, list) else value
+
+
+def test_label_studio_buckets_from_a_jsonb_server_are_read_in_the_config_order(tmp_path):
+    tasks = jsonb_ordered(json.loads(Path(sample("label_studio_ranker.json")).read_text()))
+    ranker = next(t for t in tasks if t["id"] == 13)["annotations"][0]["result"][0]["value"]["ranker"]
+    assert list(ranker) == ["_", "biased_results", "relevant_results"]  # "bad" before "good" in the export
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    report = import_rankings("label_studio", [str(tmp_path / "export.json")], config=RANKER_CONFIG)
+    buckets = by_id(report)["13:204"]
+    assert buckets.completions[-1] == "Water is H2O." and buckets.ranks == (1, 1, 2)
+
+
+def test_label_studio_bucket_results_without_a_config_are_refused():
+    with pytest.raises(DataError) as refused:
+        import_rankings("label_studio", [sample("label_studio_ranker.json")])
+    assert str(refused.value).startswith(f"{sample('label_studio_ranker.json')}: record 4: field 'rank': bucket "
+                                         "results, but no labeling config")
+
+
+def test_label_studio_bucket_not_in_the_config_is_quarantined(tmp_path):
+    config = Path(RANKER_CONFIG).read_text().replace("biased_results", "off_topic")
+    (tmp_path / "config.xml").write_text(config)
+    report = import_rankings("label_studio", [sample("label_studio_ranker.json")], config=str(tmp_path / "config.xml"))
+    assert reasons_by_record(report) == [(4, "field 'biased_results': ranker has buckets the labeling config does "
+                                             "not name")]
+    assert "13:204" not in by_id(report) and len(report.rankings) == 4
 
 
 def test_label_studio_bucket_order_option():

@@ -13,14 +13,18 @@ The shapes, as Label Studio writes them (label-studio-sdk converter; editor tags
   text1/text2 ("Pairwise Classification"), or the `pair_fields` option.
 - <Ranker> over a <List> of {"id", "title", "body"} items: value {"ranker": {"<ranker name>": [ids, best first]}};
   older versions wrote the bare list {"ranker": [ids]}. With <Bucket>s the object maps bucket names to ids and
-  "_" holds items left in the list: buckets become tie groups, best first in the order written (or
-  `bucket_order`), and items left in "_" were not judged. Submitting an untouched ranker stores the shown order:
-  kept, but flagged.
+  "_" holds items left in the list (labelstud.io/tags/ranker). Buckets become tie groups, best first in the order
+  of the <Bucket> tags inside that <Ranker> in the labeling config (the `config` option: the XML file; our
+  exporter writes it beside the tasks), or of the `bucket_order` option. Never in the result's key order: Label
+  Studio keeps results in a JSON field, jsonb on PostgreSQL, which reorders keys shortest first, so without a
+  config or bucket_order bucket results are refused. Items left in "_" were not judged: left out, counted and
+  flagged. Submitting an untouched ranker stores the shown order: kept, but flagged.
 """
 
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -29,6 +33,11 @@ from rlhf.labels.importers.base import (Imported, RecordsRead, Skipped, build, i
 from rlhf.errors import DataError
 
 UNTOUCHED = "untouched ranker: result equals the shown order"
+UNRANKED = "ranker items left in the list ('_'), not judged: left out"
+
+
+class BucketOrderUnknown(DataError):
+    """Bucket results without a labeling config: any order taken would be a guess, so the whole import stops."""
 KNOWN_PAIR_FIELDS = (("answer1", "answer2"), ("text1", "text2"), ("response1", "response2"))
 _MIN_EXPORT_KEYS = {"id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time", "agreement",
                     "history", "was_cancelled"}
@@ -40,17 +49,21 @@ class _Options:
     pair_fields: list[str] | None
     list_field: str | None
     bucket_order: list[str] | None
+    buckets_by_ranker: dict[str, list[str]]
+    config: str | None
 
 
 def read_label_studio(paths: Sequence[str], *, prompt_field: str = "prompt", pair_fields=None,
-                      list_field: str | None = None, bucket_order=None) -> Iterator:
+                      list_field: str | None = None, bucket_order=None, config: str | None = None) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for Label Studio export files.
 
     prompt_field: the task data key that holds the prompt. pair_fields: "left,right" data keys a Pairwise
     compared (found automatically for the stock templates). list_field: the data key of the List items (found
-    automatically). bucket_order: "best,ok,bad" bucket names, best first (default: the order in the result).
+    automatically). config: the project's labeling config XML, whose <Bucket> tags give the bucket order, best
+    first. bucket_order: "best,ok,bad" bucket names, best first, for every Ranker (overrides the config).
     """
-    options = _Options(prompt_field, option_list(pair_fields), list_field, option_list(bucket_order))
+    options = _Options(prompt_field, option_list(pair_fields), list_field, option_list(bucket_order),
+                       bucket_order_from_config(config) if config else {}, config)
     if options.pair_fields is not None and len(options.pair_fields) != 2:
         raise DataError("pair_fields must name two task data keys: left,right")
     for path in map(str, paths):
@@ -64,6 +77,18 @@ def read_label_studio(paths: Sequence[str], *, prompt_field: str = "prompt", pai
                 yield from _full_task(path, raw.number, raw.value, options)
             else:
                 yield from _flat_row(path, raw.number, raw.value, options, from_csv)
+
+
+def bucket_order_from_config(config_path: str) -> dict[str, list[str]]:
+    """{Ranker name: its <Bucket> names in the config's order}, from a Label Studio labeling config file."""
+    try:
+        root = ElementTree.parse(config_path).getroot()
+    except OSError as error:
+        raise DataError(f"cannot read the labeling config: {error.strerror or error}", file=config_path) from None
+    except ElementTree.ParseError as error:
+        raise DataError(f"labeling config is not XML: {error}", file=config_path) from None
+    return {ranker.get("name"): [bucket.get("name") for bucket in ranker.iter("Bucket")]
+            for ranker in root.iter("Ranker")}
 
 
 def _problem_with(record: Any) -> str | None:
@@ -148,6 +173,8 @@ def _judgements(path, number, data, results, annotator, ranking_id, raw, options
                 yield _from_pairwise(path, number, raw, result["value"], data, prompt, name, annotator, options)
             else:
                 yield _from_ranker(path, number, raw, result, data, prompt, name, annotator, options)
+        except BucketOrderUnknown as error:
+            raise BucketOrderUnknown(error.reason, file=path, record=number, field=result["from_name"]) from None
         except DataError as error:
             yield invalid(path, number, error, raw)
 
@@ -189,8 +216,12 @@ def _from_ranker(path, number, raw, result, data, prompt, ranking_id, annotator,
         if [str(item) for item in ranked] == item_ids:
             flags = (UNTOUCHED,)
     elif isinstance(ranked, dict):
-        names = options.bucket_order or [name for name in ranked if name != "_"]
+        names = _bucket_names(result["from_name"], options)
+        unknown = sorted(set(ranked) - set(names) - {"_"})
+        if unknown:
+            raise DataError("ranker has buckets the labeling config does not name", field=", ".join(unknown))
         groups = [ranked.get(name) or [] for name in names]
+        flags = (UNRANKED,) if ranked.get("_") else ()
     else:
         raise DataError("ranker value is neither a list of ids nor an object of buckets")
     completions, ranks = [], []
@@ -202,6 +233,19 @@ def _from_ranker(path, number, raw, result, data, prompt, ranking_id, annotator,
             ranks.append(place)
     return build(path, number, raw, flags, id=ranking_id, prompt=prompt, completions=completions, ranks=ranks,
                  annotator=annotator)
+
+
+def _bucket_names(ranker: str, options: _Options) -> list[str]:
+    if options.bucket_order:
+        return options.bucket_order
+    if ranker in options.buckets_by_ranker and options.buckets_by_ranker[ranker]:
+        return options.buckets_by_ranker[ranker]
+    if options.config:
+        raise BucketOrderUnknown(f"the labeling config {options.config} has no <Bucket> tags in a <Ranker "
+                                 f"name=\"{ranker}\">")
+    raise BucketOrderUnknown("bucket results, but no labeling config to order the buckets (export key order is not "
+                             "the bucket order): pass the project's config with --option config=CONFIG.xml, or "
+                             "--option bucket_order=best,...,worst")
 
 
 def _list_items(data: dict, list_field: str | None) -> tuple[list[str], dict[str, Any]]:
