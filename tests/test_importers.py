@@ -341,7 +341,8 @@ def run_cli(args, capsys):
 def test_cli_import_writes_rankings_quarantine_and_summary(tmp_path, capsys):
     output = tmp_path / "rankings.jsonl"
     code, out, err = run_cli(["import", "--format", "label_studio", sample("label_studio_rlhf_pairwise.json"),
-                              sample("label_studio_ranker.json"), "-o", str(output)], capsys)
+                              sample("label_studio_ranker.json"), "--option", f"config={RANKER_CONFIG}",
+                              "-o", str(output)], capsys)
     assert (code, err) == (0, "")
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(lines) == 7 and set(lines[0]) == {"id", "prompt", "completions", "ranks", "annotator"}
@@ -360,6 +361,7 @@ def test_cli_import_writes_rankings_quarantine_and_summary(tmp_path, capsys):
     assert f"left out 5 (details in {quarantine_path(output)}):" in summary
     assert "       1  cancelled (skipped) annotation" in summary
     assert f"flagged 1: {UNTOUCHED} (ids: 11:202)" in summary
+    assert f"flagged 1: {UNRANKED} (ids: 13:204)" in summary
     assert "merged duplicate completions in 1 rankings" in summary
 
 
