@@ -208,9 +208,15 @@ def resolve_model(reference: str, registry: Registry | None = None) -> tuple[str
 
 
 def fingerprint_files(paths: Iterable[str | os.PathLike]) -> str:
-    """sha256 over the contents of data files (a directory: all its files, sorted by path)."""
+    """sha256 over the contents of data files (a directory: all its files, sorted by path; a hub dataset
+    reference, which is no file: its name and split)."""
+    from rlhf.data.records import hub_reference
+
     digest = hashlib.sha256()
     for path in paths:
+        if not Path(path).exists() and hub_reference(str(path)) is not None:
+            digest.update(f"hub:{path}".encode())
+            continue
         path = Path(path)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -305,3 +306,77 @@ def test_ptx_demonstrations_are_tokenized_as_the_sft_stage_tokenizes_them(family
         assert batch["labels"][0].tolist() == expected["labels"]
         in_loss = set(tokenizer.convert_ids_to_tokens([int(t) for t in batch["labels"][0] if t != -100]))
         assert batch["labels"][0, 0] == -100 and in_loss & {"<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "</s>"}
+
+
+def _cache_hub_dataset(cache: Path, name: str, split: str, rows: list[dict]) -> None:
+    """Put `rows` into a `datasets` cache as `load_dataset(name, split=split)` leaves it after a download:
+    <cache>/<owner>___<name>/default/0.0.0/<hash>/<name>-<split>.arrow."""
+    import pyarrow as pa
+    import pyarrow.parquet as parquet
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    owner, short = name.split("/")
+    source = cache / "source" / f"{split}.parquet"
+    source.parent.mkdir(parents=True)
+    parquet.write_table(pa.Table.from_pylist(rows), source)
+    builder = Parquet(cache_dir=str(cache / "datasets"), dataset_name=f"{owner}___{short}", config_name="default",
+                      hash="0123456789abcdef", data_files={split: str(source)})
+    builder.download_and_prepare()
+    built = Path(builder.cache_dir)
+    for file in built.glob(f"{owner}___{short}-*"):
+        file.rename(built / file.name.replace(f"{owner}___{short}", short))
+    built.parents[1].rename(built.parents[2] / "default")
+
+
+@pytest.mark.slow
+def test_a_hub_dataset_name_trains_sft_offline_from_the_local_cache(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from rlhf.demo.task import make_split
+
+    cache = tmp_path / "hf"
+    _cache_hub_dataset(cache, "acme/demos", "train", make_split(32, seed=5))
+    base = build_family_model(tmp_path / "base", "mistral", corpus_words())
+    env = dict(os.environ, HF_DATASETS_CACHE=str(cache / "datasets"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "rlhf.stages.sft", "--model_name_or_path", str(base),
+               "--train_file", "acme/demos:train", "--output_dir", str(tmp_path / "sft"),
+               "--registry_dir", str(tmp_path / "registry"), "--max_steps", "2", "--per_device_train_batch_size", "8",
+               "--max_length", "48", "--report_to", "none", "--eval_strategy", "no", "--save_strategy", "no"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    entry = json.loads(next((tmp_path / "registry" / "entries" / "sft").glob("*.json")).read_text())
+    assert entry["config"]["train_file"] == "acme/demos:train" and entry["data_fingerprint"].startswith("sha256:")
+    # A split the cache does not hold is a one-line error naming the reference, exit 2.
+    missing = subprocess.run([*command[:6], "acme/demos:validation", *command[7:]], env=env, capture_output=True,
+                             text=True)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: acme/demos:validation")
+
+
+def test_hub_references_and_file_paths_are_told_apart():
+    from rlhf.data.records import hub_reference
+
+    assert hub_reference("Anthropic/hh-rlhf") == ("Anthropic/hh-rlhf", None, "train")
+    assert hub_reference("Anthropic/hh-rlhf:test") == ("Anthropic/hh-rlhf", None, "test")
+    assert hub_reference("openbmb/UltraFeedback:default:train") == ("openbmb/UltraFeedback", "default", "train")
+    for path in ("data/train.jsonl", "runs/demo/data/sft.json.gz", "a/b/c", "owner/name:", "plain"):
+        assert hub_reference(path) is None, path
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "ppo"])
+def test_the_readmes_hub_configs_are_valid_stage_configs(stage):
+    from rlhf.config import parse_config
+    from rlhf.data.records import hub_reference
+    from rlhf.ppo.config import PPOStageConfig
+    from rlhf.rm.config import RMStageConfig
+    from rlhf.sft.config import SFTStageConfig
+
+    config_class = {"sft": SFTStageConfig, "rm": RMStageConfig, "ppo": PPOStageConfig}[stage]
+    config = parse_config(config_class, ["--config", f"configs/hub/{stage}.yaml"])
+    data = config.prompts_file if stage == "ppo" else config.train_file
+    assert hub_reference(data) is not None

@@ -2,7 +2,8 @@
 
 Containers: a JSON list (or an object with an "items" list, as REST APIs answer), JSON Lines (also gzipped, and
 also when named `.json`: Stanford SHP ships JSON Lines as `train.json`), CSV with a header, parquet, and a
-`datasets` `save_to_disk` directory. Records are numbered from 1: the line number in JSON Lines, the element in a
+`datasets` `save_to_disk` directory, and a dataset on the Hugging Face hub by name (`owner/name:split` or
+`owner/name:config:split`), read through `datasets.load_dataset` (offline: from the local cache). Records are numbered from 1: the line number in JSON Lines, the element in a
 JSON list, the data row in CSV, parquet and `datasets`. A record that cannot be parsed is yielded with `error` set,
 so that importers can quarantine it instead of stopping the whole file.
 """
@@ -14,6 +15,7 @@ import gzip
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +35,9 @@ class RawRecord:
 
 def read_records(path: str | os.PathLike) -> Iterator[RawRecord]:
     """Yield the records of `path`; raise DataError if it is missing, empty or not any container we know."""
+    if not Path(path).exists() and hub_reference(str(path)) is not None:
+        yield from _hub_dataset(str(path))
+        return
     path = Path(path)
     if not path.exists():
         raise DataError("no such file or directory", file=str(path))
@@ -46,6 +51,35 @@ def read_records(path: str | os.PathLike) -> Iterator[RawRecord]:
         yield from _csv(path, delimiter="\t" if name.endswith(".tsv") else ",")
     else:
         yield from _json_or_lines(path, _read_text(path))
+
+
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".gz", ".txt")
+
+
+def hub_reference(reference: str) -> tuple[str, str | None, str] | None:
+    """(name, config, split) of `owner/name[:config]:split` (split defaults to train); None for anything that
+    reads as a file path instead (a file suffix, more than one slash)."""
+    name, *rest = reference.split(":")
+    if not _HUB_NAME.fullmatch(name) or name.lower().endswith(_FILE_SUFFIXES) or len(rest) > 2 \
+            or not all(rest):
+        return None
+    config = rest[0] if len(rest) == 2 else None
+    return name, config, rest[-1] if rest else "train"
+
+
+def _hub_dataset(reference: str) -> Iterator[RawRecord]:
+    name, config, split = hub_reference(reference)
+    from datasets import load_dataset
+
+    try:
+        rows = load_dataset(name, config, split=split)
+    except Exception as error:  # datasets raises many types: missing split, offline, unknown name
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"no such file, and not loadable as hub dataset {name!r} (config {config}, split "
+                        f"{split!r}): {first_line}", file=reference) from None
+    for number, row in enumerate(rows, start=1):
+        yield RawRecord(number, row)
 
 
 def _read_text(path: Path) -> str:
