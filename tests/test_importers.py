@@ -411,3 +411,87 @@ def test_cli_reads_several_files_in_one_run(tmp_path, capsys):
     code, out, _ = run_cli(["import", "--format", "oasst", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
                             "-o", str(output)], capsys)
     assert code == 0 and out.startswith("read 24 records (oasst)\nwrote 4 rankings")
+
+
+# -- the importers' contract: every record accounted for, odd bytes and numbers -------------------------------------
+
+ONE_RECORD_ONE_JUDGEMENT = [
+    ("label_studio", "label_studio_rlhf_pairwise.json", {}),
+    ("label_studio", "label_studio_ranker.json", {"config": RANKER_CONFIG}),
+    ("label_studio", "label_studio_min.json", {}),
+    ("label_studio", "label_studio.csv", {}),
+    ("argilla", "argilla_rest.json", {}),
+    ("hh_rlhf", "hh_rlhf.jsonl", {}),
+    ("ultrafeedback", "ultrafeedback.jsonl", {}),
+    ("prodigy", "prodigy.jsonl", {}),
+    ("jsonl", "rankings_and_trl.jsonl", {}),
+]
+
+
+@pytest.mark.parametrize("format, name, options", ONE_RECORD_ONE_JUDGEMENT)
+def test_every_record_read_is_imported_or_quarantined_with_a_reason(format, name, options):
+    from rlhf.labels.importers import IMPORTERS
+    from rlhf.labels.importers.base import Imported, RecordsRead, Skipped
+
+    events = list(IMPORTERS[format]([sample(name)], **options))
+    (read,) = [event.count for event in events if isinstance(event, RecordsRead)]
+    imported = {event.record for event in events if isinstance(event, Imported)}
+    quarantined = {event.record for event in events if isinstance(event, Skipped) and event.reason}
+    assert imported | quarantined == set(range(1, read + 1))
+    report = import_rankings(format, [sample(name)], **options)
+    assert len(report.rankings) + len(report.quarantine) >= read > 0
+
+
+def test_a_byte_order_mark_is_accepted_in_csv_and_json(tmp_path):
+    csv_with_bom = tmp_path / "excel.csv"
+    csv_with_bom.write_bytes(b"\xef\xbb\xbf" + Path(sample("label_studio.csv")).read_bytes())
+    json_with_bom = tmp_path / "export.json"
+    json_with_bom.write_bytes(b"\xef\xbb\xbf" + Path(sample("label_studio_min.json")).read_bytes())
+    assert by_id(import_rankings("label_studio", [str(csv_with_bom)])) == by_id(
+        import_rankings("label_studio", [sample("label_studio.csv")]))
+    assert by_id(import_rankings("label_studio", [str(json_with_bom)])) == by_id(
+        import_rankings("label_studio", [sample("label_studio_min.json")]))
+
+
+def test_a_truncated_gzip_is_one_line_exit_2(tmp_path, capsys):
+    whole = gzip.compress(Path(sample("hh_rlhf.jsonl")).read_bytes())
+    cut = tmp_path / "train.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    code, out, err = run_cli(["import", "--format", "hh_rlhf", str(cut), "-o", str(tmp_path / "r.jsonl")], capsys)
+    assert code == 2 and err == f"error: {cut}: gzip file is truncated (it ends before its end-of-stream marker)\n"
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_lone_surrogate_is_quarantined_with_its_record_and_the_rest_written(tmp_path, capsys):
+    tasks = json.loads(Path(sample("label_studio_ranker.json")).read_text())
+    tasks[0]["data"]["items"][2]["body"] = "Nobody \ud800 knows."  # "\ud800" in the file: valid JSON, not Unicode
+    broken = tmp_path / "export.json"
+    broken.write_text(json.dumps(tasks))  # ensure_ascii: the file holds the escape, as a buggy exporter writes it
+    output = tmp_path / "rankings.jsonl"
+    code, out, err = run_cli(["import", "--format", "label_studio", str(broken), "--option", f"config={RANKER_CONFIG}",
+                              "-o", str(output)], capsys)
+    assert (code, err) == (0, "")
+    quarantine = [json.loads(line) for line in quarantine_path(output).read_text(encoding="utf-8").splitlines()]
+    assert [(q["record"], q["reason"]) for q in quarantine] == [
+        (1, "field 'completions': holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)")]
+    assert quarantine[0]["raw"]["task"] == 10
+    written = [json.loads(line)["id"] for line in output.read_text(encoding="utf-8").splitlines()]
+    assert written == ["11:202", "12:203", "13:204", "14:205"]
+
+
+def test_ranks_written_as_whole_floats_are_accepted(tmp_path):
+    rows = [{"id": "f1", "prompt": "P", "completions": ["a", "b", "c"], "ranks": [2.0, 1.0, 3.0], "annotator": None}]
+    (tmp_path / "pandas.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = import_rankings("jsonl", [str(tmp_path / "pandas.jsonl")])
+    assert [r.ranks for r in report.rankings] == [(2, 1, 3)] and report.skipped == {}
+
+
+def test_a_lone_surrogate_in_a_quarantined_record_is_kept_as_escaped_text(tmp_path, capsys):
+    (tmp_path / "r.jsonl").write_text('{"id": "a", "prompt": "P", "completions": ["x\\udc80", "y"], "ranks": [1, 2]}\n'
+                                      '{"id": "b", "prompt": "P", "completions": ["x", "y"], "ranks": [1, 2]}\n')
+    output = tmp_path / "out.jsonl"
+    code, out, err = run_cli(["import", "--format", "jsonl", str(tmp_path / "r.jsonl"), "-o", str(output)], capsys)
+    assert (code, err) == (0, "")
+    (entry,) = [json.loads(line) for line in quarantine_path(output).read_text(encoding="utf-8").splitlines()]
+    assert entry["record"] == 1 and entry["raw"]["completions"] == ["x\\udc80", "y"]
+    assert [json.loads(line)["id"] for line in output.read_text(encoding="utf-8").splitlines()] == ["b"]

@@ -32,7 +32,8 @@ def write_lines(path, rows):
     ({k: v for k, v in GOOD.items() if k != "prompt"}, "prompt", "is missing"),
     (with_(completions=["only one"], ranks=[1]), "completions", "needs at least 2 completions (K >= 2)"),
     (with_(ranks=["1", "2", "3"]), "ranks", "must be integers"),
-    (with_(ranks=[1.0, 2.0, 3.0]), "ranks", "must be integers"),
+    (with_(ranks=[1.0, 2.5, 3.0]), "ranks", "must be integers"),
+    (with_(ranks=[float("nan"), 2, 3]), "ranks", "must be integers"),
     (with_(ranks=[True, False, True]), "ranks", "must be integers"),
     (with_(ranks=[0, 1, 2]), "ranks", "must be >= 1 (1 = best)"),
     (with_(ranks=[1, 2]), "ranks", "has 2 entries for 3 completions"),
@@ -43,6 +44,10 @@ def write_lines(path, rows):
     (with_(prompt=[{"role": "user"}]), "prompt", "must be a non-empty string or a list of chat messages {role, content}"),
     (with_(id=""), "id", "must be a non-empty string"),
     (with_(annotator=7), "annotator", "must be a string or null"),
+    (with_(completions=["Blue", "Gr\ud800een", "Red"]), "completions",
+     "holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)"),
+    (with_(prompt=[{"role": "user", "content": "\udfff"}]), "prompt",
+     "holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)"),
 ])
 def test_invalid_records_name_the_field_and_reason(record, field, reason):
     with pytest.raises(DataError) as caught:
@@ -53,6 +58,9 @@ def test_invalid_records_name_the_field_and_reason(record, field, reason):
 def test_valid_ranking_keeps_ties_and_gaps_and_chat_prompts():
     ranking = ranking_from_record(with_(ranks=[1, 5, 1]))
     assert ranking.ranks == (1, 5, 1) and ranking.k == 3 and ranking.annotator == "alice"
+    # whole-number floats, as a pandas round trip writes ranks, are the same ranks
+    from_pandas = ranking_from_record(with_(ranks=[1.0, 5.0, 1.0]))
+    assert from_pandas.ranks == (1, 5, 1) and all(type(rank) is int for rank in from_pandas.ranks)
     chat = ranking_from_record(with_(prompt=[{"role": "system", "content": "Be brief."},
                                              {"role": "user", "content": "A colour?"}], annotator=None))
     assert chat.prompt[1]["content"] == "A colour?" and chat.annotator is None

@@ -40,7 +40,7 @@ class Ranking:
     def __post_init__(self):
         check_ranking(self.id, self.prompt, self.completions, self.ranks, self.annotator)
         object.__setattr__(self, "completions", tuple(self.completions))
-        object.__setattr__(self, "ranks", tuple(self.ranks))
+        object.__setattr__(self, "ranks", tuple(int(rank) for rank in self.ranks))  # 2.0 (pandas) -> 2
 
     __hash__ = None  # the prompt may be a list of messages
 
@@ -65,6 +65,11 @@ def check_ranking(id, prompt, completions, ranks, annotator=None) -> None:
         raise DataError("needs at least 2 completions (K >= 2)", field="completions")
     if any(not text.strip() for text in completions):
         raise DataError("contains an empty completion", field="completions")
+    if not _is_utf8(prompt):
+        raise DataError("holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)", field="prompt")
+    if not _is_utf8(list(completions)):
+        raise DataError("holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)",
+                        field="completions")
     if not isinstance(ranks, (list, tuple)) or not all(_is_int(rank) for rank in ranks):
         raise DataError("must be integers", field="ranks")
     if any(rank < 1 for rank in ranks):
@@ -78,7 +83,19 @@ def check_ranking(id, prompt, completions, ranks, annotator=None) -> None:
 
 
 def _is_int(value) -> bool:
+    """An int, or a float holding a whole number (ranks come back as 1.0, 2.0 from a pandas round trip)."""
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_utf8(value) -> bool:
+    """False when a string holds a lone surrogate (JSON's "\\ud800" escape decodes to one)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_prompt(prompt) -> bool:

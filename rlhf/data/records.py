@@ -83,10 +83,13 @@ def _hub_dataset(reference: str) -> Iterator[RawRecord]:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text; "utf-8-sig" drops the byte-order mark that Excel and Windows tools put before CSV and JSON."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as file:
+        with opener(path, "rt", encoding="utf-8-sig") as file:
             text = file.read()
+    except EOFError:  # gzip's answer to a file cut short (download or copy interrupted)
+        raise DataError("gzip file is truncated (it ends before its end-of-stream marker)", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"cannot be read as UTF-8 text ({error.__class__.__name__})", file=str(path)) from None
     if not text.strip():

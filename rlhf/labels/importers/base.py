@@ -158,4 +158,16 @@ def collect(events: Iterable[RecordsRead | Imported | Skipped], *, merge_annotat
 def _quarantine(report: ImportReport, skipped: Skipped) -> None:
     report.skipped[skipped.reason] += 1
     report.quarantine.append({"source": skipped.source, "record": skipped.record, "kind": skipped.kind,
-                              "reason": skipped.reason, "detail": skipped.detail, "raw": skipped.raw})
+                              "reason": skipped.reason, "detail": _writable(skipped.detail),
+                              "raw": _writable(skipped.raw)})
+
+
+def _writable(value: Any) -> Any:
+    """`value` with lone surrogates written as "\\udXXX" text, so that the quarantine file can be UTF-8."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_writable(key): _writable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_writable(item) for item in value]
+    return value
