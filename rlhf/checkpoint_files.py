@@ -14,6 +14,7 @@ included: DeepSpeed passes `weights_only=False`, and torch's TORCH_FORCE_WEIGHTS
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import struct
@@ -177,3 +178,21 @@ def fallback_message(chosen: Path | None, passed_over: list[str]) -> str:
     damaged = "; ".join(passed_over)
     target = f"resuming from {chosen}" if chosen is not None else "no whole checkpoint is left, starting afresh"
     return f"skipping damaged checkpoint(s) ({damaged}): {target}"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """A write that failed for want of space, as the writers report it: an OSError (ENOSPC, EDQUOT), or the
+    RuntimeError of torch.save's zip writer ("unexpected pos ... vs ...", "file write failed")."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        sign in text for sign in ("unexpected pos", "file write failed", "No space left on device"))
+
+
+def disk_full_message(where: Path, error: BaseException, removed: Iterable[Path], last_whole: Path | None) -> str:
+    removed = [str(path) for path in removed]
+    detail = " ".join(str(error).split())[:160]
+    return (f"no space left on device writing {where} ({detail}); "
+            + (f"removed the partial {', '.join(removed)}; " if removed else "")
+            + f"the last whole checkpoint is {last_whole or 'none'}: free space and re-run with --resume")

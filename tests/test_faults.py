@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -212,6 +216,31 @@ def test_a_trainer_checkpoint_that_pickles_code_is_refused_without_running_it(fi
     assert not marker.exists()
 
 
+@pytest.mark.slow
+def test_trainer_stage_saves_a_checkpoint_on_sigterm_exits_0_and_resumes_to_the_uninterrupted_result(
+        finished_trainer_run, workspace, tmp_path, capsys):
+    stage, straight = finished_trainer_run
+    out, ready, log = tmp_path / "stopped", tmp_path / "at_step_2", tmp_path / "stage.log"
+    # No scheduled checkpoint before the end: the one found afterwards is the SIGTERM's.
+    args = trainer_stage_args(stage, workspace, out, "--save_steps", "100")
+    with log.open("w") as sink:
+        process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pause_at_step.py")), stage, "2",
+                                    str(ready), *args], stdout=sink, stderr=subprocess.STDOUT)
+        while not ready.exists() and process.poll() is None:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait() == 0, log.read_text()[-3000:]
+    assert f"SIGTERM: saved {out / 'run' / 'checkpoint-2'}; resume with --resume" in log.read_text()
+    assert sorted(path.name for path in (out / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (out / "run" / "registered.json").exists() and not (out / "registry" / "models").exists()
+
+    stage_main(stage)(args + ["--resume", "true"])
+    assert json.loads((out / "run" / "registered.json").read_text())["reference"] == f"{stage}@1"
+    want, got = registered_weights(straight / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@1")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
 # -- PPO -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ppo_models(tmp_path_factory) -> dict:
@@ -320,3 +349,111 @@ def test_deepspeeds_own_checkpoint_load_is_weights_only_inside_weights_only_load
     with weights_only_loading():
         loaded = TorchCheckpointEngine().load(str(path))
     assert loaded["zero_stage"] is ZeroStageEnum.gradients and loaded["loss_scaler"].cur_scale == 1.0
+
+
+# -- SIGTERM and a full disk ---------------------------------------------------------------------------------
+SIGTERM_AT_STEP_ONE = """
+import json, signal, sys
+from pathlib import Path
+from transformers import TrainerCallback
+from rlhf.stages import trainer_run
+
+class WaitForSigtermAtStepOne(TrainerCallback):
+    # Tells the test where it is (a file), then waits for the signal the test sends from outside.
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            Path(sys.argv[3]).touch()
+            signal.pause()
+
+train = trainer_run.train
+def train_with_hook(trainer, config):
+    trainer.callback_handler.callbacks.insert(0, WaitForSigtermAtStepOne())
+    return train(trainer, config)
+trainer_run.train = train_with_hook
+stage = __import__("rlhf.stages." + sys.argv[1], fromlist=["main"])
+stage.main(json.loads(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_trainer_checkpoint_exits_0_and_the_run_resumes_to_the_uninterrupted_result(
+        finished_trainer_run, workspace, tmp_path, capsys):
+    import signal
+    import subprocess
+    import time
+
+    from ppo_setup import PYTHON, subprocess_env
+
+    stage, straight = finished_trainer_run
+    out, at_step_one = tmp_path / "terminated", tmp_path / "at_step_one"
+    process = subprocess.Popen([PYTHON, "-c", SIGTERM_AT_STEP_ONE, stage,
+                                json.dumps(trainer_stage_args(stage, workspace, out)), str(at_step_one)],
+                               env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not at_step_one.exists():
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate()[0]
+    assert process.returncode == 0, output[-3000:]
+    assert f"SIGTERM: saved {out / 'run' / 'checkpoint-1'}; resume with --resume" in output
+    assert not (out / "run" / "registered.json").exists() and not (out / "registry" / "entries").exists()
+
+    stage_main(stage)(trainer_stage_args(stage, workspace, out, "--resume", "true"))
+    assert f"resuming" not in capsys.readouterr().out  # nothing was damaged, nothing stepped over
+    want, got = registered_weights(straight / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@1")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+def disk_full_at(monkeypatch, fragment: str, error: Exception) -> None:
+    """torch.save fills the disk on the file whose path contains `fragment`: half a file written, then `error`."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if fragment in str(f):
+            Path(f).write_bytes(b"PK\x03\x04 half a file")
+            raise error
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_trainer_checkpoint_is_one_line_cleans_up_and_resumes(finished_trainer_run, workspace,
+                                                                                  tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    stage, straight = finished_trainer_run
+    out = tmp_path / "full"
+    disk_full_at(monkeypatch, "checkpoint-4/optimizer.pt", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    message = one_line_error(capsys, stage_main(stage), trainer_stage_args(stage, workspace, out))
+    assert f"no space left on device writing {out / 'run' / 'checkpoint-4'}" in message
+    assert f"the last whole checkpoint is {out / 'run' / 'checkpoint-2'}" in message
+    assert not (out / "run" / "checkpoint-4").exists() and not (out / "registry" / "entries").exists()
+
+    monkeypatch.undo()
+    stage_main(stage)(trainer_stage_args(stage, workspace, out, "--resume", "true"))
+    want, got = registered_weights(straight / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@1")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_ppo_checkpoint_is_one_line_leaves_no_staging_and_resumes(finished_ppo_run, ppo_models,
+                                                                                     tmp_path, capsys, monkeypatch):
+    from rlhf.stages.ppo import main
+
+    out = tmp_path / "full"
+    # What torch.save's zip writer raises when the disk fills.
+    disk_full_at(monkeypatch, "step-4.saving/critic", RuntimeError(
+        "[enforce fail at inline_container.cc:664] . unexpected pos 3145728 vs 3145664"))
+    message = one_line_error(capsys, main, ppo_args(ppo_models, out))
+    checkpoints = out / "run" / "checkpoints"
+    assert f"no space left on device writing {checkpoints / 'step-4'}" in message
+    assert f"the last whole checkpoint is {checkpoints / 'step-2'}" in message
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["step-2"]  # no staging directory left behind
+
+    monkeypatch.undo()
+    main(ppo_args(ppo_models, out, resume=True))
+    assert_same_rows(ppo_rows(out), ppo_rows(finished_ppo_run))

@@ -16,7 +16,6 @@ import json
 import random
 import re
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +69,21 @@ def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_st
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     distributed.barrier()
-    actor.save_checkpoint(str(staging), tag="actor", save_latest=False)
-    critic.save_checkpoint(str(staging), tag="critic", save_latest=False)
-    torch.save(rng_states(), staging / f"rng_state_{distributed.global_rank()}.pt")
-    distributed.barrier()
+    try:
+        actor.save_checkpoint(str(staging), tag="actor", save_latest=False)
+        critic.save_checkpoint(str(staging), tag="critic", save_latest=False)
+        torch.save(rng_states(), staging / f"rng_state_{distributed.global_rank()}.pt")
+        distributed.barrier()
+        if distributed.is_main_process():
+            atomic_write_json(staging / TRAINER_STATE, {**trainer_state, "step": step})
+    except BaseException as error:
+        # The staging directory is all a failed save touched: removing it leaves the last whole checkpoint as it was.
+        shutil.rmtree(staging, ignore_errors=True)
+        if checkpoint_files.is_disk_full(error):
+            raise RLHFError(checkpoint_files.disk_full_message(final, error, [staging], latest_checkpoint(output_dir))) \
+                from None
+        raise
     if distributed.is_main_process():
-        atomic_write_json(staging / TRAINER_STATE, {**trainer_state, "step": step})
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
@@ -129,29 +137,3 @@ def _remove_old(directory: Path, keep: int) -> None:
     steps = sorted((int(m.group(1)), path) for path in directory.iterdir() if (m := STEP_PATTERN.match(path.name)))
     for _, path in steps[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
-
-
-class StopRequest:
-    """Turns SIGTERM (what a cluster sends before preemption) into a flag the loop checks after each step,
-    so the run saves a checkpoint and exits cleanly instead of dying mid-update."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def any_rank(self) -> bool:
-        """True when any rank was signalled: all ranks must stop together (saving is a collective)."""
-        import torch.distributed as dist
-
-        flag = torch.tensor([1.0 if self.requested else 0.0])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            if dist.get_backend() == "nccl":
-                flag = flag.cuda()
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)

@@ -30,6 +30,7 @@ from rlhf.ppo.kl_control import make_kl_controller
 from rlhf.ppo.logprobs import sampling_settings_for
 from rlhf.ppo.rewards import RunningMoments
 from rlhf.stages import epilogue
+from rlhf.stop_request import StopRequest
 
 
 class PPORecipe:
@@ -65,7 +66,7 @@ class PPORecipe:
                                            start_batch=self.state["step"] * config.updates_per_step)
         self.logger = tracking.MetricsLogger(config.output_dir, config.report_to, config.steps, self.state["step"],
                                              show_progress=not config.disable_tqdm)
-        self.stop = checkpoint.StopRequest()
+        self.stop = StopRequest()
 
     def resume(self) -> None:
         """Weights, optimisers, RNG, β, score moments and the data position (the step) of the latest checkpoint."""

@@ -45,8 +45,13 @@ def resolve_inputs(config) -> StageInputs:
 
 def load_trainable(inputs: StageInputs, config, task: str):
     """The input model with the config's adaptation applied, so that only the chosen parameters train."""
+    from transformers import set_seed
+
     from rlhf.adaptation import apply_adaptation, load_adapted, parameter_summary
 
+    # A new head (the reward model's score) and adapter weights start from the config's seed, not from whatever
+    # the process drew before: a rerun, in this process or another, starts from the same weights.
+    set_seed(config.seed)
     model = load_adapted(inputs.model_path, task=task, trust_remote_code=config.trust_remote_code)
     if task == "reward" and model.config.pad_token_id is None:
         # The score is read at the last non-padding token, which needs to know the padding token.

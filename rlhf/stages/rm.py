@@ -45,6 +45,8 @@ def run(config: RMStageConfig):
     )
     config.eval_on_start = bool(eval_features)  # the "before" numbers
     result = trainer_run.train(trainer, config)
+    if result is None:  # SIGTERM: a checkpoint is saved, --resume continues
+        return None
     before = epilogue.metrics_before_training(trainer)
     if before:
         metrics["eval_pairwise_accuracy_before"] = before["eval_pairwise_accuracy"]

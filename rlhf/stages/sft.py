@@ -52,6 +52,8 @@ def run(config: SFTStageConfig):
     )
     keep_packed_rows(trainer)  # without flash attention, a flattened packed batch costs (batch x length)^2
     result = trainer_run.train(trainer, config)
+    if result is None:  # SIGTERM: a checkpoint is saved, --resume continues
+        return None
     before = epilogue.metrics_before_training(trainer)
     if "eval_loss" in before:
         metrics["eval_loss_before"] = before["eval_loss"]

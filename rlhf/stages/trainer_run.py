@@ -2,6 +2,8 @@
 
     resume        from the newest *whole* checkpoint in output_dir; one cut short is stepped over and removed
     safe loads    every checkpoint file checked before loading, and loaded with weights_only=True
+    SIGTERM       the step in progress ends, a checkpoint is saved, and the stage exits 0 without registering
+    disk full     one line naming the checkpoint; the partial one removed, the last whole one left to resume
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from rlhf import checkpoint_files, distributed
 from rlhf.errors import RLHFError
+from rlhf.stop_request import StopRequest
 
 # The Trainer's names: checkpoint-<global step>/, with trainer_state.json written last.
 TRAINER_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -19,10 +22,54 @@ TRAINER_STATE = "trainer_state.json"
 
 
 def train(trainer, config):
-    """trainer.train(), resumed as the config says; returns the Trainer's TrainOutput."""
+    """trainer.train(), resumed as the config says. Returns the Trainer's TrainOutput, or None when SIGTERM
+    stopped the run (after saving a checkpoint)."""
+    from transformers import TrainerCallback
+
+    class SaveAndStopOnSigterm(TrainerCallback):
+        stopped = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.any_rank():  # every rank, every step: the save that follows is a collective
+                control.should_save = control.should_training_stop = True
+                self.stopped = True
+
     resume_from = resume_argument(config)
-    with checkpoint_files.weights_only_loading():
-        return trainer.train(resume_from_checkpoint=resume_from)
+    stop = StopRequest()
+    callback = SaveAndStopOnSigterm()
+    trainer.add_callback(callback)
+    try:
+        with checkpoint_files.weights_only_loading():
+            result = trainer.train(resume_from_checkpoint=resume_from)
+    except BaseException as error:
+        if not checkpoint_files.is_disk_full(error):
+            raise
+        raise RLHFError(_after_a_full_disk(Path(config.output_dir), error)) from None
+    finally:
+        stop.restore()
+    if callback.stopped:
+        if distributed.is_main_process():
+            saved = trainer_checkpoints(Path(config.output_dir))
+            print(f"SIGTERM: saved {max(saved)[1] if saved else config.output_dir}; resume with --resume", flush=True)
+        return None
+    return result
+
+
+def _after_a_full_disk(output_dir: Path, error: BaseException) -> str:
+    """Remove the checkpoints the failed save left partial (rank 0); the message for the user."""
+    candidates = trainer_checkpoints(output_dir)
+    chosen, _ = checkpoint_files.newest_whole(candidates, [TRAINER_STATE])
+    partial = _remove_newer_than(chosen, candidates) if distributed.is_main_process() else []
+    where = partial[0] if partial else output_dir
+    return checkpoint_files.disk_full_message(where, error, partial, chosen)
+
+
+def _remove_newer_than(chosen: Path | None, candidates: list[tuple[int, Path]]) -> list[Path]:
+    chosen_step = next((step for step, path in candidates if path == chosen), -1)
+    removed = [path for step, path in sorted(candidates) if step > chosen_step]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def resume_argument(config) -> str | None:
@@ -46,10 +93,7 @@ def resume_argument(config) -> str | None:
     distributed.barrier()  # every rank has chosen before rank 0 removes what it stepped over
     if passed_over and distributed.is_main_process():
         print(checkpoint_files.fallback_message(chosen, passed_over), flush=True)
-        chosen_step = next((step for step, path in candidates if path == chosen), -1)
-        for step, path in candidates:
-            if step > chosen_step:
-                shutil.rmtree(path, ignore_errors=True)
+        _remove_newer_than(chosen, candidates)
     distributed.barrier()
     return str(chosen) if chosen is not None else None
 
