@@ -12,7 +12,7 @@ import pytest
 from rlhf.labels.importers import import_rankings
 from rlhf.labels.importers.argilla import NO_STATUS
 from rlhf.labels.importers.label_studio import UNRANKED, UNTOUCHED
-from rlhf.labels.importers.ultrafeedback import UNRATED, rating
+from rlhf.labels.importers.ultrafeedback import EMPTY, UNRATED, rating
 from rlhf.errors import ConfigError, DataError
 from rlhf.labels.cli import main, quarantine_path
 
@@ -286,6 +286,17 @@ def test_ultrafeedback_ratings_as_strings_and_na():
     assert rankings["ultrafeedback.jsonl:1"].ranks == (1, 2, 3, 2)
     assert rankings["ultrafeedback.jsonl:2"].k == 2 and report.flagged == {UNRATED: ["ultrafeedback.jsonl:2"]}
     assert rankings["ultrafeedback.jsonl:4"].completions == ("Red, yellow, blue.", "Green.")  # list-of-passes form
+    assert report.skipped == {"all completions rated equal": 1, "fewer than 2 rated completions": 1}
+
+
+def test_ultrafeedback_drops_only_the_empty_completion(tmp_path):
+    rows = [json.loads(line) for line in Path(sample("ultrafeedback.jsonl")).read_text().splitlines()]
+    rows[0]["completions"][2]["response"] = ""  # rated 2.5, but the model answered nothing
+    (tmp_path / "uf.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = import_rankings("ultrafeedback", [str(tmp_path / "uf.jsonl")])
+    first = by_id(report)["uf.jsonl:1"]
+    assert first.k == 3 and first.ranks == (1, 2, 2)  # 5, 4, 4: the rest of the row still ranked
+    assert report.flagged[EMPTY] == ["uf.jsonl:1"]
     assert report.skipped == {"all completions rated equal": 1, "fewer than 2 rated completions": 1}
 
 

@@ -9,7 +9,8 @@ critique's 1-10 score, which the authors re-scored in Dec 2023 after a bug (thei
 
 score="mean_aspects" (default): the mean of the aspect ratings present, as ultrafeedback_binarized moved to after
 that bug; "overall_score" or "fine-grained_score": that field; an aspect name: that aspect's rating. Higher is
-better; equal scores tie. A completion with no usable score is left out of its ranking (counted and flagged).
+better; equal scores tie. A completion with no usable score, or with an empty response (some models answered
+nothing), is left out of its ranking (counted and flagged); the row's other completions are still ranked.
 The ratings come from GPT-4, not people: there is no annotator.
 """
 
@@ -23,6 +24,7 @@ from rlhf.errors import DataError
 
 ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 UNRATED = "completion without a usable rating left out"
+EMPTY = "empty completion left out"
 
 
 def read_ultrafeedback(paths: Sequence[str], *, score: str = "mean_aspects") -> Iterator:
@@ -67,11 +69,13 @@ def completion_score(completion: dict, score: str) -> float | None:
 
 def _row(path: str, number: int, row: dict, score: str):
     texts, scores = [], []
-    unrated = 0
+    unrated = empty = 0
     for completion in row["completions"]:
         value = completion_score(completion, score) if isinstance(completion, dict) else None
         if value is None:
             unrated += 1
+        elif isinstance(completion.get("response"), str) and not completion["response"].strip():
+            empty += 1
         else:
             texts.append(completion.get("response"))
             scores.append(value)
@@ -79,5 +83,6 @@ def _row(path: str, number: int, row: dict, score: str):
         return Skipped(path, number, "fewer than 2 rated completions", raw=row)
     if len(set(scores)) < 2:
         return Skipped(path, number, "all completions rated equal", raw=row)
-    return build(path, number, row, (UNRATED,) if unrated else (), id=f"{path.rsplit('/', 1)[-1]}:{number}",
+    flags = ((UNRATED,) if unrated else ()) + ((EMPTY,) if empty else ())
+    return build(path, number, row, flags, id=f"{path.rsplit('/', 1)[-1]}:{number}",
                  prompt=row["instruction"], completions=texts, ranks=ranks_from_scores(scores))
