@@ -53,6 +53,7 @@ class CommonArguments:
     )
 
     def __post_init__(self):
+        _check_before_any_work(self)
         # TRL turns bf16 on whenever it is unset, which fails on a CPU; unset means "where supported".
         if getattr(self, "bf16", False) is None:
             self.bf16 = _bf16_supported() and not getattr(self, "fp16", False)
@@ -61,6 +62,25 @@ class CommonArguments:
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()
+
+
+def _check_before_any_work(config) -> None:
+    """Values that would fail only deep inside training, or after it (registration), refused at once."""
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value <= 0:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    save_steps = getattr(config, "save_steps", None)
+    if str(getattr(config, "save_strategy", "")).endswith("steps") and isinstance(save_steps, (int, float)) \
+            and save_steps < 0:
+        raise ConfigError(f"save_steps must be > 0 (steps between checkpoints, or a fraction of the run), got {save_steps}")
+    if getattr(config, "register_as", ""):
+        from rlhf.registry import check_name
+
+        try:
+            check_name(config.register_as)
+        except ConfigError as error:
+            raise ConfigError(f"register_as: {error}") from None
 
 
 def _cuda_available() -> bool:

@@ -111,6 +111,24 @@ def test_a_damaged_registry_entry_is_reported_and_left_out_by_list_show_and_regi
     assert entry.version == 3 and (tmp_path / "registry" / "models" / "sft" / "2").is_dir()
 
 
+@pytest.mark.parametrize("stage", ["sft", "rm"])
+@pytest.mark.parametrize("flags, named", [
+    (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be >= 1, got 0"),
+    (["--per_device_train_batch_size", "-3"], "per_device_train_batch_size must be >= 1, got -3"),
+    (["--save_steps", "-1"], "save_steps must be > 0"),
+    (["--register_as", "../x"], "register_as: registry name '../x'"),
+])
+def test_a_bad_config_value_is_one_line_before_any_model_loads(stage, flags, named, tmp_path, capsys):
+    from rlhf.stages import rm, sft
+
+    # The model path does not exist: an error about it would mean the value was checked too late.
+    argv = ["--model_name_or_path", str(tmp_path / "no_model"), "--output_dir", str(tmp_path / "run"),
+            "--train_file", str(tmp_path / "none.jsonl"), "--report_to", "none", *flags]
+    message = one_line_error(capsys, {"sft": sft.main, "rm": rm.main}[stage], argv)
+    assert named in message
+    assert not (tmp_path / "run").exists()
+
+
 # -- SFT and RM: a kill during a checkpoint write, a damaged or malicious checkpoint -------------------------
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
