@@ -136,6 +136,15 @@ def test_label_studio_csv_export_keeps_multiline_cells():
     assert rankings["4:108"].ranks == (2, 1)
 
 
+def test_label_studio_csv_decodes_only_annotation_cells(tmp_path):
+    text = Path(sample("label_studio.csv")).read_text()
+    text = text.replace('"What is the capital of Australia?"', '"[1, 2, 3]"').replace('"Hola"', '"{not json"')
+    (tmp_path / "export.csv").write_text(text)
+    rankings = by_id(import_rankings("label_studio", [str(tmp_path / "export.csv")]))
+    assert rankings["1:101"].prompt == "[1, 2, 3]" and rankings["1:101"].ranks == (1, 2)
+    assert rankings["4:108"].completions == ("Bonjour", "{not json")
+
+
 def test_label_studio_pairwise_with_custom_fields(tmp_path):
     task = {"id": 1, "data": {"question": "Q?", "left_reply": "A", "right_reply": "B"},
             "annotations": [{"id": 5, "completed_by": 2, "was_cancelled": False,

@@ -7,7 +7,9 @@ The shapes, as Label Studio writes them (label-studio-sdk converter; editor tags
 - JSON-MIN: one flat object per (task, annotation): the task data, "id", one key per control tag holding the
   list of its result values ("comparison": [{"selected": "left"}]), "annotator", "annotation_id", timestamps.
   Label Studio has already dropped cancelled annotations here; unannotated tasks come with no result key.
-- CSV: the JSON-MIN columns in sorted order, lists and objects (results and list data) as JSON strings.
+- CSV: the JSON-MIN columns in sorted order, lists and objects (results and list data) as JSON strings. Only
+  cells that decode to a control tag's results or to a <List>'s {id, ...} items are decoded: a prompt such as
+  "[1, 2, 3]" stays the text it is.
 - <Pairwise>: value {"selected": "left" | "right"}. Its to_name is the tag's own name, not the two texts, so the
   texts are found in the task data: answer1/answer2 ("Human preference collection for RLHF" template),
   text1/text2 ("Pairwise Classification"), or the `pair_fields` option.
@@ -129,10 +131,7 @@ def _flat_row(path: str, number: int, row: dict, options: _Options, from_csv: bo
         if key in _MIN_EXPORT_KEYS:
             continue
         if from_csv and isinstance(value, str) and value[:1] in "[{":
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
+            value = _annotation_cell(value)
         if _is_result_list(value):
             results.extend({"from_name": key, "type": None, "value": item} for item in value)
         else:
@@ -144,6 +143,20 @@ def _flat_row(path: str, number: int, row: dict, options: _Options, from_csv: bo
     annotator = str(annotator) if annotator not in (None, "") else None
     yield from _judgements(path, number, data, results, annotator, f"{row.get('id')}:{row.get('annotation_id')}",
                            row, options)
+
+
+def _annotation_cell(text: str):
+    """A CSV cell as results or List items when it is JSON of that shape; any other text stays text."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if _is_result_list(value) or _is_item_list(value) else text
+
+
+def _is_item_list(value) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(item, dict) and "id" in item for item in value))
 
 
 def _is_result_list(value) -> bool:
