@@ -30,11 +30,20 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[TextIO]:
             yield file
             file.flush()
             os.fsync(file.fileno())
+            # mkstemp makes the file private (0600); a written file gets what the user's umask gives a new one,
+            # so that a team's shared registry and runs can be read by colleagues.
+            os.fchmod(file.fileno(), 0o666 & ~current_umask())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -71,7 +80,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield staging
-        os.chmod(staging, 0o755)  # mkdtemp makes it private to us; a model directory is meant to be shared
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private (0700); the umask's mode instead
         if path.exists():
             retired = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
             os.replace(path, retired / "old")

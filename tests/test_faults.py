@@ -129,6 +129,21 @@ def test_a_bad_config_value_is_one_line_before_any_model_loads(stage, flags, nam
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("umask, file_mode, directory_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775),
+                                                             (0o077, 0o600, 0o700)])
+def test_registry_files_take_the_users_umask(tmp_path, umask, file_mode, directory_mode):
+    import os
+
+    previous = os.umask(umask)
+    try:
+        entry = Registry(tmp_path / "registry").register("sft", "sft", _model_dir(tmp_path / "model"))
+    finally:
+        os.umask(previous)
+    entry_files = [path for path in (tmp_path / "registry").rglob("*.json") if path.is_file()]
+    assert entry_files and all(path.stat().st_mode & 0o777 == file_mode for path in entry_files)
+    assert Path(entry.path).stat().st_mode & 0o777 == directory_mode
+
+
 # -- SFT and RM: a kill during a checkpoint write, a damaged or malicious checkpoint -------------------------
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
