@@ -172,6 +172,7 @@ ADAPTATIONS = {
     "adapter": ["--adapter_bottleneck", "8"],
     "ia3": [],
     "prompt_tuning": ["--num_virtual_tokens", "4"],
+    "prefix_tuning": ["--num_virtual_tokens", "4"],
 }
 
 
@@ -199,7 +200,7 @@ def _trained_only_its_parameters(method: str, saved: Path, base: Path) -> bool:
         adapters = load_file(saved / "rlhf_adapters.safetensors")
         return not _changed_tensors(saved, base) and bool(adapters)
     # peft's own format: only the method's tensors are saved, the base is named by path
-    key = {"ia3": "ia3_l", "prompt_tuning": "prompt_embeddings"}[method]
+    key = {"ia3": "ia3_l", "prompt_tuning": "prompt_embeddings", "prefix_tuning": "prompt_embeddings"}[method]
     saved_names = list(load_file(saved / "adapter_model.safetensors"))
     return not (saved / "model.safetensors").exists() and bool(saved_names) and all(key in n for n in saved_names)
 
@@ -278,7 +279,6 @@ def _stage_error(capsys, argv) -> str:
     ("missing model", ["no/such/model", "neither a registry entry"]),
     ("unknown key", ["learning_rat"]),
     ("wrong type", ["learning_rate", "fast"]),
-    ("prefix tuning", ["prefix_tuning", "prompt_tuning"]),
 ])
 def test_bad_input_is_one_line_naming_where_and_leaves_the_registry_untouched(sft_workspace, tmp_path, capsys,
                                                                            case, expected):
@@ -297,8 +297,6 @@ def test_bad_input_is_one_line_naming_where_and_leaves_the_registry_untouched(sf
         args += ["--train_file", str(bad)]
     elif case == "missing model":
         args += ["--model_name_or_path", "./no/such/model"]
-    elif case == "prefix tuning":
-        args += ["--adaptation_method", "prefix_tuning"]
     elif case == "unknown key":
         args += ["--learning_rat", "1e-3"]
     else:

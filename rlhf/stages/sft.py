@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from rlhf.errors import ConfigError, exits_cleanly
+from rlhf.errors import exits_cleanly
 from rlhf.sft.config import SFTStageConfig
 
 
@@ -23,14 +23,10 @@ def run(config: SFTStageConfig):
 
     from rlhf.sft.data import load_demonstration_splits
     from rlhf.sft.packing import keep_packed_rows
+    from rlhf.sft.prefix_tuning import prefix_tuning_trainer_class
     from rlhf.stages import epilogue, prologue, trainer_run
 
     # 1. Inputs: the model by reference, the demonstrations checked before any training starts.
-    if config.adaptation_method == "prefix_tuning":
-        # TRL's SFTTrainer computes the loss through the backbone with a fused LM head, which bypasses the
-        # prefix keys and values that peft injects; the run would fail at its first step.
-        raise ConfigError("adaptation_method prefix_tuning does not work with TRL's SFTTrainer; "
-                          "use prompt_tuning (learned input embeddings) or lora instead")
     inputs = prologue.resolve_inputs(config)
     tokenizer = inputs.tokenizer
     train_records, eval_records = load_demonstration_splits(config, tokenizer)
@@ -45,7 +41,11 @@ def run(config: SFTStageConfig):
 
     # 4. Train with TRL's SFTTrainer; held-out loss before (at step 0) and after.
     config.eval_on_start = bool(eval_records)
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer
+    if config.adaptation_method == "prefix_tuning":
+        trainer_class = prefix_tuning_trainer_class()
+        config.activation_checkpointing = False  # recomputation drops the prefix's key/value cache
+    trainer = trainer_class(
         model=model, args=config, processing_class=tokenizer,
         train_dataset=datasets.Dataset.from_list(train_records),
         eval_dataset=datasets.Dataset.from_list(eval_records) if eval_records else None,
