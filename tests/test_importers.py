@@ -286,6 +286,16 @@ def test_oasst_groups_ranked_siblings_and_rebuilds_the_conversation():
     assert broken["detail"] == "missing message_id missing-prompt" and broken["record"] == 11
 
 
+def test_oasst_messages_written_without_nulls_read_the_same(tmp_path):
+    rows = [json.loads(line) for line in Path(sample("oasst.jsonl")).read_text().splitlines()]
+    without_nulls = [{key: value for key, value in row.items() if value is not None} for row in rows]
+    assert any("parent_id" not in row for row in without_nulls) and any("rank" not in row for row in without_nulls)
+    (tmp_path / "exclude_nulls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in without_nulls))
+    stripped = import_rankings("oasst", [str(tmp_path / "exclude_nulls.jsonl")])
+    full = import_rankings("oasst", [sample("oasst.jsonl")])
+    assert stripped.rankings == full.rankings and stripped.skipped == full.skipped and full.rankings
+
+
 def test_ultrafeedback_ratings_as_strings_and_na():
     assert [rating(v) for v in ("5", 4, "N/A", "", None, [{"Rating": "4"}, {"Rating": "N/A"}])] == [
         5.0, 4.0, None, None, None, 4.0]

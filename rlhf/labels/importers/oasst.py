@@ -3,7 +3,8 @@
 Each row is one message of a conversation tree: {"message_id", "parent_id", "text", "role": "prompter" |
 "assistant", "rank", "deleted", "lang", "message_tree_id", ...}. `rank` is the message's place among its siblings
 after the crowd ranked them, 0-based (0 = most preferred), and null for prompts and for replies that were never
-ranked; the parquet files give it as a float. Siblings are the assistant replies sharing a parent_id; their
+ranked; the parquet files give it as a float. The Open-Assistant backend and `oasst-data --exclude-nulls` write
+the JSON without null values, so `parent_id` (a root prompt) and `rank` may be absent: absent reads as null. Siblings are the assistant replies sharing a parent_id; their
 prompt is the conversation from the root down to that parent. Ranks are aggregated over several rankers, so there
 is no single annotator.
 """
@@ -41,7 +42,7 @@ def read_oasst(paths: Sequence[str]) -> Iterator:
 def _problem_with(record: Any) -> str | None:
     if not isinstance(record, dict):
         return "records are not JSON objects"
-    missing = [key for key in ("message_id", "parent_id", "role", "text", "rank") if key not in record]
+    missing = [key for key in ("message_id", "role", "text") if key not in record]
     if missing:
         return f"records lack {', '.join(missing)}"
     return None if record["role"] in _ROLES else f"unknown role {record['role']!r}"
