@@ -490,3 +490,36 @@ def test_a_full_disk_during_a_ppo_checkpoint_is_one_line_leaves_no_staging_and_r
     monkeypatch.undo()
     main(ppo_args(ppo_models, out, resume=True))
     assert_same_rows(ppo_rows(out), ppo_rows(finished_ppo_run))
+
+
+class FillsTheDisk:
+    """An engine whose checkpoint write runs out of space part way, as DeepSpeed's torch.save does on a full disk."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def save_checkpoint(self, save_dir, tag, save_latest):
+        (Path(save_dir) / tag).mkdir()
+        (Path(save_dir) / tag / "mp_rank_00_model_states.pt").write_bytes(b"PK\x03\x04 partial")
+        raise self.error
+
+
+class Saves:
+    def save_checkpoint(self, save_dir, tag, save_latest):
+        (Path(save_dir) / tag).mkdir()
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:783] . unexpected pos 3 vs 11")])
+def test_a_ppo_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_partial_files(tmp_path, error):
+    from rlhf.errors import RLHFError
+    from rlhf.ppo import checkpoint
+
+    checkpoint.save_checkpoint(tmp_path, 2, Saves(), Saves(), {"step": 2}, keep=0)
+    with pytest.raises(RLHFError) as raised:
+        checkpoint.save_checkpoint(tmp_path, 4, Saves(), FillsTheDisk(error), {"step": 4}, keep=0)
+    directory = checkpoint.checkpoints_dir(tmp_path)
+    message = str(raised.value)
+    assert message.startswith(f"no space left on device writing {directory / 'step-4'}")
+    assert f"the last whole checkpoint is {directory / 'step-2'}" in message and "\n" not in message
+    assert sorted(path.name for path in directory.iterdir()) == ["step-2"]
