@@ -523,3 +523,14 @@ def test_a_ppo_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_partial_files
     assert message.startswith(f"no space left on device writing {directory / 'step-4'}")
     assert f"the last whole checkpoint is {directory / 'step-2'}" in message and "\n" not in message
     assert sorted(path.name for path in directory.iterdir()) == ["step-2"]
+
+
+@pytest.mark.parametrize("steps", ["0", "-2"])
+def test_ppo_with_no_steps_is_one_line_before_any_model_loads(tmp_path, capsys, steps):
+    from rlhf.stages.ppo import main
+
+    argv = ["--model_name_or_path", str(tmp_path / "no_model"), "--reward_model", str(tmp_path / "no_rm"),
+            "--prompts_file", str(tmp_path / "prompts.jsonl"), "--output_dir", str(tmp_path / "run"),
+            "--max_steps", steps]
+    assert f"max_steps must be >= 1, got {steps}" in one_line_error(capsys, main, argv)
+    assert not (tmp_path / "run").exists()

@@ -131,6 +131,8 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
         _check(self.rollout_batch_size >= 1 and self.minibatch_size >= 1, "batch sizes must be >= 1")
         _check(self.rollout_batch_size % self.minibatch_size == 0,
                f"rollout_batch_size {self.rollout_batch_size} must be a multiple of minibatch_size {self.minibatch_size}")
+        _check(self.max_steps >= 1 or self.total_episodes > 0,
+               f"max_steps must be >= 1, got {self.max_steps} (0 steps would register the untrained policy)")
         _check(self.ppo_epochs >= 1 and self.max_new_tokens >= 1, "ppo_epochs and max_new_tokens must be >= 1")
         _check(self.kl_estimator in ("k1", "k2", "k3", "abs"), f"kl_estimator '{self.kl_estimator}' is unknown")
         _check(self.kl_coef >= 0, "kl_coef must be >= 0")
