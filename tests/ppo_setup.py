@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from rlhf.config import settings_to_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +59,24 @@ def subprocess_env(tmp_path: Path) -> dict:
 
 
 PYTHON = sys.executable
+
+# Wall-clock metrics: the only ones two runs of the same computation may disagree on.
+TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second"}
+
+
+def assert_same_metric_rows(expected: list[dict], got: list[dict], label: str = "") -> None:
+    """Two runs' PPO metric rows agree, step by step, on everything but timing."""
+    assert [row["step"] for row in got] == [row["step"] for row in expected]
+    for want, have in zip(expected, got):
+        for key in set(want) - TIMING_KEYS:
+            assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (label, want["step"], key)
+
+
+def saved_weights(directory) -> dict:
+    """Every tensor of the safetensors files (shards included) in a saved model directory."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        weights.update(load_file(str(file)))
+    return weights

@@ -191,11 +191,9 @@ def matrix_data(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("family,method", MATRIX, ids=[f"{f}-{m}" for f, m in MATRIX])
 def test_each_family_trains_through_sft_rm_and_ppo(family, method, matrix_data, tmp_path):
-    from safetensors.torch import load_file
-
+    from ppo_setup import saved_weights, stage_arguments
     from rlhf.registry import Registry, resolve_model
     from rlhf.stages import ppo, rm, sft
-    from ppo_setup import stage_arguments
 
     base = build_family_model(tmp_path / "base", family, corpus_words())
     registry = tmp_path / "registry"
@@ -224,19 +222,9 @@ def test_each_family_trains_through_sft_rm_and_ppo(family, method, matrix_data, 
     # The policy really moved away from the SFT model it started from.
     final, _ = resolve_model("ppo", Registry(registry))
     sft_path, _ = resolve_model("sft", Registry(registry))
-    moved = _weights(final, load_file)
-    start = _weights(sft_path, load_file)
+    moved, start = saved_weights(final), saved_weights(sft_path)
     assert any(not torch.equal(moved[name], start[name]) for name in moved if name in start)
 
-
-def _weights(path, load_file):
-    from pathlib import Path
-
-    files = sorted(Path(path).glob("*.safetensors"))
-    weights = {}
-    for file in files:
-        weights.update(load_file(file))
-    return weights
 
 
 @pytest.mark.slow

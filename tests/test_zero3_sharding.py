@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppo_setup import PYTHON, REPO, build_models, subprocess_env
+from ppo_setup import PYTHON, REPO, build_models, saved_weights, subprocess_env
 from rlhf.distributed import free_port
 
 MAX_SHARE = 0.55  # half of each model, plus padding and ZeRO-3's persistent small parameters
@@ -29,13 +29,6 @@ def houlsby_reward_model(reward_dir: str, out_dir) -> str:
     return str(out_dir)
 
 
-def saved_weights(directory) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    weights = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        weights.update(load_file(str(file)))
-    return weights
 
 
 @pytest.mark.slow
