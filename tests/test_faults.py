@@ -384,60 +384,7 @@ def test_deepspeeds_own_checkpoint_load_is_weights_only_inside_weights_only_load
     assert loaded["zero_stage"] is ZeroStageEnum.gradients and loaded["loss_scaler"].cur_scale == 1.0
 
 
-# -- SIGTERM and a full disk ---------------------------------------------------------------------------------
-SIGTERM_AT_STEP_ONE = """
-import json, signal, sys
-from pathlib import Path
-from transformers import TrainerCallback
-from rlhf.stages import trainer_run
-
-class WaitForSigtermAtStepOne(TrainerCallback):
-    # Tells the test where it is (a file), then waits for the signal the test sends from outside.
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 1:
-            Path(sys.argv[3]).touch()
-            signal.pause()
-
-train = trainer_run.train
-def train_with_hook(trainer, config):
-    trainer.callback_handler.callbacks.insert(0, WaitForSigtermAtStepOne())
-    return train(trainer, config)
-trainer_run.train = train_with_hook
-stage = __import__("rlhf.stages." + sys.argv[1], fromlist=["main"])
-stage.main(json.loads(sys.argv[2]))
-"""
-
-
-@pytest.mark.slow
-def test_sigterm_saves_a_trainer_checkpoint_exits_0_and_the_run_resumes_to_the_uninterrupted_result(
-        finished_trainer_run, workspace, tmp_path, capsys):
-    import signal
-    import subprocess
-    import time
-
-    from ppo_setup import PYTHON, subprocess_env
-
-    stage, straight = finished_trainer_run
-    out, at_step_one = tmp_path / "terminated", tmp_path / "at_step_one"
-    process = subprocess.Popen([PYTHON, "-c", SIGTERM_AT_STEP_ONE, stage,
-                                json.dumps(trainer_stage_args(stage, workspace, out)), str(at_step_one)],
-                               env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    while not at_step_one.exists():
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate()[0]
-    assert process.returncode == 0, output[-3000:]
-    assert f"SIGTERM: saved {out / 'run' / 'checkpoint-1'}; resume with --resume" in output
-    assert not (out / "run" / "registered.json").exists() and not (out / "registry" / "entries").exists()
-
-    stage_main(stage)(trainer_stage_args(stage, workspace, out, "--resume", "true"))
-    assert f"resuming" not in capsys.readouterr().out  # nothing was damaged, nothing stepped over
-    want, got = registered_weights(straight / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@1")
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
-
-
+# -- A full disk -----------------------------------------------------------------------------------------------
 def disk_full_at(monkeypatch, fragment: str, error: Exception) -> None:
     """torch.save fills the disk on the file whose path contains `fragment`: half a file written, then `error`."""
     real_save = torch.save
