@@ -55,6 +55,9 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
     rollout_batch_size: int = field(default=16, metadata={"help": "Prompts sampled per step, per process."})
     ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
     minibatch_size: int = field(default=8, metadata={"help": "Sequences per optimiser step, per process."})
+    forward_batch_size: int = field(default=0, metadata={"help": "Rollouts per forward when the actor, reference, "
+                                                                 "critic and reward model score a rollout batch, so that no (batch x length x "
+                                                                 "vocab) logits exist whole. 0: minibatch_size (what an update holds anyway)."})
     actor_learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the actor."})
     critic_learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the critic."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of actor and critic."})
@@ -133,6 +136,7 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
                f"rollout_batch_size {self.rollout_batch_size} must be a multiple of minibatch_size {self.minibatch_size}")
         _check(self.max_steps >= 1 or self.total_episodes > 0,
                f"max_steps must be >= 1, got {self.max_steps} (0 steps would register the untrained policy)")
+        _check(self.forward_batch_size >= 0, f"forward_batch_size must be >= 0, got {self.forward_batch_size}")
         _check(self.ppo_epochs >= 1 and self.max_new_tokens >= 1, "ppo_epochs and max_new_tokens must be >= 1")
         _check(self.kl_estimator in ("k1", "k2", "k3", "abs"), f"kl_estimator '{self.kl_estimator}' is unknown")
         _check(self.kl_coef >= 0, "kl_coef must be >= 0")
@@ -155,6 +159,11 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
             per_step = self.rollout_batch_size * distributed.world_size()
             return -(-self.total_episodes // per_step)
         return self.max_steps
+
+    @property
+    def scoring_batch_size(self) -> int:
+        """Rollouts per forward of the scoring passes (`forward_batch_size`, 0 meaning minibatch_size)."""
+        return self.forward_batch_size or self.minibatch_size
 
     @property
     def updates_per_step(self) -> int:

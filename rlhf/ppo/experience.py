@@ -147,30 +147,48 @@ def _on(device, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.to(device) for key, value in inputs.items()}
 
 
+def in_micro_batches(forward, rows: dict[str, torch.Tensor], micro_batch_size: int) -> torch.Tensor:
+    """forward(part) for successive parts of `micro_batch_size` rows of every tensor in `rows` (the last part may
+    be shorter; 0: one part), concatenated along the batch.
+
+    The scoring passes run on the whole rollout batch; in one forward its (B, T, V) logits would be the largest
+    tensor of the run. In parts only one part's logits exist at a time. Every rank holds the same number of
+    rollouts, so under ZeRO-3 every rank makes the same number of forwards and joins the same gathers.
+    """
+    total = next(iter(rows.values())).shape[0]
+    size = micro_batch_size if micro_batch_size > 0 else max(total, 1)
+    return torch.cat([forward({key: value[start:start + size] for key, value in rows.items()})
+                      for start in range(0, total, size)])
+
+
 @torch.no_grad()
 def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, tokenizer,
-          settings: SamplingSettings, reward_max_length: int) -> Rollout:
-    """A Rollout holding everything measured at sampling time (rewards and advantages still None)."""
+          settings: SamplingSettings, reward_max_length: int, forward_batch_size: int = 0) -> Rollout:
+    """A Rollout holding everything measured at sampling time (rewards and advantages still None).
+
+    Each model scores `forward_batch_size` rollouts per forward (0: all at once)."""
     response_mask = response_mask_after_eos(response_ids, settings.stops(tokenizer), tokenizer.pad_token_id)
-    inputs = sequence_inputs(batch.query_ids, batch.query_mask, response_ids, response_mask)
+    rows = {**sequence_inputs(batch.query_ids, batch.query_mask, response_ids, response_mask), "labels": response_ids}
     query_length = batch.query_ids.shape[1]
-    labels = response_ids.to(engines.actor.device)
 
-    actor_logits = response_logits(engines.actor.module, _on(engines.actor.device, inputs), query_length)
-    logprobs = sampling_logprobs(actor_logits, labels, settings)
-    del actor_logits
+    def logprobs_under(model, device):
+        def forward(part):
+            labels = part.pop("labels").to(device)
+            return sampling_logprobs(response_logits(model, _on(device, part), query_length), labels, settings)
+        return forward
+
+    logprobs = in_micro_batches(logprobs_under(engines.actor.module, engines.actor.device), rows, forward_batch_size)
     with engines.reference_context():
-        reference = engines.reference_module
         device = engines.reference.device if engines.reference is not None else engines.actor.device
-        ref_logits = response_logits(reference, _on(device, inputs), query_length)
-    ref_logprobs = sampling_logprobs(ref_logits, labels.to(device), settings)
-    del ref_logits
+        ref_logprobs = in_micro_batches(logprobs_under(engines.reference_module, device), rows, forward_batch_size)
 
-    critic_values = engines.critic.module(**_on(engines.critic.device, inputs))
-    values = critic_values[:, query_length - 1:-1]
+    def critic_values(part):
+        part.pop("labels")
+        return engines.critic.module(**_on(engines.critic.device, part))[:, query_length - 1:-1]
 
+    values = in_micro_batches(critic_values, rows, forward_batch_size)
     scores = reward_scores(engines, tokenizer, batch, response_ids, response_mask, reward_max_length,
-                           settings.stops(tokenizer))
+                           settings.stops(tokenizer), forward_batch_size)
     return Rollout(
         query_ids=batch.query_ids, query_mask=batch.query_mask, response_ids=response_ids,
         response_mask=response_mask, logprobs=logprobs.float().cpu(), ref_logprobs=ref_logprobs.float().cpu(),
@@ -179,7 +197,8 @@ def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, t
 
 
 def reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
-                  response_mask: torch.Tensor, max_length: int, stop_token_ids: Sequence[int] = ()) -> torch.Tensor:
+                  response_mask: torch.Tensor, max_length: int, stop_token_ids: Sequence[int] = (),
+                  forward_batch_size: int = 0) -> torch.Tensor:
     """(B,) normalised reward-model score of prompt + response + EOS, the input the reward model was trained on.
 
     With the policy's tokenization the generated ids are used as they are (a response that ended on another of
@@ -204,7 +223,11 @@ def reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_i
                      for prompt, text in zip(batch.prompts, texts)]
     input_ids, attention_mask = pad_right(sequences, reward_tokenizer.pad_token_id)
     device = engines.reward.device
-    raw = raw_scores(engines.reward.module, input_ids.to(device), attention_mask.to(device))
+
+    def forward(part):
+        return raw_scores(engines.reward.module, part["input_ids"].to(device), part["attention_mask"].to(device))
+
+    raw = in_micro_batches(forward, {"input_ids": input_ids, "attention_mask": attention_mask}, forward_batch_size)
     return raw.float() - engines.reward_offset
 
 

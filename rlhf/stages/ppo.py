@@ -109,7 +109,8 @@ class PPORecipe:
         generated = time.perf_counter()
 
         # 2. Score: log π_old and log π_ref under the sampling distribution, V(s_t), reward-model scores.
-        rollout = experience.score(models, batch, response_ids, tokenizer, self.sampling, config.reward_max_length)
+        rollout = experience.score(models, batch, response_ids, tokenizer, self.sampling, config.reward_max_length,
+                                   config.scoring_batch_size)
         scored = time.perf_counter()
 
         # 3. Advantages: per-token rewards with the KL penalty, GAE, whitening.
