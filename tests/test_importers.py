@@ -11,7 +11,8 @@ import pytest
 
 from rlhf.labels.importers import import_rankings
 from rlhf.labels.importers.argilla import NO_STATUS
-from rlhf.labels.importers.label_studio import UNRANKED, UNTOUCHED
+from rlhf.labels.importers.label_studio import NO_RESULT_COLUMN, UNRANKED, UNTOUCHED
+from rlhf.labels.importers.label_studio_ratings import UNRATED_RESPONSES, ranks_from_ratings
 from rlhf.labels.importers.ultrafeedback import EMPTY, UNRATED, rating
 from rlhf.errors import ConfigError, DataError
 from rlhf.labels.cli import main, quarantine_path
@@ -157,6 +158,102 @@ def test_label_studio_pairwise_with_custom_fields(tmp_path):
     report = import_rankings("label_studio", [str(tmp_path / "export.json")], prompt_field="question",
                              pair_fields="left_reply,right_reply")
     assert [(r.prompt, r.completions, r.ranks) for r in report.rankings] == [("Q?", ("A", "B"), (2, 1))]
+
+
+RATINGS_CONFIG = sample("label_studio_ratings.config.xml")
+BOIL = ("100 degrees Celsius.", "It depends on the kettle.", "212 degrees Fahrenheit, which is 100 degrees Celsius.")
+
+
+@pytest.mark.parametrize("name", ["label_studio_ratings.json", "label_studio_ratings_min.json"])
+def test_label_studio_rating_per_response_becomes_a_ranking_with_ties(name):
+    report = import_rankings("label_studio", [sample(name)], config=RATINGS_CONFIG)
+    rankings = by_id(report)
+    assert (rankings["20:301"].completions, rankings["20:301"].ranks) == (BOIL, (2, 3, 1))  # ratings 4, 1, 5
+    moon = rankings["21:302"]  # ratings 5, 5, 2: the two 5s tie
+    assert moon.ranks == (1, 1, 2) and moon.annotator == "bea@example.com"
+    # response b left unrated: left out, the ranking flagged
+    assert (rankings["22:303"].completions, rankings["22:303"].ranks) == ((BOIL[0], BOIL[2]), (2, 1))
+    assert report.flagged == {UNRATED_RESPONSES: ["22:303"]}
+    skipped = [(4, "field 'ranks': all completions are tied: no preference pair")]
+    if name.endswith("ratings.json"):  # JSON-MIN has already dropped the cancelled annotation
+        skipped.append((5, "cancelled (skipped) annotation"))
+    assert reasons_by_record(report) == skipped
+
+
+def test_label_studio_ratings_without_the_config_name_the_missing_config():
+    full = import_rankings("label_studio", [sample("label_studio_ratings.json")])
+    assert full.rankings == [] and set(full.skipped) == {
+        "field 'rating_a': the rated object is not a task data key (pass the labeling config with --option "
+        "config=CONFIG.xml)", "cancelled (skipped) annotation"}
+    minimal = import_rankings("label_studio", [sample("label_studio_ratings_min.json")])
+    assert minimal.rankings == [] and set(minimal.skipped) == {
+        "field 'rating_a': a Rating result names no response (JSON-MIN and CSV exports drop to_name): pass the "
+        "labeling config with --option config=CONFIG.xml"}
+
+
+def test_ranks_from_ratings_is_dense_best_first():
+    assert ranks_from_ratings([4, 2, 4, 5]) == [2, 3, 2, 1]
+    assert ranks_from_ratings([1.5, 3]) == [2, 1]
+
+
+CHOICES_CONFIG = sample("label_studio_choices.config.xml")
+CANBERRA = ("Sydney is the capital of Australia.", "Canberra is the capital of Australia.")
+
+
+@pytest.mark.parametrize("name", ["label_studio_choices.json", "label_studio_choices_min.json"])
+def test_label_studio_a_b_tie_choices_are_pairwise_preferences(name):
+    report = import_rankings("label_studio", [sample(name)], config=CHOICES_CONFIG)
+    rankings = by_id(report)
+    # "B" prefers answer2; the prompt's topic Choices beside it is not a preference and is ignored
+    assert (rankings["30:401"].completions, rankings["30:401"].ranks) == (CANBERRA, (2, 1))
+    assert rankings["30:402"].ranks == (1, 2) and rankings["31:403"].ranks == (1, 2)
+    assert sorted(rankings) == ["30:401", "30:402", "31:403"]
+    first = 3 if name.endswith("choices.json") else 4  # JSON-MIN has a record per annotation, task 30 has two
+    assert reasons_by_record(report) == [
+        (first, "tie chosen: no preference pair"),
+        (first + 1, "no Pairwise, Ranker, Rating or preference Choices result")]
+    if name.endswith("_min.json"):  # without the config, "preference": "A" cannot be told from task data
+        unread = import_rankings("label_studio", [sample(name)])
+        assert unread.rankings == [] and unread.skipped == {NO_RESULT_COLUMN: 5}
+
+
+def test_label_studio_preference_choices_option_names_other_choice_values(tmp_path):
+    tasks = json.loads(Path(sample("label_studio_choices.json")).read_text())
+    names = {"A": "Response 1 is better", "B": "Response 2 is better", "Tie": "About the same"}
+    for task in tasks:
+        for annotation in task["annotations"]:
+            for result in annotation["result"]:
+                result["value"]["choices"] = [names.get(c, c) for c in result["value"]["choices"]]
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    unread = import_rankings("label_studio", [str(tmp_path / "export.json")])
+    assert unread.rankings == [] and set(unread.skipped) == {"no Pairwise, Ranker, Rating or preference Choices result"}
+    report = import_rankings("label_studio", [str(tmp_path / "export.json")],
+                             preference_choices="Response 1 is better,Response 2 is better,About the same")
+    assert {r.id: r.ranks for r in report.rankings} == {"30:401": (2, 1), "30:402": (1, 2), "31:403": (1, 2)}
+    with pytest.raises(DataError, match="preference_choices must name 2 or 3"):
+        import_rankings("label_studio", [str(tmp_path / "export.json")], preference_choices="only-one")
+
+
+def test_label_studio_old_converter_csv_with_python_repr_cells():
+    report = import_rankings("label_studio", [sample("label_studio_old_converter.csv")])
+    rankings = by_id(report)
+    assert report.records_read == 3 and report.skipped == {}
+    assert (rankings["1:101"].completions, rankings["1:101"].ranks) == (
+        ("Canberra is the capital of Australia.", "Sydney is the capital of Australia."), (1, 2))
+    ranked = rankings["10:201"]  # repr'd List items (single and double quotes) and repr'd ranker result
+    assert ranked.completions == ("Wars led to the library's ruin.",
+                                  "A fire during Caesar's siege in 48 BC, then centuries of decline.", "Nobody knows.")
+    assert ranked.ranks == (1, 2, 3) and report.flagged == {UNTOUCHED: ["10:201"]}
+    assert by_id(import_rankings("label_studio", [sample("label_studio.csv")]))["1:101"] == rankings["1:101"]
+
+
+def test_python_repr_cells_are_parsed_as_literals_never_evaluated(tmp_path):
+    text = Path(sample("label_studio_old_converter.csv")).read_text()
+    call = "[__import__('os').system('touch pwned')]"
+    text = text.replace("What is the capital of Australia?", f'"{call}"', 1)
+    (tmp_path / "export.csv").write_text(text)
+    rankings = by_id(import_rankings("label_studio", [str(tmp_path / "export.csv")]))
+    assert rankings["1:101"].prompt == call and not (tmp_path / "pwned").exists() and not Path("pwned").exists()
 
 
 def test_a_file_that_is_not_a_label_studio_export_is_one_data_error():
@@ -450,6 +547,11 @@ ONE_RECORD_ONE_JUDGEMENT = [
     ("label_studio", "label_studio_ranker.json", {"config": RANKER_CONFIG}),
     ("label_studio", "label_studio_min.json", {}),
     ("label_studio", "label_studio.csv", {}),
+    ("label_studio", "label_studio_old_converter.csv", {}),
+    ("label_studio", "label_studio_ratings.json", {"config": RATINGS_CONFIG}),
+    ("label_studio", "label_studio_ratings_min.json", {"config": RATINGS_CONFIG}),
+    ("label_studio", "label_studio_choices.json", {"config": CHOICES_CONFIG}),
+    ("label_studio", "label_studio_choices_min.json", {"config": CHOICES_CONFIG}),
     ("argilla", "argilla_rest.json", {}),
     ("hh_rlhf", "hh_rlhf.jsonl", {}),
     ("ultrafeedback", "ultrafeedback.jsonl", {}),

@@ -21,21 +21,35 @@ The shapes, as Label Studio writes them (label-studio-sdk converter; editor tags
   Studio keeps results in a JSON field, jsonb on PostgreSQL, which reorders keys shortest first, so without a
   config or bucket_order bucket results are refused. Items left in "_" were not judged: left out, counted and
   flagged. Submitting an untouched ranker stores the shown order: kept, but flagged.
+- <Rating> on each response (value {"rating": n}, to_name the response's object tag): all of an annotation's
+  ratings make one ranking, higher rating better, equal ratings tied (see `label_studio_ratings`).
+- <Choices> A/B/tie (value {"choices": ["A"]}): a pairwise preference over the pair fields; the
+  `preference_choices` option names the left, right and tie choices ("A,B,Tie" unless set).
+- JSON-MIN and CSV keep only a control's name and its values: a Rating there needs the config to find its
+  response, and a single Choice is a bare string that only the config tells apart from task data.
+- The old converter (label-studio-converter) wrote list and object cells of its CSV with pandas, that is as Python
+  repr ("[{'selected': 'left'}]"); such cells are read with ast.literal_eval (a literal parser, never eval).
 """
 
 from __future__ import annotations
 
+import ast
 import json
-import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from rlhf.labels.importers.base import (Imported, RecordsRead, Skipped, build, invalid, option_list,
                                       source_records, unparsable)
+from rlhf.labels.importers.label_studio_config import LabelingConfig, read_labeling_config
+from rlhf.labels.importers.label_studio_ratings import from_choices, from_ratings, preference_choice_map
 from rlhf.errors import DataError
 
 UNTOUCHED = "untouched ranker: result equals the shown order"
 UNRANKED = "ranker items left in the list ('_'), not judged: left out"
+
+
+NO_RESULT_COLUMN = ("no result column (a single Choice is a bare value in JSON-MIN and CSV: pass the labeling "
+                    "config with --option config=CONFIG.xml)")
 
 
 class BucketOrderUnknown(DataError):
@@ -51,21 +65,25 @@ class _Options:
     pair_fields: list[str] | None
     list_field: str | None
     bucket_order: list[str] | None
-    buckets_by_ranker: dict[str, list[str]]
+    labeling: LabelingConfig
     config: str | None
+    choices: dict[str, str]  # a <Choice> value, casefolded -> "left" | "right" | "tie"
 
 
 def read_label_studio(paths: Sequence[str], *, prompt_field: str = "prompt", pair_fields=None,
-                      list_field: str | None = None, bucket_order=None, config: str | None = None) -> Iterator:
+                      list_field: str | None = None, bucket_order=None, config: str | None = None,
+                      preference_choices=None) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for Label Studio export files.
 
     prompt_field: the task data key that holds the prompt. pair_fields: "left,right" data keys a Pairwise
     compared (found automatically for the stock templates). list_field: the data key of the List items (found
     automatically). config: the project's labeling config XML, whose <Bucket> tags give the bucket order, best
     first. bucket_order: "best,ok,bad" bucket names, best first, for every Ranker (overrides the config).
+    preference_choices: "left,right[,tie]" <Choice> values of an A/B/tie <Choices> (default "A,B,Tie").
     """
     options = _Options(prompt_field, option_list(pair_fields), list_field, option_list(bucket_order),
-                       bucket_order_from_config(config) if config else {}, config)
+                       read_labeling_config(config) if config else LabelingConfig(), config,
+                       preference_choice_map(option_list(preference_choices)))
     if options.pair_fields is not None and len(options.pair_fields) != 2:
         raise DataError("pair_fields must name two task data keys: left,right")
     for path in map(str, paths):
@@ -79,18 +97,6 @@ def read_label_studio(paths: Sequence[str], *, prompt_field: str = "prompt", pai
                 yield from _full_task(path, raw.number, raw.value, options)
             else:
                 yield from _flat_row(path, raw.number, raw.value, options, from_csv)
-
-
-def bucket_order_from_config(config_path: str) -> dict[str, list[str]]:
-    """{Ranker name: its <Bucket> names in the config's order}, from a Label Studio labeling config file."""
-    try:
-        root = ElementTree.parse(config_path).getroot()
-    except OSError as error:
-        raise DataError(f"cannot read the labeling config: {error.strerror or error}", file=config_path) from None
-    except ElementTree.ParseError as error:
-        raise DataError(f"labeling config is not XML: {error}", file=config_path) from None
-    return {ranker.get("name"): [bucket.get("name") for bucket in ranker.iter("Bucket")]
-            for ranker in root.iter("Ranker")}
 
 
 def _problem_with(record: Any) -> str | None:
@@ -119,7 +125,8 @@ def _full_task(path: str, number: int, task: dict, options: _Options) -> Iterato
         if annotation.get("was_cancelled") or annotation.get("skipped"):
             yield Skipped(path, number, "cancelled (skipped) annotation", raw=where)
             continue
-        results = [{"from_name": r.get("from_name"), "type": r.get("type"), "value": r.get("value") or {}}
+        results = [{"from_name": r.get("from_name"), "to_name": r.get("to_name"), "type": r.get("type"),
+                    "value": r.get("value") or {}}
                    for r in annotation.get("result") or [] if isinstance(r, dict)]
         yield from _judgements(path, number, data, results, _annotator(annotation.get("completed_by")),
                                f"{task.get('id')}:{annotation.get('id')}", where, options)
@@ -132,12 +139,17 @@ def _flat_row(path: str, number: int, row: dict, options: _Options, from_csv: bo
             continue
         if from_csv and isinstance(value, str) and value[:1] in "[{":
             value = _annotation_cell(value)
+        if isinstance(value, str) and options.labeling.controls.get(key, ("",))[0] == "choices":
+            value = [{"choices": [value]}]  # JSON-MIN writes a single Choice as its bare value
         if _is_result_list(value):
-            results.extend({"from_name": key, "type": None, "value": item} for item in value)
+            results.extend({"from_name": key, "to_name": None, "type": None, "value": item} for item in value)
         else:
             data[key] = value
     if row.get("annotation_id") in (None, "") and not results:
         yield Skipped(path, number, "task not annotated", raw={"task": row.get("id")})
+        return
+    if not results and not options.labeling.controls:
+        yield Skipped(path, number, NO_RESULT_COLUMN, raw=row)
         return
     annotator = row.get("annotator")
     annotator = str(annotator) if annotator not in (None, "") else None
@@ -146,11 +158,15 @@ def _flat_row(path: str, number: int, row: dict, options: _Options, from_csv: bo
 
 
 def _annotation_cell(text: str):
-    """A CSV cell as results or List items when it is JSON of that shape; any other text stays text."""
+    """A CSV cell as results or List items when it is JSON (or, from the old converter, a Python literal) of that
+    shape; any other text stays text."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
-        return text
+        try:
+            value = ast.literal_eval(text)  # literals only: no names, calls or attributes are evaluated
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return text
     return value if _is_result_list(value) or _is_item_list(value) else text
 
 
@@ -161,7 +177,10 @@ def _is_item_list(value) -> bool:
 
 def _is_result_list(value) -> bool:
     return (isinstance(value, list) and bool(value)
-            and all(isinstance(item, dict) and ("selected" in item or "ranker" in item) for item in value))
+            and all(isinstance(item, dict) and set(item) & _RESULT_KEYS for item in value))
+
+
+_RESULT_KEYS = {"selected", "ranker", "rating", "choices"}
 
 
 def _annotator(completed_by) -> str | None:
@@ -171,33 +190,47 @@ def _annotator(completed_by) -> str | None:
 
 
 def _judgements(path, number, data, results, annotator, ranking_id, raw, options) -> Iterator:
-    relevant = [r for r in results if _kind(r) is not None]
+    relevant = [r for r in results if _kind(r, options) not in (None, "rating")]
+    ratings = [r for r in results if _kind(r, options) == "rating"]
+    judgements = [[result] for result in relevant] + ([ratings] if ratings else [])
     if not results:
         yield Skipped(path, number, "empty result (submitted without a choice)", raw=raw)
-    elif not relevant:
-        yield Skipped(path, number, "no Pairwise or Ranker result", raw=raw)
-    for result in relevant:
-        name = ranking_id if len(relevant) == 1 else f"{ranking_id}:{result['from_name']}"
+    elif not judgements:
+        yield Skipped(path, number, "no Pairwise, Ranker, Rating or preference Choices result", raw=raw)
+    for group in judgements:
+        result = group[0]
+        name = ranking_id if len(judgements) == 1 else f"{ranking_id}:{result['from_name']}"
+        kind = _kind(result, options)
         try:
             if options.prompt_field not in data:
                 raise DataError(f"task data has no '{options.prompt_field}' (set the prompt_field option)")
             prompt = data[options.prompt_field]
-            if _kind(result) == "pairwise":
+            fields = {"id": name, "prompt": prompt, "annotator": annotator}
+            if kind == "pairwise":
                 yield _from_pairwise(path, number, raw, result["value"], data, prompt, name, annotator, options)
-            else:
+            elif kind == "ranker":
                 yield _from_ranker(path, number, raw, result, data, prompt, name, annotator, options)
+            elif kind == "choices":
+                yield from_choices(path, number, raw, result, options.choices, _pair(data, options), data, fields)
+            else:
+                yield from_ratings(path, number, raw, group, options.labeling, options.config, data, fields)
         except BucketOrderUnknown as error:
             raise BucketOrderUnknown(error.reason, file=path, record=number, field=result["from_name"]) from None
         except DataError as error:
             yield invalid(path, number, error, raw)
 
 
-def _kind(result: dict) -> str | None:
+def _kind(result: dict, options: _Options) -> str | None:
     value = result["value"] if isinstance(result.get("value"), dict) else {}
     if result.get("type") == "pairwise" or "selected" in value:
         return "pairwise"
     if result.get("type") == "ranker" or "ranker" in value:
         return "ranker"
+    if result.get("type") == "rating" or "rating" in value:
+        return "rating"
+    chosen = value.get("choices")
+    if isinstance(chosen, list) and chosen and all(str(c).strip().casefold() in options.choices for c in chosen):
+        return "choices"  # only Choices whose values are all preference choices: others classify something else
     return None
 
 
@@ -205,10 +238,14 @@ def _from_pairwise(path, number, raw, value, data, prompt, ranking_id, annotator
     selected = value.get("selected")
     if selected not in ("left", "right"):
         return Skipped(path, number, "pairwise with nothing selected", raw=raw)
-    left, right = options.pair_fields or _known_pair_fields(data)
+    left, right = _pair(data, options)
     completions = (data.get(left), data.get(right))
     return build(path, number, raw, id=ranking_id, prompt=prompt, completions=completions,
                  ranks=(1, 2) if selected == "left" else (2, 1), annotator=annotator)
+
+
+def _pair(data: dict, options: _Options) -> tuple[str, str]:
+    return tuple(options.pair_fields) if options.pair_fields else _known_pair_fields(data)
 
 
 def _known_pair_fields(data: dict) -> tuple[str, str]:
@@ -251,8 +288,8 @@ def _from_ranker(path, number, raw, result, data, prompt, ranking_id, annotator,
 def _bucket_names(ranker: str, options: _Options) -> list[str]:
     if options.bucket_order:
         return options.bucket_order
-    if ranker in options.buckets_by_ranker and options.buckets_by_ranker[ranker]:
-        return options.buckets_by_ranker[ranker]
+    if options.labeling.buckets.get(ranker):
+        return options.labeling.buckets[ranker]
     if options.config:
         raise BucketOrderUnknown(f"the labeling config {options.config} has no <Bucket> tags in a <Ranker "
                                  f"name=\"{ranker}\">")
