@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from rlhf.labels.importers import import_rankings
-from rlhf.labels.importers.argilla import NO_STATUS
+from rlhf.labels.importers.argilla import NO_STATUS, RATINGS_UNMAPPED, UNRATED_FIELDS
 from rlhf.labels.importers.label_studio import NO_RESULT_COLUMN, UNRANKED, UNTOUCHED
-from rlhf.labels.importers.label_studio_ratings import UNRATED_RESPONSES, ranks_from_ratings
+from rlhf.labels.importers.label_studio_ratings import UNRATED_RESPONSES
 from rlhf.labels.importers.ultrafeedback import EMPTY, UNRATED, rating
 from rlhf.errors import ConfigError, DataError
 from rlhf.labels.cli import main, quarantine_path
@@ -191,11 +191,6 @@ def test_label_studio_ratings_without_the_config_name_the_missing_config():
         "labeling config with --option config=CONFIG.xml"}
 
 
-def test_ranks_from_ratings_is_dense_best_first():
-    assert ranks_from_ratings([4, 2, 4, 5]) == [2, 3, 2, 1]
-    assert ranks_from_ratings([1.5, 3]) == [2, 1]
-
-
 CHOICES_CONFIG = sample("label_studio_choices.config.xml")
 CANBERRA = ("Sydney is the capital of Australia.", "Canberra is the capital of Australia.")
 
@@ -315,6 +310,56 @@ def test_cli_refuses_an_argilla_sdk_export_in_one_line_exit_2(tmp_path, capsys):
                              capsys)
     assert code == 2 and err.count("\n") == 1 and "record 1: field 'ranking'" in err
     assert not output.exists()
+
+
+V1_FEEDBACK = sample("argilla_v1_feedback.jsonl")  # rows as argilla v1's FeedbackDataset.format_as("datasets")
+V1_RATINGS = "rating-1=response-1,rating-2=response-2,rating-3=response-3"
+
+
+def v1_feedback_as_datasets_directory(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_json(V1_FEEDBACK).save_to_disk(str(tmp_path / "feedback"))
+    return str(tmp_path / "feedback")
+
+
+@pytest.mark.parametrize("shape", ["jsonl", "datasets"])
+def test_argilla_v1_feedback_dataset_rankings_skip_drafts_and_discarded(tmp_path, shape):
+    path = V1_FEEDBACK if shape == "jsonl" else v1_feedback_as_datasets_directory(tmp_path)
+    report = import_rankings("argilla", [path])
+    rankings = by_id(report)
+    assert sorted(rankings) == [f"p1:{ALICE}", f"p2:{BOB}", f"p4:{BOB}"]
+    assert (rankings[f"p1:{ALICE}"].completions, rankings[f"p1:{ALICE}"].ranks) == (
+        ("Joyful.", "Sad.", "Content."), (1, 2, 1))  # the rank-1 tie is kept
+    assert rankings[f"p2:{BOB}"].ranks == (2, 3, 1)
+    assert rankings[f"p4:{BOB}"].completions == ("Whiskers", "Mr. Paws")  # response-3 left unranked (rank null)
+    assert reasons_by_record(report) == [(1, "draft response, never submitted"), (2, "discarded response"),
+                                         (3, "record has no responses")]
+    assert report.flagged == {}
+
+
+def test_argilla_rating_question_per_response_becomes_a_ranking_with_ties():
+    report = import_rankings("argilla", [V1_FEEDBACK], rating_fields=V1_RATINGS)
+    rankings = by_id(report)
+    assert (rankings[f"p1:{ALICE}"].completions, rankings[f"p1:{ALICE}"].ranks) == (
+        ("Joyful.", "Sad.", "Content."), (1, 2, 1))  # ratings 5, 2, 5
+    assert rankings[f"p2:{BOB}"].ranks == (2, 3, 1)  # ratings 3, 1, 4
+    cats = rankings[f"p4:{BOB}"]  # ratings 2, 4 and rating-3 unanswered
+    assert (cats.completions, cats.ranks) == (("Whiskers", "Mr. Paws"), (2, 1))
+    assert report.flagged == {UNRATED_FIELDS: [f"p4:{BOB}"]}
+    assert reasons_by_record(report) == [(1, "draft response, never submitted"), (2, "discarded response"),
+                                         (3, "record has no responses")]
+
+
+def test_argilla_ratings_without_rating_fields_are_skipped_with_how_to_map_them(tmp_path):
+    record = {"id": "r", "fields": {"prompt": "P", "a": "A", "b": "B"},
+              "responses": [{"values": {"rate-a": {"value": 4}, "rate-b": {"value": 2}}, "status": "submitted",
+                             "user_id": "u1"}]}
+    (tmp_path / "records.json").write_text(json.dumps([record]))
+    unmapped = import_rankings("argilla", [str(tmp_path / "records.json")])
+    assert unmapped.rankings == [] and unmapped.skipped == {RATINGS_UNMAPPED: 1}
+    report = import_rankings("argilla", [str(tmp_path / "records.json")], rating_fields="rate-a=a,rate-b=b")
+    assert [(r.completions, r.ranks) for r in report.rankings] == [(("A", "B"), (1, 2))]
 
 
 def test_argilla_option_fields_maps_options_to_fields(tmp_path):
@@ -507,7 +552,8 @@ def test_cli_wrong_format_is_one_line_exit_2_and_leaves_output_untouched(tmp_pat
     code, out, err = run_cli(["import", "--format", "argilla", sample("hh_rlhf.jsonl"), "-o", str(output)], capsys)
     assert code == 2 and out == ""
     assert err == (f"error: {sample('hh_rlhf.jsonl')}: not an Argilla records export: "
-                   "records have no 'responses' and no '<question>.responses' keys\n")
+                   "records have no 'responses', no '<question>.responses' keys and no v1 "
+                   "'<question>-suggestion-metadata' columns\n")
     assert output.read_text() == "precious\n" and not quarantine_path(output).exists()
 
 
@@ -553,6 +599,8 @@ ONE_RECORD_ONE_JUDGEMENT = [
     ("label_studio", "label_studio_choices.json", {"config": CHOICES_CONFIG}),
     ("label_studio", "label_studio_choices_min.json", {"config": CHOICES_CONFIG}),
     ("argilla", "argilla_rest.json", {}),
+    ("argilla", "argilla_v1_feedback.jsonl", {}),
+    ("argilla", "argilla_v1_feedback.jsonl", {"rating_fields": V1_RATINGS}),
     ("hh_rlhf", "hh_rlhf.jsonl", {}),
     ("ultrafeedback", "ultrafeedback.jsonl", {}),
     ("prodigy", "prodigy.jsonl", {}),

@@ -1,6 +1,6 @@
-"""Argilla v2 records with a RankingQuestion -> rankings, one per annotator's response.
+"""Argilla records with a RankingQuestion, or a RatingQuestion per response -> rankings, one per annotator's response.
 
-Three shapes, as Argilla writes them:
+Four shapes, as Argilla writes them:
 - REST API records (GET /api/v1/datasets/{id}/records?include=responses, or a search answer whose items wrap
   each record as {"record": ...}): {"id", "external_id", "fields", "responses": [{"values": {"<question>":
   {"value": [{"value": "<option>", "rank": 1}, ...]}}, "status": "submitted" | "draft" | "discarded",
@@ -16,6 +16,15 @@ that names the exports that keep the ranks; guessing would write noise as prefer
 ranking answers still hold {"value", "rank"} items (written from `record.responses` with each answer's rank)
 is read, and without a status it is flagged.
 
+- v1 FeedbackDataset rows (`format_as("datasets")`, `push_to_huggingface`): a column per question holding
+  [{"user_id", "value", "status"}]; read through the REST form (see `argilla_v1`), so drafts and discarded
+  answers are skipped as there.
+
+A RatingQuestion per response ("rating-1" rates field "response-1", ...) is read with the `rating_fields` option,
+"question=field,...": each response's ratings make one ranking, a higher rating better, equal ratings tied; a
+response field left unrated is left out and the ranking flagged. Which question rates which field is not in the
+export, so it is never guessed.
+
 Each ranking option must name the record field that holds its text (as `export_argilla` writes them:
 options "response-1".."response-K" and fields of the same names), or be mapped with `option_fields`.
 """
@@ -24,28 +33,33 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
+from rlhf.labels.importers.argilla_v1 import is_feedback_row, rest_form
 from rlhf.labels.importers.base import (RecordsRead, Skipped, build, invalid, option_list, source_records,
                                       unparsable)
+from rlhf.data.rankings import ranks_from_scores
 from rlhf.errors import DataError
 
 NO_STATUS = "argilla export without response status (drafts not told apart)"
+UNRATED_FIELDS = "response fields without a rating: left out"
+RATINGS_UNMAPPED = ("response has RatingQuestion answers but no ranking: map each rating question to the field it "
+                    "rates with --option rating_fields=question=field,...")
 RANKS_LOST = ("ranking answers are bare option lists, an Argilla SDK export (to_list, to_datasets, to_json) that "
               "has dropped the ranks; export the REST records instead (GET /api/v1/datasets/{id}/records"
               "?include=responses) or write each record.responses answer with its rank")
 
 
 def read_argilla(paths: Sequence[str], *, question: str | None = None, prompt_field: str = "prompt",
-                 option_fields=None) -> Iterator:
+                 option_fields=None, rating_fields=None) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for Argilla record exports (JSON, JSONL, `datasets` dir).
 
     question: the RankingQuestion's name (found automatically when one question holds rankings).
     prompt_field: the field holding the prompt (a text, or a chat field's list of messages).
     option_fields: "option=field,option=field" when option values are not field names.
+    rating_fields: "question=field,question=field": read these RatingQuestions, one per response field, instead
+    of a RankingQuestion.
     """
-    pairs = option_list(option_fields) or []
-    if any("=" not in pair for pair in pairs):
-        raise DataError("option_fields must read option=field,option=field")
-    mapping = dict(pair.split("=", 1) for pair in pairs)
+    mapping = _pairs(option_fields, "option_fields")
+    ratings = _pairs(rating_fields, "rating_fields")
     for path in map(str, paths):
         records = list(source_records(path, "an Argilla records export", _problem_with))
         yield RecordsRead(path, len(records))
@@ -54,18 +68,49 @@ def read_argilla(paths: Sequence[str], *, question: str | None = None, prompt_fi
                 yield unparsable(path, raw)
                 continue
             record = raw.value.get("record", raw.value) if isinstance(raw.value, dict) else raw.value
+            if is_feedback_row(record):
+                record = rest_form(record, default_id=f"{path.rsplit('/', 1)[-1]}:{raw.number}")
             try:
                 fields = _fields(record, prompt_field)
-                responses = list(_responses(record, question))
+                answers = list(_answers(record))
+                name = None if ratings else question or _ranking_question(answers)
             except DataError as error:
                 yield invalid(path, raw.number, error, record)
                 continue
-            if not responses:
+            if not answers:
                 yield Skipped(path, raw.number, "record has no responses", raw={"id": record.get("id")})
-            for question_name, user, status, value, flags in responses:
+            for user, status, values, flags in answers:
+                if ratings:
+                    value, unrated = _ratings_as_ranking(values, ratings)
+                    flags += (UNRATED_FIELDS,) if unrated and value else ()
+                else:
+                    value = values.get(name) if name else None
                 if _ranks_lost(value):
-                    raise DataError(RANKS_LOST, file=path, record=raw.number, field=question_name)
+                    raise DataError(RANKS_LOST, file=path, record=raw.number, field=name)
+                if value is None and not ratings and any(_is_rating(v) for v in values.values()):
+                    yield Skipped(path, raw.number, RATINGS_UNMAPPED, raw={"id": record.get("id"), "user_id": user})
+                    continue
                 yield _ranking(path, raw.number, record, fields, prompt_field, mapping, user, status, value, flags)
+
+
+def _pairs(option: str | None, name: str) -> dict[str, str]:
+    pairs = option_list(option) or []
+    if any("=" not in pair for pair in pairs):
+        raise DataError(f"{name} must read key=field,key=field")
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def _is_rating(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ratings_as_ranking(values: dict, ratings: dict[str, str]) -> tuple[list[dict] | None, bool]:
+    """A response's ratings as ranking items [{"value": field, "rank": place}], and whether a field went unrated."""
+    rated = [(field, values[question]) for question, field in ratings.items() if _is_rating(values.get(question))]
+    if not rated:
+        return None, False
+    places = ranks_from_scores([rating for _, rating in rated])
+    return [{"value": field, "rank": place} for (field, _), place in zip(rated, places)], len(rated) < len(ratings)
 
 
 def _problem_with(record: Any) -> str | None:
@@ -74,7 +119,10 @@ def _problem_with(record: Any) -> str | None:
     record = record.get("record", record)
     if isinstance(record.get("responses"), (list, dict)) or any(key.endswith(".responses") for key in record):
         return None
-    return "records have no 'responses' and no '<question>.responses' keys"
+    if is_feedback_row(record):
+        return None
+    return ("records have no 'responses', no '<question>.responses' keys and no v1 '<question>-suggestion-metadata' "
+            "columns")
 
 
 def _fields(record: dict, prompt_field: str) -> dict:
@@ -84,36 +132,38 @@ def _fields(record: dict, prompt_field: str) -> dict:
     return fields
 
 
-def _responses(record: dict, question: str | None) -> Iterator[tuple[str | None, str | None, str | None, Any, tuple]]:
-    """(question, user, status, value, flags) for each response to the ranking question."""
+def _answers(record: dict) -> Iterator[tuple[str | None, str | None, dict[str, Any], tuple]]:
+    """(user, status, {question: value}, flags) for each user's response to the record."""
     responses = record.get("responses")
     if isinstance(responses, list):  # REST: one response per user, all questions inside "values"
         for response in responses:
-            values = response.get("values") or {}
-            name = question or _ranking_question(values, lambda v: v.get("value") if isinstance(v, dict) else None)
-            value = (values.get(name) or {}).get("value") if name else None
-            yield name, _user(response.get("user_id")), response.get("status"), value, ()
-    elif isinstance(responses, dict):  # SDK nested: {question: [{"value", "user_id", maybe "status"}]}
-        name = question or _ranking_question(responses, lambda answers: answers[0].get("value") if answers else None)
-        for answer in responses.get(name) or []:
-            status = answer.get("status")
-            yield name, _user(answer.get("user_id")), status or "submitted", answer.get("value"), _no_status(status)
-    else:  # SDK flattened: "<question>.responses", ".users", ".status"
-        names = [key[: -len(".responses")] for key in record if key.endswith(".responses")]
-        name = question or _ranking_question({n: record[f"{n}.responses"] for n in names},
-                                             lambda values: (values or [None])[0])
-        values = record.get(f"{name}.responses") or []
-        users = record.get(f"{name}.responses.users") or [None] * len(values)
-        statuses = record.get(f"{name}.responses.status")
-        for index, value in enumerate(values):
-            status = statuses[index] if statuses else None
-            user = _user(users[index] if index < len(users) else None)
-            yield name, user, status or "submitted", value, _no_status(status)
+            values = {name: answer.get("value") if isinstance(answer, dict) else None
+                      for name, answer in (response.get("values") or {}).items()}
+            yield _user(response.get("user_id")), response.get("status"), values, ()
+        return
+    if isinstance(responses, dict):  # SDK nested: {question: [{"value", "user_id", maybe "status"}]}
+        answers = [(name, answer.get("user_id"), index, answer.get("status"), answer.get("value"))
+                   for name, listed in responses.items()
+                   for index, answer in enumerate(listed or []) if isinstance(answer, dict)]
+    else:  # SDK flattened: "<question>.responses", ".users", ".status", aligned by position
+        answers = []
+        for name in [key[: -len(".responses")] for key in record if key.endswith(".responses")]:
+            users = record.get(f"{name}.responses.users") or []
+            statuses = record.get(f"{name}.responses.status") or []
+            answers += [(name, users[i] if i < len(users) else None, i, statuses[i] if i < len(statuses) else None,
+                         value) for i, value in enumerate(record.get(f"{name}.responses") or [])]
+    by_user: dict[Any, list] = {}  # a user (or, without user ids, a position) -> [user, status, {question: value}]
+    for name, user, index, status, value in answers:
+        entry = by_user.setdefault(user if user not in (None, "") else ("position", index), [user, status, {}])
+        entry[2][name] = value
+    for user, status, values in by_user.values():
+        yield _user(user), status or "submitted", values, _no_status(status)
 
 
-def _ranking_question(by_name: dict, first_value) -> str | None:
+def _ranking_question(answers: list) -> str | None:
     """The one question whose answers look like rankings: lists of option values or of {value, rank}."""
-    names = [name for name, answers in by_name.items() if _looks_like_ranking(first_value(answers))]
+    names = list(dict.fromkeys(name for _, _, values, _ in answers for name, value in values.items()
+                               if _looks_like_ranking(value)))
     if len(names) > 1:
         raise DataError(f"several questions hold rankings ({', '.join(names)}): set the question option")
     return names[0] if names else None

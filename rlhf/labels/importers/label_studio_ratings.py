@@ -11,20 +11,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 from rlhf.labels.importers.base import Imported, Skipped, build, invalid
 from rlhf.labels.importers.label_studio_config import LabelingConfig
+from rlhf.data.rankings import ranks_from_scores
 from rlhf.errors import DataError
 
 UNRATED_RESPONSES = "responses without a Rating: left out"
 DEFAULT_PREFERENCE_CHOICES = ("A", "B", "Tie")
-
-
-def ranks_from_ratings(ratings: Sequence[float]) -> list[int]:
-    """Place 1 for the highest rating, equal ratings share a place: (4, 2, 4, 5) -> [2, 3, 2, 1]."""
-    distinct = sorted(set(ratings), reverse=True)
-    return [distinct.index(rating) + 1 for rating in ratings]
 
 
 def from_ratings(path: str, number: int, raw: Any, results: list[dict], labeling: LabelingConfig,
@@ -53,7 +48,7 @@ def from_ratings(path: str, number: int, raw: Any, results: list[dict], labeling
         ratings.append(rating)
     unrated = set(labeling.names_of("rating")) - {result["from_name"] for result in results}
     flags = (UNRATED_RESPONSES,) if unrated else ()
-    return build(path, number, raw, flags, completions=completions, ranks=ranks_from_ratings(ratings), **fields)
+    return build(path, number, raw, flags, completions=completions, ranks=ranks_from_scores(ratings), **fields)
 
 
 def preference_choice_map(values: list[str] | None) -> dict[str, str]:
