@@ -430,12 +430,39 @@ def test_oasst_groups_ranked_siblings_and_rebuilds_the_conversation():
 
 def test_oasst_messages_written_without_nulls_read_the_same(tmp_path):
     rows = [json.loads(line) for line in Path(sample("oasst.jsonl")).read_text().splitlines()]
-    without_nulls = [{key: value for key, value in row.items() if value is not None} for row in rows]
+    without_nulls = [strip_nulls(row) for row in rows]
     assert any("parent_id" not in row for row in without_nulls) and any("rank" not in row for row in without_nulls)
     (tmp_path / "exclude_nulls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in without_nulls))
     stripped = import_rankings("oasst", [str(tmp_path / "exclude_nulls.jsonl")])
     full = import_rankings("oasst", [sample("oasst.jsonl")])
     assert stripped.rankings == full.rankings and stripped.skipped == full.skipped and full.rankings
+
+
+def strip_nulls(value):
+    """`value` as oasst-data --exclude-nulls and the Open-Assistant backend write it: no null values."""
+    if isinstance(value, dict):
+        return {key: strip_nulls(item) for key, item in value.items() if item is not None}
+    return [strip_nulls(item) for item in value] if isinstance(value, list) else value
+
+
+@pytest.mark.parametrize("nulls", [True, False])
+def test_oasst_message_trees_read_as_their_messages(tmp_path, nulls):
+    path = sample("oasst.trees.jsonl")
+    if not nulls:
+        trees = [strip_nulls(json.loads(line)) for line in Path(path).read_text().splitlines()]
+        path = str(tmp_path / "exclude_nulls.trees.jsonl")
+        Path(path).write_text("".join(json.dumps(tree) + "\n" for tree in trees))
+    report = import_rankings("oasst", [path])
+    flat = by_id(import_rankings("oasst", [sample("oasst.jsonl")]))
+    rankings = by_id(report)
+    # the same rankings as the flat messages of trees t-1 and t-2, nested replies and all
+    assert sorted(rankings) == ["p1", "p2"] and rankings == {key: flat[key] for key in ("p1", "p2")}
+    assert [m["role"] for m in rankings["p2"].prompt] == ["user", "assistant", "user"]
+    # quarantined entries point to the tree's line
+    assert reasons_by_record(report) == [
+        (1, "deleted reply"), (1, "reply left out of its siblings' ranking"),
+        (2, "fewer than 2 ranked replies to one prompt"),
+        (3, "prompt without assistant replies"), (4, "message tree without a prompt")]
 
 
 def test_ultrafeedback_ratings_as_strings_and_na():
@@ -588,7 +615,7 @@ def test_cli_reads_several_files_in_one_run(tmp_path, capsys):
 
 # -- the importers' contract: every record accounted for, odd bytes and numbers -------------------------------------
 
-ONE_RECORD_ONE_JUDGEMENT = [
+SAMPLES_OF_EVERY_FORMAT = [
     ("label_studio", "label_studio_rlhf_pairwise.json", {}),
     ("label_studio", "label_studio_ranker.json", {"config": RANKER_CONFIG}),
     ("label_studio", "label_studio_min.json", {}),
@@ -605,21 +632,29 @@ ONE_RECORD_ONE_JUDGEMENT = [
     ("ultrafeedback", "ultrafeedback.jsonl", {}),
     ("prodigy", "prodigy.jsonl", {}),
     ("jsonl", "rankings_and_trl.jsonl", {}),
+    ("shp", "shp.json", {}),
+    ("shp", "shp.json", {"total_orders": "false"}),
+    ("oasst", "oasst.jsonl", {}),
+    ("oasst", "oasst.trees.jsonl", {}),
 ]
 
 
-@pytest.mark.parametrize("format, name, options", ONE_RECORD_ONE_JUDGEMENT)
+@pytest.mark.parametrize("format, name, options", SAMPLES_OF_EVERY_FORMAT)
 def test_every_record_read_is_imported_or_quarantined_with_a_reason(format, name, options):
     from rlhf.labels.importers import IMPORTERS
-    from rlhf.labels.importers.base import Imported, RecordsRead, Skipped
+    from rlhf.labels.importers.base import Imported, RecordsRead, Skipped, records_of
 
     events = list(IMPORTERS[format]([sample(name)], **options))
     (read,) = [event.count for event in events if isinstance(event, RecordsRead)]
-    imported = {event.record for event in events if isinstance(event, Imported)}
-    quarantined = {event.record for event in events if isinstance(event, Skipped) and event.reason}
+    imported = set().union(*(records_of(event) for event in events if isinstance(event, Imported)))
+    quarantined = set().union(*(records_of(event) for event in events if isinstance(event, Skipped) and event.reason))
     assert imported | quarantined == set(range(1, read + 1))
+    # and the report keeps them: each Imported is a ranking, each Skipped a quarantine entry with its records
     report = import_rankings(format, [sample(name)], **options)
-    assert len(report.rankings) + len(report.quarantine) >= read > 0
+    in_quarantine = {n for entry in report.quarantine for n in [entry["record"], *entry.get("also_records", [])]}
+    moved = in_quarantine - quarantined  # rankings that collect() quarantined (all completions identical)
+    assert report.records_read == read > 0 and quarantined <= in_quarantine
+    assert len(report.rankings) + len(moved) == sum(isinstance(event, Imported) for event in events)
 
 
 def test_a_byte_order_mark_is_accepted_in_csv_and_json(tmp_path):

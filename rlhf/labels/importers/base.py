@@ -3,7 +3,8 @@
 An importer is a generator over its tool's export files that yields three kinds of events:
 - `RecordsRead(source, count)`: how many top-level records a file held (tasks, rows, lines);
 - `Imported(ranking, ...)`: one ranking kept, with `flags` for things a person should look at (an untouched
-  ranker, a status the export did not keep);
+  ranker, a status the export did not keep); `also` lists the other records it was built from (SHP rows of one
+  post, an OASST prompt and its ranked replies), so that every record read is accounted for;
 - `Skipped(...)`: one record, or one annotation inside a record, left out with a short countable `reason`. `kind`
   says whether it was left out on purpose ("skipped": cancelled, draft, nothing selected) or is malformed
   ("invalid"). Nothing is dropped silently: every Skipped goes to the quarantine file with where it came from.
@@ -33,6 +34,7 @@ class Imported:
     source: str
     record: int
     flags: tuple[str, ...] = ()
+    also: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Skipped:
     kind: str = "skipped"
     detail: str | None = None
     raw: Any = None
+    also: tuple[int, ...] = ()
 
 
 @dataclass
@@ -80,12 +83,14 @@ def source_records(path: str, what: str, problem_with: Callable[[Any], str | Non
         yield raw
 
 
-def build(source: str, record: int, raw: Any, flags: Sequence[str] = (), **fields) -> Imported | Skipped:
+def build(source: str, record: int, raw: Any, flags: Sequence[str] = (), also: Sequence[int] = (),
+          **fields) -> Imported | Skipped:
     """An Imported if the fields make a valid Ranking, else a Skipped naming what is wrong."""
+    also = tuple(sorted(set(also) - {record}))  # the other records
     try:
-        return Imported(Ranking(**fields), source, record, tuple(flags))
+        return Imported(Ranking(**fields), source, record, tuple(flags), also)
     except DataError as error:
-        return invalid(source, record, error, raw)
+        return invalid(source, record, error, raw, also=also)
 
 
 def each_record(paths: Sequence[str], what: str, problem_with: Callable[[Any], str | None],
@@ -104,13 +109,20 @@ def each_record(paths: Sequence[str], what: str, problem_with: Callable[[Any], s
                 yield convert(path, raw.number, raw.value)
 
 
-def invalid(source: str, record: int, error: DataError | str, raw: Any = None, detail: str | None = None) -> Skipped:
+def invalid(source: str, record: int, error: DataError | str, raw: Any = None, detail: str | None = None,
+            also: Sequence[int] = ()) -> Skipped:
     """A Skipped of kind "invalid"; keep `error` countable (no ids in it) and put specifics in `detail`."""
     if isinstance(error, DataError):
         reason = f"field '{error.field}': {error.reason}" if error.field else error.reason
     else:
         reason = error
-    return Skipped(source, record, reason, kind="invalid", detail=detail, raw=raw)
+    return Skipped(source, record, reason, kind="invalid", detail=detail, raw=raw,
+                   also=tuple(sorted(set(also) - {record})))
+
+
+def records_of(event: RecordsRead | Imported | Skipped) -> set[int]:
+    """The record numbers an Imported or Skipped accounts for."""
+    return {event.record, *event.also} if isinstance(event, (Imported, Skipped)) else set()
 
 
 def unparsable(source: str, raw: RawRecord) -> Skipped:
@@ -139,7 +151,8 @@ def collect(events: Iterable[RecordsRead | Imported | Skipped], *, merge_annotat
             try:
                 ranking = merge_duplicate_completions(event.ranking)
             except DataError as error:
-                _quarantine(report, invalid(event.source, event.record, error, event.ranking.to_dict()))
+                _quarantine(report, invalid(event.source, event.record, error, event.ranking.to_dict(),
+                                            also=event.also))
                 continue
             report.duplicates_merged += ranking is not event.ranking
             report.rankings.append(ranking)
@@ -157,9 +170,11 @@ def collect(events: Iterable[RecordsRead | Imported | Skipped], *, merge_annotat
 
 def _quarantine(report: ImportReport, skipped: Skipped) -> None:
     report.skipped[skipped.reason] += 1
-    report.quarantine.append({"source": skipped.source, "record": skipped.record, "kind": skipped.kind,
-                              "reason": skipped.reason, "detail": _writable(skipped.detail),
-                              "raw": _writable(skipped.raw)})
+    entry = {"source": skipped.source, "record": skipped.record, "kind": skipped.kind, "reason": skipped.reason,
+             "detail": _writable(skipped.detail), "raw": _writable(skipped.raw)}
+    if skipped.also:
+        entry["also_records"] = list(skipped.also)
+    report.quarantine.append(entry)
 
 
 def _writable(value: Any) -> Any:

@@ -41,8 +41,8 @@ def read_shp(paths: Sequence[str], *, total_orders: bool | str = True) -> Iterat
                 yield from (_pair(path, number, row) for number, row in rows)
             else:
                 texts = _comment_texts(rows)
-                yield build(path, rows[0][0], [row for _, row in rows], id=str(post_id),
-                            prompt=rows[0][1]["history"], completions=[texts[c] for c in order],
+                yield build(path, rows[0][0], [row for _, row in rows], also=[number for number, _ in rows],
+                            id=str(post_id), prompt=rows[0][1]["history"], completions=[texts[c] for c in order],
                             ranks=tuple(range(1, len(order) + 1)))
 
 
