@@ -66,6 +66,9 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
     warmup_steps: int = field(default=0, metadata={"help": "Optimiser steps of linear warmup from 0 to the learning "
                                                           "rate. Each PPO step makes ppo_epochs x rollout_batch_size / minibatch_size."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (DeepSpeed gradient_clipping)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute each layer's activations of actor "
+                                                                         "and critic in the backward instead of keeping them (less memory, about a "
+                                                                         "third more compute per update)."})
     disable_dropout: bool = field(default=True, metadata={"help": "Keep actor and critic in eval mode, so that log "
                                                                   "π_old and log π agree for the same weights; false: they train with "
                                                                   "their models' dropout. The reference and reward models never drop out."})

@@ -130,6 +130,7 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     """
     from rlhf.adaptation import apply_adaptation, base_model_config, load_adapted, parameter_summary
     from rlhf.models import partitioned_loading
+    from rlhf.ppo import activation_checkpointing
     from rlhf.ppo.critic import TokenValueModel
     from rlhf.rm.model import RewardNormalization, load_reward_model
 
@@ -153,6 +154,9 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
         print(f"actor {config.adaptation_method}: {parameter_summary(actor_model)}; "
               f"critic {config.critic_adaptation_method}: {parameter_summary(critic_model)}", flush=True)
 
+    if config.gradient_checkpointing:
+        activation_checkpointing.enable(actor_model)
+        activation_checkpointing.enable(critic_model.model)
     actor = _trained_engine(actor_model, ds_configs["actor"], config.actor_learning_rate, config)
     critic = _trained_engine(critic_model, ds_configs["critic"], config.critic_learning_rate, config)
 

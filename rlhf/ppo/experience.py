@@ -19,6 +19,7 @@ import torch
 from rlhf.data.formatting import encode_prompts, reward_input_ids
 from rlhf.generation import checkpoint_defaults_off
 from rlhf.models import same_tokenization
+from rlhf.ppo import activation_checkpointing
 from rlhf.ppo.engines import PPOEngines, zero_stage
 from rlhf.ppo.logprobs import SamplingSettings, position_ids_from_mask, sampling_logprobs
 from rlhf.ppo.rewards import (RunningMoments, gae_advantages, kl_penalized_rewards, masked_whiten,
@@ -61,7 +62,7 @@ def generate(actor, batch: PromptBatch, generation_config, zero3_generation: str
         else:
             synced_gpus = True
     device = actor.device
-    with gathered, torch.no_grad(), checkpoint_defaults_off(module):
+    with gathered, torch.no_grad(), checkpoint_defaults_off(module), activation_checkpointing.paused(module):
         output = module.generate(input_ids=batch.query_ids.to(device), attention_mask=batch.query_mask.to(device),
                                  generation_config=generation_config, synced_gpus=synced_gpus)
     return output[:, batch.query_ids.shape[1]:].cpu()
@@ -138,8 +139,9 @@ def sequence_inputs(query_ids, query_mask, response_ids, response_mask) -> dict[
 
 
 def response_logits(model, inputs: dict[str, torch.Tensor], query_length: int) -> torch.Tensor:
-    """(B, T, V) logits that predicted each response token: position Q-1+t predicts response token t."""
-    logits = model(**inputs).logits
+    """(B, T, V) logits that predicted each response token: position Q-1+t predicts response token t.
+    No KV cache: nothing follows this forward, and a checkpointed layer would refuse the cache anyway."""
+    logits = model(**inputs, use_cache=False).logits
     return logits[:, query_length - 1:-1]
 
 

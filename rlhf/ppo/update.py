@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-from rlhf.ppo import losses
+from rlhf.ppo import activation_checkpointing, losses
 from rlhf.ppo.experience import response_logits, sequence_inputs
 from rlhf.ppo.logprobs import SamplingSettings, sampling_entropy, sampling_logprobs
 from rlhf.ppo.rewards import masked_mean
@@ -44,7 +44,8 @@ def ppo_update(actor, critic, rollout: Rollout, settings: UpdateSettings, genera
     for _ in range(settings.ppo_epochs):
         for minibatch in rollout.minibatches(settings.minibatch_size, generator):
             ptx_batch = next(ptx_batches) if ptx_batches is not None else None
-            result = train_minibatch(actor, critic, minibatch, settings, ptx_batch)
+            with activation_checkpointing.in_force(actor.module), activation_checkpointing.in_force(critic.module):
+                result = train_minibatch(actor, critic, minibatch, settings, ptx_batch)
             if result is None:
                 skipped += 1
                 consecutive_skips += 1
