@@ -495,6 +495,38 @@ def test_ultrafeedback_overall_score_option():
         import_rankings("ultrafeedback", [sample("ultrafeedback.jsonl")], score="vibes")
 
 
+RECURSION = ("It is when something is defined using a smaller copy of itself, like Russian dolls.",
+             "Recursion is recursion.")
+
+
+def test_ultrafeedback_binarized_pairs_with_full_conversations():
+    report = import_rankings("ultrafeedback", [sample("ultrafeedback_binarized.jsonl")])
+    rankings = by_id(report)
+    first = rankings["ultrafeedback_binarized.jsonl:1"]
+    assert first.prompt == [{"role": "user", "content": "Explain recursion to a child."}]
+    assert (first.completions, first.ranks, first.annotator) == (RECURSION, (1, 2), None)
+    assert rankings["ultrafeedback_binarized.jsonl:2"].completions == ("Bonjour.", "Bonne nuit.")
+    assert reasons_by_record(report) == [(3, "chosen and rejected scored equal: no preference"),
+                                         (4, "field 'completions': contains an empty completion")]
+
+
+def test_trl_pairs_of_full_conversations_that_repeat_the_prompt(tmp_path):
+    # as TRL reads them: the jsonl format keeps every pair, scores or not
+    report = import_rankings("jsonl", [sample("ultrafeedback_binarized.jsonl")])
+    first = by_id(report)["ultrafeedback_binarized.jsonl:1"]
+    assert first.prompt == [{"role": "user", "content": "Explain recursion to a child."}]
+    assert first.completions == RECURSION and len(report.rankings) == 3
+    assert report.skipped == {"field 'completions': contains an empty completion": 1}
+    # the explicit conversational form whose chosen/rejected repeat a prompt given as messages
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "Tell me a joke."}]
+    row = {"prompt": turns, "chosen": turns + [{"role": "assistant", "content": "A pun."}],
+           "rejected": turns + [{"role": "assistant", "content": "No."}]}
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(row) + "\n")
+    (pair,) = import_rankings("jsonl", [str(tmp_path / "pairs.jsonl")]).rankings
+    assert (pair.prompt, pair.completions) == (turns, ("A pun.", "No."))
+
+
 def test_prodigy_compare_and_choice_answers():
     report = import_rankings("prodigy", [sample("prodigy.jsonl")])
     rankings = by_id(report)
@@ -630,6 +662,7 @@ SAMPLES_OF_EVERY_FORMAT = [
     ("argilla", "argilla_v1_feedback.jsonl", {"rating_fields": V1_RATINGS}),
     ("hh_rlhf", "hh_rlhf.jsonl", {}),
     ("ultrafeedback", "ultrafeedback.jsonl", {}),
+    ("ultrafeedback", "ultrafeedback_binarized.jsonl", {}),
     ("prodigy", "prodigy.jsonl", {}),
     ("jsonl", "rankings_and_trl.jsonl", {}),
     ("shp", "shp.json", {}),

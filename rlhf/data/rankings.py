@@ -134,10 +134,22 @@ def _ranking_from_trl_pair(record: dict, default_id: str | None) -> Ranking:
             raise DataError("is missing (text pairs with the prompt inside chosen/rejected: use --format hh_rlhf)",
                             field="prompt")
         prompt, chosen, rejected = split_shared_messages(chosen, rejected)
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        # Full conversations that repeat the prompt (HuggingFaceH4/ultrafeedback_binarized: "prompt" is the user
+        # turn that both "chosen" and "rejected" begin with): keep the shared turns as the prompt.
+        shared, chosen_tail, rejected_tail = split_shared_messages(chosen, rejected)
+        if shared and _repeats_prompt(shared, prompt):
+            prompt, chosen, rejected = shared, chosen_tail, rejected_tail
     ranking_id = record.get("id", default_id)
     return Ranking(str(ranking_id) if ranking_id is not None else "",
                    prompt, (_completion_text(chosen, "chosen"), _completion_text(rejected, "rejected")), (1, 2),
                    record.get("annotator"))
+
+
+def _repeats_prompt(shared: list, prompt) -> bool:
+    if isinstance(prompt, str):
+        return _is_message(shared[-1]) and shared[-1]["role"] == "user" and shared[-1]["content"] == prompt
+    return shared == prompt
 
 
 def split_shared_messages(first: list, second: list) -> tuple[list, list, list]:

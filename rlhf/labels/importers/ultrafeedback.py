@@ -12,14 +12,19 @@ that bug; "overall_score" or "fine-grained_score": that field; an aspect name: t
 better; equal scores tie. A completion with no usable score, or with an empty response (some models answered
 nothing), is left out of its ranking (counted and flagged); the row's other completions are still ranked.
 The ratings come from GPT-4, not people: there is no annotator.
+
+The binarized form (HuggingFaceH4/ultrafeedback_binarized, splits train_prefs/test_prefs/...) is one pair per
+row: {"prompt", "prompt_id", "chosen": [user turn, assistant turn], "rejected": [same user turn, other
+assistant turn], "messages", "score_chosen", "score_rejected"}. The shared turns become the chat prompt; a row
+whose two scores are equal holds no preference (its "chosen" was picked among equals) and is skipped, counted.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-from rlhf.labels.importers.base import Skipped, build, each_record
-from rlhf.data.rankings import ranks_from_scores
+from rlhf.labels.importers.base import Imported, Skipped, build, each_record, invalid
+from rlhf.data.rankings import ranking_from_record, ranks_from_scores
 from rlhf.errors import DataError
 
 ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
@@ -36,9 +41,24 @@ def read_ultrafeedback(paths: Sequence[str], *, score: str = "mean_aspects") -> 
 
 
 def _problem_with(record: Any) -> str | None:
+    if isinstance(record, dict) and {"prompt", "chosen", "rejected"} <= set(record):
+        return None  # binarized
     if not isinstance(record, dict) or "instruction" not in record or not isinstance(record.get("completions"), list):
-        return "records lack 'instruction' and a 'completions' list"
+        return ("records lack 'instruction' and a 'completions' list, and are not binarized rows ('prompt', "
+                "'chosen', 'rejected')")
     return None
+
+
+def _binarized(path: str, number: int, row: dict):
+    chosen, rejected = rating(row.get("score_chosen")), rating(row.get("score_rejected"))
+    if chosen is not None and chosen == rejected:
+        return Skipped(path, number, "chosen and rejected scored equal: no preference", raw=row)
+    pair = {"id": f"{path.rsplit('/', 1)[-1]}:{number}", "prompt": row["prompt"], "chosen": row["chosen"],
+            "rejected": row["rejected"]}
+    try:
+        return Imported(ranking_from_record(pair), path, number)
+    except DataError as error:
+        return invalid(path, number, error, row)
 
 
 def rating(value) -> float | None:
@@ -68,6 +88,8 @@ def completion_score(completion: dict, score: str) -> float | None:
 
 
 def _row(path: str, number: int, row: dict, score: str):
+    if "chosen" in row:
+        return _binarized(path, number, row)
     texts, scores = [], []
     unrated = empty = 0
     for completion in row["completions"]:
