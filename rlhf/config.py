@@ -22,6 +22,7 @@ import yaml
 
 from rlhf import _compat
 from rlhf.errors import ConfigError
+from rlhf.models import DEFAULT_ATTENTION
 
 T = TypeVar("T")
 
@@ -47,6 +48,11 @@ class CommonArguments:
         default=False,
         metadata={"help": "Run model code shipped with a hub model. Off unless you trust its author."},
     )
+    attn_implementation: str = field(
+        default=DEFAULT_ATTENTION,
+        metadata={"help": "Attention every model of the stage runs: sdpa, eager, or flash_attention_2 (needs the "
+                          "flash-attn package, a GPU and bf16)."},
+    )
     resume: bool = field(
         default=False,
         metadata={"help": "Continue from the latest checkpoint in output_dir (a fresh start if there is none)."},
@@ -66,6 +72,9 @@ class CommonArguments:
 
 def _check_before_any_work(config) -> None:
     """Values that would fail only deep inside training, or after it (registration), refused at once."""
+    from rlhf.models import check_attention
+
+    check_attention(getattr(config, "attn_implementation", DEFAULT_ATTENTION))
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value <= 0:

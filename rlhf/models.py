@@ -10,6 +10,22 @@ from typing import Any
 
 from rlhf.errors import ConfigError
 
+# transformers' default where a model supports it; flash_attention_2 needs the flash-attn package and a GPU.
+DEFAULT_ATTENTION = "sdpa"
+FLASH_ATTENTION = {f"flash_attention_{n}": f"is_flash_attn_{n}_available" for n in (2, 3, 4)}  # transformers.utils
+
+
+def check_attention(attn_implementation: str) -> None:
+    """A flash attention that is asked for but not installed is a one-line error before any model loads
+    (transformers would fail at the first load, with a page of advice)."""
+    if attn_implementation not in FLASH_ATTENTION:
+        return
+    from transformers import utils
+
+    if not getattr(utils, FLASH_ATTENTION[attn_implementation])():
+        raise ConfigError(f"attn_implementation '{attn_implementation}' needs the flash-attn package, which is not "
+                          f"installed here (pip install flash-attn on a CUDA machine); use '{DEFAULT_ATTENTION}'")
+
 
 def _load(loader, path: str, what: str, **kwargs) -> Any:
     try:
@@ -49,11 +65,12 @@ def _special_tokens(tokenizer) -> tuple:
             sorted(tokenizer.all_special_ids))
 
 
-def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: Any = None):
+def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: Any = None,
+                   attn_implementation: str = DEFAULT_ATTENTION):
     from transformers import AutoModelForCausalLM
 
     return _load(AutoModelForCausalLM.from_pretrained, path, "causal LM", use_safetensors=True,
-                 trust_remote_code=trust_remote_code, dtype=dtype)
+                 trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation=attn_implementation)
 
 
 

@@ -26,6 +26,7 @@ from rlhf.adaptation.apply import head_parameter_names, is_peft_model, reward_he
 from rlhf.adaptation.config import PEFT_METHODS, AdaptationConfig, check_task
 from rlhf.errors import ConfigError
 from rlhf.io import atomic_directory
+from rlhf.models import DEFAULT_ATTENTION
 
 ADAPTATION_FILE = "rlhf_adaptation.json"
 ADAPTER_WEIGHTS_FILE = "rlhf_adapters.safetensors"
@@ -66,28 +67,32 @@ def description_of(config: AdaptationConfig, *, merged_lora: bool) -> dict:
 
 
 def load_adapted(path: str | os.PathLike, task: str, torch_dtype: torch.dtype | None = None,
-                 trust_remote_code: bool = False, *, is_trainable: bool = False) -> nn.Module:
+                 trust_remote_code: bool = False, *, is_trainable: bool = False,
+                 attn_implementation: str = DEFAULT_ATTENTION) -> nn.Module:
     """Load a directory written by `save_adapted` (or any Hugging Face model directory or hub name).
 
     task "reward" loads an AutoModelForSequenceClassification with num_labels=1 (a causal LM checkpoint gets a
     new, untrained head), "causal_lm" an AutoModelForCausalLM. Weights are read from safetensors only.
     torch_dtype None keeps the checkpoint's dtype. With is_trainable False (the default) every parameter is
     frozen and the model is in eval mode, as a reference policy or a reward model wants; with True, the
-    parameters its method trains are trainable (for a plain model, all of them).
+    parameters its method trains are trainable (for a plain model, all of them). attn_implementation: the
+    attention the model runs (sdpa, eager, flash_attention_2; the stages' `attn_implementation` key).
     """
     check_task(task)
     path_str = os.fspath(path)
     directory = Path(path_str)
     description = _read_description(directory) if directory.is_dir() else None
     if description is not None and description["adaptation_method"] == "adapter":
-        model = _load_with_houlsby_adapters(directory, description, task, torch_dtype, trust_remote_code)
+        model = _load_with_houlsby_adapters(directory, description, task, torch_dtype, trust_remote_code,
+                                            attn_implementation)
         if is_trainable:
             heads = reward_head_names(model) if task == "reward" else []
             set_trainable(model, list(houlsby.adapter_state_dict(model)) + head_parameter_names(model, heads))
     elif (directory / PEFT_CONFIG_FILE).is_file():
-        model = _load_peft_adapter(directory, task, torch_dtype, trust_remote_code, is_trainable)
+        model = _load_peft_adapter(directory, task, torch_dtype, trust_remote_code, is_trainable,
+                                   attn_implementation)
     else:
-        model = _load_plain(path_str, task, torch_dtype, trust_remote_code)
+        model = _load_plain(path_str, task, torch_dtype, trust_remote_code, attn_implementation)
     if not is_trainable:
         model.requires_grad_(False)
         model.eval()
@@ -178,7 +183,8 @@ def houlsby_description(model: nn.Module) -> dict:
             "adapter_bottleneck": first.down.out_features, "adapter_weights": ADAPTER_WEIGHTS_FILE}
 
 
-def _load_plain(name_or_path: str, task: str, torch_dtype, trust_remote_code: bool) -> nn.Module:
+def _load_plain(name_or_path: str, task: str, torch_dtype, trust_remote_code: bool,
+                attn_implementation: str) -> nn.Module:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if task == "reward":
@@ -187,13 +193,19 @@ def _load_plain(name_or_path: str, task: str, torch_dtype, trust_remote_code: bo
         model_class, extra = AutoModelForCausalLM, {}
     try:
         return model_class.from_pretrained(name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                           use_safetensors=True, **extra)
+                                           use_safetensors=True, attn_implementation=attn_implementation, **extra)
     except OSError as error:  # a missing directory, hub name or safetensors file
         raise ConfigError(f"cannot load model '{name_or_path}': {error}") from error
+    except ValueError as error:  # an attention the architecture does not implement
+        if "attn" not in str(error) and "attention" not in str(error):
+            raise
+        first_line = str(error).strip().splitlines()[0]
+        raise ConfigError(f"cannot load model '{name_or_path}' with attn_implementation "
+                          f"'{attn_implementation}': {first_line}") from None
 
 
 def _load_peft_adapter(directory: Path, task: str, torch_dtype, trust_remote_code: bool,
-                       is_trainable: bool) -> nn.Module:
+                       is_trainable: bool, attn_implementation: str) -> nn.Module:
     from peft import PeftConfig, PeftModel
 
     if not (directory / PEFT_WEIGHTS_FILE).is_file():
@@ -202,15 +214,16 @@ def _load_peft_adapter(directory: Path, task: str, torch_dtype, trust_remote_cod
     expected = "SEQ_CLS" if task == "reward" else "CAUSAL_LM"
     if peft_config.task_type != expected:
         raise ConfigError(f"{directory}: the adapter was trained for {peft_config.task_type}, not task '{task}'")
-    base = _load_plain(peft_config.base_model_name_or_path, task, torch_dtype, trust_remote_code)
+    base = _load_plain(peft_config.base_model_name_or_path, task, torch_dtype, trust_remote_code,
+                       attn_implementation)
     return PeftModel.from_pretrained(base, str(directory), is_trainable=is_trainable)
 
 
 def _load_with_houlsby_adapters(directory: Path, description: dict, task: str, torch_dtype,
-                                trust_remote_code: bool) -> nn.Module:
+                                trust_remote_code: bool, attn_implementation: str) -> nn.Module:
     from safetensors.torch import load_file
 
-    model = _load_plain(str(directory), task, torch_dtype, trust_remote_code)
+    model = _load_plain(str(directory), task, torch_dtype, trust_remote_code, attn_implementation)
     try:
         names, hidden_size = description["adapted_modules"], description["hidden_size"]
         bottleneck = description["adapter_bottleneck"]

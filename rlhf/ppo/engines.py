@@ -134,16 +134,18 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     from rlhf.ppo.critic import TokenValueModel
     from rlhf.rm.model import RewardNormalization, load_reward_model
 
-    remote = config.trust_remote_code
+    remote, attention = config.trust_remote_code, config.attn_implementation
     hidden = base_model_config(paths["actor"], remote).get_text_config().hidden_size
     ds_configs = {role: engine_config(getattr(config, f"{role}_deepspeed"), config, hidden, trained=role in TRAINED)
                   for role in ("actor", "critic", "reference", "reward")}
 
     with partitioned_loading(ds_configs["actor"]):
-        actor_model = apply_adaptation(load_adapted(paths["actor"], task="causal_lm", trust_remote_code=remote),
+        actor_model = apply_adaptation(load_adapted(paths["actor"], task="causal_lm", trust_remote_code=remote,
+                                                    attn_implementation=attention),
                                        adaptation_for(config, config.adaptation_method), task="causal_lm")
     with partitioned_loading(ds_configs["critic"]):
-        critic_base = load_adapted(paths["critic"], task="reward", trust_remote_code=remote)
+        critic_base = load_adapted(paths["critic"], task="reward", trust_remote_code=remote,
+                                   attn_implementation=attention)
     if critic_base.config.pad_token_id is None:
         critic_base.config.pad_token_id = tokenizer.pad_token_id
     # The critic's start is a reward model: its saved normalisation puts V on the rewards' scale.
@@ -163,10 +165,12 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     reference = None
     if not uses_adapter_as_reference(config, paths):
         with partitioned_loading(ds_configs["reference"]):
-            reference_model = load_adapted(paths["reference"], task="causal_lm", trust_remote_code=remote)
+            reference_model = load_adapted(paths["reference"], task="causal_lm", trust_remote_code=remote,
+                                           attn_implementation=attention)
         reference = _frozen_engine(reference_model, ds_configs["reference"])
     with partitioned_loading(ds_configs["reward"]):
-        reward_model, reward_tokenizer, normalization = load_reward_model(paths["reward"], trust_remote_code=remote)
+        reward_model, reward_tokenizer, normalization = load_reward_model(paths["reward"], trust_remote_code=remote,
+                                                                          attn_implementation=attention)
     reward = _frozen_engine(reward_model, ds_configs["reward"])
     # from_pretrained leaves models in eval mode, which is also what disable_dropout wants: dropout would make the
     # rollout's log π_old differ from the update's log π for the same weights. The frozen models never drop out.

@@ -47,14 +47,16 @@ def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path) -> tu
     greedy = bool(config.gold_scorer) and config.eval_do_sample
     responses, greedy_responses = {}, {}
     for name, path in (("sft", inputs.paths["reference"]), ("ppo", str(final_dir))):
-        policy = load_adapted(path, task="causal_lm", trust_remote_code=config.trust_remote_code)
+        policy = load_adapted(path, task="causal_lm", trust_remote_code=config.trust_remote_code,
+                              attn_implementation=config.attn_implementation)
         responses[name] = sample_responses(policy, tokenizer, prompts, sampling, config.eval_do_sample, config.seed)
         if greedy:
             greedy_responses[name] = sample_responses(policy, tokenizer, inputs.eval_prompts, sampling, False,
                                                       config.seed)
         del policy
-    reward_model, reward_tokenizer, normalization = load_reward_model(inputs.paths["reward"],
-                                                                      trust_remote_code=config.trust_remote_code)
+    reward_model, reward_tokenizer, normalization = load_reward_model(
+        inputs.paths["reward"], trust_remote_code=config.trust_remote_code,
+        attn_implementation=config.attn_implementation)
     rm = {name: score_texts(reward_model, reward_tokenizer, prompts, texts, normalization=normalization,
                             max_length=config.reward_max_length) for name, texts in responses.items()}
     metrics = {"rm_score_sft": fmean(rm["sft"]), "rm_score_ppo": fmean(rm["ppo"]),

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from rlhf.data.formatting import reward_input_ids
 from rlhf.data.rankings import Ranking
 from rlhf.io import atomic_write_json
+from rlhf.models import DEFAULT_ATTENTION
 
 NORMALIZATION_FILE = "reward_normalization.json"
 
@@ -34,13 +35,14 @@ class RewardNormalization:
         return cls(**json.loads(path.read_text())) if path.is_file() else cls()
 
 
-def load_reward_model(path: str, trust_remote_code: bool = False):
+def load_reward_model(path: str, trust_remote_code: bool = False, attn_implementation: str = DEFAULT_ATTENTION):
     """(model, tokenizer, normalization) for a saved reward model, frozen and in eval mode."""
     from rlhf.adaptation import load_adapted
     from rlhf.models import load_tokenizer
 
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    model = load_adapted(path, task="reward", trust_remote_code=trust_remote_code)
+    model = load_adapted(path, task="reward", trust_remote_code=trust_remote_code,
+                         attn_implementation=attn_implementation)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, RewardNormalization.load(path)
@@ -101,7 +103,8 @@ def normalization_records(config, inputs, train_rankings: Sequence[Ranking] = ()
 
 def normalise(model_dir: str | Path, config, inputs, train_rankings: Sequence[Ranking] = ()) -> RewardNormalization:
     """Save the bias that makes the mean reward of the demonstrations 0 (InstructGPT §C.2)."""
-    model, tokenizer, _ = load_reward_model(str(model_dir), trust_remote_code=config.trust_remote_code)
+    model, tokenizer, _ = load_reward_model(str(model_dir), trust_remote_code=config.trust_remote_code,
+                                            attn_implementation=config.attn_implementation)
     records, source = normalization_records(config, inputs, train_rankings)
     raw = score_texts(model, tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records],
                       max_length=config.max_length)

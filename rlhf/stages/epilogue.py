@@ -100,7 +100,8 @@ def _graded(config, inputs, final_dir: Path, gold_prompts: list, task: str) -> d
     from rlhf.adaptation import load_adapted
     from rlhf.evaluation import gold_metrics
 
-    saved = load_adapted(str(final_dir), task=task, trust_remote_code=config.trust_remote_code)
+    saved = load_adapted(str(final_dir), task=task, trust_remote_code=config.trust_remote_code,
+                         attn_implementation=config.attn_implementation)
     return gold_metrics(saved, inputs.tokenizer, gold_prompts, config, suffix="after")
 
 
