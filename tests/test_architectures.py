@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from architectures import build_family_model, family_tokenizer, llama3_stop_ids
+from hub_cache import cache_hub_dataset
 from rlhf.demo.task import corpus_words
 from rlhf.errors import ConfigError
 
@@ -296,26 +297,6 @@ def test_ptx_demonstrations_are_tokenized_as_the_sft_stage_tokenizes_them(family
         assert batch["labels"][0, 0] == -100 and in_loss & {"<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "</s>"}
 
 
-def _cache_hub_dataset(cache: Path, name: str, split: str, rows: list[dict]) -> None:
-    """Put `rows` into a `datasets` cache as `load_dataset(name, split=split)` leaves it after a download:
-    <cache>/<owner>___<name>/default/0.0.0/<hash>/<name>-<split>.arrow."""
-    import pyarrow as pa
-    import pyarrow.parquet as parquet
-    from datasets.packaged_modules.parquet.parquet import Parquet
-
-    owner, short = name.split("/")
-    source = cache / "source" / f"{split}.parquet"
-    source.parent.mkdir(parents=True)
-    parquet.write_table(pa.Table.from_pylist(rows), source)
-    builder = Parquet(cache_dir=str(cache / "datasets"), dataset_name=f"{owner}___{short}", config_name="default",
-                      hash="0123456789abcdef", data_files={split: str(source)})
-    builder.download_and_prepare()
-    built = Path(builder.cache_dir)
-    for file in built.glob(f"{owner}___{short}-*"):
-        file.rename(built / file.name.replace(f"{owner}___{short}", short))
-    built.parents[1].rename(built.parents[2] / "default")
-
-
 @pytest.mark.slow
 def test_a_hub_dataset_name_trains_sft_offline_from_the_local_cache(tmp_path):
     import os
@@ -325,7 +306,7 @@ def test_a_hub_dataset_name_trains_sft_offline_from_the_local_cache(tmp_path):
     from rlhf.demo.task import make_split
 
     cache = tmp_path / "hf"
-    _cache_hub_dataset(cache, "acme/demos", "train", make_split(32, seed=5))
+    cache_hub_dataset(cache, "acme/demos", "train", make_split(32, seed=5))
     base = build_family_model(tmp_path / "base", "mistral", corpus_words())
     env = dict(os.environ, HF_DATASETS_CACHE=str(cache / "datasets"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")

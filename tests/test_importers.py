@@ -527,6 +527,70 @@ def test_trl_pairs_of_full_conversations_that_repeat_the_prompt(tmp_path):
     assert (pair.prompt, pair.completions) == (turns, ("A pun.", "No."))
 
 
+def binarized_rows():
+    return [json.loads(line) for line in Path(sample("ultrafeedback_binarized.jsonl")).read_text().splitlines()]
+
+
+def pairs_of(report):
+    return [(r.prompt, r.completions, r.ranks) for r in report.rankings]
+
+
+def test_a_hub_dataset_name_with_a_split_is_read_offline_from_the_local_cache(tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub
+    from hub_cache import cache_hub_dataset
+
+    cache = cache_hub_dataset(tmp_path / "hf", "HuggingFaceH4/ultrafeedback_binarized", "train_prefs",
+                              binarized_rows())
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # never a network fetch
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    report = import_rankings("ultrafeedback", ["HuggingFaceH4/ultrafeedback_binarized:train_prefs"])
+    from_file = import_rankings("ultrafeedback", [sample("ultrafeedback_binarized.jsonl")])
+    assert report.records_read == 4 and pairs_of(report) == pairs_of(from_file) and len(report.rankings) == 2
+    assert report.skipped == from_file.skipped
+    with pytest.raises(DataError) as missing:  # a split the cache does not hold: one line naming the reference
+        import_rankings("ultrafeedback", ["HuggingFaceH4/ultrafeedback_binarized:test_prefs"])
+    assert str(missing.value).startswith("HuggingFaceH4/ultrafeedback_binarized:test_prefs: no such file, and not "
+                                         "loadable as hub dataset") and "\n" not in str(missing.value)
+
+
+def hub_snapshot(folder: Path, splits: dict[str, list[dict]], card: bool) -> Path:
+    """A folder as huggingface_hub.snapshot_download leaves a parquet dataset: data/<split>-00000-of-00001.parquet,
+    and a README.md whose YAML `configs` names the splits' files."""
+    import pyarrow as pa
+    import pyarrow.parquet as parquet
+
+    (folder / "data").mkdir(parents=True)
+    for split, rows in splits.items():
+        parquet.write_table(pa.Table.from_pylist(rows), folder / "data" / f"{split}-00000-of-00001.parquet")
+    if card:
+        files = "".join(f"  - split: {split}\n    path: data/{split}-*\n" for split in splits)
+        (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n{files}---\n")
+    return folder
+
+
+def test_a_hub_snapshot_folder_of_parquet_files_is_read_by_split(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # nothing left in ~/.cache
+    rows = binarized_rows()
+    snapshot = hub_snapshot(tmp_path / "ultrafeedback_binarized", {"train_prefs": rows[:3], "test_prefs": rows[3:]},
+                            card=True)
+    train = import_rankings("ultrafeedback", [f"{snapshot}:train_prefs"])
+    assert train.records_read == 3 and pairs_of(train) == pairs_of(
+        import_rankings("ultrafeedback", [sample("ultrafeedback_binarized.jsonl")]))
+    with pytest.raises(DataError, match=r"holds splits train_prefs, test_prefs: name one as .*:SPLIT$"):
+        import_rankings("ultrafeedback", [str(snapshot)])
+    with pytest.raises(DataError, match=r"has no split 'validation' \(splits: train_prefs, test_prefs\)"):
+        import_rankings("ultrafeedback", [f"{snapshot}:validation"])
+    # one split, no card: the folder alone, and through the CLI
+    single = hub_snapshot(tmp_path / "one", {"train": rows}, card=False)
+    code, out, _ = run_cli(["import", "--format", "ultrafeedback", str(single), "-o", str(tmp_path / "r.jsonl")],
+                           capsys)
+    assert code == 0 and out.startswith("read 4 records (ultrafeedback)\nwrote 2 rankings")
+
+
 def test_prodigy_compare_and_choice_answers():
     report = import_rankings("prodigy", [sample("prodigy.jsonl")])
     rankings = by_id(report)

@@ -2,8 +2,10 @@
 
 Containers: a JSON list (or an object with an "items" list, as REST APIs answer), JSON Lines (also gzipped, and
 also when named `.json`: Stanford SHP ships JSON Lines as `train.json`), CSV with a header, parquet, and a
-`datasets` `save_to_disk` directory, and a dataset on the Hugging Face hub by name (`owner/name:split` or
-`owner/name:config:split`), read through `datasets.load_dataset` (offline: from the local cache). Records are numbered from 1: the line number in JSON Lines, the element in a
+`datasets` `save_to_disk` directory, a hub snapshot folder of parquet files (as `huggingface_hub.snapshot_download`
+leaves it: `DIR` when it holds one split, `DIR:SPLIT` to pick one), and a dataset on the Hugging Face hub by name
+(`owner/name:split` or `owner/name:config:split`), read through `datasets.load_dataset` (offline: from the local
+cache). Records are numbered from 1: the line number in JSON Lines, the element in a
 JSON list, the data row in CSV, parquet and `datasets`. A record that cannot be parsed is yielded with `error` set,
 so that importers can quarantine it instead of stopping the whole file.
 """
@@ -35,14 +37,22 @@ class RawRecord:
 
 def read_records(path: str | os.PathLike) -> Iterator[RawRecord]:
     """Yield the records of `path`; raise DataError if it is missing, empty or not any container we know."""
-    if not Path(path).exists() and hub_reference(str(path)) is not None:
-        yield from _hub_dataset(str(path))
-        return
+    if not Path(path).exists():
+        folder, _, split = str(path).rpartition(":")
+        if folder and split and Path(folder).is_dir():
+            yield from _hub_snapshot(Path(folder), split)
+            return
+        if hub_reference(str(path)) is not None:
+            yield from _hub_dataset(str(path))
+            return
     path = Path(path)
     if not path.exists():
         raise DataError("no such file or directory", file=str(path))
     if path.is_dir():
-        yield from _dataset_directory(path)
+        if not _is_saved_dataset(path) and any(path.rglob("*.parquet")):
+            yield from _hub_snapshot(path, None)
+        else:
+            yield from _dataset_directory(path)
         return
     name = path.name.lower()
     if name.endswith(".parquet"):
@@ -75,9 +85,8 @@ def _hub_dataset(reference: str) -> Iterator[RawRecord]:
     try:
         rows = load_dataset(name, config, split=split)
     except Exception as error:  # datasets raises many types: missing split, offline, unknown name
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"no such file, and not loadable as hub dataset {name!r} (config {config}, split "
-                        f"{split!r}): {first_line}", file=reference) from None
+                        f"{split!r}): {_first_line(error)}", file=reference) from None
     for number, row in enumerate(rows, start=1):
         yield RawRecord(number, row)
 
@@ -149,9 +158,38 @@ def _parquet(path: Path) -> Iterator[RawRecord]:
         yield RawRecord(number, row)
 
 
+def _is_saved_dataset(path: Path) -> bool:
+    return any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json"))
+
+
+def _hub_snapshot(folder: Path, split: str | None) -> Iterator[RawRecord]:
+    """The rows of one split of a hub snapshot folder (parquet files; splits from its README's `configs` or the
+    file names, as `datasets` reads a hub repository), streamed from the files: nothing is cached or fetched."""
+    from datasets import get_dataset_split_names, load_dataset
+
+    where = str(folder) if split is None else f"{folder}:{split}"
+    try:
+        splits = get_dataset_split_names(str(folder))
+    except Exception as error:  # datasets raises many types: no data files, several configs, bad YAML
+        raise DataError(f"not a readable hub snapshot folder: {_first_line(error)}", file=where) from None
+    if split is None and len(splits) != 1:
+        raise DataError(f"hub snapshot folder holds splits {', '.join(splits)}: name one as {folder}:SPLIT",
+                        file=where)
+    split = split or splits[0]
+    if split not in splits:
+        raise DataError(f"hub snapshot folder has no split {split!r} (splits: {', '.join(splits)})", file=where)
+    for number, row in enumerate(load_dataset(str(folder), split=split, streaming=True), start=1):
+        yield RawRecord(number, row)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def _dataset_directory(path: Path) -> Iterator[RawRecord]:
-    if not any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
-        raise DataError("directory is not a `datasets` save_to_disk directory", file=str(path))
+    if not _is_saved_dataset(path):
+        raise DataError("directory is not a `datasets` save_to_disk directory (nor a hub snapshot folder of parquet "
+                        "files)", file=str(path))
     from datasets import DatasetDict, load_from_disk
 
     loaded = load_from_disk(str(path))
