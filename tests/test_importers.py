@@ -191,6 +191,19 @@ def test_label_studio_ratings_without_the_config_name_the_missing_config():
         "labeling config with --option config=CONFIG.xml"}
 
 
+def test_label_studio_ratings_whose_to_name_is_the_data_key_need_no_config(tmp_path):
+    tasks = json.loads(Path(sample("label_studio_ratings.json")).read_text())
+    for task in tasks:
+        for annotation in task["annotations"]:
+            for result in annotation["result"]:  # <Text name="answer1" value="$answer1"/>, as many configs have it
+                result["to_name"] = {"response_a": "answer1", "response_b": "answer2", "response_c": "answer3"}[
+                    result["to_name"]]
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    report = import_rankings("label_studio", [str(tmp_path / "export.json")])
+    assert (by_id(report)["20:301"].completions, by_id(report)["20:301"].ranks) == (BOIL, (2, 3, 1))
+    assert report.flagged == {}  # without a config, which responses went unrated is unknown
+
+
 CHOICES_CONFIG = sample("label_studio_choices.config.xml")
 CANBERRA = ("Sydney is the capital of Australia.", "Canberra is the capital of Australia.")
 
@@ -323,9 +336,14 @@ def v1_feedback_as_datasets_directory(tmp_path):
     return str(tmp_path / "feedback")
 
 
-@pytest.mark.parametrize("shape", ["jsonl", "datasets"])
+@pytest.mark.parametrize("shape", ["jsonl", "datasets", "parquet"])
 def test_argilla_v1_feedback_dataset_rankings_skip_drafts_and_discarded(tmp_path, shape):
     path = V1_FEEDBACK if shape == "jsonl" else v1_feedback_as_datasets_directory(tmp_path)
+    if shape == "parquet":  # as the hub serves a pushed FeedbackDataset
+        from datasets import load_from_disk
+
+        load_from_disk(path).to_parquet(str(tmp_path / "train-00000-of-00001.parquet"))
+        path = str(tmp_path / "train-00000-of-00001.parquet")
     report = import_rankings("argilla", [path])
     rankings = by_id(report)
     assert sorted(rankings) == [f"p1:{ALICE}", f"p2:{BOB}", f"p4:{BOB}"]
