@@ -69,6 +69,10 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute each layer's activations of actor "
                                                                          "and critic in the backward instead of keeping them (less memory, about a "
                                                                          "third more compute per update)."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision in every engine whose DeepSpeed "
+                                                              "config says \"auto\" (bf16 weights and gradients, float32 master weights "
+                                                              "and Adam states). Unset: on where the GPU supports it, off on a CPU; true "
+                                                              "on a CPU runs the GPU layout's arithmetic."})
     disable_dropout: bool = field(default=True, metadata={"help": "Keep actor and critic in eval mode, so that log "
                                                                   "π_old and log π agree for the same weights; false: they train with "
                                                                   "their models' dropout. The reference and reward models never drop out."})

@@ -57,19 +57,19 @@ def load_deepspeed_config(path: str) -> dict[str, Any]:
 
 
 def fill_auto(ds_config: dict[str, Any], *, micro_batch_size: int, max_grad_norm: float, hidden_size: int,
-              source: str) -> dict[str, Any]:
+              source: str, bf16: bool = False) -> dict[str, Any]:
     """A copy of `ds_config` with every "auto" resolved as the Hugging Face integration resolves it.
 
     One optimiser step per minibatch: no gradient accumulation, so train_batch_size = minibatch x world size.
+    bf16: the stage's `bf16` (already resolved: on where the GPU supports it, unless set).
     """
-    from rlhf.config import _bf16_supported
 
     automatic = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": 1,
         "train_batch_size": micro_batch_size * distributed.world_size(),
         "gradient_clipping": max_grad_norm,
-        "bf16.enabled": _bf16_supported(),
+        "bf16.enabled": bf16,
         "fp16.enabled": False,
         "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
         "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
@@ -188,7 +188,8 @@ TRAINED = ("actor", "critic")
 def engine_config(config_path: str, config, hidden: int, *, trained: bool) -> dict[str, Any]:
     """The DeepSpeed config of one engine, every "auto" resolved; a frozen engine clips no gradients."""
     ds_config = fill_auto(load_deepspeed_config(config_path), micro_batch_size=config.minibatch_size,
-                          max_grad_norm=config.max_grad_norm, hidden_size=hidden, source=config_path)
+                          max_grad_norm=config.max_grad_norm, hidden_size=hidden, source=config_path,
+                          bf16=config.bf16)
     if not trained:
         ds_config.pop("gradient_clipping", None)
     return ds_config
