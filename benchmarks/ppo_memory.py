@@ -13,14 +13,16 @@ On a CPU-only machine "offload to CPU" moves nothing: the parameters are in CPU 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from benchmarks import tiny_models
-from benchmarks.common import RESULTS_DIR, deepspeed_command, peak_rss_mb, read_json, run_child, write_json
+from benchmarks.common import RESULTS_DIR, deepspeed_command, read_json, run_child, write_json
 from rlhf.config import settings_to_argv
 
 # actor, critic, reference, reward
@@ -56,46 +58,45 @@ def current_rss_mb() -> float:
 
 
 def worker(out_dir: Path, stage_argv: list[str]) -> None:
-    import deepspeed  # noqa: F401  (imported before the baseline is read)
+    import deepspeed
     import torch
     import transformers  # noqa: F401
 
-    from rlhf import distributed
+    from benchmarks.memory_phases import Phases
+    from rlhf import adaptation, distributed
     from rlhf.config import parse_config
     from rlhf.ppo import engines, experience, update
+    from rlhf.rm import model as rm_model
     from rlhf.stages.ppo import PPORecipe, PPOStageConfig, run
 
     baseline = current_rss_mb()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    # The peak RSS when each phase of the stage first ends, so that a peak can be placed: the stage looks these
-    # functions up on their modules when it runs, so wrapping the module attributes is enough.
-    peaks = {}
-    for module, name, label in ((engines, "build_engines", "engines_built"), (experience, "generate", "generation"),
-                                (experience, "score", "scoring"), (update, "ppo_update", "update"),
-                                (PPORecipe, "finish", "final_save")):
-        setattr(module, name, _peak_after(getattr(module, name), label, peaks))
+    # Each phase's own peak RSS, so that a peak can be placed: the stage looks these functions up on their
+    # modules when it runs, so wrapping the module attributes is enough. RLHF_MEMORY_TRIM=1 also records the RSS
+    # after malloc_trim at each phase's end (what the allocator kept but the program had freed).
+    phases = Phases(trim=os.environ.get("RLHF_MEMORY_TRIM") == "1")
+    for owner, name, label in ((engines, "build_engines", "engines_built"), (adaptation, "load_adapted", "load"),
+                               (rm_model, "load_reward_model", "load_reward"),
+                               (deepspeed, "initialize", "deepspeed_initialize"),
+                               (experience, "generate", "generation"), (experience, "score", "scoring"),
+                               (update, "ppo_update", "update"), (deepspeed.DeepSpeedEngine, "backward", "backward"),
+                               (deepspeed.DeepSpeedEngine, "step", "optimizer_step"),
+                               (deepspeed.DeepSpeedEngine, "forward", "forward"),
+                               (PPORecipe, "finish", "final_save")):
+        phases.wrap(owner, name, label)
     run(parse_config(PPOStageConfig, stage_argv))
-    record = {"rank": distributed.global_rank(), "rss_after_imports_mb": baseline, "peak_rss_mb": peak_rss_mb(),
-              "peak_rss_after_mb": peaks, "rss_after_engines_mb": peaks.get("engines_built_rss"),
-              "peak_rss_after_engines_mb": peaks.get("engines_built")}
-    peaks.pop("engines_built_rss", None)
+    first = {}
+    for record in phases.records:
+        first.setdefault(record["phase"], record)
+    record = {"rank": distributed.global_rank(), "rss_after_imports_mb": baseline, "peak_rss_mb": phases.peak_mb(),
+              "peak_rss_in_mb": {label: max(r["peak_mb"] for r in phases.records if r["phase"] == label)
+                                 for label in first},
+              "first_call": first, "phases": phases.records}
     if torch.cuda.is_available():
         record["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank-{record['rank']}.json").write_text(json.dumps(record))
-
-
-def _peak_after(function, label: str, peaks: dict):
-    def measured(*positional, **keywords):
-        result = function(*positional, **keywords)
-        if label not in peaks:
-            peaks[label] = peak_rss_mb()
-            if label == "engines_built":
-                peaks["engines_built_rss"] = current_rss_mb()
-        return result
-
-    return measured
 
 
 def stage_argv(models: dict, settings: Settings, layout: str, output_dir: Path, registry: Path) -> list[str]:
@@ -106,80 +107,127 @@ def stage_argv(models: dict, settings: Settings, layout: str, output_dir: Path, 
         "max_new_tokens": settings.max_new_tokens, "max_steps": settings.steps,
         "rollout_batch_size": settings.rollout_batch_size, "minibatch_size": settings.rollout_batch_size // 2,
         "ppo_epochs": 1, "save_steps": 0, "disable_tqdm": "true", "report_to": "none",
-        "register_as": f"bench-memory-{layout}", "zero3_generation": "gather_once",
+        # per_step: a ZeRO-3 actor never whole on a rank, not even while it generates (gather_once would hold it).
+        "register_as": f"bench-memory-{layout}", "zero3_generation": "per_step",
         "actor_deepspeed": actor, "critic_deepspeed": critic, "reference_deepspeed": reference,
         "reward_deepspeed": reward,
     }
     return settings_to_argv(arguments)
 
 
-def run_layouts(settings: Settings, workdir: Path, log=print) -> dict:
-    models = tiny_models.build(workdir / "models-memory", tiny_models.TinySize(settings.hidden_size,
-                                                                               settings.num_layers, 8))
+def run_one(models: dict, settings: Settings, layout: str, workdir: Path, log=print) -> dict:
+    """One layout on `settings.num_processes` processes: the row of the higher rank's numbers."""
+    configs = dict(zip(("actor", "critic", "reference", "reward"), LAYOUTS[layout]))
+    name = f"{layout}-{settings.num_processes}p-{settings.hidden_size}x{settings.num_layers}"
+    log(f"ppo_memory: {layout} on {settings.num_processes} processes, hidden {settings.hidden_size}, "
+        f"{settings.num_layers} layers")
+    out_dir = workdir / f"memory-{name}"
+    argv = stage_argv(models, settings, layout, workdir / f"ppo-{name}", workdir / "registry")
+    row = {"layout": layout, "processes": settings.num_processes, "configs": configs,
+           "parameters": models["parameters"]["policy"]}
+    try:
+        run_child(deepspeed_command("benchmarks.ppo_memory", ["--worker", "--out-dir", str(out_dir), "--", *argv],
+                                    settings.num_processes), workdir / f"memory-{name}.log")
+    except RuntimeError as error:  # one layout failing (e.g. offload unsupported here) leaves the others
+        log(f"ppo_memory: {layout} failed: {error}")
+        return {**row, "error": str(error)[-2000:]}
+    ranks = sorted((read_json(path) for path in out_dir.glob("rank-*.json")), key=lambda r: r["rank"])
+    row.update(ranks=ranks, peak_rss_mb=max(r["peak_rss_mb"] for r in ranks),
+               models_share_mb=max(r["peak_rss_mb"] - r["rss_after_imports_mb"] for r in ranks),
+               peak_rss_in_mb={label: max(r["peak_rss_in_mb"].get(label, 0.0) for r in ranks)
+                               for label in ranks[0]["peak_rss_in_mb"]})
+    if "cuda_max_allocated_mb" in ranks[0]:
+        row["cuda_max_allocated_mb"] = max(r["cuda_max_allocated_mb"] for r in ranks)
+    return row
+
+
+def run_layouts(settings: Settings, workdir: Path, log=print, processes: list[int] | None = None) -> dict:
+    """Every layout at every process count; each row's ratio is against ZeRO-0 at the same process count."""
+    models = tiny_models.build(workdir / f"models-memory-{settings.hidden_size}x{settings.num_layers}",
+                               tiny_models.TinySize(settings.hidden_size, settings.num_layers, 8))
     rows = []
-    for layout in settings.layouts:
-        log(f"ppo_memory: {layout} on {settings.num_processes} processes")
-        out_dir = workdir / f"memory-{layout}"
-        argv = stage_argv(models, settings, layout, workdir / f"ppo-{layout}", workdir / "registry")
-        try:
-            run_child(deepspeed_command("benchmarks.ppo_memory", ["--worker", "--out-dir", str(out_dir), "--", *argv],
-                                        settings.num_processes), workdir / f"memory-{layout}.log")
-        except RuntimeError as error:  # one layout failing (e.g. offload unsupported here) leaves the others
-            log(f"ppo_memory: {layout} failed: {error}")
-            rows.append({"layout": layout, "configs": dict(zip(("actor", "critic", "reference", "reward"),
-                                                                LAYOUTS[layout])), "error": str(error)[-2000:]})
-            continue
-        ranks = sorted((read_json(path) for path in out_dir.glob("rank-*.json")), key=lambda r: r["rank"])
-        row = {"layout": layout, "peak_rss_after_engines_mb": max(r["peak_rss_after_engines_mb"] for r in ranks), "configs": dict(zip(("actor", "critic", "reference", "reward"), LAYOUTS[layout])),
-               "ranks": ranks, "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
-               "models_share_mb": max(r["peak_rss_mb"] - r["rss_after_imports_mb"] for r in ranks)}
-        row["peak_rss_after_mb"] = {label: max(r["peak_rss_after_mb"].get(label, 0.0) for r in ranks)
-                                    for label in ranks[0].get("peak_rss_after_mb", {})}
-        if "cuda_max_allocated_mb" in ranks[0]:
-            row["cuda_max_allocated_mb"] = max(r["cuda_max_allocated_mb"] for r in ranks)
-        rows.append(row)
-    measured = [row for row in rows if "error" not in row]
-    base = measured[0]["models_share_mb"] if measured else float("nan")
-    for row in measured:
-        row["models_share_vs_first"] = row["models_share_mb"] / base if base > 0 else float("nan")
+    for count in processes or [settings.num_processes]:
+        at_count = replace(settings, num_processes=count)
+        rows += [run_one(models, at_count, layout, workdir, log) for layout in settings.layouts]
+    for row in rows:
+        base = next((r for r in rows if r["processes"] == row["processes"] and r["layout"] == "zero0"
+                     and "error" not in r), None)
+        if "error" not in row and base is not None:
+            row["models_share_vs_zero0"] = row["models_share_mb"] / base["models_share_mb"]
     parameters = models["parameters"]
     return {"settings": asdict(settings), "model": models["model"], "parameters": parameters,
             "fp32_mb_per_model": {name: 4 * count / 2**20 for name, count in parameters.items()}, "rows": rows}
 
 
+def run_capacity(settings: Settings, workdir: Path, budget_mb: float, layers: list[int], log=print) -> dict:
+    """For each layout, the largest policy (hidden `settings.hidden_size`, layers scanned upwards) whose PPO run
+    of `settings.steps` steps keeps every process's peak RSS within `budget_mb`. A layout stops at its first
+    size over the budget; the sizes tried are kept."""
+    result = {"budget_mb": budget_mb, "settings": asdict(settings), "layouts": {}}
+    for layout in settings.layouts:
+        tried = []
+        for count in layers:
+            sized = replace(settings, num_layers=count)
+            models = tiny_models.build(workdir / f"models-memory-{sized.hidden_size}x{count}",
+                                       tiny_models.TinySize(sized.hidden_size, count, 8))
+            row = run_one(models, sized, layout, workdir, log)
+            row["num_layers"] = count
+            tried.append({key: row.get(key) for key in ("num_layers", "parameters", "peak_rss_mb", "error")})
+            if "error" in row or row["peak_rss_mb"] > budget_mb:
+                break
+        fitting = [t for t in tried if t.get("error") is None and t["peak_rss_mb"] <= budget_mb]
+        result["layouts"][layout] = {"tried": tried, "largest": fitting[-1] if fitting else None}
+    return result
+
+
 def markdown(result: dict) -> str:
     gpu = any("cuda_max_allocated_mb" in row for row in result["rows"])
-    header = "| layout (actor, critic / reference, reward) | peak RSS per process (MB) | above imports (MB) | vs " \
-             f"{result['rows'][0]['layout']} | peak RSS once engines are built (MB) |" + \
-             (" CUDA max allocated (MB) |" if gpu else "")
-    first = next((row["layout"] for row in result["rows"] if "error" not in row), "first")
-    header = header.replace(f"vs {result['rows'][0]['layout']}", f"vs {first}")
-    lines = [header, "|---|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
+    lines = ["| layout (actor, critic / reference, reward) | processes | peak RSS per process (MB) | above imports (MB) "
+             "| vs zero0 (same processes) |" + (" CUDA max allocated (MB) |" if gpu else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
     for row in result["rows"]:
         c = row["configs"]
+        label = f"| {row['layout']} ({c['actor']}, {c['critic']} / {c['reference']}, {c['reward']}) | {row['processes']} |"
         if "error" in row:
             reason = row["error"].strip().splitlines()[-1][:160].replace("|", "/")
-            lines.append(f"| {row['layout']} ({c['actor']}, {c['critic']} / {c['reference']}, {c['reward']}) | "
-                         f"failed: `{reason}` | | | |" + (" |" if gpu else ""))
+            lines.append(f"{label} failed: `{reason}` | | |" + (" |" if gpu else ""))
             continue
-        line = (f"| {row['layout']} ({c['actor']}, {c['critic']} / {c['reference']}, {c['reward']}) | "
-                f"{row['peak_rss_mb']:.0f} | {row['models_share_mb']:.0f} | {row['models_share_vs_first']:.2f}x | "
-                f"{row['peak_rss_after_engines_mb']:.0f} |")
+        ratio = row.get("models_share_vs_zero0")
+        line = (f"{label} {row['peak_rss_mb']:.0f} | {row['models_share_mb']:.0f} | "
+                + (f"{ratio:.2f}x |" if ratio is not None else "- |"))
         if gpu:
             line += f" {row['cuda_max_allocated_mb']:.0f} |"
         lines.append(line)
-    lines += ["", "Peak RSS (MB, the higher rank) when each phase first ended:", "",
-              "| layout | " + " | ".join(PHASE_LABELS.values()) + " |", "|---|" + "---:|" * len(PHASE_LABELS)]
+    lines += ["", "Peak RSS (MB, the higher rank) within each phase (each phase's own high-water mark):", "",
+              "| layout | processes | " + " | ".join(PHASE_LABELS.values()) + " |",
+              "|---|---:|" + "---:|" * len(PHASE_LABELS)]
     for row in result["rows"]:
-        phases = row.get("peak_rss_after_mb")
+        phases = row.get("peak_rss_in_mb")
         if phases:
-            lines.append(f"| {row['layout']} | " + " | ".join(f"{phases[k]:.0f}" if k in phases else "-"
-                                                             for k in PHASE_LABELS) + " |")
+            lines.append(f"| {row['layout']} | {row['processes']} | " + " | ".join(
+                f"{phases[k]:.0f}" if k in phases else "-" for k in PHASE_LABELS) + " |")
     return "\n".join(lines)
 
 
-PHASE_LABELS = {"engines_built": "engines built", "generation": "first generation", "scoring": "first scoring",
-                "update": "first PPO update", "final_save": "final save"}
+def capacity_markdown(result: dict) -> str:
+    lines = [f"Largest policy whose {result['settings']['steps']}-step PPO run stays within "
+             f"{result['budget_mb']:.0f} MB per process ({result['settings']['num_processes']} processes, hidden "
+             f"{result['settings']['hidden_size']}, layers scanned):", "",
+             "| layout | largest policy (layers, parameters) | its peak RSS (MB) | sizes tried (layers: peak MB) |",
+             "|---|---:|---:|---|"]
+    for layout, found in result["layouts"].items():
+        largest = found["largest"]
+        tried = ", ".join(f"{t['num_layers']}: " + (f"{t['peak_rss_mb']:.0f}" if t.get("error") is None else "failed")
+                          for t in found["tried"])
+        lines.append(f"| {layout} | " + (f"{largest['num_layers']}, {largest['parameters'] / 1e6:.0f}M | "
+                                          f"{largest['peak_rss_mb']:.0f} |" if largest else "none | - |")
+                     + f" {tried} |")
+    return "\n".join(lines)
+
+
+PHASE_LABELS = {"engines_built": "engines built", "generation": "generation", "scoring": "scoring",
+                "backward": "backward", "optimizer_step": "optimizer step", "update": "PPO update",
+                "final_save": "final save"}
 
 
 def main(argv=None) -> None:
@@ -192,14 +240,31 @@ def main(argv=None) -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smallest", action="store_true")
+    parser.add_argument("--processes", type=int, nargs="+", default=[2])
+    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+    parser.add_argument("--hidden-size", type=int, default=Settings.hidden_size)
+    parser.add_argument("--num-layers", type=int, default=Settings.num_layers)
+    parser.add_argument("--steps", type=int, default=Settings.steps)
+    parser.add_argument("--rollout-batch-size", type=int, default=Settings.rollout_batch_size)
+    parser.add_argument("--max-new-tokens", type=int, default=Settings.max_new_tokens)
+    parser.add_argument("--capacity-budget-mb", type=float, help="scan policy sizes under this per-process budget")
+    parser.add_argument("--capacity-layers", type=int, nargs="+", default=[1, 2, 4, 6, 8, 12, 16])
+    parser.add_argument("--workdir", type=Path, help="kept (models reused) instead of a temporary directory")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ppo_memory.json")
     args = parser.parse_args(argv)
-    settings = Settings.smallest() if args.smallest else Settings()
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as workdir:
-        result = run_layouts(settings, Path(workdir))
-    print(markdown(result))
+    settings = Settings.smallest() if args.smallest else Settings(
+        layouts=args.layouts, steps=args.steps, rollout_batch_size=args.rollout_batch_size,
+        max_new_tokens=args.max_new_tokens, hidden_size=args.hidden_size, num_layers=args.num_layers,
+        num_processes=args.processes[0])
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-memory-")))
+        if args.capacity_budget_mb:
+            result = run_capacity(settings, workdir, args.capacity_budget_mb, args.capacity_layers)
+            print(capacity_markdown(result))
+        else:
+            result = run_layouts(settings, workdir, processes=args.processes)
+            print(markdown(result))
     write_json(args.out, result)
-
 
 if __name__ == "__main__":
     main()

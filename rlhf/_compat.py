@@ -11,6 +11,7 @@ time. Each function says what it reaches into and why no public API does the job
 | `Trainer._prepare_inputs`                         | transformers | 5.23.0 |
 | `PartialState._prepare_backend`                   | accelerate   | 1.15.0 |
 | `DeepSpeedZeRoOffload._remove_module_hooks`, `.forward_hooks`, `.backward_hooks`, `parameter_offload.FWD_MODULE_STACK` | deepspeed | 0.19.8 |
+| `DeepSpeedZeroOptimizer_Stage3.fp32_partitioned_groups_flat`, `.fp16_partitioned_groups_flat` | deepspeed | 0.19.8 |
 | `SFTTrainer.padding_free` (set in `__init__`, undocumented) | trl  | 1.16.0 |
 
 Imports nothing heavy at module level: each function imports its library when called.
@@ -138,3 +139,29 @@ def zero3_hooks_removed(offload) -> Iterator[None]:
         depth = len(parameter_offload.FWD_MODULE_STACK)
         offload.setup_zero_stage3_hooks()
         del parameter_offload.FWD_MODULE_STACK[depth:]
+
+
+def share_fp32_master_weights(engine) -> int:
+    """Under ZeRO-3 with float32 parameters, let the optimiser update the parameter partitions themselves instead
+    of a float32 copy of them; returns the number of elements no longer copied.
+
+    DeepSpeed means to share them when the partitions are already float32 on the optimiser's device (its branch
+    for torch autocast), but it compares a `torch.device` with a device-name string, which is never equal, so
+    every float32 run keeps a second float32 copy of its partition: 4 more bytes per parameter and process than
+    ZeRO's 4 (parameter) + 4 (gradient) + 8 (Adam) for float32. Pointing the master tensors at the partitions keeps
+    the tensor objects the optimiser and its state know; DeepSpeed's copies between the two become self-copies.
+    Nothing changes where the master weights differ in dtype (bf16) or place (optimiser offload).
+    """
+    optimizer = getattr(engine, "optimizer", None)
+    masters = getattr(optimizer, "fp32_partitioned_groups_flat", None)
+    partitions = getattr(optimizer, "fp16_partitioned_groups_flat", None)
+    if not masters or partitions is None or getattr(optimizer, "offload_optimizer", False):
+        return 0
+    shared = 0
+    for master, partition in zip(masters, partitions):
+        if (partition is None or master.dtype != partition.dtype or master.device != partition.device
+                or master.numel() != partition.numel() or master.data_ptr() == partition.data_ptr()):
+            continue
+        master.data = partition.data
+        shared += partition.numel()
+    return shared

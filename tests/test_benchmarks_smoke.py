@@ -69,6 +69,7 @@ def test_multi_process_benchmarks_run_on_smallest_settings_and_see_every_phase(t
     assert {row["mode"] for row in results["zero3_generation"]["rows"]} >= {"unsharded", "gather_once", "per_step"}
     for row in results["ppo_memory"]["rows"]:
         # Each phase of the PPO recipe was wrapped and reached, the final save included.
-        assert set(row["peak_rss_after_mb"]) == {"engines_built", "generation", "scoring", "update", "final_save"}
+        assert set(row["peak_rss_in_mb"]) >= {"engines_built", "generation", "scoring", "backward", "optimizer_step",
+                                              "update", "final_save"}
         assert row["peak_rss_mb"] > 0
 

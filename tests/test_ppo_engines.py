@@ -113,3 +113,50 @@ def test_zero3_hook_lists_stay_one_models_worth_across_rollouts(models, tmp_path
     for _ in range(3):
         experience.generate(engines.actor, batch, generation_config, "gather_once")
         assert counts() == before
+
+
+def test_zero3_float32_actor_has_no_second_master_copy_and_steps_as_plain_adamw(models, tmp_path):
+    """Under ZeRO-3 in float32 the optimiser updates the parameter partitions themselves (DeepSpeed would keep a
+    float32 copy of them), in several optimiser sub-groups; one step must give the weights that torch's AdamW
+    with the same settings gives the whole model."""
+    import json
+
+    import deepspeed
+
+    from rlhf.adaptation import load_adapted
+
+    ds_config = json.loads((REPO / "deepspeed_configs" / "zero3.json").read_text())
+    ds_config["zero_optimization"]["sub_group_size"] = 5000  # several sub-groups on the tiny actor
+    config_file = tmp_path / "zero3_small_groups.json"
+    config_file.write_text(json.dumps(ds_config))
+    config, inputs, engines = engines_for(models, tmp_path, actor_deepspeed=str(config_file), max_grad_norm=0.5,
+                                          lr_scheduler_type="constant")
+    optimizer = engines.actor.optimizer
+    assert len(optimizer.fp32_partitioned_groups_flat) > 2
+    for master, partition in zip(optimizer.fp32_partitioned_groups_flat, optimizer.fp16_partitioned_groups_flat):
+        assert master.data_ptr() == partition.data_ptr()
+
+    plain = load_adapted(inputs.paths["actor"], task="causal_lm")
+    plain.train(engines.actor.module.training).requires_grad_(True)
+    plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=config.actor_learning_rate, eps=1e-5,
+                                        weight_decay=config.weight_decay)
+    input_ids = torch.randint(0, len(inputs.tokenizer), (2, 7), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        loss = engines.actor(input_ids=input_ids).logits.float().pow(2).mean()
+        engines.actor.backward(loss)
+        engines.actor.step()
+        plain_loss = plain(input_ids=input_ids).logits.float().pow(2).mean()
+        plain_loss.backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.5)
+        plain_optimizer.step()
+        plain_optimizer.zero_grad()
+        torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)
+    parameters = dict(engines.actor.module.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(parameters.values())):
+        trained = {name: value.detach().clone() for name, value in parameters.items()}
+    expected = dict(plain.named_parameters())
+    assert trained.keys() == expected.keys()
+    start = dict(load_adapted(inputs.paths["actor"], task="causal_lm").named_parameters())
+    for name, value in trained.items():
+        torch.testing.assert_close(value, expected[name].detach(), rtol=1e-5, atol=1e-6, msg=name)
+    assert all(not torch.equal(trained[name], start[name].detach()) for name in trained if name.endswith("weight"))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from rlhf import distributed
+from rlhf import _compat, distributed
 from rlhf.adaptation.config import AdaptationConfig
 from rlhf.distributed import free_port
 from rlhf.errors import ConfigError
@@ -208,6 +208,7 @@ def _trained_engine(model, ds_config: dict[str, Any], learning_rate: float, conf
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, eps=1e-5, weight_decay=config.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
                                       lr_scheduler=learning_rate_schedule(optimizer, config))
+    _compat.share_fp32_master_weights(engine)
     return engine
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from rlhf import distributed, run_files
+from rlhf import distributed, host_memory, run_files
 from rlhf.errors import RLHFError, exits_cleanly
 from rlhf.generation import stop_token_ids
 # Modules, not their functions: the phases are looked up when they run, so a profiler can wrap them.
@@ -46,6 +46,8 @@ class PPORecipe:
         config = self.config
         # The four models by reference, the prompts checked before anything trains.
         engines.init_distributed()
+        # ZeRO-3 gathers and frees parameters module by module: what it frees must leave the resident set.
+        host_memory.return_freed_blocks_to_os()
         torch.manual_seed(config.seed + distributed.global_rank())
         self.inputs = ppo_inputs.read_inputs(config)
         self.tokenizer = self.inputs.tokenizer

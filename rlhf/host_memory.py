@@ -1,0 +1,30 @@
+"""Host memory that a stage frees goes back to the operating system, so that a process's resident set follows
+what it holds.
+
+glibc's malloc serves requests below its mmap threshold from heaps it keeps after a free, and raises that
+threshold (up to 32 MiB) each time a larger block is freed. After the first few frees every layer-sized tensor
+comes from those heaps, so what ZeRO-3 gathers and frees module by module, and the optimiser's temporaries,
+stay in the resident set as if held: on the 100M-parameter memory benchmark (2 processes, ZeRO-3, fp32) the
+peak per process was 5451 MB with the default and 3381 MB with a fixed 1 MiB threshold; ZeRO-0's hardly moved
+(4368 -> 4309 MB), since it frees little. A fixed threshold sends every block of 1 MiB or more to its own
+mapping, unmapped at free. Elsewhere than glibc nothing changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter; setting it also turns the dynamic adjustment off
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_freed_blocks_to_os(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Blocks of `threshold_bytes` or more are mapped on their own and unmapped when freed. True when set."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)) == 1
