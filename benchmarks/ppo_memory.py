@@ -31,6 +31,7 @@ LAYOUTS = {
     "zero2": ("zero2", "zero2", "zero0", "zero0"),
     "zero3": ("zero3", "zero3", "zero3_inference", "zero3_inference"),
     "zero3_offload_frozen": ("zero3", "zero3", "zero3_inference_offload", "zero3_inference_offload"),
+    "zero3_offload": ("zero3_offload", "zero3_offload", "zero3_inference_offload", "zero3_inference_offload"),
 }
 
 
@@ -43,6 +44,7 @@ class Settings:
     hidden_size: int = 512
     num_layers: int = 4
     num_processes: int = 2
+    bf16: bool = False  # bf16 weights and gradients with float32 master weights (DeepSpeed's bf16 mode)
 
     @classmethod
     def smallest(cls) -> "Settings":
@@ -110,7 +112,7 @@ def stage_argv(models: dict, settings: Settings, layout: str, output_dir: Path, 
         # per_step: a ZeRO-3 actor never whole on a rank, not even while it generates (gather_once would hold it).
         "register_as": f"bench-memory-{layout}", "zero3_generation": "per_step",
         "actor_deepspeed": actor, "critic_deepspeed": critic, "reference_deepspeed": reference,
-        "reward_deepspeed": reward,
+        "reward_deepspeed": reward, "bf16": settings.bf16,
     }
     return settings_to_argv(arguments)
 
@@ -123,7 +125,7 @@ def run_one(models: dict, settings: Settings, layout: str, workdir: Path, log=pr
         f"{settings.num_layers} layers")
     out_dir = workdir / f"memory-{name}"
     argv = stage_argv(models, settings, layout, workdir / f"ppo-{name}", workdir / "registry")
-    row = {"layout": layout, "processes": settings.num_processes, "configs": configs,
+    row = {"layout": layout, "processes": settings.num_processes, "configs": configs, "bf16": settings.bf16,
            "parameters": models["parameters"]["policy"]}
     try:
         run_child(deepspeed_command("benchmarks.ppo_memory", ["--worker", "--out-dir", str(out_dir), "--", *argv],
@@ -247,6 +249,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=Settings.steps)
     parser.add_argument("--rollout-batch-size", type=int, default=Settings.rollout_batch_size)
     parser.add_argument("--max-new-tokens", type=int, default=Settings.max_new_tokens)
+    parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--capacity-budget-mb", type=float, help="scan policy sizes under this per-process budget")
     parser.add_argument("--capacity-layers", type=int, nargs="+", default=[1, 2, 4, 6, 8, 12, 16])
     parser.add_argument("--workdir", type=Path, help="kept (models reused) instead of a temporary directory")
@@ -255,7 +258,7 @@ def main(argv=None) -> None:
     settings = Settings.smallest() if args.smallest else Settings(
         layouts=args.layouts, steps=args.steps, rollout_batch_size=args.rollout_batch_size,
         max_new_tokens=args.max_new_tokens, hidden_size=args.hidden_size, num_layers=args.num_layers,
-        num_processes=args.processes[0])
+        num_processes=args.processes[0], bf16=args.bf16)
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-memory-")))
         if args.capacity_budget_mb:
