@@ -6,7 +6,8 @@ rank 0 copies them to CPU, and full shards stream to safetensors files as they f
 `save_adapted` writes for the same method (a Hugging Face model, sharded with an index when large; LoRA merged
 into it; Houlsby adapters in their own file), staged and renamed into place in one step.
 
-Peak memory of the save: one module gathered on every rank, plus one shard's worth of CPU tensors on rank 0.
+Peak memory of the save: one module gathered on every rank, plus its CPU copy on rank 0 (shards go to disk
+tensor by tensor).
 Unmerged peft adapters are small, so only their trainable parameters are gathered and peft writes them.
 """
 
@@ -32,6 +33,9 @@ from rlhf.io import atomic_directory
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
 DEFAULT_SHARD_BYTES = 1 << 30
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                      torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 def save_adapted_partitioned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, config: AdaptationConfig, *,
@@ -145,34 +149,62 @@ def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class ShardWriter:
-    """safetensors files of at most `max_bytes` each (one larger tensor gets a file of its own), written as they
-    fill, named and indexed as `save_pretrained` names them once the last is written."""
+    """safetensors files of at most `max_bytes` each (one larger tensor gets a file of its own), named and indexed
+    as `save_pretrained` names them once the last is written.
+
+    Each tensor's bytes go to disk when it is added, so rank 0 holds one module's tensors, never a shard's: the
+    open shard's data is appended to a side file, and when the shard closes its header (which needs every
+    offset) is written and the data copied after it in chunks. safetensors' own `save_file` would hold the whole
+    shard and a bytes copy of each tensor (+405 MB on rank 0 for a 385 MB model in one shard).
+    """
+
+    COPY_CHUNK = 16 << 20
 
     def __init__(self, directory: Path, max_bytes: int):
         self.directory, self.max_bytes = Path(directory), max_bytes
-        self.pending: dict[str, torch.Tensor] = {}
+        self.entries: dict[str, dict] = {}  # the open shard's header entries
+        self.data = None  # the open shard's side file
         self.pending_bytes = 0
         self.files: list[tuple[str, list[str]]] = []  # (temporary name, keys)
         self.total_bytes = 0
 
     def add(self, key: str, tensor: torch.Tensor) -> None:
+        tensor = tensor.detach().to("cpu").contiguous()
         size = tensor.numel() * tensor.element_size()
-        if self.pending and self.pending_bytes + size > self.max_bytes:
+        if self.entries and self.pending_bytes + size > self.max_bytes:
             self._flush()
-        self.pending[key] = tensor
+        if self.data is None:
+            self.data = open(self.directory / f"shard-{len(self.files):05d}.data", "wb")
+        self.entries[key] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                             "data_offsets": [self.pending_bytes, self.pending_bytes + size]}
+        if size:
+            self.data.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
         self.pending_bytes += size
         self.total_bytes += size
 
     def _flush(self) -> None:
-        from safetensors.torch import save_file
+        import shutil
+        import struct
 
         name = f"shard-{len(self.files):05d}.tmp"
-        save_file(self.pending, str(self.directory / name), metadata={"format": "pt"})
-        self.files.append((name, list(self.pending)))
-        self.pending, self.pending_bytes = {}, 0
+        header = json.dumps({"__metadata__": {"format": "pt"}, **self.entries}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        data_path = Path(self.data.name) if self.data is not None else None
+        if self.data is not None:
+            self.data.close()
+        with open(self.directory / name, "wb") as out:
+            out.write(struct.pack("<Q", len(header)))
+            out.write(header)
+            if data_path is not None:
+                with open(data_path, "rb") as data:
+                    shutil.copyfileobj(data, out, self.COPY_CHUNK)
+        if data_path is not None:
+            data_path.unlink()
+        self.files.append((name, list(self.entries)))
+        self.entries, self.data, self.pending_bytes = {}, None, 0
 
     def finish(self) -> None:
-        if self.pending or not self.files:
+        if self.entries or not self.files:
             self._flush()
         if len(self.files) == 1:
             os.replace(self.directory / self.files[0][0], self.directory / SAFE_WEIGHTS)
