@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ppo_setup import assert_same_metric_rows, build_models, stage_arguments
+from ppo_setup import TIMING_KEYS, assert_same_metric_rows, build_models, stage_arguments
 
 # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` in get_peft_model, and TRL's configs set the
 # deprecated `gradient_checkpointing` name; not ours to fix.
@@ -372,3 +372,60 @@ def test_a_bf16_ppo_run_on_a_cpu_trains_and_saves_its_policy(models, tmp_path):
     assert registered["reference"] == "ppo@1"
     weights = saved_weights(registered["path"])
     assert weights and {tensor.dtype for tensor in weights.values()} == {torch.bfloat16}  # DeepSpeed's 16-bit weights
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_deepspeeds_own_adam_where_it_applies_torchs_otherwise(cuda):
+    import json
+
+    from ppo_setup import REPO
+    from rlhf.ppo.optimizers import choose_optimizer
+
+    files = {path.name: json.loads(path.read_text()) for path in (REPO / "deepspeed_configs").glob("*.json")}
+    chosen = {name: choose_optimizer(ds_config, cuda) for name, ds_config in files.items()}
+    on_device = "fused_adam" if cuda else "torch_adamw"
+    assert chosen == {name: "cpu_adam" if name == "zero3_offload.json" else on_device for name in files}
+    for device, expected in (("cpu", "cpu_adam"), ("nvme", "cpu_adam"), ("none", on_device)):
+        ds_config = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": device}}}
+        assert choose_optimizer(ds_config, cuda) == expected, device
+    assert choose_optimizer({}, cuda) == on_device
+
+
+@pytest.mark.slow
+def test_optimiser_offload_steps_with_deepspeeds_cpu_adam_the_same_adamw_as_torchs(models, tmp_path):
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    from ppo_setup import REPO
+    from rlhf.ppo.tracking import read_metrics
+
+    zero3, offload = (str(REPO / "deepspeed_configs" / name) for name in ("zero3.json", "zero3_offload.json"))
+    _, _, engines = engines_for(models, tmp_path / "engines", actor_deepspeed=offload, critic_deepspeed=offload)
+    assert all(isinstance(engine.basic_optimizer, DeepSpeedCPUAdam) for engine in (engines.actor, engines.critic))
+    # DeepSpeed refuses torch's AdamW with offload (zero_force_ds_cpu_optimizer); the CPU one is the same AdamW.
+    common = dict(max_steps=3, save_steps=0, eval_prompts=2, weight_decay=0.01)
+    run_in_process(stage_arguments(models, tmp_path / "torch", tmp_path / "reg1", actor_deepspeed=zero3,
+                                   critic_deepspeed=zero3, **common))
+    run_in_process(stage_arguments(models, tmp_path / "cpu_adam", tmp_path / "reg2", actor_deepspeed=offload,
+                                   critic_deepspeed=offload, **common))
+    # The actor's numbers agree exactly; the critic's (large values, learning rate 5e-3) carry the two
+    # implementations' float rounding: a few parts in a million per step.
+    torch_rows, cpu_adam_rows = read_metrics(tmp_path / "torch"), read_metrics(tmp_path / "cpu_adam")
+    assert [row["step"] for row in cpu_adam_rows] == [1, 2, 3]
+    for want, have in zip(torch_rows, cpu_adam_rows):
+        for key in set(want) - TIMING_KEYS:
+            assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (want["step"], key)
+
+    # One step from the same weights and gradients: the same AdamW update.
+    torch.manual_seed(0)
+    start, grads = torch.randn(1000), [torch.randn(1000) for _ in range(3)]
+    stepped = []
+    for make in (lambda p: torch.optim.AdamW(p, lr=1e-2, eps=1e-5, weight_decay=0.01),
+                 lambda p: DeepSpeedCPUAdam(p, lr=1e-2, eps=1e-5, weight_decay=0.01, adamw_mode=True)):
+        parameter = torch.nn.Parameter(start.clone())
+        optimizer = make([parameter])
+        for grad in grads:
+            parameter.grad = grad.clone()
+            optimizer.step()
+        stepped.append(parameter.detach())
+    assert not torch.equal(stepped[0], start)
+    torch.testing.assert_close(stepped[1], stepped[0], rtol=1e-6, atol=1e-7)

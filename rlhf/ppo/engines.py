@@ -203,9 +203,10 @@ def uses_adapter_as_reference(config, paths: dict[str, str]) -> bool:
 def _trained_engine(model, ds_config: dict[str, Any], learning_rate: float, config):
     import deepspeed
 
+    from rlhf.ppo.optimizers import build_optimizer
+
     parameters = [p for p in model.parameters() if p.requires_grad]
-    # eps 1e-5 as in OpenAI's lm-human-preferences; AdamW from torch, which ZeRO supports on any device.
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, eps=1e-5, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(parameters, ds_config, learning_rate, config.weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
                                       lr_scheduler=learning_rate_schedule(optimizer, config))
     _compat.share_fp32_master_weights(engine)
