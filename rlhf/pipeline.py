@@ -122,6 +122,9 @@ def plan(state: dict[str, Any], stage: str, key: str, registry: Registry | None)
     return "resume"
 
 
+ATTEMPT_HEADER = "==== attempt"
+
+
 class Pipeline:
     def __init__(self, config: PipelineConfig):
         self.config = config
@@ -142,9 +145,15 @@ class Pipeline:
         log_path = self.run_dir / "logs" / f"{stage}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         error_lines: list[str] = []
-        with open(log_path, "a", encoding="utf-8") as log:
-            log.write(f"$ {' '.join(command)}\n")
-            process = subprocess.Popen(command, env={**os.environ, "RLHF_REGISTRY": str(self.registry.root)},
+        attempt = 1 + (log_path.read_text(encoding="utf-8", errors="replace").count(ATTEMPT_HEADER)
+                       if log_path.is_file() else 0)
+        # Appended and line-buffered, with the child unbuffered too: a killed attempt's last lines are the ones
+        # that say why, and the next attempt must not overwrite them.
+        with open(log_path, "a", encoding="utf-8", buffering=1) as log:
+            log.write(f"{ATTEMPT_HEADER} {attempt}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ====\n"
+                      f"$ {' '.join(command)}\n")
+            environment = {**os.environ, "RLHF_REGISTRY": str(self.registry.root), "PYTHONUNBUFFERED": "1"}
+            process = subprocess.Popen(command, env=environment,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             # A scheduler stopping the pipeline stops the step as it would stop the stage itself: SIGTERM, on
             # which the stage saves a checkpoint that the next run resumes from.
@@ -197,6 +206,12 @@ class Pipeline:
         key = stage_key(stage, Path(config_file), overrides, inputs, data, launch[1:])
 
         def action(fresh: bool) -> str:
+            already = None if fresh else registered_reference(output_dir, self.registry)
+            if already and self.registry.has(already):
+                # Killed after the stage registered but before the pipeline recorded it: training again would
+                # register a second copy, and later stages would point at it.
+                self._say(f"{stage}: the interrupted run had already registered {already}; reusing it")
+                return already
             if fresh and output_dir.exists():
                 # Checkpoints of other inputs must not be resumed into this run; the old run is kept aside.
                 aside = output_dir.with_name(f"{stage}.old-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -206,7 +221,7 @@ class Pipeline:
             settings = {**load_yaml(config_file), **overrides, **inputs, "registry_dir": str(self.registry.root),
                         "output_dir": str(output_dir), "resume": True}
             self._run([*self.stage_command(stage), *settings_to_argv(settings)], stage)
-            return registered_reference(output_dir)
+            return registered_reference(output_dir, self.registry)
 
         return self.run_stage(stage, key, action)
 

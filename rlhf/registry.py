@@ -52,6 +52,8 @@ class Entry:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
+    # Which stage run registered it, so that a run killed right after registering finds its entry again.
+    run_id: str = ""
 
     @property
     def reference(self) -> str:
@@ -110,6 +112,10 @@ class Registry:
         raise ConfigError(f"registry {self.root}: no version {wanted} of '{match['name']}' "
                           f"(have {', '.join(e.reference for e in versions)})")
 
+    def registered_by(self, name: str, run_id: str) -> Entry | None:
+        """The entry that the stage run `run_id` registered under `name`, if it got that far."""
+        return next((entry for entry in self.entries(name) if run_id and entry.run_id == run_id), None)
+
     def has(self, reference: str) -> bool:
         try:
             self.get(reference)
@@ -120,7 +126,7 @@ class Registry:
     # -- writing --------------------------------------------------------------------------------
     def register(self, name: str, stage: str, model_dir: str | os.PathLike, *, base_model: str = "",
                  parents: Iterable[str] = (), data_fingerprint: str = "", config: dict | None = None,
-                 metrics: dict | None = None) -> Entry:
+                 metrics: dict | None = None, run_id: str = "") -> Entry:
         """Move `model_dir` into the registry as the next version of `name` and write its entry.
 
         Call on global rank 0 only. The entry file appears last and in one rename, so a crash
@@ -143,7 +149,7 @@ class Registry:
             entry = Entry(
                 name=name, version=version, stage=stage, path=str(stored), base_model=base_model,
                 parents=parents, data_fingerprint=data_fingerprint, config=config or {},
-                metrics=metrics or {}, created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                metrics=metrics or {}, created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), run_id=run_id,
             )
             atomic_write_json(self.root / "entries" / name / f"{version}.json", asdict(entry))
         return entry

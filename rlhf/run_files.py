@@ -2,6 +2,8 @@
 
     resolved_config.yaml    every field's value for this run (feed it back with --config)
     metrics.json            the final metrics, also stored in the registry entry
+    registering.json        {"name": "sft", "run_id": ...}: written just before registering, so that a run killed
+                            between registering and writing registered.json still finds its entry
     registered.json         {"reference": "sft@3", "path": ...}: the model this run registered
     log_history.jsonl       the Trainer's log rows (SFT, RM)
     gold_samples.json       a few graded responses (SFT with a gold scorer)
@@ -20,6 +22,7 @@ from rlhf.errors import DataError
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 METRICS = "metrics.json"
+REGISTERING = "registering.json"
 REGISTERED = "registered.json"
 LOG_HISTORY = "log_history.jsonl"
 GOLD_SAMPLES = "gold_samples.json"
@@ -28,10 +31,20 @@ PPO_SAMPLES = "samples.json"
 FINAL_MODEL = "final_model"
 
 
-def registered_reference(output_dir: str | Path) -> str | None:
-    """The registry reference a finished run wrote, or None when it registered nothing."""
-    path = Path(output_dir) / REGISTERED
-    return json.loads(path.read_text())["reference"] if path.is_file() else None
+def registered_reference(output_dir: str | Path, registry=None) -> str | None:
+    """The registry reference a finished run wrote, or None when it registered nothing.
+
+    With `registry`, a run that was killed after its entry was written but before registered.json was is
+    recognised by the run id it announced in registering.json.
+    """
+    output_dir = Path(output_dir)
+    if (output_dir / REGISTERED).is_file():
+        return json.loads((output_dir / REGISTERED).read_text())["reference"]
+    if registry is None or not (output_dir / REGISTERING).is_file():
+        return None
+    intent = json.loads((output_dir / REGISTERING).read_text())
+    entry = registry.registered_by(intent["name"], intent["run_id"])
+    return entry.reference if entry else None
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

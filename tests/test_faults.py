@@ -481,3 +481,93 @@ def test_ppo_with_no_steps_is_one_line_before_any_model_loads(tmp_path, capsys, 
             "--max_steps", steps]
     assert f"max_steps must be >= 1, got {steps}" in one_line_error(capsys, main, argv)
     assert not (tmp_path / "run").exists()
+
+
+# -- the pipeline killed between a stage's registration and its own record -----------------------------------------
+
+class Killed(BaseException):
+    """A SIGKILL at that point: nothing after it runs."""
+
+
+def _stage_that_registers(registry: Registry, calls: list, kill_before: str | None):
+    """Stands in for `python -m rlhf.stages.sft`: saves a model and ends through the stages' own epilogue.
+    `kill_before` names the file whose write the kill beats."""
+    from dataclasses import dataclass
+
+    from rlhf.stages import epilogue
+
+    @dataclass
+    class StageSettings:
+        output_dir: str
+        register_as: str = ""
+
+    def run(command: list[str], stage: str) -> None:
+        calls.append(stage)
+        output_dir = Path(command[command.index("--output_dir") + 1])
+        output_dir.mkdir(parents=True, exist_ok=True)
+        final_dir = _model_dir(output_dir / "final_model")
+        config = StageSettings(output_dir=str(output_dir))
+        real_write = epilogue.atomic_write_json
+
+        def write(path, value):
+            if Path(path).name == kill_before:
+                raise Killed
+            real_write(path, value)
+
+        epilogue.atomic_write_json = write
+        try:
+            epilogue.write_and_register(config, registry, final_dir, stage=stage, metrics={"train_loss": 1.0},
+                                        base_model="base", parents=[], data_files=[])
+        finally:
+            epilogue.atomic_write_json = real_write
+    return run
+
+
+@pytest.mark.parametrize("killed_before", ["registered.json", "pipeline_state.json"])
+def test_a_pipeline_killed_after_a_stage_registered_reuses_that_entry_on_the_rerun(tmp_path, killed_before):
+    from rlhf.pipeline import Pipeline, PipelineConfig
+
+    config_file = tmp_path / "sft.yaml"
+    config_file.write_text("max_steps: 2\n")
+    settings = PipelineConfig(run_dir=str(tmp_path / "run"))
+
+    first = Pipeline(settings)
+    calls: list[str] = []
+    stage_kill = killed_before if killed_before != "pipeline_state.json" else None
+    first._run = _stage_that_registers(first.registry, calls, kill_before=stage_kill)
+    if killed_before == "pipeline_state.json":
+        real_save, saves = first._save_state, []
+
+        def save_state():  # the "running" record is written; the kill beats the "done" one
+            saves.append(1)
+            if len(saves) > 1:
+                raise Killed
+            real_save()
+        first._save_state = save_state
+    with pytest.raises(Killed):
+        first._trained_stage("sft", str(config_file), {}, {}, [])
+    assert [entry.reference for entry in first.registry.entries()] == ["sft@1"] and calls == ["sft"]
+
+    rerun = Pipeline(settings)
+    rerun._run = _stage_that_registers(rerun.registry, calls, kill_before=None)
+    assert rerun._trained_stage("sft", str(config_file), {}, {}, []) == "sft@1"
+    assert calls == ["sft"], "the stage ran again"
+    assert [entry.reference for entry in rerun.registry.entries()] == ["sft@1"]
+    assert json.loads((tmp_path / "run" / "pipeline_state.json").read_text())["sft"]["reference"] == "sft@1"
+
+
+def test_the_pipelines_stage_log_keeps_a_killed_attempts_output_under_its_own_header(tmp_path):
+    from rlhf.pipeline import Pipeline, PipelineConfig
+
+    pipeline = Pipeline(PipelineConfig(run_dir=str(tmp_path / "run")))
+    # The step is SIGKILLed right after printing, with no chance to flush: only an unbuffered child and a
+    # line-buffered log keep that line.
+    killed = "import os, signal; print('step 7: loss 0.25'); os.kill(os.getpid(), signal.SIGKILL)"
+    with pytest.raises(Exception, match="exit code -9"):
+        pipeline._run([sys.executable, "-c", killed], "sft")
+    pipeline._run([sys.executable, "-c", "print('resumed at step 7')"], "sft")
+
+    log = (tmp_path / "run" / "logs" / "sft.log").read_text()
+    first, second = log.split("==== attempt 2, started ")
+    assert first.startswith("==== attempt 1, started ") and "step 7: loss 0.25" in first
+    assert "resumed at step 7" in second and "step 7: loss" not in second

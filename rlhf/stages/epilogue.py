@@ -10,6 +10,7 @@ The run's file names are rlhf.run_files'; the PPO stage ends through the same tw
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -46,9 +47,11 @@ def write_and_register(config, registry: Registry, final_dir: Path, *, stage: st
     output_dir = Path(config.output_dir)
     write_resolved_config(config, output_dir)
     atomic_write_json(output_dir / run_files.METRICS, metrics)
-    entry = registry.register(config.register_as or stage, stage, final_dir, base_model=base_model,
+    name, run_id = config.register_as or stage, uuid.uuid4().hex
+    atomic_write_json(output_dir / run_files.REGISTERING, {"name": name, "run_id": run_id})
+    entry = registry.register(name, stage, final_dir, base_model=base_model,
                               parents=list(parents), data_fingerprint=fingerprint_files(data_files),
-                              config=config_to_dict(config), metrics=metrics)
+                              config=config_to_dict(config), metrics=metrics, run_id=run_id)
     atomic_write_json(output_dir / run_files.REGISTERED, {"reference": entry.reference, "path": entry.path})
     return entry
 
