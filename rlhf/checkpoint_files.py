@@ -70,6 +70,19 @@ def file_problem(path: Path) -> str | None:
     return None
 
 
+def check_model_directory(directory: Path) -> None:
+    """Refuse, in one line naming the file, a model directory whose weights or configs are cut short,
+    empty or not what their names say: safetensors would otherwise fail deep inside from_pretrained."""
+    for path in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.json")):
+        problem = file_problem(path)
+        if problem:
+            raise ModelFileError(f"{path}: {problem}")
+
+
+class ModelFileError(RLHFError):
+    """A file of a model directory is damaged."""
+
+
 def safetensors_problem(path: Path) -> str | None:
     """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes to the end."""
     size = path.stat().st_size

@@ -68,6 +68,7 @@ class CommonArguments:
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()
+        _check_deepspeed_agrees(self)
 
 
 def _check_before_any_work(config) -> None:
@@ -83,6 +84,13 @@ def _check_before_any_work(config) -> None:
     if str(getattr(config, "save_strategy", "")).endswith("steps") and isinstance(save_steps, (int, float)) \
             and save_steps < 0:
         raise ConfigError(f"save_steps must be > 0 (steps between checkpoints, or a fraction of the run), got {save_steps}")
+    deepspeed_file = getattr(config, "deepspeed", None)
+    if isinstance(deepspeed_file, str) and (deepspeed_file.endswith(".json") or Path(deepspeed_file).is_file()):
+        load_deepspeed_config(deepspeed_file)  # transformers' own error does not name the file
+    eval_fraction = getattr(config, "eval_fraction", None)
+    if isinstance(eval_fraction, (int, float)) and not 0 <= eval_fraction < 1:
+        raise ConfigError(f"eval_fraction must be at least 0 and below 1 (a share of the prompts held out), "
+                          f"got {eval_fraction}")
     if getattr(config, "register_as", ""):
         from rlhf.registry import check_name
 
@@ -90,6 +98,30 @@ def _check_before_any_work(config) -> None:
             check_name(config.register_as)
         except ConfigError as error:
             raise ConfigError(f"register_as: {error}") from None
+
+
+def load_deepspeed_config(path: str) -> dict[str, Any]:
+    """A DeepSpeed JSON file's mapping; one line naming the file when it is missing or not JSON."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{path}: DeepSpeed config file not found")
+    try:
+        value = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: a DeepSpeed config must be a JSON object")
+    return value
+
+
+def _check_deepspeed_agrees(config) -> None:
+    """The Trainer stages' DeepSpeed values that contradict their own settings (batch sizes, learning rate...):
+    transformers finds them when the arguments are made but raises only once the model is loaded."""
+    mismatches = getattr(getattr(config, "hf_deepspeed_config", None), "mismatches", None)
+    if mismatches:
+        found = "; ".join(line.lstrip("- ") for line in mismatches)
+        raise ConfigError(f"{config.deepspeed if isinstance(config.deepspeed, str) else 'deepspeed'}: contradicts "
+                          f"the stage's settings ({found}); set those DeepSpeed values to \"auto\" or make them agree")
 
 
 def _cuda_available() -> bool:

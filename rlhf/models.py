@@ -39,6 +39,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     tokenizer = _load(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None and tokenizer.eos_token is None:
+        # Responses end at EOS and batches pad with pad (or EOS): with neither, no stage can run.
+        raise ConfigError(f"{path}: the tokenizer has neither a pad nor an EOS token; set eos_token (the token that "
+                          f"ends a response) in its tokenizer_config.json")
     if tokenizer.pad_token is None:
         # Many causal LMs ship without a pad token; EOS is the usual stand-in (masks keep it out of losses).
         tokenizer.pad_token = tokenizer.eos_token

@@ -191,17 +191,30 @@ STAGE_NAMES = ("sft", "rm", "ppo")
 
 
 def resolve_model(reference: str, registry: Registry | None = None) -> tuple[str, Entry | None]:
-    """Where to load `reference` from: a registry entry, else a local directory, else a hub id."""
+    """Where to load `reference` from: a registry entry, else a local directory, else a hub id.
+
+    A local model's weight and config files are checked whole here, before anything loads them.
+    """
+    from rlhf.checkpoint_files import check_model_directory
+
     if not reference:
         raise ConfigError("no model given (set model_name_or_path)")
     registry = registry or Registry()
-    if REFERENCE_PATTERN.match(reference) and registry.has(reference):
+    match = REFERENCE_PATTERN.match(reference)
+    if match and registry.has(reference):
         entry = registry.get(reference)
+        if not Path(entry.path).is_dir():
+            raise ConfigError(f"registry {registry.root}: {entry.reference}'s model directory {entry.path} no longer "
+                              f"exists (deleted or moved): re-run its stage, or register the model again")
+        check_model_directory(Path(entry.path))
         return entry.path, entry
     if Path(reference).expanduser().is_dir():
+        check_model_directory(Path(reference).expanduser())
         return str(Path(reference).expanduser().resolve()), None
     if Path(reference).expanduser().exists():
         raise ConfigError(f"model '{reference}' is a file; a model is a Hugging Face directory")
+    if match and match["version"] and registry.entries(match["name"]):
+        registry.get(reference)  # the name is registered, that version is not: the error lists the versions
     if reference.split("@")[0] in STAGE_NAMES:
         # Nobody means the hub's "sft": this is a stage that has not run, or a registry looked for in the wrong place.
         raise ConfigError(f"model '{reference}' is not in the registry at {registry.root}: run that stage first, "
@@ -210,7 +223,32 @@ def resolve_model(reference: str, registry: Registry | None = None) -> tuple[str
     if looks_local or "@" in reference:
         raise ConfigError(f"model '{reference}' is neither a registry entry in {registry.root} "
                           f"nor an existing directory")
-    return reference, None  # a hub id; from_pretrained reports it if it cannot be found
+    problem = hub_problem(reference)
+    if problem:
+        raise ConfigError(f"model '{reference}' is neither a registry entry in {registry.root}, nor a directory, "
+                          f"nor {problem}")
+    return reference, None
+
+
+def hub_problem(model_id: str) -> str | None:
+    """Why the hub cannot give `model_id` (None when it is cached, or the hub has it), asked once and briefly:
+    from_pretrained alone retries for about a minute before it says that there is no network."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "in the local hub cache (HF_HUB_OFFLINE is set)"
+    try:
+        HfApi().model_info(model_id, timeout=10)
+    except GatedRepoError:
+        return None  # it exists; from_pretrained says whether this user's token may read it
+    except RepositoryNotFoundError:
+        return "a model on the hub (not found there, or private to another account)"
+    except Exception as error:  # the hub client's network errors have no common public base class
+        return f"in the local hub cache, and the hub is not reachable ({' '.join(str(error).split())[:120]})"
+    return None
 
 
 def fingerprint_files(paths: Iterable[str | os.PathLike]) -> str:

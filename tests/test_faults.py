@@ -571,3 +571,103 @@ def test_the_pipelines_stage_log_keeps_a_killed_attempts_output_under_its_own_he
     first, second = log.split("==== attempt 2, started ")
     assert first.startswith("==== attempt 1, started ") and "step 7: loss 0.25" in first
     assert "resumed at step 7" in second and "step 7: loss" not in second
+
+
+# -- bad inputs: one line, exit 2, nothing trained or registered ---------------------------------------------------
+
+def _rankings_file(workspace: Path, tmp_path: Path, edit) -> str:
+    rows = [json.loads(line) for line in (workspace / "rankings.jsonl").read_text().splitlines()]
+    path = tmp_path / "rankings.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in edit(rows)))
+    return str(path)
+
+
+def _damaged_model(workspace: Path, tmp_path: Path, damage) -> str:
+    model = tmp_path / "model"
+    shutil.copytree(workspace / "base", model)
+    damage(model)
+    return str(model)
+
+
+def _without_pad_and_eos(model: Path) -> None:
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (model / name).is_file():
+            settings = json.loads((model / name).read_text())
+            for key in ("pad_token", "eos_token"):
+                settings.pop(key, None)
+            (model / name).write_text(json.dumps(settings))
+
+
+def _weights(damage):
+    def apply(model: Path) -> None:
+        weights = model / "model.safetensors"
+        weights.write_bytes(damage(weights.read_bytes()))
+    return apply
+
+
+def _deepspeed_file(tmp_path: Path, text: str) -> str:
+    (tmp_path / "ds.json").write_text(text)
+    return str(tmp_path / "ds.json")
+
+
+BAD_TRAINER_INPUTS = {
+    "ranks beyond K": ("rm", lambda w, t: ["--train_file", _rankings_file(w, t, lambda rows: [
+        {**rows[0], "ranks": [1, 10**30, 3]}, *rows[1:]])],
+        "rankings.jsonl: record 1: field 'ranks': must be places from 1 (best) to 3, got 1, 100...(31 digits), 3"),
+    "one ranking, one held out": ("rm", lambda w, t: ["--train_file", _rankings_file(w, t, lambda rows: rows[:1]),
+                                                      "--eval_fraction", "0.1"],
+                                  "rankings.jsonl: 1 prompt(s): holding out eval_fraction 0.1 of them (at least one) "
+                                  "leaves none to train on"),
+    "eval_fraction 1": ("rm", lambda w, t: ["--eval_fraction", "1.0"], "eval_fraction must be at least 0 and below 1"),
+    "identical completions": ("rm", lambda w, t: ["--train_file", _rankings_file(w, t, lambda rows: [
+        *rows[:4], {**rows[4], "completions": [" cat", " cat", " cat"]}, *rows[5:]])],
+        "rankings.jsonl: record id 'r4': field 'completions': all completions are identical"),
+    "truncated weights": ("sft", lambda w, t: ["--model_name_or_path", _damaged_model(
+        w, t, _weights(lambda data: data[:len(data) // 2]))], "model/model.safetensors: cut short"),
+    "random weights": ("sft", lambda w, t: ["--model_name_or_path", _damaged_model(
+        w, t, _weights(lambda data: bytes(range(256)) * 20))], "model/model.safetensors: not a safetensors file"),
+    "empty weights": ("rm", lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _weights(lambda data: b""))],
+                      "model/model.safetensors: not a safetensors file (0 bytes)"),
+    "no pad, no EOS": ("sft", lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _without_pad_and_eos)],
+                       "model: the tokenizer has neither a pad nor an EOS token"),
+    "contradictory DeepSpeed batch": ("sft", lambda w, t: ["--deepspeed", _deepspeed_file(t, json.dumps(
+        {"train_batch_size": 7, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
+         "zero_optimization": {"stage": 0}}))],
+        "ds.json: contradicts the stage's settings (ds train_batch_size=7 vs hf train_batch_size (calculated)=8)"),
+    "malformed DeepSpeed (SFT)": ("sft", lambda w, t: ["--deepspeed", _deepspeed_file(t, '{"zero_optimization": {')],
+                                  "ds.json: not valid JSON"),
+    "malformed DeepSpeed (RM)": ("rm", lambda w, t: ["--deepspeed", _deepspeed_file(t, '{"bf16": {"enabled": 1,}}')],
+                                 "ds.json: not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TRAINER_INPUTS))
+def test_a_bad_trainer_stage_input_is_one_line_naming_it_and_trains_nothing(case, workspace, tmp_path, capsys):
+    stage, flags, named = BAD_TRAINER_INPUTS[case]
+    out = tmp_path / "out"
+    message = one_line_error(capsys, stage_main(stage), trainer_stage_args(stage, workspace, out, *flags(workspace,
+                                                                                                      tmp_path)))
+    assert named in message, message
+    assert not list(out.glob("run/checkpoint-*")) and not (out / "registry" / "entries").exists()
+
+
+@pytest.mark.parametrize("prompt", [[1, 2, 3], "   \n\t", 7])
+def test_a_ppo_prompt_that_is_not_text_or_messages_is_one_line_naming_the_record(prompt, ppo_models, tmp_path,
+                                                                                  capsys):
+    from rlhf.stages.ppo import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [json.dumps({"prompt": "a good prompt"})] * 2 + [json.dumps({"prompt": prompt})]
+    prompts.write_text("\n".join(lines) + "\n")
+    message = one_line_error(capsys, main, ppo_args({**ppo_models, "prompts": str(prompts)}, tmp_path))
+    assert message == (f"error: {prompts}: record 3: field 'prompt': must be a non-empty string or a list of chat "
+                       f"messages {{role, content}}")
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm"])
+def test_a_missing_version_of_a_registered_model_lists_the_versions_there_are(stage, workspace, tmp_path, capsys):
+    registry = Registry(tmp_path / "registry")
+    registry.register("sft", "sft", _damaged_model(workspace, tmp_path, lambda model: None))
+    argv = trainer_stage_args(stage, workspace, tmp_path, "--model_name_or_path", "sft@99")
+    message = one_line_error(capsys, stage_main(stage), argv)
+    assert message == f"error: registry {registry.root}: no version 99 of 'sft' (have sft@1)"

@@ -54,7 +54,8 @@ def test_total_episodes_sets_the_number_of_steps():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "deepspeed_configs").glob("*.json")), ids=lambda p: p.name)
 def test_every_deepspeed_config_resolves_its_autos_for_ppo(path):
-    from rlhf.ppo.engines import fill_auto, load_deepspeed_config
+    from rlhf.config import load_deepspeed_config
+    from rlhf.ppo.engines import fill_auto
 
     resolved = fill_auto(load_deepspeed_config(str(path)), micro_batch_size=8, max_grad_norm=1.0, hidden_size=64,
                          source=str(path))

@@ -35,7 +35,9 @@ def write_lines(path, rows):
     (with_(ranks=[1.0, 2.5, 3.0]), "ranks", "must be integers"),
     (with_(ranks=[float("nan"), 2, 3]), "ranks", "must be integers"),
     (with_(ranks=[True, False, True]), "ranks", "must be integers"),
-    (with_(ranks=[0, 1, 2]), "ranks", "must be >= 1 (1 = best)"),
+    (with_(ranks=[0, 1, 2]), "ranks", "must be places from 1 (best) to 3, got 0, 1, 2"),
+    (with_(ranks=[1, 10**30, 3]), "ranks", "must be places from 1 (best) to 3, got 1, 100...(31 digits), 3"),
+    (with_(ranks=[1, 2, 4]), "ranks", "must be places from 1 (best) to 3, got 1, 2, 4"),
     (with_(ranks=[1, 2]), "ranks", "has 2 entries for 3 completions"),
     (with_(completions=["Blue", "  ", "Red"]), "completions", "contains an empty completion"),
     (with_(completions=["Blue", 7, "Red"]), "completions", "must be a list of strings"),
@@ -56,11 +58,11 @@ def test_invalid_records_name_the_field_and_reason(record, field, reason):
 
 
 def test_valid_ranking_keeps_ties_and_gaps_and_chat_prompts():
-    ranking = ranking_from_record(with_(ranks=[1, 5, 1]))
-    assert ranking.ranks == (1, 5, 1) and ranking.k == 3 and ranking.annotator == "alice"
+    ranking = ranking_from_record(with_(ranks=[1, 3, 1]))  # two tie for first, so the third is third
+    assert ranking.ranks == (1, 3, 1) and ranking.k == 3 and ranking.annotator == "alice"
     # whole-number floats, as a pandas round trip writes ranks, are the same ranks
-    from_pandas = ranking_from_record(with_(ranks=[1.0, 5.0, 1.0]))
-    assert from_pandas.ranks == (1, 5, 1) and all(type(rank) is int for rank in from_pandas.ranks)
+    from_pandas = ranking_from_record(with_(ranks=[1.0, 3.0, 1.0]))
+    assert from_pandas.ranks == (1, 3, 1) and all(type(rank) is int for rank in from_pandas.ranks)
     chat = ranking_from_record(with_(prompt=[{"role": "system", "content": "Be brief."},
                                              {"role": "user", "content": "A colour?"}], annotator=None))
     assert chat.prompt[1]["content"] == "A colour?" and chat.annotator is None
@@ -199,8 +201,8 @@ def test_merge_duplicate_completions_refuses_to_leave_no_pair():
 
 def test_merge_annotators_averages_dense_ranks_and_ties_equal_means():
     alice = Ranking("q:alice", "p", ("x", "y", "z"), (1, 2, 3), "alice")
-    bob = Ranking("q:bob", "p", ("z", "y", "x"), (1, 5, 9), "bob")        # dense (1, 2, 3): z, y, x
-    carol = Ranking("q:carol", "p", ("y", "x", "z"), (1, 2, 2), "carol")  # dense as given
+    bob = Ranking("q:bob", "p", ("z", "y", "x"), (1, 2, 3), "bob")        # z, y, x
+    carol = Ranking("q:carol", "p", ("y", "x", "z"), (1, 3, 3), "carol")  # dense (1, 2, 2)
     other = Ranking("other", "p", ("x", "w"), (1, 2), "alice")            # another completion set: untouched
     merged, cancelled = merge_annotators([alice, other, bob, carol])
     assert cancelled == []

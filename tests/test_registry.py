@@ -1,10 +1,12 @@
 import json
+import shutil
 import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlhf.errors import ConfigError, RLHFError
 from rlhf.registry import Registry, fingerprint_files, resolve_model
@@ -84,13 +86,78 @@ def test_resolve_order_registry_then_directory_then_hub(tmp_path, monkeypatch):
     assert resolve_model("sft", registry) == (entry.path, entry)
     local = make_model_dir(tmp_path / "local")
     assert resolve_model(str(local), registry) == (str(local.resolve()), None)
-    assert resolve_model("org/some-model", registry) == ("org/some-model", None)
+    hub_cache(tmp_path / "hub", "org/some-model", monkeypatch)
+    assert resolve_model("org/some-model", registry) == ("org/some-model", None)  # cached: no network needed
     with pytest.raises(ConfigError, match="neither a registry entry"):
         resolve_model("./missing/dir", registry)
     with pytest.raises(ConfigError, match="not in the registry"):
         resolve_model("rm@3", registry)
     with pytest.raises(ConfigError, match="'rm' is not in the registry.*run that stage first"):
         resolve_model("rm", registry)  # a stage that has not run yet, not a hub id to try downloading
+    with pytest.raises(ConfigError, match=r"no version 99 of 'sft' \(have sft@1\)"):
+        resolve_model("sft@99", registry)  # not "run that stage first": it ran
+
+
+def hub_cache(root: Path, model_id: str, monkeypatch) -> None:
+    """The hub client's cache layout (models--org--name/refs/main -> snapshots/<commit>/...), as a download leaves it."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / f"models--{model_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
+
+
+def test_a_registered_model_whose_directory_was_deleted_is_named_as_such(tmp_path):
+    registry = Registry(tmp_path / "reg")
+    entry = registry.register("sft", "sft", make_model_dir(tmp_path / "s"))
+    shutil.rmtree(entry.path)
+    with pytest.raises(ConfigError, match=r"sft@1's model directory .* no longer exists \(deleted or moved\)"):
+        resolve_model("sft", registry)
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda data: data[:len(data) // 2], "cut short"),
+    (lambda data: b"\x07" * 5000, "not a safetensors file"),
+    (lambda data: b"", "not a safetensors file (0 bytes)"),
+])
+def test_a_model_directory_with_damaged_weights_is_refused_naming_the_file(tmp_path, damage, problem):
+    from safetensors.torch import save_file
+
+    model = make_model_dir(tmp_path / "model")
+    save_file({"weight": torch.ones(4, 4)}, str(model / "model.safetensors"))
+    weights = model / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    with pytest.raises(RLHFError) as refused:
+        resolve_model(str(model), Registry(tmp_path / "reg"))
+    assert str(refused.value).startswith(f"{weights}: ") and problem in str(refused.value)
+
+
+def test_an_unknown_name_says_where_it_was_looked_for_without_a_minute_of_retries(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, constants
+
+    registry = Registry(tmp_path / "reg")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as offline:
+        resolve_model("no-such-model", registry)
+    assert str(offline.value) == (f"model 'no-such-model' is neither a registry entry in {registry.root}, nor a "
+                                  f"directory, nor in the local hub cache (HF_HUB_OFFLINE is set)")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    asked = []
+
+    def unreachable(self, model_id, timeout=None):
+        asked.append((model_id, timeout))
+        raise ConnectionError("[Errno -2] Name or service not known")
+    monkeypatch.setattr(HfApi, "model_info", unreachable)
+    with pytest.raises(ConfigError, match=r"nor in the local hub cache, and the hub is not reachable "
+                                          r"\(\[Errno -2\] Name or service not known\)"):
+        resolve_model("no-such-model", registry)
+    assert asked == [("no-such-model", 10)]  # asked once, with a short timeout
 
 
 def test_environment_variable_sets_the_default_root(tmp_path, monkeypatch):

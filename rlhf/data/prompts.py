@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from rlhf.data.formatting import Prompt, prompt_token_ids
+from rlhf.data.rankings import is_prompt
 from rlhf.data.records import read_records
 from rlhf.errors import DataError
 
@@ -18,9 +19,11 @@ def load_prompts(path: str) -> list[Prompt]:
     for raw in read_records(path):
         if raw.error is not None:
             raise DataError(raw.error, file=path, record=raw.number)
-        if not isinstance(raw.value, dict) or not isinstance(raw.value.get("prompt"), (str, list)) \
-                or not raw.value.get("prompt"):
-            raise DataError("missing or empty", file=path, record=raw.number, field="prompt")
+        if not isinstance(raw.value, dict) or "prompt" not in raw.value:
+            raise DataError("is missing", file=path, record=raw.number, field="prompt")
+        if not is_prompt(raw.value["prompt"]):
+            raise DataError("must be a non-empty string or a list of chat messages {role, content}", file=path,
+                            record=raw.number, field="prompt")
         prompts.append(raw.value["prompt"])
     if not prompts:
         raise DataError("no prompts", file=path)

@@ -57,7 +57,7 @@ def check_ranking(id, prompt, completions, ranks, annotator=None) -> None:
     """Raise DataError(reason, field=...) unless the fields make a ranking with at least one preference pair."""
     if not isinstance(id, str) or not id:
         raise DataError("must be a non-empty string", field="id")
-    if not _is_prompt(prompt):
+    if not is_prompt(prompt):
         raise DataError("must be a non-empty string or a list of chat messages {role, content}", field="prompt")
     if not isinstance(completions, (list, tuple)) or not all(isinstance(text, str) for text in completions):
         raise DataError("must be a list of strings", field="completions")
@@ -72,10 +72,13 @@ def check_ranking(id, prompt, completions, ranks, annotator=None) -> None:
                         field="completions")
     if not isinstance(ranks, (list, tuple)) or not all(_is_int(rank) for rank in ranks):
         raise DataError("must be integers", field="ranks")
-    if any(rank < 1 for rank in ranks):
-        raise DataError("must be >= 1 (1 = best)", field="ranks")
     if len(ranks) != len(completions):
         raise DataError(f"has {len(ranks)} entries for {len(completions)} completions", field="ranks")
+    # A rank is a place among the K completions (tied ones share it), so it is never above K: a value such
+    # as 10**30 is a broken export, not a ranking.
+    if any(not 1 <= rank <= len(ranks) for rank in ranks):
+        shown = ", ".join(_shown(rank) for rank in ranks)
+        raise DataError(f"must be places from 1 (best) to {len(ranks)}, got {shown}", field="ranks")
     if len(set(ranks)) < 2:
         raise DataError("all completions are tied: no preference pair", field="ranks")
     if annotator is not None and not isinstance(annotator, str):
@@ -89,6 +92,11 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _shown(rank) -> str:
+    text = str(int(rank))
+    return text if len(text) <= 12 else f"{text[:3]}...({len(text)} digits)"
+
+
 def _is_utf8(value) -> bool:
     """False when a string holds a lone surrogate (JSON's "\\ud800" escape decodes to one)."""
     try:
@@ -98,7 +106,8 @@ def _is_utf8(value) -> bool:
     return True
 
 
-def _is_prompt(prompt) -> bool:
+def is_prompt(prompt) -> bool:
+    """Text with something in it besides whitespace, or a non-empty list of chat messages {role, content}."""
     if isinstance(prompt, str):
         return bool(prompt.strip())
     return isinstance(prompt, list) and bool(prompt) and all(_is_message(message) for message in prompt)

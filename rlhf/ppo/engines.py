@@ -13,16 +13,15 @@ from the PPO config, so the same files serve the Trainer stages and this one.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlhf import _compat, distributed
 from rlhf.adaptation.config import AdaptationConfig
+from rlhf.config import load_deepspeed_config
 from rlhf.distributed import free_port
 from rlhf.errors import ConfigError
 
@@ -41,19 +40,6 @@ def init_distributed() -> None:
         return
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
-
-
-def load_deepspeed_config(path: str) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{path}: DeepSpeed config file not found")
-    try:
-        value = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: a DeepSpeed config must be a JSON object")
-    return value
 
 
 def fill_auto(ds_config: dict[str, Any], *, micro_batch_size: int, max_grad_norm: float, hidden_size: int,
