@@ -218,6 +218,20 @@ def test_trainer_stage_resumes_from_the_newest_whole_checkpoint_after_a_kill_mid
     want, got = registered_weights(out / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@2")
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+    # Its train_loss is the whole run's, steps 1-2 before the kill included, not steps 3-4 alone.
+    registry = Registry(out / "registry")
+    straight_loss = registry.get(f"{stage}@1").metrics["train_loss"]
+    assert registry.get(f"{stage}@2").metrics["train_loss"] == pytest.approx(straight_loss, rel=1e-5)
+
+
+def test_the_train_loss_of_a_resumed_run_weights_each_logged_interval_by_its_steps():
+    from rlhf.stages.trainer_run import whole_run_loss
+
+    # Logged every 2 steps: steps 1-2 averaged 3.0, steps 3-4 averaged 2.0; resumed at step 4, steps 5-7 average 1.0.
+    history = [{"step": 2, "loss": 3.0}, {"step": 2, "eval_loss": 9.0}, {"step": 4, "loss": 2.0},
+               {"step": 6, "loss": 1.5}]  # step 6 is the resumed part's own log
+    assert whole_run_loss(history, 4, 1.0, 7) == pytest.approx((3.0 * 2 + 2.0 * 2 + 1.0 * 3) / 7)
+    assert whole_run_loss([], 0, 1.25, 5) == 1.25
 
 
 @pytest.mark.slow

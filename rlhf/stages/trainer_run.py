@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -52,7 +53,27 @@ def train(trainer, config):
             saved = trainer_checkpoints(Path(config.output_dir))
             print(f"SIGTERM: saved {max(saved)[1] if saved else config.output_dir}; resume with --resume", flush=True)
         return None
+    if resume_from:
+        # The Trainer's training_loss averages only the steps of this process; the run is all of its steps.
+        start_step = json.loads((Path(resume_from) / TRAINER_STATE).read_text())["global_step"]
+        result = result._replace(training_loss=whole_run_loss(trainer.state.log_history, start_step,
+                                                              result.training_loss, result.global_step))
     return result
+
+
+def whole_run_loss(log_history: list[dict], start_step: int, resumed_loss: float, end_step: int) -> float:
+    """The mean training loss per step of a run resumed at `start_step`: the logged losses of the steps before
+    (each the mean of its logging interval) and the resumed part's mean, weighted by their steps."""
+    total, steps, previous = 0.0, 0, 0
+    for row in log_history:
+        if "loss" in row and previous < row["step"] <= start_step:
+            total += row["loss"] * (row["step"] - previous)
+            steps += row["step"] - previous
+            previous = row["step"]
+    resumed_steps = end_step - start_step
+    total += resumed_loss * resumed_steps
+    steps += resumed_steps
+    return total / steps if steps else resumed_loss
 
 
 def _after_a_full_disk(output_dir: Path, error: BaseException) -> str:
