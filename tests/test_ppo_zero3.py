@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,8 +46,13 @@ def test_two_process_zero3_run_and_both_generation_paths_agree_and_equal_zero0(t
             layout["gradient_checkpointing"] = True  # recomputed under ZeRO-3's gathers, the same numbers
         argv = stage_arguments(models, output_dir, tmp_path / f"registry_{path}", max_steps=3, save_steps=3,
                                eval_prompts=4, **layout)
+        leftover = f"deepspeed_allreduce_buffer_*_{port}_*"
+        for stale in Path("/dev/shm").glob(leftover):  # an older run's, from before the clean-up
+            stale.unlink()
         result = deepspeed_launch(argv, tmp_path, port)
         assert result.returncode == 0, result.stdout[-4000:]
+        # DeepSpeed's CPU all-reduce buffers (66 MB of shared memory per rank) do not outlive the run.
+        assert not list(Path("/dev/shm").glob(leftover))
         runs[path] = read_metrics(output_dir)
         assert json.loads((output_dir / "registered.json").read_text())["reference"] == "ppo@1"
         if path != "zero0":
