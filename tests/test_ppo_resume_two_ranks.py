@@ -32,16 +32,26 @@ def final_moments(output_dir) -> dict:
     return json.loads((latest_checkpoint(output_dir) / TRAINER_STATE).read_text())["score_moments"]
 
 
-@pytest.mark.slow
-def test_two_process_run_killed_and_resumed_normalises_and_reports_as_an_uninterrupted_one(tmp_path):
-    from rlhf.ppo.tracking import read_metrics
+COMMON = dict(max_steps=6, save_steps=2, eval_prompts=4, normalize_scores=True, warmup_steps=2)
 
-    models = build_models(tmp_path / "models")
-    common = dict(max_steps=6, save_steps=2, eval_prompts=4, normalize_scores=True, warmup_steps=2)
-    straight = launch_two(stage_arguments(models, tmp_path / "straight", tmp_path / "reg1", **common), tmp_path)
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The models, and the output of an uninterrupted 2-process run of 6 steps."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    models = build_models(root / "models")
+    straight = launch_two(stage_arguments(models, root / "straight", root / "reg1", **COMMON), root)
     output = straight.communicate()[0]
     assert straight.returncode == 0, output[-4000:]
+    return models, root / "straight"
 
+
+@pytest.mark.slow
+def test_two_process_run_killed_and_resumed_normalises_and_reports_as_an_uninterrupted_one(straight_run, tmp_path):
+    from rlhf.ppo.tracking import read_metrics
+
+    models, straight_dir = straight_run
+    common = COMMON
     killed_dir = tmp_path / "killed"
     killed = launch_two(stage_arguments(models, killed_dir, tmp_path / "reg2", **common), tmp_path)
     while not (killed_dir / "checkpoints" / "step-2").is_dir():
@@ -55,10 +65,58 @@ def test_two_process_run_killed_and_resumed_normalises_and_reports_as_an_uninter
     assert resumed.returncode == 0, output[-4000:]
     assert "resuming from" in output
 
-    expected, got = read_metrics(tmp_path / "straight"), read_metrics(killed_dir)
+    expected, got = read_metrics(straight_dir), read_metrics(killed_dir)
     assert [row["step"] for row in got] == list(range(1, 7))
     assert_same_metric_rows(expected, got)
     moments = final_moments(killed_dir)
-    assert moments == pytest.approx(final_moments(tmp_path / "straight"), rel=1e-9)
+    assert moments == pytest.approx(final_moments(straight_dir), rel=1e-9)
     # 6 steps x 8 prompts x 2 ranks: the moments counted every rank's scores.
     assert moments["count"] == 96
+
+
+# Loaded by every Python process of the run (sitecustomize); only rank 1's torch.save fails, half-way through
+# its file of checkpoint step-4, as a disk filling up under one node's writes would, while rank 0 has finished
+# its own part and waits for rank 1.
+FULL_DISK_ON_RANK_1 = """
+import errno, os
+if os.environ.get("RANK") == "1":
+    import torch
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if ".step-4.saving" in str(f) and "rng_state_1" in str(f):
+            with open(f, "wb") as handle:
+                handle.write(b"PK" * 1000)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        return real_save(obj, f, *args, **kwargs)
+    torch.save = save
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_on_one_rank_stops_every_rank_in_one_line_and_the_run_resumes(straight_run, tmp_path):
+    from rlhf.ppo.tracking import read_metrics
+
+    models, straight_dir = straight_run
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FULL_DISK_ON_RANK_1)
+    run_dir = tmp_path / "full"
+    env = subprocess_env(tmp_path)
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
+    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+               "--module", "rlhf.stages.ppo", *stage_arguments(models, run_dir, tmp_path / "reg", **COMMON)]
+    # No timeout: were rank 0 left waiting at a barrier, this would hang, and that is the failure it guards.
+    failed = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    assert failed.returncode == 2, failed.stdout[-4000:]
+    errors = [line for line in failed.stdout.splitlines() if "error: " in line]
+    assert errors and all(f"no space left on device writing {run_dir / 'checkpoints' / 'step-4'}" in line
+                          for line in errors), errors
+    assert f"the last whole checkpoint is {run_dir / 'checkpoints' / 'step-2'}" in errors[0]
+    checkpoints = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["step-2"], checkpoints  # the partial staging directory is gone
+
+    resumed = launch_two(stage_arguments(models, run_dir, tmp_path / "reg", resume=True, **COMMON), tmp_path)
+    output = resumed.communicate()[0]
+    assert resumed.returncode == 0, output[-4000:]
+    assert_same_metric_rows(read_metrics(straight_dir), read_metrics(run_dir))
