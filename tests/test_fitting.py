@@ -429,3 +429,36 @@ def test_optimiser_offload_steps_with_deepspeeds_cpu_adam_the_same_adamw_as_torc
         stepped.append(parameter.detach())
     assert not torch.equal(stepped[0], start)
     torch.testing.assert_close(stepped[1], stepped[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_trains_a_lora_actor_and_critic_under_two_process_zero3(models, tmp_path):
+    """PEFT + ZeRO-3 + non-reentrant checkpointing is where TRL forces reentrant checkpointing (trl#6356: frozen
+    parameters partitioned again before the recompute, DeepSpeed#4332). With every parameter partitioned (threshold 0)
+    the run must train on the versions we pin."""
+    import json
+    import subprocess
+
+    from ppo_setup import PYTHON, REPO, saved_weights, subprocess_env
+    from rlhf.distributed import free_port
+    from rlhf.ppo.tracking import read_metrics
+
+    ds_config = json.loads((REPO / "deepspeed_configs" / "zero3.json").read_text())
+    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3_all_partitioned.json").write_text(json.dumps(ds_config))
+    zero3, inference = str(tmp_path / "zero3_all_partitioned.json"), str(REPO / "deepspeed_configs" /
+                                                                         "zero3_inference.json")
+    argv = stage_arguments(models, tmp_path / "run", tmp_path / "registry", max_steps=2, save_steps=0, eval_prompts=2,
+                           gradient_checkpointing=True, adaptation_method="lora", critic_adaptation_method="lora",
+                           lora_dropout=0.0, actor_deepspeed=zero3, critic_deepspeed=zero3,
+                           reference_deepspeed=inference, reward_deepspeed=inference)
+    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+               "--module", "rlhf.stages.ppo", *argv]
+    result = subprocess.run(command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]
+    rows = read_metrics(tmp_path / "run")
+    assert [row["step"] for row in rows] == [1, 2] and all(row["skipped_updates"] == 0 for row in rows)
+    trained = saved_weights(json.loads((tmp_path / "run" / "registered.json").read_text())["path"])
+    start = saved_weights(models["policy"])
+    assert any(not torch.equal(trained[key], start[key]) for key in start)  # the merged adapter moved the policy
