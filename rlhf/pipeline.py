@@ -55,6 +55,9 @@ class PipelineConfig:
     labels_file: str = field(default="", metadata={"help": "With labels: import, the labeling tool's export."})
     labels_format: str = field(default="label-studio", metadata={"help": "Format of labels_file, or of the tasks "
                                                                          "written for labeling (label-studio, argilla)."})
+    labels_options: str = field(default="", metadata={"help": "Importer options for labels: import, as a mapping "
+                                                              "(e.g. {config: labeling_config.xml}): each is an "
+                                                              "--option KEY=VALUE of `rlhf.labels import`."})
     label_prompts: str = field(default="runs/demo/data/prompts_train.jsonl",
                                metadata={"help": "Prompts whose sampled responses people rank."})
     label_k: int = field(default=4, metadata={"help": "Responses sampled per prompt for ranking (InstructGPT: 4 to 9)."})
@@ -75,7 +78,7 @@ class PipelineConfig:
             raise ConfigError(f"launcher must be one of {LAUNCHERS}, got '{self.launcher}'")
         if self.labels == "import" and not self.labels_file:
             raise ConfigError("labels: import needs labels_file (the labeling tool's export)")
-        for name in ("sft_overrides", "rm_overrides", "ppo_overrides"):
+        for name in ("sft_overrides", "rm_overrides", "ppo_overrides", "labels_options"):
             overrides_of(self, name)  # a malformed mapping fails now, not after an hour of SFT
 
 
@@ -103,6 +106,8 @@ def stage_key(*parts: Any) -> str:
             return fingerprint_files([part]) if part.exists() else str(part)
         if isinstance(part, (list, tuple)):
             return [content(item) for item in part]
+        if isinstance(part, dict):
+            return {key: content(value) for key, value in part.items()}
         return part
 
     return hashlib.sha256(json.dumps(content(list(parts)), sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -246,8 +251,12 @@ class Pipeline:
         rankings = labels_dir / "rankings.jsonl"
         mode = self.config.labels
         source = Path(self.config.labels_file) if mode == "import" else Path(self.config.label_prompts)
+        options = overrides_of(self.config, "labels_options")
+        # A file named by an option (a labeling config) counts by its content, as the export does.
+        option_parts = {key: Path(value) if Path(str(value)).is_file() else value for key, value in options.items()}
         key = stage_key("labels", mode, sft_reference, source, self.config.labels_format, self.config.label_k,
-                        self.config.label_limit, self.config.label_max_new_tokens)
+                        self.config.label_limit, self.config.label_max_new_tokens,
+                        *([option_parts] if options else []))
         if mode == "pause":
             tasks = labels_dir / "tasks.json"
             if self.state.get("labeling_tasks") != key or not tasks.is_file():  # people may be labeling these
@@ -260,8 +269,9 @@ class Pipeline:
 
         def action(fresh: bool) -> None:
             if mode == "import":
+                option_flags = [flag for key, value in options.items() for flag in ("--option", f"{key}={value}")]
                 self._run([sys.executable, "-m", "rlhf.labels", "import", "--format", self.config.labels_format,
-                           str(source), "-o", str(rankings)], "labels")
+                           str(source), "-o", str(rankings), *option_flags], "labels")
                 return None
             tasks = self._write_tasks(sft_reference, labels_dir / "tasks.json")
             self._run([sys.executable, "-m", "rlhf.demo.annotate", str(tasks), "-o", str(labels_dir / "export.json")],

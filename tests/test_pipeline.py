@@ -176,3 +176,35 @@ def test_a_failing_step_is_named_with_its_own_error_line_and_its_log_kept(tmp_pa
     log = tmp_path / "run" / "logs" / "sft.log"
     assert "error: data.jsonl: record 3: field prompt: missing" in str(failure.value) and str(log) in str(failure.value)
     assert "training..." in log.read_text() and "training..." in capsys.readouterr().out  # shown and kept
+
+
+def test_labels_import_passes_its_importer_options_and_reruns_when_the_labeling_config_changes(tmp_path):
+    from rlhf.pipeline import Pipeline
+
+    export, labeling_config = tmp_path / "export.json", tmp_path / "labeling_config.xml"
+    export.write_text("[]")
+    labeling_config.write_text("<View><Ranker name='rank' toName='answers'/></View>")
+    settings = PipelineConfig(run_dir=str(tmp_path / "run"), labels="import", labels_file=str(export),
+                              labels_options=f"{{config: {labeling_config}, bucket_order: 'best,worst'}}")
+    commands = []
+
+    def record(command, stage):
+        commands.append(command)
+        Path(command[command.index("-o") + 1]).parent.mkdir(parents=True, exist_ok=True)
+        Path(command[command.index("-o") + 1]).write_text("")
+
+    pipeline = Pipeline(settings)
+    pipeline._run = record
+    pipeline.labels("sft@1")
+    assert commands[0][-4:] == ["--option", f"config={labeling_config}", "--option", "bucket_order=best,worst"]
+
+    pipeline.labels("sft@1")
+    assert len(commands) == 1  # unchanged: skipped
+    labeling_config.write_text("<View><Ranker name='rank' toName='answers'/><Bucket name='best'/></View>")
+    pipeline.labels("sft@1")
+    assert len(commands) == 2  # the labeling config's content is an input of the import
+
+
+def test_labels_options_that_are_not_a_mapping_fail_at_once():
+    with pytest.raises(ConfigError, match="labels_options must be a mapping"):
+        PipelineConfig(labels_options="config=x.xml")
