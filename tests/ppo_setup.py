@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -80,3 +83,28 @@ def saved_weights(directory) -> dict:
     for file in sorted(Path(directory).glob("*.safetensors")):
         weights.update(load_file(str(file)))
     return weights
+
+
+def wait_for(condition, process: subprocess.Popen) -> None:
+    """Poll `condition` until it holds; an error with the run's output if the run ends first."""
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before the condition held:\n{process.stdout.read()[-3000:]}")
+        time.sleep(0.02)
+
+
+def killed_at_step_2_then_resumed(start: Callable[[list[str]], subprocess.Popen],
+                                  kill: Callable[[subprocess.Popen], None], models: dict, run_dir: Path,
+                                  registry: Path, **settings) -> str:
+    """Start a run, kill it once its step-2 checkpoint exists, check that it died before registering, resume it
+    with the same settings; returns the resumed run's output."""
+    killed = start(stage_arguments(models, run_dir, registry, **settings))
+    wait_for(lambda: (run_dir / "checkpoints" / "step-2").is_dir(), killed)
+    kill(killed)
+    killed.wait()
+    assert not (run_dir / "registered.json").exists()  # it really died mid-run
+    resumed = start(stage_arguments(models, run_dir, registry, resume=True, **settings))
+    output = resumed.communicate()[0]
+    assert resumed.returncode == 0, output[-4000:]
+    assert "resuming from" in output
+    return output

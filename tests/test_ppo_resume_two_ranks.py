@@ -8,11 +8,11 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
-from ppo_setup import PYTHON, REPO, assert_same_metric_rows, build_models, stage_arguments, subprocess_env
+from ppo_setup import (PYTHON, REPO, assert_same_metric_rows, build_models, killed_at_step_2_then_resumed,
+                        stage_arguments, subprocess_env)
 from rlhf.distributed import free_port
 
 
@@ -53,17 +53,9 @@ def test_two_process_run_killed_and_resumed_normalises_and_reports_as_an_uninter
     models, straight_dir = straight_run
     common = COMMON
     killed_dir = tmp_path / "killed"
-    killed = launch_two(stage_arguments(models, killed_dir, tmp_path / "reg2", **common), tmp_path)
-    while not (killed_dir / "checkpoints" / "step-2").is_dir():
-        assert killed.poll() is None, killed.stdout.read()[-4000:]
-        time.sleep(0.02)
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
-    assert not (killed_dir / "registered.json").exists()  # it really died mid-run
-    resumed = launch_two(stage_arguments(models, killed_dir, tmp_path / "reg2", resume=True, **common), tmp_path)
-    output = resumed.communicate()[0]
-    assert resumed.returncode == 0, output[-4000:]
-    assert "resuming from" in output
+    killed_at_step_2_then_resumed(lambda argv: launch_two(argv, tmp_path),
+                                  lambda run: os.killpg(run.pid, signal.SIGKILL),  # the launcher and both ranks
+                                  models, killed_dir, tmp_path / "reg2", **common)
 
     expected, got = read_metrics(straight_dir), read_metrics(killed_dir)
     assert [row["step"] for row in got] == list(range(1, 7))

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from ppo_setup import PYTHON, assert_same_metric_rows, build_models, stage_arguments, subprocess_env
+from ppo_setup import (PYTHON, assert_same_metric_rows, build_models, killed_at_step_2_then_resumed,
+                        stage_arguments, subprocess_env, wait_for)
 
 CONTRACT_STEP_KEYS = {
     "step", "rm_score", "gold_score", "kl", "beta", "entropy", "response_length", "policy_loss", "value_loss",
@@ -42,13 +42,6 @@ def read_rows(output_dir: Path) -> list[dict]:
 def launch(argv: list[str], tmp_path: Path) -> subprocess.Popen:
     return subprocess.Popen([PYTHON, "-m", "rlhf.stages.ppo", *argv], env=subprocess_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(condition, process: subprocess.Popen) -> None:
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended before the condition held:\n{process.stdout.read()[-3000:]}")
-        time.sleep(0.02)
 
 
 @pytest.mark.slow
@@ -108,15 +101,8 @@ def test_resume_after_a_kill_reports_the_same_metrics_as_an_uninterrupted_run(mo
     assert straight.wait() == 0, straight.stdout.read()[-3000:]
 
     killed_dir = tmp_path / "killed"
-    killed = launch(stage_arguments(models, killed_dir, tmp_path / "reg2", **common), tmp_path)
-    wait_for(lambda: (killed_dir / "checkpoints" / "step-2").is_dir(), killed)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert not (killed_dir / "registered.json").exists()  # it really died mid-run
-    resumed = launch(stage_arguments(models, killed_dir, tmp_path / "reg2", resume=True, **common), tmp_path)
-    output = resumed.communicate()[0]
-    assert resumed.returncode == 0, output[-3000:]
-    assert "resuming from" in output
+    killed_at_step_2_then_resumed(lambda argv: launch(argv, tmp_path), lambda run: run.send_signal(signal.SIGKILL),
+                                  models, killed_dir, tmp_path / "reg2", **common)
 
     expected, got = read_rows(tmp_path / "straight"), read_rows(killed_dir)
     assert [row["step"] for row in got] == list(range(1, 9))
