@@ -108,3 +108,17 @@ def killed_at_step_2_then_resumed(start: Callable[[list[str]], subprocess.Popen]
     assert resumed.returncode == 0, output[-4000:]
     assert "resuming from" in output
     return output
+
+
+def engines_for(models: dict, tmp_path: Path, **overrides):
+    """The PPO stage's config, inputs and four engines for a short run on the tiny models, built in this process."""
+    from rlhf.config import parse_config
+    from rlhf.ppo import inputs as ppo_inputs
+    from rlhf.ppo.engines import build_engines, init_distributed
+    from rlhf.stages.ppo import PPOStageConfig
+
+    init_distributed()
+    config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
+                                                          **overrides))
+    inputs = ppo_inputs.read_inputs(config)
+    return config, inputs, build_engines(config, inputs.paths, inputs.tokenizer)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ppo_setup import TIMING_KEYS, assert_same_metric_rows, build_models, stage_arguments
+from ppo_setup import TIMING_KEYS, assert_same_metric_rows, build_models, engines_for, stage_arguments
 
 # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` in get_peft_model, and TRL's configs set the
 # deprecated `gradient_checkpointing` name; not ours to fix.
@@ -17,19 +17,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict:
     return build_models(tmp_path_factory.mktemp("ppo_fitting_models"))
-
-
-def engines_for(models, tmp_path, **overrides):
-    from rlhf.config import parse_config
-    from rlhf.ppo import inputs as ppo_inputs
-    from rlhf.ppo.engines import build_engines, init_distributed
-    from rlhf.stages.ppo import PPOStageConfig
-
-    init_distributed()
-    config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
-                                                          **overrides))
-    inputs = ppo_inputs.read_inputs(config)
-    return config, inputs, build_engines(config, inputs.paths, inputs.tokenizer)
 
 
 def run_in_process(argv: list[str]):

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from ppo_setup import build_models, stage_arguments
+from ppo_setup import build_models, engines_for
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +27,6 @@ def models(tmp_path_factory) -> dict:
     config = json.loads((dropout_policy / "config.json").read_text())
     (dropout_policy / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
     return {**paths, "dropout_policy": str(dropout_policy)}
-
-
-def engines_for(models, tmp_path, **overrides):
-    from rlhf.config import parse_config
-    from rlhf.ppo import inputs as ppo_inputs
-    from rlhf.ppo.engines import build_engines, init_distributed
-    from rlhf.stages.ppo import PPOStageConfig
-
-    init_distributed()
-    config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
-                                                          **overrides))
-    inputs = ppo_inputs.read_inputs(config)
-    return config, inputs, build_engines(config, inputs.paths, inputs.tokenizer)
 
 
 def test_the_critic_starts_on_the_scale_of_the_rewards(models, tmp_path):

@@ -6,25 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ppo_setup import REPO, build_models, stage_arguments
+from ppo_setup import REPO, build_models, engines_for
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict:
     return build_models(tmp_path_factory.mktemp("ppo_engine_models"))
-
-
-def engines_for(models, tmp_path, **overrides):
-    from rlhf.config import parse_config
-    from rlhf.ppo import inputs as ppo_inputs
-    from rlhf.ppo.engines import build_engines, init_distributed
-    from rlhf.stages.ppo import PPOStageConfig
-
-    init_distributed()
-    config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
-                                                          **overrides))
-    inputs = ppo_inputs.read_inputs(config)
-    return config, inputs, build_engines(config, inputs.paths, inputs.tokenizer)
 
 
 def rollout_batch(inputs, count: int = 6):
