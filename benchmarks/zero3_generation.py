@@ -64,7 +64,7 @@ def worker(args) -> None:
     generation_config.min_new_tokens = settings.max_new_tokens
 
     stage = SimpleNamespace(minibatch_size=settings.prompts_per_rank, max_grad_norm=1.0, weight_decay=0.0,
-                            lr_scheduler_type="constant", warmup_steps=0, steps=1, updates_per_step=1)
+                            bf16=False, lr_scheduler_type="constant", warmup_steps=0, steps=1, updates_per_step=1)
     hidden = settings.hidden_size
 
     def engine_from(config_path: str):

@@ -116,10 +116,19 @@ def test_pipeline_runs_every_stage_then_skips_resumes_and_reruns_only_what_chang
         assert f"{stage}: unchanged since its last run, skipped" in again
     assert len(registry.entries()) == 3
 
-    # PPO was killed mid-run: the next run resumes it from its checkpoint, and leaves SFT and RM alone.
+    # The pipeline was killed after PPO registered its model but before it recorded that: the entry is reused.
     state = json.loads((run / "pipeline_state.json").read_text())
     state["ppo"]["status"] = "running"
     (run / "pipeline_state.json").write_text(json.dumps(state))
+    reused = _pipeline(config)
+    assert "ppo: the interrupted run had already registered ppo@1; reusing it" in reused
+    assert len(registry.entries()) == 3
+
+    # PPO was killed mid-run, before registering: the next run resumes it from its checkpoint, and leaves SFT and
+    # RM alone.
+    (run / "pipeline_state.json").write_text(json.dumps(state))
+    for name in ("registered.json", "registering.json"):
+        (run / "ppo" / name).unlink()
     resumed = _pipeline(config)
     assert "ppo: resuming the interrupted run" in resumed and "sft: unchanged" in resumed and "rm: unchanged" in resumed
     assert registry.get("ppo").reference == "ppo@2"
