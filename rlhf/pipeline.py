@@ -137,6 +137,7 @@ class Pipeline:
         self.registry = Registry(config.registry_dir or self.run_dir / "registry")
         self.state_file = self.run_dir / "pipeline_state.json"
         self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        self._stages_with_a_header: set[str] = set()  # stages whose current attempt already has its log header
 
     def _save_state(self) -> None:
         atomic_write_json(self.state_file, self.state)
@@ -150,13 +151,16 @@ class Pipeline:
         log_path = self.run_dir / "logs" / f"{stage}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         error_lines: list[str] = []
-        attempt = 1 + (log_path.read_text(encoding="utf-8", errors="replace").count(ATTEMPT_HEADER)
-                       if log_path.is_file() else 0)
         # Appended and line-buffered, with the child unbuffered too: a killed attempt's last lines are the ones
-        # that say why, and the next attempt must not overwrite them.
+        # that say why, and the next attempt must not overwrite them. One header per attempt of a stage, however
+        # many commands that attempt runs.
         with open(log_path, "a", encoding="utf-8", buffering=1) as log:
-            log.write(f"{ATTEMPT_HEADER} {attempt}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ====\n"
-                      f"$ {' '.join(command)}\n")
+            if stage not in self._stages_with_a_header:
+                attempt = 1 + (log_path.read_text(encoding="utf-8", errors="replace").count(ATTEMPT_HEADER)
+                               if log_path.stat().st_size else 0)
+                log.write(f"{ATTEMPT_HEADER} {attempt}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ====\n")
+                self._stages_with_a_header.add(stage)
+            log.write(f"$ {' '.join(command)}\n")
             environment = {**os.environ, "RLHF_REGISTRY": str(self.registry.root), "PYTHONUNBUFFERED": "1"}
             process = subprocess.Popen(command, env=environment,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -196,6 +200,7 @@ class Pipeline:
             self._say(f"{stage}: unchanged since its last run, skipped ({self.state[stage].get('reference') or 'done'})")
             return self.state[stage].get("reference")
         self._say(f"{stage}: {'resuming the interrupted run' if decision == 'resume' else 'running'}")
+        self._stages_with_a_header.discard(stage)
         self.state[stage] = {"key": key, "status": "running"}
         self._save_state()
         reference = action(decision == "fresh")

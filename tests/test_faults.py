@@ -573,18 +573,25 @@ def test_a_pipeline_killed_after_a_stage_registered_reuses_that_entry_on_the_rer
 def test_the_pipelines_stage_log_keeps_a_killed_attempts_output_under_its_own_header(tmp_path):
     from rlhf.pipeline import Pipeline, PipelineConfig
 
-    pipeline = Pipeline(PipelineConfig(run_dir=str(tmp_path / "run")))
+    settings = PipelineConfig(run_dir=str(tmp_path / "run"))
+    first_run = Pipeline(settings)
     # The step is SIGKILLed right after printing, with no chance to flush: only an unbuffered child and a
     # line-buffered log keep that line.
     killed = "import os, signal; print('step 7: loss 0.25'); os.kill(os.getpid(), signal.SIGKILL)"
+    first_run._run([sys.executable, "-c", "print('tasks written')"], "labels")
     with pytest.raises(Exception, match="exit code -9"):
-        pipeline._run([sys.executable, "-c", killed], "sft")
-    pipeline._run([sys.executable, "-c", "print('resumed at step 7')"], "sft")
+        first_run._run([sys.executable, "-c", killed], "labels")
+    # The re-run is a new pipeline process; its attempt runs two commands, as the labels stage does.
+    rerun = Pipeline(settings)
+    rerun._run([sys.executable, "-c", "print('resumed at step 7')"], "labels")
+    rerun._run([sys.executable, "-c", "print('rankings imported')"], "labels")
 
-    log = (tmp_path / "run" / "logs" / "sft.log").read_text()
+    log = (tmp_path / "run" / "logs" / "labels.log").read_text()
+    assert log.count("==== attempt ") == 2, log
     first, second = log.split("==== attempt 2, started ")
-    assert first.startswith("==== attempt 1, started ") and "step 7: loss 0.25" in first
-    assert "resumed at step 7" in second and "step 7: loss" not in second
+    assert first.startswith("==== attempt 1, started ")
+    assert "tasks written" in first and "step 7: loss 0.25" in first
+    assert "resumed at step 7" in second and "rankings imported" in second and "step 7: loss" not in second
 
 
 # -- bad inputs: one line, exit 2, nothing trained or registered ---------------------------------------------------
