@@ -8,6 +8,7 @@ time. Each function says what it reaches into and why no public API does the job
 | `ArgumentParser._actions`                         | argparse     | Python 3.10 to 3.13 |
 | `integrations.deepspeed._hf_deepspeed_config_weak_ref` | transformers | 5.23.0 |
 | `PretrainedConfig._attn_implementation`           | transformers | 5.23.0 |
+| `PreTrainedModel._load_pretrained_model`, `LoadStateDictInfo`, `core_model_loading.rename_source_key`, `._is_hf_initialized`, `._weight_conversions` | transformers | 5.23.0 |
 | `Trainer._prepare_inputs`                         | transformers | 5.23.0 |
 | `PartialState._prepare_backend`                   | accelerate   | 1.15.0 |
 | `DeepSpeedZeRoOffload._remove_module_hooks`, `.forward_hooks`, `.backward_hooks`, `parameter_offload.FWD_MODULE_STACK` | deepspeed | 0.19.8 |
@@ -65,6 +66,74 @@ def zero3_init_from(ds_config: dict[str, Any]) -> Iterator[None]:
     finally:
         del held
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+@contextlib.contextmanager
+def pretrained_loading_replaced(load) -> Iterator[None]:
+    """Inside the block, `from_pretrained` reads its checkpoint files through
+    `load(model, checkpoint_files, load_config, transformers_load)`, which returns what transformers'
+    `_load_pretrained_model` returns ((LoadStateDictInfo, disk offload index)); `transformers_load()` runs
+    transformers' own reading. Everything before (config, dtype, construction) and after (initialising missing
+    weights, tying, the report) stays transformers'.
+
+    Reading is the only step of `from_pretrained` with no public hook: its ZeRO-3 branch reads every checkpoint
+    file whole into one state dict on rank 0 (rlhf.partitioned_load streams it instead).
+    """
+    from transformers.modeling_utils import PreTrainedModel
+
+    saved = PreTrainedModel.__dict__["_load_pretrained_model"]
+    original = saved.__func__
+
+    def replaced(model, state_dict, checkpoint_files, load_config, expected_keys=None):
+        def transformers_load():
+            return original(model, state_dict, checkpoint_files, load_config, expected_keys)
+
+        if state_dict is not None or expected_keys is not None:
+            return transformers_load()
+        return load(model, checkpoint_files, load_config, transformers_load)
+
+    PreTrainedModel._load_pretrained_model = staticmethod(replaced)
+    try:
+        yield
+    finally:
+        PreTrainedModel._load_pretrained_model = saved
+
+
+def zero3_load_can_be_replaced(load_config) -> bool:
+    """Whether transformers takes its ZeRO-3 branch for this load (its own test)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled() and not load_config.is_quantized
+
+
+def weight_mapping_changes_keys(load_config, checkpoint_keys) -> bool:
+    """Whether transformers' weight conversions for this model (renamings, fused or split tensors) would rename
+    or convert any of the checkpoint's keys; the base model's prefix is left out (rlhf.partitioned_load maps it)."""
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    mapping = load_config.weight_mapping or []
+    renamings = [entry for entry in mapping if isinstance(entry, WeightRenaming)]
+    converters = [entry for entry in mapping if isinstance(entry, WeightConverter)]
+    for key in checkpoint_keys:
+        renamed, converter_pattern = rename_source_key(key, renamings, converters)
+        if renamed != key or converter_pattern is not None:
+            return True
+    return False
+
+
+def mark_as_loaded(tensor) -> None:
+    """Flag a parameter or buffer filled from the checkpoint, so that from_pretrained does not initialise it."""
+    tensor._is_hf_initialized = True
+
+
+def loading_info(model, missing_keys: set[str], error_msgs: list[str]):
+    """What `_load_pretrained_model` returns for a load that used no weight conversion (like its ZeRO-3 branch,
+    it reports no unexpected keys)."""
+    from transformers.utils.loading_report import LoadStateDictInfo
+
+    model._weight_conversions = []  # none was used, so save_pretrained has none to revert
+    return LoadStateDictInfo(missing_keys=missing_keys, unexpected_keys=set(), mismatched_keys=set(),
+                             error_msgs=error_msgs, conversion_errors={}, skipped_pp_keys=set()), None
 
 
 def attention_implementation(model_config) -> str | None:

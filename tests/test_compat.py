@@ -63,3 +63,35 @@ def test_deepspeed_zero3_hooks_can_be_taken_off_and_put_back():
     offload_class = parameter_offload.DeepSpeedZeRoOffload
     assert _compat.can_remove_zero3_hooks(offload_class)
     assert isinstance(parameter_offload.FWD_MODULE_STACK, list)
+
+
+def test_from_pretrained_reads_checkpoints_through_load_pretrained_model(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM, modeling_utils
+
+    config = LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    seen = []
+
+    def load(model, checkpoint_files, load_config, transformers_load):
+        seen.append((checkpoint_files, load_config.pretrained_model_name_or_path, load_config.is_quantized))
+        assert _compat.loading_info(model, set(), [])[0].missing_keys == set()
+        return transformers_load()
+
+    original = modeling_utils.PreTrainedModel.__dict__["_load_pretrained_model"]
+    with _compat.pretrained_loading_replaced(load):
+        model = LlamaForCausalLM.from_pretrained(str(tmp_path))
+    assert modeling_utils.PreTrainedModel.__dict__["_load_pretrained_model"] is original
+    assert seen == [([str(tmp_path / "model.safetensors")], str(tmp_path), False)]
+    assert model.model.norm.weight.shape == (8,)
+    # What marks a weight as loaded, so that it is not initialised again.
+    assert "_is_hf_initialized" in inspect.getsource(modeling_utils.PreTrainedModel._initialize_missing_keys)
+    assert not _compat.zero3_load_can_be_replaced(modeling_utils.LoadStateDictConfig())
+
+
+def test_transformers_weight_conversions_rename_legacy_keys():
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    from transformers.modeling_utils import LoadStateDictConfig
+
+    load_config = LoadStateDictConfig(weight_mapping=get_checkpoint_conversion_mapping("legacy"))
+    assert _compat.weight_mapping_changes_keys(load_config, ["encoder.LayerNorm.gamma"])
+    assert not _compat.weight_mapping_changes_keys(load_config, ["model.norm.weight", "lm_head.weight"])

@@ -191,9 +191,13 @@ def _load_plain(name_or_path: str, task: str, torch_dtype, trust_remote_code: bo
         model_class, extra = AutoModelForSequenceClassification, {"num_labels": 1}
     else:
         model_class, extra = AutoModelForCausalLM, {}
+    from rlhf.partitioned_load import streamed_zero3_loading
+
     try:
-        return model_class.from_pretrained(name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                           use_safetensors=True, attn_implementation=attn_implementation, **extra)
+        with streamed_zero3_loading():  # under ZeRO-3 no rank reads the whole checkpoint
+            return model_class.from_pretrained(name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                               use_safetensors=True, attn_implementation=attn_implementation,
+                                               **extra)
     except OSError as error:  # a missing directory, hub name or safetensors file
         raise ConfigError(f"cannot load model '{name_or_path}': {error}") from error
     except ValueError as error:  # an attention the architecture does not implement

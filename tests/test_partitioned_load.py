@@ -1,0 +1,153 @@
+"""Under ZeRO-3 a checkpoint loads module by module (rlhf.partitioned_load): the model equals transformers' own
+ZeRO-3 load and the checkpoint, for several families, as a causal LM and as a reward model, from sharded
+checkpoints too, while rank 0 never holds the whole checkpoint.
+
+The key mapping is tested here directly; the loads run on 2 processes in tests/partitioned_load_probe.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from architectures import build_family_model
+from ppo_setup import PYTHON, REPO, saved_weights, subprocess_env
+from rlhf.distributed import free_port
+from rlhf.partitioned_load import AmbiguousCheckpoint, checkpoint_sources, model_key_for
+
+REWARD_BODY = {"model.embed_tokens.weight", "model.norm.weight", "score.weight"}
+
+
+def test_a_checkpoint_key_fills_the_same_key_or_the_key_with_the_base_prefix_added_or_removed():
+    assert model_key_for("model.norm.weight", REWARD_BODY, "model") == "model.norm.weight"
+    assert model_key_for("norm.weight", REWARD_BODY, "model") == "model.norm.weight"  # a base-model checkpoint
+    assert model_key_for("model.norm.weight", {"norm.weight"}, "model") == "norm.weight"  # into a base model
+    assert model_key_for("lm_head.weight", REWARD_BODY, "model") is None  # a causal LM's head under a reward model
+    assert model_key_for("modelx.norm.weight", {"x.norm.weight"}, "model") is None  # a prefix is a whole name
+    assert model_key_for("norm.weight", {"model.norm.weight"}, "") is None
+
+
+def test_checkpoint_sources_map_the_body_and_leave_out_keys_the_model_has_no_place_for():
+    causal_lm_checkpoint = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+    assert checkpoint_sources(causal_lm_checkpoint, REWARD_BODY, "model") == {
+        "model.embed_tokens.weight": "model.embed_tokens.weight", "model.norm.weight": "model.norm.weight"}
+    assert checkpoint_sources(["embed_tokens.weight"], REWARD_BODY, "model") == {
+        "model.embed_tokens.weight": "embed_tokens.weight"}
+    assert checkpoint_sources([], REWARD_BODY, "model") == {}
+    with pytest.raises(AmbiguousCheckpoint, match="norm.weight"):
+        checkpoint_sources(["norm.weight", "model.norm.weight"], REWARD_BODY, "model")
+
+
+def resaved(source, out_dir, dtype=None, **save_options):
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(source, dtype=dtype).save_pretrained(out_dir, **save_options)
+    return out_dir
+
+
+def build_mixtral(out_dir):
+    """A transformers 5 MoE checkpoint: per-expert weights that loading fuses (a weight conversion)."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=2, num_experts_per_tok=1)
+    MixtralForCausalLM(config).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_large_llama(out_dir):
+    """About 70 MB of float32 weights: large enough for a load's memory to be measured above the noise."""
+    from transformers import LlamaForCausalLM
+
+    from rlhf.demo.tiny_model import tiny_llama_config
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(1000, hidden_size=512, num_layers=4, num_heads=8)).save_pretrained(out_dir)
+    return out_dir
+
+
+def checkpoint_mb(directory) -> float:
+    return sum(file.stat().st_size for file in directory.glob("*.safetensors")) / 2**20
+
+
+@pytest.mark.slow
+def test_zero3_loads_stream_module_by_module_and_equal_transformers_own_load(tmp_path):
+    from rlhf.demo.task import corpus_words
+    from rlhf.demo.tiny_model import build_tiny_model, build_tiny_reward_model
+
+    words = corpus_words()
+    families = {family: str(build_family_model(tmp_path / family, family, words)) for family in ("llama3", "gpt2", "opt")}
+    demo = build_tiny_model(tmp_path / "demo", words)  # Llama with tied embeddings
+    reward = build_tiny_reward_model(tmp_path / "reward", demo)
+    sharded = resaved(demo, tmp_path / "sharded", max_shard_size="40KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    large = build_large_llama(tmp_path / "large")
+    cases = {f"{family}_{task}": {"path": path, "task": task}
+             for family, path in families.items() for task in ("causal_lm", "reward")}
+    cases.update({
+        "sharded_causal_lm": {"path": str(sharded), "task": "causal_lm"},
+        "sharded_reward": {"path": str(sharded), "task": "reward"},
+        "reward_checkpoint_as_reward": {"path": str(reward), "task": "reward"},
+        "reward_checkpoint_as_causal_lm": {"path": str(reward), "task": "causal_lm"},
+        # A float32 checkpoint under the stage's bf16 (DeepSpeed's bf16 mode: zero.Init builds bf16 parameters).
+        "bfloat16_checkpoint": {"path": str(resaved(demo, tmp_path / "bf16", dtype=torch.bfloat16)),
+                                "task": "causal_lm"},
+        "llama3_as_bfloat16": {"path": families["llama3"], "task": "causal_lm", "bf16": True},
+        "mixtral_converted_weights": {"path": str(build_mixtral(tmp_path / "mixtral")), "task": "causal_lm"},
+        "large": {"path": str(large), "task": "causal_lm", "memory_only": True},
+    })
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+               str(REPO / "tests" / "partitioned_load_probe.py"), str(tmp_path / "cases.json"), str(tmp_path / "out")]
+    result = subprocess.run(command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]
+    reports = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+    # Only the checkpoint whose keys need transformers' conversions takes transformers' path, and says why.
+    for report in reports:
+        for name, record in report.items():
+            assert record["streamed"]["streamed"] == (name != "mixtral_converted_weights"), name
+            assert not record["transformers"]["streamed"], name
+            assert record["streamed"]["tied"] == record["transformers"]["tied"], name
+            assert record["streamed"]["dtype"] == record["transformers"]["dtype"], name
+    assert result.stdout.count("through transformers' ZeRO-3 path") == 1
+    assert "its keys need transformers' weight conversions" in result.stdout
+    assert reports[0]["gpt2_causal_lm"]["streamed"]["tied"] and reports[0]["sharded_causal_lm"]["streamed"]["tied"]
+    assert reports[0]["llama3_as_bfloat16"]["streamed"]["dtype"] == "torch.bfloat16"
+
+    for name, case in cases.items():
+        if case.get("memory_only"):
+            continue
+        streamed = saved_weights_file(tmp_path / "out" / name / "streamed.safetensors")
+        expected = saved_weights_file(tmp_path / "out" / name / "transformers.safetensors")
+        assert sorted(streamed) == sorted(expected), name
+        for key, tensor in expected.items():
+            assert streamed[key].dtype == tensor.dtype and torch.equal(streamed[key], tensor), (name, key)
+        if name == "mixtral_converted_weights":
+            continue  # its checkpoint holds the experts one by one; the model, fused
+        # ...and both are the checkpoint, wherever the checkpoint has the weight.
+        checkpoint = saved_weights(case["path"])
+        shared = set(checkpoint) & set(streamed)
+        assert len(shared) >= len(streamed) - 2, name  # at most a new head (and its tied twin) is not in it
+        for key in shared:
+            assert torch.equal(streamed[key], checkpoint[key].to(streamed[key].dtype)), (name, key)
+    # A new reward head was initialised (as transformers does), not left empty.
+    assert saved_weights_file(tmp_path / "out" / "llama3_reward" / "streamed.safetensors")["score.weight"].abs().sum() > 0
+
+    # Memory: the streamed load costs rank 0 its partition plus one module; transformers' reads the whole checkpoint.
+    size = checkpoint_mb(large)
+    rank0_streamed = reports[0]["large"]["streamed"]["peak_increase_mb"]
+    rank0_transformers = reports[0]["large"]["transformers"]["peak_increase_mb"]
+    assert rank0_streamed < 0.75 * size, (rank0_streamed, rank0_transformers, size)
+    assert rank0_transformers > rank0_streamed + 0.5 * size, (rank0_streamed, rank0_transformers, size)
+
+
+def saved_weights_file(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
