@@ -68,6 +68,7 @@ def main(cases_path: str, out_dir: str) -> None:
 
     cases = json.loads(Path(cases_path).read_text())
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     init_distributed()
     host_memory.return_freed_blocks_to_os()  # as every stage does before loading
     rank = distributed.global_rank()
