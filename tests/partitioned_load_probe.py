@@ -58,6 +58,37 @@ def peak_increase_mb(load):
     return model, status_mb("VmHWM") - start
 
 
+class WithBuffer(torch.nn.Module):
+    """No family the tests build has a persistent buffer or a parameter shared by two modules; this has both."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(4, 3)
+        self.head = torch.nn.Linear(4, 3, bias=False)
+        self.head.weight = self.body.weight  # shared: filled once
+        self.extra = torch.nn.Linear(3, 2)  # not in the checkpoint: reported missing
+        self.register_buffer("scale", torch.zeros(3))
+
+
+def load_plain_module(checkpoint: str, out: Path, rank: int) -> dict:
+    """`load_module_by_module` itself, on a module built under zero.Init: what rank 0 wrote, and what it reports."""
+    import deepspeed
+    from safetensors.torch import save_file
+
+    from rlhf.partitioned_load import load_module_by_module
+
+    marked = []
+    with deepspeed.zero.Init(config_dict_or_path=ZERO3):
+        module = WithBuffer()
+    missing, errors = load_module_by_module(module, [checkpoint], marked.append)
+    weights = gathered_weights(module)
+    if rank == 0:
+        del weights["head.weight"]  # body.weight, under its second name
+        save_file(weights, str(out / "plain.safetensors"))
+    return {"missing": sorted(missing), "errors": errors, "marked": len(marked),
+            "shared": module.head.weight is module.body.weight}
+
+
 def main(cases_path: str, out_dir: str) -> None:
     from safetensors.torch import save_file
 
@@ -81,6 +112,7 @@ def main(cases_path: str, out_dir: str) -> None:
 
     partitioned_load.load_module_by_module = counted
     report = {}
+    plain_case = cases.pop("plain_module", None)
     for name, case in cases.items():
         dtype = getattr(torch, case["dtype"]) if case.get("dtype") else None
         loads = {
@@ -105,6 +137,8 @@ def main(cases_path: str, out_dir: str) -> None:
             del model
             distributed.barrier()
         report[name] = record
+    if plain_case is not None:
+        report["plain_module"] = load_plain_module(plain_case["path"], out, rank)
     (out / f"rank{rank}.json").write_text(json.dumps(report, indent=2))
     distributed.shutdown()
 

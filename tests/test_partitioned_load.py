@@ -70,6 +70,16 @@ def build_large_llama(out_dir):
     return out_dir
 
 
+def plain_checkpoint(path):
+    """Weights of tests/partitioned_load_probe.py's WithBuffer: a persistent buffer, one weight for two modules."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    save_file({"body.weight": torch.randn(3, 4, generator=generator), "body.bias": torch.randn(3, generator=generator),
+               "scale": torch.randn(3, generator=generator)}, str(path))
+    return path
+
+
 def checkpoint_mb(directory) -> float:
     return sum(file.stat().st_size for file in directory.glob("*.safetensors")) / 2**20
 
@@ -80,7 +90,8 @@ def test_zero3_loads_stream_module_by_module_and_equal_transformers_own_load(tmp
     from rlhf.demo.tiny_model import build_tiny_model, build_tiny_reward_model
 
     words = corpus_words()
-    families = {family: str(build_family_model(tmp_path / family, family, words)) for family in ("llama3", "gpt2", "opt")}
+    families = {family: str(build_family_model(tmp_path / family, family, words))
+                for family in ("llama3", "gpt2", "opt")}
     demo = build_tiny_model(tmp_path / "demo", words)  # Llama with tied embeddings
     reward = build_tiny_reward_model(tmp_path / "reward", demo)
     sharded = resaved(demo, tmp_path / "sharded", max_shard_size="40KB")
@@ -93,20 +104,29 @@ def test_zero3_loads_stream_module_by_module_and_equal_transformers_own_load(tmp
         "sharded_reward": {"path": str(sharded), "task": "reward"},
         "reward_checkpoint_as_reward": {"path": str(reward), "task": "reward"},
         "reward_checkpoint_as_causal_lm": {"path": str(reward), "task": "causal_lm"},
-        # A float32 checkpoint under the stage's bf16 (DeepSpeed's bf16 mode: zero.Init builds bf16 parameters).
         "bfloat16_checkpoint": {"path": str(resaved(demo, tmp_path / "bf16", dtype=torch.bfloat16)),
                                 "task": "causal_lm"},
+        # A float32 checkpoint under the stage's bf16 (DeepSpeed's bf16 mode: zero.Init builds bf16 parameters).
         "llama3_as_bfloat16": {"path": families["llama3"], "task": "causal_lm", "bf16": True},
         "mixtral_converted_weights": {"path": str(build_mixtral(tmp_path / "mixtral")), "task": "causal_lm"},
         "large": {"path": str(large), "task": "causal_lm", "memory_only": True},
     })
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    plain_module = {"path": str(plain_checkpoint(tmp_path / "plain.safetensors"))}
+    (tmp_path / "cases.json").write_text(json.dumps({**cases, "plain_module": plain_module}))
     command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
                str(REPO / "tests" / "partitioned_load_probe.py"), str(tmp_path / "cases.json"), str(tmp_path / "out")]
     result = subprocess.run(command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert result.returncode == 0, result.stdout[-4000:]
     reports = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+    plain = [report.pop("plain_module") for report in reports]
+    assert plain[0] == plain[1] == {"missing": ["extra.bias", "extra.weight", "head.weight"], "errors": [],
+                                    "marked": 3, "shared": True}
+    loaded, checkpoint = (saved_weights_file(path) for path in (tmp_path / "out" / "plain.safetensors",
+                                                                tmp_path / "plain.safetensors"))
+    for key, tensor in checkpoint.items():
+        assert torch.equal(loaded[key], tensor), key
 
     # Only the checkpoint whose keys need transformers' conversions takes transformers' path, and says why.
     for report in reports:
@@ -137,7 +157,8 @@ def test_zero3_loads_stream_module_by_module_and_equal_transformers_own_load(tmp
         for key in shared:
             assert torch.equal(streamed[key], checkpoint[key].to(streamed[key].dtype)), (name, key)
     # A new reward head was initialised (as transformers does), not left empty.
-    assert saved_weights_file(tmp_path / "out" / "llama3_reward" / "streamed.safetensors")["score.weight"].abs().sum() > 0
+    new_head = saved_weights_file(tmp_path / "out" / "llama3_reward" / "streamed.safetensors")["score.weight"]
+    assert new_head.abs().sum() > 0
 
     # Memory: the streamed load costs rank 0 its partition plus one module; transformers' reads the whole checkpoint.
     size = checkpoint_mb(large)
