@@ -17,7 +17,9 @@ import contextlib
 import json
 import os
 import sys
+import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -59,7 +61,33 @@ def current_rss_mb() -> float:
     return float("nan")
 
 
-def worker(out_dir: Path, stage_argv: list[str]) -> None:
+def stop_when_over(limit_mb: float, out_dir: Path, poll_s: float = 0.05) -> None:
+    """A capacity scan's guard: once this process's RSS exceeds `limit_mb` the run is over the budget whatever
+    follows, so record the RSS seen and end the process (the launcher then ends the other ranks). Saves the scan
+    the rest of a run that cannot fit, and keeps several over-budget processes from exhausting the machine."""
+    import threading
+
+    from benchmarks.memory_phases import status_mb
+    from rlhf import distributed
+
+    def watch() -> None:
+        while True:
+            rss = status_mb("VmRSS")
+            if rss > limit_mb:
+                rank = int(os.environ.get("RANK", "0"))
+                out_dir.mkdir(parents=True, exist_ok=True)
+                (out_dir / f"rank-{rank}.json").write_text(json.dumps(
+                    {"rank": rank, "stopped_over_mb": rss, "limit_mb": limit_mb}))
+                distributed._unlink_cpu_all_reduce_buffer()  # a stopped rank never reaches the stage's shutdown
+                os._exit(3)
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, daemon=True, name="memory-budget-guard").start()
+
+
+def worker(out_dir: Path, stage_argv: list[str], stop_over_mb: float | None = None) -> None:
+    if stop_over_mb is not None:
+        stop_when_over(stop_over_mb, out_dir)
     import deepspeed
     import torch
     import transformers  # noqa: F401
@@ -87,7 +115,10 @@ def worker(out_dir: Path, stage_argv: list[str]) -> None:
                                (deepspeed.DeepSpeedEngine, "forward", "forward"),
                                (PPORecipe, "finish", "final_save")):
         phases.wrap(owner, name, label)
-    run(parse_config(PPOStageConfig, stage_argv))
+    try:
+        run(parse_config(PPOStageConfig, stage_argv))
+    finally:
+        distributed.shutdown()  # as the stage's command line does: it also removes DeepSpeed's /dev/shm buffer
     first = {}
     for record in phases.records:
         first.setdefault(record["phase"], record)
@@ -117,20 +148,30 @@ def stage_argv(models: dict, settings: Settings, layout: str, output_dir: Path, 
     return settings_to_argv(arguments)
 
 
-def run_one(models: dict, settings: Settings, layout: str, workdir: Path, log=print) -> dict:
-    """One layout on `settings.num_processes` processes: the row of the higher rank's numbers."""
+def run_one(models: dict, settings: Settings, layout: str, workdir: Path, log=print,
+            stop_over_mb: float | None = None) -> dict:
+    """One layout on `settings.num_processes` processes: the row of the higher rank's numbers. With
+    `stop_over_mb`, a process that exceeds it ends the run: the row then has `stopped_over_mb` (the RSS seen)."""
     configs = dict(zip(("actor", "critic", "reference", "reward"), LAYOUTS[layout]))
     name = f"{layout}-{settings.num_processes}p-{settings.hidden_size}x{settings.num_layers}"
     log(f"ppo_memory: {layout} on {settings.num_processes} processes, hidden {settings.hidden_size}, "
         f"{settings.num_layers} layers")
     out_dir = workdir / f"memory-{name}"
+    shutil.rmtree(out_dir, ignore_errors=True)  # an earlier run's rank files must not stand in for this run's
     argv = stage_argv(models, settings, layout, workdir / f"ppo-{name}", workdir / "registry")
     row = {"layout": layout, "processes": settings.num_processes, "configs": configs, "bf16": settings.bf16,
            "parameters": models["parameters"]["policy"]}
+    guard = ["--stop-over-mb", str(stop_over_mb)] if stop_over_mb is not None else []
     try:
-        run_child(deepspeed_command("benchmarks.ppo_memory", ["--worker", "--out-dir", str(out_dir), "--", *argv],
-                                    settings.num_processes), workdir / f"memory-{name}.log")
+        run_child(deepspeed_command("benchmarks.ppo_memory", ["--worker", "--out-dir", str(out_dir), *guard, "--",
+                                                              *argv], settings.num_processes),
+                  workdir / f"memory-{name}.log")
     except RuntimeError as error:  # one layout failing (e.g. offload unsupported here) leaves the others
+        stopped = [record["stopped_over_mb"] for record in map(read_json, out_dir.glob("rank-*.json"))
+                   if "stopped_over_mb" in record]
+        if stopped:
+            log(f"ppo_memory: {layout} stopped: a process passed {stop_over_mb:.0f} MB ({max(stopped):.0f})")
+            return {**row, "stopped_over_mb": max(stopped), "peak_rss_mb": max(stopped)}
         log(f"ppo_memory: {layout} failed: {error}")
         return {**row, "error": str(error)[-2000:]}
     ranks = sorted((read_json(path) for path in out_dir.glob("rank-*.json")), key=lambda r: r["rank"])
@@ -172,12 +213,13 @@ def run_capacity(settings: Settings, workdir: Path, budget_mb: float, layers: li
             sized = replace(settings, num_layers=count)
             models = tiny_models.build(workdir / f"models-memory-{sized.hidden_size}x{count}",
                                        tiny_models.TinySize(sized.hidden_size, count, 8))
-            row = run_one(models, sized, layout, workdir, log)
+            row = run_one(models, sized, layout, workdir, log, stop_over_mb=budget_mb)
             row["num_layers"] = count
-            tried.append({key: row.get(key) for key in ("num_layers", "parameters", "peak_rss_mb", "error")})
+            tried.append({key: row[key] for key in ("num_layers", "parameters", "peak_rss_mb", "error",
+                                                    "stopped_over_mb", "peak_rss_in_mb", "ranks") if key in row})
             if "error" in row or row["peak_rss_mb"] > budget_mb:
                 break
-        fitting = [t for t in tried if t.get("error") is None and t["peak_rss_mb"] <= budget_mb]
+        fitting = [t for t in tried if "error" not in t and t["peak_rss_mb"] <= budget_mb]
         result["layouts"][layout] = {"tried": tried, "largest": fitting[-1] if fitting else None}
     return result
 
@@ -219,7 +261,9 @@ def capacity_markdown(result: dict) -> str:
              "|---|---:|---:|---|"]
     for layout, found in result["layouts"].items():
         largest = found["largest"]
-        tried = ", ".join(f"{t['num_layers']}: " + (f"{t['peak_rss_mb']:.0f}" if t.get("error") is None else "failed")
+        tried = ", ".join(f"{t['num_layers']}: " + ("failed" if "error" in t else
+                                                    f"over, stopped at {t['stopped_over_mb']:.0f}"
+                                                    if "stopped_over_mb" in t else f"{t['peak_rss_mb']:.0f}")
                           for t in found["tried"])
         lines.append(f"| {layout} | " + (f"{largest['num_layers']}, {largest['parameters'] / 1e6:.0f}M | "
                                           f"{largest['peak_rss_mb']:.0f} |" if largest else "none | - |")
@@ -238,7 +282,8 @@ def main(argv=None) -> None:
         split = argv.index("--")
         head, stage = argv[:split], argv[split + 1:]
         out_dir = Path(head[head.index("--out-dir") + 1])
-        worker(out_dir, stage)
+        stop_over_mb = float(head[head.index("--stop-over-mb") + 1]) if "--stop-over-mb" in head else None
+        worker(out_dir, stage, stop_over_mb)
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smallest", action="store_true")
