@@ -96,6 +96,7 @@ def worker(out_dir: Path, stage_argv: list[str], stop_over_mb: float | None = No
     from rlhf import adaptation, distributed
     from rlhf.config import parse_config
     from rlhf.ppo import engines, experience, update
+    from rlhf.ppo import inputs as ppo_inputs
     from rlhf.rm import model as rm_model
     from rlhf.stages.ppo import PPORecipe, PPOStageConfig, run
 
@@ -106,7 +107,8 @@ def worker(out_dir: Path, stage_argv: list[str], stop_over_mb: float | None = No
     # modules when it runs, so wrapping the module attributes is enough. RLHF_MEMORY_TRIM=1 also records the RSS
     # after malloc_trim at each phase's end (what the allocator kept but the program had freed).
     phases = Phases(trim=os.environ.get("RLHF_MEMORY_TRIM") == "1")
-    for owner, name, label in ((engines, "build_engines", "engines_built"), (adaptation, "load_adapted", "load"),
+    for owner, name, label in ((engines, "init_distributed", "distributed_init"),
+                               (ppo_inputs, "read_inputs", "inputs"), (engines, "build_engines", "engines_built"), (adaptation, "load_adapted", "load"),
                                (rm_model, "load_reward_model", "load_reward"),
                                (deepspeed, "initialize", "deepspeed_initialize"),
                                (experience, "generate", "generation"), (experience, "score", "scoring"),
@@ -125,7 +127,10 @@ def worker(out_dir: Path, stage_argv: list[str], stop_over_mb: float | None = No
     record = {"rank": distributed.global_rank(), "rss_after_imports_mb": baseline, "peak_rss_mb": phases.peak_mb(),
               "peak_rss_in_mb": {label: max(r["peak_mb"] for r in phases.records if r["phase"] == label)
                                  for label in first},
-              "first_call": first, "phases": phases.records}
+              "first_call": first, "phases": phases.records,
+              # Before the first model loads: the libraries wholly imported (a first from_pretrained of the
+              # tokenizer pulls in another ~90 MB of them: accelerate, PIL, sympy), the process group, the prompts.
+              "rss_before_models_mb": first["engines_built"]["rss_begin_mb"]}
     if torch.cuda.is_available():
         record["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +182,7 @@ def run_one(models: dict, settings: Settings, layout: str, workdir: Path, log=pr
     ranks = sorted((read_json(path) for path in out_dir.glob("rank-*.json")), key=lambda r: r["rank"])
     row.update(ranks=ranks, peak_rss_mb=max(r["peak_rss_mb"] for r in ranks),
                models_share_mb=max(r["peak_rss_mb"] - r["rss_after_imports_mb"] for r in ranks),
+               above_models_start_mb=max(r["peak_rss_mb"] - r["rss_before_models_mb"] for r in ranks),
                peak_rss_in_mb={label: max(r["peak_rss_in_mb"].get(label, 0.0) for r in ranks)
                                for label in ranks[0]["peak_rss_in_mb"]})
     if "cuda_max_allocated_mb" in ranks[0]:
@@ -197,6 +203,7 @@ def run_layouts(settings: Settings, workdir: Path, log=print, processes: list[in
                      and "error" not in r), None)
         if "error" not in row and base is not None:
             row["models_share_vs_zero0"] = row["models_share_mb"] / base["models_share_mb"]
+            row["above_models_start_vs_zero0"] = row["above_models_start_mb"] / base["above_models_start_mb"]
     parameters = models["parameters"]
     return {"settings": asdict(settings), "model": models["model"], "parameters": parameters,
             "fp32_mb_per_model": {name: 4 * count / 2**20 for name, count in parameters.items()}, "rows": rows}
@@ -227,18 +234,20 @@ def run_capacity(settings: Settings, workdir: Path, budget_mb: float, layers: li
 def markdown(result: dict) -> str:
     gpu = any("cuda_max_allocated_mb" in row for row in result["rows"])
     lines = ["| layout (actor, critic / reference, reward) | processes | peak RSS per process (MB) | above imports (MB) "
-             "| vs zero0 (same processes) |" + (" CUDA max allocated (MB) |" if gpu else ""),
-             "|---|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
+             "| vs zero0 (same processes) | above the start of model loading (MB) | vs zero0 |"
+             + (" CUDA max allocated (MB) |" if gpu else ""),
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
     for row in result["rows"]:
         c = row["configs"]
         label = f"| {row['layout']} ({c['actor']}, {c['critic']} / {c['reference']}, {c['reward']}) | {row['processes']} |"
         if "error" in row:
             reason = row["error"].strip().splitlines()[-1][:160].replace("|", "/")
-            lines.append(f"{label} failed: `{reason}` | | |" + (" |" if gpu else ""))
+            lines.append(f"{label} failed: `{reason}` | | | | |" + (" |" if gpu else ""))
             continue
-        ratio = row.get("models_share_vs_zero0")
+        ratio, from_start = row.get("models_share_vs_zero0"), row.get("above_models_start_vs_zero0")
         line = (f"{label} {row['peak_rss_mb']:.0f} | {row['models_share_mb']:.0f} | "
-                + (f"{ratio:.2f}x |" if ratio is not None else "- |"))
+                + (f"{ratio:.3f}x |" if ratio is not None else "- |") + f" {row['above_models_start_mb']:.0f} | "
+                + (f"{from_start:.3f}x |" if from_start is not None else "- |"))
         if gpu:
             line += f" {row['cuda_max_allocated_mb']:.0f} |"
         lines.append(line)

@@ -8,11 +8,13 @@ times in ppo_metrics.jsonl; TRL runs in its own venv as benchmarks/peers/trl_ppo
 counted as 6 x trained parameters (actor + critic) x tokens (prompt + response) x PPO epochs.
 
     python -m benchmarks.ppo_vs_trl [--smallest] [--no-peer]
+    python -m benchmarks.ppo_vs_trl --hidden-size 1024 --num-layers 6 --steps 3 --rounds 2   # the 100M size
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -289,15 +291,25 @@ def main(argv=None) -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip TRL (and creating its venv)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ppo_vs_trl.json")
     parser.add_argument("--profile-training", type=Path, help=argparse.SUPPRESS)
+    defaults = Settings()
+    for name in ("hidden_size", "num_layers", "steps", "rounds", "rollout_batch_size", "minibatch_size",
+                 "ppo_epochs", "max_new_tokens"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run of our training phase")
+    parser.add_argument("--workdir", type=Path, help="kept (models reused) instead of a temporary directory")
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--profile-training" in argv:
         split = argv.index("--")
         profile_training_worker(argv[split + 1:], Path(argv[argv.index("--profile-training") + 1]))
         return
     args = parser.parse_args(argv)
-    settings = Settings.smallest() if args.smallest else Settings()
-    with tempfile.TemporaryDirectory(prefix="bench-ppo-") as workdir:
-        result = run(settings, Path(workdir), peer=not args.no_peer)
+    settings = Settings.smallest() if args.smallest else Settings(
+        steps=args.steps, rounds=args.rounds, rollout_batch_size=args.rollout_batch_size,
+        minibatch_size=args.minibatch_size, ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens,
+        hidden_size=args.hidden_size, num_layers=args.num_layers)
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ppo-")))
+        result = run(settings, workdir, peer=not args.no_peer, profile=not args.no_profile)
     print(markdown(result))
     write_json(args.out, result)
 
