@@ -203,9 +203,12 @@ def is_disk_full(error: BaseException) -> bool:
         sign in text for sign in ("unexpected pos", "file write failed", "No space left on device"))
 
 
-def disk_full_message(where: Path, error: BaseException, removed: Iterable[Path], last_whole: Path | None) -> str:
+def disk_full_message(where: Path, error: BaseException, removed: Iterable[Path], last_whole: Path | None,
+                      left_for_next_run: Iterable[Path] = ()) -> str:
     removed = [str(path) for path in removed]
+    left = [str(path) for path in left_for_next_run]
     detail = " ".join(str(error).split())[:160]
     return (f"no space left on device writing {where} ({detail}); "
             + (f"removed the partial {', '.join(removed)}; " if removed else "")
+            + (f"the partial {', '.join(left)} is removed when the run resumes; " if left else "")
             + f"the last whole checkpoint is {last_whole or 'none'}: free space and re-run with --resume")

@@ -66,22 +66,32 @@ def test_two_process_run_killed_and_resumed_normalises_and_reports_as_an_uninter
     assert moments["count"] == 96
 
 
-# Loaded by every Python process of the run (sitecustomize); only rank 1's torch.save fails, half-way through
-# its file of checkpoint step-4, as a disk filling up under one node's writes would, while rank 0 has finished
-# its own part and waits for rank 1.
+# Loaded by every Python process of the run (sitecustomize): rank 1's torch.save fails half-way through its file
+# of checkpoint step-4, as a disk filling up under one node's writes would. Rank 0 holds its own file of that
+# checkpoint until rank 1's partial one appears, the worst moment: it is still to write into the staging directory
+# after rank 1 failed. For a second it watches that directory, and notes in MARKER if it vanishes under it.
 FULL_DISK_ON_RANK_1 = """
-import errno, os
-if os.environ.get("RANK") == "1":
-    import torch
-    real_save = torch.save
+import errno, os, time
+import torch
+real_save = torch.save
 
-    def save(obj, f, *args, **kwargs):
-        if ".step-4.saving" in str(f) and "rng_state_1" in str(f):
-            with open(f, "wb") as handle:
-                handle.write(b"PK" * 1000)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
-        return real_save(obj, f, *args, **kwargs)
-    torch.save = save
+def save(obj, f, *args, **kwargs):
+    path = str(f)
+    if ".step-4.saving" in path and "rng_state_1" in path and os.environ.get("RANK") == "1":
+        with open(f, "wb") as handle:
+            handle.write(b"PK" * 1000)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    if ".step-4.saving" in path and "rng_state_0" in path:
+        staging = os.path.dirname(path)
+        while os.path.isdir(staging) and not os.path.exists(os.path.join(staging, "rng_state_1.pt")):
+            time.sleep(0.01)
+        for _ in range(100):
+            if not os.path.isdir(staging):
+                open(MARKER, "w").close()
+                break
+            time.sleep(0.01)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
 """
 
 
@@ -92,7 +102,8 @@ def test_a_full_disk_on_one_rank_stops_every_rank_in_one_line_and_the_run_resume
     models, straight_dir = straight_run
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(FULL_DISK_ON_RANK_1)
+    marker = tmp_path / "staging_removed_while_rank_0_wrote"
+    (hook / "sitecustomize.py").write_text(f"MARKER = {str(marker)!r}\n" + FULL_DISK_ON_RANK_1)
     run_dir = tmp_path / "full"
     env = subprocess_env(tmp_path)
     env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
@@ -105,10 +116,15 @@ def test_a_full_disk_on_one_rank_stops_every_rank_in_one_line_and_the_run_resume
     assert errors and all(f"no space left on device writing {run_dir / 'checkpoints' / 'step-4'}" in line
                           for line in errors), errors
     assert f"the last whole checkpoint is {run_dir / 'checkpoints' / 'step-2'}" in errors[0]
+    # Rank 0 may still be writing into the staging directory, so the failed rank leaves it for the next run.
+    assert not marker.exists()
+    staging = run_dir / "checkpoints" / ".step-4.saving"
+    assert f"the partial {staging} is removed when the run resumes" in errors[0]
     checkpoints = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
-    assert checkpoints == ["step-2"], checkpoints  # the partial staging directory is gone
+    assert checkpoints == [".step-4.saving", "step-2"], checkpoints  # removed by the resumed run, before it writes
 
     resumed = launch_two(stage_arguments(models, run_dir, tmp_path / "reg", resume=True, **COMMON), tmp_path)
     output = resumed.communicate()[0]
     assert resumed.returncode == 0, output[-4000:]
     assert_same_metric_rows(read_metrics(straight_dir), read_metrics(run_dir))
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == ["step-4", "step-6"]

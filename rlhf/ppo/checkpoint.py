@@ -26,6 +26,7 @@ from rlhf.errors import RLHFError
 from rlhf.io import atomic_write_json
 
 STEP_PATTERN = re.compile(r"^step-(\d+)$")
+STAGING_PATTERN = re.compile(r"^\.step-(\d+)\.saving$")
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -64,7 +65,7 @@ def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_st
     """Write checkpoint `step` (every rank calls this) and keep only the newest `keep` (0: all)."""
     directory = checkpoints_dir(output_dir)
     final = directory / f"step-{step}"
-    staging = directory / f".step-{step}.saving"
+    staging = directory / f".step-{step}.saving"  # STAGING_PATTERN
     if distributed.is_main_process():
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -77,11 +78,17 @@ def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_st
         if distributed.is_main_process():
             atomic_write_json(staging / TRAINER_STATE, {**trainer_state, "step": step})
     except BaseException as error:
-        # The staging directory is all a failed save touched: removing it leaves the last whole checkpoint as it was.
-        shutil.rmtree(staging, ignore_errors=True)
+        # The staging directory is all a failed save touched, so the last whole checkpoint is as it was. Alone, this
+        # process removes it. Among several, the others may still be writing into it: pulling it from under them
+        # would turn their writes into errors of their own, racing this one to the launcher. The launcher stops
+        # them when this rank exits, and the next run removes the directory (remove_partial_saves).
+        alone = distributed.world_size() == 1
+        if alone:
+            shutil.rmtree(staging, ignore_errors=True)
         if checkpoint_files.is_disk_full(error):
-            raise RLHFError(checkpoint_files.disk_full_message(final, error, [staging], latest_checkpoint(output_dir))) \
-                from None
+            raise RLHFError(checkpoint_files.disk_full_message(
+                final, error, [staging] if alone else [], latest_checkpoint(output_dir),
+                left_for_next_run=[] if alone else [staging])) from None
         raise
     if distributed.is_main_process():
         if final.exists():
@@ -90,6 +97,19 @@ def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_st
         _remove_old(directory, keep)
     distributed.barrier()
     return final
+
+
+def remove_partial_saves(output_dir: str | Path) -> None:
+    """Remove the staging directories of saves that never finished (a kill, a full disk on one of several ranks).
+
+    Every rank calls this before its run writes anything; rank 0 removes, the others wait for it.
+    """
+    directory = checkpoints_dir(output_dir)
+    if distributed.is_main_process() and directory.is_dir():
+        for path in directory.iterdir():
+            if STAGING_PATTERN.match(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+    distributed.barrier()
 
 
 def load_checkpoint(path: Path, actor, critic) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class PPORecipe:
         self.gold = ppo_inputs.gold_scorer_or_none(config)
         self.update_settings = update.UpdateSettings(config.ppo_epochs, config.minibatch_size, config.cliprange,
                                               config.cliprange_value, config.vf_coef, config.ptx_coef, self.sampling)
+        checkpoint.remove_partial_saves(config.output_dir)
         self.resume()
         self.ptx = ppo_inputs.ptx_iterator(config, self.tokenizer,
                                            start_batch=self.state["step"] * config.updates_per_step)
