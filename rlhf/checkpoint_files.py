@@ -210,5 +210,6 @@ def disk_full_message(where: Path, error: BaseException, removed: Iterable[Path]
     detail = " ".join(str(error).split())[:160]
     return (f"no space left on device writing {where} ({detail}); "
             + (f"removed the partial {', '.join(removed)}; " if removed else "")
-            + (f"the partial {', '.join(left)} is removed when the run resumes; " if left else "")
+            + (f"left the partial {', '.join(left)}, as other ranks may still have been writing into it "
+               f"(--resume steps over it); " if left else "")
             + f"the last whole checkpoint is {last_whole or 'none'}: free space and re-run with --resume")

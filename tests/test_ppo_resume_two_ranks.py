@@ -119,7 +119,7 @@ def test_a_full_disk_on_one_rank_stops_every_rank_in_one_line_and_the_run_resume
     # Rank 0 may still be writing into the staging directory, so the failed rank leaves it for the next run.
     assert not marker.exists()
     staging = run_dir / "checkpoints" / ".step-4.saving"
-    assert f"the partial {staging} is removed when the run resumes" in errors[0]
+    assert f"left the partial {staging}, as other ranks may still have been writing into it" in errors[0]
     checkpoints = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
     assert checkpoints == [".step-4.saving", "step-2"], checkpoints  # removed by the resumed run, before it writes
 

@@ -346,3 +346,70 @@ def test_sft_under_two_process_zero3_trains_registers_once_and_saves_whole_weigh
     assert all(saved[name].shape == base[name].shape for name in base)  # whole tensors, not ZeRO-3 partitions
     assert any(not torch.equal(saved[name], base[name]) for name in base)  # and trained
     load_causal_lm(entries[0].path)
+
+
+# Loaded by both ranks (sitecustomize): rank FAILING's torch.save of its ZeRO-3 optimiser shard in checkpoint-4
+# fails part-way, as a full disk under one node would. The other rank holds its own shard until that partial file
+# appears, then watches the checkpoint directory for a second and notes in MARKER if it vanishes under its write.
+FULL_DISK_ON_ONE_RANK = """
+import errno, os, time
+import torch
+real_save = torch.save
+failing, watching = f"zero_pp_rank_{FAILING}_", f"zero_pp_rank_{1 - FAILING}_"
+
+def save(obj, f, *args, **kwargs):
+    path = str(f)
+    if "checkpoint-4" in path and failing in path and "optim" in path:
+        with open(f, "wb") as handle:
+            handle.write(b"PK" * 1000)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    if "checkpoint-4" in path and watching in path and "optim" in path:
+        folder = os.path.dirname(path)
+        partner = path.replace(watching, failing)
+        while os.path.isdir(folder) and not os.path.exists(partner):
+            time.sleep(0.01)
+        for _ in range(100):
+            if not os.path.isdir(folder):
+                open(MARKER, "w").close()
+                break
+            time.sleep(0.01)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_a_full_disk_on_one_of_two_zero3_ranks_is_one_line_and_the_run_resumes(sft_workspace, tmp_path, failing_rank):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    marker = tmp_path / "checkpoint_removed_while_the_other_rank_wrote"
+    (hook / "sitecustomize.py").write_text(f"MARKER = {str(marker)!r}\nFAILING = {failing_rank}\n"
+                                           + FULL_DISK_ON_ONE_RANK)
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    command = [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "rlhf.stages.sft",
+               *_sft_args(sft_workspace, tmp_path, "--max_steps", "6", "--per_device_train_batch_size", "8",
+                          "--save_strategy", "steps", "--save_steps", "2", "--resume", "true"),
+               "--deepspeed", "deepspeed_configs/zero3.json"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    python_path = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    # No timeout: were rank 0 left waiting at a barrier, this would hang, and that is the failure it guards.
+    failed = subprocess.run(command, capture_output=True, text=True, env={**env, "PYTHONPATH": python_path})
+    output = failed.stdout + failed.stderr
+    assert failed.returncode == 2, output[-4000:]
+    run_dir = tmp_path / "run"
+    errors = [line for line in output.splitlines() if "error: " in line]
+    assert errors and all(f"no space left on device writing {run_dir / 'checkpoint-4'}" in line
+                          for line in errors), errors
+    assert f"the last whole checkpoint is {run_dir / 'checkpoint-2'}" in errors[0]
+    assert f"left the partial {run_dir / 'checkpoint-4'}, as other ranks" in errors[0]
+    assert not marker.exists()  # nothing was removed under the other rank's write
+    assert Registry(tmp_path / "registry").entries() == []
+
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env)
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-4000:]
+    assert "skipping damaged checkpoint(s)" in output and f"resuming from {run_dir / 'checkpoint-2'}" in output
+    assert [entry.reference for entry in Registry(tmp_path / "registry").entries()] == ["sft@1"]
+    trained = json.loads((run_dir / "checkpoint-6" / "trainer_state.json").read_text())
+    assert trained["global_step"] == 6

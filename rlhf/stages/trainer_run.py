@@ -77,17 +77,28 @@ def whole_run_loss(log_history: list[dict], start_step: int, resumed_loss: float
 
 
 def _after_a_full_disk(output_dir: Path, error: BaseException) -> str:
-    """Remove the checkpoints the failed save left partial (rank 0); the message for the user."""
+    """The message for the user; alone, this process first removes the checkpoints the failed save left partial.
+
+    Among several processes the others may still be writing into them (see rlhf.ppo.checkpoint.save_checkpoint),
+    so they stay, and --resume steps over them.
+    """
     candidates = trainer_checkpoints(output_dir)
     chosen, _ = checkpoint_files.newest_whole(candidates, [TRAINER_STATE])
-    partial = _remove_newer_than(chosen, candidates) if distributed.is_main_process() else []
-    where = partial[0] if partial else output_dir
-    return checkpoint_files.disk_full_message(where, error, partial, chosen)
+    if distributed.world_size() == 1:
+        partial = _remove_newer_than(chosen, candidates)
+        return checkpoint_files.disk_full_message(partial[0] if partial else output_dir, error, partial, chosen)
+    partial = _newer_than(chosen, candidates)
+    return checkpoint_files.disk_full_message(partial[0] if partial else output_dir, error, [], chosen,
+                                              left_for_next_run=partial)
+
+
+def _newer_than(chosen: Path | None, candidates: list[tuple[int, Path]]) -> list[Path]:
+    chosen_step = next((step for step, path in candidates if path == chosen), -1)
+    return [path for step, path in sorted(candidates) if step > chosen_step]
 
 
 def _remove_newer_than(chosen: Path | None, candidates: list[tuple[int, Path]]) -> list[Path]:
-    chosen_step = next((step for step, path in candidates if path == chosen), -1)
-    removed = [path for step, path in sorted(candidates) if step > chosen_step]
+    removed = _newer_than(chosen, candidates)
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
