@@ -233,12 +233,12 @@ def resolve_model(reference: str, registry: Registry | None = None) -> tuple[str
 def hub_problem(model_id: str) -> str | None:
     """Why the hub cannot give `model_id` (None when it is cached, or the hub has it), asked once and briefly:
     from_pretrained alone retries for about a minute before it says that there is no network."""
-    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub import HfApi, is_offline_mode, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
         return None
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if is_offline_mode():  # the hub client's own reading of HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE)
         return "in the local hub cache (HF_HUB_OFFLINE is set)"
     try:
         HfApi().model_info(model_id, timeout=10)

@@ -141,13 +141,13 @@ def test_an_unknown_name_says_where_it_was_looked_for_without_a_minute_of_retrie
 
     registry = Registry(tmp_path / "reg")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 at start-up sets it
     with pytest.raises(ConfigError) as offline:
         resolve_model("no-such-model", registry)
     assert str(offline.value) == (f"model 'no-such-model' is neither a registry entry in {registry.root}, nor a "
                                   f"directory, nor in the local hub cache (HF_HUB_OFFLINE is set)")
 
-    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     asked = []
 
     def unreachable(self, model_id, timeout=None):
