@@ -116,12 +116,15 @@ class Registry:
         """The entry that the stage run `run_id` registered under `name`, if it got that far."""
         return next((entry for entry in self.entries(name) if run_id and entry.run_id == run_id), None)
 
-    def has(self, reference: str) -> bool:
+    def find(self, reference: str) -> Entry | None:
+        """The entry `get` would return, or None where it would raise."""
         try:
-            self.get(reference)
+            return self.get(reference)
         except ConfigError:
-            return False
-        return True
+            return None
+
+    def has(self, reference: str) -> bool:
+        return self.find(reference) is not None
 
     # -- writing --------------------------------------------------------------------------------
     def register(self, name: str, stage: str, model_dir: str | os.PathLike, *, base_model: str = "",
@@ -201,8 +204,8 @@ def resolve_model(reference: str, registry: Registry | None = None) -> tuple[str
         raise ConfigError("no model given (set model_name_or_path)")
     registry = registry or Registry()
     match = REFERENCE_PATTERN.match(reference)
-    if match and registry.has(reference):
-        entry = registry.get(reference)
+    entry = registry.find(reference) if match else None
+    if entry is not None:
         if not Path(entry.path).is_dir():
             raise ConfigError(f"registry {registry.root}: {entry.reference}'s model directory {entry.path} no longer "
                               f"exists (deleted or moved): re-run its stage, or register the model again")
