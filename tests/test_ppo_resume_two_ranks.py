@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+import full_disk_hook
 from ppo_setup import (PYTHON, REPO, assert_same_metric_rows, build_models, killed_at_step_2_then_resumed,
                         stage_arguments, subprocess_env)
 from rlhf.distributed import free_port
@@ -66,47 +67,15 @@ def test_two_process_run_killed_and_resumed_normalises_and_reports_as_an_uninter
     assert moments["count"] == 96
 
 
-# Loaded by every Python process of the run (sitecustomize): rank 1's torch.save fails half-way through its file
-# of checkpoint step-4, as a disk filling up under one node's writes would. Rank 0 holds its own file of that
-# checkpoint until rank 1's partial one appears, the worst moment: it is still to write into the staging directory
-# after rank 1 failed. For a second it watches that directory, and notes in MARKER if it vanishes under it.
-FULL_DISK_ON_RANK_1 = """
-import errno, os, time
-import torch
-real_save = torch.save
-
-def save(obj, f, *args, **kwargs):
-    path = str(f)
-    if ".step-4.saving" in path and "rng_state_1" in path and os.environ.get("RANK") == "1":
-        with open(f, "wb") as handle:
-            handle.write(b"PK" * 1000)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-    if ".step-4.saving" in path and "rng_state_0" in path:
-        staging = os.path.dirname(path)
-        while os.path.isdir(staging) and not os.path.exists(os.path.join(staging, "rng_state_1.pt")):
-            time.sleep(0.01)
-        for _ in range(100):
-            if not os.path.isdir(staging):
-                open(MARKER, "w").close()
-                break
-            time.sleep(0.01)
-    return real_save(obj, f, *args, **kwargs)
-torch.save = save
-"""
-
-
 @pytest.mark.slow
 def test_a_full_disk_on_one_rank_stops_every_rank_in_one_line_and_the_run_resumes(straight_run, tmp_path):
     from rlhf.ppo.tracking import read_metrics
 
     models, straight_dir = straight_run
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    marker = tmp_path / "staging_removed_while_rank_0_wrote"
-    (hook / "sitecustomize.py").write_text(f"MARKER = {str(marker)!r}\n" + FULL_DISK_ON_RANK_1)
+    # Rank 1's file of checkpoint step-4 fills the disk while rank 0 is still to write its own.
+    env, marker = full_disk_hook.install(tmp_path, subprocess_env(tmp_path), inside=".step-4.saving",
+                                         failing="rng_state_1", watching="rng_state_0")
     run_dir = tmp_path / "full"
-    env = subprocess_env(tmp_path)
-    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
     command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
                "--module", "rlhf.stages.ppo", *stage_arguments(models, run_dir, tmp_path / "reg", **COMMON)]
     # No timeout: were rank 0 left waiting at a barrier, this would hang, and that is the failure it guards.

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import full_disk_hook
 from rlhf.demo.task import corpus_words, make_split
 from rlhf.demo.tiny_model import build_tiny_model
 from rlhf.distributed import free_port
@@ -348,53 +349,21 @@ def test_sft_under_two_process_zero3_trains_registers_once_and_saves_whole_weigh
     load_causal_lm(entries[0].path)
 
 
-# Loaded by both ranks (sitecustomize): rank FAILING's torch.save of its ZeRO-3 optimiser shard in checkpoint-4
-# fails part-way, as a full disk under one node would. The other rank holds its own shard until that partial file
-# appears, then watches the checkpoint directory for a second and notes in MARKER if it vanishes under its write.
-FULL_DISK_ON_ONE_RANK = """
-import errno, os, time
-import torch
-real_save = torch.save
-failing, watching = f"zero_pp_rank_{FAILING}_", f"zero_pp_rank_{1 - FAILING}_"
-
-def save(obj, f, *args, **kwargs):
-    path = str(f)
-    if "checkpoint-4" in path and failing in path and "optim" in path:
-        with open(f, "wb") as handle:
-            handle.write(b"PK" * 1000)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-    if "checkpoint-4" in path and watching in path and "optim" in path:
-        folder = os.path.dirname(path)
-        partner = path.replace(watching, failing)
-        while os.path.isdir(folder) and not os.path.exists(partner):
-            time.sleep(0.01)
-        for _ in range(100):
-            if not os.path.isdir(folder):
-                open(MARKER, "w").close()
-                break
-            time.sleep(0.01)
-    return real_save(obj, f, *args, **kwargs)
-torch.save = save
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("failing_rank", [0, 1])
 def test_a_full_disk_on_one_of_two_zero3_ranks_is_one_line_and_the_run_resumes(sft_workspace, tmp_path, failing_rank):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    marker = tmp_path / "checkpoint_removed_while_the_other_rank_wrote"
-    (hook / "sitecustomize.py").write_text(f"MARKER = {str(marker)!r}\nFAILING = {failing_rank}\n"
-                                           + FULL_DISK_ON_ONE_RANK)
     deepspeed = Path(sys.executable).parent / "deepspeed"
     command = [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "rlhf.stages.sft",
                *_sft_args(sft_workspace, tmp_path, "--max_steps", "6", "--per_device_train_batch_size", "8",
                           "--save_strategy", "steps", "--save_steps", "2", "--resume", "true"),
                "--deepspeed", "deepspeed_configs/zero3.json"]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    python_path = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    # One rank's ZeRO-3 optimiser shard of checkpoint-4 fills the disk while the other is still to write its own.
+    full_disk_env, marker = full_disk_hook.install(
+        tmp_path, env, inside="checkpoint-4", failing=f"zero_pp_rank_{failing_rank}_mp_rank_00_optim",
+        watching=f"zero_pp_rank_{1 - failing_rank}_mp_rank_00_optim")
     # No timeout: were rank 0 left waiting at a barrier, this would hang, and that is the failure it guards.
-    failed = subprocess.run(command, capture_output=True, text=True, env={**env, "PYTHONPATH": python_path})
+    failed = subprocess.run(command, capture_output=True, text=True, env=full_disk_env)
     output = failed.stdout + failed.stderr
     assert failed.returncode == 2, output[-4000:]
     run_dir = tmp_path / "run"
