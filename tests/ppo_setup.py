@@ -67,6 +67,19 @@ PYTHON = sys.executable
 TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second"}
 
 
+def reports_of_two_ranks(probe: str, input_file: Path, out_dir: Path, tmp_path: Path) -> tuple[list[dict], str]:
+    """Run tests/<probe> in 2 processes (the deepspeed launcher, gloo on CPU) on `input_file`; each rank writes
+    out_dir/rank<N>.json. Returns both reports and the run's output."""
+    from rlhf.distributed import free_port
+
+    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+               str(REPO / "tests" / probe), str(input_file), str(out_dir)]
+    result = subprocess.run(command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]
+    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)], result.stdout
+
+
 def assert_same_metric_rows(expected: list[dict], got: list[dict], label: str = "") -> None:
     """Two runs' PPO metric rows agree, step by step, on everything but timing."""
     assert [row["step"] for row in got] == [row["step"] for row in expected]

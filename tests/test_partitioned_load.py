@@ -8,14 +8,12 @@ The key mapping is tested here directly; the loads run on 2 processes in tests/p
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import torch
 
 from architectures import build_family_model
-from ppo_setup import PYTHON, REPO, saved_weights, subprocess_env
-from rlhf.distributed import free_port
+from ppo_setup import reports_of_two_ranks, saved_weights
 from rlhf.partitioned_load import AmbiguousCheckpoint, checkpoint_sources, model_key_for
 
 REWARD_BODY = {"model.embed_tokens.weight", "model.norm.weight", "score.weight"}
@@ -113,12 +111,8 @@ def test_zero3_loads_stream_module_by_module_and_equal_transformers_own_load(tmp
     })
     plain_module = {"path": str(plain_checkpoint(tmp_path / "plain.safetensors"))}
     (tmp_path / "cases.json").write_text(json.dumps({**cases, "plain_module": plain_module}))
-    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-               str(REPO / "tests" / "partitioned_load_probe.py"), str(tmp_path / "cases.json"), str(tmp_path / "out")]
-    result = subprocess.run(command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert result.returncode == 0, result.stdout[-4000:]
-    reports = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    reports, output = reports_of_two_ranks("partitioned_load_probe.py", tmp_path / "cases.json", tmp_path / "out",
+                                           tmp_path)
 
     plain = [report.pop("plain_module") for report in reports]
     assert plain[0] == plain[1] == {"missing": ["extra.bias", "extra.weight", "head.weight"], "errors": [],
@@ -135,8 +129,8 @@ def test_zero3_loads_stream_module_by_module_and_equal_transformers_own_load(tmp
             assert not record["transformers"]["streamed"], name
             assert record["streamed"]["tied"] == record["transformers"]["tied"], name
             assert record["streamed"]["dtype"] == record["transformers"]["dtype"], name
-    assert result.stdout.count("through transformers' ZeRO-3 path") == 1
-    assert "its keys need transformers' weight conversions" in result.stdout
+    assert output.count("through transformers' ZeRO-3 path") == 1
+    assert "its keys need transformers' weight conversions" in output
     assert reports[0]["gpt2_causal_lm"]["streamed"]["tied"] and reports[0]["sharded_causal_lm"]["streamed"]["tied"]
     assert reports[0]["llama3_as_bfloat16"]["streamed"]["dtype"] == "torch.bfloat16"
 

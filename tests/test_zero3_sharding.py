@@ -7,14 +7,12 @@ tests/zero3_probe.py runs on both ranks and writes what it measured; this file c
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from ppo_setup import PYTHON, REPO, build_models, saved_weights, subprocess_env
-from rlhf.distributed import free_port
+from ppo_setup import build_models, reports_of_two_ranks, saved_weights
 
 MAX_SHARE = 0.55  # half of each model, plus padding and ZeRO-3's persistent small parameters
 
@@ -38,13 +36,7 @@ def test_no_rank_holds_a_whole_model_and_streamed_saves_equal_whole_ones(tmp_pat
     models = build_models(tmp_path / "models")
     models["houlsby_reward"] = houlsby_reward_model(models["reward"], tmp_path / "models" / "houlsby_reward")
     (tmp_path / "models.json").write_text(json.dumps(models))
-    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-               str(REPO / "tests" / "zero3_probe.py"), str(tmp_path / "models.json"), str(tmp_path / "out")]
-    result = subprocess.run(command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert result.returncode == 0, result.stdout[-4000:]
-
-    reports = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    reports, _ = reports_of_two_ranks("zero3_probe.py", tmp_path / "models.json", tmp_path / "out", tmp_path)
     for report in reports:
         # The LoRA actor is its own reference: three engines.
         assert sorted(report["full"]["built"]) == ["actor", "critic", "reference", "reward"]
