@@ -378,6 +378,26 @@ def test_deepspeeds_own_adam_where_it_applies_torchs_otherwise(cuda):
     assert choose_optimizer({}, cuda) == on_device
 
 
+def test_torchs_adamw_is_the_fused_kernel_and_steps_as_the_for_loop_one():
+    from rlhf.ppo.optimizers import ADAM_EPS, build_optimizer, can_fuse
+
+    torch.manual_seed(0)
+    start, grads = torch.randn(1000), [torch.randn(1000) for _ in range(3)]
+    stepped = []
+    for make in (lambda p: build_optimizer(p, {}, 1e-2, 0.01),
+                 lambda p: torch.optim.AdamW(p, lr=1e-2, eps=ADAM_EPS, weight_decay=0.01, foreach=False)):
+        parameter = torch.nn.Parameter(start.clone())
+        optimizer = make([parameter])
+        for grad in grads:
+            parameter.grad = grad.clone()
+            optimizer.step()
+        stepped.append(parameter.detach())
+    assert optimizer.defaults["fused"] is None and build_optimizer([parameter], {}, 1e-2, 0.0).defaults["fused"]
+    assert not torch.equal(stepped[0], start)
+    torch.testing.assert_close(stepped[0], stepped[1], rtol=1e-6, atol=1e-7)
+    assert not can_fuse(torch.zeros(2, dtype=torch.int64)) and not can_fuse(torch.zeros(2, device="meta"))
+
+
 @pytest.mark.slow
 def test_optimiser_offload_steps_with_deepspeeds_cpu_adam_the_same_adamw_as_torchs(models, tmp_path):
     from deepspeed.ops.adam import DeepSpeedCPUAdam
