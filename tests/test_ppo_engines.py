@@ -120,6 +120,7 @@ def test_zero3_float32_actor_has_no_second_master_copy_and_steps_as_plain_adamw(
                                           lr_scheduler_type="constant")
     optimizer = engines.actor.optimizer
     assert len(optimizer.fp32_partitioned_groups_flat) > 2
+    assert engines.actor.enable_backward_allreduce  # ZeRO-3 moves gradients into partitions through it
     for master, partition in zip(optimizer.fp32_partitioned_groups_flat, optimizer.fp16_partitioned_groups_flat):
         assert master.data_ptr() == partition.data_ptr()
 
@@ -147,3 +148,36 @@ def test_zero3_float32_actor_has_no_second_master_copy_and_steps_as_plain_adamw(
     for name, value in trained.items():
         torch.testing.assert_close(value, expected[name].detach(), rtol=1e-5, atol=1e-6, msg=name)
     assert all(not torch.equal(trained[name], start[name].detach()) for name in trained if name.endswith("weight"))
+
+
+def test_zero0_in_one_process_skips_deepspeeds_all_reduce_and_steps_as_plain_adamw(models, tmp_path):
+    """One process without ZeRO: the gradient all-reduce over a group of one is switched off, and two steps still
+    give the weights of torch's AdamW (with clipping) on the whole model. (ZeRO-3 keeps it: the test above.)"""
+    from rlhf.adaptation import load_adapted
+
+    zero0 = str(REPO / "deepspeed_configs" / "zero0.json")
+    config, inputs, engines = engines_for(models, tmp_path, actor_deepspeed=zero0, critic_deepspeed=zero0,
+                                          max_grad_norm=0.5, lr_scheduler_type="constant")
+    assert not engines.actor.enable_backward_allreduce and not engines.critic.enable_backward_allreduce
+
+    plain = load_adapted(inputs.paths["actor"], task="causal_lm")
+    plain.train(engines.actor.module.training).requires_grad_(True)
+    plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=config.actor_learning_rate, eps=1e-5,
+                                        weight_decay=config.weight_decay)
+    input_ids = torch.randint(0, len(inputs.tokenizer), (2, 7), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        loss = engines.actor(input_ids=input_ids).logits.float().pow(2).mean()
+        engines.actor.backward(loss)
+        engines.actor.step()
+        plain_loss = plain(input_ids=input_ids).logits.float().pow(2).mean()
+        plain_loss.backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.5)
+        plain_optimizer.step()
+        plain_optimizer.zero_grad()
+        torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)
+    trained, expected = dict(engines.actor.module.named_parameters()), dict(plain.named_parameters())
+    start = dict(load_adapted(inputs.paths["actor"], task="causal_lm").named_parameters())
+    for name, value in trained.items():
+        torch.testing.assert_close(value.detach(), expected[name].detach(), rtol=1e-5, atol=1e-6, msg=name)
+        assert not torch.equal(value.detach(), start[name].detach()) or not name.endswith("weight"), name
+

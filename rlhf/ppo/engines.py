@@ -196,7 +196,21 @@ def _trained_engine(model, ds_config: dict[str, Any], learning_rate: float, conf
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
                                       lr_scheduler=learning_rate_schedule(optimizer, config))
     _compat.share_fp32_master_weights(engine)
+    skip_all_reduce_in_a_world_of_one(engine)
     return engine
+
+
+def skip_all_reduce_in_a_world_of_one(engine) -> bool:
+    """Without ZeRO and with one data-parallel process, DeepSpeed still all-reduces every gradient after each
+    backward: it flattens them into buckets, reduces over a group of one, and copies them back (1.8 s of a
+    15.5 s update at 100M parameters, against TRL's plain backward). The average over one process is the
+    gradient itself, so the reduction is switched off there; ZeRO stages keep it, as their optimisers move
+    gradients into partitions through it. Returns whether it was switched off."""
+    alone = getattr(engine, "dp_world_size", 1) == 1 and getattr(engine, "seq_dp_world_size", 1) == 1
+    if alone and engine.zero_optimization_stage() == 0:
+        engine.enable_backward_allreduce = False
+        return True
+    return False
 
 
 def learning_rate_schedule(optimizer, config):
