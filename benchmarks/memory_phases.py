@@ -4,7 +4,8 @@ high-water mark, reset when a phase begins), the RSS when it ends, and optionall
 stays is live.
 
 Phases are functions wrapped on their modules or classes (`Phases.wrap`); nested phases each get their own
-peak, and the enclosing phase's peak includes theirs.
+peak, and the enclosing phase's peak includes theirs. With `cuda`, each phase also gets the peak of
+`torch.cuda.max_memory_allocated` within it (the device memory tensors held, reset the same way).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def malloc_trim() -> None:
 
 
 class Phases:
-    def __init__(self, trim: bool = False):
+    def __init__(self, trim: bool = False, cuda: bool = False):
         self.trim = trim
+        self.cuda = cuda
+        self.overall_cuda_peak_mb = _cuda_allocated_mb(peak=True) if cuda else 0.0
         self.records: list[dict] = []  # one per phase call, in order of ending
         self._open: list[dict] = []  # phases begun and not ended, innermost last
         self.overall_peak_mb = status_mb("VmHWM")
@@ -54,11 +57,22 @@ class Phases:
         for phase in self._open:
             phase["peak_mb"] = max(phase["peak_mb"], peak)
         reset_high_water_mark()
+        if self.cuda:
+            cuda_peak = _cuda_allocated_mb(peak=True)
+            self.overall_cuda_peak_mb = max(self.overall_cuda_peak_mb, cuda_peak)
+            for phase in self._open:
+                phase["cuda_peak_mb"] = max(phase["cuda_peak_mb"], cuda_peak)
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
 
     def begin(self, label: str) -> None:
         self._fold()
         rss = status_mb("VmRSS")
-        self._open.append({"phase": label, "rss_begin_mb": rss, "peak_mb": rss})
+        phase = {"phase": label, "rss_begin_mb": rss, "peak_mb": rss}
+        if self.cuda:
+            phase["cuda_begin_mb"] = phase["cuda_peak_mb"] = _cuda_allocated_mb()
+        self._open.append(phase)
 
     def end(self) -> None:
         self._fold()
@@ -87,3 +101,13 @@ class Phases:
     def peak_mb(self) -> float:
         self._fold()
         return self.overall_peak_mb
+
+    def cuda_peak_mb(self) -> float:
+        self._fold()
+        return self.overall_cuda_peak_mb
+
+
+def _cuda_allocated_mb(peak: bool = False) -> float:
+    import torch
+
+    return (torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()) / 2**20

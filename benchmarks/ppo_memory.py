@@ -3,8 +3,9 @@ the frozen models' parameters offloaded to CPU.
 
 Each layout is a real PPO run, `rlhf.stages.ppo` under `deepspeed --num_gpus 2` with its engines built by the
 stage's own builder, for a few steps (generation, scoring, update, final save). Each process records its peak
-resident set size (and torch.cuda.max_memory_allocated where there is a GPU), and its RSS once torch,
-transformers and DeepSpeed are imported, so that the models' share can be read apart from the libraries'.
+resident set size (and torch.cuda.max_memory_allocated where there is a GPU, phase by phase), and its RSS once
+every library is imported (those transformers imports only when it first loads a tokenizer too), so that the
+models' share can be read apart from the libraries'.
 On a CPU-only machine "offload to CPU" moves nothing: the parameters are in CPU memory already.
 
     python -m benchmarks.ppo_memory [--smallest]
@@ -46,7 +47,9 @@ class Settings:
     hidden_size: int = 512
     num_layers: int = 4
     num_processes: int = 2
-    bf16: bool = False  # bf16 weights and gradients with float32 master weights (DeepSpeed's bf16 mode)
+    # bf16 weights and gradients with float32 master weights (DeepSpeed's bf16 mode); None leaves the stage's
+    # key unset, so the stage decides as for a user (on where the GPU supports bf16).
+    bf16: bool | None = False
 
     @classmethod
     def smallest(cls) -> "Settings":
@@ -100,13 +103,15 @@ def worker(out_dir: Path, stage_argv: list[str], stop_over_mb: float | None = No
     from rlhf.rm import model as rm_model
     from rlhf.stages.ppo import PPORecipe, PPOStageConfig, run
 
+    config = parse_config(PPOStageConfig, stage_argv)
+    import_what_loading_imports(config.model_name_or_path)
     baseline = current_rss_mb()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     # Each phase's own peak RSS, so that a peak can be placed: the stage looks these functions up on their
     # modules when it runs, so wrapping the module attributes is enough. RLHF_MEMORY_TRIM=1 also records the RSS
     # after malloc_trim at each phase's end (what the allocator kept but the program had freed).
-    phases = Phases(trim=os.environ.get("RLHF_MEMORY_TRIM") == "1")
+    phases = Phases(trim=os.environ.get("RLHF_MEMORY_TRIM") == "1", cuda=torch.cuda.is_available())
     for owner, name, label in ((engines, "init_distributed", "distributed_init"),
                                (ppo_inputs, "read_inputs", "inputs"), (engines, "build_engines", "engines_built"), (adaptation, "load_adapted", "load"),
                                (rm_model, "load_reward_model", "load_reward"),
@@ -118,23 +123,42 @@ def worker(out_dir: Path, stage_argv: list[str], stop_over_mb: float | None = No
                                (PPORecipe, "finish", "final_save")):
         phases.wrap(owner, name, label)
     try:
-        run(parse_config(PPOStageConfig, stage_argv))
+        run(config)
     finally:
         distributed.shutdown()  # as the stage's command line does: it also removes DeepSpeed's /dev/shm buffer
     first = {}
     for record in phases.records:
         first.setdefault(record["phase"], record)
-    record = {"rank": distributed.global_rank(), "rss_after_imports_mb": baseline, "peak_rss_mb": phases.peak_mb(),
+    record = {"rank": distributed.global_rank(), "bf16": config.bf16, "rss_after_imports_mb": baseline,
+              "peak_rss_mb": phases.peak_mb(),
               "peak_rss_in_mb": {label: max(r["peak_mb"] for r in phases.records if r["phase"] == label)
                                  for label in first},
               "first_call": first, "phases": phases.records,
-              # Before the first model loads: the libraries wholly imported (a first from_pretrained of the
-              # tokenizer pulls in another ~90 MB of them: accelerate, PIL, sympy), the process group, the prompts.
+              # Before the first model loads: the libraries, the process group, the prompts and the tokenizer.
               "rss_before_models_mb": first["engines_built"]["rss_begin_mb"]}
     if torch.cuda.is_available():
-        record["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        record["cuda_max_allocated_mb"] = phases.cuda_peak_mb()
+        record["cuda_peak_in_mb"] = {label: max(r["cuda_peak_mb"] for r in phases.records if r["phase"] == label)
+                                     for label in first}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank-{record['rank']}.json").write_text(json.dumps(record))
+
+
+def import_what_loading_imports(model_dir: str) -> None:
+    """Import the libraries that transformers imports only when it first loads a tokenizer and a model (the
+    tokenizer's alone add ~90 MB: accelerate, PIL, sympy, tokenizers), so that the RSS measured next is the
+    libraries wholly imported and "above imports" is the models' share, not partly a library's. Loads the
+    tokenizer and drops it, and imports the model's class without building it."""
+    import gc
+
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from rlhf.models import load_tokenizer
+
+    load_tokenizer(model_dir)
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(model_dir))]
+    gc.collect()
 
 
 def stage_argv(models: dict, settings: Settings, layout: str, output_dir: Path, registry: Path) -> list[str]:
@@ -148,8 +172,10 @@ def stage_argv(models: dict, settings: Settings, layout: str, output_dir: Path, 
         # per_step: a ZeRO-3 actor never whole on a rank, not even while it generates (gather_once would hold it).
         "register_as": f"bench-memory-{layout}", "zero3_generation": "per_step",
         "actor_deepspeed": actor, "critic_deepspeed": critic, "reference_deepspeed": reference,
-        "reward_deepspeed": reward, "bf16": settings.bf16,
+        "reward_deepspeed": reward,
     }
+    if settings.bf16 is not None:
+        arguments["bf16"] = settings.bf16
     return settings_to_argv(arguments)
 
 
@@ -180,13 +206,15 @@ def run_one(models: dict, settings: Settings, layout: str, workdir: Path, log=pr
         log(f"ppo_memory: {layout} failed: {error}")
         return {**row, "error": str(error)[-2000:]}
     ranks = sorted((read_json(path) for path in out_dir.glob("rank-*.json")), key=lambda r: r["rank"])
-    row.update(ranks=ranks, peak_rss_mb=max(r["peak_rss_mb"] for r in ranks),
+    row.update(ranks=ranks, bf16=ranks[0]["bf16"], peak_rss_mb=max(r["peak_rss_mb"] for r in ranks),
                models_share_mb=max(r["peak_rss_mb"] - r["rss_after_imports_mb"] for r in ranks),
                above_models_start_mb=max(r["peak_rss_mb"] - r["rss_before_models_mb"] for r in ranks),
                peak_rss_in_mb={label: max(r["peak_rss_in_mb"].get(label, 0.0) for r in ranks)
                                for label in ranks[0]["peak_rss_in_mb"]})
     if "cuda_max_allocated_mb" in ranks[0]:
         row["cuda_max_allocated_mb"] = max(r["cuda_max_allocated_mb"] for r in ranks)
+        row["cuda_peak_in_mb"] = {label: max(r["cuda_peak_in_mb"].get(label, 0.0) for r in ranks)
+                                  for label in ranks[0]["cuda_peak_in_mb"]}
     return row
 
 
@@ -239,7 +267,9 @@ def markdown(result: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
     for row in result["rows"]:
         c = row["configs"]
-        label = f"| {row['layout']} ({c['actor']}, {c['critic']} / {c['reference']}, {c['reward']}) | {row['processes']} |"
+        precision = ", bf16" if row.get("bf16") else ""
+        label = (f"| {row['layout']} ({c['actor']}, {c['critic']} / {c['reference']}, {c['reward']}){precision} "
+                 f"| {row['processes']} |")
         if "error" in row:
             reason = row["error"].strip().splitlines()[-1][:160].replace("|", "/")
             lines.append(f"{label} failed: `{reason}` | | | | |" + (" |" if gpu else ""))
@@ -251,15 +281,22 @@ def markdown(result: dict) -> str:
         if gpu:
             line += f" {row['cuda_max_allocated_mb']:.0f} |"
         lines.append(line)
-    lines += ["", "Peak RSS (MB, the higher rank) within each phase (each phase's own high-water mark):", "",
-              "| layout | processes | " + " | ".join(PHASE_LABELS.values()) + " |",
-              "|---|---:|" + "---:|" * len(PHASE_LABELS)]
-    for row in result["rows"]:
-        phases = row.get("peak_rss_in_mb")
+    lines += phase_table(result["rows"], "peak_rss_in_mb", "Peak RSS")
+    if gpu:
+        lines += phase_table(result["rows"], "cuda_peak_in_mb", "Peak CUDA memory allocated")
+    return "\n".join(lines)
+
+
+def phase_table(rows: list[dict], key: str, what: str) -> list[str]:
+    lines = ["", f"{what} (MB, the higher rank) within each phase (each phase's own high-water mark):", "",
+             "| layout | processes | " + " | ".join(PHASE_LABELS.values()) + " |",
+             "|---|---:|" + "---:|" * len(PHASE_LABELS)]
+    for row in rows:
+        phases = row.get(key)
         if phases:
             lines.append(f"| {row['layout']} | {row['processes']} | " + " | ".join(
                 f"{phases[k]:.0f}" if k in phases else "-" for k in PHASE_LABELS) + " |")
-    return "\n".join(lines)
+    return lines
 
 
 def capacity_markdown(result: dict) -> str:
@@ -303,7 +340,9 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=Settings.steps)
     parser.add_argument("--rollout-batch-size", type=int, default=Settings.rollout_batch_size)
     parser.add_argument("--max-new-tokens", type=int, default=Settings.max_new_tokens)
-    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--bf16", action="store_const", const=True, default=False)
+    parser.add_argument("--bf16-auto", dest="bf16", action="store_const", const=None,
+                        help="leave the stage's bf16 unset: on where the GPU supports it, as for a user")
     parser.add_argument("--capacity-budget-mb", type=float, help="scan policy sizes under this per-process budget")
     parser.add_argument("--capacity-layers", type=int, nargs="+", default=[1, 2, 4, 6, 8, 12, 16])
     parser.add_argument("--workdir", type=Path, help="kept (models reused) instead of a temporary directory")

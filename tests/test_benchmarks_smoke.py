@@ -72,4 +72,44 @@ def test_multi_process_benchmarks_run_on_smallest_settings_and_see_every_phase(t
         assert set(row["peak_rss_in_mb"]) >= {"engines_built", "generation", "scoring", "backward", "optimizer_step",
                                               "update", "final_save"}
         assert row["peak_rss_mb"] > 0
+        for rank in row["ranks"]:
+            # The baseline is taken with every library imported (those the first tokenizer load imports, ~90 MB,
+            # included), so little but the process group and prompts lies between it and the first model load.
+            assert 0 <= rank["rss_before_models_mb"] - rank["rss_after_imports_mb"] < 40, rank
+
+
+def test_phases_keep_each_phases_own_cuda_peak(monkeypatch):
+    """On a GPU each phase gets the highest torch.cuda.max_memory_allocated within it: the counter is reset as a
+    phase begins, so a later, smaller phase does not inherit an earlier peak (a fake CUDA allocator here)."""
+    import torch
+
+    from benchmarks.memory_phases import Phases
+
+    mb = 2**20
+    allocator = {"now": 50 * mb, "peak": 50 * mb}
+
+    def allocate(megabytes: int, keep: int) -> None:
+        allocator["peak"] = max(allocator["peak"], allocator["now"] + megabytes * mb)
+        allocator["now"] += keep * mb
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: allocator["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: allocator["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: allocator.update(peak=allocator["now"]))
+
+    class Stage:
+        def big(self):
+            allocate(300, keep=10)
+
+        def small(self):
+            allocate(20, keep=0)
+
+    phases = Phases(cuda=True)
+    phases.wrap(Stage, "big")
+    phases.wrap(Stage, "small")
+    Stage().big()
+    Stage().small()
+    big, small = phases.records
+    assert (big["cuda_begin_mb"], big["cuda_peak_mb"]) == (50, 350)
+    assert (small["cuda_begin_mb"], small["cuda_peak_mb"]) == (60, 80)
+    assert phases.cuda_peak_mb() == 350
 
