@@ -378,6 +378,28 @@ def test_deepspeeds_own_adam_where_it_applies_torchs_otherwise(cuda):
     assert choose_optimizer({}, cuda) == on_device
 
 
+def test_a_fusedadam_that_deepspeed_cannot_build_falls_back_to_torchs_fused_adamw(monkeypatch, capsys):
+    """On an H200 whose TORCH_CUDA_ARCH_LIST was "9.0a", DeepSpeed 0.19.8's JIT build of FusedAdam raised
+    ValueError (it parses each architecture as numbers) and stopped every ZeRO-0/ZeRO-3 PPO run at engine build.
+    The same failure, raised where FusedAdam builds its op, now gives torch's fused AdamW and one line."""
+    import deepspeed.ops.adam
+
+    from rlhf.ppo.optimizers import build_optimizer
+
+    def unbuildable(*args, **kwargs):
+        raise ValueError("invalid literal for int() with base 10: '0a'")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(deepspeed.ops.adam, "FusedAdam", unbuildable)
+    parameter = torch.nn.Parameter(torch.ones(4))
+    optimizer = build_optimizer([parameter], {"zero_optimization": {"stage": 3}}, 1e-2, 0.0)
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["fused"]
+    assert optimizer.defaults["eps"] == 1e-5 and optimizer.defaults["lr"] == 1e-2
+    said = capsys.readouterr().out.strip().splitlines()
+    assert said == ["DeepSpeed's FusedAdam could not be built (ValueError: invalid literal for int() with base 10: "
+                    "'0a'); using torch's fused AdamW"]
+
+
 def test_torchs_adamw_is_the_fused_kernel_and_steps_as_the_for_loop_one():
     from rlhf.ppo.optimizers import ADAM_EPS, build_optimizer, can_fuse
 
