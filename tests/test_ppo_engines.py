@@ -124,21 +124,7 @@ def test_zero3_float32_actor_has_no_second_master_copy_and_steps_as_plain_adamw(
     for master, partition in zip(optimizer.fp32_partitioned_groups_flat, optimizer.fp16_partitioned_groups_flat):
         assert master.data_ptr() == partition.data_ptr()
 
-    plain = load_adapted(inputs.paths["actor"], task="causal_lm")
-    plain.train(engines.actor.module.training).requires_grad_(True)
-    plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=config.actor_learning_rate, eps=1e-5,
-                                        weight_decay=config.weight_decay)
-    input_ids = torch.randint(0, len(inputs.tokenizer), (2, 7), generator=torch.Generator().manual_seed(0))
-    for _ in range(2):
-        loss = engines.actor(input_ids=input_ids).logits.float().pow(2).mean()
-        engines.actor.backward(loss)
-        engines.actor.step()
-        plain_loss = plain(input_ids=input_ids).logits.float().pow(2).mean()
-        plain_loss.backward()
-        torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.5)
-        plain_optimizer.step()
-        plain_optimizer.zero_grad()
-        torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)
+    plain = stepped_beside_plain_adamw(engines.actor, inputs, config, max_grad_norm=0.5)
     parameters = dict(engines.actor.module.named_parameters())
     with deepspeed.zero.GatheredParameters(list(parameters.values())):
         trained = {name: value.detach().clone() for name, value in parameters.items()}
@@ -160,24 +146,34 @@ def test_zero0_in_one_process_skips_deepspeeds_all_reduce_and_steps_as_plain_ada
                                           max_grad_norm=0.5, lr_scheduler_type="constant")
     assert not engines.actor.enable_backward_allreduce and not engines.critic.enable_backward_allreduce
 
-    plain = load_adapted(inputs.paths["actor"], task="causal_lm")
-    plain.train(engines.actor.module.training).requires_grad_(True)
-    plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=config.actor_learning_rate, eps=1e-5,
-                                        weight_decay=config.weight_decay)
-    input_ids = torch.randint(0, len(inputs.tokenizer), (2, 7), generator=torch.Generator().manual_seed(0))
-    for _ in range(2):
-        loss = engines.actor(input_ids=input_ids).logits.float().pow(2).mean()
-        engines.actor.backward(loss)
-        engines.actor.step()
-        plain_loss = plain(input_ids=input_ids).logits.float().pow(2).mean()
-        plain_loss.backward()
-        torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.5)
-        plain_optimizer.step()
-        plain_optimizer.zero_grad()
-        torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)
+    plain = stepped_beside_plain_adamw(engines.actor, inputs, config, max_grad_norm=0.5)
     trained, expected = dict(engines.actor.module.named_parameters()), dict(plain.named_parameters())
     start = dict(load_adapted(inputs.paths["actor"], task="causal_lm").named_parameters())
     for name, value in trained.items():
         torch.testing.assert_close(value.detach(), expected[name].detach(), rtol=1e-5, atol=1e-6, msg=name)
         assert not torch.equal(value.detach(), start[name].detach()) or not name.endswith("weight"), name
 
+
+
+def stepped_beside_plain_adamw(actor, inputs, config, max_grad_norm: float, steps: int = 2):
+    """Take `steps` optimiser steps of the actor engine and of a plain copy of its model under torch's AdamW
+    (same settings, clipping at `max_grad_norm`) on the same batch; the losses must agree at every step.
+    Returns the plain model, whose weights the engine's should then equal."""
+    from rlhf.adaptation import load_adapted
+
+    plain = load_adapted(inputs.paths["actor"], task="causal_lm")
+    plain.train(actor.module.training).requires_grad_(True)
+    plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=config.actor_learning_rate, eps=1e-5,
+                                        weight_decay=config.weight_decay)
+    input_ids = torch.randint(0, len(inputs.tokenizer), (2, 7), generator=torch.Generator().manual_seed(0))
+    for _ in range(steps):
+        loss = actor(input_ids=input_ids).logits.float().pow(2).mean()
+        actor.backward(loss)
+        actor.step()
+        plain_loss = plain(input_ids=input_ids).logits.float().pow(2).mean()
+        plain_loss.backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), max_grad_norm)
+        plain_optimizer.step()
+        plain_optimizer.zero_grad()
+        torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)
+    return plain
