@@ -123,7 +123,7 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     remote, attention = config.trust_remote_code, config.attn_implementation
     hidden = base_model_config(paths["actor"], remote).get_text_config().hidden_size
     ds_configs = {role: engine_config(getattr(config, f"{role}_deepspeed"), config, hidden, trained=role in TRAINED)
-                  for role in ("actor", "critic", "reference", "reward")}
+                  for role in ROLES}
 
     with partitioned_loading(ds_configs["actor"]):
         actor_model = apply_adaptation(load_adapted(paths["actor"], task="causal_lm", trust_remote_code=remote,
@@ -168,6 +168,7 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     return PPOEngines(actor, critic, reference, reward, reward_tokenizer, normalization.offset)
 
 
+ROLES = ("actor", "critic", "reference", "reward")
 TRAINED = ("actor", "critic")
 
 

@@ -47,7 +47,8 @@ class PPORecipe:
         # The four models by reference, the prompts checked before anything trains.
         engines.init_distributed()
         # ZeRO-3 gathers and frees parameters module by module: what it frees must leave the resident set.
-        host_memory.return_freed_blocks_to_os()
+        if host_memory.zero3_in(getattr(config, f"{role}_deepspeed") for role in engines.ROLES):
+            host_memory.return_freed_blocks_to_os()
         torch.manual_seed(config.seed + distributed.global_rank())
         self.inputs = ppo_inputs.read_inputs(config)
         self.tokenizer = self.inputs.tokenizer

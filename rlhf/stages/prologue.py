@@ -51,7 +51,8 @@ def load_trainable(inputs: StageInputs, config, task: str):
     from rlhf.adaptation import apply_adaptation, load_adapted, parameter_summary
 
     # What ZeRO-3 gathers and frees module by module leaves the resident set (see rlhf.host_memory).
-    host_memory.return_freed_blocks_to_os()
+    if host_memory.zero3_in([config.deepspeed]):
+        host_memory.return_freed_blocks_to_os()
     # A new head (the reward model's score) and adapter weights start from the config's seed, not from whatever
     # the process drew before: a rerun, in this process or another, starts from the same weights.
     set_seed(config.seed)
