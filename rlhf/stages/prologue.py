@@ -19,6 +19,7 @@ def run_from_command_line(config_class: type, run: Callable[[Any], Entry | None]
 
     try:
         entry = run(parse_config(config_class, argv))
+        distributed.finish_pending_work()
     finally:
         distributed.shutdown()
     if entry is not None:
