@@ -104,8 +104,8 @@ def deepspeed_command(module: str, args: Sequence[str], num_processes: int = 2) 
     """`deepspeed --num_gpus N --module <module> ...`: N processes on this machine (gloo on CPU). The launcher
     runs as a module of this interpreter, as the pipeline starts it: an install without the `deepspeed` script
     beside the interpreter (pip --target, --user) still works."""
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_processes), "--master_port", str(free_port()),
-            "--module", module, *args]
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_processes),
+            "--master_port", str(free_port()), "--module", module, *args]
 
 
 def write_json(path: Path, value) -> None:

@@ -21,6 +21,7 @@ from typing import Sequence
 from rlhf.data.rankings import Ranking, ordered_pairs, ranks_from_scores
 from rlhf.demo.task import CHATTER, correct_answer, gold_score, parse_prompt
 from rlhf.errors import exits_cleanly
+from rlhf.rm.evaluation import pair_agreement
 
 PairCounts = dict[tuple[str, str], list[float]]  # (task, "better > worse") -> [agreed, pairs]
 
@@ -43,9 +44,8 @@ def agreement_by_pair_kind(rankings: Sequence[Ranking], scores: Sequence[Sequenc
         kinds = [response_kind(ranking.prompt, c) for c in ranking.completions]
         task = parse_prompt(ranking.prompt).operation
         for better, worse in ordered_pairs(ranks_from_scores(gold)):
-            agreed = 1.0 if rewards[better] > rewards[worse] else 0.5 if rewards[better] == rewards[worse] else 0.0
             count = counts[(task, f"{kinds[better]} > {kinds[worse]}")]
-            count[0] += agreed
+            count[0] += pair_agreement(rewards[better], rewards[worse])
             count[1] += 1
     return dict(counts)
 
@@ -72,20 +72,14 @@ def held_out_scores(rm_dir: Path) -> tuple[list[Ranking], list[list[float]]]:
     from rlhf.config import parse_config
     from rlhf.rm.config import RMStageConfig
     from rlhf.rm.data import load_ranking_splits
-    from rlhf.rm.model import load_reward_model, score_texts
+    from rlhf.rm.evaluation import score_rankings
+    from rlhf.rm.model import load_reward_model
 
     config = parse_config(RMStageConfig, ["--config", str(rm_dir / "resolved_config.yaml")])
     _, held_out = load_ranking_splits(config)
     model_dir = json.loads((rm_dir / "registered.json").read_text())["path"]
     model, tokenizer, normalization = load_reward_model(model_dir, trust_remote_code=config.trust_remote_code)
-    flat = score_texts(model, tokenizer, [r.prompt for r in held_out for _ in r.completions],
-                       [c for r in held_out for c in r.completions], normalization=normalization,
-                       max_length=config.max_length)
-    scores, at = [], 0
-    for ranking in held_out:
-        scores.append(flat[at:at + ranking.k])
-        at += ranking.k
-    return held_out, scores
+    return held_out, score_rankings(model, tokenizer, held_out, normalization, config.max_length)
 
 
 @exits_cleanly

@@ -17,18 +17,30 @@ def evaluate(model_dir: str | Path, config, tokenizer, rankings: Sequence[Rankin
     if not rankings:
         return {}
     model, tokenizer, normalization = load_reward_model(str(model_dir), trust_remote_code=config.trust_remote_code)
-    prompts = [r.prompt for r in rankings for _ in r.completions]
-    completions = [c for r in rankings for c in r.completions]
-    flat = score_texts(model, tokenizer, prompts, completions, normalization=normalization, max_length=config.max_length)
-    rewards, at = [], 0
-    for ranking in rankings:
-        rewards.append(flat[at:at + ranking.k])
-        at += ranking.k
+    rewards = score_rankings(model, tokenizer, rankings, normalization, config.max_length)
     metrics = {f"eval_{k}": v for k, v in ranking_metrics(rewards, [list(r.ranks) for r in rankings]).items()}
+    flat = [reward for row in rewards for reward in row]
     metrics["eval_mean_reward"] = sum(flat) / len(flat)
     if config.gold_scorer:
         metrics.update(_gold_agreement(rankings, rewards, config.gold_scorer))
     return metrics
+
+
+def score_rankings(model, tokenizer, rankings: Sequence[Ranking], normalization, max_length: int) -> list[list[float]]:
+    """The reward of every completion of every ranking, one row per ranking, each response through the model once."""
+    flat = score_texts(model, tokenizer, [r.prompt for r in rankings for _ in r.completions],
+                       [c for r in rankings for c in r.completions], normalization=normalization,
+                       max_length=max_length)
+    rows, at = [], 0
+    for ranking in rankings:
+        rows.append(flat[at:at + ranking.k])
+        at += ranking.k
+    return rows
+
+
+def pair_agreement(better_reward: float, worse_reward: float) -> float:
+    """1 when the reward orders a pair as it should, 0 when it reverses it, and half for a tie."""
+    return 1.0 if better_reward > worse_reward else 0.5 if better_reward == worse_reward else 0.0
 
 
 def _gold_agreement(rankings: Sequence[Ranking], rewards: list[list[float]], scorer_name: str) -> dict[str, float]:
@@ -64,7 +76,7 @@ def ranking_metrics(rewards: Sequence[Sequence[float]], ranks: Sequence[Sequence
         pairs = ordered_pairs(places)
         if not pairs:
             continue
-        row_correct = sum(1.0 if scores[b] > scores[w] else 0.5 if scores[b] == scores[w] else 0.0 for b, w in pairs)
+        row_correct = sum(pair_agreement(scores[b], scores[w]) for b, w in pairs)
         correct, total = correct + row_correct, total + len(pairs)
         by_k[len(slots)][0] += row_correct
         by_k[len(slots)][1] += len(pairs)
