@@ -24,6 +24,7 @@ def run_from_command_line(config_class: type, run: Callable[[Any], Entry | None]
         distributed.shutdown()
     if entry is not None:
         print(json.dumps({"registered": entry.reference, "path": entry.path, "metrics": entry.metrics}, indent=2))
+    distributed.exit_after_success()
 
 
 @dataclass
