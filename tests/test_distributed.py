@@ -48,3 +48,33 @@ def test_zero3_generation_auto_in_a_world_of_one_follows_free_memory():
 
     assert decide_zero3_generation(GIB, 3 * GIB) == "gather_once"
     assert decide_zero3_generation(GIB, 2 * GIB) == "per_step"
+
+
+def _finish_with_work_queued_on_a_second_group(rank: int, port: int, results) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from rlhf.distributed import finish_pending_work
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        # As ZeRO-3 does: its gathers and reductions run on DeepSpeed's own group, not on the default one.
+        data_parallel = dist.new_group([0, 1])
+        works = [dist.all_reduce(torch.ones(4_000_000), group=data_parallel, async_op=True) for _ in range(4)]
+        finish_pending_work()
+        results[rank] = [work.is_completed() for work in works]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_finishing_waits_for_work_still_queued_on_every_group_not_only_the_default_one():
+    from rlhf.distributed import free_port
+
+    context = mp.get_context("spawn")
+    with context.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_finish_with_work_queued_on_a_second_group, args=(free_port(), results), nprocs=2,
+                           start_method="spawn")
+        assert results[0] == results[1] == [True] * 4
