@@ -114,6 +114,11 @@ def load_deepspeed_config(path: str) -> dict[str, Any]:
     return value
 
 
+def is_zero3(ds_config: dict[str, Any]) -> bool:
+    """Whether a DeepSpeed config's mapping shards parameters (ZeRO stage 3)."""
+    return (ds_config.get("zero_optimization") or {}).get("stage", 0) == 3
+
+
 def _check_deepspeed_agrees(config) -> None:
     """The Trainer stages' DeepSpeed values that contradict their own settings (batch sizes, learning rate...):
     transformers finds them when the arguments are made but raises only once the model is loaded."""

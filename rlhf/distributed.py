@@ -62,13 +62,12 @@ def finish_pending_work() -> None:
 
 
 def groups_in_creation_order() -> list:
-    """Every process group this rank belongs to, the default group first. Each rank sees its groups in the order
-    all ranks made them, so collectives over this list cannot wait on each other in a cycle."""
+    """Every process group this rank belongs to, the default group first. torch registers groups as they are made
+    and every rank makes them in the same order, so collectives over this list cannot wait on each other in a
+    cycle."""
     from torch.distributed import distributed_c10d
 
-    names = distributed_c10d._world.pg_names
-    return sorted(names, key=lambda group: (not names[group].isdigit(), int(names[group]) if names[group].isdigit()
-                                            else 0, names[group]))
+    return list(distributed_c10d._world.pg_names)
 
 
 def exit_after_success() -> None:

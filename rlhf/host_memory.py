@@ -41,11 +41,8 @@ def return_freed_blocks_to_os(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bo
 def zero3_in(deepspeed_configs: Iterable[dict[str, Any] | str | None]) -> bool:
     """Whether any of these DeepSpeed configs (mappings, JSON file paths, or None for no DeepSpeed) is ZeRO
     stage 3, under which this setting pays for itself."""
-    from rlhf.config import load_deepspeed_config
+    from rlhf.config import is_zero3, load_deepspeed_config
 
-    for ds_config in deepspeed_configs:
-        if isinstance(ds_config, str) and ds_config:
-            ds_config = load_deepspeed_config(ds_config)
-        if isinstance(ds_config, dict) and (ds_config.get("zero_optimization") or {}).get("stage", 0) == 3:
-            return True
-    return False
+    loaded = (load_deepspeed_config(ds_config) if isinstance(ds_config, str) and ds_config else ds_config
+              for ds_config in deepspeed_configs)
+    return any(isinstance(ds_config, dict) and is_zero3(ds_config) for ds_config in loaded)

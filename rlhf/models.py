@@ -83,7 +83,8 @@ def partitioned_loading(ds_config: dict[str, Any]):
     each rank builds and keeps only its partition of every parameter (no rank ever holds the whole model), under
     ZeRO-0/1/2 every rank loads the whole model."""
     from rlhf import _compat
+    from rlhf.config import is_zero3
 
-    if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+    if is_zero3(ds_config):
         return _compat.zero3_init_from(ds_config)
     return _compat.zero3_init_disabled()
