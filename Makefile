@@ -3,8 +3,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The demo's and the tests' models are tiny: one thread each beats two threads fighting over two cores.
-export OMP_NUM_THREADS ?= 1
+# Torch threads, unless OMP_NUM_THREADS is set: the tests start 2-process runs on 2 cores, so one thread each;
+# the demo runs one process at a time, where two threads train its tiny models 1.4-1.6x faster than one
+# (benchmarks/RESULTS.md, section 7).
+ifeq ($(origin OMP_NUM_THREADS),environment)
+TEST_THREADS := $(OMP_NUM_THREADS)
+DEMO_THREADS := $(OMP_NUM_THREADS)
+else
+TEST_THREADS := 1
+DEMO_THREADS := 2
+endif
 
 .PHONY: setup demo test test-fast bench clean
 
@@ -21,18 +29,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 setup: $(VENV)/.installed
 
 demo: setup
-	DS_ACCELERATOR=$${DS_ACCELERATOR:-$$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")} \
+	OMP_NUM_THREADS=$(DEMO_THREADS) DS_ACCELERATOR=$${DS_ACCELERATOR:-$$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")} \
 	  $(PY) -m rlhf.pipeline --config configs/demo.yaml
 
 test: setup
-	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=$(TEST_THREADS) DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
 
 # The tests that train nothing and start no process group: the math, data formats, configs and layout.
 test-fast: setup
-	DS_ACCELERATOR=cpu $(PY) -m pytest -q -m "not slow" tests
+	OMP_NUM_THREADS=$(TEST_THREADS) DS_ACCELERATOR=cpu $(PY) -m pytest -q -m "not slow" tests
 
 bench: setup
-	$(PY) -m benchmarks.run
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m benchmarks.run
 
 clean:
 	rm -rf runs

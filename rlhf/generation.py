@@ -53,9 +53,11 @@ def checkpoint_defaults_off(model) -> Iterator[None]:
 
 def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_tokens: int = 32,
                        do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                       batch_size: int = 32) -> list[str]:
-    """One response per prompt, decoded without special tokens; any of the checkpoint's stop tokens ends it."""
+                       batch_size: int = 32, progress: str = "") -> list[str]:
+    """One response per prompt, decoded without special tokens; any of the checkpoint's stop tokens ends it.
+    A non-empty `progress` names a progress bar over the prompts."""
     import torch
+    from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
@@ -65,6 +67,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_toke
     was_training = model.training
     model.eval()
     responses: list[str] = []
+    bar = tqdm(total=len(prompts), desc=progress, unit="response", disable=not progress, dynamic_ncols=True)
     try:
         for start in range(0, len(prompts), batch_size):
             batch = encode_prompts(tokenizer, prompts[start:start + batch_size]).to(model.device)
@@ -72,6 +75,8 @@ def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_toke
                 output = model.generate(**batch, generation_config=generation_config)
             new_tokens = output[:, batch["input_ids"].shape[1]:]
             responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            bar.update(len(new_tokens))
     finally:
+        bar.close()
         model.train(was_training)
     return responses

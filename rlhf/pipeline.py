@@ -63,6 +63,7 @@ class PipelineConfig:
     label_k: int = field(default=4, metadata={"help": "Responses sampled per prompt for ranking (InstructGPT: 4 to 9)."})
     label_limit: int = field(default=0, metadata={"help": "Use only the first N prompts for labeling (0: all)."})
     label_max_new_tokens: int = field(default=24, metadata={"help": "Length cap of the sampled responses."})
+    label_batch_size: int = field(default=128, metadata={"help": "Responses sampled at once for labeling."})
     launcher: str = field(default="python", metadata={"help": "'python' (one process) or 'deepspeed'."})
     launcher_args: str = field(default="", metadata={"help": "Arguments for the deepspeed launcher, e.g. "
                                                              "'--num_gpus 8' or '--hostfile hostfile'."})
@@ -260,7 +261,7 @@ class Pipeline:
         # A file named by an option (a labeling config) counts by its content, as the export does.
         option_parts = {key: Path(value) if Path(str(value)).is_file() else value for key, value in options.items()}
         key = stage_key("labels", mode, sft_reference, source, self.config.labels_format, self.config.label_k,
-                        self.config.label_limit, self.config.label_max_new_tokens,
+                        self.config.label_limit, self.config.label_max_new_tokens, self.config.label_batch_size,
                         *([option_parts] if options else []))
         if mode == "pause":
             tasks = labels_dir / "tasks.json"
@@ -293,6 +294,7 @@ class Pipeline:
                    "--registry_dir", str(self.registry.root), "--prompts", self.config.label_prompts,
                    "--k", str(self.config.label_k), "--limit", str(self.config.label_limit),
                    "--max_new_tokens", str(self.config.label_max_new_tokens),
+                   "--batch_size", str(self.config.label_batch_size),
                    "--format", self.config.labels_format, "-o", str(tasks)], "labels")
         return tasks
 

@@ -151,6 +151,32 @@ def test_argilla_export_from_a_policy_keeps_only_prompts_with_k_distinct_respons
 
 
 
+def test_sampling_for_labels_repeats_with_the_same_seed_and_batch_size_and_shows_progress(rm_workspace, capsys):
+    from rlhf.labels.sampling import sample_k_responses
+
+    prompts = [r["prompt"] for r in make_split(5, seed=5)]
+
+    def sample():
+        return sample_k_responses("sft", prompts, k=3, registry_dir=str(rm_workspace / "registry"),
+                                  max_new_tokens=6, seed=7, batch_size=4)
+
+    first = sample()
+    assert "sampling responses" in capsys.readouterr().err
+    assert first == sample()
+    assert [prompt for prompt, _ in first] == prompts and all(len(responses) == 3 for _, responses in first)
+
+
+def test_export_refuses_a_batch_size_below_one_in_one_line(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "sort: b a"}) + "\n")
+    result = subprocess.run([sys.executable, "-m", "rlhf.labels", "export", "--prompts", str(prompts),
+                             "--batch_size", "0", "--format", "label-studio", "-o", str(tmp_path / "tasks.json")],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == ["error: --batch_size must be >= 1, got 0"]
+    assert not (tmp_path / "tasks.json").exists()
+
+
 @pytest.mark.slow
 def test_rm_under_two_process_zero3_trains_on_both_ranks_and_saves_whole_weights(rm_workspace, tmp_path):
     import os

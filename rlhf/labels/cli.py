@@ -86,6 +86,8 @@ def add_export_command(subcommands) -> None:
     command.add_argument("--temperature", type=float, default=1.0)
     command.add_argument("--top_p", type=float, default=1.0)
     command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--batch_size", type=int, default=128,
+                         help="responses generated at once (the same samples need the same batch size and seed)")
     command.add_argument("--registry_dir", default="", help="registry root (default $RLHF_REGISTRY or runs/registry)")
     command.add_argument("--trust_remote_code", action="store_true")
     command.set_defaults(run=run_export)
@@ -97,10 +99,13 @@ def run_export(args: argparse.Namespace) -> int:
 
     if not 2 <= args.k <= 16:
         raise ConfigError(f"--k must be between 2 and 16, got {args.k}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
     prompts = load_prompts(args.prompts)[:args.limit or None]
     items = sample_k_responses(args.policy, prompts, k=args.k, registry_dir=args.registry_dir,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                               top_p=args.top_p, seed=args.seed, trust_remote_code=args.trust_remote_code)
+                               top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                               trust_remote_code=args.trust_remote_code)
     items, dropped = rankable(items)
     if args.format == "argilla":
         # Argilla fixes a ranking question's options per dataset: every record needs all K responses.

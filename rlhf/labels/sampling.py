@@ -7,7 +7,7 @@ from typing import Any
 
 
 def sample_k_responses(policy: str, prompts: list[Any], *, k: int, registry_dir: str = "", max_new_tokens: int = 64,
-                       temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                       temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 128,
                        trust_remote_code: bool = False) -> list[tuple[Any, list[str]]]:
     """(prompt, k sampled responses) for each prompt; duplicates are removed later by the exporters."""
     import torch
@@ -23,7 +23,8 @@ def sample_k_responses(policy: str, prompts: list[Any], *, k: int, registry_dir:
     torch.manual_seed(seed)
     repeated = [prompt for prompt in prompts for _ in range(k)]
     responses = generate_responses(model, tokenizer, repeated, max_new_tokens=max_new_tokens, do_sample=True,
-                                   temperature=temperature, top_p=top_p)
+                                   temperature=temperature, top_p=top_p, batch_size=batch_size,
+                                   progress="sampling responses")
     return [(prompt, responses[i * k:(i + 1) * k]) for i, prompt in enumerate(prompts)]
 
 
