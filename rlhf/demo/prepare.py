@@ -19,7 +19,7 @@ from rlhf.demo.task import DemoSettings, corpus_words, make_split
 from rlhf.demo.tiny_model import build_tiny_model
 from rlhf.io import atomic_write_text
 
-SPLITS = {"sft_train": 5000, "sft_eval": 200, "prompts_train": 8000, "prompts_eval": 100}
+SPLITS = {"sft_train": 5000, "sft_eval": 200, "prompts_train": 12000, "prompts_eval": 100}
 
 
 def _jsonl(records: list[dict]) -> str:
