@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Torch threads, unless OMP_NUM_THREADS is set: the tests start 2-process runs on 2 cores, so one thread each;
-# the demo runs one process at a time, where two threads train its tiny models 1.4-1.6x faster than one
+# the demo runs one process at a time, where two threads run its stages 1.3-1.55x faster than one
 # (benchmarks/RESULTS.md, section 7).
 ifeq ($(origin OMP_NUM_THREADS),environment)
 TEST_THREADS := $(OMP_NUM_THREADS)
