@@ -6,12 +6,12 @@ PY := $(VENV)/bin/python
 # Torch threads, unless OMP_NUM_THREADS is set: the tests start 2-process runs on 2 cores, so one thread each;
 # the demo runs one process at a time, where two threads run its stages 1.3-1.55x faster than one
 # (benchmarks/RESULTS.md, section 7).
-ifeq ($(origin OMP_NUM_THREADS),environment)
-TEST_THREADS := $(OMP_NUM_THREADS)
-DEMO_THREADS := $(OMP_NUM_THREADS)
-else
+ifeq ($(origin OMP_NUM_THREADS),undefined)
 TEST_THREADS := 1
 DEMO_THREADS := 2
+else
+TEST_THREADS := $(OMP_NUM_THREADS)
+DEMO_THREADS := $(OMP_NUM_THREADS)
 endif
 
 .PHONY: setup demo test test-fast bench clean
