@@ -239,10 +239,14 @@ class Pipeline:
     # -- the stages, in order -------------------------------------------------------------------------------------
 
     def prepare_demo(self) -> None:
+        from rlhf.demo.prepare import demo_settings, is_prepared
+
         out = Path(self.config.prepare_demo)
-        if (out / "base_model" / "config.json").is_file():
+        if is_prepared(out, demo_settings(scale=self.config.demo_scale, hidden_size=self.config.demo_hidden_size)):
             return
-        self._say(f"writing the demo model and data to {out}")
+        written_before = (out / "base_model").exists()
+        self._say(f"writing the demo model and data to {out}" +
+                  (" (what is there was written with other settings, or not to the end)" if written_before else ""))
         self._run([sys.executable, "-m", "rlhf.demo.prepare", "--out", str(out), "--scale", str(self.config.demo_scale),
                    "--hidden_size", str(self.config.demo_hidden_size)], "prepare")
 

@@ -20,6 +20,23 @@ from rlhf.demo.tiny_model import build_tiny_model
 from rlhf.io import atomic_write_text
 
 SPLITS = {"sft_train": 5000, "sft_eval": 200, "prompts_train": 12000, "prompts_eval": 100}
+# Written last, with what the demo was written with: a directory without it (an interrupted write) or with other
+# settings (an older demo, another scale) is written again.
+MANIFEST = "demo.json"
+
+
+def demo_settings(*, scale: float = 1.0, hidden_size: int = 128, num_layers: int = 3, seed: int = 0) -> dict:
+    """What `python -m rlhf.demo.prepare` with these options writes into the demo's manifest."""
+    sizes = {split: max(8, int(count * scale)) for split, count in SPLITS.items()}
+    return {"sizes": sizes, "hidden_size": hidden_size, "num_layers": num_layers, "seed": seed}
+
+
+def is_prepared(out: str | Path, settings: dict) -> bool:
+    """True when `out` holds a whole demo written with `settings`."""
+    try:
+        return json.loads((Path(out) / MANIFEST).read_text()) == settings
+    except (OSError, ValueError):
+        return False
 
 
 def _jsonl(records: list[dict]) -> str:
@@ -31,6 +48,7 @@ def prepare(out: str | Path, *, seed: int = 0, hidden_size: int = 128, num_layer
     """Write the demo's files under `out`; every split's prompts are distinct from the others'."""
     out = Path(out)
     sizes = {**SPLITS, **(sizes or {})}
+    (out / MANIFEST).unlink(missing_ok=True)  # a rewrite killed half-way must not pass for the old demo
     seen: set[str] = set()
     for offset, (split, count) in enumerate(sizes.items()):
         records = make_split(count, seed * 1000 + offset, settings, exclude=frozenset(seen))
@@ -39,6 +57,8 @@ def prepare(out: str | Path, *, seed: int = 0, hidden_size: int = 128, num_layer
             records = [{"prompt": record["prompt"]} for record in records]
         atomic_write_text(out / "data" / f"{split}.jsonl", _jsonl(records))
     build_tiny_model(out / "base_model", corpus_words(), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    atomic_write_text(out / MANIFEST, json.dumps(
+        {"sizes": sizes, "hidden_size": hidden_size, "num_layers": num_layers, "seed": seed}, indent=2) + "\n")
     return out
 
 
@@ -50,8 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_layers", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every split's size (smoke tests: 0.02)")
     args = parser.parse_args(argv)
-    sizes = {split: max(8, int(count * args.scale)) for split, count in SPLITS.items()}
-    path = prepare(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers, sizes=sizes)
+    settings = demo_settings(scale=args.scale, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
+    path = prepare(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
+                   sizes=settings["sizes"])
     print(f"demo model and data written to {path}")
 
 
