@@ -25,10 +25,17 @@ SPLITS = {"sft_train": 5000, "sft_eval": 200, "prompts_train": 12000, "prompts_e
 MANIFEST = "demo.json"
 
 
+def split_sizes(scale: float) -> dict[str, int]:
+    return {split: max(8, int(count * scale)) for split, count in SPLITS.items()}
+
+
+def manifest(sizes: dict[str, int], hidden_size: int, num_layers: int, seed: int) -> dict:
+    return {"sizes": sizes, "hidden_size": hidden_size, "num_layers": num_layers, "seed": seed}
+
+
 def demo_settings(*, scale: float = 1.0, hidden_size: int = 128, num_layers: int = 3, seed: int = 0) -> dict:
     """What `python -m rlhf.demo.prepare` with these options writes into the demo's manifest."""
-    sizes = {split: max(8, int(count * scale)) for split, count in SPLITS.items()}
-    return {"sizes": sizes, "hidden_size": hidden_size, "num_layers": num_layers, "seed": seed}
+    return manifest(split_sizes(scale), hidden_size, num_layers, seed)
 
 
 def is_prepared(out: str | Path, settings: dict) -> bool:
@@ -57,8 +64,7 @@ def prepare(out: str | Path, *, seed: int = 0, hidden_size: int = 128, num_layer
             records = [{"prompt": record["prompt"]} for record in records]
         atomic_write_text(out / "data" / f"{split}.jsonl", _jsonl(records))
     build_tiny_model(out / "base_model", corpus_words(), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
-    atomic_write_text(out / MANIFEST, json.dumps(
-        {"sizes": sizes, "hidden_size": hidden_size, "num_layers": num_layers, "seed": seed}, indent=2) + "\n")
+    atomic_write_text(out / MANIFEST, json.dumps(manifest(sizes, hidden_size, num_layers, seed), indent=2) + "\n")
     return out
 
 
@@ -70,9 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_layers", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every split's size (smoke tests: 0.02)")
     args = parser.parse_args(argv)
-    settings = demo_settings(scale=args.scale, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
     path = prepare(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
-                   sizes=settings["sizes"])
+                   sizes=split_sizes(args.scale))
     print(f"demo model and data written to {path}")
 
 
