@@ -9,6 +9,9 @@ counted as 6 x trained parameters (actor + critic) x tokens (prompt + response) 
 
     python -m benchmarks.ppo_vs_trl [--smallest] [--no-peer]
     python -m benchmarks.ppo_vs_trl --hidden-size 1024 --num-layers 6 --steps 3 --rounds 2   # the 100M size
+
+`--padded-too` adds a third side to every round: ours with `padding_free: false`, the baseline that shows what
+leaving the padding out of the forwards is worth.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Settings:
     kl_coef: float = 0.05
     hidden_size: int = 64
     num_layers: int = 2
+    padded_too: bool = False  # ours also with padding_free false, in every round
 
     @classmethod
     def smallest(cls) -> "Settings":
@@ -49,14 +53,15 @@ class Settings:
                    hidden_size=32, num_layers=1)
 
 
-def run_ours(models: dict, settings: Settings, workdir: Path, index: int) -> list[dict]:
-    output_dir = workdir / f"ours-{index}"
-    command = [sys.executable, "-m", "rlhf.stages.ppo", *stage_arguments(models, settings, output_dir, index)]
-    run_child(command, workdir / f"ours-{index}.log")
+def run_ours(models: dict, settings: Settings, workdir: Path, index: int, padding_free: bool = True) -> list[dict]:
+    name = f"ours-{index}" if padding_free else f"ours-padded-{index}"
+    output_dir = workdir / name
+    arguments = stage_arguments(models, settings, output_dir, index, padding_free)
+    run_child([sys.executable, "-m", "rlhf.stages.ppo", *arguments], workdir / f"{name}.log")
     return [json.loads(line) for line in (output_dir / "ppo_metrics.jsonl").read_text().splitlines() if line]
 
 
-def stage_arguments(models: dict, settings: Settings, output_dir: Path, index) -> list[str]:
+def stage_arguments(models: dict, settings: Settings, output_dir: Path, index, padding_free: bool = True) -> list[str]:
     zero0 = "deepspeed_configs/zero0.json"
     arguments = {
         "model_name_or_path": models["policy"], "critic_model": models["reward"], "reward_model": models["reward"],
@@ -66,7 +71,7 @@ def stage_arguments(models: dict, settings: Settings, output_dir: Path, index) -
         "ppo_epochs": settings.ppo_epochs, "actor_learning_rate": settings.learning_rate,
         "critic_learning_rate": settings.learning_rate, "kl_coef": settings.kl_coef, "save_steps": 0,
         "disable_tqdm": "true", "report_to": "none", "seed": index if isinstance(index, int) else 0,
-        "register_as": f"bench-ppo-{index}",
+        "register_as": f"bench-ppo-{index}", "padding_free": str(padding_free).lower(),
         "actor_deepspeed": zero0, "critic_deepspeed": zero0, "reference_deepspeed": zero0, "reward_deepspeed": zero0,
     }
     return settings_to_argv(arguments)
@@ -229,10 +234,13 @@ def run(settings: Settings, workdir: Path, peer: bool = True, peak_flops: float 
         python = trl_venv.ensure(log)
     else:
         note = "TRL peer not run (--no-peer)"
-    ours_rows, trl_rows, trl_versions = [], [], None
+    ours_rows, padded_rows, trl_rows, trl_versions = [], [], [], None
     for index in range(settings.rounds):
         log(f"ppo_vs_trl: round {index + 1}/{settings.rounds}: ours")
         ours_rows += run_ours(models, settings, workdir, index)
+        if settings.padded_too:
+            log(f"ppo_vs_trl: round {index + 1}/{settings.rounds}: ours, padded")
+            padded_rows += run_ours(models, settings, workdir, index, padding_free=False)
         if python is not None:
             log(f"ppo_vs_trl: round {index + 1}/{settings.rounds}: TRL")
             result = run_trl(python, models, settings, workdir, index)
@@ -247,6 +255,11 @@ def run(settings: Settings, workdir: Path, peer: bool = True, peak_flops: float 
     result = {"settings": asdict(settings), "model": models["model"], "parameters": models["parameters"],
               "ours": ours, "ours_steps": ours_rows, "note": note,
               "flops_formula": "6 x (actor + critic parameters) x (prompt + response tokens) x rollout x epochs"}
+    if padded_rows:
+        padded = summarize(padded_rows)
+        result.update(ours_padded=padded, ours_padded_steps=padded_rows,
+                      padding_free_ratios={phase: ratio(ours[phase], padded[phase])
+                                           for phase in (*PHASES, "time_iteration")})
     if trl_rows:
         theirs = summarize(trl_rows)
         result.update(trl=theirs, trl_steps=trl_rows, trl_versions=trl_versions,
@@ -268,6 +281,13 @@ def markdown(result: dict) -> str:
             lines.append(f"| {label} | {ours[phase]:.3f} | not run | - |")
     length = f"{ours['response_length']:.1f}" + (f" / {theirs['response_length']:.1f}" if theirs else "")
     lines.append(f"| mean response tokens (ours / TRL) | {length} | | |")
+    padded = result.get("ours_padded")
+    if padded:
+        lines.append("\n| phase | ours, padding-free (s) | ours, padded (s) | padding-free / padded |")
+        lines.append("|---|---:|---:|---:|")
+        for phase in (*PHASES, "time_iteration"):
+            lines.append(f"| {phase.replace('time_', '')} | {ours[phase]:.3f} | {padded[phase]:.3f} | "
+                         f"{result['padding_free_ratios'][phase]:.2f} |")
     if theirs and "time_gc_collect" in theirs:
         lines.append(f"\nTRL's two `gc.collect()` calls per iteration take {theirs['time_gc_collect']:.3f} s "
                      f"(in all; the one in scoring is counted above, the one after the step's end is not).")
@@ -296,6 +316,7 @@ def main(argv=None) -> None:
                  "ppo_epochs", "max_new_tokens"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run of our training phase")
+    parser.add_argument("--padded-too", action="store_true", help="also run ours with padding_free false")
     parser.add_argument("--workdir", type=Path, help="kept (models reused) instead of a temporary directory")
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--profile-training" in argv:
@@ -306,7 +327,7 @@ def main(argv=None) -> None:
     settings = Settings.smallest() if args.smallest else Settings(
         steps=args.steps, rounds=args.rounds, rollout_batch_size=args.rollout_batch_size,
         minibatch_size=args.minibatch_size, ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens,
-        hidden_size=args.hidden_size, num_layers=args.num_layers)
+        hidden_size=args.hidden_size, num_layers=args.num_layers, padded_too=args.padded_too)
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ppo-")))
         result = run(settings, workdir, peer=not args.no_peer, profile=not args.no_profile)

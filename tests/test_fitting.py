@@ -27,13 +27,15 @@ def run_in_process(argv: list[str]):
 
 
 def rows_seen_by_each_forward(engines) -> tuple[dict[str, list[int]], list]:
-    """Per model, the number of rows of every forward it runs (hooks to remove after)."""
+    """Per model, the number of rollouts in every forward it runs (hooks to remove after). A padding-free forward
+    (no attention mask) holds one rollout per position 0: these rollouts fit one packed row, with no filler."""
     seen: dict[str, list[int]] = {"actor": [], "reference": [], "critic": [], "reward": []}
 
     def recorder(name):
         def hook(module, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
-            seen[name].append(ids.shape[0])
+            packed = kwargs.get("attention_mask") is None
+            seen[name].append(int((kwargs["position_ids"] == 0).sum()) if packed else ids.shape[0])
         return hook
 
     modules = {"actor": engines.actor.module, "reference": engines.reference.module,

@@ -52,6 +52,29 @@ def test_lora_actor_is_its_own_reference_and_disabling_the_adapter_gives_the_bas
     assert (rollout.logprobs[real] - rollout.ref_logprobs[real]).abs().max() > 1e-2
 
 
+def test_scoring_is_padding_free_and_equals_the_padded_scoring(models, tmp_path):
+    from rlhf.ppo import experience
+    from rlhf.ppo.logprobs import sampling_settings_for
+
+    config, inputs, engines = engines_for(models, tmp_path)
+    assert engines.row_tokens == {"actor": 512, "reference": 512, "critic": 512}
+    sampling = sampling_settings_for(inputs.tokenizer, 1.0, 0, 1.0, 6)
+    batch = rollout_batch(inputs, count=8)
+    torch.manual_seed(2)
+    response_ids = experience.generate(engines.actor, batch, sampling.generation_config(inputs.tokenizer), "auto")
+    packed = experience.score(engines, batch, response_ids, inputs.tokenizer, sampling, 64)
+    engines.row_tokens = dict.fromkeys(engines.row_tokens)
+    padded = experience.score(engines, batch, response_ids, inputs.tokenizer, sampling, 64)
+    real = padded.response_mask.bool()
+    assert 0 < real.sum() < real.numel()  # some responses end early: there is padding to leave out
+    for name in ("logprobs", "ref_logprobs", "values"):
+        torch.testing.assert_close(getattr(packed, name)[real], getattr(padded, name)[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed.scores, padded.scores)
+
+    _, _, padded_engines = engines_for(models, tmp_path / "off", padding_free=False)
+    assert padded_engines.row_tokens == {"actor": None, "reference": None, "critic": None}
+
+
 def test_zero3_generation_gathered_once_equals_per_step_gathering(models, tmp_path):
     from rlhf.ppo import experience
     from rlhf.ppo.logprobs import sampling_settings_for

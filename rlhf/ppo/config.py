@@ -58,6 +58,13 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
     forward_batch_size: int = field(default=0, metadata={"help": "Rollouts per forward when the actor, reference, "
                                                                  "critic and reward model score a rollout batch, so that no (batch x length x "
                                                                  "vocab) logits exist whole. 0: minibatch_size (what an update holds anyway)."})
+    padding_free: bool = field(default=True, metadata={"help": "Actor, reference and critic forwards pack the "
+                                                         "real tokens of several rollouts into one row instead of computing on padding. A "
+                                                         "model whose attention would cross into another packed rollout (OPT) is found "
+                                                         "at start and runs padded."})
+    padding_free_row_tokens: int = field(default=512, metadata={"help": "Most tokens in a packed row, or the "
+                                                                       "padded length when that is longer. Under sdpa and eager attention a row costs "
+                                                                       "its length squared; flash attention keeps each rollout to its own length."})
     actor_learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the actor."})
     critic_learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the critic."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of actor and critic."})
@@ -144,6 +151,8 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
         _check(self.max_steps >= 1 or self.total_episodes > 0,
                f"max_steps must be >= 1, got {self.max_steps} (0 steps would register the untrained policy)")
         _check(self.forward_batch_size >= 0, f"forward_batch_size must be >= 0, got {self.forward_batch_size}")
+        _check(self.padding_free_row_tokens >= 1,
+               f"padding_free_row_tokens must be >= 1, got {self.padding_free_row_tokens}")
         _check(self.ppo_epochs >= 1 and self.max_new_tokens >= 1, "ppo_epochs and max_new_tokens must be >= 1")
         _check(self.kl_estimator in ("k1", "k2", "k3", "abs"), f"kl_estimator '{self.kl_estimator}' is unknown")
         _check(self.kl_coef >= 0, "kl_coef must be >= 0")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -87,6 +87,8 @@ class PPOEngines:
     reward: Any  # DeepSpeedEngine around the reward model
     reward_tokenizer: Any
     reward_offset: float  # subtracted from raw reward-model scores (RM stage normalisation)
+    # Tokens per packed row of the padding-free forwards of actor, reference and critic; None: padded.
+    row_tokens: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(PACKED_ROLES))
 
     def reference_context(self):
         """Where the reference's forward runs: the actor with its adapter disabled, or nothing special."""
@@ -165,7 +167,41 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     for engine in (reference, reward):
         if engine is not None:
             engine.module.eval()
-    return PPOEngines(actor, critic, reference, reward, reward_tokenizer, normalization.offset)
+    engines = PPOEngines(actor, critic, reference, reward, reward_tokenizer, normalization.offset)
+    if config.padding_free:
+        engines.row_tokens = padding_free_rows(engines, len(tokenizer), config.padding_free_row_tokens)
+    return engines
+
+
+PACKED_ROLES = ("actor", "reference", "critic")
+
+
+def padding_free_rows(engines: PPOEngines, vocab_size: int, row_tokens: int) -> dict[str, int | None]:
+    """`row_tokens` for each of actor, reference and critic whose model keeps packed sequences apart, else None
+    (padded), with a line naming any that runs padded."""
+    from rlhf.ppo.experience import release_gathered
+    from rlhf.ppo.packing import keeps_sequences_apart
+
+    def causal_lm(module):
+        return lambda **inputs: module(**inputs, use_cache=False).logits
+
+    probes = {"actor": (causal_lm(engines.actor.module), engines.actor.module, engines.actor.device),
+              "critic": (lambda **inputs: engines.critic.module(attention_mask=None, **inputs),
+                         engines.critic.module, engines.critic.device)}
+    if engines.reference is not None:
+        module = engines.reference.module
+        probes["reference"] = (causal_lm(module), module, engines.reference.device)
+    apart = {role: keeps_sequences_apart(forward, module, vocab_size, device)
+             for role, (forward, module, device) in probes.items()}
+    for engine in (engines.actor, engines.critic, engines.reference):
+        if engine is not None:
+            release_gathered(engine)
+    apart.setdefault("reference", apart["actor"])  # the actor with its adapter disabled
+    padded = [role for role in PACKED_ROLES if not apart[role]]
+    if padded and distributed.is_main_process():
+        print(f"padding_free: the {', '.join(padded)} model's attention crosses packed sequences; it runs padded",
+              flush=True)
+    return {role: row_tokens if apart[role] else None for role in PACKED_ROLES}
 
 
 ROLES = ("actor", "critic", "reference", "reward")

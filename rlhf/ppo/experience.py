@@ -19,7 +19,7 @@ import torch
 from rlhf.data.formatting import encode_prompts, reward_input_ids
 from rlhf.generation import checkpoint_defaults_off
 from rlhf.models import same_tokenization
-from rlhf.ppo import activation_checkpointing
+from rlhf.ppo import activation_checkpointing, packing
 from rlhf.ppo.engines import PPOEngines, zero_stage
 from rlhf.ppo.logprobs import SamplingSettings, position_ids_from_mask, sampling_logprobs
 from rlhf.ppo.rewards import (RunningMoments, gae_advantages, kl_penalized_rewards, masked_whiten,
@@ -138,11 +138,26 @@ def sequence_inputs(query_ids, query_mask, response_ids, response_mask) -> dict[
             "position_ids": position_ids_from_mask(attention_mask)}
 
 
-def response_logits(model, inputs: dict[str, torch.Tensor], query_length: int) -> torch.Tensor:
+def response_logits(model, inputs: dict[str, torch.Tensor], query_length: int,
+                    row_tokens: int | None = None) -> torch.Tensor:
     """(B, T, V) logits that predicted each response token: position Q-1+t predicts response token t.
+    Padding-free (`packing`) when `row_tokens` is set; 0 where the padded batch holds padding then.
     No KV cache: nothing follows this forward, and a checkpointed layer would refuse the cache anyway."""
-    logits = model(**inputs, use_cache=False).logits
-    return logits[:, query_length - 1:-1]
+    start, stop = query_length - 1, inputs["input_ids"].shape[1] - 1
+    if row_tokens is not None:
+        return packing.forward_packed(lambda **packed: model(**packed, use_cache=False).logits, inputs, row_tokens,
+                                      start, stop)
+    return model(**inputs, use_cache=False).logits[:, start:stop]
+
+
+def response_values(critic, inputs: dict[str, torch.Tensor], query_length: int,
+                    row_tokens: int | None = None) -> torch.Tensor:
+    """(B, T) critic values V(s_t) at the positions that predicted each response token (as `response_logits`)."""
+    start, stop = query_length - 1, inputs["input_ids"].shape[1] - 1
+    if row_tokens is not None:
+        return packing.forward_packed(lambda **packed: critic(attention_mask=None, **packed), inputs, row_tokens,
+                                      start, stop)
+    return critic(**inputs)[:, start:stop]
 
 
 def _on(device, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -173,22 +188,26 @@ def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, t
     rows = {**sequence_inputs(batch.query_ids, batch.query_mask, response_ids, response_mask), "labels": response_ids}
     query_length = batch.query_ids.shape[1]
 
-    def logprobs_under(model, device):
+    def logprobs_under(model, device, row_tokens):
         def forward(part):
             labels = part.pop("labels").to(device)
-            return sampling_logprobs(response_logits(model, _on(device, part), query_length), labels, settings)
+            logits = response_logits(model, _on(device, part), query_length, row_tokens)
+            return sampling_logprobs(logits, labels, settings)
         return forward
 
-    logprobs = in_micro_batches(logprobs_under(engines.actor.module, engines.actor.device), rows, forward_batch_size)
+    logprobs = in_micro_batches(logprobs_under(engines.actor.module, engines.actor.device,
+                                               engines.row_tokens["actor"]), rows, forward_batch_size)
     release_gathered(engines.actor)
     with engines.reference_context():
         device = engines.reference.device if engines.reference is not None else engines.actor.device
-        ref_logprobs = in_micro_batches(logprobs_under(engines.reference_module, device), rows, forward_batch_size)
+        ref_logprobs = in_micro_batches(logprobs_under(engines.reference_module, device,
+                                                       engines.row_tokens["reference"]), rows, forward_batch_size)
     release_gathered(engines.reference if engines.reference is not None else engines.actor)
 
     def critic_values(part):
         part.pop("labels")
-        return engines.critic.module(**_on(engines.critic.device, part))[:, query_length - 1:-1]
+        return response_values(engines.critic.module, _on(engines.critic.device, part), query_length,
+                               engines.row_tokens["critic"])
 
     values = in_micro_batches(critic_values, rows, forward_batch_size)
     release_gathered(engines.critic)

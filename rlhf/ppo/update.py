@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 
 from rlhf.ppo import activation_checkpointing, losses
-from rlhf.ppo.experience import response_logits, sequence_inputs
+from rlhf.ppo.experience import response_logits, response_values, sequence_inputs
 from rlhf.ppo.logprobs import SamplingSettings, sampling_entropy, sampling_logprobs
 from rlhf.ppo.rewards import masked_mean
 from rlhf.ppo.rollout import PPOStats, Rollout
@@ -27,6 +27,9 @@ class UpdateSettings:
     vf_coef: float
     ptx_coef: float
     sampling: SamplingSettings
+    # Packed rows of at most this many tokens for the actor's and the critic's forwards (`packing`); None: padded.
+    actor_row_tokens: int | None = None
+    critic_row_tokens: int | None = None
 
 
 @dataclass
@@ -71,7 +74,8 @@ def train_minibatch(actor, critic, minibatch: Rollout, settings: UpdateSettings,
     query_length = minibatch.query_ids.shape[1]
     device = actor.device
 
-    logits = response_logits(actor, {k: v.to(device) for k, v in inputs.items()}, query_length)
+    logits = response_logits(actor, {k: v.to(device) for k, v in inputs.items()}, query_length,
+                             settings.actor_row_tokens)
     logprobs = sampling_logprobs(logits, minibatch.response_ids.to(device), settings.sampling)
     policy_loss, clip_fraction, approx_kl = losses.ppo_policy_loss(
         logprobs, minibatch.logprobs.to(device), minibatch.advantages.to(device), mask.to(device), settings.cliprange)
@@ -87,7 +91,8 @@ def train_minibatch(actor, critic, minibatch: Rollout, settings: UpdateSettings,
     actor_loss = policy_loss + settings.ptx_coef * ptx_loss
 
     critic_device = critic.device
-    values = critic(**{k: v.to(critic_device) for k, v in inputs.items()})[:, query_length - 1:-1]
+    values = response_values(critic, {k: v.to(critic_device) for k, v in inputs.items()}, query_length,
+                             settings.critic_row_tokens)
     value_loss, value_clip_fraction = losses.ppo_value_loss(
         values, minibatch.values.to(critic_device), minibatch.returns.to(critic_device), mask.to(critic_device),
         settings.cliprange_value)

@@ -63,7 +63,9 @@ class PPORecipe:
         self.moments = RunningMoments() if config.normalize_scores else None
         self.gold = ppo_inputs.gold_scorer_or_none(config)
         self.update_settings = update.UpdateSettings(config.ppo_epochs, config.minibatch_size, config.cliprange,
-                                              config.cliprange_value, config.vf_coef, config.ptx_coef, self.sampling)
+                                                     config.cliprange_value, config.vf_coef, config.ptx_coef,
+                                                     self.sampling, self.engines.row_tokens["actor"],
+                                                     self.engines.row_tokens["critic"])
         checkpoint.remove_partial_saves(config.output_dir)
         self.resume()
         self.ptx = ppo_inputs.ptx_iterator(config, self.tokenizer,
