@@ -67,26 +67,24 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: to
     mask = attention_mask.bool()
     lengths = mask.sum(dim=1).tolist()
     plan = plan_rows(lengths, max(input_ids.shape[1], row_tokens))
-    width = max(sum(lengths[i] for i in row) for row in plan)
-    packed_ids = input_ids.new_zeros((len(plan), width))
-    packed_positions = torch.arange(width, device=input_ids.device).repeat(len(plan), 1)
-    rows = torch.empty(len(lengths), dtype=torch.long)
-    starts = torch.empty(len(lengths), dtype=torch.long)
+    row_of, start_of, used = [0] * len(lengths), [0] * len(lengths), []
     for row, members in enumerate(plan):
         column = 0
         for index in members:
-            length = lengths[index]
-            packed_ids[row, column:column + length] = input_ids[index][mask[index]]
-            packed_positions[row, column:column + length] = position_ids[index][mask[index]]
-            rows[index], starts[index] = row, column
-            column += length
-        packed_positions[row, column:] = torch.arange(width - column, device=input_ids.device)
+            row_of[index], start_of[index] = row, column
+            column += lengths[index]
+        used.append(column)
+    device = input_ids.device
+    width = max(used)
     # Each real token's place: its sequence's row, and its sequence's start plus its rank within the sequence.
     batch, _ = mask.nonzero(as_tuple=True)
-    rank_in_sequence = mask.long().cumsum(dim=1)[mask] - 1
-    device = input_ids.device
-    return PackedBatch(packed_ids, packed_positions, mask, rows.to(device)[batch],
-                       starts.to(device)[batch] + rank_in_sequence)
+    rows = torch.tensor(row_of, device=device)[batch]
+    columns = torch.tensor(start_of, device=device)[batch] + mask.long().cumsum(dim=1)[mask] - 1
+    packed_ids = input_ids.new_zeros((len(plan), width)).index_put((rows, columns), input_ids[mask])
+    # The filler after a row's last sequence counts 0, 1, ... from where that sequence ends.
+    filler = torch.arange(width, device=device) - torch.tensor(used, device=device)[:, None]
+    packed_positions = filler.clamp(min=0).index_put((rows, columns), position_ids[mask])
+    return PackedBatch(packed_ids, packed_positions, mask, rows, columns)
 
 
 def forward_packed(forward: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor], row_tokens: int,
