@@ -60,6 +60,18 @@ def test_suite_runs_on_smallest_settings_and_writes_its_files(tmp_path):
     assert "+0.250" in markdown
 
 
+def test_padding_free_benchmark_times_both_sides_on_the_same_rollouts(tmp_path):
+    from benchmarks import padding_free
+    from benchmarks.ppo_vs_trl import Settings
+
+    result = padding_free.run(Settings.smallest(), tmp_path, repeats=2, log=lambda line: None)
+    for side in ("packed", "padded"):
+        assert [len(result["times"][side][phase]) for phase in ("scoring", "training")] == [2, 2]
+    assert 0 < result["real_token_share"] <= 1
+    assert all(value > 0 for value in result["ratios"].values())
+    assert "| training |" in padding_free.markdown(result)
+
+
 @pytest.mark.slow
 def test_multi_process_benchmarks_run_on_smallest_settings_and_see_every_phase(tmp_path):
     code = bench_run.main(["--smallest", "--no-peer", "--only", "zero3_generation", "ppo_memory",

@@ -21,6 +21,17 @@ def test_rows_are_filled_first_fit_in_the_given_order():
         plan_rows([9], capacity=8)
 
 
+def test_flash_attention_packs_everything_into_one_row():
+    """transformers' flash attention reads packed sequences only from a batch of one row."""
+    from rlhf.ppo.packing import pack, row_tokens_for
+
+    assert row_tokens_for("sdpa", 512) == row_tokens_for("eager", 512) == row_tokens_for(None, 512) == 512
+    many = torch.ones((40, 30), dtype=torch.long)
+    positions = torch.arange(30).repeat(40, 1)
+    assert pack(many, many, positions, row_tokens_for("flash_attention_2", 512)).input_ids.shape == (1, 1200)
+    assert pack(many, many, positions, row_tokens_for("sdpa", 512)).input_ids.shape == (3, 510)
+
+
 def test_pack_gives_each_sequence_its_own_positions_and_unpack_restores_the_padded_columns():
     from rlhf.ppo.logprobs import position_ids_from_mask
     from rlhf.ppo.packing import pack

@@ -180,7 +180,7 @@ def padding_free_rows(engines: PPOEngines, vocab_size: int, row_tokens: int) -> 
     """`row_tokens` for each of actor, reference and critic whose model keeps packed sequences apart, else None
     (padded), with a line naming any that runs padded."""
     from rlhf.ppo.experience import release_gathered
-    from rlhf.ppo.packing import keeps_sequences_apart
+    from rlhf.ppo.packing import keeps_sequences_apart, row_tokens_for
 
     def causal_lm(module):
         return lambda **inputs: module(**inputs, use_cache=False).logits
@@ -201,7 +201,10 @@ def padding_free_rows(engines: PPOEngines, vocab_size: int, row_tokens: int) -> 
     if padded and distributed.is_main_process():
         print(f"padding_free: the {', '.join(padded)} model's attention crosses packed sequences; it runs padded",
               flush=True)
-    return {role: row_tokens if apart[role] else None for role in PACKED_ROLES}
+    configs = {"actor": engines.actor.module.config, "critic": engines.critic.module.model.config,
+               "reference": (engines.reference or engines.actor).module.config}
+    return {role: row_tokens_for(_compat.attention_implementation(configs[role]), row_tokens) if apart[role] else None
+            for role in PACKED_ROLES}
 
 
 ROLES = ("actor", "critic", "reference", "reward")

@@ -9,15 +9,24 @@ causal mask under sdpa and eager, variable-length sequences under flash attentio
 (OPT builds its positions from the attention mask) is found by `keeps_sequences_apart` and runs padded.
 
 Rows hold at most `max(T, row_tokens)` tokens. Under sdpa and eager a row's attention costs its length squared,
-so a row no longer than T never costs more than one padded row, and short sequences still share a row.
+so a row no longer than T never costs more than one padded row, and short sequences still share a row. Under
+flash attention everything goes into one row (`row_tokens_for`).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+
+def row_tokens_for(attention_implementation: str | None, row_tokens: int) -> int:
+    """Tokens per packed row for a model's attention. Flash attention finds packed sequences only in a batch of
+    one row (transformers' `_is_packed_sequence`; in several rows they would see each other), and attends within
+    each sequence whatever the row's length: one row holds everything. Others: `row_tokens`."""
+    return sys.maxsize if "flash" in (attention_implementation or "") else row_tokens
 
 
 def plan_rows(lengths: list[int], capacity: int) -> list[list[int]]:
