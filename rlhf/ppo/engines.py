@@ -177,34 +177,27 @@ PACKED_ROLES = ("actor", "reference", "critic")
 
 
 def padding_free_rows(engines: PPOEngines, vocab_size: int, row_tokens: int) -> dict[str, int | None]:
-    """`row_tokens` for each of actor, reference and critic whose model keeps packed sequences apart, else None
-    (padded), with a line naming any that runs padded."""
-    from rlhf.ppo.experience import release_gathered
+    """Tokens per packed row for each of actor, reference and critic whose model keeps packed sequences apart,
+    else None (padded), with a line naming any that runs padded."""
+    from rlhf.ppo.experience import causal_lm_logits, release_gathered
     from rlhf.ppo.packing import keeps_sequences_apart, row_tokens_for
 
-    def causal_lm(module):
-        return lambda **inputs: module(**inputs, use_cache=False).logits
-
-    probes = {"actor": (causal_lm(engines.actor.module), engines.actor.module, engines.actor.device),
-              "critic": (lambda **inputs: engines.critic.module(attention_mask=None, **inputs),
-                         engines.critic.module, engines.critic.device)}
+    # role: (engine, per-token forward, the transformers model whose config names its attention)
+    models = {"actor": (engines.actor, causal_lm_logits(engines.actor.module), engines.actor.module),
+              "critic": (engines.critic, engines.critic.module, engines.critic.module.model)}
     if engines.reference is not None:
-        module = engines.reference.module
-        probes["reference"] = (causal_lm(module), module, engines.reference.device)
-    apart = {role: keeps_sequences_apart(forward, module, vocab_size, device)
-             for role, (forward, module, device) in probes.items()}
-    for engine in (engines.actor, engines.critic, engines.reference):
-        if engine is not None:
-            release_gathered(engine)
-    apart.setdefault("reference", apart["actor"])  # the actor with its adapter disabled
-    padded = [role for role in PACKED_ROLES if not apart[role]]
+        models["reference"] = (engines.reference, causal_lm_logits(engines.reference.module), engines.reference.module)
+    rows = {}
+    for role, (engine, forward, model) in models.items():
+        apart = keeps_sequences_apart(forward, engine.module, vocab_size, engine.device)
+        release_gathered(engine)
+        rows[role] = row_tokens_for(_compat.attention_implementation(model.config), row_tokens) if apart else None
+    rows.setdefault("reference", rows["actor"])  # the actor with its adapter disabled
+    padded = [role for role in PACKED_ROLES if rows[role] is None]
     if padded and distributed.is_main_process():
         print(f"padding_free: the {', '.join(padded)} model's attention crosses packed sequences; it runs padded",
               flush=True)
-    configs = {"actor": engines.actor.module.config, "critic": engines.critic.module.model.config,
-               "reference": (engines.reference or engines.actor).module.config}
-    return {role: row_tokens_for(_compat.attention_implementation(configs[role]), row_tokens) if apart[role] else None
-            for role in PACKED_ROLES}
+    return {role: rows[role] for role in PACKED_ROLES}
 
 
 ROLES = ("actor", "critic", "reference", "reward")

@@ -138,26 +138,33 @@ def sequence_inputs(query_ids, query_mask, response_ids, response_mask) -> dict[
             "position_ids": position_ids_from_mask(attention_mask)}
 
 
-def response_logits(model, inputs: dict[str, torch.Tensor], query_length: int,
-                    row_tokens: int | None = None) -> torch.Tensor:
-    """(B, T, V) logits that predicted each response token: position Q-1+t predicts response token t.
-    Padding-free (`packing`) when `row_tokens` is set; 0 where the padded batch holds padding then.
-    No KV cache: nothing follows this forward, and a checkpointed layer would refuse the cache anyway."""
+def causal_lm_logits(model):
+    """forward(**inputs) -> logits of a causal LM. No KV cache: nothing follows these forwards, a checkpointed
+    layer would refuse the cache anyway, and with one transformers would take a packed row for one sequence."""
+    return lambda **inputs: model(**inputs, use_cache=False).logits
+
+
+def at_response_positions(forward, inputs: dict[str, torch.Tensor], query_length: int,
+                          row_tokens: int | None = None) -> torch.Tensor:
+    """forward(**inputs)'s per-token outputs (B, T, ...) at the positions that predicted each response token:
+    position Q-1+t predicts response token t. Padding-free (`packing`) when `row_tokens` is set; 0 where the
+    padded batch holds padding then."""
     start, stop = query_length - 1, inputs["input_ids"].shape[1] - 1
     if row_tokens is not None:
-        return packing.forward_packed(lambda **packed: model(**packed, use_cache=False).logits, inputs, row_tokens,
-                                      start, stop)
-    return model(**inputs, use_cache=False).logits[:, start:stop]
+        return packing.forward_packed(forward, inputs, row_tokens, start, stop)
+    return forward(**inputs)[:, start:stop]
+
+
+def response_logits(model, inputs: dict[str, torch.Tensor], query_length: int,
+                    row_tokens: int | None = None) -> torch.Tensor:
+    """(B, T, V) logits that predicted each response token (`at_response_positions`)."""
+    return at_response_positions(causal_lm_logits(model), inputs, query_length, row_tokens)
 
 
 def response_values(critic, inputs: dict[str, torch.Tensor], query_length: int,
                     row_tokens: int | None = None) -> torch.Tensor:
-    """(B, T) critic values V(s_t) at the positions that predicted each response token (as `response_logits`)."""
-    start, stop = query_length - 1, inputs["input_ids"].shape[1] - 1
-    if row_tokens is not None:
-        return packing.forward_packed(lambda **packed: critic(attention_mask=None, **packed), inputs, row_tokens,
-                                      start, stop)
-    return critic(**inputs)[:, start:stop]
+    """(B, T) critic values V(s_t) at the positions that predicted each response token (`at_response_positions`)."""
+    return at_response_positions(critic, inputs, query_length, row_tokens)
 
 
 def _on(device, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from rlhf import distributed
+
 
 def row_tokens_for(attention_implementation: str | None, row_tokens: int) -> int:
     """Tokens per packed row for a model's attention. Flash attention finds packed sequences only in a batch of
@@ -128,18 +130,9 @@ def keeps_sequences_apart(forward: Callable[..., torch.Tensor], module: torch.nn
     # attention move outputs by far more (OPT: 7% of their scale with three tokens ahead).
     tolerance = 1e-4 if _precision(module) == torch.float32 else 2e-2
     apart = bool((packed - alone).abs().max() <= tolerance * alone.abs().max().clamp(min=1e-6))
-    return _on_every_rank(apart, device)
+    return distributed.all_ranks(apart)
 
 
 def _precision(module: torch.nn.Module) -> torch.dtype:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
-
-def _on_every_rank(value: bool, device) -> bool:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return value
-    flag = torch.tensor([float(value)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() == 1.0)
