@@ -21,6 +21,7 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 from rlhf import _compat
+from rlhf.data.overlong import OVERLONG_HELP, POLICIES as OVERLONG_POLICIES
 from rlhf.errors import ConfigError
 from rlhf.models import DEFAULT_ATTENTION
 
@@ -57,12 +58,19 @@ class CommonArguments:
         default=False,
         metadata={"help": "Continue from the latest checkpoint in output_dir (a fresh start if there is none)."},
     )
+    overlong: str = field(default="drop", metadata={"help": OVERLONG_HELP})
 
     def __post_init__(self):
         _check_before_any_work(self)
         # TRL turns bf16 on whenever it is unset, which fails on a CPU; unset means "where supported".
         if getattr(self, "bf16", False) is None:
             self.bf16 = _bf16_supported() and not getattr(self, "fp16", False)
+        # transformers 5 renamed gradient_checkpointing to activation_checkpointing and warns on every run that
+        # still carries the old field (TRL's SFTConfig sets it): take its value over without the warning.
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            if hasattr(self, new) and getattr(self, new) is None and getattr(self, old, None) is not None:
+                setattr(self, new, getattr(self, old))
         if getattr(self, "dataloader_pin_memory", False) and not _cuda_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; on a CPU it only warns
         parent = getattr(super(), "__post_init__", None)
@@ -76,6 +84,8 @@ def _check_before_any_work(config) -> None:
     from rlhf.models import check_attention
 
     check_attention(getattr(config, "attn_implementation", DEFAULT_ATTENTION))
+    if getattr(config, "overlong", "drop") not in OVERLONG_POLICIES:
+        raise ConfigError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got '{config.overlong}'")
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value <= 0:

@@ -12,15 +12,38 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator, Sequence
 
-from rlhf.data.formatting import encode_prompts
+from rlhf.data.formatting import encode_prompts, response_text
+from rlhf.errors import ConfigError
+
+GENERATION_CONFIG = "generation_config.json"
 
 
 def stop_token_ids(tokenizer, model=None) -> tuple[int, ...]:
     """Every token that ends a response: the tokenizer's EOS first, then the EOS ids of the model's
     generation config (an int or a list), without repeats."""
-    ids: list[int] = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     shipped = getattr(_generation_model(model), "generation_config", None) if model is not None else None
-    listed = getattr(shipped, "eos_token_id", None)
+    return _with_eos(tokenizer, getattr(shipped, "eos_token_id", None))
+
+
+def stop_token_ids_of(model_path: str, tokenizer) -> tuple[int, ...]:
+    """`stop_token_ids` of a saved model, read from its directory's generation_config.json without loading it:
+    what a policy trained from that directory stops on (a reward model's directory carries its policy's)."""
+    from pathlib import Path
+
+    from transformers import GenerationConfig
+
+    if not (Path(model_path) / GENERATION_CONFIG).is_file():
+        return _with_eos(tokenizer, None)
+    try:
+        shipped = GenerationConfig.from_pretrained(model_path)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{Path(model_path) / GENERATION_CONFIG}: cannot be read ({first_line})") from None
+    return _with_eos(tokenizer, shipped.eos_token_id)
+
+
+def _with_eos(tokenizer, listed) -> tuple[int, ...]:
+    ids: list[int] = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if listed is not None:
         ids.extend([listed] if isinstance(listed, int) else list(listed))
     return tuple(dict.fromkeys(int(i) for i in ids))
@@ -54,7 +77,8 @@ def checkpoint_defaults_off(model) -> Iterator[None]:
 def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_tokens: int = 32,
                        do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                        batch_size: int = 32, progress: str = "") -> list[str]:
-    """One response per prompt, decoded without special tokens; any of the checkpoint's stop tokens ends it.
+    """One response per prompt, decoded in context without special tokens (`response_text`, so that the reward
+    model reads it back as the tokens the policy wrote); any of the checkpoint's stop tokens ends it.
     A non-empty `progress` names a progress bar over the prompts."""
     import torch
     from tqdm.auto import tqdm
@@ -74,7 +98,8 @@ def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_toke
             with torch.no_grad(), checkpoint_defaults_off(model):
                 output = model.generate(**batch, generation_config=generation_config)
             new_tokens = output[:, batch["input_ids"].shape[1]:]
-            responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            responses.extend(response_text(tokenizer, ids[mask.bool()].tolist(), response.tolist())
+                             for ids, mask, response in zip(batch["input_ids"], batch["attention_mask"], new_tokens))
             bar.update(len(new_tokens))
     finally:
         bar.close()

@@ -6,7 +6,10 @@ Weights load from safetensors only, and model code from the hub runs only when t
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+import re
+from typing import Any, Iterator
 
 from rlhf.errors import ConfigError
 
@@ -35,8 +38,58 @@ def _load(loader, path: str, what: str, **kwargs) -> Any:
         raise ConfigError(f"cannot load {what} from '{path}': {first_line}") from None
 
 
+class _WithoutLengthNotice:
+    """A logging filter for transformers' "Token indices sequence length is longer than the specified maximum"
+    notice: the stages tokenize whole examples to measure them, and their `overlong` policy says, once, what it
+    did with those over the limit; the notice would only warn of indexing errors that cannot happen."""
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith("Token indices sequence length is longer")
+
+
+class _NewHeadExplained:
+    """A logging filter for the load report transformers prints when a causal LM becomes a reward model: a table
+    whose only rows are the new scalar head (missing) and the language-model head left behind (unexpected). Such
+    a report becomes one line; a report with anything else in it is kept as it is."""
+
+    HEADS = ("score.", "classifier.", "lm_head.")
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def filter(self, record) -> bool:
+        message = self.ANSI.sub("", record.getMessage())
+        if "LOAD REPORT" not in message:
+            return True
+        rows = [line.split("|") for line in message.split("Notes:")[0].splitlines() if "|" in line]
+        keys = [(cells[0].strip(), cells[1].strip()) for cells in rows if len(cells) > 1]
+        keys = [(key, status) for key, status in keys if status in ("MISSING", "UNEXPECTED")]
+        if not keys or not all(key.startswith(self.HEADS) for key, _ in keys):
+            return True
+        from rlhf import distributed
+
+        if distributed.is_main_process():
+            new = ", ".join(key for key, status in keys if status == "MISSING")
+            print(f"reward model: a new scalar head ({new}) on the loaded body, trained from scratch", flush=True)
+        return False
+
+
+@contextlib.contextmanager
+def new_reward_head_explained() -> Iterator[None]:
+    """For the block, transformers' load report of a new reward head is one line instead of a table."""
+    report = logging.getLogger("transformers.modeling_utils")
+    explained = _NewHeadExplained()
+    report.addFilter(explained)
+    try:
+        yield
+    finally:
+        report.removeFilter(explained)
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
+
+    notices = logging.getLogger("transformers.tokenization_utils_base")
+    if not any(isinstance(f, _WithoutLengthNotice) for f in notices.filters):
+        notices.addFilter(_WithoutLengthNotice())
 
     tokenizer = _load(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None and tokenizer.eos_token is None:
@@ -67,6 +120,19 @@ def same_tokenization(first, second) -> bool:
 def _special_tokens(tokenizer) -> tuple:
     return (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id,
             sorted(tokenizer.all_special_ids))
+
+
+def max_positions(path: str, trust_remote_code: bool = False) -> int:
+    """The longest sequence a model reads (its config's max_position_embeddings, or n_positions)."""
+    from transformers import AutoConfig
+
+    config = _load(AutoConfig.from_pretrained, path, "model config", trust_remote_code=trust_remote_code)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(getattr(text_config, name, None), int):
+            return getattr(text_config, name)
+    raise ConfigError(f"{path}: its config names no maximum length (max_position_embeddings); pass "
+                      f"--max_prompt_length")
 
 
 def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: Any = None,

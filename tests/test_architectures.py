@@ -268,18 +268,23 @@ def test_two_families_run_ppo_on_two_processes_under_zero3(family, matrix_data, 
 
 
 @pytest.mark.parametrize("family", ["llama3", "qwen2", "opt"])
-def test_ptx_demonstrations_are_tokenized_as_the_sft_stage_tokenizes_them(family, tmp_path):
-    """TRL's SFTTrainer (what the SFT stage runs) is the reference: the same ids, one BOS, EOS or end of turn
-    at the end, and the loss on the completion only."""
+def test_sft_and_ptx_tokenize_demonstrations_as_trl_does_through_the_end_of_the_response(family, tmp_path):
+    """TRL's SFTTrainer tokenizing the records itself is the reference: the same ids and labels, one BOS, the loss
+    on the completion only, through the EOS or end of turn. Where a chat template writes more after the end of the
+    turn (Qwen2's newline after <|im_end|>), TRL also trains on it; the SFT stage stops at the stop token, which
+    is where generation stops and what the reward model reads."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
+    from rlhf.data.formatting import demonstration_ids
+    from rlhf.generation import stop_token_ids_of
     from rlhf.models import load_tokenizer
     from rlhf.ppo.data import ptx_batches
 
     path = build_family_model(tmp_path / family, family, corpus_words())
     tokenizer = load_tokenizer(str(path))
+    stops = stop_token_ids_of(str(path), tokenizer)
     records = [{"prompt": "owl dog : answer :", "completion": " dog owl"}]
     if tokenizer.chat_template:
         records.append({"prompt": [{"role": "user", "content": "owl dog"}],
@@ -290,9 +295,12 @@ def test_ptx_demonstrations_are_tokenized_as_the_sft_stage_tokenizes_them(family
                                            use_cpu=True),
                              train_dataset=Dataset.from_list([record]))
         expected = trainer.train_dataset[0]
-        batch = next(ptx_batches([record], tokenizer, batch_size=1, max_length=64, seed=0, start_batch=0))
-        assert batch["input_ids"][0].tolist() == expected["input_ids"]
-        assert batch["labels"][0].tolist() == expected["labels"]
+        ids, mask = demonstration_ids(tokenizer, record["prompt"], record["completion"], stops)
+        batch = next(ptx_batches([(ids, mask)], tokenizer.pad_token_id, batch_size=1, seed=0, start_batch=0))
+        length = len(ids)
+        assert batch["input_ids"][0].tolist() == ids == expected["input_ids"][:length]
+        assert batch["labels"][0].tolist() == expected["labels"][:length]
+        assert ids[-1] in stops and not set(expected["input_ids"][length:]) & set(stops)
         in_loss = set(tokenizer.convert_ids_to_tokens([int(t) for t in batch["labels"][0] if t != -100]))
         assert batch["labels"][0, 0] == -100 and in_loss & {"<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "</s>"}
 

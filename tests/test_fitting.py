@@ -207,7 +207,7 @@ def test_sft_checkpoints_by_default_and_rm_when_asked_through_the_trainer(models
         # TRL's SFT default: on, non-reentrant (transformers' default since 5.0).
         assert checkpoint_options(policy) == ([{"use_reentrant": False}] if on else []), argv
     rankings = [Ranking("r1", "add 1 and 2", (" 3", " 4"), (1, 2))]
-    features = tokenize_rankings(rankings, tokenizer, 64, "rankings.jsonl")
+    features = tokenize_rankings(rankings, tokenizer)
     for argv, on in ((common, False), (common + ["--gradient_checkpointing", "true"], True)):
         reward = load_reward_model(models["reward"])[0].requires_grad_(True)  # loaded frozen, for scoring
         RankingTrainer(model=reward, args=parse_config(RMStageConfig, argv), train_dataset=features,

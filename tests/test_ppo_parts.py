@@ -209,7 +209,8 @@ def scores_in_ppo(reward_model, reward_tokenizer, policy_tokenizer, batch, respo
     from rlhf.ppo.experience import reward_scores
 
     engines = SimpleNamespace(reward=SimpleNamespace(module=reward_model, device=torch.device("cpu")),
-                              reward_tokenizer=reward_tokenizer, reward_offset=offset)
+                              reward_tokenizer=reward_tokenizer, reward_offset=offset,
+                              reward_stop_token_ids=(reward_tokenizer.eos_token_id,))
     with torch.no_grad():
         return reward_scores(engines, policy_tokenizer, batch, response_ids, mask, max_length=64)
 
@@ -234,8 +235,8 @@ def test_responses_are_retokenized_for_a_reward_model_with_another_tokenizer():
                                  [word("bear"), word("fox"), word("owl")]])
     mask = rewards.response_mask_after_eos(response_ids, policy_tokenizer.eos_token_id, policy_tokenizer.pad_token_id)
     scores = scores_in_ppo(reward_model, reward_tokenizer, policy_tokenizer, batch, response_ids, mask, offset=0.25)
-    texts = decode_responses(policy_tokenizer, response_ids, mask)
-    assert texts == ["cat dog", "bear fox owl"]
+    texts = decode_responses(policy_tokenizer, batch, response_ids, mask)
+    assert texts == [" cat dog", " bear fox owl"]  # decoded after the prompt: the joining space is theirs
     expected = score_texts(reward_model, reward_tokenizer, prompts, texts, max_length=64)
     torch.testing.assert_close(scores, torch.tensor(expected) - 0.25)
 
@@ -257,6 +258,6 @@ def test_with_the_same_tokenization_the_generated_ids_are_scored_as_the_text_wou
                                  [word("fox"), word("owl"), word("fox")]])
     mask = rewards.response_mask_after_eos(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
     scores = scores_in_ppo(reward_model, tokenizer, tokenizer, batch, response_ids, mask, offset=0.0)
-    expected = score_texts(reward_model, tokenizer, prompts, decode_responses(tokenizer, response_ids, mask),
+    expected = score_texts(reward_model, tokenizer, prompts, decode_responses(tokenizer, batch, response_ids, mask),
                            max_length=64)
     torch.testing.assert_close(scores, torch.tensor(expected))

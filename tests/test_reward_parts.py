@@ -5,9 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf.rm.batches import RankingCollator, scores_on_grid, tokenize_rankings
-from rlhf.data.rankings import Ranking
-from rlhf.errors import DataError
+from rlhf.rm.batches import RankingCollator, scores_on_grid
 from rlhf.rm.loss import kway_ranking_loss
 from rlhf.rm.evaluation import kendall_tau_b, ranking_metrics
 
@@ -59,17 +57,3 @@ def test_trainer_loss_is_the_kway_loss_of_the_model_scores(tiny_reward_model):
     assert rewards[0, :2].tolist() + rewards[1].tolist() == pytest.approx(alone, abs=1e-5)
     loss = RankingTrainer.compute_loss(None, tiny_reward_model, batch)
     assert loss.item() == pytest.approx(kway_ranking_loss(rewards, batch["ranks"]).item())
-
-
-def test_prompt_over_max_length_names_the_ranking():
-    from rlhf.demo.task import corpus_words
-    from rlhf.demo.tiny_model import build_tokenizer
-
-    tokenizer = build_tokenizer(corpus_words())
-    rankings = [Ranking(id="r7", prompt=" ".join(["cat"] * 30), completions=("dog", "owl"), ranks=(1, 2))]
-    with pytest.raises(DataError, match=r"r.jsonl: record r7: field 'prompt': prompt is 31 tokens"):
-        tokenize_rankings(rankings, tokenizer, max_length=16, path="r.jsonl")
-    short = Ranking(id="r8", prompt="cat", completions=("dog", "owl " * 40), ranks=(1, 2))
-    (feature,) = tokenize_rankings([short], tokenizer, max_length=16, path="r.jsonl")
-    # Over-long completions lose the start of the input, never the end that the score is read from.
-    assert len(feature["input_ids"][1]) == 16 and feature["input_ids"][1][-1] == tokenizer.eos_token_id

@@ -99,7 +99,8 @@ def test_rm_bad_rankings_file_is_one_line_error_and_registers_nothing(rm_workspa
 def test_export_annotate_import_closes_the_labeling_loop(rm_workspace, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompt_texts = [r["prompt"] for r in make_split(6, seed=3)]
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompt_texts))
+    too_long = " ".join(["cat"] * 60) + " answer :"  # the policy reads 64 tokens: 56 left beside 8 new ones
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompt_texts + [too_long]))
     tasks, export, rankings = tmp_path / "tasks.json", tmp_path / "export.json", tmp_path / "rankings.jsonl"
 
     def run(*args):
@@ -107,8 +108,10 @@ def test_export_annotate_import_closes_the_labeling_loop(rm_workspace, tmp_path)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    run("rlhf.labels", "export", "--policy", "sft", "--registry_dir", str(rm_workspace / "registry"),
-        "--prompts", str(prompts), "--k", "4", "--max_new_tokens", "8", "--format", "label-studio", "-o", str(tasks))
+    said = run("rlhf.labels", "export", "--policy", "sft", "--registry_dir", str(rm_workspace / "registry"),
+               "--prompts", str(prompts), "--k", "4", "--max_new_tokens", "8", "--format", "label-studio",
+               "-o", str(tasks))
+    assert f"{prompts}: 1 of 7 prompts are over max_prompt_length 56: 1 dropped" in said
     assert (tmp_path / "tasks.config.xml").read_text().count("<Ranker") == 1
     run("rlhf.demo.annotate", str(tasks), "-o", str(export))
     summary = run("rlhf.labels", "import", "--format", "label-studio", str(export), "-o", str(rankings))

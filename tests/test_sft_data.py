@@ -3,7 +3,6 @@ import json
 import pytest
 
 from rlhf.data.demonstrations import load_demonstrations
-from rlhf.data.prompts import check_prompt_lengths, room_for_a_completion
 from rlhf.errors import DataError
 
 
@@ -60,17 +59,3 @@ def test_bad_files(tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": \n')
     with pytest.raises(DataError, match=r"broken.jsonl: record 2: not valid JSON"):
         load_demonstrations(str(tmp_path / "broken.jsonl"))
-
-
-def test_prompt_longer_than_max_length_is_named(tmp_path):
-    from rlhf.demo.task import corpus_words
-    from rlhf.demo.tiny_model import build_tokenizer
-
-    tokenizer = build_tokenizer(corpus_words())
-    records = [{"prompt": "cat dog", "completion": " owl"}, {"prompt": " ".join(["cat"] * 20), "completion": " owl"}]
-    prompts = [record["prompt"] for record in records]
-    max_tokens, setting = room_for_a_completion(16)
-    check_prompt_lengths(prompts[:1], tokenizer, "d.jsonl", max_tokens=max_tokens, setting=setting)
-    with pytest.raises(DataError, match=r"d.jsonl: record 2: field 'prompt': prompt is 21 tokens, over the 15 that "
-                                        r"max_length 16 \(one token at least is the completion's\) allows"):
-        check_prompt_lengths(prompts, tokenizer, "d.jsonl", max_tokens=max_tokens, setting=setting)

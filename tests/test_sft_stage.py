@@ -276,7 +276,7 @@ def _stage_error(capsys, argv) -> str:
     ("missing file", ["nope.jsonl", "no such file"]),
     ("misnamed column", ["bad.jsonl", "record 2", "'prompt'", "missing"]),
     ("empty data set", ["bad.jsonl", "empty"]),
-    ("prompt too long", ["bad.jsonl", "record 1", "'prompt'", "48"]),
+    ("nothing fits", ["bad.jsonl", "none of the 1 demonstrations fits max_length 48"]),
     ("missing model", ["no/such/model", "neither a registry entry"]),
     ("unknown key", ["learning_rat"]),
     ("wrong type", ["learning_rate", "fast"]),
@@ -293,7 +293,7 @@ def test_bad_input_is_one_line_naming_where_and_leaves_the_registry_untouched(sf
     elif case == "empty data set":
         bad.write_text("")
         args += ["--train_file", str(bad)]
-    elif case == "prompt too long":
+    elif case == "nothing fits":
         _write_jsonl(bad, [{"prompt": " ".join(["cat"] * 60), "completion": " cat"}])
         args += ["--train_file", str(bad)]
     elif case == "missing model":

@@ -191,10 +191,12 @@ def _load_plain(name_or_path: str, task: str, torch_dtype, trust_remote_code: bo
         model_class, extra = AutoModelForSequenceClassification, {"num_labels": 1}
     else:
         model_class, extra = AutoModelForCausalLM, {}
+    from rlhf.models import new_reward_head_explained
     from rlhf.partitioned_load import streamed_zero3_loading
 
     try:
-        with streamed_zero3_loading():  # under ZeRO-3 no rank reads the whole checkpoint
+        # Under ZeRO-3 no rank reads the whole checkpoint.
+        with streamed_zero3_loading(), new_reward_head_explained():
             return model_class.from_pretrained(name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                                use_safetensors=True, attn_implementation=attn_implementation,
                                                **extra)

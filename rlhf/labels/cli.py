@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rlhf.data.overlong import POLICIES as OVERLONG_POLICIES
 from rlhf.data.rankings import write_rankings
 from rlhf.errors import ConfigError, DataError, exits_cleanly
 from rlhf.io import write_jsonl_atomically
@@ -88,6 +89,12 @@ def add_export_command(subcommands) -> None:
     command.add_argument("--seed", type=int, default=0)
     command.add_argument("--batch_size", type=int, default=128,
                          help="responses generated at once (the same samples need the same batch size and seed)")
+    command.add_argument("--max_prompt_length", type=int, default=0,
+                         help="prompt length cap in tokens (0: the policy's max_position_embeddings minus "
+                              "max_new_tokens)")
+    command.add_argument("--overlong", choices=OVERLONG_POLICIES, default="drop",
+                         help="prompts over max_prompt_length: drop, truncate (from the left, at a turn boundary "
+                              "where it can) or error")
     command.add_argument("--registry_dir", default="", help="registry root (default $RLHF_REGISTRY or runs/registry)")
     command.add_argument("--trust_remote_code", action="store_true")
     command.set_defaults(run=run_export)
@@ -101,7 +108,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k must be between 2 and 16, got {args.k}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
-    prompts = load_prompts(args.prompts)[:args.limit or None]
+    prompts = fitted_prompts(args, load_prompts(args.prompts)[:args.limit or None])
     items = sample_k_responses(args.policy, prompts, k=args.k, registry_dir=args.registry_dir,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
@@ -121,6 +128,24 @@ def run_export(args: argparse.Namespace) -> int:
     for reason, count in dropped.items():
         print(f"left out {count} {reason}")
     return 0
+
+
+def fitted_prompts(args: argparse.Namespace, prompts: list) -> list:
+    """The prompts that fit the policy (`--max_prompt_length`), after the `--overlong` policy; says what it did."""
+    from rlhf.data.overlong import fit_prompts
+    from rlhf.models import load_tokenizer, max_positions
+    from rlhf.registry import Registry, resolve_model
+
+    path, _ = resolve_model(args.policy, Registry(args.registry_dir or None))
+    tokenizer = load_tokenizer(path, trust_remote_code=args.trust_remote_code)
+    limit = args.max_prompt_length or max_positions(path, args.trust_remote_code) - args.max_new_tokens
+    if limit < 1:
+        raise ConfigError(f"--max_prompt_length {limit} leaves no room for a prompt; lower --max_new_tokens")
+    fitted = fit_prompts(prompts, tokenizer, max_tokens=limit, setting="max_prompt_length", policy=args.overlong,
+                         file=args.prompts)
+    if fitted.over:
+        print(f"{args.prompts}: {fitted.summary()}")
+    return fitted.kept
 
 
 def _options(pairs: list[str], format: str) -> dict[str, str]:

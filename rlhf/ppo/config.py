@@ -44,7 +44,8 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
     top_k: int = field(default=0, metadata={"help": "Sample among the k likeliest tokens; 0: all."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass in (0, 1]; 1: off."})
     max_new_tokens: int = field(default=32, metadata={"help": "Response length cap, in tokens."})
-    max_prompt_length: int = field(default=256, metadata={"help": "Longer prompts are a data error (tokens)."})
+    max_prompt_length: int = field(default=256, metadata={"help": "Prompt length cap, in tokens; longer prompts "
+                                                                  "follow the `overlong` policy."})
     zero3_generation: str = field(default="auto", metadata={"help": "Actor under ZeRO-3: 'gather_once' gathers its "
                                                                      "parameters once per rollout, 'per_step' at every token (synced_gpus), 'auto' "
                                                                      "gathers once when twice the model fits in free memory."})
@@ -106,8 +107,10 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
     missing_eos_penalty: float = field(default=1.0, metadata={"help": "Subtracted from the score of a response that "
                                                                       "ends without EOS (hit max_new_tokens), after normalisation and clipping, "
                                                                       "so in units of normalised scores when normalize_scores; 0: off."})
-    reward_max_length: int = field(default=512, metadata={"help": "Tokens the reward model sees; the prompt's start "
-                                                                  "is cut first."})
+    reward_max_length: int = field(default=0, metadata={"help": "Tokens the reward model reads of prompt and "
+                                                                "response; 0: max_prompt_length + max_new_tokens + "
+                                                                "1, all of them. An input over it loses the start "
+                                                                "of its prompt."})
 
     # PPO-ptx (InstructGPT eq. 2).
     ptx_coef: float = field(default=0.0, metadata={"help": "γ of PPO-ptx: weight of the language-modelling loss."})
@@ -150,6 +153,8 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
                f"rollout_batch_size {self.rollout_batch_size} must be a multiple of minibatch_size {self.minibatch_size}")
         _check(self.max_steps >= 1 or self.total_episodes > 0,
                f"max_steps must be >= 1, got {self.max_steps} (0 steps would register the untrained policy)")
+        _check(self.reward_max_length >= 0, f"reward_max_length must be >= 0 (0: all), got {self.reward_max_length}")
+        _check(self.max_prompt_length >= 1, f"max_prompt_length must be >= 1, got {self.max_prompt_length}")
         _check(self.forward_batch_size >= 0, f"forward_batch_size must be >= 0, got {self.forward_batch_size}")
         _check(self.padding_free_row_tokens >= 1,
                f"padding_free_row_tokens must be >= 1, got {self.padding_free_row_tokens}")
@@ -175,6 +180,11 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
             per_step = self.rollout_batch_size * distributed.world_size()
             return -(-self.total_episodes // per_step)
         return self.max_steps
+
+    @property
+    def reward_input_limit(self) -> int:
+        """Tokens the reward model reads: `reward_max_length`, or the longest prompt, response and EOS."""
+        return self.reward_max_length or self.max_prompt_length + self.max_new_tokens + 1
 
     @property
     def scoring_batch_size(self) -> int:

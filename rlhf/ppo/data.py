@@ -35,43 +35,16 @@ def _epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
     return _orders[key]
 
 
-def ptx_batches(records: list[dict[str, Any]], tokenizer, batch_size: int, max_length: int, seed: int,
+def ptx_batches(examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int, batch_size: int, seed: int,
                 start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless language-modelling batches for PPO-ptx (InstructGPT eq. 2), from batch `start_batch` on.
-
-    Plain text ({"text": ...}) is a pretraining loss on every token. Demonstrations (prompt/completion, text or
-    chat) are tokenized as the SFT stage tokenizes them (`demonstration_tokens`): the loss covers the completion
-    and its EOS, never the prompt. Seeded order, so a resumed run continues with the same batches.
-    """
-    examples = [plain_text_tokens(tokenizer, record["text"]) if "text" in record else
-                demonstration_tokens(tokenizer, record) for record in records]
+    """Endless language-modelling batches for PPO-ptx (InstructGPT eq. 2) of (input ids, loss mask) examples, from
+    batch `start_batch` on; the loss covers the tokens whose mask is 1. Seeded order, so a resumed run continues
+    with the same batches."""
     batch_index = start_batch
     while True:
         chosen = [examples[i] for i in _batch_indices(len(examples), batch_size, batch_index, seed)]
-        yield _right_padded([(ids[:max_length], mask[:max_length]) for ids, mask in chosen], tokenizer.pad_token_id)
+        yield _right_padded(chosen, pad_token_id)
         batch_index += 1
-
-
-def plain_text_tokens(tokenizer, text: str) -> tuple[list[int], list[int]]:
-    ids = tokenizer(text)["input_ids"]
-    return ids, [1] * len(ids)
-
-
-def demonstration_tokens(tokenizer, record: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """(input ids, completion mask) of a demonstration, as TRL's SFTTrainer (the SFT stage) tokenizes it: a chat
-    record through the chat template (which writes BOS and the end of turn), a text record as prompt + completion
-    with the tokenizer's special tokens and EOS appended."""
-    prompt, completion = record["prompt"], record["completion"]
-    if isinstance(prompt, list):
-        prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
-                                                   return_dict=True)["input_ids"]
-        ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
-    else:
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        ids = tokenizer(prompt + completion)["input_ids"]
-        if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-            ids = ids + [tokenizer.eos_token_id]
-    return ids, [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
 
 
 def _right_padded(examples: list[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:

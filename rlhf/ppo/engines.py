@@ -24,6 +24,7 @@ from rlhf.adaptation.config import AdaptationConfig
 from rlhf.config import load_deepspeed_config
 from rlhf.distributed import free_port
 from rlhf.errors import ConfigError
+from rlhf.generation import stop_token_ids_of
 
 
 def init_distributed() -> None:
@@ -87,6 +88,7 @@ class PPOEngines:
     reward: Any  # DeepSpeedEngine around the reward model
     reward_tokenizer: Any
     reward_offset: float  # subtracted from raw reward-model scores (RM stage normalisation)
+    reward_stop_token_ids: tuple[int, ...] = ()  # what ends a response for the reward model (its directory's)
     # Tokens per packed row of the padding-free forwards of actor, reference and critic; None: padded.
     row_tokens: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(PACKED_ROLES))
 
@@ -167,7 +169,8 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     for engine in (reference, reward):
         if engine is not None:
             engine.module.eval()
-    engines = PPOEngines(actor, critic, reference, reward, reward_tokenizer, normalization.offset)
+    engines = PPOEngines(actor, critic, reference, reward, reward_tokenizer, normalization.offset,
+                         stop_token_ids_of(paths["reward"], reward_tokenizer))
     if config.padding_free:
         engines.row_tokens = padding_free_rows(engines, len(tokenizer), config.padding_free_row_tokens)
     return engines

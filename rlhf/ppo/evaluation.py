@@ -41,6 +41,7 @@ def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path) -> tu
     """
     from rlhf.adaptation import load_adapted
     from rlhf.evaluation import gold_scorer, task_of_prompt
+    from rlhf.generation import stop_token_ids_of
     from rlhf.rm.model import load_reward_model, score_texts
 
     prompts = [p for p in inputs.eval_prompts for _ in range(config.eval_samples_per_prompt)]
@@ -57,8 +58,10 @@ def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path) -> tu
     reward_model, reward_tokenizer, normalization = load_reward_model(
         inputs.paths["reward"], trust_remote_code=config.trust_remote_code,
         attn_implementation=config.attn_implementation)
+    reward_stops = stop_token_ids_of(inputs.paths["reward"], reward_tokenizer)
     rm = {name: score_texts(reward_model, reward_tokenizer, prompts, texts, normalization=normalization,
-                            max_length=config.reward_max_length) for name, texts in responses.items()}
+                            stop_token_ids=reward_stops, max_length=config.reward_input_limit)
+          for name, texts in responses.items()}
     metrics = {"rm_score_sft": fmean(rm["sft"]), "rm_score_ppo": fmean(rm["ppo"]),
                "win_rate_rm": win_rate(rm["ppo"], rm["sft"]), "eval_prompts": len(inputs.eval_prompts),
                "eval_responses": len(prompts)}

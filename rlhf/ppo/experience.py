@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rlhf.data.formatting import encode_prompts, reward_input_ids
+from rlhf.data.formatting import encode_prompts, response_text, reward_input_ids
 from rlhf.generation import checkpoint_defaults_off
 from rlhf.models import same_tokenization
 from rlhf.ppo import activation_checkpointing, packing
@@ -244,29 +244,12 @@ def release_gathered(engine) -> None:
 def reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
                   response_mask: torch.Tensor, max_length: int, stop_token_ids: Sequence[int] = (),
                   forward_batch_size: int = 0) -> torch.Tensor:
-    """(B,) normalised reward-model score of prompt + response + EOS, the input the reward model was trained on.
-
-    With the policy's tokenization the generated ids are used as they are (a response that ended on another of
-    the checkpoint's stop tokens, such as <|eot_id|>, gets no second EOS); with another one the response is
-    decoded and re-tokenized for the reward model (`reward_input_ids`, as in the RM stage).
-    """
+    """(B,) normalised reward-model score of each rollout, read as `reward_inputs` gives it."""
     from rlhf.rm.model import pad_right, raw_scores
 
-    reward_tokenizer = engines.reward_tokenizer
-    sequences = []
-    if same_tokenization(tokenizer, reward_tokenizer):
-        eos = tokenizer.eos_token_id
-        stops = set(stop_token_ids) | ({eos} if eos is not None else set())
-        for query, query_mask, response, mask in zip(batch.query_ids, batch.query_mask, response_ids, response_mask):
-            ids = query[query_mask.bool()].tolist() + response[mask.bool()].tolist()
-            if eos is not None and (not ids or ids[-1] not in stops):
-                ids.append(eos)
-            sequences.append(ids[-max_length:])
-    else:
-        texts = decode_responses(tokenizer, response_ids, response_mask)
-        sequences = [reward_input_ids(reward_tokenizer, prompt, text, max_length)
-                     for prompt, text in zip(batch.prompts, texts)]
-    input_ids, attention_mask = pad_right(sequences, reward_tokenizer.pad_token_id)
+    sequences = reward_inputs(tokenizer, engines.reward_tokenizer, batch, response_ids, response_mask, max_length,
+                              stop_token_ids, engines.reward_stop_token_ids)
+    input_ids, attention_mask = pad_right(sequences, engines.reward_tokenizer.pad_token_id)
     device = engines.reward.device
 
     def forward(part):
@@ -276,9 +259,33 @@ def reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_i
     return raw.float() - engines.reward_offset
 
 
-def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
-    return [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
-            for ids, mask in zip(response_ids, response_mask)]
+def reward_inputs(tokenizer, reward_tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
+                  response_mask: torch.Tensor, max_length: int, stop_token_ids: Sequence[int] = (),
+                  reward_stop_token_ids: Sequence[int] = ()) -> list[list[int]]:
+    """The ids the reward model reads for each rollout, as the RM stage trained it (`reward_input_ids`): the
+    prompt's ids and the generated ids through the first stop token (EOS appended to a response cut at
+    max_new_tokens). A reward model that tokenizes otherwise reads the response decoded in context and tokenized as
+    its own policy would write it. An input over `max_length` loses the start of its prompt."""
+    same = same_tokenization(tokenizer, reward_tokenizer)
+    sequences = []
+    for prompt, query, query_mask, response, mask in zip(batch.prompts, batch.query_ids, batch.query_mask,
+                                                         response_ids, response_mask):
+        prompt_ids, generated = query[query_mask.bool()].tolist(), response[mask.bool()].tolist()
+        if same:
+            ids = reward_input_ids(tokenizer, prompt, generated, stop_token_ids=stop_token_ids, prompt_ids=prompt_ids)
+        else:
+            ids = reward_input_ids(reward_tokenizer, prompt, response_text(tokenizer, prompt_ids, generated),
+                                   stop_token_ids=reward_stop_token_ids)
+        sequences.append(ids[-max_length:])
+    return sequences
+
+
+def decode_responses(tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
+                     response_mask: torch.Tensor) -> list[str]:
+    """Each rollout's response as text, decoded in context (`response_text`)."""
+    return [response_text(tokenizer, query[query_mask.bool()].tolist(), response[mask.bool()].tolist())
+            for query, query_mask, response, mask in zip(batch.query_ids, batch.query_mask, response_ids,
+                                                         response_mask)]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 from rlhf import distributed
 from rlhf.errors import ConfigError, DataError
@@ -20,6 +20,7 @@ class PPOInputs:
     eval_prompts: list[Any]
     seed: int
     rollout_batch_size: int
+    fitted: list[tuple[str, str, Any]] = field(default_factory=list)  # (name, file, Fitted) of each prompts file
 
     def lineage(self, config) -> dict[str, Any]:
         """Where the trained policy came from, for its registry entry: base model, parents, data files."""
@@ -36,9 +37,11 @@ class PPOInputs:
 
 
 def read_inputs(config) -> PPOInputs:
-    """The four models by reference, the policy's tokenizer, and the prompts, checked before anything loads."""
+    """The four models by reference, the policy's tokenizer, and the prompts fitted to max_prompt_length by the
+    `overlong` policy, before anything loads."""
+    from rlhf.data.overlong import fit_prompts
+    from rlhf.data.prompts import load_prompts
     from rlhf.models import load_tokenizer
-    from rlhf.data.prompts import check_prompt_lengths, load_prompts
 
     registry = Registry(config.registry_dir or None)
     references = {"actor": config.model_name_or_path, "critic": config.critic_model,
@@ -51,13 +54,30 @@ def read_inputs(config) -> PPOInputs:
             raise ConfigError(f"{role} model: {error}") from None
     tokenizer = load_tokenizer(paths["actor"], trust_remote_code=config.trust_remote_code)
     check_critic_tokenizer(tokenizer, paths, config.trust_remote_code)
-    prompts = load_prompts(config.prompts_file)
-    eval_prompts = load_prompts(config.eval_prompts_file)[:config.eval_prompts] if config.eval_prompts_file else []
-    for checked, path in ((prompts, config.prompts_file), (eval_prompts, config.eval_prompts_file)):
-        check_prompt_lengths(checked, tokenizer, path, max_tokens=config.max_prompt_length,
-                             setting="max_prompt_length")
-    return PPOInputs(paths, entries, registry, tokenizer, prompts, eval_prompts, config.seed,
-                     config.rollout_batch_size)
+
+    def fitted(name, path):
+        return name, path, fit_prompts(load_prompts(path), tokenizer, max_tokens=config.max_prompt_length,
+                                 setting="max_prompt_length", policy=config.overlong, file=path)
+
+    fitted_prompts = [fitted("prompts", config.prompts_file)] + ([fitted("eval_prompts", config.eval_prompts_file)]
+                                                                 if config.eval_prompts_file else [])
+    eval_prompts = []
+    if config.eval_prompts_file:
+        eval_prompts, shortfall = held_out_prompts(fitted_prompts[1][2], config.eval_prompts)
+        if shortfall and distributed.is_main_process():
+            print(f"{config.eval_prompts_file}: {shortfall}", flush=True)
+    return PPOInputs(paths, entries, registry, tokenizer, fitted_prompts[0][2].kept, eval_prompts, config.seed,
+                     config.rollout_batch_size, fitted_prompts)
+
+
+def held_out_prompts(fitted, wanted: int) -> tuple[list[Any], str]:
+    """The first `wanted` held-out prompts that fit, and a line saying why there are fewer ("" when there are not)."""
+    prompts = fitted.kept[:wanted]
+    if len(prompts) == wanted:
+        return prompts, ""
+    why = f", after {fitted.over} over {fitted.limit} were left out" if fitted.over else ""
+    return prompts, (f"evaluating on {len(prompts)} prompts, not the {wanted} of eval_prompts: the file holds "
+                     f"{fitted.total}{why}")
 
 
 def check_critic_tokenizer(tokenizer, paths: dict[str, str], trust_remote_code: bool) -> None:
@@ -74,24 +94,47 @@ def check_critic_tokenizer(tokenizer, paths: dict[str, str], trust_remote_code: 
                           "policy's token ids, so start it from a reward model trained on the policy's base model")
 
 
-def ptx_iterator(config, tokenizer, start_batch: int) -> Iterator | None:
-    """PPO-ptx batches from `start_batch` on (so a resumed run continues the sequence), or None when off."""
+def ptx_examples(config, tokenizer, stop_token_ids: Sequence[int]) -> tuple[str, str, Any]:
+    """("ptx", file, Fitted token examples) of PPO-ptx, each (input ids, loss mask), fitted to ptx_max_length.
+
+    Plain text ({"text": ...}) is a pretraining loss on every token; over the limit, `truncate` keeps its start.
+    Demonstrations (prompt/completion, text or chat) are tokenized as the SFT stage trains on them
+    (`demonstration_ids`: the loss on the completion and its stop token, never the prompt).
+    """
+    from rlhf.data.demonstrations import load_demonstrations
+    from rlhf.data.formatting import demonstration_ids
+    from rlhf.data.overlong import fit, fit_demonstrations
+    from rlhf.data.records import read_records
+
+    path, limit = config.ptx_file, config.ptx_max_length
+    first = next(iter(read_records(path)))
+    if not (isinstance(first.value, dict) and isinstance(first.value.get("text"), str)):
+        fitted = fit_demonstrations(load_demonstrations(path), tokenizer, max_length=limit, policy=config.overlong,
+                                    file=path, stop_token_ids=stop_token_ids, setting="ptx_max_length")
+        fitted.kept = [demonstration_ids(tokenizer, r["prompt"], r["completion"], stop_token_ids) for r in fitted.kept]
+        return "ptx", path, fitted
+    examples = []
+    for raw in read_records(path):
+        if not isinstance(raw.value, dict) or not isinstance(raw.value.get("text"), str):
+            raise DataError("missing or not a string", file=path, record=raw.number, field="text")
+        ids = tokenizer(raw.value["text"])["input_ids"]
+        examples.append((raw.number, (ids, [1] * len(ids))))
+    fitted = fit(examples, length=lambda example: len(example[0]), max_tokens=limit,
+                 shorten=lambda example: ((example[0][:limit], example[1][:limit]), ""), policy=config.overlong,
+                 what="texts", limit=f"ptx_max_length {limit}", file=path)
+    return "ptx", path, fitted
+
+
+def ptx_iterator(config, examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int,
+                 start_batch: int) -> Iterator | None:
+    """PPO-ptx batches of `examples` from `start_batch` on (so a resumed run continues the sequence), or None when
+    off."""
     if not config.ptx_coef:
         return None
-    from rlhf.data.records import read_records
-    from rlhf.data.demonstrations import load_demonstrations
     from rlhf.ppo.data import ptx_batches
 
-    first = next(iter(read_records(config.ptx_file)))
-    if isinstance(first.value, dict) and isinstance(first.value.get("text"), str):
-        records = [raw.value for raw in read_records(config.ptx_file)]
-        for number, record in enumerate(records, start=1):
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise DataError("missing or not a string", file=config.ptx_file, record=number, field="text")
-    else:
-        records = load_demonstrations(config.ptx_file)
-    return ptx_batches(records, tokenizer, config.ptx_batch_size, config.ptx_max_length,
-                       config.seed + distributed.global_rank(), start_batch)
+    return ptx_batches(examples, pad_token_id, config.ptx_batch_size, config.seed + distributed.global_rank(),
+                       start_batch)
 
 
 def gold_scorer_or_none(config):

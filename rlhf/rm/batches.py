@@ -10,21 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from rlhf.data.formatting import reward_input_ids
-from rlhf.data.prompts import check_prompt_length, room_for_a_completion
+from rlhf.data.formatting import prompt_token_ids, reward_input_ids
 from rlhf.data.rankings import Ranking
 
 
-def tokenize_rankings(rankings: Sequence[Ranking], tokenizer, max_length: int, path: str) -> list[dict[str, Any]]:
-    """{"input_ids": [ids per completion], "ranks": [...]} per ranking; a prompt that fills max_length is an error."""
-    max_prompt_tokens, setting = room_for_a_completion(max_length)
+def tokenize_rankings(rankings: Sequence[Ranking], tokenizer, stop_token_ids: Sequence[int] = ()
+                      ) -> list[dict[str, Any]]:
+    """{"input_ids": [ids per completion], "ranks": [...]} per ranking, each completion as the reward model reads
+    it (`reward_input_ids`: the ids PPO will score). The rankings are fitted to max_length already."""
     features = []
     for ranking in rankings:
-        check_prompt_length(tokenizer, ranking.prompt, max_tokens=max_prompt_tokens, setting=setting, file=path,
-                            record=ranking.id)
+        prompt_ids = prompt_token_ids(tokenizer, ranking.prompt)
         features.append({
-            "input_ids": [reward_input_ids(tokenizer, ranking.prompt, completion, max_length)
-                          for completion in ranking.completions],
+            "input_ids": [reward_input_ids(tokenizer, ranking.prompt, completion, stop_token_ids=stop_token_ids,
+                                           prompt_ids=prompt_ids) for completion in ranking.completions],
             "ranks": list(ranking.ranks),
         })
     return features

@@ -9,6 +9,7 @@ from statistics import fmean
 from typing import Any, Sequence
 
 from rlhf.data.rankings import Ranking, ordered_pairs
+from rlhf.generation import stop_token_ids_of
 from rlhf.rm.model import load_reward_model, score_texts
 
 
@@ -17,7 +18,8 @@ def evaluate(model_dir: str | Path, config, tokenizer, rankings: Sequence[Rankin
     if not rankings:
         return {}
     model, tokenizer, normalization = load_reward_model(str(model_dir), trust_remote_code=config.trust_remote_code)
-    rewards = score_rankings(model, tokenizer, rankings, normalization, config.max_length)
+    rewards = score_rankings(model, tokenizer, rankings, normalization, config.max_length,
+                             stop_token_ids_of(str(model_dir), tokenizer))
     metrics = {f"eval_{k}": v for k, v in ranking_metrics(rewards, [list(r.ranks) for r in rankings]).items()}
     flat = [reward for row in rewards for reward in row]
     metrics["eval_mean_reward"] = sum(flat) / len(flat)
@@ -26,11 +28,12 @@ def evaluate(model_dir: str | Path, config, tokenizer, rankings: Sequence[Rankin
     return metrics
 
 
-def score_rankings(model, tokenizer, rankings: Sequence[Ranking], normalization, max_length: int) -> list[list[float]]:
+def score_rankings(model, tokenizer, rankings: Sequence[Ranking], normalization, max_length: int,
+                   stop_token_ids: Sequence[int] = ()) -> list[list[float]]:
     """The reward of every completion of every ranking, one row per ranking, each response through the model once."""
     flat = score_texts(model, tokenizer, [r.prompt for r in rankings for _ in r.completions],
                        [c for r in rankings for c in r.completions], normalization=normalization,
-                       max_length=max_length)
+                       stop_token_ids=stop_token_ids, max_length=max_length)
     rows, at = [], 0
     for ranking in rankings:
         rows.append(flat[at:at + ranking.k])

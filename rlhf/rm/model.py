@@ -66,10 +66,12 @@ def raw_scores(model, input_ids, attention_mask):
     return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
 
 
-def score_texts(model, tokenizer, prompts: Sequence[Any], completions: Sequence[str], *,
-                normalization: RewardNormalization | None = None, max_length: int = 512,
-                batch_size: int = 32) -> list[float]:
-    """Normalised reward of each (prompt, completion), scored in batches without gradients."""
+def score_texts(model, tokenizer, prompts: Sequence[Any], completions: Sequence[Any], *,
+                normalization: RewardNormalization | None = None, stop_token_ids: Sequence[int] = (),
+                max_length: int = 512, batch_size: int = 32) -> list[float]:
+    """Normalised reward of each (prompt, completion), read as `reward_input_ids` gives it and scored in batches
+    without gradients. An input over `max_length` loses the start of its prompt, never the end of its response
+    (the stages fit their data to the limit first, so that this does not happen to what they train on)."""
     import torch
 
     offset = normalization.offset if normalization else 0.0
@@ -77,7 +79,7 @@ def score_texts(model, tokenizer, prompts: Sequence[Any], completions: Sequence[
     device = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
-            ids = [reward_input_ids(tokenizer, p, c, max_length)
+            ids = [reward_input_ids(tokenizer, p, c, stop_token_ids=stop_token_ids)[-max_length:]
                    for p, c in zip(prompts[start:start + batch_size], completions[start:start + batch_size])]
             input_ids, attention_mask = pad_right(ids, tokenizer.pad_token_id)
             raw = raw_scores(model, input_ids.to(device), attention_mask.to(device))
@@ -85,9 +87,12 @@ def score_texts(model, tokenizer, prompts: Sequence[Any], completions: Sequence[
     return scores
 
 
-def normalization_records(config, inputs, train_rankings: Sequence[Ranking] = ()) -> tuple[list[dict], str]:
-    """(prompt/completion records, their source): the config's file, else the SFT parent's demonstrations."""
+def normalization_records(config, inputs, train_rankings: Sequence[Ranking] = (), stop_token_ids: Sequence[int] = ()
+                          ) -> tuple[list[dict], str]:
+    """(prompt/completion records, their source): the config's file, else the SFT parent's demonstrations (text or
+    chat), else the best-ranked training completions; those over max_length follow the `overlong` policy."""
     from rlhf.data.demonstrations import load_demonstrations
+    from rlhf.data.overlong import fit_demonstrations
 
     source = config.normalization_file
     if not source and inputs.parent is not None:
@@ -95,19 +100,35 @@ def normalization_records(config, inputs, train_rankings: Sequence[Ranking] = ()
         if parent_train_file and Path(parent_train_file).exists():
             source = parent_train_file
     if source:
-        records = load_demonstrations(source)
-        return records[:config.normalization_samples], source
+        records = load_demonstrations(source)[:config.normalization_samples]
+        fitted = fit_demonstrations(records, inputs.tokenizer, max_length=config.max_length, policy=config.overlong,
+                                    file=source, stop_token_ids=stop_token_ids)
+        if fitted.over:
+            print(f"normalisation: {source}: {fitted.summary()}", flush=True)
+        return fitted.kept, source
     best = [{"prompt": r.prompt, "completion": r.completions[r.ranks.index(min(r.ranks))]} for r in train_rankings]
     return best[:config.normalization_samples], "best-ranked training completions"
 
 
-def normalise(model_dir: str | Path, config, inputs, train_rankings: Sequence[Ranking] = ()) -> RewardNormalization:
+def normalise(model_dir: str | Path, config, inputs, train_rankings: Sequence[Ranking] = (),
+              stop_token_ids: Sequence[int] = ()) -> RewardNormalization:
     """Save the bias that makes the mean reward of the demonstrations 0 (InstructGPT §C.2)."""
     model, tokenizer, _ = load_reward_model(str(model_dir), trust_remote_code=config.trust_remote_code,
                                             attn_implementation=config.attn_implementation)
-    records, source = normalization_records(config, inputs, train_rankings)
+    records, source = normalization_records(config, inputs, train_rankings, stop_token_ids)
     raw = score_texts(model, tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records],
-                      max_length=config.max_length)
+                      stop_token_ids=stop_token_ids, max_length=config.max_length)
     normalization = RewardNormalization(offset=sum(raw) / len(raw), normalized_on=source, samples=len(raw))
     normalization.save(model_dir)
     return normalization
+
+
+def keep_stop_tokens(base_dir: str | Path, model_dir: str | Path) -> None:
+    """Copy the base model's generation_config.json (its stop tokens) beside the reward model's weights, so that a
+    user of the reward model ends responses as the RM stage did (`stop_token_ids_of`), whatever its policy."""
+    from rlhf.generation import GENERATION_CONFIG
+    from rlhf.io import atomic_write_text
+
+    shipped = Path(base_dir) / GENERATION_CONFIG
+    if shipped.is_file() and not (Path(model_dir) / GENERATION_CONFIG).exists():
+        atomic_write_text(Path(model_dir) / GENERATION_CONFIG, shipped.read_text())

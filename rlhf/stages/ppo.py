@@ -29,7 +29,7 @@ from rlhf.ppo.config import PPOStageConfig
 from rlhf.ppo.kl_control import make_kl_controller
 from rlhf.ppo.logprobs import sampling_settings_for
 from rlhf.ppo.rewards import RunningMoments
-from rlhf.stages import epilogue
+from rlhf.stages import epilogue, prologue
 from rlhf.stop_request import StopRequest
 
 
@@ -68,7 +68,9 @@ class PPORecipe:
                                                      self.engines.row_tokens["critic"])
         checkpoint.remove_partial_saves(config.output_dir)
         self.resume()
-        self.ptx = ppo_inputs.ptx_iterator(config, self.tokenizer,
+        ptx = ppo_inputs.ptx_examples(config, self.tokenizer, self.sampling.stop_token_ids) if config.ptx_coef else None
+        self.overlong = prologue.report_overlong(config.output_dir, self.inputs.fitted + ([ptx] if ptx else []))
+        self.ptx = ppo_inputs.ptx_iterator(config, ptx[2].kept if ptx else [], self.tokenizer.pad_token_id,
                                            start_batch=self.state["step"] * config.updates_per_step)
         self.logger = tracking.MetricsLogger(config.output_dir, config.report_to, config.steps, self.state["step"],
                                              show_progress=not config.disable_tqdm)
@@ -115,7 +117,7 @@ class PPORecipe:
         generated = time.perf_counter()
 
         # 2. Score: log π_old and log π_ref under the sampling distribution, V(s_t), reward-model scores.
-        rollout = experience.score(models, batch, response_ids, tokenizer, self.sampling, config.reward_max_length,
+        rollout = experience.score(models, batch, response_ids, tokenizer, self.sampling, config.reward_input_limit,
                                    config.scoring_batch_size)
         scored = time.perf_counter()
 
@@ -137,7 +139,7 @@ class PPORecipe:
         trained = time.perf_counter()
 
         # 5. Metrics, averaged over ranks.
-        texts = experience.decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
+        texts = experience.decode_responses(tokenizer, batch, rollout.response_ids, rollout.response_mask)
         row = tracking.step_metrics(step + 1, rollout, kl, result, self.kl_controller.value, prompts, texts,
                                      self.gold, times=(generated - started, scored - generated, trained - scored),
                                      skipped_updates=self.state["skipped_updates"], ptx=self.ptx is not None,
@@ -163,7 +165,8 @@ class PPORecipe:
                                   zero3=engines.zero_stage(self.engines.actor) == 3, engine=self.engines.actor)
         if not distributed.is_main_process():
             return None
-        metrics = evaluation.final_metrics(config, self.inputs, self.tokenizer, self.sampling, self.state, final_dir)
+        metrics = {**evaluation.final_metrics(config, self.inputs, self.tokenizer, self.sampling, self.state,
+                                              final_dir), **self.overlong}
         return epilogue.write_and_register(config, self.inputs.registry, final_dir, stage="ppo", metrics=metrics,
                                            **self.inputs.lineage(config))
 

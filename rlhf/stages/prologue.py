@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from rlhf import distributed
 from rlhf.registry import Entry, Registry, resolve_model
@@ -67,6 +67,32 @@ def load_trainable(inputs: StageInputs, config, task: str):
     if distributed.is_main_process():
         print(f"adaptation {config.adaptation_method}: {parameter_summary(model)}", flush=True)
     return model
+
+
+def report_overlong(output_dir: str, fitted: Sequence[tuple[str, str, Any]]) -> dict[str, Any]:
+    """Say what the `overlong` policy did to each data set, once (rank 0), and keep its records in overlong.jsonl
+    beside the outputs. `fitted` holds (name, file, Fitted) triples; the name ("train", "eval", "prompts") prefixes
+    the data set's counts in the metrics. Returns the metrics: the counts, and the summary lines under "overlong"."""
+    from pathlib import Path
+
+    from rlhf.data.overlong import OVERLONG_FILE, write_overlong
+
+    listed_in = Path(output_dir) / OVERLONG_FILE
+    metrics: dict[str, Any] = {}
+    lines = []
+    for name, file, result in fitted:
+        metrics.update(result.metrics(f"{name}_overlong"))
+        if result.over:
+            lines.append(f"{file} ({name}): {result.summary(str(listed_in))}")
+    if lines:
+        metrics["overlong"] = "; ".join(lines)
+    if distributed.is_main_process():
+        for line in lines:
+            print(line, flush=True)
+        listed_in.parent.mkdir(parents=True, exist_ok=True)
+        listed_in.unlink(missing_ok=True)  # a resumed or repeated run lists what this run left out, nothing older
+        write_overlong(listed_in, [(file, result) for _, file, result in fitted])
+    return metrics
 
 
 def parameter_counts(model) -> dict[str, int]:

@@ -19,24 +19,27 @@ from rlhf.rm.config import RMStageConfig
 
 def run(config: RMStageConfig):
     """Train, normalise, evaluate, save and register. Returns the registry entry (None off rank 0)."""
+    from rlhf.generation import stop_token_ids_of
     from rlhf.rm import evaluation
     from rlhf.rm.batches import RankingCollator, tokenize_rankings
     from rlhf.rm.data import load_ranking_splits
-    from rlhf.rm.model import normalise
+    from rlhf.rm.model import keep_stop_tokens, normalise
     from rlhf.rm.trainer import RankingTrainer, compute_ranking_metrics
     from rlhf.stages import epilogue, prologue, trainer_run
 
-    # 1. Inputs: the starting model by reference, the rankings checked before any training starts.
+    # 1. Inputs: the starting model by reference, the rankings fitted to max_length before any training starts,
+    #    each completion read as the policy writes it (so that PPO's scores read the same tokens).
     inputs = prologue.resolve_inputs(config)
-    train_rankings, eval_rankings = load_ranking_splits(config)
-    train_features = tokenize_rankings(train_rankings, inputs.tokenizer, config.max_length, config.train_file)
-    eval_features = tokenize_rankings(eval_rankings, inputs.tokenizer, config.max_length,
-                                      config.eval_file or config.train_file)
+    stops = stop_token_ids_of(inputs.model_path, inputs.tokenizer)
+    train_rankings, eval_rankings, splits = load_ranking_splits(config, inputs.tokenizer, stops)
+    overlong = prologue.report_overlong(config.output_dir, splits)
+    train_features = tokenize_rankings(train_rankings, inputs.tokenizer, stops)
+    eval_features = tokenize_rankings(eval_rankings, inputs.tokenizer, stops)
 
     # 2. A scalar-head model on the SFT body, adapted so that only the chosen parameters train.
     model = prologue.load_trainable(inputs, config, task="reward")
     metrics = {**prologue.parameter_counts(model), "train_rankings": len(train_rankings),
-               "eval_rankings": len(eval_rankings)}
+               "eval_rankings": len(eval_rankings), **overlong}
 
     # 3. Train on the K-way ranking loss with the Trainer; held-out ranking metrics as it goes.
     trainer = RankingTrainer(
@@ -56,7 +59,8 @@ def run(config: RMStageConfig):
 
     # 4. Save, set the reward's zero at the demonstrations' mean, measure on held-out rankings, register.
     def normalise_and_evaluate(saved_dir):
-        normalization = normalise(saved_dir, config, inputs, train_rankings)
+        keep_stop_tokens(inputs.model_path, saved_dir)
+        normalization = normalise(saved_dir, config, inputs, train_rankings, stops)
         return {"reward_offset": normalization.offset,
                 **evaluation.evaluate(saved_dir, config, inputs.tokenizer, eval_rankings)}
 

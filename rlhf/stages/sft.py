@@ -18,22 +18,26 @@ from rlhf.sft.config import SFTStageConfig
 
 def run(config: SFTStageConfig):
     """Train, evaluate, save and register. Returns the registry entry (None off rank 0)."""
-    import datasets
     from trl import SFTTrainer
 
-    from rlhf.sft.data import load_demonstration_splits
+    from rlhf.generation import stop_token_ids_of
+    from rlhf.sft.data import load_demonstration_splits, tokenized
     from rlhf.sft.packing import keep_packed_rows
     from rlhf.sft.prefix_tuning import prefix_tuning_trainer_class
     from rlhf.stages import epilogue, prologue, trainer_run
 
-    # 1. Inputs: the model by reference, the demonstrations checked before any training starts.
+    # 1. Inputs: the model by reference, the demonstrations fitted to max_length before any training starts.
     inputs = prologue.resolve_inputs(config)
     tokenizer = inputs.tokenizer
-    train_records, eval_records = load_demonstration_splits(config, tokenizer)
+    stops = stop_token_ids_of(inputs.model_path, tokenizer)
+    splits = load_demonstration_splits(config, tokenizer, stops)
+    train_records = splits[0][2].kept
+    eval_records = splits[1][2].kept if len(splits) > 1 else []
+    overlong = prologue.report_overlong(config.output_dir, splits)
 
     # 2. The model, adapted so that only the chosen parameters train.
     model = prologue.load_trainable(inputs, config, task="causal_lm")
-    metrics = prologue.parameter_counts(model)
+    metrics = {**prologue.parameter_counts(model), **overlong}
 
     # 3. Gold score of the starting policy on held-out prompts (the demo's stand-in for people).
     gold_prompts = [r["prompt"] for r in eval_records[:config.gold_eval_prompts]]
@@ -45,10 +49,12 @@ def run(config: SFTStageConfig):
     if config.adaptation_method == "prefix_tuning":
         trainer_class = prefix_tuning_trainer_class()
         config.activation_checkpointing = False  # recomputation drops the prefix's key/value cache
+    if config.completion_only_loss is None:
+        config.completion_only_loss = True  # TRL's default for prompt/completion data, which it sees tokenized
     trainer = trainer_class(
         model=model, args=config, processing_class=tokenizer,
-        train_dataset=datasets.Dataset.from_list(train_records),
-        eval_dataset=datasets.Dataset.from_list(eval_records) if eval_records else None,
+        train_dataset=tokenized(train_records, tokenizer, stops),
+        eval_dataset=tokenized(eval_records, tokenizer, stops) if eval_records else None,
     )
     keep_packed_rows(trainer)  # without flash attention, a flattened packed batch costs (batch x length)^2
     result = trainer_run.train(trainer, config)
