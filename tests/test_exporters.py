@@ -41,7 +41,7 @@ def test_completions_are_deduplicated_and_shuffled_with_a_seed():
 def test_bad_items_are_refused_before_anyone_labels_them():
     with pytest.raises(DataError, match="record 2: field 'completions': needs at least 2 completions"):
         label_studio_tasks([ITEMS[0], ("Same?", ["yes", "yes"])])
-    with pytest.raises(DataError, match="record 1: field 'completions': contains an empty completion"):
+    with pytest.raises(DataError, match="record 1: field 'completions': completion 1 of 2 is empty"):
         argilla_records([("Empty?", ["", "no"])])
 
 

@@ -407,7 +407,7 @@ def test_hh_rlhf_splits_the_shared_prefix_into_a_chat_prompt(tmp_path):
     assert second.completions == ("Usually one to two hours, until it has doubled in size.", "Ten minutes.")
     assert reasons_by_record(report) == [(3, "chosen and rejected are identical"),
                                          (4, "chosen and rejected differ before their final assistant turn"),
-                                         (5, "field 'completions': contains an empty completion")]
+                                         (5, "the rejected reply is empty")]
 
 
 def test_shp_total_orders_become_rankings_partial_orders_pairs():
@@ -525,7 +525,7 @@ def test_ultrafeedback_binarized_pairs_with_full_conversations():
     assert (first.completions, first.ranks, first.annotator) == (RECURSION, (1, 2), None)
     assert rankings["ultrafeedback_binarized.jsonl:2"].completions == ("Bonjour.", "Bonne nuit.")
     assert reasons_by_record(report) == [(3, "chosen and rejected scored equal: no preference"),
-                                         (4, "field 'completions': contains an empty completion")]
+                                         (4, "field 'rejected': the rejected reply is empty")]
 
 
 def test_trl_pairs_of_full_conversations_that_repeat_the_prompt(tmp_path):
@@ -534,7 +534,7 @@ def test_trl_pairs_of_full_conversations_that_repeat_the_prompt(tmp_path):
     first = by_id(report)["ultrafeedback_binarized.jsonl:1"]
     assert first.prompt == [{"role": "user", "content": "Explain recursion to a child."}]
     assert first.completions == RECURSION and len(report.rankings) == 3
-    assert report.skipped == {"field 'completions': contains an empty completion": 1}
+    assert report.skipped == {"field 'rejected': the rejected reply is empty": 1}
     # the explicit conversational form whose chosen/rejected repeat a prompt given as messages
     turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
              {"role": "user", "content": "Tell me a joke."}]
@@ -631,6 +631,28 @@ def test_jsonl_importer_reads_ours_and_trl_and_quarantines_bad_lines():
     assert report.quarantine[-1]["detail"].startswith("not valid JSON")
     assert report.k_histogram() == {2: 3, 3: 1}
     assert report.annotators() == {"(none)": 3, "alice": 1}
+
+
+def test_chat_prompts_that_repeat_a_role_are_merged_and_ones_ending_on_the_assistant_are_left_out(tmp_path):
+    """HH-RLHF has a Human speaking twice in a row, which chat templates that insist on alternating roles refuse;
+    a conversation that ends on the assistant leaves the completions nothing to answer."""
+    rows = [{"chosen": "\n\nHuman: Hi.\n\nHuman: Still there?\n\nAssistant: Yes.",
+             "rejected": "\n\nHuman: Hi.\n\nHuman: Still there?\n\nAssistant: No."},
+            {"chosen": "\n\nHuman: Hi.\n\nAssistant: Hello.\n\nAssistant: Anyone?",
+             "rejected": "\n\nHuman: Hi.\n\nAssistant: Hello.\n\nAssistant: Bye."},
+            {"chosen": "\n\nHuman: Say Human: hi.\n\nAssistant: I said Assistant: hi.",
+             "rejected": "\n\nHuman: Say Human: hi.\n\nAssistant: No."}]
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = import_rankings("hh_rlhf", [str(path)])
+    merged, quoted = report.rankings
+    assert merged.prompt == [{"role": "user", "content": "Hi.\n\nStill there?"}]
+    assert report.flagged == {"turns of one role in a row, merged into one turn": [merged.id]}
+    assert reasons_by_record(report) == [(2, "field 'prompt': the conversation ends with an assistant turn: no user "
+                                             "turn for the completions to answer")]
+    # A role name inside a turn is text, not a turn.
+    assert quoted.prompt == [{"role": "user", "content": "Say Human: hi."}]
+    assert quoted.completions == ("I said Assistant: hi.", "No.")
 
 
 def test_unknown_format_and_option_are_config_errors():

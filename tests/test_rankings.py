@@ -39,7 +39,7 @@ def write_lines(path, rows):
     (with_(ranks=[1, 10**30, 3]), "ranks", "must be places from 1 (best) to 3, got 1, 100...(31 digits), 3"),
     (with_(ranks=[1, 2, 4]), "ranks", "must be places from 1 (best) to 3, got 1, 2, 4"),
     (with_(ranks=[1, 2]), "ranks", "has 2 entries for 3 completions"),
-    (with_(completions=["Blue", "  ", "Red"]), "completions", "contains an empty completion"),
+    (with_(completions=["Blue", "  ", "Red"]), "completions", "completion 2 of 3 is empty"),
     (with_(completions=["Blue", 7, "Red"]), "completions", "must be a list of strings"),
     (with_(ranks=[2, 2, 2]), "ranks", "all completions are tied: no preference pair"),
     (with_(prompt=""), "prompt", "must be a non-empty string or a list of chat messages {role, content}"),

@@ -63,8 +63,9 @@ def check_ranking(id, prompt, completions, ranks, annotator=None) -> None:
         raise DataError("must be a list of strings", field="completions")
     if len(completions) < 2:
         raise DataError("needs at least 2 completions (K >= 2)", field="completions")
-    if any(not text.strip() for text in completions):
-        raise DataError("contains an empty completion", field="completions")
+    empty = [number for number, text in enumerate(completions, start=1) if not text.strip()]
+    if empty:
+        raise DataError(f"completion {empty[0]} of {len(completions)} is empty", field="completions")
     if not _is_utf8(prompt):
         raise DataError("holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)", field="prompt")
     if not _is_utf8(list(completions)):
@@ -149,9 +150,12 @@ def _ranking_from_trl_pair(record: dict, default_id: str | None) -> Ranking:
         shared, chosen_tail, rejected_tail = split_shared_messages(chosen, rejected)
         if shared and _repeats_prompt(shared, prompt):
             prompt, chosen, rejected = shared, chosen_tail, rejected_tail
+    texts = _completion_text(chosen, "chosen"), _completion_text(rejected, "rejected")
+    for name, text in zip(("chosen (preferred)", "rejected"), texts):
+        if not text.strip():
+            raise DataError(f"the {name} reply is empty", field=name.split()[0])
     ranking_id = record.get("id", default_id)
-    return Ranking(str(ranking_id) if ranking_id is not None else "",
-                   prompt, (_completion_text(chosen, "chosen"), _completion_text(rejected, "rejected")), (1, 2),
+    return Ranking(str(ranking_id) if ranking_id is not None else "", prompt, texts, (1, 2),
                    record.get("annotator"))
 
 

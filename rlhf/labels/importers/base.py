@@ -88,9 +88,33 @@ def build(source: str, record: int, raw: Any, flags: Sequence[str] = (), also: S
     """An Imported if the fields make a valid Ranking, else a Skipped naming what is wrong."""
     also = tuple(sorted(set(also) - {record}))  # the other records
     try:
-        return Imported(Ranking(**fields), source, record, tuple(flags), also)
+        prompt, merged = conversation_prompt(fields.get("prompt"))
+        ranking = Ranking(**{**fields, "prompt": prompt})
     except DataError as error:
         return invalid(source, record, error, raw, also=also)
+    return Imported(ranking, source, record, tuple(flags) + ((REPEATED_ROLES_MERGED,) if merged else ()), also)
+
+
+REPEATED_ROLES_MERGED = "turns of one role in a row, merged into one turn"
+
+
+def conversation_prompt(prompt: Any) -> tuple[Any, bool]:
+    """(the prompt, whether turns were merged): a chat prompt whose consecutive turns share a role gets them joined
+    into one turn (HH-RLHF has a Human speaking twice; chat templates that insist on alternating roles would refuse
+    it), and one that ends with the assistant's turn is refused (there is nothing for a completion to answer)."""
+    if not isinstance(prompt, list) or not prompt or not all(isinstance(m, dict) for m in prompt):
+        return prompt, False
+    if prompt[-1].get("role") == "assistant":
+        raise DataError("the conversation ends with an assistant turn: no user turn for the completions to answer",
+                        field="prompt")
+    turns: list[dict] = []
+    for message in prompt:
+        if turns and message.get("role") == turns[-1].get("role") and isinstance(message.get("content"), str) \
+                and isinstance(turns[-1].get("content"), str):
+            turns[-1] = {**turns[-1], "content": turns[-1]["content"] + "\n\n" + message["content"]}
+        else:
+            turns.append(message)
+    return turns, len(turns) < len(prompt)
 
 
 def each_record(paths: Sequence[str], what: str, problem_with: Callable[[Any], str | None],

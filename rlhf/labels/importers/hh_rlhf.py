@@ -62,5 +62,8 @@ def _pair(path: str, number: int, row: dict):
         return invalid(path, number, "transcript does not end with an assistant turn", row)
     if chosen[:-1] != rejected[:-1]:
         return invalid(path, number, "chosen and rejected differ before their final assistant turn", row)
+    for side, transcript in (("chosen (preferred)", chosen), ("rejected", rejected)):
+        if not transcript[-1]["content"].strip():
+            return invalid(path, number, f"the {side} reply is empty", row)
     return build(path, number, row, id=f"{path.rsplit('/', 1)[-1]}:{number}", prompt=chosen[:-1],
                  completions=(chosen[-1]["content"], rejected[-1]["content"]), ranks=(1, 2))
