@@ -152,10 +152,12 @@ def _number(value: Any) -> str:
 
 
 def _metrics_table(metrics: dict) -> list[str]:
+    """What the `overlong` policy did (a line), then every number and word of the metrics (a table)."""
+    said = [f"Over-long data: {metrics['overlong']}", ""] if metrics.get("overlong") else []
     rows = ["| metric | value |", "|---|---|"]
-    rows += [f"| {key} | {_number(value)} |" for key, value in sorted(metrics.items())
-             if isinstance(value, (int, float, str))]
-    return rows
+    rows += [f"| {key} | {_number(value).replace('|', '/')} |" for key, value in sorted(metrics.items())
+             if isinstance(value, (int, float, str)) and key != "overlong"]
+    return said + rows
 
 
 def _lineage(run_dir: Path, registry_dir: str) -> list[str]:
@@ -173,11 +175,31 @@ def _lineage(run_dir: Path, registry_dir: str) -> list[str]:
 def _samples_table(samples: list[dict]) -> list[str]:
     rows = ["| prompt | SFT | PPO | gold SFT → PPO | RM SFT → PPO |", "|---|---|---|---|---|"]
     for sample in samples[:SAMPLES_SHOWN]:
-        cells = [sample["prompt"], sample["sft"], sample["ppo"]]
-        cells = [str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells]
-        gold = f"{sample['gold_sft']:.2f} → {sample['gold_ppo']:.2f}" if "gold_sft" in sample else "–"
-        rows.append(f"| {' | '.join(cells)} | {gold} | {sample['rm_sft']:.2f} → {sample['rm_ppo']:.2f} |")
+        cells = [_shown(sample["prompt"], keep_end=True), _shown(sample["sft"]), _shown(sample["ppo"])]
+        rows.append(f"| {' | '.join(cells)} | {_change(sample, 'gold')} | {_change(sample, 'rm')} |")
     return rows
+
+
+CELL_CHARACTERS = 240
+
+
+def _shown(text: Any, keep_end: bool = False) -> str:
+    """A prompt or response as one table cell: a conversation as its turns ("user: ... / assistant: ..."), long
+    text cut to its end (`keep_end`: a prompt's end is what the response answers) or its start, pipes escaped."""
+    if isinstance(text, list):
+        text = " / ".join(f"{m.get('role')}: {m.get('content')}" if isinstance(m, dict) else str(m) for m in text)
+    text = " ".join(str(text).split())
+    if len(text) > CELL_CHARACTERS:
+        text = "…" + text[-CELL_CHARACTERS:] if keep_end else text[:CELL_CHARACTERS] + "…"
+    return text.replace("|", "\\|")
+
+
+def _change(sample: dict, scorer: str) -> str:
+    """"0.12 → 0.34": a sample's score under `scorer` from SFT to PPO, or "–" where it was not scored."""
+    before, after = sample.get(f"{scorer}_sft"), sample.get(f"{scorer}_ppo")
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
+        return "–"
+    return f"{before:.2f} → {after:.2f}"
 
 
 def _by_task_table(samples: list[dict]) -> list[str]:
@@ -259,12 +281,16 @@ def _ppo_section(run_dir: Path, out: Path) -> list[str]:
     lines = ["## 3. PPO", "", "![PPO training](ppo_training.png)", "", "![RM vs gold by KL](ppo_rm_vs_gold_by_kl.png)",
              "", "![Response length](ppo_response_length.png)", ""]
     if metrics:
-        win = [f"**Win rate of PPO over SFT** on {metrics.get('eval_prompts', '?')} held-out prompts: "
-               f"{metrics['win_rate_rm']:.1%} under the reward model"]
-        if "win_rate_gold" in metrics:
-            win.append(f", {metrics['win_rate_gold']:.1%} under the gold scorer")
-        lines += ["".join(win) + " (ties count half).", "", *_metrics_table(metrics), ""]
-        if "win_rate_gold_greedy" in metrics:
+        if isinstance(metrics.get("win_rate_rm"), (int, float)):
+            win = [f"**Win rate of PPO over SFT** on {metrics.get('eval_prompts', '?')} held-out prompts: "
+                   f"{metrics['win_rate_rm']:.1%} under the reward model"]
+            if isinstance(metrics.get("win_rate_gold"), (int, float)):
+                win.append(f", {metrics['win_rate_gold']:.1%} under the gold scorer")
+            lines += ["".join(win) + " (ties count half).", ""]
+        else:
+            lines += ["No held-out prompts (`eval_prompts_file`): no win rate against SFT.", ""]
+        lines += [*_metrics_table(metrics), ""]
+        if isinstance(metrics.get("win_rate_gold_greedy"), (int, float)):
             lines += [f"**Greedy responses** (InstructGPT's other claim): PPO wins {metrics['win_rate_gold_greedy']:.1%} "
                       f"under the gold scorer; gold {metrics['gold_score_sft_greedy']:.3f} (SFT) → "
                       f"{metrics['gold_score_ppo_greedy']:.3f} (PPO).", ""]

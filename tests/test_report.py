@@ -119,3 +119,82 @@ def test_gold_by_task_and_time_per_phase_tables_by_hand(run_dir):
     assert "| generation | 2 | 50% |" in text
     assert "| scoring | 0.5 | 12% |" in text
     assert "| update | 1.5 | 38% |" in text
+
+
+# -- the report on every run shape ----------------------------------------------------------------------------------
+
+def _metrics(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "metrics.json").read_text())
+
+
+def _without_gold(run: Path) -> str:
+    """A user's run: no gold scorer anywhere, chat prompts, and data over max_length dropped."""
+    _write(run / "sft" / "metrics.json", {"eval_loss_before": 3.8, "eval_loss_after": 1.3,
+                                          "overlong": "sft.jsonl: 2 of 9 demonstrations are over max_length 256: "
+                                                      "2 dropped (ids in sft/overlong.jsonl)"})
+    _write(run / "rm" / "metrics.json", {"eval_pairwise_accuracy": 0.6, "eval_pairwise_accuracy_k2": 0.6})
+    steps = [{"step": s, "rm_score": 0.1 * s, "kl": 0.05 * s, "beta": 0.1, "response_length": 6.0}
+             for s in range(1, 4)]
+    _write(run / "ppo" / "ppo_metrics.jsonl", steps)
+    _write(run / "ppo" / "metrics.json", {"win_rate_rm": 0.625, "eval_prompts": 8, "kl_final": 0.15})
+    chat = [{"role": "user", "content": "How do I bake bread?"}, {"role": "assistant", "content": "Flour."},
+            {"role": "user", "content": "And | yeast?"}]
+    _write(run / "ppo" / "samples.json", [{"prompt": chat, "sft": "Use it.", "ppo": "Add the yeast.", "rm_sft": -0.25,
+                                           "rm_ppo": 0.75, "gold_sft": None, "gold_ppo": None, "task": None}])
+    return "| user: How do I bake bread? / assistant: Flour. / user: And \\| yeast? | Use it. | Add the yeast. | – | " \
+           "-0.25 → 0.75 |"
+
+
+def _without_ppo(run: Path) -> str:
+    import shutil
+
+    shutil.rmtree(run / "ppo")
+    return "## 3. PPO\n\nNot run yet."
+
+
+def _pairs_only(run: Path) -> str:
+    _write(run / "rm" / "metrics.json", {"eval_pairwise_accuracy": 0.7, "eval_pairwise_accuracy_k2": 0.7,
+                                         "eval_pairwise_accuracy_before": 0.5})
+    return "| eval_pairwise_accuracy_k2 | 0.7 |"
+
+
+def _lora(run: Path) -> str:
+    metrics = {**_metrics(run, "sft"), "trainable_params": 4096, "total_params": 180000}
+    _write(run / "sft" / "metrics.json", metrics)
+    return "| trainable_params | 4096 |"
+
+
+def _hub_dataset(run: Path) -> str:
+    """Models and data named on the hub: the lineage starts at a hub id, the data files are hub references."""
+    import shutil
+
+    shutil.rmtree(run / "registry")
+    registry = Registry(run / "registry")
+    sft = registry.register("sft", "sft", _model_dir(run.parent / "h1"), base_model="Qwen/Qwen2.5-0.5B-Instruct",
+                            config={"train_file": "trl-lib/tldr:train"})
+    rm = registry.register("rm", "rm", _model_dir(run.parent / "h2"), parents=[sft.reference],
+                           config={"train_file": "trl-lib/ultrafeedback_binarized:train"})
+    ppo = registry.register("ppo", "ppo", _model_dir(run.parent / "h3"), parents=[sft.reference, rm.reference])
+    for stage, entry in (("sft", sft), ("rm", rm), ("ppo", ppo)):
+        _write(run / stage / "registered.json", {"reference": entry.reference, "path": entry.path})
+    return "from `Qwen/Qwen2.5-0.5B-Instruct`"
+
+
+def _no_held_out_prompts(run: Path) -> str:
+    _write(run / "ppo" / "metrics.json", {"steps": 10, "skipped_updates": 0, "kl_final": 0.5})
+    (run / "ppo" / "samples.json").unlink()
+    return "No held-out prompts (`eval_prompts_file`): no win rate against SFT."
+
+
+@pytest.mark.parametrize("shape", [_without_gold, _without_ppo, _pairs_only, _lora, _hub_dataset,
+                                   _no_held_out_prompts], ids=lambda shape: shape.__name__.strip("_"))
+def test_the_report_is_written_for_every_run_shape(run_dir, shape):
+    expected = shape(run_dir)
+    report = write_report(run_dir)
+    text = report.read_text()
+    assert expected in text
+    assert text.count("](") == len([p for p in report.parent.iterdir() if p.suffix == ".png"])
+    for png in report.parent.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    if shape is _without_gold:
+        assert "gold scorer" not in text and "Over-long data: sft.jsonl: 2 of 9 demonstrations" in text
