@@ -158,12 +158,14 @@ class Registry:
         return entry
 
     def lineage(self, reference: str) -> list[Entry]:
-        """The entry and every ancestor, depth first (the entry itself first)."""
+        """The entry and every ancestor that can be read, depth first (the entry itself first). An ancestor whose
+        entry is damaged or gone is left out (a damaged one is reported on stderr), with its own ancestors."""
         seen: dict[str, Entry] = {}
         pending = [reference]
         while pending:
-            entry = self.get(pending.pop(0))
-            if entry.reference not in seen:
+            wanted = pending.pop(0)
+            entry = self.get(wanted) if not seen else self.find(wanted)
+            if entry is not None and entry.reference not in seen:
                 seen[entry.reference] = entry
                 pending.extend(entry.parents)
         return list(seen.values())
@@ -285,11 +287,15 @@ def _summary_row(entry: Entry) -> str:
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlhf.registry", description=__doc__.split("\n")[0])
-    parser.add_argument("--registry_dir", default=None, help="registry root (default $RLHF_REGISTRY or runs/registry)")
+    registry_help = "registry root (default $RLHF_REGISTRY or runs/registry)"
+    parser.add_argument("--registry_dir", default=None, help=registry_help)
+    # The same option after the subcommand too; SUPPRESS keeps one given before it from being reset.
+    anywhere = argparse.ArgumentParser(add_help=False)
+    anywhere.add_argument("--registry_dir", default=argparse.SUPPRESS, help=registry_help)
     commands = parser.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", help="every entry")
+    listing = commands.add_parser("list", help="every entry", parents=[anywhere])
     listing.add_argument("--json", action="store_true")
-    show = commands.add_parser("show", help="one entry and its lineage")
+    show = commands.add_parser("show", help="one entry and its lineage", parents=[anywhere])
     show.add_argument("reference")
     show.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -309,7 +315,10 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(asdict(entry), indent=2))
         else:
             print(json.dumps({k: v for k, v in asdict(entry).items() if k != "config"}, indent=2))
-            print("lineage: " + " <- ".join(e.reference for e in registry.lineage(entry.reference)))
+            lineage = registry.lineage(entry.reference)
+            unreadable = sorted({parent for e in lineage for parent in e.parents} - {e.reference for e in lineage})
+            print("lineage: " + " <- ".join(e.reference for e in lineage)
+                  + (f" (unreadable, left out: {', '.join(unreadable)})" if unreadable else ""))
 
 
 if __name__ == "__main__":

@@ -188,3 +188,20 @@ def test_cli_lists_entries_as_json(tmp_path):
                               "show", "ppo"], capture_output=True, text=True)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [f"error: registry {tmp_path / 'reg'}: no entry named 'ppo'"]
+
+
+def test_cli_takes_its_options_anywhere_and_shows_an_entry_whose_parent_is_damaged(tmp_path, capsys):
+    from rlhf.registry import main
+
+    registry = Registry(tmp_path / "reg")
+    registry.register("sft", "sft", make_model_dir(tmp_path / "s"))
+    registry.register("rm", "rm", make_model_dir(tmp_path / "r"), parents=["sft"])
+    for argv in (["--registry_dir", str(tmp_path / "reg"), "list"], ["list", "--registry_dir", str(tmp_path / "reg")]):
+        main(argv)
+        assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["rm@1", "sft@1"]
+    (tmp_path / "reg" / "entries" / "sft" / "1.json").write_text('{"name": "sft", "ver')  # cut short
+    main(["show", "rm", "--registry_dir", str(tmp_path / "reg")])  # exits 0: the entry asked for is whole
+    captured = capsys.readouterr()
+    assert '"reference"' not in captured.out and '"name": "rm"' in captured.out
+    assert captured.out.splitlines()[-1] == "lineage: rm@1 (unreadable, left out: sft@1)"
+    assert "registry entry" in captured.err and "is damaged and left out" in captured.err
