@@ -40,7 +40,9 @@ class PipelineConfig:
     run_dir: str = field(default="runs/demo-run", metadata={"help": "Every stage's outputs, the labels and the report."})
     registry_dir: str = field(default="", metadata={"help": "Model registry. Empty: <run_dir>/registry."})
     prepare_demo: str = field(default="", metadata={"help": "Write the bundled demo (model + data) here first, "
-                                                            "when it is not there yet. Empty: bring your own."})
+                                                            "when it is not there yet, and run every stage on it "
+                                                            "(its model, demonstrations and prompts, wherever the "
+                                                            "stage configs point). Empty: bring your own."})
     demo_scale: float = field(default=1.0, metadata={"help": "Scale of the demo's data splits (tests use 0.02)."})
     demo_hidden_size: int = field(default=128, metadata={"help": "Width of the demo's tiny model."})
     sft_config: str = field(default="configs/sft.yaml", metadata={"help": "Stage 1's config file."})
@@ -250,17 +252,26 @@ class Pipeline:
         self._run([sys.executable, "-m", "rlhf.demo.prepare", "--out", str(out), "--scale", str(self.config.demo_scale),
                    "--hidden_size", str(self.config.demo_hidden_size)], "prepare")
 
+    def demo_inputs(self, stage: str) -> dict[str, str]:
+        """With prepare_demo, the settings that point `stage` at the demo written there, wherever that is."""
+        if not self.config.prepare_demo:
+            return {}
+        from rlhf.demo.prepare import demo_inputs
+
+        return demo_inputs(self.config.prepare_demo)[stage]
+
     def sft(self) -> str:
         overrides = overrides_of(self.config, "sft_overrides")
-        train = self._setting(self.config.sft_config, overrides, "train_file")
-        return self._trained_stage("sft", self.config.sft_config, overrides, {}, [Path(train)] if train else [])
+        inputs = self.demo_inputs("sft")
+        train = inputs.get("train_file") or self._setting(self.config.sft_config, overrides, "train_file")
+        return self._trained_stage("sft", self.config.sft_config, overrides, inputs, [Path(train)] if train else [])
 
     def labels(self, sft_reference: str) -> Path | None:
         """The rankings file for the reward model, or None when the pipeline pauses for people to label."""
         labels_dir = self.run_dir / "labels"
         rankings = labels_dir / "rankings.jsonl"
         mode = self.config.labels
-        source = Path(self.config.labels_file) if mode == "import" else Path(self.config.label_prompts)
+        source = Path(self.config.labels_file) if mode == "import" else Path(self.label_prompts)
         options = overrides_of(self.config, "labels_options")
         # A file named by an option (a labeling config) counts by its content, as the export does.
         option_parts = {key: Path(value) if Path(str(value)).is_file() else value for key, value in options.items()}
@@ -278,6 +289,7 @@ class Pipeline:
             self.state.pop("labels", None)  # its output is gone: nothing to skip to
 
         def action(fresh: bool) -> None:
+            labels_dir.mkdir(parents=True, exist_ok=True)
             if mode == "import":
                 option_flags = [flag for key, value in options.items() for flag in ("--option", f"{key}={value}")]
                 self._run([sys.executable, "-m", "rlhf.labels", "import", "--format", self.config.labels_format,
@@ -293,9 +305,13 @@ class Pipeline:
         self.run_stage("labels", key, action)
         return rankings
 
+    @property
+    def label_prompts(self) -> str:
+        return self.demo_inputs("labels").get("label_prompts") or self.config.label_prompts
+
     def _write_tasks(self, sft_reference: str, tasks: Path) -> Path:
         self._run([sys.executable, "-m", "rlhf.labels", "export", "--policy", sft_reference,
-                   "--registry_dir", str(self.registry.root), "--prompts", self.config.label_prompts,
+                   "--registry_dir", str(self.registry.root), "--prompts", self.label_prompts,
                    "--k", str(self.config.label_k), "--limit", str(self.config.label_limit),
                    "--max_new_tokens", str(self.config.label_max_new_tokens),
                    "--batch_size", str(self.config.label_batch_size),
@@ -310,7 +326,9 @@ class Pipeline:
     def ppo(self, sft_reference: str, rm_reference: str) -> str:
         overrides = overrides_of(self.config, "ppo_overrides")
         prompts = self._setting(self.config.ppo_config, overrides, "prompts_file")
-        inputs = {"model_name_or_path": sft_reference, "critic_model": rm_reference, "reward_model": rm_reference}
+        inputs = {"model_name_or_path": sft_reference, "critic_model": rm_reference, "reward_model": rm_reference,
+                  **self.demo_inputs("ppo")}
+        prompts = inputs.get("prompts_file") or prompts
         return self._trained_stage("ppo", self.config.ppo_config, overrides, inputs, [Path(prompts)] if prompts else [])
 
     @staticmethod

@@ -217,3 +217,23 @@ def test_labels_import_passes_its_importer_options_and_reruns_when_the_labeling_
 def test_labels_options_that_are_not_a_mapping_fail_at_once():
     with pytest.raises(ConfigError, match="labels_options must be a mapping"):
         PipelineConfig(labels_options="config=x.xml")
+
+
+def test_a_demo_prepared_elsewhere_is_what_every_stage_reads(tmp_path, monkeypatch):
+    """The stage configs name runs/demo/...; with prepare_demo set to another directory, the stages read that one."""
+    from rlhf.pipeline import Pipeline
+
+    demo = tmp_path / "elsewhere"
+    pipeline = Pipeline(PipelineConfig(run_dir=str(tmp_path / "run"), prepare_demo=str(demo)))
+    started = {}
+    monkeypatch.setattr(pipeline, "_trained_stage",
+                        lambda stage, config_file, overrides, inputs, data: started.setdefault(stage, (inputs, data)))
+    pipeline.sft()
+    pipeline.ppo("sft@1", "rm@1")
+    sft_inputs, sft_data = started["sft"]
+    assert sft_inputs["model_name_or_path"] == str(demo / "base_model")
+    assert sft_data == [demo / "data" / "sft_train.jsonl"]
+    assert started["ppo"][0]["prompts_file"] == str(demo / "data" / "prompts_train.jsonl")
+    assert pipeline.label_prompts == str(demo / "data" / "prompts_train.jsonl")
+    # Without prepare_demo, the stage configs decide.
+    assert Pipeline(PipelineConfig(run_dir=str(tmp_path / "run2"))).demo_inputs("sft") == {}

@@ -46,6 +46,17 @@ def is_prepared(out: str | Path, settings: dict) -> bool:
         return False
 
 
+def demo_inputs(out: str | Path) -> dict[str, dict[str, str]]:
+    """The stage settings that point at the demo written to `out`: the base model and demonstrations of SFT, the
+    prompts of labeling and PPO."""
+    out, data = Path(out), Path(out) / "data"
+    return {"sft": {"model_name_or_path": str(out / "base_model"), "train_file": str(data / "sft_train.jsonl"),
+                    "eval_file": str(data / "sft_eval.jsonl")},
+            "labels": {"label_prompts": str(data / "prompts_train.jsonl")},
+            "ppo": {"prompts_file": str(data / "prompts_train.jsonl"),
+                    "eval_prompts_file": str(data / "prompts_eval.jsonl")}}
+
+
 def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(record) + "\n" for record in records)
 
