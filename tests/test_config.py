@@ -79,3 +79,18 @@ def test_training_arguments_count_non_padding_tokens_from_the_command_line():
 
     config = parse_config(SFTStageConfig, ["--output_dir", "x", "--include_num_input_tokens_seen", "non_padding"])
     assert config.include_num_input_tokens_seen == "non_padding"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_bundled_config_is_a_valid_stage_or_pipeline_config(path):
+    """Each file parses with its own dataclass (named by the file: sft, rm, ppo, or the pipeline's)."""
+    from rlhf.pipeline import PipelineConfig
+    from rlhf.ppo.config import PPOStageConfig
+    from rlhf.rm.config import RMStageConfig
+    from rlhf.sft.config import SFTStageConfig
+
+    config_class = {"sft": SFTStageConfig, "rm": RMStageConfig, "ppo": PPOStageConfig}.get(path.stem, PipelineConfig)
+    config = parse_config(config_class, ["--config", str(path)])
+    if config_class is PipelineConfig:
+        for stage in ("sft", "rm", "ppo"):
+            assert (ROOT / getattr(config, f"{stage}_config")).is_file()
