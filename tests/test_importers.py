@@ -628,7 +628,7 @@ def test_jsonl_importer_reads_ours_and_trl_and_quarantines_bad_lines():
     assert reasons_by_record(report) == [(3, "field 'ranks': must be integers"),
                                          (6, "field 'ranks': all completions are tied: no preference pair"),
                                          (7, "not valid JSON")]
-    assert report.quarantine[-1]["detail"].startswith("not valid JSON")
+    assert report.quarantine[-1]["detail"] == "Invalid control character at"
     assert report.k_histogram() == {2: 3, 3: 1}
     assert report.annotators() == {"(none)": 3, "alice": 1}
 
@@ -825,3 +825,46 @@ def test_a_lone_surrogate_in_a_quarantined_record_is_kept_as_escaped_text(tmp_pa
     (entry,) = [json.loads(line) for line in quarantine_path(output).read_text(encoding="utf-8").splitlines()]
     assert entry["record"] == 1 and entry["raw"]["completions"] == ["x\\udc80", "y"]
     assert [json.loads(line)["id"] for line in output.read_text(encoding="utf-8").splitlines()] == ["b"]
+
+
+# -- hostile inputs: deep nesting, bombs ----------------------------------------------------------------------------
+
+DEEP = "[" * 10**5 + "]" * 10**5
+
+
+def with_a_deep_record_last(name: str, tmp_path) -> tuple[str, int]:
+    """A copy of the sample `name` with one more record, nested 10^5 levels deep; and that record's number."""
+    text = Path(sample(name)).read_text()
+    copy = tmp_path / name
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:  # JSON Lines
+        copy.write_text(text.rstrip("\n") + "\n" + DEEP + "\n")
+        return str(copy), len(text.rstrip("\n").splitlines()) + 1
+    records = document["items"] if isinstance(document, dict) else document  # a list, or {"items": [...]}
+    records.append("the deep record")
+    copy.write_text(json.dumps(document).replace('"the deep record"', DEEP))
+    return str(copy), len(records)
+
+
+@pytest.mark.parametrize("format, name, options", [case for case in SAMPLES_OF_EVERY_FORMAT
+                                                   if not case[1].endswith(".csv")])
+def test_every_importer_quarantines_a_record_nested_too_deep_and_imports_the_rest(format, name, options, tmp_path):
+    deep, number = with_a_deep_record_last(name, tmp_path)
+    before = import_rankings(format, [sample(name)], **options)
+    after = import_rankings(format, [deep], **options)
+    assert [r.to_dict() for r in after.rankings] == [r.to_dict() for r in before.rankings]
+    assert reasons_by_record(after) == sorted(reasons_by_record(before) + [(number, "nested deeper than 100 levels")])
+
+
+def test_cli_a_gzip_bomb_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from rlhf.data import records
+
+    monkeypatch.setattr(records, "MAX_RECORD_BYTES", 2**20)
+    bomb = tmp_path / "train.jsonl.gz"
+    bomb.write_bytes(gzip.compress(Path(sample("hh_rlhf.jsonl")).read_bytes() + b"x" * 2**26))  # then one endless line
+    output = tmp_path / "rankings.jsonl"
+    code, out, err = run_cli(["import", "--format", "hh_rlhf", str(bomb), "-o", str(output)], capsys)
+    assert (code, out) == (2, "") and err == (f"error: {bomb}: inflates to over 100 times its compressed size, as a "
+                                              "decompression bomb does: refused before it inflates further\n")
+    assert not output.exists() and not quarantine_path(output).exists()

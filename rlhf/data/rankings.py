@@ -183,7 +183,7 @@ def iter_rankings(path: str | os.PathLike) -> Iterator[Ranking]:
     source = str(path)
     for raw in read_records(path):
         if raw.error:
-            raise DataError(raw.error, file=source, record=raw.number)
+            raise DataError(raw.problem, file=source, record=raw.number)
         try:
             yield ranking_from_record(raw.value, default_id=f"{Path(source).name}:{raw.number}")
         except DataError as error:

@@ -69,14 +69,16 @@ class ImportReport:
 
 
 def source_records(path: str, what: str, problem_with: Callable[[Any], str | None]) -> Iterator[RawRecord]:
-    """Records of `path`, after checking that the first one is `what`; if not, the file is not that format.
+    """Records of `path`, after checking that the first readable one is `what`; if not, the file is not that format.
 
-    `problem_with(record)` returns None when the record looks like the format, else a short reason.
+    `problem_with(record)` returns None when the record looks like the format, else a short reason. A record that
+    cannot be read (not JSON, nested too deep) says nothing about the format: it comes with its error, to be
+    quarantined, and the next one is checked.
     """
     checked = False
     for raw in read_records(path):
-        if not checked:
-            problem = raw.error or problem_with(raw.value)
+        if not checked and raw.error is None:
+            problem = problem_with(raw.value)
             if problem:
                 raise DataError(f"not {what}: {problem}", file=path)
             checked = True
@@ -126,7 +128,8 @@ def records_of(event: RecordsRead | Imported | Skipped) -> set[int]:
 
 
 def unparsable(source: str, raw: RawRecord) -> Skipped:
-    return Skipped(source, raw.number, "not valid JSON", kind="invalid", detail=raw.error)
+    """The Skipped of a record that could not be read: not JSON, not UTF-8, nested too deep."""
+    return Skipped(source, raw.number, raw.error, kind="invalid", detail=raw.detail)
 
 
 def option_list(value: str | Sequence[str] | None) -> list[str] | None:

@@ -38,6 +38,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+from rlhf import bounded_json
 from rlhf.labels.importers.base import (Imported, RecordsRead, Skipped, build, invalid, option_list,
                                       source_records, unparsable)
 from rlhf.labels.importers.label_studio_config import LabelingConfig, read_labeling_config
@@ -161,7 +162,9 @@ def _annotation_cell(text: str):
     """A CSV cell as results or List items when it is JSON (or, from the old converter, a Python literal) of that
     shape; any other text stays text."""
     try:
-        value = json.loads(text)
+        value = bounded_json.loads(text)
+    except bounded_json.NestedTooDeep:
+        return text  # neither results nor items nest that deep; the Python literal parser is not asked either
     except json.JSONDecodeError:
         try:
             value = ast.literal_eval(text)  # literals only: no names, calls or attributes are evaluated
