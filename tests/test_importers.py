@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rlhf.data.rankings import read_rankings
 from rlhf.labels.importers import import_rankings
 from rlhf.labels.importers.argilla import NO_STATUS, RATINGS_UNMAPPED, UNRATED_FIELDS
 from rlhf.labels.importers.label_studio import NO_RESULT_COLUMN, UNRANKED, UNTOUCHED
@@ -868,3 +869,113 @@ def test_cli_a_gzip_bomb_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys,
     assert (code, out) == (2, "") and err == (f"error: {bomb}: inflates to over 100 times its compressed size, as a "
                                               "decompression bomb does: refused before it inflates further\n")
     assert not output.exists() and not quarantine_path(output).exists()
+
+
+# -- hostile inputs: NaN and infinite ratings, scores and ranks -----------------------------------------------------
+
+NOT_FINITE = [float("nan"), float("inf"), float("-inf")]
+
+
+def rewritten(tmp_path, name: str, edit) -> str:
+    """A copy of the sample `name` (a JSON document, or JSON Lines) with `edit(records)` applied; json.dumps writes
+    NaN and Infinity as the bare tokens that json.loads reads back."""
+    text = Path(sample(name)).read_text()
+    copy = tmp_path / name
+    if name.endswith(".jsonl") or name == "shp.json":
+        rows = [json.loads(line) for line in text.splitlines()]
+        edit(rows)
+        copy.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        document = json.loads(text)
+        edit(document)
+        copy.write_text(json.dumps(document))
+    return str(copy)
+
+
+def set_(path: list, value):
+    def edit(document):
+        *parents, last = path
+        for key in parents:
+            document = document[key]
+        document[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("value", NOT_FINITE)
+def test_label_studio_a_non_finite_rating_quarantines_its_annotation_naming_the_rating(tmp_path, value):
+    path = rewritten(tmp_path, "label_studio_ratings.json", set_([0, "annotations", 0, "result", 1, "value", "rating"],
+                                                                 value))
+    before = by_id(import_rankings("label_studio", [sample("label_studio_ratings.json")], config=RATINGS_CONFIG))
+    report = import_rankings("label_studio", [path], config=RATINGS_CONFIG)
+    assert (1, f"field 'rating_b': rating must be a finite number, not {value}") in reasons_by_record(report)
+    assert sorted(by_id(report)) == sorted(set(before) - {"20:301"})
+
+
+@pytest.mark.parametrize("value", NOT_FINITE)
+def test_argilla_a_non_finite_rating_or_rank_is_quarantined_naming_the_question(tmp_path, value):
+    rows = set_([0, "rating-2", 0, "value"], value)
+    report = import_rankings("argilla", [rewritten(tmp_path, "argilla_v1_feedback.jsonl", rows)],
+                             rating_fields=V1_RATINGS)
+    assert (1, f"field 'rating-2': rating must be a finite number, not {value}") in reasons_by_record(report)
+    assert f"p1:{ALICE}" not in by_id(report)
+    ranks = set_(["items", 0, "responses", 0, "values", "ranking", "value", 1, "rank"], value)
+    report = import_rankings("argilla", [rewritten(tmp_path, "argilla_rest.json", ranks)])
+    assert (1, "field 'ranks': must be integers") in reasons_by_record(report)
+
+
+@pytest.mark.parametrize("written", ["inf", "-inf", "nan", "NaN", float("nan"), float("inf")])
+def test_ultrafeedback_a_non_finite_aspect_rating_quarantines_the_row_naming_the_field(tmp_path, written):
+    edit = set_([0, "completions", 2, "annotations", "helpfulness", "Rating"], written)
+    report = import_rankings("ultrafeedback", [rewritten(tmp_path, "ultrafeedback.jsonl", edit)])
+    assert "ultrafeedback.jsonl:1" not in by_id(report)
+    (entry,) = [entry for entry in report.quarantine if entry["record"] == 1]
+    assert entry["reason"] == f"field 'completions.annotations.helpfulness': must be a finite number, not {written!r}"
+    assert entry["detail"] == "completion 3"
+
+
+def test_ultrafeedback_non_finite_scores_and_a_mean_that_overflows_are_quarantined(tmp_path):
+    overall = rewritten(tmp_path, "ultrafeedback.jsonl", set_([0, "completions", 1, "overall_score"], float("nan")))
+    report = import_rankings("ultrafeedback", [overall], score="overall_score")
+    assert (1, "field 'completions.overall_score': must be a finite number, not nan") in reasons_by_record(report)
+
+    def huge(rows):
+        for aspect in ("honesty", "helpfulness"):
+            rows[0]["completions"][0]["annotations"][aspect]["Rating"] = "1e308"  # finite, but their sum is not
+    report = import_rankings("ultrafeedback", [rewritten(tmp_path, "ultrafeedback.jsonl", huge)])
+    assert (1, "field 'completions.mean_aspects': must be a finite number, not inf") in reasons_by_record(report)
+
+    binarized = rewritten(tmp_path, "ultrafeedback_binarized.jsonl", set_([0, "score_chosen"], float("nan")))
+    report = import_rankings("ultrafeedback", [binarized])
+    assert (1, "field 'score_chosen': must be a finite number, not nan") in reasons_by_record(report)
+
+
+def test_oasst_an_infinite_rank_is_quarantined_and_nan_reads_as_unranked(tmp_path):
+    report = import_rankings("oasst", [rewritten(tmp_path, "oasst.jsonl", set_([1, "rank"], float("inf")))])
+    assert (2, "field 'rank': must be a finite number or null, not inf") in reasons_by_record(report)
+    assert all("A monad is a design pattern that chains computations with context." not in r.completions
+               for r in report.rankings)
+    report = import_rankings("oasst", [rewritten(tmp_path, "oasst.jsonl", set_([1, "rank"], float("nan")))])
+    assert (2, "fewer than 2 ranked replies to one prompt") in reasons_by_record(report)  # NaN: pandas' null
+
+
+@pytest.mark.parametrize("value", NOT_FINITE)
+def test_our_ranks_and_shp_labels_that_are_not_finite_are_quarantined(tmp_path, value):
+    ours = tmp_path / "rankings.jsonl"
+    ours.write_text(json.dumps({"id": "r1", "prompt": "P", "completions": ["a", "b"], "ranks": [value, 1]}) + "\n"
+                    + json.dumps({"id": "r2", "prompt": "P", "completions": ["a", "b"], "ranks": [2, 1]}) + "\n")
+    report = import_rankings("jsonl", [str(ours)])
+    assert reasons_by_record(report) == [(1, "field 'ranks': must be integers")] and list(by_id(report)) == ["r2"]
+    with pytest.raises(DataError, match=f"{ours}: record 1: field 'ranks': must be integers"):
+        read_rankings(ours)  # the reward model's train_file
+    report = import_rankings("shp", [rewritten(tmp_path, "shp.json", set_([0, "labels"], value))])
+    assert (1, "'labels' is not 0 or 1") in reasons_by_record(report)
+
+
+def test_cli_a_nan_rating_is_left_out_and_said_so(tmp_path, capsys):
+    path = rewritten(tmp_path, "label_studio_ratings.json", set_([0, "annotations", 0, "result", 1, "value", "rating"],
+                                                                 float("nan")))
+    output = tmp_path / "rankings.jsonl"
+    code, out, err = run_cli(["import", "--format", "label-studio", path, "--option", f"config={RATINGS_CONFIG}",
+                              "-o", str(output)], capsys)
+    assert (code, err) == (0, "") and "left out nothing" not in out
+    assert "       1  field 'rating_b': rating must be a finite number, not nan" in out.splitlines()

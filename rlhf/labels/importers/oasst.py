@@ -21,7 +21,8 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, source_records, unparsable
-from rlhf.data.rankings import dense_ranks
+from rlhf.data.rankings import dense_ranks, is_finite_number
+from rlhf.errors import DataError
 
 _ROLES = {"prompter": "user", "assistant": "assistant"}
 
@@ -105,6 +106,9 @@ def _siblings(path: str, parent_id: str, siblings, messages) -> Iterator:
     for number, message in siblings:
         if message.get("deleted"):
             yield Skipped(path, number, "deleted reply", raw={"message_id": message["message_id"]})
+        elif _has_rank(message) and not is_finite_number(message["rank"]):  # Infinity, or not a number at all
+            yield invalid(path, number, DataError(f"must be a finite number or null, not {message['rank']!r}",
+                                                  field="rank"), {"message_id": message["message_id"]})
         else:
             kept.append((number, message))
     ranked = [(number, message) for number, message in kept if _has_rank(message)]
