@@ -12,6 +12,7 @@ import pytest
 from rlhf.data.rankings import read_rankings
 from rlhf.labels.importers import import_rankings
 from rlhf.labels.importers.argilla import NO_STATUS, RATINGS_UNMAPPED, UNRATED_FIELDS
+from rlhf.labels.importers.base import DUPLICATE_RECORD, RENAMED_ID
 from rlhf.labels.importers.label_studio import NO_RESULT_COLUMN, UNRANKED, UNTOUCHED
 from rlhf.labels.importers.label_studio_ratings import UNRATED_RESPONSES
 from rlhf.labels.importers.ultrafeedback import EMPTY, UNRATED, rating
@@ -719,13 +720,19 @@ def test_cli_output_into_missing_directory_is_an_error(tmp_path, capsys):
     assert code == 2 and "output directory does not exist" in err
 
 
-def test_cli_reads_several_files_in_one_run(tmp_path, capsys):
+def test_cli_an_export_imported_twice_is_kept_once_and_the_copies_counted(tmp_path, capsys):
     shutil.copy(sample("oasst.jsonl"), tmp_path / "a.jsonl")
     shutil.copy(sample("oasst.jsonl"), tmp_path / "b.jsonl")
     output = tmp_path / "out.jsonl"
     code, out, _ = run_cli(["import", "--format", "oasst", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
                             "-o", str(output)], capsys)
-    assert code == 0 and out.startswith("read 24 records (oasst)\nwrote 4 rankings")
+    assert code == 0 and out.startswith("read 24 records (oasst)\nwrote 2 rankings")
+    assert f"      12  {DUPLICATE_RECORD}" in out.splitlines()
+    copies = [entry for entry in map(json.loads, quarantine_path(output).read_text().splitlines())
+              if entry["reason"] == DUPLICATE_RECORD]
+    assert [(entry["source"], entry["record"], entry["kind"]) for entry in copies] == [
+        (str(tmp_path / "b.jsonl"), number, "skipped") for number in range(1, 13)]
+    assert copies[0]["detail"] == f"the same as record 1 of {tmp_path / 'a.jsonl'}"
 
 
 # -- the importers' contract: every record accounted for, odd bytes and numbers -------------------------------------
@@ -979,3 +986,55 @@ def test_cli_a_nan_rating_is_left_out_and_said_so(tmp_path, capsys):
                               "-o", str(output)], capsys)
     assert (code, err) == (0, "") and "left out nothing" not in out
     assert "       1  field 'rating_b': rating must be a finite number, not nan" in out.splitlines()
+
+
+# -- duplicates: exact copies kept once, shared ids kept and renamed -------------------------------------------------
+
+def with_the_first_record_again(name: str, tmp_path) -> tuple[str, int]:
+    """A copy of the sample `name` with its first record repeated at the end; and the copy's record number."""
+    text = Path(sample(name)).read_text()
+    copy = tmp_path / name
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:  # JSON Lines
+        lines = text.rstrip("\n").splitlines()
+        copy.write_text("\n".join(lines + lines[:1]) + "\n")
+        return str(copy), len(lines) + 1
+    records = document["items"] if isinstance(document, dict) else document
+    records.append(json.loads(json.dumps(records[0])))
+    copy.write_text(json.dumps(document, indent=1))
+    return str(copy), len(records)
+
+
+@pytest.mark.parametrize("format, name, options", [case for case in SAMPLES_OF_EVERY_FORMAT
+                                                   if not case[1].endswith(".csv")])
+def test_every_importer_keeps_an_exact_duplicate_record_once(format, name, options, tmp_path):
+    repeated, number = with_the_first_record_again(name, tmp_path)
+    before = import_rankings(format, [sample(name)], **options)
+    after = import_rankings(format, [repeated], **options)
+    assert [r.to_dict() for r in after.rankings] == [r.to_dict() for r in before.rankings]
+    assert reasons_by_record(after) == sorted(reasons_by_record(before) + [(number, DUPLICATE_RECORD)])
+    (copy,) = [entry for entry in after.quarantine if entry["reason"] == DUPLICATE_RECORD]
+    assert (copy["kind"], copy["detail"]) == ("skipped", f"the same as record 1 of {repeated}")
+
+
+def test_cli_different_records_sharing_an_id_are_kept_renamed_and_flagged(tmp_path, capsys):
+    path = tmp_path / "rankings.jsonl"
+    rows = [{"id": "q1", "prompt": "Name a colour.", "completions": ["Blue.", "Seven."], "ranks": [1, 2],
+             "annotator": annotator} for annotator in ("alice", "bob", "carol")]
+    rows.append({**rows[0], "id": "q1#2", "annotator": "dave"})  # an id the renaming must step over
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "out.jsonl"
+    code, out, err = run_cli(["import", "--format", "jsonl", str(path), "-o", str(output)], capsys)
+    assert (code, err) == (0, "")
+    written = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [(row["id"], row["annotator"]) for row in written] == [("q1", "alice"), ("q1#3", "bob"),
+                                                                  ("q1#4", "carol"), ("q1#2", "dave")]
+    assert f"flagged 2: {RENAMED_ID} (ids: q1#3, q1#4)" in out.splitlines()
+
+
+def test_oasst_a_message_id_of_an_earlier_different_message_is_quarantined(tmp_path):
+    path = rewritten(tmp_path, "oasst.jsonl", lambda rows: rows.append({**rows[1], "text": "Another reply."}))
+    report = import_rankings("oasst", [path])
+    assert (13, "message_id of an earlier, different message") in reasons_by_record(report)
+    assert all("Another reply." not in r.completions for r in report.rankings)

@@ -34,8 +34,8 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 from rlhf.labels.importers.argilla_v1 import is_feedback_row, rest_form
-from rlhf.labels.importers.base import (RecordsRead, Skipped, build, invalid, option_list, source_records,
-                                      unparsable)
+from rlhf.labels.importers.base import (RecordsRead, Skipped, build, invalid, left_out, option_list,
+                                      records_by_file)
 from rlhf.data.rankings import is_finite_number, ranks_from_scores
 from rlhf.errors import DataError
 
@@ -60,12 +60,11 @@ def read_argilla(paths: Sequence[str], *, question: str | None = None, prompt_fi
     """
     mapping = _pairs(option_fields, "option_fields")
     ratings = _pairs(rating_fields, "rating_fields")
-    for path in map(str, paths):
-        records = list(source_records(path, "an Argilla records export", _problem_with))
+    for path, records in records_by_file(paths, "an Argilla records export", _problem_with):
         yield RecordsRead(path, len(records))
         for raw in records:
             if raw.error:
-                yield unparsable(path, raw)
+                yield left_out(path, raw)
                 continue
             record = raw.value.get("record", raw.value) if isinstance(raw.value, dict) else raw.value
             if is_feedback_row(record):
