@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+from full_disk_hook import writes_fail
 
 from rlhf.data.rankings import read_rankings
 from rlhf.labels.importers import import_rankings
@@ -706,12 +710,15 @@ def test_cli_bad_option_and_nothing_imported_are_errors(tmp_path, capsys):
     code, _, err = run_cli(["import", "--format", "shp", sample("shp.json"), "-o", str(output),
                             "--option", "total_orders"], capsys)
     assert code == 2 and err.startswith("error: --option 'total_orders' must read KEY=VALUE") and err.count("\n") == 1
+    quarantine_path(output).write_text("the quarantine of precious\n")
     code, _, err = run_cli(["import", "--format", "label_studio", sample("label_studio_rlhf_pairwise.json"),
                             "-o", str(output), "--merge-annotators"], capsys)
-    assert code == 2 and "no rankings imported" in err and err.count("\n") == 1
-    assert output.read_text() == "precious\n"  # the two annotators of task 1 cancel out: nothing to write
-    entries = [json.loads(line) for line in quarantine_path(output).read_text().splitlines()]
-    assert entries[-1]["reason"] == "annotators cancel out: equal mean ranks"
+    # the two annotators of task 1 cancel out: nothing to write, and the old pair of files is left as it was
+    assert (code, err) == (2, f"error: {output}: no rankings imported from 6 records, so nothing was written; left "
+                              "out: 1 cancelled (skipped) annotation; 1 empty result (submitted without a choice); "
+                              "1 draft, never submitted; ...\n")
+    assert output.read_text() == "precious\n"
+    assert quarantine_path(output).read_text() == "the quarantine of precious\n"
 
 
 def test_cli_output_into_missing_directory_is_an_error(tmp_path, capsys):
@@ -1038,3 +1045,64 @@ def test_oasst_a_message_id_of_an_earlier_different_message_is_quarantined(tmp_p
     report = import_rankings("oasst", [path])
     assert (13, "message_id of an earlier, different message") in reasons_by_record(report)
     assert all("Another reply." not in r.completions for r in report.rankings)
+
+
+# -- output paths: directories, read-only places, a full disk; the pair written together or not at all ---------------
+
+def old_outputs(tmp_path):
+    output = tmp_path / "rankings.jsonl"
+    output.write_text("old rankings\n")
+    quarantine_path(output).write_text("old quarantine\n")
+    return output
+
+
+def import_args(output):
+    return ["import", "--format", "label_studio", sample("label_studio_rlhf_pairwise.json"), "-o", str(output)]
+
+
+@pytest.mark.parametrize("filling", ["rankings.jsonl.", "rankings.jsonl.quarantine.jsonl"])
+def test_cli_a_full_disk_is_one_line_and_leaves_the_old_pair(tmp_path, capsys, monkeypatch, filling):
+    output = old_outputs(tmp_path)
+    writes_fail(monkeypatch, filling, errno.ENOSPC)
+    code, out, err = run_cli(import_args(output), capsys)
+    written = output if filling == "rankings.jsonl." else quarantine_path(output)
+    assert (code, out, err) == (2, "", f"error: no space left on device writing {written}\n")
+    assert output.read_text() == "old rankings\n" and quarantine_path(output).read_text() == "old quarantine\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["rankings.jsonl", "rankings.jsonl.quarantine.jsonl"]
+
+
+def test_cli_a_read_only_directory_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    def read_only(*args, **kwargs):  # as mkstemp fails in a read-only directory, also for root (chmod would not)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    output = tmp_path / "rankings.jsonl"
+    code, out, err = run_cli(import_args(output), capsys)
+    assert (code, out, err) == (2, "", f"error: {output}: cannot be written (Read-only file system)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_an_output_path_that_is_a_directory_is_one_line_before_the_import(tmp_path, capsys):
+    code, out, err = run_cli(import_args(tmp_path), capsys)
+    assert (code, out, err) == (2, "", f"error: {tmp_path}: is a directory; name a file to write\n")
+    output = tmp_path / "rankings.jsonl"
+    quarantine_path(output).mkdir()
+    code, out, err = run_cli(import_args(output), capsys)
+    assert (code, err) == (2, f"error: {quarantine_path(output)}: is a directory; name a file to write\n")
+    assert not output.exists()
+
+
+def test_cli_when_the_second_rename_fails_the_first_file_is_put_back(tmp_path, capsys, monkeypatch):
+    output = old_outputs(tmp_path)
+    real_replace = os.replace
+
+    def replace(source, target):
+        if str(target) == str(quarantine_path(output)) and ".new" in str(source):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code, _, err = run_cli(import_args(output), capsys)
+    assert (code, err) == (2, f"error: no space left on device writing {quarantine_path(output)}\n")
+    assert output.read_text() == "old rankings\n" and quarantine_path(output).read_text() == "old quarantine\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["rankings.jsonl", "rankings.jsonl.quarantine.jsonl"]
