@@ -872,12 +872,9 @@ def test_every_importer_quarantines_a_record_nested_too_deep_and_imports_the_res
     assert reasons_by_record(after) == sorted(reasons_by_record(before) + [(number, "nested deeper than 100 levels")])
 
 
-def test_cli_a_gzip_bomb_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
-    from rlhf.data import records
-
-    monkeypatch.setattr(records, "MAX_RECORD_BYTES", 2**20)
-    bomb = tmp_path / "train.jsonl.gz"
-    bomb.write_bytes(gzip.compress(Path(sample("hh_rlhf.jsonl")).read_bytes() + b"x" * 2**26))  # then one endless line
+def test_cli_a_gzip_bomb_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    bomb = tmp_path / "train.jsonl.gz"  # real rows, then 4 MB of gzip members that inflate to one 4 GiB line
+    bomb.write_bytes(gzip.compress(Path(sample("hh_rlhf.jsonl")).read_bytes()) + gzip.compress(b"x" * 2**26) * 64)
     output = tmp_path / "rankings.jsonl"
     code, out, err = run_cli(["import", "--format", "hh_rlhf", str(bomb), "-o", str(output)], capsys)
     assert (code, out) == (2, "") and err == (f"error: {bomb}: inflates to over 100 times its compressed size, as a "

@@ -49,12 +49,17 @@ def test_a_4_mb_gzip_bomb_of_one_endless_line_fails_fast(tmp_path):
                                  "does: refused before it inflates further")
 
 
-def test_a_gzip_bomb_of_short_lines_is_refused_as_it_inflates(tmp_path, monkeypatch):
-    monkeypatch.setattr(records, "MAX_RECORD_BYTES", 4 * 2**20)
+def test_a_gzip_bomb_of_short_lines_is_refused_as_it_inflates(tmp_path):
     line = json.dumps({"prompt": "Say hi. " * 100}).encode() + b"\n"
     bomb = gzip_bomb(tmp_path / "prompts.jsonl.gz", line * 2**14, 40)  # 500 MiB of lines of 800 bytes
     assert error_of(bomb) == (f"{bomb}: inflates to over 100 times its compressed size, as a decompression bomb "
                               "does: refused before it inflates further")
+
+
+def test_a_gzip_bomb_of_empty_lines_is_refused_as_it_inflates(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "GZIP_RATIO_CHECKED_AFTER_BYTES", 2**20)  # a million lines, not eight
+    bomb = gzip_bomb(tmp_path / "prompts.jsonl.gz", b"\n" * 2**26, 64)  # 4 GiB of empty lines
+    assert error_of(bomb).endswith("as a decompression bomb does: refused before it inflates further")
 
 
 def test_an_ordinary_gzip_file_larger_than_one_record_streams_through(tmp_path, monkeypatch):

@@ -41,8 +41,10 @@ MAX_RECORD_BYTES = 64 * 2**20
 # A .json file that is one document (a list of records) is parsed whole, so it is bounded too; JSON Lines stream.
 MAX_DOCUMENT_BYTES = 256 * 2**20
 # JSON and CSV text compress 3 to 20 times; a decompression bomb (a byte repeated) 1000 times. A gzip file
-# inflating past MAX_RECORD_BYTES at over this ratio is refused, even when its lines are short.
+# inflating past GZIP_RATIO_CHECKED_AFTER_BYTES at over MAX_GZIP_RATIO times the compressed bytes read is refused,
+# even when its lines are short: read a line at a time, a bomb of empty lines would take minutes to get through.
 MAX_GZIP_RATIO = 100
+GZIP_RATIO_CHECKED_AFTER_BYTES = 8 * 2**20
 _LINES_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
 
 
@@ -120,8 +122,8 @@ class _LineTooLong(Exception):
 
 
 class _GzipBombGuard(io.RawIOBase):
-    """The inflated bytes of a gzip file, refused once they pass MAX_RECORD_BYTES at over MAX_GZIP_RATIO times
-    the compressed bytes read so far."""
+    """The inflated bytes of a gzip file, refused once they pass GZIP_RATIO_CHECKED_AFTER_BYTES at over
+    MAX_GZIP_RATIO times the compressed bytes read so far."""
 
     def __init__(self, compressed: BinaryIO, path: Path):
         self._compressed, self._path, self._inflated_bytes = compressed, path, 0
@@ -133,7 +135,7 @@ class _GzipBombGuard(io.RawIOBase):
     def readinto(self, buffer) -> int:
         read = self._inflated.readinto(buffer)
         self._inflated_bytes += read
-        if (self._inflated_bytes > MAX_RECORD_BYTES
+        if (self._inflated_bytes > GZIP_RATIO_CHECKED_AFTER_BYTES
                 and self._inflated_bytes > MAX_GZIP_RATIO * self._compressed.tell()):
             raise DataError(f"inflates to over {MAX_GZIP_RATIO} times its compressed size, as a decompression bomb "
                             "does: refused before it inflates further", file=str(self._path))
