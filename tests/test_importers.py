@@ -721,6 +721,16 @@ def test_cli_bad_option_and_nothing_imported_are_errors(tmp_path, capsys):
     assert quarantine_path(output).read_text() == "the quarantine of precious\n"
 
 
+def test_cli_an_export_with_no_records_is_one_line_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "export.json").write_text("[]\n")
+    output = tmp_path / "rankings.jsonl"
+    code, _, err = run_cli(["import", "--format", "label-studio", str(tmp_path / "export.json"), "-o", str(output)],
+                           capsys)
+    assert (code, err) == (2, f"error: {output}: no rankings imported from 0 records, so nothing was written; left "
+                              "out: nothing, the inputs hold no records\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export.json"]
+
+
 def test_cli_output_into_missing_directory_is_an_error(tmp_path, capsys):
     code, _, err = run_cli(["import", "--format", "shp", sample("shp.json"), "-o",
                             str(tmp_path / "missing" / "out.jsonl")], capsys)

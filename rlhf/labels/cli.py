@@ -76,6 +76,8 @@ def run_import(args: argparse.Namespace) -> int:
 def _reasons(report: ImportReport, shown: int = 3) -> str:
     """The commonest reasons records were left out, with their counts, for a one-line error."""
     counts = report.skipped.most_common()
+    if not counts:
+        return "nothing, the inputs hold no records"
     return "; ".join(f"{n} {reason}" for reason, n in counts[:shown]) + ("; ..." if len(counts) > shown else "")
 
 
