@@ -3,7 +3,7 @@
 A kill or a full disk during a save leaves files cut short; a checkpoint copied from elsewhere may hold a pickle
 that runs code when loaded. Before a resume, each file is checked by what it claims to be, without loading it:
 
-    *.json               parses
+    *.json               parses, read up to a cap (bounded_json.read_small_json)
     *.safetensors        its header parses and its tensors end exactly where the file does
     *.pt, *.pth, *.bin   a whole zip archive (torch.save's format) whose pickle names only allowed types
 
@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import struct
 import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from rlhf.errors import RLHFError
+from rlhf import bounded_json
+from rlhf.errors import DataError, RLHFError
 
 # Written by the Trainer for people to read back by hand; the Trainer never loads it, nor do we.
 NEVER_LOADED = {"training_args.bin"}
 TORCH_SUFFIXES = {".pt", ".pth", ".bin"}
+# safetensors refuses a header over 100 MB (its MAX_HEADER_SIZE); we do too, before reading one.
+SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
 
 
 class UnsafeCheckpointError(RLHFError):
@@ -57,15 +59,18 @@ def _qualified_names(types: Iterable) -> set[str]:
 
 
 def file_problem(path: Path) -> str | None:
-    """Why `path` is not a whole file of its kind (truncated, empty, random), or None when it is."""
+    """Why `path` is not a whole file of its kind (truncated, empty, random), or None when it is. A JSON file is
+    read up to a cap and its nesting bounded (a config.json linked to /dev/zero, or nested 10^5 deep)."""
     try:
         if path.suffix == ".json":
-            json.loads(path.read_text(encoding="utf-8"))
+            bounded_json.read_small_json(path)
         elif path.suffix == ".safetensors":
             return safetensors_problem(path)
         elif path.suffix in TORCH_SUFFIXES and path.name not in NEVER_LOADED:
             return _zip_problem(path)
-    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except DataError as error:
+        return error.reason
+    except (OSError, ValueError) as error:
         return f"unreadable ({' '.join(str(error).split())})"
     return None
 
@@ -92,9 +97,11 @@ def safetensors_problem(path: Path) -> str | None:
         (header_length,) = struct.unpack("<Q", file.read(8))
         if header_length > size - 8:
             return "not a safetensors file, or cut short (its header runs past the end)"
+        if header_length > SAFETENSORS_MAX_HEADER_BYTES:
+            return f"not a safetensors file (a header of {header_length} bytes, over safetensors' own limit)"
         try:
-            header = json.loads(file.read(header_length))
-        except (ValueError, UnicodeDecodeError):
+            header = bounded_json.loads(file.read(header_length).decode("utf-8"))
+        except ValueError:  # not UTF-8, not JSON, or nested too deep
             return "not a safetensors file (its header is not JSON)"
     if not isinstance(header, dict):
         return "not a safetensors file (its header is not a mapping)"

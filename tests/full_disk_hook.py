@@ -1,4 +1,5 @@
-"""A disk that fills under one rank of a launcher run, at the worst moment for the others.
+"""A disk that fills under one rank of a launcher run, at the worst moment for the others; and, in this process,
+under the text files that rlhf.io writes (`writes_fail`).
 
 `install` writes a sitecustomize module that every Python process of the run loads (its folder goes first on
 PYTHONPATH). The rank that writes the file named `failing` inside a folder matching `inside` fails part-way,
@@ -46,3 +47,36 @@ def install(tmp_path: Path, env: dict, *, inside: str, failing: str, watching: s
     (hook / "sitecustomize.py").write_text(settings + HOOK)
     python_path = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
     return {**env, "PYTHONPATH": python_path}, marker
+
+
+def writes_fail(monkeypatch, fragment: str, error: int) -> None:
+    """In this process, writes into a file whose path holds `fragment` fail part-way with OSError `error` (ENOSPC:
+    as on a full disk). rlhf.io opens its temporary files with os.fdopen, so the failure is met where it writes."""
+    real_fdopen = os.fdopen
+
+    class Failing:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, text):
+            self.file.write(text[: len(text) // 2])
+            raise OSError(error, os.strerror(error))
+
+        def writelines(self, lines):
+            for line in lines:
+                self.write(line)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+    def fdopen(fd, *args, **kwargs):
+        file = real_fdopen(fd, *args, **kwargs)
+        return Failing(file) if fragment in os.readlink(f"/proc/self/fd/{fd}") else file
+
+    monkeypatch.setattr(os, "fdopen", fdopen)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import xml.etree.ElementTree as ElementTree
 
 import pytest
+from full_disk_hook import writes_fail
 
+from rlhf.labels.cli import main
 from rlhf.labels.exporters import (argilla_records, argilla_settings, label_studio_config, label_studio_tasks,
                                  write_argilla_export, write_label_studio_export)
 from rlhf.labels.importers import import_rankings
 from rlhf.labels.importers.label_studio import UNTOUCHED
-from rlhf.errors import DataError
+from rlhf.errors import DataError, RLHFError
 
 # Each completion carries its true quality, so a simulated annotator can rank it and the test can check the result.
 ITEMS = [
@@ -149,3 +152,23 @@ def test_argilla_round_trip_through_rest_records(tmp_path):
     report = import_rankings("argilla", [str(tmp_path / "rest.json")])
     assert [[quality(text) for text in r.completions] for r in report.rankings] == [[3, 2, 1], [3, 2, 1]]
     assert [r.id for r in report.rankings] == ["p1:annotator-2", "p2:annotator-2"]
+
+
+def test_a_full_disk_while_exporting_is_one_line_and_leaves_the_old_tasks_and_config(tmp_path, monkeypatch):
+    tasks_path, config_path = write_label_studio_export(ITEMS, tmp_path / "tasks.json", seed=3)
+    before = tasks_path.read_text(), config_path.read_text()
+    writes_fail(monkeypatch, "tasks.config.xml", errno.ENOSPC)  # the second of the pair
+    with pytest.raises(RLHFError) as raised:
+        write_label_studio_export(ITEMS[1:], tasks_path, seed=4)
+    assert str(raised.value) == f"no space left on device writing {config_path}"
+    assert (tasks_path.read_text(), config_path.read_text()) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tasks.config.xml", "tasks.json"]
+
+
+def test_cli_export_to_a_directory_is_one_line_before_any_sampling(tmp_path, capsys):
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "Say hi."}\n')
+    with pytest.raises(SystemExit) as exit:
+        main(["export", "--policy", "no-such-policy", "--prompts", str(tmp_path / "prompts.jsonl"),
+              "--format", "label-studio", "-o", str(tmp_path)])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}: is a directory; name a file to write\n"

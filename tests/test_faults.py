@@ -603,6 +603,12 @@ def _rankings_file(workspace: Path, tmp_path: Path, edit) -> str:
     return str(path)
 
 
+def _with_a_deep_second_line(path: str) -> str:
+    lines = Path(path).read_text().splitlines(keepends=True)
+    Path(path).write_text(lines[0] + "[" * 10**5 + "]" * 10**5 + "\n" + "".join(lines[1:]))
+    return path
+
+
 def _damaged_model(workspace: Path, tmp_path: Path, damage) -> str:
     model = tmp_path / "model"
     shutil.copytree(workspace / "base", model)
@@ -651,6 +657,11 @@ BAD_TRAINER_INPUTS = {
                       "model/model.safetensors: not a safetensors file (0 bytes)"),
     "no pad, no EOS": ("sft", lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _without_pad_and_eos)],
                        "model: the tokenizer has neither a pad nor an EOS token"),
+    "a ranking nested 10^5 deep": ("rm", lambda w, t: ["--train_file", _with_a_deep_second_line(
+        _rankings_file(w, t, lambda rows: rows))], "rankings.jsonl: record 2: nested deeper than 100 levels"),
+    "config.json nested 10^5 deep": ("rm", lambda w, t: ["--model_name_or_path", _damaged_model(
+        w, t, lambda model: (model / "config.json").write_text('{"a": ' + "[" * 10**5 + "]" * 10**5 + "}"))],
+        "model/config.json: nested deeper than 100 levels"),
     "contradictory DeepSpeed batch": ("sft", lambda w, t: ["--deepspeed", _deepspeed_file(t, json.dumps(
         {"train_batch_size": 7, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
          "zero_optimization": {"stage": 0}}))],

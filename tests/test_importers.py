@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+from full_disk_hook import writes_fail
 
+from rlhf.data.rankings import read_rankings
 from rlhf.labels.importers import import_rankings
 from rlhf.labels.importers.argilla import NO_STATUS, RATINGS_UNMAPPED, UNRATED_FIELDS
+from rlhf.labels.importers.base import DUPLICATE_RECORD, RENAMED_ID
 from rlhf.labels.importers.label_studio import NO_RESULT_COLUMN, UNRANKED, UNTOUCHED
 from rlhf.labels.importers.label_studio_ratings import UNRATED_RESPONSES
 from rlhf.labels.importers.ultrafeedback import EMPTY, UNRATED, rating
@@ -628,7 +634,7 @@ def test_jsonl_importer_reads_ours_and_trl_and_quarantines_bad_lines():
     assert reasons_by_record(report) == [(3, "field 'ranks': must be integers"),
                                          (6, "field 'ranks': all completions are tied: no preference pair"),
                                          (7, "not valid JSON")]
-    assert report.quarantine[-1]["detail"].startswith("not valid JSON")
+    assert report.quarantine[-1]["detail"] == "Invalid control character at"
     assert report.k_histogram() == {2: 3, 3: 1}
     assert report.annotators() == {"(none)": 3, "alice": 1}
 
@@ -726,12 +732,25 @@ def test_cli_bad_option_and_nothing_imported_are_errors(tmp_path, capsys):
     code, _, err = run_cli(["import", "--format", "shp", sample("shp.json"), "-o", str(output),
                             "--option", "total_orders"], capsys)
     assert code == 2 and err.startswith("error: --option 'total_orders' must read KEY=VALUE") and err.count("\n") == 1
+    quarantine_path(output).write_text("the quarantine of precious\n")
     code, _, err = run_cli(["import", "--format", "label_studio", sample("label_studio_rlhf_pairwise.json"),
                             "-o", str(output), "--merge-annotators"], capsys)
-    assert code == 2 and "no rankings imported" in err and err.count("\n") == 1
-    assert output.read_text() == "precious\n"  # the two annotators of task 1 cancel out: nothing to write
-    entries = [json.loads(line) for line in quarantine_path(output).read_text().splitlines()]
-    assert entries[-1]["reason"] == "annotators cancel out: equal mean ranks"
+    # the two annotators of task 1 cancel out: nothing to write, and the old pair of files is left as it was
+    assert (code, err) == (2, f"error: {output}: no rankings imported from 6 records, so nothing was written; left "
+                              "out: 1 cancelled (skipped) annotation; 1 empty result (submitted without a choice); "
+                              "1 draft, never submitted; ...\n")
+    assert output.read_text() == "precious\n"
+    assert quarantine_path(output).read_text() == "the quarantine of precious\n"
+
+
+def test_cli_an_export_with_no_records_is_one_line_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "export.json").write_text("[]\n")
+    output = tmp_path / "rankings.jsonl"
+    code, _, err = run_cli(["import", "--format", "label-studio", str(tmp_path / "export.json"), "-o", str(output)],
+                           capsys)
+    assert (code, err) == (2, f"error: {output}: no rankings imported from 0 records, so nothing was written; left "
+                              "out: nothing, the inputs hold no records\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export.json"]
 
 
 def test_cli_output_into_missing_directory_is_an_error(tmp_path, capsys):
@@ -740,13 +759,19 @@ def test_cli_output_into_missing_directory_is_an_error(tmp_path, capsys):
     assert code == 2 and "output directory does not exist" in err
 
 
-def test_cli_reads_several_files_in_one_run(tmp_path, capsys):
+def test_cli_an_export_imported_twice_is_kept_once_and_the_copies_counted(tmp_path, capsys):
     shutil.copy(sample("oasst.jsonl"), tmp_path / "a.jsonl")
     shutil.copy(sample("oasst.jsonl"), tmp_path / "b.jsonl")
     output = tmp_path / "out.jsonl"
     code, out, _ = run_cli(["import", "--format", "oasst", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
                             "-o", str(output)], capsys)
-    assert code == 0 and out.startswith("read 24 records (oasst)\nwrote 4 rankings")
+    assert code == 0 and out.startswith("read 24 records (oasst)\nwrote 2 rankings")
+    assert f"      12  {DUPLICATE_RECORD}" in out.splitlines()
+    copies = [entry for entry in map(json.loads, quarantine_path(output).read_text().splitlines())
+              if entry["reason"] == DUPLICATE_RECORD]
+    assert [(entry["source"], entry["record"], entry["kind"]) for entry in copies] == [
+        (str(tmp_path / "b.jsonl"), number, "skipped") for number in range(1, 13)]
+    assert copies[0]["detail"] == f"the same as record 1 of {tmp_path / 'a.jsonl'}"
 
 
 # -- the importers' contract: every record accounted for, odd bytes and numbers -------------------------------------
@@ -847,3 +872,266 @@ def test_a_lone_surrogate_in_a_quarantined_record_is_kept_as_escaped_text(tmp_pa
     (entry,) = [json.loads(line) for line in quarantine_path(output).read_text(encoding="utf-8").splitlines()]
     assert entry["record"] == 1 and entry["raw"]["completions"] == ["x\\udc80", "y"]
     assert [json.loads(line)["id"] for line in output.read_text(encoding="utf-8").splitlines()] == ["b"]
+
+
+# -- hostile inputs: deep nesting, bombs ----------------------------------------------------------------------------
+
+DEEP = "[" * 10**5 + "]" * 10**5
+
+
+def with_a_deep_record_last(name: str, tmp_path) -> tuple[str, int]:
+    """A copy of the sample `name` with one more record, nested 10^5 levels deep; and that record's number."""
+    text = Path(sample(name)).read_text()
+    copy = tmp_path / name
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:  # JSON Lines
+        copy.write_text(text.rstrip("\n") + "\n" + DEEP + "\n")
+        return str(copy), len(text.rstrip("\n").splitlines()) + 1
+    records = document["items"] if isinstance(document, dict) else document  # a list, or {"items": [...]}
+    records.append("the deep record")
+    copy.write_text(json.dumps(document).replace('"the deep record"', DEEP))
+    return str(copy), len(records)
+
+
+@pytest.mark.parametrize("format, name, options", [case for case in SAMPLES_OF_EVERY_FORMAT
+                                                   if not case[1].endswith(".csv")])
+def test_every_importer_quarantines_a_record_nested_too_deep_and_imports_the_rest(format, name, options, tmp_path):
+    deep, number = with_a_deep_record_last(name, tmp_path)
+    before = import_rankings(format, [sample(name)], **options)
+    after = import_rankings(format, [deep], **options)
+    assert [r.to_dict() for r in after.rankings] == [r.to_dict() for r in before.rankings]
+    assert reasons_by_record(after) == sorted(reasons_by_record(before) + [(number, "nested deeper than 100 levels")])
+
+
+def test_cli_a_gzip_bomb_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    bomb = tmp_path / "train.jsonl.gz"  # real rows, then 4 MB of gzip members that inflate to one 4 GiB line
+    bomb.write_bytes(gzip.compress(Path(sample("hh_rlhf.jsonl")).read_bytes()) + gzip.compress(b"x" * 2**26) * 64)
+    output = tmp_path / "rankings.jsonl"
+    code, out, err = run_cli(["import", "--format", "hh_rlhf", str(bomb), "-o", str(output)], capsys)
+    assert (code, out) == (2, "") and err == (f"error: {bomb}: inflates to over 100 times its compressed size, as a "
+                                              "decompression bomb does: refused before it inflates further\n")
+    assert not output.exists() and not quarantine_path(output).exists()
+
+
+# -- hostile inputs: NaN and infinite ratings, scores and ranks -----------------------------------------------------
+
+NOT_FINITE = [float("nan"), float("inf"), float("-inf")]
+
+
+def rewritten(tmp_path, name: str, edit) -> str:
+    """A copy of the sample `name` (a JSON document, or JSON Lines) with `edit(records)` applied; json.dumps writes
+    NaN and Infinity as the bare tokens that json.loads reads back."""
+    text = Path(sample(name)).read_text()
+    copy = tmp_path / name
+    if name.endswith(".jsonl") or name == "shp.json":
+        rows = [json.loads(line) for line in text.splitlines()]
+        edit(rows)
+        copy.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        document = json.loads(text)
+        edit(document)
+        copy.write_text(json.dumps(document))
+    return str(copy)
+
+
+def set_(path: list, value):
+    def edit(document):
+        *parents, last = path
+        for key in parents:
+            document = document[key]
+        document[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("value", NOT_FINITE)
+def test_label_studio_a_non_finite_rating_quarantines_its_annotation_naming_the_rating(tmp_path, value):
+    path = rewritten(tmp_path, "label_studio_ratings.json", set_([0, "annotations", 0, "result", 1, "value", "rating"],
+                                                                 value))
+    before = by_id(import_rankings("label_studio", [sample("label_studio_ratings.json")], config=RATINGS_CONFIG))
+    report = import_rankings("label_studio", [path], config=RATINGS_CONFIG)
+    assert (1, f"field 'rating_b': rating must be a finite number, not {value}") in reasons_by_record(report)
+    assert sorted(by_id(report)) == sorted(set(before) - {"20:301"})
+
+
+@pytest.mark.parametrize("value", NOT_FINITE)
+def test_argilla_a_non_finite_rating_or_rank_is_quarantined_naming_the_question(tmp_path, value):
+    rows = set_([0, "rating-2", 0, "value"], value)
+    report = import_rankings("argilla", [rewritten(tmp_path, "argilla_v1_feedback.jsonl", rows)],
+                             rating_fields=V1_RATINGS)
+    assert (1, f"field 'rating-2': rating must be a finite number, not {value}") in reasons_by_record(report)
+    assert f"p1:{ALICE}" not in by_id(report)
+    ranks = set_(["items", 0, "responses", 0, "values", "ranking", "value", 1, "rank"], value)
+    report = import_rankings("argilla", [rewritten(tmp_path, "argilla_rest.json", ranks)])
+    assert (1, "field 'ranks': must be integers") in reasons_by_record(report)
+
+
+@pytest.mark.parametrize("written", ["inf", "-inf", "nan", "NaN", float("nan"), float("inf")])
+def test_ultrafeedback_a_non_finite_aspect_rating_quarantines_the_row_naming_the_field(tmp_path, written):
+    edit = set_([0, "completions", 2, "annotations", "helpfulness", "Rating"], written)
+    report = import_rankings("ultrafeedback", [rewritten(tmp_path, "ultrafeedback.jsonl", edit)])
+    assert "ultrafeedback.jsonl:1" not in by_id(report)
+    (entry,) = [entry for entry in report.quarantine if entry["record"] == 1]
+    assert entry["reason"] == f"field 'completions.annotations.helpfulness': must be a finite number, not {written!r}"
+    assert entry["detail"] == "completion 3"
+
+
+def test_ultrafeedback_non_finite_scores_and_a_mean_that_overflows_are_quarantined(tmp_path):
+    overall = rewritten(tmp_path, "ultrafeedback.jsonl", set_([0, "completions", 1, "overall_score"], float("nan")))
+    report = import_rankings("ultrafeedback", [overall], score="overall_score")
+    assert (1, "field 'completions.overall_score': must be a finite number, not nan") in reasons_by_record(report)
+
+    def huge(rows):
+        for aspect in ("honesty", "helpfulness"):
+            rows[0]["completions"][0]["annotations"][aspect]["Rating"] = "1e308"  # finite, but their sum is not
+    report = import_rankings("ultrafeedback", [rewritten(tmp_path, "ultrafeedback.jsonl", huge)])
+    assert (1, "field 'completions.mean_aspects': must be a finite number, not inf") in reasons_by_record(report)
+
+    binarized = rewritten(tmp_path, "ultrafeedback_binarized.jsonl", set_([0, "score_chosen"], float("nan")))
+    report = import_rankings("ultrafeedback", [binarized])
+    assert (1, "field 'score_chosen': must be a finite number, not nan") in reasons_by_record(report)
+
+
+def test_oasst_an_infinite_rank_is_quarantined_and_nan_reads_as_unranked(tmp_path):
+    report = import_rankings("oasst", [rewritten(tmp_path, "oasst.jsonl", set_([1, "rank"], float("inf")))])
+    assert (2, "field 'rank': must be a finite number or null, not inf") in reasons_by_record(report)
+    assert all("A monad is a design pattern that chains computations with context." not in r.completions
+               for r in report.rankings)
+    report = import_rankings("oasst", [rewritten(tmp_path, "oasst.jsonl", set_([1, "rank"], float("nan")))])
+    assert (2, "fewer than 2 ranked replies to one prompt") in reasons_by_record(report)  # NaN: pandas' null
+
+
+@pytest.mark.parametrize("value", NOT_FINITE)
+def test_our_ranks_and_shp_labels_that_are_not_finite_are_quarantined(tmp_path, value):
+    ours = tmp_path / "rankings.jsonl"
+    ours.write_text(json.dumps({"id": "r1", "prompt": "P", "completions": ["a", "b"], "ranks": [value, 1]}) + "\n"
+                    + json.dumps({"id": "r2", "prompt": "P", "completions": ["a", "b"], "ranks": [2, 1]}) + "\n")
+    report = import_rankings("jsonl", [str(ours)])
+    assert reasons_by_record(report) == [(1, "field 'ranks': must be integers")] and list(by_id(report)) == ["r2"]
+    with pytest.raises(DataError, match=f"{ours}: record 1: field 'ranks': must be integers"):
+        read_rankings(ours)  # the reward model's train_file
+    report = import_rankings("shp", [rewritten(tmp_path, "shp.json", set_([0, "labels"], value))])
+    assert (1, "'labels' is not 0 or 1") in reasons_by_record(report)
+
+
+def test_cli_a_nan_rating_is_left_out_and_said_so(tmp_path, capsys):
+    path = rewritten(tmp_path, "label_studio_ratings.json", set_([0, "annotations", 0, "result", 1, "value", "rating"],
+                                                                 float("nan")))
+    output = tmp_path / "rankings.jsonl"
+    code, out, err = run_cli(["import", "--format", "label-studio", path, "--option", f"config={RATINGS_CONFIG}",
+                              "-o", str(output)], capsys)
+    assert (code, err) == (0, "") and "left out nothing" not in out
+    assert "       1  field 'rating_b': rating must be a finite number, not nan" in out.splitlines()
+
+
+# -- duplicates: exact copies kept once, shared ids kept and renamed -------------------------------------------------
+
+def with_the_first_record_again(name: str, tmp_path) -> tuple[str, int]:
+    """A copy of the sample `name` with its first record repeated at the end; and the copy's record number."""
+    text = Path(sample(name)).read_text()
+    copy = tmp_path / name
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:  # JSON Lines
+        lines = text.rstrip("\n").splitlines()
+        copy.write_text("\n".join(lines + lines[:1]) + "\n")
+        return str(copy), len(lines) + 1
+    records = document["items"] if isinstance(document, dict) else document
+    records.append(json.loads(json.dumps(records[0])))
+    copy.write_text(json.dumps(document, indent=1))
+    return str(copy), len(records)
+
+
+@pytest.mark.parametrize("format, name, options", [case for case in SAMPLES_OF_EVERY_FORMAT
+                                                   if not case[1].endswith(".csv")])
+def test_every_importer_keeps_an_exact_duplicate_record_once(format, name, options, tmp_path):
+    repeated, number = with_the_first_record_again(name, tmp_path)
+    before = import_rankings(format, [sample(name)], **options)
+    after = import_rankings(format, [repeated], **options)
+    assert [r.to_dict() for r in after.rankings] == [r.to_dict() for r in before.rankings]
+    assert reasons_by_record(after) == sorted(reasons_by_record(before) + [(number, DUPLICATE_RECORD)])
+    (copy,) = [entry for entry in after.quarantine if entry["reason"] == DUPLICATE_RECORD]
+    assert (copy["kind"], copy["detail"]) == ("skipped", f"the same as record 1 of {repeated}")
+
+
+def test_cli_different_records_sharing_an_id_are_kept_renamed_and_flagged(tmp_path, capsys):
+    path = tmp_path / "rankings.jsonl"
+    rows = [{"id": "q1", "prompt": "Name a colour.", "completions": ["Blue.", "Seven."], "ranks": [1, 2],
+             "annotator": annotator} for annotator in ("alice", "bob", "carol")]
+    rows.append({**rows[0], "id": "q1#2", "annotator": "dave"})  # an id the renaming must step over
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "out.jsonl"
+    code, out, err = run_cli(["import", "--format", "jsonl", str(path), "-o", str(output)], capsys)
+    assert (code, err) == (0, "")
+    written = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [(row["id"], row["annotator"]) for row in written] == [("q1", "alice"), ("q1#3", "bob"),
+                                                                  ("q1#4", "carol"), ("q1#2", "dave")]
+    assert f"flagged 2: {RENAMED_ID} (ids: q1#3, q1#4)" in out.splitlines()
+
+
+def test_oasst_a_message_id_of_an_earlier_different_message_is_quarantined(tmp_path):
+    path = rewritten(tmp_path, "oasst.jsonl", lambda rows: rows.append({**rows[1], "text": "Another reply."}))
+    report = import_rankings("oasst", [path])
+    assert (13, "message_id of an earlier, different message") in reasons_by_record(report)
+    assert all("Another reply." not in r.completions for r in report.rankings)
+
+
+# -- output paths: directories, read-only places, a full disk; the pair written together or not at all ---------------
+
+def old_outputs(tmp_path):
+    output = tmp_path / "rankings.jsonl"
+    output.write_text("old rankings\n")
+    quarantine_path(output).write_text("old quarantine\n")
+    return output
+
+
+def import_args(output):
+    return ["import", "--format", "label_studio", sample("label_studio_rlhf_pairwise.json"), "-o", str(output)]
+
+
+@pytest.mark.parametrize("filling", ["rankings.jsonl.", "rankings.jsonl.quarantine.jsonl"])
+def test_cli_a_full_disk_is_one_line_and_leaves_the_old_pair(tmp_path, capsys, monkeypatch, filling):
+    output = old_outputs(tmp_path)
+    writes_fail(monkeypatch, filling, errno.ENOSPC)
+    code, out, err = run_cli(import_args(output), capsys)
+    written = output if filling == "rankings.jsonl." else quarantine_path(output)
+    assert (code, out, err) == (2, "", f"error: no space left on device writing {written}\n")
+    assert output.read_text() == "old rankings\n" and quarantine_path(output).read_text() == "old quarantine\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["rankings.jsonl", "rankings.jsonl.quarantine.jsonl"]
+
+
+def test_cli_a_read_only_directory_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    def read_only(*args, **kwargs):  # as mkstemp fails in a read-only directory, also for root (chmod would not)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    output = tmp_path / "rankings.jsonl"
+    code, out, err = run_cli(import_args(output), capsys)
+    assert (code, out, err) == (2, "", f"error: {output}: cannot be written (Read-only file system)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_an_output_path_that_is_a_directory_is_one_line_before_the_import(tmp_path, capsys):
+    code, out, err = run_cli(import_args(tmp_path), capsys)
+    assert (code, out, err) == (2, "", f"error: {tmp_path}: is a directory; name a file to write\n")
+    output = tmp_path / "rankings.jsonl"
+    quarantine_path(output).mkdir()
+    code, out, err = run_cli(import_args(output), capsys)
+    assert (code, err) == (2, f"error: {quarantine_path(output)}: is a directory; name a file to write\n")
+    assert not output.exists()
+
+
+def test_cli_when_the_second_rename_fails_the_first_file_is_put_back(tmp_path, capsys, monkeypatch):
+    output = old_outputs(tmp_path)
+    real_replace = os.replace
+
+    def replace(source, target):
+        if str(target) == str(quarantine_path(output)) and ".new" in str(source):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code, _, err = run_cli(import_args(output), capsys)
+    assert (code, err) == (2, f"error: no space left on device writing {quarantine_path(output)}\n")
+    assert output.read_text() == "old rankings\n" and quarantine_path(output).read_text() == "old quarantine\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["rankings.jsonl", "rankings.jsonl.quarantine.jsonl"]

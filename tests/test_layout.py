@@ -14,9 +14,10 @@ PACKAGE = REPO / "rlhf"
 HEAVY = ("torch", "transformers", "deepspeed", "peft", "accelerate", "datasets", "trl")
 
 # Modules a data tool or a test imports without any ML library.
-NO_ML_LIBRARIES = ["rlhf", "rlhf.config", "rlhf.errors", "rlhf.io", "rlhf.registry", "rlhf.run_files", "rlhf._compat",
-                   "rlhf.distributed", "rlhf.data.records", "rlhf.data.formatting", "rlhf.data.rankings",
-                   "rlhf.data.prompts", "rlhf.data.demonstrations", "rlhf.data.overlong", "rlhf.labels", "rlhf.labels.cli",
+NO_ML_LIBRARIES = ["rlhf", "rlhf.bounded_json", "rlhf.config", "rlhf.errors", "rlhf.io", "rlhf.registry",
+                   "rlhf.run_files", "rlhf._compat", "rlhf.distributed", "rlhf.data.records", "rlhf.data.formatting",
+                   "rlhf.data.rankings", "rlhf.data.prompts", "rlhf.data.demonstrations", "rlhf.data.overlong",
+                   "rlhf.labels", "rlhf.labels.cli",
                    "rlhf.labels.exporters", "rlhf.labels.importers", "rlhf.adaptation", "rlhf.adaptation.config",
                    "rlhf.sft.data", "rlhf.rm.data", "rlhf.pipeline"]
 # Pure math: torch at most, nothing else heavy.

@@ -162,6 +162,14 @@ def test_dense_ranks_and_ranks_from_scores():
     assert ranks_from_scores([7.5, 9, 7.5]) == (2, 1, 2)
 
 
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), float("-inf"), True, "3"])
+def test_ranks_from_scores_refuses_what_is_not_a_finite_number_naming_the_field(score):
+    # NaN compares false with everything: (3, nan, 1) used to rank the NaN-rated reply first
+    with pytest.raises(DataError) as raised:
+        ranks_from_scores((3, score, 1), field="rating_b")
+    assert str(raised.value) == f"field 'rating_b': must be a finite number, not {score!r}"
+
+
 @pytest.mark.parametrize("ranks, pairs", [
     ([1, 2], [(0, 1)]),
     ([2, 1], [(1, 0)]),

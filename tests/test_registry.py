@@ -1,5 +1,7 @@
 import json
+import os
 import shutil
+import struct
 import multiprocessing
 import subprocess
 import sys
@@ -134,6 +136,31 @@ def test_a_model_directory_with_damaged_weights_is_refused_naming_the_file(tmp_p
     with pytest.raises(RLHFError) as refused:
         resolve_model(str(model), Registry(tmp_path / "reg"))
     assert str(refused.value).startswith(f"{weights}: ") and problem in str(refused.value)
+
+
+DEEP_HEADER = b'{"weight": ' + b"[" * 10**5 + b"]" * 10**5 + b"}"
+
+
+def deep_json(path: Path) -> None:
+    path.write_text('{"architectures": ' + "[" * 10**5 + "]" * 10**5 + "}")
+
+
+@pytest.mark.parametrize("name, damage, problem", [
+    ("config.json", lambda path: os.symlink("/dev/zero", path),
+     "is over 64 MiB, far more than a JSON file of its kind holds: refused unread (a link to a device, or a damaged "
+     "file?)"),
+    ("config.json", deep_json, "nested deeper than 100 levels"),
+    ("tokenizer_config.json", lambda path: path.write_text('{"model_max_length": '), "is not valid JSON"),
+    ("model.safetensors", lambda path: path.write_bytes(struct.pack("<Q", len(DEEP_HEADER)) + DEEP_HEADER),
+     "not a safetensors file (its header is not JSON)"),
+])
+def test_a_model_directory_with_a_hostile_json_file_is_refused_in_one_line_naming_it(tmp_path, name, damage, problem):
+    model = make_model_dir(tmp_path / "model")
+    (model / name).unlink(missing_ok=True)
+    damage(model / name)
+    with pytest.raises(RLHFError) as refused:
+        resolve_model(str(model), Registry(tmp_path / "reg"))
+    assert str(refused.value).startswith(f"{model / name}: {problem}")
 
 
 def test_an_unknown_name_says_where_it_was_looked_for_without_a_minute_of_retries(tmp_path, monkeypatch):

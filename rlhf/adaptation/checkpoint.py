@@ -24,6 +24,7 @@ from torch import nn
 from rlhf.adaptation import houlsby
 from rlhf.adaptation.apply import head_parameter_names, is_peft_model, reward_head_names, set_trainable
 from rlhf.adaptation.config import PEFT_METHODS, AdaptationConfig, check_task
+from rlhf.bounded_json import read_small_json
 from rlhf.errors import ConfigError
 from rlhf.io import atomic_directory
 from rlhf.models import DEFAULT_ATTENTION
@@ -106,7 +107,7 @@ def base_model_config(path: str | os.PathLike, trust_remote_code: bool = False):
 
     directory = Path(os.fspath(path))
     if (directory / PEFT_CONFIG_FILE).is_file():
-        path = json.loads((directory / PEFT_CONFIG_FILE).read_text())["base_model_name_or_path"]
+        path = read_small_json(directory / PEFT_CONFIG_FILE)["base_model_name_or_path"]
     try:
         return AutoConfig.from_pretrained(os.fspath(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
@@ -245,7 +246,7 @@ def _read_description(directory: Path) -> dict | None:
     description_file = directory / ADAPTATION_FILE
     if not description_file.is_file():
         return None  # a directory from elsewhere: a plain model or a peft adapter
-    description = json.loads(description_file.read_text())
+    description = read_small_json(description_file)
     if description.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"{description_file}: format_version {description.get('format_version')!r} is not "
                           f"{FORMAT_VERSION}; it was written by another version of rlhf")

@@ -23,7 +23,7 @@ def load_demonstrations(path: str) -> list[dict[str, Any]]:
     demonstrations = []
     for raw in read_records(path):
         if raw.error is not None:
-            raise DataError(raw.error, file=path, record=raw.number)
+            raise DataError(raw.problem, file=path, record=raw.number)
         if not isinstance(raw.value, dict):
             raise DataError("must be an object with 'prompt' and 'completion', or 'messages'", file=path, record=raw.number)
         demonstrations.append(_demonstration(raw.value, path, raw.number))

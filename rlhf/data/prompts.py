@@ -17,7 +17,7 @@ def load_prompts(path: str) -> list[Prompt]:
     prompts = []
     for raw in read_records(path):
         if raw.error is not None:
-            raise DataError(raw.error, file=path, record=raw.number)
+            raise DataError(raw.problem, file=path, record=raw.number)
         if not isinstance(raw.value, dict) or "prompt" not in raw.value:
             raise DataError("is missing", file=path, record=raw.number, field="prompt")
         if not is_prompt(raw.value["prompt"]):

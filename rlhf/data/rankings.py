@@ -13,6 +13,8 @@ opt-in way to average several annotators' rankings of the same completions (Inst
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -87,7 +89,8 @@ def check_ranking(id, prompt, completions, ranks, annotator=None) -> None:
 
 
 def _is_int(value) -> bool:
-    """An int, or a float holding a whole number (ranks come back as 1.0, 2.0 from a pandas round trip)."""
+    """An int, or a float holding a whole number (ranks come back as 1.0, 2.0 from a pandas round trip); NaN and
+    ±Infinity, which json.loads reads, are no whole numbers."""
     if isinstance(value, float):
         return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
@@ -187,7 +190,7 @@ def iter_rankings(path: str | os.PathLike) -> Iterator[Ranking]:
     source = str(path)
     for raw in read_records(path):
         if raw.error:
-            raise DataError(raw.error, file=source, record=raw.number)
+            raise DataError(raw.problem, file=source, record=raw.number)
         try:
             yield ranking_from_record(raw.value, default_id=f"{Path(source).name}:{raw.number}")
         except DataError as error:
@@ -212,9 +215,22 @@ def dense_ranks(places: Sequence) -> tuple[int, ...]:
     return tuple(order[place] for place in places)
 
 
-def ranks_from_scores(scores: Sequence) -> tuple[int, ...]:
-    """Dense ranks from scores where higher is better; equal scores tie: (7.5, 9, 7.5) -> (2, 1, 2)."""
+def ranks_from_scores(scores: Sequence, field: str = "scores") -> tuple[int, ...]:
+    """Dense ranks from scores where higher is better; equal scores tie: (7.5, 9, 7.5) -> (2, 1, 2).
+
+    A score that is not a finite number is a DataError naming `field`: NaN compares false with everything, so it
+    would take any place ((3, nan, 1) gave (2, 1, 3)), and an infinite rating is a broken export, not a judgement.
+    json.loads reads NaN and Infinity, and float() reads "inf" and "nan", so such scores do reach here.
+    """
+    for score in scores:
+        if not is_finite_number(score):
+            raise DataError(f"must be a finite number, not {score!r}", field=field)
     return dense_ranks([-score for score in scores])
+
+
+def is_finite_number(value) -> bool:
+    """A real number (int, float, numpy's) that is neither NaN nor infinite; a bool is not a number here."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def ordered_pairs(ranks: Sequence) -> list[tuple[int, int]]:

@@ -6,33 +6,59 @@ also when named `.json`: Stanford SHP ships JSON Lines as `train.json`), CSV wit
 leaves it: `DIR` when it holds one split, `DIR:SPLIT` to pick one), and a dataset on the Hugging Face hub by name
 (`owner/name:split` or `owner/name:config:split`), read through `datasets.load_dataset` (offline: from the local
 cache). Records are numbered from 1: the line number in JSON Lines, the element in a
-JSON list, the data row in CSV, parquet and `datasets`. A record that cannot be parsed is yielded with `error` set,
-so that importers can quarantine it instead of stopping the whole file.
+JSON list, the data row in CSV, parquet and `datasets`. A record that cannot be parsed (not JSON, not UTF-8,
+nested deeper than `bounded_json.MAX_NESTING`) is yielded with `error` set, so that importers can quarantine it
+instead of stopping the whole file.
+
+Reading is bounded, so that a hostile or broken file is a one-line DataError rather than a MemoryError: JSON Lines
+and CSV are read a line at a time, a line at most MAX_RECORD_BYTES; a whole JSON document at most
+MAX_DOCUMENT_BYTES; a gzip file that inflates like a decompression bomb is refused as it inflates.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import gzip
 import io
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
+from rlhf import bounded_json
+from rlhf.bounded_json import size_text
 from rlhf.errors import DataError
 
-# Label Studio and Argilla CSV cells hold whole responses; the csv module's default limit is 128 KiB.
-_CSV_FIELD_LIMIT = 2**31 - 1
+# One record (a line of JSON Lines, a CSV field) is at most this big. A longer line is refused once this much of
+# it is read, never read whole: a file of one endless line, or a decompression bomb, fails fast in bounded memory.
+MAX_RECORD_BYTES = 64 * 2**20
+# A .json file that is one document (a list of records) is parsed whole, so it is bounded too; JSON Lines stream.
+MAX_DOCUMENT_BYTES = 256 * 2**20
+# JSON and CSV text compress 3 to 20 times; a decompression bomb (a byte repeated) 1000 times. A gzip file
+# inflating past GZIP_RATIO_CHECKED_AFTER_BYTES at over MAX_GZIP_RATIO times the compressed bytes read is refused,
+# even when its lines are short: read a line at a time, a bomb of empty lines would take minutes to get through.
+MAX_GZIP_RATIO = 100
+GZIP_RATIO_CHECKED_AFTER_BYTES = 8 * 2**20
+_LINES_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
 
 
 @dataclass(frozen=True)
 class RawRecord:
     number: int
     value: Any = None
-    error: str | None = None
+    error: str | None = None  # why the record could not be read, short enough to count ("not valid JSON")
+    detail: str | None = None  # the specifics of that error ("Expecting value")
+
+    @property
+    def problem(self) -> str:
+        """The error with its detail, as one line: "not valid JSON (Expecting value)"."""
+        return f"{self.error} ({self.detail})" if self.detail else str(self.error)
 
 
 def read_records(path: str | os.PathLike) -> Iterator[RawRecord]:
@@ -60,7 +86,7 @@ def read_records(path: str | os.PathLike) -> Iterator[RawRecord]:
     elif name.endswith((".csv", ".tsv")):
         yield from _csv(path, delimiter="\t" if name.endswith(".tsv") else ",")
     else:
-        yield from _json_or_lines(path, _read_text(path))
+        yield from _json_or_lines(path)
 
 
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -91,58 +117,189 @@ def _hub_dataset(reference: str) -> Iterator[RawRecord]:
         yield RawRecord(number, row)
 
 
-def _read_text(path: Path) -> str:
-    """The file's text; "utf-8-sig" drops the byte-order mark that Excel and Windows tools put before CSV and JSON."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+class _LineTooLong(Exception):
+    """A line over MAX_RECORD_BYTES: what reads it turns this into a DataError naming its record."""
+
+
+class _GzipBombGuard(io.RawIOBase):
+    """The inflated bytes of a gzip file, refused once they pass GZIP_RATIO_CHECKED_AFTER_BYTES at over
+    MAX_GZIP_RATIO times the compressed bytes read so far."""
+
+    def __init__(self, compressed: BinaryIO, path: Path):
+        self._compressed, self._path, self._inflated_bytes = compressed, path, 0
+        self._inflated = gzip.GzipFile(fileobj=compressed)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        read = self._inflated.readinto(buffer)
+        self._inflated_bytes += read
+        if (self._inflated_bytes > GZIP_RATIO_CHECKED_AFTER_BYTES
+                and self._inflated_bytes > MAX_GZIP_RATIO * self._compressed.tell()):
+            raise DataError(f"inflates to over {MAX_GZIP_RATIO} times its compressed size, as a decompression bomb "
+                            "does: refused before it inflates further", file=str(self._path))
+        return read
+
+
+@contextlib.contextmanager
+def _bytes_of(path: Path) -> Iterator[BinaryIO]:
+    """The file's bytes, inflated when it is gzipped; a file that cannot be read is a one-line DataError."""
     try:
-        with opener(path, "rt", encoding="utf-8-sig") as file:
-            text = file.read()
+        with open(path, "rb") as file:
+            yield io.BufferedReader(_GzipBombGuard(file, path)) if path.name.lower().endswith(".gz") else file
     except EOFError:  # gzip's answer to a file cut short (download or copy interrupted)
         raise DataError("gzip file is truncated (it ends before its end-of-stream marker)", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"cannot be read as UTF-8 text ({error.__class__.__name__})", file=str(path)) from None
+    except (OSError, zlib.error) as error:  # zlib.error: a gzip file whose compressed data is damaged
+        raise DataError(f"cannot be read ({' '.join(str(error).split()) or type(error).__name__})",
+                        file=str(path)) from None
+
+
+def _lines_of(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(line number, line with its end) for each line, the first without a UTF-8 byte-order mark (Excel and
+    Windows tools write one); _LineTooLong for a line over MAX_RECORD_BYTES, read no further than that."""
+    for number in count(1):
+        line = stream.readline(MAX_RECORD_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+            raise _LineTooLong(number)
+        yield number, line.removeprefix(codecs.BOM_UTF8) if number == 1 else line
+
+
+def _too_big(path: Path, record: int) -> DataError:
+    return DataError(f"is over {size_text(MAX_RECORD_BYTES)}, the most one record may be: refused unread (one "
+                     "endless line, or a decompression bomb?)", file=str(path), record=record)
+
+
+def _record(number: int, data: bytes | str) -> RawRecord:
+    """One record's JSON text parsed, or a RawRecord saying why it cannot be."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return RawRecord(number, bounded_json.loads(text))
+    except UnicodeDecodeError:
+        return RawRecord(number, None, "not UTF-8 text")
+    except bounded_json.NestedTooDeep as error:
+        return RawRecord(number, None, str(error))
+    except json.JSONDecodeError as error:
+        return RawRecord(number, None, "not valid JSON", error.msg)
+
+
+def _json_or_lines(path: Path) -> Iterator[RawRecord]:
+    if path.name.lower().endswith(_LINES_SUFFIXES) or _is_json_lines(path):
+        yield from _json_lines(path)
+    else:
+        yield from _json_document(path)
+
+
+def _is_json_lines(path: Path) -> bool:
+    """Whether a file not named as JSON Lines holds them (Stanford SHP ships JSON Lines as `train.json`): its first
+    line is a whole JSON value (a pretty-printed document's is "[" or "{") and another line follows."""
+    with _bytes_of(path) as stream:
+        non_blank = (line for _, line in _lines_of(stream) if line.strip())
+        try:
+            first, second = next(non_blank, None), next(non_blank, None)
+        except _LineTooLong:  # a one-line document, or a line no reader takes: either way not read as lines
+            return False
+    return second is not None and _record(1, first).error not in ("not valid JSON", "not UTF-8 text")
+
+
+def _json_lines(path: Path) -> Iterator[RawRecord]:
+    """The records of a JSON Lines file, read a line at a time; blank lines are skipped but keep their number."""
+    empty = True
+    with _bytes_of(path) as stream:
+        try:
+            for number, line in _lines_of(stream):
+                if line.strip():
+                    empty = False
+                    yield _record(number, line)
+        except _LineTooLong as error:
+            raise _too_big(path, error.args[0]) from None
+    if empty:
+        raise DataError("file is empty", file=str(path))
+
+
+def _json_document(path: Path) -> Iterator[RawRecord]:
+    """The records of a file that is one JSON document: a list of them, {"items": [...]} (as REST APIs answer),
+    or one record. A record nested too deep is yielded with its error and the others read, when the list is the
+    document."""
+    with _bytes_of(path) as stream:
+        data = stream.read(MAX_DOCUMENT_BYTES + 1)
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise DataError(f"is one JSON document over {size_text(MAX_DOCUMENT_BYTES)}, too big to parse whole: write "
+                        "its records as JSON Lines, one a line (for a list: jq -c '.[]' FILE > FILE.jsonl)",
+                        file=str(path))
+    try:
+        text = data.decode("utf-8-sig")  # utf-8-sig: without the byte-order mark that Windows tools write
+    except UnicodeDecodeError:
+        raise DataError("cannot be read as UTF-8 text", file=str(path)) from None
     if not text.strip():
         raise DataError("file is empty", file=str(path))
-    return text
+    try:
+        document = bounded_json.loads(text)
+    except bounded_json.NestedTooDeep as error:
+        document = _record_texts(text)
+        if document is None:
+            raise DataError(str(error), file=str(path)) from None
+        yield from (_record(number, element) for number, element in enumerate(document, start=1))
+        return
+    except json.JSONDecodeError as error:
+        raise DataError(f"not valid JSON ({error.msg} at line {error.lineno})", file=str(path)) from None
+    if isinstance(document, dict) and isinstance(document.get("items"), list):
+        document = document["items"]
+    if not isinstance(document, list):
+        document = [document]
+    for number, value in enumerate(document, start=1):
+        yield RawRecord(number, value)
 
 
-def _json_or_lines(path: Path, text: str) -> Iterator[RawRecord]:
-    lines_by_name = path.name.lower().endswith((".jsonl", ".jsonl.gz", ".ndjson"))
-    if not lines_by_name:
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as error:
-            # "Extra data" means several JSON values one after another: JSON Lines under a .json name.
-            if not error.msg.startswith("Extra data"):
-                raise DataError(f"not valid JSON ({error.msg} at line {error.lineno})", file=str(path)) from None
-        else:
-            if isinstance(document, dict) and isinstance(document.get("items"), list):
-                document = document["items"]
-            if not isinstance(document, list):
-                document = [document]
-            for number, value in enumerate(document, start=1):
-                yield RawRecord(number, value)
-            return
-    yield from _lines(text)
+# A JSON string (skipped whole: its brackets and commas are text), a bracket or a comma.
+_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]')
 
 
-def _lines(text: str) -> Iterator[RawRecord]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+def _record_texts(text: str) -> list[str] | None:
+    """The texts of the records of a JSON document, the elements of the list it is or of its "items" list, cut at
+    the list's commas without parsing (None when it has no such list): how the other records of a document are
+    read when one of them nests too deep to parse."""
+    depth, key, start, records = 0, None, None, []
+    for mark in _STRUCTURE.finditer(text):
+        character = text[mark.start()]
+        if character == '"':
+            key = mark.group() if depth == 1 else key  # at the top of an object, a list's key is the string before it
             continue
-        try:
-            yield RawRecord(number, json.loads(line))
-        except json.JSONDecodeError as error:
-            yield RawRecord(number, None, f"not valid JSON ({error.msg})")
+        if character in "[{":
+            depth += 1
+            if start is None and character == "[" and (depth == 1 or (depth == 2 and key == '"items"')):
+                start, list_depth = mark.end(), depth
+            continue
+        if start is not None and depth == list_depth:  # a comma between records, or the end of the list
+            if text[start:mark.start()].strip():
+                records.append(text[start:mark.start()])
+            if character != ",":
+                return records
+            start = mark.end()
+        if character != ",":
+            depth -= 1
+    return None
 
 
 def _csv(path: Path, delimiter: str) -> Iterator[RawRecord]:
-    csv.field_size_limit(_CSV_FIELD_LIMIT)
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
-    if not reader.fieldnames:
-        raise DataError("CSV file has no header row", file=str(path))
-    for number, row in enumerate(reader, start=1):
-        yield RawRecord(number, dict(row))
+    """The data rows of a CSV file, read a row at a time, each cell at most MAX_RECORD_BYTES."""
+    csv.field_size_limit(MAX_RECORD_BYTES)  # Label Studio and Argilla cells hold whole responses: over csv's 128 KiB
+    number = 0
+    with _bytes_of(path) as stream:
+        try:
+            reader = csv.DictReader((line.decode("utf-8") for _, line in _lines_of(stream)), delimiter=delimiter)
+            if not reader.fieldnames:
+                raise DataError("CSV file has no header row", file=str(path))
+            for number, row in enumerate(reader, start=1):
+                yield RawRecord(number, dict(row))
+        except _LineTooLong:
+            raise _too_big(path, number + 1) from None
+        except UnicodeDecodeError:
+            raise DataError("not UTF-8 text", file=str(path), record=number + 1) from None
+        except csv.Error as error:
+            raise DataError(f"not valid CSV ({error})", file=str(path), record=number + 1) from None
 
 
 def _parquet(path: Path) -> Iterator[RawRecord]:

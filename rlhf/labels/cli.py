@@ -5,8 +5,10 @@
     python -m rlhf.labels export --policy sft --prompts prompts.jsonl --k 4 --format label-studio -o tasks.json
 
 `import` reads a labeling tool's export (or a public preference dataset) into the canonical rankings JSONL that
-the reward-model stage trains on (see rlhf.data.rankings), written atomically. Every record left out goes to
-`<output>.quarantine.jsonl` with its source file, record number and reason, and the summary counts them. Each
+the reward-model stage trains on (see rlhf.data.rankings). Every record left out goes to
+`<output>.quarantine.jsonl` with its source file, record number and reason, and the summary counts them. Nothing is
+written unless rankings were imported; then the two files are written as a pair (rlhf.io.write_files_together), so
+that a rankings file always sits beside the quarantine of its own import. Each
 subcommand is one `add_<name>_command` function below; `export` (sample K completions per prompt from a policy,
 then hand them to rlhf.labels.exporters) closes InstructGPT's loop: sample from the SFT policy, people rank the
 samples in their tool, `import` brings the rankings back for the reward model.
@@ -18,9 +20,8 @@ import argparse
 from pathlib import Path
 
 from rlhf.data.overlong import POLICIES as OVERLONG_POLICIES
-from rlhf.data.rankings import write_rankings
 from rlhf.errors import ConfigError, DataError, exits_cleanly
-from rlhf.io import write_jsonl_atomically
+from rlhf.io import check_output_file, jsonl_lines, write_files_together
 from rlhf.labels.importers import IMPORTERS, ImportReport, import_rankings, importer_options
 
 FLAGGED_IDS_SHOWN = 5
@@ -59,15 +60,26 @@ def _format_name(text: str) -> str:
 
 def run_import(args: argparse.Namespace) -> int:
     options = _options(args.option, args.format)
-    report = import_rankings(args.format, args.inputs, merge_annotators=args.merge_annotators, **options)
     quarantine = quarantine_path(args.output)
-    write_jsonl_atomically(quarantine, report.quarantine)
+    for output in (args.output, quarantine):
+        check_output_file(output)
+    report = import_rankings(args.format, args.inputs, merge_annotators=args.merge_annotators, **options)
     if not report.rankings:
-        raise DataError(f"no rankings imported: all {len(report.quarantine)} left-out records are in {quarantine}",
-                        file=args.output)
-    write_rankings(args.output, report.rankings)
+        # Nothing is written: an old rankings file keeps the quarantine that describes it.
+        raise DataError(f"no rankings imported from {report.records_read} records, so nothing was written; left "
+                        f"out: {_reasons(report)}", file=args.output)
+    write_files_together({args.output: jsonl_lines(ranking.to_dict() for ranking in report.rankings),
+                          quarantine: jsonl_lines(report.quarantine)})
     print(format_summary(report, args.format, args.output, quarantine))
     return 0
+
+
+def _reasons(report: ImportReport, shown: int = 3) -> str:
+    """The commonest reasons records were left out, with their counts, for a one-line error."""
+    counts = report.skipped.most_common()
+    if not counts:
+        return "nothing, the inputs hold no records"
+    return "; ".join(f"{n} {reason}" for reason, n in counts[:shown]) + ("; ..." if len(counts) > shown else "")
 
 
 EXPORT_FORMATS = ("label-studio", "argilla")
@@ -104,6 +116,7 @@ def run_export(args: argparse.Namespace) -> int:
     from rlhf.data.prompts import load_prompts
     from rlhf.labels.sampling import rankable, sample_k_responses, write_labeling_tasks
 
+    check_output_file(args.output)  # before sampling, which takes minutes
     if not 2 <= args.k <= 16:
         raise ConfigError(f"--k must be between 2 and 16, got {args.k}")
     if args.batch_size < 1:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 from xml.sax.saxutils import quoteattr
 
-from rlhf.io import atomic_writer
+from rlhf.io import write_files_together
 from rlhf.data.rankings import Prompt, check_ranking
 from rlhf.errors import DataError
 
@@ -82,8 +82,8 @@ def write_label_studio_export(items, tasks_path: str | os.PathLike, *, seed: int
     tasks_path = Path(tasks_path)
     tasks = label_studio_tasks(items, seed=seed)
     chat = any(isinstance(task["data"]["prompt"], list) for task in tasks)
-    return (_write(tasks_path, json.dumps(tasks, ensure_ascii=False, indent=2)),
-            _write(tasks_path.with_name(tasks_path.stem + ".config.xml"), label_studio_config(chat=chat)))
+    return _write_pair(tasks_path, json.dumps(tasks, ensure_ascii=False, indent=2),
+                       tasks_path.with_name(tasks_path.stem + ".config.xml"), label_studio_config(chat=chat))
 
 
 # -- Argilla ------------------------------------------------------------------------------------------------------
@@ -123,13 +123,13 @@ def write_argilla_export(items, records_path: str | os.PathLike, *, seed: int = 
     records = argilla_records(items, seed=seed)
     settings = argilla_settings(sum(key.startswith("response-") for key in records[0]) if records else 2,
                                 chat=any(isinstance(record["prompt"], list) for record in records))
-    return (_write(records_path, json.dumps(records, ensure_ascii=False, indent=2)),
-            _write(records_path.with_name(records_path.stem + ".settings.json"),
-                   json.dumps(settings, ensure_ascii=False, indent=2)))
+    return _write_pair(records_path, json.dumps(records, ensure_ascii=False, indent=2),
+                       records_path.with_name(records_path.stem + ".settings.json"),
+                       json.dumps(settings, ensure_ascii=False, indent=2))
 
 
-def _write(path: Path, text: str) -> Path:
+def _write_pair(path: Path, text: str, config_path: Path, config: str) -> tuple[Path, Path]:
+    """Tasks and their config written as a pair: a tool never gets new tasks beside an old config."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(path) as file:
-        file.write(text)
-    return path
+    write_files_together({path: [text], config_path: [config]})
+    return path, config_path

@@ -34,9 +34,9 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 from rlhf.labels.importers.argilla_v1 import is_feedback_row, rest_form
-from rlhf.labels.importers.base import (RecordsRead, Skipped, build, invalid, option_list, source_records,
-                                      unparsable)
-from rlhf.data.rankings import ranks_from_scores
+from rlhf.labels.importers.base import (RecordsRead, Skipped, build, invalid, left_out, option_list,
+                                      records_by_file)
+from rlhf.data.rankings import is_finite_number, ranks_from_scores
 from rlhf.errors import DataError
 
 NO_STATUS = "argilla export without response status (drafts not told apart)"
@@ -60,12 +60,11 @@ def read_argilla(paths: Sequence[str], *, question: str | None = None, prompt_fi
     """
     mapping = _pairs(option_fields, "option_fields")
     ratings = _pairs(rating_fields, "rating_fields")
-    for path in map(str, paths):
-        records = list(source_records(path, "an Argilla records export", _problem_with))
+    for path, records in records_by_file(paths, "an Argilla records export", _problem_with):
         yield RecordsRead(path, len(records))
         for raw in records:
             if raw.error:
-                yield unparsable(path, raw)
+                yield left_out(path, raw)
                 continue
             record = raw.value.get("record", raw.value) if isinstance(raw.value, dict) else raw.value
             if is_feedback_row(record):
@@ -81,7 +80,11 @@ def read_argilla(paths: Sequence[str], *, question: str | None = None, prompt_fi
                 yield Skipped(path, raw.number, "record has no responses", raw={"id": record.get("id")})
             for user, status, values, flags in answers:
                 if ratings:
-                    value, unrated = _ratings_as_ranking(values, ratings)
+                    try:
+                        value, unrated = _ratings_as_ranking(values, ratings)
+                    except DataError as error:
+                        yield invalid(path, raw.number, error, {"id": record.get("id"), "user_id": user})
+                        continue
                     flags += (UNRATED_FIELDS,) if unrated and value else ()
                 else:
                     value = values.get(name) if name else None
@@ -105,11 +108,15 @@ def _is_rating(value) -> bool:
 
 
 def _ratings_as_ranking(values: dict, ratings: dict[str, str]) -> tuple[list[dict] | None, bool]:
-    """A response's ratings as ranking items [{"value": field, "rank": place}], and whether a field went unrated."""
+    """A response's ratings as ranking items [{"value": field, "rank": place}], and whether a field went unrated;
+    a DataError naming the question whose rating is NaN or infinite."""
+    for question in ratings:
+        if _is_rating(values.get(question)) and not is_finite_number(values[question]):  # NaN, Infinity
+            raise DataError(f"rating must be a finite number, not {values[question]}", field=question)
     rated = [(field, values[question]) for question, field in ratings.items() if _is_rating(values.get(question))]
     if not rated:
         return None, False
-    places = ranks_from_scores([rating for _, rating in rated])
+    places = ranks_from_scores([rating for _, rating in rated], "rating")
     return [{"value": field, "rank": place} for (field, _), place in zip(rated, places)], len(rated) < len(ratings)
 
 

@@ -8,13 +8,17 @@ An importer is a generator over its tool's export files that yields three kinds 
 - `Skipped(...)`: one record, or one annotation inside a record, left out with a short countable `reason`. `kind`
   says whether it was left out on purpose ("skipped": cancelled, draft, nothing selected) or is malformed
   ("invalid"). Nothing is dropped silently: every Skipped goes to the quarantine file with where it came from.
-A file that is not the claimed format at all is a DataError before any event (see `source_records`).
+A file that is not the claimed format at all is a DataError before any event (see `records_by_file`). Duplicates:
+a record equal to an earlier one, in any file of the import, is kept once and the copy quarantined; different
+records that give rankings one id are all kept, the later ids renamed `<id>#2`, ... and flagged (see `unique_ids`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from rlhf.data.rankings import Ranking, merge_annotators, merge_duplicate_completions
@@ -68,19 +72,46 @@ class ImportReport:
         return Counter(ranking.annotator or "(none)" for ranking in self.rankings)
 
 
-def source_records(path: str, what: str, problem_with: Callable[[Any], str | None]) -> Iterator[RawRecord]:
-    """Records of `path`, after checking that the first one is `what`; if not, the file is not that format.
+DUPLICATE_RECORD = "exact duplicate of an earlier record: kept once"
 
-    `problem_with(record)` returns None when the record looks like the format, else a short reason.
+
+def records_by_file(paths: Sequence[str], what: str, problem_with: Callable[[Any], str | None]
+                    ) -> Iterator[tuple[str, list[RawRecord]]]:
+    """(path, its records) for each path, after checking that the first readable record of each is `what`; if not,
+    the file is not that format (a DataError).
+
+    `problem_with(record)` returns None when the record looks like the format, else a short reason. A record that
+    cannot be read (not JSON, nested too deep) says nothing about the format: it comes with its error, to be
+    quarantined, and the next one is checked. A record equal to one read before, in this file or an earlier one
+    (an export imported twice, overlapping exports), comes with error DUPLICATE_RECORD, where the first one is in
+    its detail: the same judgement counted twice would weigh double in training.
     """
-    checked = False
-    for raw in read_records(path):
-        if not checked:
-            problem = raw.error or problem_with(raw.value)
-            if problem:
-                raise DataError(f"not {what}: {problem}", file=path)
-            checked = True
-        yield raw
+    first_seen: dict[bytes, str] = {}
+    for path in map(str, paths):
+        records, checked = [], False
+        for raw in read_records(path):
+            if raw.error is None:
+                if not checked:
+                    problem = problem_with(raw.value)
+                    if problem:
+                        raise DataError(f"not {what}: {problem}", file=path)
+                    checked = True
+                key = _fingerprint(raw.value)
+                if key in first_seen:
+                    raw = RawRecord(raw.number, error=DUPLICATE_RECORD, detail=f"the same as {first_seen[key]}")
+                else:
+                    first_seen[key] = f"record {raw.number} of {path}"
+            records.append(raw)
+        yield path, records
+
+
+def _fingerprint(value: Any) -> bytes:
+    """A digest of a record's content, the same whatever the order of its keys."""
+    try:
+        text = json.dumps(value, sort_keys=True, default=str)  # ASCII: lone surrogates are escaped, not an error
+    except TypeError:  # keys of several types, from a parquet map column: their order is the file's
+        text = repr(value)
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def build(source: str, record: int, raw: Any, flags: Sequence[str] = (), also: Sequence[int] = (),
@@ -120,13 +151,13 @@ def conversation_prompt(prompt: Any) -> tuple[Any, bool]:
 def each_record(paths: Sequence[str], what: str, problem_with: Callable[[Any], str | None],
                 convert: Callable[[str, int, Any], Any]) -> Iterator:
     """The events of a one-record-one-ranking format: RecordsRead per file, then per record a Skipped for one
-    that is not JSON or not the format's shape, else whatever `convert(path, number, record)` returns."""
-    for path in map(str, paths):
-        records = list(source_records(path, what, problem_with))
+    that is left out (unreadable, a duplicate) or not the format's shape, else what `convert(path, number, record)`
+    returns."""
+    for path, records in records_by_file(paths, what, problem_with):
         yield RecordsRead(path, len(records))
         for raw in records:
             if raw.error:
-                yield unparsable(path, raw)
+                yield left_out(path, raw)
             elif problem_with(raw.value):
                 yield invalid(path, raw.number, problem_with(raw.value), raw.value)
             else:
@@ -149,8 +180,11 @@ def records_of(event: RecordsRead | Imported | Skipped) -> set[int]:
     return {event.record, *event.also} if isinstance(event, (Imported, Skipped)) else set()
 
 
-def unparsable(source: str, raw: RawRecord) -> Skipped:
-    return Skipped(source, raw.number, "not valid JSON", kind="invalid", detail=raw.error)
+def left_out(source: str, raw: RawRecord) -> Skipped:
+    """The Skipped of a record that `records_by_file` left out: a duplicate, or one that could not be read (not
+    JSON, not UTF-8, nested too deep)."""
+    kind = "skipped" if raw.error == DUPLICATE_RECORD else "invalid"
+    return Skipped(source, raw.number, raw.error, kind=kind, detail=raw.detail)
 
 
 def option_list(value: str | Sequence[str] | None) -> list[str] | None:
@@ -164,7 +198,8 @@ def option_list(value: str | Sequence[str] | None) -> list[str] | None:
 
 def collect(events: Iterable[RecordsRead | Imported | Skipped], *, merge_annotator_rankings: bool = False
             ) -> ImportReport:
-    """Run an importer's events into a report: duplicates merged, optional annotator merge, quarantine built."""
+    """Run an importer's events into a report: duplicate completions merged, optional annotator merge, ids made
+    unique, quarantine built."""
     report = ImportReport()
     for event in events:
         if isinstance(event, RecordsRead):
@@ -189,7 +224,35 @@ def collect(events: Iterable[RecordsRead | Imported | Skipped], *, merge_annotat
             _quarantine(report, Skipped("(merge)", 0, "annotators cancel out: equal mean ranks", kind="skipped",
                                         detail=", ".join(r.id for r in group), raw=[r.to_dict() for r in group]))
         report.annotator_merge = (before, len(report.rankings), len(cancelled))
+    report.rankings, renamed = unique_ids(report.rankings)
+    if renamed:
+        report.flagged[RENAMED_ID] = renamed
     return report
+
+
+RENAMED_ID = "id shared with an earlier ranking: renamed with a #N suffix"
+
+
+def unique_ids(rankings: list[Ranking]) -> tuple[list[Ranking], list[str]]:
+    """The rankings, each id that an earlier one has renamed `<id>#2`, `<id>#3`, ...; and the new ids.
+
+    Different records can share an id (a prompt id repeated for each annotator, two files whose ids are their
+    line numbers): both are kept, as neither is a copy of the other, but the reward model's errors name a ranking
+    by its id, so the ids written are unique. The first keeps its id, so that it still finds its source record.
+    """
+    taken = {ranking.id for ranking in rankings}
+    seen, unique, renamed = set(), [], []
+    for ranking in rankings:
+        if ranking.id in seen:
+            suffix = 2
+            while f"{ranking.id}#{suffix}" in taken:
+                suffix += 1
+            ranking = replace(ranking, id=f"{ranking.id}#{suffix}")
+            taken.add(ranking.id)
+            renamed.append(ranking.id)
+        seen.add(ranking.id)
+        unique.append(ranking)
+    return unique, renamed
 
 
 def _quarantine(report: ImportReport, skipped: Skipped) -> None:

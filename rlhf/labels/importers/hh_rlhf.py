@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator, Sequence
 
-from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, source_records, unparsable
+from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, left_out, records_by_file
 
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -20,12 +20,11 @@ _ROLES = {"Human": "user", "Assistant": "assistant"}
 
 def read_hh_rlhf(paths: Sequence[str]) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for HH-RLHF JSONL files (gzipped or not)."""
-    for path in map(str, paths):
-        records = list(source_records(path, "an HH-RLHF file", _problem_with))
+    for path, records in records_by_file(paths, "an HH-RLHF file", _problem_with):
         yield RecordsRead(path, len(records))
         for raw in records:
             if raw.error:
-                yield unparsable(path, raw)
+                yield left_out(path, raw)
                 continue
             yield _pair(path, raw.number, raw.value)
 

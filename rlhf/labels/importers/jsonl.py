@@ -9,19 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from rlhf.labels.importers.base import Imported, RecordsRead, invalid, source_records, unparsable
+from rlhf.labels.importers.base import Imported, RecordsRead, invalid, left_out, records_by_file
 from rlhf.data.rankings import ranking_from_record
 from rlhf.errors import DataError
 
 
 def read_jsonl(paths: Sequence[str]) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for ranking or TRL pair files (or `datasets` dirs)."""
-    for path in map(str, paths):
-        records = list(source_records(path, "a ranking or TRL preference file", _problem_with))
+    for path, records in records_by_file(paths, "a ranking or TRL preference file", _problem_with):
         yield RecordsRead(path, len(records))
         for raw in records:
             if raw.error:
-                yield unparsable(path, raw)
+                yield left_out(path, raw)
                 continue
             try:
                 ranking = ranking_from_record(raw.value, default_id=f"{Path(path).name}:{raw.number}")

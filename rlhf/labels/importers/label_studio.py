@@ -38,8 +38,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from rlhf.labels.importers.base import (Imported, RecordsRead, Skipped, build, invalid, option_list,
-                                      source_records, unparsable)
+from rlhf import bounded_json
+from rlhf.labels.importers.base import (Imported, RecordsRead, Skipped, build, invalid, left_out, option_list,
+                                      records_by_file)
 from rlhf.labels.importers.label_studio_config import LabelingConfig, read_labeling_config
 from rlhf.labels.importers.label_studio_ratings import from_choices, from_ratings, preference_choice_map
 from rlhf.errors import DataError
@@ -86,13 +87,12 @@ def read_label_studio(paths: Sequence[str], *, prompt_field: str = "prompt", pai
                        preference_choice_map(option_list(preference_choices)))
     if options.pair_fields is not None and len(options.pair_fields) != 2:
         raise DataError("pair_fields must name two task data keys: left,right")
-    for path in map(str, paths):
-        records = list(source_records(path, "a Label Studio export", _problem_with))
+    for path, records in records_by_file(paths, "a Label Studio export", _problem_with):
         yield RecordsRead(path, len(records))
         from_csv = path.lower().endswith((".csv", ".tsv"))
         for raw in records:
             if raw.error:
-                yield unparsable(path, raw)
+                yield left_out(path, raw)
             elif "data" in raw.value and ("annotations" in raw.value or "completions" in raw.value):
                 yield from _full_task(path, raw.number, raw.value, options)
             else:
@@ -161,7 +161,9 @@ def _annotation_cell(text: str):
     """A CSV cell as results or List items when it is JSON (or, from the old converter, a Python literal) of that
     shape; any other text stays text."""
     try:
-        value = json.loads(text)
+        value = bounded_json.loads(text)
+    except bounded_json.NestedTooDeep:
+        return text  # neither results nor items nest that deep; the Python literal parser is not asked either
     except json.JSONDecodeError:
         try:
             value = ast.literal_eval(text)  # literals only: no names, calls or attributes are evaluated

@@ -15,7 +15,7 @@ from typing import Any
 
 from rlhf.labels.importers.base import Imported, Skipped, build, invalid
 from rlhf.labels.importers.label_studio_config import LabelingConfig
-from rlhf.data.rankings import ranks_from_scores
+from rlhf.data.rankings import is_finite_number, ranks_from_scores
 from rlhf.errors import DataError
 
 UNRATED_RESPONSES = "responses without a Rating: left out"
@@ -30,6 +30,9 @@ def from_ratings(path: str, number: int, raw: Any, results: list[dict], labeling
         rating = result["value"].get("rating")
         if isinstance(rating, bool) or not isinstance(rating, (int, float)):
             return invalid(path, number, DataError("rating is not a number", field=control), raw)
+        if not is_finite_number(rating):  # NaN or Infinity, which json.loads reads: no place to rank it at
+            return invalid(path, number, DataError(f"rating must be a finite number, not {rating}", field=control),
+                           raw)
         response = result.get("to_name") or labeling.controls.get(control, ("", ""))[1]
         if not response:
             return invalid(path, number, DataError(
@@ -48,7 +51,8 @@ def from_ratings(path: str, number: int, raw: Any, results: list[dict], labeling
         ratings.append(rating)
     unrated = set(labeling.names_of("rating")) - {result["from_name"] for result in results}
     flags = (UNRATED_RESPONSES,) if unrated else ()
-    return build(path, number, raw, flags, completions=completions, ranks=ranks_from_scores(ratings), **fields)
+    return build(path, number, raw, flags, completions=completions, ranks=ranks_from_scores(ratings, "rating"),
+                 **fields)
 
 
 def preference_choice_map(values: list[str] | None) -> dict[str, str]:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, source_records, unparsable
-from rlhf.data.rankings import dense_ranks
+from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, left_out, records_by_file
+from rlhf.data.rankings import dense_ranks, is_finite_number
+from rlhf.errors import DataError
 
 _ROLES = {"prompter": "user", "assistant": "assistant"}
 
@@ -29,17 +30,18 @@ _ROLES = {"prompter": "user", "assistant": "assistant"}
 def read_oasst(paths: Sequence[str]) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for oasst message or tree files (JSONL(.gz), parquet,
     `datasets`)."""
-    for path in map(str, paths):
-        records = list(source_records(path, "an oasst message or tree file", _problem_with))
+    for path, records in records_by_file(paths, "an oasst message or tree file", _problem_with):
         yield RecordsRead(path, len(records))
         messages: dict[str, tuple[int, dict]] = {}
         for raw in records:
             if raw.error:
-                yield unparsable(path, raw)
+                yield left_out(path, raw)
             elif _problem_with(raw.value):
                 yield invalid(path, raw.number, _problem_with(raw.value), raw.value)
             elif _is_tree(raw.value):
                 yield from _tree_messages(path, raw.number, raw.value, messages)
+            elif str(raw.value["message_id"]) in messages:
+                yield _id_taken(path, raw.number, str(raw.value["message_id"]), messages)
             else:
                 messages[str(raw.value["message_id"])] = (raw.number, raw.value)
         yield from _rankings(path, messages)
@@ -75,8 +77,18 @@ def _tree_messages(path: str, number: int, tree: dict, messages: dict) -> Iterat
             continue
         message = {key: value for key, value in node.items() if key != "replies"}
         message.setdefault("parent_id", parent_id)
+        if str(message["message_id"]) in messages:  # its replies would hang under the other message: left out too
+            yield _id_taken(path, number, str(message["message_id"]), messages)
+            continue
         messages[str(message["message_id"])] = (number, message)
         pending.extend((reply, message["message_id"]) for reply in reversed(node.get("replies") or []))
+
+
+def _id_taken(path: str, number: int, message_id: str, messages: dict) -> Skipped:
+    """A message whose id an earlier message has: which one the replies answer is unknown, so the later is left out
+    (an exact copy never gets here: `records_by_file` quarantines it as a duplicate)."""
+    return invalid(path, number, "message_id of an earlier, different message", {"message_id": message_id},
+                   detail=f"message_id {message_id!r} of record {messages[message_id][0]}")
 
 
 def _rankings(path: str, messages: dict[str, tuple[int, dict]]) -> Iterator:
@@ -105,6 +117,9 @@ def _siblings(path: str, parent_id: str, siblings, messages) -> Iterator:
     for number, message in siblings:
         if message.get("deleted"):
             yield Skipped(path, number, "deleted reply", raw={"message_id": message["message_id"]})
+        elif _has_rank(message) and not is_finite_number(message["rank"]):  # Infinity, or not a number at all
+            yield invalid(path, number, DataError(f"must be a finite number or null, not {message['rank']!r}",
+                                                  field="rank"), {"message_id": message["message_id"]})
         else:
             kept.append((number, message))
     ranked = [(number, message) for number, message in kept if _has_rank(message)]

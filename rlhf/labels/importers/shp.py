@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-from rlhf.labels.importers.base import RecordsRead, build, invalid, source_records, unparsable
+from rlhf.labels.importers.base import RecordsRead, build, invalid, left_out, records_by_file
 
 _FIELDS = ("post_id", "history", "c_root_id_A", "c_root_id_B", "human_ref_A", "human_ref_B", "labels")
 
@@ -24,13 +24,12 @@ _FIELDS = ("post_id", "history", "c_root_id_A", "c_root_id_B", "human_ref_A", "h
 def read_shp(paths: Sequence[str], *, total_orders: bool | str = True) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for SHP files (JSONL, parquet or `datasets` dir)."""
     total_orders = str(total_orders).lower() not in ("false", "0", "no")
-    for path in map(str, paths):
-        records = list(source_records(path, "an SHP file", _problem_with))
+    for path, records in records_by_file(paths, "an SHP file", _problem_with):
         yield RecordsRead(path, len(records))
         posts: dict[str, list[tuple[int, dict]]] = {}
         for raw in records:
             if raw.error:
-                yield unparsable(path, raw)
+                yield left_out(path, raw)
             elif _problem_with(raw.value) or raw.value["labels"] not in (0, 1):
                 yield invalid(path, raw.number, _problem_with(raw.value) or "'labels' is not 0 or 1", raw.value)
             else:

@@ -10,7 +10,8 @@ critique's 1-10 score, which the authors re-scored in Dec 2023 after a bug (thei
 score="mean_aspects" (default): the mean of the aspect ratings present, as ultrafeedback_binarized moved to after
 that bug; "overall_score" or "fine-grained_score": that field; an aspect name: that aspect's rating. Higher is
 better; equal scores tie. A completion with no usable score, or with an empty response (some models answered
-nothing), is left out of its ranking (counted and flagged); the row's other completions are still ranked.
+nothing), is left out of its ranking (counted and flagged); the row's other completions are still ranked. A rating
+that is NaN or infinite (NaN in JSON, "nan", "inf", "-inf") quarantines the row, naming the field: it has no place.
 The ratings come from GPT-4, not people: there is no annotator.
 
 The binarized form (HuggingFaceH4/ultrafeedback_binarized, splits train_prefs/test_prefs/...) is one pair per
@@ -21,6 +22,7 @@ whose two scores are equal holds no preference (its "chosen" was picked among eq
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator, Sequence
 
 from rlhf.labels.importers.base import Imported, Skipped, build, each_record, invalid
@@ -50,7 +52,10 @@ def _problem_with(record: Any) -> str | None:
 
 
 def _binarized(path: str, number: int, row: dict):
-    chosen, rejected = rating(row.get("score_chosen")), rating(row.get("score_rejected"))
+    try:
+        chosen, rejected = (_rating_of(row.get(field), field) for field in ("score_chosen", "score_rejected"))
+    except DataError as error:
+        return invalid(path, number, error, row)
     if chosen is not None and chosen == rejected:
         return Skipped(path, number, "chosen and rejected scored equal: no preference", raw=row)
     pair = {"id": f"{path.rsplit('/', 1)[-1]}:{number}", "prompt": row["prompt"], "chosen": row["chosen"],
@@ -62,7 +67,8 @@ def _binarized(path: str, number: int, row: dict):
 
 
 def rating(value) -> float | None:
-    """"4" -> 4.0, 4 -> 4.0, "N/A" / "" / None -> None; a list of per-pass ratings -> their mean."""
+    """"4" -> 4.0, 4 -> 4.0, "N/A" / "" / None -> None; a list of per-pass ratings -> their mean. A rating that
+    reads as NaN or infinite (NaN in JSON, "nan", "inf", "-inf") is a DataError: there is no place to rank it at."""
     if isinstance(value, list):
         ratings = [r for r in (rating(item) for item in value) if r is not None]
         return sum(ratings) / len(ratings) if ratings else None
@@ -74,17 +80,28 @@ def rating(value) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return number if number == number else None  # NaN
+    if not math.isfinite(number):
+        raise DataError(f"must be a finite number, not {value!r}")
+    return number
+
+
+def _rating_of(value, field: str) -> float | None:
+    """`rating(value)`, its DataError naming `field`."""
+    try:
+        return rating(value)
+    except DataError as error:
+        raise DataError(error.reason, field=field) from None
 
 
 def completion_score(completion: dict, score: str) -> float | None:
     annotations = completion.get("annotations") or {}
     if score in ASPECTS:
-        return rating(annotations.get(score))
+        return _rating_of(annotations.get(score), f"annotations.{score}")
     if score == "mean_aspects":
-        ratings = [r for r in (rating(annotations.get(aspect)) for aspect in ASPECTS) if r is not None]
+        ratings = [r for r in (_rating_of(annotations.get(aspect), f"annotations.{aspect}") for aspect in ASPECTS)
+                   if r is not None]
         return sum(ratings) / len(ratings) if ratings else None
-    return rating(completion.get(score))
+    return _rating_of(completion.get(score), score)
 
 
 def _row(path: str, number: int, row: dict, score: str):
@@ -92,8 +109,12 @@ def _row(path: str, number: int, row: dict, score: str):
         return _binarized(path, number, row)
     texts, scores = [], []
     unrated = empty = 0
-    for completion in row["completions"]:
-        value = completion_score(completion, score) if isinstance(completion, dict) else None
+    for place, completion in enumerate(row["completions"], start=1):
+        try:
+            value = completion_score(completion, score) if isinstance(completion, dict) else None
+        except DataError as error:
+            return invalid(path, number, DataError(error.reason, field=f"completions.{error.field}"), row,
+                           detail=f"completion {place}")
         if value is None:
             unrated += 1
         elif isinstance(completion.get("response"), str) and not completion["response"].strip():
@@ -105,6 +126,10 @@ def _row(path: str, number: int, row: dict, score: str):
         return Skipped(path, number, "fewer than 2 rated completions", raw=row)
     if len(set(scores)) < 2:
         return Skipped(path, number, "all completions rated equal", raw=row)
+    try:  # a mean of finite ratings can still overflow to infinity ("1e308" twice)
+        ranks = ranks_from_scores(scores, f"completions.{score}")
+    except DataError as error:
+        return invalid(path, number, error, row)
     flags = ((UNRATED,) if unrated else ()) + ((EMPTY,) if empty else ())
     return build(path, number, row, flags, id=f"{path.rsplit('/', 1)[-1]}:{number}",
-                 prompt=row["instruction"], completions=texts, ranks=ranks_from_scores(scores))
+                 prompt=row["instruction"], completions=texts, ranks=ranks)
