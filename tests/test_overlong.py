@@ -155,3 +155,16 @@ def test_ptx_reads_chat_demonstrations_and_text_fitted_to_ptx_max_length(words, 
     (ids, mask), = fitted.kept
     assert ids == words("cat dog " * 10)["input_ids"][:8] and mask == [1] * 8
     assert fitted.truncated == [{"record": 1, "tokens": 21, "tokens_after": 8}]
+
+
+def test_a_chat_template_that_refuses_a_conversation_names_the_record(words):
+    from copy import deepcopy
+
+    strict = deepcopy(words)
+    strict.chat_template = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                            "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}"
+                            "{{ m['content'] }} {% endfor %}")
+    prompts = [[{"role": "user", "content": "cat"}], [{"role": "assistant", "content": "dog"}]]
+    with pytest.raises(DataError, match=r"^p.jsonl: record 2: field 'prompt': the tokenizer's chat template refuses "
+                                        r"it \(Conversation roles must alternate user/assistant\)$"):
+        fit_prompts(prompts, strict, max_tokens=10, setting="max_prompt_length", policy="drop", file="p.jsonl")

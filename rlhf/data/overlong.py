@@ -78,10 +78,16 @@ def fit(items: Iterable[tuple[Any, Item]], *, length: Callable[[Item], int], max
     """
     if policy not in POLICIES:
         raise DataError(f"overlong must be one of {', '.join(POLICIES)}, not {policy!r}", file=file)
+    from jinja2 import TemplateError
+
     fitted: Fitted[Item] = Fitted([], what, limit, policy)
     for record, item in items:
         fitted.total += 1
-        tokens = length(item)
+        try:
+            tokens = length(item)
+        except TemplateError as error:  # a template that insists on its own rules (alternating roles, no system)
+            raise DataError(f"the tokenizer's chat template refuses it ({' '.join(str(error).split())})", file=file,
+                            record=record, field="prompt") from None
         if tokens <= max_tokens:
             fitted.kept.append(item)
             continue
