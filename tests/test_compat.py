@@ -50,6 +50,13 @@ def test_trl_sft_trainer_sets_padding_free():
     assert "self.padding_free" in inspect.getsource(SFTTrainer.__init__)
 
 
+def test_trl_sft_trainer_counts_training_tokens_in_total_train_tokens():
+    from trl import SFTTrainer
+
+    assert "self._total_train_tokens = 0" in inspect.getsource(SFTTrainer)
+    assert 'self._metrics[mode]["num_tokens"] = [self._total_train_tokens]' in inspect.getsource(SFTTrainer)
+
+
 def test_accelerate_picks_its_backend_in_prepare_backend():
     from accelerate.state import PartialState
 

@@ -153,6 +153,7 @@ def workspace(tmp_path_factory):
     build_tiny_model(root / "base", corpus_words(), hidden_size=32, num_layers=2)
     records = make_split(96, seed=1)
     (root / "demos.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    (root / "demos_eval.jsonl").write_text("".join(json.dumps(record) + "\n" for record in make_split(8, seed=2)))
     rankings = [Ranking(f"r{i}", r["prompt"], (r["completion"], " cat", " dog dog"), (1, 2, 3))
                 for i, r in enumerate(records)]
     write_rankings(root / "rankings.jsonl", rankings)
@@ -160,16 +161,18 @@ def workspace(tmp_path_factory):
 
 
 def trainer_stage_args(stage: str, root: Path, out: Path, *extra: str) -> list[str]:
+    """4 steps, checkpoints at 2 and 4, held-out data; logged every 3 steps, so that a run resumed at step 2 must
+    know the loss of steps it did not log itself."""
     common = ["--model_name_or_path", str(root / "base"), "--registry_dir", str(out / "registry"),
               "--output_dir", str(out / "run"), "--max_length", "48", "--per_device_train_batch_size", "8",
               "--learning_rate", "3e-3", "--lr_scheduler_type", "constant", "--max_steps", "4",
-              "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2",
+              "--logging_steps", "3", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2",
               "--report_to", "none", "--seed", "0"]
     if stage == "sft":
-        common += ["--train_file", str(root / "demos.jsonl")]
+        common += ["--train_file", str(root / "demos.jsonl"), "--eval_file", str(root / "demos_eval.jsonl")]
     else:
         common += ["--train_file", str(root / "rankings.jsonl"), "--normalization_file", str(root / "demos.jsonl"),
-                   "--eval_fraction", "0"]
+                   "--eval_fraction", "0.1"]
     return common + list(extra)
 
 
@@ -218,10 +221,22 @@ def test_trainer_stage_resumes_from_the_newest_whole_checkpoint_after_a_kill_mid
     want, got = registered_weights(out / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@2")
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
-    # Its train_loss is the whole run's, steps 1-2 before the kill included, not steps 3-4 alone.
+    # Its train_loss is the whole run's, steps 1-2 before the kill included, not steps 3-4 alone; its log has the
+    # uninterrupted run's rows, without a second evaluation "before training".
     registry = Registry(out / "registry")
     straight_loss = registry.get(f"{stage}@1").metrics["train_loss"]
-    assert registry.get(f"{stage}@2").metrics["train_loss"] == pytest.approx(straight_loss, rel=1e-5)
+    assert registry.get(f"{stage}@2").metrics["train_loss"] == pytest.approx(straight_loss, rel=1e-6)
+    want_rows, got_rows = logged_rows(straight), logged_rows(out)
+    assert [sorted(row) for row in got_rows] == [sorted(row) for row in want_rows]
+    for have, expected in zip(got_rows, want_rows):
+        assert have == pytest.approx(expected, rel=1e-6), expected["step"]
+
+
+def logged_rows(out: Path) -> list[dict]:
+    """A Trainer stage's log_history.jsonl without its timings."""
+    rows = [json.loads(line) for line in (out / "run" / "log_history.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in row.items() if not key.endswith(("_runtime", "_per_second"))}
+            for row in rows]
 
 
 def test_the_train_loss_of_a_resumed_run_weights_each_logged_interval_by_its_steps():
