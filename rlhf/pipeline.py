@@ -25,7 +25,7 @@ from typing import Any
 
 from rlhf.config import load_yaml, parse_config, settings_to_argv, write_resolved_config
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
-from rlhf.io import atomic_write_json
+from rlhf.io import atomic_write_json, disk_full_is_one_line
 from rlhf.registry import Registry, fingerprint_files
 from rlhf.run_files import registered_reference
 
@@ -155,7 +155,7 @@ class Pipeline:
         # Appended and line-buffered, with the child unbuffered too: a killed attempt's last lines are the ones
         # that say why, and the next attempt must not overwrite them. One header per attempt of a stage, however
         # many commands that attempt runs.
-        with open(log_path, "a", encoding="utf-8", buffering=1) as log:
+        with disk_full_is_one_line(log_path), open(log_path, "a", encoding="utf-8", buffering=1) as log:
             if stage not in self._stages_with_a_header:
                 attempt = 1 + (log_path.read_text(encoding="utf-8", errors="replace").count(ATTEMPT_HEADER)
                                if log_path.stat().st_size else 0)
@@ -175,7 +175,7 @@ class Pipeline:
                     if line.startswith("error: "):
                         error_lines.append(line.strip())
                 returncode = process.wait()
-            except KeyboardInterrupt:
+            except BaseException:  # Ctrl-C, or a full disk under the log: the step must not run on unwatched
                 process.terminate()
                 process.wait()
                 raise

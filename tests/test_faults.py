@@ -501,6 +501,121 @@ def test_a_ppo_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_partial_files
     assert sorted(path.name for path in directory.iterdir()) == ["step-2"]
 
 
+def disk_full_writing(monkeypatch, name: str) -> None:
+    """An atomic write of the file `name` finds the disk full when it flushes (os.fsync), its data half there."""
+    import errno
+    import os
+
+    real_fsync = os.fsync
+
+    def fsync(descriptor):
+        if Path(os.readlink(f"/proc/self/fd/{descriptor}")).name.startswith(f".{name}."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def safetensors_fills_the_disk(monkeypatch) -> None:
+    """The final model's weights run out of space half-way, as the SafetensorError of a full disk says."""
+    from safetensors import SafetensorError
+    from transformers import modeling_utils
+
+    real_save_file = modeling_utils.safe_save_file
+
+    def save_file(tensors, filename, metadata=None):
+        if ".final_model." not in str(filename):  # the staging directory of final_model (checkpoints save too)
+            return real_save_file(tensors, filename, metadata=metadata)
+        Path(filename).write_bytes(b"half a file")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", save_file)
+
+
+@pytest.mark.parametrize("written, fill", [
+    ("run/final_model", safetensors_fills_the_disk),
+    ("run/metrics.json", lambda monkeypatch: disk_full_writing(monkeypatch, "metrics.json")),
+    ("registry/entries/sft/1.json", lambda monkeypatch: disk_full_writing(monkeypatch, "1.json")),
+])
+@pytest.mark.slow
+def test_a_full_disk_after_training_is_one_line_leaves_nothing_half_written_and_the_rerun_registers(
+        written, fill, workspace, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "full"
+    fill(monkeypatch)
+    message = one_line_error(capsys, stage_main("sft"), trainer_stage_args("sft", workspace, out))
+    assert message.startswith(f"error: no space left on device writing {out / written} (")
+    assert not list(out.rglob("*.tmp")) and not (out / "run" / "registered.json").exists()
+    assert not Registry(out / "registry").entries()
+
+    monkeypatch.undo()
+    stage_main("sft")(trainer_stage_args("sft", workspace, out, "--resume", "true"))
+    assert json.loads((out / "run" / "registered.json").read_text())["reference"] == "sft@1"
+
+
+def test_a_full_disk_writing_the_report_is_one_line(tmp_path, capsys, monkeypatch):
+    from rlhf.report import main
+
+    disk_full_writing(monkeypatch, "report.md")
+    message = one_line_error(capsys, main, [str(tmp_path), "--registry_dir", str(tmp_path / "registry")])
+    assert message.startswith(f"error: no space left on device writing {tmp_path / 'report' / 'report.md'} (")
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+class FullDiskFile:
+    """An open file on a full disk: a write of `refused` text fails with ENOSPC."""
+
+    def __init__(self, file, refused: str):
+        self.file, self.refused = file, refused
+
+    def write(self, text: str) -> int:
+        import errno
+        import os
+
+        if self.refused in text:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(text)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.file.close()
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def test_a_full_disk_appending_ppo_metrics_is_one_line(tmp_path, monkeypatch):
+    from rlhf.errors import RLHFError
+    from rlhf.ppo import tracking
+
+    logger = tracking.MetricsLogger(tmp_path, ["none"], total_steps=2, start_step=0, show_progress=False)
+    logger.log({"step": 1, "kl": 0.5})
+    monkeypatch.setattr(tracking, "open", lambda *a, **k: FullDiskFile(open(*a, **k), '"step": 2'), raising=False)
+    with pytest.raises(RLHFError) as raised:
+        logger.log({"step": 2, "kl": 0.25})
+    assert str(raised.value).startswith(f"no space left on device writing {tmp_path / 'ppo_metrics.jsonl'} (")
+    assert tracking.read_metrics(tmp_path) == [{"step": 1, "kl": 0.5}]
+
+
+def test_a_full_disk_under_the_pipelines_stage_log_is_one_line_and_stops_the_step(tmp_path, monkeypatch):
+    import os
+
+    from rlhf import pipeline
+    from rlhf.errors import RLHFError
+
+    settings = pipeline.PipelineConfig(run_dir=str(tmp_path / "run"))
+    pid_file = tmp_path / "step.pid"
+    # The step would run for ten minutes: it must be stopped when its output can no longer be kept.
+    step = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); print('loss', 0.25); time.sleep(600)"
+    monkeypatch.setattr(pipeline, "open", lambda *a, **k: FullDiskFile(open(*a, **k), "loss 0.25"), raising=False)
+    with pytest.raises(RLHFError) as raised:
+        pipeline.Pipeline(settings)._run([sys.executable, "-c", step], "sft")
+    assert str(raised.value).startswith(f"no space left on device writing {tmp_path / 'run' / 'logs' / 'sft.log'} (")
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
 @pytest.mark.parametrize("steps", ["0", "-2"])
 def test_ppo_with_no_steps_is_one_line_before_any_model_loads(tmp_path, capsys, steps):
     from rlhf.stages.ppo import main

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rlhf import _compat, checkpoint_files, distributed
 from rlhf.errors import RLHFError
+from rlhf.io import is_disk_full
 from rlhf.stop_request import StopRequest
 
 # The Trainer's names: checkpoint-<global step>/, with trainer_state.json written last.
@@ -53,7 +54,7 @@ def train(trainer, config):
         with checkpoint_files.weights_only_loading():
             result = trainer.train(resume_from_checkpoint=resume_from)
     except BaseException as error:
-        if not checkpoint_files.is_disk_full(error):
+        if not is_disk_full(error):
             raise
         raise RLHFError(_after_a_full_disk(Path(config.output_dir), error)) from None
     finally:
