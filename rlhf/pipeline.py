@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import load_yaml, parse_config, settings_to_argv, write_resolved_config
+from rlhf.config import check_numbers, load_yaml, parse_config, settings_to_argv, write_resolved_config
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
 from rlhf.io import atomic_write_json, disk_full_is_one_line
 from rlhf.registry import Registry, fingerprint_files
@@ -73,6 +73,7 @@ class PipelineConfig:
     report: bool = field(default=True, metadata={"help": "Write the report (plots + summary) at the end."})
 
     def __post_init__(self):
+        check_numbers(self)
         if self.labels not in LABEL_MODES:
             raise ConfigError(f"labels must be one of {LABEL_MODES}, got '{self.labels}'")
         if self.launcher not in LAUNCHERS:

@@ -117,6 +117,11 @@ def test_a_damaged_registry_entry_is_reported_and_left_out_by_list_show_and_regi
     (["--per_device_train_batch_size", "-3"], "per_device_train_batch_size must be >= 1, got -3"),
     (["--save_steps", "-1"], "save_steps must be > 0"),
     (["--register_as", "../x"], "register_as: registry name '../x'"),
+    (["--learning_rate", "nan"], "learning_rate must be a finite number, got nan"),
+    (["--learning_rate", "-1"], "learning_rate must be >= 0, got -1.0"),
+    (["--num_train_epochs", "nan"], "num_train_epochs must be a finite number, got nan"),
+    (["--num_train_epochs", "0"], "num_train_epochs must be > 0 (or max_steps set), got 0.0"),
+    (["--adam_beta2", "1"], "adam_beta2 must be at least 0 and below 1, got 1.0"),
 ])
 def test_a_bad_config_value_is_one_line_before_any_model_loads(stage, flags, named, tmp_path, capsys):
     from rlhf.stages import rm, sft
@@ -624,6 +629,23 @@ def test_ppo_with_no_steps_is_one_line_before_any_model_loads(tmp_path, capsys, 
             "--prompts_file", str(tmp_path / "prompts.jsonl"), "--output_dir", str(tmp_path / "run"),
             "--max_steps", steps]
     assert f"max_steps must be >= 1, got {steps}" in one_line_error(capsys, main, argv)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--actor_learning_rate", "nan"], "actor_learning_rate must be a finite number, got nan"),
+    (["--critic_learning_rate", "-0.1"], "critic_learning_rate must be >= 0, got -0.1"),
+    (["--lam", "inf"], "lam must be a finite number, got inf"),
+    (["--gamma", "1.5"], "gamma must be between 0 and 1, got 1.5"),
+    (["--vf_coef", "0"], "vf_coef must be > 0, got 0.0"),
+    (["--temperature", "nan"], "temperature must be > 0, got nan"),
+])
+def test_an_impossible_ppo_number_is_one_line_before_any_model_loads(flags, named, tmp_path, capsys):
+    from rlhf.stages.ppo import main
+
+    argv = ["--model_name_or_path", str(tmp_path / "no_model"), "--reward_model", str(tmp_path / "no_rm"),
+            "--prompts_file", str(tmp_path / "prompts.jsonl"), "--output_dir", str(tmp_path / "run"), *flags]
+    assert one_line_error(capsys, main, argv) == f"error: {named}"
     assert not (tmp_path / "run").exists()
 
 
