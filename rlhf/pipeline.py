@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import check_numbers, load_yaml, parse_config, settings_to_argv, write_resolved_config
+from rlhf.config import (check_numbers, load_yaml, parse_config, parse_yaml, settings_to_argv,
+                         write_resolved_config)
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
 from rlhf.io import atomic_write_json, disk_full_is_one_line
 from rlhf.registry import Registry, fingerprint_files
@@ -85,15 +86,10 @@ class PipelineConfig:
 
 
 def overrides_of(config: PipelineConfig, name: str) -> dict[str, Any]:
-    import yaml
-
     text = getattr(config, name)
     if not text:
         return {}
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = None
+    value = parse_yaml(text, name)
     if not isinstance(value, dict):
         raise ConfigError(f"{name} must be a mapping of config keys, got {text!r}")
     return value
