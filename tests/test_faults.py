@@ -778,6 +778,16 @@ def _weights(damage):
     return apply
 
 
+def _needing_its_own_code(model: Path) -> None:
+    """config.json names a model type transformers does not have, whose classes its auto_map imports from the
+    directory; that code would end the test if it ran."""
+    settings = json.loads((model / "config.json").read_text())
+    settings.update(model_type="llama_of_its_own", auto_map={"AutoConfig": "modeling_own.OwnConfig",
+                                                              "AutoModelForCausalLM": "modeling_own.OwnModel"})
+    (model / "config.json").write_text(json.dumps(settings))
+    (model / "modeling_own.py").write_text("raise SystemExit('the model directory's own code ran')\n")
+
+
 def _deepspeed_file(tmp_path: Path, text: str) -> str:
     (tmp_path / "ds.json").write_text(text)
     return str(tmp_path / "ds.json")
@@ -803,6 +813,11 @@ BAD_TRAINER_INPUTS = {
                       "model/model.safetensors: not a safetensors file (0 bytes)"),
     "no pad, no EOS": ("sft", lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _without_pad_and_eos)],
                        "model: the tokenizer has neither a pad nor an EOS token"),
+    "model code of its own (SFT)": ("sft", lambda w, t: ["--model_name_or_path", _damaged_model(
+        w, t, _needing_its_own_code)], "/model': it needs code shipped with the model (its auto_map), which runs "
+                                       "only with trust_remote_code: true"),
+    "model code of its own (RM)": ("rm", lambda w, t: ["--model_name_or_path", _damaged_model(
+        w, t, _needing_its_own_code)], "/model': it needs code shipped with the model (its auto_map)"),
     "contradictory DeepSpeed batch": ("sft", lambda w, t: ["--deepspeed", _deepspeed_file(t, json.dumps(
         {"train_batch_size": 7, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
          "zero_optimization": {"stage": 0}}))],
@@ -822,6 +837,36 @@ def test_a_bad_trainer_stage_input_is_one_line_naming_it_and_trains_nothing(case
                                                                                                       tmp_path)))
     assert named in message, message
     assert not list(out.glob("run/checkpoint-*")) and not (out / "registry" / "entries").exists()
+
+
+def test_a_model_that_needs_its_own_code_is_refused_before_any_model_loads(workspace, tmp_path, capsys,
+                                                                           monkeypatch):
+    from rlhf.adaptation import load_adapted
+    from rlhf.errors import ConfigError
+    from rlhf.stages import prologue
+
+    model = _damaged_model(workspace, tmp_path, _needing_its_own_code)
+    monkeypatch.setattr(prologue, "load_trainable", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    message = one_line_error(capsys, stage_main("sft"), trainer_stage_args("sft", workspace, tmp_path / "out",
+                                                                           "--model_name_or_path", model))
+    assert message == (f"error: cannot load model config from '{model}': it needs code shipped with the model (its "
+                       f"auto_map), which runs only with trust_remote_code: true; set that only if you trust its "
+                       f"author")
+    # Loading it anyway (labels export, evaluation) says the same, not transformers' traceback.
+    with pytest.raises(ConfigError, match=f"cannot load model from '{model}': it needs code shipped with the model"):
+        load_adapted(model, task="causal_lm")
+
+
+def test_a_ppo_model_that_needs_its_own_code_is_one_line_naming_its_role(ppo_models, tmp_path, capsys):
+    from rlhf.stages.ppo import main
+
+    critic = tmp_path / "critic"
+    shutil.copytree(ppo_models["reward"], critic)
+    _needing_its_own_code(critic)
+    message = one_line_error(capsys, main, ppo_args({**ppo_models, "reward": str(critic)}, tmp_path,
+                                                    reward_model=ppo_models["reward"]))
+    assert message.startswith(f"error: critic model: cannot load model config from '{critic}': it needs code "
+                              f"shipped with the model (its auto_map)")
 
 
 @pytest.mark.parametrize("prompt", [[1, 2, 3], "   \n\t", 7])

@@ -36,9 +36,11 @@ class PPOInputs:
 
 
 def read_inputs(config) -> PPOInputs:
-    """The four models by reference, the policy's tokenizer, and the prompts, checked before anything loads."""
-    from rlhf.models import load_tokenizer
+    """The four models by reference (each one's config read, so that a model that cannot load is refused now),
+    the policy's tokenizer, and the prompts, checked before anything loads."""
+    from rlhf.adaptation import base_model_config
     from rlhf.data.prompts import check_prompt_lengths, load_prompts
+    from rlhf.models import load_tokenizer
 
     registry = Registry(config.registry_dir or None)
     references = {"actor": config.model_name_or_path, "critic": config.critic_model,
@@ -47,6 +49,7 @@ def read_inputs(config) -> PPOInputs:
     for role, reference in references.items():
         try:
             paths[role], entries[role] = resolve_model(reference, registry)
+            base_model_config(paths[role], trust_remote_code=config.trust_remote_code)
         except ConfigError as error:
             raise ConfigError(f"{role} model: {error}") from None
     tokenizer = load_tokenizer(paths["actor"], trust_remote_code=config.trust_remote_code)

@@ -36,11 +36,14 @@ class StageInputs:
 
 
 def resolve_inputs(config) -> StageInputs:
-    """The starting model (registry reference, directory or hub id), its registry entry and its tokenizer."""
+    """The starting model (registry reference, directory or hub id), its registry entry and its tokenizer; a
+    model that cannot load (code of its own with trust_remote_code off) is refused before anything loads."""
+    from rlhf.adaptation import base_model_config
     from rlhf.models import load_tokenizer
 
     registry = Registry(config.registry_dir or None)
     model_path, parent = resolve_model(config.model_name_or_path, registry)
+    base_model_config(model_path, trust_remote_code=config.trust_remote_code)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
     return StageInputs(model_path, parent, registry, tokenizer)
 
