@@ -788,6 +788,23 @@ def _needing_its_own_code(model: Path) -> None:
     (model / "modeling_own.py").write_text("raise SystemExit('the model directory's own code ran')\n")
 
 
+# A chat template that reaches for Python's internals through a string's class (the classic Jinja escape).
+ESCAPING_TEMPLATE = "{{ ''.__class__.__mro__[1].__subclasses__() }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+def _with_escaping_chat_template(model: Path) -> None:
+    (model / "chat_template.jinja").write_text(ESCAPING_TEMPLATE)
+
+
+def _chat_demonstrations(workspace: Path, tmp_path: Path) -> str:
+    path = tmp_path / "chats.jsonl"
+    records = [json.loads(line) for line in (workspace / "demos.jsonl").read_text().splitlines()]
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["prompt"]},
+                                                     {"role": "assistant", "content": r["completion"]}]}) + "\n"
+                            for r in records))
+    return str(path)
+
+
 def _deepspeed_file(tmp_path: Path, text: str) -> str:
     (tmp_path / "ds.json").write_text(text)
     return str(tmp_path / "ds.json")
@@ -818,6 +835,11 @@ BAD_TRAINER_INPUTS = {
                                        "only with trust_remote_code: true"),
     "model code of its own (RM)": ("rm", lambda w, t: ["--model_name_or_path", _damaged_model(
         w, t, _needing_its_own_code)], "/model': it needs code shipped with the model (its auto_map)"),
+    "chat template escaping the sandbox": ("sft", lambda w, t: [
+        "--model_name_or_path", _damaged_model(w, t, _with_escaping_chat_template),
+        "--train_file", _chat_demonstrations(w, t), "--eval_file", ""],
+        "/model/chat_template.jinja: the chat template tried to leave Jinja's sandbox and was stopped (access to "
+        "attribute '__class__' of 'str' object is unsafe.); use a model whose template you trust"),
     "contradictory DeepSpeed batch": ("sft", lambda w, t: ["--deepspeed", _deepspeed_file(t, json.dumps(
         {"train_batch_size": 7, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
          "zero_optimization": {"stage": 0}}))],

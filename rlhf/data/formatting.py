@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator, Sequence
 
+from rlhf.data.chat_template import apply_chat_template
+
 Prompt = Any  # str, or a list of chat messages
 
 
 def prompt_text(tokenizer, prompt: Prompt) -> str:
     """The text a model continues: a plain prompt as is, chat messages through the chat template."""
     if isinstance(prompt, list):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return apply_chat_template(tokenizer, prompt, tokenize=False, add_generation_prompt=True)
     return prompt
 
 

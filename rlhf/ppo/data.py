@@ -11,6 +11,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from rlhf.data.chat_template import apply_chat_template
 
 
 def prompts_for_step(prompts: Sequence[Any], step: int, per_rank: int, world_size: int, rank: int,
@@ -63,9 +64,9 @@ def demonstration_tokens(tokenizer, record: dict[str, Any]) -> tuple[list[int], 
     with the tokenizer's special tokens and EOS appended."""
     prompt, completion = record["prompt"], record["completion"]
     if isinstance(prompt, list):
-        prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
-                                                   return_dict=True)["input_ids"]
-        ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+        prompt_ids = apply_chat_template(tokenizer, prompt, tokenize=True, add_generation_prompt=True,
+                                         return_dict=True)["input_ids"]
+        ids = apply_chat_template(tokenizer, prompt + completion, tokenize=True, return_dict=True)["input_ids"]
     else:
         prompt_ids = tokenizer(prompt)["input_ids"]
         ids = tokenizer(prompt + completion)["input_ids"]
