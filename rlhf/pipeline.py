@@ -345,7 +345,8 @@ def run(config: PipelineConfig) -> int:
     return 0
 
 
-@exits_cleanly
+@exits_cleanly(on_interrupt="the pipeline stopped; run the same command to resume (finished stages are skipped, "
+                            "the stopped one continues from its last checkpoint)")
 def main(argv: list[str] | None = None) -> int:
     return run(parse_config(PipelineConfig, argv))
 

@@ -102,3 +102,14 @@ def test_transformers_weight_conversions_rename_legacy_keys():
     load_config = LoadStateDictConfig(weight_mapping=get_checkpoint_conversion_mapping("legacy"))
     assert _compat.weight_mapping_changes_keys(load_config, ["encoder.LayerNorm.gamma"])
     assert not _compat.weight_mapping_changes_keys(load_config, ["model.norm.weight", "lm_head.weight"])
+
+
+def test_tqdm_lists_its_open_bars_in_instances():
+    import io
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=2, file=io.StringIO())
+    assert bar in tqdm._instances
+    _compat.close_progress_bars()
+    assert bar not in tqdm._instances

@@ -308,6 +308,31 @@ def test_trainer_stage_saves_a_checkpoint_on_sigterm_exits_0_and_resumes_to_the_
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_a_trainer_stage_in_one_line_with_exit_130_and_the_rerun_resumes(finished_trainer_run, workspace,
+                                                                                      tmp_path):
+    stage, straight = finished_trainer_run
+    out, ready, log = tmp_path / "interrupted", tmp_path / "at_step_3", tmp_path / "stage.log"
+    args = trainer_stage_args(stage, workspace, out)
+    with log.open("w") as sink:
+        process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pause_at_step.py")), stage, "3",
+                                    str(ready), *args], stdout=sink, stderr=subprocess.STDOUT)
+        while not ready.exists() and process.poll() is None:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert process.wait() == 130, log.read_text()[-3000:]
+    output = log.read_text()
+    assert output.strip().splitlines()[-1] == (
+        "interrupted: the stage stopped; run the same command with --resume true to continue from its last "
+        "checkpoint (SIGTERM instead saves one before stopping)")
+    assert "Traceback" not in output and not (out / "registry" / "entries").exists()
+
+    stage_main(stage)(args + ["--resume", "true"])  # from checkpoint-2, saved before the Ctrl-C at step 3
+    want, got = registered_weights(straight / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@1")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
 # -- PPO -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ppo_models(tmp_path_factory) -> dict:

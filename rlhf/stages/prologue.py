@@ -13,6 +13,11 @@ from rlhf import distributed
 from rlhf.registry import Entry, Registry, resolve_model
 
 
+# What Ctrl-C leaves of a stage, and how to go on.
+STAGE_INTERRUPTED = ("the stage stopped; run the same command with --resume true to continue from its last "
+                     "checkpoint (SIGTERM instead saves one before stopping)")
+
+
 def run_from_command_line(config_class: type, run: Callable[[Any], Entry | None], argv: list[str] | None) -> None:
     """What `python -m rlhf.stages.<stage>` does: config from YAML and flags, the run, the registered entry printed."""
     from rlhf.config import parse_config
