@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf import run_lock
 from rlhf.config import (check_numbers, load_yaml, parse_config, parse_yaml, settings_to_argv,
                          write_resolved_config)
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
@@ -221,9 +222,11 @@ class Pipeline:
                 self._say(f"{stage}: the interrupted run had already registered {already}; reusing it")
                 return already
             if fresh and output_dir.exists():
-                # Checkpoints of other inputs must not be resumed into this run; the old run is kept aside.
+                # Checkpoints of other inputs must not be resumed into this run; the old run is kept aside, unless
+                # a stage run by hand is writing there.
                 aside = output_dir.with_name(f"{stage}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-                output_dir.rename(aside)
+                with run_lock.holding(output_dir, "run_dir"):
+                    output_dir.rename(aside)
                 self._say(f"{stage}: inputs changed; the previous run's directory is now {aside}")
             # The overrides merge into the file's mapping, so that `key: null` means the field's default in both.
             settings = {**load_yaml(config_file), **overrides, **inputs, "registry_dir": str(self.registry.root),
@@ -316,6 +319,13 @@ class Pipeline:
 
 
 def run(config: PipelineConfig) -> int:
+    # A second pipeline on the same run_dir (a job submitted twice, a requeue while the first still runs) would
+    # train into the same stage directories and register twice.
+    with run_lock.holding(config.run_dir, "run_dir"):
+        return run_stages(config)
+
+
+def run_stages(config: PipelineConfig) -> int:
     pipeline = Pipeline(config)
     write_resolved_config(config, pipeline.run_dir)
     if config.prepare_demo:
