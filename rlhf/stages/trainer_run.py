@@ -36,15 +36,22 @@ def train(trainer, config):
             if stop.any_rank():  # every rank, every step: the save that follows is a collective
                 control.should_save = control.should_training_stop = True
                 self.stopped = True
-            log_with_every_save(control)
 
-        def on_epoch_end(self, args, state, control, **kwargs):
-            log_with_every_save(control)
+    class LogWithEverySave(TrainerCallback):
+        """Log whenever a checkpoint is saved, so that the logged rows up to a checkpoint cover every one of its
+        steps: a run resumed from it then knows the loss of each step before (`whole_run_loss`), and its later rows
+        average the same steps as the uninterrupted run's, whose logs fall at the same steps."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_log = control.should_log or control.should_save
+
+        on_epoch_end = on_step_end
 
     resume_from = resume_argument(config)
     stop = StopRequest()
     callback = SaveAndStopOnSigterm()
     trainer.add_callback(callback)
+    trainer.add_callback(LogWithEverySave())  # after every callback that may ask for a save
     evaluate_on_start = trainer.args.eval_on_start
     if resume_from:
         # The evaluation before training is in the checkpoint's log history already; a second one would add a row.
@@ -74,14 +81,6 @@ def train(trainer, config):
             if "train_loss" in row:  # the Trainer's summary row says the same
                 row["train_loss"] = result.training_loss
     return result
-
-
-def log_with_every_save(control) -> None:
-    """Log whenever a checkpoint is saved, so that the logged rows up to a checkpoint cover every one of its steps:
-    a run resumed from it then knows the loss of each step before (`whole_run_loss`), and its later rows average
-    the same steps as the uninterrupted run's, whose logs fall at the same steps."""
-    if control.should_save:
-        control.should_log = True
 
 
 def _checkpoint_state(checkpoint: Path) -> dict:
