@@ -635,7 +635,8 @@ def test_a_full_disk_under_the_pipelines_stage_log_is_one_line_and_stops_the_ste
     settings = pipeline.PipelineConfig(run_dir=str(tmp_path / "run"))
     pid_file = tmp_path / "step.pid"
     # The step would run for ten minutes: it must be stopped when its output can no longer be kept.
-    step = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); print('loss', 0.25); time.sleep(600)"
+    step = (f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); print('loss', 0.25); "
+            f"time.sleep(600)")
     monkeypatch.setattr(pipeline, "open", lambda *a, **k: FullDiskFile(open(*a, **k), "loss 0.25"), raising=False)
     with pytest.raises(RLHFError) as raised:
         pipeline.Pipeline(settings)._run([sys.executable, "-c", step], "sft")
@@ -812,7 +813,8 @@ def _needing_its_own_code(model: Path) -> None:
 
 
 # A chat template that reaches for Python's internals through a string's class (the classic Jinja escape).
-ESCAPING_TEMPLATE = "{{ ''.__class__.__mro__[1].__subclasses__() }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+ESCAPING_TEMPLATE = ("{{ ''.__class__.__mro__[1].__subclasses__() }}"
+                     "{% for m in messages %}{{ m['content'] }}{% endfor %}")
 
 
 def _with_escaping_chat_template(model: Path) -> None:
