@@ -14,6 +14,8 @@ time. Each function says what it reaches into and why no public API does the job
 | `DeepSpeedZeRoOffload._remove_module_hooks`, `.forward_hooks`, `.backward_hooks`, `parameter_offload.FWD_MODULE_STACK` | deepspeed | 0.19.8 |
 | `DeepSpeedZeroOptimizer_Stage3.fp32_partitioned_groups_flat`, `.fp16_partitioned_groups_flat` | deepspeed | 0.19.8 |
 | `SFTTrainer.padding_free` (set in `__init__`, undocumented) | trl  | 1.16.0 |
+| `SFTTrainer._total_train_tokens`                  | trl          | 1.16.0 |
+| `tqdm._instances`                                 | tqdm         | 4.70.1 |
 
 Imports nothing heavy at module level: each function imports its library when called.
 """
@@ -149,6 +151,24 @@ def prepare_trainer_inputs(trainer, inputs: dict[str, Any]) -> dict[str, Any]:
 def sft_trainer_is_padding_free(trainer) -> bool:
     """Whether TRL's SFTTrainer flattens each batch into one row (its packing), an attribute it does not document."""
     return bool(getattr(trainer, "padding_free", False))
+
+
+def restore_sft_token_count(trainer, count: int | None) -> None:
+    """Give a resumed SFTTrainer the training tokens counted before its checkpoint. TRL counts them (its logged
+    `num_tokens`) in a private attribute that its checkpoints do not keep, so a resumed run would count from 0."""
+    if count is not None and hasattr(trainer, "_total_train_tokens"):
+        trainer._total_train_tokens = count
+
+
+def close_progress_bars() -> None:
+    """Close every progress bar still open (the Trainer's, when a run stops part-way), so that none redraws itself
+    below the command's last line when the interpreter exits. tqdm lists its open bars only in a private set; a
+    process that never imported tqdm has none."""
+    import sys
+
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def let_accelerate_see_cpu_ranks() -> None:

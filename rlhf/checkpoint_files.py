@@ -14,7 +14,6 @@ included: DeepSpeed passes `weights_only=False`, and torch's TORCH_FORCE_WEIGHTS
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import struct
 import zipfile
@@ -23,6 +22,7 @@ from typing import Iterable, Iterator
 
 from rlhf import bounded_json
 from rlhf.errors import DataError, RLHFError
+from rlhf.io import disk_full_detail
 
 # Written by the Trainer for people to read back by hand; the Trainer never loads it, nor do we.
 NEVER_LOADED = {"training_args.bin"}
@@ -200,22 +200,11 @@ def fallback_message(chosen: Path | None, passed_over: list[str]) -> str:
     return f"skipping damaged checkpoint(s) ({damaged}): {target}"
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """A write that failed for want of space, as the writers report it: an OSError (ENOSPC, EDQUOT), or the
-    RuntimeError of torch.save's zip writer ("unexpected pos ... vs ...", "file write failed")."""
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(error)
-    return isinstance(error, RuntimeError) and any(
-        sign in text for sign in ("unexpected pos", "file write failed", "No space left on device"))
-
-
 def disk_full_message(where: Path, error: BaseException, removed: Iterable[Path], last_whole: Path | None,
                       left_for_next_run: Iterable[Path] = ()) -> str:
     removed = [str(path) for path in removed]
     left = [str(path) for path in left_for_next_run]
-    detail = " ".join(str(error).split())[:160]
-    return (f"no space left on device writing {where} ({detail}); "
+    return (f"no space left on device writing {where} ({disk_full_detail(error)}); "
             + (f"removed the partial {', '.join(removed)}; " if removed else "")
             + (f"left the partial {', '.join(left)}, as other ranks may still have been writing into it "
                f"(--resume steps over it); " if left else "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import typing
@@ -86,6 +87,7 @@ def _check_before_any_work(config) -> None:
     check_attention(getattr(config, "attn_implementation", DEFAULT_ATTENTION))
     if getattr(config, "overlong", "drop") not in OVERLONG_POLICIES:
         raise ConfigError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got '{config.overlong}'")
+    check_numbers(config)
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value <= 0:
@@ -108,6 +110,40 @@ def _check_before_any_work(config) -> None:
             check_name(config.register_as)
         except ConfigError as error:
             raise ConfigError(f"register_as: {error}") from None
+
+
+AT_LEAST_0 = (lambda value: value >= 0, "must be >= 0")
+ABOVE_0 = (lambda value: value > 0, "must be > 0")
+FRACTION = (lambda value: 0 <= value < 1, "must be at least 0 and below 1")
+ZERO_TO_ONE = (lambda value: 0 <= value <= 1, "must be between 0 and 1")
+# The float settings of every stage (and the pipeline) whose wrong values fail only once a model has loaded, or
+# train without saying so. A learning rate of 0 freezes what it drives, which is allowed.
+FLOAT_RANGES = {
+    "learning_rate": AT_LEAST_0, "actor_learning_rate": AT_LEAST_0, "critic_learning_rate": AT_LEAST_0,
+    "weight_decay": AT_LEAST_0, "adam_beta1": FRACTION, "adam_beta2": FRACTION, "adam_epsilon": AT_LEAST_0,
+    "max_grad_norm": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "label_smoothing_factor": FRACTION,
+    "neftune_noise_alpha": AT_LEAST_0, "lora_alpha": ABOVE_0, "lora_dropout": FRACTION,
+    "gamma": ZERO_TO_ONE, "lam": ZERO_TO_ONE, "cliprange": ABOVE_0, "cliprange_value": ABOVE_0,
+    "vf_coef": ABOVE_0,  # the critic's clipping norm is max_grad_norm / vf_coef
+    "target_kl": ABOVE_0, "score_clip": AT_LEAST_0, "ptx_coef": AT_LEAST_0, "demo_scale": ABOVE_0,
+}
+
+
+def check_numbers(config) -> None:
+    """Every float setting of `config` is finite (`--learning_rate nan` would train NaN weights, `inf` epochs
+    forever), and those of FLOAT_RANGES are in their range; one line naming the key otherwise."""
+    for setting in dataclasses.fields(config):
+        value = getattr(config, setting.name, None)
+        if not isinstance(value, float):
+            continue
+        if not math.isfinite(value):
+            raise ConfigError(f"{setting.name} must be a finite number, got {value}")
+        in_range, requirement = FLOAT_RANGES.get(setting.name, (None, ""))
+        if in_range is not None and not in_range(value):
+            raise ConfigError(f"{setting.name} {requirement}, got {value}")
+    epochs = getattr(config, "num_train_epochs", None)
+    if isinstance(epochs, (int, float)) and epochs <= 0 and getattr(config, "max_steps", -1) <= 0:
+        raise ConfigError(f"num_train_epochs must be > 0 (or max_steps set), got {epochs}")
 
 
 def load_deepspeed_config(path: str) -> dict[str, Any]:
@@ -215,14 +251,38 @@ def yaml_to_argv(settings: dict[str, Any], known_keys: set[str], source: str) ->
     return settings_to_argv(settings)
 
 
+class AliasRefused(yaml.YAMLError):
+    """A YAML alias (*name) in a config."""
+
+
+class _LoaderWithoutAliases(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing aliases: a 500-byte file of nine nested levels of them stands for
+    gigabytes once its values are written out (the "billion laughs"), and no config needs one."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            alias = self.peek_event()
+            raise AliasRefused(f"line {alias.start_mark.line + 1}: YAML aliases (*{alias.anchor}) are refused in "
+                               f"configs, since a few nested ones expand without bound; write the value out")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """The value of YAML `text`, aliases refused; a one-line ConfigError naming `source` (a file, a key) when it
+    is not YAML or holds an alias. Every YAML the user gives us is read here."""
+    try:
+        return yaml.load(text, Loader=_LoaderWithoutAliases)  # noqa: S506 - a SafeLoader
+    except AliasRefused as error:
+        raise ConfigError(f"{source}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML ({' '.join(str(error).split())})") from None
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        settings = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    settings = parse_yaml(path.read_text(), str(path)) or {}
     if not isinstance(settings, dict):
         raise ConfigError(f"{path}: must be a YAML mapping of config keys")
     return settings

@@ -9,6 +9,8 @@ import functools
 import sys
 from typing import Callable, TypeVar
 
+from rlhf import _compat
+
 EXIT_USER_ERROR = 2
 
 
@@ -36,17 +38,32 @@ class DataError(RLHFError):
 
 F = TypeVar("F", bound=Callable)
 
+EXIT_INTERRUPTED = 130  # what a shell reports for a command that Ctrl-C stopped (128 + SIGINT)
+RUN_AGAIN = "stopped before it finished; run the same command again"
 
-def exits_cleanly(main: F) -> F:
-    """Wrap a CLI entry point: an RLHFError becomes `error: <message>` and exit code 2."""
 
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except RLHFError as error:
-            message = " ".join(str(error).split())  # one line, whatever the message held
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+def exits_cleanly(main: F | None = None, *, on_interrupt: str = RUN_AGAIN):
+    """Wrap a CLI entry point: an RLHFError becomes `error: <message>` and exit code 2; Ctrl-C becomes
+    `interrupted: <on_interrupt>` (what was stopped, how to go on) and exit code 130. Neither prints a traceback.
 
-    return wrapper  # type: ignore[return-value]
+    Used bare (`@exits_cleanly`) or with the entry point's own words for Ctrl-C
+    (`@exits_cleanly(on_interrupt=...)`)."""
+
+    def wrap(main: F) -> F:
+        @functools.wraps(main)
+        def wrapper(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except RLHFError as error:
+                _compat.close_progress_bars()  # or one redraws itself below the line at exit
+                message = " ".join(str(error).split())  # one line, whatever the message held
+                print(f"error: {message}", file=sys.stderr)
+                sys.exit(EXIT_USER_ERROR)
+            except KeyboardInterrupt:
+                _compat.close_progress_bars()
+                print(f"interrupted: {on_interrupt}", file=sys.stderr, flush=True)
+                sys.exit(EXIT_INTERRUPTED)
+
+        return wrapper  # type: ignore[return-value]
+
+    return wrap(main) if main is not None else wrap

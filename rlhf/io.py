@@ -1,9 +1,11 @@
 """Atomic writes: a reader sees the old file or the new one (or the old set of files or the new set), never half
-of either."""
+of either. A write that finds the disk full is one line naming what it was writing (`disk_full_is_one_line`), which
+every atomic write here goes through."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -11,8 +13,55 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, TextIO
 
-from rlhf.checkpoint_files import is_disk_full
 from rlhf.errors import DataError, RLHFError
+
+# How the writers we call say that the disk is full, besides an OSError's errno: safetensors' SafetensorError and
+# torch.save's zip writer ("unexpected pos ... vs ...", "file write failed") carry it in their text alone.
+DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded")
+TORCH_ZIP_WRITER_WORDS = ("unexpected pos", "file write failed")
+
+
+class DiskFullError(RLHFError):
+    """A write that ran out of space, named by what it was writing; `cause` is the writer's own error."""
+
+    def __init__(self, path: str | os.PathLike, cause: BaseException):
+        self.path, self.cause = Path(path), cause
+        super().__init__(f"no space left on device writing {path} ({disk_full_detail(cause)}); free space and "
+                         f"run again (a stage with --resume true continues from its last checkpoint)")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """A write that failed for want of space, as the writers report it: an OSError (ENOSPC, EDQUOT), the
+    RuntimeError of torch.save's zip writer, or any other error that says so (safetensors')."""
+    if isinstance(error, DiskFullError):
+        return True
+    if isinstance(error, RLHFError):
+        return False  # already a message for the user
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    if isinstance(error, RuntimeError) and any(words in text for words in TORCH_ZIP_WRITER_WORDS):
+        return True
+    return any(words in text for words in DISK_FULL_WORDS)
+
+
+def disk_full_detail(error: BaseException) -> str:
+    """The writer's own words for a full disk, on one short line."""
+    return " ".join(str(getattr(error, "cause", error)).split())[:160]
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(path: str | os.PathLike) -> Iterator[None]:
+    """A write in the block that runs out of space becomes a DiskFullError naming `path`, the one line the user
+    sees; an error already meant for the user (an inner write's DiskFullError) passes as it is."""
+    try:
+        yield
+    except RLHFError:
+        raise
+    except BaseException as error:
+        if not is_disk_full(error):
+            raise
+        raise DiskFullError(path, error) from None
 
 
 @contextlib.contextmanager
@@ -25,21 +74,22 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[TextIO]:
     path = Path(path)
     if not path.parent.is_dir():
         raise DataError("output directory does not exist", file=str(path))
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        text = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
-        with os.fdopen(handle, mode, **text) as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-            # mkstemp makes the file private (0600); a written file gets what the user's umask gives a new one,
-            # so that a team's shared registry and runs can be read by colleagues.
-            os.fchmod(file.fileno(), 0o666 & ~current_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with disk_full_is_one_line(path):
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            text = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
+            with os.fdopen(handle, mode, **text) as file:
+                yield file
+                file.flush()
+                os.fsync(file.fileno())
+                # mkstemp makes the file private (0600); a written file gets what the user's umask gives a new
+                # one, so that a team's shared registry and runs can be read by colleagues.
+                os.fchmod(file.fileno(), 0o666 & ~current_umask())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
 
 
 def current_umask() -> int:
@@ -103,6 +153,8 @@ def write_files_together(files: Mapping[str | os.PathLike, Iterable[str]]) -> No
             os.replace(staging, path)
     except BaseException as error:
         _put_back(replaced)
+        if isinstance(error, DiskFullError):  # named by its staging file: name the file the user asked for
+            raise DiskFullError(path, error.cause) from None
         if isinstance(error, OSError):
             raise write_failure(path, error) from None
         raise
@@ -137,7 +189,7 @@ def _second_name(path: Path) -> Path | None:
 def write_failure(path: str | os.PathLike, error: OSError) -> RLHFError:
     """The one-line error for a write to `path` that failed."""
     if is_disk_full(error):
-        return RLHFError(f"no space left on device writing {path}")
+        return DiskFullError(path, error)
     return RLHFError(f"{path}: cannot be written ({error.strerror or type(error).__name__})")
 
 
@@ -152,17 +204,18 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise DataError("exists and is not a directory", file=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield staging
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private (0700); the umask's mode instead
-        if path.exists():
-            retired = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-            os.replace(path, retired / "old")
-            os.replace(staging, path)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with disk_full_is_one_line(path):
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        try:
+            yield staging
+            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private (0700); the umask's mode instead
+            if path.exists():
+                retired = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+                os.replace(path, retired / "old")
+                os.replace(staging, path)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(staging, path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise

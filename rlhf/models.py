@@ -34,8 +34,30 @@ def _load(loader, path: str, what: str, **kwargs) -> Any:
     try:
         return loader(path, **kwargs)
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"cannot load {what} from '{path}': {first_line}") from None
+        raise load_refused(what, path, error) from None
+
+
+def needs_remote_code(error: BaseException) -> bool:
+    """Whether transformers refused to load something because it would have to run code shipped with it (an
+    `auto_map` naming a class transformers does not have) while trust_remote_code is off."""
+    return isinstance(error, ValueError) and "trust_remote_code" in str(error)
+
+
+def load_refused(what: str, path: str, error: BaseException) -> ConfigError:
+    """transformers' refusal to load `what` (a tokenizer, a model, its config) from `path`, as one line."""
+    if needs_remote_code(error):  # transformers' own message says what to set only on its third line
+        return ConfigError(f"cannot load {what} from '{path}': it needs code shipped with the model (its auto_map), "
+                           f"which runs only with trust_remote_code: true; set that only if you trust its author")
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ConfigError(f"cannot load {what} from '{path}': {first_line}")
+
+
+def load_model_config(path: str, trust_remote_code: bool = False):
+    """A model's transformers config, read without any weight: a model that needs its own code is refused here,
+    before anything loads."""
+    from transformers import AutoConfig
+
+    return _load(AutoConfig.from_pretrained, path, "model config", trust_remote_code=trust_remote_code)
 
 
 class _WithoutLengthNotice:

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import load_yaml, parse_config, settings_to_argv, write_resolved_config
+from rlhf import run_lock
+from rlhf.config import (check_numbers, load_yaml, parse_config, parse_yaml, settings_to_argv,
+                         write_resolved_config)
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
-from rlhf.io import atomic_write_json
+from rlhf.io import atomic_write_json, disk_full_is_one_line
 from rlhf.registry import Registry, fingerprint_files
 from rlhf.run_files import registered_reference
 
@@ -75,6 +77,7 @@ class PipelineConfig:
     report: bool = field(default=True, metadata={"help": "Write the report (plots + summary) at the end."})
 
     def __post_init__(self):
+        check_numbers(self)
         if self.labels not in LABEL_MODES:
             raise ConfigError(f"labels must be one of {LABEL_MODES}, got '{self.labels}'")
         if self.launcher not in LAUNCHERS:
@@ -86,15 +89,10 @@ class PipelineConfig:
 
 
 def overrides_of(config: PipelineConfig, name: str) -> dict[str, Any]:
-    import yaml
-
     text = getattr(config, name)
     if not text:
         return {}
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = None
+    value = parse_yaml(text, name)
     if not isinstance(value, dict):
         raise ConfigError(f"{name} must be a mapping of config keys, got {text!r}")
     return value
@@ -157,7 +155,7 @@ class Pipeline:
         # Appended and line-buffered, with the child unbuffered too: a killed attempt's last lines are the ones
         # that say why, and the next attempt must not overwrite them. One header per attempt of a stage, however
         # many commands that attempt runs.
-        with open(log_path, "a", encoding="utf-8", buffering=1) as log:
+        with disk_full_is_one_line(log_path), open(log_path, "a", encoding="utf-8", buffering=1) as log:
             if stage not in self._stages_with_a_header:
                 attempt = 1 + (log_path.read_text(encoding="utf-8", errors="replace").count(ATTEMPT_HEADER)
                                if log_path.stat().st_size else 0)
@@ -177,7 +175,7 @@ class Pipeline:
                     if line.startswith("error: "):
                         error_lines.append(line.strip())
                 returncode = process.wait()
-            except KeyboardInterrupt:
+            except BaseException:  # Ctrl-C, or a full disk under the log: the step must not run on unwatched
                 process.terminate()
                 process.wait()
                 raise
@@ -226,9 +224,11 @@ class Pipeline:
                 self._say(f"{stage}: the interrupted run had already registered {already}; reusing it")
                 return already
             if fresh and output_dir.exists():
-                # Checkpoints of other inputs must not be resumed into this run; the old run is kept aside.
+                # Checkpoints of other inputs must not be resumed into this run; the old run is kept aside, unless
+                # a stage run by hand is writing there.
                 aside = output_dir.with_name(f"{stage}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-                output_dir.rename(aside)
+                with run_lock.holding(output_dir, "run_dir"):
+                    output_dir.rename(aside)
                 self._say(f"{stage}: inputs changed; the previous run's directory is now {aside}")
             # The overrides merge into the file's mapping, so that `key: null` means the field's default in both.
             settings = {**load_yaml(config_file), **overrides, **inputs, "registry_dir": str(self.registry.root),
@@ -337,6 +337,13 @@ class Pipeline:
 
 
 def run(config: PipelineConfig) -> int:
+    # A second pipeline on the same run_dir (a job submitted twice, a requeue while the first still runs) would
+    # train into the same stage directories and register twice.
+    with run_lock.holding(config.run_dir, "run_dir"):
+        return run_stages(config)
+
+
+def run_stages(config: PipelineConfig) -> int:
     pipeline = Pipeline(config)
     write_resolved_config(config, pipeline.run_dir)
     if config.prepare_demo:
@@ -366,7 +373,8 @@ def run(config: PipelineConfig) -> int:
     return 0
 
 
-@exits_cleanly
+@exits_cleanly(on_interrupt="the pipeline stopped; run the same command to resume (finished stages are skipped, "
+                            "the stopped one continues from its last checkpoint)")
 def main(argv: list[str] | None = None) -> int:
     return run(parse_config(PipelineConfig, argv))
 

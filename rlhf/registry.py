@@ -16,6 +16,7 @@ registry reference, a local directory, or a hub id, tried in that order (`resolv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from typing import Any, Iterable
 from filelock import FileLock
 
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
-from rlhf.io import atomic_write_json
+from rlhf.io import atomic_write_json, disk_full_is_one_line
 
 DEFAULT_ROOT = "runs/registry"
 # Names become directory names, so they are held to a safe alphabet (no '/', no '..').
@@ -154,7 +155,14 @@ class Registry:
                 parents=parents, data_fingerprint=data_fingerprint, config=config or {},
                 metrics=metrics or {}, created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), run_id=run_id,
             )
-            atomic_write_json(self.root / "entries" / name / f"{version}.json", asdict(entry))
+            try:
+                atomic_write_json(self.root / "entries" / name / f"{version}.json", asdict(entry))
+            except BaseException:
+                # A failed registration (a full disk) leaves the model where it was, for the re-run to register,
+                # rather than a second copy's worth of space taken in models/ with no entry.
+                with contextlib.suppress(OSError):
+                    os.replace(stored, model_dir)
+                raise
         return entry
 
     def lineage(self, reference: str) -> list[Entry]:
@@ -187,7 +195,12 @@ def _move_directory(source: Path, target: Path) -> None:
     except OSError:  # another filesystem: copy beside the target, then rename into place
         staging = target.with_name(f".{target.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
+        with disk_full_is_one_line(target):
+            try:
+                shutil.copytree(source, staging)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         os.replace(staging, target)
         shutil.rmtree(source, ignore_errors=True)
 

@@ -10,6 +10,8 @@
     ppo_metrics.jsonl       one row per PPO step
     samples.json            PPO against SFT on held-out prompts, side by side
     final_model/            the saved model, until registration moves it into the registry
+    .run.lock               locked while a run writes here (its pid and host inside; rlhf.run_lock), also in the
+                            pipeline's run_dir
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ GOLD_SAMPLES = "gold_samples.json"
 PPO_METRICS = "ppo_metrics.jsonl"
 PPO_SAMPLES = "samples.json"
 FINAL_MODEL = "final_model"
+RUN_LOCK = ".run.lock"
 
 
 def registered_reference(output_dir: str | Path, registry=None) -> str | None:

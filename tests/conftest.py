@@ -8,6 +8,15 @@ import torch
 TINY_VOCAB = 64
 
 
+def pytest_configure(config):
+    """transformers' log handler writes to the stderr of the moment it is made. Made inside a test that captures
+    stderr (capsys), it would write to that test's closed stream in every later test, which then reads a logging
+    traceback: make it now, on the session's stderr."""
+    from transformers.utils import logging
+
+    logging.get_logger("transformers")
+
+
 @pytest.fixture(autouse=True)
 def _environment_restored():
     """Stages run in-process set RANK, LOCAL_RANK, MASTER_PORT... for a world of one; later tests, and the

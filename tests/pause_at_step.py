@@ -1,4 +1,5 @@
-"""Runs a Trainer stage (sft or rm) that, at the end of step N, writes a file and waits for SIGTERM.
+"""Runs a Trainer stage (sft or rm) that, at the end of step N, writes a file and waits for SIGTERM (or SIGINT,
+whose KeyboardInterrupt ends the wait).
 
     python tests/pause_at_step.py <stage> <step> <ready_file> <stage arguments...>
 

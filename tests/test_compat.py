@@ -50,6 +50,13 @@ def test_trl_sft_trainer_sets_padding_free():
     assert "self.padding_free" in inspect.getsource(SFTTrainer.__init__)
 
 
+def test_trl_sft_trainer_counts_training_tokens_in_total_train_tokens():
+    from trl import SFTTrainer
+
+    assert "self._total_train_tokens = 0" in inspect.getsource(SFTTrainer)
+    assert 'self._metrics[mode]["num_tokens"] = [self._total_train_tokens]' in inspect.getsource(SFTTrainer)
+
+
 def test_accelerate_picks_its_backend_in_prepare_backend():
     from accelerate.state import PartialState
 
@@ -95,3 +102,14 @@ def test_transformers_weight_conversions_rename_legacy_keys():
     load_config = LoadStateDictConfig(weight_mapping=get_checkpoint_conversion_mapping("legacy"))
     assert _compat.weight_mapping_changes_keys(load_config, ["encoder.LayerNorm.gamma"])
     assert not _compat.weight_mapping_changes_keys(load_config, ["model.norm.weight", "lm_head.weight"])
+
+
+def test_tqdm_lists_its_open_bars_in_instances():
+    import io
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=2, file=io.StringIO())
+    assert bar in tqdm._instances
+    _compat.close_progress_bars()
+    assert bar not in tqdm._instances

@@ -46,6 +46,31 @@ def test_missing_config_file(tmp_path):
         parse_config(Example, ["--config", str(tmp_path / "nope.yaml")])
 
 
+def billion_laughs(levels: int = 9) -> str:
+    """About 300 bytes of YAML that stand for 10**levels strings once every alias is written out."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in range(1, levels):
+        previous, name = chr(ord("a") + level - 1), chr(ord("a") + level)
+        lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 10)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_in_one_line_naming_the_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(billion_laughs())
+    with pytest.raises(ConfigError) as raised:
+        parse_config(Example, ["--config", str(config)])
+    assert str(raised.value) == (f"{config}: line 2: YAML aliases (*a) are refused in configs, since a few nested "
+                                 f"ones expand without bound; write the value out")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_config_is_a_mapping_without_aliases(path):
+    from rlhf.config import load_yaml
+
+    assert load_yaml(path)
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "deepspeed_configs").glob("*.json")), ids=lambda p: p.name)
 def test_deepspeed_configs_are_valid(path):
     config = json.loads(path.read_text())

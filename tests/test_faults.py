@@ -117,6 +117,11 @@ def test_a_damaged_registry_entry_is_reported_and_left_out_by_list_show_and_regi
     (["--per_device_train_batch_size", "-3"], "per_device_train_batch_size must be >= 1, got -3"),
     (["--save_steps", "-1"], "save_steps must be > 0"),
     (["--register_as", "../x"], "register_as: registry name '../x'"),
+    (["--learning_rate", "nan"], "learning_rate must be a finite number, got nan"),
+    (["--learning_rate", "-1"], "learning_rate must be >= 0, got -1.0"),
+    (["--num_train_epochs", "nan"], "num_train_epochs must be a finite number, got nan"),
+    (["--num_train_epochs", "0"], "num_train_epochs must be > 0 (or max_steps set), got 0.0"),
+    (["--adam_beta2", "1"], "adam_beta2 must be at least 0 and below 1, got 1.0"),
 ])
 def test_a_bad_config_value_is_one_line_before_any_model_loads(stage, flags, named, tmp_path, capsys):
     from rlhf.stages import rm, sft
@@ -153,6 +158,7 @@ def workspace(tmp_path_factory):
     build_tiny_model(root / "base", corpus_words(), hidden_size=32, num_layers=2)
     records = make_split(96, seed=1)
     (root / "demos.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    (root / "demos_eval.jsonl").write_text("".join(json.dumps(record) + "\n" for record in make_split(8, seed=2)))
     rankings = [Ranking(f"r{i}", r["prompt"], (r["completion"], " cat", " dog dog"), (1, 2, 3))
                 for i, r in enumerate(records)]
     write_rankings(root / "rankings.jsonl", rankings)
@@ -160,16 +166,18 @@ def workspace(tmp_path_factory):
 
 
 def trainer_stage_args(stage: str, root: Path, out: Path, *extra: str) -> list[str]:
+    """4 steps, checkpoints at 2 and 4, held-out data; logged every 3 steps, so that a run resumed at step 2 must
+    know the loss of steps it did not log itself."""
     common = ["--model_name_or_path", str(root / "base"), "--registry_dir", str(out / "registry"),
               "--output_dir", str(out / "run"), "--max_length", "48", "--per_device_train_batch_size", "8",
               "--learning_rate", "3e-3", "--lr_scheduler_type", "constant", "--max_steps", "4",
-              "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2",
+              "--logging_steps", "3", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2",
               "--report_to", "none", "--seed", "0"]
     if stage == "sft":
-        common += ["--train_file", str(root / "demos.jsonl")]
+        common += ["--train_file", str(root / "demos.jsonl"), "--eval_file", str(root / "demos_eval.jsonl")]
     else:
         common += ["--train_file", str(root / "rankings.jsonl"), "--normalization_file", str(root / "demos.jsonl"),
-                   "--eval_fraction", "0"]
+                   "--eval_fraction", "0.1"]
     return common + list(extra)
 
 
@@ -218,10 +226,22 @@ def test_trainer_stage_resumes_from_the_newest_whole_checkpoint_after_a_kill_mid
     want, got = registered_weights(out / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@2")
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
-    # Its train_loss is the whole run's, steps 1-2 before the kill included, not steps 3-4 alone.
+    # Its train_loss is the whole run's, steps 1-2 before the kill included, not steps 3-4 alone; its log has the
+    # uninterrupted run's rows, without a second evaluation "before training".
     registry = Registry(out / "registry")
     straight_loss = registry.get(f"{stage}@1").metrics["train_loss"]
-    assert registry.get(f"{stage}@2").metrics["train_loss"] == pytest.approx(straight_loss, rel=1e-5)
+    assert registry.get(f"{stage}@2").metrics["train_loss"] == pytest.approx(straight_loss, rel=1e-6)
+    want_rows, got_rows = logged_rows(straight), logged_rows(out)
+    assert [sorted(row) for row in got_rows] == [sorted(row) for row in want_rows]
+    for have, expected in zip(got_rows, want_rows):
+        assert have == pytest.approx(expected, rel=1e-6), expected["step"]
+
+
+def logged_rows(out: Path) -> list[dict]:
+    """A Trainer stage's log_history.jsonl without its timings."""
+    rows = [json.loads(line) for line in (out / "run" / "log_history.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in row.items() if not key.endswith(("_runtime", "_per_second"))}
+            for row in rows]
 
 
 def test_the_train_loss_of_a_resumed_run_weights_each_logged_interval_by_its_steps():
@@ -286,6 +306,29 @@ def test_trainer_stage_saves_a_checkpoint_on_sigterm_exits_0_and_resumes_to_the_
     want, got = registered_weights(straight / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@1")
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_trainer_stage_in_one_line_with_exit_130_and_the_rerun_resumes(workspace, tmp_path):
+    stage = "sft"  # the RM ends through the same entry point and the same train() call
+    out, ready, log = tmp_path / "interrupted", tmp_path / "at_step_3", tmp_path / "stage.log"
+    args = trainer_stage_args(stage, workspace, out)
+    with log.open("w") as sink:
+        process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pause_at_step.py")), stage, "3",
+                                    str(ready), *args], stdout=sink, stderr=subprocess.STDOUT)
+        while not ready.exists() and process.poll() is None:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert process.wait() == 130, log.read_text()[-3000:]
+    output = log.read_text()
+    assert output.strip().splitlines()[-1] == (
+        "interrupted: the stage stopped; run the same command with --resume true to continue from its last "
+        "checkpoint (SIGTERM instead saves one before stopping)")
+    assert "Traceback" not in output and not (out / "registry" / "entries").exists()
+
+    assert sorted(path.name for path in (out / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+    stage_main(stage)(args + ["--resume", "true"])  # from checkpoint-2, saved before the Ctrl-C at step 3
+    assert json.loads((out / "run" / "registered.json").read_text())["reference"] == f"{stage}@1"
 
 
 # -- PPO -----------------------------------------------------------------------------------------------------
@@ -486,6 +529,122 @@ def test_a_ppo_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_partial_files
     assert sorted(path.name for path in directory.iterdir()) == ["step-2"]
 
 
+def disk_full_writing(monkeypatch, name: str) -> None:
+    """An atomic write of the file `name` finds the disk full when it flushes (os.fsync), its data half there."""
+    import errno
+    import os
+
+    real_fsync = os.fsync
+
+    def fsync(descriptor):
+        if Path(os.readlink(f"/proc/self/fd/{descriptor}")).name.startswith(f".{name}."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def safetensors_fills_the_disk(monkeypatch) -> None:
+    """The final model's weights run out of space half-way, as the SafetensorError of a full disk says."""
+    from safetensors import SafetensorError
+    from transformers import modeling_utils
+
+    real_save_file = modeling_utils.safe_save_file
+
+    def save_file(tensors, filename, metadata=None):
+        if ".final_model." not in str(filename):  # the staging directory of final_model (checkpoints save too)
+            return real_save_file(tensors, filename, metadata=metadata)
+        Path(filename).write_bytes(b"half a file")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", save_file)
+
+
+@pytest.mark.parametrize("written, fill", [
+    ("run/final_model", safetensors_fills_the_disk),
+    ("run/metrics.json", lambda monkeypatch: disk_full_writing(monkeypatch, "metrics.json")),
+    ("registry/entries/sft/1.json", lambda monkeypatch: disk_full_writing(monkeypatch, "1.json")),
+])
+@pytest.mark.slow
+def test_a_full_disk_after_training_is_one_line_leaves_nothing_half_written_and_the_rerun_registers(
+        written, fill, workspace, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "full"
+    fill(monkeypatch)
+    message = one_line_error(capsys, stage_main("sft"), trainer_stage_args("sft", workspace, out))
+    assert message.startswith(f"error: no space left on device writing {out / written} (")
+    assert not list(out.rglob("*.tmp")) and not (out / "run" / "registered.json").exists()
+    assert not Registry(out / "registry").entries()
+
+    monkeypatch.undo()
+    stage_main("sft")(trainer_stage_args("sft", workspace, out, "--resume", "true"))
+    assert json.loads((out / "run" / "registered.json").read_text())["reference"] == "sft@1"
+
+
+def test_a_full_disk_writing_the_report_is_one_line(tmp_path, capsys, monkeypatch):
+    from rlhf.report import main
+
+    disk_full_writing(monkeypatch, "report.md")
+    message = one_line_error(capsys, main, [str(tmp_path), "--registry_dir", str(tmp_path / "registry")])
+    assert message.startswith(f"error: no space left on device writing {tmp_path / 'report' / 'report.md'} (")
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+class FullDiskFile:
+    """An open file on a full disk: a write of `refused` text fails with ENOSPC."""
+
+    def __init__(self, file, refused: str):
+        self.file, self.refused = file, refused
+
+    def write(self, text: str) -> int:
+        import errno
+        import os
+
+        if self.refused in text:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(text)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.file.close()
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def test_a_full_disk_appending_ppo_metrics_is_one_line(tmp_path, monkeypatch):
+    from rlhf.errors import RLHFError
+    from rlhf.ppo import tracking
+
+    logger = tracking.MetricsLogger(tmp_path, ["none"], total_steps=2, start_step=0, show_progress=False)
+    logger.log({"step": 1, "kl": 0.5})
+    monkeypatch.setattr(tracking, "open", lambda *a, **k: FullDiskFile(open(*a, **k), '"step": 2'), raising=False)
+    with pytest.raises(RLHFError) as raised:
+        logger.log({"step": 2, "kl": 0.25})
+    assert str(raised.value).startswith(f"no space left on device writing {tmp_path / 'ppo_metrics.jsonl'} (")
+    assert tracking.read_metrics(tmp_path) == [{"step": 1, "kl": 0.5}]
+
+
+def test_a_full_disk_under_the_pipelines_stage_log_is_one_line_and_stops_the_step(tmp_path, monkeypatch):
+    import os
+
+    from rlhf import pipeline
+    from rlhf.errors import RLHFError
+
+    settings = pipeline.PipelineConfig(run_dir=str(tmp_path / "run"))
+    pid_file = tmp_path / "step.pid"
+    # The step would run for ten minutes: it must be stopped when its output can no longer be kept.
+    step = (f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); print('loss', 0.25); "
+            f"time.sleep(600)")
+    monkeypatch.setattr(pipeline, "open", lambda *a, **k: FullDiskFile(open(*a, **k), "loss 0.25"), raising=False)
+    with pytest.raises(RLHFError) as raised:
+        pipeline.Pipeline(settings)._run([sys.executable, "-c", step], "sft")
+    assert str(raised.value).startswith(f"no space left on device writing {tmp_path / 'run' / 'logs' / 'sft.log'} (")
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
 @pytest.mark.parametrize("steps", ["0", "-2"])
 def test_ppo_with_no_steps_is_one_line_before_any_model_loads(tmp_path, capsys, steps):
     from rlhf.stages.ppo import main
@@ -494,6 +653,23 @@ def test_ppo_with_no_steps_is_one_line_before_any_model_loads(tmp_path, capsys, 
             "--prompts_file", str(tmp_path / "prompts.jsonl"), "--output_dir", str(tmp_path / "run"),
             "--max_steps", steps]
     assert f"max_steps must be >= 1, got {steps}" in one_line_error(capsys, main, argv)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--actor_learning_rate", "nan"], "actor_learning_rate must be a finite number, got nan"),
+    (["--critic_learning_rate", "-0.1"], "critic_learning_rate must be >= 0, got -0.1"),
+    (["--lam", "inf"], "lam must be a finite number, got inf"),
+    (["--gamma", "1.5"], "gamma must be between 0 and 1, got 1.5"),
+    (["--vf_coef", "0"], "vf_coef must be > 0, got 0.0"),
+    (["--temperature", "nan"], "temperature must be > 0, got nan"),
+])
+def test_an_impossible_ppo_number_is_one_line_before_any_model_loads(flags, named, tmp_path, capsys):
+    from rlhf.stages.ppo import main
+
+    argv = ["--model_name_or_path", str(tmp_path / "no_model"), "--reward_model", str(tmp_path / "no_rm"),
+            "--prompts_file", str(tmp_path / "prompts.jsonl"), "--output_dir", str(tmp_path / "run"), *flags]
+    assert one_line_error(capsys, main, argv) == f"error: {named}"
     assert not (tmp_path / "run").exists()
 
 
@@ -632,6 +808,34 @@ def _weights(damage):
     return apply
 
 
+def _needing_its_own_code(model: Path) -> None:
+    """config.json names a model type transformers does not have, whose classes its auto_map imports from the
+    directory; that code would end the test if it ran."""
+    settings = json.loads((model / "config.json").read_text())
+    settings.update(model_type="llama_of_its_own", auto_map={"AutoConfig": "modeling_own.OwnConfig",
+                                                              "AutoModelForCausalLM": "modeling_own.OwnModel"})
+    (model / "config.json").write_text(json.dumps(settings))
+    (model / "modeling_own.py").write_text("raise SystemExit('the model directory's own code ran')\n")
+
+
+# A chat template that reaches for Python's internals through a string's class (the classic Jinja escape).
+ESCAPING_TEMPLATE = ("{{ ''.__class__.__mro__[1].__subclasses__() }}"
+                     "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+
+
+def _with_escaping_chat_template(model: Path) -> None:
+    (model / "chat_template.jinja").write_text(ESCAPING_TEMPLATE)
+
+
+def _chat_demonstrations(workspace: Path, tmp_path: Path) -> str:
+    path = tmp_path / "chats.jsonl"
+    records = [json.loads(line) for line in (workspace / "demos.jsonl").read_text().splitlines()]
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["prompt"]},
+                                                     {"role": "assistant", "content": r["completion"]}]}) + "\n"
+                            for r in records))
+    return str(path)
+
+
 def _deepspeed_file(tmp_path: Path, text: str) -> str:
     (tmp_path / "ds.json").write_text(text)
     return str(tmp_path / "ds.json")
@@ -662,6 +866,16 @@ BAD_TRAINER_INPUTS = {
     "config.json nested 10^5 deep": ("rm", lambda w, t: ["--model_name_or_path", _damaged_model(
         w, t, lambda model: (model / "config.json").write_text('{"a": ' + "[" * 10**5 + "]" * 10**5 + "}"))],
         "model/config.json: nested deeper than 100 levels"),
+    "model code of its own (SFT)": ("sft", lambda w, t: ["--model_name_or_path", _damaged_model(
+        w, t, _needing_its_own_code)], "/model': it needs code shipped with the model (its auto_map), which runs "
+                                       "only with trust_remote_code: true"),
+    "model code of its own (RM)": ("rm", lambda w, t: ["--model_name_or_path", _damaged_model(
+        w, t, _needing_its_own_code)], "/model': it needs code shipped with the model (its auto_map)"),
+    "chat template escaping the sandbox": ("sft", lambda w, t: [
+        "--model_name_or_path", _damaged_model(w, t, _with_escaping_chat_template),
+        "--train_file", _chat_demonstrations(w, t), "--eval_file", ""],
+        "/model/chat_template.jinja: the chat template tried to leave Jinja's sandbox and was stopped (access to "
+        "attribute '__class__' of 'str' object is unsafe.); use a model whose template you trust"),
     "contradictory DeepSpeed batch": ("sft", lambda w, t: ["--deepspeed", _deepspeed_file(t, json.dumps(
         {"train_batch_size": 7, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
          "zero_optimization": {"stage": 0}}))],
@@ -681,6 +895,36 @@ def test_a_bad_trainer_stage_input_is_one_line_naming_it_and_trains_nothing(case
                                                                                                       tmp_path)))
     assert named in message, message
     assert not list(out.glob("run/checkpoint-*")) and not (out / "registry" / "entries").exists()
+
+
+def test_a_model_that_needs_its_own_code_is_refused_before_any_model_loads(workspace, tmp_path, capsys,
+                                                                           monkeypatch):
+    from rlhf.adaptation import load_adapted
+    from rlhf.errors import ConfigError
+    from rlhf.stages import prologue
+
+    model = _damaged_model(workspace, tmp_path, _needing_its_own_code)
+    monkeypatch.setattr(prologue, "load_trainable", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    message = one_line_error(capsys, stage_main("sft"), trainer_stage_args("sft", workspace, tmp_path / "out",
+                                                                           "--model_name_or_path", model))
+    assert message == (f"error: cannot load model config from '{model}': it needs code shipped with the model (its "
+                       f"auto_map), which runs only with trust_remote_code: true; set that only if you trust its "
+                       f"author")
+    # Loading it anyway (labels export, evaluation) says the same, not transformers' traceback.
+    with pytest.raises(ConfigError, match=f"cannot load model from '{model}': it needs code shipped with the model"):
+        load_adapted(model, task="causal_lm")
+
+
+def test_a_ppo_model_that_needs_its_own_code_is_one_line_naming_its_role(ppo_models, tmp_path, capsys):
+    from rlhf.stages.ppo import main
+
+    critic = tmp_path / "critic"
+    shutil.copytree(ppo_models["reward"], critic)
+    _needing_its_own_code(critic)
+    message = one_line_error(capsys, main, ppo_args({**ppo_models, "reward": str(critic)}, tmp_path,
+                                                    reward_model=ppo_models["reward"]))
+    assert message.startswith(f"error: critic model: cannot load model config from '{critic}': it needs code "
+                              f"shipped with the model (its auto_map)")
 
 
 @pytest.mark.parametrize("prompt", [[1, 2, 3], "   \n\t", 7])

@@ -1095,7 +1095,8 @@ def test_cli_a_full_disk_is_one_line_and_leaves_the_old_pair(tmp_path, capsys, m
     writes_fail(monkeypatch, filling, errno.ENOSPC)
     code, out, err = run_cli(import_args(output), capsys)
     written = output if filling == "rankings.jsonl." else quarantine_path(output)
-    assert (code, out, err) == (2, "", f"error: no space left on device writing {written}\n")
+    assert (code, out) == (2, "") and err.startswith(f"error: no space left on device writing {written} (")
+    assert err.count("\n") == 1 and "free space and run again" in err
     assert output.read_text() == "old rankings\n" and quarantine_path(output).read_text() == "old quarantine\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["rankings.jsonl", "rankings.jsonl.quarantine.jsonl"]
 
@@ -1132,6 +1133,6 @@ def test_cli_when_the_second_rename_fails_the_first_file_is_put_back(tmp_path, c
 
     monkeypatch.setattr(os, "replace", replace)
     code, _, err = run_cli(import_args(output), capsys)
-    assert (code, err) == (2, f"error: no space left on device writing {quarantine_path(output)}\n")
+    assert code == 2 and err.startswith(f"error: no space left on device writing {quarantine_path(output)} (")
     assert output.read_text() == "old rankings\n" and quarantine_path(output).read_text() == "old quarantine\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["rankings.jsonl", "rankings.jsonl.quarantine.jsonl"]

@@ -165,6 +165,6 @@ def test_a_chat_template_that_refuses_a_conversation_names_the_record(words):
                             "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}"
                             "{{ m['content'] }} {% endfor %}")
     prompts = [[{"role": "user", "content": "cat"}], [{"role": "assistant", "content": "dog"}]]
-    with pytest.raises(DataError, match=r"^p.jsonl: record 2: field 'prompt': the tokenizer's chat template refuses "
-                                        r"it \(Conversation roles must alternate user/assistant\)$"):
+    with pytest.raises(DataError, match=r"^p.jsonl: record 2: field 'prompt': .*\(its chat template\): the chat "
+                                        r"template failed: Conversation roles must alternate user/assistant$"):
         fit_prompts(prompts, strict, max_tokens=10, setting="max_prompt_length", policy="drop", file="p.jsonl")

@@ -49,6 +49,7 @@ def test_stage_key_follows_config_text_and_data_content(tmp_path):
     ({"labels": "import"}, "needs labels_file"),
     ({"launcher": "torchrun"}, "launcher must be one of"),
     ({"ppo_overrides": "[1, 2]"}, "ppo_overrides must be a mapping"),
+    ({"sft_overrides": "{a: &x [1, 2], b: [*x, *x]}"}, r"sft_overrides: line 1: YAML aliases \(\*x\) are refused"),
 ])
 def test_bad_pipeline_settings_fail_before_anything_runs(settings, message):
     with pytest.raises(ConfigError, match=message):

@@ -27,7 +27,7 @@ from rlhf.adaptation.config import PEFT_METHODS, AdaptationConfig, check_task
 from rlhf.bounded_json import read_small_json
 from rlhf.errors import ConfigError
 from rlhf.io import atomic_directory
-from rlhf.models import DEFAULT_ATTENTION
+from rlhf.models import DEFAULT_ATTENTION, load_model_config, load_refused, needs_remote_code
 
 ADAPTATION_FILE = "rlhf_adaptation.json"
 ADAPTER_WEIGHTS_FILE = "rlhf_adapters.safetensors"
@@ -102,16 +102,11 @@ def load_adapted(path: str | os.PathLike, task: str, torch_dtype: torch.dtype | 
 
 def base_model_config(path: str | os.PathLike, trust_remote_code: bool = False):
     """The transformers config of the model `load_adapted(path)` builds, read without loading any weight
-    (for a peft adapter directory: its base model's)."""
-    from transformers import AutoConfig
-
+    (for a peft adapter directory: its base model's). A model that needs its own code is refused here."""
     directory = Path(os.fspath(path))
     if (directory / PEFT_CONFIG_FILE).is_file():
         path = read_small_json(directory / PEFT_CONFIG_FILE)["base_model_name_or_path"]
-    try:
-        return AutoConfig.from_pretrained(os.fspath(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot load model config from '{path}': {str(error).strip().splitlines()[0]}") from None
+    return load_model_config(os.fspath(path), trust_remote_code)
 
 
 def merged_lora_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
@@ -203,7 +198,9 @@ def _load_plain(name_or_path: str, task: str, torch_dtype, trust_remote_code: bo
                                                **extra)
     except OSError as error:  # a missing directory, hub name or safetensors file
         raise ConfigError(f"cannot load model '{name_or_path}': {error}") from error
-    except ValueError as error:  # an attention the architecture does not implement
+    except ValueError as error:  # an attention the architecture does not implement, or code it would have to run
+        if needs_remote_code(error):
+            raise load_refused("model", name_or_path, error) from None
         if "attn" not in str(error) and "attention" not in str(error):
             raise
         first_line = str(error).strip().splitlines()[0]

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator, Sequence
 
+from rlhf.data.chat_template import apply_chat_template
+
 Prompt = Any  # str, or a list of chat messages
 Completion = Any  # str, or a one-message list [{"role": "assistant", "content": ...}] (chat demonstrations)
 
@@ -26,7 +28,7 @@ Completion = Any  # str, or a one-message list [{"role": "assistant", "content":
 def prompt_text(tokenizer, prompt: Prompt) -> str:
     """The text a model continues: a plain prompt as is, chat messages through the chat template."""
     if isinstance(prompt, list):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return apply_chat_template(tokenizer, prompt, tokenize=False, add_generation_prompt=True)
     return prompt
 
 
@@ -105,8 +107,8 @@ def response_ids(tokenizer, prompt: Prompt, completion: Completion, stop_token_i
     content = completion_content(completion)
     prompt_ids = prompt_token_ids(tokenizer, prompt)
     if isinstance(prompt, list):
-        whole = tokenizer(tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": content}],
-                                                        tokenize=False), add_special_tokens=False)["input_ids"]
+        whole = tokenizer(apply_chat_template(tokenizer, prompt + [{"role": "assistant", "content": content}],
+                                              tokenize=False), add_special_tokens=False)["input_ids"]
     else:
         whole = tokenizer(prompt + content)["input_ids"]
     if whole[:len(prompt_ids)] == prompt_ids:

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
+from rlhf.data.chat_template import ChatTemplateError
 from rlhf.data.formatting import Prompt, prompt_token_ids
 from rlhf.errors import DataError
 
@@ -78,16 +79,13 @@ def fit(items: Iterable[tuple[Any, Item]], *, length: Callable[[Item], int], max
     """
     if policy not in POLICIES:
         raise DataError(f"overlong must be one of {', '.join(POLICIES)}, not {policy!r}", file=file)
-    from jinja2 import TemplateError
-
     fitted: Fitted[Item] = Fitted([], what, limit, policy)
     for record, item in items:
         fitted.total += 1
         try:
             tokens = length(item)
-        except TemplateError as error:  # a template that insists on its own rules (alternating roles, no system)
-            raise DataError(f"the tokenizer's chat template refuses it ({' '.join(str(error).split())})", file=file,
-                            record=record, field="prompt") from None
+        except ChatTemplateError as error:  # a template with rules of its own (alternating roles, no system turn)
+            raise DataError(f"{error.file}: {error.reason}", file=file, record=record, field="prompt") from None
         if tokens <= max_tokens:
             fitted.kept.append(item)
             continue

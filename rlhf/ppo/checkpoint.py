@@ -23,7 +23,7 @@ import torch
 
 from rlhf import checkpoint_files, distributed
 from rlhf.errors import RLHFError
-from rlhf.io import atomic_write_json
+from rlhf.io import atomic_write_json, is_disk_full
 
 STEP_PATTERN = re.compile(r"^step-(\d+)$")
 STAGING_PATTERN = re.compile(r"^\.step-(\d+)\.saving$")
@@ -85,7 +85,7 @@ def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_st
         alone = distributed.world_size() == 1
         if alone:
             shutil.rmtree(staging, ignore_errors=True)
-        if checkpoint_files.is_disk_full(error):
+        if is_disk_full(error):
             raise RLHFError(checkpoint_files.disk_full_message(
                 final, error, [staging] if alone else [], latest_checkpoint(output_dir),
                 left_for_next_run=[] if alone else [staging])) from None

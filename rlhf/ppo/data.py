@@ -12,7 +12,6 @@ from typing import Any, Iterator, Sequence
 import torch
 
 
-
 def prompts_for_step(prompts: Sequence[Any], step: int, per_rank: int, world_size: int, rank: int,
                      seed: int) -> list[Any]:
     """The prompts rank `rank` samples at PPO step `step` (0-based), wrapping into the next epochs."""

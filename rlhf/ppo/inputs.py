@@ -37,8 +37,10 @@ class PPOInputs:
 
 
 def read_inputs(config) -> PPOInputs:
-    """The four models by reference, the policy's tokenizer, and the prompts fitted to max_prompt_length by the
-    `overlong` policy, before anything loads."""
+    """The four models by reference (each one's config read, so that a model that cannot load is refused now),
+    the policy's tokenizer, and the prompts fitted to max_prompt_length by the `overlong` policy, before anything
+    loads."""
+    from rlhf.adaptation import base_model_config
     from rlhf.data.overlong import fit_prompts
     from rlhf.data.prompts import load_prompts
     from rlhf.models import load_tokenizer
@@ -50,6 +52,7 @@ def read_inputs(config) -> PPOInputs:
     for role, reference in references.items():
         try:
             paths[role], entries[role] = resolve_model(reference, registry)
+            base_model_config(paths[role], trust_remote_code=config.trust_remote_code)
         except ConfigError as error:
             raise ConfigError(f"{role} model: {error}") from None
     tokenizer = load_tokenizer(paths["actor"], trust_remote_code=config.trust_remote_code)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from rlhf import distributed
-from rlhf.io import atomic_write_text
+from rlhf.io import atomic_write_text, disk_full_is_one_line
 from rlhf.ppo.rewards import explained_variance, is_stop_token
 from rlhf.ppo.rollout import Rollout
 from rlhf.run_files import PPO_METRICS, read_jsonl
@@ -119,7 +119,8 @@ class MetricsLogger:
             return
         clean = {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
                  for key, value in row.items()}
-        with open(self.path, "a", encoding="utf-8") as file:
+        # A full disk may tear this line; read_jsonl leaves a torn last line out when the run resumes.
+        with disk_full_is_one_line(self.path), open(self.path, "a", encoding="utf-8") as file:
             file.write(json.dumps(clean) + "\n")
         if self.writer is not None:
             for key, value in row.items():

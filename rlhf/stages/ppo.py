@@ -30,6 +30,7 @@ from rlhf.ppo.kl_control import make_kl_controller
 from rlhf.ppo.logprobs import sampling_settings_for
 from rlhf.ppo.rewards import RunningMoments
 from rlhf.stages import epilogue, prologue
+from rlhf.stages.prologue import STAGE_INTERRUPTED, run_from_command_line
 from rlhf.stop_request import StopRequest
 
 
@@ -186,10 +187,8 @@ def run(config: PPOStageConfig):
     return recipe.finish() if finished else None
 
 
-@exits_cleanly
+@exits_cleanly(on_interrupt=STAGE_INTERRUPTED)
 def main(argv: list[str] | None = None) -> None:
-    from rlhf.stages.prologue import run_from_command_line
-
     run_from_command_line(PPOStageConfig, run, argv)
 
 

@@ -5,26 +5,44 @@ Kept apart, with rlhf.stages.epilogue, so that each stage file reads as its algo
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from rlhf import distributed
+from rlhf import distributed, run_lock
 from rlhf.registry import Entry, Registry, resolve_model
 
 
+# What Ctrl-C leaves of a stage, and how to go on.
+STAGE_INTERRUPTED = ("the stage stopped; run the same command with --resume true to continue from its last "
+                     "checkpoint (SIGTERM instead saves one before stopping)")
+
+
 def run_from_command_line(config_class: type, run: Callable[[Any], Entry | None], argv: list[str] | None) -> None:
-    """What `python -m rlhf.stages.<stage>` does: config from YAML and flags, the run, the registered entry printed."""
+    """What `python -m rlhf.stages.<stage>` does: config from YAML and flags, the run (holding output_dir, so that
+    no other run writes there meanwhile), the registered entry printed."""
     from rlhf.config import parse_config
 
     try:
-        entry = run(parse_config(config_class, argv))
+        config = parse_config(config_class, argv)
+        with output_dir_held(config):
+            entry = run(config)
         distributed.finish_pending_work()
     finally:
         distributed.shutdown()
     if entry is not None:
         print(json.dumps({"registered": entry.reference, "path": entry.path, "metrics": entry.metrics}, indent=2))
     distributed.exit_after_success()
+
+
+def output_dir_held(config):
+    """The lock on the stage's output_dir, for the whole run. Global rank 0 holds it for its job: the other ranks
+    (on every node) write only inside the run that rank 0 holds, and another job's rank 0 is refused, which ends
+    that job before its other ranks get past their first collective."""
+    if not distributed.is_main_process():
+        return contextlib.nullcontext()
+    return run_lock.holding(config.output_dir, "output_dir")
 
 
 @dataclass
@@ -36,11 +54,14 @@ class StageInputs:
 
 
 def resolve_inputs(config) -> StageInputs:
-    """The starting model (registry reference, directory or hub id), its registry entry and its tokenizer."""
+    """The starting model (registry reference, directory or hub id), its registry entry and its tokenizer; a
+    model that cannot load (code of its own with trust_remote_code off) is refused before anything loads."""
+    from rlhf.adaptation import base_model_config
     from rlhf.models import load_tokenizer
 
     registry = Registry(config.registry_dir or None)
     model_path, parent = resolve_model(config.model_name_or_path, registry)
+    base_model_config(model_path, trust_remote_code=config.trust_remote_code)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
     return StageInputs(model_path, parent, registry, tokenizer)
 

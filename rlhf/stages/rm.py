@@ -15,6 +15,7 @@ import sys
 
 from rlhf.errors import exits_cleanly
 from rlhf.rm.config import RMStageConfig
+from rlhf.stages.prologue import STAGE_INTERRUPTED, run_from_command_line
 
 
 def run(config: RMStageConfig):
@@ -68,10 +69,8 @@ def run(config: RMStageConfig):
                                       gold_prompts=[], task="reward", after_save=normalise_and_evaluate)
 
 
-@exits_cleanly
+@exits_cleanly(on_interrupt=STAGE_INTERRUPTED)
 def main(argv: list[str] | None = None) -> None:
-    from rlhf.stages.prologue import run_from_command_line
-
     run_from_command_line(RMStageConfig, run, argv)
 
 

@@ -14,6 +14,7 @@ import sys
 
 from rlhf.errors import exits_cleanly
 from rlhf.sft.config import SFTStageConfig
+from rlhf.stages.prologue import STAGE_INTERRUPTED, run_from_command_line
 
 
 def run(config: SFTStageConfig):
@@ -73,10 +74,8 @@ def run(config: SFTStageConfig):
                                       data_files=[config.train_file], gold_prompts=gold_prompts)
 
 
-@exits_cleanly
+@exits_cleanly(on_interrupt=STAGE_INTERRUPTED)
 def main(argv: list[str] | None = None) -> None:
-    from rlhf.stages.prologue import run_from_command_line
-
     run_from_command_line(SFTStageConfig, run, argv)
 
 

@@ -1,6 +1,7 @@
 """The train() call of the Trainer stages (SFT, RM), made to survive what clusters do to jobs.
 
-    resume        from the newest *whole* checkpoint in output_dir; one cut short is stepped over and removed
+    resume        from the newest *whole* checkpoint in output_dir; one cut short is stepped over and removed;
+                  the resumed run's train_loss and log rows are the uninterrupted run's
     safe loads    every checkpoint file checked before loading, and loaded with weights_only=True
     SIGTERM       the step in progress ends, a checkpoint is saved, and the stage exits 0 without registering
     disk full     one line naming the checkpoint; the partial one removed, the last whole one left to resume
@@ -13,8 +14,9 @@ import re
 import shutil
 from pathlib import Path
 
-from rlhf import checkpoint_files, distributed
+from rlhf import _compat, checkpoint_files, distributed
 from rlhf.errors import RLHFError
+from rlhf.io import is_disk_full
 from rlhf.stop_request import StopRequest
 
 # The Trainer's names: checkpoint-<global step>/, with trainer_state.json written last.
@@ -35,19 +37,36 @@ def train(trainer, config):
                 control.should_save = control.should_training_stop = True
                 self.stopped = True
 
+    class LogWithEverySave(TrainerCallback):
+        """Log whenever a checkpoint is saved, so that the logged rows up to a checkpoint cover every one of its
+        steps: a run resumed from it then knows the loss of each step before (`whole_run_loss`), and its later rows
+        average the same steps as the uninterrupted run's, whose logs fall at the same steps."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_log = control.should_log or control.should_save
+
+        on_epoch_end = on_step_end
+
     resume_from = resume_argument(config)
     stop = StopRequest()
     callback = SaveAndStopOnSigterm()
     trainer.add_callback(callback)
+    trainer.add_callback(LogWithEverySave())  # after every callback that may ask for a save
+    evaluate_on_start = trainer.args.eval_on_start
+    if resume_from:
+        # The evaluation before training is in the checkpoint's log history already; a second one would add a row.
+        trainer.args.eval_on_start = False
+        _compat.restore_sft_token_count(trainer, _logged_token_count(Path(resume_from)))
     try:
         with checkpoint_files.weights_only_loading():
             result = trainer.train(resume_from_checkpoint=resume_from)
     except BaseException as error:
-        if not checkpoint_files.is_disk_full(error):
+        if not is_disk_full(error):
             raise
         raise RLHFError(_after_a_full_disk(Path(config.output_dir), error)) from None
     finally:
         stop.restore()
+        trainer.args.eval_on_start = evaluate_on_start
     if callback.stopped:
         if distributed.is_main_process():
             saved = trainer_checkpoints(Path(config.output_dir))
@@ -55,10 +74,23 @@ def train(trainer, config):
         return None
     if resume_from:
         # The Trainer's training_loss averages only the steps of this process; the run is all of its steps.
-        start_step = json.loads((Path(resume_from) / TRAINER_STATE).read_text())["global_step"]
+        start_step = _checkpoint_state(Path(resume_from))["global_step"]
         result = result._replace(training_loss=whole_run_loss(trainer.state.log_history, start_step,
                                                               result.training_loss, result.global_step))
+        for row in trainer.state.log_history:
+            if "train_loss" in row:  # the Trainer's summary row says the same
+                row["train_loss"] = result.training_loss
     return result
+
+
+def _checkpoint_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+
+def _logged_token_count(checkpoint: Path) -> int | None:
+    """The training tokens counted up to a checkpoint, as its last log row says (TRL's `num_tokens`), or None."""
+    counts = [row["num_tokens"] for row in _checkpoint_state(checkpoint)["log_history"] if "num_tokens" in row]
+    return int(counts[-1]) if counts else None
 
 
 def whole_run_loss(log_history: list[dict], start_step: int, resumed_loss: float, end_step: int) -> float:
