@@ -79,7 +79,7 @@ def test_each_stage_says_what_it_left_out_for_being_over_max_length(chat_run):
         assert sum(row["action"] == "dropped" for row in overlong_rows(run / stage)) >= dropped  # ids listed
         assert f"{dropped} of {entry.metrics[f'{name}_overlong_total']}" in entry.metrics["overlong"]
         for line in entry.metrics["overlong"].split("; "):
-            assert result.stdout.count(line) == 1  # said once, as it happened
+            assert result.stdout.splitlines().count(line) == 1  # said once, on a line of its own, as it happened
     report = (run / "report" / "report.md").read_text()
     assert report.count("Over-long data:") == 3
     assert "gold scorer" not in report and "| user: " in report  # chat prompts, no gold column filled
