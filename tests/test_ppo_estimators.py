@@ -1,4 +1,4 @@
-"""rlhf.ppo.estimators and rlhf.ppo.groups against numbers worked out by hand (the arithmetic is in the comments)."""
+"""rlhf.ppo.estimators against numbers worked out by hand (the arithmetic is in the comments)."""
 
 from __future__ import annotations
 
@@ -8,40 +8,11 @@ import pytest
 import torch
 
 from by_hand import NAN, close
-from rlhf.ppo import estimators, groups
+from rlhf.ppo import estimators
 
 FULL = torch.ones(4, 2)
 # Row 3's response is one token long: its second position is padding.
 PADDED = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 0]])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# groups
-# ---------------------------------------------------------------------------------------------------------
-
-
-def test_groups_are_consecutive_rows():
-    assert groups.repeat_each(["a", "b"], 3) == ["a", "a", "a", "b", "b", "b"]
-    assert list(groups.group_rows(1, 3)) == [3, 4, 5]
-    # rows 0-5 in groups of 2: [[0, 1], [2, 3], [4, 5]]
-    assert groups.grouped(torch.arange(6), 2).tolist() == [[0, 1], [2, 3], [4, 5]]
-    with pytest.raises(ValueError, match="5 rows do not split into groups of 2"):
-        groups.grouped(torch.arange(5), 2)
-
-
-def test_shuffled_rows_move_whole_groups():
-    order = groups.shuffled_rows_by_group(12, 3, torch.Generator().manual_seed(0))
-    assert sorted(order.tolist()) == list(range(12))
-    # Every consecutive slice of 3 is one group, its rows in their order: g·3, g·3 + 1, g·3 + 2.
-    for start in range(0, 12, 3):
-        first = order[start].item()
-        assert first % 3 == 0 and order[start:start + 3].tolist() == [first, first + 1, first + 2]
-
-
-def test_shuffled_rows_of_single_samples_are_randperm_itself():
-    # n = 1: the same permutation as before groups existed, so earlier runs shuffle their minibatches as they did.
-    ours = groups.shuffled_rows_by_group(10, 1, torch.Generator().manual_seed(7))
-    assert ours.tolist() == torch.randperm(10, generator=torch.Generator().manual_seed(7)).tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,11 +21,6 @@ import torch
 from rlhf.ppo.groups import grouped
 from rlhf.ppo.rewards import masked_whiten
 
-CRITIC_FREE = ("rloo", "grpo", "reinforce_pp", "reinforce_pp_baseline")
-ESTIMATORS = ("gae", *CRITIC_FREE)
-# Each compares a response with the other responses to its prompt: they need n >= 2 of them.
-GROUP_ESTIMATORS = ("rloo", "grpo", "reinforce_pp_baseline")
-
 
 def sequence_rewards(rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """R_i = Σ_t m_{i,t} r_{i,t}: (B,) the whole response's reward from its (B, T) per-token rewards."""
