@@ -53,15 +53,18 @@ class Settings:
                    hidden_size=32, num_layers=1)
 
 
-def run_ours(models: dict, settings: Settings, workdir: Path, index: int, padding_free: bool = True) -> list[dict]:
-    name = f"ours-{index}" if padding_free else f"ours-padded-{index}"
+def run_ours(models: dict, settings: Settings, workdir: Path, index: int, padding_free: bool = True,
+             name: str | None = None, **extra) -> list[dict]:
+    """Our stage's metric rows of one run; `extra` overrides stage keys (e.g. advantage_estimator)."""
+    name = name or (f"ours-{index}" if padding_free else f"ours-padded-{index}")
     output_dir = workdir / name
-    arguments = stage_arguments(models, settings, output_dir, index, padding_free)
+    arguments = stage_arguments(models, settings, output_dir, index, padding_free, **extra)
     run_child([sys.executable, "-m", "rlhf.stages.ppo", *arguments], workdir / f"{name}.log")
     return [json.loads(line) for line in (output_dir / "ppo_metrics.jsonl").read_text().splitlines() if line]
 
 
-def stage_arguments(models: dict, settings: Settings, output_dir: Path, index, padding_free: bool = True) -> list[str]:
+def stage_arguments(models: dict, settings: Settings, output_dir: Path, index, padding_free: bool = True,
+                    **extra) -> list[str]:
     zero0 = "deepspeed_configs/zero0.json"
     arguments = {
         "model_name_or_path": models["policy"], "critic_model": models["reward"], "reward_model": models["reward"],
@@ -73,6 +76,7 @@ def stage_arguments(models: dict, settings: Settings, output_dir: Path, index, p
         "disable_tqdm": "true", "report_to": "none", "seed": index if isinstance(index, int) else 0,
         "register_as": f"bench-ppo-{index}", "padding_free": str(padding_free).lower(),
         "actor_deepspeed": zero0, "critic_deepspeed": zero0, "reference_deepspeed": zero0, "reward_deepspeed": zero0,
+        **extra,
     }
     return settings_to_argv(arguments)
 

@@ -281,6 +281,7 @@ def _ppo_section(run_dir: Path, out: Path) -> list[str]:
     lines = ["## 3. PPO", "", "![PPO training](ppo_training.png)", "", "![RM vs gold by KL](ppo_rm_vs_gold_by_kl.png)",
              "", "![Response length](ppo_response_length.png)", ""]
     if metrics:
+        lines += _estimator_line(metrics)
         if isinstance(metrics.get("win_rate_rm"), (int, float)):
             win = [f"**Win rate of PPO over SFT** on {metrics.get('eval_prompts', '?')} held-out prompts: "
                    f"{metrics['win_rate_rm']:.1%} under the reward model"]
@@ -304,6 +305,18 @@ def _ppo_section(run_dir: Path, out: Path) -> list[str]:
     if samples:
         lines += ["### Samples on held-out prompts", "", *_samples_table(samples), ""]
     return lines
+
+
+def _estimator_line(metrics: dict) -> list[str]:
+    """Which advantage estimator ran, with how many responses per prompt and where the KL went; nothing for a run
+    that predates the estimators (it was GAE)."""
+    estimator = metrics.get("advantage_estimator")
+    if not estimator:
+        return []
+    models = "with a critic (four models)" if estimator == "gae" else "without a critic (three models)"
+    kl = "a loss term (k3)" if metrics.get("kl_in_loss") else "a per-token penalty in the reward"
+    return [f"**Advantages**: `{estimator}` {models}, {metrics.get('samples_per_prompt', 1)} response(s) per "
+            f"prompt; the KL to the SFT policy is {kl}.", ""]
 
 
 @exits_cleanly

@@ -67,6 +67,18 @@ PYTHON = sys.executable
 TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second"}
 
 
+def launch_two(argv: list[str], tmp_path: Path) -> subprocess.Popen:
+    """The PPO stage on 2 processes with `argv`, started and not waited for."""
+    from rlhf.distributed import free_port
+
+    # `python -m deepspeed.launcher.runner` is the `deepspeed` command; its own session, so that a kill takes the
+    # launcher and both ranks at once, as a node failure would.
+    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+               "--module", "rlhf.stages.ppo", *argv]
+    return subprocess.Popen(command, env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=REPO, start_new_session=True)
+
+
 def reports_of_two_ranks(probe: str, input_file: Path, out_dir: Path, tmp_path: Path) -> tuple[list[dict], str]:
     """Run tests/<probe> in 2 processes (the deepspeed launcher, gloo on CPU) on `input_file`; each rank writes
     out_dir/rank<N>.json. Returns both reports and the run's output."""
@@ -86,6 +98,17 @@ def assert_same_metric_rows(expected: list[dict], got: list[dict], label: str = 
     for want, have in zip(expected, got):
         for key in set(want) - TIMING_KEYS:
             assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (label, want["step"], key)
+
+
+def assert_same_final_metrics(expected: dict, got: dict) -> None:
+    """Two runs' metrics.json agree: numbers to float tolerance, words and flags (the estimator) exactly."""
+    assert set(got) == set(expected)
+    numbers = {key for key, value in expected.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    words = set(expected) - numbers
+    assert {key: got[key] for key in numbers} == pytest.approx({key: expected[key] for key in numbers}, rel=1e-5,
+                                                                abs=1e-6)
+    assert {key: got[key] for key in words} == {key: expected[key] for key in words}
 
 
 def saved_weights(directory) -> dict:

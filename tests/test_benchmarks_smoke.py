@@ -125,3 +125,52 @@ def test_phases_keep_each_phases_own_cuda_peak(monkeypatch):
     assert (small["cuda_begin_mb"], small["cuda_peak_mb"]) == (60, 80)
     assert phases.cuda_peak_mb() == 350
 
+
+
+def test_matched_kl_reads_every_run_where_its_mean_kl_first_reaches_the_lowest_peak():
+    from benchmarks.estimators import at_kl, matched_kl_target, window_means
+
+    # Windows of 2: run A's KLs 0, 1, 3, 5 have means 0.5, 2, 4 (peak 4); run B's 0, 2, 2, 2 have 1, 2, 2 (peak 2).
+    # The target is the lower peak, 2. A first reaches it at its second window (steps 2-3): mean gold (0.6 + 0.7) / 2.
+    a = [{"step": s + 1, "kl": kl, "gold_score": gold} for s, (kl, gold) in enumerate(
+        [(0.0, 0.5), (1.0, 0.6), (3.0, 0.7), (5.0, 0.9)])]
+    b = [{"step": s + 1, "kl": kl, "gold_score": 0.5} for s, kl in enumerate([0.0, 2.0, 2.0, 2.0])]
+    assert window_means([0.0, 1.0, 3.0, 5.0], 2) == [0.5, 2.0, 4.0]
+    assert matched_kl_target([a, b], window=2) == 2.0
+    assert at_kl(a, 2.0, window=2) == {"step": 2, "kl": 2.0, "gold_score": pytest.approx(0.65)}
+    assert at_kl(b, 2.0, window=2)["step"] == 2
+
+
+@pytest.mark.slow
+def test_estimators_benchmark_runs_on_smallest_settings_and_fills_its_block(tmp_path):
+    from benchmarks import estimators
+
+    estimators.main(["--smallest", "--estimators", "gae", "rloo", "--results-dir", str(tmp_path),
+                     "--out", str(tmp_path / "estimators.json"), "--workdir", str(tmp_path / "work")])
+    result = json.loads((tmp_path / "estimators.json").read_text())
+    demo = result["demo"]["rows"]
+    assert set(demo) == {"gae", "rloo"} and demo["gae"][0]["time_vs_gae"] == 1.0
+    rloo = demo["rloo"][0]
+    assert rloo["seconds_per_step"] > 0 and rloo["step_memory_mb"] > 0 and 0 <= rloo["win_rate_gold"] <= 1
+    assert rloo["gold_at_matched_kl"] is not None and rloo["time_vs_gae"] > 0
+    big = result["size_100m"]["rows"]
+    assert set(big) == {"gae", "rloo"} and big["rloo"]["memory_vs_gae"] > 0
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    block = markdown.split("<!-- measured: estimators -->")[1].split("<!-- end: estimators -->")[0]
+    assert "| rloo |" in block and "| gae |" in block
+
+
+@pytest.mark.slow
+def test_estimators_against_trl_runs_on_smallest_settings_with_both_trl_trainers(tmp_path):
+    from benchmarks import estimators_vs_trl
+
+    estimators_vs_trl.main(["--smallest", "--results-dir", str(tmp_path), "--out", str(tmp_path / "vs_trl.json"),
+                            "--workdir", str(tmp_path / "work")])
+    result = json.loads((tmp_path / "vs_trl.json").read_text())
+    for estimator, trainer in (("rloo", "RLOOTrainer"), ("grpo", "GRPOTrainer")):
+        side = result["estimators"][estimator]
+        # 2 iterations per run, the first warm-up: one timed on each side, every phase of it seen.
+        assert side["ours"]["timed_steps"] == side["trl"]["timed_steps"] == 1
+        assert all(side["trl"][phase] > 0 for phase in ("time_generation", "time_scoring", "time_training"))
+        assert side["ratios"]["time_iteration"] > 0
+        assert f"| {estimator} vs {trainer} | iteration |" in (tmp_path / "RESULTS.md").read_text()

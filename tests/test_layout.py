@@ -21,7 +21,8 @@ NO_ML_LIBRARIES = ["rlhf", "rlhf.bounded_json", "rlhf.config", "rlhf.errors", "r
                    "rlhf.labels.exporters", "rlhf.labels.importers", "rlhf.adaptation", "rlhf.adaptation.config",
                    "rlhf.sft.data", "rlhf.rm.data", "rlhf.pipeline"]
 # Pure math: torch at most, nothing else heavy.
-TORCH_ONLY = ["rlhf.rm.loss", "rlhf.ppo.rewards", "rlhf.ppo.losses", "rlhf.ppo.rollout", "rlhf.ppo.kl_control"]
+TORCH_ONLY = ["rlhf.rm.loss", "rlhf.ppo.rewards", "rlhf.ppo.losses", "rlhf.ppo.rollout", "rlhf.ppo.kl_control",
+              "rlhf.ppo.estimators", "rlhf.ppo.groups"]
 
 
 def heavy_modules_after_import(module: str) -> list[str]:

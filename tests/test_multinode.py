@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from ppo_setup import PYTHON, REPO, build_models, stage_arguments, subprocess_env
+from ppo_setup import PYTHON, REPO, assert_same_final_metrics, build_models, stage_arguments, subprocess_env
 from rlhf.distributed import free_port
 
 TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second"}
@@ -65,7 +65,7 @@ def test_two_nodes_without_ssh_equal_one_node_with_two_processes(tmp_path):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
     final_two = json.loads((tmp_path / "two_nodes" / "metrics.json").read_text())
     final_one = json.loads((tmp_path / "one_node" / "metrics.json").read_text())
-    assert final_two == pytest.approx(final_one, rel=1e-5, abs=1e-6)
+    assert_same_final_metrics(final_one, final_two)
 
     # Only rank 0 wrote the shared files: one registry entry, one registered.json, no leftover temporaries.
     assert [e.reference for e in Registry(tmp_path / "registry_two_nodes").entries()] == ["ppo@1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from by_hand import LN2, close
@@ -83,3 +84,50 @@ def test_sft_ptx_loss_all_ignored_is_zero_with_a_gradient():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loss aggregation (GRPO, Dr.GRPO) and the KL loss term
+# ---------------------------------------------------------------------------------------------------------
+
+PER_TOKEN = torch.tensor([[1.0, 2.0, 3.0], [6.0, float("nan"), float("nan")]])
+ROW_MASK = torch.tensor([[1, 1, 1], [1, 0, 0]])  # the second response is one token long
+
+
+def test_aggregations_by_hand():
+    # token_mean: (1 + 2 + 3 + 6) / 4 tokens = 3
+    close(losses.aggregate(PER_TOKEN, ROW_MASK, "token_mean"), 3.0)
+    # sequence_mean: each response's mean, 6/3 = 2 and 6/1 = 6, then their mean: 4
+    close(losses.aggregate(PER_TOKEN, ROW_MASK, "sequence_mean"), 4.0)
+    # dr_grpo with L = 3: each response's sum, 6 and 6, over L, then their mean: (6/3 + 6/3) / 2 = 2
+    close(losses.aggregate(PER_TOKEN, ROW_MASK, "dr_grpo", max_tokens=3), 2.0)
+
+
+def test_policy_loss_on_policy_under_each_aggregation():
+    # ρ = 1: loss = -aggregate(A); A = 2 on the 3 tokens of row 0, -1 on the 1 token of row 1
+    #   token_mean: -(6 - 1) / 4 = -1.25;  sequence_mean: -(2 + -1) / 2 = -0.5;  dr_grpo (L = 4): -(6 - 1) / 8
+    advantages = torch.tensor([[2.0, 2.0, 2.0], [-1.0, 50.0, 50.0]])
+    for aggregation, expected in (("token_mean", -1.25), ("sequence_mean", -0.5), ("dr_grpo", -0.625)):
+        loss, _, _ = losses.ppo_policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), advantages, ROW_MASK, 0.2,
+                                            aggregation=aggregation, max_tokens=4)
+        close(loss, expected)
+
+
+def test_dr_grpo_aggregation_needs_the_constant():
+    with pytest.raises(ValueError, match="dr_grpo aggregation needs max_tokens >= 1"):
+        losses.aggregate(PER_TOKEN, ROW_MASK, "dr_grpo")
+
+
+def test_kl_loss_is_k3_by_hand_with_its_gradient():
+    # token 0: π = π_ref, log r = 0: D = 1 - 0 - 1 = 0
+    # token 1: log π = -2, log π_ref = -1, log r = 1: D = e - 1 - 1 = 0.7182818;  token 2 is padding
+    # token_mean: (0 + 0.7182818) / 2 = 0.3591409
+    # dD/dlog π = 1 - e^{log r}: 0 and 1 - e = -1.7182818, over 2 tokens: 0, -0.8591409
+    logprobs = torch.tensor([[-1.0, -2.0, -9.0]], requires_grad=True)
+    ref_logprobs = torch.tensor([[-1.0, -1.0, 0.0]])
+    loss = losses.kl_loss(logprobs, ref_logprobs, torch.tensor([[1, 1, 0]]))
+    close(loss, 0.3591409)
+    loss.backward()
+    close(logprobs.grad, [[0.0, -0.8591409, 0.0]])
+    # dr_grpo with L = 4: 0.7182818 / 4 = 0.1795705
+    close(losses.kl_loss(logprobs, ref_logprobs, torch.tensor([[1, 1, 0]]), "dr_grpo", max_tokens=4), 0.1795705)

@@ -261,3 +261,32 @@ def test_with_the_same_tokenization_the_generated_ids_are_scored_as_the_text_wou
     expected = score_texts(reward_model, tokenizer, prompts, decode_responses(tokenizer, batch, response_ids, mask),
                            max_length=64)
     torch.testing.assert_close(scores, torch.tensor(expected))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--advantage_estimator", "ppo"], "advantage_estimator must be one of \\('gae', 'rloo', 'grpo'"),
+    (["--advantage_estimator", "rloo"], "advantage_estimator rloo compares the responses to one prompt: "
+                                        "samples_per_prompt must be >= 2, got 1"),
+    (["--advantage_estimator", "reinforce_pp_baseline"], "samples_per_prompt must be >= 2"),
+    (["--samples_per_prompt", "0"], "samples_per_prompt must be >= 1, got 0"),
+    (["--samples_per_prompt", "3", "--rollout_batch_size", "16", "--minibatch_size", "8"],
+     "rollout_batch_size 16 must be a multiple of samples_per_prompt 3: a prompt's responses stay together"),
+    (["--samples_per_prompt", "4", "--rollout_batch_size", "16", "--minibatch_size", "2"],
+     "minibatch_size 2 must be a multiple of samples_per_prompt 4"),
+    (["--loss_aggregation", "sum"], "loss_aggregation must be one of"),
+    (["--advantage_estimator", "rloo", "--samples_per_prompt", "4", "--scale_rewards", "false"],
+     "scale_rewards: false \\(Dr.GRPO\\) applies to advantage_estimator grpo, not rloo"),
+    (["--kl_in_loss", "true", "--adaptive_kl", "true"], "adaptive_kl steers the KL penalty in the reward"),
+])
+def test_estimator_settings_that_cannot_work_are_config_errors(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(["--prompts_file", "p.jsonl", *argv])
+
+
+def test_a_group_estimator_counts_responses_in_the_batch_sizes():
+    config = parse(["--prompts_file", "p.jsonl", "--advantage_estimator", "grpo", "--samples_per_prompt", "4",
+                    "--rollout_batch_size", "16", "--minibatch_size", "8", "--scale_rewards", "false",
+                    "--loss_aggregation", "dr_grpo", "--kl_in_loss", "true", "--total_episodes", "40"])
+    assert config.prompts_per_rank == 4 and not config.needs_critic  # 16 responses: 4 prompts x 4 samples
+    assert config.steps == 3  # ceil(40 responses / 16)
+    assert parse(["--prompts_file", "p.jsonl"]).needs_critic  # gae, the default

@@ -12,19 +12,10 @@ import subprocess
 import pytest
 
 import full_disk_hook
-from ppo_setup import (PYTHON, REPO, assert_same_metric_rows, build_models, killed_at_step_2_then_resumed,
+from ppo_setup import (PYTHON, REPO, assert_same_metric_rows, build_models, killed_at_step_2_then_resumed, launch_two,
                         stage_arguments, subprocess_env)
 from rlhf.distributed import free_port
 
-
-
-def launch_two(argv: list[str], tmp_path) -> subprocess.Popen:
-    # `python -m deepspeed.launcher.runner` is the `deepspeed` command; its own session, so that a kill takes the
-    # launcher and both ranks at once, as a node failure would.
-    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-               "--module", "rlhf.stages.ppo", *argv]
-    return subprocess.Popen(command, env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=REPO, start_new_session=True)
 
 
 def final_moments(output_dir) -> dict:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppo_setup import (PYTHON, assert_same_metric_rows, build_models, killed_at_step_2_then_resumed,
-                        stage_arguments, subprocess_env, wait_for)
+from ppo_setup import (PYTHON, assert_same_final_metrics, assert_same_metric_rows, build_models,
+                        killed_at_step_2_then_resumed, stage_arguments, subprocess_env, wait_for)
 
 CONTRACT_STEP_KEYS = {
     "step", "rm_score", "gold_score", "kl", "beta", "entropy", "response_length", "policy_loss", "value_loss",
@@ -109,7 +109,7 @@ def test_resume_after_a_kill_reports_the_same_metrics_as_an_uninterrupted_run(mo
     assert_same_metric_rows(expected, got)
     final_expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     final_got = json.loads((killed_dir / "metrics.json").read_text())
-    assert final_got == pytest.approx(final_expected, rel=1e-5)
+    assert_same_final_metrics(final_expected, final_got)
 
 
 @pytest.mark.slow
@@ -203,3 +203,30 @@ def test_lora_actor_and_critic_train_and_save_a_merged_plain_model(models, tmp_p
     changed = [name for name, tensor in saved.state_dict().items()
                if not torch.equal(tensor, base.state_dict()[name])]
     assert changed and all(name.endswith(".weight") for name in changed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator, settings", [
+    ("rloo", {}),
+    # Dr.GRPO, with the KL as GRPO's loss term instead of a penalty in the reward.
+    ("grpo", {"scale_rewards": False, "loss_aggregation": "dr_grpo", "kl_in_loss": True}),
+])
+def test_a_critic_free_estimator_trains_three_models_and_raises_the_reward(models, tmp_path, estimator, settings):
+    output_dir = tmp_path / "run"
+    entry = run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", advantage_estimator=estimator,
+                                           samples_per_prompt=4, max_steps=10, rollout_batch_size=32,
+                                           minibatch_size=16, ppo_epochs=2, actor_learning_rate=1e-2,
+                                           missing_eos_penalty=0.0, save_steps=10, eval_prompts=4, **settings))
+    rows = read_rows(output_dir)
+    mean = lambda rows, key: sum(row[key] for row in rows) / len(rows)  # noqa: E731
+    assert mean(rows[-3:], "rm_score") > mean(rows[:3], "rm_score") + 0.8, [row["rm_score"] for row in rows]
+    assert mean(rows[-3:], "entropy") < mean(rows[:3], "entropy")
+    # No critic: no value metrics at all (not zeros), and no critic in the checkpoint.
+    assert not {"value_loss", "value_explained_variance"} & set(rows[0])
+    assert ("kl_loss" in rows[0]) == bool(settings.get("kl_in_loss"))
+    assert sorted(p.name for p in (output_dir / "checkpoints" / "step-10").iterdir()) == [
+        "actor", "rng_state_0.pt", "trainer_state.json"]
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert (metrics["advantage_estimator"], metrics["samples_per_prompt"]) == (estimator, 4)
+    assert metrics["kl_in_loss"] == bool(settings.get("kl_in_loss"))
+    assert entry.metrics["advantage_estimator"] == estimator  # the registry entry says which estimator ran

@@ -198,3 +198,16 @@ def test_the_report_is_written_for_every_run_shape(run_dir, shape):
         assert png.read_bytes()[:8] == PNG_MAGIC
     if shape is _without_gold:
         assert "gold scorer" not in text and "Over-long data: sft.jsonl: 2 of 9 demonstrations" in text
+
+
+def test_the_report_says_which_advantage_estimator_ran(run_dir):
+    assert "**Advantages**" not in write_report(run_dir).read_text()  # a run from before the estimators: no claim
+    metrics = json.loads((run_dir / "ppo" / "metrics.json").read_text())
+    _write(run_dir / "ppo" / "metrics.json", {**metrics, "advantage_estimator": "grpo", "samples_per_prompt": 4,
+                                              "kl_in_loss": True})
+    assert ("**Advantages**: `grpo` without a critic (three models), 4 response(s) per prompt; the KL to the SFT "
+            "policy is a loss term (k3).") in write_report(run_dir).read_text()
+    _write(run_dir / "ppo" / "metrics.json", {**metrics, "advantage_estimator": "gae", "samples_per_prompt": 1,
+                                              "kl_in_loss": False})
+    assert ("**Advantages**: `gae` with a critic (four models), 1 response(s) per prompt; the KL to the SFT policy "
+            "is a per-token penalty in the reward.") in write_report(run_dir).read_text()

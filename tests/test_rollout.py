@@ -70,5 +70,5 @@ def test_ppo_stats_is_a_named_tuple():
     zero = torch.tensor(0.0)
     stats = PPOStats(*([zero] * len(PPOStats._fields)))
     assert stats._fields == ("loss", "policy_loss", "value_loss", "ptx_loss", "clip_fraction",
-                             "value_clip_fraction", "approx_kl", "entropy", "ratio")
+                             "value_clip_fraction", "approx_kl", "entropy", "ratio", "kl_loss")
     assert stats.approx_kl is zero

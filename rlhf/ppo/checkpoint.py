@@ -1,7 +1,8 @@
 """PPO checkpoints: everything a resumed run needs to continue as if it had never stopped.
 
     output_dir/checkpoints/step-<N>/
-        actor/, critic/        DeepSpeed checkpoints: weights and optimiser states (each rank its shards)
+        actor/, critic/        DeepSpeed checkpoints: weights and optimiser states (each rank its shards); no
+                               critic/ for a critic-free estimator
         trainer_state.json     step, KL controller, reward running moments, skip counters
         rng_state_<rank>.pt    torch, Python and NumPy generator states of each rank
 
@@ -44,8 +45,9 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def resumable_checkpoint(output_dir: str | Path) -> Path | None:
+def resumable_checkpoint(output_dir: str | Path, with_critic: bool = True) -> Path | None:
     """The newest checkpoint whose every file is whole (a damaged newer one is stepped over, saying so), or None.
+    `with_critic`: the run has a critic, whose checkpoint must be there too.
 
     Raises UnsafeCheckpointError when the chosen one pickles a type that states never hold.
     """
@@ -53,7 +55,8 @@ def resumable_checkpoint(output_dir: str | Path) -> Path | None:
     if not directory.is_dir():
         return None
     candidates = [(int(m.group(1)), path) for path in directory.iterdir() if (m := STEP_PATTERN.match(path.name))]
-    required = [TRAINER_STATE, "actor", "critic", f"rng_state_{distributed.global_rank()}.pt"]
+    engines = ["actor", "critic"] if with_critic else ["actor"]
+    required = [TRAINER_STATE, *engines, f"rng_state_{distributed.global_rank()}.pt"]
     chosen, passed_over = checkpoint_files.newest_whole(candidates, required)
     if passed_over and distributed.is_main_process():
         print(checkpoint_files.fallback_message(chosen, passed_over), flush=True)
@@ -62,7 +65,8 @@ def resumable_checkpoint(output_dir: str | Path) -> Path | None:
 
 def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_state: dict[str, Any],
                     keep: int) -> Path:
-    """Write checkpoint `step` (every rank calls this) and keep only the newest `keep` (0: all)."""
+    """Write checkpoint `step` (every rank calls this) and keep only the newest `keep` (0: all). `critic` is None
+    for a critic-free estimator."""
     directory = checkpoints_dir(output_dir)
     final = directory / f"step-{step}"
     staging = directory / f".step-{step}.saving"  # STAGING_PATTERN
@@ -72,7 +76,8 @@ def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_st
     distributed.barrier()
     try:
         actor.save_checkpoint(str(staging), tag="actor", save_latest=False)
-        critic.save_checkpoint(str(staging), tag="critic", save_latest=False)
+        if critic is not None:
+            critic.save_checkpoint(str(staging), tag="critic", save_latest=False)
         torch.save(rng_states(), staging / f"rng_state_{distributed.global_rank()}.pt")
         distributed.barrier()
         if distributed.is_main_process():
@@ -113,12 +118,14 @@ def remove_partial_saves(output_dir: str | Path) -> None:
 
 
 def load_checkpoint(path: Path, actor, critic) -> dict[str, Any]:
-    """Restore actor, critic, optimiser states and RNG states from `path`; return its trainer state.
+    """Restore actor, critic (unless None), optimiser states and RNG states from `path`; return its trainer state.
 
     Every file loads with weights_only=True, DeepSpeed's included (see rlhf.checkpoint_files).
     """
     with checkpoint_files.weights_only_loading():
         for engine, tag in ((actor, "actor"), (critic, "critic")):
+            if engine is None:
+                continue
             loaded, _ = engine.load_checkpoint(str(path), tag=tag, load_optimizer_states=True,
                                                load_lr_scheduler_states=True)
             if loaded is None:

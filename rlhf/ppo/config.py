@@ -1,7 +1,8 @@
 """PPOStageConfig: every setting of stage 3 (rlhf.stages.ppo), each with its default and unit.
 
-Batch sizes count sequences per process. The shared fields (model, registry, resume) come from CommonArguments,
-the actor's adaptation fields from AdaptationConfig.
+Batch sizes count sequences (responses) per process; with `samples_per_prompt` n, a rollout batch of B responses
+answers B / n prompts, and both batch sizes are multiples of n so that a prompt's group stays whole. The shared
+fields (model, registry, resume) come from CommonArguments, the actor's adaptation fields from AdaptationConfig.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from rlhf.errors import ConfigError
 ACTOR_CRITIC_METHODS = ("full", "lora")
 ZERO3_GENERATION = ("auto", "gather_once", "per_step")
 LR_SCHEDULES = ("linear", "cosine", "constant")
-
+# How advantages are estimated: GAE with a critic (InstructGPT), or one of the critic-free estimators.
+ADVANTAGE_ESTIMATORS = ("gae", "rloo", "grpo", "reinforce_pp", "reinforce_pp_baseline")
+# These compare a response with the other responses to its prompt, so they need several per prompt.
+GROUP_ESTIMATORS = ("rloo", "grpo", "reinforce_pp_baseline")
+LOSS_AGGREGATIONS = ("token_mean", "sequence_mean", "dr_grpo")
 
 
 @dataclass
@@ -25,7 +30,8 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
 
     model_name_or_path: str = field(default="sft", metadata={"help": "The actor's start: registry reference, "
                                                                       "directory or hub id (the SFT policy)."})
-    critic_model: str = field(default="rm", metadata={"help": "The critic's start (InstructGPT: the reward model)."})
+    critic_model: str = field(default="rm", metadata={"help": "The critic's start (InstructGPT: the reward model). "
+                                                            "Only gae has a critic; the other estimators ignore it."})
     reference_model: str = field(default="", metadata={"help": "Frozen reference policy for the KL penalty. Empty: "
                                                                 "the actor's start (with a LoRA actor: the actor, adapter disabled)."})
     reward_model: str = field(default="rm", metadata={"help": "Frozen reward model; its saved normalisation applies."})
@@ -53,9 +59,16 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
     # Schedule.
     max_steps: int = field(default=100, metadata={"help": "PPO steps (rollout + update); overridden by total_episodes."})
     total_episodes: int = field(default=0, metadata={"help": "Responses to train on in all; > 0 sets max_steps."})
-    rollout_batch_size: int = field(default=16, metadata={"help": "Prompts sampled per step, per process."})
+    rollout_batch_size: int = field(default=16, metadata={"help": "Responses sampled per step, per process: "
+                                                          "rollout_batch_size / samples_per_prompt prompts, each "
+                                                          "answered samples_per_prompt times."})
+    samples_per_prompt: int = field(default=1, metadata={"help": "Responses sampled per prompt (a group, n): they "
+                                                         "are consecutive rows of the rollout batch and stay together "
+                                                         "on one rank and in one minibatch. rloo, grpo and "
+                                                         "reinforce_pp_baseline need n >= 2."})
     ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
-    minibatch_size: int = field(default=8, metadata={"help": "Sequences per optimiser step, per process."})
+    minibatch_size: int = field(default=8, metadata={"help": "Sequences per optimiser step, per process (a multiple "
+                                                             "of samples_per_prompt)."})
     forward_batch_size: int = field(default=0, metadata={"help": "Rollouts per forward when the actor, reference, "
                                                                  "critic and reward model score a rollout batch, so that no (batch x length x "
                                                                  "vocab) logits exist whole. 0: minibatch_size (what an update holds anyway)."})
@@ -85,8 +98,23 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
                                                                   "π_old and log π agree for the same weights; false: they train with "
                                                                   "their models' dropout. The reference and reward models never drop out."})
 
+    # Advantages.
+    advantage_estimator: str = field(default="gae", metadata={"help": "gae: GAE with a critic (InstructGPT). "
+                                                              "Without a critic (three models instead of four): rloo "
+                                                              "(leave-one-out baseline), grpo (group mean and std), "
+                                                              "reinforce_pp (returns normalised over the global "
+                                                              "batch), reinforce_pp_baseline (the same after the "
+                                                              "group's mean score is taken off)."})
+    scale_rewards: bool = field(default=True, metadata={"help": "grpo: divide each group's centred rewards by their "
+                                                        "std; false: Dr.GRPO's R - mean(R), no std."})
+    loss_aggregation: str = field(default="token_mean", metadata={"help": "How the per-token policy (and KL) loss "
+                                                                  "becomes one number: token_mean (each real token "
+                                                                  "of the minibatch alike), sequence_mean (each "
+                                                                  "response alike: GRPO), dr_grpo (each response's "
+                                                                  "sum / max_new_tokens: Dr.GRPO)."})
+
     # PPO.
-    gamma: float = field(default=1.0, metadata={"help": "Discount γ of GAE."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount γ of GAE and of reinforce_pp's returns."})
     lam: float = field(default=0.95, metadata={"help": "GAE λ."})
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip ε."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Value clip ε_v around the rollout's values."})
@@ -96,11 +124,16 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
                                                              "value-loss units. critic_learning_rate sets how fast the critic learns."})
 
     # Rewards.
-    kl_coef: float = field(default=0.05, metadata={"help": "β of the per-token KL penalty (the start, if adaptive)."})
+    kl_coef: float = field(default=0.05, metadata={"help": "β of the per-token KL penalty (the start, if adaptive), "
+                                                           "or of the KL loss term with kl_in_loss."})
+    kl_in_loss: bool = field(default=False, metadata={"help": "The KL to the reference as a loss term, β x the k3 "
+                                                              "estimate per token, aggregated as the policy loss "
+                                                              "(GRPO), instead of a per-token penalty in the reward."})
     adaptive_kl: bool = field(default=False, metadata={"help": "Steer β towards target_kl (Ziegler et al. 2019)."})
     target_kl: float = field(default=6.0, metadata={"help": "Adaptive β: target KL per response, in nats."})
     kl_horizon: int = field(default=10000, metadata={"help": "Adaptive β: horizon, in responses."})
-    kl_estimator: str = field(default="k1", metadata={"help": "Per-token KL estimate in the reward: k1, k2, k3 or abs."})
+    kl_estimator: str = field(default="k1", metadata={"help": "Per-token KL estimate in the reward and in the `kl` "
+                                                              "metric: k1, k2, k3 or abs (the kl_in_loss term is k3)."})
     score_clip: float = field(default=0.0, metadata={"help": "Clip reward-model scores to ±this; 0: off."})
     normalize_scores: bool = field(default=False, metadata={"help": "Normalise scores by the running mean and std "
                                                                     "of all scores so far."})
@@ -159,6 +192,7 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
         _check(self.padding_free_row_tokens >= 1,
                f"padding_free_row_tokens must be >= 1, got {self.padding_free_row_tokens}")
         _check(self.ppo_epochs >= 1 and self.max_new_tokens >= 1, "ppo_epochs and max_new_tokens must be >= 1")
+        self._check_estimator()
         _check(self.kl_estimator in ("k1", "k2", "k3", "abs"), f"kl_estimator '{self.kl_estimator}' is unknown")
         _check(self.kl_coef >= 0, "kl_coef must be >= 0")
         _check(self.lr_scheduler_type in LR_SCHEDULES,
@@ -171,6 +205,34 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
                f"report_to accepts tensorboard or none, got {self.report_to}")
         _check(bool(self.prompts_file), "prompts_file is required")
         super().__post_init__()
+
+    def _check_estimator(self) -> None:
+        estimator, n = self.advantage_estimator, self.samples_per_prompt
+        _check(estimator in ADVANTAGE_ESTIMATORS,
+               f"advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got '{estimator}'")
+        _check(n >= 1, f"samples_per_prompt must be >= 1, got {n}")
+        _check(estimator not in GROUP_ESTIMATORS or n >= 2,
+               f"advantage_estimator {estimator} compares the responses to one prompt: samples_per_prompt must be "
+               f">= 2, got {n}")
+        for key in ("rollout_batch_size", "minibatch_size"):
+            _check(getattr(self, key) % n == 0, f"{key} {getattr(self, key)} must be a multiple of samples_per_prompt "
+                                                f"{n}: a prompt's responses stay together")
+        _check(self.loss_aggregation in LOSS_AGGREGATIONS,
+               f"loss_aggregation must be one of {LOSS_AGGREGATIONS}, got '{self.loss_aggregation}'")
+        _check(self.scale_rewards or estimator == "grpo",
+               f"scale_rewards: false (Dr.GRPO) applies to advantage_estimator grpo, not {estimator}")
+        _check(not (self.kl_in_loss and self.adaptive_kl),
+               "adaptive_kl steers the KL penalty in the reward; with kl_in_loss the loss term's kl_coef is fixed")
+
+    @property
+    def needs_critic(self) -> bool:
+        """Only GAE reads a critic's values; the other estimators run with actor, reference and reward model."""
+        return self.advantage_estimator == "gae"
+
+    @property
+    def prompts_per_rank(self) -> int:
+        """Prompts each process samples per step (its rollout batch is each of them samples_per_prompt times)."""
+        return self.rollout_batch_size // self.samples_per_prompt
 
     @property
     def steps(self) -> int:

@@ -2,7 +2,8 @@
 
 The prompt order of epoch e is a permutation seeded by (seed, e), so the prompts of step N follow from N alone:
 the checkpoint's data position is its step, and a resumed run sees the same prompts as an uninterrupted one.
-Each step takes `per_rank x world_size` consecutive prompts of that order; rank r takes its slice.
+Each step takes `per_rank x world_size` consecutive prompts of that order; rank r takes its slice, and samples each
+of its prompts `samples_per_prompt` times in a row (`groups`): a prompt's group never spans two ranks.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from rlhf.ppo.groups import repeat_each
 
 def prompts_for_step(prompts: Sequence[Any], step: int, per_rank: int, world_size: int, rank: int,
-                     seed: int) -> list[Any]:
-    """The prompts rank `rank` samples at PPO step `step` (0-based), wrapping into the next epochs."""
+                     seed: int, samples_per_prompt: int = 1) -> list[Any]:
+    """The prompts rank `rank` samples at PPO step `step` (0-based), wrapping into the next epochs: its `per_rank`
+    prompts, each `samples_per_prompt` times in a row (rows [g·n, (g+1)·n) are prompt g's group)."""
     per_step = per_rank * world_size
     start = step * per_step + rank * per_rank
     chosen = []
     for position in range(start, start + per_rank):
         epoch, index = divmod(position, len(prompts))
         chosen.append(prompts[int(_epoch_order(len(prompts), seed, epoch)[index])])
-    return chosen
+    return repeat_each(chosen, samples_per_prompt)
 
 
 _orders: dict[tuple[int, int, int], torch.Tensor] = {}

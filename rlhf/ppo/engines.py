@@ -1,9 +1,12 @@
 """The four PPO models, each in its own DeepSpeed engine built from its own config file.
 
     actor      trained, starts from the SFT policy                       (e.g. ZeRO-2 or ZeRO-3)
-    critic     trained, starts from the reward model, a value per token  (e.g. ZeRO-2 or ZeRO-3)
+    critic     trained, starts from the reward model, a value per token  (e.g. ZeRO-2 or ZeRO-3); GAE only
     reference  frozen SFT policy, for the KL penalty                     (e.g. ZeRO-3 inference)
     reward     frozen reward model with its saved normalisation          (e.g. ZeRO-3 inference)
+
+The critic-free advantage estimators (rloo, grpo, reinforce_pp...) build three: no critic engine, no critic
+weights or optimiser states in memory, no value forward or backward.
 
 A LoRA actor is its own reference: the same weights with the adapter disabled, so no second copy is held.
 The files in deepspeed_configs/ use "auto" as the Hugging Face integration does; `fill_auto` resolves it
@@ -83,7 +86,7 @@ def zero_stage(engine) -> int:
 @dataclass
 class PPOEngines:
     actor: Any  # DeepSpeedEngine around the policy (a PeftModel for LoRA)
-    critic: Any  # DeepSpeedEngine around a TokenValueModel
+    critic: Any  # DeepSpeedEngine around a TokenValueModel, or None for a critic-free estimator
     reference: Any  # DeepSpeedEngine, or None when the LoRA actor serves as its own reference
     reward: Any  # DeepSpeedEngine around the reward model
     reward_tokenizer: Any
@@ -113,44 +116,37 @@ def adaptation_for(config, method: str) -> AdaptationConfig:
 
 
 def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
-    """Load the four models from `paths` (keys actor, critic, reference, reward) and wrap each in its engine.
+    """Load the models from `paths` (keys actor, critic, reference, reward; no critic for a critic-free
+    estimator) and wrap each in its engine.
 
     Each model loads as its engine holds it: under ZeRO-3 partitioned from the start (`partitioned_loading`),
     so that no rank ever holds a whole model, not even while the engines are being built.
     """
-    from rlhf.adaptation import apply_adaptation, base_model_config, load_adapted, parameter_summary
+    from rlhf.adaptation import apply_adaptation, load_adapted, parameter_summary
     from rlhf.models import partitioned_loading
     from rlhf.ppo import activation_checkpointing
-    from rlhf.ppo.critic import TokenValueModel
-    from rlhf.rm.model import RewardNormalization, load_reward_model
+    from rlhf.rm.model import load_reward_model
 
     remote, attention = config.trust_remote_code, config.attn_implementation
-    hidden = base_model_config(paths["actor"], remote).get_text_config().hidden_size
-    ds_configs = {role: engine_config(getattr(config, f"{role}_deepspeed"), config, hidden, trained=role in TRAINED)
-                  for role in ROLES}
-
+    ds_configs = engine_configs(config, paths)
     with partitioned_loading(ds_configs["actor"]):
         actor_model = apply_adaptation(load_adapted(paths["actor"], task="causal_lm", trust_remote_code=remote,
                                                     attn_implementation=attention),
                                        adaptation_for(config, config.adaptation_method), task="causal_lm")
-    with partitioned_loading(ds_configs["critic"]):
-        critic_base = load_adapted(paths["critic"], task="reward", trust_remote_code=remote,
-                                   attn_implementation=attention)
-    if critic_base.config.pad_token_id is None:
-        critic_base.config.pad_token_id = tokenizer.pad_token_id
-    # The critic's start is a reward model: its saved normalisation puts V on the rewards' scale.
-    critic_model = TokenValueModel(apply_adaptation(
-        critic_base, adaptation_for(config, config.critic_adaptation_method), task="reward"),
-        value_offset=RewardNormalization.load(paths["critic"]).offset)
+    critic_model = critic_model_for(config, paths, tokenizer, ds_configs) if config.needs_critic else None
     if distributed.is_main_process():
-        print(f"actor {config.adaptation_method}: {parameter_summary(actor_model)}; "
-              f"critic {config.critic_adaptation_method}: {parameter_summary(critic_model)}", flush=True)
+        critic_summary = (f"critic {config.critic_adaptation_method}: {parameter_summary(critic_model)}"
+                          if critic_model is not None else f"no critic ({config.advantage_estimator})")
+        print(f"actor {config.adaptation_method}: {parameter_summary(actor_model)}; {critic_summary}", flush=True)
 
     if config.gradient_checkpointing:
         activation_checkpointing.enable(actor_model)
-        activation_checkpointing.enable(critic_model.model)
+        if critic_model is not None:
+            activation_checkpointing.enable(critic_model.model)
     actor = _trained_engine(actor_model, ds_configs["actor"], config.actor_learning_rate, config)
-    critic = _trained_engine(critic_model, ds_configs["critic"], config.critic_learning_rate, config)
+    critic = None
+    if critic_model is not None:
+        critic = _trained_engine(critic_model, ds_configs["critic"], config.critic_learning_rate, config)
 
     reference = None
     if not uses_adapter_as_reference(config, paths):
@@ -165,7 +161,8 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     # from_pretrained leaves models in eval mode, which is also what disable_dropout wants: dropout would make the
     # rollout's log π_old differ from the update's log π for the same weights. The frozen models never drop out.
     for engine in (actor, critic):
-        engine.module.train(not config.disable_dropout)
+        if engine is not None:
+            engine.module.train(not config.disable_dropout)
     for engine in (reference, reward):
         if engine is not None:
             engine.module.eval()
@@ -176,18 +173,51 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     return engines
 
 
+def roles_of(config) -> tuple[str, ...]:
+    """The models this run builds: all of ROLES, less the critic when the estimator needs none."""
+    return tuple(role for role in ROLES if role != "critic" or config.needs_critic)
+
+
+def engine_configs(config, paths: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The DeepSpeed config of every model this run builds, its "auto"s resolved."""
+    from rlhf.adaptation import base_model_config
+
+    hidden = base_model_config(paths["actor"], config.trust_remote_code).get_text_config().hidden_size
+    return {role: engine_config(getattr(config, f"{role}_deepspeed"), config, hidden, trained=role in TRAINED)
+            for role in roles_of(config)}
+
+
+def critic_model_for(config, paths: dict[str, str], tokenizer, ds_configs: dict[str, dict[str, Any]]):
+    """The critic: the reward model at `paths["critic"]` read at every token, adapted as configured."""
+    from rlhf.adaptation import apply_adaptation, load_adapted
+    from rlhf.models import partitioned_loading
+    from rlhf.ppo.critic import TokenValueModel
+    from rlhf.rm.model import RewardNormalization
+
+    with partitioned_loading(ds_configs["critic"]):
+        critic_base = load_adapted(paths["critic"], task="reward", trust_remote_code=config.trust_remote_code,
+                                   attn_implementation=config.attn_implementation)
+    if critic_base.config.pad_token_id is None:
+        critic_base.config.pad_token_id = tokenizer.pad_token_id
+    # The critic's start is a reward model: its saved normalisation puts V on the rewards' scale.
+    return TokenValueModel(apply_adaptation(critic_base, adaptation_for(config, config.critic_adaptation_method),
+                                            task="reward"),
+                           value_offset=RewardNormalization.load(paths["critic"]).offset)
+
+
 PACKED_ROLES = ("actor", "reference", "critic")
 
 
 def padding_free_rows(engines: PPOEngines, vocab_size: int, row_tokens: int) -> dict[str, int | None]:
     """Tokens per packed row for each of actor, reference and critic whose model keeps packed sequences apart,
-    else None (padded), with a line naming any that runs padded."""
+    else None (padded, or no critic), with a line naming any that runs padded."""
     from rlhf.ppo.experience import causal_lm_logits, release_gathered
     from rlhf.ppo.packing import keeps_sequences_apart, row_tokens_for
 
     # role: (engine, per-token forward, the transformers model whose config names its attention)
-    models = {"actor": (engines.actor, causal_lm_logits(engines.actor.module), engines.actor.module),
-              "critic": (engines.critic, engines.critic.module, engines.critic.module.model)}
+    models = {"actor": (engines.actor, causal_lm_logits(engines.actor.module), engines.actor.module)}
+    if engines.critic is not None:
+        models["critic"] = (engines.critic, engines.critic.module, engines.critic.module.model)
     if engines.reference is not None:
         models["reference"] = (engines.reference, causal_lm_logits(engines.reference.module), engines.reference.module)
     rows = {}
@@ -196,7 +226,9 @@ def padding_free_rows(engines: PPOEngines, vocab_size: int, row_tokens: int) -> 
         release_gathered(engine)
         rows[role] = row_tokens_for(_compat.attention_implementation(model.config), row_tokens) if apart else None
     rows.setdefault("reference", rows["actor"])  # the actor with its adapter disabled
-    padded = [role for role in PACKED_ROLES if rows[role] is None]
+    rows.setdefault("critic", None)  # no critic to run
+    built = [role for role in PACKED_ROLES if role != "critic" or engines.critic is not None]
+    padded = [role for role in built if rows[role] is None]
     if padded and distributed.is_main_process():
         print(f"padding_free: the {', '.join(padded)} model's attention crosses packed sequences; it runs padded",
               flush=True)

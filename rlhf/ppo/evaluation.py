@@ -18,19 +18,26 @@ from rlhf.data.formatting import prompt_text
 
 
 def final_metrics(config, inputs, tokenizer, sampling, state: dict[str, Any], final_dir: Path) -> dict[str, Any]:
-    """The run's final metrics (steps, skips, last KL, win rates); writes samples.json beside them (rank 0)."""
+    """The run's final metrics (steps, skips, last KL, the estimator, win rates); writes samples.json beside them
+    (rank 0)."""
     from rlhf.io import atomic_write_json
     from rlhf.ppo.tracking import read_metrics
 
     output_dir = Path(config.output_dir)
     history = read_metrics(output_dir)
     metrics: dict[str, Any] = {"steps": config.steps, "skipped_updates": state["skipped_updates"],
-                               "kl_final": history[-1]["kl"] if history else None}
+                               "kl_final": history[-1]["kl"] if history else None, **estimator_metrics(config)}
     if inputs.eval_prompts:
         comparison, samples = compare_policies(config, inputs, tokenizer, sampling, final_dir)
         metrics.update(comparison)
         atomic_write_json(output_dir / run_files.PPO_SAMPLES, samples)
     return metrics
+
+
+def estimator_metrics(config) -> dict[str, Any]:
+    """How the advantages were estimated, for metrics.json, the registry entry and the report."""
+    return {"advantage_estimator": config.advantage_estimator, "samples_per_prompt": config.samples_per_prompt,
+            "kl_in_loss": config.kl_in_loss}
 
 
 def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path) -> tuple[dict[str, Any], list[dict]]:

@@ -1,11 +1,12 @@
-"""Making PPO experience: sample responses, score them four ways, turn scores into advantages.
+"""Making PPO experience: sample responses, score them four ways (three without a critic), turn scores into
+advantages.
 
     generate        the actor samples a response per prompt (KV cache; ZeRO-3: parameters gathered once
                     for the whole batch, or per step with synced_gpus)
-    score           log π_old and log π_ref under the sampling distribution, V(s_t) from the critic, and
-                    the reward model's score of each full response
+    score           log π_old and log π_ref under the sampling distribution, V(s_t) from the critic (GAE
+                    only), and the reward model's score of each full response
     advantages      score shaping (running normalisation, clip, missing-EOS penalty), the per-token KL
-                    penalty, GAE and whitening
+                    penalty, then GAE and whitening or a critic-free estimator (rlhf.ppo.estimators)
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from rlhf.generation import checkpoint_defaults_off
 from rlhf.models import same_tokenization
 from rlhf.ppo import activation_checkpointing, packing
 from rlhf.ppo.engines import PPOEngines, zero_stage
+from rlhf.ppo.estimators import (grpo_advantages, minus_group_mean, reinforce_pp_advantages, rloo_advantages,
+                                 sequence_rewards)
 from rlhf.ppo.logprobs import SamplingSettings, position_ids_from_mask, sampling_logprobs
 from rlhf.ppo.rewards import (RunningMoments, gae_advantages, kl_penalized_rewards, masked_whiten,
                               response_mask_after_eos, score_with_eos_penalty)
@@ -216,15 +219,17 @@ def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, t
         return response_values(engines.critic.module, _on(engines.critic.device, part), query_length,
                                engines.row_tokens["critic"])
 
-    values = in_micro_batches(critic_values, rows, forward_batch_size)
-    release_gathered(engines.critic)
+    values = None
+    if engines.critic is not None:
+        values = in_micro_batches(critic_values, rows, forward_batch_size).float().cpu()
+        release_gathered(engines.critic)
     scores = reward_scores(engines, tokenizer, batch, response_ids, response_mask, reward_max_length,
                            settings.stops(tokenizer), forward_batch_size)
     release_gathered(engines.reward)
     return Rollout(
         query_ids=batch.query_ids, query_mask=batch.query_mask, response_ids=response_ids,
         response_mask=response_mask, logprobs=logprobs.float().cpu(), ref_logprobs=ref_logprobs.float().cpu(),
-        values=values.float().cpu(), scores=scores.cpu(),
+        values=values, scores=scores.cpu(),
     )
 
 
@@ -295,33 +300,79 @@ def decode_responses(tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
 
 @dataclasses.dataclass
 class RewardShaping:
-    kl_coef: float
+    kl_coef: float  # β of the penalty in the reward; 0 when the KL is a loss term (kl_in_loss)
     kl_estimator: str = "k1"
     score_clip: float = 0.0  # 0: off
     missing_eos_penalty: float = 0.0
     gamma: float = 1.0
     lam: float = 0.95
+    advantage_estimator: str = "gae"  # or one of rlhf.ppo.estimators' (rlhf.ppo.config.ADVANTAGE_ESTIMATORS)
+    samples_per_prompt: int = 1
+    scale_rewards: bool = True  # grpo: divide by the group's std (false: Dr.GRPO)
 
 
 def with_advantages(rollout: Rollout, shaping: RewardShaping, eos_token_id: int | Sequence[int],
                     moments: RunningMoments | None) -> tuple[Rollout, torch.Tensor]:
-    """The rollout with rewards, whitened advantages and returns; and the per-token KL (B, T).
+    """The rollout with rewards, advantages and (GAE) returns; and the per-token KL (B, T).
 
     Scores: normalised by the running moments of all ranks' scores so far (when `moments` is given), clipped to
     ±score_clip, then minus the missing-EOS penalty. The penalty comes last so that it is in the units the
     user set (of normalised scores when normalising) and is never clipped away, and the moments see only the
-    reward model. Then r_t = -β·KL_t + [t = last]·score, GAE, and whitening over every rank's tokens.
+    reward model. Then r_t = -β·KL_t + [t = last]·score, and the estimator's advantages (`ADVANTAGES`).
     """
+    scores = shaped_scores(rollout, shaping, eos_token_id, moments)
+    rewards, kl = kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask,
+                                       shaping.kl_coef, shaping.kl_estimator)
+    rewards, advantages, returns = ADVANTAGES[shaping.advantage_estimator](rollout, scores, rewards, shaping)
+    return dataclasses.replace(rollout, rewards=rewards, advantages=advantages, returns=returns), kl
+
+
+def shaped_scores(rollout: Rollout, shaping: RewardShaping, eos_token_id: int | Sequence[int],
+                  moments: RunningMoments | None) -> torch.Tensor:
+    """(B,) scores normalised (running moments of every rank's scores), clipped, less the missing-EOS penalty."""
     scores = rollout.scores
     if moments is not None:
         moments.update(scores, across_ranks=True)
         scores = moments.normalize(scores)
     if shaping.score_clip > 0:
         scores = scores.clamp(-shaping.score_clip, shaping.score_clip)
-    scores = score_with_eos_penalty(scores, rollout.response_ids, eos_token_id, shaping.missing_eos_penalty)
-    rewards, kl = kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask,
-                                       shaping.kl_coef, shaping.kl_estimator)
-    advantages, returns = gae_advantages(rollout.values, rewards, rollout.response_mask,
-                                         shaping.gamma, shaping.lam)
-    advantages = masked_whiten(advantages, rollout.response_mask, across_ranks=True)
-    return dataclasses.replace(rollout, rewards=rewards, advantages=advantages, returns=returns), kl
+    return score_with_eos_penalty(scores, rollout.response_ids, eos_token_id, shaping.missing_eos_penalty)
+
+
+# Each estimator: (rollout, shaped scores, per-token rewards, shaping) -> (rewards, advantages, returns or None).
+
+
+def _gae(rollout, scores, rewards, shaping):
+    """GAE on the critic's values, whitened over the tokens of every rank."""
+    advantages, returns = gae_advantages(rollout.values, rewards, rollout.response_mask, shaping.gamma, shaping.lam)
+    return rewards, masked_whiten(advantages, rollout.response_mask, across_ranks=True), returns
+
+
+def _rloo(rollout, scores, rewards, shaping):
+    """The leave-one-out baseline on the sequence reward (score - β Σ KL)."""
+    mask = rollout.response_mask
+    return rewards, rloo_advantages(sequence_rewards(rewards, mask), mask, shaping.samples_per_prompt), None
+
+
+def _grpo(rollout, scores, rewards, shaping):
+    """The group's mean (and std, unless Dr.GRPO) on the sequence reward (score - β Σ KL)."""
+    mask = rollout.response_mask
+    return rewards, grpo_advantages(sequence_rewards(rewards, mask), mask, shaping.samples_per_prompt,
+                                    shaping.scale_rewards), None
+
+
+def _reinforce_pp(rollout, scores, rewards, shaping):
+    """Discounted returns of the per-token rewards, normalised over every rank's tokens."""
+    return rewards, reinforce_pp_advantages(rewards, rollout.response_mask, shaping.gamma, across_ranks=True), None
+
+
+def _reinforce_pp_baseline(rollout, scores, rewards, shaping):
+    """REINFORCE++ on rewards whose scores had their group's mean taken off."""
+    centred, _ = kl_penalized_rewards(minus_group_mean(scores, shaping.samples_per_prompt), rollout.logprobs,
+                                      rollout.ref_logprobs, rollout.response_mask, shaping.kl_coef,
+                                      shaping.kl_estimator)
+    return _reinforce_pp(rollout, scores, centred, shaping)
+
+
+ADVANTAGES = {"gae": _gae, "rloo": _rloo, "grpo": _grpo, "reinforce_pp": _reinforce_pp,
+              "reinforce_pp_baseline": _reinforce_pp_baseline}

@@ -1,4 +1,5 @@
-"""What a PPO run reads: four models by reference, the prompts (checked up front), optional PPO-ptx data."""
+"""What a PPO run reads: four models (three without a critic) by reference, the prompts (checked up front),
+optional PPO-ptx data."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from rlhf.registry import Entry, Registry, resolve_model
 
 @dataclass
 class PPOInputs:
-    paths: dict[str, str]  # actor, critic, reference, reward: a directory or hub id each
+    paths: dict[str, str]  # actor, critic (GAE only), reference, reward: a directory or hub id each
     entries: dict[str, Entry | None]  # the registry entries they came from
     registry: Registry
     tokenizer: Any  # the policy's
     prompts: list[Any]
     eval_prompts: list[Any]
     seed: int
-    rollout_batch_size: int
+    prompts_per_rank: int
+    samples_per_prompt: int
     fitted: list[tuple[str, str, Any]] = field(default_factory=list)  # (name, file, Fitted) of each prompts file
 
     def lineage(self, config) -> dict[str, Any]:
@@ -32,8 +34,8 @@ class PPOInputs:
     def prompts_for_step(self, step: int) -> list[Any]:
         from rlhf.ppo.data import prompts_for_step
 
-        return prompts_for_step(self.prompts, step, self.rollout_batch_size, distributed.world_size(),
-                                distributed.global_rank(), self.seed)
+        return prompts_for_step(self.prompts, step, self.prompts_per_rank, distributed.world_size(),
+                                distributed.global_rank(), self.seed, self.samples_per_prompt)
 
 
 def read_inputs(config) -> PPOInputs:
@@ -46,8 +48,10 @@ def read_inputs(config) -> PPOInputs:
     from rlhf.models import load_tokenizer
 
     registry = Registry(config.registry_dir or None)
-    references = {"actor": config.model_name_or_path, "critic": config.critic_model,
-                  "reference": config.reference_model or config.model_name_or_path, "reward": config.reward_model}
+    references = {"actor": config.model_name_or_path, "reference": config.reference_model or config.model_name_or_path,
+                  "reward": config.reward_model}
+    if config.needs_critic:  # the critic-free estimators never read critic_model
+        references["critic"] = config.critic_model
     paths, entries = {}, {}
     for role, reference in references.items():
         try:
@@ -56,7 +60,8 @@ def read_inputs(config) -> PPOInputs:
         except ConfigError as error:
             raise ConfigError(f"{role} model: {error}") from None
     tokenizer = load_tokenizer(paths["actor"], trust_remote_code=config.trust_remote_code)
-    check_critic_tokenizer(tokenizer, paths, config.trust_remote_code)
+    if config.needs_critic:
+        check_critic_tokenizer(tokenizer, paths, config.trust_remote_code)
 
     def fitted(name, path):
         return name, path, fit_prompts(load_prompts(path), tokenizer, max_tokens=config.max_prompt_length,
@@ -70,7 +75,7 @@ def read_inputs(config) -> PPOInputs:
         if shortfall and distributed.is_main_process():
             print(f"{config.eval_prompts_file}: {shortfall}", flush=True)
     return PPOInputs(paths, entries, registry, tokenizer, fitted_prompts[0][2].kept, eval_prompts, config.seed,
-                     config.rollout_batch_size, fitted_prompts)
+                     config.prompts_per_rank, config.samples_per_prompt, fitted_prompts)
 
 
 def held_out_prompts(fitted, wanted: int) -> tuple[list[Any], str]:

@@ -27,14 +27,18 @@ BAR_KEYS = ("rm_score", "kl", "beta")
 
 def step_metrics(step: int, rollout: Rollout, kl: torch.Tensor, result, beta: float, prompts: Sequence[Any],
                  texts: Sequence[str], gold: Callable[[str, str], float] | None, times: tuple[float, float, float],
-                 skipped_updates: int, ptx: bool, eos_token_id: int | Sequence[int]) -> dict[str, Any]:
-    """One flat row of ppo_metrics.jsonl, averaged over ranks (contracts: the PPO metric keys)."""
+                 skipped_updates: int, ptx: bool, eos_token_id: int | Sequence[int],
+                 kl_loss: bool = False) -> dict[str, Any]:
+    """One flat row of ppo_metrics.jsonl, averaged over ranks (contracts: the PPO metric keys). The value metrics
+    only with a critic (GAE); `kl_loss` only when the KL is a loss term."""
     mask = rollout.response_mask
     lengths = mask.sum(dim=-1).float()
 
     def mean_stat(name: str) -> float:
         values = [float(getattr(stats, name)) for stats in result.stats]
         return fmean(values) if values else float("nan")
+
+    critic = rollout.values is not None
 
     time_generation, time_scoring, time_training = times
     values = {
@@ -43,10 +47,8 @@ def step_metrics(step: int, rollout: Rollout, kl: torch.Tensor, result, beta: fl
         "entropy": mean_stat("entropy"),
         "response_length": lengths.mean().item(),
         "policy_loss": mean_stat("policy_loss"),
-        "value_loss": mean_stat("value_loss"),
         "clip_fraction": mean_stat("clip_fraction"),
         "approx_kl": mean_stat("approx_kl"),
-        "value_explained_variance": float(explained_variance(rollout.values, rollout.returns, mask)),
         "non_eos_fraction": non_eos_fraction(rollout, eos_token_id),
         "time_generation": time_generation,
         "time_scoring": time_scoring,
@@ -57,6 +59,11 @@ def step_metrics(step: int, rollout: Rollout, kl: torch.Tensor, result, beta: fl
         values["gold_score"] = fmean(gold(prompt, text) for prompt, text in zip(prompts, texts))
     if ptx:
         values["ptx_loss"] = mean_stat("ptx_loss")
+    if critic:  # a critic-free run has no value metrics at all, rather than zeros that look measured
+        values["value_loss"] = mean_stat("value_loss")
+        values["value_explained_variance"] = float(explained_variance(rollout.values, rollout.returns, mask))
+    if kl_loss:
+        values["kl_loss"] = mean_stat("kl_loss")
     values = mean_over_ranks(values)
     # Throughput adds up over ranks; the mean above is per rank.
     values["tokens_per_second"] *= distributed.world_size()

@@ -1,13 +1,16 @@
 """Stage 3: PPO against the reward model with a per-token KL penalty to the SFT policy (InstructGPT §3.5).
 
     python -m rlhf.stages.ppo --config configs/ppo.yaml [--actor_learning_rate 1e-5 ...]
+    python -m rlhf.stages.ppo --config configs/ppo.yaml --advantage_estimator rloo --samples_per_prompt 4
     deepspeed --num_gpus 2 --module rlhf.stages.ppo --config configs/ppo.yaml \
         --actor_deepspeed deepspeed_configs/zero3.json --critic_deepspeed deepspeed_configs/zero3.json
 
-Each step: 1. the actor samples responses to a batch of prompts; 2. the reference, critic and reward model
-score them; 3. scores become per-token rewards (score at the last token, -β·KL on every token), GAE advantages
-and returns; 4. several epochs of clipped PPO over minibatches update actor and critic; 5. metrics, β update,
-checkpoint. At the end the policy is saved, compared with the SFT policy on held-out prompts, and registered.
+Each step: 1. the actor samples responses to a batch of prompts (samples_per_prompt each); 2. the reference,
+critic (GAE only) and reward model score them; 3. scores become per-token rewards (score at the last token, -β·KL
+on every token, unless the KL is a loss term), then advantages: GAE with returns for the critic, or a
+critic-free estimator (RLOO, GRPO, REINFORCE++); 4. several epochs of clipped PPO over minibatches update the
+actor, and the critic; 5. metrics, β update, checkpoint. At the end the policy is saved, compared with the SFT
+policy on held-out prompts, and registered.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from rlhf.stop_request import StopRequest
 
 
 class PPORecipe:
-    """setup() builds the four engines and restores the latest checkpoint; train() runs the PPO steps;
-    finish() saves, compares and registers the policy; cleanup() closes the logger and the SIGTERM handler."""
+    """setup() builds the four engines (three without a critic) and restores the latest checkpoint; train() runs the
+    PPO steps; finish() saves, compares and registers the policy; cleanup() closes the logger and the SIGTERM
+    handler."""
 
     def __init__(self, config: PPOStageConfig):
         self.config = config
@@ -45,10 +49,10 @@ class PPORecipe:
 
     def setup(self) -> None:
         config = self.config
-        # The four models by reference, the prompts checked before anything trains.
+        # The models by reference, the prompts checked before anything trains.
         engines.init_distributed()
         # ZeRO-3 gathers and frees parameters module by module: what it frees must leave the resident set.
-        if host_memory.zero3_in(getattr(config, f"{role}_deepspeed") for role in engines.ROLES):
+        if host_memory.zero3_in(getattr(config, f"{role}_deepspeed") for role in engines.roles_of(config)):
             host_memory.return_freed_blocks_to_os()
         torch.manual_seed(config.seed + distributed.global_rank())
         self.inputs = ppo_inputs.read_inputs(config)
@@ -66,7 +70,9 @@ class PPORecipe:
         self.update_settings = update.UpdateSettings(config.ppo_epochs, config.minibatch_size, config.cliprange,
                                                      config.cliprange_value, config.vf_coef, config.ptx_coef,
                                                      self.sampling, self.engines.row_tokens["actor"],
-                                                     self.engines.row_tokens["critic"])
+                                                     self.engines.row_tokens["critic"], config.samples_per_prompt,
+                                                     config.loss_aggregation,
+                                                     config.kl_coef if config.kl_in_loss else None)
         checkpoint.remove_partial_saves(config.output_dir)
         self.resume()
         ptx = ppo_inputs.ptx_examples(config, self.tokenizer, self.sampling.stop_token_ids) if config.ptx_coef else None
@@ -81,7 +87,7 @@ class PPORecipe:
         """Weights, optimisers, RNG, β, score moments and the data position (the step) of the latest checkpoint."""
         if not self.config.resume:
             return
-        self.last_saved = checkpoint.resumable_checkpoint(self.config.output_dir)
+        self.last_saved = checkpoint.resumable_checkpoint(self.config.output_dir, self.engines.critic is not None)
         if self.last_saved is None:
             return
         self.state = checkpoint.load_checkpoint(self.last_saved, self.engines.actor, self.engines.critic)
@@ -117,17 +123,20 @@ class PPORecipe:
         response_ids = experience.generate(models.actor, batch, self.generation_config, self.zero3_generation)
         generated = time.perf_counter()
 
-        # 2. Score: log π_old and log π_ref under the sampling distribution, V(s_t), reward-model scores.
+        # 2. Score: log π_old and log π_ref under the sampling distribution, V(s_t) (GAE), reward-model scores.
         rollout = experience.score(models, batch, response_ids, tokenizer, self.sampling, config.reward_input_limit,
                                    config.scoring_batch_size)
         scored = time.perf_counter()
 
-        # 3. Advantages: per-token rewards with the KL penalty, GAE, whitening.
-        shaping = experience.RewardShaping(self.kl_controller.value, config.kl_estimator, config.score_clip,
-                                           config.missing_eos_penalty, config.gamma, config.lam)
+        # 3. Advantages: per-token rewards with the KL penalty (unless it is a loss term), then GAE and whitening,
+        #    or the critic-free estimator's.
+        shaping = experience.RewardShaping(0.0 if config.kl_in_loss else self.kl_controller.value,
+                                           config.kl_estimator, config.score_clip, config.missing_eos_penalty,
+                                           config.gamma, config.lam, config.advantage_estimator,
+                                           config.samples_per_prompt, config.scale_rewards)
         rollout, kl = experience.with_advantages(rollout, shaping, self.sampling.stop_token_ids, self.moments)
 
-        # 4. Update: PPO epochs over minibatches; a non-finite loss skips its update.
+        # 4. Update: PPO epochs over minibatches of whole groups; a non-finite loss skips its update.
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         try:
             result = update.ppo_update(models.actor, models.critic, rollout, self.update_settings, generator,
@@ -144,7 +153,7 @@ class PPORecipe:
         row = tracking.step_metrics(step + 1, rollout, kl, result, self.kl_controller.value, prompts, texts,
                                      self.gold, times=(generated - started, scored - generated, trained - scored),
                                      skipped_updates=self.state["skipped_updates"], ptx=self.ptx is not None,
-                                     eos_token_id=self.sampling.stop_token_ids)
+                                     eos_token_id=self.sampling.stop_token_ids, kl_loss=config.kl_in_loss)
         row["learning_rate"] = models.actor.get_lr()[0]  # the schedule's value for the next step
         return row
 
