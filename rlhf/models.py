@@ -18,6 +18,12 @@ DEFAULT_ATTENTION = "sdpa"
 FLASH_ATTENTION = {f"flash_attention_{n}": f"is_flash_attn_{n}_available" for n in (2, 3, 4)}  # transformers.utils
 
 
+def is_flash_attention(attention_implementation: str | None) -> bool:
+    """Whether an attention implementation runs flash attention's kernels (2, 3, 4 and the hub kernels built on
+    them): variable-length sequences of a flattened batch (cu_seq_lens), and no dense mask, custom ones included."""
+    return "flash" in (attention_implementation or "")
+
+
 def check_attention(attn_implementation: str) -> None:
     """A flash attention that is asked for but not installed is a one-line error before any model loads
     (transformers would fail at the first load, with a page of advice)."""

@@ -1,4 +1,4 @@
-"""Padding-free forwards (rlhf/ppo/packing.py): rows planned and packed as worked out by hand; on six model
+"""Padding-free forwards (rlhf/ppo/packing.py): rows packed as worked out by hand; on six model
 families the packed forward gives the padded forward's logits, values and gradients, and the family whose
 attention crosses packed sequences (OPT) is found by the probe."""
 
@@ -8,17 +8,6 @@ import pytest
 import torch
 
 from architectures import FAMILIES, family_config, family_tokenizer
-
-
-def test_rows_are_filled_first_fit_in_the_given_order():
-    from rlhf.ppo.packing import plan_rows
-
-    assert plan_rows([5, 3, 4, 2], capacity=8) == [[0, 1], [2, 3]]
-    # 2 goes back to the first row, which still has room for it; 5 then fills the second.
-    assert plan_rows([6, 3, 2, 5], capacity=8) == [[0, 2], [1, 3]]
-    assert plan_rows([8, 8], capacity=8) == [[0], [1]]
-    with pytest.raises(ValueError, match="9 tokens does not fit a row of 8"):
-        plan_rows([9], capacity=8)
 
 
 def test_flash_attention_packs_everything_into_one_row():

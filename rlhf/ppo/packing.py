@@ -16,55 +16,20 @@ flash attention everything goes into one row (`row_tokens_for`).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from rlhf import distributed
+from rlhf.models import is_flash_attention
+from rlhf.packed_rows import PackedBatch, plan_rows
 
 
 def row_tokens_for(attention_implementation: str | None, row_tokens: int) -> int:
     """Tokens per packed row for a model's attention. Flash attention finds packed sequences only in a batch of
     one row (transformers' `_is_packed_sequence`; in several rows they would see each other), and attends within
     each sequence whatever the row's length: one row holds everything. Others: `row_tokens`."""
-    return sys.maxsize if "flash" in (attention_implementation or "") else row_tokens
-
-
-def plan_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Sequence indices per row, first fit in the given order: each sequence goes to the first row with room."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for index, length in enumerate(lengths):
-        if length > capacity:
-            raise ValueError(f"a sequence of {length} tokens does not fit a row of {capacity}")
-        row = next((r for r, free in enumerate(room) if free >= length), None)
-        if row is None:
-            rows.append([])
-            room.append(capacity)
-            row = len(rows) - 1
-        rows[row].append(index)
-        room[row] -= length
-    return rows
-
-
-@dataclass(frozen=True)
-class PackedBatch:
-    input_ids: torch.Tensor  # (R, C)
-    position_ids: torch.Tensor  # (R, C): each sequence counts from 0; a row's tail is one more such sequence
-    mask: torch.Tensor  # (B, T) bool: the real tokens of the padded batch
-    rows: torch.Tensor  # (n,) packed row of each real token, in the order of mask.nonzero()
-    columns: torch.Tensor  # (n,) packed column of each real token
-
-    def unpack(self, packed: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """(R, C, ...) per-token outputs as (B, stop - start, ...) for padded columns [start, stop); 0 where the
-        padded batch holds padding (those positions are masked wherever the result is used)."""
-        wanted = torch.zeros_like(self.mask)
-        wanted[:, start:stop] = self.mask[:, start:stop]
-        keep = wanted[self.mask]
-        batch, column = wanted.nonzero(as_tuple=True)
-        out = packed.new_zeros((self.mask.shape[0], stop - start, *packed.shape[2:]))
-        return out.index_put((batch, column - start), packed[self.rows[keep], self.columns[keep]])
+    return sys.maxsize if is_flash_attention(attention_implementation) else row_tokens
 
 
 def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,

@@ -17,10 +17,13 @@ from typing import Any
 
 import torch
 
+from rlhf.models import is_flash_attention
+
+
 def has_varlen_attention(attention_implementation: str | None) -> bool:
     """Whether an attention implementation runs a flattened batch per demonstration (cu_seq_lens), without a
     dense mask: flash attention 2 and 3, and the hub kernels built on them."""
-    return "flash" in (attention_implementation or "")
+    return is_flash_attention(attention_implementation)
 
 
 @dataclass
