@@ -22,7 +22,7 @@ NO_ML_LIBRARIES = ["rlhf", "rlhf.bounded_json", "rlhf.config", "rlhf.errors", "r
                    "rlhf.sft.data", "rlhf.rm.data", "rlhf.pipeline"]
 # Pure math: torch at most, nothing else heavy.
 TORCH_ONLY = ["rlhf.rm.loss", "rlhf.ppo.rewards", "rlhf.ppo.losses", "rlhf.ppo.rollout", "rlhf.ppo.kl_control",
-              "rlhf.ppo.estimators", "rlhf.ppo.groups"]
+              "rlhf.ppo.estimators", "rlhf.ppo.groups", "rlhf.packed_rows", "rlhf.probes", "rlhf.shared_prompt.layout"]
 
 
 def heavy_modules_after_import(module: str) -> list[str]:
