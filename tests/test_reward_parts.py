@@ -44,8 +44,21 @@ def test_kendall_tau_b_matches_the_textbook_example():
     assert kendall_tau_b([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
 
 
-def test_trainer_loss_is_the_kway_loss_of_the_model_scores(tiny_reward_model):
-    from rlhf.rm.trainer import RankingTrainer, ranking_rewards
+def ranking_trainer(model, output_dir, shared_prompt_forward: bool):
+    from transformers import TrainingArguments
+
+    from rlhf.rm.trainer import RankingTrainer
+
+    args = TrainingArguments(output_dir=str(output_dir), report_to="none", use_cpu=True, remove_unused_columns=False,
+                             label_names=["ranks"])
+    return RankingTrainer(model=model, args=args, data_collator=RankingCollator(pad_token_id=0),
+                          shared_prompt_forward=shared_prompt_forward)
+
+
+@pytest.mark.parametrize("shared_prompt_forward", [True, False])
+def test_trainer_loss_is_the_kway_loss_of_the_model_scores(tiny_reward_model, tmp_path, shared_prompt_forward,
+                                                           capsys):
+    from rlhf.rm.trainer import ranking_rewards
 
     features = [{"input_ids": [[1, 5, 6], [1, 7]], "ranks": [1, 2]},
                 {"input_ids": [[1, 8], [1, 9, 10], [1, 11]], "ranks": [2, 1, 3]}]
@@ -55,5 +68,9 @@ def test_trainer_loss_is_the_kway_loss_of_the_model_scores(tiny_reward_model):
     alone = [tiny_reward_model(input_ids=torch.tensor([ids])).logits[0, 0].item()
              for feature in features for ids in feature["input_ids"]]
     assert rewards[0, :2].tolist() + rewards[1].tolist() == pytest.approx(alone, abs=1e-5)
-    loss = RankingTrainer.compute_loss(None, tiny_reward_model, batch)
-    assert loss.item() == pytest.approx(kway_ranking_loss(rewards, batch["ranks"]).item())
+    trainer = ranking_trainer(tiny_reward_model, tmp_path, shared_prompt_forward)
+    loss = trainer.compute_loss(tiny_reward_model, batch)
+    assert loss.item() == pytest.approx(kway_ranking_loss(rewards, batch["ranks"]).item(), abs=1e-6)
+    # Decided at the first batch: a Llama keeps the responses apart under the shared prompt's mask, silently.
+    assert trainer.shared_prompt.enabled == shared_prompt_forward
+    assert "shared_prompt_forward" not in capsys.readouterr().out

@@ -70,6 +70,8 @@ def test_rm_run_raises_held_out_pairwise_accuracy_and_registers_with_its_sft_par
     assert metrics["eval_pairwise_accuracy_k4"] == metrics["eval_pairwise_accuracy"]
     assert metrics["eval_kendall_tau"] > 0.5
     assert metrics["gold_agreement"] > 0.75
+    assert metrics["shared_prompt_forward"] is True  # on by default, and the tiny Llama passes the check
+    assert "shared_prompt_forward:" not in capsys.readouterr().out
 
     # The offset puts the named demonstrations' mean reward at 0, and travels with the model.
     model, tokenizer, normalization = load_reward_model(entry.path)
@@ -207,3 +209,5 @@ def test_rm_under_two_process_zero3_trains_on_both_ranks_and_saves_whole_weights
     assert weights["score.weight"].shape == (1, 32)  # gathered from the ZeRO-3 partitions, not empty shards
     assert all(tensor.numel() > 0 for tensor in weights.values())
     assert 0.0 <= entries[0].metrics["eval_pairwise_accuracy"] <= 1.0 and "reward_offset" in entries[0].metrics
+    # Both ranks ran the check on their ZeRO-3 partitions and agreed.
+    assert entries[0].metrics["shared_prompt_forward"] is True

@@ -53,6 +53,13 @@ class RankingCollator:
                 "slot_index": torch.tensor(slots, dtype=torch.long)}
 
 
+def ranking_sizes(slot_index, ranks) -> list[int]:
+    """How many sequences of the batch each ranking has, in batch order (its consecutive sequences)."""
+    import torch
+
+    return torch.bincount(slot_index // ranks.shape[1], minlength=ranks.shape[0]).tolist()
+
+
 def scores_on_grid(flat_scores, slot_index, ranks):
     """Place one score per sequence into the (B, K) grid of `ranks`; empty slots hold 0 (and rank 0)."""
     import torch

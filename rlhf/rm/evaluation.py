@@ -17,9 +17,13 @@ def evaluate(model_dir: str | Path, config, tokenizer, rankings: Sequence[Rankin
     """Held-out pairwise accuracy (overall, by K), Kendall's tau, and agreement with the gold scorer."""
     if not rankings:
         return {}
+    from rlhf.shared_prompt.forward import OFF, reward_model_support
+
     model, tokenizer, normalization = load_reward_model(str(model_dir), trust_remote_code=config.trust_remote_code)
+    # Rank 0 alone scores here; the training already said whether the model fails the check.
+    shared = reward_model_support(model, across_ranks=False) if config.shared_prompt_forward else OFF
     rewards = score_rankings(model, tokenizer, rankings, normalization, config.max_length,
-                             stop_token_ids_of(str(model_dir), tokenizer))
+                             stop_token_ids_of(str(model_dir), tokenizer), shared_prompt=shared)
     metrics = {f"eval_{k}": v for k, v in ranking_metrics(rewards, [list(r.ranks) for r in rankings]).items()}
     flat = [reward for row in rewards for reward in row]
     metrics["eval_mean_reward"] = sum(flat) / len(flat)
@@ -29,11 +33,12 @@ def evaluate(model_dir: str | Path, config, tokenizer, rankings: Sequence[Rankin
 
 
 def score_rankings(model, tokenizer, rankings: Sequence[Ranking], normalization, max_length: int,
-                   stop_token_ids: Sequence[int] = ()) -> list[list[float]]:
-    """The reward of every completion of every ranking, one row per ranking, each response through the model once."""
+                   stop_token_ids: Sequence[int] = (), shared_prompt=None) -> list[list[float]]:
+    """The reward of every completion of every ranking, one row per ranking, each response through the model once
+    (with `shared_prompt`, a ranking's completions behind one copy of its prompt: `score_texts`)."""
     flat = score_texts(model, tokenizer, [r.prompt for r in rankings for _ in r.completions],
                        [c for r in rankings for c in r.completions], normalization=normalization,
-                       stop_token_ids=stop_token_ids, max_length=max_length)
+                       stop_token_ids=stop_token_ids, max_length=max_length, shared_prompt=shared_prompt)
     rows, at = [], 0
     for ranking in rankings:
         rows.append(flat[at:at + ranking.k])

@@ -61,18 +61,32 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_token_id: int):
     return input_ids, attention_mask
 
 
-def raw_scores(model, input_ids, attention_mask):
-    """The model's scalar output for each sequence, before normalisation, shape (N,)."""
+def raw_scores(model, input_ids, attention_mask, shared_prompt=None, group_sizes=None):
+    """The model's scalar output for each sequence, before normalisation, shape (N,).
+
+    With `shared_prompt` (a `SharedPromptSupport` that covers the batch) and `group_sizes` (consecutive sequences
+    with the same prompt), each group's prompt is computed once; the scores are the same to float tolerance.
+    """
+    if shared_prompt is not None and group_sizes is not None and \
+            shared_prompt.covers(int(attention_mask.sum(dim=1).max())):
+        from rlhf.shared_prompt.forward import shared_prompt_scores
+
+        return shared_prompt_scores(model, input_ids, attention_mask, group_sizes)
     return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
 
 
 def score_texts(model, tokenizer, prompts: Sequence[Any], completions: Sequence[Any], *,
                 normalization: RewardNormalization | None = None, stop_token_ids: Sequence[int] = (),
-                max_length: int = 512, batch_size: int = 32) -> list[float]:
+                max_length: int = 512, batch_size: int = 32, shared_prompt=None) -> list[float]:
     """Normalised reward of each (prompt, completion), read as `reward_input_ids` gives it and scored in batches
     without gradients. An input over `max_length` loses the start of its prompt, never the end of its response
-    (the stages fit their data to the limit first, so that this does not happen to what they train on)."""
+    (the stages fit their data to the limit first, so that this does not happen to what they train on).
+
+    `shared_prompt` (a `SharedPromptSupport`): consecutive pairs with the same prompt share one copy of it.
+    """
     import torch
+
+    from rlhf.shared_prompt.layout import consecutive_runs
 
     offset = normalization.offset if normalization else 0.0
     scores: list[float] = []
@@ -82,7 +96,8 @@ def score_texts(model, tokenizer, prompts: Sequence[Any], completions: Sequence[
             ids = [reward_input_ids(tokenizer, p, c, stop_token_ids=stop_token_ids)[-max_length:]
                    for p, c in zip(prompts[start:start + batch_size], completions[start:start + batch_size])]
             input_ids, attention_mask = pad_right(ids, tokenizer.pad_token_id)
-            raw = raw_scores(model, input_ids.to(device), attention_mask.to(device))
+            raw = raw_scores(model, input_ids.to(device), attention_mask.to(device), shared_prompt,
+                             consecutive_runs(prompts[start:start + batch_size]))
             scores.extend((raw.float() - offset).tolist())
     return scores
 

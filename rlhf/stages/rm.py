@@ -46,6 +46,7 @@ def run(config: RMStageConfig):
     trainer = RankingTrainer(
         model=model, args=config, train_dataset=train_features, eval_dataset=eval_features or None,
         data_collator=RankingCollator(inputs.tokenizer.pad_token_id), compute_metrics=compute_ranking_metrics,
+        shared_prompt_forward=config.shared_prompt_forward,
     )
     config.eval_on_start = bool(eval_features)  # the "before" numbers
     result = trainer_run.train(trainer, config)
@@ -56,6 +57,7 @@ def run(config: RMStageConfig):
         metrics["eval_pairwise_accuracy_before"] = before["eval_pairwise_accuracy"]
         metrics["eval_loss_before"] = before["eval_loss"]
     metrics["train_loss"] = result.training_loss
+    metrics["shared_prompt_forward"] = trainer.shared_prompt is not None and trainer.shared_prompt.enabled
     metrics["train_runtime_s"] = result.metrics.get("train_runtime")
 
     # 4. Save, set the reward's zero at the demonstrations' mean, measure on held-out rankings, register.
