@@ -4,6 +4,7 @@
     python -m benchmarks.run --smallest --no-peer    # smallest settings, no TRL venv: checks the suite runs
     python -m benchmarks.run --demo-run runs/demo    # also read a pipeline run for the end-to-end section
     python -m benchmarks.run --only ppo_vs_trl rm_kway
+    python -m benchmarks.run --only rm_shared_prompt   # shared-prompt RM training (keeps the other sections)
 
 Ratios compare ours with a peer or baseline measured in alternation within this run: the machine is shared
 and its speed drifts, so ratios mean more than the seconds behind them (kept in the JSON).
@@ -22,7 +23,8 @@ from pathlib import Path
 from benchmarks.common import REPO, machine_info, write_json
 from rlhf.io import atomic_write_text
 
-NAMES = ("matmul", "ppo_vs_trl", "zero3_generation", "ppo_memory", "rm_kway", "sft_throughput", "demo")
+NAMES = ("matmul", "ppo_vs_trl", "zero3_generation", "ppo_memory", "rm_kway", "rm_shared_prompt", "sft_throughput",
+         "demo")
 
 
 def log(message: str) -> None:
@@ -82,6 +84,12 @@ def bench_rm_kway(args, workdir: Path, results: dict) -> dict:
             "step": "forward + loss + backward + AdamW step"}
 
 
+def bench_rm_shared_prompt(args, workdir: Path, results: dict) -> dict:
+    from benchmarks import shared_prompt
+
+    return shared_prompt.run(shared_prompt.Settings.smallest() if args.smallest else shared_prompt.Settings(), log=log)
+
+
 def bench_sft_throughput(args, workdir: Path, results: dict) -> dict:
     """SFT tokens/s from benchmarks/sft_throughput.py, written on its own branch; skipped while it is absent."""
     script = REPO / "benchmarks" / "sft_throughput.py"
@@ -104,8 +112,8 @@ def bench_demo(args, workdir: Path, results: dict) -> dict:
 
 
 BENCHMARKS = {"matmul": bench_matmul, "ppo_vs_trl": bench_ppo_vs_trl, "zero3_generation": bench_zero3_generation,
-              "ppo_memory": bench_ppo_memory, "rm_kway": bench_rm_kway, "sft_throughput": bench_sft_throughput,
-              "demo": bench_demo}
+              "ppo_memory": bench_ppo_memory, "rm_kway": bench_rm_kway, "rm_shared_prompt": bench_rm_shared_prompt,
+              "sft_throughput": bench_sft_throughput, "demo": bench_demo}
 assert tuple(BENCHMARKS) == NAMES
 
 
@@ -165,7 +173,7 @@ def _first_number(mapping: dict, keys) -> float | None:
 
 def render(machine: dict, results: dict, derived: list[dict], args, seconds: float) -> dict[str, str]:
     """The measured part of RESULTS.md, one markdown block per section (see `fill_blocks`)."""
-    from benchmarks import demo_run, ppo_memory, ppo_vs_trl, zero3_generation
+    from benchmarks import demo_run, ppo_memory, ppo_vs_trl, shared_prompt, zero3_generation
     from benchmarks.kway_vs_pairs import markdown_table
 
     v = machine["versions"]
@@ -207,6 +215,7 @@ def render(machine: dict, results: dict, derived: list[dict], args, seconds: flo
             lambda r: f"{r['model']}; {r['settings']['num_rankings']} rankings per step, sequences of "
                       f"{r['settings']['seq_len']}; median of {r['settings']['repeats']} steps.\n\n"
                       + markdown_table(r["rows"]))
+    section("rm_shared_prompt", shared_prompt.markdown)
     section("ppo_memory",
             lambda r: f"{r['model']} ({r['parameters']['policy'] / 1e6:.1f}M parameters per policy, "
                       f"{r['fp32_mb_per_model']['policy']:.0f} MB in fp32); {r['settings']['steps']} PPO steps.\n\n"

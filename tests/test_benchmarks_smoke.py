@@ -31,13 +31,14 @@ def write_fake_demo_run(root):
 def test_suite_runs_on_smallest_settings_and_writes_its_files(tmp_path):
     demo = tmp_path / "demo-run"
     write_fake_demo_run(demo)
-    code = bench_run.main(["--smallest", "--no-peer", "--only", "ppo_vs_trl", "rm_kway", "sft_throughput", "demo",
+    code = bench_run.main(["--smallest", "--no-peer", "--only", "ppo_vs_trl", "rm_kway", "rm_shared_prompt",
+                           "sft_throughput", "demo",
                            "--demo-run", str(demo), "--results-dir", str(tmp_path / "out"),
                            "--workdir", str(tmp_path / "work")])
     assert code == 0
 
     results = json.loads((tmp_path / "out" / "results" / "all.json").read_text())
-    assert set(results["results"]) == {"matmul", "ppo_vs_trl", "rm_kway", "sft_throughput", "demo"}
+    assert set(results["results"]) == {"matmul", "ppo_vs_trl", "rm_kway", "rm_shared_prompt", "sft_throughput", "demo"}
     assert results["machine"]["cpu_cores"] >= 1 and results["machine"]["versions"]["torch"]
     assert results["results"]["matmul"]["peak_flops"] > 0
 
@@ -48,6 +49,7 @@ def test_suite_runs_on_smallest_settings_and_writes_its_files(tmp_path):
     # The profile wraps the stage's phases where the recipe looks them up: it must see every update it times.
     assert ppo["ours_training_profile"]["updates"] >= 1 and ppo["ours_training_profile"]["update_s"] > 0
     assert [row["k"] for row in results["results"]["rm_kway"]["rows"]] == [2, 4]
+    assert [row["k"] for row in results["results"]["rm_shared_prompt"]["rows"]] == [4, 9, 4, 4]
 
     demo_result = results["results"]["demo"]
     assert demo_result["stage_seconds"] == {"sft": 12.5, "rm": 7.0, "ppo": 30.0}
@@ -56,6 +58,7 @@ def test_suite_runs_on_smallest_settings_and_writes_its_files(tmp_path):
     markdown = (tmp_path / "out" / "RESULTS.md").read_text()
     for heading in ("## 1. PPO iteration", "## 3. Reward-model training", "## 5. Tokens per second", "## 6. End-to-end"):
         assert heading in markdown
+    assert "| HH-like, K=9 | 150-400 | 20-80 |" in markdown
     assert "not run (left out with --only)" in markdown  # ZeRO-3 generation and memory
     assert "+0.250" in markdown
 
@@ -70,6 +73,22 @@ def test_padding_free_benchmark_times_both_sides_on_the_same_rollouts(tmp_path):
     assert 0 < result["real_token_share"] <= 1
     assert all(value > 0 for value in result["ratios"].values())
     assert "| training |" in padding_free.markdown(result)
+
+
+def test_shared_prompt_benchmark_times_both_sides_on_the_same_rankings_and_counts_their_tokens():
+    from benchmarks import shared_prompt
+
+    cases = (shared_prompt.Case("long prompts", 3, (40, 60), (2, 6)), shared_prompt.Case("short", 2, (3, 4), (5, 9)))
+    result = shared_prompt.run(shared_prompt.Settings.smallest(), cases, log=lambda line: None)
+    long_prompts, short = result["rows"]
+    for row in result["rows"]:
+        assert [len(row["step_s"][side]) for side in ("shared", "separate")] == [1, 1]
+        assert row["time_ratio"] > 0
+        # The same weights and rankings: the first step's losses agree.
+        assert row["first_step_loss"]["shared"] == pytest.approx(row["first_step_loss"]["separate"], abs=1e-5)
+    # Three 40-60-token prompts computed once instead of three times, replies of at most 6.
+    assert long_prompts["tokens_ratio"] < 0.6 and short["tokens_ratio"] < 1
+    assert "| long prompts | 40-60 | 2-6 |" in shared_prompt.markdown(result)
 
 
 @pytest.mark.slow
