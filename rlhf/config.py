@@ -4,7 +4,8 @@
 
 YAML values are turned into command-line arguments and put before the user's, so that the same
 `HfArgumentParser` types both (a string where a float belongs is an error naming the key) and the
-command line wins. Fields shared by every stage live once, in `CommonArguments`.
+command line wins. Fields shared by every stage live once, in `CommonArguments`; the shared-prompt switch
+of the RM and PPO stages in `SharedPromptArguments`.
 """
 
 from __future__ import annotations
@@ -78,6 +79,21 @@ class CommonArguments:
         if parent is not None:
             parent()
         _check_deepspeed_agrees(self)
+
+
+@dataclass
+class SharedPromptArguments:
+    """The switch of the stages that run several responses to one prompt (RM: a ranking's completions; PPO: a
+    prompt's samples). Declared once here; RM and PPO configs inherit it."""
+
+    shared_prompt_forward: bool = field(
+        default=True,
+        metadata={"help": "Run the responses to one prompt in one row behind one copy of the prompt, each seeing the "
+                          "prompt and itself at its own positions: the prompt is computed once, with the same outputs, "
+                          "losses and gradients to float tolerance. A model that fails a check at start (flash "
+                          "attention, attention that ignores a custom mask) runs one sequence per response, with a "
+                          "line saying so."},
+    )
 
 
 def _check_before_any_work(config) -> None:

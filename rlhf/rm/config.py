@@ -1,4 +1,5 @@
-"""RMStageConfig: every setting of stage 2 (rlhf.stages.rm): ours, the adaptation fields and the Trainer's."""
+"""RMStageConfig: every setting of stage 2 (rlhf.stages.rm): ours, the adaptation fields, the shared-prompt switch and
+the Trainer's."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from rlhf.adaptation.config import AdaptationConfig
-from rlhf.config import CommonArguments
+from rlhf.config import CommonArguments, SharedPromptArguments
 
 
 @dataclass
-class RMStageConfig(CommonArguments, AdaptationConfig, TrainingArguments):
-    """Stage 2's config: our fields, the adaptation fields (full, lora, bitfit, probe, ...) and the Trainer's.
+class RMStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments, TrainingArguments):
+    """Stage 2's config: our fields, the adaptation fields (full, lora, bitfit, probe, ...), the shared-prompt switch
+    and the Trainer's.
 
     `per_device_train_batch_size` counts rankings; each brings its K completions.
     """
@@ -29,11 +31,6 @@ class RMStageConfig(CommonArguments, AdaptationConfig, TrainingArguments):
     normalization_file: str = field(default="", metadata={"help": "prompt/completion records whose mean reward is set to 0. "
                                                                   "Empty: the SFT parent's demonstrations, else the best completions."})
     normalization_samples: int = field(default=512, metadata={"help": "At most this many records set the offset."})
-    shared_prompt_forward: bool = field(default=True, metadata={"help": (
-        "Run each ranking's completions behind one copy of its prompt, each seeing the prompt and itself "
-        "(the same scores, losses and gradients to float tolerance). Where the model fails a check at the first "
-        "batch (flash attention, attention that ignores a custom mask) every completion runs with its own copy, "
-        "and a line says so.")})
     gold_scorer: str = field(default="", metadata={"help": "Name of a gold scorer ('demo') to measure agreement with."})
     output_dir: str = field(default="runs/rm", metadata={"help": "Checkpoints, metrics and the resolved config."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: batches carry ranks, not model inputs."})
