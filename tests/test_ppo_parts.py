@@ -202,17 +202,22 @@ def scalar_head_model(tokenizer):
     return LlamaForSequenceClassification(config).eval()
 
 
-def scores_in_ppo(reward_model, reward_tokenizer, policy_tokenizer, batch, response_ids, mask, offset: float):
-    """The scores PPO's scoring step gives these responses, with the reward model alone behind the engines."""
+def scores_in_ppo(reward_model, reward_tokenizer, policy_tokenizer, batch, response_ids, mask, offset: float,
+                  shared_prompt=None, forward_batch_size: int = 0):
+    """The scores PPO's scoring step gives these responses, with the reward model alone behind the engines
+    (`shared_prompt`: whether it may share a prompt among its responses; default not)."""
     from types import SimpleNamespace
 
     from rlhf.ppo.experience import reward_scores
+    from rlhf.shared_prompt.forward import OFF
 
     engines = SimpleNamespace(reward=SimpleNamespace(module=reward_model, device=torch.device("cpu")),
                               reward_tokenizer=reward_tokenizer, reward_offset=offset,
-                              reward_stop_token_ids=(reward_tokenizer.eos_token_id,))
+                              reward_stop_token_ids=(reward_tokenizer.eos_token_id,),
+                              shared_prompt={"reward": shared_prompt or OFF})
     with torch.no_grad():
-        return reward_scores(engines, policy_tokenizer, batch, response_ids, mask, max_length=64)
+        return reward_scores(engines, policy_tokenizer, batch, response_ids, mask, max_length=64,
+                             forward_batch_size=forward_batch_size)
 
 
 def test_responses_are_retokenized_for_a_reward_model_with_another_tokenizer():

@@ -117,6 +117,19 @@ def test_runs_of_equal_consecutive_prompts_are_the_groups_that_share():
     assert consecutive_runs([]) == []
 
 
+def test_runs_of_equal_rows_are_ppos_groups_and_only_a_group_of_two_or_more_runs_shared():
+    from rlhf.shared_prompt.forward import OFF, SharedPromptSupport
+    from rlhf.shared_prompt.layout import runs_of_equal_rows
+
+    queries = torch.tensor([[0, 7, 8], [0, 7, 8], [0, 7, 8], [5, 6, 9], [0, 7, 8]])
+    assert runs_of_equal_rows(queries) == [3, 1, 1]
+    assert runs_of_equal_rows(torch.tensor([4, 4, 2])) == [2, 1] and runs_of_equal_rows(queries[:0]) == []
+    mask = torch.ones((5, 3), dtype=torch.long)
+    assert SharedPromptSupport(True).shares([3, 1, 1], mask)
+    assert not SharedPromptSupport(True).shares([1, 1, 1, 1, 1], mask)  # samples_per_prompt 1: nothing to share
+    assert not OFF.shares([3, 1, 1], mask) and not SharedPromptSupport(True, window=2).shares([3, 1, 1], mask)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # On real model families: the same scores, losses and gradients as one sequence per completion
 # ---------------------------------------------------------------------------------------------------------

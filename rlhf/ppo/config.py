@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rlhf.adaptation.config import AdaptationConfig
-from rlhf.config import CommonArguments
+from rlhf.config import CommonArguments, SharedPromptArguments
 from rlhf.errors import ConfigError
 
 ACTOR_CRITIC_METHODS = ("full", "lora")
@@ -24,7 +24,7 @@ LOSS_AGGREGATIONS = ("token_mean", "sequence_mean", "dr_grpo")
 
 
 @dataclass
-class PPOStageConfig(CommonArguments, AdaptationConfig):
+class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments):
     """Stage 3's config. `adaptation_method` and the lora_* fields adapt the actor; the critic has its own
     method and shares the LoRA settings. Batch sizes count sequences per process."""
 

@@ -28,6 +28,7 @@ from rlhf.config import load_deepspeed_config
 from rlhf.distributed import free_port
 from rlhf.errors import ConfigError
 from rlhf.generation import stop_token_ids_of
+from rlhf.shared_prompt.forward import OFF, SharedPromptSupport
 
 
 def init_distributed() -> None:
@@ -94,6 +95,8 @@ class PPOEngines:
     reward_stop_token_ids: tuple[int, ...] = ()  # what ends a response for the reward model (its directory's)
     # Tokens per packed row of the padding-free forwards of actor, reference and critic; None: padded.
     row_tokens: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(PACKED_ROLES))
+    # Whether each model's forwards may run a prompt's responses behind one copy of it (`rlhf.shared_prompt`).
+    shared_prompt: dict[str, SharedPromptSupport] = field(default_factory=lambda: dict.fromkeys(SHARED_ROLES, OFF))
 
     def reference_context(self):
         """Where the reference's forward runs: the actor with its adapter disabled, or nothing special."""
@@ -170,6 +173,8 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
                          stop_token_ids_of(paths["reward"], reward_tokenizer))
     if config.padding_free:
         engines.row_tokens = padding_free_rows(engines, len(tokenizer), config.padding_free_row_tokens)
+    if config.shared_prompt_forward and config.samples_per_prompt > 1:
+        engines.shared_prompt = shared_prompt_supports(engines)
     return engines
 
 
@@ -233,6 +238,37 @@ def padding_free_rows(engines: PPOEngines, vocab_size: int, row_tokens: int) -> 
         print(f"padding_free: the {', '.join(padded)} model's attention crosses packed sequences; it runs padded",
               flush=True)
     return {role: rows[role] for role in PACKED_ROLES}
+
+
+SHARED_ROLES = ("actor", "reference", "critic", "reward")
+
+
+def shared_prompt_supports(engines: PPOEngines) -> dict[str, SharedPromptSupport]:
+    """Whether each model's forwards may share a prompt among its responses (checked on every rank, the most
+    cautious answer winning), with a line naming any model that runs one sequence per response, and why."""
+    from rlhf.ppo.experience import causal_lm_logits, release_gathered
+    from rlhf.shared_prompt.forward import check_support, reward_model_support
+
+    # role: (engine, per-token forward, the module it runs in, the transformers config naming its attention)
+    models = {"actor": (engines.actor, causal_lm_logits(engines.actor.module), engines.actor.module,
+                        engines.actor.module.config),
+              "critic": (engines.critic, engines.critic.module, engines.critic.module,
+                         engines.critic.module.model.config)}
+    if engines.reference is not None:
+        models["reference"] = (engines.reference, causal_lm_logits(engines.reference.module),
+                               engines.reference.module, engines.reference.module.config)
+    supports = {}
+    for role, (engine, forward, module, model_config) in models.items():
+        supports[role] = check_support(forward, module, model_config, engine.device, across_ranks=True)
+        release_gathered(engine)
+    supports.setdefault("reference", supports["actor"])  # the actor with its adapter disabled
+    supports["reward"] = reward_model_support(engines.reward.module, across_ranks=True)
+    release_gathered(engines.reward)
+    if distributed.is_main_process():
+        for reason in dict.fromkeys(s.reason for s in supports.values() if not s.enabled):
+            roles = [role for role in SHARED_ROLES if not supports[role].enabled and supports[role].reason == reason]
+            print(supports[roles[0]].line(f"{', '.join(roles)} model{'s' if len(roles) > 1 else ''}"), flush=True)
+    return {role: supports[role] for role in SHARED_ROLES}
 
 
 ROLES = ("actor", "critic", "reference", "reward")

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
+from rlhf import probes
 from rlhf.data.formatting import encode_prompts, response_text, reward_input_ids
 from rlhf.generation import checkpoint_defaults_off
 from rlhf.models import same_tokenization
@@ -28,6 +29,8 @@ from rlhf.ppo.logprobs import SamplingSettings, position_ids_from_mask, sampling
 from rlhf.ppo.rewards import (RunningMoments, gae_advantages, kl_penalized_rewards, masked_whiten,
                               response_mask_after_eos, score_with_eos_penalty)
 from rlhf.ppo.rollout import Rollout
+from rlhf.shared_prompt.forward import OFF, SharedPromptSupport, forward_shared
+from rlhf.shared_prompt.layout import consecutive_runs, runs_of_equal_rows
 
 
 @dataclasses.dataclass
@@ -148,26 +151,37 @@ def causal_lm_logits(model):
 
 
 def at_response_positions(forward, inputs: dict[str, torch.Tensor], query_length: int,
-                          row_tokens: int | None = None) -> torch.Tensor:
+                          row_tokens: int | None = None, shared_prompt: SharedPromptSupport = OFF,
+                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """forward(**inputs)'s per-token outputs (B, T, ...) at the positions that predicted each response token:
     position Q-1+t predicts response token t. Padding-free (`packing`) when `row_tokens` is set; 0 where the
-    padded batch holds padding then."""
+    padded batch holds padding then.
+
+    With `shared_prompt` (the model passed its check), rollouts with the same prompt in consecutive rows (a
+    prompt's samples_per_prompt responses) run behind one copy of it (`rlhf.shared_prompt`), in rows of at most
+    max(a group, row_tokens) tokens; `dtype` is the model's, for the attention mask.
+    """
     start, stop = query_length - 1, inputs["input_ids"].shape[1] - 1
+    groups = runs_of_equal_rows(inputs["input_ids"][:, :query_length])
+    if shared_prompt.shares(groups, inputs["attention_mask"]):
+        return forward_shared(forward, inputs, groups, start, stop, dtype, row_tokens or 0)
     if row_tokens is not None:
         return packing.forward_packed(forward, inputs, row_tokens, start, stop)
     return forward(**inputs)[:, start:stop]
 
 
 def response_logits(model, inputs: dict[str, torch.Tensor], query_length: int,
-                    row_tokens: int | None = None) -> torch.Tensor:
+                    row_tokens: int | None = None, shared_prompt: SharedPromptSupport = OFF) -> torch.Tensor:
     """(B, T, V) logits that predicted each response token (`at_response_positions`)."""
-    return at_response_positions(causal_lm_logits(model), inputs, query_length, row_tokens)
+    return at_response_positions(causal_lm_logits(model), inputs, query_length, row_tokens, shared_prompt,
+                                 probes.parameter_dtype(model))
 
 
 def response_values(critic, inputs: dict[str, torch.Tensor], query_length: int,
-                    row_tokens: int | None = None) -> torch.Tensor:
+                    row_tokens: int | None = None, shared_prompt: SharedPromptSupport = OFF) -> torch.Tensor:
     """(B, T) critic values V(s_t) at the positions that predicted each response token (`at_response_positions`)."""
-    return at_response_positions(critic, inputs, query_length, row_tokens)
+    return at_response_positions(critic, inputs, query_length, row_tokens, shared_prompt,
+                                 probes.parameter_dtype(critic))
 
 
 def _on(device, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -198,26 +212,27 @@ def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, t
     rows = {**sequence_inputs(batch.query_ids, batch.query_mask, response_ids, response_mask), "labels": response_ids}
     query_length = batch.query_ids.shape[1]
 
-    def logprobs_under(model, device, row_tokens):
+    def logprobs_under(model, device, role):
         def forward(part):
             labels = part.pop("labels").to(device)
-            logits = response_logits(model, _on(device, part), query_length, row_tokens)
+            logits = response_logits(model, _on(device, part), query_length, engines.row_tokens[role],
+                                     engines.shared_prompt[role])
             return sampling_logprobs(logits, labels, settings)
         return forward
 
-    logprobs = in_micro_batches(logprobs_under(engines.actor.module, engines.actor.device,
-                                               engines.row_tokens["actor"]), rows, forward_batch_size)
+    logprobs = in_micro_batches(logprobs_under(engines.actor.module, engines.actor.device, "actor"), rows,
+                                forward_batch_size)
     release_gathered(engines.actor)
     with engines.reference_context():
         device = engines.reference.device if engines.reference is not None else engines.actor.device
-        ref_logprobs = in_micro_batches(logprobs_under(engines.reference_module, device,
-                                                       engines.row_tokens["reference"]), rows, forward_batch_size)
+        ref_logprobs = in_micro_batches(logprobs_under(engines.reference_module, device, "reference"), rows,
+                                        forward_batch_size)
     release_gathered(engines.reference if engines.reference is not None else engines.actor)
 
     def critic_values(part):
         part.pop("labels")
         return response_values(engines.critic.module, _on(engines.critic.device, part), query_length,
-                               engines.row_tokens["critic"])
+                               engines.row_tokens["critic"], engines.shared_prompt["critic"])
 
     values = None
     if engines.critic is not None:
@@ -249,18 +264,24 @@ def release_gathered(engine) -> None:
 def reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
                   response_mask: torch.Tensor, max_length: int, stop_token_ids: Sequence[int] = (),
                   forward_batch_size: int = 0) -> torch.Tensor:
-    """(B,) normalised reward-model score of each rollout, read as `reward_inputs` gives it."""
+    """(B,) normalised reward-model score of each rollout, read as `reward_inputs` gives it; rollouts of one prompt
+    in consecutive rows behind one copy of it, where the reward model passed its check."""
     from rlhf.rm.model import pad_right, raw_scores
 
     sequences = reward_inputs(tokenizer, engines.reward_tokenizer, batch, response_ids, response_mask, max_length,
                               stop_token_ids, engines.reward_stop_token_ids)
     input_ids, attention_mask = pad_right(sequences, engines.reward_tokenizer.pad_token_id)
+    # Each rollout's prompt, numbered: consecutive rows with one number are one prompt's group.
+    runs = consecutive_runs(batch.prompts)
+    prompt_index = torch.repeat_interleave(torch.arange(len(runs)), torch.tensor(runs, dtype=torch.long))
     device = engines.reward.device
 
     def forward(part):
-        return raw_scores(engines.reward.module, part["input_ids"].to(device), part["attention_mask"].to(device))
+        return raw_scores(engines.reward.module, part["input_ids"].to(device), part["attention_mask"].to(device),
+                          engines.shared_prompt["reward"], runs_of_equal_rows(part["prompt_index"][:, None]))
 
-    raw = in_micro_batches(forward, {"input_ids": input_ids, "attention_mask": attention_mask}, forward_batch_size)
+    raw = in_micro_batches(forward, {"input_ids": input_ids, "attention_mask": attention_mask,
+                                     "prompt_index": prompt_index}, forward_batch_size)
     return raw.float() - engines.reward_offset
 
 

@@ -17,6 +17,7 @@ from rlhf.ppo.experience import response_logits, response_values, sequence_input
 from rlhf.ppo.logprobs import SamplingSettings, sampling_entropy, sampling_logprobs
 from rlhf.ppo.rewards import masked_mean
 from rlhf.ppo.rollout import PPOStats, Rollout
+from rlhf.shared_prompt.forward import OFF, SharedPromptSupport
 
 
 @dataclass
@@ -34,6 +35,9 @@ class UpdateSettings:
     samples_per_prompt: int = 1  # minibatches hold whole groups of this many rows
     loss_aggregation: str = "token_mean"  # losses.aggregate: token_mean, sequence_mean or dr_grpo
     kl_loss_coef: float | None = None  # β of the KL loss term (kl_in_loss); None: no such term
+    # Whether the actor's and the critic's forwards run a prompt's responses behind one copy of it.
+    actor_shared_prompt: SharedPromptSupport = OFF
+    critic_shared_prompt: SharedPromptSupport = OFF
 
 
 @dataclass
@@ -100,7 +104,7 @@ def actor_loss_of(actor, minibatch: Rollout, inputs: dict[str, torch.Tensor], se
     device = actor.device
     mask = minibatch.response_mask.to(device)
     logits = response_logits(actor, {k: v.to(device) for k, v in inputs.items()}, minibatch.query_ids.shape[1],
-                             settings.actor_row_tokens)
+                             settings.actor_row_tokens, settings.actor_shared_prompt)
     logprobs = sampling_logprobs(logits, minibatch.response_ids.to(device), settings.sampling)
     aggregation = dict(aggregation=settings.loss_aggregation, max_tokens=settings.sampling.max_new_tokens)
     policy_loss, clip_fraction, approx_kl = losses.ppo_policy_loss(
@@ -131,7 +135,7 @@ def critic_loss_of(critic, minibatch: Rollout, inputs: dict[str, torch.Tensor],
     """vf_coef x the clipped value loss; and the value loss and its clip fraction, detached."""
     device = critic.device
     values = response_values(critic, {k: v.to(device) for k, v in inputs.items()}, minibatch.query_ids.shape[1],
-                             settings.critic_row_tokens)
+                             settings.critic_row_tokens, settings.critic_shared_prompt)
     value_loss, value_clip_fraction = losses.ppo_value_loss(
         values, minibatch.values.to(device), minibatch.returns.to(device), minibatch.response_mask.to(device),
         settings.cliprange_value)

@@ -67,8 +67,7 @@ def raw_scores(model, input_ids, attention_mask, shared_prompt=None, group_sizes
     With `shared_prompt` (a `SharedPromptSupport` that covers the batch) and `group_sizes` (consecutive sequences
     with the same prompt), each group's prompt is computed once; the scores are the same to float tolerance.
     """
-    if shared_prompt is not None and group_sizes is not None and \
-            shared_prompt.covers(int(attention_mask.sum(dim=1).max())):
+    if shared_prompt is not None and group_sizes is not None and shared_prompt.shares(group_sizes, attention_mask):
         from rlhf.shared_prompt.forward import shared_prompt_scores
 
         return shared_prompt_scores(model, input_ids, attention_mask, group_sizes)

@@ -43,6 +43,11 @@ class SharedPromptSupport:
         the custom mask (full causal within a sequence) and the model's window mask agree."""
         return self.enabled and (self.window is None or longest <= self.window)
 
+    def shares(self, group_sizes: Sequence[int], attention_mask: torch.Tensor) -> bool:
+        """Whether a padded batch in groups of `group_sizes` runs shared: the model may (`covers`) and some
+        group has a prompt to share (a batch of lone sequences would gain nothing)."""
+        return max(group_sizes, default=1) > 1 and self.covers(int(attention_mask.sum(dim=1).max()))
+
     def line(self, what: str) -> str:
         return f"shared_prompt_forward: the {what}: {self.reason}; {FALLBACK}"
 

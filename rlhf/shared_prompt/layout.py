@@ -35,6 +35,18 @@ def consecutive_runs(items: Sequence) -> list[int]:
     return runs
 
 
+def runs_of_equal_rows(rows: torch.Tensor) -> list[int]:
+    """The lengths of the runs of equal consecutive rows of a (N, ...) tensor: PPO's prompts, each repeated
+    samples_per_prompt times in a row, come out as their groups."""
+    if rows.shape[0] == 0:
+        return []
+    rows = rows.reshape(rows.shape[0], -1)
+    starts = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+    starts[1:] = (rows[1:] != rows[:-1]).any(dim=1)
+    first = starts.nonzero()[:, 0]
+    return torch.diff(first, append=first.new_tensor([rows.shape[0]])).tolist()
+
+
 def left_aligned(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(N, longest) each sequence's real tokens from column 0, 0 after them."""
     lengths = mask.sum(dim=1)

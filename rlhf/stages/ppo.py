@@ -67,12 +67,15 @@ class PPORecipe:
                                                 config.kl_horizon)
         self.moments = RunningMoments() if config.normalize_scores else None
         self.gold = ppo_inputs.gold_scorer_or_none(config)
-        self.update_settings = update.UpdateSettings(config.ppo_epochs, config.minibatch_size, config.cliprange,
-                                                     config.cliprange_value, config.vf_coef, config.ptx_coef,
-                                                     self.sampling, self.engines.row_tokens["actor"],
-                                                     self.engines.row_tokens["critic"], config.samples_per_prompt,
-                                                     config.loss_aggregation,
-                                                     config.kl_coef if config.kl_in_loss else None)
+        self.update_settings = update.UpdateSettings(
+            ppo_epochs=config.ppo_epochs, minibatch_size=config.minibatch_size, cliprange=config.cliprange,
+            cliprange_value=config.cliprange_value, vf_coef=config.vf_coef, ptx_coef=config.ptx_coef,
+            sampling=self.sampling, actor_row_tokens=self.engines.row_tokens["actor"],
+            critic_row_tokens=self.engines.row_tokens["critic"], samples_per_prompt=config.samples_per_prompt,
+            loss_aggregation=config.loss_aggregation,
+            kl_loss_coef=config.kl_coef if config.kl_in_loss else None,
+            actor_shared_prompt=self.engines.shared_prompt["actor"],
+            critic_shared_prompt=self.engines.shared_prompt["critic"])
         checkpoint.remove_partial_saves(config.output_dir)
         self.resume()
         ptx = ppo_inputs.ptx_examples(config, self.tokenizer, self.sampling.stop_token_ids) if config.ptx_coef else None
