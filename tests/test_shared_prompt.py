@@ -326,7 +326,7 @@ def test_a_model_that_refuses_a_custom_mask_fails_the_check_with_its_error_named
     config = family_reward_model("gpt2").config
     shared = check_support(refuses, torch.nn.Linear(2, 2), config, "cpu", across_ranks=False)
     assert not shared.enabled
-    assert shared.reason == "its forward refused a custom attention mask (TypeError: a 2D mask only)"
+    assert shared.reason == "its forward failed on a shared-prompt row (TypeError: a 2D mask only)"
 
 
 def test_a_sliding_window_shorter_than_a_batch_sends_that_batch_down_the_separate_path():

@@ -150,8 +150,9 @@ def check_support(forward: Callable[..., torch.Tensor], module: nn.Module, model
             honoured = keeps_responses_apart(forward, module, text_config.vocab_size, device)
             reason = "" if honoured else "its attention does not keep the responses apart under a custom mask"
         except Exception as error:  # a model's own code refusing a 4D mask or position_ids: not ours to fix
-            honoured, reason = False, f"its forward refused a custom attention mask ({type(error).__name__}: " \
-                                      f"{str(error).splitlines()[0] if str(error) else ''})"
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            honoured = False
+            reason = f"its forward failed on a shared-prompt row ({type(error).__name__}: {first_line})"
     if across_ranks:
         agreed = distributed.all_ranks(honoured)
         if honoured and not agreed:
