@@ -208,6 +208,18 @@ def test_shared_prompt_rewards_losses_and_gradients_equal_one_sequence_per_compl
     assert_same_training_signal(model, ranking_batch(model.config, seed=1), shared)
 
 
+def test_under_activation_checkpointing_in_train_mode_the_training_signal_is_the_same():
+    """What the Trainer runs with gradient_checkpointing: layers recompute their activations, 4D mask included."""
+    from rlhf.shared_prompt.forward import reward_model_support
+
+    model = family_reward_model("llama3")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()  # no dropout in this Llama: train mode changes nothing but the checkpointing
+    shared = reward_model_support(model, across_ranks=False)
+    assert model.training
+    assert_same_training_signal(model, ranking_batch(model.config, seed=6), shared)
+
+
 def test_a_lora_reward_model_shares_through_peft_with_the_same_training_signal():
     """peft wraps the model and puts a trainable copy of the head in its place: the head's outputs are read there."""
     from rlhf.adaptation import apply_adaptation
