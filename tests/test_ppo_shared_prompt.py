@@ -117,6 +117,32 @@ def test_the_reward_models_scores_of_a_prompts_responses_equal_one_sequence_per_
         torch.testing.assert_close(together, separate, atol=1e-5, rtol=1e-5)
 
 
+def test_models_that_fail_the_check_are_named_in_one_line_per_reason_and_a_missing_critic_is_off(capsys):
+    """A LoRA actor serves as its own reference: they share a verdict. Without a critic (critic-free
+    estimators) nothing is checked or said for it."""
+    import copy
+    from types import SimpleNamespace
+
+    from transformers import AttentionInterface, AutoModelForCausalLM
+
+    from test_shared_prompt import family_reward_model, ignores_custom_masks
+    from rlhf.ppo.engines import shared_prompt_supports
+    from rlhf.shared_prompt.forward import OFF
+
+    AttentionInterface.register("ignores_custom_masks", ignores_custom_masks)
+    reward_model = family_reward_model("llama3")
+    policy = AutoModelForCausalLM.from_config(copy.deepcopy(reward_model.config),
+                                              attn_implementation="ignores_custom_masks").eval()
+    engines = SimpleNamespace(actor=SimpleNamespace(module=policy, device=torch.device("cpu")), critic=None,
+                              reference=None, reward=SimpleNamespace(module=reward_model, device=torch.device("cpu")))
+    supports = shared_prompt_supports(engines)
+    assert not supports["actor"].enabled and supports["reference"] == supports["actor"]
+    assert supports["critic"] == OFF and supports["reward"].enabled
+    assert capsys.readouterr().out.splitlines() == [
+        "shared_prompt_forward: the actor, reference models: its attention does not keep the responses apart "
+        "under a custom mask; each response runs with its own copy of the prompt"]
+
+
 @pytest.mark.slow
 def test_the_ppo_stage_scores_and_trains_a_rollout_of_groups_behind_shared_prompts(tmp_path, capsys):
     """The stage's own engines (ZeRO-0, a LoRA reference would be the actor) with samples_per_prompt 2: every

@@ -251,24 +251,26 @@ def shared_prompt_supports(engines: PPOEngines) -> dict[str, SharedPromptSupport
 
     # role: (engine, per-token forward, the module it runs in, the transformers config naming its attention)
     models = {"actor": (engines.actor, causal_lm_logits(engines.actor.module), engines.actor.module,
-                        engines.actor.module.config),
-              "critic": (engines.critic, engines.critic.module, engines.critic.module,
-                         engines.critic.module.model.config)}
+                        engines.actor.module.config)}
+    if engines.critic is not None:
+        models["critic"] = (engines.critic, engines.critic.module, engines.critic.module,
+                            engines.critic.module.model.config)
     if engines.reference is not None:
         models["reference"] = (engines.reference, causal_lm_logits(engines.reference.module),
                                engines.reference.module, engines.reference.module.config)
-    supports = {}
+    checked = {}
     for role, (engine, forward, module, model_config) in models.items():
-        supports[role] = check_support(forward, module, model_config, engine.device, across_ranks=True)
+        checked[role] = check_support(forward, module, model_config, engine.device, across_ranks=True)
         release_gathered(engine)
-    supports.setdefault("reference", supports["actor"])  # the actor with its adapter disabled
-    supports["reward"] = reward_model_support(engines.reward.module, across_ranks=True)
+    checked.setdefault("reference", checked["actor"])  # the actor with its adapter disabled
+    checked["reward"] = reward_model_support(engines.reward.module, across_ranks=True)
     release_gathered(engines.reward)
     if distributed.is_main_process():
-        for reason in dict.fromkeys(s.reason for s in supports.values() if not s.enabled):
-            roles = [role for role in SHARED_ROLES if not supports[role].enabled and supports[role].reason == reason]
-            print(supports[roles[0]].line(f"{', '.join(roles)} model{'s' if len(roles) > 1 else ''}"), flush=True)
-    return {role: supports[role] for role in SHARED_ROLES}
+        for reason in dict.fromkeys(s.reason for s in checked.values() if not s.enabled):
+            roles = [role for role in SHARED_ROLES if role in checked and checked[role].reason == reason
+                     and not checked[role].enabled]
+            print(checked[roles[0]].line(f"{', '.join(roles)} model{'s' if len(roles) > 1 else ''}"), flush=True)
+    return {role: checked.get(role, OFF) for role in SHARED_ROLES}
 
 
 ROLES = ("actor", "critic", "reference", "reward")
