@@ -7,8 +7,10 @@
     registered.json         {"reference": "sft@3", "path": ...}: the model this run registered
     log_history.jsonl       the Trainer's log rows (SFT, RM)
     gold_samples.json       a few graded responses (SFT with a gold scorer)
+    calibration.json        the reward model's reliability diagram on held-out pairs (RM)
     ppo_metrics.jsonl       one row per PPO step
     samples.json            PPO against SFT on held-out prompts, side by side
+    eval_metrics.jsonl      PPO's held-out RM score, gold score and KL every eval_steps
     final_model/            the saved model, until registration moves it into the registry
 """
 
@@ -26,8 +28,10 @@ REGISTERING = "registering.json"
 REGISTERED = "registered.json"
 LOG_HISTORY = "log_history.jsonl"
 GOLD_SAMPLES = "gold_samples.json"
+RM_CALIBRATION = "calibration.json"
 PPO_METRICS = "ppo_metrics.jsonl"
 PPO_SAMPLES = "samples.json"
+PPO_EVAL_METRICS = "eval_metrics.jsonl"
 FINAL_MODEL = "final_model"
 
 
