@@ -20,7 +20,8 @@ NO_ML_LIBRARIES = ["rlhf", "rlhf.bounded_json", "rlhf.config", "rlhf.errors", "r
                    "rlhf.labels", "rlhf.labels.cli",
                    "rlhf.labels.exporters", "rlhf.labels.importers", "rlhf.adaptation", "rlhf.adaptation.config",
                    "rlhf.sft.data", "rlhf.rm.data", "rlhf.pipeline", "rlhf.evaluate",
-                   "rlhf.evaluate.overoptimisation", "rlhf.rm.calibration"]
+                   "rlhf.evaluate.overoptimisation", "rlhf.rm.calibration",
+                   "rlhf.labels.agreement"]
 # Pure math: torch at most, nothing else heavy.
 TORCH_ONLY = ["rlhf.rm.loss", "rlhf.ppo.rewards", "rlhf.ppo.losses", "rlhf.ppo.rollout", "rlhf.ppo.kl_control"]
 
