@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.config import load_yaml, parse_config, settings_to_argv, write_resolved_config
+from rlhf.demo.annotate import OVERLAP
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
 from rlhf.io import atomic_write_json
 from rlhf.registry import Registry, fingerprint_files
@@ -66,6 +67,9 @@ class PipelineConfig:
     label_limit: int = field(default=0, metadata={"help": "Use only the first N prompts for labeling (0: all)."})
     label_max_new_tokens: int = field(default=24, metadata={"help": "Length cap of the sampled responses."})
     label_batch_size: int = field(default=128, metadata={"help": "Responses sampled at once for labeling."})
+    label_overlap: float = field(default=OVERLAP, metadata={"help": "With labels: simulated, the share of prompts two "
+                                                                "of the demo's labelers rank, so that their "
+                                                                "agreement shows in the import summary and report."})
     launcher: str = field(default="python", metadata={"help": "'python' (one process) or 'deepspeed'."})
     launcher_args: str = field(default="", metadata={"help": "Arguments for the deepspeed launcher, e.g. "
                                                              "'--num_gpus 8' or '--hostfile hostfile'."})
@@ -81,6 +85,8 @@ class PipelineConfig:
             raise ConfigError(f"launcher must be one of {LAUNCHERS}, got '{self.launcher}'")
         if self.labels == "import" and not self.labels_file:
             raise ConfigError("labels: import needs labels_file (the labeling tool's export)")
+        if not 0 <= self.label_overlap <= 1:
+            raise ConfigError(f"label_overlap must be between 0 and 1, got {self.label_overlap}")
         for name in ("sft_overrides", "rm_overrides", "ppo_overrides", "labels_options"):
             overrides_of(self, name)  # a malformed mapping fails now, not after an hour of SFT
 
@@ -275,9 +281,13 @@ class Pipeline:
         options = overrides_of(self.config, "labels_options")
         # A file named by an option (a labeling config) counts by its content, as the export does.
         option_parts = {key: Path(value) if Path(str(value)).is_file() else value for key, value in options.items()}
+        # The overlap counts where the simulated labelers use it, and only away from its default, so that runs
+        # labeled before it was a setting keep their labels.
+        overlap = [("label_overlap", self.config.label_overlap)] if (
+            mode == "simulated" and self.config.label_overlap != PipelineConfig.label_overlap) else []
         key = stage_key("labels", mode, sft_reference, source, self.config.labels_format, self.config.label_k,
                         self.config.label_limit, self.config.label_max_new_tokens, self.config.label_batch_size,
-                        *([option_parts] if options else []))
+                        *([option_parts] if options else []), *overlap)
         if mode == "pause":
             tasks = labels_dir / "tasks.json"
             if self.state.get("labeling_tasks") != key or not tasks.is_file():  # people may be labeling these
@@ -296,8 +306,8 @@ class Pipeline:
                            str(source), "-o", str(rankings), *option_flags], "labels")
                 return None
             tasks = self._write_tasks(sft_reference, labels_dir / "tasks.json")
-            self._run([sys.executable, "-m", "rlhf.demo.annotate", str(tasks), "-o", str(labels_dir / "export.json")],
-                      "labels")
+            self._run([sys.executable, "-m", "rlhf.demo.annotate", str(tasks), "-o", str(labels_dir / "export.json"),
+                       "--overlap", str(self.config.label_overlap)], "labels")
             self._run([sys.executable, "-m", "rlhf.labels", "import", "--format", "label-studio",
                        str(labels_dir / "export.json"), "-o", str(rankings)], "labels")
             return None

@@ -49,6 +49,7 @@ def test_stage_key_follows_config_text_and_data_content(tmp_path):
     ({"labels": "import"}, "needs labels_file"),
     ({"launcher": "torchrun"}, "launcher must be one of"),
     ({"ppo_overrides": "[1, 2]"}, "ppo_overrides must be a mapping"),
+    ({"label_overlap": 1.5}, "label_overlap must be between 0 and 1"),
 ])
 def test_bad_pipeline_settings_fail_before_anything_runs(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -237,3 +238,22 @@ def test_a_demo_prepared_elsewhere_is_what_every_stage_reads(tmp_path, monkeypat
     assert pipeline.label_prompts == str(demo / "data" / "prompts_train.jsonl")
     # Without prepare_demo, the stage configs decide.
     assert Pipeline(PipelineConfig(run_dir=str(tmp_path / "run2"))).demo_inputs("sft") == {}
+
+
+def test_simulated_labels_pass_the_overlap_and_rerun_when_it_changes(tmp_path):
+    from rlhf.pipeline import Pipeline
+
+    commands = []
+
+    def record(command, stage):
+        commands.append(command)
+        output = Path(command[command.index("-o") + 1])
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("")
+
+    for overlap, runs in ((0.2, 1), (0.2, 1), (0.5, 2)):
+        pipeline = Pipeline(PipelineConfig(run_dir=str(tmp_path / "run"), label_overlap=overlap))
+        pipeline._run = record
+        pipeline.labels("sft@1")
+        annotate = [c for c in commands if "rlhf.demo.annotate" in c]
+        assert len(annotate) == runs and annotate[-1][-2:] == ["--overlap", str(overlap)]
