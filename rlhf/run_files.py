@@ -12,6 +12,10 @@
     samples.json            PPO against SFT on held-out prompts, side by side
     eval_metrics.jsonl      PPO's held-out RM score, gold score and KL every eval_steps
     final_model/            the saved model, until registration moves it into the registry
+
+and, beside the stages in a run directory (the pipeline's run_dir):
+
+    evaluation/best_of_n.json   best-of-N of the SFT policy under the reward model (python -m rlhf.evaluate)
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ PPO_METRICS = "ppo_metrics.jsonl"
 PPO_SAMPLES = "samples.json"
 PPO_EVAL_METRICS = "eval_metrics.jsonl"
 FINAL_MODEL = "final_model"
+EVALUATION_DIR = "evaluation"
+BEST_OF_N = "best_of_n.json"
+
+
+def best_of_n_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / EVALUATION_DIR / BEST_OF_N
 
 
 def registered_reference(output_dir: str | Path, registry=None) -> str | None:

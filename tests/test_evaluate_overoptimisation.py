@@ -117,3 +117,12 @@ def test_interpolate_between_points_and_never_beyond():
 
 def test_sqrt_kl_treats_a_slightly_negative_estimate_as_zero():
     assert sqrt_kl(-1e-4) == 0.0 and sqrt_kl(4.0) == 2.0
+
+
+def test_curve_fits_fits_the_scores_the_points_carry():
+    from rlhf.evaluate.overoptimisation import curve_fits
+
+    points = best_of_n_curve([[0.1, 0.3, 0.2, 0.0]], None, [1, 2, 4])
+    assert list(curve_fits("best_of_n", points)) == ["rm_score"]
+    with_gold = curve_fits("best_of_n", best_of_n_curve([[0.1, 0.3, 0.2, 0.0]], [[1.0, 0.0, 0.5, 0.5]], [1, 2, 4]))
+    assert list(with_gold) == ["rm_score", "gold_score"] and with_gold["gold_score"].points == 2

@@ -60,7 +60,7 @@ def module_name(path: Path) -> str:
 
 
 STAGE_PACKAGES = ("rlhf.sft", "rlhf.rm", "rlhf.ppo", "rlhf.labels", "rlhf.stages")
-ORCHESTRATION = ("rlhf.pipeline", "rlhf.report", "rlhf.demo")
+ORCHESTRATION = ("rlhf.pipeline", "rlhf.report", "rlhf.demo", "rlhf.evaluate")
 
 
 def test_shared_parts_import_no_stage():

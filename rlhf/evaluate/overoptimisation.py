@@ -174,6 +174,14 @@ def fit_curve(form: str, points: Sequence[dict], key: str) -> GaoFit | None:
     return fit_gao(form, [p["d"] for p in moved], [p[key] - baseline for p in moved])
 
 
+SCORES = ("rm_score", "gold_score")
+
+
+def curve_fits(form: str, points: Sequence[dict]) -> dict[str, GaoFit | None]:
+    """`fit_curve` of each score the points carry (the reward model's always, the gold scorer's where there is one)."""
+    return {key: fit_curve(form, points, key) for key in SCORES if any(key in point for point in points)}
+
+
 def interpolate(x: float, xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Piecewise-linear y at x through the points (xs ascending); None outside [xs[0], xs[-1]] (no extrapolation)."""
     if not xs or x < xs[0] or x > xs[-1]:
