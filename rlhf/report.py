@@ -3,7 +3,9 @@
     python -m rlhf.report RUN_DIR [--registry_dir DIR]
 
 RUN_DIR holds the stages' output directories (`sft/`, `rm/`, `ppo/`, as the pipeline writes them). A stage that
-has not run yet is reported as missing; the rest is still drawn. Everything lands in RUN_DIR/report/.
+has not run yet is reported as missing; the rest is still drawn. Everything lands in RUN_DIR/report/. The reward
+model's calibration and labeler agreement are drawn by rlhf.report_reward_model, best-of-N against PPO at matched
+KL (RUN_DIR/evaluation/best_of_n.json) by rlhf.report_overoptimisation.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlhf import figures, run_files
+from rlhf import figures, report_overoptimisation, report_reward_model, run_files
 from rlhf.errors import DataError, exits_cleanly
 from rlhf.io import atomic_write_text
 from rlhf.run_files import read_jsonl as _jsonl
@@ -224,7 +226,8 @@ def write_report(run_dir: str | Path, registry_dir: str = "") -> Path:
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# RLHF run: `{run_dir}`", "", "## Lineage", "", *_lineage(run_dir, registry_dir), "",
-             *_sft_section(run_dir, out), *_rm_section(run_dir, out), *_ppo_section(run_dir, out)]
+             *_sft_section(run_dir, out), *_rm_section(run_dir, out), *_ppo_section(run_dir, out),
+             *report_overoptimisation.section(run_dir, out)]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report
@@ -244,7 +247,8 @@ def _rm_section(run_dir: Path, out: Path) -> list[str]:
         return ["## 2. Reward model", "", "Not run yet.", ""]
     plot_rm_accuracy_by_k(metrics, out / "rm_accuracy_by_k.png")
     return ["## 2. Reward model", "", "![Reward-model accuracy by K](rm_accuracy_by_k.png)", "",
-            *_metrics_table(metrics), ""]
+            *_metrics_table(metrics), "", *report_reward_model.calibration_lines(run_dir, out),
+            *report_reward_model.agreement_lines(run_dir, metrics)]
 
 
 def _ppo_section(run_dir: Path, out: Path) -> list[str]:
