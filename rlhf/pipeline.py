@@ -1,4 +1,4 @@
-"""The whole InstructGPT pipeline in one command: SFT, labeling, reward model, PPO, report.
+"""The whole InstructGPT pipeline in one command: SFT, labeling, reward model, PPO, best-of-N, report.
 
     python -m rlhf.pipeline --config configs/demo.yaml
 
@@ -28,7 +28,7 @@ from rlhf.demo.annotate import OVERLAP
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
 from rlhf.io import atomic_write_json
 from rlhf.registry import Registry, fingerprint_files
-from rlhf.run_files import registered_reference
+from rlhf.run_files import best_of_n_path, registered_reference
 
 LABEL_MODES = ("simulated", "import", "pause")
 LAUNCHERS = ("python", "deepspeed")
@@ -76,6 +76,13 @@ class PipelineConfig:
     sft_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for SFT alone (default: launcher_args)."})
     rm_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for the RM alone (default: launcher_args)."})
     ppo_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for PPO alone (default: launcher_args)."})
+    best_of_n_max: int = field(default=0, metadata={"help": "After PPO, best-of-N of the SFT policy under the "
+                                                            "reward model for N = 1, 2, 4, ... up to this, on PPO's "
+                                                            "held-out prompts with PPO's sampling settings (python -m "
+                                                            "rlhf.evaluate best-of-n), for the report's comparison at "
+                                                            "matched KL. 0: off."})
+    best_of_n_prompts: int = field(default=32, metadata={"help": "Held-out prompts best-of-N samples "
+                                                                 "best_of_n_max responses for."})
     report: bool = field(default=True, metadata={"help": "Write the report (plots + summary) at the end."})
 
     def __post_init__(self):
@@ -87,6 +94,9 @@ class PipelineConfig:
             raise ConfigError("labels: import needs labels_file (the labeling tool's export)")
         if not 0 <= self.label_overlap <= 1:
             raise ConfigError(f"label_overlap must be between 0 and 1, got {self.label_overlap}")
+        if self.best_of_n_max < 0 or self.best_of_n_prompts < 1:
+            raise ConfigError(f"best_of_n_max must be >= 0 (0: off) and best_of_n_prompts >= 1, got "
+                              f"{self.best_of_n_max} and {self.best_of_n_prompts}")
         for name in ("sft_overrides", "rm_overrides", "ppo_overrides", "labels_options"):
             overrides_of(self, name)  # a malformed mapping fails now, not after an hour of SFT
 
@@ -341,9 +351,33 @@ class Pipeline:
         prompts = inputs.get("prompts_file") or prompts
         return self._trained_stage("ppo", self.config.ppo_config, overrides, inputs, [Path(prompts)] if prompts else [])
 
+    def best_of_n(self, sft_reference: str, rm_reference: str, ppo_reference: str) -> None:
+        """Best-of-N of the SFT policy under the reward model, on PPO's held-out prompts and sampling settings, into
+        <run_dir>/evaluation/best_of_n.json; redone when any of the three models or its own settings change."""
+        if not self.config.best_of_n_max:
+            return
+        sizes = best_of_n_sizes(self.config.best_of_n_max)
+        key = stage_key("best_of_n", sft_reference, rm_reference, ppo_reference, sizes, self.config.best_of_n_prompts)
+        if not best_of_n_path(self.run_dir).is_file():
+            self.state.pop("best_of_n", None)  # its output is gone: nothing to skip to
+
+        def action(fresh: bool) -> None:
+            self._run([sys.executable, "-m", "rlhf.evaluate", "best-of-n", "--run_dir", str(self.run_dir),
+                       "--policy", sft_reference, "--reward_model", rm_reference,
+                       "--registry_dir", str(self.registry.root), "--limit", str(self.config.best_of_n_prompts),
+                       "--n", *map(str, sizes)], "best_of_n")
+
+        self.run_stage("best_of_n", key, action)
+
     @staticmethod
     def _setting(config_file: str, overrides: dict[str, Any], key: str) -> str:
         return str(overrides.get(key) or load_yaml(config_file).get(key) or "")
+
+
+def best_of_n_sizes(largest: int) -> list[int]:
+    """1, 2, 4, ... up to `largest`, and `largest` itself: 16 -> [1, 2, 4, 8, 16], 12 -> [1, 2, 4, 8, 12]."""
+    sizes = [1 << power for power in range(largest.bit_length()) if 1 << power <= largest]
+    return sizes + ([largest] if sizes[-1] != largest else [])
 
 
 def run(config: PipelineConfig) -> int:
@@ -365,6 +399,7 @@ def run(config: PipelineConfig) -> int:
         return 0
     rm_reference = pipeline.rm(sft_reference, rankings)
     ppo_reference = pipeline.ppo(sft_reference, rm_reference)
+    pipeline.best_of_n(sft_reference, rm_reference, ppo_reference)
 
     if config.report:
         from rlhf.report import write_report
