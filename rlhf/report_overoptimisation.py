@@ -11,6 +11,7 @@ best-of-n`) and RUN_DIR/ppo/eval_metrics.jsonl; either alone is drawn; neither, 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -78,7 +79,9 @@ def plot_matched_kl(curves: dict[str, list[dict]], path: Path) -> Path:
     figure, axes = figures.figure(1, len(keys), size=(6.4 * len(keys), 4.4))
     for axis, key in zip(axes[0], keys):
         for form, points in curves.items():
-            points = sorted((p for p in points if isinstance(p.get(key), (int, float))), key=lambda p: p["d"])
+            # best-of-N in the order of N, PPO in the order of its steps (its path, which may turn back in KL)
+            order = "d" if form == "best_of_n" else "step"
+            points = sorted((p for p in points if isinstance(p.get(key), (int, float))), key=lambda p: p[order])
             if not points:
                 continue
             name, color, marker = METHODS[form]
@@ -91,9 +94,10 @@ def plot_matched_kl(curves: dict[str, list[dict]], path: Path) -> Path:
                                   textcoords="offset points")
             fit = curve_fits(form, points).get(key)
             if fit is not None:
+                baseline = min(points, key=lambda p: p["d"])[key]
                 grid = np.linspace(0.0, max(d), 60)
-                axis.plot(grid, [points[0][key] + fit(x) for x in grid], "-", color=color,
-                          label=f"{name} fit: {FORM_TEXT[form]}, R² {fit.r_squared:.2f}")
+                axis.plot(grid, [baseline + fit(x) for x in grid], "-", color=color,
+                          label=f"{name} fit: {FORM_TEXT[form]}, R² {_r_squared(fit)}")
         axis.set(title=SCORE_NAMES[key], xlabel="d = sqrt(KL from the SFT policy)", ylabel=SCORE_NAMES[key])
         axis.legend(fontsize=7)
         axis.grid(alpha=0.3)
@@ -112,12 +116,18 @@ def fits_table(curves: dict[str, list[dict]]) -> list[str]:
 
 
 def _fit_cells(fit: GaoFit) -> str:
-    return f"{fit.alpha:.4g} | {fit.beta:.4g} | {fit.r_squared:.3f} | {fit.rmse:.4f} | {fit.points} |"
+    return f"{fit.alpha:.4g} | {fit.beta:.4g} | {_r_squared(fit)} | {fit.rmse:.4f} | {fit.points} |"
+
+
+def _r_squared(fit: GaoFit) -> str:
+    return "–" if math.isnan(fit.r_squared) else f"{fit.r_squared:.3f}"  # NaN: every gain equal, nothing to explain
 
 
 def comparison_table(best_of_n: Sequence[dict], ppo: Sequence[dict]) -> list[str]:
     """At each PPO evaluation's d, PPO's scores and best-of-N's (interpolated between its N), and which gold score is
-    higher; "beyond" past best-of-N's largest N. Empty without both curves."""
+    higher; "beyond" past best-of-N's largest N; and no winner where PPO has spent no KL (d = 0: its start, or a KL
+    estimate at or below 0), where both are the SFT policy and differ by sampling noise alone. Empty without both
+    curves."""
     if not best_of_n or not ppo:
         return []
     gold = any("gold_score" in p for p in best_of_n) and any("gold_score" in p for p in ppo)
@@ -134,15 +144,16 @@ def comparison_table(best_of_n: Sequence[dict], ppo: Sequence[dict]) -> list[str
         row = f"| {point['step']} | {point['kl']:.3f} | {point['rm_score']:.3f} | {_cell(at(point['d'], 'rm_score'))} |"
         if gold:
             theirs = at(point["d"], "gold_score")
-            higher = "beyond best-of-N's largest N" if theirs is None else _higher(point.get("gold_score"), theirs)
+            higher = ("KL <= 0: not compared" if point["d"] == 0 else
+                      "beyond best-of-N's largest N" if theirs is None else _higher(point.get("gold_score"), theirs))
             wins[higher] = wins.get(higher, 0) + 1
             row += f" {_cell(point.get('gold_score'))} | {_cell(theirs)} | {higher} |"
         rows.append(row)
     if gold:
         compared = wins["PPO"] + wins["best-of-N"] + wins["tie"]
-        rows += ["", f"Within best-of-N's range of KL, PPO's gold score is higher at {wins['PPO']} of {compared} "
-                     f"evaluations, best-of-N's at {wins['best-of-N']}" + (f", tied at {wins['tie']}" if wins["tie"]
-                                                                           else "") + "."]
+        ties = f", tied at {wins['tie']}" if wins["tie"] else ""
+        rows += ["", f"Where PPO has spent KL within best-of-N's range, PPO's gold score is higher at {wins['PPO']} "
+                     f"of {compared} evaluations, best-of-N's at {wins['best-of-N']}{ties}."]
     else:
         rows += ["", "These are the reward model's own scores: what it prefers, not necessarily what people do."]
     return rows

@@ -99,7 +99,7 @@ def _write_matched_kl_curves(run: Path, gold: bool = True) -> None:
     _write(run / "evaluation" / "best_of_n.json", {"policy": "sft@1", "reward_model": "rm@1", "prompts": 32,
                                                    "samples_per_prompt": 4, "gold_scorer": "demo" if gold else None,
                                                    "points": points})
-    ppo = [(0, 0.0, 0.1, 0.70), (5, KL2, 0.6, 0.75), (10, KL4, 1.2, 0.90), (15, 2.0, 2.0, 0.60)]
+    ppo = [(0, 0.0, 0.1, 0.70), (5, KL2, 0.6, 0.75), (10, KL4, 1.2, 0.90), (12, KL2, 0.5, 0.80), (15, 2.0, 2.0, 0.60)]
     _write(run / "ppo" / "eval_metrics.jsonl", [{"step": step, "kl": kl, "rm_score": rm, "prompts": 16,
                                                  **({"gold_score": g} if gold else {})} for step, kl, rm, g in ppo])
 
@@ -175,13 +175,14 @@ def test_calibration_and_labeler_agreement_beside_the_reward_models_accuracy(run
 def test_best_of_n_against_ppo_at_each_ppo_evaluations_kl_by_hand(run_dir):
     text = write_report(run_dir).read_text()
     section = text.split("## 4. Best-of-N against PPO at matched KL")[1]
-    # PPO at the KL of N = 1, 2 and 4: a tie, best-of-N, PPO; at KL 2 it is past N = 4, the largest N.
-    assert "| 0 | 0.000 | 0.100 | 0.100 | 0.700 | 0.700 | tie |" in section
+    # PPO at the KL of N = 1, 2 and 4: no KL spent yet, best-of-N, PPO; at KL 2 it is past N = 4, the largest N.
+    assert "| 0 | 0.000 | 0.100 | 0.100 | 0.700 | 0.700 | KL <= 0: not compared |" in section
     assert "| 5 | 0.193 | 0.600 | 0.500 | 0.750 | 0.800 | best-of-N |" in section
     assert "| 10 | 0.636 | 1.200 | 0.900 | 0.900 | 0.850 | PPO |" in section
     assert "| 15 | 2.000 | 2.000 | – | 0.600 | – | beyond best-of-N's largest N |" in section
+    assert "| 12 | 0.193 | 0.500 | 0.500 | 0.800 | 0.800 | tie |" in section
     assert "PPO's gold score is higher at 1 of 3 evaluations, best-of-N's at 1, tied at 1." in section
-    assert "32 held-out prompts with 4 samples each" in section and "4 evaluations" in section
+    assert "32 held-out prompts with 4 samples each" in section and "5 evaluations" in section
     for curve in ("best-of-N, gold score", "best-of-N, reward-model score", "PPO, gold score", "PPO, reward-model score"):
         assert f"| {curve} |" in section
 
