@@ -76,12 +76,16 @@ def agreement_lines(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
     if not files:
         return []
     try:
-        agreement = labeler_agreement([ranking for path in files for ranking in read_rankings(path)])
+        rankings = [ranking for path in files for ranking in read_rankings(path)]
     except DataError as error:
         return ["### Labeler agreement", "", f"The labels could not be read: {error}", ""]
+    if not any(ranking.annotator for ranking in rankings):
+        return []  # no annotator ids: nothing to say who agrees with whom
+    agreement = labeler_agreement(rankings)
     if not agreement.shared_pairs:
         return ["### Labeler agreement", "", "No two annotators ranked the same responses to a prompt, so their "
-                "agreement is not measured (the demo's labelers overlap on `label_overlap` of the prompts).", ""]
+                "agreement is not measured (on the demo, `label_overlap` sets the share of prompts two labelers "
+                "rank).", ""]
     accuracy = metrics.get("eval_pairwise_accuracy")
     lines = ["### Labeler agreement", "",
              f"Where two or more annotators ranked the same responses ({agreement.sets} prompts, "

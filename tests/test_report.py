@@ -267,6 +267,16 @@ def _no_labeler_overlap(run: Path) -> str:
     return "No two annotators ranked the same responses to a prompt"
 
 
+def _labels_without_annotators(run: Path) -> str:
+    import dataclasses
+
+    from rlhf.data.rankings import write_rankings
+
+    write_rankings(run / "labels" / "rankings.jsonl",
+                   [dataclasses.replace(r, annotator=None) for r in _overlapping_rankings()])
+    return "### Calibration"
+
+
 def _no_best_of_n_or_ppo_evaluations(run: Path) -> str:
     import shutil
 
@@ -287,7 +297,8 @@ def _no_held_out_prompts(run: Path) -> str:
 
 
 @pytest.mark.parametrize("shape", [_without_gold, _without_ppo, _pairs_only, _lora, _hub_dataset,
-                                   _no_held_out_prompts, _no_labeler_overlap, _no_best_of_n_or_ppo_evaluations,
+                                   _no_held_out_prompts, _no_labeler_overlap, _labels_without_annotators,
+                                   _no_best_of_n_or_ppo_evaluations,
                                    _best_of_n_alone], ids=lambda shape: shape.__name__.strip("_"))
 def test_the_report_is_written_for_every_run_shape(run_dir, shape):
     expected = shape(run_dir)
@@ -300,5 +311,7 @@ def test_the_report_is_written_for_every_run_shape(run_dir, shape):
     if shape is _without_gold:
         assert "gold scorer" not in text and "Over-long data: sft.jsonl: 2 of 9 demonstrations" in text
         assert "gold: PPO" not in text and "| 5 | 0.193 | 0.600 | 0.500 |" in text  # the RM's columns only
+    if shape is _labels_without_annotators:
+        assert "Labeler agreement" not in text
     if shape is _no_best_of_n_or_ppo_evaluations:
         assert not (report.parent / "best_of_n_vs_ppo.png").exists()
