@@ -137,7 +137,8 @@ def comparison_table(best_of_n: Sequence[dict], ppo: Sequence[dict]) -> list[str
     def at(d: float, key: str) -> float | None:
         return interpolate(d, xs, [p[key] for p in ordered]) if all(key in p for p in ordered) else None
 
-    header = "| PPO step | KL | RM: PPO | RM: best-of-N |" + (" gold: PPO | gold: best-of-N | higher gold |" if gold else "")
+    header = "| PPO step | KL | RM: PPO | RM: best-of-N |" + (" gold: PPO | gold: best-of-N | higher gold |"
+                                                             if gold else "")
     rows = [header, "|---:|---:|---:|---:|" + ("---:|---:|---|" if gold else "")]
     wins = {"PPO": 0, "best-of-N": 0, "tie": 0}
     for point in sorted(ppo, key=lambda p: p["step"]):

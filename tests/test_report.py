@@ -83,8 +83,8 @@ def _overlapping_rankings(overlap: bool = True):
     p1, p2 = "sort these words : b a answer :", "reverse these words : a b answer :"
     rankings = [Ranking("1", p1, ("x", "y", "z"), (1, 2, 3), "alice"), Ranking("5", p2, ("u", "v"), (1, 2), "alice")]
     if overlap:
-        rankings += [Ranking("2", p1, ("z", "x", "y"), (2, 1, 3), "bob"), Ranking("3", p1, ("x", "y", "z"), (1, 1, 2), "carol"),
-                     Ranking("6", p2, ("u", "v"), (2, 1), "bob")]
+        rankings += [Ranking("2", p1, ("z", "x", "y"), (2, 1, 3), "bob"),
+                     Ranking("3", p1, ("x", "y", "z"), (1, 1, 2), "carol"), Ranking("6", p2, ("u", "v"), (2, 1), "bob")]
     return rankings
 
 

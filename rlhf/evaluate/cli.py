@@ -45,7 +45,8 @@ def add_best_of_n_command(subcommands) -> None:
     command.add_argument("--limit", type=int, default=32, help="use the first N prompts (0: all; default %(default)s)")
     command.add_argument("--n", type=int, nargs="+", default=list(DEFAULT_NS),
                          help="the N of best-of-N; max(N) responses are sampled per prompt (default 1 2 4 ... 64)")
-    command.add_argument("--gold_scorer", help="gold scorer name ('demo') for the gold curve (" + given % {"default": "none"} + ")")
+    command.add_argument("--gold_scorer",
+                         help="gold scorer name ('demo') for the gold curve (" + given % {"default": "none"} + ")")
     command.add_argument("-o", "--output", default="", help="JSON file to write (default with --run_dir: "
                                                             "RUN_DIR/evaluation/best_of_n.json)")
     command.add_argument("--max_new_tokens", type=int, help=given % {"default": 32})

@@ -36,11 +36,11 @@ class PPOStageConfig(CommonArguments, AdaptationConfig):
     eval_samples_per_prompt: int = field(default=1, metadata={"help": "Responses per held-out prompt and policy."})
     eval_do_sample: bool = field(default=True, metadata={"help": "Compare policies on sampled responses (the "
                                                                   "generation settings below, seeded) rather than greedy ones."})
-    eval_steps: int = field(default=0, metadata={"help": "Every this many steps, before the first and after the last, "
-                                                       "the policy answers held-out prompts (eval_prompts_file): its reward-model "
-                                                       "score, gold score and KL from the reference go to "
-                                                       "eval_metrics.jsonl, the PPO points of the report's best-of-N "
-                                                       "comparison. 0: off."})
+    eval_steps: int = field(default=0, metadata={"help": "Every this many steps, before the first and after the "
+                                                       "last, the policy answers held-out prompts "
+                                                       "(eval_prompts_file): its reward-model score, gold score and "
+                                                       "KL from the reference go to eval_metrics.jsonl, the PPO points "
+                                                       "of the report's best-of-N comparison. 0: off."})
     eval_steps_prompts: int = field(default=64, metadata={"help": "Held-out prompts of each eval_steps evaluation "
                                                                   "(the first of eval_prompts_file), one sampled "
                                                                   "response each, split over the processes."})
