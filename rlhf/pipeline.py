@@ -1,4 +1,4 @@
-"""The whole InstructGPT pipeline in one command: SFT, labeling, reward model, PPO, report.
+"""The whole InstructGPT pipeline in one command: SFT, labeling, reward model, PPO, best-of-N, report.
 
     python -m rlhf.pipeline --config configs/demo.yaml
 
@@ -26,10 +26,11 @@ from typing import Any
 from rlhf import run_lock
 from rlhf.config import (check_numbers, load_yaml, parse_config, parse_yaml, settings_to_argv,
                          write_resolved_config)
+from rlhf.demo.annotate import OVERLAP
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
 from rlhf.io import atomic_write_json, disk_full_is_one_line
 from rlhf.registry import Registry, fingerprint_files
-from rlhf.run_files import registered_reference
+from rlhf.run_files import best_of_n_path, registered_reference
 
 LABEL_MODES = ("simulated", "import", "pause")
 LAUNCHERS = ("python", "deepspeed")
@@ -68,12 +69,22 @@ class PipelineConfig:
     label_limit: int = field(default=0, metadata={"help": "Use only the first N prompts for labeling (0: all)."})
     label_max_new_tokens: int = field(default=24, metadata={"help": "Length cap of the sampled responses."})
     label_batch_size: int = field(default=128, metadata={"help": "Responses sampled at once for labeling."})
+    label_overlap: float = field(default=OVERLAP, metadata={"help": "With labels: simulated, the share of prompts two "
+                                                                "of the demo's labelers rank, so that their "
+                                                                "agreement shows in the import summary and report."})
     launcher: str = field(default="python", metadata={"help": "'python' (one process) or 'deepspeed'."})
     launcher_args: str = field(default="", metadata={"help": "Arguments for the deepspeed launcher, e.g. "
                                                              "'--num_gpus 8' or '--hostfile hostfile'."})
     sft_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for SFT alone (default: launcher_args)."})
     rm_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for the RM alone (default: launcher_args)."})
     ppo_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for PPO alone (default: launcher_args)."})
+    best_of_n_max: int = field(default=0, metadata={"help": "After PPO, best-of-N of the SFT policy under the "
+                                                            "reward model for N = 1, 2, 4, ... up to this, on PPO's "
+                                                            "held-out prompts with PPO's sampling settings (python -m "
+                                                            "rlhf.evaluate best-of-n), for the report's comparison at "
+                                                            "matched KL. 0: off."})
+    best_of_n_prompts: int = field(default=32, metadata={"help": "Held-out prompts best-of-N samples "
+                                                                 "best_of_n_max responses for."})
     report: bool = field(default=True, metadata={"help": "Write the report (plots + summary) at the end."})
 
     def __post_init__(self):
@@ -84,6 +95,11 @@ class PipelineConfig:
             raise ConfigError(f"launcher must be one of {LAUNCHERS}, got '{self.launcher}'")
         if self.labels == "import" and not self.labels_file:
             raise ConfigError("labels: import needs labels_file (the labeling tool's export)")
+        if not 0 <= self.label_overlap <= 1:
+            raise ConfigError(f"label_overlap must be between 0 and 1, got {self.label_overlap}")
+        if self.best_of_n_max < 0 or self.best_of_n_prompts < 1:
+            raise ConfigError(f"best_of_n_max must be >= 0 (0: off) and best_of_n_prompts >= 1, got "
+                              f"{self.best_of_n_max} and {self.best_of_n_prompts}")
         for name in ("sft_overrides", "rm_overrides", "ppo_overrides", "labels_options"):
             overrides_of(self, name)  # a malformed mapping fails now, not after an hour of SFT
 
@@ -275,9 +291,13 @@ class Pipeline:
         options = overrides_of(self.config, "labels_options")
         # A file named by an option (a labeling config) counts by its content, as the export does.
         option_parts = {key: Path(value) if Path(str(value)).is_file() else value for key, value in options.items()}
+        # The overlap counts where the simulated labelers use it, and only away from its default, so that runs
+        # labeled before it was a setting keep their labels.
+        overlap = [("label_overlap", self.config.label_overlap)] if (
+            mode == "simulated" and self.config.label_overlap != PipelineConfig.label_overlap) else []
         key = stage_key("labels", mode, sft_reference, source, self.config.labels_format, self.config.label_k,
                         self.config.label_limit, self.config.label_max_new_tokens, self.config.label_batch_size,
-                        *([option_parts] if options else []))
+                        *([option_parts] if options else []), *overlap)
         if mode == "pause":
             tasks = labels_dir / "tasks.json"
             if self.state.get("labeling_tasks") != key or not tasks.is_file():  # people may be labeling these
@@ -296,8 +316,8 @@ class Pipeline:
                            str(source), "-o", str(rankings), *option_flags], "labels")
                 return None
             tasks = self._write_tasks(sft_reference, labels_dir / "tasks.json")
-            self._run([sys.executable, "-m", "rlhf.demo.annotate", str(tasks), "-o", str(labels_dir / "export.json")],
-                      "labels")
+            self._run([sys.executable, "-m", "rlhf.demo.annotate", str(tasks), "-o", str(labels_dir / "export.json"),
+                       "--overlap", str(self.config.label_overlap)], "labels")
             self._run([sys.executable, "-m", "rlhf.labels", "import", "--format", "label-studio",
                        str(labels_dir / "export.json"), "-o", str(rankings)], "labels")
             return None
@@ -331,9 +351,33 @@ class Pipeline:
         prompts = inputs.get("prompts_file") or prompts
         return self._trained_stage("ppo", self.config.ppo_config, overrides, inputs, [Path(prompts)] if prompts else [])
 
+    def best_of_n(self, sft_reference: str, rm_reference: str, ppo_reference: str) -> None:
+        """Best-of-N of the SFT policy under the reward model, on PPO's held-out prompts and sampling settings, into
+        <run_dir>/evaluation/best_of_n.json; redone when any of the three models or its own settings change."""
+        if not self.config.best_of_n_max:
+            return
+        sizes = best_of_n_sizes(self.config.best_of_n_max)
+        key = stage_key("best_of_n", sft_reference, rm_reference, ppo_reference, sizes, self.config.best_of_n_prompts)
+        if not best_of_n_path(self.run_dir).is_file():
+            self.state.pop("best_of_n", None)  # its output is gone: nothing to skip to
+
+        def action(fresh: bool) -> None:
+            self._run([sys.executable, "-m", "rlhf.evaluate", "best-of-n", "--run_dir", str(self.run_dir),
+                       "--policy", sft_reference, "--reward_model", rm_reference,
+                       "--registry_dir", str(self.registry.root), "--limit", str(self.config.best_of_n_prompts),
+                       "--n", *map(str, sizes)], "best_of_n")
+
+        self.run_stage("best_of_n", key, action)
+
     @staticmethod
     def _setting(config_file: str, overrides: dict[str, Any], key: str) -> str:
         return str(overrides.get(key) or load_yaml(config_file).get(key) or "")
+
+
+def best_of_n_sizes(largest: int) -> list[int]:
+    """1, 2, 4, ... up to `largest`, and `largest` itself: 16 -> [1, 2, 4, 8, 16], 12 -> [1, 2, 4, 8, 12]."""
+    sizes = [1 << power for power in range(largest.bit_length()) if 1 << power <= largest]
+    return sizes + ([largest] if sizes[-1] != largest else [])
 
 
 def run(config: PipelineConfig) -> int:
@@ -362,6 +406,7 @@ def run_stages(config: PipelineConfig) -> int:
         return 0
     rm_reference = pipeline.rm(sft_reference, rankings)
     ppo_reference = pipeline.ppo(sft_reference, rm_reference)
+    pipeline.best_of_n(sft_reference, rm_reference, ppo_reference)
 
     if config.report:
         from rlhf.report import write_report

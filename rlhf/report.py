@@ -3,20 +3,21 @@
     python -m rlhf.report RUN_DIR [--registry_dir DIR]
 
 RUN_DIR holds the stages' output directories (`sft/`, `rm/`, `ppo/`, as the pipeline writes them). A stage that
-has not run yet is reported as missing; the rest is still drawn. Everything lands in RUN_DIR/report/.
+has not run yet is reported as missing; the rest is still drawn. Everything lands in RUN_DIR/report/. The reward
+model's calibration and labeler agreement are drawn by rlhf.report_reward_model, best-of-N against PPO at matched
+KL (RUN_DIR/evaluation/best_of_n.json) by rlhf.report_overoptimisation.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-from rlhf import run_files
+from rlhf import figures, report_overoptimisation, report_reward_model, run_files
 from rlhf.errors import DataError, exits_cleanly
-from rlhf.io import atomic_write_text, atomic_writer
+from rlhf.io import atomic_write_text
 from rlhf.run_files import read_jsonl as _jsonl
 
 SAMPLES_SHOWN = 6
@@ -26,32 +27,10 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-# -- plots --------------------------------------------------------------------------------------------------------
-
-def _figure(rows: int = 1, columns: int = 1, size=(6.4, 4.0)):
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(rows, columns, figsize=size, squeeze=False)
-    return figure, axes
-
-
-def _save(figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    with atomic_writer(path, "wb") as file:
-        file.write(buffer.getvalue())
-    return path
-
+# -- plots ------------------------------------------------------------------------------------------------------
 
 def plot_sft_loss(history: list[dict], path: Path) -> Path:
-    figure, axes = _figure()
+    figure, axes = figures.figure()
     axis = axes[0][0]
     train = [(row["step"], row["loss"]) for row in history if "loss" in row]
     held_out = [(row["step"], row["eval_loss"]) for row in history if "eval_loss" in row]
@@ -62,13 +41,13 @@ def plot_sft_loss(history: list[dict], path: Path) -> Path:
     axis.set(title="SFT: loss on demonstrations", xlabel="step", ylabel="cross-entropy per token")
     axis.legend()
     axis.grid(alpha=0.3)
-    return _save(figure, path)
+    return figures.save_png(figure, path)
 
 
 def plot_rm_accuracy_by_k(metrics: dict, path: Path) -> Path:
     by_k = sorted((int(key.rsplit("_k", 1)[1]), value) for key, value in metrics.items()
                   if key.startswith("eval_pairwise_accuracy_k"))
-    figure, axes = _figure()
+    figure, axes = figures.figure()
     axis = axes[0][0]
     labels = [f"K={k}" for k, _ in by_k] + ["all"]
     values = [value for _, value in by_k] + [metrics.get("eval_pairwise_accuracy", float("nan"))]
@@ -81,11 +60,11 @@ def plot_rm_accuracy_by_k(metrics: dict, path: Path) -> Path:
     axis.set(title="Reward model: held-out pairwise accuracy by K", ylabel="pairs ordered as labelers did",
              ylim=(0, 1.05))
     axis.legend(loc="lower right", fontsize=8)
-    return _save(figure, path)
+    return figures.save_png(figure, path)
 
 
 def plot_ppo_training(steps: list[dict], path: Path) -> Path:
-    figure, axes = _figure(2, 2, size=(10, 6.5))
+    figure, axes = figures.figure(2, 2, size=(10, 6.5))
     panels = [("rm_score", "reward-model score", "tab:blue"), ("gold_score", "gold score (demo)", "tab:green"),
               ("kl", "KL to the SFT policy (nats / response)", "tab:red"), ("beta", "β (KL coefficient)", "tab:purple")]
     for axis, (key, title, color) in zip([a for row in axes for a in row], panels):
@@ -97,7 +76,7 @@ def plot_ppo_training(steps: list[dict], path: Path) -> Path:
         axis.set(title=title, xlabel="PPO step")
         axis.grid(alpha=0.3)
     figure.suptitle("PPO: what the policy optimises, and what it costs")
-    return _save(figure, path)
+    return figures.save_png(figure, path)
 
 
 def plot_overoptimisation(steps: list[dict], path: Path, bins: int = 8) -> Path:
@@ -105,7 +84,7 @@ def plot_overoptimisation(steps: list[dict], path: Path, bins: int = 8) -> Path:
     RM line keeps rising while the gold line falls, the policy is exploiting the reward model (Gao et al. 2022)."""
     import numpy as np
 
-    figure, axes = _figure()
+    figure, axes = figures.figure()
     axis = axes[0][0]
     rows = [row for row in steps if row.get("kl") is not None]
     kl = np.array([row["kl"] for row in rows], dtype=float)
@@ -131,18 +110,18 @@ def plot_overoptimisation(steps: list[dict], path: Path, bins: int = 8) -> Path:
         gold_axis.set_ylabel("gold score", color="tab:green")
     axis.legend(handles=lines, loc="lower right", fontsize=8)
     axis.grid(alpha=0.3)
-    return _save(figure, path)
+    return figures.save_png(figure, path)
 
 
 def plot_response_length(steps: list[dict], path: Path) -> Path:
-    figure, axes = _figure()
+    figure, axes = figures.figure()
     axis = axes[0][0]
     points = [(row["step"], row["response_length"]) for row in steps if row.get("response_length") is not None]
     if points:
         axis.plot(*zip(*points), color="tab:brown")
     axis.set(title="PPO: mean response length", xlabel="PPO step", ylabel="tokens")
     axis.grid(alpha=0.3)
-    return _save(figure, path)
+    return figures.save_png(figure, path)
 
 
 # -- summary ------------------------------------------------------------------------------------------------------
@@ -247,7 +226,8 @@ def write_report(run_dir: str | Path, registry_dir: str = "") -> Path:
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# RLHF run: `{run_dir}`", "", "## Lineage", "", *_lineage(run_dir, registry_dir), "",
-             *_sft_section(run_dir, out), *_rm_section(run_dir, out), *_ppo_section(run_dir, out)]
+             *_sft_section(run_dir, out), *_rm_section(run_dir, out), *_ppo_section(run_dir, out),
+             *report_overoptimisation.section(run_dir, out)]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report
@@ -267,7 +247,8 @@ def _rm_section(run_dir: Path, out: Path) -> list[str]:
         return ["## 2. Reward model", "", "Not run yet.", ""]
     plot_rm_accuracy_by_k(metrics, out / "rm_accuracy_by_k.png")
     return ["## 2. Reward model", "", "![Reward-model accuracy by K](rm_accuracy_by_k.png)", "",
-            *_metrics_table(metrics), ""]
+            *_metrics_table(metrics), "", *report_reward_model.calibration_lines(run_dir, out),
+            *report_reward_model.agreement_lines(run_dir, metrics)]
 
 
 def _ppo_section(run_dir: Path, out: Path) -> list[str]:

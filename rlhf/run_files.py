@@ -7,11 +7,17 @@
     registered.json         {"reference": "sft@3", "path": ...}: the model this run registered
     log_history.jsonl       the Trainer's log rows (SFT, RM)
     gold_samples.json       a few graded responses (SFT with a gold scorer)
+    calibration.json        the reward model's reliability diagram on held-out pairs (RM)
     ppo_metrics.jsonl       one row per PPO step
     samples.json            PPO against SFT on held-out prompts, side by side
+    eval_metrics.jsonl      PPO's held-out RM score, gold score and KL every eval_steps
     final_model/            the saved model, until registration moves it into the registry
     .run.lock               locked while a run writes here (its pid and host inside; rlhf.run_lock), also in the
                             pipeline's run_dir
+
+and, beside the stages in a run directory (the pipeline's run_dir):
+
+    evaluation/best_of_n.json   best-of-N of the SFT policy under the reward model (python -m rlhf.evaluate)
 """
 
 from __future__ import annotations
@@ -28,10 +34,18 @@ REGISTERING = "registering.json"
 REGISTERED = "registered.json"
 LOG_HISTORY = "log_history.jsonl"
 GOLD_SAMPLES = "gold_samples.json"
+RM_CALIBRATION = "calibration.json"
 PPO_METRICS = "ppo_metrics.jsonl"
 PPO_SAMPLES = "samples.json"
+PPO_EVAL_METRICS = "eval_metrics.jsonl"
 FINAL_MODEL = "final_model"
 RUN_LOCK = ".run.lock"
+EVALUATION_DIR = "evaluation"
+BEST_OF_N = "best_of_n.json"
+
+
+def best_of_n_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / EVALUATION_DIR / BEST_OF_N
 
 
 def registered_reference(output_dir: str | Path, registry=None) -> str | None:

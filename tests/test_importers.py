@@ -713,6 +713,17 @@ def test_cli_merge_annotators(tmp_path, capsys):
     rankings = [json.loads(line) for line in output.read_text().splitlines()]
     assert code == 0 and [r["annotator"] for r in rankings] == ["1+7", "1"]
     assert "merged annotators: 3 rankings -> 2, 0 groups cancelled out" in out
+    assert "labeler agreement" not in out  # merged: no two rankings of the same responses are left
+
+
+def test_cli_summary_shows_labeler_agreement_where_annotators_ranked_the_same_responses(tmp_path, capsys):
+    code, out, _ = run_cli(["import", "--format", "label_studio", sample("label_studio_min.json"), "-o",
+                            str(tmp_path / "rankings.jsonl")], capsys)
+    # Annotators 1 and 7 both put Canberra above Sydney: one shared pair, in full agreement.
+    assert code == 0 and out.splitlines()[-2:] == [
+        "labeler agreement: pairwise 1.000 on 1 response pairs that two annotators both ranked (1 prompts' responses "
+        "ranked by several), Krippendorff's alpha (ordinal) 1.000",
+        "agreement with the others by annotator (pairs): 1: 1.000 (1), 7: 1.000 (1)"]
 
 
 def test_cli_wrong_format_is_one_line_exit_2_and_leaves_output_untouched(tmp_path, capsys):

@@ -19,7 +19,9 @@ NO_ML_LIBRARIES = ["rlhf", "rlhf.bounded_json", "rlhf.config", "rlhf.errors", "r
                    "rlhf.data.rankings", "rlhf.data.prompts", "rlhf.data.demonstrations", "rlhf.data.overlong",
                    "rlhf.labels", "rlhf.labels.cli",
                    "rlhf.labels.exporters", "rlhf.labels.importers", "rlhf.adaptation", "rlhf.adaptation.config",
-                   "rlhf.sft.data", "rlhf.rm.data", "rlhf.pipeline"]
+                   "rlhf.sft.data", "rlhf.rm.data", "rlhf.pipeline", "rlhf.evaluate",
+                   "rlhf.evaluate.overoptimisation", "rlhf.rm.calibration",
+                   "rlhf.labels.agreement"]
 # Pure math: torch at most, nothing else heavy.
 TORCH_ONLY = ["rlhf.rm.loss", "rlhf.ppo.rewards", "rlhf.ppo.losses", "rlhf.ppo.rollout", "rlhf.ppo.kl_control",
               "rlhf.ppo.estimators", "rlhf.ppo.groups", "rlhf.packed_rows", "rlhf.probes", "rlhf.shared_prompt.layout"]
@@ -59,7 +61,7 @@ def module_name(path: Path) -> str:
 
 
 STAGE_PACKAGES = ("rlhf.sft", "rlhf.rm", "rlhf.ppo", "rlhf.labels", "rlhf.stages")
-ORCHESTRATION = ("rlhf.pipeline", "rlhf.report", "rlhf.demo")
+ORCHESTRATION = ("rlhf.pipeline", "rlhf.report", "rlhf.demo", "rlhf.evaluate")
 
 
 def test_shared_parts_import_no_stage():

@@ -50,6 +50,8 @@ def test_stage_key_follows_config_text_and_data_content(tmp_path):
     ({"launcher": "torchrun"}, "launcher must be one of"),
     ({"ppo_overrides": "[1, 2]"}, "ppo_overrides must be a mapping"),
     ({"sft_overrides": "{a: &x [1, 2], b: [*x, *x]}"}, r"sft_overrides: line 1: YAML aliases \(\*x\) are refused"),
+    ({"label_overlap": 1.5}, "label_overlap must be between 0 and 1"),
+    ({"best_of_n_max": -1}, "best_of_n_max must be >= 0"),
 ])
 def test_bad_pipeline_settings_fail_before_anything_runs(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -80,12 +82,14 @@ def smallest(tmp_path_factory):
             "prompts_file": str(data / "prompts_train.jsonl"), "eval_prompts_file": str(data / "prompts_eval.jsonl"),
             "eval_prompts": 4, "max_steps": 2, "save_steps": 1, "rollout_batch_size": 8, "minibatch_size": 4,
             "ppo_epochs": 1, "max_new_tokens": 8, "gold_scorer": "demo", "report_to": [], "disable_tqdm": True,
+            "eval_steps": 1, "eval_steps_prompts": 4,
             **{f"{model}_deepspeed": "deepspeed_configs/zero0.json" for model in ("actor", "critic", "reference",
                                                                                   "reward")}}),
     }
     pipeline = _yaml(root / "pipeline.yaml", {
         "run_dir": str(root / "run"), "prepare_demo": str(demo), "demo_scale": 0.02, "demo_hidden_size": 32,
-        "label_prompts": str(data / "prompts_train.jsonl"), "label_k": 3, "label_max_new_tokens": 8, **configs})
+        "label_prompts": str(data / "prompts_train.jsonl"), "label_k": 3, "label_max_new_tokens": 8,
+        "best_of_n_max": 4, "best_of_n_prompts": 4, **configs})
     return root, pipeline
 
 
@@ -109,11 +113,15 @@ def test_pipeline_runs_every_stage_then_skips_resumes_and_reruns_only_what_chang
     assert (run / "labels" / "rankings.jsonl").is_file() and (run / "labels" / "tasks.config.xml").is_file()
     report = run / "report" / "report.md"
     assert f"Report: {report}" in first and "Win rate of PPO over SFT" in report.read_text()
+    # Best-of-N after PPO, and PPO's held-out points (steps 0, 1, 2), side by side at matched KL.
+    assert json.loads((run / "evaluation" / "best_of_n.json").read_text())["samples_per_prompt"] == 4
+    assert "![Best-of-N vs PPO](best_of_n_vs_ppo.png)" in report.read_text()
+    assert "| 2 |" in report.read_text().split("### At each PPO evaluation's KL")[1]
     assert (run / "resolved_config.yaml").is_file()
 
     # Nothing changed: every stage is skipped and nothing new is registered.
     again = _pipeline(config)
-    for stage in ("sft", "labels", "rm", "ppo"):
+    for stage in ("sft", "labels", "rm", "ppo", "best_of_n"):
         assert f"{stage}: unchanged since its last run, skipped" in again
     assert len(registry.entries()) == 3
 
@@ -238,3 +246,52 @@ def test_a_demo_prepared_elsewhere_is_what_every_stage_reads(tmp_path, monkeypat
     assert pipeline.label_prompts == str(demo / "data" / "prompts_train.jsonl")
     # Without prepare_demo, the stage configs decide.
     assert Pipeline(PipelineConfig(run_dir=str(tmp_path / "run2"))).demo_inputs("sft") == {}
+
+
+def test_simulated_labels_pass_the_overlap_and_rerun_when_it_changes(tmp_path):
+    from rlhf.pipeline import Pipeline
+
+    commands = []
+
+    def record(command, stage):
+        commands.append(command)
+        output = Path(command[command.index("-o") + 1])
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("")
+
+    for overlap, runs in ((0.2, 1), (0.2, 1), (0.5, 2)):
+        pipeline = Pipeline(PipelineConfig(run_dir=str(tmp_path / "run"), label_overlap=overlap))
+        pipeline._run = record
+        pipeline.labels("sft@1")
+        annotate = [c for c in commands if "rlhf.demo.annotate" in c]
+        assert len(annotate) == runs and annotate[-1][-2:] == ["--overlap", str(overlap)]
+
+
+def test_best_of_n_runs_after_ppo_on_its_settings_and_reruns_when_a_model_changes(tmp_path):
+    from rlhf.pipeline import Pipeline, best_of_n_sizes
+
+    assert best_of_n_sizes(16) == [1, 2, 4, 8, 16] and best_of_n_sizes(12) == [1, 2, 4, 8, 12]
+    assert best_of_n_sizes(1) == [1]
+    commands = []
+
+    def record(command, stage):
+        commands.append(command)
+        output = tmp_path / "run" / "evaluation" / "best_of_n.json"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("{}")
+
+    pipeline = Pipeline(PipelineConfig(run_dir=str(tmp_path / "run"), best_of_n_max=8, best_of_n_prompts=10))
+    pipeline._run = record
+    pipeline.best_of_n("sft@1", "rm@1", "ppo@1")
+    command = commands[0]
+    assert command[1:5] == ["-m", "rlhf.evaluate", "best-of-n", "--run_dir"]
+    assert command[command.index("--policy") + 1] == "sft@1" and command[command.index("--reward_model") + 1] == "rm@1"
+    assert command[command.index("--limit") + 1] == "10" and command[-5:] == ["--n", "1", "2", "4", "8"]
+    pipeline.best_of_n("sft@1", "rm@1", "ppo@1")
+    assert len(commands) == 1  # unchanged: skipped
+    pipeline.best_of_n("sft@1", "rm@1", "ppo@2")  # PPO's settings may have changed
+    assert len(commands) == 2
+    (tmp_path / "run" / "evaluation" / "best_of_n.json").unlink()
+    pipeline.best_of_n("sft@1", "rm@1", "ppo@2")  # its output is gone
+    assert len(commands) == 3
+    Pipeline(PipelineConfig(run_dir=str(tmp_path / "off"))).best_of_n("sft@1", "rm@1", "ppo@1")  # 0: off

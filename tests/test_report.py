@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from rlhf.evaluate.overoptimisation import best_of_n_kl
 from rlhf.registry import Registry
 from rlhf.report import _number, write_report
 
@@ -59,7 +60,48 @@ def run_dir(tmp_path):
         {**sample, "prompt": "say the last word of : a b answer :", "sft": "a", "ppo": "b", "gold_sft": 0.0,
          "gold_ppo": 1.0, "task": "last"},
     ])
+    _write_reward_model_extras(run)
+    _write_matched_kl_curves(run)
     return run
+
+
+def _write_reward_model_extras(run: Path) -> None:
+    """The RM's calibration bins (ECE 0.2834 by hand in tests/test_rm_calibration.py) and the labels it read, where
+    three annotators overlap as in tests/test_labels_agreement.py (pairwise 0.6, α 194/1001)."""
+    from rlhf.data.rankings import write_rankings
+    from rlhf.rm.calibration import calibration
+
+    _write(run / "rm" / "calibration.json", calibration([[2.0, 0.0], [0.0, 0.0], [1.0, 0.0]], [[1, 2], [1, 2], [2, 1]]))
+    (run / "labels").mkdir()
+    write_rankings(run / "labels" / "rankings.jsonl", _overlapping_rankings())
+    (run / "rm" / "resolved_config.yaml").write_text(f"train_file: {run / 'labels' / 'rankings.jsonl'}\n")
+
+
+def _overlapping_rankings(overlap: bool = True):
+    from rlhf.data.rankings import Ranking
+
+    p1, p2 = "sort these words : b a answer :", "reverse these words : a b answer :"
+    rankings = [Ranking("1", p1, ("x", "y", "z"), (1, 2, 3), "alice"), Ranking("5", p2, ("u", "v"), (1, 2), "alice")]
+    if overlap:
+        rankings += [Ranking("2", p1, ("z", "x", "y"), (2, 1, 3), "bob"),
+                     Ranking("3", p1, ("x", "y", "z"), (1, 1, 2), "carol"), Ranking("6", p2, ("u", "v"), (2, 1), "bob")]
+    return rankings
+
+
+KL2, KL4 = best_of_n_kl(2), best_of_n_kl(4)
+
+
+def _write_matched_kl_curves(run: Path, gold: bool = True) -> None:
+    """Best-of-N at N = 1, 2, 4, and PPO evaluated at the KL of N = 1, 2, 4 and beyond."""
+    bon = [(1, 0.0, 0.1, 0.70), (2, KL2, 0.5, 0.80), (4, KL4, 0.9, 0.85)]
+    points = [{"n": n, "kl": kl, "d": kl ** 0.5, "rm_score": rm, **({"gold_score": g} if gold else {})}
+              for n, kl, rm, g in bon]
+    _write(run / "evaluation" / "best_of_n.json", {"policy": "sft@1", "reward_model": "rm@1", "prompts": 32,
+                                                   "samples_per_prompt": 4, "gold_scorer": "demo" if gold else None,
+                                                   "points": points})
+    ppo = [(0, 0.0, 0.1, 0.70), (5, KL2, 0.6, 0.75), (10, KL4, 1.2, 0.90), (12, KL2, 0.5, 0.80), (15, 2.0, 2.0, 0.60)]
+    _write(run / "ppo" / "eval_metrics.jsonl", [{"step": step, "kl": kl, "rm_score": rm, "prompts": 16,
+                                                 **({"gold_score": g} if gold else {})} for step, kl, rm, g in ppo])
 
 
 def test_report_draws_every_plot_as_a_png_a_person_can_open(run_dir):
@@ -67,7 +109,7 @@ def test_report_draws_every_plot_as_a_png_a_person_can_open(run_dir):
 
     report = write_report(run_dir)
     names = {"sft_loss.png", "rm_accuracy_by_k.png", "ppo_training.png", "ppo_rm_vs_gold_by_kl.png",
-             "ppo_response_length.png"}
+             "ppo_response_length.png", "rm_calibration.png", "best_of_n_vs_ppo.png"}
     assert names <= {p.name for p in report.parent.iterdir()}
     for name in names:
         path = report.parent / name
@@ -121,6 +163,43 @@ def test_gold_by_task_and_time_per_phase_tables_by_hand(run_dir):
     assert "| update | 1.5 | 38% |" in text
 
 
+def test_calibration_and_labeler_agreement_beside_the_reward_models_accuracy(run_dir):
+    text = write_report(run_dir).read_text()
+    assert "3 pairs, expected calibration error 0.283" in text
+    assert "(2 prompts, 10 response pairs compared between two annotators), they order a pair alike **60.0%**" in text
+    assert "Krippendorff's α (ordinal) is 0.194" in text
+    assert "The reward model orders held-out pairs as the labels do **68.9%** of the time" in text
+    assert "| alice | 0.643 | 7 |" in text and "| carol | 0.667 | 6 |" in text
+
+
+def test_best_of_n_against_ppo_at_each_ppo_evaluations_kl_by_hand(run_dir):
+    text = write_report(run_dir).read_text()
+    section = text.split("## 4. Best-of-N against PPO at matched KL")[1]
+    # PPO at the KL of N = 1, 2 and 4: no KL spent yet, best-of-N, PPO; at KL 2 it is past N = 4, the largest N.
+    assert "| 0 | 0.000 | 0.100 | 0.100 | 0.700 | 0.700 | KL <= 0: not compared |" in section
+    assert "| 5 | 0.193 | 0.600 | 0.500 | 0.750 | 0.800 | best-of-N |" in section
+    assert "| 10 | 0.636 | 1.200 | 0.900 | 0.900 | 0.850 | PPO |" in section
+    assert "| 15 | 2.000 | 2.000 | – | 0.600 | – | beyond best-of-N's largest N |" in section
+    assert "| 12 | 0.193 | 0.500 | 0.500 | 0.800 | 0.800 | tie |" in section
+    assert "PPO's gold score is higher at 1 of 3 evaluations, best-of-N's at 1, tied at 1." in section
+    assert "32 held-out prompts with 4 samples each" in section and "5 evaluations" in section
+    for curve in ("best-of-N, gold score", "best-of-N, reward-model score", "PPO, gold score", "PPO, reward-model score"):
+        assert f"| {curve} |" in section
+
+
+def test_the_fits_table_of_exact_gao_curves():
+    from rlhf.evaluate.overoptimisation import gao_best_of_n, gao_rl
+    from rlhf.report_overoptimisation import fits_table
+
+    bon = [{"d": d, "rm_score": 0.5 + gao_best_of_n(d, 1.0, 0.25)} for d in (0.0, 0.5, 1.0, 2.0)]
+    rl = [{"d": d, "rm_score": -1.0 + gao_rl(d, 2.0, 1.0)} for d in (0.0, 1.0, 2.718281828459045)]
+    assert fits_table({"best_of_n": bon, "rl": rl}) == [
+        "| curve | form | α | β | R² | RMSE | points |", "|---|---|---:|---:|---:|---:|---:|",
+        "| best-of-N, reward-model score | d (α − β d) | 1 | 0.25 | 1.000 | 0.0000 | 3 |",
+        "| PPO, reward-model score | d (α − β log d) | 2 | 1 | 1.000 | 0.0000 | 2 |"]
+    assert fits_table({"best_of_n": bon[1:], "rl": []})[-1].endswith("too few points (or no d = 0) | | | | |")
+
+
 # -- the report on every run shape ----------------------------------------------------------------------------------
 
 def _metrics(run: Path, stage: str) -> dict:
@@ -137,6 +216,7 @@ def _without_gold(run: Path) -> str:
              for s in range(1, 4)]
     _write(run / "ppo" / "ppo_metrics.jsonl", steps)
     _write(run / "ppo" / "metrics.json", {"win_rate_rm": 0.625, "eval_prompts": 8, "kl_final": 0.15})
+    _write_matched_kl_curves(run, gold=False)
     chat = [{"role": "user", "content": "How do I bake bread?"}, {"role": "assistant", "content": "Flour."},
             {"role": "user", "content": "And | yeast?"}]
     _write(run / "ppo" / "samples.json", [{"prompt": chat, "sft": "Use it.", "ppo": "Add the yeast.", "rm_sft": -0.25,
@@ -180,6 +260,36 @@ def _hub_dataset(run: Path) -> str:
     return "from `Qwen/Qwen2.5-0.5B-Instruct`"
 
 
+def _no_labeler_overlap(run: Path) -> str:
+    from rlhf.data.rankings import write_rankings
+
+    write_rankings(run / "labels" / "rankings.jsonl", _overlapping_rankings(overlap=False))
+    return "No two annotators ranked the same responses to a prompt"
+
+
+def _labels_without_annotators(run: Path) -> str:
+    import dataclasses
+
+    from rlhf.data.rankings import write_rankings
+
+    write_rankings(run / "labels" / "rankings.jsonl",
+                   [dataclasses.replace(r, annotator=None) for r in _overlapping_rankings()])
+    return "### Calibration"
+
+
+def _no_best_of_n_or_ppo_evaluations(run: Path) -> str:
+    import shutil
+
+    shutil.rmtree(run / "evaluation")
+    (run / "ppo" / "eval_metrics.jsonl").unlink()
+    return "No best-of-N curve (`python -m rlhf.evaluate best-of-n --run_dir RUN_DIR`"
+
+
+def _best_of_n_alone(run: Path) -> str:
+    (run / "ppo" / "eval_metrics.jsonl").unlink()
+    return "No held-out PPO evaluations in this run (PPO's `eval_steps`)."
+
+
 def _no_held_out_prompts(run: Path) -> str:
     _write(run / "ppo" / "metrics.json", {"steps": 10, "skipped_updates": 0, "kl_final": 0.5})
     (run / "ppo" / "samples.json").unlink()
@@ -187,7 +297,9 @@ def _no_held_out_prompts(run: Path) -> str:
 
 
 @pytest.mark.parametrize("shape", [_without_gold, _without_ppo, _pairs_only, _lora, _hub_dataset,
-                                   _no_held_out_prompts], ids=lambda shape: shape.__name__.strip("_"))
+                                   _no_held_out_prompts, _no_labeler_overlap, _labels_without_annotators,
+                                   _no_best_of_n_or_ppo_evaluations,
+                                   _best_of_n_alone], ids=lambda shape: shape.__name__.strip("_"))
 def test_the_report_is_written_for_every_run_shape(run_dir, shape):
     expected = shape(run_dir)
     report = write_report(run_dir)
@@ -198,6 +310,11 @@ def test_the_report_is_written_for_every_run_shape(run_dir, shape):
         assert png.read_bytes()[:8] == PNG_MAGIC
     if shape is _without_gold:
         assert "gold scorer" not in text and "Over-long data: sft.jsonl: 2 of 9 demonstrations" in text
+        assert "gold: PPO" not in text and "| 5 | 0.193 | 0.600 | 0.500 |" in text  # the RM's columns only
+    if shape is _labels_without_annotators:
+        assert "Labeler agreement" not in text
+    if shape is _no_best_of_n_or_ppo_evaluations:
+        assert not (report.parent / "best_of_n_vs_ppo.png").exists()
 
 
 def test_the_report_says_which_advantage_estimator_ran(run_dir):

@@ -72,6 +72,11 @@ def test_rm_run_raises_held_out_pairwise_accuracy_and_registers_with_its_sft_par
     assert metrics["gold_agreement"] > 0.75
     assert metrics["shared_prompt_forward"] is True  # on by default, and the tiny Llama passes the check
     assert "shared_prompt_forward:" not in capsys.readouterr().out
+    # The reliability diagram's bins lie beside the metrics; the ECE is in the registry entry.
+    calibration = json.loads((rm_workspace / "out" / "calibration.json").read_text())
+    assert metrics["eval_ece"] == pytest.approx(calibration["ece"]) and 0 <= metrics["eval_ece"] <= 1
+    assert len(calibration["bins"]) == 10
+    assert metrics["eval_calibration_pairs"] == calibration["pairs"] >= metrics["eval_pairs"]
 
     # The offset puts the named demonstrations' mean reward at 0, and travels with the model.
     model, tokenizer, normalization = load_reward_model(entry.path)

@@ -3,8 +3,9 @@
     python -m rlhf.demo.annotate tasks.json -o export.json
 
 Stands in for the weeks humans spend in Label Studio: each task is ranked by one simulated labeler
-(some by two, who may disagree), a few are skipped, and the file has the shape of Label Studio's
-full JSON export, so the real importer (`python -m rlhf.labels import --format label_studio`) reads it.
+(a share, `--overlap`, by two, who may disagree: the import summary and the report show how much they agree),
+a few are skipped, and the file has the shape of Label Studio's full JSON export, so the real importer
+(`python -m rlhf.labels import --format label_studio`) reads it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from rlhf.demo.task import gold_score
 from rlhf.io import atomic_write_text
 
 RANKER_NAME, LIST_NAME = "rank", "responses"  # the names in rlhf.labels.exporters' labeling config
+OVERLAP = 0.2  # share of tasks ranked by two labelers
 
 
-def annotate_tasks(tasks: list[dict], *, seed: int = 0, labelers: int = 4, second_opinion_rate: float = 0.2,
+def annotate_tasks(tasks: list[dict], *, seed: int = 0, labelers: int = 4, second_opinion_rate: float = OVERLAP,
                    skip_rate: float = 0.02) -> list[dict]:
     """Label Studio export records for `tasks`, ranked by simulated labelers from the gold score."""
     rng = random.Random(seed)
@@ -60,8 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("tasks", help="Label Studio tasks written by `python -m rlhf.labels export`")
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overlap", type=float, default=OVERLAP,
+                        help=f"share of tasks ranked by two labelers, for their agreement (default {OVERLAP})")
     args = parser.parse_args(argv)
-    exported = annotate_tasks(json.loads(Path(args.tasks).read_text()), seed=args.seed)
+    if not 0 <= args.overlap <= 1:
+        parser.error(f"--overlap must be between 0 and 1, got {args.overlap}")
+    exported = annotate_tasks(json.loads(Path(args.tasks).read_text()), seed=args.seed,
+                              second_opinion_rate=args.overlap)
     atomic_write_text(args.output, json.dumps(exported, indent=2))
     print(f"{len(exported)} tasks annotated by simulated labelers -> {args.output}")
 

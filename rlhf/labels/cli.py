@@ -190,7 +190,27 @@ def format_summary(report: ImportReport, format: str, output, quarantine) -> str
     if report.annotator_merge:
         before, after, cancelled = report.annotator_merge
         lines.append(f"merged annotators: {before} rankings -> {after}, {cancelled} groups cancelled out")
-    return "\n".join(lines)
+    return "\n".join(lines + agreement_lines(report.rankings))
+
+
+ANNOTATORS_SHOWN = 10
+
+
+def agreement_lines(rankings) -> list[str]:
+    """How much the annotators agree where several ranked the same responses (rlhf.labels.agreement); nothing
+    when no two annotators' rankings overlap."""
+    from rlhf.labels.agreement import labeler_agreement
+
+    agreement = labeler_agreement(rankings)
+    if not agreement.shared_pairs:
+        return []
+    people = list(agreement.by_annotator.items())
+    shown = ", ".join(f"{name}: {value:.3f} ({pairs})" for name, (value, pairs) in people[:ANNOTATORS_SHOWN])
+    return [f"labeler agreement: pairwise {agreement.pairwise:.3f} on {agreement.shared_pairs} response pairs that "
+            f"two annotators both ranked ({agreement.sets} prompts' responses ranked by several), Krippendorff's "
+            f"alpha (ordinal) {agreement.alpha:.3f}",
+            f"agreement with the others by annotator (pairs): {shown}" + (", ..." if len(people) > ANNOTATORS_SHOWN
+                                                                          else "")]
 
 
 @exits_cleanly

@@ -8,8 +8,9 @@ from typing import Any
 
 def sample_k_responses(policy: str, prompts: list[Any], *, k: int, registry_dir: str = "", max_new_tokens: int = 64,
                        temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 128,
-                       trust_remote_code: bool = False) -> list[tuple[Any, list[str]]]:
-    """(prompt, k sampled responses) for each prompt; duplicates are removed later by the exporters."""
+                       trust_remote_code: bool = False, top_k: int = 0) -> list[tuple[Any, list[str]]]:
+    """(prompt, k sampled responses) for each prompt; duplicates are removed later by the exporters (best-of-N,
+    rlhf.evaluate, keeps them: they are samples of the policy like any other)."""
     import torch
 
     from rlhf.adaptation import load_adapted
@@ -23,7 +24,7 @@ def sample_k_responses(policy: str, prompts: list[Any], *, k: int, registry_dir:
     torch.manual_seed(seed)
     repeated = [prompt for prompt in prompts for _ in range(k)]
     responses = generate_responses(model, tokenizer, repeated, max_new_tokens=max_new_tokens, do_sample=True,
-                                   temperature=temperature, top_p=top_p, batch_size=batch_size,
+                                   temperature=temperature, top_k=top_k, top_p=top_p, batch_size=batch_size,
                                    progress="sampling responses")
     return [(prompt, responses[i * k:(i + 1) * k]) for i, prompt in enumerate(prompts)]
 

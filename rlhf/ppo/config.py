@@ -42,6 +42,14 @@ class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments):
     eval_samples_per_prompt: int = field(default=1, metadata={"help": "Responses per held-out prompt and policy."})
     eval_do_sample: bool = field(default=True, metadata={"help": "Compare policies on sampled responses (the "
                                                                   "generation settings below, seeded) rather than greedy ones."})
+    eval_steps: int = field(default=0, metadata={"help": "Every this many steps, before the first and after the "
+                                                       "last, the policy answers held-out prompts "
+                                                       "(eval_prompts_file): its reward-model score, gold score and "
+                                                       "KL from the reference go to eval_metrics.jsonl, the PPO points "
+                                                       "of the report's best-of-N comparison. 0: off."})
+    eval_steps_prompts: int = field(default=64, metadata={"help": "Held-out prompts of each eval_steps evaluation "
+                                                                  "(the first of eval_prompts_file), one sampled "
+                                                                  "response each, split over the processes."})
     output_dir: str = field(default="runs/ppo", metadata={"help": "Metrics, checkpoints, samples and the final model."})
     seed: int = field(default=0, metadata={"help": "Seed of prompt order, sampling and minibatch shuffling."})
 
@@ -203,6 +211,10 @@ class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments):
         _check(self.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite must be >= 1")
         _check(all(target in ("tensorboard", "none") for target in self.report_to),
                f"report_to accepts tensorboard or none, got {self.report_to}")
+        _check(self.eval_steps >= 0, f"eval_steps must be >= 0 (0: off), got {self.eval_steps}")
+        _check(not self.eval_steps or bool(self.eval_prompts_file),
+               "eval_steps > 0 needs eval_prompts_file (held-out prompts, never the training prompts)")
+        _check(self.eval_steps_prompts >= 1, f"eval_steps_prompts must be >= 1, got {self.eval_steps_prompts}")
         _check(bool(self.prompts_file), "prompts_file is required")
         super().__post_init__()
 

@@ -1,15 +1,21 @@
-"""How good the PPO policy is against the SFT policy: win rates on held-out prompts, at the end of a run.
+"""How good the PPO policy is on held-out prompts: along the run, and against the SFT policy at its end.
 
-Rank 0 samples responses to held-out prompts from the SFT policy and the saved PPO policy with the same seed,
-scores both under the reward model and (on the demo) the gold scorer, and counts how often PPO wins (ties count
-half). The recipe (rlhf.stages.ppo) saves the policy first and registers it after, through the shared epilogue.
+- Along the run (`HeldOutEvaluation`, every `eval_steps`): the policy answers held-out prompts; their mean
+  reward-model score, gold score and KL from the reference are a row of eval_metrics.jsonl. These are PPO's points
+  on the report's best-of-N comparison at matched KL (Gao et al. 2022).
+- At the end (`final_metrics`): rank 0 samples responses to held-out prompts from the SFT policy and the saved PPO
+  policy with the same seed, scores both under the reward model and (on the demo) the gold scorer, and counts how
+  often PPO wins (ties count half). The recipe (rlhf.stages.ppo) saves the policy first and registers it after,
+  through the shared epilogue.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -113,3 +119,110 @@ def sample_responses(policy, tokenizer, prompts: Sequence[Any], sampling, do_sam
     return generate_responses(policy, tokenizer, prompts, max_new_tokens=sampling.max_new_tokens,
                               do_sample=do_sample, temperature=sampling.temperature, top_k=sampling.top_k,
                               top_p=sampling.top_p, batch_size=batch_size)
+
+
+class HeldOutEvaluation:
+    """Every `eval_steps` steps, before the first and after the last: the policy's held-out reward-model score,
+    gold score (with a gold scorer) and KL from the reference, one row of eval_metrics.jsonl per evaluation.
+
+    Every rank answers its share of the first `eval_steps_prompts` held-out prompts (the same number on each, so
+    that ZeRO-3's collectives line up) and the means are taken over ranks; rank 0 writes. The responses are sampled
+    as in training, under a fixed seed of their own in a forked RNG: training draws the same numbers with the
+    evaluation on or off, and every evaluation samples with the same noise, so that its rows differ by the policy.
+    The KL is k1, Σ_t (log π − log π_ref) over a response's tokens (an unbiased estimate of KL(π ‖ π_ref)), whatever
+    `kl_estimator` the reward uses. On resume, rows from the checkpoint's step on are dropped, and that step is
+    evaluated again when due (the same weights and noise: the same row), so that every rank makes the same calls.
+    """
+
+    def __init__(self, config, inputs, tokenizer, sampling, generation_config, zero3_generation: str, gold,
+                 start_step: int):
+        from rlhf import distributed
+
+        self.every, self.last_step = config.eval_steps, config.steps
+        # The first of the held-out file's prompts that fit, however many the final comparison takes (eval_prompts).
+        held_out = next((fitted.kept for name, _, fitted in inputs.fitted if name == "eval_prompts"), [])
+        self.prompts = list(held_out[:config.eval_steps_prompts]) if config.eval_steps else []
+        self.tokenizer, self.sampling, self.gold = tokenizer, sampling, gold
+        self.generation_config, self.zero3_generation = generation_config, zero3_generation
+        self.reward_input_limit, self.batch_size = config.reward_input_limit, config.rollout_batch_size
+        self.forward_batch_size = config.scoring_batch_size
+        self.seed = config.seed * 1_000_003 + 17 + distributed.global_rank()
+        self.path = Path(config.output_dir) / run_files.PPO_EVAL_METRICS
+        self.writes = distributed.is_main_process()
+        if self.prompts and self.writes:
+            _keep_rows_before(self.path, start_step)
+
+    def due(self, step: int) -> bool:
+        return bool(self.prompts) and (step % self.every == 0 or step == self.last_step)
+
+    def evaluate_if_due(self, step: int, engines) -> dict[str, Any] | None:
+        """The row of the policy after `step` steps when an evaluation is due then (written on rank 0), else None.
+        Every rank must call it: under ZeRO-3 generation and the forwards are collective."""
+        from rlhf import distributed
+
+        if not self.due(step):
+            return None
+        row = {"step": step, **self.measure(engines, _share_of_rank(self.prompts, distributed.global_rank(),
+                                                                     distributed.world_size())),
+               "prompts": len(self.prompts)}
+        if self.writes:
+            _append_row(self.path, row)
+        return row
+
+    def measure(self, engines, prompts: Sequence[Any]) -> dict[str, float]:
+        """Mean reward-model score, KL and gold score of one sampled response per prompt, over every rank."""
+        from rlhf.ppo import experience
+        from rlhf.ppo.tracking import mean_over_ranks
+
+        rm, kl, gold = [], [], []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = experience.tokenize_prompts(self.tokenizer, prompts[start:start + self.batch_size])
+            with _forked_rng(self.seed + start):
+                response_ids = experience.generate(engines.actor, batch, self.generation_config, self.zero3_generation)
+            rollout = experience.score(engines, batch, response_ids, self.tokenizer, self.sampling,
+                                       self.reward_input_limit, self.forward_batch_size)
+            mask = rollout.response_mask.bool()
+            kl += ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(dim=-1).tolist()
+            rm += rollout.scores.float().tolist()
+            if self.gold is not None:
+                texts = experience.decode_responses(self.tokenizer, batch, rollout.response_ids, rollout.response_mask)
+                gold += [self.gold(prompt_text(self.tokenizer, p), t) for p, t in zip(batch.prompts, texts)]
+        values = {"rm_score": fmean(rm), "kl": fmean(kl)}
+        if self.gold is not None:
+            values["gold_score"] = fmean(gold)
+        return mean_over_ranks(values)
+
+
+def _share_of_rank(prompts: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """Rank `rank`'s ceil(n / world_size) consecutive prompts, wrapping round, so that every rank has as many."""
+    per_rank = -(-len(prompts) // world_size)
+    return [prompts[(rank * per_rank + i) % len(prompts)] for i in range(per_rank)]
+
+
+@contextlib.contextmanager
+def _forked_rng(seed: int) -> Iterator[None]:
+    """torch's CPU (and current CUDA device's) generator seeded with `seed` for the block, then put back."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _keep_rows_before(path: Path, step: int) -> None:
+    """`path` without its rows from `step` on (a resumed run's checkpoint step: they are evaluated again)."""
+    from rlhf.io import atomic_write_text
+    from rlhf.run_files import read_jsonl
+
+    if path.is_file():
+        kept = [row for row in read_jsonl(path) if row["step"] < step]
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+    import math
+
+    clean = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+             for key, value in row.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(json.dumps(clean) + "\n")

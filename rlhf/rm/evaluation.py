@@ -1,5 +1,6 @@
-"""How good a reward model is: pairwise accuracy (overall and by K) and Kendall's tau against human rankings,
-and agreement with the gold scorer. `ranking_metrics` and `kendall_tau_b` are pure functions of lists."""
+"""How good a reward model is: pairwise accuracy (overall and by K) and Kendall's tau against human rankings, its
+calibration (rlhf.rm.calibration), and agreement with the gold scorer. `ranking_metrics` and `kendall_tau_b` are
+pure functions of lists."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from rlhf.rm.model import load_reward_model, score_texts
 
 
 def evaluate(model_dir: str | Path, config, tokenizer, rankings: Sequence[Ranking]) -> dict[str, Any]:
-    """Held-out pairwise accuracy (overall, by K), Kendall's tau, and agreement with the gold scorer."""
+    """Held-out pairwise accuracy (overall, by K), Kendall's tau, the ECE, and agreement with the gold scorer; the
+    reliability diagram's bins go to calibration.json beside the metrics."""
     if not rankings:
         return {}
     from rlhf.shared_prompt.forward import OFF, reward_model_support
@@ -27,9 +29,21 @@ def evaluate(model_dir: str | Path, config, tokenizer, rankings: Sequence[Rankin
     metrics = {f"eval_{k}": v for k, v in ranking_metrics(rewards, [list(r.ranks) for r in rankings]).items()}
     flat = [reward for row in rewards for reward in row]
     metrics["eval_mean_reward"] = sum(flat) / len(flat)
+    metrics.update(write_calibration(Path(config.output_dir), rewards, [list(r.ranks) for r in rankings]))
     if config.gold_scorer:
         metrics.update(_gold_agreement(rankings, rewards, config.gold_scorer))
     return metrics
+
+
+def write_calibration(output_dir: Path, rewards: list[list[float]], ranks: list[list[int]]) -> dict[str, float]:
+    """{"eval_ece", "eval_calibration_pairs"} for the metrics; the bins in output_dir/calibration.json."""
+    from rlhf import run_files
+    from rlhf.io import atomic_write_json
+    from rlhf.rm.calibration import calibration
+
+    result = calibration(rewards, ranks)
+    atomic_write_json(output_dir / run_files.RM_CALIBRATION, result)
+    return {"eval_ece": result["ece"], "eval_calibration_pairs": float(result["pairs"])}
 
 
 def score_rankings(model, tokenizer, rankings: Sequence[Ranking], normalization, max_length: int,

@@ -84,6 +84,11 @@ class PPORecipe:
                                            start_batch=self.state["step"] * config.updates_per_step)
         self.logger = tracking.MetricsLogger(config.output_dir, config.report_to, config.steps, self.state["step"],
                                              show_progress=not config.disable_tqdm)
+        # Held-out RM score, gold score and KL every eval_steps: PPO's points against best-of-N (Gao et al. 2022).
+        self.held_out = evaluation.HeldOutEvaluation(config, self.inputs, self.tokenizer, self.sampling,
+                                                     self.generation_config, self.zero3_generation, self.gold,
+                                                     self.state["step"])
+        self.held_out.evaluate_if_due(self.state["step"], self.engines)
         self.stop = StopRequest()
 
     def resume(self) -> None:
@@ -107,6 +112,7 @@ class PPORecipe:
             row = self.ppo_step(step)
             self.kl_controller.update(row["kl"], config.rollout_batch_size * distributed.world_size())
             self.logger.log(row)
+            self.held_out.evaluate_if_due(step + 1, self.engines)
             stopping = self.stop.any_rank()
             if stopping or (config.save_steps and (step + 1) % config.save_steps == 0):
                 self.save_checkpoint(step + 1)
