@@ -80,7 +80,8 @@ class _NewHeadExplained:
     whose only rows are the new scalar head (missing) and the language-model head left behind (unexpected). Such
     a report becomes one line; a report with anything else in it is kept as it is."""
 
-    HEADS = ("score.", "classifier.", "lm_head.")
+    NEW_HEADS = ("score.", "classifier.")  # missing: the reward head
+    LEFT_BEHIND = ("lm_head.",)  # unexpected: the language-model head a reward model has no use for
     ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
     def filter(self, record) -> bool:
@@ -90,7 +91,8 @@ class _NewHeadExplained:
         rows = [line.split("|") for line in message.split("Notes:")[0].splitlines() if "|" in line]
         keys = [(cells[0].strip(), cells[1].strip()) for cells in rows if len(cells) > 1]
         keys = [(key, status) for key, status in keys if status in ("MISSING", "UNEXPECTED")]
-        if not keys or not all(key.startswith(self.HEADS) for key, _ in keys):
+        expected = {"MISSING": self.NEW_HEADS, "UNEXPECTED": self.LEFT_BEHIND}
+        if not keys or not all(key.startswith(expected[status]) for key, status in keys):
             return True
         from rlhf import distributed
 

@@ -140,7 +140,11 @@ def main(cases_path: str, out_dir: str) -> None:
     if plain_case is not None:
         report["plain_module"] = load_plain_module(plain_case["path"], out, rank)
     (out / f"rank{rank}.json").write_text(json.dumps(report, indent=2))
+    # As the stages end (rlhf.stages.prologue): queued ZeRO-3 work finished, then out without the interpreter's
+    # teardown, which aborts a rank now and then while gloo's threads still run.
+    distributed.finish_pending_work()
     distributed.shutdown()
+    distributed.exit_after_success()
 
 
 if __name__ == "__main__":

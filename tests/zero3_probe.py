@@ -106,7 +106,11 @@ def main(models_path: str, out_dir: str) -> None:
                     save_adapted(module, inputs.tokenizer, out / name / f"{role}_whole", adaptation)
             distributed.barrier()
     (out / f"rank{rank}.json").write_text(json.dumps(report, indent=2))
+    # As the stages end (rlhf.stages.prologue): queued ZeRO-3 work finished, then out without the interpreter's
+    # teardown, which aborts a rank now and then while gloo's threads still run.
+    distributed.finish_pending_work()
     distributed.shutdown()
+    distributed.exit_after_success()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Every directory also gets rlhf_adaptation.json (how it was made) and the tokeniz
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict
@@ -192,7 +193,7 @@ def _load_plain(name_or_path: str, task: str, torch_dtype, trust_remote_code: bo
 
     try:
         # Under ZeRO-3 no rank reads the whole checkpoint.
-        with streamed_zero3_loading(), new_reward_head_explained():
+        with streamed_zero3_loading(), new_reward_head_explained() if task == "reward" else contextlib.nullcontext():
             return model_class.from_pretrained(name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                                use_safetensors=True, attn_implementation=attn_implementation,
                                                **extra)
