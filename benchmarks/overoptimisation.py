@@ -79,20 +79,23 @@ class Inputs:
 
 
 def demo_inputs(demo_run: Path) -> Inputs:
+    """The demo run's SFT policy and labels, its RM stage's resolved config, and its PPO stage's (or, when PPO has
+    not finished there, the PPO config file the pipeline ran it with)."""
     from rlhf.config import load_yaml
     from rlhf.registry import Registry, resolve_model
     from rlhf.run_files import RESOLVED_CONFIG
 
-    configs = {stage: demo_run / stage / RESOLVED_CONFIG for stage in ("rm", "ppo")}
-    missing = [str(path) for path in configs.values() if not path.is_file()]
+    rm_config, ppo_config = demo_run / "rm" / RESOLVED_CONFIG, demo_run / "ppo" / RESOLVED_CONFIG
+    if not ppo_config.is_file() and (demo_run / RESOLVED_CONFIG).is_file():
+        ppo_config = REPO / load_yaml(demo_run / RESOLVED_CONFIG)["ppo_config"]
+    missing = [str(path) for path in (rm_config, ppo_config) if not path.is_file()]
     if missing:
-        raise SystemExit(f"{', '.join(missing)} not found: --demo-run needs a finished demo run (make demo)")
-    rm = load_yaml(configs["rm"])
+        raise SystemExit(f"{', '.join(missing)} not found: --demo-run needs a demo run whose RM stage finished")
+    rm = load_yaml(rm_config)
     registry = Registry(REPO / rm["registry_dir"]) if rm.get("registry_dir") else Registry()
     policy, parent = resolve_model(rm["model_name_or_path"], registry)
     return Inputs(policy, parent.config["train_file"] if parent else "", rm["train_file"],
-                  ["--config", str(configs["rm"])], ["--config", str(configs["ppo"])],
-                  {"eval_samples_per_prompt": 1})
+                  ["--config", str(rm_config)], ["--config", str(ppo_config)], {"eval_samples_per_prompt": 1})
 
 
 def smallest_inputs(workdir: Path) -> Inputs:
