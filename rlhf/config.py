@@ -142,6 +142,7 @@ FLOAT_RANGES = {
     "gamma": ZERO_TO_ONE, "lam": ZERO_TO_ONE, "cliprange": ABOVE_0, "cliprange_value": ABOVE_0,
     "vf_coef": ABOVE_0,  # the critic's clipping norm is max_grad_norm / vf_coef
     "target_kl": ABOVE_0, "score_clip": AT_LEAST_0, "ptx_coef": AT_LEAST_0, "demo_scale": ABOVE_0,
+    "uncertainty_coef": AT_LEAST_0,
 }
 
 

@@ -247,7 +247,8 @@ def _rm_section(run_dir: Path, out: Path) -> list[str]:
         return ["## 2. Reward model", "", "Not run yet.", ""]
     plot_rm_accuracy_by_k(metrics, out / "rm_accuracy_by_k.png")
     return ["## 2. Reward model", "", "![Reward-model accuracy by K](rm_accuracy_by_k.png)", "",
-            *_metrics_table(metrics), "", *report_reward_model.calibration_lines(run_dir, out),
+            *report_reward_model.ensemble_lines(metrics), *_metrics_table(metrics), "",
+            *report_reward_model.calibration_lines(run_dir, out),
             *report_reward_model.agreement_lines(run_dir, metrics)]
 
 
@@ -262,7 +263,7 @@ def _ppo_section(run_dir: Path, out: Path) -> list[str]:
     lines = ["## 3. PPO", "", "![PPO training](ppo_training.png)", "", "![RM vs gold by KL](ppo_rm_vs_gold_by_kl.png)",
              "", "![Response length](ppo_response_length.png)", ""]
     if metrics:
-        lines += _estimator_line(metrics)
+        lines += _estimator_line(metrics) + _reward_line(metrics, steps)
         if isinstance(metrics.get("win_rate_rm"), (int, float)):
             win = [f"**Win rate of PPO over SFT** on {metrics.get('eval_prompts', '?')} held-out prompts: "
                    f"{metrics['win_rate_rm']:.1%} under the reward model"]
@@ -298,6 +299,22 @@ def _estimator_line(metrics: dict) -> list[str]:
     kl = "a loss term (k3)" if metrics.get("kl_in_loss") else "a per-token penalty in the reward"
     return [f"**Advantages**: `{estimator}` {models}, {metrics.get('samples_per_prompt', 1)} response(s) per "
             f"prompt; the KL to the SFT policy is {kl}.", ""]
+
+
+def _reward_line(metrics: dict, steps: list[dict]) -> list[str]:
+    """What PPO's reward was made of: one reward model, or an ensemble's members aggregated, with how much they
+    disagreed on the policy's responses at the start and at the end."""
+    members = metrics.get("reward_members", 1)
+    if not isinstance(members, int) or members <= 1:
+        return []
+    method = metrics.get("reward_aggregation", "mean")
+    made = {"mean": "their mean", "min": "their minimum (worst case)",
+            "mean_minus_std": f"their mean − {metrics.get('uncertainty_coef', '?')} × their std"}.get(method, method)
+    disagreement = [row["rm_score_std"] for row in steps if isinstance(row.get("rm_score_std"), (int, float))]
+    spread = (f"; the members' std on the policy's responses went from {disagreement[0]:.3f} (first step) to "
+              f"{disagreement[-1]:.3f} (last)" if disagreement else "")
+    return [f"**Reward**: an ensemble of {members} reward models, `reward_aggregation: {method}`: {made}"
+            f"{spread}.", ""]
 
 
 @exits_cleanly

@@ -1,7 +1,11 @@
-"""The report's reward-model parts beyond accuracy: its calibration, and how much its labelers agree.
+"""The report's reward-model parts beyond accuracy: an ensemble's members, its calibration, and how much its labelers
+agree.
 
+- Ensemble (`ensemble_size` > 1): each member's held-out accuracy beside their mean's, how much they disagree, and
+  how their weight average (PPO's critic start) scores.
 - Calibration: the reliability diagram of the held-out pairs' σ(r_i − r_j) against the labels (rm/calibration.json,
-  written by the RM stage's evaluation; rlhf.rm.calibration), with its ECE.
+  written by the RM stage's evaluation; rlhf.rm.calibration), with its ECE; an ensemble's is its members' mean's,
+  with their spread against the mean's error rate.
 - Labeler agreement: on the rankings the reward model was trained on (its resolved config's train_file and
   eval_file, where they are local files), where several annotators ranked the same responses
   (rlhf.labels.agreement), beside the reward model's held-out pairwise accuracy: labels that agree with each other
@@ -17,6 +21,7 @@ from typing import Any
 from rlhf import figures, run_files
 
 CALIBRATION_PLOT = "rm_calibration.png"
+UNCERTAINTY_PLOT = "rm_uncertainty.png"
 ANNOTATORS_SHOWN = 10
 
 
@@ -42,17 +47,67 @@ def plot_calibration(calibration: dict[str, Any], path: Path) -> Path:
     return figures.save_png(figure, path)
 
 
+def ensemble_lines(metrics: dict[str, Any]) -> list[str]:
+    """An ensemble's members and how much they disagree; nothing for one reward model."""
+    members = metrics.get("eval_member_pairwise_accuracy")
+    if not metrics.get("ensemble_size", 1) > 1 or not isinstance(members, list):
+        return []
+
+    def number(key, form=".3f"):
+        value = metrics.get(key)
+        return format(value, form) if isinstance(value, (int, float)) else "?"
+
+    return ["### Ensemble", "",
+            f"{metrics['ensemble_size']} reward models, each trained alone with its own seed (its head's "
+            f"initialisation and its data order) and its own zero at the demonstrations' mean; PPO combines their "
+            f"scores by its `reward_aggregation`, every other reader takes their mean.", "",
+            "| | held-out pairwise accuracy |", "|---|---:|",
+            *[f"| member {index} | {value:.3f} |" for index, value in enumerate(members)],
+            f"| **their mean** | **{number('eval_pairwise_accuracy')}** |",
+            f"| their weight average (PPO's critic start) | {number('eval_averaged_pairwise_accuracy')} |", "",
+            f"Disagreement on the held-out responses: the members' std is {number('eval_ensemble_std')} on average, "
+            f"{number('eval_ensemble_relative_std', '.2f')} of the spread of their mean over the responses. The "
+            f"weight average's scores correlate with the members' mean at "
+            f"{number('eval_averaged_mean_correlation')}.", ""]
+
+
+def plot_uncertainty(uncertainty: list[dict[str, Any]], path: Path) -> Path:
+    """The mean's error rate against the members' std of the margin, one point per bin of equal count."""
+    figure, axes = figures.figure(1, 1, size=(6.0, 4.0))
+    axis = axes[0][0]
+    axis.plot([b["mean_std"] for b in uncertainty], [b["error_rate"] for b in uncertainty], "o-", color="tab:red")
+    axis.set(title="Ensemble: disagreement against error on held-out pairs",
+             xlabel="members' std of r_better − r_worse (bin mean)", ylabel="share the members' mean orders wrong",
+             ylim=(0, max([0.55] + [b["error_rate"] + 0.05 for b in uncertainty])))
+    axis.grid(alpha=0.3)
+    return figures.save_png(figure, path)
+
+
 def calibration_lines(run_dir: Path, out: Path) -> list[str]:
     calibration_file = run_dir / "rm" / run_files.RM_CALIBRATION
     if not calibration_file.is_file():
         return []
     calibration = json.loads(calibration_file.read_text())
     plot_calibration(calibration, out / CALIBRATION_PLOT)
-    return ["### Calibration", "",
-            f"Every held-out pair of ranked responses, both ways round: the reward model's σ(r_i − r_j) against how "
-            f"often the labels put i above j (a tie counts half), in 10 bins; {calibration['pairs']} pairs, expected "
-            f"calibration error {calibration['ece']:.3f} (0: the reward model's confidence is right).", "",
-            f"![Reward-model calibration]({CALIBRATION_PLOT})", ""]
+    uncertainty = calibration.get("uncertainty")
+    whose = "the ensemble's mean reward" if uncertainty else "the reward model's"
+    lines = ["### Calibration", "",
+             f"Every held-out pair of ranked responses, both ways round: {whose} σ(r_i − r_j) against how "
+             f"often the labels put i above j (a tie counts half), in 10 bins; {calibration['pairs']} pairs, expected "
+             f"calibration error {calibration['ece']:.3f} (0: the reward model's confidence is right).", "",
+             f"![Reward-model calibration]({CALIBRATION_PLOT})", ""]
+    if not uncertainty:
+        return lines
+    plot_uncertainty(uncertainty, out / UNCERTAINTY_PLOT)
+    return lines + [
+        "Does the members' disagreement say where their mean is wrong (Coste et al. 2023)? Each pair the labels "
+        "order, by the members' (population) std of its margin r_better − r_worse, in bins of equal count, against "
+        "how often the members' mean orders it against the labels (a tie: half). Useful disagreement rises with the "
+        "error rate.", "",
+        "| bin | pairs | members' std | error rate of the mean |", "|---:|---:|---:|---:|",
+        *[f"| {index + 1} | {b['pairs']} | {b['mean_std']:.3f} | {b['error_rate']:.3f} |"
+          for index, b in enumerate(uncertainty)], "",
+        f"![Ensemble disagreement against error]({UNCERTAINTY_PLOT})", ""]
 
 
 def training_labels(run_dir: Path) -> list[Path]:

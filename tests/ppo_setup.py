@@ -38,6 +38,22 @@ def build_models(root: Path, *, hidden_size: int = 32, num_layers: int = 1, head
             "eval_prompts": str(root / "eval_prompts.jsonl"), "demos": str(root / "demos.jsonl")}
 
 
+def build_reward_ensemble(root: Path, paths: dict, offsets=(0.5, -0.25), head_scale: float = 50.0) -> str:
+    """An ensemble of tiny reward models (rlhf.rm.ensemble), one per offset, as the RM stage saves one: members of
+    the policy's architecture with random heads of other seeds, each with its own normalisation offset."""
+    from rlhf.demo.tiny_model import build_tiny_reward_model
+    from rlhf.rm.ensemble import assemble
+    from rlhf.rm.model import RewardNormalization
+
+    members = []
+    for index, offset in enumerate(offsets):
+        member = build_tiny_reward_model(root / f"reward-member-{index}", paths["policy"], seed=11 + index,
+                                         head_scale=head_scale)
+        RewardNormalization(offset=offset, normalized_on="test", samples=1).save(member)
+        members.append(member)
+    return str(assemble(members, root / "reward_ensemble"))
+
+
 def stage_arguments(paths: dict, output_dir: Path, registry: Path, **overrides) -> list[str]:
     """Command-line arguments of a short, fast run on the tiny models (all four engines ZeRO-0)."""
     zero0 = str(REPO / "deepspeed_configs" / "zero0.json")

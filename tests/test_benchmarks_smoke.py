@@ -193,3 +193,67 @@ def test_estimators_against_trl_runs_on_smallest_settings_with_both_trl_trainers
         assert all(side["trl"][phase] > 0 for phase in ("time_generation", "time_scoring", "time_training"))
         assert side["ratios"]["time_iteration"] > 0
         assert f"| {estimator} vs {trainer} | iteration |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_an_over_optimised_curve_is_read_at_its_best_window_and_its_last_by_hand():
+    from benchmarks.overoptimisation import curve_summary, goal
+
+    # Gold 0.5, 0.7, 0.8, 0.9, 0.7, 0.5, 0.4: windows of 3 have means 0.667, 0.8, 0.8, 0.7, 0.533; the first best
+    # starts at the second evaluation (step 10), the end is the last window (0.533), kept 0.533 / 0.8 = 0.667.
+    gold = [0.5, 0.7, 0.8, 0.9, 0.7, 0.5, 0.4]
+    rows = [{"step": 10 * i, "gold_score": g, "kl": float(i), "rm_score": 0.1 * i} for i, g in enumerate(gold)]
+    summary = curve_summary(rows, window=3)
+    assert summary["gold_peak"] == pytest.approx(0.8) and summary["peak_step"] == 10
+    assert summary["gold_end"] == pytest.approx(1.6 / 3) and summary["kept"] == pytest.approx(2 / 3)
+    assert summary["kl_end"] == pytest.approx(5.0) and summary["gold_start"] == 0.5
+    runs = [{"variant": "single", "kept": 0.8}, {"variant": "single", "kept": 0.86},
+            {"variant": "min", "kept": 0.97}, {"variant": "min", "kept": 0.95}, {"variant": "mean", "kept": 0.9}]
+    verdict = goal({"runs": runs})
+    assert verdict["kept"]["single"] == pytest.approx(0.83) and verdict["single_fell"]
+    assert verdict["met_by"] == ["min"]  # mean keeps 0.9 < 0.95
+
+
+@pytest.mark.slow
+def test_overoptimisation_runs_on_smallest_settings_and_fills_its_block(tmp_path):
+    from benchmarks import overoptimisation
+
+    overoptimisation.main(["--smallest", "--results-dir", str(tmp_path), "--out", str(tmp_path / "oo.json"),
+                           "--workdir", str(tmp_path / "work")])
+    result = json.loads((tmp_path / "oo.json").read_text())
+    assert [(run["variant"], run["seed"]) for run in result["runs"]] == [("single", 0), ("min", 0)]
+    for run in result["runs"]:
+        assert [row["step"] for row in run["evaluations"]] == [0, 1, 2]
+        assert "rm_score_std" in run["evaluations"][0] or run["variant"] == "single"
+    assert len(result["reward_models"]["0"]["eval_member_pairwise_accuracy"]) == 2
+    block = (tmp_path / "RESULTS.md").read_text().split("<!-- measured: overoptimisation -->")[1]
+    assert "| single | 0 |" in block and "| min | 0 |" in block
+    assert (tmp_path / "results" / "overoptimisation.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_rm_ensemble_benchmark_measures_both_designs_on_smallest_settings(tmp_path):
+    from benchmarks import rm_ensemble
+
+    rm_ensemble.main(["--smallest", "--results-dir", str(tmp_path), "--out", str(tmp_path / "rme.json"),
+                      "--workdir", str(tmp_path / "work")])
+    result = json.loads((tmp_path / "rme.json").read_text())
+    for design in ("models", "heads"):
+        assert len(result[design]["member_pairwise_accuracy"]) == 2 and result[design]["ensemble_std"] >= 0
+    assert result["models"]["parameters"] > result["heads"]["parameters"]
+    block = (tmp_path / "RESULTS.md").read_text().split("<!-- measured: rm_ensemble -->")[1]
+    assert "| 2 separate models |" in block and "| 2 heads, one body |" in block
+
+
+def test_a_bootstrapped_heads_loss_weighs_each_ranking_by_hand():
+    import torch
+
+    from benchmarks.rm_ensemble import bootstrap_weights, weighted_head_loss
+
+    # Two rankings of two: rewards 1 > 0 (loss log(1 + e^-1) = 0.3133) and 0 > 0 (log 2 = 0.6931).
+    rewards, ranks = torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[1, 2], [1, 2]])
+    assert weighted_head_loss(rewards, ranks, torch.tensor([2.0, 1.0])).item() == pytest.approx(
+        (2 * 0.31326 + 0.69315) / 3, abs=1e-4)
+    assert weighted_head_loss(rewards, ranks, torch.zeros(2)).item() == 0.0
+    weights = bootstrap_weights(3, 1000, seed=0)
+    assert weights.shape == (3, 1000) and weights.mean().item() == pytest.approx(1.0, abs=0.1)
+    assert torch.equal(weights, bootstrap_weights(3, 1000, seed=0)) and not torch.equal(weights[0], weights[1])

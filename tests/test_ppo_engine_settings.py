@@ -41,7 +41,7 @@ def test_the_critic_starts_on_the_scale_of_the_rewards(models, tmp_path):
     with torch.no_grad():
         values = engines.critic.module(ids, mask)
         raw = raw_scores(engines.reward.module, ids, mask)
-    assert engines.reward_offset == 3.25
+    assert engines.reward_offsets == (3.25,)
     # PPO's reward for this sequence is raw - 3.25; the critic's value at its last token is the same number.
     torch.testing.assert_close(values[:, -1], raw.float() - 3.25)
 
@@ -81,3 +81,56 @@ def test_learning_rate_warms_up_then_decays_over_all_optimiser_steps(models, tmp
             optimizer_rates = [group["lr"] for group in engine.optimizer.param_groups]
             assert optimizer_rates == pytest.approx([peak * by_hand(step)] * len(optimizer_rates)), (schedule, step)
             engine.lr_scheduler.step()
+
+
+def test_an_ensemble_is_one_reward_engine_and_the_critic_starts_from_its_weight_average(models, tmp_path):
+    from ppo_setup import build_reward_ensemble
+    from rlhf.ppo.experience import member_reward_scores, reward_inputs, tokenize_prompts
+    from rlhf.rm.ensemble import RewardEnsemble, member_dirs
+    from rlhf.rm.model import RewardNormalization, raw_scores, single_reward_model
+
+    ensemble = build_reward_ensemble(tmp_path, models, offsets=(0.5, -0.25))
+    RewardNormalization(offset=1.5, normalized_on="test", samples=1).save(ensemble)  # the weight average's own
+    _, inputs, engines = engines_for(models, tmp_path, reward_model=ensemble, critic_model=ensemble,
+                                     reward_aggregation="min")
+    assert isinstance(engines.reward.module, RewardEnsemble) and engines.reward_offsets == (0.5, -0.25)
+
+    tokenizer = inputs.tokenizer
+    batch = tokenize_prompts(tokenizer, ["sort these words : cat dog answer :", "repeat : owl answer :"])
+    word = tokenizer.convert_tokens_to_ids
+    response_ids = torch.tensor([[word("cat"), word("dog"), tokenizer.eos_token_id], [word("owl"), word("owl"),
+                                                                                      word("owl")]])
+    mask = torch.ones_like(response_ids)
+    with torch.no_grad():
+        scores = member_reward_scores(engines, tokenizer, batch, response_ids, mask, max_length=64)
+    assert scores.shape == (2, 2)
+    # What the reward model reads of each rollout (`reward_inputs`), through each member alone.
+    sequences = reward_inputs(tokenizer, engines.reward_tokenizer, batch, response_ids, mask, 64,
+                              engines.reward_stop_token_ids, engines.reward_stop_token_ids)
+    for index, (member_dir, offset) in enumerate(zip(member_dirs(ensemble), (0.5, -0.25))):
+        alone = single_reward_model(str(member_dir))[0]
+        with torch.no_grad():
+            expected = [raw_scores(alone, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0]
+                        for ids in sequences]
+        torch.testing.assert_close(scores[:, index], torch.stack(expected).float() - offset, rtol=1e-5, atol=1e-5)
+
+    # The critic is the weight average at the top of the directory, on its own offset's scale.
+    averaged = single_reward_model(ensemble)[0]
+    ids = torch.tensor(sequences[:1])
+    with torch.no_grad():
+        value = engines.critic.module(ids, torch.ones_like(ids))[:, -1]
+        torch.testing.assert_close(value, raw_scores(averaged, ids, torch.ones_like(ids)).float() - 1.5)
+
+
+def test_an_aggregation_of_members_needs_an_ensemble(models, tmp_path):
+    from rlhf.config import parse_config
+    from rlhf.errors import ConfigError
+    from rlhf.ppo import inputs as ppo_inputs
+    from rlhf.stages.ppo import PPOStageConfig
+    from ppo_setup import stage_arguments
+
+    config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
+                                                          reward_aggregation="mean_minus_std"))
+    with pytest.raises(ConfigError, match="reward_aggregation mean_minus_std combines the members of a "
+                                          "reward-model ensemble"):
+        ppo_inputs.read_inputs(config)

@@ -40,6 +40,8 @@ def test_demo_config_loads_and_every_field_documents_itself():
     (["--zero3_generation", "sometimes"], "zero3_generation must be one of"),
     (["--ptx_coef", "0.5"], "ptx_coef > 0 needs a ptx_file"),
     (["--kl_estimator", "k9"], "kl_estimator 'k9' is unknown"),
+    (["--reward_aggregation", "median"], "reward_aggregation must be one of"),
+    (["--uncertainty_coef", "-1"], "uncertainty_coef must be >= 0"),
 ])
 def test_bad_values_are_config_errors(argv, message):
     with pytest.raises(ConfigError, match=message):
@@ -208,16 +210,16 @@ def scores_in_ppo(reward_model, reward_tokenizer, policy_tokenizer, batch, respo
     (`shared_prompt`: whether it may share a prompt among its responses; default not)."""
     from types import SimpleNamespace
 
-    from rlhf.ppo.experience import reward_scores
+    from rlhf.ppo.experience import member_reward_scores
     from rlhf.shared_prompt.forward import OFF
 
     engines = SimpleNamespace(reward=SimpleNamespace(module=reward_model, device=torch.device("cpu")),
-                              reward_tokenizer=reward_tokenizer, reward_offset=offset,
+                              reward_tokenizer=reward_tokenizer, reward_offsets=(offset,),
                               reward_stop_token_ids=(reward_tokenizer.eos_token_id,),
                               shared_prompt={"reward": shared_prompt or OFF})
     with torch.no_grad():
-        return reward_scores(engines, policy_tokenizer, batch, response_ids, mask, max_length=64,
-                             forward_batch_size=forward_batch_size)
+        return member_reward_scores(engines, policy_tokenizer, batch, response_ids, mask, max_length=64,
+                                    forward_batch_size=forward_batch_size)[:, 0]
 
 
 def test_responses_are_retokenized_for_a_reward_model_with_another_tokenizer():

@@ -230,3 +230,25 @@ def test_a_critic_free_estimator_trains_three_models_and_raises_the_reward(model
     assert (metrics["advantage_estimator"], metrics["samples_per_prompt"]) == (estimator, 4)
     assert metrics["kl_in_loss"] == bool(settings.get("kl_in_loss"))
     assert entry.metrics["advantage_estimator"] == estimator  # the registry entry says which estimator ran
+
+
+@pytest.mark.slow
+def test_an_ensemble_reward_is_aggregated_with_its_disagreement_in_every_row(models, tmp_path):
+    from ppo_setup import build_reward_ensemble
+
+    ensemble = build_reward_ensemble(tmp_path, models, offsets=(0.5, -0.25))
+    output_dir = tmp_path / "run"
+    entry = run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", reward_model=ensemble,
+                                           critic_model=ensemble, reward_aggregation="mean_minus_std",
+                                           uncertainty_coef=0.5, max_steps=3, eval_steps=2, save_steps=0,
+                                           eval_prompts=4, gold_scorer="demo"))
+    rows, held_out = read_rows(output_dir), [json.loads(line) for line in
+                                             (output_dir / "eval_metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in held_out] == [0, 2, 3]
+    for row in rows + held_out:
+        # The mean over responses of (mean − λ·std) is the mean of the means less λ times the mean std.
+        assert row["rm_score"] == pytest.approx(row["rm_score_mean"] - 0.5 * row["rm_score_std"], abs=1e-5)
+        assert row["rm_score_std"] > 0  # two members with their own random heads disagree
+    metrics = entry.metrics
+    assert (metrics["reward_aggregation"], metrics["uncertainty_coef"], metrics["reward_members"]) == (
+        "mean_minus_std", 0.5, 2)

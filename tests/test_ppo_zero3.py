@@ -4,7 +4,8 @@ The same run with the actor's parameters gathered once per rollout and gathered 
 report the same metrics: generation samples the same tokens, and everything after follows from them (the per-step
 run also checkpoints actor and critic activations, which ZeRO-3 gathers again for the recompute). And the
 same run with nothing sharded (ZeRO-0 everywhere) must report the same metrics and save the same final policy:
-sharding changes where the numbers live, not what they are.
+sharding changes where the numbers live, not what they are. The reward model is an ensemble of two (one engine over
+both members, partitioned as they load; the critic starts from their weight average), aggregated by `min`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from ppo_setup import (PYTHON, REPO, assert_same_final_metrics, assert_same_metric_rows, build_models,
-                        saved_weights, stage_arguments, subprocess_env)
+                        build_reward_ensemble, saved_weights, stage_arguments, subprocess_env)
 
 
 
@@ -35,6 +36,7 @@ def test_two_process_zero3_run_and_both_generation_paths_agree_and_equal_zero0(t
     from rlhf.ppo.tracking import read_metrics
 
     models = build_models(tmp_path / "models")
+    ensemble = build_reward_ensemble(tmp_path / "models", models)
     zero3, inference = (str(REPO / "deepspeed_configs" / name) for name in ("zero3.json", "zero3_inference.json"))
     zero3_layout = dict(actor_deepspeed=zero3, critic_deepspeed=zero3, reference_deepspeed=inference,
                         reward_deepspeed=inference)
@@ -45,7 +47,8 @@ def test_two_process_zero3_run_and_both_generation_paths_agree_and_equal_zero0(t
         if path == "per_step":
             layout["gradient_checkpointing"] = True  # recomputed under ZeRO-3's gathers, the same numbers
         argv = stage_arguments(models, output_dir, tmp_path / f"registry_{path}", max_steps=3, save_steps=3,
-                               eval_prompts=4, **layout)
+                               eval_prompts=4, reward_model=ensemble, critic_model=ensemble,
+                               reward_aggregation="min", **layout)
         leftover = f"deepspeed_allreduce_buffer_*_{port}_*"
         for stale in Path("/dev/shm").glob(leftover):  # an older run's, from before the clean-up
             stale.unlink()
@@ -61,6 +64,7 @@ def test_two_process_zero3_run_and_both_generation_paths_agree_and_equal_zero0(t
             assert len(shards) == 2, shards
 
     assert [row["step"] for row in runs["gather_once"]] == [1, 2, 3]
+    assert all(row["rm_score_std"] > 0 for row in runs["gather_once"])  # both members scored every response
     for other in ("per_step", "zero0"):
         assert_same_metric_rows(runs["gather_once"], runs[other], other)
 

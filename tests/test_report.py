@@ -328,3 +328,36 @@ def test_the_report_says_which_advantage_estimator_ran(run_dir):
                                               "kl_in_loss": False})
     assert ("**Advantages**: `gae` with a critic (four models), 1 response(s) per prompt; the KL to the SFT policy "
             "is a per-token penalty in the reward.") in write_report(run_dir).read_text()
+
+
+def test_an_ensembles_members_disagreement_and_ppos_aggregation_are_reported(run_dir):
+    from rlhf.rm.calibration import calibration
+
+    text = write_report(run_dir).read_text()
+    assert "### Ensemble" not in text and "**Reward**" not in text  # one reward model: nothing claimed
+    metrics = json.loads((run_dir / "rm" / "metrics.json").read_text())
+    _write(run_dir / "rm" / "metrics.json", {
+        **metrics, "ensemble_size": 2, "eval_member_pairwise_accuracy": [0.6667, 0.6], "eval_ensemble_std": 0.25,
+        "eval_ensemble_relative_std": 0.5, "eval_averaged_pairwise_accuracy": 0.65,
+        "eval_averaged_mean_correlation": 0.99})
+    # One pair ranked 1 > 2: member 0's margin 2 - 0 = 2, member 1's 0 - 1 = -1; the mean's 0.5 orders it right,
+    # and the members' population std of the margin is |2 - (-1)| / 2 = 1.5.
+    _write(run_dir / "rm" / "calibration.json", calibration(None, [[1, 2]], member_rewards=[[[2.0, 0.0]],
+                                                                                           [[0.0, 1.0]]]))
+    ppo = json.loads((run_dir / "ppo" / "metrics.json").read_text())
+    _write(run_dir / "ppo" / "metrics.json", {**ppo, "reward_members": 2, "reward_aggregation": "mean_minus_std",
+                                              "uncertainty_coef": 0.5})
+    steps = [{**json.loads(line), "rm_score_std": 0.5 - 0.01 * json.loads(line)["step"]}
+             for line in (run_dir / "ppo" / "ppo_metrics.jsonl").read_text().splitlines()]
+    _write(run_dir / "ppo" / "ppo_metrics.jsonl", steps)
+
+    text = write_report(run_dir).read_text()
+    assert "### Ensemble" in text and "| member 0 | 0.667 |" in text and "| member 1 | 0.600 |" in text
+    assert "| **their mean** | **0.689** |" in text and "| their weight average (PPO's critic start) | 0.650 |" in text
+    assert "the members' std is 0.250 on average, 0.50 of the spread of their mean" in text
+    assert "the ensemble's mean reward σ(r_i − r_j)" in text
+    assert "| 1 | 1 | 1.500 | 0.000 |" in text and "rm_uncertainty.png" in text
+    assert (run_dir / "report" / "rm_uncertainty.png").read_bytes().startswith(PNG_MAGIC)
+    assert ("**Reward**: an ensemble of 2 reward models, `reward_aggregation: mean_minus_std`: their mean − 0.5 × "
+            "their std; the members' std on the policy's responses went from 0.490 (first step) to 0.400 (last).") \
+        in text

@@ -216,3 +216,46 @@ def test_rm_under_two_process_zero3_trains_on_both_ranks_and_saves_whole_weights
     assert 0.0 <= entries[0].metrics["eval_pairwise_accuracy"] <= 1.0 and "reward_offset" in entries[0].metrics
     # Both ranks ran the check on their ZeRO-3 partitions and agreed.
     assert entries[0].metrics["shared_prompt_forward"] is True
+
+
+@pytest.mark.slow
+def test_an_ensemble_trains_k_seeds_and_registers_them_as_one_entry_with_each_members_zero(rm_workspace):
+    from rlhf.rm.ensemble import member_dirs, members_of
+    from rlhf.rm.model import load_reward_model, score_texts, score_texts_by_member, single_reward_model
+
+    from rlhf.stages.rm import main
+
+    output_dir = rm_workspace / "ensemble"
+    main(_rm_args(rm_workspace, "--output_dir", str(output_dir), "--ensemble_size", "2", "--num_train_epochs", "2",
+                  "--register_as", "rmens"))
+
+    entry = Registry(rm_workspace / "registry").get("rmens")
+    assert [e.reference for e in Registry(rm_workspace / "registry").entries("rmens")] == ["rmens@1"]
+    metrics = entry.metrics
+    assert metrics["ensemble_size"] == 2 and len(member_dirs(entry.path)) == 2
+    # The members trained apart (seeds 0 and 1: their heads and data orders), and disagree somewhat.
+    assert metrics["member_train_loss"][0] != metrics["member_train_loss"][1]
+    assert len(metrics["eval_member_pairwise_accuracy"]) == 2 and metrics["eval_ensemble_std"] > 0
+    assert metrics["eval_pairwise_accuracy"] >= 0.75 and metrics["eval_averaged_pairwise_accuracy"] >= 0.7
+    # Calibration of the members' mean, and their spread against its errors, beside the metrics.
+    calibration = json.loads((output_dir / "calibration.json").read_text())
+    assert calibration["ece"] == pytest.approx(metrics["eval_ece"]) and len(calibration["bins"]) == 10
+    assert sum(b["pairs"] for b in calibration["uncertainty"]) == metrics["eval_pairs"]
+    assert metrics["eval_error_rate_most_uncertain"] == calibration["uncertainty"][-1]["error_rate"]
+    # One log, each row saying whose it is.
+    rows = [json.loads(line) for line in (output_dir / "log_history.jsonl").read_text().splitlines()]
+    assert {row["member"] for row in rows} == {0, 1}
+
+    # Each member, and the weight average at the top, scores the demonstrations 0 on average.
+    demos = [json.loads(line) for line in (rm_workspace / "demos.jsonl").read_text().splitlines()]
+    prompts, completions = [d["prompt"] for d in demos], [d["completion"] for d in demos]
+    model, tokenizer, normalization = load_reward_model(entry.path)
+    assert len(members_of(model)) == 2 and list(normalization.offsets) == metrics["member_reward_offsets"]
+    for scores in score_texts_by_member(model, tokenizer, prompts, completions, normalization=normalization,
+                                        max_length=48):
+        assert sum(scores) / len(scores) == pytest.approx(0.0, abs=1e-3)
+    averaged, _, averaged_normalization = single_reward_model(entry.path)
+    assert averaged_normalization.offset == pytest.approx(metrics["reward_offset"])
+    rewards = score_texts(averaged, tokenizer, prompts, completions, normalization=averaged_normalization,
+                          max_length=48)
+    assert sum(rewards) / len(rewards) == pytest.approx(0.0, abs=1e-3)

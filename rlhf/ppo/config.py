@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from rlhf.adaptation.config import AdaptationConfig
 from rlhf.config import CommonArguments, SharedPromptArguments
 from rlhf.errors import ConfigError
+from rlhf.ppo.reward_aggregation import AGGREGATIONS as REWARD_AGGREGATIONS
 
 ACTOR_CRITIC_METHODS = ("full", "lora")
 ZERO3_GENERATION = ("auto", "gather_once", "per_step")
@@ -148,6 +149,14 @@ class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments):
     missing_eos_penalty: float = field(default=1.0, metadata={"help": "Subtracted from the score of a response that "
                                                                       "ends without EOS (hit max_new_tokens), after normalisation and clipping, "
                                                                       "so in units of normalised scores when normalize_scores; 0: off."})
+    reward_aggregation: str = field(default="mean", metadata={"help": "How the scores of a reward-model ensemble "
+                                                              "(the RM stage's ensemble_size > 1) make one: mean, "
+                                                              "min (worst case), or mean_minus_std (mean - "
+                                                              "uncertainty_coef x the members' population std); "
+                                                              "Coste et al. 2023. min and mean_minus_std need an "
+                                                              "ensemble."})
+    uncertainty_coef: float = field(default=1.0, metadata={"help": "λ of mean_minus_std: standard deviations of the "
+                                                                   "members' scores taken off their mean."})
     reward_max_length: int = field(default=0, metadata={"help": "Tokens the reward model reads of prompt and "
                                                                 "response; 0: max_prompt_length + max_new_tokens + "
                                                                 "1, all of them. An input over it loses the start "
@@ -207,6 +216,8 @@ class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments):
                f"lr_scheduler_type must be one of {LR_SCHEDULES}, got '{self.lr_scheduler_type}'")
         _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
         _check(self.missing_eos_penalty >= 0, "missing_eos_penalty must be >= 0")
+        _check(self.reward_aggregation in REWARD_AGGREGATIONS,
+               f"reward_aggregation must be one of {REWARD_AGGREGATIONS}, got '{self.reward_aggregation}'")
         _check(not self.ptx_coef or self.ptx_file, "ptx_coef > 0 needs a ptx_file")
         _check(self.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite must be >= 1")
         _check(all(target in ("tensorboard", "none") for target in self.report_to),

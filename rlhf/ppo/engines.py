@@ -3,7 +3,8 @@
     actor      trained, starts from the SFT policy                       (e.g. ZeRO-2 or ZeRO-3)
     critic     trained, starts from the reward model, a value per token  (e.g. ZeRO-2 or ZeRO-3); GAE only
     reference  frozen SFT policy, for the KL penalty                     (e.g. ZeRO-3 inference)
-    reward     frozen reward model with its saved normalisation          (e.g. ZeRO-3 inference)
+    reward     frozen reward model with its saved normalisation          (e.g. ZeRO-3 inference); an ensemble's
+               k members are one module (rlhf.rm.ensemble.RewardEnsemble) in this one engine
 
 The critic-free advantage estimators (rloo, grpo, reinforce_pp...) build three: no critic engine, no critic
 weights or optimiser states in memory, no value forward or backward.
@@ -89,9 +90,9 @@ class PPOEngines:
     actor: Any  # DeepSpeedEngine around the policy (a PeftModel for LoRA)
     critic: Any  # DeepSpeedEngine around a TokenValueModel, or None for a critic-free estimator
     reference: Any  # DeepSpeedEngine, or None when the LoRA actor serves as its own reference
-    reward: Any  # DeepSpeedEngine around the reward model
+    reward: Any  # DeepSpeedEngine around the reward model (an ensemble: one module holding its members)
     reward_tokenizer: Any
-    reward_offset: float  # subtracted from raw reward-model scores (RM stage normalisation)
+    reward_offsets: tuple[float, ...]  # each member's, subtracted from its raw scores (RM stage normalisation)
     reward_stop_token_ids: tuple[int, ...] = ()  # what ends a response for the reward model (its directory's)
     # Tokens per packed row of the padding-free forwards of actor, reference and critic; None: padded.
     row_tokens: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(PACKED_ROLES))
@@ -169,7 +170,7 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     for engine in (reference, reward):
         if engine is not None:
             engine.module.eval()
-    engines = PPOEngines(actor, critic, reference, reward, reward_tokenizer, normalization.offset,
+    engines = PPOEngines(actor, critic, reference, reward, reward_tokenizer, normalization.offsets,
                          stop_token_ids_of(paths["reward"], reward_tokenizer))
     if config.padding_free:
         engines.row_tokens = padding_free_rows(engines, len(tokenizer), config.padding_free_row_tokens)
@@ -193,7 +194,9 @@ def engine_configs(config, paths: dict[str, str]) -> dict[str, dict[str, Any]]:
 
 
 def critic_model_for(config, paths: dict[str, str], tokenizer, ds_configs: dict[str, dict[str, Any]]):
-    """The critic: the reward model at `paths["critic"]` read at every token, adapted as configured."""
+    """The critic: the reward model at `paths["critic"]` read at every token, adapted as configured. An ensemble's
+    directory holds its members' weight average at its top level, which is what loads here: the critic starts from
+    one model that scores nearly as the members' mean does (rlhf.rm.ensemble), at one model's cost."""
     from rlhf.adaptation import apply_adaptation, load_adapted
     from rlhf.models import partitioned_loading
     from rlhf.ppo.critic import TokenValueModel
@@ -247,6 +250,7 @@ def shared_prompt_supports(engines: PPOEngines) -> dict[str, SharedPromptSupport
     """Whether each model's forwards may share a prompt among its responses (checked on every rank, the most
     cautious answer winning), with a line naming any model that runs one sequence per response, and why."""
     from rlhf.ppo.experience import causal_lm_logits, release_gathered
+    from rlhf.rm.ensemble import members_of
     from rlhf.shared_prompt.forward import check_support, reward_model_support
 
     # role: (engine, per-token forward, the module it runs in, the transformers config naming its attention)
@@ -263,7 +267,8 @@ def shared_prompt_supports(engines: PPOEngines) -> dict[str, SharedPromptSupport
         checked[role] = check_support(forward, module, model_config, engine.device, across_ranks=True)
         release_gathered(engine)
     checked.setdefault("reference", checked["actor"])  # the actor with its adapter disabled
-    checked["reward"] = reward_model_support(engines.reward.module, across_ranks=True)
+    # An ensemble's members share their architecture: the first one's check speaks for all.
+    checked["reward"] = reward_model_support(members_of(engines.reward.module)[0], across_ranks=True)
     release_gathered(engines.reward)
     if distributed.is_main_process():
         for reason in dict.fromkeys(s.reason for s in checked.values() if not s.enabled):

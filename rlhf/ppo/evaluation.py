@@ -31,8 +31,11 @@ def final_metrics(config, inputs, tokenizer, sampling, state: dict[str, Any], fi
 
     output_dir = Path(config.output_dir)
     history = read_metrics(output_dir)
+    from rlhf.rm.ensemble import member_dirs
+
     metrics: dict[str, Any] = {"steps": config.steps, "skipped_updates": state["skipped_updates"],
-                               "kl_final": history[-1]["kl"] if history else None, **estimator_metrics(config)}
+                               "kl_final": history[-1]["kl"] if history else None, **estimator_metrics(config),
+                               "reward_members": len(member_dirs(inputs.paths["reward"]))}
     if inputs.eval_prompts:
         comparison, samples = compare_policies(config, inputs, tokenizer, sampling, final_dir)
         metrics.update(comparison)
@@ -41,13 +44,23 @@ def final_metrics(config, inputs, tokenizer, sampling, state: dict[str, Any], fi
 
 
 def estimator_metrics(config) -> dict[str, Any]:
-    """How the advantages were estimated, for metrics.json, the registry entry and the report."""
+    """How the advantages were estimated and the reward made of an ensemble's scores, for metrics.json, the registry
+    entry and the report."""
     return {"advantage_estimator": config.advantage_estimator, "samples_per_prompt": config.samples_per_prompt,
-            "kl_in_loss": config.kl_in_loss}
+            "kl_in_loss": config.kl_in_loss, "reward_aggregation": config.reward_aggregation,
+            **({"uncertainty_coef": config.uncertainty_coef} if config.reward_aggregation == "mean_minus_std" else {})}
+
+
+def reward_aggregation(config):
+    """The config's RewardAggregation (rlhf.ppo.reward_aggregation)."""
+    from rlhf.ppo.reward_aggregation import RewardAggregation
+
+    return RewardAggregation(config.reward_aggregation, config.uncertainty_coef)
 
 
 def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path) -> tuple[dict[str, Any], list[dict]]:
-    """Win rates of the PPO policy against the reference (SFT) policy on held-out prompts (ties count half).
+    """Win rates of the PPO policy against the reference (SFT) policy on held-out prompts (ties count half); under a
+    reward-model ensemble, by its members' mean (`score_texts`), whatever reward_aggregation trained on.
 
     With a gold scorer, also the gold win rate of the greedy responses (InstructGPT's other claim: PPO's greedy
     response is at least as good as SFT's), when the main comparison samples; and each sample's task label.
@@ -146,6 +159,7 @@ class HeldOutEvaluation:
         self.generation_config, self.zero3_generation = generation_config, zero3_generation
         self.reward_input_limit, self.batch_size = config.reward_input_limit, config.rollout_batch_size
         self.forward_batch_size = config.scoring_batch_size
+        self.aggregation = reward_aggregation(config)
         self.seed = config.seed * 1_000_003 + 17 + distributed.global_rank()
         self.path = Path(config.output_dir) / run_files.PPO_EVAL_METRICS
         self.writes = distributed.is_main_process()
@@ -170,24 +184,31 @@ class HeldOutEvaluation:
         return row
 
     def measure(self, engines, prompts: Sequence[Any]) -> dict[str, float]:
-        """Mean reward-model score, KL and gold score of one sampled response per prompt, over every rank."""
+        """Mean reward-model score (an ensemble's: aggregated as in training, with its members' mean and std), KL and
+        gold score of one sampled response per prompt, over every rank."""
         from rlhf.ppo import experience
         from rlhf.ppo.tracking import mean_over_ranks
 
-        rm, kl, gold = [], [], []
+        rm, kl, gold, members = [], [], [], []
         for start in range(0, len(prompts), self.batch_size):
             batch = experience.tokenize_prompts(self.tokenizer, prompts[start:start + self.batch_size])
             with _forked_rng(self.seed + start):
                 response_ids = experience.generate(engines.actor, batch, self.generation_config, self.zero3_generation)
             rollout = experience.score(engines, batch, response_ids, self.tokenizer, self.sampling,
-                                       self.reward_input_limit, self.forward_batch_size)
+                                       self.reward_input_limit, self.forward_batch_size, self.aggregation)
             mask = rollout.response_mask.bool()
             kl += ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(dim=-1).tolist()
             rm += rollout.scores.float().tolist()
+            if rollout.member_scores is not None:
+                members.append(rollout.member_scores)
             if self.gold is not None:
                 texts = experience.decode_responses(self.tokenizer, batch, rollout.response_ids, rollout.response_mask)
                 gold += [self.gold(prompt_text(self.tokenizer, p), t) for p, t in zip(batch.prompts, texts)]
         values = {"rm_score": fmean(rm), "kl": fmean(kl)}
+        if members:
+            from rlhf.ppo.tracking import ensemble_member_metrics
+
+            values.update(ensemble_member_metrics(torch.cat(members)))
         if self.gold is not None:
             values["gold_score"] = fmean(gold)
         return mean_over_ranks(values)

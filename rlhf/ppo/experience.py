@@ -4,7 +4,8 @@ advantages.
     generate        the actor samples a response per prompt (KV cache; ZeRO-3: parameters gathered once
                     for the whole batch, or per step with synced_gpus)
     score           log π_old and log π_ref under the sampling distribution, V(s_t) from the critic (GAE
-                    only), and the reward model's score of each full response
+                    only), and the reward model's score of each full response (an ensemble's members' scores,
+                    aggregated: rlhf.ppo.reward_aggregation)
     advantages      score shaping (running normalisation, clip, missing-EOS penalty), the per-token KL
                     penalty, then GAE and whitening or a critic-free estimator (rlhf.ppo.estimators)
 """
@@ -26,6 +27,7 @@ from rlhf.ppo.engines import PPOEngines, zero_stage
 from rlhf.ppo.estimators import (grpo_advantages, minus_group_mean, reinforce_pp_advantages, rloo_advantages,
                                  sequence_rewards)
 from rlhf.ppo.logprobs import SamplingSettings, position_ids_from_mask, sampling_logprobs
+from rlhf.ppo.reward_aggregation import RewardAggregation
 from rlhf.ppo.rewards import (RunningMoments, gae_advantages, kl_penalized_rewards, masked_whiten,
                               response_mask_after_eos, score_with_eos_penalty)
 from rlhf.ppo.rollout import Rollout
@@ -204,10 +206,12 @@ def in_micro_batches(forward, rows: dict[str, torch.Tensor], micro_batch_size: i
 
 @torch.no_grad()
 def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, tokenizer,
-          settings: SamplingSettings, reward_max_length: int, forward_batch_size: int = 0) -> Rollout:
+          settings: SamplingSettings, reward_max_length: int, forward_batch_size: int = 0,
+          aggregation: RewardAggregation = RewardAggregation()) -> Rollout:
     """A Rollout holding everything measured at sampling time (rewards and advantages still None).
 
-    Each model scores `forward_batch_size` rollouts per forward (0: all at once)."""
+    Each model scores `forward_batch_size` rollouts per forward (0: all at once). An ensemble's member scores are
+    kept in the rollout beside the one score `aggregation` makes of them."""
     response_mask = response_mask_after_eos(response_ids, settings.stops(tokenizer), tokenizer.pad_token_id)
     rows = {**sequence_inputs(batch.query_ids, batch.query_mask, response_ids, response_mask), "labels": response_ids}
     query_length = batch.query_ids.shape[1]
@@ -238,13 +242,13 @@ def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, t
     if engines.critic is not None:
         values = in_micro_batches(critic_values, rows, forward_batch_size).float().cpu()
         release_gathered(engines.critic)
-    scores = reward_scores(engines, tokenizer, batch, response_ids, response_mask, reward_max_length,
-                           settings.stops(tokenizer), forward_batch_size)
+    members = member_reward_scores(engines, tokenizer, batch, response_ids, response_mask, reward_max_length,
+                                   settings.stops(tokenizer), forward_batch_size).cpu()
     release_gathered(engines.reward)
     return Rollout(
         query_ids=batch.query_ids, query_mask=batch.query_mask, response_ids=response_ids,
         response_mask=response_mask, logprobs=logprobs.float().cpu(), ref_logprobs=ref_logprobs.float().cpu(),
-        values=values, scores=scores.cpu(),
+        values=values, scores=aggregation(members), member_scores=members if members.shape[1] > 1 else None,
     )
 
 
@@ -261,12 +265,13 @@ def release_gathered(engine) -> None:
         release()
 
 
-def reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
-                  response_mask: torch.Tensor, max_length: int, stop_token_ids: Sequence[int] = (),
-                  forward_batch_size: int = 0) -> torch.Tensor:
-    """(B,) normalised reward-model score of each rollout, read as `reward_inputs` gives it; rollouts of one prompt
-    in consecutive rows behind one copy of it, where the reward model passed its check."""
-    from rlhf.rm.model import pad_right, raw_scores
+def member_reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
+                         response_mask: torch.Tensor, max_length: int, stop_token_ids: Sequence[int] = (),
+                         forward_batch_size: int = 0) -> torch.Tensor:
+    """(B, k) normalised score of each rollout by each of the reward model's k members (k = 1 for one reward
+    model), each less its own offset, read as `reward_inputs` gives it; rollouts of one prompt in consecutive rows
+    behind one copy of it, where the reward model passed its check."""
+    from rlhf.rm.model import member_scores, pad_right
 
     sequences = reward_inputs(tokenizer, engines.reward_tokenizer, batch, response_ids, response_mask, max_length,
                               stop_token_ids, engines.reward_stop_token_ids)
@@ -277,12 +282,12 @@ def reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_i
     device = engines.reward.device
 
     def forward(part):
-        return raw_scores(engines.reward.module, part["input_ids"].to(device), part["attention_mask"].to(device),
-                          engines.shared_prompt["reward"], runs_of_equal_rows(part["prompt_index"][:, None]))
+        return member_scores(engines.reward.module, part["input_ids"].to(device), part["attention_mask"].to(device),
+                             engines.shared_prompt["reward"], runs_of_equal_rows(part["prompt_index"][:, None]))
 
     raw = in_micro_batches(forward, {"input_ids": input_ids, "attention_mask": attention_mask,
                                      "prompt_index": prompt_index}, forward_batch_size)
-    return raw.float() - engines.reward_offset
+    return raw.float() - torch.tensor(engines.reward_offsets, device=raw.device)
 
 
 def reward_inputs(tokenizer, reward_tokenizer, batch: PromptBatch, response_ids: torch.Tensor,

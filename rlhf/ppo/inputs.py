@@ -59,6 +59,7 @@ def read_inputs(config) -> PPOInputs:
             base_model_config(paths[role], trust_remote_code=config.trust_remote_code)
         except ConfigError as error:
             raise ConfigError(f"{role} model: {error}") from None
+    check_reward_aggregation(config, paths["reward"])
     tokenizer = load_tokenizer(paths["actor"], trust_remote_code=config.trust_remote_code)
     if config.needs_critic:
         check_critic_tokenizer(tokenizer, paths, config.trust_remote_code)
@@ -86,6 +87,17 @@ def held_out_prompts(fitted, wanted: int) -> tuple[list[Any], str]:
     why = f", after {fitted.over} over {fitted.limit} were left out" if fitted.over else ""
     return prompts, (f"evaluating on {len(prompts)} prompts, not the {wanted} of eval_prompts: the file holds "
                      f"{fitted.total}{why}")
+
+
+def check_reward_aggregation(config, reward_path: str) -> None:
+    """min and mean_minus_std combine several reward models; on one they would be its score, which is not what
+    their user meant."""
+    from rlhf.rm.ensemble import is_ensemble
+
+    if config.reward_aggregation != "mean" and not is_ensemble(reward_path):
+        raise ConfigError(f"reward_aggregation {config.reward_aggregation} combines the members of a reward-model "
+                          f"ensemble, and reward model {reward_path} is one model; train one with the RM stage's "
+                          f"ensemble_size > 1, or use reward_aggregation: mean")
 
 
 def check_critic_tokenizer(tokenizer, paths: dict[str, str], trust_remote_code: bool) -> None:

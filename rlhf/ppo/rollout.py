@@ -28,10 +28,11 @@ class Rollout:
     logprobs: torch.Tensor  # (B, T) log π_old(token) under the policy that sampled it
     ref_logprobs: torch.Tensor  # (B, T) log π_ref(token) under the frozen SFT model
     values: torch.Tensor | None  # (B, T) critic's V(s_t) at sampling time; None without a critic
-    scores: torch.Tensor  # (B,) reward-model score of each full response
+    scores: torch.Tensor  # (B,) reward-model score of each full response (an ensemble's: aggregated)
     rewards: torch.Tensor | None = None  # (B, T) per-token rewards with the KL penalty
     advantages: torch.Tensor | None = None  # (B, T) GAE's or a critic-free estimator's (rlhf.ppo.estimators)
     returns: torch.Tensor | None = None  # (B, T) critic targets, advantages + values; None without a critic
+    member_scores: torch.Tensor | None = None  # (B, k) each ensemble member's score; None for one reward model
 
     def __post_init__(self) -> None:
         batch_size = self.query_ids.shape[0]

@@ -17,6 +17,7 @@ import torch
 
 from rlhf import distributed
 from rlhf.io import atomic_write_text, disk_full_is_one_line
+from rlhf.ppo.reward_aggregation import ensemble_mean, ensemble_std
 from rlhf.ppo.rewards import explained_variance, is_stop_token
 from rlhf.ppo.rollout import Rollout
 from rlhf.run_files import PPO_METRICS, read_jsonl
@@ -30,7 +31,9 @@ def step_metrics(step: int, rollout: Rollout, kl: torch.Tensor, result, beta: fl
                  skipped_updates: int, ptx: bool, eos_token_id: int | Sequence[int],
                  kl_loss: bool = False) -> dict[str, Any]:
     """One flat row of ppo_metrics.jsonl, averaged over ranks (contracts: the PPO metric keys). The value metrics
-    only with a critic (GAE); `kl_loss` only when the KL is a loss term."""
+    only with a critic (GAE); `kl_loss` only when the KL is a loss term; with a reward-model ensemble, `rm_score` is
+    the aggregated score PPO optimises, `rm_score_mean` the members' mean and `rm_score_std` their disagreement
+    (`ensemble_member_metrics`)."""
     mask = rollout.response_mask
     lengths = mask.sum(dim=-1).float()
 
@@ -57,6 +60,7 @@ def step_metrics(step: int, rollout: Rollout, kl: torch.Tensor, result, beta: fl
     }
     if gold is not None:
         values["gold_score"] = fmean(gold(prompt, text) for prompt, text in zip(prompts, texts))
+    values.update(ensemble_member_metrics(rollout.member_scores))
     if ptx:
         values["ptx_loss"] = mean_stat("ptx_loss")
     if critic:  # a critic-free run has no value metrics at all, rather than zeros that look measured
@@ -68,6 +72,15 @@ def step_metrics(step: int, rollout: Rollout, kl: torch.Tensor, result, beta: fl
     # Throughput adds up over ranks; the mean above is per rank.
     values["tokens_per_second"] *= distributed.world_size()
     return {"step": step, **values, "beta": beta, "skipped_updates": skipped_updates}
+
+
+def ensemble_member_metrics(member_scores: torch.Tensor | None) -> dict[str, float]:
+    """{"rm_score_mean", "rm_score_std"}: over the responses, the mean of the members' mean score and of their
+    (population) std; {} for one reward model."""
+    if member_scores is None:
+        return {}
+    return {"rm_score_mean": ensemble_mean(member_scores.float()).mean().item(),
+            "rm_score_std": ensemble_std(member_scores.float()).mean().item()}
 
 
 def non_eos_fraction(rollout: Rollout, eos_token_id: int | Sequence[int]) -> float:

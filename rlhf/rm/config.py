@@ -9,6 +9,11 @@ from transformers import TrainingArguments
 
 from rlhf.adaptation.config import AdaptationConfig
 from rlhf.config import CommonArguments, SharedPromptArguments
+from rlhf.errors import ConfigError
+
+# Methods whose saved reward model is a whole model, so that an ensemble's members can be weight-averaged into the
+# critic's start (LoRA too when merged on save).
+WHOLE_MODEL_METHODS = ("full", "bitfit", "probe")
 
 
 @dataclass
@@ -35,3 +40,18 @@ class RMStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments, Tr
     output_dir: str = field(default="runs/rm", metadata={"help": "Checkpoints, metrics and the resolved config."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: batches carry ranks, not model inputs."})
     label_names: list[str] = field(default_factory=lambda: ["ranks"], metadata={"help": "The batch key holding labels."})
+    ensemble_size: int = field(default=1, metadata={"help": "Reward models trained, k (Coste et al. 2023): each a "
+                                                            "whole training from the same start with seed + i (its "
+                                                            "head's initialisation and its data order), saved "
+                                                            "together as one registry entry whose PPO reward "
+                                                            "aggregates them (reward_aggregation). Costs k trainings."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ensemble_size < 1:
+            raise ConfigError(f"ensemble_size must be >= 1, got {self.ensemble_size}")
+        merged_lora = self.adaptation_method == "lora" and self.merge_lora_on_save
+        if self.ensemble_size > 1 and not (self.adaptation_method in WHOLE_MODEL_METHODS or merged_lora):
+            raise ConfigError(f"ensemble_size > 1 averages its members' weights into the critic's start, which needs "
+                              f"whole saved models: adaptation_method {', '.join(WHOLE_MODEL_METHODS)}, or lora with "
+                              f"merge_lora_on_save; got {self.adaptation_method}")

@@ -3,6 +3,7 @@
     save_final_model     every rank calls it (under ZeRO-3 the gather is a collective); rank 0 writes
     write_and_register   rank 0: resolved_config.yaml, metrics.json, the registry entry, registered.json
     save_and_register    the two, with the gold grading and log history of the Trainer stages (SFT, RM)
+    register_on_main     its second half, for a model saved otherwise (an RM ensemble's members, then their whole)
 
 The run's file names are rlhf.run_files'; the PPO stage ends through the same two functions.
 """
@@ -78,20 +79,30 @@ def save_and_register(trainer, config, inputs, metrics: dict[str, Any], *, stage
     """
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from rlhf import _compat
-
     final_dir = Path(config.output_dir) / run_files.FINAL_MODEL
     save_final_model(trainer.model, inputs.tokenizer, final_dir, config, zero3=is_deepspeed_zero3_enabled(),
                      engine=trainer.model_wrapped)
+    return register_on_main(config, inputs, final_dir, metrics, stage=stage, data_files=data_files,
+                            log_history=trainer.state.log_history, gold_prompts=gold_prompts, task=task,
+                            after_save=after_save)
+
+
+def register_on_main(config, inputs, final_dir: Path, metrics: dict[str, Any], *, stage: str, data_files: list[str],
+                     log_history: list[dict], gold_prompts: list = (), task: str = "causal_lm",
+                     after_save: Callable[[Path], dict[str, Any]] | None = None) -> Entry | None:
+    """What follows the save of a Trainer stage's model at `final_dir` (every rank calls it; rank 0 works): grade
+    it, `after_save`, write the run's files (the Trainer's `log_history` among them) and register it."""
+    from rlhf import _compat
+
     if not distributed.is_main_process():
         return None
     # From here rank 0 works alone: models it loads must be whole, not ZeRO-3 partitions that would wait
     # for the other ranks.
     with _compat.zero3_init_disabled():
-        metrics.update(_graded(config, inputs, final_dir, gold_prompts, task))
+        metrics.update(_graded(config, inputs, final_dir, list(gold_prompts), task))
         if after_save is not None:
             metrics.update(after_save(final_dir))
-        _write_trainer_records(trainer, config, metrics)
+        _write_trainer_records(log_history, config, metrics)
         return write_and_register(config, inputs.registry, final_dir, stage=stage, metrics=metrics,
                                   base_model=(inputs.parent.base_model if inputs.parent else "") or inputs.model_path,
                                   parents=[inputs.parent.reference] if inputs.parent else [], data_files=data_files)
@@ -108,11 +119,11 @@ def _graded(config, inputs, final_dir: Path, gold_prompts: list, task: str) -> d
     return gold_metrics(saved, inputs.tokenizer, gold_prompts, config, suffix="after")
 
 
-def _write_trainer_records(trainer, config, metrics: dict[str, Any]) -> None:
+def _write_trainer_records(log_history: list[dict], config, metrics: dict[str, Any]) -> None:
     """gold_samples.json (taken out of the metrics) and log_history.jsonl."""
     output_dir = Path(config.output_dir)
     samples = {key: metrics.pop(key) for key in list(metrics) if key.startswith("gold_samples_")}
     if samples:
         atomic_write_json(output_dir / run_files.GOLD_SAMPLES, samples)
-    history = "".join(json.dumps(row) + "\n" for row in trainer.state.log_history)
+    history = "".join(json.dumps(row) + "\n" for row in log_history)
     atomic_write_text(output_dir / run_files.LOG_HISTORY, history)

@@ -67,6 +67,7 @@ class PPORecipe:
                                                 config.kl_horizon)
         self.moments = RunningMoments() if config.normalize_scores else None
         self.gold = ppo_inputs.gold_scorer_or_none(config)
+        self.aggregation = evaluation.reward_aggregation(config)  # one score from an ensemble's members
         self.update_settings = update.UpdateSettings(
             ppo_epochs=config.ppo_epochs, minibatch_size=config.minibatch_size, cliprange=config.cliprange,
             cliprange_value=config.cliprange_value, vf_coef=config.vf_coef, ptx_coef=config.ptx_coef,
@@ -132,9 +133,10 @@ class PPORecipe:
         response_ids = experience.generate(models.actor, batch, self.generation_config, self.zero3_generation)
         generated = time.perf_counter()
 
-        # 2. Score: log π_old and log π_ref under the sampling distribution, V(s_t) (GAE), reward-model scores.
+        # 2. Score: log π_old and log π_ref under the sampling distribution, V(s_t) (GAE), reward-model scores
+        #    (an ensemble's members' scores, aggregated by reward_aggregation).
         rollout = experience.score(models, batch, response_ids, tokenizer, self.sampling, config.reward_input_limit,
-                                   config.scoring_batch_size)
+                                   config.scoring_batch_size, self.aggregation)
         scored = time.perf_counter()
 
         # 3. Advantages: per-token rewards with the KL penalty (unless it is a loss term), then GAE and whitening,
