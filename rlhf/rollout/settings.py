@@ -96,3 +96,23 @@ def check_sleep_mode(sleep_mode: bool) -> None:
 
     if sleep_mode and not torch.cuda.is_available():
         raise ConfigError("vllm_sleep_mode frees GPU memory and needs a CUDA GPU; set it to false on a CPU")
+
+
+# vLLM's CPU backend stores the KV cache in blocks of this many tokens per sequence.
+CPU_KV_BLOCK_TOKENS = 32
+CPU_KV_FLOOR_BYTES = 16 << 20
+
+
+def cpu_kv_cache_bytes(model_path: str, max_model_len: int, max_num_seqs: int, dtype: str,
+                       trust_remote_code: bool = False) -> int:
+    """The KV cache that `max_num_seqs` sequences of `max_model_len` tokens need, with a block of slack each: on a
+    CPU vLLM would otherwise reserve a share of the whole machine's memory (its gpu_memory_utilization)."""
+    from rlhf.adaptation import base_model_config
+
+    config = base_model_config(model_path, trust_remote_code).get_text_config()
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * (2 if dtype == "bfloat16" else 4)
+    blocks = -(-max_model_len // CPU_KV_BLOCK_TOKENS) + 1
+    return max(CPU_KV_FLOOR_BYTES, per_token * blocks * CPU_KV_BLOCK_TOKENS * max_num_seqs)

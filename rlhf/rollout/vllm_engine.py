@@ -49,6 +49,7 @@ class EngineSettings:
     gpu_memory_utilization: float = 0.3
     sleep_mode: bool = False
     cpu_kv_cache_bytes: int = 256 << 20
+    load_format: str = "auto"  # "dummy": random weights, for an engine whose weights are synced before it samples
 
 
 @dataclass(frozen=True)

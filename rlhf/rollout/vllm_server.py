@@ -76,6 +76,7 @@ def build_engine(settings: dict):
     options = dict(
         model=model, dtype=settings["dtype"], seed=settings["seed"], max_model_len=settings["max_model_len"],
         max_num_seqs=settings["max_num_seqs"], trust_remote_code=settings["trust_remote_code"],
+        load_format=settings["load_format"],
         # "vllm": the checkpoint's generation_config.json (its temperature, repetition_penalty...) is never read;
         # every request carries all of its settings.
         generation_config="vllm",
