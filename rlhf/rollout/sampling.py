@@ -36,6 +36,20 @@ def start_engine(model_path: str, *, max_model_len: int, max_num_seqs: int, dtyp
     return VLLMEngine(settings, vllm_python()).start()
 
 
+def start_engine_for_prompts(model_path: str, tokenizer, prompts: Sequence[Any], *, max_new_tokens: int,
+                             batch_size: int, seed: int = 0, trust_remote_code: bool = False) -> VLLMEngine:
+    """An engine (started, not yet ready) with the checkpoint's weights in its own dtype, holding the longest of
+    `prompts` and its response: no longer, so that a CPU's KV cache stays the size of the batch."""
+    from rlhf.data.formatting import encode_prompts
+    from rlhf.models import max_positions
+    from rlhf.rollout.settings import check_model_length
+
+    longest = max(int(encode_prompts(tokenizer, [prompt])["attention_mask"].sum()) for prompt in prompts)
+    max_model_len = check_model_length(longest, max_new_tokens, max_positions(model_path, trust_remote_code))
+    return start_engine(model_path, max_model_len=max_model_len, max_num_seqs=batch_size, dtype="auto", seed=seed,
+                        trust_remote_code=trust_remote_code)
+
+
 def sampling_for(tokenizer, *, max_new_tokens: int, stop_token_ids: Sequence[int], do_sample: bool = True,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, logprobs: bool = False) -> EngineSampling:
     """The engine's sampling for these settings, padding suppressed unless it ends responses (as

@@ -113,6 +113,6 @@ def cpu_kv_cache_bytes(model_path: str, max_model_len: int, max_num_seqs: int, d
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * (2 if dtype == "bfloat16" else 4)
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * (2 if dtype == "bfloat16" else 4)  # auto: ≤ 4
     blocks = -(-max_model_len // CPU_KV_BLOCK_TOKENS) + 1
     return max(CPU_KV_FLOOR_BYTES, per_token * blocks * CPU_KV_BLOCK_TOKENS * max_num_seqs)

@@ -57,7 +57,10 @@ def serve(connection, engine: "Engine") -> None:
             return  # the training process is gone
         if kind == protocol.CLOSE:
             connection.send((protocol.REPLY_OK, None))
-            return
+            # Nothing is left to save; vLLM's exit hooks take seconds that every run would wait for.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         try:
             reply = (protocol.REPLY_OK, handlers[kind](payload))
         except Exception:
