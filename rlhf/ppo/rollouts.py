@@ -37,6 +37,9 @@ class HFRollouts:
     def sync(self, actor) -> float | None:
         return None  # the actor is the sampler
 
+    def release_memory(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -48,6 +51,7 @@ class VLLMRollouts:
         from rlhf.rollout.sampling import sampling_for
 
         self.engine, self.sleep_mode, self.pad_token_id = engine, sleep_mode, tokenizer.pad_token_id
+        self.asleep = False
         self.sampling = sampling_for(tokenizer, max_new_tokens=sampling.max_new_tokens,
                                      stop_token_ids=sampling.stops(tokenizer), temperature=sampling.temperature,
                                      top_k=sampling.top_k, top_p=sampling.top_p, logprobs=True)
@@ -60,20 +64,26 @@ class VLLMRollouts:
         prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch.query_ids, batch.query_mask)]
         seeds = [seed_of(*seed_parts, distributed.global_rank(), row) for row in range(len(prompts))]
         answers = self.engine.generate(prompts, self.sampling, seeds)
-        if self.sleep_mode:
-            self.engine.sleep(level=2)  # weights and KV cache freed while the four models score and train
         return padded(answers, self.pad_token_id)
+
+    def release_memory(self) -> None:
+        """vllm_sleep_mode: after a training rollout, free the engine's KV cache and weights (vLLM's sleep level 2)
+        while the four models score and train; the next `sync` brings the weights back."""
+        if self.sleep_mode:
+            self.engine.sleep(level=2)
+            self.asleep = True
 
     def sync(self, actor) -> float:
         """Copy the actor's weights into the engine; returns the seconds it took (every rank, at once)."""
         from rlhf.rollout.weights import sync_weights
 
         started = time.perf_counter()
-        if self.sleep_mode:
-            self.engine.wake_up(["weights"])  # room for the weights alone while they arrive
+        if self.asleep:
+            self.engine.wake_up(["weights"])  # room for the weights alone while they arrive (vLLM's RLHF order)
         sync_weights(self.engine, actor.module)
-        if self.sleep_mode:
+        if self.asleep:
             self.engine.wake_up(["kv_cache"])
+            self.asleep = False
         return time.perf_counter() - started
 
     def close(self) -> None:

@@ -162,6 +162,7 @@ class VLLMEngine:
         self._send(protocol.LOAD_WEIGHTS, None)
         entries: list[protocol.TensorEntry] = []
         used = sent = 0
+        engine_failed = False
         try:
             for name, tensor in named_tensors:
                 size = tensor.numel() * tensor.element_size()
@@ -176,11 +177,15 @@ class VLLMEngine:
                 used, sent = offset + size, sent + size
             if entries:
                 self._send_bucket(entries)
+        except EngineError:
+            engine_failed = True  # it answered with its failure: the stream is over on its side
+            raise
         finally:
-            # The engine reloads what it got, even when the sender failed part-way; the caller's error stands.
-            if self.connection is not None:
+            # Otherwise the engine is inside its reload, waiting: end the stream and read its answer, so that the
+            # next request is answered in turn; an error of the sender's (a failed gather) still stands.
+            if not engine_failed and self.connection is not None:
                 self._send(protocol.END_OF_WEIGHTS, None)
-        self._answer(protocol.LOAD_WEIGHTS)
+                self._answer(protocol.LOAD_WEIGHTS)
         return sent
 
     def sleep(self, level: int = 2) -> None:

@@ -138,6 +138,7 @@ class PPORecipe:
         prompts = self.inputs.prompts_for_step(step)
         batch = experience.tokenize_prompts(tokenizer, prompts)
         response_ids, engine_logprobs = self.rollouts.generate(models.actor, batch, (config.seed, "train", step))
+        self.rollouts.release_memory()  # vllm_sleep_mode: the engine's GPU memory, until the sync
         generated = time.perf_counter()
 
         # 2. Score: log π_old and log π_ref under the sampling distribution, V(s_t) (GAE), reward-model scores.
