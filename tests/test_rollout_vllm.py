@@ -189,3 +189,18 @@ def test_an_architecture_vllm_lacks_is_one_line_before_anything_trains(llama3_en
     message = str(raised.value)
     assert "\n" not in message and "has no model for BioGptForCausalLM; use rollout_engine: hf" in message
     assert engine.process is None  # ended, not left behind
+
+
+def test_labels_export_samples_k_responses_per_prompt_on_its_own_engine(models):
+    """`labels export --rollout_engine vllm` (and best-of-n, through the same call): an engine started for the
+    call on the policy's checkpoint, k seeded samples per prompt, decoded as `generate`'s are."""
+    import json as json_module
+
+    from rlhf.labels.sampling import sample_k_responses
+
+    prompts = [json_module.loads(line)["prompt"] for line in open(models["prompts"]).read().splitlines()[:3]]
+    settings = dict(k=3, max_new_tokens=6, seed=5, batch_size=4, rollout_engine="vllm")
+    items = sample_k_responses(models["policy"], prompts, **settings)
+    assert [prompt for prompt, _ in items] == prompts
+    assert all(len(responses) == 3 and all(isinstance(text, str) for text in responses) for _, responses in items)
+    assert any(len(set(responses)) > 1 for _, responses in items)  # seeded per request, not one seed for all

@@ -71,11 +71,11 @@ def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path,
             from rlhf.rollout.weights import sync_weights
 
             sync_weights(engine, policy)
-        sample = lambda texts, do_sample: sample_responses(policy, tokenizer, texts, sampling, do_sample,  # noqa: E731
-                                                           config.seed, engine=engine)
-        responses[name] = sample(prompts, config.eval_do_sample)
+        responses[name] = sample_responses(policy, tokenizer, prompts, sampling, config.eval_do_sample,
+                                           config.seed, engine=engine)
         if greedy:
-            greedy_responses[name] = sample(inputs.eval_prompts, False)
+            greedy_responses[name] = sample_responses(policy, tokenizer, inputs.eval_prompts, sampling, False,
+                                                      config.seed, engine=engine)
         del policy
     reward_model, reward_tokenizer, normalization = load_reward_model(
         inputs.paths["reward"], trust_remote_code=config.trust_remote_code,
