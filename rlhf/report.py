@@ -200,7 +200,8 @@ def _by_task_table(samples: list[dict]) -> list[str]:
     return rows
 
 
-TIMED_PHASES = (("generation", "time_generation"), ("scoring", "time_scoring"), ("update", "time_training"))
+TIMED_PHASES = (("generation", "time_generation"), ("scoring", "time_scoring"), ("update", "time_training"),
+                ("weight sync", "time_weight_sync"))  # the last with rollout_engine vllm only
 
 
 def _time_table(steps: list[dict]) -> list[str]:

@@ -98,7 +98,7 @@ def family_config(family: str, tokenizer, hidden: int = 32):
 
 
 def build_family_model(out_dir: Path, family: str, words, *, seed: int = 0,
-                       generation_config: dict | None = None) -> Path:
+                       generation_config: dict | None = None, hidden: int = 32) -> Path:
     """A randomly initialised causal LM of `family` with its tokenizer (and, for llama3, a shipped
     generation_config.json with sampling settings and several EOS ids) saved to `out_dir`."""
     import torch
@@ -106,7 +106,7 @@ def build_family_model(out_dir: Path, family: str, words, *, seed: int = 0,
 
     tokenizer = family_tokenizer(family, words)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(family_config(family, tokenizer))
+    model = AutoModelForCausalLM.from_config(family_config(family, tokenizer, hidden=hidden))
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     shipped = generation_config if generation_config is not None else (

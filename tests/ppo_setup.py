@@ -80,7 +80,7 @@ def subprocess_env(tmp_path: Path) -> dict:
 PYTHON = sys.executable
 
 # Wall-clock metrics: the only ones two runs of the same computation may disagree on.
-TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second"}
+TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second", "time_weight_sync"}
 
 
 def launch_two(argv: list[str], tmp_path: Path) -> subprocess.Popen:

@@ -257,3 +257,17 @@ def test_a_bootstrapped_heads_loss_weighs_each_ranking_by_hand():
     weights = bootstrap_weights(3, 1000, seed=0)
     assert weights.shape == (3, 1000) and weights.mean().item() == pytest.approx(1.0, abs=0.1)
     assert torch.equal(weights, bootstrap_weights(3, 1000, seed=0)) and not torch.equal(weights[0], weights[1])
+@pytest.mark.slow
+def test_vllm_generation_benchmark_runs_on_smallest_settings_and_fills_its_block(tmp_path):
+    from benchmarks import vllm_generation
+
+    vllm_generation.main(["--smallest", "--results-dir", str(tmp_path), "--out", str(tmp_path / "vllm.json"),
+                          "--workdir", str(tmp_path / "work")])
+    result = json.loads((tmp_path / "vllm.json").read_text())
+    (size,) = result["sizes"]
+    assert size["hf_s"] > 0 and size["vllm_s"] > 0 and size["vllm_vs_hf"] == size["vllm_s"] / size["hf_s"]
+    assert size["sync_s"] > 0 and size["sync_bytes"] > 0
+    step = result["ppo_step"]
+    assert step["steps"] == 1 and 0 < step["sync_share_median"] < 1 and step["rollout_logprob_gap_max"] < 1e-4
+    block = (tmp_path / "RESULTS.md").read_text().split("<!-- measured: vllm_generation -->")[1]
+    assert "| vLLM / HF |" in block and "weight sync" in block

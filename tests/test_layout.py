@@ -21,10 +21,11 @@ NO_ML_LIBRARIES = ["rlhf", "rlhf.bounded_json", "rlhf.config", "rlhf.errors", "r
                    "rlhf.labels.exporters", "rlhf.labels.importers", "rlhf.adaptation", "rlhf.adaptation.config",
                    "rlhf.sft.data", "rlhf.rm.data", "rlhf.pipeline", "rlhf.evaluate",
                    "rlhf.evaluate.overoptimisation", "rlhf.rm.calibration",
-                   "rlhf.labels.agreement"]
+                   "rlhf.labels.agreement", "rlhf.rollout", "rlhf.rollout.protocol", "rlhf.rollout.settings",
+                   "rlhf.rollout.vllm_engine", "rlhf.rollout.vllm_server"]
 # Pure math: torch at most, nothing else heavy.
 TORCH_ONLY = ["rlhf.rm.loss", "rlhf.ppo.rewards", "rlhf.ppo.losses", "rlhf.ppo.rollout", "rlhf.ppo.kl_control",
-              "rlhf.ppo.estimators", "rlhf.ppo.groups", "rlhf.packed_rows", "rlhf.probes", "rlhf.shared_prompt.layout"]
+              "rlhf.ppo.estimators", "rlhf.ppo.groups", "rlhf.ppo.mismatch", "rlhf.packed_rows", "rlhf.probes", "rlhf.shared_prompt.layout"]
 
 
 def heavy_modules_after_import(module: str) -> list[str]:
@@ -82,6 +83,11 @@ def test_only_the_recipes_import_the_recipes():
                  if not module_name(path).startswith("rlhf.stages")
                  for m in imported_rlhf_modules(path) if m.startswith("rlhf.stages")]
     assert offenders == []
+
+
+def test_the_vllm_engines_process_needs_none_of_rlhf_but_its_protocol():
+    """It runs in vLLM's own virtualenv, where rlhf's dependencies (transformers 5.23...) are not installed."""
+    assert imported_rlhf_modules(PACKAGE / "rollout" / "vllm_server.py") <= {"rlhf.rollout", "rlhf.rollout.protocol"}
 
 
 def test_every_module_opens_with_a_docstring():

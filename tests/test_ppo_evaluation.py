@@ -40,12 +40,14 @@ def test_the_held_out_row_of_the_starting_policy(models, tmp_path):
     from rlhf.evaluation import gold_scorer
     from rlhf.ppo.evaluation import HeldOutEvaluation
     from rlhf.ppo.logprobs import sampling_settings_for
+    from rlhf.ppo.rollouts import HFRollouts
 
     config, inputs, engines = engines_for(models, tmp_path, eval_steps=2, eval_steps_prompts=5, max_steps=5,
                                           gold_scorer="demo", max_new_tokens=6)
     sampling = sampling_settings_for(inputs.tokenizer, 1.0, 0, 1.0, 6)
-    held_out = HeldOutEvaluation(config, inputs, inputs.tokenizer, sampling, sampling.generation_config(inputs.tokenizer),
-                                 "auto", gold_scorer("demo"), start_step=0)
+    rollouts = HFRollouts(sampling.generation_config(inputs.tokenizer), "auto")
+    held_out = HeldOutEvaluation(config, inputs, inputs.tokenizer, sampling, rollouts, gold_scorer("demo"),
+                                 start_step=0)
     training_rng = torch.get_rng_state()
     row = held_out.evaluate_if_due(0, engines)
     assert torch.equal(torch.get_rng_state(), training_rng)  # the evaluation sampled from its own generator
@@ -58,7 +60,7 @@ def test_the_held_out_row_of_the_starting_policy(models, tmp_path):
     written = [json.loads(line) for line in (tmp_path / "run" / "eval_metrics.jsonl").read_text().splitlines()]
     assert written == [row, row]
     # A run resumed at step 0 starts the file again from there.
-    HeldOutEvaluation(config, inputs, inputs.tokenizer, sampling, None, "auto", None, start_step=0)
+    HeldOutEvaluation(config, inputs, inputs.tokenizer, sampling, rollouts, None, start_step=0)
     assert (tmp_path / "run" / "eval_metrics.jsonl").read_text() == ""
 
 

@@ -87,15 +87,19 @@ def save_adapted_partitioned(model: nn.Module, tokenizer, out_dir: str | os.Path
     distributed.barrier()
 
 
-def gathered_state(model: nn.Module, method: str) -> Iterator[tuple[str, torch.Tensor | None]]:
+def gathered_state(model: nn.Module, method: str, *,
+                   every_rank: bool = False) -> Iterator[tuple[str, torch.Tensor | None]]:
     """(key, CPU tensor) of every saved weight, one module gathered at a time; the tensor is None off rank 0.
 
     Keys are those of the saved plain model: for LoRA merged, `W + (alpha/r) B A` under the base layer's name.
     Tied weights come once, under their first name, as `save_pretrained` writes them.
+    With `every_rank` (each rank's own vLLM engine takes them) every rank gets the tensors, where they are and
+    uncopied: each is valid only until the next is drawn, when its module's gather ends.
     """
     import deepspeed
 
-    main = distributed.is_main_process()
+    main = every_rank or distributed.is_main_process()
+    taken = _uncopied if every_rank else _cpu_copy
     adapter = model.active_adapter if is_peft_model(model) else None
     root = model.get_base_model() if is_peft_model(model) else model
     saved_keys = set(root.state_dict(keep_vars=True))  # persistent buffers only; ZeRO-3 keeps it cheap
@@ -109,7 +113,7 @@ def gathered_state(model: nn.Module, method: str) -> Iterator[tuple[str, torch.T
         own = list(module.parameters(recurse=whole_layer))
         with deepspeed.zero.GatheredParameters(own, modifier_rank=None):
             if whole_layer:
-                yield from _merged_lora_layer(name, module, adapter, main, seen)
+                yield from _merged_lora_layer(name, module, adapter, main, seen, taken)
                 continue
             entries = [*module.named_parameters(prefix=name, recurse=False),
                        *module.named_buffers(prefix=name, recurse=False)]
@@ -119,10 +123,10 @@ def gathered_state(model: nn.Module, method: str) -> Iterator[tuple[str, torch.T
                 seen.add(id(tensor))
                 saved_key = plain_lora_key(key, adapter) if adapter is not None else key
                 if saved_key is not None:
-                    yield saved_key, _cpu_copy(tensor) if main else None
+                    yield saved_key, taken(tensor) if main else None
 
 
-def _merged_lora_layer(name: str, layer, adapter: str, main: bool, seen: set[int]):
+def _merged_lora_layer(name: str, layer, adapter: str, main: bool, seen: set[int], taken):
     base_layer = layer.get_base_layer()
     weight = base_layer.weight
     seen.add(id(weight))
@@ -131,17 +135,21 @@ def _merged_lora_layer(name: str, layer, adapter: str, main: bool, seen: set[int
         with torch.no_grad():
             merged = weight + layer.get_delta_weight(adapter).to(weight.dtype) \
                 if adapter in layer.lora_A or adapter in layer.lora_embedding_A else weight
-    yield f"{name}.weight", _cpu_copy(merged) if main else None
+    yield f"{name}.weight", taken(merged) if main else None
     for local, tensor in base_layer.named_parameters(recurse=False):
         if local != "weight" and id(tensor) not in seen:
             seen.add(id(tensor))
-            yield f"{name}.{local}", _cpu_copy(tensor) if main else None
+            yield f"{name}.{local}", taken(tensor) if main else None
 
 
 def _lora_layers(root: nn.Module) -> dict[str, nn.Module]:
     from peft.tuners.lora import LoraLayer
 
     return {name: module for name, module in root.named_modules() if isinstance(module, LoraLayer)}
+
+
+def _uncopied(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach()
 
 
 def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 128  # responses generated at once (the same samples need the same batch size and seed)
+    rollout_engine: str = "hf"  # or vllm (rlhf.rollout): the engine that samples
 
 
 def best_of_n(policy: str, reward_model: str, prompts: Sequence[Any], ns: Sequence[int], *, sampling: Sampling,
@@ -45,7 +46,8 @@ def best_of_n(policy: str, reward_model: str, prompts: Sequence[Any], ns: Sequen
     sampled = sample_k_responses(policy, list(prompts), k=samples, registry_dir=registry_dir,
                                  max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                                  top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed,
-                                 batch_size=sampling.batch_size, trust_remote_code=trust_remote_code)
+                                 batch_size=sampling.batch_size, trust_remote_code=trust_remote_code,
+                                 rollout_engine=sampling.rollout_engine)
     registry = Registry(registry_dir or None)
     policy_path, _ = resolve_model(policy, registry)
     reward_path, _ = resolve_model(reward_model, registry)

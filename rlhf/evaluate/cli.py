@@ -19,6 +19,7 @@ from typing import Any
 
 from rlhf.data.overlong import POLICIES as OVERLONG_POLICIES
 from rlhf.errors import ConfigError, exits_cleanly
+from rlhf.rollout.settings import ENGINES, ROLLOUT_ENGINE_HELP
 
 DEFAULT_NS = (1, 2, 4, 8, 16, 32, 64)
 MOST_SAMPLES = 1024
@@ -62,6 +63,8 @@ def add_best_of_n_command(subcommands) -> None:
     command.add_argument("--registry_dir", default="", help="registry root (default: RUN_DIR/registry with --run_dir, "
                                                             "else $RLHF_REGISTRY or runs/registry)")
     command.add_argument("--trust_remote_code", action="store_true")
+    command.add_argument("--rollout_engine", choices=ENGINES,
+                         help=ROLLOUT_ENGINE_HELP + " (" + given % {"default": "hf"} + ")")
     command.set_defaults(run=run_best_of_n)
 
 
@@ -69,7 +72,8 @@ def add_best_of_n_command(subcommands) -> None:
 FROM_PPO = (("policy", "reference_model", "sft"), ("reward_model", "reward_model", "rm"),
             ("prompts", "eval_prompts_file", ""), ("gold_scorer", "gold_scorer", ""),
             ("max_new_tokens", "max_new_tokens", 32), ("temperature", "temperature", 1.0), ("top_k", "top_k", 0),
-            ("top_p", "top_p", 1.0), ("seed", "seed", 0), ("max_prompt_length", "max_prompt_length", 0))
+            ("top_p", "top_p", 1.0), ("seed", "seed", 0), ("max_prompt_length", "max_prompt_length", 0),
+            ("rollout_engine", "rollout_engine", "hf"))
 
 
 def settings_from_run(args: argparse.Namespace) -> argparse.Namespace:
@@ -111,7 +115,8 @@ def run_best_of_n(args: argparse.Namespace) -> int:
     prompts = fitted_prompts(args, load_prompts(args.prompts)[:args.limit or None])
     if not prompts:
         raise ConfigError(f"{args.prompts}: no prompt fits max_prompt_length")
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.batch_size)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.batch_size,
+                        args.rollout_engine)
     result = best_of_n(args.policy, args.reward_model, prompts, args.n, sampling=sampling,
                        gold_scorer=args.gold_scorer, registry_dir=args.registry_dir,
                        reward_max_length=_longest_prompt(args) + args.max_new_tokens + 1,

@@ -23,6 +23,7 @@ from rlhf.data.overlong import POLICIES as OVERLONG_POLICIES
 from rlhf.errors import ConfigError, DataError, exits_cleanly
 from rlhf.io import check_output_file, jsonl_lines, write_files_together
 from rlhf.labels.importers import IMPORTERS, ImportReport, import_rankings, importer_options
+from rlhf.rollout.settings import ENGINES, ROLLOUT_ENGINE_HELP
 
 FLAGGED_IDS_SHOWN = 5
 
@@ -109,6 +110,7 @@ def add_export_command(subcommands) -> None:
                               "where it can) or error")
     command.add_argument("--registry_dir", default="", help="registry root (default $RLHF_REGISTRY or runs/registry)")
     command.add_argument("--trust_remote_code", action="store_true")
+    command.add_argument("--rollout_engine", choices=ENGINES, default="hf", help=ROLLOUT_ENGINE_HELP)
     command.set_defaults(run=run_export)
 
 
@@ -121,11 +123,15 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k must be between 2 and 16, got {args.k}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.rollout_engine == "vllm":
+        from rlhf.rollout.settings import vllm_python
+
+        vllm_python()  # installed, or one line now rather than after the prompts are read
     prompts = fitted_prompts(args, load_prompts(args.prompts)[:args.limit or None])
     items = sample_k_responses(args.policy, prompts, k=args.k, registry_dir=args.registry_dir,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-                               trust_remote_code=args.trust_remote_code)
+                               trust_remote_code=args.trust_remote_code, rollout_engine=args.rollout_engine)
     items, dropped = rankable(items)
     if args.format == "argilla":
         # Argilla fixes a ranking question's options per dataset: every record needs all K responses.

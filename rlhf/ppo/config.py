@@ -13,6 +13,7 @@ from rlhf.adaptation.config import AdaptationConfig
 from rlhf.config import CommonArguments, SharedPromptArguments
 from rlhf.errors import ConfigError
 from rlhf.ppo.reward_aggregation import AGGREGATIONS as REWARD_AGGREGATIONS
+from rlhf.rollout.settings import RolloutEngineArguments
 
 ACTOR_CRITIC_METHODS = ("full", "lora")
 ZERO3_GENERATION = ("auto", "gather_once", "per_step")
@@ -25,7 +26,7 @@ LOSS_AGGREGATIONS = ("token_mean", "sequence_mean", "dr_grpo")
 
 
 @dataclass
-class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments):
+class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments, RolloutEngineArguments):
     """Stage 3's config. `adaptation_method` and the lora_* fields adapt the actor; the critic has its own
     method and shares the LoRA settings. Batch sizes count sequences per process."""
 
@@ -61,6 +62,11 @@ class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments):
     max_new_tokens: int = field(default=32, metadata={"help": "Response length cap, in tokens."})
     max_prompt_length: int = field(default=256, metadata={"help": "Prompt length cap, in tokens; longer prompts "
                                                                   "follow the `overlong` policy."})
+    rollout_is_cap: float = field(default=0.0, metadata={"help": "rollout_engine vllm: truncated importance "
+                                                                 "sampling, each token's policy loss weighed by "
+                                                                 "min(π_old / π_engine, this), for the mismatch "
+                                                                 "between the engine that sampled and the actor "
+                                                                 "(Yao et al. 2025; e.g. 2). 0: off."})
     zero3_generation: str = field(default="auto", metadata={"help": "Actor under ZeRO-3: 'gather_once' gathers its "
                                                                      "parameters once per rollout, 'per_step' at every token (synced_gpus), 'auto' "
                                                                      "gathers once when twice the model fits in free memory."})
@@ -227,6 +233,9 @@ class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments):
                "eval_steps > 0 needs eval_prompts_file (held-out prompts, never the training prompts)")
         _check(self.eval_steps_prompts >= 1, f"eval_steps_prompts must be >= 1, got {self.eval_steps_prompts}")
         _check(bool(self.prompts_file), "prompts_file is required")
+        _check(self.rollout_is_cap >= 0, f"rollout_is_cap must be >= 0 (0: off), got {self.rollout_is_cap}")
+        _check(not self.rollout_is_cap or self.rollout_engine == "vllm",
+               "rollout_is_cap corrects for another engine's samples; it needs rollout_engine: vllm")
         super().__post_init__()
 
     def _check_estimator(self) -> None:

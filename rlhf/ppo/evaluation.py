@@ -23,9 +23,10 @@ from rlhf import run_files
 from rlhf.data.formatting import prompt_text
 
 
-def final_metrics(config, inputs, tokenizer, sampling, state: dict[str, Any], final_dir: Path) -> dict[str, Any]:
+def final_metrics(config, inputs, tokenizer, sampling, state: dict[str, Any], final_dir: Path,
+                  engine=None) -> dict[str, Any]:
     """The run's final metrics (steps, skips, last KL, the estimator, win rates); writes samples.json beside them
-    (rank 0)."""
+    (rank 0). With a vLLM `engine` (rank 0's, rollout_engine vllm) the policies sample there."""
     from rlhf.io import atomic_write_json
     from rlhf.ppo.tracking import read_metrics
 
@@ -37,7 +38,7 @@ def final_metrics(config, inputs, tokenizer, sampling, state: dict[str, Any], fi
                                "kl_final": history[-1]["kl"] if history else None, **estimator_metrics(config),
                                "reward_members": len(member_dirs(inputs.paths["reward"]))}
     if inputs.eval_prompts:
-        comparison, samples = compare_policies(config, inputs, tokenizer, sampling, final_dir)
+        comparison, samples = compare_policies(config, inputs, tokenizer, sampling, final_dir, engine)
         metrics.update(comparison)
         atomic_write_json(output_dir / run_files.PPO_SAMPLES, samples)
     return metrics
@@ -58,12 +59,15 @@ def reward_aggregation(config):
     return RewardAggregation(config.reward_aggregation, config.uncertainty_coef)
 
 
-def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path) -> tuple[dict[str, Any], list[dict]]:
+def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path,
+                     engine=None) -> tuple[dict[str, Any], list[dict]]:
     """Win rates of the PPO policy against the reference (SFT) policy on held-out prompts (ties count half); under a
     reward-model ensemble, by its members' mean (`score_texts`), whatever reward_aggregation trained on.
 
     With a gold scorer, also the gold win rate of the greedy responses (InstructGPT's other claim: PPO's greedy
     response is at least as good as SFT's), when the main comparison samples; and each sample's task label.
+    With a vLLM `engine`, each policy is loaded as before and its (merged) weights synced into the engine, which
+    samples.
     """
     from rlhf.adaptation import load_adapted
     from rlhf.evaluation import gold_scorer, task_of_prompt
@@ -76,10 +80,15 @@ def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path) -> tu
     for name, path in (("sft", inputs.paths["reference"]), ("ppo", str(final_dir))):
         policy = load_adapted(path, task="causal_lm", trust_remote_code=config.trust_remote_code,
                               attn_implementation=config.attn_implementation)
-        responses[name] = sample_responses(policy, tokenizer, prompts, sampling, config.eval_do_sample, config.seed)
+        if engine is not None:
+            from rlhf.rollout.weights import sync_weights
+
+            sync_weights(engine, policy)
+        responses[name] = sample_responses(policy, tokenizer, prompts, sampling, config.eval_do_sample,
+                                           config.seed, engine=engine)
         if greedy:
             greedy_responses[name] = sample_responses(policy, tokenizer, inputs.eval_prompts, sampling, False,
-                                                      config.seed)
+                                                      config.seed, engine=engine)
         del policy
     reward_model, reward_tokenizer, normalization = load_reward_model(
         inputs.paths["reward"], trust_remote_code=config.trust_remote_code,
@@ -123,11 +132,18 @@ def win_rate(candidate: Sequence[float], baseline: Sequence[float]) -> float:
 
 
 def sample_responses(policy, tokenizer, prompts: Sequence[Any], sampling, do_sample: bool, seed: int,
-                     batch_size: int = 64) -> list[str]:
+                     batch_size: int = 64, engine=None) -> list[str]:
     """Responses under the PPO sampling settings (seeded, so both policies draw with the same generator),
-    or greedy ones."""
+    or greedy ones; from `engine` (vLLM, holding the policy's weights) when given."""
     from rlhf.generation import generate_responses
 
+    if engine is not None:
+        from rlhf.rollout.sampling import engine_responses, sampling_for
+
+        settings = sampling_for(tokenizer, max_new_tokens=sampling.max_new_tokens,
+                                stop_token_ids=sampling.stops(tokenizer), do_sample=do_sample,
+                                temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+        return engine_responses(engine, tokenizer, prompts, settings, seed, batch_size)
     torch.manual_seed(seed)
     return generate_responses(policy, tokenizer, prompts, max_new_tokens=sampling.max_new_tokens,
                               do_sample=do_sample, temperature=sampling.temperature, top_k=sampling.top_k,
@@ -147,8 +163,7 @@ class HeldOutEvaluation:
     evaluated again when due (the same weights and noise: the same row), so that every rank makes the same calls.
     """
 
-    def __init__(self, config, inputs, tokenizer, sampling, generation_config, zero3_generation: str, gold,
-                 start_step: int):
+    def __init__(self, config, inputs, tokenizer, sampling, rollouts, gold, start_step: int):
         from rlhf import distributed
 
         self.every, self.last_step = config.eval_steps, config.steps
@@ -156,7 +171,7 @@ class HeldOutEvaluation:
         held_out = next((fitted.kept for name, _, fitted in inputs.fitted if name == "eval_prompts"), [])
         self.prompts = list(held_out[:config.eval_steps_prompts]) if config.eval_steps else []
         self.tokenizer, self.sampling, self.gold = tokenizer, sampling, gold
-        self.generation_config, self.zero3_generation = generation_config, zero3_generation
+        self.rollouts = rollouts  # rlhf.ppo.rollouts: the actor's generate or its vLLM engine
         self.reward_input_limit, self.batch_size = config.reward_input_limit, config.rollout_batch_size
         self.forward_batch_size = config.scoring_batch_size
         self.aggregation = reward_aggregation(config)
@@ -192,8 +207,8 @@ class HeldOutEvaluation:
         rm, kl, gold, members = [], [], [], []
         for start in range(0, len(prompts), self.batch_size):
             batch = experience.tokenize_prompts(self.tokenizer, prompts[start:start + self.batch_size])
-            with _forked_rng(self.seed + start):
-                response_ids = experience.generate(engines.actor, batch, self.generation_config, self.zero3_generation)
+            with _forked_rng(self.seed + start):  # the vLLM engine draws from the seeds it is given instead
+                response_ids, _ = self.rollouts.generate(engines.actor, batch, (self.seed, "eval", start))
             rollout = experience.score(engines, batch, response_ids, self.tokenizer, self.sampling,
                                        self.reward_input_limit, self.forward_batch_size, self.aggregation)
             mask = rollout.response_mask.bool()

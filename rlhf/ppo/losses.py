@@ -39,13 +39,16 @@ def aggregate(per_token: torch.Tensor, response_mask: torch.Tensor, aggregation:
 
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                     response_mask: torch.Tensor, clip_eps: float, aggregation: str = "token_mean",
-                    max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    max_tokens: int | None = None,
+                    token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
 
         ρ_t = exp(log π(a_t) - log π_old(a_t))
-        loss = aggregate_t max(-A_t ρ_t, -A_t clip(ρ_t, 1 - ε, 1 + ε))
+        loss = aggregate_t w_t · max(-A_t ρ_t, -A_t clip(ρ_t, 1 - ε, 1 + ε))
 
-    aggregated over the masked tokens as `aggregate` says (default: the mean over all of them).
+    aggregated over the masked tokens as `aggregate` says (default: the mean over all of them), with w_t = 1
+    unless `token_weights` are given (truncated importance weights for samples from another engine,
+    rlhf.ppo.mismatch).
 
     Returns:
         (loss, clip_fraction, approx_kl): clip_fraction is the share of tokens where the clipped term is the
@@ -56,7 +59,10 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = aggregate(torch.maximum(unclipped, clipped), response_mask, aggregation, max_tokens)
+    per_token = torch.maximum(unclipped, clipped)
+    if token_weights is not None:
+        per_token = per_token * token_weights
+    loss = aggregate(per_token, response_mask, aggregation, max_tokens)
     clip_fraction = masked_mean((clipped > unclipped).float(), response_mask)
     approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, response_mask)
     return loss, clip_fraction.detach(), approx_kl.detach()

@@ -33,6 +33,9 @@ class Rollout:
     advantages: torch.Tensor | None = None  # (B, T) GAE's or a critic-free estimator's (rlhf.ppo.estimators)
     returns: torch.Tensor | None = None  # (B, T) critic targets, advantages + values; None without a critic
     member_scores: torch.Tensor | None = None  # (B, k) each ensemble member's score; None for one reward model
+    # (B, T) log-probabilities of the sampled tokens under the engine that sampled them (rollout_engine: vllm);
+    # None when the actor sampled them itself (hf). Only for the mismatch metrics and truncated IS (mismatch.py).
+    engine_logprobs: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         batch_size = self.query_ids.shape[0]

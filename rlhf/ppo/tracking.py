@@ -29,11 +29,11 @@ BAR_KEYS = ("rm_score", "kl", "beta")
 def step_metrics(step: int, rollout: Rollout, kl: torch.Tensor, result, beta: float, prompts: Sequence[Any],
                  texts: Sequence[str], gold: Callable[[str, str], float] | None, times: tuple[float, float, float],
                  skipped_updates: int, ptx: bool, eos_token_id: int | Sequence[int],
-                 kl_loss: bool = False) -> dict[str, Any]:
+                 kl_loss: bool = False, extra: dict[str, float] | None = None) -> dict[str, Any]:
     """One flat row of ppo_metrics.jsonl, averaged over ranks (contracts: the PPO metric keys). The value metrics
     only with a critic (GAE); `kl_loss` only when the KL is a loss term; with a reward-model ensemble, `rm_score` is
     the aggregated score PPO optimises, `rm_score_mean` the members' mean and `rm_score_std` their disagreement
-    (`ensemble_member_metrics`)."""
+    (`ensemble_member_metrics`); `extra` (the vLLM engine's mismatch and weight-sync time) averaged with the rest."""
     mask = rollout.response_mask
     lengths = mask.sum(dim=-1).float()
 
@@ -68,6 +68,7 @@ def step_metrics(step: int, rollout: Rollout, kl: torch.Tensor, result, beta: fl
         values["value_explained_variance"] = float(explained_variance(rollout.values, rollout.returns, mask))
     if kl_loss:
         values["kl_loss"] = mean_stat("kl_loss")
+    values.update(extra or {})
     values = mean_over_ranks(values)
     # Throughput adds up over ranks; the mean above is per rank.
     values["tokens_per_second"] *= distributed.world_size()

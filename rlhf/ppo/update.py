@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from rlhf.ppo import activation_checkpointing, losses
+from rlhf.ppo import activation_checkpointing, losses, mismatch
 from rlhf.ppo.experience import response_logits, response_values, sequence_inputs
 from rlhf.ppo.logprobs import SamplingSettings, sampling_entropy, sampling_logprobs
 from rlhf.ppo.rewards import masked_mean
@@ -38,6 +38,8 @@ class UpdateSettings:
     # Whether the actor's and the critic's forwards run a prompt's responses behind one copy of it.
     actor_shared_prompt: SharedPromptSupport = OFF
     critic_shared_prompt: SharedPromptSupport = OFF
+    # Truncated importance sampling against the engine that sampled (rlhf.ppo.mismatch); 0: off.
+    rollout_is_cap: float = 0.0
 
 
 @dataclass
@@ -107,9 +109,13 @@ def actor_loss_of(actor, minibatch: Rollout, inputs: dict[str, torch.Tensor], se
                              settings.actor_row_tokens, settings.actor_shared_prompt)
     logprobs = sampling_logprobs(logits, minibatch.response_ids.to(device), settings.sampling)
     aggregation = dict(aggregation=settings.loss_aggregation, max_tokens=settings.sampling.max_new_tokens)
+    weights = None
+    if settings.rollout_is_cap > 0 and minibatch.engine_logprobs is not None:
+        weights = mismatch.truncated_is_weights(minibatch.logprobs, minibatch.engine_logprobs,
+                                                settings.rollout_is_cap).to(device)
     policy_loss, clip_fraction, approx_kl = losses.ppo_policy_loss(
         logprobs, minibatch.logprobs.to(device), minibatch.advantages.to(device), mask, settings.cliprange,
-        **aggregation)
+        **aggregation, token_weights=weights)
     with torch.no_grad():
         entropy = masked_mean(sampling_entropy(logits.detach(), settings.sampling), mask)
         ratio = masked_mean(torch.exp(logprobs.detach() - minibatch.logprobs.to(device)), mask)

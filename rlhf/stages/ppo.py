@@ -26,7 +26,7 @@ from rlhf import distributed, host_memory, run_files
 from rlhf.errors import RLHFError, exits_cleanly
 from rlhf.generation import stop_token_ids
 # Modules, not their functions: the phases are looked up when they run, so a profiler can wrap them.
-from rlhf.ppo import checkpoint, engines, evaluation, experience, tracking, update
+from rlhf.ppo import checkpoint, engines, evaluation, experience, mismatch, rollouts, tracking, update
 from rlhf.ppo import inputs as ppo_inputs
 from rlhf.ppo.config import PPOStageConfig
 from rlhf.ppo.kl_control import make_kl_controller
@@ -38,14 +38,17 @@ from rlhf.stop_request import StopRequest
 
 
 class PPORecipe:
-    """setup() builds the four engines (three without a critic) and restores the latest checkpoint; train() runs the
-    PPO steps; finish() saves, compares and registers the policy; cleanup() closes the logger and the SIGTERM
-    handler."""
+    """setup() builds the four engines (three without a critic), and the vLLM engine beside them with
+    rollout_engine vllm, and restores the latest checkpoint; train() runs the PPO steps; finish() saves, compares
+    and registers the policy; cleanup() closes the logger and the SIGTERM handler; close_rollouts() ends the vLLM
+    engine (after finish, whose comparison samples with it)."""
 
     def __init__(self, config: PPOStageConfig):
         self.config = config
         self.state: dict[str, Any] = {"step": 0, "skipped_updates": 0, "consecutive_skips": 0}
         self.last_saved: Path | None = None
+        self.rollouts = None
+        self.vllm = None
 
     def setup(self) -> None:
         config = self.config
@@ -57,12 +60,16 @@ class PPORecipe:
         torch.manual_seed(config.seed + distributed.global_rank())
         self.inputs = ppo_inputs.read_inputs(config)
         self.tokenizer = self.inputs.tokenizer
+        # vLLM (rollout_engine vllm) loads in its own process while the DeepSpeed engines are built.
+        self.vllm = rollouts.start_vllm_engine(config, self.inputs) if config.rollout_engine == "vllm" else None
         self.engines = engines.build_engines(config, self.inputs.paths, self.tokenizer)
         self.sampling = sampling_settings_for(self.tokenizer, config.temperature, config.top_k, config.top_p,
                                               config.max_new_tokens,
                                               stop_token_ids(self.tokenizer, self.engines.actor.module))
         self.generation_config = self.sampling.generation_config(self.tokenizer)
         self.zero3_generation = experience.choose_zero3_generation(config.zero3_generation, self.engines.actor)
+        self.rollouts = rollouts.make_rollouts(config, self.vllm, self.sampling, self.tokenizer,
+                                               self.generation_config, self.zero3_generation)
         self.kl_controller = make_kl_controller(config.kl_coef, config.adaptive_kl, config.target_kl,
                                                 config.kl_horizon)
         self.moments = RunningMoments() if config.normalize_scores else None
@@ -76,9 +83,11 @@ class PPORecipe:
             loss_aggregation=config.loss_aggregation,
             kl_loss_coef=config.kl_coef if config.kl_in_loss else None,
             actor_shared_prompt=self.engines.shared_prompt["actor"],
-            critic_shared_prompt=self.engines.shared_prompt["critic"])
+            critic_shared_prompt=self.engines.shared_prompt["critic"], rollout_is_cap=config.rollout_is_cap)
         checkpoint.remove_partial_saves(config.output_dir)
         self.resume()
+        # The engine starts from random weights of the actor's shape: the actor's (resumed) weights go in now.
+        self.rollouts.sync(self.engines.actor)
         ptx = ppo_inputs.ptx_examples(config, self.tokenizer, self.sampling.stop_token_ids) if config.ptx_coef else None
         self.overlong = prologue.report_overlong(config.output_dir, self.inputs.fitted + ([ptx] if ptx else []))
         self.ptx = ppo_inputs.ptx_iterator(config, ptx[2].kept if ptx else [], self.tokenizer.pad_token_id,
@@ -87,8 +96,7 @@ class PPORecipe:
                                              show_progress=not config.disable_tqdm)
         # Held-out RM score, gold score and KL every eval_steps: PPO's points against best-of-N (Gao et al. 2022).
         self.held_out = evaluation.HeldOutEvaluation(config, self.inputs, self.tokenizer, self.sampling,
-                                                     self.generation_config, self.zero3_generation, self.gold,
-                                                     self.state["step"])
+                                                     self.rollouts, self.gold, self.state["step"])
         self.held_out.evaluate_if_due(self.state["step"], self.engines)
         self.stop = StopRequest()
 
@@ -126,17 +134,20 @@ class PPORecipe:
     def ppo_step(self, step: int) -> dict[str, Any]:
         """One PPO step (0-based); returns its row of metrics."""
         config, models, tokenizer = self.config, self.engines, self.tokenizer
-        # 1. Generate: this rank's slice of the step's prompts, sampled with the KV cache.
+        # 1. Generate: this rank's slice of the step's prompts, sampled by the actor (KV cache) or its vLLM engine.
         started = time.perf_counter()
         prompts = self.inputs.prompts_for_step(step)
         batch = experience.tokenize_prompts(tokenizer, prompts)
-        response_ids = experience.generate(models.actor, batch, self.generation_config, self.zero3_generation)
+        response_ids, engine_logprobs = self.rollouts.generate(models.actor, batch, (config.seed, "train", step))
+        self.rollouts.release_memory()  # vllm_sleep_mode: the engine's GPU memory, until the sync
         generated = time.perf_counter()
 
         # 2. Score: log π_old and log π_ref under the sampling distribution, V(s_t) (GAE), reward-model scores
-        #    (an ensemble's members' scores, aggregated by reward_aggregation).
+        #    (an ensemble's members' scores, aggregated by reward_aggregation). log π_old is the actor's own,
+        #    whichever engine sampled.
         rollout = experience.score(models, batch, response_ids, tokenizer, self.sampling, config.reward_input_limit,
                                    config.scoring_batch_size, self.aggregation)
+        rollout.engine_logprobs = engine_logprobs
         scored = time.perf_counter()
 
         # 3. Advantages: per-token rewards with the KL penalty (unless it is a loss term), then GAE and whitening,
@@ -159,12 +170,21 @@ class PPORecipe:
         self.state["consecutive_skips"] = result.consecutive_skips
         trained = time.perf_counter()
 
+        # 4b. Sync: the vLLM engine gets the updated weights before it samples again (a no-op for hf).
+        sync_seconds = self.rollouts.sync(models.actor)
+
         # 5. Metrics, averaged over ranks.
         texts = experience.decode_responses(tokenizer, batch, rollout.response_ids, rollout.response_mask)
+        engine_metrics = {}
+        if engine_logprobs is not None:
+            gap, kl_engine = mismatch.logprob_gap(engine_logprobs, rollout.logprobs, rollout.response_mask)
+            engine_metrics = {"rollout_logprob_gap": gap, "rollout_logprob_kl": kl_engine,
+                              "time_weight_sync": sync_seconds}
         row = tracking.step_metrics(step + 1, rollout, kl, result, self.kl_controller.value, prompts, texts,
                                      self.gold, times=(generated - started, scored - generated, trained - scored),
                                      skipped_updates=self.state["skipped_updates"], ptx=self.ptx is not None,
-                                     eos_token_id=self.sampling.stop_token_ids, kl_loss=config.kl_in_loss)
+                                     eos_token_id=self.sampling.stop_token_ids, kl_loss=config.kl_in_loss,
+                                     extra=engine_metrics)
         row["learning_rate"] = models.actor.get_lr()[0]  # the schedule's value for the next step
         return row
 
@@ -187,7 +207,7 @@ class PPORecipe:
         if not distributed.is_main_process():
             return None
         metrics = {**evaluation.final_metrics(config, self.inputs, self.tokenizer, self.sampling, self.state,
-                                              final_dir), **self.overlong}
+                                              final_dir, self.rollouts.engine), **self.overlong}
         return epilogue.write_and_register(config, self.inputs.registry, final_dir, stage="ppo", metrics=metrics,
                                            **self.inputs.lineage(config))
 
@@ -195,16 +215,26 @@ class PPORecipe:
         self.logger.close()
         self.stop.restore()
 
+    def close_rollouts(self) -> None:
+        """End the vLLM engine's process (none with hf); also when setup or training failed."""
+        if self.rollouts is not None:
+            self.rollouts.close()
+        elif self.vllm is not None:
+            self.vllm.close()
+
 
 def run(config: PPOStageConfig):
     """Train, compare with the SFT policy, save and register. Returns the registry entry (None off rank 0)."""
     recipe = PPORecipe(config)
-    recipe.setup()
     try:
-        finished = recipe.train()
+        recipe.setup()
+        try:
+            finished = recipe.train()
+        finally:
+            recipe.cleanup()
+        return recipe.finish() if finished else None
     finally:
-        recipe.cleanup()
-    return recipe.finish() if finished else None
+        recipe.close_rollouts()
 
 
 @exits_cleanly(on_interrupt=STAGE_INTERRUPTED)
