@@ -7,6 +7,7 @@ the JSON for reference only.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -15,6 +16,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
@@ -128,3 +130,18 @@ def add_standalone_arguments(parser, out: Path, smoke_help: str) -> None:
     parser.add_argument("--smoke", action="store_true", help=smoke_help)
     parser.add_argument("--out", type=Path, default=out)
 
+
+def measure_and_record(measure, markdown, *, block: str, out: Path, results_dir: Path, workdir: Path | None,
+                       prefix: str) -> dict:
+    """`measure(workdir)` in `workdir`, or in a temporary directory removed afterwards; then its markdown printed,
+    its result written to `out` and the markdown into `block` of RESULTS.md in `results_dir`."""
+    from benchmarks.run import write_results  # benchmarks.run imports this module
+
+    with contextlib.ExitStack() as stack:
+        workdir = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+        result = measure(workdir)
+    text = markdown(result)
+    print(text)
+    write_json(out, result)
+    write_results(results_dir, {block: text})
+    return result

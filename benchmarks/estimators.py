@@ -28,16 +28,15 @@ peak memory of a step against GAE.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks import tiny_models
-from benchmarks.common import REPO, RESULTS_DIR, machine_info, median, read_json, run_child, write_json
+from benchmarks.common import (REPO, RESULTS_DIR, machine_info, measure_and_record, median, read_json, run_child,
+                               write_json)
 from rlhf.config import settings_to_argv
 
 ESTIMATORS = ("gae", "rloo", "grpo", "reinforce_pp", "reinforce_pp_baseline")
@@ -307,8 +306,6 @@ def run(settings: Settings, workdir: Path, demo_run: Path | None, log=print) -> 
 
 
 def main(argv=None) -> None:
-    from benchmarks.run import write_results
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         worker(Path(argv[1]), argv[argv.index("--") + 1:])
@@ -333,13 +330,9 @@ def main(argv=None) -> None:
     settings.estimators, settings.size_100m = args.estimators, not args.no_100m
     if args.smallest and args.seeds != parser.get_default("seeds"):
         settings.seeds = args.seeds
-    with contextlib.ExitStack() as stack:
-        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-est-")))
-        result = run(settings, workdir, args.demo_run, log=lambda line: print(line, flush=True))
-    text = markdown(result)
-    print(text)
-    write_json(args.out, result)
-    write_results(args.results_dir, {BLOCK: text})
+    measure_and_record(lambda workdir: run(settings, workdir, args.demo_run, log=lambda line: print(line, flush=True)),
+                       markdown, block=BLOCK, out=args.out, results_dir=args.results_dir, workdir=args.workdir,
+                       prefix="bench-est-")
 
 
 if __name__ == "__main__":

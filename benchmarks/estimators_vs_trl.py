@@ -18,14 +18,12 @@ benchmarks/tiny_models.py, are shared with benchmarks/ppo_vs_trl.py, as are our 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks import tiny_models
-from benchmarks.common import REPO, RESULTS_DIR, machine_info, ratio, read_json, run_child, write_json
+from benchmarks.common import REPO, RESULTS_DIR, machine_info, measure_and_record, ratio, read_json, run_child
 from benchmarks.ppo_vs_trl import PHASES, run_ours, summarize
 
 ESTIMATORS = ("rloo", "grpo")
@@ -122,8 +120,6 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    from benchmarks.run import write_results
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smallest", action="store_true", help="tiny models, 2 iterations, 1 round: a smoke run")
     defaults = Settings()
@@ -139,13 +135,8 @@ def main(argv=None) -> None:
         **{name: getattr(args, name) for name in ("hidden_size", "num_layers", "steps", "rounds", "rollout_batch_size",
                                                    "samples_per_prompt", "minibatch_size", "ppo_epochs",
                                                    "max_new_tokens")})
-    with contextlib.ExitStack() as stack:
-        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-est-trl-")))
-        result = run(settings, workdir)
-    text = markdown(result)
-    print(text)
-    write_json(args.out, result)
-    write_results(args.results_dir, {BLOCK: text})
+    measure_and_record(lambda workdir: run(settings, workdir), markdown, block=BLOCK, out=args.out,
+                       results_dir=args.results_dir, workdir=args.workdir, prefix="bench-est-trl-")
 
 
 if __name__ == "__main__":

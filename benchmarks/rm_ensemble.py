@@ -23,15 +23,13 @@ forwards per response (training and PPO scoring), and the training time (indicat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS_DIR, machine_info, read_json, run_child, write_json
+from benchmarks.common import REPO, RESULTS_DIR, machine_info, measure_and_record, read_json, run_child, write_json
 from rlhf.config import settings_to_argv
 
 BLOCK = "rm_ensemble"  # the measured block of benchmarks/RESULTS.md
@@ -287,8 +285,6 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    from benchmarks.run import write_results
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--heads-worker"]:
         heads_worker(Path(argv[1]), int(argv[2]), argv[argv.index("--") + 1:])
@@ -306,13 +302,9 @@ def main(argv=None) -> None:
     if not args.smallest and args.demo_run is None:
         parser.error("--demo-run RUN_DIR (a finished `make demo`) is needed, or --smallest")
     settings = Settings.smoke() if args.smallest else Settings(k=args.k, seed=args.seed)
-    with contextlib.ExitStack() as stack:
-        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-rme-")))
-        result = run(settings, workdir, args.demo_run, log=lambda line: print(line, flush=True))
-    text = markdown(result)
-    print(text)
-    write_json(args.out, result)
-    write_results(args.results_dir, {BLOCK: text})
+    measure_and_record(lambda workdir: run(settings, workdir, args.demo_run, log=lambda line: print(line, flush=True)),
+                       markdown, block=BLOCK, out=args.out, results_dir=args.results_dir, workdir=args.workdir,
+                       prefix="bench-rme-")
 
 
 if __name__ == "__main__":

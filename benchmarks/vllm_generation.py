@@ -16,14 +16,12 @@ Needs vLLM: `make vllm` (RLHF_VLLM_PYTHON=.venv-vllm/bin/python) or `pip install
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS_DIR, machine_info, write_json
+from benchmarks.common import REPO, RESULTS_DIR, machine_info, measure_and_record
 
 BLOCK = "vllm_generation"  # the measured block of benchmarks/RESULTS.md
 
@@ -197,8 +195,6 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    from benchmarks.run import write_results
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smallest", action="store_true", help="one tiny model, 1 round, 2 PPO steps: a smoke run")
     parser.add_argument("--threads", type=int, default=2, help="torch threads here and in the engine")
@@ -212,13 +208,9 @@ def main(argv=None) -> None:
     settings = Settings.smoke() if args.smallest else Settings(repeats=args.repeats, threads=args.threads)
     if args.no_100m:
         settings.sizes = [DEMO]
-    with contextlib.ExitStack() as stack:
-        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-vllm-")))
-        result = run(settings, workdir, log=lambda line: print(line, flush=True))
-    text = markdown(result)
-    print(text)
-    write_json(args.out, result)
-    write_results(args.results_dir, {BLOCK: text})
+    measure_and_record(lambda workdir: run(settings, workdir, log=lambda line: print(line, flush=True)), markdown,
+                       block=BLOCK, out=args.out, results_dir=args.results_dir, workdir=args.workdir,
+                       prefix="bench-vllm-")
 
 
 if __name__ == "__main__":
