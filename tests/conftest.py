@@ -7,6 +7,8 @@ import torch
 
 TINY_VOCAB = 64
 
+pytest_plugins = ["pytester"]  # tests/test_suite_isolation.py runs small sessions of its own
+
 
 def pytest_configure(config):
     """transformers' log handler writes to the stderr of the moment it is made. Made inside a test that captures
@@ -17,16 +19,28 @@ def pytest_configure(config):
     logging.get_logger("transformers")
 
 
-@pytest.fixture(autouse=True)
-def _environment_restored():
-    """Stages run in-process set RANK, LOCAL_RANK, MASTER_PORT... for a world of one; later tests, and the
-    subprocesses they start, must not inherit them."""
+def _restore_environment_afterwards():
     import os
 
     saved = dict(os.environ)
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+# Stages run in-process set RANK, LOCAL_RANK, MASTER_PORT... for a world of one; later tests, and the subprocesses
+# they start, must not inherit them. A module fixture sets them too (a PPO run shared by a file's tests), and its
+# world of one keeps listening on MASTER_PORT until the session ends: a pipeline started by a later file on the same
+# worker inherited that port and failed with EADDRINUSE. So the environment is restored after each test and after
+# each module; autouse fixtures of a scope are set up before the others of that scope.
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    yield from _restore_environment_afterwards()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_environment_restored():
+    yield from _restore_environment_afterwards()
 
 
 def tiny_llama_config(**overrides):
