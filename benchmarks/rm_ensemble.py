@@ -95,7 +95,8 @@ def smallest_inputs(workdir: Path) -> dict:
     (root / "demos.jsonl").write_text("".join(json.dumps(d) + "\n" for d in make_split(16, seed=2)))
     return {"model_name_or_path": model, "train_file": root / "rankings.jsonl", "eval_fraction": 0.25,
             "normalization_file": root / "demos.jsonl", "max_length": 48, "num_train_epochs": 1,
-            "per_device_train_batch_size": 8, "learning_rate": 2e-3, "logging_steps": 100}
+            "per_device_train_batch_size": 8, "learning_rate": 2e-3, "logging_steps": 100,
+            "eval_on_start": True}  # as the demo's resolved config has it
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -166,6 +167,8 @@ def heads_worker(out: Path, heads: int, stage_argv: list[str]) -> None:
     from rlhf.stages import prologue
 
     config = parse_config(RMStageConfig, stage_argv)
+    # A resolved config of the RM stage keeps the eval_on_start its run set; the heads are measured after training.
+    config.eval_on_start = False
     inputs = prologue.resolve_inputs(config)
     stops = stop_token_ids_of(inputs.model_path, inputs.tokenizer)
     train_rankings, eval_rankings, _ = load_ranking_splits(config, inputs.tokenizer, stops)
