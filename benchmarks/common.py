@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rlhf.distributed import free_port
+from rlhf.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -131,14 +132,37 @@ def add_standalone_arguments(parser, out: Path, smoke_help: str) -> None:
     parser.add_argument("--out", type=Path, default=out)
 
 
+def fill_blocks(document: str, blocks: dict[str, str]) -> str:
+    """RESULTS.md with each `<!-- measured: NAME -->` ... `<!-- end: NAME -->` block replaced by blocks[NAME].
+
+    Everything outside the blocks (the headings and the prose that reads the numbers) is written by hand and kept
+    as it is; a block the document lacks is appended at its end.
+    """
+    for name, body in blocks.items():
+        begin, end = f"<!-- measured: {name} -->", f"<!-- end: {name} -->"
+        filled = f"{begin}\n{body.strip()}\n{end}"
+        if begin in document and end in document:
+            head, rest = document.split(begin, 1)
+            document = head + filled + rest.split(end, 1)[1]
+        else:
+            document = document.rstrip() + f"\n\n{filled}\n"
+    return document
+
+
+def write_results(results_dir: Path, blocks: dict[str, str]) -> None:
+    """Fill RESULTS.md in `results_dir`; a directory without one starts from the repository's, prose included."""
+    path = results_dir / "RESULTS.md"
+    template = path if path.is_file() else REPO / "benchmarks" / "RESULTS.md"
+    atomic_write_text(path, fill_blocks(template.read_text(), blocks))
+
+
 def measure_and_record(measure, markdown, *, block: str, out: Path, results_dir: Path, workdir: Path | None,
                        prefix: str) -> dict:
     """`measure(workdir)` in `workdir`, or in a temporary directory removed afterwards; then its markdown printed,
     its result written to `out` and the markdown into `block` of RESULTS.md in `results_dir`."""
-    from benchmarks.run import write_results  # benchmarks.run imports this module
-
     with contextlib.ExitStack() as stack:
         workdir = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+        workdir.mkdir(parents=True, exist_ok=True)
         result = measure(workdir)
     text = markdown(result)
     print(text)

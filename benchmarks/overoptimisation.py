@@ -24,16 +24,14 @@ its peak where the single reward model ends below 90% of its own.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS_DIR, machine_info, read_json, run_child, write_json
+from benchmarks.common import REPO, RESULTS_DIR, machine_info, measure_and_record, read_json, run_child
 from rlhf.config import settings_to_argv
 
 BLOCK = "overoptimisation"  # the measured block of benchmarks/RESULTS.md
@@ -300,8 +298,6 @@ def plot_curves(result: dict, path: Path) -> Path:
 
 
 def main(argv=None) -> None:
-    from benchmarks.run import write_results
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo-run", type=Path, help="a finished demo run (make demo): its SFT policy and labels")
     parser.add_argument("--smallest", action="store_true", help="tiny random models, a few steps: a smoke run")
@@ -327,16 +323,15 @@ def main(argv=None) -> None:
         seeds=args.seeds, variants=args.variants, k=args.k, labels=args.labels, kl_coef=args.kl_coef,
         steps=args.steps, eval_steps=args.eval_steps, eval_prompts=args.eval_prompts,
         uncertainty_coef=args.uncertainty_coef, jobs=args.jobs)
-    with contextlib.ExitStack() as stack:
-        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-overopt-")))
-        workdir.mkdir(parents=True, exist_ok=True)
-        result = run(settings, workdir, args.demo_run, log=lambda line: print(line, flush=True))
-    write_json(args.out, result)
-    (args.results_dir / "results").mkdir(parents=True, exist_ok=True)
-    plot_curves(result, args.results_dir / "results" / PLOT)
-    text = markdown(result, PLOT)
-    print(text)
-    write_results(args.results_dir, {BLOCK: text})
+
+    def plotted_markdown(result: dict) -> str:
+        (args.results_dir / "results").mkdir(parents=True, exist_ok=True)
+        plot_curves(result, args.results_dir / "results" / PLOT)
+        return markdown(result, PLOT)
+
+    measure_and_record(lambda workdir: run(settings, workdir, args.demo_run, log=lambda line: print(line, flush=True)),
+                       plotted_markdown, block=BLOCK, out=args.out, results_dir=args.results_dir,
+                       workdir=args.workdir, prefix="bench-overopt-")
 
 
 if __name__ == "__main__":

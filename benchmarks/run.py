@@ -20,8 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks.common import REPO, machine_info, write_json
-from rlhf.io import atomic_write_text
+from benchmarks.common import REPO, machine_info, write_json, write_results
 
 NAMES = ("matmul", "ppo_vs_trl", "zero3_generation", "ppo_memory", "rm_kway", "rm_shared_prompt", "sft_throughput",
          "demo")
@@ -172,7 +171,7 @@ def _first_number(mapping: dict, keys) -> float | None:
 
 
 def render(machine: dict, results: dict, derived: list[dict], args, seconds: float) -> dict[str, str]:
-    """The measured part of RESULTS.md, one markdown block per section (see `fill_blocks`)."""
+    """The measured part of RESULTS.md, one markdown block per section (see `common.fill_blocks`)."""
     from benchmarks import demo_run, ppo_memory, ppo_vs_trl, shared_prompt, zero3_generation
     from benchmarks.kway_vs_pairs import markdown_table
 
@@ -251,30 +250,6 @@ def stage_throughput_markdown(results: dict, derived: list[dict]) -> str:
                                   ("ours", "our stage"), ("ours_packing", "our stage, packing")) if name in rate],
             "", f"Our packing against TRL's: {ratio['ours_packing_vs_trl_sft_packing']:.2f}x."]
     return "\n".join(out)
-
-
-def fill_blocks(document: str, blocks: dict[str, str]) -> str:
-    """RESULTS.md with each `<!-- measured: NAME -->` ... `<!-- end: NAME -->` block replaced by blocks[NAME].
-
-    Everything outside the blocks (the headings and the prose that reads the numbers) is written by hand and kept
-    as it is; a block the document lacks is appended at its end.
-    """
-    for name, body in blocks.items():
-        begin, end = f"<!-- measured: {name} -->", f"<!-- end: {name} -->"
-        filled = f"{begin}\n{body.strip()}\n{end}"
-        if begin in document and end in document:
-            head, rest = document.split(begin, 1)
-            document = head + filled + rest.split(end, 1)[1]
-        else:
-            document = document.rstrip() + f"\n\n{filled}\n"
-    return document
-
-
-def write_results(results_dir: Path, blocks: dict[str, str]) -> None:
-    """Fill RESULTS.md in `results_dir`; a directory without one starts from the repository's, prose included."""
-    path = results_dir / "RESULTS.md"
-    template = path if path.is_file() else REPO / "benchmarks" / "RESULTS.md"
-    atomic_write_text(path, fill_blocks(template.read_text(), blocks))
 
 
 # ---------------------------------------------------------------------------------------------------------
