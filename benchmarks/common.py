@@ -53,9 +53,14 @@ def machine_info() -> dict:
             versions[name] = None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-        "platform": platform.platform(), "versions": versions,
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "ds_accelerator": os.environ.get("DS_ACCELERATOR"),
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "ds_accelerator": os.environ.get("DS_ACCELERATOR"),
     }
 
 
@@ -96,8 +101,9 @@ def run_child(command: Sequence[str], log: Path, env: dict | None = None, timeou
     """Run a child process, its output into `log`; a failure raises with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        completed = subprocess.run(list(command), stdout=out, stderr=subprocess.STDOUT, env=env or child_env(),
-                                   cwd=REPO, timeout=timeout)
+        completed = subprocess.run(
+            list(command), stdout=out, stderr=subprocess.STDOUT, env=env or child_env(), cwd=REPO, timeout=timeout
+        )
     if completed.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise RuntimeError(f"{' '.join(command[:4])} ... exited {completed.returncode}; log {log}:\n{tail}")
@@ -107,8 +113,18 @@ def deepspeed_command(module: str, args: Sequence[str], num_processes: int = 2) 
     """`deepspeed --num_gpus N --module <module> ...`: N processes on this machine (gloo on CPU). The launcher
     runs as a module of this interpreter, as the pipeline starts it: an install without the `deepspeed` script
     beside the interpreter (pip --target, --user) still works."""
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_processes),
-            "--master_port", str(free_port()), "--module", module, *args]
+    return [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(num_processes),
+        "--master_port",
+        str(free_port()),
+        "--module",
+        module,
+        *args,
+    ]
 
 
 def write_json(path: Path, value) -> None:
@@ -156,8 +172,9 @@ def write_results(results_dir: Path, blocks: dict[str, str]) -> None:
     atomic_write_text(path, fill_blocks(template.read_text(), blocks))
 
 
-def measure_and_record(measure, markdown, *, block: str, out: Path, results_dir: Path, workdir: Path | None,
-                       prefix: str) -> dict:
+def measure_and_record(
+    measure, markdown, *, block: str, out: Path, results_dir: Path, workdir: Path | None, prefix: str
+) -> dict:
     """`measure(workdir)` in `workdir`, or in a temporary directory removed afterwards; then its markdown printed,
     its result written to `out` and the markdown into `block` of RESULTS.md in `results_dir`."""
     with contextlib.ExitStack() as stack:

@@ -23,9 +23,15 @@ def find_stage_dirs(run_dir: Path) -> dict[str, Path]:
         if "registry" in metrics.parts:
             continue
         keys = set(json.loads(metrics.read_text()))
-        stage = ("ppo" if {"gold_score_ppo", "win_rate_rm", "kl_final"} & keys else
-                 "rm" if any(k.startswith("eval_pairwise_accuracy") for k in keys) else
-                 "sft" if {"eval_loss", "gold_score_after"} & keys else None)
+        stage = (
+            "ppo"
+            if {"gold_score_ppo", "win_rate_rm", "kl_final"} & keys
+            else "rm"
+            if any(k.startswith("eval_pairwise_accuracy") for k in keys)
+            else "sft"
+            if {"eval_loss", "gold_score_after"} & keys
+            else None
+        )
         name = metrics.parent.name
         stage = name if name in STAGES else stage
         if stage and stage not in found:
@@ -39,8 +45,11 @@ def stage_seconds_from_pipeline(run_dir: Path) -> dict[str, float]:
         if not path.is_file():
             continue
         value = json.loads(path.read_text())
-        for container in (value, value.get("stages", {}) if isinstance(value, dict) else {},
-                          value.get("timings", {}) if isinstance(value, dict) else {}):
+        for container in (
+            value,
+            value.get("stages", {}) if isinstance(value, dict) else {},
+            value.get("timings", {}) if isinstance(value, dict) else {},
+        ):
             seconds = {}
             for stage in STAGES:
                 entry = container.get(stage) if isinstance(container, dict) else None
@@ -85,18 +94,31 @@ def read(run_dir: Path | None) -> dict:
     if not stages:
         return {"measured": False, "note": f"not measured: no stage metrics.json under {run_dir}"}
     seconds = stage_seconds_from_pipeline(run_dir)
-    source = "pipeline's timing file" if seconds else \
-        "stages' own records of their training loops (Trainer train_runtime; PPO: its per-step phase times)"
+    source = (
+        "pipeline's timing file"
+        if seconds
+        else "stages' own records of their training loops (Trainer train_runtime; PPO: its per-step phase times)"
+    )
     if not seconds:
-        seconds = {stage: value for stage, path in stages.items()
-                   if (value := stage_seconds_from_stage(path)) is not None}
+        seconds = {
+            stage: value for stage, path in stages.items() if (value := stage_seconds_from_stage(path)) is not None
+        }
     metrics = {stage: json.loads((path / run_files.METRICS).read_text()) for stage, path in stages.items()}
-    result = {"measured": True, "run_dir": str(run_dir), "stage_dirs": {k: str(v) for k, v in stages.items()},
-              "stage_seconds": seconds, "seconds_source": source}
+    result = {
+        "measured": True,
+        "run_dir": str(run_dir),
+        "stage_dirs": {k: str(v) for k, v in stages.items()},
+        "stage_seconds": seconds,
+        "seconds_source": source,
+    }
     ppo = metrics.get("ppo", {})
     if "gold_score_ppo" in ppo and "gold_score_sft" in ppo:
-        result.update(gold_score_sft=ppo["gold_score_sft"], gold_score_ppo=ppo["gold_score_ppo"],
-                      gold_gain=ppo["gold_score_ppo"] - ppo["gold_score_sft"], win_rate_gold=ppo.get("win_rate_gold"))
+        result.update(
+            gold_score_sft=ppo["gold_score_sft"],
+            gold_score_ppo=ppo["gold_score_ppo"],
+            gold_gain=ppo["gold_score_ppo"] - ppo["gold_score_sft"],
+            win_rate_gold=ppo.get("win_rate_gold"),
+        )
     sft = metrics.get("sft", {})
     if "gold_score_before" in sft and "gold_score_after" in sft:
         result["sft_gold_gain"] = sft["gold_score_after"] - sft["gold_score_before"]
@@ -112,9 +134,11 @@ def markdown(result: dict) -> str:
             lines.append(f"| {stage} | {result['stage_seconds'][stage]:.1f} |")
     lines.append(f"\nWall times from the {result['seconds_source']}.")
     if "gold_gain" in result:
-        lines.append(f"Gold score: SFT {result['gold_score_sft']:.3f} -> PPO {result['gold_score_ppo']:.3f} "
-                     f"(gain {result['gold_gain']:+.3f}; gold win rate of PPO over SFT "
-                     f"{result.get('win_rate_gold') or float('nan'):.2f}).")
+        lines.append(
+            f"Gold score: SFT {result['gold_score_sft']:.3f} -> PPO {result['gold_score_ppo']:.3f} "
+            f"(gain {result['gold_gain']:+.3f}; gold win rate of PPO over SFT "
+            f"{result.get('win_rate_gold') or float('nan'):.2f})."
+        )
     else:
         lines.append("Gold score gain: not measured (the run's PPO metrics.json has no gold scores).")
     return "\n".join(lines)

@@ -35,8 +35,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks import tiny_models
-from benchmarks.common import (REPO, RESULTS_DIR, machine_info, measure_and_record, median, read_json, run_child,
-                               write_json)
+from benchmarks.common import (
+    REPO,
+    RESULTS_DIR,
+    machine_info,
+    measure_and_record,
+    median,
+    read_json,
+    run_child,
+    write_json,
+)
 from rlhf.config import settings_to_argv
 
 ESTIMATORS = ("gae", "rloo", "grpo", "reinforce_pp", "reinforce_pp_baseline")
@@ -59,13 +67,22 @@ class Settings:
 
     @classmethod
     def smoke(cls) -> "Settings":
-        return cls(seeds=[0], samples_per_prompt=2, demo_steps=2, steps_100m=2, hidden_size_100m=32,
-                   num_layers_100m=1, smallest=True)
+        return cls(
+            seeds=[0],
+            samples_per_prompt=2,
+            demo_steps=2,
+            steps_100m=2,
+            hidden_size_100m=32,
+            num_layers_100m=1,
+            smallest=True,
+        )
 
 
 def group_settings(estimator: str, settings: Settings) -> dict:
-    return {"advantage_estimator": estimator,
-            "samples_per_prompt": 1 if estimator == "gae" else settings.samples_per_prompt}
+    return {
+        "advantage_estimator": estimator,
+        "samples_per_prompt": 1 if estimator == "gae" else settings.samples_per_prompt,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -122,7 +139,7 @@ def step_memory_mb(memory: dict) -> float:
 def window_means(values: list[float], window: int) -> list[float]:
     """Mean of each run of `window` consecutive values (fewer values: their one mean)."""
     window = min(window, len(values))
-    return [statistics.fmean(values[i:i + window]) for i in range(len(values) - window + 1)]
+    return [statistics.fmean(values[i : i + window]) for i in range(len(values) - window + 1)]
 
 
 def matched_kl_target(runs: list[list[dict]], window: int = KL_WINDOW) -> float:
@@ -148,11 +165,22 @@ def demo_base(demo_run: Path | None, workdir: Path, settings: Settings) -> tuple
     models resolved in its registry, or (smallest) configs/ppo.yaml on tiny random models."""
     if settings.smallest:
         models = tiny_models.build(workdir / "models", tiny_models.TinySize(32, 1))
-        paths = {"model_name_or_path": models["policy"], "critic_model": models["reward"],
-                 "reward_model": models["reward"], "prompts_file": models["prompts"],
-                 "eval_prompts_file": models["prompts"]}
-        small = {"max_steps": settings.demo_steps, "rollout_batch_size": 8, "minibatch_size": 4,
-                 "max_new_tokens": 4, "eval_prompts": 4, "eval_samples_per_prompt": 1, "save_steps": 0}
+        paths = {
+            "model_name_or_path": models["policy"],
+            "critic_model": models["reward"],
+            "reward_model": models["reward"],
+            "prompts_file": models["prompts"],
+            "eval_prompts_file": models["prompts"],
+        }
+        small = {
+            "max_steps": settings.demo_steps,
+            "rollout_batch_size": 8,
+            "minibatch_size": 4,
+            "max_new_tokens": 4,
+            "eval_prompts": 4,
+            "eval_samples_per_prompt": 1,
+            "save_steps": 0,
+        }
         return ["--config", str(REPO / "configs" / "ppo.yaml")], {**paths, **small}
     from rlhf.config import load_yaml
     from rlhf.registry import Registry, resolve_model
@@ -163,9 +191,11 @@ def demo_base(demo_run: Path | None, workdir: Path, settings: Settings) -> tuple
         raise SystemExit(f"{resolved} not found: --demo-run needs a finished demo run (make demo)")
     config = load_yaml(resolved)
     registry = Registry(REPO / config["registry_dir"]) if config.get("registry_dir") else Registry()
-    models = {key: resolve_model(config[key], registry)[0] for key in ("model_name_or_path", "critic_model",
-                                                                        "reward_model", "reference_model")
-              if config.get(key)}
+    models = {
+        key: resolve_model(config[key], registry)[0]
+        for key in ("model_name_or_path", "critic_model", "reward_model", "reference_model")
+        if config.get(key)
+    }
     steps = {"max_steps": settings.demo_steps} if settings.demo_steps else {}
     return ["--config", str(resolved)], {**models, **steps, "save_steps": 0}
 
@@ -178,9 +208,16 @@ def run_demo(demo_run: Path | None, settings: Settings, workdir: Path, log=print
             log(f"estimators: demo, seed {seed}, {estimator}")
             name = f"demo-{estimator}-{seed}"
             output_dir = workdir / name
-            overrides = {**shared, **group_settings(estimator, settings), "seed": seed, "output_dir": output_dir,
-                         "registry_dir": workdir / "registry", "register_as": f"bench-{name}", "report_to": "none",
-                         "disable_tqdm": "true"}
+            overrides = {
+                **shared,
+                **group_settings(estimator, settings),
+                "seed": seed,
+                "output_dir": output_dir,
+                "registry_dir": workdir / "registry",
+                "register_as": f"bench-{name}",
+                "report_to": "none",
+                "disable_tqdm": "true",
+            }
             result = measured_run(base + settings_to_argv(overrides), output_dir, workdir / f"{name}.log")
             runs[estimator].append({"seed": seed, **result})
     return summarize_demo(runs)
@@ -195,11 +232,18 @@ def summarize_demo(runs: dict[str, list[dict]]) -> dict:
         table[estimator] = []
         for run in seeded:
             matched = at_kl(run["rows"], target)
-            row = {"seed": run["seed"], "win_rate_gold": run["final"].get("win_rate_gold"),
-                   "kl_final": run["final"].get("kl_final"), "gold_score_sft": run["rows"][0]["gold_score"],
-                   "matched_step": matched["step"], "matched_kl": matched["kl"],
-                   "gold_at_matched_kl": matched["gold_score"], "seconds_per_step": seconds_per_step(run["rows"]),
-                   "step_memory_mb": step_memory_mb(run["memory"]), "setup_rss_mb": run["memory"]["setup_rss_mb"]}
+            row = {
+                "seed": run["seed"],
+                "win_rate_gold": run["final"].get("win_rate_gold"),
+                "kl_final": run["final"].get("kl_final"),
+                "gold_score_sft": run["rows"][0]["gold_score"],
+                "matched_step": matched["step"],
+                "matched_kl": matched["kl"],
+                "gold_at_matched_kl": matched["gold_score"],
+                "seconds_per_step": seconds_per_step(run["rows"]),
+                "step_memory_mb": step_memory_mb(run["memory"]),
+                "setup_rss_mb": run["memory"]["setup_rss_mb"],
+            }
             gae = gae_by_seed.get(run["seed"])
             if gae is not None:
                 row["time_vs_gae"] = row["seconds_per_step"] / seconds_per_step(gae["rows"])
@@ -216,6 +260,7 @@ def summarize_demo(runs: dict[str, list[dict]]) -> dict:
 @dataclass
 class Size100M:
     """benchmarks.ppo_vs_trl's batch settings at its 100M size (its `stage_arguments` reads these)."""
+
     steps: int
     rollout_batch_size: int = 8
     minibatch_size: int = 8
@@ -232,17 +277,21 @@ def run_100m(settings: Settings, workdir: Path, log=print) -> dict:
     models = tiny_models.build(workdir / "models-100m", size)
     batch = Size100M(steps=settings.steps_100m)
     if settings.smallest:
-        batch = Size100M(steps=settings.steps_100m, rollout_batch_size=4, minibatch_size=4, ppo_epochs=1,
-                         max_new_tokens=4)
+        batch = Size100M(
+            steps=settings.steps_100m, rollout_batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=4
+        )
     rows = {}
     for estimator in settings.estimators:
         log(f"estimators: ~100M, {estimator}")
         name = f"100m-{estimator}"
         argv = stage_arguments(models, batch, workdir / name, name, **group_settings(estimator, settings))
         result = measured_run(argv, workdir / name, workdir / f"{name}.log")
-        rows[estimator] = {"seconds_per_step": seconds_per_step(result["rows"]),
-                           "step_memory_mb": step_memory_mb(result["memory"]),
-                           "setup_rss_mb": result["memory"]["setup_rss_mb"], "steps": result["rows"]}
+        rows[estimator] = {
+            "seconds_per_step": seconds_per_step(result["rows"]),
+            "step_memory_mb": step_memory_mb(result["memory"]),
+            "setup_rss_mb": result["memory"]["setup_rss_mb"],
+            "steps": result["rows"],
+        }
     for row in rows.values():
         if "gae" in rows:
             row["time_vs_gae"] = row["seconds_per_step"] / rows["gae"]["seconds_per_step"]
@@ -256,7 +305,7 @@ def run_100m(settings: Settings, workdir: Path, log=print) -> dict:
 
 
 def _mean(values) -> str:
-    """"mean [min, max]" over seeds ("mean" alone for one seed); "-" when none was measured."""
+    """ "mean [min, max]" over seeds ("mean" alone for one seed); "-" when none was measured."""
     values = [value for value in values if isinstance(value, (int, float))]
     if not values:
         return "-"
@@ -267,39 +316,62 @@ def _mean(values) -> str:
 def markdown(result: dict) -> str:
     machine, s = result["machine"], result["settings"]
     memory_kind = "GPU memory allocated" if machine["gpu"] else "peak RSS"
-    lines = [f"Measured by `python -m benchmarks.estimators{' --smallest' if s['smallest'] else ''}` on "
-             f"{machine['date']}: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}.",
-             ""]
+    lines = [
+        f"Measured by `python -m benchmarks.estimators{' --smallest' if s['smallest'] else ''}` on "
+        f"{machine['date']}: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}.",
+        "",
+    ]
     demo = result["demo"]
-    lines += [f"The demo, seeds {', '.join(map(str, s['seeds']))}; gae 1 response per prompt, the others "
-              f"{s['samples_per_prompt']}; matched KL {demo['target_kl']:.3g} (the lowest peak of the runs' "
-              f"{demo['kl_window']}-step mean KLs). Means over seeds [min, max].", "",
-              f"| estimator | gold win over SFT (end) | KL at end | gold, SFT | gold at matched KL | reached at step | "
-              f"s / step | vs gae | step {memory_kind} (MB) | vs gae |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    columns = ("win_rate_gold", "kl_final", "gold_score_sft", "gold_at_matched_kl", "matched_step",
-               "seconds_per_step", "time_vs_gae", "step_memory_mb", "memory_vs_gae")
+    lines += [
+        f"The demo, seeds {', '.join(map(str, s['seeds']))}; gae 1 response per prompt, the others "
+        f"{s['samples_per_prompt']}; matched KL {demo['target_kl']:.3g} (the lowest peak of the runs' "
+        f"{demo['kl_window']}-step mean KLs). Means over seeds [min, max].",
+        "",
+        f"| estimator | gold win over SFT (end) | KL at end | gold, SFT | gold at matched KL | reached at step | "
+        f"s / step | vs gae | step {memory_kind} (MB) | vs gae |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    columns = (
+        "win_rate_gold",
+        "kl_final",
+        "gold_score_sft",
+        "gold_at_matched_kl",
+        "matched_step",
+        "seconds_per_step",
+        "time_vs_gae",
+        "step_memory_mb",
+        "memory_vs_gae",
+    )
     for estimator, rows in demo["rows"].items():
         cells = [_mean([row.get(key) for row in rows]) for key in columns]
         lines.append(f"| {estimator} | {' | '.join(cells)} |")
     big = result.get("size_100m")
     if big:
-        lines += ["", f"{big['model']} ({big['parameters']['policy'] / 1e6:.1f}M parameters per model), rollout "
-                      f"{big['batch']['rollout_batch_size']}, minibatch {big['batch']['minibatch_size']}, "
-                      f"{big['batch']['ppo_epochs']} epochs, {big['batch']['max_new_tokens']} new tokens, one "
-                      f"process; median step after the first of {big['batch']['steps']}.", "",
-                  f"| estimator | s / step | vs gae | step {memory_kind} (MB) | vs gae | RSS after setup (MB) |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"{big['model']} ({big['parameters']['policy'] / 1e6:.1f}M parameters per model), rollout "
+            f"{big['batch']['rollout_batch_size']}, minibatch {big['batch']['minibatch_size']}, "
+            f"{big['batch']['ppo_epochs']} epochs, {big['batch']['max_new_tokens']} new tokens, one "
+            f"process; median step after the first of {big['batch']['steps']}.",
+            "",
+            f"| estimator | s / step | vs gae | step {memory_kind} (MB) | vs gae | RSS after setup (MB) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for estimator, row in big["rows"].items():
             time_ratio, memory_ratio = (row.get(key, float("nan")) for key in ("time_vs_gae", "memory_vs_gae"))
-            lines.append(f"| {estimator} | {row['seconds_per_step']:.3g} | {time_ratio:.2f} | "
-                         f"{row['step_memory_mb']:.0f} | {memory_ratio:.2f} | {row['setup_rss_mb']:.0f} |")
+            lines.append(
+                f"| {estimator} | {row['seconds_per_step']:.3g} | {time_ratio:.2f} | "
+                f"{row['step_memory_mb']:.0f} | {memory_ratio:.2f} | {row['setup_rss_mb']:.0f} |"
+            )
     return "\n".join(lines)
 
 
 def run(settings: Settings, workdir: Path, demo_run: Path | None, log=print) -> dict:
-    result = {"settings": asdict(settings), "machine": machine_info(),
-              "demo": run_demo(demo_run, settings, workdir, log)}
+    result = {
+        "settings": asdict(settings),
+        "machine": machine_info(),
+        "demo": run_demo(demo_run, settings, workdir, log),
+    }
     if settings.size_100m:
         result["size_100m"] = run_100m(settings, workdir, log)
     return result
@@ -308,7 +380,7 @@ def run(settings: Settings, workdir: Path, demo_run: Path | None, log=print) -> 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
-        worker(Path(argv[1]), argv[argv.index("--") + 1:])
+        worker(Path(argv[1]), argv[argv.index("--") + 1 :])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo-run", type=Path, help="a finished demo run (make demo): its SFT policy and RM")
@@ -319,20 +391,30 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=0, help="PPO steps of each demo run; 0: the demo's own")
     parser.add_argument("--no-100m", action="store_true", help="leave out the ~100M step time and memory")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "estimators.json")
-    parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks",
-                        help="whose RESULTS.md gets the measured block")
+    parser.add_argument(
+        "--results-dir", type=Path, default=REPO / "benchmarks", help="whose RESULTS.md gets the measured block"
+    )
     parser.add_argument("--workdir", type=Path, help="kept (runs, logs, models) instead of a temporary directory")
     args = parser.parse_args(argv)
     if not args.smallest and args.demo_run is None:
         parser.error("--demo-run RUN_DIR (a finished `make demo`) is needed, or --smallest")
-    settings = Settings.smoke() if args.smallest else Settings(
-        seeds=args.seeds, samples_per_prompt=args.samples_per_prompt, demo_steps=args.steps)
+    settings = (
+        Settings.smoke()
+        if args.smallest
+        else Settings(seeds=args.seeds, samples_per_prompt=args.samples_per_prompt, demo_steps=args.steps)
+    )
     settings.estimators, settings.size_100m = args.estimators, not args.no_100m
     if args.smallest and args.seeds != parser.get_default("seeds"):
         settings.seeds = args.seeds
-    measure_and_record(lambda workdir: run(settings, workdir, args.demo_run, log=lambda line: print(line, flush=True)),
-                       markdown, block=BLOCK, out=args.out, results_dir=args.results_dir, workdir=args.workdir,
-                       prefix="bench-est-")
+    measure_and_record(
+        lambda workdir: run(settings, workdir, args.demo_run, log=lambda line: print(line, flush=True)),
+        markdown,
+        block=BLOCK,
+        out=args.out,
+        results_dir=args.results_dir,
+        workdir=args.workdir,
+        prefix="bench-est-",
+    )
 
 
 if __name__ == "__main__":

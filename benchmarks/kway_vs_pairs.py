@@ -33,10 +33,20 @@ def tiny_reward_model(seed: int) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     config = LlamaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        attention_bias=True, mlp_bias=True, pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2,
-        tie_word_embeddings=False, num_labels=1,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        attention_bias=True,
+        mlp_bias=True,
+        pad_token_id=PAD_ID,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        num_labels=1,
     )
     torch.manual_seed(seed)
     return LlamaForSequenceClassification(config)
@@ -112,30 +122,36 @@ def run(ks, num_rankings, seq_len, warmup, repeats, seed):
         (kway_seconds, kway_loss), (pairs_seconds, pairs_loss) = timings["kway"], timings["pairs"]
         kway_rate = num_rankings / statistics.median(kway_seconds)
         pairs_rate = num_rankings / statistics.median(pairs_seconds)
-        rows.append({
-            "k": k,
-            "pairs_per_ranking": math.comb(k, 2),
-            "kway_sequences_per_ranking": k,
-            "pairs_sequences_per_ranking": 2 * math.comb(k, 2),
-            "kway_rankings_per_s": round(kway_rate, 2),
-            "pairs_rankings_per_s": round(pairs_rate, 2),
-            "speedup": round(kway_rate / pairs_rate, 2),
-            "kway_step_s": [round(s, 5) for s in kway_seconds],
-            "pairs_step_s": [round(s, 5) for s in pairs_seconds],
-            # Strict rankings have no ties, so both losses must agree on the same weights.
-            "first_step_loss_kway": round(kway_loss, 6),
-            "first_step_loss_pairs": round(pairs_loss, 6),
-        })
+        rows.append(
+            {
+                "k": k,
+                "pairs_per_ranking": math.comb(k, 2),
+                "kway_sequences_per_ranking": k,
+                "pairs_sequences_per_ranking": 2 * math.comb(k, 2),
+                "kway_rankings_per_s": round(kway_rate, 2),
+                "pairs_rankings_per_s": round(pairs_rate, 2),
+                "speedup": round(kway_rate / pairs_rate, 2),
+                "kway_step_s": [round(s, 5) for s in kway_seconds],
+                "pairs_step_s": [round(s, 5) for s in pairs_seconds],
+                # Strict rankings have no ties, so both losses must agree on the same weights.
+                "first_step_loss_kway": round(kway_loss, 6),
+                "first_step_loss_pairs": round(pairs_loss, 6),
+            }
+        )
     return rows
 
 
 def markdown_table(rows) -> str:
-    lines = ["| K | pairs | sequences K-way | sequences pairs | K-way rankings/s | pairs rankings/s | speedup |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| K | pairs | sequences K-way | sequences pairs | K-way rankings/s | pairs rankings/s | speedup |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
-        lines.append(f"| {row['k']} | {row['pairs_per_ranking']} | {row['kway_sequences_per_ranking']} | "
-                     f"{row['pairs_sequences_per_ranking']} | {row['kway_rankings_per_s']:.1f} | "
-                     f"{row['pairs_rankings_per_s']:.1f} | {row['speedup']:.2f}x |")
+        lines.append(
+            f"| {row['k']} | {row['pairs_per_ranking']} | {row['kway_sequences_per_ranking']} | "
+            f"{row['pairs_sequences_per_ranking']} | {row['kway_rankings_per_s']:.1f} | "
+            f"{row['pairs_rankings_per_s']:.1f} | {row['speedup']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -146,8 +162,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-len", type=int, default=32, help="tokens per response, padding included")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported")
-    add_standalone_arguments(parser, RESULTS_DIR / "kway_vs_pairs.json",
-                             "smallest settings (K = 2, 4; 2 rankings; 1 repeat)")
+    add_standalone_arguments(
+        parser, RESULTS_DIR / "kway_vs_pairs.json", "smallest settings (K = 2, 4; 2 rankings; 1 repeat)"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.ks, args.rankings, args.seq_len, args.warmup, args.repeats = [2, 4], 2, 16, 1, 1
@@ -157,9 +174,18 @@ def main(argv=None) -> None:
     rows = run(args.ks, args.rankings, args.seq_len, args.warmup, args.repeats, args.seed)
     print(markdown_table(rows))
     settings = {
-        "ks": args.ks, "rankings_per_step": args.rankings, "seq_len": args.seq_len, "warmup": args.warmup,
-        "repeats": args.repeats, "seed": args.seed, "smoke": args.smoke, "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "device": "cpu", "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "ks": args.ks,
+        "rankings_per_step": args.rankings,
+        "seq_len": args.seq_len,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "smoke": args.smoke,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": "cpu",
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
         "model": "LlamaForSequenceClassification hidden 32, 2 layers, vocab 64",
         "step": "forward + loss + backward + AdamW step",
     }

@@ -28,7 +28,12 @@ def matmul_flops(sizes=(256, 512, 1024), repeats: int = 5, dtype=torch.float32, 
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - start)
         seconds.sort()
-        rows.append({"n": n, "seconds": seconds[len(seconds) // 2], "flops": 2 * n ** 3 / seconds[len(seconds) // 2]})
+        rows.append({"n": n, "seconds": seconds[len(seconds) // 2], "flops": 2 * n**3 / seconds[len(seconds) // 2]})
     best = max(rows, key=lambda row: row["flops"])
-    return {"dtype": str(dtype).replace("torch.", ""), "device": device, "threads": torch.get_num_threads(),
-            "peak_flops": best["flops"], "by_size": rows}
+    return {
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "peak_flops": best["flops"],
+        "by_size": rows,
+    }

@@ -57,8 +57,17 @@ class Settings:
 
     @classmethod
     def smoke(cls) -> "Settings":
-        return cls(seeds=[0], variants=["single", "min"], k=2, labels=48, steps=2, eval_steps=1, eval_prompts=4,
-                   jobs=2, smallest=True)
+        return cls(
+            seeds=[0],
+            variants=["single", "min"],
+            k=2,
+            labels=48,
+            steps=2,
+            eval_steps=1,
+            eval_prompts=4,
+            jobs=2,
+            smallest=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -92,8 +101,14 @@ def demo_inputs(demo_run: Path) -> Inputs:
     rm = load_yaml(rm_config)
     registry = Registry(REPO / rm["registry_dir"]) if rm.get("registry_dir") else Registry()
     policy, parent = resolve_model(rm["model_name_or_path"], registry)
-    return Inputs(policy, parent.config["train_file"] if parent else "", rm["train_file"],
-                  ["--config", str(rm_config)], ["--config", str(ppo_config)], {"eval_samples_per_prompt": 1})
+    return Inputs(
+        policy,
+        parent.config["train_file"] if parent else "",
+        rm["train_file"],
+        ["--config", str(rm_config)],
+        ["--config", str(ppo_config)],
+        {"eval_samples_per_prompt": 1},
+    )
 
 
 def smallest_inputs(workdir: Path) -> Inputs:
@@ -105,12 +120,26 @@ def smallest_inputs(workdir: Path) -> Inputs:
     from rlhf.demo.task import make_split
 
     prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in make_split(32, seed=5)))
-    rm = {key: value for key, value in made.items()
-          if key not in ("model_name_or_path", "train_file", "normalization_file")}
-    return Inputs(str(made["model_name_or_path"]), str(made["normalization_file"]), str(made["train_file"]),
-                  settings_to_argv(rm), ["--config", str(REPO / "configs" / "ppo.yaml")],
-                  {"prompts_file": prompts, "eval_prompts_file": prompts, "rollout_batch_size": 8,
-                   "minibatch_size": 4, "max_new_tokens": 4, "eval_samples_per_prompt": 1})
+    rm = {
+        key: value
+        for key, value in made.items()
+        if key not in ("model_name_or_path", "train_file", "normalization_file")
+    }
+    return Inputs(
+        str(made["model_name_or_path"]),
+        str(made["normalization_file"]),
+        str(made["train_file"]),
+        settings_to_argv(rm),
+        ["--config", str(REPO / "configs" / "ppo.yaml")],
+        {
+            "prompts_file": prompts,
+            "eval_prompts_file": prompts,
+            "rollout_batch_size": 8,
+            "minibatch_size": 4,
+            "max_new_tokens": 4,
+            "eval_samples_per_prompt": 1,
+        },
+    )
 
 
 def first_rankings(path: str, count: int, out: Path) -> Path:
@@ -128,12 +157,24 @@ def first_rankings(path: str, count: int, out: Path) -> Path:
 def train_ensemble(inputs: Inputs, labels: Path, seed: int, settings: Settings, workdir: Path) -> str:
     """The RM stage's ensemble on `labels` with seed `seed`; its registered directory."""
     output_dir = workdir / f"rm-{seed}"
-    overrides = {"model_name_or_path": inputs.policy, "train_file": labels,
-                 "normalization_file": inputs.demonstrations, "ensemble_size": settings.k, "seed": seed,
-                 "output_dir": output_dir, "registry_dir": workdir / "registry", "register_as": f"bench-rm-{seed}",
-                 "save_strategy": "no", "eval_strategy": "no", "report_to": "none", "disable_tqdm": "true"}
-    run_child([sys.executable, "-m", "rlhf.stages.rm", *inputs.rm_config, *settings_to_argv(overrides)],
-              workdir / f"rm-{seed}.log")
+    overrides = {
+        "model_name_or_path": inputs.policy,
+        "train_file": labels,
+        "normalization_file": inputs.demonstrations,
+        "ensemble_size": settings.k,
+        "seed": seed,
+        "output_dir": output_dir,
+        "registry_dir": workdir / "registry",
+        "register_as": f"bench-rm-{seed}",
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": "true",
+    }
+    run_child(
+        [sys.executable, "-m", "rlhf.stages.rm", *inputs.rm_config, *settings_to_argv(overrides)],
+        workdir / f"rm-{seed}.log",
+    )
     return read_json(output_dir / "registered.json")["path"]
 
 
@@ -150,14 +191,30 @@ def run_ppo(inputs: Inputs, ensemble: str, variant: str, seed: int, settings: Se
     """One PPO run; its held-out evaluations and step rows."""
     name = f"ppo-{variant}-{seed}"
     output_dir = workdir / name
-    overrides = {**inputs.ppo_settings, **variant_models(variant, ensemble), "model_name_or_path": inputs.policy,
-                 "reference_model": inputs.policy, "kl_coef": settings.kl_coef, "max_steps": settings.steps,
-                 "eval_steps": settings.eval_steps, "eval_steps_prompts": settings.eval_prompts,
-                 "uncertainty_coef": settings.uncertainty_coef, "seed": seed, "save_steps": 0,
-                 "output_dir": output_dir, "registry_dir": workdir / "registry", "register_as": f"bench-{name}",
-                 "report_to": "none", "disable_tqdm": "true", "gold_scorer": "demo"}
-    run_child([sys.executable, "-m", "rlhf.stages.ppo", *inputs.ppo_config, *settings_to_argv(overrides)],
-              workdir / f"{name}.log", timeout=6 * 3600)
+    overrides = {
+        **inputs.ppo_settings,
+        **variant_models(variant, ensemble),
+        "model_name_or_path": inputs.policy,
+        "reference_model": inputs.policy,
+        "kl_coef": settings.kl_coef,
+        "max_steps": settings.steps,
+        "eval_steps": settings.eval_steps,
+        "eval_steps_prompts": settings.eval_prompts,
+        "uncertainty_coef": settings.uncertainty_coef,
+        "seed": seed,
+        "save_steps": 0,
+        "output_dir": output_dir,
+        "registry_dir": workdir / "registry",
+        "register_as": f"bench-{name}",
+        "report_to": "none",
+        "disable_tqdm": "true",
+        "gold_scorer": "demo",
+    }
+    run_child(
+        [sys.executable, "-m", "rlhf.stages.ppo", *inputs.ppo_config, *settings_to_argv(overrides)],
+        workdir / f"{name}.log",
+        timeout=6 * 3600,
+    )
     rows = [json.loads(line) for line in (output_dir / "eval_metrics.jsonl").read_text().splitlines() if line]
     return {"variant": variant, "seed": seed, "evaluations": rows}
 
@@ -176,13 +233,27 @@ def run(settings: Settings, workdir: Path, demo_run: Path | None, log=print) -> 
         log(f"overoptimisation: seed {seed}, an ensemble of {settings.k} on {settings.labels} rankings")
         ensemble = train_ensemble(inputs, labels, seed, settings, workdir)
         metrics = read_json(workdir / f"rm-{seed}" / "metrics.json")
-        reward_models[seed] = {key: metrics.get(key) for key in (
-            "eval_pairwise_accuracy", "eval_member_pairwise_accuracy", "eval_ensemble_std",
-            "eval_ensemble_relative_std", "gold_agreement", "train_rankings", "eval_rankings")}
+        reward_models[seed] = {
+            key: metrics.get(key)
+            for key in (
+                "eval_pairwise_accuracy",
+                "eval_member_pairwise_accuracy",
+                "eval_ensemble_std",
+                "eval_ensemble_relative_std",
+                "gold_agreement",
+                "train_rankings",
+                "eval_rankings",
+            )
+        }
         with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
             runs += list(pool.map(one, [(variant, seed, ensemble) for variant in settings.variants]))
-    return {"settings": asdict(settings), "machine": machine_info(), "demo_run": str(demo_run or ""),
-            "reward_models": reward_models, "runs": [{**r, **curve_summary(r["evaluations"])} for r in runs]}
+    return {
+        "settings": asdict(settings),
+        "machine": machine_info(),
+        "demo_run": str(demo_run or ""),
+        "reward_models": reward_models,
+        "runs": [{**r, **curve_summary(r["evaluations"])} for r in runs],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -193,7 +264,7 @@ def run(settings: Settings, workdir: Path, demo_run: Path | None, log=print) -> 
 def window_means(values: list[float], window: int = WINDOW) -> list[float]:
     """Mean of each run of `window` consecutive values (fewer values: their one mean)."""
     window = min(window, len(values))
-    return [statistics.fmean(values[i:i + window]) for i in range(len(values) - window + 1)]
+    return [statistics.fmean(values[i : i + window]) for i in range(len(values) - window + 1)]
 
 
 def curve_summary(evaluations: list[dict], window: int = WINDOW) -> dict:
@@ -204,10 +275,15 @@ def curve_summary(evaluations: list[dict], window: int = WINDOW) -> dict:
     means = window_means(gold, window)
     best = max(range(len(means)), key=means.__getitem__)
     end = means[-1]
-    return {"gold_start": gold[0], "gold_peak": means[best], "peak_step": evaluations[best]["step"],
-            "gold_end": end, "kept": end / means[best] if means[best] else float("nan"),
-            "kl_end": window_means([row["kl"] for row in evaluations], window)[-1],
-            "rm_end": window_means([row["rm_score"] for row in evaluations], window)[-1]}
+    return {
+        "gold_start": gold[0],
+        "gold_peak": means[best],
+        "peak_step": evaluations[best]["step"],
+        "gold_end": end,
+        "kept": end / means[best] if means[best] else float("nan"),
+        "kl_end": window_means([row["kl"] for row in evaluations], window)[-1],
+        "rm_end": window_means([row["rm_score"] for row in evaluations], window)[-1],
+    }
 
 
 def goal(result: dict) -> dict:
@@ -218,8 +294,11 @@ def goal(result: dict) -> dict:
     kept = {variant: statistics.fmean(values) for variant, values in by_variant.items()}
     single = kept.get("single")
     fallen = single is not None and single < GOAL_FALLEN
-    return {"kept": kept, "single_fell": fallen,
-            "met_by": [v for v, share in kept.items() if v != "single" and share >= GOAL_KEPT and fallen]}
+    return {
+        "kept": kept,
+        "single_fell": fallen,
+        "met_by": [v for v, share in kept.items() if v != "single" and share >= GOAL_KEPT and fallen],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -237,35 +316,50 @@ def _mean(values) -> str:
 
 def markdown(result: dict, plot: str | None = None) -> str:
     s, machine = result["settings"], result["machine"]
-    lines = [f"Measured by `python -m benchmarks.overoptimisation{' --smallest' if s['smallest'] else ''}` on "
-             f"{machine['date']} ({machine['cpu']}, {machine['cpu_cores']} cores; gold scores do not depend on the "
-             f"machine). Reward models: an ensemble of {s['k']} on the first {s['labels']} rankings of the demo's "
-             f"labels, per seed; `single` is its member 0. PPO: kl_coef {s['kl_coef']}, {s['steps']} steps, held-out "
-             f"evaluations every {s['eval_steps']} steps on {s['eval_prompts']} prompts; mean_minus_std λ = "
-             f"{s['uncertainty_coef']}. Peak: the best mean of {WINDOW} consecutive evaluations; end: the last "
-             f"{WINDOW}. Seeds {', '.join(map(str, s['seeds']))}.", "",
-             "| reward | seed | gold at start | gold at peak (step) | gold at end | end / peak | KL at end | "
-             "RM at end |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Measured by `python -m benchmarks.overoptimisation{' --smallest' if s['smallest'] else ''}` on "
+        f"{machine['date']} ({machine['cpu']}, {machine['cpu_cores']} cores; gold scores do not depend on the "
+        f"machine). Reward models: an ensemble of {s['k']} on the first {s['labels']} rankings of the demo's "
+        f"labels, per seed; `single` is its member 0. PPO: kl_coef {s['kl_coef']}, {s['steps']} steps, held-out "
+        f"evaluations every {s['eval_steps']} steps on {s['eval_prompts']} prompts; mean_minus_std λ = "
+        f"{s['uncertainty_coef']}. Peak: the best mean of {WINDOW} consecutive evaluations; end: the last "
+        f"{WINDOW}. Seeds {', '.join(map(str, s['seeds']))}.",
+        "",
+        "| reward | seed | gold at start | gold at peak (step) | gold at end | end / peak | KL at end | RM at end |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for variant in s["variants"]:
         for run in (r for r in result["runs"] if r["variant"] == variant):
-            lines.append(f"| {variant} | {run['seed']} | {run['gold_start']:.3f} | {run['gold_peak']:.3f} "
-                         f"({run['peak_step']}) | {run['gold_end']:.3f} | {run['kept']:.3f} | {run['kl_end']:.2f} | "
-                         f"{run['rm_end']:.3f} |")
-    lines += ["", "Means over seeds [min, max]:", "",
-              "| reward | gold at peak | gold at end | end / peak | KL at end |", "|---|---:|---:|---:|---:|"]
+            lines.append(
+                f"| {variant} | {run['seed']} | {run['gold_start']:.3f} | {run['gold_peak']:.3f} "
+                f"({run['peak_step']}) | {run['gold_end']:.3f} | {run['kept']:.3f} | {run['kl_end']:.2f} | "
+                f"{run['rm_end']:.3f} |"
+            )
+    lines += [
+        "",
+        "Means over seeds [min, max]:",
+        "",
+        "| reward | gold at peak | gold at end | end / peak | KL at end |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for variant in s["variants"]:
         runs = [r for r in result["runs"] if r["variant"] == variant]
-        lines.append(f"| {variant} | {_mean(r['gold_peak'] for r in runs)} | {_mean(r['gold_end'] for r in runs)} | "
-                     f"{_mean(r['kept'] for r in runs)} | {_mean(r['kl_end'] for r in runs)} |")
+        lines.append(
+            f"| {variant} | {_mean(r['gold_peak'] for r in runs)} | {_mean(r['gold_end'] for r in runs)} | "
+            f"{_mean(r['kept'] for r in runs)} | {_mean(r['kl_end'] for r in runs)} |"
+        )
     verdict = goal(result)
     single = verdict["kept"].get("single")
     if verdict["met_by"]:
-        said = (f"Goal met by {', '.join(verdict['met_by'])}: the single reward model keeps {single:.1%} of its peak "
-                f"on average, below {GOAL_FALLEN:.0%}, while {', '.join(verdict['met_by'])} keep >= {GOAL_KEPT:.0%}.")
+        said = (
+            f"Goal met by {', '.join(verdict['met_by'])}: the single reward model keeps {single:.1%} of its peak "
+            f"on average, below {GOAL_FALLEN:.0%}, while {', '.join(verdict['met_by'])} keep >= {GOAL_KEPT:.0%}."
+        )
     elif single is not None and not verdict["single_fell"]:
-        said = (f"Goal not tested: the single reward model keeps {single:.1%} of its peak on average (it did not "
-                f"fall below {GOAL_FALLEN:.0%}).")
+        said = (
+            f"Goal not tested: the single reward model keeps {single:.1%} of its peak on average (it did not "
+            f"fall below {GOAL_FALLEN:.0%})."
+        )
     else:
         said = f"Goal not met: no aggregation keeps >= {GOAL_KEPT:.0%} of its peak on average."
     lines += ["", said]
@@ -284,13 +378,14 @@ def plot_curves(result: dict, path: Path) -> Path:
         rows = run["evaluations"]
         label = run["variant"] if run["seed"] == result["settings"]["seeds"][0] else None
         color = colors.get(run["variant"], "grey")
-        axes[0][0].plot([r["step"] for r in rows], [r["gold_score"] for r in rows], color=color, alpha=0.7,
-                        label=label)
-        axes[0][1].plot([r["kl"] for r in rows], [r["gold_score"] for r in rows], ".-", color=color, alpha=0.6,
-                        label=label)
+        axes[0][0].plot([r["step"] for r in rows], [r["gold_score"] for r in rows], color=color, alpha=0.7, label=label)
+        axes[0][1].plot(
+            [r["kl"] for r in rows], [r["gold_score"] for r in rows], ".-", color=color, alpha=0.6, label=label
+        )
     axes[0][0].set(title="Held-out gold score by PPO step", xlabel="PPO step", ylabel="gold score")
-    axes[0][1].set(title="Held-out gold score by KL from the SFT policy", xlabel="KL (nats / response)",
-                   ylabel="gold score")
+    axes[0][1].set(
+        title="Held-out gold score by KL from the SFT policy", xlabel="KL (nats / response)", ylabel="gold score"
+    )
     for axis in axes[0]:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -313,25 +408,47 @@ def main(argv=None) -> None:
     parser.add_argument("--uncertainty-coef", type=float, default=defaults.uncertainty_coef)
     parser.add_argument("--jobs", type=int, default=1, help="PPO runs at a time (each on OMP_NUM_THREADS threads)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "overoptimisation.json")
-    parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks",
-                        help="whose RESULTS.md gets the measured block (and results/ the figure)")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=REPO / "benchmarks",
+        help="whose RESULTS.md gets the measured block (and results/ the figure)",
+    )
     parser.add_argument("--workdir", type=Path, help="kept (runs, logs, models) instead of a temporary directory")
     args = parser.parse_args(argv)
     if not args.smallest and args.demo_run is None:
         parser.error("--demo-run RUN_DIR (a finished `make demo`) is needed, or --smallest")
-    settings = Settings.smoke() if args.smallest else Settings(
-        seeds=args.seeds, variants=args.variants, k=args.k, labels=args.labels, kl_coef=args.kl_coef,
-        steps=args.steps, eval_steps=args.eval_steps, eval_prompts=args.eval_prompts,
-        uncertainty_coef=args.uncertainty_coef, jobs=args.jobs)
+    settings = (
+        Settings.smoke()
+        if args.smallest
+        else Settings(
+            seeds=args.seeds,
+            variants=args.variants,
+            k=args.k,
+            labels=args.labels,
+            kl_coef=args.kl_coef,
+            steps=args.steps,
+            eval_steps=args.eval_steps,
+            eval_prompts=args.eval_prompts,
+            uncertainty_coef=args.uncertainty_coef,
+            jobs=args.jobs,
+        )
+    )
 
     def plotted_markdown(result: dict) -> str:
         (args.results_dir / "results").mkdir(parents=True, exist_ok=True)
         plot_curves(result, args.results_dir / "results" / PLOT)
         return markdown(result, PLOT)
 
-    measure_and_record(lambda workdir: run(settings, workdir, args.demo_run, log=lambda line: print(line, flush=True)),
-                       plotted_markdown, block=BLOCK, out=args.out, results_dir=args.results_dir,
-                       workdir=args.workdir, prefix="bench-overopt-")
+    measure_and_record(
+        lambda workdir: run(settings, workdir, args.demo_run, log=lambda line: print(line, flush=True)),
+        plotted_markdown,
+        block=BLOCK,
+        out=args.out,
+        results_dir=args.results_dir,
+        workdir=args.workdir,
+        prefix="bench-overopt-",
+    )
 
 
 if __name__ == "__main__":

@@ -43,17 +43,34 @@ def run(settings: Settings, workdir: Path, repeats: int, log=print) -> dict:
         for side in order:
             engines.row_tokens = packed_rows if side == "packed" else dict.fromkeys(packed_rows)
             started = time.perf_counter()
-            rollout = experience.score(engines, batch, response_ids, recipe.tokenizer, recipe.sampling,
-                                       config.reward_max_length, config.scoring_batch_size)
+            rollout = experience.score(
+                engines,
+                batch,
+                response_ids,
+                recipe.tokenizer,
+                recipe.sampling,
+                config.reward_max_length,
+                config.scoring_batch_size,
+            )
             scored = time.perf_counter()
             shaping = experience.RewardShaping(0.05, "k1")
             rollout, _ = experience.with_advantages(rollout, shaping, recipe.sampling.stop_token_ids, None)
-            settings_for_side = dataclasses.replace(recipe.update_settings,
-                                                    actor_row_tokens=engines.row_tokens["actor"],
-                                                    critic_row_tokens=engines.row_tokens["critic"])
+            settings_for_side = dataclasses.replace(
+                recipe.update_settings,
+                actor_row_tokens=engines.row_tokens["actor"],
+                critic_row_tokens=engines.row_tokens["critic"],
+            )
             before_update = time.perf_counter()
-            update.ppo_update(engines.actor, engines.critic, rollout, settings_for_side,
-                              torch.Generator().manual_seed(repeat), None, 0, 10)
+            update.ppo_update(
+                engines.actor,
+                engines.critic,
+                rollout,
+                settings_for_side,
+                torch.Generator().manual_seed(repeat),
+                None,
+                0,
+                10,
+            )
             trained = time.perf_counter()
             if repeat > 0:
                 times[side]["scoring"].append(scored - started)
@@ -63,35 +80,53 @@ def run(settings: Settings, workdir: Path, repeats: int, log=print) -> dict:
         log(f"padding_free: repeat {repeat}/{repeats}: real tokens {shares[-1]:.2f} of the padded batch")
     recipe.cleanup()
     summary = {side: {phase: median(values) for phase, values in phases.items()} for side, phases in times.items()}
-    return {"settings": vars(settings), "model": models["model"], "parameters": models["parameters"],
-            "repeats": repeats, "real_token_share": median(shares[1:]), "times": times, "medians": summary,
-            "ratios": {phase: ratio(summary["packed"][phase], summary["padded"][phase])
-                       for phase in ("scoring", "training")}}
+    return {
+        "settings": vars(settings),
+        "model": models["model"],
+        "parameters": models["parameters"],
+        "repeats": repeats,
+        "real_token_share": median(shares[1:]),
+        "times": times,
+        "medians": summary,
+        "ratios": {
+            phase: ratio(summary["packed"][phase], summary["padded"][phase]) for phase in ("scoring", "training")
+        },
+    }
 
 
 def markdown(result: dict) -> str:
     medians = result["medians"]
-    lines = [f"{result['model']}, {result['repeats']} rollouts, medians; real tokens "
-             f"{result['real_token_share']:.2f} of the padded batch (median).", "",
-             "| phase | padding-free (s) | padded (s) | padding-free / padded |", "|---|---:|---:|---:|"]
+    lines = [
+        f"{result['model']}, {result['repeats']} rollouts, medians; real tokens "
+        f"{result['real_token_share']:.2f} of the padded batch (median).",
+        "",
+        "| phase | padding-free (s) | padded (s) | padding-free / padded |",
+        "|---|---:|---:|---:|",
+    ]
     for phase in ("scoring", "training"):
-        lines.append(f"| {phase} | {medians['packed'][phase]:.3f} | {medians['padded'][phase]:.3f} | "
-                     f"{result['ratios'][phase]:.2f} |")
+        lines.append(
+            f"| {phase} | {medians['packed'][phase]:.3f} | {medians['padded'][phase]:.3f} | "
+            f"{result['ratios'][phase]:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = Settings()
-    for name in ("hidden_size", "num_layers", "rollout_batch_size", "minibatch_size", "ppo_epochs",
-                 "max_new_tokens"):
+    for name in ("hidden_size", "num_layers", "rollout_batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "padding_free.json")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    settings = Settings(rollout_batch_size=args.rollout_batch_size, minibatch_size=args.minibatch_size,
-                        ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens,
-                        hidden_size=args.hidden_size, num_layers=args.num_layers)
+    settings = Settings(
+        rollout_batch_size=args.rollout_batch_size,
+        minibatch_size=args.minibatch_size,
+        ppo_epochs=args.ppo_epochs,
+        max_new_tokens=args.max_new_tokens,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-padding-free-") as workdir:
         result = run(settings, Path(workdir), args.repeats)
     print(markdown(result))

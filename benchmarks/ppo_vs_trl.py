@@ -49,12 +49,27 @@ class Settings:
 
     @classmethod
     def smallest(cls) -> "Settings":
-        return cls(steps=2, rounds=1, rollout_batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=4,
-                   hidden_size=32, num_layers=1)
+        return cls(
+            steps=2,
+            rounds=1,
+            rollout_batch_size=4,
+            minibatch_size=4,
+            ppo_epochs=1,
+            max_new_tokens=4,
+            hidden_size=32,
+            num_layers=1,
+        )
 
 
-def run_ours(models: dict, settings: Settings, workdir: Path, index: int, padding_free: bool = True,
-             name: str | None = None, **extra) -> list[dict]:
+def run_ours(
+    models: dict,
+    settings: Settings,
+    workdir: Path,
+    index: int,
+    padding_free: bool = True,
+    name: str | None = None,
+    **extra,
+) -> list[dict]:
     """Our stage's metric rows of one run; `extra` overrides stage keys (e.g. advantage_estimator)."""
     name = name or (f"ours-{index}" if padding_free else f"ours-padded-{index}")
     output_dir = workdir / name
@@ -63,19 +78,35 @@ def run_ours(models: dict, settings: Settings, workdir: Path, index: int, paddin
     return [json.loads(line) for line in (output_dir / "ppo_metrics.jsonl").read_text().splitlines() if line]
 
 
-def stage_arguments(models: dict, settings: Settings, output_dir: Path, index, padding_free: bool = True,
-                    **extra) -> list[str]:
+def stage_arguments(
+    models: dict, settings: Settings, output_dir: Path, index, padding_free: bool = True, **extra
+) -> list[str]:
     zero0 = "deepspeed_configs/zero0.json"
     arguments = {
-        "model_name_or_path": models["policy"], "critic_model": models["reward"], "reward_model": models["reward"],
-        "prompts_file": models["prompts"], "output_dir": output_dir, "registry_dir": output_dir.parent / "registry",
-        "max_new_tokens": settings.max_new_tokens, "max_steps": settings.steps,
-        "rollout_batch_size": settings.rollout_batch_size, "minibatch_size": settings.minibatch_size,
-        "ppo_epochs": settings.ppo_epochs, "actor_learning_rate": settings.learning_rate,
-        "critic_learning_rate": settings.learning_rate, "kl_coef": settings.kl_coef, "save_steps": 0,
-        "disable_tqdm": "true", "report_to": "none", "seed": index if isinstance(index, int) else 0,
-        "register_as": f"bench-ppo-{index}", "padding_free": str(padding_free).lower(),
-        "actor_deepspeed": zero0, "critic_deepspeed": zero0, "reference_deepspeed": zero0, "reward_deepspeed": zero0,
+        "model_name_or_path": models["policy"],
+        "critic_model": models["reward"],
+        "reward_model": models["reward"],
+        "prompts_file": models["prompts"],
+        "output_dir": output_dir,
+        "registry_dir": output_dir.parent / "registry",
+        "max_new_tokens": settings.max_new_tokens,
+        "max_steps": settings.steps,
+        "rollout_batch_size": settings.rollout_batch_size,
+        "minibatch_size": settings.minibatch_size,
+        "ppo_epochs": settings.ppo_epochs,
+        "actor_learning_rate": settings.learning_rate,
+        "critic_learning_rate": settings.learning_rate,
+        "kl_coef": settings.kl_coef,
+        "save_steps": 0,
+        "disable_tqdm": "true",
+        "report_to": "none",
+        "seed": index if isinstance(index, int) else 0,
+        "register_as": f"bench-ppo-{index}",
+        "padding_free": str(padding_free).lower(),
+        "actor_deepspeed": zero0,
+        "critic_deepspeed": zero0,
+        "reference_deepspeed": zero0,
+        "reward_deepspeed": zero0,
         **extra,
     }
     return settings_to_argv(arguments)
@@ -121,12 +152,27 @@ def profile_training_worker(argv: list[str], out: Path) -> None:
     updates = max(len(calls) - 1, 1)
     parts = {}
     for label, (path, name) in TRAINING_PARTS.items():
-        parts[label] = sum(cumulative for (filename, _, function), (_, _, _, cumulative, _) in stats.items()
-                           if filename.endswith(path) and function == name) / updates
-    total = sum(cumulative for (filename, _, function), (_, _, _, cumulative, _) in stats.items()
-                if filename.endswith("rlhf/ppo/update.py") and function == "ppo_update") / updates
-    out.write_text(json.dumps({"update_s": total, "parts_s": parts, "updates": updates,
-                               "generation_control": generation_control(config)}))
+        parts[label] = (
+            sum(
+                cumulative
+                for (filename, _, function), (_, _, _, cumulative, _) in stats.items()
+                if filename.endswith(path) and function == name
+            )
+            / updates
+        )
+    total = (
+        sum(
+            cumulative
+            for (filename, _, function), (_, _, _, cumulative, _) in stats.items()
+            if filename.endswith("rlhf/ppo/update.py") and function == "ppo_update"
+        )
+        / updates
+    )
+    out.write_text(
+        json.dumps(
+            {"update_s": total, "parts_s": parts, "updates": updates, "generation_control": generation_control(config)}
+        )
+    )
 
 
 def generation_control(config, repeats: int = 10) -> dict:
@@ -151,12 +197,20 @@ def generation_control(config, repeats: int = 10) -> dict:
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path).eval()
     prompts = prompts_for_step(load_prompts(config.prompts_file), 0, config.rollout_batch_size, 1, 0, config.seed)
     batch = tokenize_prompts(tokenizer, prompts)
-    ours_config = sampling_settings_for(tokenizer, config.temperature, config.top_k, config.top_p,
-                                        config.max_new_tokens).generation_config(tokenizer)
+    ours_config = sampling_settings_for(
+        tokenizer, config.temperature, config.top_k, config.top_p, config.max_new_tokens
+    ).generation_config(tokenizer)
     ours_config.min_new_tokens = config.max_new_tokens
-    trl_config = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=1.0 + 1e-7, top_k=0.0, top_p=1.0,
-                                  do_sample=True, min_new_tokens=config.max_new_tokens,
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    trl_config = GenerationConfig(
+        max_new_tokens=config.max_new_tokens,
+        temperature=1.0 + 1e-7,
+        top_k=0.0,
+        top_p=1.0,
+        do_sample=True,
+        min_new_tokens=config.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     unsharded = SimpleNamespace(module=model, device=torch.device("cpu"), zero_optimization_stage=lambda: 0)
 
     def ours():
@@ -165,10 +219,15 @@ def generation_control(config, repeats: int = 10) -> dict:
     @torch.no_grad()
     def trl():
         queries = batch.query_ids
-        output = model.generate(input_ids=queries, attention_mask=batch.query_mask, generation_config=trl_config,
-                                return_dict_in_generate=True, output_scores=True)
+        output = model.generate(
+            input_ids=queries,
+            attention_mask=batch.query_mask,
+            generation_config=trl_config,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
         torch.stack(output.scores, 1)
-        torch.cat((queries, output.sequences[:, queries.shape[1]:]), dim=1)
+        torch.cat((queries, output.sequences[:, queries.shape[1] :]), dim=1)
 
     seconds = {"ours": [], "trl": []}
     for repeat in range(repeats + 1):  # the first round is warm-up
@@ -178,26 +237,55 @@ def generation_control(config, repeats: int = 10) -> dict:
             if repeat:
                 seconds[name].append(time.perf_counter() - began)
     ours_s, trl_s = median(seconds["ours"]), median(seconds["trl"])
-    return {"ours_s": ours_s, "trl_s": trl_s, "ratio": ours_s / trl_s, "repeats": repeats,
-            "tokens": config.max_new_tokens * len(prompts)}
+    return {
+        "ours_s": ours_s,
+        "trl_s": trl_s,
+        "ratio": ours_s / trl_s,
+        "repeats": repeats,
+        "tokens": config.max_new_tokens * len(prompts),
+    }
 
 
 def profile_ours(models: dict, settings: Settings, workdir: Path) -> dict:
     out = workdir / "ours-training-profile.json"
     argv = stage_arguments(models, settings, workdir / "ours-profile", "profile")
-    run_child([sys.executable, "-m", "benchmarks.ppo_vs_trl", "--profile-training", str(out), "--", *argv],
-              workdir / "ours-profile.log")
+    run_child(
+        [sys.executable, "-m", "benchmarks.ppo_vs_trl", "--profile-training", str(out), "--", *argv],
+        workdir / "ours-profile.log",
+    )
     return read_json(out)
 
 
 def run_trl(python: Path, models: dict, settings: Settings, workdir: Path, index: int) -> dict:
     out = workdir / f"trl-{index}.json"
-    command = [str(python), str(Path(__file__).parent / "peers" / "trl_ppo.py"),
-               "--policy", models["policy"], "--reward", models["reward"], "--prompt-ids", models["prompt_ids"],
-               "--steps", str(settings.steps), "--rollout-batch-size", str(settings.rollout_batch_size),
-               "--minibatch-size", str(settings.minibatch_size), "--ppo-epochs", str(settings.ppo_epochs),
-               "--max-new-tokens", str(settings.max_new_tokens), "--learning-rate", str(settings.learning_rate),
-               "--kl-coef", str(settings.kl_coef), "--seed", str(index), "--out", str(out)]
+    command = [
+        str(python),
+        str(Path(__file__).parent / "peers" / "trl_ppo.py"),
+        "--policy",
+        models["policy"],
+        "--reward",
+        models["reward"],
+        "--prompt-ids",
+        models["prompt_ids"],
+        "--steps",
+        str(settings.steps),
+        "--rollout-batch-size",
+        str(settings.rollout_batch_size),
+        "--minibatch-size",
+        str(settings.minibatch_size),
+        "--ppo-epochs",
+        str(settings.ppo_epochs),
+        "--max-new-tokens",
+        str(settings.max_new_tokens),
+        "--learning-rate",
+        str(settings.learning_rate),
+        "--kl-coef",
+        str(settings.kl_coef),
+        "--seed",
+        str(index),
+        "--out",
+        str(out),
+    ]
     # The peer's venv must not see our repository's packages (or our TRL) on its path.
     env = child_env()
     env.pop("PYTHONPATH", None)
@@ -227,8 +315,14 @@ def training_flops(models: dict, settings: Settings, response_length: float) -> 
     return 6 * trained * tokens
 
 
-def run(settings: Settings, workdir: Path, peer: bool = True, peak_flops: float | None = None, log=print,
-        profile: bool = True) -> dict:
+def run(
+    settings: Settings,
+    workdir: Path,
+    peer: bool = True,
+    peak_flops: float | None = None,
+    log=print,
+    profile: bool = True,
+) -> dict:
     models = tiny_models.build(workdir / "models", tiny_models.TinySize(settings.hidden_size, settings.num_layers))
     python = None
     note = None
@@ -256,18 +350,30 @@ def run(settings: Settings, workdir: Path, peer: bool = True, peak_flops: float 
     ours["training_flops_per_second"] = flops / ours["time_training"]
     if peak_flops:
         ours["training_share_of_matmul_peak"] = ours["training_flops_per_second"] / peak_flops
-    result = {"settings": asdict(settings), "model": models["model"], "parameters": models["parameters"],
-              "ours": ours, "ours_steps": ours_rows, "note": note,
-              "flops_formula": "6 x (actor + critic parameters) x (prompt + response tokens) x rollout x epochs"}
+    result = {
+        "settings": asdict(settings),
+        "model": models["model"],
+        "parameters": models["parameters"],
+        "ours": ours,
+        "ours_steps": ours_rows,
+        "note": note,
+        "flops_formula": "6 x (actor + critic parameters) x (prompt + response tokens) x rollout x epochs",
+    }
     if padded_rows:
         padded = summarize(padded_rows)
-        result.update(ours_padded=padded, ours_padded_steps=padded_rows,
-                      padding_free_ratios={phase: ratio(ours[phase], padded[phase])
-                                           for phase in (*PHASES, "time_iteration")})
+        result.update(
+            ours_padded=padded,
+            ours_padded_steps=padded_rows,
+            padding_free_ratios={phase: ratio(ours[phase], padded[phase]) for phase in (*PHASES, "time_iteration")},
+        )
     if trl_rows:
         theirs = summarize(trl_rows)
-        result.update(trl=theirs, trl_steps=trl_rows, trl_versions=trl_versions,
-                      ratios={phase: ratio(ours[phase], theirs[phase]) for phase in (*PHASES, "time_iteration")})
+        result.update(
+            trl=theirs,
+            trl_steps=trl_rows,
+            trl_versions=trl_versions,
+            ratios={phase: ratio(ours[phase], theirs[phase]) for phase in (*PHASES, "time_iteration")},
+        )
     if profile:
         log("ppo_vs_trl: profiling our training phase")
         result["ours_training_profile"] = profile_ours(models, settings, workdir)
@@ -290,22 +396,33 @@ def markdown(result: dict) -> str:
         lines.append("\n| phase | ours, padding-free (s) | ours, padded (s) | padding-free / padded |")
         lines.append("|---|---:|---:|---:|")
         for phase in (*PHASES, "time_iteration"):
-            lines.append(f"| {phase.replace('time_', '')} | {ours[phase]:.3f} | {padded[phase]:.3f} | "
-                         f"{result['padding_free_ratios'][phase]:.2f} |")
+            lines.append(
+                f"| {phase.replace('time_', '')} | {ours[phase]:.3f} | {padded[phase]:.3f} | "
+                f"{result['padding_free_ratios'][phase]:.2f} |"
+            )
     if theirs and "time_gc_collect" in theirs:
-        lines.append(f"\nTRL's two `gc.collect()` calls per iteration take {theirs['time_gc_collect']:.3f} s "
-                     f"(in all; the one in scoring is counted above, the one after the step's end is not).")
+        lines.append(
+            f"\nTRL's two `gc.collect()` calls per iteration take {theirs['time_gc_collect']:.3f} s "
+            f"(in all; the one in scoring is counted above, the one after the step's end is not)."
+        )
     profile = result.get("ours_training_profile")
     if profile:
-        parts = "; ".join(f"{label} {1000 * profile['parts_s'][label]:.0f} ms"
-                          for label in TRAINING_PARTS if label in profile["parts_s"])
-        lines.append(f"\nProfile of our training phase (cProfile, {profile['updates']} updates): "
-                     f"{1000 * profile['update_s']:.0f} ms per update: {parts}.")
+        parts = "; ".join(
+            f"{label} {1000 * profile['parts_s'][label]:.0f} ms"
+            for label in TRAINING_PARTS
+            if label in profile["parts_s"]
+        )
+        lines.append(
+            f"\nProfile of our training phase (cProfile, {profile['updates']} updates): "
+            f"{1000 * profile['update_s']:.0f} ms per update: {parts}."
+        )
         control = profile.get("generation_control")
         if control:
-            lines.append(f"\nGeneration head to head in one process (same model and prompts, {control['tokens']} "
-                         f"tokens, median of {control['repeats']} alternating): ours {1000 * control['ours_s']:.1f} ms, "
-                         f"TRL's call {1000 * control['trl_s']:.1f} ms, ours / TRL {control['ratio']:.2f}.")
+            lines.append(
+                f"\nGeneration head to head in one process (same model and prompts, {control['tokens']} "
+                f"tokens, median of {control['repeats']} alternating): ours {1000 * control['ours_s']:.1f} ms, "
+                f"TRL's call {1000 * control['trl_s']:.1f} ms, ours / TRL {control['ratio']:.2f}."
+            )
     return "\n".join(lines)
 
 
@@ -316,8 +433,16 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ppo_vs_trl.json")
     parser.add_argument("--profile-training", type=Path, help=argparse.SUPPRESS)
     defaults = Settings()
-    for name in ("hidden_size", "num_layers", "steps", "rounds", "rollout_batch_size", "minibatch_size",
-                 "ppo_epochs", "max_new_tokens"):
+    for name in (
+        "hidden_size",
+        "num_layers",
+        "steps",
+        "rounds",
+        "rollout_batch_size",
+        "minibatch_size",
+        "ppo_epochs",
+        "max_new_tokens",
+    ):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run of our training phase")
     parser.add_argument("--padded-too", action="store_true", help="also run ours with padding_free false")
@@ -325,13 +450,24 @@ def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--profile-training" in argv:
         split = argv.index("--")
-        profile_training_worker(argv[split + 1:], Path(argv[argv.index("--profile-training") + 1]))
+        profile_training_worker(argv[split + 1 :], Path(argv[argv.index("--profile-training") + 1]))
         return
     args = parser.parse_args(argv)
-    settings = Settings.smallest() if args.smallest else Settings(
-        steps=args.steps, rounds=args.rounds, rollout_batch_size=args.rollout_batch_size,
-        minibatch_size=args.minibatch_size, ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens,
-        hidden_size=args.hidden_size, num_layers=args.num_layers, padded_too=args.padded_too)
+    settings = (
+        Settings.smallest()
+        if args.smallest
+        else Settings(
+            steps=args.steps,
+            rounds=args.rounds,
+            rollout_batch_size=args.rollout_batch_size,
+            minibatch_size=args.minibatch_size,
+            ppo_epochs=args.ppo_epochs,
+            max_new_tokens=args.max_new_tokens,
+            hidden_size=args.hidden_size,
+            num_layers=args.num_layers,
+            padded_too=args.padded_too,
+        )
+    )
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ppo-")))
         result = run(settings, workdir, peer=not args.no_peer, profile=not args.no_profile)

@@ -47,8 +47,7 @@ def build_inputs(root: Path, hidden_size: int, num_layers: int, records: int, se
     from rlhf.demo.task import corpus_words, make_split
     from rlhf.demo.tiny_model import build_tiny_model
 
-    model = build_tiny_model(root / "base", corpus_words(), hidden_size=hidden_size, num_layers=num_layers,
-                             seed=seed)
+    model = build_tiny_model(root / "base", corpus_words(), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
     train = root / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in make_split(records, seed=seed)))
     return {"model": str(model), "train": str(train)}
@@ -56,18 +55,34 @@ def build_inputs(root: Path, hidden_size: int, num_layers: int, records: int, se
 
 def shared_settings(args, output_dir: Path) -> dict:
     """The run shape every variant shares: what a fair comparison holds fixed."""
-    return dict(output_dir=str(output_dir), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
-                learning_rate=2e-3, lr_scheduler_type="constant", seed=args.seed, logging_steps=args.steps,
-                save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-                include_num_input_tokens_seen="non_padding", dataloader_num_workers=0)
+    return dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=2e-3,
+        lr_scheduler_type="constant",
+        seed=args.seed,
+        logging_steps=args.steps,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+    )
 
 
 def throughput(log_history: list[dict]) -> dict:
     tokens = max(row["num_input_tokens_seen"] for row in log_history if "num_input_tokens_seen" in row)
     runtime = next(row["train_runtime"] for row in log_history if "train_runtime" in row)
     steps = max(row["step"] for row in log_history)
-    return {"steps": steps, "tokens": int(tokens), "train_runtime_s": runtime, "tokens_per_s": tokens / runtime,
-            "final_loss": next(row["train_loss"] for row in log_history if "train_loss" in row)}
+    return {
+        "steps": steps,
+        "tokens": int(tokens),
+        "train_runtime_s": runtime,
+        "tokens_per_s": tokens / runtime,
+        "final_loss": next(row["train_loss"] for row in log_history if "train_loss" in row),
+    }
 
 
 def run_hf_trainer(paths: dict, args, output_dir: Path) -> dict:
@@ -82,9 +97,13 @@ def run_hf_trainer(paths: dict, args, output_dir: Path) -> dict:
     encoded = tokenizer(texts, truncation=True, max_length=args.max_length - 1)
     # EOS appended as TRL does, so that both see the same tokens per demonstration.
     rows = [{"input_ids": ids + [tokenizer.eos_token_id]} for ids in encoded["input_ids"]]
-    trainer = Trainer(model=load_causal_lm(paths["model"]), args=TrainingArguments(**shared_settings(args, output_dir)),
-                      train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    trainer = Trainer(
+        model=load_causal_lm(paths["model"]),
+        args=TrainingArguments(**shared_settings(args, output_dir)),
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
     trainer.train()
     return throughput(trainer.state.log_history)
 
@@ -102,9 +121,12 @@ def run_trl_sft(paths: dict, args, output_dir: Path, packing: bool) -> dict:
     if packing:
         settings["max_steps"] = max(args.steps // 4, 3)
     config = SFTConfig(max_length=args.max_length, bf16=bf16, packing=packing, **settings)
-    trainer = SFTTrainer(model=load_causal_lm(paths["model"]), args=config,
-                         processing_class=load_tokenizer(paths["model"]),
-                         train_dataset=datasets.Dataset.from_list(records))
+    trainer = SFTTrainer(
+        model=load_causal_lm(paths["model"]),
+        args=config,
+        processing_class=load_tokenizer(paths["model"]),
+        train_dataset=datasets.Dataset.from_list(records),
+    )
     trainer.train()
     return throughput(trainer.state.log_history)
 
@@ -113,9 +135,14 @@ def run_ours(paths: dict, args, output_dir: Path, packing: bool) -> dict:
     from rlhf.config import parse_config, settings_to_argv
     from rlhf.stages.sft import SFTStageConfig, run
 
-    settings = {**shared_settings(args, output_dir), "model_name_or_path": paths["model"],
-                "train_file": paths["train"], "registry_dir": str(output_dir / "registry"),
-                "max_length": args.max_length, "packing": packing}
+    settings = {
+        **shared_settings(args, output_dir),
+        "model_name_or_path": paths["model"],
+        "train_file": paths["train"],
+        "registry_dir": str(output_dir / "registry"),
+        "max_length": args.max_length,
+        "packing": packing,
+    }
     argv = settings_to_argv(settings)
     start = time.perf_counter()
     run(parse_config(SFTStageConfig, argv))
@@ -134,8 +161,7 @@ def run_variant(name: str, paths: dict, args, output_dir: Path) -> dict:
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
-    medians = {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-               for name, rows in runs.items()}
+    medians = {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]} for name, rows in runs.items()}
     rate = {name: m["tokens_per_s"] for name, m in medians.items()}
     ratios = {
         "ours_vs_trl_sft": rate["ours"] / rate["trl_sft"],
@@ -146,8 +172,10 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         "trl_sft_packing_vs_trl_sft": rate["trl_sft_packing"] / rate["trl_sft"],
         "ours_packing_vs_hf_trainer": rate["ours_packing"] / rate["hf_trainer"],
     }
-    return {"medians": {name: {k: round(v, 4) for k, v in m.items()} for name, m in medians.items()},
-            "ratios": {k: round(v, 3) for k, v in ratios.items()}}
+    return {
+        "medians": {name: {k: round(v, 4) for k, v in m.items()} for name, m in medians.items()},
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+    }
 
 
 def markdown_table(summary: dict) -> str:
@@ -197,10 +225,20 @@ def main(argv=None) -> None:
     summary = summarise(runs)
     print(markdown_table(summary))
     settings = {
-        "hidden_size": args.hidden_size, "num_layers": args.num_layers, "records": args.records,
-        "batch_size": args.batch_size, "max_length": args.max_length, "steps": args.steps,
-        "repeats": args.repeats, "seed": args.seed, "smoke": args.smoke, "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "device": "cpu", "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "hidden_size": args.hidden_size,
+        "num_layers": args.num_layers,
+        "records": args.records,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "smoke": args.smoke,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": "cpu",
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
         "model": f"LlamaForCausalLM hidden {args.hidden_size}, {args.num_layers} layers (rlhf.demo.tiny_model)",
         "data": "rlhf.demo.task make_split prompt/completion records",
         "tokens": "non-padding tokens seen (Trainer num_input_tokens_seen='non_padding')",

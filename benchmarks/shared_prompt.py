@@ -36,10 +36,12 @@ class Case:
     reply_tokens: tuple[int, int]
 
 
-CASES = (Case("HH-like, K=4", 4, (150, 400), (20, 80)),
-         Case("HH-like, K=9", 9, (150, 400), (20, 80)),
-         Case("300-token prompts, K=4", 4, (300, 300), (20, 80)),
-         Case("demo lengths, K=4", 4, (9, 14), (2, 12)))
+CASES = (
+    Case("HH-like, K=4", 4, (150, 400), (20, 80)),
+    Case("HH-like, K=9", 9, (150, 400), (20, 80)),
+    Case("300-token prompts, K=4", 4, (300, 300), (20, 80)),
+    Case("demo lengths, K=4", 4, (9, 14), (2, 12)),
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,10 @@ class Settings:
         return cls(rankings_per_step=2, hidden_size=32, num_layers=1, num_heads=2, vocab_size=64, repeats=1)
 
     def describe(self) -> str:
-        return (f"LlamaForSequenceClassification hidden {self.hidden_size}, {self.num_layers} layers, "
-                f"{self.num_heads} heads, vocab {self.vocab_size}, {'bf16' if self.bf16 else 'float32'}")
+        return (
+            f"LlamaForSequenceClassification hidden {self.hidden_size}, {self.num_layers} layers, "
+            f"{self.num_heads} heads, vocab {self.vocab_size}, {'bf16' if self.bf16 else 'float32'}"
+        )
 
 
 PAD_ID, FIRST_REAL_ID = 0, 3
@@ -70,11 +74,20 @@ def reward_model(settings: Settings, device):
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
-                         intermediate_size=4 * settings.hidden_size, num_hidden_layers=settings.num_layers,
-                         num_attention_heads=settings.num_heads, num_key_value_heads=settings.num_heads,
-                         max_position_embeddings=1024, pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2,
-                         num_labels=1, attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=settings.vocab_size,
+        hidden_size=settings.hidden_size,
+        intermediate_size=4 * settings.hidden_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_heads,
+        max_position_embeddings=1024,
+        pad_token_id=PAD_ID,
+        bos_token_id=1,
+        eos_token_id=2,
+        num_labels=1,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(settings.seed)
     model = LlamaForSequenceClassification(config).to(device)
     return model.to(torch.bfloat16) if settings.bf16 else model
@@ -94,8 +107,12 @@ def ranking_batch(case: Case, settings: Settings, generator):
     features = []
     for _ in range(settings.rankings_per_step):
         prompt = tokens(case.prompt_tokens)
-        features.append({"input_ids": [prompt + tokens(case.reply_tokens) for _ in range(case.k)],
-                         "ranks": (torch.randperm(case.k, generator=generator) + 1).tolist()})
+        features.append(
+            {
+                "input_ids": [prompt + tokens(case.reply_tokens) for _ in range(case.k)],
+                "ranks": (torch.randperm(case.k, generator=generator) + 1).tolist(),
+            }
+        )
     return RankingCollator(pad_token_id=PAD_ID)(features)
 
 
@@ -106,8 +123,9 @@ def tokens_computed(batch, shared: bool) -> int:
 
     if not shared:
         return batch["input_ids"].numel()
-    rows = shared_prompt_rows(batch["input_ids"], batch["attention_mask"],
-                              ranking_sizes(batch["slot_index"], batch["ranks"]))
+    rows = shared_prompt_rows(
+        batch["input_ids"], batch["attention_mask"], ranking_sizes(batch["slot_index"], batch["ranks"])
+    )
     return rows.input_ids.numel()
 
 
@@ -150,13 +168,17 @@ def time_case(base_model, case: Case, settings: Settings, support, device) -> di
     tokens = {side: [tokens_computed(batch, side == "shared") for batch in batches] for side in SIDES}
     real = [int(batch["attention_mask"].sum()) for batch in batches]
     medians = {side: median(values) for side, values in seconds.items()}
-    return {**asdict(case), "step_s": seconds, "median_step_s": medians,
-            "time_ratio": ratio(medians["shared"], medians["separate"]),
-            "tokens_computed": {side: sum(values) for side, values in tokens.items()},
-            "real_tokens_separate": sum(real),
-            "tokens_ratio": ratio(sum(tokens["shared"]), sum(tokens["separate"])),
-            # Same weights and batch: the two losses of the first step agree to float tolerance.
-            "first_step_loss": first_loss}
+    return {
+        **asdict(case),
+        "step_s": seconds,
+        "median_step_s": medians,
+        "time_ratio": ratio(medians["shared"], medians["separate"]),
+        "tokens_computed": {side: sum(values) for side, values in tokens.items()},
+        "real_tokens_separate": sum(real),
+        "tokens_ratio": ratio(sum(tokens["shared"]), sum(tokens["separate"])),
+        # Same weights and batch: the two losses of the first step agree to float tolerance.
+        "first_step_loss": first_loss,
+    }
 
 
 def run(settings: Settings, cases=CASES, log=print) -> dict:
@@ -173,22 +195,32 @@ def run(settings: Settings, cases=CASES, log=print) -> dict:
     for case in cases:
         rows.append(time_case(model, case, settings, support, device))
         log(f"shared_prompt: {case.name}: time {rows[-1]['time_ratio']:.2f}x, tokens {rows[-1]['tokens_ratio']:.2f}x")
-    return {"settings": asdict(settings), "model": settings.describe(), "device": device,
-            "step": "ranking_rewards + K-way loss + backward + AdamW step (the RM stage's step)", "rows": rows}
+    return {
+        "settings": asdict(settings),
+        "model": settings.describe(),
+        "device": device,
+        "step": "ranking_rewards + K-way loss + backward + AdamW step (the RM stage's step)",
+        "rows": rows,
+    }
 
 
 def markdown(result: dict) -> str:
     s = result["settings"]
-    lines = [f"{result['model']} on {result['device']}; {s['rankings_per_step']} rankings per step, medians of "
-             f"{s['repeats']} steps per side after {s['warmup']} warm-up, alternating.", "",
-             "| rankings | prompt tokens | reply tokens | tokens computed, shared / separate | "
-             "step shared (s) | step separate (s) | time, shared / separate |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"{result['model']} on {result['device']}; {s['rankings_per_step']} rankings per step, medians of "
+        f"{s['repeats']} steps per side after {s['warmup']} warm-up, alternating.",
+        "",
+        "| rankings | prompt tokens | reply tokens | tokens computed, shared / separate | "
+        "step shared (s) | step separate (s) | time, shared / separate |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in result["rows"]:
-        lines.append(f"| {row['name']} | {row['prompt_tokens'][0]}-{row['prompt_tokens'][1]} | "
-                     f"{row['reply_tokens'][0]}-{row['reply_tokens'][1]} | {row['tokens_ratio']:.2f} | "
-                     f"{row['median_step_s']['shared']:.3f} | {row['median_step_s']['separate']:.3f} | "
-                     f"{row['time_ratio']:.2f}x |")
+        lines.append(
+            f"| {row['name']} | {row['prompt_tokens'][0]}-{row['prompt_tokens'][1]} | "
+            f"{row['reply_tokens'][0]}-{row['reply_tokens'][1]} | {row['tokens_ratio']:.2f} | "
+            f"{row['median_step_s']['shared']:.3f} | {row['median_step_s']['separate']:.3f} | "
+            f"{row['time_ratio']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -204,9 +236,19 @@ def main(argv=None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = Settings.smallest() if args.smoke else Settings(
-        rankings_per_step=args.rankings_per_step, hidden_size=args.hidden_size, num_layers=args.num_layers,
-        num_heads=args.num_heads, warmup=args.warmup, repeats=args.repeats, bf16=args.bf16)
+    settings = (
+        Settings.smallest()
+        if args.smoke
+        else Settings(
+            rankings_per_step=args.rankings_per_step,
+            hidden_size=args.hidden_size,
+            num_layers=args.num_layers,
+            num_heads=args.num_heads,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            bf16=args.bf16,
+        )
+    )
     result = run(replace(settings, seed=args.seed))
     print(markdown(result))
     write_json(args.out, result)

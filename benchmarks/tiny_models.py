@@ -37,8 +37,14 @@ def build(root: Path, size: TinySize = TinySize(), num_prompts: int = 64, seed: 
         if built.get("settings") == wanted:
             return built
     root.mkdir(parents=True, exist_ok=True)
-    policy = build_tiny_model(root / "policy", corpus_words(), hidden_size=size.hidden_size,
-                              num_layers=size.num_layers, num_heads=size.num_heads, seed=seed)
+    policy = build_tiny_model(
+        root / "policy",
+        corpus_words(),
+        hidden_size=size.hidden_size,
+        num_layers=size.num_layers,
+        num_heads=size.num_heads,
+        seed=seed,
+    )
     tokenizer = load_tokenizer(str(policy))
     reward = build_tiny_reward_model(root / "reward", policy, seed=seed + 1)
 
@@ -48,9 +54,16 @@ def build(root: Path, size: TinySize = TinySize(), num_prompts: int = 64, seed: 
     prompt_ids = [prompt_token_ids(tokenizer, p["prompt"]) for p in prompts]
     (root / "prompt_ids.json").write_text(json.dumps(prompt_ids))
     parameters = {"policy": parameter_count(policy, "causal_lm"), "reward": parameter_count(reward, "reward")}
-    built = {"settings": wanted, "policy": str(policy), "reward": str(reward),
-             "prompts": str(root / "prompts.jsonl"), "prompt_ids": str(root / "prompt_ids.json"),
-             "parameters": parameters, "model": size.describe(), "vocab_size": len(tokenizer)}
+    built = {
+        "settings": wanted,
+        "policy": str(policy),
+        "reward": str(reward),
+        "prompts": str(root / "prompts.jsonl"),
+        "prompt_ids": str(root / "prompt_ids.json"),
+        "parameters": parameters,
+        "model": size.describe(),
+        "vocab_size": len(tokenizer),
+    }
     manifest.write_text(json.dumps(built, indent=2))
     return built
 

@@ -59,12 +59,22 @@ def worker(args) -> None:
     tokenizer = load_tokenizer(models["policy"])
     prompts = [json.loads(line)["prompt"] for line in Path(models["prompts"]).read_text().splitlines()]
     start = distributed.global_rank() * settings.prompts_per_rank
-    batch = tokenize_prompts(tokenizer, prompts[start:start + settings.prompts_per_rank])
-    generation_config = sampling_settings_for(tokenizer, 1.0, 0, 1.0, settings.max_new_tokens).generation_config(tokenizer)
+    batch = tokenize_prompts(tokenizer, prompts[start : start + settings.prompts_per_rank])
+    generation_config = sampling_settings_for(tokenizer, 1.0, 0, 1.0, settings.max_new_tokens).generation_config(
+        tokenizer
+    )
     generation_config.min_new_tokens = settings.max_new_tokens
 
-    stage = SimpleNamespace(minibatch_size=settings.prompts_per_rank, max_grad_norm=1.0, weight_decay=0.0,
-                            bf16=False, lr_scheduler_type="constant", warmup_steps=0, steps=1, updates_per_step=1)
+    stage = SimpleNamespace(
+        minibatch_size=settings.prompts_per_rank,
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        bf16=False,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        steps=1,
+        updates_per_step=1,
+    )
     hidden = settings.hidden_size
 
     def engine_from(config_path: str):
@@ -73,8 +83,10 @@ def worker(args) -> None:
             model = AutoModelForCausalLM.from_pretrained(models["policy"])
         return _trained_engine(model, ds_config, 1e-5, stage)
 
-    engines = {"unsharded": engine_from("deepspeed_configs/zero0.json"),
-               "zero3": engine_from("deepspeed_configs/zero3.json")}
+    engines = {
+        "unsharded": engine_from("deepspeed_configs/zero0.json"),
+        "zero3": engine_from("deepspeed_configs/zero3.json"),
+    }
     for engine in engines.values():
         engine.module.eval()
     seconds = {mode: [] for mode in MODES}
@@ -119,23 +131,42 @@ def profile_call(function, top: int = 12) -> dict:
     rows.sort(key=lambda row: row["own_s"], reverse=True)
     by_library: dict[str, float] = {}
     for row in rows:
-        library = next((name for name in ("deepspeed", "transformers", "torch") if f"{name}/" in row["function"]),
-                       "builtins (torch ops)" if row["function"].startswith("~") else "other Python")
+        library = next(
+            (name for name in ("deepspeed", "transformers", "torch") if f"{name}/" in row["function"]),
+            "builtins (torch ops)" if row["function"].startswith("~") else "other Python",
+        )
         by_library[library] = by_library.get(library, 0.0) + row["own_s"]
-    return {"total_s": stats.total_tt, "calls": sum(r["calls"] for r in rows), "own_s_by_library": by_library,
-            "top": rows[:top]}
+    return {
+        "total_s": stats.total_tt,
+        "calls": sum(r["calls"] for r in rows),
+        "own_s_by_library": by_library,
+        "top": rows[:top],
+    }
 
 
 def run(settings: Settings, workdir: Path, log=print) -> dict:
-    models = tiny_models.build(workdir / "models-zero3", tiny_models.TinySize(settings.hidden_size,
-                                                                              settings.num_layers, 4))
+    models = tiny_models.build(
+        workdir / "models-zero3", tiny_models.TinySize(settings.hidden_size, settings.num_layers, 4)
+    )
     (workdir / "models-zero3.json").write_text(json.dumps(models))
     out = workdir / "zero3_generation_worker.json"
     log(f"zero3_generation: {settings.num_processes} processes")
-    run_child(deepspeed_command("benchmarks.zero3_generation",
-                                ["--worker", "--settings", json.dumps(asdict(settings)),
-                                 "--models", str(workdir / "models-zero3.json"), "--out", str(out)],
-                                settings.num_processes), workdir / "zero3_generation.log")
+    run_child(
+        deepspeed_command(
+            "benchmarks.zero3_generation",
+            [
+                "--worker",
+                "--settings",
+                json.dumps(asdict(settings)),
+                "--models",
+                str(workdir / "models-zero3.json"),
+                "--out",
+                str(out),
+            ],
+            settings.num_processes,
+        ),
+        workdir / "zero3_generation.log",
+    )
     measured = read_json(out)
     seconds = measured["seconds"]
     tokens = settings.prompts_per_rank * settings.num_processes * settings.max_new_tokens
@@ -147,27 +178,47 @@ def run(settings: Settings, workdir: Path, log=print) -> dict:
     for row in rows:
         row["relative_to_unsharded"] = row["rollout_s"] / unsharded
     gather_once = rows[1]["rollout_s"]
-    return {"settings": asdict(settings), "model": models["model"], "parameters": models["parameters"]["policy"],
-            "rows": rows, "per_step_over_gather_once": rows[2]["rollout_s"] / gather_once,
-            "profiles": measured["profiles"]}
+    return {
+        "settings": asdict(settings),
+        "model": models["model"],
+        "parameters": models["parameters"]["policy"],
+        "rows": rows,
+        "per_step_over_gather_once": rows[2]["rollout_s"] / gather_once,
+        "profiles": measured["profiles"],
+    }
 
 
 def markdown(result: dict) -> str:
-    labels = {"unsharded": "unsharded (ZeRO-0)", "gather_once": "ZeRO-3, gathered once per rollout",
-              "per_step": "ZeRO-3, gathered per step (synced_gpus)"}
+    labels = {
+        "unsharded": "unsharded (ZeRO-0)",
+        "gather_once": "ZeRO-3, gathered once per rollout",
+        "per_step": "ZeRO-3, gathered per step (synced_gpus)",
+    }
     lines = ["| actor | rollout (s) | tokens/s | time vs unsharded |", "|---|---:|---:|---:|"]
     for row in result["rows"]:
-        lines.append(f"| {labels[row['mode']]} | {row['rollout_s']:.3f} | {row['tokens_per_s']:.0f} | "
-                     f"{row['relative_to_unsharded']:.2f}x |")
+        lines.append(
+            f"| {labels[row['mode']]} | {row['rollout_s']:.3f} | {row['tokens_per_s']:.0f} | "
+            f"{row['relative_to_unsharded']:.2f}x |"
+        )
     profiles = result.get("profiles")
     if profiles:
-        lines += ["", "Profile of one rollout each (cProfile, rank 0): seconds of own time by library.", "",
-                  "| library | " + " | ".join(labels[mode] for mode in MODES) + " |", "|---|" + "---:|" * len(MODES)]
-        libraries = sorted({name for mode in MODES for name in profiles[mode]["own_s_by_library"]},
-                           key=lambda name: -profiles["per_step"]["own_s_by_library"].get(name, 0.0))
+        lines += [
+            "",
+            "Profile of one rollout each (cProfile, rank 0): seconds of own time by library.",
+            "",
+            "| library | " + " | ".join(labels[mode] for mode in MODES) + " |",
+            "|---|" + "---:|" * len(MODES),
+        ]
+        libraries = sorted(
+            {name for mode in MODES for name in profiles[mode]["own_s_by_library"]},
+            key=lambda name: -profiles["per_step"]["own_s_by_library"].get(name, 0.0),
+        )
         for library in libraries:
-            lines.append(f"| {library} | " + " | ".join(f"{profiles[mode]['own_s_by_library'].get(library, 0.0):.3f}"
-                                                         for mode in MODES) + " |")
+            lines.append(
+                f"| {library} | "
+                + " | ".join(f"{profiles[mode]['own_s_by_library'].get(library, 0.0):.3f}" for mode in MODES)
+                + " |"
+            )
         lines.append("| Python calls | " + " | ".join(str(profiles[mode]["calls"]) for mode in MODES) + " |")
     return "\n".join(lines)
 

@@ -134,8 +134,14 @@ def loading_info(model, missing_keys: set[str], error_msgs: list[str]):
     from transformers.utils.loading_report import LoadStateDictInfo
 
     model._weight_conversions = []  # none was used, so save_pretrained has none to revert
-    return LoadStateDictInfo(missing_keys=missing_keys, unexpected_keys=set(), mismatched_keys=set(),
-                             error_msgs=error_msgs, conversion_errors={}, skipped_pp_keys=set()), None
+    return LoadStateDictInfo(
+        missing_keys=missing_keys,
+        unexpected_keys=set(),
+        mismatched_keys=set(),
+        error_msgs=error_msgs,
+        conversion_errors={},
+        skipped_pp_keys=set(),
+    ), None
 
 
 def attention_implementation(model_config) -> str | None:
@@ -248,8 +254,13 @@ def share_fp32_master_weights(engine) -> int:
         return 0
     shared = 0
     for master, partition in zip(masters, partitions):
-        if (partition is None or master.dtype != partition.dtype or master.device != partition.device
-                or master.numel() != partition.numel() or master.data_ptr() == partition.data_ptr()):
+        if (
+            partition is None
+            or master.dtype != partition.dtype
+            or master.device != partition.device
+            or master.numel() != partition.numel()
+            or master.data_ptr() == partition.data_ptr()
+        ):
             continue
         master.data = partition.data
         shared += partition.numel()

@@ -67,8 +67,11 @@ def read_small_json(path: str | os.PathLike, max_bytes: int | None = None) -> An
     except OSError as error:
         raise DataError(f"cannot be read ({error.strerror or type(error).__name__})", file=str(path)) from None
     if len(data) > max_bytes:
-        raise DataError(f"is over {size_text(max_bytes)}, far more than a JSON file of its kind holds: refused "
-                        "unread (a link to a device, or a damaged file?)", file=str(path))
+        raise DataError(
+            f"is over {size_text(max_bytes)}, far more than a JSON file of its kind holds: refused "
+            "unread (a link to a device, or a damaged file?)",
+            file=str(path),
+        )
     try:
         return loads(data.decode("utf-8"))
     except UnicodeDecodeError:

@@ -105,8 +105,11 @@ def safetensors_problem(path: Path) -> str | None:
             return "not a safetensors file (its header is not JSON)"
     if not isinstance(header, dict):
         return "not a safetensors file (its header is not a mapping)"
-    ends = [entry["data_offsets"][1] for key, entry in header.items()
-            if key != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets", ())) == 2]
+    ends = [
+        entry["data_offsets"][1]
+        for key, entry in header.items()
+        if key != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets", ())) == 2
+    ]
     expected = 8 + header_length + max(ends, default=0)
     if expected != size:
         return f"cut short or padded: {size} bytes where its header describes {expected}"
@@ -148,13 +151,15 @@ def check_safe_to_load(directory: Path) -> None:
         try:
             found = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
         except (RuntimeError, OSError, ValueError) as error:
-            raise UnsafeCheckpointError(f"{path}: cannot be read as a torch checkpoint "
-                                        f"({' '.join(str(error).split())[:200]})") from None
+            raise UnsafeCheckpointError(
+                f"{path}: cannot be read as a torch checkpoint ({' '.join(str(error).split())[:200]})"
+            ) from None
         refused = sorted(found - allowed)
         if refused:
             raise UnsafeCheckpointError(
                 f"{path}: refusing to load it: it pickles {', '.join(refused)}, which weights and optimiser states "
-                f"never hold (checkpoints load with weights_only=True; a file like this can run code)")
+                f"never hold (checkpoints load with weights_only=True; a file like this can run code)"
+            )
 
 
 @contextlib.contextmanager
@@ -200,12 +205,23 @@ def fallback_message(chosen: Path | None, passed_over: list[str]) -> str:
     return f"skipping damaged checkpoint(s) ({damaged}): {target}"
 
 
-def disk_full_message(where: Path, error: BaseException, removed: Iterable[Path], last_whole: Path | None,
-                      left_for_next_run: Iterable[Path] = ()) -> str:
+def disk_full_message(
+    where: Path,
+    error: BaseException,
+    removed: Iterable[Path],
+    last_whole: Path | None,
+    left_for_next_run: Iterable[Path] = (),
+) -> str:
     removed = [str(path) for path in removed]
     left = [str(path) for path in left_for_next_run]
-    return (f"no space left on device writing {where} ({disk_full_detail(error)}); "
-            + (f"removed the partial {', '.join(removed)}; " if removed else "")
-            + (f"left the partial {', '.join(left)}, as other ranks may still have been writing into it "
-               f"(--resume steps over it); " if left else "")
-            + f"the last whole checkpoint is {last_whole or 'none'}: free space and re-run with --resume")
+    return (
+        f"no space left on device writing {where} ({disk_full_detail(error)}); "
+        + (f"removed the partial {', '.join(removed)}; " if removed else "")
+        + (
+            f"left the partial {', '.join(left)}, as other ranks may still have been writing into it "
+            f"(--resume steps over it); "
+            if left
+            else ""
+        )
+        + f"the last whole checkpoint is {last_whole or 'none'}: free space and re-run with --resume"
+    )

@@ -36,8 +36,10 @@ class CommonArguments:
 
     model_name_or_path: str = field(
         default="",
-        metadata={"help": "The model to start from: a registry reference (`sft`, `sft@2`), a local "
-                          "Hugging Face directory, or a hub id; resolved in that order."},
+        metadata={
+            "help": "The model to start from: a registry reference (`sft`, `sft@2`), a local "
+            "Hugging Face directory, or a hub id; resolved in that order."
+        },
     )
     registry_dir: str = field(
         default="",
@@ -53,8 +55,10 @@ class CommonArguments:
     )
     attn_implementation: str = field(
         default=DEFAULT_ATTENTION,
-        metadata={"help": "Attention every model of the stage runs: sdpa, eager, or flash_attention_2 (needs the "
-                          "flash-attn package, a GPU and bf16)."},
+        metadata={
+            "help": "Attention every model of the stage runs: sdpa, eager, or flash_attention_2 (needs the "
+            "flash-attn package, a GPU and bf16)."
+        },
     )
     resume: bool = field(
         default=False,
@@ -69,8 +73,10 @@ class CommonArguments:
             self.bf16 = _bf16_supported() and not getattr(self, "fp16", False)
         # transformers 5 renamed gradient_checkpointing to activation_checkpointing and warns on every run that
         # still carries the old field (TRL's SFTConfig sets it): take its value over without the warning.
-        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
-                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
             if hasattr(self, new) and getattr(self, new) is None and getattr(self, old, None) is not None:
                 setattr(self, new, getattr(self, old))
         if getattr(self, "dataloader_pin_memory", False) and not _cuda_available():
@@ -88,11 +94,13 @@ class SharedPromptArguments:
 
     shared_prompt_forward: bool = field(
         default=True,
-        metadata={"help": "Run the responses to one prompt in one row behind one copy of the prompt, each seeing the "
-                          "prompt and itself at its own positions: the prompt is computed once, with the same outputs, "
-                          "losses and gradients to float tolerance. A model that fails a check at start (flash "
-                          "attention, attention that ignores a custom mask) runs one sequence per response, with a "
-                          "line saying so."},
+        metadata={
+            "help": "Run the responses to one prompt in one row behind one copy of the prompt, each seeing the "
+            "prompt and itself at its own positions: the prompt is computed once, with the same outputs, "
+            "losses and gradients to float tolerance. A model that fails a check at start (flash "
+            "attention, attention that ignores a custom mask) runs one sequence per response, with a "
+            "line saying so."
+        },
     )
 
 
@@ -109,16 +117,22 @@ def _check_before_any_work(config) -> None:
         if isinstance(value, int) and value <= 0:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     save_steps = getattr(config, "save_steps", None)
-    if str(getattr(config, "save_strategy", "")).endswith("steps") and isinstance(save_steps, (int, float)) \
-            and save_steps < 0:
-        raise ConfigError(f"save_steps must be > 0 (steps between checkpoints, or a fraction of the run), got {save_steps}")
+    if (
+        str(getattr(config, "save_strategy", "")).endswith("steps")
+        and isinstance(save_steps, (int, float))
+        and save_steps < 0
+    ):
+        raise ConfigError(
+            f"save_steps must be > 0 (steps between checkpoints, or a fraction of the run), got {save_steps}"
+        )
     deepspeed_file = getattr(config, "deepspeed", None)
     if isinstance(deepspeed_file, str) and (deepspeed_file.endswith(".json") or Path(deepspeed_file).is_file()):
         load_deepspeed_config(deepspeed_file)  # transformers' own error does not name the file
     eval_fraction = getattr(config, "eval_fraction", None)
     if isinstance(eval_fraction, (int, float)) and not 0 <= eval_fraction < 1:
-        raise ConfigError(f"eval_fraction must be at least 0 and below 1 (a share of the prompts held out), "
-                          f"got {eval_fraction}")
+        raise ConfigError(
+            f"eval_fraction must be at least 0 and below 1 (a share of the prompts held out), got {eval_fraction}"
+        )
     if getattr(config, "register_as", ""):
         from rlhf.registry import check_name
 
@@ -135,13 +149,28 @@ ZERO_TO_ONE = (lambda value: 0 <= value <= 1, "must be between 0 and 1")
 # The float settings of every stage (and the pipeline) whose wrong values fail only once a model has loaded, or
 # train without saying so. A learning rate of 0 freezes what it drives, which is allowed.
 FLOAT_RANGES = {
-    "learning_rate": AT_LEAST_0, "actor_learning_rate": AT_LEAST_0, "critic_learning_rate": AT_LEAST_0,
-    "weight_decay": AT_LEAST_0, "adam_beta1": FRACTION, "adam_beta2": FRACTION, "adam_epsilon": AT_LEAST_0,
-    "max_grad_norm": AT_LEAST_0, "warmup_steps": AT_LEAST_0, "label_smoothing_factor": FRACTION,
-    "neftune_noise_alpha": AT_LEAST_0, "lora_alpha": ABOVE_0, "lora_dropout": FRACTION,
-    "gamma": ZERO_TO_ONE, "lam": ZERO_TO_ONE, "cliprange": ABOVE_0, "cliprange_value": ABOVE_0,
+    "learning_rate": AT_LEAST_0,
+    "actor_learning_rate": AT_LEAST_0,
+    "critic_learning_rate": AT_LEAST_0,
+    "weight_decay": AT_LEAST_0,
+    "adam_beta1": FRACTION,
+    "adam_beta2": FRACTION,
+    "adam_epsilon": AT_LEAST_0,
+    "max_grad_norm": AT_LEAST_0,
+    "warmup_steps": AT_LEAST_0,
+    "label_smoothing_factor": FRACTION,
+    "neftune_noise_alpha": AT_LEAST_0,
+    "lora_alpha": ABOVE_0,
+    "lora_dropout": FRACTION,
+    "gamma": ZERO_TO_ONE,
+    "lam": ZERO_TO_ONE,
+    "cliprange": ABOVE_0,
+    "cliprange_value": ABOVE_0,
     "vf_coef": ABOVE_0,  # the critic's clipping norm is max_grad_norm / vf_coef
-    "target_kl": ABOVE_0, "score_clip": AT_LEAST_0, "ptx_coef": AT_LEAST_0, "demo_scale": ABOVE_0,
+    "target_kl": ABOVE_0,
+    "score_clip": AT_LEAST_0,
+    "ptx_coef": AT_LEAST_0,
+    "demo_scale": ABOVE_0,
     "uncertainty_coef": AT_LEAST_0,
 }
 
@@ -188,8 +217,10 @@ def _check_deepspeed_agrees(config) -> None:
     mismatches = getattr(getattr(config, "hf_deepspeed_config", None), "mismatches", None)
     if mismatches:
         found = "; ".join(line.lstrip("- ") for line in mismatches)
-        raise ConfigError(f"{config.deepspeed if isinstance(config.deepspeed, str) else 'deepspeed'}: contradicts "
-                          f"the stage's settings ({found}); set those DeepSpeed values to \"auto\" or make them agree")
+        raise ConfigError(
+            f"{config.deepspeed if isinstance(config.deepspeed, str) else 'deepspeed'}: contradicts "
+            f'the stage\'s settings ({found}); set those DeepSpeed values to "auto" or make them agree'
+        )
 
 
 def _cuda_available() -> bool:
@@ -279,8 +310,10 @@ class _LoaderWithoutAliases(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             alias = self.peek_event()
-            raise AliasRefused(f"line {alias.start_mark.line + 1}: YAML aliases (*{alias.anchor}) are refused in "
-                               f"configs, since a few nested ones expand without bound; write the value out")
+            raise AliasRefused(
+                f"line {alias.start_mark.line + 1}: YAML aliases (*{alias.anchor}) are refused in "
+                f"configs, since a few nested ones expand without bound; write the value out"
+            )
         return super().compose_node(parent, index)
 
 
@@ -315,7 +348,7 @@ def parse_config(config_class: type[T], argv: Sequence[str] | None = None) -> T:
         if at + 1 >= len(argv):
             raise ConfigError("--config needs a YAML file path")
         config_path = argv[at + 1]
-        del argv[at:at + 2]
+        del argv[at : at + 2]
         known = {f.name for f in dataclasses.fields(config_class)}
         yaml_argv = yaml_to_argv(load_yaml(config_path), known, config_path)
     parser = _parser_for(config_class)

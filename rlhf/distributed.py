@@ -105,11 +105,12 @@ def _unlink_cpu_all_reduce_buffer() -> None:
     """DeepSpeed's CPU all-reduce maps one /dev/shm file per rank (66 MB) and never unlinks it, so every
     multi-process CPU run would leave its files, and their memory, behind until a reboot. Each rank removes its
     own name at the end; the mappings of ranks still running stay valid until they exit."""
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{os.environ.get('RANK', '0')}")
+    name = (
+        f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+        f"{os.environ.get('MASTER_PORT', '')}_{os.environ.get('RANK', '0')}"
+    )
     with contextlib.suppress(OSError):
         os.unlink(os.path.join("/dev/shm", name))
-
 
 
 def sum_over_ranks(tensor):

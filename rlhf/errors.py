@@ -25,8 +25,9 @@ class ConfigError(RLHFError):
 class DataError(RLHFError):
     """A bad input file or record. The message names the file, the record and the field."""
 
-    def __init__(self, reason: str, *, file: str | None = None, record: int | str | None = None,
-                 field: str | None = None):
+    def __init__(
+        self, reason: str, *, file: str | None = None, record: int | str | None = None, field: str | None = None
+    ):
         self.reason, self.file, self.record, self.field = reason, file, record, field
         where = [str(file)] if file is not None else []
         if record is not None:

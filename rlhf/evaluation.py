@@ -33,8 +33,16 @@ def task_of_prompt(name: str) -> Callable[[str], str] | None:
     return None
 
 
-def gold_evaluation(model, tokenizer, prompts: Sequence[Any], scorer: GoldScorer, *,
-                    max_new_tokens: int = 32, samples_kept: int = 5, **generation) -> dict[str, Any]:
+def gold_evaluation(
+    model,
+    tokenizer,
+    prompts: Sequence[Any],
+    scorer: GoldScorer,
+    *,
+    max_new_tokens: int = 32,
+    samples_kept: int = 5,
+    **generation,
+) -> dict[str, Any]:
     """Mean gold score of the model's responses to `prompts`, and a few of them to read."""
     from rlhf.generation import generate_responses
 
@@ -42,8 +50,10 @@ def gold_evaluation(model, tokenizer, prompts: Sequence[Any], scorer: GoldScorer
     scores = [scorer(prompt, response) for prompt, response in zip(prompts, responses)]
     return {
         "gold_score": fmean(scores) if scores else 0.0,
-        "samples": [{"prompt": p, "response": r, "gold_score": s}
-                    for p, r, s in list(zip(prompts, responses, scores))[:samples_kept]],
+        "samples": [
+            {"prompt": p, "response": r, "gold_score": s}
+            for p, r, s in list(zip(prompts, responses, scores))[:samples_kept]
+        ],
     }
 
 
@@ -53,6 +63,7 @@ def gold_metrics(model, tokenizer, prompts: list, config, suffix: str) -> dict[s
 
     if not config.gold_scorer or not prompts or not distributed.is_main_process():
         return {}
-    result = gold_evaluation(model, tokenizer, prompts, gold_scorer(config.gold_scorer),
-                             max_new_tokens=config.gold_max_new_tokens)
+    result = gold_evaluation(
+        model, tokenizer, prompts, gold_scorer(config.gold_scorer), max_new_tokens=config.gold_max_new_tokens
+    )
     return {f"gold_score_{suffix}": result["gold_score"], f"gold_samples_{suffix}": result["samples"]}

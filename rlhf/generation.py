@@ -63,8 +63,11 @@ def checkpoint_defaults_off(model) -> Iterator[None]:
     does not get from us is transformers' neutral default and never the checkpoint's setting."""
     from transformers import GenerationConfig, GenerationMixin
 
-    swapped = [(module, module.generation_config) for module in model.modules()
-               if isinstance(module, GenerationMixin) and getattr(module, "generation_config", None) is not None]
+    swapped = [
+        (module, module.generation_config)
+        for module in model.modules()
+        if isinstance(module, GenerationMixin) and getattr(module, "generation_config", None) is not None
+    ]
     for module, _ in swapped:
         module.generation_config = GenerationConfig()
     try:
@@ -74,9 +77,19 @@ def checkpoint_defaults_off(model) -> Iterator[None]:
             module.generation_config = saved
 
 
-def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_tokens: int = 32,
-                       do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                       batch_size: int = 32, progress: str = "") -> list[str]:
+def generate_responses(
+    model,
+    tokenizer,
+    prompts: Sequence[Any],
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    batch_size: int = 32,
+    progress: str = "",
+) -> list[str]:
     """One response per prompt, decoded in context without special tokens (`response_text`, so that the reward
     model reads it back as the tokens the policy wrote); any of the checkpoint's stop tokens ends it.
     A non-empty `progress` names a progress bar over the prompts."""
@@ -85,21 +98,27 @@ def generate_responses(model, tokenizer, prompts: Sequence[Any], *, max_new_toke
     from transformers import GenerationConfig
 
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
-    generation_config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                         pad_token_id=tokenizer.pad_token_id,
-                                         eos_token_id=list(stop_token_ids(tokenizer, model)) or None, **settings)
+    generation_config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=list(stop_token_ids(tokenizer, model)) or None,
+        **settings,
+    )
     was_training = model.training
     model.eval()
     responses: list[str] = []
     bar = tqdm(total=len(prompts), desc=progress, unit="response", disable=not progress, dynamic_ncols=True)
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = encode_prompts(tokenizer, prompts[start:start + batch_size]).to(model.device)
+            batch = encode_prompts(tokenizer, prompts[start : start + batch_size]).to(model.device)
             with torch.no_grad(), checkpoint_defaults_off(model):
                 output = model.generate(**batch, generation_config=generation_config)
-            new_tokens = output[:, batch["input_ids"].shape[1]:]
-            responses.extend(response_text(tokenizer, ids[mask.bool()].tolist(), response.tolist())
-                             for ids, mask, response in zip(batch["input_ids"], batch["attention_mask"], new_tokens))
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            responses.extend(
+                response_text(tokenizer, ids[mask.bool()].tolist(), response.tolist())
+                for ids, mask, response in zip(batch["input_ids"], batch["attention_mask"], new_tokens)
+            )
             bar.update(len(new_tokens))
     finally:
         bar.close()

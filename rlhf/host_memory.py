@@ -43,6 +43,8 @@ def zero3_in(deepspeed_configs: Iterable[dict[str, Any] | str | None]) -> bool:
     stage 3, under which this setting pays for itself."""
     from rlhf.config import is_zero3, load_deepspeed_config
 
-    loaded = (load_deepspeed_config(ds_config) if isinstance(ds_config, str) and ds_config else ds_config
-              for ds_config in deepspeed_configs)
+    loaded = (
+        load_deepspeed_config(ds_config) if isinstance(ds_config, str) and ds_config else ds_config
+        for ds_config in deepspeed_configs
+    )
     return any(isinstance(ds_config, dict) and is_zero3(ds_config) for ds_config in loaded)

@@ -26,8 +26,10 @@ class DiskFullError(RLHFError):
 
     def __init__(self, path: str | os.PathLike, cause: BaseException):
         self.path, self.cause = Path(path), cause
-        super().__init__(f"no space left on device writing {path} ({disk_full_detail(cause)}); free space and "
-                         f"run again (a stage with --resume true continues from its last checkpoint)")
+        super().__init__(
+            f"no space left on device writing {path} ({disk_full_detail(cause)}); free space and "
+            f"run again (a stage with --resume true continues from its last checkpoint)"
+        )
 
 
 def is_disk_full(error: BaseException) -> bool:

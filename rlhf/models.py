@@ -32,8 +32,10 @@ def check_attention(attn_implementation: str) -> None:
     from transformers import utils
 
     if not getattr(utils, FLASH_ATTENTION[attn_implementation])():
-        raise ConfigError(f"attn_implementation '{attn_implementation}' needs the flash-attn package, which is not "
-                          f"installed here (pip install flash-attn on a CUDA machine); use '{DEFAULT_ATTENTION}'")
+        raise ConfigError(
+            f"attn_implementation '{attn_implementation}' needs the flash-attn package, which is not "
+            f"installed here (pip install flash-attn on a CUDA machine); use '{DEFAULT_ATTENTION}'"
+        )
 
 
 def _load(loader, path: str, what: str, **kwargs) -> Any:
@@ -52,8 +54,10 @@ def needs_remote_code(error: BaseException) -> bool:
 def load_refused(what: str, path: str, error: BaseException) -> ConfigError:
     """transformers' refusal to load `what` (a tokenizer, a model, its config) from `path`, as one line."""
     if needs_remote_code(error):  # transformers' own message says what to set only on its third line
-        return ConfigError(f"cannot load {what} from '{path}': it needs code shipped with the model (its auto_map), "
-                           f"which runs only with trust_remote_code: true; set that only if you trust its author")
+        return ConfigError(
+            f"cannot load {what} from '{path}': it needs code shipped with the model (its auto_map), "
+            f"which runs only with trust_remote_code: true; set that only if you trust its author"
+        )
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return ConfigError(f"cannot load {what} from '{path}': {first_line}")
 
@@ -124,8 +128,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     tokenizer = _load(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None and tokenizer.eos_token is None:
         # Responses end at EOS and batches pad with pad (or EOS): with neither, no stage can run.
-        raise ConfigError(f"{path}: the tokenizer has neither a pad nor an EOS token; set eos_token (the token that "
-                          f"ends a response) in its tokenizer_config.json")
+        raise ConfigError(
+            f"{path}: the tokenizer has neither a pad nor an EOS token; set eos_token (the token that "
+            f"ends a response) in its tokenizer_config.json"
+        )
     if tokenizer.pad_token is None:
         # Many causal LMs ship without a pad token; EOS is the usual stand-in (masks keep it out of losses).
         tokenizer.pad_token = tokenizer.eos_token
@@ -142,14 +148,22 @@ def same_tokenization(first, second) -> bool:
     one of them prepends, as OPT's does, or another normaliser). A shared vocabulary alone is not enough."""
     if first is second:
         return True
-    return (first.get_vocab() == second.get_vocab() and _special_tokens(first) == _special_tokens(second)
-            and getattr(first, "chat_template", None) == getattr(second, "chat_template", None)
-            and first(TOKENIZATION_PROBE).input_ids == second(TOKENIZATION_PROBE).input_ids)
+    return (
+        first.get_vocab() == second.get_vocab()
+        and _special_tokens(first) == _special_tokens(second)
+        and getattr(first, "chat_template", None) == getattr(second, "chat_template", None)
+        and first(TOKENIZATION_PROBE).input_ids == second(TOKENIZATION_PROBE).input_ids
+    )
 
 
 def _special_tokens(tokenizer) -> tuple:
-    return (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id,
-            sorted(tokenizer.all_special_ids))
+    return (
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.unk_token_id,
+        sorted(tokenizer.all_special_ids),
+    )
 
 
 def max_positions(path: str, trust_remote_code: bool = False) -> int:
@@ -161,17 +175,23 @@ def max_positions(path: str, trust_remote_code: bool = False) -> int:
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         if isinstance(getattr(text_config, name, None), int):
             return getattr(text_config, name)
-    raise ConfigError(f"{path}: its config names no maximum length (max_position_embeddings); pass "
-                      f"--max_prompt_length")
+    raise ConfigError(f"{path}: its config names no maximum length (max_position_embeddings); pass --max_prompt_length")
 
 
-def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: Any = None,
-                   attn_implementation: str = DEFAULT_ATTENTION):
+def load_causal_lm(
+    path: str, trust_remote_code: bool = False, dtype: Any = None, attn_implementation: str = DEFAULT_ATTENTION
+):
     from transformers import AutoModelForCausalLM
 
-    return _load(AutoModelForCausalLM.from_pretrained, path, "causal LM", use_safetensors=True,
-                 trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation=attn_implementation)
-
+    return _load(
+        AutoModelForCausalLM.from_pretrained,
+        path,
+        "causal LM",
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+    )
 
 
 def partitioned_loading(ds_config: dict[str, Any]):

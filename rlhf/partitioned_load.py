@@ -52,8 +52,9 @@ class AmbiguousCheckpoint(ValueError):
     """Two checkpoint keys would fill the same weight of the model."""
 
 
-def checkpoint_sources(checkpoint_keys: Iterable[str], model_keys: set[str] | dict,
-                       base_model_prefix: str) -> dict[str, str]:
+def checkpoint_sources(
+    checkpoint_keys: Iterable[str], model_keys: set[str] | dict, base_model_prefix: str
+) -> dict[str, str]:
     """{model key: checkpoint key} for every checkpoint key that fills one of the model's weights. Checkpoint
     keys the model has no place for (a causal LM's lm_head under a reward model) are left out, as transformers
     leaves them unused; model keys no checkpoint key fills are what transformers initialises or ties."""
@@ -72,6 +73,7 @@ def local_tensors(model: nn.Module) -> Iterator[tuple[nn.Module, str, str, bool]
     """(module, local name, model key, is_parameter) for each module's own parameters and persistent buffers, in
     the order state_dict lists them. A module reachable under two names is visited under both, as transformers
     does: a key of either name can be the one the checkpoint has."""
+
     def visit(module: nn.Module, prefix: str):
         for name, parameter in module._parameters.items():
             if parameter is not None:
@@ -113,8 +115,9 @@ class CheckpointReader:
         return self._file_of[key].get_tensor(key)
 
 
-def load_module_by_module(model: nn.Module, checkpoint_files: list[str],
-                          mark_loaded: Callable[[torch.Tensor], None]) -> tuple[set[str], list[str]]:
+def load_module_by_module(
+    model: nn.Module, checkpoint_files: list[str], mark_loaded: Callable[[torch.Tensor], None]
+) -> tuple[set[str], list[str]]:
     """Fill the ZeRO-3 model's weights from the checkpoint, one module at a time; every rank calls it.
 
     Returns (missing keys, error messages) as transformers' loading expects them: the model keys no checkpoint
@@ -146,8 +149,10 @@ def load_module_by_module(model: nn.Module, checkpoint_files: list[str],
                 continue
             expected = tuple(getattr(tensor, "ds_shape", tensor.shape))
             if reader.shape(sources[key]) != expected:
-                errors.append(f"size mismatch for {key}: copying a param with shape {reader.shape(sources[key])} "
-                              f"from checkpoint, the shape in current model is {expected}.")
+                errors.append(
+                    f"size mismatch for {key}: copying a param with shape {reader.shape(sources[key])} "
+                    f"from checkpoint, the shape in current model is {expected}."
+                )
                 continue
             (parameters if is_parameter else buffers).append((key, tensor))
             filled.add(id(tensor))
@@ -166,8 +171,10 @@ def load_module_by_module(model: nn.Module, checkpoint_files: list[str],
     return missing, errors
 
 
-def why_not_streamed(checkpoint_files: list[str] | None, weight_mapping_changes_keys: Callable[[list[str]], bool],
-                     ) -> str | None:
+def why_not_streamed(
+    checkpoint_files: list[str] | None,
+    weight_mapping_changes_keys: Callable[[list[str]], bool],
+) -> str | None:
     """Why a ZeRO-3 load has to go through transformers' own path (None: it can be streamed)."""
     if not checkpoint_files:
         return "no checkpoint files (a state dict was passed)"
@@ -188,8 +195,7 @@ def streamed_zero3_loading() -> Iterator[None]:
     def load(model, checkpoint_files, load_config, transformers_load):
         if not _compat.zero3_load_can_be_replaced(load_config):
             return transformers_load()
-        reason = why_not_streamed(checkpoint_files, lambda keys: _compat.weight_mapping_changes_keys(
-            load_config, keys))
+        reason = why_not_streamed(checkpoint_files, lambda keys: _compat.weight_mapping_changes_keys(load_config, keys))
         if reason is None:
             try:
                 missing, errors = load_module_by_module(model, checkpoint_files, _compat.mark_as_loaded)
@@ -198,8 +204,11 @@ def streamed_zero3_loading() -> Iterator[None]:
             else:
                 return _compat.loading_info(model, missing, errors)
         if distributed.is_main_process():
-            print(f"loading {load_config.pretrained_model_name_or_path} through transformers' ZeRO-3 path (rank 0 "
-                  f"reads the whole checkpoint): {reason}", flush=True)
+            print(
+                f"loading {load_config.pretrained_model_name_or_path} through transformers' ZeRO-3 path (rank 0 "
+                f"reads the whole checkpoint): {reason}",
+                flush=True,
+            )
         return transformers_load()
 
     with _compat.pretrained_loading_replaced(load):

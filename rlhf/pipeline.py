@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf import run_lock
-from rlhf.config import (check_numbers, load_yaml, parse_config, parse_yaml, settings_to_argv,
-                         write_resolved_config)
+from rlhf.config import check_numbers, load_yaml, parse_config, parse_yaml, settings_to_argv, write_resolved_config
 from rlhf.demo.annotate import OVERLAP
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
 from rlhf.io import atomic_write_json, disk_full_is_one_line
@@ -40,12 +39,19 @@ LAUNCHERS = ("python", "deepspeed")
 class PipelineConfig:
     """What to run and where. Each stage's own settings stay in its own config file."""
 
-    run_dir: str = field(default="runs/demo-run", metadata={"help": "Every stage's outputs, the labels and the report."})
+    run_dir: str = field(
+        default="runs/demo-run", metadata={"help": "Every stage's outputs, the labels and the report."}
+    )
     registry_dir: str = field(default="", metadata={"help": "Model registry. Empty: <run_dir>/registry."})
-    prepare_demo: str = field(default="", metadata={"help": "Write the bundled demo (model + data) here first, "
-                                                            "when it is not there yet, and run every stage on it "
-                                                            "(its model, demonstrations and prompts, wherever the "
-                                                            "stage configs point). Empty: bring your own."})
+    prepare_demo: str = field(
+        default="",
+        metadata={
+            "help": "Write the bundled demo (model + data) here first, "
+            "when it is not there yet, and run every stage on it "
+            "(its model, demonstrations and prompts, wherever the "
+            "stage configs point). Empty: bring your own."
+        },
+    )
     demo_scale: float = field(default=1.0, metadata={"help": "Scale of the demo's data splits (tests use 0.02)."})
     demo_hidden_size: int = field(default=128, metadata={"help": "Width of the demo's tiny model."})
     sft_config: str = field(default="configs/sft.yaml", metadata={"help": "Stage 1's config file."})
@@ -54,37 +60,71 @@ class PipelineConfig:
     sft_overrides: str = field(default="", metadata={"help": "Stage 1 settings over its file, as a JSON/YAML mapping."})
     rm_overrides: str = field(default="", metadata={"help": "Stage 2 settings over its file, as a JSON/YAML mapping."})
     ppo_overrides: str = field(default="", metadata={"help": "Stage 3 settings over its file, as a JSON/YAML mapping."})
-    labels: str = field(default="simulated", metadata={"help": "'simulated': the demo's labelers rank the samples; "
-                                                               "'import': read labels_file; 'pause': write the "
-                                                               "labeling tasks and stop until the labels are imported."})
+    labels: str = field(
+        default="simulated",
+        metadata={
+            "help": "'simulated': the demo's labelers rank the samples; "
+            "'import': read labels_file; 'pause': write the "
+            "labeling tasks and stop until the labels are imported."
+        },
+    )
     labels_file: str = field(default="", metadata={"help": "With labels: import, the labeling tool's export."})
-    labels_format: str = field(default="label-studio", metadata={"help": "Format of labels_file, or of the tasks "
-                                                                         "written for labeling (label-studio, argilla)."})
-    labels_options: str = field(default="", metadata={"help": "Importer options for labels: import, as a mapping "
-                                                              "(e.g. {config: labeling_config.xml}): each is an "
-                                                              "--option KEY=VALUE of `rlhf.labels import`."})
-    label_prompts: str = field(default="runs/demo/data/prompts_train.jsonl",
-                               metadata={"help": "Prompts whose sampled responses people rank."})
-    label_k: int = field(default=4, metadata={"help": "Responses sampled per prompt for ranking (InstructGPT: 4 to 9)."})
+    labels_format: str = field(
+        default="label-studio",
+        metadata={"help": "Format of labels_file, or of the tasks written for labeling (label-studio, argilla)."},
+    )
+    labels_options: str = field(
+        default="",
+        metadata={
+            "help": "Importer options for labels: import, as a mapping "
+            "(e.g. {config: labeling_config.xml}): each is an "
+            "--option KEY=VALUE of `rlhf.labels import`."
+        },
+    )
+    label_prompts: str = field(
+        default="runs/demo/data/prompts_train.jsonl", metadata={"help": "Prompts whose sampled responses people rank."}
+    )
+    label_k: int = field(
+        default=4, metadata={"help": "Responses sampled per prompt for ranking (InstructGPT: 4 to 9)."}
+    )
     label_limit: int = field(default=0, metadata={"help": "Use only the first N prompts for labeling (0: all)."})
     label_max_new_tokens: int = field(default=24, metadata={"help": "Length cap of the sampled responses."})
     label_batch_size: int = field(default=128, metadata={"help": "Responses sampled at once for labeling."})
-    label_overlap: float = field(default=OVERLAP, metadata={"help": "With labels: simulated, the share of prompts two "
-                                                                "of the demo's labelers rank, so that their "
-                                                                "agreement shows in the import summary and report."})
+    label_overlap: float = field(
+        default=OVERLAP,
+        metadata={
+            "help": "With labels: simulated, the share of prompts two "
+            "of the demo's labelers rank, so that their "
+            "agreement shows in the import summary and report."
+        },
+    )
     launcher: str = field(default="python", metadata={"help": "'python' (one process) or 'deepspeed'."})
-    launcher_args: str = field(default="", metadata={"help": "Arguments for the deepspeed launcher, e.g. "
-                                                             "'--num_gpus 8' or '--hostfile hostfile'."})
-    sft_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for SFT alone (default: launcher_args)."})
-    rm_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for the RM alone (default: launcher_args)."})
-    ppo_launcher_args: str = field(default="", metadata={"help": "Launcher arguments for PPO alone (default: launcher_args)."})
-    best_of_n_max: int = field(default=0, metadata={"help": "After PPO, best-of-N of the SFT policy under the "
-                                                            "reward model for N = 1, 2, 4, ... up to this, on PPO's "
-                                                            "held-out prompts with PPO's sampling settings (python -m "
-                                                            "rlhf.evaluate best-of-n), for the report's comparison at "
-                                                            "matched KL. 0: off."})
-    best_of_n_prompts: int = field(default=32, metadata={"help": "Held-out prompts best-of-N samples "
-                                                                 "best_of_n_max responses for."})
+    launcher_args: str = field(
+        default="",
+        metadata={"help": "Arguments for the deepspeed launcher, e.g. '--num_gpus 8' or '--hostfile hostfile'."},
+    )
+    sft_launcher_args: str = field(
+        default="", metadata={"help": "Launcher arguments for SFT alone (default: launcher_args)."}
+    )
+    rm_launcher_args: str = field(
+        default="", metadata={"help": "Launcher arguments for the RM alone (default: launcher_args)."}
+    )
+    ppo_launcher_args: str = field(
+        default="", metadata={"help": "Launcher arguments for PPO alone (default: launcher_args)."}
+    )
+    best_of_n_max: int = field(
+        default=0,
+        metadata={
+            "help": "After PPO, best-of-N of the SFT policy under the "
+            "reward model for N = 1, 2, 4, ... up to this, on PPO's "
+            "held-out prompts with PPO's sampling settings (python -m "
+            "rlhf.evaluate best-of-n), for the report's comparison at "
+            "matched KL. 0: off."
+        },
+    )
+    best_of_n_prompts: int = field(
+        default=32, metadata={"help": "Held-out prompts best-of-N samples best_of_n_max responses for."}
+    )
     report: bool = field(default=True, metadata={"help": "Write the report (plots + summary) at the end."})
 
     def __post_init__(self):
@@ -98,8 +138,10 @@ class PipelineConfig:
         if not 0 <= self.label_overlap <= 1:
             raise ConfigError(f"label_overlap must be between 0 and 1, got {self.label_overlap}")
         if self.best_of_n_max < 0 or self.best_of_n_prompts < 1:
-            raise ConfigError(f"best_of_n_max must be >= 0 (0: off) and best_of_n_prompts >= 1, got "
-                              f"{self.best_of_n_max} and {self.best_of_n_prompts}")
+            raise ConfigError(
+                f"best_of_n_max must be >= 0 (0: off) and best_of_n_prompts >= 1, got "
+                f"{self.best_of_n_max} and {self.best_of_n_prompts}"
+            )
         for name in ("sft_overrides", "rm_overrides", "ppo_overrides", "labels_options"):
             overrides_of(self, name)  # a malformed mapping fails now, not after an hour of SFT
 
@@ -116,8 +158,10 @@ def overrides_of(config: PipelineConfig, name: str) -> dict[str, Any]:
 
 # -- deciding what to run ------------------------------------------------------------------------------------------
 
+
 def stage_key(*parts: Any) -> str:
     """What a stage was built from: its config file's text, its overrides, its input data and models."""
+
     def content(part: Any) -> Any:
         if isinstance(part, Path):  # a file or directory counts by what is in it, not by its name
             return fingerprint_files([part]) if part.exists() else str(part)
@@ -173,14 +217,18 @@ class Pipeline:
         # many commands that attempt runs.
         with disk_full_is_one_line(log_path), open(log_path, "a", encoding="utf-8", buffering=1) as log:
             if stage not in self._stages_with_a_header:
-                attempt = 1 + (log_path.read_text(encoding="utf-8", errors="replace").count(ATTEMPT_HEADER)
-                               if log_path.stat().st_size else 0)
+                attempt = 1 + (
+                    log_path.read_text(encoding="utf-8", errors="replace").count(ATTEMPT_HEADER)
+                    if log_path.stat().st_size
+                    else 0
+                )
                 log.write(f"{ATTEMPT_HEADER} {attempt}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ====\n")
                 self._stages_with_a_header.add(stage)
             log.write(f"$ {' '.join(command)}\n")
             environment = {**os.environ, "RLHF_REGISTRY": str(self.registry.root), "PYTHONUNBUFFERED": "1"}
-            process = subprocess.Popen(command, env=environment,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            process = subprocess.Popen(
+                command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            )
             # A scheduler stopping the pipeline stops the step as it would stop the stage itself: SIGTERM, on
             # which the stage saves a checkpoint that the next run resumes from.
             previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
@@ -199,8 +247,9 @@ class Pipeline:
                 signal.signal(signal.SIGTERM, previous)
         if returncode != 0:
             said = error_lines[-1] if error_lines else f"exit code {returncode}"
-            raise RLHFError(f"stage {stage} failed ({said}); its output is in {log_path}. "
-                            f"Re-run the same command to resume it.")
+            raise RLHFError(
+                f"stage {stage} failed ({said}); its output is in {log_path}. Re-run the same command to resume it."
+            )
 
     def stage_command(self, stage: str) -> list[str]:
         """How a stage starts: `python -m`, or the deepspeed launcher with that stage's process layout."""
@@ -214,7 +263,9 @@ class Pipeline:
         """Run `action(fresh)` unless planned away; record the result. Returns the stage's registry reference."""
         decision = plan(self.state, stage, key, self.registry)
         if decision == "skip":
-            self._say(f"{stage}: unchanged since its last run, skipped ({self.state[stage].get('reference') or 'done'})")
+            self._say(
+                f"{stage}: unchanged since its last run, skipped ({self.state[stage].get('reference') or 'done'})"
+            )
             return self.state[stage].get("reference")
         self._say(f"{stage}: {'resuming the interrupted run' if decision == 'resume' else 'running'}")
         self._stages_with_a_header.discard(stage)
@@ -225,8 +276,9 @@ class Pipeline:
         self._save_state()
         return reference
 
-    def _trained_stage(self, stage: str, config_file: str, overrides: dict[str, Any], inputs: dict[str, Any],
-                       data: list[Path]) -> str:
+    def _trained_stage(
+        self, stage: str, config_file: str, overrides: dict[str, Any], inputs: dict[str, Any], data: list[Path]
+    ) -> str:
         output_dir = self.run_dir / stage
         # The process layout changes the global batch, so a stage run on other processes is another run.
         launch = self.stage_command(stage)[:-2]
@@ -247,8 +299,14 @@ class Pipeline:
                     output_dir.rename(aside)
                 self._say(f"{stage}: inputs changed; the previous run's directory is now {aside}")
             # The overrides merge into the file's mapping, so that `key: null` means the field's default in both.
-            settings = {**load_yaml(config_file), **overrides, **inputs, "registry_dir": str(self.registry.root),
-                        "output_dir": str(output_dir), "resume": True}
+            settings = {
+                **load_yaml(config_file),
+                **overrides,
+                **inputs,
+                "registry_dir": str(self.registry.root),
+                "output_dir": str(output_dir),
+                "resume": True,
+            }
             self._run([*self.stage_command(stage), *settings_to_argv(settings)], stage)
             return registered_reference(output_dir, self.registry)
 
@@ -263,10 +321,24 @@ class Pipeline:
         if is_prepared(out, demo_settings(scale=self.config.demo_scale, hidden_size=self.config.demo_hidden_size)):
             return
         written_before = (out / "base_model").exists()
-        self._say(f"writing the demo model and data to {out}" +
-                  (" (what is there was written with other settings, or not to the end)" if written_before else ""))
-        self._run([sys.executable, "-m", "rlhf.demo.prepare", "--out", str(out), "--scale", str(self.config.demo_scale),
-                   "--hidden_size", str(self.config.demo_hidden_size)], "prepare")
+        self._say(
+            f"writing the demo model and data to {out}"
+            + (" (what is there was written with other settings, or not to the end)" if written_before else "")
+        )
+        self._run(
+            [
+                sys.executable,
+                "-m",
+                "rlhf.demo.prepare",
+                "--out",
+                str(out),
+                "--scale",
+                str(self.config.demo_scale),
+                "--hidden_size",
+                str(self.config.demo_hidden_size),
+            ],
+            "prepare",
+        )
 
     def demo_inputs(self, stage: str) -> dict[str, str]:
         """With prepare_demo, the settings that point `stage` at the demo written there, wherever that is."""
@@ -293,11 +365,24 @@ class Pipeline:
         option_parts = {key: Path(value) if Path(str(value)).is_file() else value for key, value in options.items()}
         # The overlap counts where the simulated labelers use it, and only away from its default, so that runs
         # labeled before it was a setting keep their labels.
-        overlap = [("label_overlap", self.config.label_overlap)] if (
-            mode == "simulated" and self.config.label_overlap != PipelineConfig.label_overlap) else []
-        key = stage_key("labels", mode, sft_reference, source, self.config.labels_format, self.config.label_k,
-                        self.config.label_limit, self.config.label_max_new_tokens, self.config.label_batch_size,
-                        *([option_parts] if options else []), *overlap)
+        overlap = (
+            [("label_overlap", self.config.label_overlap)]
+            if (mode == "simulated" and self.config.label_overlap != PipelineConfig.label_overlap)
+            else []
+        )
+        key = stage_key(
+            "labels",
+            mode,
+            sft_reference,
+            source,
+            self.config.labels_format,
+            self.config.label_k,
+            self.config.label_limit,
+            self.config.label_max_new_tokens,
+            self.config.label_batch_size,
+            *([option_parts] if options else []),
+            *overlap,
+        )
         if mode == "pause":
             tasks = labels_dir / "tasks.json"
             if self.state.get("labeling_tasks") != key or not tasks.is_file():  # people may be labeling these
@@ -312,14 +397,50 @@ class Pipeline:
             labels_dir.mkdir(parents=True, exist_ok=True)
             if mode == "import":
                 option_flags = [flag for key, value in options.items() for flag in ("--option", f"{key}={value}")]
-                self._run([sys.executable, "-m", "rlhf.labels", "import", "--format", self.config.labels_format,
-                           str(source), "-o", str(rankings), *option_flags], "labels")
+                self._run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "rlhf.labels",
+                        "import",
+                        "--format",
+                        self.config.labels_format,
+                        str(source),
+                        "-o",
+                        str(rankings),
+                        *option_flags,
+                    ],
+                    "labels",
+                )
                 return None
             tasks = self._write_tasks(sft_reference, labels_dir / "tasks.json")
-            self._run([sys.executable, "-m", "rlhf.demo.annotate", str(tasks), "-o", str(labels_dir / "export.json"),
-                       "--overlap", str(self.config.label_overlap)], "labels")
-            self._run([sys.executable, "-m", "rlhf.labels", "import", "--format", "label-studio",
-                       str(labels_dir / "export.json"), "-o", str(rankings)], "labels")
+            self._run(
+                [
+                    sys.executable,
+                    "-m",
+                    "rlhf.demo.annotate",
+                    str(tasks),
+                    "-o",
+                    str(labels_dir / "export.json"),
+                    "--overlap",
+                    str(self.config.label_overlap),
+                ],
+                "labels",
+            )
+            self._run(
+                [
+                    sys.executable,
+                    "-m",
+                    "rlhf.labels",
+                    "import",
+                    "--format",
+                    "label-studio",
+                    str(labels_dir / "export.json"),
+                    "-o",
+                    str(rankings),
+                ],
+                "labels",
+            )
             return None
 
         self.run_stage("labels", key, action)
@@ -330,12 +451,33 @@ class Pipeline:
         return self.demo_inputs("labels").get("label_prompts") or self.config.label_prompts
 
     def _write_tasks(self, sft_reference: str, tasks: Path) -> Path:
-        self._run([sys.executable, "-m", "rlhf.labels", "export", "--policy", sft_reference,
-                   "--registry_dir", str(self.registry.root), "--prompts", self.label_prompts,
-                   "--k", str(self.config.label_k), "--limit", str(self.config.label_limit),
-                   "--max_new_tokens", str(self.config.label_max_new_tokens),
-                   "--batch_size", str(self.config.label_batch_size),
-                   "--format", self.config.labels_format, "-o", str(tasks)], "labels")
+        self._run(
+            [
+                sys.executable,
+                "-m",
+                "rlhf.labels",
+                "export",
+                "--policy",
+                sft_reference,
+                "--registry_dir",
+                str(self.registry.root),
+                "--prompts",
+                self.label_prompts,
+                "--k",
+                str(self.config.label_k),
+                "--limit",
+                str(self.config.label_limit),
+                "--max_new_tokens",
+                str(self.config.label_max_new_tokens),
+                "--batch_size",
+                str(self.config.label_batch_size),
+                "--format",
+                self.config.labels_format,
+                "-o",
+                str(tasks),
+            ],
+            "labels",
+        )
         return tasks
 
     def rm(self, sft_reference: str, rankings: Path) -> str:
@@ -346,8 +488,12 @@ class Pipeline:
     def ppo(self, sft_reference: str, rm_reference: str) -> str:
         overrides = overrides_of(self.config, "ppo_overrides")
         prompts = self._setting(self.config.ppo_config, overrides, "prompts_file")
-        inputs = {"model_name_or_path": sft_reference, "critic_model": rm_reference, "reward_model": rm_reference,
-                  **self.demo_inputs("ppo")}
+        inputs = {
+            "model_name_or_path": sft_reference,
+            "critic_model": rm_reference,
+            "reward_model": rm_reference,
+            **self.demo_inputs("ppo"),
+        }
         prompts = inputs.get("prompts_file") or prompts
         return self._trained_stage("ppo", self.config.ppo_config, overrides, inputs, [Path(prompts)] if prompts else [])
 
@@ -362,10 +508,27 @@ class Pipeline:
             self.state.pop("best_of_n", None)  # its output is gone: nothing to skip to
 
         def action(fresh: bool) -> None:
-            self._run([sys.executable, "-m", "rlhf.evaluate", "best-of-n", "--run_dir", str(self.run_dir),
-                       "--policy", sft_reference, "--reward_model", rm_reference,
-                       "--registry_dir", str(self.registry.root), "--limit", str(self.config.best_of_n_prompts),
-                       "--n", *map(str, sizes)], "best_of_n")
+            self._run(
+                [
+                    sys.executable,
+                    "-m",
+                    "rlhf.evaluate",
+                    "best-of-n",
+                    "--run_dir",
+                    str(self.run_dir),
+                    "--policy",
+                    sft_reference,
+                    "--reward_model",
+                    rm_reference,
+                    "--registry_dir",
+                    str(self.registry.root),
+                    "--limit",
+                    str(self.config.best_of_n_prompts),
+                    "--n",
+                    *map(str, sizes),
+                ],
+                "best_of_n",
+            )
 
         self.run_stage("best_of_n", key, action)
 
@@ -402,7 +565,8 @@ def run_stages(config: PipelineConfig) -> int:
             f"{'Label Studio' if config.labels_format == 'label-studio' else 'Argilla'}, have people rank the "
             f"responses, export the results, then run this command again with "
             f"--labels import --labels_file EXPORT --labels_format {config.labels_format}. "
-            f"Finished stages will be skipped.")
+            f"Finished stages will be skipped."
+        )
         return 0
     rm_reference = pipeline.rm(sft_reference, rankings)
     ppo_reference = pipeline.ppo(sft_reference, rm_reference)
@@ -418,8 +582,10 @@ def run_stages(config: PipelineConfig) -> int:
     return 0
 
 
-@exits_cleanly(on_interrupt="the pipeline stopped; run the same command to resume (finished stages are skipped, "
-                            "the stopped one continues from its last checkpoint)")
+@exits_cleanly(
+    on_interrupt="the pipeline stopped; run the same command to resume (finished stages are skipped, "
+    "the stopped one continues from its last checkpoint)"
+)
 def main(argv: list[str] | None = None) -> int:
     return run(parse_config(PipelineConfig, argv))
 

@@ -87,15 +87,23 @@ class Registry:
             except (OSError, ValueError, TypeError) as error:
                 if file not in self._reported:
                     self._reported.add(file)
-                    print(f"warning: registry entry {file} is damaged and left out "
-                          f"({' '.join(str(error).split())[:200]})", file=sys.stderr)
+                    print(
+                        f"warning: registry entry {file} is damaged and left out "
+                        f"({' '.join(str(error).split())[:200]})",
+                        file=sys.stderr,
+                    )
         return sorted(found, key=lambda entry: (entry.name, entry.version))
 
     def _entry_files(self, name: str | None = None) -> list[Path]:
         base = self.root / "entries"
         names = [name] if name else sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-        return [file for entry_name in names if (base / entry_name).is_dir()
-                for file in (base / entry_name).glob("*.json") if file.stem.isdigit()]
+        return [
+            file
+            for entry_name in names
+            if (base / entry_name).is_dir()
+            for file in (base / entry_name).glob("*.json")
+            if file.stem.isdigit()
+        ]
 
     def get(self, reference: str) -> Entry:
         match = REFERENCE_PATTERN.match(reference)
@@ -110,8 +118,10 @@ class Registry:
         for entry in versions:
             if entry.version == wanted:
                 return entry
-        raise ConfigError(f"registry {self.root}: no version {wanted} of '{match['name']}' "
-                          f"(have {', '.join(e.reference for e in versions)})")
+        raise ConfigError(
+            f"registry {self.root}: no version {wanted} of '{match['name']}' "
+            f"(have {', '.join(e.reference for e in versions)})"
+        )
 
     def registered_by(self, name: str, run_id: str) -> Entry | None:
         """The entry that the stage run `run_id` registered under `name`, if it got that far."""
@@ -128,9 +138,19 @@ class Registry:
         return self.find(reference) is not None
 
     # -- writing --------------------------------------------------------------------------------
-    def register(self, name: str, stage: str, model_dir: str | os.PathLike, *, base_model: str = "",
-                 parents: Iterable[str] = (), data_fingerprint: str = "", config: dict | None = None,
-                 metrics: dict | None = None, run_id: str = "") -> Entry:
+    def register(
+        self,
+        name: str,
+        stage: str,
+        model_dir: str | os.PathLike,
+        *,
+        base_model: str = "",
+        parents: Iterable[str] = (),
+        data_fingerprint: str = "",
+        config: dict | None = None,
+        metrics: dict | None = None,
+        run_id: str = "",
+    ) -> Entry:
         """Move `model_dir` into the registry as the next version of `name` and write its entry.
 
         Call on global rank 0 only. The entry file appears last and in one rename, so a crash
@@ -151,9 +171,17 @@ class Registry:
                 shutil.rmtree(stored)
             _move_directory(model_dir, stored)
             entry = Entry(
-                name=name, version=version, stage=stage, path=str(stored), base_model=base_model,
-                parents=parents, data_fingerprint=data_fingerprint, config=config or {},
-                metrics=metrics or {}, created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), run_id=run_id,
+                name=name,
+                version=version,
+                stage=stage,
+                path=str(stored),
+                base_model=base_model,
+                parents=parents,
+                data_fingerprint=data_fingerprint,
+                config=config or {},
+                metrics=metrics or {},
+                created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                run_id=run_id,
             )
             try:
                 atomic_write_json(self.root / "entries" / name / f"{version}.json", asdict(entry))
@@ -222,8 +250,10 @@ def resolve_model(reference: str, registry: Registry | None = None) -> tuple[str
     entry = registry.find(reference) if match else None
     if entry is not None:
         if not Path(entry.path).is_dir():
-            raise ConfigError(f"registry {registry.root}: {entry.reference}'s model directory {entry.path} no longer "
-                              f"exists (deleted or moved): re-run its stage, or register the model again")
+            raise ConfigError(
+                f"registry {registry.root}: {entry.reference}'s model directory {entry.path} no longer "
+                f"exists (deleted or moved): re-run its stage, or register the model again"
+            )
         check_model_directory(Path(entry.path))
         return entry.path, entry
     if Path(reference).expanduser().is_dir():
@@ -235,16 +265,20 @@ def resolve_model(reference: str, registry: Registry | None = None) -> tuple[str
         registry.get(reference)  # the name is registered, that version is not: the error lists the versions
     if reference.split("@")[0] in STAGE_NAMES:
         # Nobody means the hub's "sft": this is a stage that has not run, or a registry looked for in the wrong place.
-        raise ConfigError(f"model '{reference}' is not in the registry at {registry.root}: run that stage first, "
-                          f"or point registry_dir (or $RLHF_REGISTRY) at the registry that has it")
+        raise ConfigError(
+            f"model '{reference}' is not in the registry at {registry.root}: run that stage first, "
+            f"or point registry_dir (or $RLHF_REGISTRY) at the registry that has it"
+        )
     looks_local = reference.startswith((".", "/", "~")) or reference.count("/") > 1
     if looks_local or "@" in reference:
-        raise ConfigError(f"model '{reference}' is neither a registry entry in {registry.root} "
-                          f"nor an existing directory")
+        raise ConfigError(
+            f"model '{reference}' is neither a registry entry in {registry.root} nor an existing directory"
+        )
     problem = hub_problem(reference)
     if problem:
-        raise ConfigError(f"model '{reference}' is neither a registry entry in {registry.root}, nor a directory, "
-                          f"nor {problem}")
+        raise ConfigError(
+            f"model '{reference}' is neither a registry entry in {registry.root}, nor a directory, nor {problem}"
+        )
     return reference, None
 
 
@@ -291,8 +325,9 @@ def fingerprint_files(paths: Iterable[str | os.PathLike]) -> str:
 
 # -- command line ------------------------------------------------------------------------------
 def _summary_row(entry: Entry) -> str:
-    metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in sorted(entry.metrics.items())[:4])
+    metrics = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(entry.metrics.items())[:4]
+    )
     parents = ",".join(entry.parents) or "-"
     return f"{entry.reference:<12} {entry.stage:<5} {entry.created_at:<25} parents={parents:<16} {metrics}"
 
@@ -330,8 +365,11 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({k: v for k, v in asdict(entry).items() if k != "config"}, indent=2))
             lineage = registry.lineage(entry.reference)
             unreadable = sorted({parent for e in lineage for parent in e.parents} - {e.reference for e in lineage})
-            print("lineage: " + " <- ".join(e.reference for e in lineage)
-                  + (f" (unreadable, left out: {', '.join(unreadable)})" if unreadable else ""))
+            print(
+                "lineage: "
+                + " <- ".join(e.reference for e in lineage)
+                + (f" (unreadable, left out: {', '.join(unreadable)})" if unreadable else "")
+            )
 
 
 if __name__ == "__main__":

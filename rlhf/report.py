@@ -29,6 +29,7 @@ def _json(path: Path) -> Any:
 
 # -- plots ------------------------------------------------------------------------------------------------------
 
+
 def plot_sft_loss(history: list[dict], path: Path) -> Path:
     figure, axes = figures.figure()
     axis = axes[0][0]
@@ -45,8 +46,11 @@ def plot_sft_loss(history: list[dict], path: Path) -> Path:
 
 
 def plot_rm_accuracy_by_k(metrics: dict, path: Path) -> Path:
-    by_k = sorted((int(key.rsplit("_k", 1)[1]), value) for key, value in metrics.items()
-                  if key.startswith("eval_pairwise_accuracy_k"))
+    by_k = sorted(
+        (int(key.rsplit("_k", 1)[1]), value)
+        for key, value in metrics.items()
+        if key.startswith("eval_pairwise_accuracy_k")
+    )
     figure, axes = figures.figure()
     axis = axes[0][0]
     labels = [f"K={k}" for k, _ in by_k] + ["all"]
@@ -55,18 +59,24 @@ def plot_rm_accuracy_by_k(metrics: dict, path: Path) -> Path:
     axis.bar_label(bars, fmt="%.2f")
     axis.axhline(0.5, color="grey", linestyle="--", label="chance")
     if "eval_pairwise_accuracy_before" in metrics:
-        axis.axhline(metrics["eval_pairwise_accuracy_before"], color="tab:red", linestyle=":",
-                     label="before training (all)")
-    axis.set(title="Reward model: held-out pairwise accuracy by K", ylabel="pairs ordered as labelers did",
-             ylim=(0, 1.05))
+        axis.axhline(
+            metrics["eval_pairwise_accuracy_before"], color="tab:red", linestyle=":", label="before training (all)"
+        )
+    axis.set(
+        title="Reward model: held-out pairwise accuracy by K", ylabel="pairs ordered as labelers did", ylim=(0, 1.05)
+    )
     axis.legend(loc="lower right", fontsize=8)
     return figures.save_png(figure, path)
 
 
 def plot_ppo_training(steps: list[dict], path: Path) -> Path:
     figure, axes = figures.figure(2, 2, size=(10, 6.5))
-    panels = [("rm_score", "reward-model score", "tab:blue"), ("gold_score", "gold score (demo)", "tab:green"),
-              ("kl", "KL to the SFT policy (nats / response)", "tab:red"), ("beta", "β (KL coefficient)", "tab:purple")]
+    panels = [
+        ("rm_score", "reward-model score", "tab:blue"),
+        ("gold_score", "gold score (demo)", "tab:green"),
+        ("kl", "KL to the SFT policy (nats / response)", "tab:red"),
+        ("beta", "β (KL coefficient)", "tab:purple"),
+    ]
     for axis, (key, title, color) in zip([a for row in axes for a in row], panels):
         points = [(row["step"], row[key]) for row in steps if row.get(key) is not None]
         if points:
@@ -102,8 +112,11 @@ def plot_overoptimisation(steps: list[dict], path: Path, bins: int = 8) -> Path:
         return target.plot(centres, means, "o-", color=color, label=f"{label} (mean per KL bin)")
 
     lines = draw(axis, "rm_score", "tab:blue", "reward-model score")
-    axis.set(xlabel="KL to the SFT policy (nats / response)", ylabel="reward-model score",
-             title="Reward-model score vs gold score as KL grows")
+    axis.set(
+        xlabel="KL to the SFT policy (nats / response)",
+        ylabel="reward-model score",
+        title="Reward-model score vs gold score as KL grows",
+    )
     if any(row.get("gold_score") is not None for row in rows):
         gold_axis = axis.twinx()
         lines += draw(gold_axis, "gold_score", "tab:green", "gold score")
@@ -126,6 +139,7 @@ def plot_response_length(steps: list[dict], path: Path) -> Path:
 
 # -- summary ------------------------------------------------------------------------------------------------------
 
+
 def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -134,8 +148,11 @@ def _metrics_table(metrics: dict) -> list[str]:
     """What the `overlong` policy did (a line), then every number and word of the metrics (a table)."""
     said = [f"Over-long data: {metrics['overlong']}", ""] if metrics.get("overlong") else []
     rows = ["| metric | value |", "|---|---|"]
-    rows += [f"| {key} | {_number(value).replace('|', '/')} |" for key, value in sorted(metrics.items())
-             if isinstance(value, (int, float, str)) and key != "overlong"]
+    rows += [
+        f"| {key} | {_number(value).replace('|', '/')} |"
+        for key, value in sorted(metrics.items())
+        if isinstance(value, (int, float, str)) and key != "overlong"
+    ]
     return said + rows
 
 
@@ -146,8 +163,11 @@ def _lineage(run_dir: Path, registry_dir: str) -> list[str]:
     for stage in ("ppo", "rm", "sft"):
         registered = _json(run_dir / stage / run_files.REGISTERED)
         if registered and registry.has(registered["reference"]):
-            return [f"- `{entry.reference}` ({entry.stage}), from {', '.join(f'`{p}`' for p in entry.parents) or f'`{entry.base_model}`'}"
-                    f", made {entry.created_at}" for entry in registry.lineage(registered["reference"])]
+            return [
+                f"- `{entry.reference}` ({entry.stage}), from {', '.join(f'`{p}`' for p in entry.parents) or f'`{entry.base_model}`'}"
+                f", made {entry.created_at}"
+                for entry in registry.lineage(registered["reference"])
+            ]
     return ["- nothing registered yet"]
 
 
@@ -174,7 +194,7 @@ def _shown(text: Any, keep_end: bool = False) -> str:
 
 
 def _change(sample: dict, scorer: str) -> str:
-    """"0.12 → 0.34": a sample's score under `scorer` from SFT to PPO, or "–" where it was not scored."""
+    """ "0.12 → 0.34": a sample's score under `scorer` from SFT to PPO, or "–" where it was not scored."""
     before, after = sample.get(f"{scorer}_sft"), sample.get(f"{scorer}_ppo")
     if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
         return "–"
@@ -195,13 +215,19 @@ def _by_task_table(samples: list[dict]) -> list[str]:
         wins = sum(ppo > sft for sft, ppo in pairs)
         losses = sum(ppo < sft for sft, ppo in pairs)
         sft_mean, ppo_mean = (sum(column) / len(pairs) for column in zip(*pairs))
-        rows.append(f"| {task} | {len(pairs)} | {sft_mean:.2f} | {ppo_mean:.2f} | "
-                    f"{wins} / {losses} / {len(pairs) - wins - losses} |")
+        rows.append(
+            f"| {task} | {len(pairs)} | {sft_mean:.2f} | {ppo_mean:.2f} | "
+            f"{wins} / {losses} / {len(pairs) - wins - losses} |"
+        )
     return rows
 
 
-TIMED_PHASES = (("generation", "time_generation"), ("scoring", "time_scoring"), ("update", "time_training"),
-                ("weight sync", "time_weight_sync"))  # the last with rollout_engine vllm only
+TIMED_PHASES = (
+    ("generation", "time_generation"),
+    ("scoring", "time_scoring"),
+    ("update", "time_training"),
+    ("weight sync", "time_weight_sync"),
+)  # the last with rollout_engine vllm only
 
 
 def _time_table(steps: list[dict]) -> list[str]:
@@ -226,9 +252,18 @@ def write_report(run_dir: str | Path, registry_dir: str = "") -> Path:
         raise DataError("no such run directory", file=str(run_dir))
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# RLHF run: `{run_dir}`", "", "## Lineage", "", *_lineage(run_dir, registry_dir), "",
-             *_sft_section(run_dir, out), *_rm_section(run_dir, out), *_ppo_section(run_dir, out),
-             *report_overoptimisation.section(run_dir, out)]
+    lines = [
+        f"# RLHF run: `{run_dir}`",
+        "",
+        "## Lineage",
+        "",
+        *_lineage(run_dir, registry_dir),
+        "",
+        *_sft_section(run_dir, out),
+        *_rm_section(run_dir, out),
+        *_ppo_section(run_dir, out),
+        *report_overoptimisation.section(run_dir, out),
+    ]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report
@@ -247,10 +282,17 @@ def _rm_section(run_dir: Path, out: Path) -> list[str]:
     if metrics is None:
         return ["## 2. Reward model", "", "Not run yet.", ""]
     plot_rm_accuracy_by_k(metrics, out / "rm_accuracy_by_k.png")
-    return ["## 2. Reward model", "", "![Reward-model accuracy by K](rm_accuracy_by_k.png)", "",
-            *report_reward_model.ensemble_lines(metrics), *_metrics_table(metrics), "",
-            *report_reward_model.calibration_lines(run_dir, out),
-            *report_reward_model.agreement_lines(run_dir, metrics)]
+    return [
+        "## 2. Reward model",
+        "",
+        "![Reward-model accuracy by K](rm_accuracy_by_k.png)",
+        "",
+        *report_reward_model.ensemble_lines(metrics),
+        *_metrics_table(metrics),
+        "",
+        *report_reward_model.calibration_lines(run_dir, out),
+        *report_reward_model.agreement_lines(run_dir, metrics),
+    ]
 
 
 def _ppo_section(run_dir: Path, out: Path) -> list[str]:
@@ -261,13 +303,23 @@ def _ppo_section(run_dir: Path, out: Path) -> list[str]:
     plot_ppo_training(steps, out / "ppo_training.png")
     plot_overoptimisation(steps, out / "ppo_rm_vs_gold_by_kl.png")
     plot_response_length(steps, out / "ppo_response_length.png")
-    lines = ["## 3. PPO", "", "![PPO training](ppo_training.png)", "", "![RM vs gold by KL](ppo_rm_vs_gold_by_kl.png)",
-             "", "![Response length](ppo_response_length.png)", ""]
+    lines = [
+        "## 3. PPO",
+        "",
+        "![PPO training](ppo_training.png)",
+        "",
+        "![RM vs gold by KL](ppo_rm_vs_gold_by_kl.png)",
+        "",
+        "![Response length](ppo_response_length.png)",
+        "",
+    ]
     if metrics:
         lines += _estimator_line(metrics) + _reward_line(metrics, steps)
         if isinstance(metrics.get("win_rate_rm"), (int, float)):
-            win = [f"**Win rate of PPO over SFT** on {metrics.get('eval_prompts', '?')} held-out prompts: "
-                   f"{metrics['win_rate_rm']:.1%} under the reward model"]
+            win = [
+                f"**Win rate of PPO over SFT** on {metrics.get('eval_prompts', '?')} held-out prompts: "
+                f"{metrics['win_rate_rm']:.1%} under the reward model"
+            ]
             if isinstance(metrics.get("win_rate_gold"), (int, float)):
                 win.append(f", {metrics['win_rate_gold']:.1%} under the gold scorer")
             lines += ["".join(win) + " (ties count half).", ""]
@@ -275,9 +327,12 @@ def _ppo_section(run_dir: Path, out: Path) -> list[str]:
             lines += ["No held-out prompts (`eval_prompts_file`): no win rate against SFT.", ""]
         lines += [*_metrics_table(metrics), ""]
         if isinstance(metrics.get("win_rate_gold_greedy"), (int, float)):
-            lines += [f"**Greedy responses** (InstructGPT's other claim): PPO wins {metrics['win_rate_gold_greedy']:.1%} "
-                      f"under the gold scorer; gold {metrics['gold_score_sft_greedy']:.3f} (SFT) → "
-                      f"{metrics['gold_score_ppo_greedy']:.3f} (PPO).", ""]
+            lines += [
+                f"**Greedy responses** (InstructGPT's other claim): PPO wins {metrics['win_rate_gold_greedy']:.1%} "
+                f"under the gold scorer; gold {metrics['gold_score_sft_greedy']:.3f} (SFT) → "
+                f"{metrics['gold_score_ppo_greedy']:.3f} (PPO).",
+                "",
+            ]
     samples = _json(run_dir / "ppo" / run_files.PPO_SAMPLES) or []
     by_task = _by_task_table(samples)
     if by_task:
@@ -298,8 +353,11 @@ def _estimator_line(metrics: dict) -> list[str]:
         return []
     models = "with a critic (four models)" if estimator == "gae" else "without a critic (three models)"
     kl = "a loss term (k3)" if metrics.get("kl_in_loss") else "a per-token penalty in the reward"
-    return [f"**Advantages**: `{estimator}` {models}, {metrics.get('samples_per_prompt', 1)} response(s) per "
-            f"prompt; the KL to the SFT policy is {kl}.", ""]
+    return [
+        f"**Advantages**: `{estimator}` {models}, {metrics.get('samples_per_prompt', 1)} response(s) per "
+        f"prompt; the KL to the SFT policy is {kl}.",
+        "",
+    ]
 
 
 def _reward_line(metrics: dict, steps: list[dict]) -> list[str]:
@@ -309,13 +367,19 @@ def _reward_line(metrics: dict, steps: list[dict]) -> list[str]:
     if not isinstance(members, int) or members <= 1:
         return []
     method = metrics.get("reward_aggregation", "mean")
-    made = {"mean": "their mean", "min": "their minimum (worst case)",
-            "mean_minus_std": f"their mean − {metrics.get('uncertainty_coef', '?')} × their std"}.get(method, method)
+    made = {
+        "mean": "their mean",
+        "min": "their minimum (worst case)",
+        "mean_minus_std": f"their mean − {metrics.get('uncertainty_coef', '?')} × their std",
+    }.get(method, method)
     disagreement = [row["rm_score_std"] for row in steps if isinstance(row.get("rm_score_std"), (int, float))]
-    spread = (f"; the members' std on the policy's responses went from {disagreement[0]:.3f} (first step) to "
-              f"{disagreement[-1]:.3f} (last)" if disagreement else "")
-    return [f"**Reward**: an ensemble of {members} reward models, `reward_aggregation: {method}`: {made}"
-            f"{spread}.", ""]
+    spread = (
+        f"; the members' std on the policy's responses went from {disagreement[0]:.3f} (first step) to "
+        f"{disagreement[-1]:.3f} (last)"
+        if disagreement
+        else ""
+    )
+    return [f"**Reward**: an ensemble of {members} reward models, `reward_aggregation: {method}`: {made}{spread}.", ""]
 
 
 @exits_cleanly

@@ -34,19 +34,33 @@ def section(run_dir: Path, out: Path) -> list[str]:
     """The Markdown lines of the section, its plot written into `out`."""
     best_of_n_file = run_files.best_of_n_path(run_dir)
     best_of_n = json.loads(best_of_n_file.read_text()) if best_of_n_file.is_file() else None
-    curves = {"best_of_n": best_of_n["points"] if best_of_n else [],
-              "rl": ppo_points(read_jsonl(run_dir / "ppo" / run_files.PPO_EVAL_METRICS))}
+    curves = {
+        "best_of_n": best_of_n["points"] if best_of_n else [],
+        "rl": ppo_points(read_jsonl(run_dir / "ppo" / run_files.PPO_EVAL_METRICS)),
+    }
     lines = ["## 4. Best-of-N against PPO at matched KL", ""]
     if not any(curves.values()):
-        return lines + ["No best-of-N curve (`python -m rlhf.evaluate best-of-n --run_dir RUN_DIR`, or the pipeline's "
-                        "`best_of_n_max`) and no held-out PPO evaluations (PPO's `eval_steps`) in this run.", ""]
+        return lines + [
+            "No best-of-N curve (`python -m rlhf.evaluate best-of-n --run_dir RUN_DIR`, or the pipeline's "
+            "`best_of_n_max`) and no held-out PPO evaluations (PPO's `eval_steps`) in this run.",
+            "",
+        ]
     plot_matched_kl(curves, out / PLOT)
     gold = any("gold_score" in point for points in curves.values() for point in points)
-    lines += ["Both spend KL from the SFT policy on the reward model's score: best-of-N keeps the reward model's "
-              "favourite of N samples (KL = log N − (N − 1)/N), PPO trains against it (KL measured on held-out "
-              "prompts)." + (" Where the gold curve bends down while the reward model's keeps rising, the policy is "
-                             "exploiting the reward model (Gao et al. 2022)." if gold else ""),
-              "", f"![Best-of-N vs PPO]({PLOT})", ""]
+    lines += [
+        "Both spend KL from the SFT policy on the reward model's score: best-of-N keeps the reward model's "
+        "favourite of N samples (KL = log N − (N − 1)/N), PPO trains against it (KL measured on held-out "
+        "prompts)."
+        + (
+            " Where the gold curve bends down while the reward model's keeps rising, the policy is "
+            "exploiting the reward model (Gao et al. 2022)."
+            if gold
+            else ""
+        ),
+        "",
+        f"![Best-of-N vs PPO]({PLOT})",
+        "",
+    ]
     lines += _what_was_measured(best_of_n, curves["rl"])
     lines += ["### Gao et al.'s forms, fitted to each curve's gain over d = 0", "", *fits_table(curves), ""]
     comparison = comparison_table(curves["best_of_n"], curves["rl"])
@@ -58,13 +72,17 @@ def section(run_dir: Path, out: Path) -> list[str]:
 def _what_was_measured(best_of_n: dict | None, ppo: list[dict]) -> list[str]:
     said = []
     if best_of_n:
-        said.append(f"Best-of-N: {best_of_n['policy']} under {best_of_n['reward_model']}, {best_of_n['prompts']} held-out "
-                    f"prompts with {best_of_n['samples_per_prompt']} samples each, every N the mean over all N-subsets.")
+        said.append(
+            f"Best-of-N: {best_of_n['policy']} under {best_of_n['reward_model']}, {best_of_n['prompts']} held-out "
+            f"prompts with {best_of_n['samples_per_prompt']} samples each, every N the mean over all N-subsets."
+        )
     else:
         said.append("No best-of-N curve in this run (`python -m rlhf.evaluate best-of-n --run_dir RUN_DIR`).")
     if ppo:
-        said.append(f"PPO: {len(ppo)} evaluations, one sampled response to each of {ppo[0].get('prompts', '?')} "
-                    f"held-out prompts each.")
+        said.append(
+            f"PPO: {len(ppo)} evaluations, one sampled response to each of {ppo[0].get('prompts', '?')} "
+            f"held-out prompts each."
+        )
     else:
         said.append("No held-out PPO evaluations in this run (PPO's `eval_steps`).")
     return [" ".join(said), ""]
@@ -86,18 +104,35 @@ def plot_matched_kl(curves: dict[str, list[dict]], path: Path) -> Path:
                 continue
             name, color, marker = METHODS[form]
             d = [p["d"] for p in points]
-            axis.plot(d, [p[key] for p in points], marker, color=color, label=name, alpha=0.85,
-                      linestyle="" if form == "best_of_n" else ":")
+            axis.plot(
+                d,
+                [p[key] for p in points],
+                marker,
+                color=color,
+                label=name,
+                alpha=0.85,
+                linestyle="" if form == "best_of_n" else ":",
+            )
             if form == "best_of_n":
                 for point in points:
-                    axis.annotate(f"N={point['n']}", (point["d"], point[key]), fontsize=7, xytext=(3, -9),
-                                  textcoords="offset points")
+                    axis.annotate(
+                        f"N={point['n']}",
+                        (point["d"], point[key]),
+                        fontsize=7,
+                        xytext=(3, -9),
+                        textcoords="offset points",
+                    )
             fit = curve_fits(form, points).get(key)
             if fit is not None:
                 baseline = min(points, key=lambda p: p["d"])[key]
                 grid = np.linspace(0.0, max(d), 60)
-                axis.plot(grid, [baseline + fit(x) for x in grid], "-", color=color,
-                          label=f"{name} fit: {FORM_TEXT[form]}, R² {_r_squared(fit)}")
+                axis.plot(
+                    grid,
+                    [baseline + fit(x) for x in grid],
+                    "-",
+                    color=color,
+                    label=f"{name} fit: {FORM_TEXT[form]}, R² {_r_squared(fit)}",
+                )
         axis.set(title=SCORE_NAMES[key], xlabel="d = sqrt(KL from the SFT policy)", ylabel=SCORE_NAMES[key])
         axis.legend(fontsize=7)
         axis.grid(alpha=0.3)
@@ -110,8 +145,10 @@ def fits_table(curves: dict[str, list[dict]]) -> list[str]:
     for form, points in curves.items():
         for key, fit in curve_fits(form, points).items():
             label = f"{METHODS[form][0]}, {SCORE_NAMES[key]}"
-            rows.append(f"| {label} | {FORM_TEXT[form]} | " + (_fit_cells(fit) if fit else
-                                                              "too few points (or no d = 0) | | | | |"))
+            rows.append(
+                f"| {label} | {FORM_TEXT[form]} | "
+                + (_fit_cells(fit) if fit else "too few points (or no d = 0) | | | | |")
+            )
     return rows if len(rows) > 2 else ["No curve has the points a fit needs."]
 
 
@@ -137,24 +174,33 @@ def comparison_table(best_of_n: Sequence[dict], ppo: Sequence[dict]) -> list[str
     def at(d: float, key: str) -> float | None:
         return interpolate(d, xs, [p[key] for p in ordered]) if all(key in p for p in ordered) else None
 
-    header = "| PPO step | KL | RM: PPO | RM: best-of-N |" + (" gold: PPO | gold: best-of-N | higher gold |"
-                                                             if gold else "")
+    header = "| PPO step | KL | RM: PPO | RM: best-of-N |" + (
+        " gold: PPO | gold: best-of-N | higher gold |" if gold else ""
+    )
     rows = [header, "|---:|---:|---:|---:|" + ("---:|---:|---|" if gold else "")]
     wins = {"PPO": 0, "best-of-N": 0, "tie": 0}
     for point in sorted(ppo, key=lambda p: p["step"]):
         row = f"| {point['step']} | {point['kl']:.3f} | {point['rm_score']:.3f} | {_cell(at(point['d'], 'rm_score'))} |"
         if gold:
             theirs = at(point["d"], "gold_score")
-            higher = ("KL <= 0: not compared" if point["d"] == 0 else
-                      "beyond best-of-N's largest N" if theirs is None else _higher(point.get("gold_score"), theirs))
+            higher = (
+                "KL <= 0: not compared"
+                if point["d"] == 0
+                else "beyond best-of-N's largest N"
+                if theirs is None
+                else _higher(point.get("gold_score"), theirs)
+            )
             wins[higher] = wins.get(higher, 0) + 1
             row += f" {_cell(point.get('gold_score'))} | {_cell(theirs)} | {higher} |"
         rows.append(row)
     if gold:
         compared = wins["PPO"] + wins["best-of-N"] + wins["tie"]
         ties = f", tied at {wins['tie']}" if wins["tie"] else ""
-        rows += ["", f"Where PPO has spent KL within best-of-N's range, PPO's gold score is higher at {wins['PPO']} "
-                     f"of {compared} evaluations, best-of-N's at {wins['best-of-N']}{ties}."]
+        rows += [
+            "",
+            f"Where PPO has spent KL within best-of-N's range, PPO's gold score is higher at {wins['PPO']} "
+            f"of {compared} evaluations, best-of-N's at {wins['best-of-N']}{ties}.",
+        ]
     else:
         rows += ["", "These are the reward model's own scores: what it prefers, not necessarily what people do."]
     return rows

@@ -46,17 +46,29 @@ def holding(directory: str | os.PathLike, setting: str) -> Iterator[None]:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             if error.errno in LOCKS_UNSUPPORTED:
-                print(f"warning: cannot lock {path} ({os.strerror(error.errno)}): nothing stops a second run from "
-                      f"writing into {directory} at the same time", file=sys.stderr, flush=True)
+                print(
+                    f"warning: cannot lock {path} ({os.strerror(error.errno)}): nothing stops a second run from "
+                    f"writing into {directory} at the same time",
+                    file=sys.stderr,
+                    flush=True,
+                )
             elif error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise DirectoryInUse(f"{directory} is in use by another run ({holder(path)}); wait for it to end, "
-                                     f"or give this run another {setting}") from None
+                raise DirectoryInUse(
+                    f"{directory} is in use by another run ({holder(path)}); wait for it to end, "
+                    f"or give this run another {setting}"
+                ) from None
             else:
                 raise
         # The file is never removed: a lock on a file that another process has just unlinked would guard nothing.
         os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode() + b"\n", 0)
+        os.pwrite(
+            descriptor,
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            ).encode()
+            + b"\n",
+            0,
+        )
         yield
     finally:
         os.close(descriptor)  # and with it the lock

@@ -1,7 +1,7 @@
 """Constants and a comparison for the tests that check math against numbers worked out by hand.
 
-    softplus(-m) = -log σ(m) = log(1 + e^-m)
-    log(1 + e^-1) = 0.3132617,  log(1 + e^-2) = 0.1269280,  log(1 + e^-3) = 0.0485874,  log 2 = 0.6931472
+softplus(-m) = -log σ(m) = log(1 + e^-m)
+log(1 + e^-1) = 0.3132617,  log(1 + e^-2) = 0.1269280,  log(1 + e^-3) = 0.0485874,  log 2 = 0.6931472
 """
 
 from __future__ import annotations

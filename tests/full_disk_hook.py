@@ -42,8 +42,10 @@ def install(tmp_path: Path, env: dict, *, inside: str, failing: str, watching: s
     """The environment `env` with the hook on its PYTHONPATH, and the marker file that must not appear."""
     hook, marker = tmp_path / "full_disk_hook", tmp_path / "removed_under_another_ranks_write"
     hook.mkdir()
-    settings = "".join(f"{key} = {value!r}\n" for key, value in
-                       (("INSIDE", inside), ("FAILING", failing), ("WATCHING", watching), ("MARKER", str(marker))))
+    settings = "".join(
+        f"{key} = {value!r}\n"
+        for key, value in (("INSIDE", inside), ("FAILING", failing), ("WATCHING", watching), ("MARKER", str(marker)))
+    )
     (hook / "sitecustomize.py").write_text(settings + HOOK)
     python_path = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
     return {**env, "PYTHONPATH": python_path}, marker

@@ -17,8 +17,13 @@ def cache_hub_dataset(cache: Path, name: str, split: str, rows: list[dict]) -> P
     source = cache / "source" / f"{split}.parquet"
     source.parent.mkdir(parents=True, exist_ok=True)
     parquet.write_table(pa.Table.from_pylist(rows), source)
-    builder = Parquet(cache_dir=str(cache / "datasets"), dataset_name=f"{owner}___{short}", config_name="default",
-                      hash="0123456789abcdef", data_files={split: str(source)})
+    builder = Parquet(
+        cache_dir=str(cache / "datasets"),
+        dataset_name=f"{owner}___{short}",
+        config_name="default",
+        hash="0123456789abcdef",
+        data_files={split: str(source)},
+    )
     builder.download_and_prepare()
     built = Path(builder.cache_dir)  # <dataset dir>/<config dir>/0.0.0/<hash>
     prefix = builder.dataset_name  # the builder snake-cases names ("HuggingFaceH4" -> "hugging_face_h4")

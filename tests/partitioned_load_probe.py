@@ -22,15 +22,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ppo_setup import REPO  # noqa: E402
 
-ZERO3 = {"train_micro_batch_size_per_gpu": 1, "train_batch_size": 2, "steps_per_print": 1000000,
-         "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+ZERO3 = {
+    "train_micro_batch_size_per_gpu": 1,
+    "train_batch_size": 2,
+    "steps_per_print": 1000000,
+    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+}
 
 
 def transformers_load(path: str, task: str, dtype):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    model_class, extra = ((AutoModelForSequenceClassification, {"num_labels": 1}) if task == "reward"
-                          else (AutoModelForCausalLM, {}))
+    model_class, extra = (
+        (AutoModelForSequenceClassification, {"num_labels": 1}) if task == "reward" else (AutoModelForCausalLM, {})
+    )
     return model_class.from_pretrained(path, dtype=dtype, use_safetensors=True, attn_implementation="sdpa", **extra)
 
 
@@ -85,8 +90,12 @@ def load_plain_module(checkpoint: str, out: Path, rank: int) -> dict:
     if rank == 0:
         del weights["head.weight"]  # body.weight, under its second name
         save_file(weights, str(out / "plain.safetensors"))
-    return {"missing": sorted(missing), "errors": errors, "marked": len(marked),
-            "shared": module.head.weight is module.body.weight}
+    return {
+        "missing": sorted(missing),
+        "errors": errors,
+        "marked": len(marked),
+        "shared": module.head.weight is module.body.weight,
+    }
 
 
 def main(cases_path: str, out_dir: str) -> None:
@@ -126,8 +135,12 @@ def main(cases_path: str, out_dir: str) -> None:
             ds_config = {**ZERO3, "bf16": {"enabled": True}} if case.get("bf16") else ZERO3
             with partitioned_loading(ds_config):
                 model, increase_mb = peak_increase_mb(load)
-            record[how] = {"streamed": len(streamed_calls) > before, "tied": tied(model),
-                           "peak_increase_mb": increase_mb, "dtype": str(next(model.parameters()).dtype)}
+            record[how] = {
+                "streamed": len(streamed_calls) > before,
+                "tied": tied(model),
+                "peak_increase_mb": increase_mb,
+                "dtype": str(next(model.parameters()).dtype),
+            }
             if not case.get("memory_only"):
                 weights = gathered_weights(model)
                 if rank == 0:

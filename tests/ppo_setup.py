@@ -26,16 +26,22 @@ def build_models(root: Path, *, hidden_size: int = 32, num_layers: int = 1, head
     from rlhf.demo.task import DemoSettings, corpus_words, make_split
     from rlhf.demo.tiny_model import build_tiny_model, build_tiny_reward_model
 
-    policy = build_tiny_model(root / "policy", corpus_words(), hidden_size=hidden_size, num_layers=num_layers,
-                              num_heads=2, seed=0)
+    policy = build_tiny_model(
+        root / "policy", corpus_words(), hidden_size=hidden_size, num_layers=num_layers, num_heads=2, seed=0
+    )
     build_tiny_reward_model(root / "reward", policy, seed=1, head_scale=head_scale)
 
     records = make_split(64, seed=3, settings=DemoSettings())
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in records[:48]))
     (root / "eval_prompts.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in records[48:]))
     (root / "demos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return {"policy": str(policy), "reward": str(root / "reward"), "prompts": str(root / "prompts.jsonl"),
-            "eval_prompts": str(root / "eval_prompts.jsonl"), "demos": str(root / "demos.jsonl")}
+    return {
+        "policy": str(policy),
+        "reward": str(root / "reward"),
+        "prompts": str(root / "prompts.jsonl"),
+        "eval_prompts": str(root / "eval_prompts.jsonl"),
+        "demos": str(root / "demos.jsonl"),
+    }
 
 
 def build_reward_ensemble(root: Path, paths: dict, offsets=(0.5, -0.25), head_scale: float = 50.0) -> str:
@@ -47,8 +53,9 @@ def build_reward_ensemble(root: Path, paths: dict, offsets=(0.5, -0.25), head_sc
 
     members = []
     for index, offset in enumerate(offsets):
-        member = build_tiny_reward_model(root / f"reward-member-{index}", paths["policy"], seed=11 + index,
-                                         head_scale=head_scale)
+        member = build_tiny_reward_model(
+            root / f"reward-member-{index}", paths["policy"], seed=11 + index, head_scale=head_scale
+        )
         RewardNormalization(offset=offset, normalized_on="test", samples=1).save(member)
         members.append(member)
     return str(assemble(members, root / "reward_ensemble"))
@@ -58,12 +65,30 @@ def stage_arguments(paths: dict, output_dir: Path, registry: Path, **overrides) 
     """Command-line arguments of a short, fast run on the tiny models (all four engines ZeRO-0)."""
     zero0 = str(REPO / "deepspeed_configs" / "zero0.json")
     settings = dict(
-        model_name_or_path=paths["policy"], critic_model=paths["reward"], reward_model=paths["reward"],
-        prompts_file=paths["prompts"], eval_prompts_file=paths["eval_prompts"], eval_prompts=8,
-        output_dir=str(output_dir), registry_dir=str(registry), max_new_tokens=4, max_steps=4,
-        rollout_batch_size=8, minibatch_size=4, ppo_epochs=1, actor_learning_rate=5e-3, critic_learning_rate=5e-3,
-        kl_coef=0.01, save_steps=2, disable_tqdm=True, report_to="none", seed=0,
-        actor_deepspeed=zero0, critic_deepspeed=zero0, reference_deepspeed=zero0, reward_deepspeed=zero0,
+        model_name_or_path=paths["policy"],
+        critic_model=paths["reward"],
+        reward_model=paths["reward"],
+        prompts_file=paths["prompts"],
+        eval_prompts_file=paths["eval_prompts"],
+        eval_prompts=8,
+        output_dir=str(output_dir),
+        registry_dir=str(registry),
+        max_new_tokens=4,
+        max_steps=4,
+        rollout_batch_size=8,
+        minibatch_size=4,
+        ppo_epochs=1,
+        actor_learning_rate=5e-3,
+        critic_learning_rate=5e-3,
+        kl_coef=0.01,
+        save_steps=2,
+        disable_tqdm=True,
+        report_to="none",
+        seed=0,
+        actor_deepspeed=zero0,
+        critic_deepspeed=zero0,
+        reference_deepspeed=zero0,
+        reward_deepspeed=zero0,
     )
     settings.update(overrides)
     return settings_to_argv(settings)
@@ -89,10 +114,27 @@ def launch_two(argv: list[str], tmp_path: Path) -> subprocess.Popen:
 
     # `python -m deepspeed.launcher.runner` is the `deepspeed` command; its own session, so that a kill takes the
     # launcher and both ranks at once, as a node failure would.
-    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-               "--module", "rlhf.stages.ppo", *argv]
-    return subprocess.Popen(command, env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=REPO, start_new_session=True)
+    command = [
+        PYTHON,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "rlhf.stages.ppo",
+        *argv,
+    ]
+    return subprocess.Popen(
+        command,
+        env=subprocess_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+    )
 
 
 def reports_of_two_ranks(probe: str, input_file: Path, out_dir: Path, tmp_path: Path) -> tuple[list[dict], str]:
@@ -100,10 +142,21 @@ def reports_of_two_ranks(probe: str, input_file: Path, out_dir: Path, tmp_path: 
     out_dir/rank<N>.json. Returns both reports and the run's output."""
     from rlhf.distributed import free_port
 
-    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-               str(REPO / "tests" / probe), str(input_file), str(out_dir)]
-    result = subprocess.run(command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    command = [
+        PYTHON,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(REPO / "tests" / probe),
+        str(input_file),
+        str(out_dir),
+    ]
+    result = subprocess.run(
+        command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert result.returncode == 0, result.stdout[-4000:]
     return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)], result.stdout
 
@@ -119,11 +172,13 @@ def assert_same_metric_rows(expected: list[dict], got: list[dict], label: str = 
 def assert_same_final_metrics(expected: dict, got: dict) -> None:
     """Two runs' metrics.json agree: numbers to float tolerance, words and flags (the estimator) exactly."""
     assert set(got) == set(expected)
-    numbers = {key for key, value in expected.items()
-               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    numbers = {
+        key for key, value in expected.items() if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
     words = set(expected) - numbers
-    assert {key: got[key] for key in numbers} == pytest.approx({key: expected[key] for key in numbers}, rel=1e-5,
-                                                                abs=1e-6)
+    assert {key: got[key] for key in numbers} == pytest.approx(
+        {key: expected[key] for key in numbers}, rel=1e-5, abs=1e-6
+    )
     assert {key: got[key] for key in words} == {key: expected[key] for key in words}
 
 
@@ -145,9 +200,14 @@ def wait_for(condition, process: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
-def killed_at_step_2_then_resumed(start: Callable[[list[str]], subprocess.Popen],
-                                  kill: Callable[[subprocess.Popen], None], models: dict, run_dir: Path,
-                                  registry: Path, **settings) -> str:
+def killed_at_step_2_then_resumed(
+    start: Callable[[list[str]], subprocess.Popen],
+    kill: Callable[[subprocess.Popen], None],
+    models: dict,
+    run_dir: Path,
+    registry: Path,
+    **settings,
+) -> str:
     """Start a run, kill it once its step-2 checkpoint exists, check that it died before registering, resume it
     with the same settings; returns the resumed run's output."""
     killed = start(stage_arguments(models, run_dir, registry, **settings))
@@ -170,7 +230,6 @@ def engines_for(models: dict, tmp_path: Path, **overrides):
     from rlhf.stages.ppo import PPOStageConfig
 
     init_distributed()
-    config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
-                                                          **overrides))
+    config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry", **overrides))
     inputs = ppo_inputs.read_inputs(config)
     return config, inputs, build_engines(config, inputs.paths, inputs.tokenizer)

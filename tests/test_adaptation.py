@@ -30,10 +30,21 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 
 INPUT_IDS = torch.tensor([[1, 5, 6, 7, 8, 9], [1, 10, 11, 12, 13, 14]])
 LAYERS = (0, 1)
-LLAMA_LINEAR = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-CASES = [(method, task) for task in ("causal_lm", "reward") for method in METHODS
-         if not (method == "probe" and task == "causal_lm")]
+LLAMA_LINEAR = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+CASES = [
+    (method, task)
+    for task in ("causal_lm", "reward")
+    for method in METHODS
+    if not (method == "probe" and task == "causal_lm")
+]
 CASE_IDS = [f"{method}-{task}" for method, task in CASES]
 
 
@@ -41,16 +52,27 @@ def expected_trainable(method: str, task: str) -> set[str]:
     """The parameter names each method trains on the tiny two-layer Llama, written out by pattern."""
     peft_body = "base_model.model.model.layers"
     names = {
-        "lora": {f"{peft_body}.{i}.{module}.lora_{factor}.default.weight"
-                 for i in LAYERS for module in LLAMA_LINEAR for factor in "AB"},
+        "lora": {
+            f"{peft_body}.{i}.{module}.lora_{factor}.default.weight"
+            for i in LAYERS
+            for module in LLAMA_LINEAR
+            for factor in "AB"
+        },
         "prompt_tuning": {"prompt_encoder.default.embedding.weight"},
         "prefix_tuning": {"prompt_encoder.default.embedding.weight"},
         # peft's IA3 defaults for Llama: rescale keys, values and the feed-forward output.
-        "ia3": {f"{peft_body}.{i}.{module}.ia3_l.default"
-                for i in LAYERS for module in ("self_attn.k_proj", "self_attn.v_proj", "mlp.down_proj")},
-        "adapter": {f"model.layers.{i}.{module}.adapter.{projection}.{kind}" for i in LAYERS
-                    for module in ("self_attn.o_proj", "mlp") for projection in ("down", "up")
-                    for kind in ("weight", "bias")},
+        "ia3": {
+            f"{peft_body}.{i}.{module}.ia3_l.default"
+            for i in LAYERS
+            for module in ("self_attn.k_proj", "self_attn.v_proj", "mlp.down_proj")
+        },
+        "adapter": {
+            f"model.layers.{i}.{module}.adapter.{projection}.{kind}"
+            for i in LAYERS
+            for module in ("self_attn.o_proj", "mlp")
+            for projection in ("down", "up")
+            for kind in ("weight", "bias")
+        },
         "bitfit": {f"model.layers.{i}.{module}.bias" for i in LAYERS for module in LLAMA_LINEAR},
         "probe": set(),
     }[method]
@@ -152,17 +174,33 @@ def test_adapting_twice_is_a_config_error(tiny_causal_lm):
 def test_houlsby_adapters_on_an_unknown_layer_layout_are_a_config_error():
     from transformers import BertConfig, BertForSequenceClassification
 
-    model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
-                                                     num_attention_heads=2, intermediate_size=32, num_labels=1))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=1,
+        )
+    )
     with pytest.raises(ConfigError, match="layer layout"):
         apply_adaptation(model, AdaptationConfig(adaptation_method="adapter"), "reward")
 
 
-@pytest.mark.parametrize("overrides", [
-    {"adaptation_method": "qlora"}, {"lora_r": 0}, {"lora_dropout": 1.0}, {"lora_alpha": 0},
-    {"lora_target_modules": []}, {"lora_target_modules": "q_proj"}, {"num_virtual_tokens": 0},
-    {"adapter_bottleneck": 0},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"adaptation_method": "qlora"},
+        {"lora_r": 0},
+        {"lora_dropout": 1.0},
+        {"lora_alpha": 0},
+        {"lora_target_modules": []},
+        {"lora_target_modules": "q_proj"},
+        {"num_virtual_tokens": 0},
+        {"adapter_bottleneck": 0},
+    ],
+)
 def test_bad_config_values_are_config_errors(overrides):
     with pytest.raises(ConfigError):
         AdaptationConfig(**overrides)
@@ -185,22 +223,47 @@ def _gpt2():
 def _gpt_neox():
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
-                                            num_attention_heads=4, intermediate_size=64))
+    return GPTNeoXForCausalLM(
+        GPTNeoXConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    )
 
 
-LLAMA_WRAPPED = ["model.layers.0.self_attn.o_proj", "model.layers.0.mlp",
-                 "model.layers.1.self_attn.o_proj", "model.layers.1.mlp"]
+LLAMA_WRAPPED = [
+    "model.layers.0.self_attn.o_proj",
+    "model.layers.0.mlp",
+    "model.layers.1.self_attn.o_proj",
+    "model.layers.1.mlp",
+]
 
 
-@pytest.mark.parametrize("build,task,wrapped", [
-    (lambda: LlamaForCausalLM(tiny_llama_config()), "causal_lm", LLAMA_WRAPPED),
-    (lambda: LlamaForSequenceClassification(tiny_llama_config(num_labels=1)), "reward", LLAMA_WRAPPED),
-    (_gpt2, "causal_lm", ["transformer.h.0.attn.c_proj", "transformer.h.0.mlp",
-                          "transformer.h.1.attn.c_proj", "transformer.h.1.mlp"]),
-    (_gpt_neox, "causal_lm", ["gpt_neox.layers.0.attention.dense", "gpt_neox.layers.0.mlp",
-                              "gpt_neox.layers.1.attention.dense", "gpt_neox.layers.1.mlp"]),
-], ids=["llama", "llama-reward", "gpt2", "gpt-neox"])
+@pytest.mark.parametrize(
+    "build,task,wrapped",
+    [
+        (lambda: LlamaForCausalLM(tiny_llama_config()), "causal_lm", LLAMA_WRAPPED),
+        (lambda: LlamaForSequenceClassification(tiny_llama_config(num_labels=1)), "reward", LLAMA_WRAPPED),
+        (
+            _gpt2,
+            "causal_lm",
+            [
+                "transformer.h.0.attn.c_proj",
+                "transformer.h.0.mlp",
+                "transformer.h.1.attn.c_proj",
+                "transformer.h.1.mlp",
+            ],
+        ),
+        (
+            _gpt_neox,
+            "causal_lm",
+            [
+                "gpt_neox.layers.0.attention.dense",
+                "gpt_neox.layers.0.mlp",
+                "gpt_neox.layers.1.attention.dense",
+                "gpt_neox.layers.1.mlp",
+            ],
+        ),
+    ],
+    ids=["llama", "llama-reward", "gpt2", "gpt-neox"],
+)
 def test_houlsby_adapters_are_the_identity_at_init_and_move_after_a_step(build, task, wrapped):
     from rlhf.adaptation.houlsby import adapted_modules
 
@@ -267,12 +330,14 @@ def test_prefix_tuning_keeps_the_input_length(tiny_causal_lm):
 
 # --- saving and loading -----------------------------------------------------------------------------------
 
-ROUND_TRIPS = [(method, task, merge) for method, task in CASES
-               for merge in ((True, False) if method == "lora" else (False,))]
+ROUND_TRIPS = [
+    (method, task, merge) for method, task in CASES for merge in ((True, False) if method == "lora" else (False,))
+]
 
 
-@pytest.mark.parametrize("method,task,merge", ROUND_TRIPS,
-                         ids=[f"{m}-{t}" + ("-merged" if g else "") for m, t, g in ROUND_TRIPS])
+@pytest.mark.parametrize(
+    "method,task,merge", ROUND_TRIPS, ids=[f"{m}-{t}" + ("-merged" if g else "") for m, t, g in ROUND_TRIPS]
+)
 def test_save_then_load_gives_the_same_logits(base_dir, tmp_path, method, task, merge):
     config = AdaptationConfig(adaptation_method=method, merge_lora_on_save=merge)
     torch.manual_seed(1)
@@ -386,8 +451,7 @@ def test_save_writes_the_tokenizer(tiny_causal_lm, tmp_path):
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "hello": 3, "world": 4}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
-                                        eos_token="</s>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     out_dir = save_adapted(tiny_causal_lm, tokenizer, tmp_path / "out", AdaptationConfig())
     assert AutoTokenizer.from_pretrained(out_dir)("hello world")["input_ids"] == [3, 4]
 

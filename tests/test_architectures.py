@@ -74,9 +74,12 @@ def _unguarded_sample(model, tokenizer, settings, seed: int):
 
     batch = experience.tokenize_prompts(tokenizer, ["owl dog :", "cat :", "apple banana cherry :"] * 4)
     torch.manual_seed(seed)
-    output = model.generate(input_ids=batch.query_ids, attention_mask=batch.query_mask,
-                            generation_config=settings.generation_config(tokenizer))
-    return output[:, batch.query_ids.shape[1]:]
+    output = model.generate(
+        input_ids=batch.query_ids,
+        attention_mask=batch.query_mask,
+        generation_config=settings.generation_config(tokenizer),
+    )
+    return output[:, batch.query_ids.shape[1] :]
 
 
 def test_the_samplers_logprobs_equal_ppos_whatever_the_checkpoint_ships(llama3):
@@ -92,7 +95,7 @@ def test_the_samplers_logprobs_equal_ppos_whatever_the_checkpoint_ships(llama3):
     torch.manual_seed(0)
     with checkpoint_defaults_off(model), torch.no_grad():
         output = model.generate(input_ids=batch.query_ids, attention_mask=batch.query_mask, generation_config=config)
-    response_ids = output.sequences[:, batch.query_ids.shape[1]:]
+    response_ids = output.sequences[:, batch.query_ids.shape[1] :]
     sampler = torch.stack([torch.log_softmax(s.float(), -1) for s in output.scores], 1)
     sampler = sampler.gather(-1, response_ids[..., None])[..., 0]
     mask = rewards.response_mask_after_eos(response_ids, settings.stop_token_ids, tokenizer.pad_token_id)
@@ -125,8 +128,16 @@ def test_every_stop_token_of_the_checkpoint_ends_a_response(llama3):
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
     penalised = rewards.score_with_eos_penalty(torch.zeros(3), response_ids, stops, missing_eos_penalty=1.0)
     assert penalised.tolist() == [0.0, 0.0, -1.0]
-    rollout = Rollout(query_ids=response_ids, query_mask=mask, response_ids=response_ids, response_mask=mask,
-                      logprobs=None, ref_logprobs=None, values=None, scores=None)
+    rollout = Rollout(
+        query_ids=response_ids,
+        query_mask=mask,
+        response_ids=response_ids,
+        response_mask=mask,
+        logprobs=None,
+        ref_logprobs=None,
+        values=None,
+        scores=None,
+    )
     assert non_eos_fraction(rollout, stops) == pytest.approx(1 / 3)
 
 
@@ -143,8 +154,9 @@ def test_a_critic_that_tokenizes_otherwise_is_refused(llama3, tmp_path):
     assert "\n" not in message and "critic_model" in message and "tokenizes differently" in message
     # The same tokenizer saved with the critic is accepted.
     load_tokenizer(str(llama3)).save_pretrained(tmp_path / "same")
-    check_critic_tokenizer(load_tokenizer(str(llama3)), {"actor": str(llama3), "critic": str(tmp_path / "same")},
-                           trust_remote_code=False)
+    check_critic_tokenizer(
+        load_tokenizer(str(llama3)), {"actor": str(llama3), "critic": str(tmp_path / "same")}, trust_remote_code=False
+    )
 
 
 def test_same_vocabulary_is_not_same_tokenization(tmp_path):
@@ -170,7 +182,8 @@ def test_same_vocabulary_is_not_same_tokenization(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 MATRIX = [(family, "full") for family in ("llama3", "qwen2", "gpt2", "opt", "gpt_neox", "mistral")] + [
-    (family, "lora") for family in ("llama3", "qwen2", "gpt2")]
+    (family, "lora") for family in ("llama3", "qwen2", "gpt2")
+]
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +195,10 @@ def matrix_data(tmp_path_factory):
     records = make_split(48, seed=4)
     (root / "demos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:32]))
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in records[32:]))
-    rankings = [Ranking(f"r{i}", r["prompt"], (r["completion"], "dog cat", "owl owl owl", "apple"), (1, 2, 3, 4),
-                        "labeler") for i, r in enumerate(records[:16])]
+    rankings = [
+        Ranking(f"r{i}", r["prompt"], (r["completion"], "dog cat", "owl owl owl", "apple"), (1, 2, 3, 4), "labeler")
+        for i, r in enumerate(records[:16])
+    ]
     write_rankings(root / "rankings.jsonl", rankings)
     return root
 
@@ -198,33 +213,96 @@ def test_each_family_trains_through_sft_rm_and_ppo(family, method, matrix_data, 
     base = build_family_model(tmp_path / "base", family, corpus_words())
     registry = tmp_path / "registry"
     adaptation = ["--adaptation_method", method] + (["--lora_r", "4"] if method == "lora" else [])
-    common = ["--registry_dir", str(registry), "--report_to", "none", "--seed", "0", "--max_length", "48",
-              "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1"]
-    sft.main(["--model_name_or_path", str(base), "--train_file", str(matrix_data / "demos.jsonl"),
-              "--output_dir", str(tmp_path / "sft"), "--max_steps", "3", "--per_device_train_batch_size", "8",
-              "--learning_rate", "1e-3", *adaptation, *common])
-    rm.main(["--model_name_or_path", "sft", "--train_file", str(matrix_data / "rankings.jsonl"),
-             "--eval_fraction", "0.25", "--output_dir", str(tmp_path / "rm"), "--num_train_epochs", "1",
-             "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", *adaptation, *common])
-    paths = {"policy": "sft", "reward": "rm", "prompts": str(matrix_data / "prompts.jsonl"),
-             "eval_prompts": str(matrix_data / "prompts.jsonl")}
+    common = [
+        "--registry_dir",
+        str(registry),
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        "--max_length",
+        "48",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+    ]
+    sft.main(
+        [
+            "--model_name_or_path",
+            str(base),
+            "--train_file",
+            str(matrix_data / "demos.jsonl"),
+            "--output_dir",
+            str(tmp_path / "sft"),
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "8",
+            "--learning_rate",
+            "1e-3",
+            *adaptation,
+            *common,
+        ]
+    )
+    rm.main(
+        [
+            "--model_name_or_path",
+            "sft",
+            "--train_file",
+            str(matrix_data / "rankings.jsonl"),
+            "--eval_fraction",
+            "0.25",
+            "--output_dir",
+            str(tmp_path / "rm"),
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--learning_rate",
+            "1e-3",
+            *adaptation,
+            *common,
+        ]
+    )
+    paths = {
+        "policy": "sft",
+        "reward": "rm",
+        "prompts": str(matrix_data / "prompts.jsonl"),
+        "eval_prompts": str(matrix_data / "prompts.jsonl"),
+    }
     ppo_method = ["--adaptation_method", method, "--critic_adaptation_method", method] + (
-        ["--lora_r", "4"] if method == "lora" else [])
-    ppo.main([*stage_arguments(paths, tmp_path / "ppo", registry, max_steps=2, save_steps=1, eval_prompts=4,
-                               max_new_tokens=6, rollout_batch_size=4, minibatch_size=2), *ppo_method])
+        ["--lora_r", "4"] if method == "lora" else []
+    )
+    ppo.main(
+        [
+            *stage_arguments(
+                paths,
+                tmp_path / "ppo",
+                registry,
+                max_steps=2,
+                save_steps=1,
+                eval_prompts=4,
+                max_new_tokens=6,
+                rollout_batch_size=4,
+                minibatch_size=2,
+            ),
+            *ppo_method,
+        ]
+    )
 
     entries = {entry.name for entry in Registry(registry).entries()}
     assert {"sft", "rm", "ppo"} <= entries
     rows = [json.loads(line) for line in (tmp_path / "ppo" / "ppo_metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2]
-    assert all(torch.isfinite(torch.tensor([row["kl"], row["policy_loss"], row["value_loss"]])).all()
-               for row in rows)
+    assert all(torch.isfinite(torch.tensor([row["kl"], row["policy_loss"], row["value_loss"]])).all() for row in rows)
     # The policy really moved away from the SFT model it started from.
     final, _ = resolve_model("ppo", Registry(registry))
     sft_path, _ = resolve_model("sft", Registry(registry))
     moved, start = saved_weights(final), saved_weights(sft_path)
     assert any(not torch.equal(moved[name], start[name]) for name in moved if name in start)
-
 
 
 @pytest.mark.slow
@@ -241,22 +319,61 @@ def test_two_families_run_ppo_on_two_processes_under_zero3(family, matrix_data, 
 
     base = build_family_model(tmp_path / "base", family, corpus_words())
     registry = tmp_path / "registry"
-    rm.main(["--model_name_or_path", str(base), "--train_file", str(matrix_data / "rankings.jsonl"),
-             "--eval_fraction", "0.25", "--output_dir", str(tmp_path / "rm"), "--num_train_epochs", "1",
-             "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--registry_dir", str(registry),
-             "--report_to", "none", "--max_length", "48", "--eval_strategy", "no", "--save_strategy", "no"])
+    rm.main(
+        [
+            "--model_name_or_path",
+            str(base),
+            "--train_file",
+            str(matrix_data / "rankings.jsonl"),
+            "--eval_fraction",
+            "0.25",
+            "--output_dir",
+            str(tmp_path / "rm"),
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--learning_rate",
+            "1e-3",
+            "--registry_dir",
+            str(registry),
+            "--report_to",
+            "none",
+            "--max_length",
+            "48",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+        ]
+    )
     zero3, inference = (str(REPO / "deepspeed_configs" / name) for name in ("zero3.json", "zero3_inference.json"))
-    paths = {"policy": str(base), "reward": "rm", "prompts": str(matrix_data / "prompts.jsonl"),
-             "eval_prompts": str(matrix_data / "prompts.jsonl")}
-    argv = stage_arguments(paths, tmp_path / "ppo", registry, max_steps=2, save_steps=2, eval_prompts=4,
-                           max_new_tokens=6, rollout_batch_size=4, minibatch_size=2, actor_deepspeed=zero3,
-                           critic_deepspeed=zero3, reference_deepspeed=inference, reward_deepspeed=inference)
+    paths = {
+        "policy": str(base),
+        "reward": "rm",
+        "prompts": str(matrix_data / "prompts.jsonl"),
+        "eval_prompts": str(matrix_data / "prompts.jsonl"),
+    }
+    argv = stage_arguments(
+        paths,
+        tmp_path / "ppo",
+        registry,
+        max_steps=2,
+        save_steps=2,
+        eval_prompts=4,
+        max_new_tokens=6,
+        rollout_batch_size=4,
+        minibatch_size=2,
+        actor_deepspeed=zero3,
+        critic_deepspeed=zero3,
+        reference_deepspeed=inference,
+        reward_deepspeed=inference,
+    )
     result = deepspeed_launch(argv, tmp_path, 29650 + (family == "gpt2"))
     assert result.returncode == 0, result.stdout[-4000:]
     rows = read_metrics(tmp_path / "ppo")
     assert [row["step"] for row in rows] == [1, 2]
-    assert all(torch.isfinite(torch.tensor([row["kl"], row["policy_loss"], row["value_loss"]])).all()
-               for row in rows)
+    assert all(torch.isfinite(torch.tensor([row["kl"], row["policy_loss"], row["value_loss"]])).all() for row in rows)
     # The saved policy is whole (not one rank's shard) and loads as the family's own class.
     final, _ = resolve_model("ppo", Registry(registry))
     loaded = AutoModelForCausalLM.from_pretrained(final)
@@ -286,13 +403,19 @@ def test_sft_and_ptx_tokenize_demonstrations_as_trl_does_through_the_end_of_the_
     stops = stop_token_ids_of(str(path), tokenizer)
     records = [{"prompt": "owl dog : answer :", "completion": " dog owl"}]
     if tokenizer.chat_template:
-        records.append({"prompt": [{"role": "user", "content": "owl dog"}],
-                        "completion": [{"role": "assistant", "content": "dog owl"}]})
+        records.append(
+            {
+                "prompt": [{"role": "user", "content": "owl dog"}],
+                "completion": [{"role": "assistant", "content": "dog owl"}],
+            }
+        )
     for record in records:
-        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), processing_class=tokenizer,
-                             args=SFTConfig(output_dir=str(tmp_path / "trl"), report_to=[], max_length=64, bf16=False,
-                                           use_cpu=True),
-                             train_dataset=Dataset.from_list([record]))
+        trainer = SFTTrainer(
+            model=AutoModelForCausalLM.from_pretrained(path),
+            processing_class=tokenizer,
+            args=SFTConfig(output_dir=str(tmp_path / "trl"), report_to=[], max_length=64, bf16=False, use_cpu=True),
+            train_dataset=Dataset.from_list([record]),
+        )
         expected = trainer.train_dataset[0]
         ids, mask = demonstration_ids(tokenizer, record["prompt"], record["completion"], stops)
         batch = next(ptx_batches([(ids, mask)], tokenizer.pad_token_id, batch_size=1, seed=0, start_batch=0))
@@ -315,21 +438,49 @@ def test_a_hub_dataset_name_trains_sft_offline_from_the_local_cache(tmp_path):
     cache = tmp_path / "hf"
     cache_hub_dataset(cache, "acme/demos", "train", make_split(32, seed=5))
     base = build_family_model(tmp_path / "base", "mistral", corpus_words())
-    env = dict(os.environ, HF_DATASETS_CACHE=str(cache / "datasets"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    env = dict(
+        os.environ,
+        HF_DATASETS_CACHE=str(cache / "datasets"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        DS_ACCELERATOR="cpu",
+    )
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    command = [sys.executable, "-m", "rlhf.stages.sft", "--model_name_or_path", str(base),
-               "--train_file", "acme/demos:train", "--output_dir", str(tmp_path / "sft"),
-               "--registry_dir", str(tmp_path / "registry"), "--max_steps", "2", "--per_device_train_batch_size", "8",
-               "--max_length", "48", "--report_to", "none", "--eval_strategy", "no", "--save_strategy", "no"]
+    command = [
+        sys.executable,
+        "-m",
+        "rlhf.stages.sft",
+        "--model_name_or_path",
+        str(base),
+        "--train_file",
+        "acme/demos:train",
+        "--output_dir",
+        str(tmp_path / "sft"),
+        "--registry_dir",
+        str(tmp_path / "registry"),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_length",
+        "48",
+        "--report_to",
+        "none",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     entry = json.loads(next((tmp_path / "registry" / "entries" / "sft").glob("*.json")).read_text())
     assert entry["config"]["train_file"] == "acme/demos:train" and entry["data_fingerprint"].startswith("sha256:")
     # A split the cache does not hold is a one-line error naming the reference, exit 2.
-    missing = subprocess.run([*command[:6], "acme/demos:validation", *command[7:]], env=env, capture_output=True,
-                             text=True)
+    missing = subprocess.run(
+        [*command[:6], "acme/demos:validation", *command[7:]], env=env, capture_output=True, text=True
+    )
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1].startswith("error: acme/demos:validation")
 

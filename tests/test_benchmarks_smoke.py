@@ -31,10 +31,24 @@ def write_fake_demo_run(root):
 def test_suite_runs_on_smallest_settings_and_writes_its_files(tmp_path):
     demo = tmp_path / "demo-run"
     write_fake_demo_run(demo)
-    code = bench_run.main(["--smallest", "--no-peer", "--only", "ppo_vs_trl", "rm_kway", "rm_shared_prompt",
-                           "sft_throughput", "demo",
-                           "--demo-run", str(demo), "--results-dir", str(tmp_path / "out"),
-                           "--workdir", str(tmp_path / "work")])
+    code = bench_run.main(
+        [
+            "--smallest",
+            "--no-peer",
+            "--only",
+            "ppo_vs_trl",
+            "rm_kway",
+            "rm_shared_prompt",
+            "sft_throughput",
+            "demo",
+            "--demo-run",
+            str(demo),
+            "--results-dir",
+            str(tmp_path / "out"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     assert code == 0
 
     results = json.loads((tmp_path / "out" / "results" / "all.json").read_text())
@@ -56,7 +70,12 @@ def test_suite_runs_on_smallest_settings_and_writes_its_files(tmp_path):
     assert abs(demo_result["gold_gain"] - 0.25) < 1e-9
 
     markdown = (tmp_path / "out" / "RESULTS.md").read_text()
-    for heading in ("## 1. PPO iteration", "## 3. Reward-model training", "## 5. Tokens per second", "## 6. End-to-end"):
+    for heading in (
+        "## 1. PPO iteration",
+        "## 3. Reward-model training",
+        "## 5. Tokens per second",
+        "## 6. End-to-end",
+    ):
         assert heading in markdown
     assert "| HH-like, K=9 | 150-400 | 20-80 |" in markdown
     assert "not run (left out with --only)" in markdown  # ZeRO-3 generation and memory
@@ -93,15 +112,33 @@ def test_shared_prompt_benchmark_times_both_sides_on_the_same_rankings_and_count
 
 @pytest.mark.slow
 def test_multi_process_benchmarks_run_on_smallest_settings_and_see_every_phase(tmp_path):
-    code = bench_run.main(["--smallest", "--no-peer", "--only", "zero3_generation", "ppo_memory",
-                           "--results-dir", str(tmp_path / "out"), "--workdir", str(tmp_path / "work")])
+    code = bench_run.main(
+        [
+            "--smallest",
+            "--no-peer",
+            "--only",
+            "zero3_generation",
+            "ppo_memory",
+            "--results-dir",
+            str(tmp_path / "out"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "out" / "results" / "all.json").read_text())["results"]
     assert {row["mode"] for row in results["zero3_generation"]["rows"]} >= {"unsharded", "gather_once", "per_step"}
     for row in results["ppo_memory"]["rows"]:
         # Each phase of the PPO recipe was wrapped and reached, the final save included.
-        assert set(row["peak_rss_in_mb"]) >= {"engines_built", "generation", "scoring", "backward", "optimizer_step",
-                                              "update", "final_save"}
+        assert set(row["peak_rss_in_mb"]) >= {
+            "engines_built",
+            "generation",
+            "scoring",
+            "backward",
+            "optimizer_step",
+            "update",
+            "final_save",
+        }
         assert row["peak_rss_mb"] > 0
         for rank in row["ranks"]:
             # The baseline is taken with every library imported (those the first tokenizer load imports, ~90 MB,
@@ -145,14 +182,15 @@ def test_phases_keep_each_phases_own_cuda_peak(monkeypatch):
     assert phases.cuda_peak_mb() == 350
 
 
-
 def test_matched_kl_reads_every_run_where_its_mean_kl_first_reaches_the_lowest_peak():
     from benchmarks.estimators import at_kl, matched_kl_target, window_means
 
     # Windows of 2: run A's KLs 0, 1, 3, 5 have means 0.5, 2, 4 (peak 4); run B's 0, 2, 2, 2 have 1, 2, 2 (peak 2).
     # The target is the lower peak, 2. A first reaches it at its second window (steps 2-3): mean gold (0.6 + 0.7) / 2.
-    a = [{"step": s + 1, "kl": kl, "gold_score": gold} for s, (kl, gold) in enumerate(
-        [(0.0, 0.5), (1.0, 0.6), (3.0, 0.7), (5.0, 0.9)])]
+    a = [
+        {"step": s + 1, "kl": kl, "gold_score": gold}
+        for s, (kl, gold) in enumerate([(0.0, 0.5), (1.0, 0.6), (3.0, 0.7), (5.0, 0.9)])
+    ]
     b = [{"step": s + 1, "kl": kl, "gold_score": 0.5} for s, kl in enumerate([0.0, 2.0, 2.0, 2.0])]
     assert window_means([0.0, 1.0, 3.0, 5.0], 2) == [0.5, 2.0, 4.0]
     assert matched_kl_target([a, b], window=2) == 2.0
@@ -164,8 +202,20 @@ def test_matched_kl_reads_every_run_where_its_mean_kl_first_reaches_the_lowest_p
 def test_estimators_benchmark_runs_on_smallest_settings_and_fills_its_block(tmp_path):
     from benchmarks import estimators
 
-    estimators.main(["--smallest", "--estimators", "gae", "rloo", "--results-dir", str(tmp_path),
-                     "--out", str(tmp_path / "estimators.json"), "--workdir", str(tmp_path / "work")])
+    estimators.main(
+        [
+            "--smallest",
+            "--estimators",
+            "gae",
+            "rloo",
+            "--results-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "estimators.json"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     result = json.loads((tmp_path / "estimators.json").read_text())
     demo = result["demo"]["rows"]
     assert set(demo) == {"gae", "rloo"} and demo["gae"][0]["time_vs_gae"] == 1.0
@@ -183,8 +233,17 @@ def test_estimators_benchmark_runs_on_smallest_settings_and_fills_its_block(tmp_
 def test_estimators_against_trl_runs_on_smallest_settings_with_both_trl_trainers(tmp_path):
     from benchmarks import estimators_vs_trl
 
-    estimators_vs_trl.main(["--smallest", "--results-dir", str(tmp_path), "--out", str(tmp_path / "vs_trl.json"),
-                            "--workdir", str(tmp_path / "work")])
+    estimators_vs_trl.main(
+        [
+            "--smallest",
+            "--results-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "vs_trl.json"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     result = json.loads((tmp_path / "vs_trl.json").read_text())
     for estimator, trainer in (("rloo", "RLOOTrainer"), ("grpo", "GRPOTrainer")):
         side = result["estimators"][estimator]
@@ -206,8 +265,13 @@ def test_an_over_optimised_curve_is_read_at_its_best_window_and_its_last_by_hand
     assert summary["gold_peak"] == pytest.approx(0.8) and summary["peak_step"] == 10
     assert summary["gold_end"] == pytest.approx(1.6 / 3) and summary["kept"] == pytest.approx(2 / 3)
     assert summary["kl_end"] == pytest.approx(5.0) and summary["gold_start"] == 0.5
-    runs = [{"variant": "single", "kept": 0.8}, {"variant": "single", "kept": 0.86},
-            {"variant": "min", "kept": 0.97}, {"variant": "min", "kept": 0.95}, {"variant": "mean", "kept": 0.9}]
+    runs = [
+        {"variant": "single", "kept": 0.8},
+        {"variant": "single", "kept": 0.86},
+        {"variant": "min", "kept": 0.97},
+        {"variant": "min", "kept": 0.95},
+        {"variant": "mean", "kept": 0.9},
+    ]
     verdict = goal({"runs": runs})
     assert verdict["kept"]["single"] == pytest.approx(0.83) and verdict["single_fell"]
     assert verdict["met_by"] == ["min"]  # mean keeps 0.9 < 0.95
@@ -217,8 +281,17 @@ def test_an_over_optimised_curve_is_read_at_its_best_window_and_its_last_by_hand
 def test_overoptimisation_runs_on_smallest_settings_and_fills_its_block(tmp_path):
     from benchmarks import overoptimisation
 
-    overoptimisation.main(["--smallest", "--results-dir", str(tmp_path), "--out", str(tmp_path / "oo.json"),
-                           "--workdir", str(tmp_path / "work")])
+    overoptimisation.main(
+        [
+            "--smallest",
+            "--results-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "oo.json"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     result = json.loads((tmp_path / "oo.json").read_text())
     assert [(run["variant"], run["seed"]) for run in result["runs"]] == [("single", 0), ("min", 0)]
     for run in result["runs"]:
@@ -234,8 +307,17 @@ def test_overoptimisation_runs_on_smallest_settings_and_fills_its_block(tmp_path
 def test_rm_ensemble_benchmark_measures_both_designs_on_smallest_settings(tmp_path):
     from benchmarks import rm_ensemble
 
-    rm_ensemble.main(["--smallest", "--results-dir", str(tmp_path), "--out", str(tmp_path / "rme.json"),
-                      "--workdir", str(tmp_path / "work")])
+    rm_ensemble.main(
+        [
+            "--smallest",
+            "--results-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "rme.json"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     result = json.loads((tmp_path / "rme.json").read_text())
     for design in ("models", "heads"):
         assert len(result[design]["member_pairwise_accuracy"]) == 2 and result[design]["ensemble_std"] >= 0
@@ -252,17 +334,29 @@ def test_a_bootstrapped_heads_loss_weighs_each_ranking_by_hand():
     # Two rankings of two: rewards 1 > 0 (loss log(1 + e^-1) = 0.3133) and 0 > 0 (log 2 = 0.6931).
     rewards, ranks = torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[1, 2], [1, 2]])
     assert weighted_head_loss(rewards, ranks, torch.tensor([2.0, 1.0])).item() == pytest.approx(
-        (2 * 0.31326 + 0.69315) / 3, abs=1e-4)
+        (2 * 0.31326 + 0.69315) / 3, abs=1e-4
+    )
     assert weighted_head_loss(rewards, ranks, torch.zeros(2)).item() == 0.0
     weights = bootstrap_weights(3, 1000, seed=0)
     assert weights.shape == (3, 1000) and weights.mean().item() == pytest.approx(1.0, abs=0.1)
     assert torch.equal(weights, bootstrap_weights(3, 1000, seed=0)) and not torch.equal(weights[0], weights[1])
+
+
 @pytest.mark.slow
 def test_vllm_generation_benchmark_runs_on_smallest_settings_and_fills_its_block(tmp_path):
     from benchmarks import vllm_generation
 
-    vllm_generation.main(["--smallest", "--results-dir", str(tmp_path), "--out", str(tmp_path / "vllm.json"),
-                          "--workdir", str(tmp_path / "work")])
+    vllm_generation.main(
+        [
+            "--smallest",
+            "--results-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "vllm.json"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     result = json.loads((tmp_path / "vllm.json").read_text())
     (size,) = result["sizes"]
     assert size["hf_s"] > 0 and size["vllm_s"] > 0 and size["vllm_vs_hf"] == size["vllm_s"] / size["hf_s"]

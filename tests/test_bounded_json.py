@@ -12,8 +12,13 @@ from rlhf.errors import DataError
 
 
 def nested(levels: int, inner: str = "1") -> str:
-    return '{"a": ' * (levels // 2) + "[" * (levels - levels // 2) + inner + "]" * (levels - levels // 2) \
+    return (
+        '{"a": ' * (levels // 2)
+        + "[" * (levels - levels // 2)
+        + inner
+        + "]" * (levels - levels // 2)
         + "}" * (levels // 2)
+    )
 
 
 def test_depth_is_counted_exactly_at_the_bound():
@@ -41,15 +46,20 @@ def test_a_small_json_file_that_links_to_dev_zero_is_refused_after_the_cap(tmp_p
     os.symlink("/dev/zero", tmp_path / "config.json")
     with pytest.raises(DataError) as raised:
         read_small_json(tmp_path / "config.json", max_bytes=2**20)
-    assert str(raised.value) == (f"{tmp_path / 'config.json'}: is over 1 MiB, far more than a JSON file of its kind "
-                                 "holds: refused unread (a link to a device, or a damaged file?)")
+    assert str(raised.value) == (
+        f"{tmp_path / 'config.json'}: is over 1 MiB, far more than a JSON file of its kind "
+        "holds: refused unread (a link to a device, or a damaged file?)"
+    )
 
 
-@pytest.mark.parametrize("content, reason", [
-    ("[" * 10**5 + "]" * 10**5, "nested deeper than 100 levels"),
-    ('{"a": 1,', "is not valid JSON (Expecting property name enclosed in double quotes at line 1)"),
-    (b"\xff\xfe{}", "is not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ("[" * 10**5 + "]" * 10**5, "nested deeper than 100 levels"),
+        ('{"a": 1,', "is not valid JSON (Expecting property name enclosed in double quotes at line 1)"),
+        (b"\xff\xfe{}", "is not UTF-8 text"),
+    ],
+)
 def test_a_small_json_file_that_is_not_json_is_one_line_naming_it(tmp_path, content, reason):
     path = tmp_path / "tokenizer_config.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())

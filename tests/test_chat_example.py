@@ -28,20 +28,48 @@ def chat_run(tmp_path_factory):
     """The example's files at a quarter of their size, then the pipeline of configs/chat/ with short stages."""
     root = tmp_path_factory.mktemp("chat")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    subprocess.run([sys.executable, "-m", "rlhf.demo.chat", "--out", str(root / "chat"), "--scale", "0.25"],
-                   check=True, cwd=REPO, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "rlhf.demo.chat", "--out", str(root / "chat"), "--scale", "0.25"],
+        check=True,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+    )
     data = root / "chat" / "data"
     overrides = {
-        "sft_overrides": {"model_name_or_path": str(root / "chat" / "base_model"), "train_file": str(data / "sft.jsonl"),
-                          "max_steps": 4, "save_strategy": "no", "report_to": "none"},
+        "sft_overrides": {
+            "model_name_or_path": str(root / "chat" / "base_model"),
+            "train_file": str(data / "sft.jsonl"),
+            "max_steps": 4,
+            "save_strategy": "no",
+            "report_to": "none",
+        },
         "rm_overrides": {"max_steps": 4, "eval_strategy": "no", "save_strategy": "no", "report_to": "none"},
-        "ppo_overrides": {"prompts_file": str(data / "prompts_train.jsonl"),
-                          "eval_prompts_file": str(data / "prompts_eval.jsonl"), "eval_prompts": 4,
-                          "eval_samples_per_prompt": 1, "max_steps": 2, "save_steps": 1, "rollout_batch_size": 4,
-                          "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 8, "report_to": ["none"]},
+        "ppo_overrides": {
+            "prompts_file": str(data / "prompts_train.jsonl"),
+            "eval_prompts_file": str(data / "prompts_eval.jsonl"),
+            "eval_prompts": 4,
+            "eval_samples_per_prompt": 1,
+            "max_steps": 2,
+            "save_steps": 1,
+            "rollout_batch_size": 4,
+            "minibatch_size": 4,
+            "ppo_epochs": 1,
+            "max_new_tokens": 8,
+            "report_to": ["none"],
+        },
     }
-    argv = [sys.executable, "-m", "rlhf.pipeline", "--config", "configs/chat/pipeline.yaml",
-            "--run_dir", str(root / "run"), "--labels_file", str(data / "preferences.jsonl")]
+    argv = [
+        sys.executable,
+        "-m",
+        "rlhf.pipeline",
+        "--config",
+        "configs/chat/pipeline.yaml",
+        "--run_dir",
+        str(root / "run"),
+        "--labels_file",
+        str(data / "preferences.jsonl"),
+    ]
     for key, value in overrides.items():
         argv += [f"--{key}", json.dumps(value)]
     result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
@@ -59,8 +87,12 @@ def test_a_users_chat_preferences_go_through_every_stage_to_the_report(chat_run)
     assert registry.get("ppo").parents == ["sft@1", "rm@1"]
     # The import left out the broken rows with their reasons, and merged the user who spoke twice.
     labels_log = (run / "logs" / "labels.log").read_text()
-    for said in ("the chosen (preferred) reply is empty", "the rejected reply is empty",
-                 "chosen and rejected are identical", "turns of one role in a row, merged into one turn"):
+    for said in (
+        "the chosen (preferred) reply is empty",
+        "the rejected reply is empty",
+        "chosen and rejected are identical",
+        "turns of one role in a row, merged into one turn",
+    ):
         assert said in labels_log
     # No warning a user cannot act on.
     assert "FutureWarning" not in result.stdout + result.stderr

@@ -27,13 +27,20 @@ def tokenizer_with_template(model_dir, template: str):
     return tokenizer
 
 
-@pytest.mark.parametrize("template, reason", [
-    ("{{ ''.__class__.__mro__[1].__subclasses__() }}",
-     "the chat template tried to leave Jinja's sandbox and was stopped (access to attribute '__class__' of 'str' "
-     "object is unsafe.); use a model whose template you trust"),
-    ("{{ raise_exception('Conversation roles must alternate user/assistant') }}",
-     "the chat template failed: Conversation roles must alternate user/assistant"),
-])
+@pytest.mark.parametrize(
+    "template, reason",
+    [
+        (
+            "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+            "the chat template tried to leave Jinja's sandbox and was stopped (access to attribute '__class__' of 'str' "
+            "object is unsafe.); use a model whose template you trust",
+        ),
+        (
+            "{{ raise_exception('Conversation roles must alternate user/assistant') }}",
+            "the chat template failed: Conversation roles must alternate user/assistant",
+        ),
+    ],
+)
 def test_a_failing_chat_template_is_one_line_naming_its_file(model_dir, template, reason):
     from rlhf.data.formatting import demonstration_ids, prompt_text
 

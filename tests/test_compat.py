@@ -60,8 +60,12 @@ def test_trl_sft_trainer_counts_training_tokens_in_total_train_tokens():
 def test_accelerate_picks_its_backend_in_prepare_backend():
     from accelerate.state import PartialState
 
-    assert list(inspect.signature(PartialState._prepare_backend).parameters)[:4] == \
-        ["self", "cpu", "sagemaker_dp", "backend"]
+    assert list(inspect.signature(PartialState._prepare_backend).parameters)[:4] == [
+        "self",
+        "cpu",
+        "sagemaker_dp",
+        "backend",
+    ]
 
 
 def test_deepspeed_zero3_hooks_can_be_taken_off_and_put_back():

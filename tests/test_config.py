@@ -60,8 +60,10 @@ def test_a_yaml_alias_bomb_is_refused_in_one_line_naming_the_file(tmp_path):
     config.write_text(billion_laughs())
     with pytest.raises(ConfigError) as raised:
         parse_config(Example, ["--config", str(config)])
-    assert str(raised.value) == (f"{config}: line 2: YAML aliases (*a) are refused in configs, since a few nested "
-                                 f"ones expand without bound; write the value out")
+    assert str(raised.value) == (
+        f"{config}: line 2: YAML aliases (*a) are refused in configs, since a few nested "
+        f"ones expand without bound; write the value out"
+    )
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))

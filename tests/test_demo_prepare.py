@@ -20,8 +20,11 @@ def test_the_manifest_is_what_the_command_line_wrote_and_tells_other_settings_ap
     written = demo_settings(scale=0.002, hidden_size=32)
     assert is_prepared(tmp_path / "demo", written)
     assert json.loads((tmp_path / "demo" / MANIFEST).read_text())["sizes"] == written["sizes"]
-    assert len((tmp_path / "demo" / "data" / "prompts_train.jsonl").read_text().splitlines()) == \
-        written["sizes"]["prompts_train"] == 24  # 12000 x 0.002
+    assert (
+        len((tmp_path / "demo" / "data" / "prompts_train.jsonl").read_text().splitlines())
+        == written["sizes"]["prompts_train"]
+        == 24
+    )  # 12000 x 0.002
     assert not is_prepared(tmp_path / "demo", demo_settings(scale=0.004, hidden_size=32))
     assert not is_prepared(tmp_path / "demo", demo_settings(scale=0.002, hidden_size=64))
     assert not is_prepared(tmp_path / "missing", written)
@@ -45,14 +48,23 @@ def test_the_pipeline_writes_the_demo_again_only_when_its_settings_differ(tmp_pa
 
     def run(self, command, stage):
         commands.append(command)
-        _write(tmp_path / "demo", scale=float(command[command.index("--scale") + 1]),
-               hidden_size=int(command[command.index("--hidden_size") + 1]))
+        _write(
+            tmp_path / "demo",
+            scale=float(command[command.index("--scale") + 1]),
+            hidden_size=int(command[command.index("--hidden_size") + 1]),
+        )
 
     monkeypatch.setattr(Pipeline, "_run", run)
 
     def prepare(scale):
-        Pipeline(PipelineConfig(run_dir=str(tmp_path / "run"), prepare_demo=str(tmp_path / "demo"),
-                                demo_scale=scale, demo_hidden_size=32)).prepare_demo()
+        Pipeline(
+            PipelineConfig(
+                run_dir=str(tmp_path / "run"),
+                prepare_demo=str(tmp_path / "demo"),
+                demo_scale=scale,
+                demo_hidden_size=32,
+            )
+        ).prepare_demo()
 
     prepare(0.002)
     prepare(0.002)

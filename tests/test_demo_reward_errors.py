@@ -33,10 +33,15 @@ def test_pairs_that_gold_orders_are_counted_by_kind_with_ties_half():
         ("sort", "ok > perm"): [0.5, 2],  # a tie (half), then 0.2 < 0.3 for the right order
     }
     table = markdown(counts, min_pairs=1).splitlines()
-    assert table[2:] == ["| first | ok > chat+ok | 0.00 | 1 |", "| first | ok > slip | 0.00 | 1 |",
-                         "| sort | ok > perm | 0.25 | 2 |", "| first | chat+ok > slip | 1.00 | 1 |",
-                         "| first | every pair | 0.333 | 3 |", "| sort | every pair | 0.250 | 2 |",
-                         "| all | every pair | 0.300 | 5 |"]
+    assert table[2:] == [
+        "| first | ok > chat+ok | 0.00 | 1 |",
+        "| first | ok > slip | 0.00 | 1 |",
+        "| sort | ok > perm | 0.25 | 2 |",
+        "| first | chat+ok > slip | 1.00 | 1 |",
+        "| first | every pair | 0.333 | 3 |",
+        "| sort | every pair | 0.250 | 2 |",
+        "| all | every pair | 0.300 | 5 |",
+    ]
 
 
 def test_gold_ties_give_no_pair():

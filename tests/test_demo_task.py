@@ -15,16 +15,19 @@ def test_correct_answers():
     assert correct_answer(parse_prompt("say the last word of : a b c answer :")) == ["c"]
 
 
-@pytest.mark.parametrize("response, expected", [
-    ("cat owl plum", 1.0),
-    ("", 0.0),
-    # chatter "ok :" adds 2 words: 2*3 / (5 + 3) = 0.75
-    ("ok : cat owl plum", 0.75),
-    # one word dropped: 2*2 / (2 + 3) = 0.8
-    ("cat plum", 0.8),
-    # adjacent swap keeps 2 of 3 in order: 2*2 / (3 + 3) = 0.6667
-    ("owl cat plum", 4 / 6),
-])
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("cat owl plum", 1.0),
+        ("", 0.0),
+        # chatter "ok :" adds 2 words: 2*3 / (5 + 3) = 0.75
+        ("ok : cat owl plum", 0.75),
+        # one word dropped: 2*2 / (2 + 3) = 0.8
+        ("cat plum", 0.8),
+        # adjacent swap keeps 2 of 3 in order: 2*2 / (3 + 3) = 0.6667
+        ("owl cat plum", 4 / 6),
+    ],
+)
 def test_gold_score_is_graded(response, expected):
     assert gold_score(SORT, response) == pytest.approx(expected)
 

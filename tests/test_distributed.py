@@ -30,8 +30,9 @@ def decisions(free_gib_by_rank: list[int]) -> list[str]:
     context = mp.get_context("spawn")
     with context.Manager() as manager:
         results = manager.dict()
-        mp.start_processes(_decide_on_each_rank, args=(free_port(), free_gib_by_rank, results), nprocs=2,
-                           start_method="spawn")
+        mp.start_processes(
+            _decide_on_each_rank, args=(free_port(), free_gib_by_rank, results), nprocs=2, start_method="spawn"
+        )
         return [results[0], results[1]]
 
 
@@ -75,6 +76,7 @@ def test_finishing_waits_for_work_still_queued_on_every_group_not_only_the_defau
     context = mp.get_context("spawn")
     with context.Manager() as manager:
         results = manager.dict()
-        mp.start_processes(_finish_with_work_queued_on_a_second_group, args=(free_port(), results), nprocs=2,
-                           start_method="spawn")
+        mp.start_processes(
+            _finish_with_work_queued_on_a_second_group, args=(free_port(), results), nprocs=2, start_method="spawn"
+        )
         assert results[0] == results[1] == [True] * 4

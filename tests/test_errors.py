@@ -13,19 +13,39 @@ def stopped_by_ctrl_c(*args, **kwargs):
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("module, stops, argv, says", [
-    ("rlhf.stages.sft", "run", ["--output_dir", "{tmp}/sft", "--train_file", "{tmp}/demos.jsonl"],
-     "the stage stopped; run the same command with --resume true to continue from its last checkpoint"),
-    ("rlhf.stages.ppo", "run", ["--output_dir", "{tmp}/ppo", "--prompts_file", "{tmp}/prompts.jsonl"],
-     "the stage stopped; run the same command with --resume true to continue from its last checkpoint"),
-    ("rlhf.pipeline", "run", ["--run_dir", "{tmp}/run"],
-     "the pipeline stopped; run the same command to resume (finished stages are skipped"),
-    ("rlhf.labels.cli", "import_rankings", ["import", "--format", "jsonl", "{tmp}/in.jsonl", "-o", "{tmp}/out.jsonl"],
-     "stopped before it finished; run the same command again"),
-    ("rlhf.report", "write_report", ["{tmp}/run"], "stopped before it finished; run the same command again"),
-])
-def test_ctrl_c_is_one_line_saying_what_stopped_and_how_to_go_on(module, stops, argv, says, tmp_path, monkeypatch,
-                                                                 capsys):
+@pytest.mark.parametrize(
+    "module, stops, argv, says",
+    [
+        (
+            "rlhf.stages.sft",
+            "run",
+            ["--output_dir", "{tmp}/sft", "--train_file", "{tmp}/demos.jsonl"],
+            "the stage stopped; run the same command with --resume true to continue from its last checkpoint",
+        ),
+        (
+            "rlhf.stages.ppo",
+            "run",
+            ["--output_dir", "{tmp}/ppo", "--prompts_file", "{tmp}/prompts.jsonl"],
+            "the stage stopped; run the same command with --resume true to continue from its last checkpoint",
+        ),
+        (
+            "rlhf.pipeline",
+            "run",
+            ["--run_dir", "{tmp}/run"],
+            "the pipeline stopped; run the same command to resume (finished stages are skipped",
+        ),
+        (
+            "rlhf.labels.cli",
+            "import_rankings",
+            ["import", "--format", "jsonl", "{tmp}/in.jsonl", "-o", "{tmp}/out.jsonl"],
+            "stopped before it finished; run the same command again",
+        ),
+        ("rlhf.report", "write_report", ["{tmp}/run"], "stopped before it finished; run the same command again"),
+    ],
+)
+def test_ctrl_c_is_one_line_saying_what_stopped_and_how_to_go_on(
+    module, stops, argv, says, tmp_path, monkeypatch, capsys
+):
     entry_point = importlib.import_module(module)
     monkeypatch.setattr(entry_point, stops, stopped_by_ctrl_c)
     with pytest.raises(SystemExit) as exit_info:

@@ -7,8 +7,18 @@ import math
 
 import pytest
 
-from rlhf.evaluate.overoptimisation import (best_of_n_curve, best_of_n_expectation, best_of_n_index, best_of_n_kl,
-                                            fit_curve, fit_gao, gao_best_of_n, gao_rl, interpolate, sqrt_kl)
+from rlhf.evaluate.overoptimisation import (
+    best_of_n_curve,
+    best_of_n_expectation,
+    best_of_n_index,
+    best_of_n_kl,
+    fit_curve,
+    fit_gao,
+    gao_best_of_n,
+    gao_rl,
+    interpolate,
+    sqrt_kl,
+)
 
 
 def test_best_of_n_kl_is_log_n_minus_n_minus_1_over_n():
@@ -51,7 +61,7 @@ def test_best_of_n_expectation_is_the_mean_over_every_subset():
 def test_best_of_n_curve_averages_prompts():
     points = best_of_n_curve([[0.1, 0.3, 0.2], [1.0, 0.0, 0.0]], [[1.0, 0.0, 0.5], [0.0, 1.0, 1.0]], [1, 2])
     assert [p["n"] for p in points] == [1, 2]
-    assert points[1]["kl"] == pytest.approx(best_of_n_kl(2)) and points[1]["d"] == pytest.approx(best_of_n_kl(2) ** .5)
+    assert points[1]["kl"] == pytest.approx(best_of_n_kl(2)) and points[1]["d"] == pytest.approx(best_of_n_kl(2) ** 0.5)
     # Prompt 2's pairs keep {0,1} -> 0, {0,2} -> 0, {1,2} -> 1 (a tie: the first): gold 0, 0, 1 -> 1/3.
     assert points[1]["gold_score"] == pytest.approx((1 / 6 + 1 / 3) / 2)
     assert points[0]["gold_score"] == pytest.approx((0.5 + 2 / 3) / 2)
@@ -83,7 +93,7 @@ def test_the_best_of_n_fit_by_hand_with_residuals():
 
 
 def test_the_rl_fit_recovers_an_exact_curve():
-    d = [1.0, math.e, math.e ** 2]  # d log d = 0, e, 2e²
+    d = [1.0, math.e, math.e**2]  # d log d = 0, e, 2e²
     gains = [gao_rl(x, 2.0, 1.0) for x in d]  # 2, e, 0
     assert gains == pytest.approx([2.0, math.e, 0.0], abs=1e-12)
     fit = fit_gao("rl", d, gains)

@@ -11,8 +11,14 @@ import pytest
 from full_disk_hook import writes_fail
 
 from rlhf.labels.cli import main
-from rlhf.labels.exporters import (argilla_records, argilla_settings, label_studio_config, label_studio_tasks,
-                                 write_argilla_export, write_label_studio_export)
+from rlhf.labels.exporters import (
+    argilla_records,
+    argilla_settings,
+    label_studio_config,
+    label_studio_tasks,
+    write_argilla_export,
+    write_label_studio_export,
+)
 from rlhf.labels.importers import import_rankings
 from rlhf.labels.importers.label_studio import UNTOUCHED
 from rlhf.errors import DataError, RLHFError
@@ -21,8 +27,10 @@ from rlhf.errors import DataError, RLHFError
 ITEMS = [
     ("Which planet is the largest?", ["Jupiter. [q=3]", "Mars. [q=1]", "Saturn. [q=2]", "Jupiter. [q=3]"]),
     ("Name a prime number.", ["Seven. [q=3]", "Nine. [q=1]", "Two. [q=2]"]),
-    ([{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"}],
-     ["Paris. [q=3]", "Lyon. [q=2]", "Berlin. [q=1]"]),
+    (
+        [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"}],
+        ["Paris. [q=3]", "Lyon. [q=2]", "Berlin. [q=1]"],
+    ),
 ]
 
 
@@ -65,11 +73,34 @@ def simulated_label_studio_export(tasks, leave_untouched=()):
         order = [item["id"] for item in sorted(items, key=lambda item: -quality(item["body"]))]
         if task_id in leave_untouched:
             order = [item["id"] for item in items]
-        result = [{"id": f"res{task_id}", "from_name": "rank", "to_name": "responses", "type": "ranker",
-                   "origin": "manual", "value": {"ranker": {"rank": order}}}]
-        exported.append({"id": task_id, "data": task["data"], "drafts": [], "predictions": [],
-                         "annotations": [{"id": 100 + task_id, "completed_by": 1, "result": result,
-                                          "was_cancelled": False, "ground_truth": False, "lead_time": 9.5}]})
+        result = [
+            {
+                "id": f"res{task_id}",
+                "from_name": "rank",
+                "to_name": "responses",
+                "type": "ranker",
+                "origin": "manual",
+                "value": {"ranker": {"rank": order}},
+            }
+        ]
+        exported.append(
+            {
+                "id": task_id,
+                "data": task["data"],
+                "drafts": [],
+                "predictions": [],
+                "annotations": [
+                    {
+                        "id": 100 + task_id,
+                        "completed_by": 1,
+                        "result": result,
+                        "was_cancelled": False,
+                        "ground_truth": False,
+                        "lead_time": 9.5,
+                    }
+                ],
+            }
+        )
     return exported
 
 
@@ -93,9 +124,18 @@ def test_label_studio_round_trip_through_json_min(tmp_path):
     rows = []
     for task in simulated_label_studio_export(tasks):
         annotation = task["annotations"][0]
-        rows.append({**task["data"], "id": task["id"], "rank": [annotation["result"][0]["value"]],
-                     "annotator": 1, "annotation_id": annotation["id"], "created_at": None, "updated_at": None,
-                     "lead_time": annotation["lead_time"]})
+        rows.append(
+            {
+                **task["data"],
+                "id": task["id"],
+                "rank": [annotation["result"][0]["value"]],
+                "annotator": 1,
+                "annotation_id": annotation["id"],
+                "created_at": None,
+                "updated_at": None,
+                "lead_time": annotation["lead_time"],
+            }
+        )
     (tmp_path / "min.json").write_text(json.dumps(rows))
     report = import_rankings("label_studio", [str(tmp_path / "min.json")])
     assert [[quality(text) for text in r.completions] for r in report.rankings] == [[3, 2, 1], [3, 2, 1]]
@@ -125,10 +165,16 @@ def test_argilla_round_trip_through_the_rest_api_keeps_ties(tmp_path):
         options = [name for name in record if name.startswith("response-")]
         # the annotator ties the two worst answers: rank 1 for q=3, rank 2 for the rest
         ranking = [{"value": name, "rank": 1 if quality(record[name]) == 3 else 2} for name in options]
-        items.append({"id": f"uuid-{number}", "external_id": record["id"],
-                      "fields": {key: value for key, value in record.items() if key != "id"},
-                      "responses": [{"values": {"ranking": {"value": ranking}}, "status": "submitted",
-                                     "user_id": "annotator-1"}]})
+        items.append(
+            {
+                "id": f"uuid-{number}",
+                "external_id": record["id"],
+                "fields": {key: value for key, value in record.items() if key != "id"},
+                "responses": [
+                    {"values": {"ranking": {"value": ranking}}, "status": "submitted", "user_id": "annotator-1"}
+                ],
+            }
+        )
     (tmp_path / "records_api.json").write_text(json.dumps({"items": items, "total": len(items)}))
     report = import_rankings("argilla", [str(tmp_path / "records_api.json")])
     assert report.skipped == {} and report.flagged == {}
@@ -141,13 +187,33 @@ def test_argilla_round_trip_through_the_rest_api_keeps_ties(tmp_path):
 def test_argilla_round_trip_through_rest_records(tmp_path):
     # the REST records with responses keep the ranks; the SDK's to_list drops them (refused by the importer)
     records = argilla_records(ITEMS[:2], seed=2)
-    exported = [{"id": record["id"], "fields": {k: v for k, v in record.items() if k != "id"},
-                 "responses": [{"values": {"ranking": {"value": [
-                     {"value": name, "rank": place} for place, name in enumerate(
-                         sorted((n for n in record if n.startswith("response-")), key=lambda n: -quality(record[n])),
-                         start=1)]}},
-                     "status": "submitted", "user_id": "annotator-2"}]}
-                for record in records]
+    exported = [
+        {
+            "id": record["id"],
+            "fields": {k: v for k, v in record.items() if k != "id"},
+            "responses": [
+                {
+                    "values": {
+                        "ranking": {
+                            "value": [
+                                {"value": name, "rank": place}
+                                for place, name in enumerate(
+                                    sorted(
+                                        (n for n in record if n.startswith("response-")),
+                                        key=lambda n: -quality(record[n]),
+                                    ),
+                                    start=1,
+                                )
+                            ]
+                        }
+                    },
+                    "status": "submitted",
+                    "user_id": "annotator-2",
+                }
+            ],
+        }
+        for record in records
+    ]
     (tmp_path / "rest.json").write_text(json.dumps({"items": exported}))
     report = import_rankings("argilla", [str(tmp_path / "rest.json")])
     assert [[quality(text) for text in r.completions] for r in report.rankings] == [[3, 2, 1], [3, 2, 1]]
@@ -168,7 +234,18 @@ def test_a_full_disk_while_exporting_is_one_line_and_leaves_the_old_tasks_and_co
 def test_cli_export_to_a_directory_is_one_line_before_any_sampling(tmp_path, capsys):
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "Say hi."}\n')
     with pytest.raises(SystemExit) as exit:
-        main(["export", "--policy", "no-such-policy", "--prompts", str(tmp_path / "prompts.jsonl"),
-              "--format", "label-studio", "-o", str(tmp_path)])
+        main(
+            [
+                "export",
+                "--policy",
+                "no-such-policy",
+                "--prompts",
+                str(tmp_path / "prompts.jsonl"),
+                "--format",
+                "label-studio",
+                "-o",
+                str(tmp_path),
+            ]
+        )
     assert exit.value.code == 2
     assert capsys.readouterr().err == f"error: {tmp_path}: is a directory; name a file to write\n"

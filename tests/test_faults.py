@@ -36,7 +36,7 @@ class RunsCode:
 
 def cut_in_half(path: Path) -> None:
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
 
 
 def one_line_error(capsys, main, argv) -> str:
@@ -66,11 +66,14 @@ def test_a_torn_last_metrics_line_is_left_out_and_a_bad_middle_line_is_an_error(
 def test_the_report_skips_a_torn_last_metrics_line(tmp_path, capsys):
     from rlhf.report import main
 
-    rows = [{"step": step, "rm_score": 0.1 * step, "kl": 0.01 * step, "beta": 0.1, "response_length": 4.0}
-            for step in (1, 2, 3)]
+    rows = [
+        {"step": step, "rm_score": 0.1 * step, "kl": 0.01 * step, "beta": 0.1, "response_length": 4.0}
+        for step in (1, 2, 3)
+    ]
     (tmp_path / "ppo").mkdir()
     (tmp_path / "ppo" / "ppo_metrics.jsonl").write_text(
-        "".join(json.dumps(row) + "\n" for row in rows) + '{"step": 4, "rm_sc')
+        "".join(json.dumps(row) + "\n" for row in rows) + '{"step": 4, "rm_sc'
+    )
     main([str(tmp_path), "--registry_dir", str(tmp_path / "registry")])
     assert "report:" in capsys.readouterr().out
     assert (tmp_path / "report" / "ppo_training.png").stat().st_size > 0
@@ -112,30 +115,43 @@ def test_a_damaged_registry_entry_is_reported_and_left_out_by_list_show_and_regi
 
 
 @pytest.mark.parametrize("stage", ["sft", "rm"])
-@pytest.mark.parametrize("flags, named", [
-    (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be >= 1, got 0"),
-    (["--per_device_train_batch_size", "-3"], "per_device_train_batch_size must be >= 1, got -3"),
-    (["--save_steps", "-1"], "save_steps must be > 0"),
-    (["--register_as", "../x"], "register_as: registry name '../x'"),
-    (["--learning_rate", "nan"], "learning_rate must be a finite number, got nan"),
-    (["--learning_rate", "-1"], "learning_rate must be >= 0, got -1.0"),
-    (["--num_train_epochs", "nan"], "num_train_epochs must be a finite number, got nan"),
-    (["--num_train_epochs", "0"], "num_train_epochs must be > 0 (or max_steps set), got 0.0"),
-    (["--adam_beta2", "1"], "adam_beta2 must be at least 0 and below 1, got 1.0"),
-])
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be >= 1, got 0"),
+        (["--per_device_train_batch_size", "-3"], "per_device_train_batch_size must be >= 1, got -3"),
+        (["--save_steps", "-1"], "save_steps must be > 0"),
+        (["--register_as", "../x"], "register_as: registry name '../x'"),
+        (["--learning_rate", "nan"], "learning_rate must be a finite number, got nan"),
+        (["--learning_rate", "-1"], "learning_rate must be >= 0, got -1.0"),
+        (["--num_train_epochs", "nan"], "num_train_epochs must be a finite number, got nan"),
+        (["--num_train_epochs", "0"], "num_train_epochs must be > 0 (or max_steps set), got 0.0"),
+        (["--adam_beta2", "1"], "adam_beta2 must be at least 0 and below 1, got 1.0"),
+    ],
+)
 def test_a_bad_config_value_is_one_line_before_any_model_loads(stage, flags, named, tmp_path, capsys):
     from rlhf.stages import rm, sft
 
     # The model path does not exist: an error about it would mean the value was checked too late.
-    argv = ["--model_name_or_path", str(tmp_path / "no_model"), "--output_dir", str(tmp_path / "run"),
-            "--train_file", str(tmp_path / "none.jsonl"), "--report_to", "none", *flags]
+    argv = [
+        "--model_name_or_path",
+        str(tmp_path / "no_model"),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--train_file",
+        str(tmp_path / "none.jsonl"),
+        "--report_to",
+        "none",
+        *flags,
+    ]
     message = one_line_error(capsys, {"sft": sft.main, "rm": rm.main}[stage], argv)
     assert named in message
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("umask, file_mode, directory_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775),
-                                                             (0o077, 0o600, 0o700)])
+@pytest.mark.parametrize(
+    "umask, file_mode, directory_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775), (0o077, 0o600, 0o700)]
+)
 def test_registry_files_take_the_users_umask(tmp_path, umask, file_mode, directory_mode):
     import os
 
@@ -159,8 +175,9 @@ def workspace(tmp_path_factory):
     records = make_split(96, seed=1)
     (root / "demos.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
     (root / "demos_eval.jsonl").write_text("".join(json.dumps(record) + "\n" for record in make_split(8, seed=2)))
-    rankings = [Ranking(f"r{i}", r["prompt"], (r["completion"], " cat", " dog dog"), (1, 2, 3))
-                for i, r in enumerate(records)]
+    rankings = [
+        Ranking(f"r{i}", r["prompt"], (r["completion"], " cat", " dog dog"), (1, 2, 3)) for i, r in enumerate(records)
+    ]
     write_rankings(root / "rankings.jsonl", rankings)
     return root
 
@@ -168,16 +185,47 @@ def workspace(tmp_path_factory):
 def trainer_stage_args(stage: str, root: Path, out: Path, *extra: str) -> list[str]:
     """4 steps, checkpoints at 2 and 4, held-out data; logged every 3 steps, so that a run resumed at step 2 must
     know the loss of steps it did not log itself."""
-    common = ["--model_name_or_path", str(root / "base"), "--registry_dir", str(out / "registry"),
-              "--output_dir", str(out / "run"), "--max_length", "48", "--per_device_train_batch_size", "8",
-              "--learning_rate", "3e-3", "--lr_scheduler_type", "constant", "--max_steps", "4",
-              "--logging_steps", "3", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2",
-              "--report_to", "none", "--seed", "0"]
+    common = [
+        "--model_name_or_path",
+        str(root / "base"),
+        "--registry_dir",
+        str(out / "registry"),
+        "--output_dir",
+        str(out / "run"),
+        "--max_length",
+        "48",
+        "--per_device_train_batch_size",
+        "8",
+        "--learning_rate",
+        "3e-3",
+        "--lr_scheduler_type",
+        "constant",
+        "--max_steps",
+        "4",
+        "--logging_steps",
+        "3",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+    ]
     if stage == "sft":
         common += ["--train_file", str(root / "demos.jsonl"), "--eval_file", str(root / "demos_eval.jsonl")]
     else:
-        common += ["--train_file", str(root / "rankings.jsonl"), "--normalization_file", str(root / "demos.jsonl"),
-                   "--eval_fraction", "0.1"]
+        common += [
+            "--train_file",
+            str(root / "rankings.jsonl"),
+            "--normalization_file",
+            str(root / "demos.jsonl"),
+            "--eval_fraction",
+            "0.1",
+        ]
     return common + list(extra)
 
 
@@ -210,8 +258,9 @@ def as_if_killed(finished: Path, copy: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_trainer_stage_resumes_from_the_newest_whole_checkpoint_after_a_kill_mid_write(finished_trainer_run,
-                                                                                   workspace, tmp_path, capsys):
+def test_trainer_stage_resumes_from_the_newest_whole_checkpoint_after_a_kill_mid_write(
+    finished_trainer_run, workspace, tmp_path, capsys
+):
     stage, straight = finished_trainer_run
     out = as_if_killed(straight, tmp_path / "killed")
     torn = out / "run" / "checkpoint-4"
@@ -240,23 +289,27 @@ def test_trainer_stage_resumes_from_the_newest_whole_checkpoint_after_a_kill_mid
 def logged_rows(out: Path) -> list[dict]:
     """A Trainer stage's log_history.jsonl without its timings."""
     rows = [json.loads(line) for line in (out / "run" / "log_history.jsonl").read_text().splitlines()]
-    return [{key: value for key, value in row.items() if not key.endswith(("_runtime", "_per_second"))}
-            for row in rows]
+    return [{key: value for key, value in row.items() if not key.endswith(("_runtime", "_per_second"))} for row in rows]
 
 
 def test_the_train_loss_of_a_resumed_run_weights_each_logged_interval_by_its_steps():
     from rlhf.stages.trainer_run import whole_run_loss
 
     # Logged every 2 steps: steps 1-2 averaged 3.0, steps 3-4 averaged 2.0; resumed at step 4, steps 5-7 average 1.0.
-    history = [{"step": 2, "loss": 3.0}, {"step": 2, "eval_loss": 9.0}, {"step": 4, "loss": 2.0},
-               {"step": 6, "loss": 1.5}]  # step 6 is the resumed part's own log
+    history = [
+        {"step": 2, "loss": 3.0},
+        {"step": 2, "eval_loss": 9.0},
+        {"step": 4, "loss": 2.0},
+        {"step": 6, "loss": 1.5},
+    ]  # step 6 is the resumed part's own log
     assert whole_run_loss(history, 4, 1.0, 7) == pytest.approx((3.0 * 2 + 2.0 * 2 + 1.0 * 3) / 7)
     assert whole_run_loss([], 0, 1.25, 5) == 1.25
 
 
 @pytest.mark.slow
-def test_trainer_stage_steps_over_a_truncated_file_in_a_finished_checkpoint(finished_trainer_run, workspace, tmp_path,
-                                                                          capsys):
+def test_trainer_stage_steps_over_a_truncated_file_in_a_finished_checkpoint(
+    finished_trainer_run, workspace, tmp_path, capsys
+):
     stage, straight = finished_trainer_run
     out = as_if_killed(straight, tmp_path / "damaged")
     cut_in_half(out / "run" / "checkpoint-4" / "optimizer.pt")  # a full disk, or a copy cut short
@@ -270,8 +323,9 @@ def test_trainer_stage_steps_over_a_truncated_file_in_a_finished_checkpoint(fini
 
 
 @pytest.mark.slow
-def test_a_trainer_checkpoint_that_pickles_code_is_refused_without_running_it(finished_trainer_run, workspace,
-                                                                            tmp_path, capsys):
+def test_a_trainer_checkpoint_that_pickles_code_is_refused_without_running_it(
+    finished_trainer_run, workspace, tmp_path, capsys
+):
     stage, straight = finished_trainer_run
     out = as_if_killed(straight, tmp_path / "tampered")
     marker = tmp_path / "payload_ran"
@@ -285,14 +339,18 @@ def test_a_trainer_checkpoint_that_pickles_code_is_refused_without_running_it(fi
 
 @pytest.mark.slow
 def test_trainer_stage_saves_a_checkpoint_on_sigterm_exits_0_and_resumes_to_the_uninterrupted_result(
-        finished_trainer_run, workspace, tmp_path, capsys):
+    finished_trainer_run, workspace, tmp_path, capsys
+):
     stage, straight = finished_trainer_run
     out, ready, log = tmp_path / "stopped", tmp_path / "at_step_2", tmp_path / "stage.log"
     # No scheduled checkpoint before the end: the one found afterwards is the SIGTERM's.
     args = trainer_stage_args(stage, workspace, out, "--save_steps", "100")
     with log.open("w") as sink:
-        process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pause_at_step.py")), stage, "2",
-                                    str(ready), *args], stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("pause_at_step.py")), stage, "2", str(ready), *args],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
         while not ready.exists() and process.poll() is None:
             time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
@@ -303,7 +361,10 @@ def test_trainer_stage_saves_a_checkpoint_on_sigterm_exits_0_and_resumes_to_the_
 
     stage_main(stage)(args + ["--resume", "true"])
     assert json.loads((out / "run" / "registered.json").read_text())["reference"] == f"{stage}@1"
-    want, got = registered_weights(straight / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@1")
+    want, got = (
+        registered_weights(straight / "registry", f"{stage}@1"),
+        registered_weights(out / "registry", f"{stage}@1"),
+    )
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
 
@@ -314,8 +375,11 @@ def test_ctrl_c_stops_a_trainer_stage_in_one_line_with_exit_130_and_the_rerun_re
     out, ready, log = tmp_path / "interrupted", tmp_path / "at_step_3", tmp_path / "stage.log"
     args = trainer_stage_args(stage, workspace, out)
     with log.open("w") as sink:
-        process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pause_at_step.py")), stage, "3",
-                                    str(ready), *args], stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("pause_at_step.py")), stage, "3", str(ready), *args],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
         while not ready.exists() and process.poll() is None:
             time.sleep(0.05)
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -323,7 +387,8 @@ def test_ctrl_c_stops_a_trainer_stage_in_one_line_with_exit_130_and_the_rerun_re
     output = log.read_text()
     assert output.strip().splitlines()[-1] == (
         "interrupted: the stage stopped; run the same command with --resume true to continue from its last "
-        "checkpoint (SIGTERM instead saves one before stopping)")
+        "checkpoint (SIGTERM instead saves one before stopping)"
+    )
     assert "Traceback" not in output and not (out / "registry" / "entries").exists()
 
     assert sorted(path.name for path in (out / "run").glob("checkpoint-*")) == ["checkpoint-2"]
@@ -338,8 +403,9 @@ def ppo_models(tmp_path_factory) -> dict:
 
 
 def ppo_args(models: dict, out: Path, **overrides) -> list[str]:
-    return stage_arguments(models, out / "run", out / "registry", max_steps=4, save_steps=2, eval_prompts=4,
-                           **overrides)
+    return stage_arguments(
+        models, out / "run", out / "registry", max_steps=4, save_steps=2, eval_prompts=4, **overrides
+    )
 
 
 @pytest.fixture(scope="module")
@@ -381,11 +447,14 @@ def test_ppo_resumes_past_a_torn_metrics_line(finished_ppo_run, ppo_models, tmp_
     assert Registry(out / "registry").get("ppo").version == 2
 
 
-@pytest.mark.parametrize("damaged", ["actor/mp_rank_00_model_states.pt", "critic/mp_rank_00_model_states.pt",
-                                     "rng_state_0.pt", "trainer_state.json"])
+@pytest.mark.parametrize(
+    "damaged",
+    ["actor/mp_rank_00_model_states.pt", "critic/mp_rank_00_model_states.pt", "rng_state_0.pt", "trainer_state.json"],
+)
 @pytest.mark.slow
-def test_ppo_falls_back_from_a_damaged_latest_checkpoint_saying_which_file(finished_ppo_run, ppo_models, tmp_path,
-                                                                         capsys, damaged):
+def test_ppo_falls_back_from_a_damaged_latest_checkpoint_saying_which_file(
+    finished_ppo_run, ppo_models, tmp_path, capsys, damaged
+):
     from rlhf.stages.ppo import main
 
     out = as_if_killed(finished_ppo_run, tmp_path / "damaged")
@@ -400,8 +469,9 @@ def test_ppo_falls_back_from_a_damaged_latest_checkpoint_saying_which_file(finis
 
 
 @pytest.mark.slow
-def test_a_ppo_checkpoint_that_pickles_code_is_refused_without_running_it(finished_ppo_run, ppo_models, tmp_path,
-                                                                        capsys):
+def test_a_ppo_checkpoint_that_pickles_code_is_refused_without_running_it(
+    finished_ppo_run, ppo_models, tmp_path, capsys
+):
     from rlhf.stages.ppo import main
 
     out = as_if_killed(finished_ppo_run, tmp_path / "tampered")
@@ -456,8 +526,9 @@ def disk_full_at(monkeypatch, fragment: str, error: Exception) -> None:
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_a_trainer_checkpoint_is_one_line_cleans_up_and_resumes(finished_trainer_run, workspace,
-                                                                                  tmp_path, capsys, monkeypatch):
+def test_a_full_disk_during_a_trainer_checkpoint_is_one_line_cleans_up_and_resumes(
+    finished_trainer_run, workspace, tmp_path, capsys, monkeypatch
+):
     import errno
     import os
 
@@ -471,20 +542,27 @@ def test_a_full_disk_during_a_trainer_checkpoint_is_one_line_cleans_up_and_resum
 
     monkeypatch.undo()
     stage_main(stage)(trainer_stage_args(stage, workspace, out, "--resume", "true"))
-    want, got = registered_weights(straight / "registry", f"{stage}@1"), registered_weights(out / "registry", f"{stage}@1")
+    want, got = (
+        registered_weights(straight / "registry", f"{stage}@1"),
+        registered_weights(out / "registry", f"{stage}@1"),
+    )
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_a_ppo_checkpoint_is_one_line_leaves_no_staging_and_resumes(finished_ppo_run, ppo_models,
-                                                                                     tmp_path, capsys, monkeypatch):
+def test_a_full_disk_during_a_ppo_checkpoint_is_one_line_leaves_no_staging_and_resumes(
+    finished_ppo_run, ppo_models, tmp_path, capsys, monkeypatch
+):
     from rlhf.stages.ppo import main
 
     out = tmp_path / "full"
     # What torch.save's zip writer raises when the disk fills.
-    disk_full_at(monkeypatch, "step-4.saving/critic", RuntimeError(
-        "[enforce fail at inline_container.cc:664] . unexpected pos 3145728 vs 3145664"))
+    disk_full_at(
+        monkeypatch,
+        "step-4.saving/critic",
+        RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 3145728 vs 3145664"),
+    )
     message = one_line_error(capsys, main, ppo_args(ppo_models, out))
     checkpoints = out / "run" / "checkpoints"
     assert f"no space left on device writing {checkpoints / 'step-4'}" in message
@@ -513,8 +591,13 @@ class Saves:
         (Path(save_dir) / tag).mkdir()
 
 
-@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
-                                   RuntimeError("[enforce fail at inline_container.cc:783] . unexpected pos 3 vs 11")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:783] . unexpected pos 3 vs 11"),
+    ],
+)
 def test_a_ppo_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_partial_files(tmp_path, error):
     from rlhf.errors import RLHFError
     from rlhf.ppo import checkpoint
@@ -560,14 +643,18 @@ def safetensors_fills_the_disk(monkeypatch) -> None:
     monkeypatch.setattr(modeling_utils, "safe_save_file", save_file)
 
 
-@pytest.mark.parametrize("written, fill", [
-    ("run/final_model", safetensors_fills_the_disk),
-    ("run/metrics.json", lambda monkeypatch: disk_full_writing(monkeypatch, "metrics.json")),
-    ("registry/entries/sft/1.json", lambda monkeypatch: disk_full_writing(monkeypatch, "1.json")),
-])
+@pytest.mark.parametrize(
+    "written, fill",
+    [
+        ("run/final_model", safetensors_fills_the_disk),
+        ("run/metrics.json", lambda monkeypatch: disk_full_writing(monkeypatch, "metrics.json")),
+        ("registry/entries/sft/1.json", lambda monkeypatch: disk_full_writing(monkeypatch, "1.json")),
+    ],
+)
 @pytest.mark.slow
 def test_a_full_disk_after_training_is_one_line_leaves_nothing_half_written_and_the_rerun_registers(
-        written, fill, workspace, tmp_path, capsys, monkeypatch):
+    written, fill, workspace, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "full"
     fill(monkeypatch)
     message = one_line_error(capsys, stage_main("sft"), trainer_stage_args("sft", workspace, out))
@@ -635,8 +722,9 @@ def test_a_full_disk_under_the_pipelines_stage_log_is_one_line_and_stops_the_ste
     settings = pipeline.PipelineConfig(run_dir=str(tmp_path / "run"))
     pid_file = tmp_path / "step.pid"
     # The step would run for ten minutes: it must be stopped when its output can no longer be kept.
-    step = (f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); print('loss', 0.25); "
-            f"time.sleep(600)")
+    step = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); print('loss', 0.25); time.sleep(600)"
+    )
     monkeypatch.setattr(pipeline, "open", lambda *a, **k: FullDiskFile(open(*a, **k), "loss 0.25"), raising=False)
     with pytest.raises(RLHFError) as raised:
         pipeline.Pipeline(settings)._run([sys.executable, "-c", step], "sft")
@@ -649,31 +737,53 @@ def test_a_full_disk_under_the_pipelines_stage_log_is_one_line_and_stops_the_ste
 def test_ppo_with_no_steps_is_one_line_before_any_model_loads(tmp_path, capsys, steps):
     from rlhf.stages.ppo import main
 
-    argv = ["--model_name_or_path", str(tmp_path / "no_model"), "--reward_model", str(tmp_path / "no_rm"),
-            "--prompts_file", str(tmp_path / "prompts.jsonl"), "--output_dir", str(tmp_path / "run"),
-            "--max_steps", steps]
+    argv = [
+        "--model_name_or_path",
+        str(tmp_path / "no_model"),
+        "--reward_model",
+        str(tmp_path / "no_rm"),
+        "--prompts_file",
+        str(tmp_path / "prompts.jsonl"),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--max_steps",
+        steps,
+    ]
     assert f"max_steps must be >= 1, got {steps}" in one_line_error(capsys, main, argv)
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("flags, named", [
-    (["--actor_learning_rate", "nan"], "actor_learning_rate must be a finite number, got nan"),
-    (["--critic_learning_rate", "-0.1"], "critic_learning_rate must be >= 0, got -0.1"),
-    (["--lam", "inf"], "lam must be a finite number, got inf"),
-    (["--gamma", "1.5"], "gamma must be between 0 and 1, got 1.5"),
-    (["--vf_coef", "0"], "vf_coef must be > 0, got 0.0"),
-    (["--temperature", "nan"], "temperature must be > 0, got nan"),
-])
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--actor_learning_rate", "nan"], "actor_learning_rate must be a finite number, got nan"),
+        (["--critic_learning_rate", "-0.1"], "critic_learning_rate must be >= 0, got -0.1"),
+        (["--lam", "inf"], "lam must be a finite number, got inf"),
+        (["--gamma", "1.5"], "gamma must be between 0 and 1, got 1.5"),
+        (["--vf_coef", "0"], "vf_coef must be > 0, got 0.0"),
+        (["--temperature", "nan"], "temperature must be > 0, got nan"),
+    ],
+)
 def test_an_impossible_ppo_number_is_one_line_before_any_model_loads(flags, named, tmp_path, capsys):
     from rlhf.stages.ppo import main
 
-    argv = ["--model_name_or_path", str(tmp_path / "no_model"), "--reward_model", str(tmp_path / "no_rm"),
-            "--prompts_file", str(tmp_path / "prompts.jsonl"), "--output_dir", str(tmp_path / "run"), *flags]
+    argv = [
+        "--model_name_or_path",
+        str(tmp_path / "no_model"),
+        "--reward_model",
+        str(tmp_path / "no_rm"),
+        "--prompts_file",
+        str(tmp_path / "prompts.jsonl"),
+        "--output_dir",
+        str(tmp_path / "run"),
+        *flags,
+    ]
     assert one_line_error(capsys, main, argv) == f"error: {named}"
     assert not (tmp_path / "run").exists()
 
 
 # -- the pipeline killed between a stage's registration and its own record -----------------------------------------
+
 
 class Killed(BaseException):
     """A SIGKILL at that point: nothing after it runs."""
@@ -706,10 +816,19 @@ def _stage_that_registers(registry: Registry, calls: list, kill_before: str | No
 
         epilogue.atomic_write_json = write
         try:
-            epilogue.write_and_register(config, registry, final_dir, stage=stage, metrics={"train_loss": 1.0},
-                                        base_model="base", parents=[], data_files=[])
+            epilogue.write_and_register(
+                config,
+                registry,
+                final_dir,
+                stage=stage,
+                metrics={"train_loss": 1.0},
+                base_model="base",
+                parents=[],
+                data_files=[],
+            )
         finally:
             epilogue.atomic_write_json = real_write
+
     return run
 
 
@@ -733,6 +852,7 @@ def test_a_pipeline_killed_after_a_stage_registered_reuses_that_entry_on_the_rer
             if len(saves) > 1:
                 raise Killed
             real_save()
+
         first._save_state = save_state
     with pytest.raises(Killed):
         first._trained_stage("sft", str(config_file), {}, {}, [])
@@ -772,6 +892,7 @@ def test_the_pipelines_stage_log_keeps_a_killed_attempts_output_under_its_own_he
 
 # -- bad inputs: one line, exit 2, nothing trained or registered ---------------------------------------------------
 
+
 def _rankings_file(workspace: Path, tmp_path: Path, edit) -> str:
     rows = [json.loads(line) for line in (workspace / "rankings.jsonl").read_text().splitlines()]
     path = tmp_path / "rankings.jsonl"
@@ -805,6 +926,7 @@ def _weights(damage):
     def apply(model: Path) -> None:
         weights = model / "model.safetensors"
         weights.write_bytes(damage(weights.read_bytes()))
+
     return apply
 
 
@@ -812,15 +934,18 @@ def _needing_its_own_code(model: Path) -> None:
     """config.json names a model type transformers does not have, whose classes its auto_map imports from the
     directory; that code would end the test if it ran."""
     settings = json.loads((model / "config.json").read_text())
-    settings.update(model_type="llama_of_its_own", auto_map={"AutoConfig": "modeling_own.OwnConfig",
-                                                              "AutoModelForCausalLM": "modeling_own.OwnModel"})
+    settings.update(
+        model_type="llama_of_its_own",
+        auto_map={"AutoConfig": "modeling_own.OwnConfig", "AutoModelForCausalLM": "modeling_own.OwnModel"},
+    )
     (model / "config.json").write_text(json.dumps(settings))
     (model / "modeling_own.py").write_text("raise SystemExit('the model directory's own code ran')\n")
 
 
 # A chat template that reaches for Python's internals through a string's class (the classic Jinja escape).
-ESCAPING_TEMPLATE = ("{{ ''.__class__.__mro__[1].__subclasses__() }}"
-                     "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+ESCAPING_TEMPLATE = (
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+)
 
 
 def _with_escaping_chat_template(model: Path) -> None:
@@ -830,9 +955,20 @@ def _with_escaping_chat_template(model: Path) -> None:
 def _chat_demonstrations(workspace: Path, tmp_path: Path) -> str:
     path = tmp_path / "chats.jsonl"
     records = [json.loads(line) for line in (workspace / "demos.jsonl").read_text().splitlines()]
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["prompt"]},
-                                                     {"role": "assistant", "content": r["completion"]}]}) + "\n"
-                            for r in records))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": r["prompt"]},
+                        {"role": "assistant", "content": r["completion"]},
+                    ]
+                }
+            )
+            + "\n"
+            for r in records
+        )
+    )
     return str(path)
 
 
@@ -842,48 +978,116 @@ def _deepspeed_file(tmp_path: Path, text: str) -> str:
 
 
 BAD_TRAINER_INPUTS = {
-    "ranks beyond K": ("rm", lambda w, t: ["--train_file", _rankings_file(w, t, lambda rows: [
-        {**rows[0], "ranks": [1, 10**30, 3]}, *rows[1:]])],
-        "rankings.jsonl: record 1: field 'ranks': must be places from 1 (best) to 3, got 1, 100...(31 digits), 3"),
-    "one ranking, one held out": ("rm", lambda w, t: ["--train_file", _rankings_file(w, t, lambda rows: rows[:1]),
-                                                      "--eval_fraction", "0.1"],
-                                  "rankings.jsonl: 1 prompt(s): holding out eval_fraction 0.1 of them (at least one) "
-                                  "leaves none to train on"),
+    "ranks beyond K": (
+        "rm",
+        lambda w, t: [
+            "--train_file",
+            _rankings_file(w, t, lambda rows: [{**rows[0], "ranks": [1, 10**30, 3]}, *rows[1:]]),
+        ],
+        "rankings.jsonl: record 1: field 'ranks': must be places from 1 (best) to 3, got 1, 100...(31 digits), 3",
+    ),
+    "one ranking, one held out": (
+        "rm",
+        lambda w, t: ["--train_file", _rankings_file(w, t, lambda rows: rows[:1]), "--eval_fraction", "0.1"],
+        "rankings.jsonl: 1 prompt(s): holding out eval_fraction 0.1 of them (at least one) leaves none to train on",
+    ),
     "eval_fraction 1": ("rm", lambda w, t: ["--eval_fraction", "1.0"], "eval_fraction must be at least 0 and below 1"),
-    "identical completions": ("rm", lambda w, t: ["--train_file", _rankings_file(w, t, lambda rows: [
-        *rows[:4], {**rows[4], "completions": [" cat", " cat", " cat"]}, *rows[5:]])],
-        "rankings.jsonl: record id 'r4': field 'completions': all completions are identical"),
-    "truncated weights": ("sft", lambda w, t: ["--model_name_or_path", _damaged_model(
-        w, t, _weights(lambda data: data[:len(data) // 2]))], "model/model.safetensors: cut short"),
-    "random weights": ("sft", lambda w, t: ["--model_name_or_path", _damaged_model(
-        w, t, _weights(lambda data: bytes(range(256)) * 20))], "model/model.safetensors: not a safetensors file"),
-    "empty weights": ("rm", lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _weights(lambda data: b""))],
-                      "model/model.safetensors: not a safetensors file (0 bytes)"),
-    "no pad, no EOS": ("sft", lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _without_pad_and_eos)],
-                       "model: the tokenizer has neither a pad nor an EOS token"),
-    "a ranking nested 10^5 deep": ("rm", lambda w, t: ["--train_file", _with_a_deep_second_line(
-        _rankings_file(w, t, lambda rows: rows))], "rankings.jsonl: record 2: nested deeper than 100 levels"),
-    "config.json nested 10^5 deep": ("rm", lambda w, t: ["--model_name_or_path", _damaged_model(
-        w, t, lambda model: (model / "config.json").write_text('{"a": ' + "[" * 10**5 + "]" * 10**5 + "}"))],
-        "model/config.json: nested deeper than 100 levels"),
-    "model code of its own (SFT)": ("sft", lambda w, t: ["--model_name_or_path", _damaged_model(
-        w, t, _needing_its_own_code)], "/model': it needs code shipped with the model (its auto_map), which runs "
-                                       "only with trust_remote_code: true"),
-    "model code of its own (RM)": ("rm", lambda w, t: ["--model_name_or_path", _damaged_model(
-        w, t, _needing_its_own_code)], "/model': it needs code shipped with the model (its auto_map)"),
-    "chat template escaping the sandbox": ("sft", lambda w, t: [
-        "--model_name_or_path", _damaged_model(w, t, _with_escaping_chat_template),
-        "--train_file", _chat_demonstrations(w, t), "--eval_file", ""],
+    "identical completions": (
+        "rm",
+        lambda w, t: [
+            "--train_file",
+            _rankings_file(
+                w, t, lambda rows: [*rows[:4], {**rows[4], "completions": [" cat", " cat", " cat"]}, *rows[5:]]
+            ),
+        ],
+        "rankings.jsonl: record id 'r4': field 'completions': all completions are identical",
+    ),
+    "truncated weights": (
+        "sft",
+        lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _weights(lambda data: data[: len(data) // 2]))],
+        "model/model.safetensors: cut short",
+    ),
+    "random weights": (
+        "sft",
+        lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _weights(lambda data: bytes(range(256)) * 20))],
+        "model/model.safetensors: not a safetensors file",
+    ),
+    "empty weights": (
+        "rm",
+        lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _weights(lambda data: b""))],
+        "model/model.safetensors: not a safetensors file (0 bytes)",
+    ),
+    "no pad, no EOS": (
+        "sft",
+        lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _without_pad_and_eos)],
+        "model: the tokenizer has neither a pad nor an EOS token",
+    ),
+    "a ranking nested 10^5 deep": (
+        "rm",
+        lambda w, t: ["--train_file", _with_a_deep_second_line(_rankings_file(w, t, lambda rows: rows))],
+        "rankings.jsonl: record 2: nested deeper than 100 levels",
+    ),
+    "config.json nested 10^5 deep": (
+        "rm",
+        lambda w, t: [
+            "--model_name_or_path",
+            _damaged_model(
+                w, t, lambda model: (model / "config.json").write_text('{"a": ' + "[" * 10**5 + "]" * 10**5 + "}")
+            ),
+        ],
+        "model/config.json: nested deeper than 100 levels",
+    ),
+    "model code of its own (SFT)": (
+        "sft",
+        lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _needing_its_own_code)],
+        "/model': it needs code shipped with the model (its auto_map), which runs only with trust_remote_code: true",
+    ),
+    "model code of its own (RM)": (
+        "rm",
+        lambda w, t: ["--model_name_or_path", _damaged_model(w, t, _needing_its_own_code)],
+        "/model': it needs code shipped with the model (its auto_map)",
+    ),
+    "chat template escaping the sandbox": (
+        "sft",
+        lambda w, t: [
+            "--model_name_or_path",
+            _damaged_model(w, t, _with_escaping_chat_template),
+            "--train_file",
+            _chat_demonstrations(w, t),
+            "--eval_file",
+            "",
+        ],
         "/model/chat_template.jinja: the chat template tried to leave Jinja's sandbox and was stopped (access to "
-        "attribute '__class__' of 'str' object is unsafe.); use a model whose template you trust"),
-    "contradictory DeepSpeed batch": ("sft", lambda w, t: ["--deepspeed", _deepspeed_file(t, json.dumps(
-        {"train_batch_size": 7, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
-         "zero_optimization": {"stage": 0}}))],
-        "ds.json: contradicts the stage's settings (ds train_batch_size=7 vs hf train_batch_size (calculated)=8)"),
-    "malformed DeepSpeed (SFT)": ("sft", lambda w, t: ["--deepspeed", _deepspeed_file(t, '{"zero_optimization": {')],
-                                  "ds.json: not valid JSON"),
-    "malformed DeepSpeed (RM)": ("rm", lambda w, t: ["--deepspeed", _deepspeed_file(t, '{"bf16": {"enabled": 1,}}')],
-                                 "ds.json: not valid JSON"),
+        "attribute '__class__' of 'str' object is unsafe.); use a model whose template you trust",
+    ),
+    "contradictory DeepSpeed batch": (
+        "sft",
+        lambda w, t: [
+            "--deepspeed",
+            _deepspeed_file(
+                t,
+                json.dumps(
+                    {
+                        "train_batch_size": 7,
+                        "train_micro_batch_size_per_gpu": 8,
+                        "gradient_accumulation_steps": 1,
+                        "zero_optimization": {"stage": 0},
+                    }
+                ),
+            ),
+        ],
+        "ds.json: contradicts the stage's settings (ds train_batch_size=7 vs hf train_batch_size (calculated)=8)",
+    ),
+    "malformed DeepSpeed (SFT)": (
+        "sft",
+        lambda w, t: ["--deepspeed", _deepspeed_file(t, '{"zero_optimization": {')],
+        "ds.json: not valid JSON",
+    ),
+    "malformed DeepSpeed (RM)": (
+        "rm",
+        lambda w, t: ["--deepspeed", _deepspeed_file(t, '{"bf16": {"enabled": 1,}}')],
+        "ds.json: not valid JSON",
+    ),
 }
 
 
@@ -891,25 +1095,28 @@ BAD_TRAINER_INPUTS = {
 def test_a_bad_trainer_stage_input_is_one_line_naming_it_and_trains_nothing(case, workspace, tmp_path, capsys):
     stage, flags, named = BAD_TRAINER_INPUTS[case]
     out = tmp_path / "out"
-    message = one_line_error(capsys, stage_main(stage), trainer_stage_args(stage, workspace, out, *flags(workspace,
-                                                                                                      tmp_path)))
+    message = one_line_error(
+        capsys, stage_main(stage), trainer_stage_args(stage, workspace, out, *flags(workspace, tmp_path))
+    )
     assert named in message, message
     assert not list(out.glob("run/checkpoint-*")) and not (out / "registry" / "entries").exists()
 
 
-def test_a_model_that_needs_its_own_code_is_refused_before_any_model_loads(workspace, tmp_path, capsys,
-                                                                           monkeypatch):
+def test_a_model_that_needs_its_own_code_is_refused_before_any_model_loads(workspace, tmp_path, capsys, monkeypatch):
     from rlhf.adaptation import load_adapted
     from rlhf.errors import ConfigError
     from rlhf.stages import prologue
 
     model = _damaged_model(workspace, tmp_path, _needing_its_own_code)
     monkeypatch.setattr(prologue, "load_trainable", lambda *args, **kwargs: pytest.fail("a model was loaded"))
-    message = one_line_error(capsys, stage_main("sft"), trainer_stage_args("sft", workspace, tmp_path / "out",
-                                                                           "--model_name_or_path", model))
-    assert message == (f"error: cannot load model config from '{model}': it needs code shipped with the model (its "
-                       f"auto_map), which runs only with trust_remote_code: true; set that only if you trust its "
-                       f"author")
+    message = one_line_error(
+        capsys, stage_main("sft"), trainer_stage_args("sft", workspace, tmp_path / "out", "--model_name_or_path", model)
+    )
+    assert message == (
+        f"error: cannot load model config from '{model}': it needs code shipped with the model (its "
+        f"auto_map), which runs only with trust_remote_code: true; set that only if you trust its "
+        f"author"
+    )
     # Loading it anyway (labels export, evaluation) says the same, not transformers' traceback.
     with pytest.raises(ConfigError, match=f"cannot load model from '{model}': it needs code shipped with the model"):
         load_adapted(model, task="causal_lm")
@@ -921,23 +1128,27 @@ def test_a_ppo_model_that_needs_its_own_code_is_one_line_naming_its_role(ppo_mod
     critic = tmp_path / "critic"
     shutil.copytree(ppo_models["reward"], critic)
     _needing_its_own_code(critic)
-    message = one_line_error(capsys, main, ppo_args({**ppo_models, "reward": str(critic)}, tmp_path,
-                                                    reward_model=ppo_models["reward"]))
-    assert message.startswith(f"error: critic model: cannot load model config from '{critic}': it needs code "
-                              f"shipped with the model (its auto_map)")
+    message = one_line_error(
+        capsys, main, ppo_args({**ppo_models, "reward": str(critic)}, tmp_path, reward_model=ppo_models["reward"])
+    )
+    assert message.startswith(
+        f"error: critic model: cannot load model config from '{critic}': it needs code "
+        f"shipped with the model (its auto_map)"
+    )
 
 
 @pytest.mark.parametrize("prompt", [[1, 2, 3], "   \n\t", 7])
-def test_a_ppo_prompt_that_is_not_text_or_messages_is_one_line_naming_the_record(prompt, ppo_models, tmp_path,
-                                                                                  capsys):
+def test_a_ppo_prompt_that_is_not_text_or_messages_is_one_line_naming_the_record(prompt, ppo_models, tmp_path, capsys):
     from rlhf.stages.ppo import main
 
     prompts = tmp_path / "prompts.jsonl"
     lines = [json.dumps({"prompt": "a good prompt"})] * 2 + [json.dumps({"prompt": prompt})]
     prompts.write_text("\n".join(lines) + "\n")
     message = one_line_error(capsys, main, ppo_args({**ppo_models, "prompts": str(prompts)}, tmp_path))
-    assert message == (f"error: {prompts}: record 3: field 'prompt': must be a non-empty string or a list of chat "
-                       f"messages {{role, content}}")
+    assert message == (
+        f"error: {prompts}: record 3: field 'prompt': must be a non-empty string or a list of chat "
+        f"messages {{role, content}}"
+    )
 
 
 @pytest.mark.parametrize("stage", ["sft", "rm"])

@@ -10,8 +10,10 @@ from ppo_setup import TIMING_KEYS, assert_same_metric_rows, build_models, engine
 
 # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` in get_peft_model, and TRL's configs set the
 # deprecated `gradient_checkpointing` name; not ours to fix.
-pytestmark = [pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
-              pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +38,15 @@ def rows_seen_by_each_forward(engines) -> tuple[dict[str, list[int]], list]:
             ids = kwargs.get("input_ids", args[0] if args else None)
             packed = kwargs.get("attention_mask") is None
             seen[name].append(int((kwargs["position_ids"] == 0).sum()) if packed else ids.shape[0])
+
         return hook
 
-    modules = {"actor": engines.actor.module, "reference": engines.reference.module,
-               "critic": engines.critic.module, "reward": engines.reward.module}
+    modules = {
+        "actor": engines.actor.module,
+        "reference": engines.reference.module,
+        "critic": engines.critic.module,
+        "reward": engines.reward.module,
+    }
     handles = [module.register_forward_pre_hook(recorder(name), with_kwargs=True) for name, module in modules.items()]
     return seen, handles
 
@@ -58,15 +65,19 @@ def test_scoring_in_micro_batches_equals_scoring_the_whole_batch(models, tmp_pat
 
     for size in (1, 3, 4, 7, 16):  # 3 and 4 leave a ragged last micro-batch of 1 and 3 rows
         seen, handles = rows_seen_by_each_forward(engines)
-        parts = experience.score(engines, batch, response_ids, inputs.tokenizer, sampling, 64,
-                                 forward_batch_size=size)
+        parts = experience.score(engines, batch, response_ids, inputs.tokenizer, sampling, 64, forward_batch_size=size)
         for handle in handles:
             handle.remove()
         expected_rows = [min(size, 7 - start) for start in range(0, 7, size)]
         assert seen == {name: expected_rows for name in seen}, size
         for field in ("logprobs", "ref_logprobs", "values", "scores"):
-            torch.testing.assert_close(getattr(parts, field), getattr(whole, field), rtol=1e-5, atol=1e-5,
-                                       msg=lambda message: f"forward_batch_size {size}, {field}: {message}")
+            torch.testing.assert_close(
+                getattr(parts, field),
+                getattr(whole, field),
+                rtol=1e-5,
+                atol=1e-5,
+                msg=lambda message: f"forward_batch_size {size}, {field}: {message}",
+            )
 
 
 def test_forward_batch_size_zero_means_minibatch_size_and_negative_is_refused(models, tmp_path):
@@ -75,8 +86,9 @@ def test_forward_batch_size_zero_means_minibatch_size_and_negative_is_refused(mo
     from rlhf.stages.ppo import PPOStageConfig
 
     def config(**overrides):
-        return parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
-                                                            **overrides))
+        return parse_config(
+            PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry", **overrides)
+        )
 
     assert config().scoring_batch_size == 4  # minibatch_size in stage_arguments
     assert config(forward_batch_size=3).scoring_batch_size == 3
@@ -103,8 +115,9 @@ def scored_rollout(engines, inputs, count: int = 4):
     torch.manual_seed(0)
     response_ids = experience.generate(engines.actor, batch, sampling.generation_config(inputs.tokenizer), "auto")
     rollout = experience.score(engines, batch, response_ids, inputs.tokenizer, sampling, 64)
-    rollout, _ = experience.with_advantages(rollout, experience.RewardShaping(kl_coef=0.01), sampling.stop_token_ids,
-                                            None)
+    rollout, _ = experience.with_advantages(
+        rollout, experience.RewardShaping(kl_coef=0.01), sampling.stop_token_ids, None
+    )
     return rollout, sampling
 
 
@@ -114,10 +127,18 @@ def test_gradient_checkpointing_recomputes_every_layer_of_actor_and_critic_in_th
 
     forwards, sampled = {}, {}
     for checkpointing in (False, True):
-        _, inputs, engines = engines_for(models, tmp_path, gradient_checkpointing=checkpointing,
-                                         adaptation_method=method, critic_adaptation_method=method, lora_dropout=0.0)
-        layers = {role: activation_checkpointing.checkpointed_layers(getattr(engines, role).module)
-                  for role in ("actor", "critic")}
+        _, inputs, engines = engines_for(
+            models,
+            tmp_path,
+            gradient_checkpointing=checkpointing,
+            adaptation_method=method,
+            critic_adaptation_method=method,
+            lora_dropout=0.0,
+        )
+        layers = {
+            role: activation_checkpointing.checkpointed_layers(getattr(engines, role).module)
+            for role in ("actor", "critic")
+        }
         assert all(len(found) == (1 if checkpointing else 0) for found in layers.values())  # the tiny model's layer
         rollout, sampling = scored_rollout(engines, inputs)
         settings = update.UpdateSettings(1, 4, 0.2, 0.2, 0.1, 0.0, sampling)
@@ -129,7 +150,8 @@ def test_gradient_checkpointing_recomputes_every_layer_of_actor_and_critic_in_th
         first_attention = next(m for m in engines.actor.module.modules() if type(m).__name__.endswith("Attention"))
         handle = first_attention.register_forward_pre_hook(
             lambda module, args, kwargs: attention_calls.append(kwargs.get("past_key_values") is not None),
-            with_kwargs=True)
+            with_kwargs=True,
+        )
         sampled[checkpointing] = scored_rollout(engines, inputs)[0].response_ids
         handle.remove()
         engines.actor.module.train(False)
@@ -143,19 +165,28 @@ def test_gradient_checkpointing_recomputes_every_layer_of_actor_and_critic_in_th
 
             def count(*_, role=role):
                 counts[role] += 1
+
             handles.append(first_layer.self_attn.register_forward_hook(count))
-        trained = {name: parameter.detach().clone() for name, parameter in engines.actor.module.named_parameters()
-                   if parameter.requires_grad}
-        with activation_checkpointing.in_force(engines.actor.module), \
-                activation_checkpointing.in_force(engines.critic.module):
+        trained = {
+            name: parameter.detach().clone()
+            for name, parameter in engines.actor.module.named_parameters()
+            if parameter.requires_grad
+        }
+        with (
+            activation_checkpointing.in_force(engines.actor.module),
+            activation_checkpointing.in_force(engines.critic.module),
+        ):
             assert update.train_minibatch(engines.actor, engines.critic, rollout, settings, None) is not None
         for handle in handles:
             handle.remove()
         forwards[checkpointing] = counts
         # After the update the layers are back in eval mode: generation and scoring never drop out or checkpoint.
         assert not any(layer.training for found in layers.values() for layer in found)
-        changed = [name for name, before in trained.items()
-                   if not torch.equal(before, dict(engines.actor.module.named_parameters())[name])]
+        changed = [
+            name
+            for name, before in trained.items()
+            if not torch.equal(before, dict(engines.actor.module.named_parameters())[name])
+        ]
         assert any("layers.0." in name for name in changed), changed  # gradients reached the first layer
     assert forwards == {False: {"actor": 1, "critic": 1}, True: {"actor": 2, "critic": 2}}
     assert torch.equal(sampled[True], sampled[False])
@@ -168,8 +199,9 @@ def test_a_ppo_run_with_gradient_checkpointing_reports_the_metrics_of_one_withou
 
     common = dict(max_steps=3, save_steps=0, eval_prompts=2, adaptation_method=method, lora_dropout=0.0)
     run_in_process(stage_arguments(models, tmp_path / "plain", tmp_path / "reg1", **common))
-    run_in_process(stage_arguments(models, tmp_path / "checkpointed", tmp_path / "reg2", gradient_checkpointing=True,
-                                   **common))
+    run_in_process(
+        stage_arguments(models, tmp_path / "checkpointed", tmp_path / "reg2", gradient_checkpointing=True, **common)
+    )
     assert_same_metric_rows(read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "checkpointed"))
 
 
@@ -177,8 +209,11 @@ def checkpoint_options(model) -> list[dict]:
     """The keyword arguments of every checkpointed layer's checkpoint function (empty: no layer checkpoints)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    return [dict(layer._gradient_checkpointing_func.keywords) for layer in model.modules()
-            if isinstance(layer, GradientCheckpointingLayer) and layer.gradient_checkpointing]
+    return [
+        dict(layer._gradient_checkpointing_func.keywords)
+        for layer in model.modules()
+        if isinstance(layer, GradientCheckpointingLayer) and layer.gradient_checkpointing
+    ]
 
 
 @pytest.mark.slow
@@ -196,22 +231,40 @@ def test_sft_checkpoints_by_default_and_rm_when_asked_through_the_trainer(models
     from rlhf.sft.config import SFTStageConfig
 
     # The Trainer turns checkpointing on in train(): one step each.
-    common = ["--output_dir", str(tmp_path / "out"), "--report_to", "none", "--max_steps", "1",
-              "--save_strategy", "no", "--per_device_train_batch_size", "1"]
+    common = [
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--report_to",
+        "none",
+        "--max_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--per_device_train_batch_size",
+        "1",
+    ]
     tokenizer = load_tokenizer(models["policy"])
     records = [{"prompt": "add 1 and 2", "completion": " 3"}]
     for argv, on in ((common, True), (common + ["--gradient_checkpointing", "false"], False)):
         policy = load_causal_lm(models["policy"])
-        SFTTrainer(model=policy, args=parse_config(SFTStageConfig, argv), processing_class=tokenizer,
-                   train_dataset=datasets.Dataset.from_list(records)).train()
+        SFTTrainer(
+            model=policy,
+            args=parse_config(SFTStageConfig, argv),
+            processing_class=tokenizer,
+            train_dataset=datasets.Dataset.from_list(records),
+        ).train()
         # TRL's SFT default: on, non-reentrant (transformers' default since 5.0).
         assert checkpoint_options(policy) == ([{"use_reentrant": False}] if on else []), argv
     rankings = [Ranking("r1", "add 1 and 2", (" 3", " 4"), (1, 2))]
     features = tokenize_rankings(rankings, tokenizer)
     for argv, on in ((common, False), (common + ["--gradient_checkpointing", "true"], True)):
         reward = load_reward_model(models["reward"])[0].requires_grad_(True)  # loaded frozen, for scoring
-        RankingTrainer(model=reward, args=parse_config(RMStageConfig, argv), train_dataset=features,
-                       data_collator=RankingCollator(tokenizer.pad_token_id)).train()
+        RankingTrainer(
+            model=reward,
+            args=parse_config(RMStageConfig, argv),
+            train_dataset=features,
+            data_collator=RankingCollator(tokenizer.pad_token_id),
+        ).train()
         assert checkpoint_options(reward) == ([{"use_reentrant": False}] if on else []), argv
 
 
@@ -229,9 +282,11 @@ def test_every_loading_path_runs_the_attention_asked_for(models, tmp_path):
         save_adapted(model, tokenizer, tmp_path / method, adaptation)
         saved[method] = str(tmp_path / method)
     for attention in ("eager", "sdpa"):
-        loaded = [load_causal_lm(models["policy"], attn_implementation=attention),
-                  load_reward_model(models["reward"], attn_implementation=attention)[0],
-                  *(load_adapted(path, task="causal_lm", attn_implementation=attention) for path in saved.values())]
+        loaded = [
+            load_causal_lm(models["policy"], attn_implementation=attention),
+            load_reward_model(models["reward"], attn_implementation=attention)[0],
+            *(load_adapted(path, task="causal_lm", attn_implementation=attention) for path in saved.values()),
+        ]
         assert [_compat.attention_implementation(model.config) for model in loaded] == [attention] * 4
     # sdpa unless asked otherwise, as transformers picks where a model supports it.
     assert _compat.attention_implementation(load_adapted(saved["lora"], task="causal_lm").config) == "sdpa"
@@ -257,8 +312,10 @@ def test_the_sft_and_rm_stages_load_with_the_configured_attention(models, tmp_pa
 
     inputs = SimpleNamespace(model_path=models["policy"], tokenizer=load_tokenizer(models["policy"]))
     for config_class, task in ((SFTStageConfig, "causal_lm"), (RMStageConfig, "reward")):
-        config = parse_config(config_class, ["--output_dir", str(tmp_path / "out"), "--report_to", "none",
-                                             "--attn_implementation", "eager"])
+        config = parse_config(
+            config_class,
+            ["--output_dir", str(tmp_path / "out"), "--report_to", "none", "--attn_implementation", "eager"],
+        )
         assert _compat.attention_implementation(load_trainable(inputs, config, task).config) == "eager"
 
 
@@ -279,8 +336,10 @@ def test_a_flash_attention_that_is_not_installed_is_one_line_before_any_work(mod
     for config_class, argv in ((PPOStageConfig, ppo), (SFTStageConfig, sft), (RMStageConfig, sft)):
         with pytest.raises(ConfigError) as error:
             parse_config(config_class, argv)
-        assert str(error.value) == (f"attn_implementation '{attention}' needs the flash-attn package, which is not "
-                                    "installed here (pip install flash-attn on a CUDA machine); use 'sdpa'")
+        assert str(error.value) == (
+            f"attn_implementation '{attention}' needs the flash-attn package, which is not "
+            "installed here (pip install flash-attn on a CUDA machine); use 'sdpa'"
+        )
 
 
 def test_an_attention_the_model_does_not_implement_is_one_line(models):
@@ -298,8 +357,9 @@ def test_bf16_is_off_on_a_cpu_unless_set(models, tmp_path):
     from rlhf.stages.ppo import PPOStageConfig
 
     for overrides, enabled in (({}, False), ({"bf16": True}, True), ({"bf16": False}, False)):
-        config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
-                                                              **overrides))
+        config = parse_config(
+            PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry", **overrides)
+        )
         assert config.bf16 is enabled
         for role in ("actor", "reference"):
             resolved = engine_config(getattr(config, f"{role}_deepspeed"), config, 32, trained=role == "actor")
@@ -309,8 +369,10 @@ def test_bf16_is_off_on_a_cpu_unless_set(models, tmp_path):
 def master_weights(engine) -> list[torch.Tensor]:
     """What the optimiser steps: ZeRO-3's flat fp32 partitions (swapped into its param_groups only during a step),
     else the wrapped optimiser's parameters (the bf16 wrapper's fp32 copies)."""
-    return list(getattr(engine.optimizer, "fp32_partitioned_groups_flat", None) or
-                [p for group in engine.basic_optimizer.param_groups for p in group["params"]])
+    return list(
+        getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)
+        or [p for group in engine.basic_optimizer.param_groups for p in group["params"]]
+    )
 
 
 @pytest.mark.parametrize("layout", ["zero0.json", "zero3.json"])
@@ -333,12 +395,14 @@ def test_a_bf16_ppo_update_on_a_cpu_computes_in_bf16_on_float32_master_weights(m
     # ...and the forward and backward run in bf16.
     logits_dtypes, grad_dtypes = [], []
     engines.actor.module.get_output_embeddings().register_forward_hook(
-        lambda module, args, output: logits_dtypes.append(output.dtype))
+        lambda module, args, output: logits_dtypes.append(output.dtype)
+    )
     weight = engines.actor.module.get_input_embeddings().weight
     weight.register_hook(lambda grad: grad_dtypes.append(grad.dtype))
     master_before = [p.detach().clone() for p in master_weights(engines.actor)]
-    stats = update.train_minibatch(engines.actor, engines.critic, rollout,
-                                   update.UpdateSettings(1, 4, 0.2, 0.2, 0.1, 0.0, sampling), None)
+    stats = update.train_minibatch(
+        engines.actor, engines.critic, rollout, update.UpdateSettings(1, 4, 0.2, 0.2, 0.1, 0.0, sampling), None
+    )
     assert stats is not None and torch.isfinite(stats.loss)
     assert logits_dtypes == [torch.bfloat16] and grad_dtypes == [torch.bfloat16]
     master_after = [p.detach() for p in master_weights(engines.actor)]
@@ -352,8 +416,11 @@ def test_a_bf16_ppo_run_on_a_cpu_trains_and_saves_its_policy(models, tmp_path):
     from ppo_setup import saved_weights
     from rlhf.ppo.tracking import read_metrics
 
-    run_in_process(stage_arguments(models, tmp_path / "run", tmp_path / "registry", bf16=True, max_steps=2,
-                                   save_steps=0, eval_prompts=2))
+    run_in_process(
+        stage_arguments(
+            models, tmp_path / "run", tmp_path / "registry", bf16=True, max_steps=2, save_steps=0, eval_prompts=2
+        )
+    )
     rows = read_metrics(tmp_path / "run")
     assert [row["step"] for row in rows] == [1, 2]
     assert all(isinstance(row["policy_loss"], float) and row["policy_loss"] == row["policy_loss"] for row in rows)
@@ -398,8 +465,10 @@ def test_a_fusedadam_that_deepspeed_cannot_build_falls_back_to_torchs_fused_adam
     assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["fused"]
     assert optimizer.defaults["eps"] == 1e-5 and optimizer.defaults["lr"] == 1e-2
     said = capsys.readouterr().out.strip().splitlines()
-    assert said == ["DeepSpeed's FusedAdam could not be built (ValueError: invalid literal for int() with base 10: "
-                    "'0a'); using torch's fused AdamW"]
+    assert said == [
+        "DeepSpeed's FusedAdam could not be built (ValueError: invalid literal for int() with base 10: "
+        "'0a'); using torch's fused AdamW"
+    ]
 
 
 def test_torchs_adamw_is_the_fused_kernel_and_steps_as_the_for_loop_one():
@@ -408,8 +477,10 @@ def test_torchs_adamw_is_the_fused_kernel_and_steps_as_the_for_loop_one():
     torch.manual_seed(0)
     start, grads = torch.randn(1000), [torch.randn(1000) for _ in range(3)]
     stepped = []
-    for make in (lambda p: build_optimizer(p, {}, 1e-2, 0.01),
-                 lambda p: torch.optim.AdamW(p, lr=1e-2, eps=ADAM_EPS, weight_decay=0.01, foreach=False)):
+    for make in (
+        lambda p: build_optimizer(p, {}, 1e-2, 0.01),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, eps=ADAM_EPS, weight_decay=0.01, foreach=False),
+    ):
         parameter = torch.nn.Parameter(start.clone())
         optimizer = make([parameter])
         for grad in grads:
@@ -434,10 +505,21 @@ def test_optimiser_offload_steps_with_deepspeeds_cpu_adam_the_same_adamw_as_torc
     assert all(isinstance(engine.basic_optimizer, DeepSpeedCPUAdam) for engine in (engines.actor, engines.critic))
     # DeepSpeed refuses torch's AdamW with offload (zero_force_ds_cpu_optimizer); the CPU one is the same AdamW.
     common = dict(max_steps=3, save_steps=0, eval_prompts=2, weight_decay=0.01)
-    run_in_process(stage_arguments(models, tmp_path / "torch", tmp_path / "reg1", actor_deepspeed=zero3,
-                                   critic_deepspeed=zero3, **common))
-    run_in_process(stage_arguments(models, tmp_path / "cpu_adam", tmp_path / "reg2", actor_deepspeed=offload,
-                                   critic_deepspeed=offload, **common))
+    run_in_process(
+        stage_arguments(
+            models, tmp_path / "torch", tmp_path / "reg1", actor_deepspeed=zero3, critic_deepspeed=zero3, **common
+        )
+    )
+    run_in_process(
+        stage_arguments(
+            models,
+            tmp_path / "cpu_adam",
+            tmp_path / "reg2",
+            actor_deepspeed=offload,
+            critic_deepspeed=offload,
+            **common,
+        )
+    )
     # The actor's numbers agree exactly; the critic's (large values, learning rate 5e-3) carry the two
     # implementations' float rounding: a few parts in a million per step.
     torch_rows, cpu_adam_rows = read_metrics(tmp_path / "torch"), read_metrics(tmp_path / "cpu_adam")
@@ -450,8 +532,10 @@ def test_optimiser_offload_steps_with_deepspeeds_cpu_adam_the_same_adamw_as_torc
     torch.manual_seed(0)
     start, grads = torch.randn(1000), [torch.randn(1000) for _ in range(3)]
     stepped = []
-    for make in (lambda p: torch.optim.AdamW(p, lr=1e-2, eps=1e-5, weight_decay=0.01),
-                 lambda p: DeepSpeedCPUAdam(p, lr=1e-2, eps=1e-5, weight_decay=0.01, adamw_mode=True)):
+    for make in (
+        lambda p: torch.optim.AdamW(p, lr=1e-2, eps=1e-5, weight_decay=0.01),
+        lambda p: DeepSpeedCPUAdam(p, lr=1e-2, eps=1e-5, weight_decay=0.01, adamw_mode=True),
+    ):
         parameter = torch.nn.Parameter(start.clone())
         optimizer = make([parameter])
         for grad in grads:
@@ -477,16 +561,41 @@ def test_gradient_checkpointing_trains_a_lora_actor_and_critic_under_two_process
     ds_config = json.loads((REPO / "deepspeed_configs" / "zero3.json").read_text())
     ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     (tmp_path / "zero3_all_partitioned.json").write_text(json.dumps(ds_config))
-    zero3, inference = str(tmp_path / "zero3_all_partitioned.json"), str(REPO / "deepspeed_configs" /
-                                                                         "zero3_inference.json")
-    argv = stage_arguments(models, tmp_path / "run", tmp_path / "registry", max_steps=2, save_steps=0, eval_prompts=2,
-                           gradient_checkpointing=True, adaptation_method="lora", critic_adaptation_method="lora",
-                           lora_dropout=0.0, actor_deepspeed=zero3, critic_deepspeed=zero3,
-                           reference_deepspeed=inference, reward_deepspeed=inference)
-    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-               "--module", "rlhf.stages.ppo", *argv]
-    result = subprocess.run(command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    zero3, inference = (
+        str(tmp_path / "zero3_all_partitioned.json"),
+        str(REPO / "deepspeed_configs" / "zero3_inference.json"),
+    )
+    argv = stage_arguments(
+        models,
+        tmp_path / "run",
+        tmp_path / "registry",
+        max_steps=2,
+        save_steps=0,
+        eval_prompts=2,
+        gradient_checkpointing=True,
+        adaptation_method="lora",
+        critic_adaptation_method="lora",
+        lora_dropout=0.0,
+        actor_deepspeed=zero3,
+        critic_deepspeed=zero3,
+        reference_deepspeed=inference,
+        reward_deepspeed=inference,
+    )
+    command = [
+        PYTHON,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "rlhf.stages.ppo",
+        *argv,
+    ]
+    result = subprocess.run(
+        command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert result.returncode == 0, result.stdout[-4000:]
     rows = read_metrics(tmp_path / "run")
     assert [row["step"] for row in rows] == [1, 2] and all(row["skipped_updates"] == 0 for row in rows)

@@ -63,12 +63,16 @@ def test_make_kl_controller():
     assert (adaptive.value, adaptive.target_kl, adaptive.horizon) == (0.05, 6.0, 10000)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: make_kl_controller(0.1, adaptive=True),
-    lambda: make_kl_controller(0.1, adaptive=True, target_kl=0.0, horizon=10),
-    lambda: make_kl_controller(0.1, adaptive=True, target_kl=6.0, horizon=0),
-    lambda: make_kl_controller(-0.1),
-], ids=["missing-target", "zero-target", "zero-horizon", "negative-coef"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: make_kl_controller(0.1, adaptive=True),
+        lambda: make_kl_controller(0.1, adaptive=True, target_kl=0.0, horizon=10),
+        lambda: make_kl_controller(0.1, adaptive=True, target_kl=6.0, horizon=0),
+        lambda: make_kl_controller(-0.1),
+    ],
+    ids=["missing-target", "zero-target", "zero-horizon", "negative-coef"],
+)
 def test_bad_settings_are_rejected(build):
     with pytest.raises(ValueError):
         build()

@@ -28,10 +28,12 @@ def test_krippendorff_alpha_on_the_textbook_example():
     """Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", section C: 4 coders, 12 units, values 1-5,
     missing data. Its coincidence matrix, worked by hand there, gives α = 0.743 (nominal), 0.815 (ordinal) and 0.849
     (interval); unit 12 has one value and does not pair."""
-    coders = [[1, 2, 3, 3, 2, 1, 4, 1, 2, None, None, None],
-              [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, None, 3],
-              [None, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, None],
-              [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, None]]
+    coders = [
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, None, None, None],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, None, 3],
+        [None, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, None],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, None],
+    ]
     units = [[row[u] for row in coders if row[u] is not None] for u in range(12)]
     assert krippendorff_alpha(units, "nominal") == pytest.approx(0.743, abs=5e-4)
     assert krippendorff_alpha(units, "ordinal") == pytest.approx(0.815, abs=5e-4)
@@ -65,8 +67,11 @@ def test_labeler_agreement_by_hand():
     # p1, pairs (x,y), (x,z), (y,z): alice-bob 1, 1, 0; alice-carol ½, 1, 1; bob-carol ½, 1, 0. p2: alice-bob 0.
     assert (agreement.sets, agreement.shared_pairs) == (2, 10)
     assert agreement.pairwise == pytest.approx(6 / 10)
-    assert agreement.by_annotator == {"alice": (pytest.approx(4.5 / 7), 7), "bob": (pytest.approx(3.5 / 7), 7),
-                                      "carol": (pytest.approx(4 / 6), 6)}
+    assert agreement.by_annotator == {
+        "alice": (pytest.approx(4.5 / 7), 7),
+        "bob": (pytest.approx(3.5 / 7), 7),
+        "carol": (pytest.approx(4 / 6), 6),
+    }
     # Units x (1,1,1), y (2,3,1), z (3,2,2), u (1,2), v (2,1): o_11 = 3, o_12 = 2.5, o_13 = 0.5, o_22 = 1,
     # o_23 = 1.5; n = (6, 5, 2), 13 in all. δ²_12 = 5.5², δ²_13 = 9², δ²_23 = 3.5².
     # Observed 2 (2.5·30.25 + 0.5·81 + 1.5·12.25) = 269; expected 2 (30·30.25 + 12·81 + 10·12.25) = 4004.

@@ -14,23 +14,59 @@ PACKAGE = REPO / "rlhf"
 HEAVY = ("torch", "transformers", "deepspeed", "peft", "accelerate", "datasets", "trl")
 
 # Modules a data tool or a test imports without any ML library.
-NO_ML_LIBRARIES = ["rlhf", "rlhf.bounded_json", "rlhf.config", "rlhf.errors", "rlhf.io", "rlhf.registry",
-                   "rlhf.run_files", "rlhf._compat", "rlhf.distributed", "rlhf.data.records", "rlhf.data.formatting",
-                   "rlhf.data.rankings", "rlhf.data.prompts", "rlhf.data.demonstrations", "rlhf.data.overlong",
-                   "rlhf.labels", "rlhf.labels.cli",
-                   "rlhf.labels.exporters", "rlhf.labels.importers", "rlhf.adaptation", "rlhf.adaptation.config",
-                   "rlhf.sft.data", "rlhf.rm.data", "rlhf.pipeline", "rlhf.evaluate",
-                   "rlhf.evaluate.overoptimisation", "rlhf.rm.calibration",
-                   "rlhf.labels.agreement", "rlhf.rollout", "rlhf.rollout.protocol", "rlhf.rollout.settings",
-                   "rlhf.rollout.vllm_engine", "rlhf.rollout.vllm_server"]
+NO_ML_LIBRARIES = [
+    "rlhf",
+    "rlhf.bounded_json",
+    "rlhf.config",
+    "rlhf.errors",
+    "rlhf.io",
+    "rlhf.registry",
+    "rlhf.run_files",
+    "rlhf._compat",
+    "rlhf.distributed",
+    "rlhf.data.records",
+    "rlhf.data.formatting",
+    "rlhf.data.rankings",
+    "rlhf.data.prompts",
+    "rlhf.data.demonstrations",
+    "rlhf.data.overlong",
+    "rlhf.labels",
+    "rlhf.labels.cli",
+    "rlhf.labels.exporters",
+    "rlhf.labels.importers",
+    "rlhf.adaptation",
+    "rlhf.adaptation.config",
+    "rlhf.sft.data",
+    "rlhf.rm.data",
+    "rlhf.pipeline",
+    "rlhf.evaluate",
+    "rlhf.evaluate.overoptimisation",
+    "rlhf.rm.calibration",
+    "rlhf.labels.agreement",
+    "rlhf.rollout",
+    "rlhf.rollout.protocol",
+    "rlhf.rollout.settings",
+    "rlhf.rollout.vllm_engine",
+    "rlhf.rollout.vllm_server",
+]
 # Pure math: torch at most, nothing else heavy.
-TORCH_ONLY = ["rlhf.rm.loss", "rlhf.ppo.rewards", "rlhf.ppo.losses", "rlhf.ppo.rollout", "rlhf.ppo.kl_control",
-              "rlhf.ppo.estimators", "rlhf.ppo.groups", "rlhf.ppo.mismatch", "rlhf.packed_rows", "rlhf.probes", "rlhf.shared_prompt.layout"]
+TORCH_ONLY = [
+    "rlhf.rm.loss",
+    "rlhf.ppo.rewards",
+    "rlhf.ppo.losses",
+    "rlhf.ppo.rollout",
+    "rlhf.ppo.kl_control",
+    "rlhf.ppo.estimators",
+    "rlhf.ppo.groups",
+    "rlhf.ppo.mismatch",
+    "rlhf.packed_rows",
+    "rlhf.probes",
+    "rlhf.shared_prompt.layout",
+]
 
 
 def heavy_modules_after_import(module: str) -> list[str]:
-    code = (f"import sys, {module}; "
-            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    code = f"import sys, {module}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True)
     return result.stdout.split()
 
@@ -79,9 +115,13 @@ def test_shared_parts_import_no_stage():
 
 
 def test_only_the_recipes_import_the_recipes():
-    offenders = [f"{module_name(path)} -> {m}" for path in PACKAGE.rglob("*.py")
-                 if not module_name(path).startswith("rlhf.stages")
-                 for m in imported_rlhf_modules(path) if m.startswith("rlhf.stages")]
+    offenders = [
+        f"{module_name(path)} -> {m}"
+        for path in PACKAGE.rglob("*.py")
+        if not module_name(path).startswith("rlhf.stages")
+        for m in imported_rlhf_modules(path)
+        if m.startswith("rlhf.stages")
+    ]
     assert offenders == []
 
 
@@ -91,5 +131,7 @@ def test_the_vllm_engines_process_needs_none_of_rlhf_but_its_protocol():
 
 
 def test_every_module_opens_with_a_docstring():
-    missing = [module_name(path) for path in PACKAGE.rglob("*.py") if not ast.get_docstring(ast.parse(path.read_text()))]
+    missing = [
+        module_name(path) for path in PACKAGE.rglob("*.py") if not ast.get_docstring(ast.parse(path.read_text()))
+    ]
     assert missing == []

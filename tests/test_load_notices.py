@@ -6,8 +6,10 @@ import logging
 
 from rlhf.models import new_reward_head_explained
 
-TABLE = ("\x1b[1mLlamaForSequenceClassification LOAD REPORT\x1b[0m from: sft\nKey | Status | \n----+----\n"
-         "{rows}\nNotes:\n- MISSING:\tthose params were newly initialized because missing from the checkpoint.")
+TABLE = (
+    "\x1b[1mLlamaForSequenceClassification LOAD REPORT\x1b[0m from: sft\nKey | Status | \n----+----\n"
+    "{rows}\nNotes:\n- MISSING:\tthose params were newly initialized because missing from the checkpoint."
+)
 
 
 def reported(rows: str, capsys) -> tuple[list[str], str]:
@@ -27,8 +29,10 @@ def reported(rows: str, capsys) -> tuple[list[str], str]:
 
 def test_a_new_reward_head_is_one_line_and_anything_else_keeps_its_table(capsys):
     seen, said = reported("score.weight | \x1b[31mMISSING\x1b[0m | \nlm_head.weight | UNEXPECTED | ", capsys)
-    assert seen == [] and said == "reward model: a new scalar head (score.weight) on the loaded body, trained " \
-                                  "from scratch\n"
+    assert (
+        seen == []
+        and said == "reward model: a new scalar head (score.weight) on the loaded body, trained from scratch\n"
+    )
     # A causal LM missing its language-model head, or a body weight missing: the table stays.
     for rows in ("lm_head.weight | MISSING | ", "score.weight | MISSING | \nmodel.norm.weight | MISSING | "):
         seen, said = reported(rows, capsys)

@@ -31,9 +31,12 @@ def test_a_checkpoint_key_fills_the_same_key_or_the_key_with_the_base_prefix_add
 def test_checkpoint_sources_map_the_body_and_leave_out_keys_the_model_has_no_place_for():
     causal_lm_checkpoint = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
     assert checkpoint_sources(causal_lm_checkpoint, REWARD_BODY, "model") == {
-        "model.embed_tokens.weight": "model.embed_tokens.weight", "model.norm.weight": "model.norm.weight"}
+        "model.embed_tokens.weight": "model.embed_tokens.weight",
+        "model.norm.weight": "model.norm.weight",
+    }
     assert checkpoint_sources(["embed_tokens.weight"], REWARD_BODY, "model") == {
-        "model.embed_tokens.weight": "embed_tokens.weight"}
+        "model.embed_tokens.weight": "embed_tokens.weight"
+    }
     assert checkpoint_sources([], REWARD_BODY, "model") == {}
     with pytest.raises(AmbiguousCheckpoint, match="norm.weight"):
         checkpoint_sources(["norm.weight", "model.norm.weight"], REWARD_BODY, "model")
@@ -51,8 +54,16 @@ def build_mixtral(out_dir):
     from transformers import MixtralConfig, MixtralForCausalLM
 
     torch.manual_seed(0)
-    config = MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=2, num_experts_per_tok=1)
+    config = MixtralConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+    )
     MixtralForCausalLM(config).save_pretrained(out_dir)
     return out_dir
 
@@ -73,8 +84,14 @@ def plain_checkpoint(path):
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(0)
-    save_file({"body.weight": torch.randn(3, 4, generator=generator), "body.bias": torch.randn(3, generator=generator),
-               "scale": torch.randn(3, generator=generator)}, str(path))
+    save_file(
+        {
+            "body.weight": torch.randn(3, 4, generator=generator),
+            "body.bias": torch.randn(3, generator=generator),
+            "scale": torch.randn(3, generator=generator),
+        },
+        str(path),
+    )
     return path
 
 
@@ -88,37 +105,50 @@ def test_zero3_loads_stream_module_by_module_and_equal_transformers_own_load(tmp
     from rlhf.demo.tiny_model import build_tiny_model, build_tiny_reward_model
 
     words = corpus_words()
-    families = {family: str(build_family_model(tmp_path / family, family, words))
-                for family in ("llama3", "gpt2", "opt")}
+    families = {
+        family: str(build_family_model(tmp_path / family, family, words)) for family in ("llama3", "gpt2", "opt")
+    }
     demo = build_tiny_model(tmp_path / "demo", words)  # Llama with tied embeddings
     reward = build_tiny_reward_model(tmp_path / "reward", demo)
     sharded = resaved(demo, tmp_path / "sharded", max_shard_size="40KB")
     assert (sharded / "model.safetensors.index.json").is_file()
     large = build_large_llama(tmp_path / "large")
-    cases = {f"{family}_{task}": {"path": path, "task": task}
-             for family, path in families.items() for task in ("causal_lm", "reward")}
-    cases.update({
-        "sharded_causal_lm": {"path": str(sharded), "task": "causal_lm"},
-        "sharded_reward": {"path": str(sharded), "task": "reward"},
-        "reward_checkpoint_as_reward": {"path": str(reward), "task": "reward"},
-        "reward_checkpoint_as_causal_lm": {"path": str(reward), "task": "causal_lm"},
-        "bfloat16_checkpoint": {"path": str(resaved(demo, tmp_path / "bf16", dtype=torch.bfloat16)),
-                                "task": "causal_lm"},
-        # A float32 checkpoint under the stage's bf16 (DeepSpeed's bf16 mode: zero.Init builds bf16 parameters).
-        "llama3_as_bfloat16": {"path": families["llama3"], "task": "causal_lm", "bf16": True},
-        "mixtral_converted_weights": {"path": str(build_mixtral(tmp_path / "mixtral")), "task": "causal_lm"},
-        "large": {"path": str(large), "task": "causal_lm", "memory_only": True},
-    })
+    cases = {
+        f"{family}_{task}": {"path": path, "task": task}
+        for family, path in families.items()
+        for task in ("causal_lm", "reward")
+    }
+    cases.update(
+        {
+            "sharded_causal_lm": {"path": str(sharded), "task": "causal_lm"},
+            "sharded_reward": {"path": str(sharded), "task": "reward"},
+            "reward_checkpoint_as_reward": {"path": str(reward), "task": "reward"},
+            "reward_checkpoint_as_causal_lm": {"path": str(reward), "task": "causal_lm"},
+            "bfloat16_checkpoint": {
+                "path": str(resaved(demo, tmp_path / "bf16", dtype=torch.bfloat16)),
+                "task": "causal_lm",
+            },
+            # A float32 checkpoint under the stage's bf16 (DeepSpeed's bf16 mode: zero.Init builds bf16 parameters).
+            "llama3_as_bfloat16": {"path": families["llama3"], "task": "causal_lm", "bf16": True},
+            "mixtral_converted_weights": {"path": str(build_mixtral(tmp_path / "mixtral")), "task": "causal_lm"},
+            "large": {"path": str(large), "task": "causal_lm", "memory_only": True},
+        }
+    )
     plain_module = {"path": str(plain_checkpoint(tmp_path / "plain.safetensors"))}
     (tmp_path / "cases.json").write_text(json.dumps({**cases, "plain_module": plain_module}))
-    reports, output = reports_of_two_ranks("partitioned_load_probe.py", tmp_path / "cases.json", tmp_path / "out",
-                                           tmp_path)
+    reports, output = reports_of_two_ranks(
+        "partitioned_load_probe.py", tmp_path / "cases.json", tmp_path / "out", tmp_path
+    )
 
     plain = [report.pop("plain_module") for report in reports]
-    assert plain[0] == plain[1] == {"missing": ["extra.bias", "extra.weight", "head.weight"], "errors": [],
-                                    "marked": 3, "shared": True}
-    loaded, checkpoint = (saved_weights_file(path) for path in (tmp_path / "out" / "plain.safetensors",
-                                                                tmp_path / "plain.safetensors"))
+    assert (
+        plain[0]
+        == plain[1]
+        == {"missing": ["extra.bias", "extra.weight", "head.weight"], "errors": [], "marked": 3, "shared": True}
+    )
+    loaded, checkpoint = (
+        saved_weights_file(path) for path in (tmp_path / "out" / "plain.safetensors", tmp_path / "plain.safetensors")
+    )
     for key, tensor in checkpoint.items():
         assert torch.equal(loaded[key], tensor), key
 

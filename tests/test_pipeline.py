@@ -44,15 +44,18 @@ def test_stage_key_follows_config_text_and_data_content(tmp_path):
     assert key != stage_key("sft", config, {}, {}, [data])
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"labels": "crowd"}, "labels must be one of"),
-    ({"labels": "import"}, "needs labels_file"),
-    ({"launcher": "torchrun"}, "launcher must be one of"),
-    ({"ppo_overrides": "[1, 2]"}, "ppo_overrides must be a mapping"),
-    ({"sft_overrides": "{a: &x [1, 2], b: [*x, *x]}"}, r"sft_overrides: line 1: YAML aliases \(\*x\) are refused"),
-    ({"label_overlap": 1.5}, "label_overlap must be between 0 and 1"),
-    ({"best_of_n_max": -1}, "best_of_n_max must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"labels": "crowd"}, "labels must be one of"),
+        ({"labels": "import"}, "needs labels_file"),
+        ({"launcher": "torchrun"}, "launcher must be one of"),
+        ({"ppo_overrides": "[1, 2]"}, "ppo_overrides must be a mapping"),
+        ({"sft_overrides": "{a: &x [1, 2], b: [*x, *x]}"}, r"sft_overrides: line 1: YAML aliases \(\*x\) are refused"),
+        ({"label_overlap": 1.5}, "label_overlap must be between 0 and 1"),
+        ({"best_of_n_max": -1}, "best_of_n_max must be >= 0"),
+    ],
+)
 def test_bad_pipeline_settings_fail_before_anything_runs(settings, message):
     with pytest.raises(ConfigError, match=message):
         PipelineConfig(**settings)
@@ -70,32 +73,82 @@ def smallest(tmp_path_factory):
     demo = root / "demo"
     data = demo / "data"
     configs = {
-        "sft_config": _yaml(root / "sft.yaml", {
-            "model_name_or_path": str(demo / "base_model"), "train_file": str(data / "sft_train.jsonl"),
-            "eval_file": str(data / "sft_eval.jsonl"), "max_length": 48, "max_steps": 6,
-            "per_device_train_batch_size": 16, "learning_rate": 3e-3, "eval_strategy": "no", "save_strategy": "no",
-            "report_to": "none", "gold_scorer": "demo", "gold_eval_prompts": 4}),
-        "rm_config": _yaml(root / "rm.yaml", {
-            "max_length": 48, "num_train_epochs": 1, "per_device_train_batch_size": 4, "eval_fraction": 0.25,
-            "eval_strategy": "no", "save_strategy": "no", "report_to": "none", "gold_scorer": "demo"}),
-        "ppo_config": _yaml(root / "ppo.yaml", {
-            "prompts_file": str(data / "prompts_train.jsonl"), "eval_prompts_file": str(data / "prompts_eval.jsonl"),
-            "eval_prompts": 4, "max_steps": 2, "save_steps": 1, "rollout_batch_size": 8, "minibatch_size": 4,
-            "ppo_epochs": 1, "max_new_tokens": 8, "gold_scorer": "demo", "report_to": [], "disable_tqdm": True,
-            "eval_steps": 1, "eval_steps_prompts": 4,
-            **{f"{model}_deepspeed": "deepspeed_configs/zero0.json" for model in ("actor", "critic", "reference",
-                                                                                  "reward")}}),
+        "sft_config": _yaml(
+            root / "sft.yaml",
+            {
+                "model_name_or_path": str(demo / "base_model"),
+                "train_file": str(data / "sft_train.jsonl"),
+                "eval_file": str(data / "sft_eval.jsonl"),
+                "max_length": 48,
+                "max_steps": 6,
+                "per_device_train_batch_size": 16,
+                "learning_rate": 3e-3,
+                "eval_strategy": "no",
+                "save_strategy": "no",
+                "report_to": "none",
+                "gold_scorer": "demo",
+                "gold_eval_prompts": 4,
+            },
+        ),
+        "rm_config": _yaml(
+            root / "rm.yaml",
+            {
+                "max_length": 48,
+                "num_train_epochs": 1,
+                "per_device_train_batch_size": 4,
+                "eval_fraction": 0.25,
+                "eval_strategy": "no",
+                "save_strategy": "no",
+                "report_to": "none",
+                "gold_scorer": "demo",
+            },
+        ),
+        "ppo_config": _yaml(
+            root / "ppo.yaml",
+            {
+                "prompts_file": str(data / "prompts_train.jsonl"),
+                "eval_prompts_file": str(data / "prompts_eval.jsonl"),
+                "eval_prompts": 4,
+                "max_steps": 2,
+                "save_steps": 1,
+                "rollout_batch_size": 8,
+                "minibatch_size": 4,
+                "ppo_epochs": 1,
+                "max_new_tokens": 8,
+                "gold_scorer": "demo",
+                "report_to": [],
+                "disable_tqdm": True,
+                "eval_steps": 1,
+                "eval_steps_prompts": 4,
+                **{
+                    f"{model}_deepspeed": "deepspeed_configs/zero0.json"
+                    for model in ("actor", "critic", "reference", "reward")
+                },
+            },
+        ),
     }
-    pipeline = _yaml(root / "pipeline.yaml", {
-        "run_dir": str(root / "run"), "prepare_demo": str(demo), "demo_scale": 0.02, "demo_hidden_size": 32,
-        "label_prompts": str(data / "prompts_train.jsonl"), "label_k": 3, "label_max_new_tokens": 8,
-        "best_of_n_max": 4, "best_of_n_prompts": 4, **configs})
+    pipeline = _yaml(
+        root / "pipeline.yaml",
+        {
+            "run_dir": str(root / "run"),
+            "prepare_demo": str(demo),
+            "demo_scale": 0.02,
+            "demo_hidden_size": 32,
+            "label_prompts": str(data / "prompts_train.jsonl"),
+            "label_k": 3,
+            "label_max_new_tokens": 8,
+            "best_of_n_max": 4,
+            "best_of_n_prompts": 4,
+            **configs,
+        },
+    )
     return root, pipeline
 
 
 def _pipeline(config: str, *overrides: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "rlhf.pipeline", "--config", config, *overrides],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhf.pipeline", "--config", config, *overrides], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return "\n".join(line for line in result.stdout.splitlines() if line.startswith("[pipeline]"))
 
@@ -106,8 +159,9 @@ def test_pipeline_runs_every_stage_then_skips_resumes_and_reruns_only_what_chang
     run = root / "run"
     first = _pipeline(config)
     registry = Registry(run / "registry")
-    assert [e.reference for e in registry.entries()] == ["ppo@1", "rm@1", "sft@1"] or \
-        sorted(e.reference for e in registry.entries()) == ["ppo@1", "rm@1", "sft@1"]
+    assert [e.reference for e in registry.entries()] == ["ppo@1", "rm@1", "sft@1"] or sorted(
+        e.reference for e in registry.entries()
+    ) == ["ppo@1", "rm@1", "sft@1"]
     assert registry.get("rm@1").parents == ["sft@1"]
     assert registry.get("ppo@1").parents == ["sft@1", "rm@1"]
     assert (run / "labels" / "rankings.jsonl").is_file() and (run / "labels" / "tasks.config.xml").is_file()
@@ -160,8 +214,11 @@ def test_pipeline_pauses_for_people_then_trains_on_their_imported_labels(smalles
 
     # People rank in Label Studio (here the demo's labelers) and the export comes back.
     export = tmp_path / "export.json"
-    subprocess.run([sys.executable, "-m", "rlhf.demo.annotate", str(tasks), "-o", str(export), "--seed", "3"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "rlhf.demo.annotate", str(tasks), "-o", str(export), "--seed", "3"],
+        check=True,
+        capture_output=True,
+    )
     imported = _pipeline(config, "--labels", "import", "--labels_file", str(export), "--report", "false")
     assert "sft: unchanged" in imported and "labels: running" in imported and "rm: running" in imported
     registry = Registry(run / "registry")
@@ -175,12 +232,26 @@ def test_each_stage_starts_with_the_launcher_and_its_own_process_layout(tmp_path
 
     plain = Pipeline(PipelineConfig(run_dir=str(tmp_path)))
     assert plain.stage_command("sft") == [sys.executable, "-m", "rlhf.stages.sft"]
-    launched = Pipeline(PipelineConfig(run_dir=str(tmp_path), launcher="deepspeed", launcher_args="--num_gpus 2",
-                                       ppo_launcher_args="--hostfile 'my hosts' --no_ssh --node_rank 0"))
+    launched = Pipeline(
+        PipelineConfig(
+            run_dir=str(tmp_path),
+            launcher="deepspeed",
+            launcher_args="--num_gpus 2",
+            ppo_launcher_args="--hostfile 'my hosts' --no_ssh --node_rank 0",
+        )
+    )
     runner = [sys.executable, "-m", "deepspeed.launcher.runner"]
     assert launched.stage_command("rm") == [*runner, "--num_gpus", "2", "--module", "rlhf.stages.rm"]
-    assert launched.stage_command("ppo") == [*runner, "--hostfile", "my hosts", "--no_ssh", "--node_rank", "0",
-                                             "--module", "rlhf.stages.ppo"]
+    assert launched.stage_command("ppo") == [
+        *runner,
+        "--hostfile",
+        "my hosts",
+        "--no_ssh",
+        "--node_rank",
+        "0",
+        "--module",
+        "rlhf.stages.ppo",
+    ]
 
 
 def test_a_failing_step_is_named_with_its_own_error_line_and_its_log_kept(tmp_path, capsys):
@@ -202,8 +273,12 @@ def test_labels_import_passes_its_importer_options_and_reruns_when_the_labeling_
     export, labeling_config = tmp_path / "export.json", tmp_path / "labeling_config.xml"
     export.write_text("[]")
     labeling_config.write_text("<View><Ranker name='rank' toName='answers'/></View>")
-    settings = PipelineConfig(run_dir=str(tmp_path / "run"), labels="import", labels_file=str(export),
-                              labels_options=f"{{config: {labeling_config}, bucket_order: 'best,worst'}}")
+    settings = PipelineConfig(
+        run_dir=str(tmp_path / "run"),
+        labels="import",
+        labels_file=str(export),
+        labels_options=f"{{config: {labeling_config}, bucket_order: 'best,worst'}}",
+    )
     commands = []
 
     def record(command, stage):
@@ -235,8 +310,11 @@ def test_a_demo_prepared_elsewhere_is_what_every_stage_reads(tmp_path, monkeypat
     demo = tmp_path / "elsewhere"
     pipeline = Pipeline(PipelineConfig(run_dir=str(tmp_path / "run"), prepare_demo=str(demo)))
     started = {}
-    monkeypatch.setattr(pipeline, "_trained_stage",
-                        lambda stage, config_file, overrides, inputs, data: started.setdefault(stage, (inputs, data)))
+    monkeypatch.setattr(
+        pipeline,
+        "_trained_stage",
+        lambda stage, config_file, overrides, inputs, data: started.setdefault(stage, (inputs, data)),
+    )
     pipeline.sft()
     pipeline.ppo("sft@1", "rm@1")
     sft_inputs, sft_data = started["sft"]

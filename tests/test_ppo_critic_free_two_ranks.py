@@ -10,8 +10,15 @@ import shutil
 import pytest
 import torch
 
-from ppo_setup import (REPO, assert_same_final_metrics, assert_same_metric_rows, build_models, launch_two,
-                        saved_weights, stage_arguments)
+from ppo_setup import (
+    REPO,
+    assert_same_final_metrics,
+    assert_same_metric_rows,
+    build_models,
+    launch_two,
+    saved_weights,
+    stage_arguments,
+)
 from rlhf.ppo.checkpoint import checkpoints_dir
 from rlhf.run_files import PPO_METRICS
 
@@ -37,9 +44,17 @@ def test_critic_free_two_process_run_with_a_zero3_actor_resumes_as_if_uninterrup
     # is tests/test_ppo_zero3.py's), which keeps these launches short. 2 prompts x 4 samples per rank; every
     # checkpoint kept, so that step 1's can start the second run. No held-out comparison at the end: the saved
     # policies are compared instead.
-    settings = dict(advantage_estimator=estimator, samples_per_prompt=4, rollout_batch_size=8, minibatch_size=4,
-                    max_steps=2, save_steps=1, save_total_limit=0, eval_prompts_file="",
-                    actor_deepspeed=str(REPO / "deepspeed_configs" / "zero3.json"))
+    settings = dict(
+        advantage_estimator=estimator,
+        samples_per_prompt=4,
+        rollout_batch_size=8,
+        minibatch_size=4,
+        max_steps=2,
+        save_steps=1,
+        save_total_limit=0,
+        eval_prompts_file="",
+        actor_deepspeed=str(REPO / "deepspeed_configs" / "zero3.json"),
+    )
     straight = tmp_path / "straight"
     output = run_two(models, straight, tmp_path / "reg1", **settings)
     assert f"no critic ({estimator})" in output

@@ -20,8 +20,7 @@ def rollout_batch(inputs, count: int = 6):
     return tokenize_prompts(inputs.tokenizer, inputs.prompts[:count])
 
 
-def test_lora_actor_is_its_own_reference_and_disabling_the_adapter_gives_the_base_models_logprobs(models,
-                                                                                                   tmp_path):
+def test_lora_actor_is_its_own_reference_and_disabling_the_adapter_gives_the_base_models_logprobs(models, tmp_path):
     from rlhf.adaptation import load_adapted
     from rlhf.ppo import experience
     from rlhf.ppo.logprobs import sampling_logprobs, sampling_settings_for
@@ -83,8 +82,9 @@ def test_zero3_generation_gathered_once_equals_per_step_gathering(models, tmp_pa
     config, inputs, engines = engines_for(models, tmp_path, actor_deepspeed=zero3, critic_deepspeed=zero3)
     assert engines.actor.zero_optimization_stage() == 3
     # Partitioned: the module holds no full weight outside a gather.
-    assert all(p.numel() == 0 or p.numel() < getattr(p, "ds_numel", p.numel())
-               for p in engines.actor.module.parameters())
+    assert all(
+        p.numel() == 0 or p.numel() < getattr(p, "ds_numel", p.numel()) for p in engines.actor.module.parameters()
+    )
     sampling = sampling_settings_for(inputs.tokenizer, 1.0, 0, 1.0, 6)
     generation_config = sampling.generation_config(inputs.tokenizer)
     batch = rollout_batch(inputs, count=8)
@@ -139,8 +139,9 @@ def test_zero3_float32_actor_has_no_second_master_copy_and_steps_as_plain_adamw(
     ds_config["zero_optimization"]["sub_group_size"] = 5000  # several sub-groups on the tiny actor
     config_file = tmp_path / "zero3_small_groups.json"
     config_file.write_text(json.dumps(ds_config))
-    config, inputs, engines = engines_for(models, tmp_path, actor_deepspeed=str(config_file), max_grad_norm=0.5,
-                                          lr_scheduler_type="constant")
+    config, inputs, engines = engines_for(
+        models, tmp_path, actor_deepspeed=str(config_file), max_grad_norm=0.5, lr_scheduler_type="constant"
+    )
     optimizer = engines.actor.optimizer
     assert len(optimizer.fp32_partitioned_groups_flat) > 2
     assert engines.actor.enable_backward_allreduce  # ZeRO-3 moves gradients into partitions through it
@@ -165,8 +166,9 @@ def test_zero0_in_one_process_skips_deepspeeds_all_reduce_and_steps_as_plain_ada
     from rlhf.adaptation import load_adapted
 
     zero0 = str(REPO / "deepspeed_configs" / "zero0.json")
-    config, inputs, engines = engines_for(models, tmp_path, actor_deepspeed=zero0, critic_deepspeed=zero0,
-                                          max_grad_norm=0.5, lr_scheduler_type="constant")
+    config, inputs, engines = engines_for(
+        models, tmp_path, actor_deepspeed=zero0, critic_deepspeed=zero0, max_grad_norm=0.5, lr_scheduler_type="constant"
+    )
     assert not engines.actor.enable_backward_allreduce and not engines.critic.enable_backward_allreduce
 
     plain = stepped_beside_plain_adamw(engines.actor, inputs, config, max_grad_norm=0.5)
@@ -177,7 +179,6 @@ def test_zero0_in_one_process_skips_deepspeeds_all_reduce_and_steps_as_plain_ada
         assert not torch.equal(value.detach(), start[name].detach()) or not name.endswith("weight"), name
 
 
-
 def stepped_beside_plain_adamw(actor, inputs, config, max_grad_norm: float, steps: int = 2):
     """Take `steps` optimiser steps of the actor engine and of a plain copy of its model under torch's AdamW
     (same settings, clipping at `max_grad_norm`) on the same batch; the losses must agree at every step.
@@ -186,8 +187,9 @@ def stepped_beside_plain_adamw(actor, inputs, config, max_grad_norm: float, step
 
     plain = load_adapted(inputs.paths["actor"], task="causal_lm")
     plain.train(actor.module.training).requires_grad_(True)
-    plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=config.actor_learning_rate, eps=1e-5,
-                                        weight_decay=config.weight_decay)
+    plain_optimizer = torch.optim.AdamW(
+        plain.parameters(), lr=config.actor_learning_rate, eps=1e-5, weight_decay=config.weight_decay
+    )
     input_ids = torch.randint(0, len(inputs.tokenizer), (2, 7), generator=torch.Generator().manual_seed(0))
     for _ in range(steps):
         loss = actor(input_ids=input_ids).logits.float().pow(2).mean()

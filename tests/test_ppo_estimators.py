@@ -86,8 +86,9 @@ def test_grpo_group_of_equal_rewards_gets_zero_advantages():
 
 def test_dr_grpo_does_not_divide_by_the_std():
     # R = 1, 2, 6: A = R - mean 3 = -2, -1, 3 (scale_rewards=False)
-    advantages = estimators.grpo_advantages(torch.tensor([1.0, 2.0, 6.0]), torch.ones(3, 2), samples_per_prompt=3,
-                                            scale_rewards=False)
+    advantages = estimators.grpo_advantages(
+        torch.tensor([1.0, 2.0, 6.0]), torch.ones(3, 2), samples_per_prompt=3, scale_rewards=False
+    )
     close(advantages, [[-2.0, -2.0], [-1.0, -1.0], [3.0, 3.0]])
 
 
@@ -117,11 +118,13 @@ def test_reinforce_pp_normalises_the_returns_over_the_batch():
     # unbiased var 19.2 / 4 = 4.8, std 2.1908902: A = 1.6/2.1908902 = 0.7302967, -2.4/2.1908902 = -1.0954451
     rewards = torch.tensor([[0.0, 0.0, 2.0], [0.0, -2.0, NAN]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    close(estimators.reinforce_pp_advantages(rewards, mask, gamma=1.0),
-          [[0.7302967] * 3, [-1.0954451, -1.0954451, 0.0]])
+    close(
+        estimators.reinforce_pp_advantages(rewards, mask, gamma=1.0), [[0.7302967] * 3, [-1.0954451, -1.0954451, 0.0]]
+    )
 
 
 def test_minus_group_mean_centres_each_group():
     # groups (1, 3) and (10, 20): means 2 and 15 -> -1, 1, -5, 5
-    close(estimators.minus_group_mean(torch.tensor([1.0, 3.0, 10.0, 20.0]), samples_per_prompt=2),
-          [-1.0, 1.0, -5.0, 5.0])
+    close(
+        estimators.minus_group_mean(torch.tensor([1.0, 3.0, 10.0, 20.0]), samples_per_prompt=2), [-1.0, 1.0, -5.0, 5.0]
+    )

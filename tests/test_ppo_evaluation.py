@@ -42,12 +42,14 @@ def test_the_held_out_row_of_the_starting_policy(models, tmp_path):
     from rlhf.ppo.logprobs import sampling_settings_for
     from rlhf.ppo.rollouts import HFRollouts
 
-    config, inputs, engines = engines_for(models, tmp_path, eval_steps=2, eval_steps_prompts=5, max_steps=5,
-                                          gold_scorer="demo", max_new_tokens=6)
+    config, inputs, engines = engines_for(
+        models, tmp_path, eval_steps=2, eval_steps_prompts=5, max_steps=5, gold_scorer="demo", max_new_tokens=6
+    )
     sampling = sampling_settings_for(inputs.tokenizer, 1.0, 0, 1.0, 6)
     rollouts = HFRollouts(sampling.generation_config(inputs.tokenizer), "auto")
-    held_out = HeldOutEvaluation(config, inputs, inputs.tokenizer, sampling, rollouts, gold_scorer("demo"),
-                                 start_step=0)
+    held_out = HeldOutEvaluation(
+        config, inputs, inputs.tokenizer, sampling, rollouts, gold_scorer("demo"), start_step=0
+    )
     training_rng = torch.get_rng_state()
     row = held_out.evaluate_if_due(0, engines)
     assert torch.equal(torch.get_rng_state(), training_rng)  # the evaluation sampled from its own generator
@@ -72,8 +74,14 @@ def test_a_run_with_held_out_evaluations_trains_exactly_as_one_without(models, t
 
     common = dict(max_steps=5, save_steps=0, eval_prompts=3, gold_scorer="demo")
     run(parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "plain", tmp_path / "reg1", **common)))
-    run(parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "evaluated", tmp_path / "reg2", eval_steps=2,
-                                                     eval_steps_prompts=6, **common)))
+    run(
+        parse_config(
+            PPOStageConfig,
+            stage_arguments(
+                models, tmp_path / "evaluated", tmp_path / "reg2", eval_steps=2, eval_steps_prompts=6, **common
+            ),
+        )
+    )
     assert_same_metric_rows(read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "evaluated"))
     assert not (tmp_path / "plain" / "eval_metrics.jsonl").exists()
     rows = [json.loads(line) for line in (tmp_path / "evaluated" / "eval_metrics.jsonl").read_text().splitlines()]

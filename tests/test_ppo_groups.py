@@ -26,7 +26,7 @@ def test_shuffled_rows_move_whole_groups():
     # Every consecutive slice of 3 is one group, its rows in their order: g·3, g·3 + 1, g·3 + 2.
     for start in range(0, 12, 3):
         first = order[start].item()
-        assert first % 3 == 0 and order[start:start + 3].tolist() == [first, first + 1, first + 2]
+        assert first % 3 == 0 and order[start : start + 3].tolist() == [first, first + 1, first + 2]
 
 
 def test_shuffled_rows_of_single_samples_are_randperm_itself():
@@ -53,9 +53,16 @@ def rollout_of_groups(num_groups: int, samples_per_prompt: int) -> Rollout:
     rows = num_groups * samples_per_prompt
     group_of_row = torch.arange(rows) // samples_per_prompt
     zeros = torch.zeros(rows, 1)
-    return Rollout(query_ids=group_of_row[:, None], query_mask=torch.ones(rows, 1),
-                   response_ids=(torch.arange(rows) % samples_per_prompt)[:, None], response_mask=torch.ones(rows, 1),
-                   logprobs=zeros, ref_logprobs=zeros, values=None, scores=torch.zeros(rows))
+    return Rollout(
+        query_ids=group_of_row[:, None],
+        query_mask=torch.ones(rows, 1),
+        response_ids=(torch.arange(rows) % samples_per_prompt)[:, None],
+        response_mask=torch.ones(rows, 1),
+        logprobs=zeros,
+        ref_logprobs=zeros,
+        values=None,
+        scores=torch.zeros(rows),
+    )
 
 
 def test_minibatches_hold_whole_groups_in_order():

@@ -25,10 +25,11 @@ def sample(model, settings: SamplingSettings, seed: int = 0):
     generation_config = settings.generation_config(TOKENS)
     generation_config.update(output_scores=True, return_dict_in_generate=True)
     output = model.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=generation_config)
-    response_ids = output.sequences[:, query_ids.shape[1]:]
+    response_ids = output.sequences[:, query_ids.shape[1] :]
     response_mask = rewards.response_mask_after_eos(response_ids, TOKENS.eos_token_id, TOKENS.pad_token_id)
-    sampler_logprobs = torch.stack([torch.log_softmax(step_scores.float(), dim=-1) for step_scores in output.scores],
-                                   dim=1).gather(-1, response_ids[..., None])[..., 0]
+    sampler_logprobs = torch.stack(
+        [torch.log_softmax(step_scores.float(), dim=-1) for step_scores in output.scores], dim=1
+    ).gather(-1, response_ids[..., None])[..., 0]
     inputs = sequence_inputs(query_ids, query_mask, response_ids, response_mask)
     return response_ids, response_mask, sampler_logprobs, inputs, query_ids.shape[1]
 
@@ -64,8 +65,12 @@ def test_with_top_k_and_top_p_the_logprobs_are_the_full_tempered_softmax(tiny_ca
     torch.testing.assert_close(ours[real], expected[real])
     # KL of the policy to an identical reference is exactly 0 under every estimator.
     for estimator in rewards.KL_ESTIMATORS:
-        assert rewards.kl_penalty(ours, sampling_logprobs(logits.clone(), response_ids, settings),
-                                  estimator)[real].abs().max() == 0, estimator
+        assert (
+            rewards.kl_penalty(ours, sampling_logprobs(logits.clone(), response_ids, settings), estimator)[real]
+            .abs()
+            .max()
+            == 0
+        ), estimator
 
 
 def test_a_sampled_token_at_the_edge_of_the_nucleus_keeps_a_finite_ratio():

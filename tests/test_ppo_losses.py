@@ -40,8 +40,9 @@ def test_ppo_policy_loss_by_hand():
 
 def test_ppo_policy_loss_on_policy_is_minus_mean_advantage():
     # ρ = 1 everywhere: loss = -mean(A) = -(2 - 1) / 2 = -0.5, nothing clipped, KL 0
-    loss, clip_fraction, approx_kl = losses.ppo_policy_loss(torch.zeros(1, 2), torch.zeros(1, 2),
-                                                            torch.tensor([[2.0, -1.0]]), torch.ones(1, 2), 0.2)
+    loss, clip_fraction, approx_kl = losses.ppo_policy_loss(
+        torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([[2.0, -1.0]]), torch.ones(1, 2), 0.2
+    )
     close(loss, -0.5)
     close(clip_fraction, 0.0)
     close(approx_kl, 0.0)
@@ -108,8 +109,9 @@ def test_policy_loss_on_policy_under_each_aggregation():
     #   token_mean: -(6 - 1) / 4 = -1.25;  sequence_mean: -(2 + -1) / 2 = -0.5;  dr_grpo (L = 4): -(6 - 1) / 8
     advantages = torch.tensor([[2.0, 2.0, 2.0], [-1.0, 50.0, 50.0]])
     for aggregation, expected in (("token_mean", -1.25), ("sequence_mean", -0.5), ("dr_grpo", -0.625)):
-        loss, _, _ = losses.ppo_policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), advantages, ROW_MASK, 0.2,
-                                            aggregation=aggregation, max_tokens=4)
+        loss, _, _ = losses.ppo_policy_loss(
+            torch.zeros(2, 3), torch.zeros(2, 3), advantages, ROW_MASK, 0.2, aggregation=aggregation, max_tokens=4
+        )
         close(loss, expected)
 
 

@@ -36,8 +36,9 @@ def test_token_weights_scale_each_tokens_policy_loss():
     advantages = torch.tensor([[1.0, -2.0]])
     mask = torch.ones(1, 2)
     plain, _, _ = ppo_policy_loss(logprobs, logprobs, advantages, mask, 0.2)
-    weighted, _, _ = ppo_policy_loss(logprobs, logprobs, advantages, mask, 0.2,
-                                     token_weights=torch.tensor([[0.5, 2.0]]))
+    weighted, _, _ = ppo_policy_loss(
+        logprobs, logprobs, advantages, mask, 0.2, token_weights=torch.tensor([[0.5, 2.0]])
+    )
     # ρ = 1: per-token losses -A = -1 and 2; mean 0.5 plain, (-0.5 + 4) / 2 = 1.75 weighted.
     assert plain.item() == pytest.approx(0.5)
     assert weighted.item() == pytest.approx(1.75)

@@ -26,16 +26,12 @@ def test_pack_gives_each_sequence_its_own_positions_and_unpack_restores_the_padd
     from rlhf.ppo.packing import pack
 
     # Left-padded prompts (11.., 13.., 16..) and right-padded responses (2x); 0 is padding.
-    input_ids = torch.tensor([[0, 0, 11, 12, 21, 22, 0],
-                              [0, 13, 14, 15, 23, 0, 0],
-                              [16, 17, 18, 19, 24, 25, 26]])
+    input_ids = torch.tensor([[0, 0, 11, 12, 21, 22, 0], [0, 13, 14, 15, 23, 0, 0], [16, 17, 18, 19, 24, 25, 26]])
     mask = (input_ids != 0).long()
     packed = pack(input_ids, mask, position_ids_from_mask(mask), row_tokens=8)
     # Lengths 4, 4, 7 in rows of 8: the first two share a row; the third's row ends with one filler token.
-    assert packed.input_ids.tolist() == [[11, 12, 21, 22, 13, 14, 15, 23],
-                                         [16, 17, 18, 19, 24, 25, 26, 0]]
-    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 3],
-                                            [0, 1, 2, 3, 4, 5, 6, 0]]
+    assert packed.input_ids.tolist() == [[11, 12, 21, 22, 13, 14, 15, 23], [16, 17, 18, 19, 24, 25, 26, 0]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 0]]
     assert packed.unpack(packed.input_ids, 0, 7).tolist() == (input_ids * mask).tolist()
     # Columns 3..5 only, and per-token outputs with a trailing dimension.
     values = packed.input_ids[..., None].float().repeat(1, 1, 2)
@@ -43,8 +39,11 @@ def test_pack_gives_each_sequence_its_own_positions_and_unpack_restores_the_padd
     # Rows hold at least the padded length (7): with row_tokens 1, 4 + 4 no longer fit, and each sequence has
     # its own row, filled behind it.
     alone = pack(input_ids, mask, position_ids_from_mask(mask), row_tokens=1)
-    assert alone.input_ids.tolist() == [[11, 12, 21, 22, 0, 0, 0], [13, 14, 15, 23, 0, 0, 0],
-                                        [16, 17, 18, 19, 24, 25, 26]]
+    assert alone.input_ids.tolist() == [
+        [11, 12, 21, 22, 0, 0, 0],
+        [13, 14, 15, 23, 0, 0, 0],
+        [16, 17, 18, 19, 24, 25, 26],
+    ]
     assert alone.position_ids[0].tolist() == [0, 1, 2, 3, 0, 1, 2]
 
 

@@ -12,10 +12,17 @@ import subprocess
 import pytest
 
 import full_disk_hook
-from ppo_setup import (PYTHON, REPO, assert_same_metric_rows, build_models, killed_at_step_2_then_resumed, launch_two,
-                        stage_arguments, subprocess_env)
+from ppo_setup import (
+    PYTHON,
+    REPO,
+    assert_same_metric_rows,
+    build_models,
+    killed_at_step_2_then_resumed,
+    launch_two,
+    stage_arguments,
+    subprocess_env,
+)
 from rlhf.distributed import free_port
-
 
 
 def final_moments(output_dir) -> dict:
@@ -45,9 +52,14 @@ def test_two_process_run_killed_and_resumed_normalises_and_reports_as_an_uninter
     models, straight_dir = straight_run
     common = COMMON
     killed_dir = tmp_path / "killed"
-    killed_at_step_2_then_resumed(lambda argv: launch_two(argv, tmp_path),
-                                  lambda run: os.killpg(run.pid, signal.SIGKILL),  # the launcher and both ranks
-                                  models, killed_dir, tmp_path / "reg2", **common)
+    killed_at_step_2_then_resumed(
+        lambda argv: launch_two(argv, tmp_path),
+        lambda run: os.killpg(run.pid, signal.SIGKILL),  # the launcher and both ranks
+        models,
+        killed_dir,
+        tmp_path / "reg2",
+        **common,
+    )
 
     expected, got = read_metrics(straight_dir), read_metrics(killed_dir)
     assert [row["step"] for row in got] == list(range(1, 7))
@@ -64,17 +76,29 @@ def test_a_full_disk_on_one_rank_stops_every_rank_in_one_line_and_the_run_resume
 
     models, straight_dir = straight_run
     # Rank 1's file of checkpoint step-4 fills the disk while rank 0 is still to write its own.
-    env, marker = full_disk_hook.install(tmp_path, subprocess_env(tmp_path), inside=".step-4.saving",
-                                         failing="rng_state_1", watching="rng_state_0")
+    env, marker = full_disk_hook.install(
+        tmp_path, subprocess_env(tmp_path), inside=".step-4.saving", failing="rng_state_1", watching="rng_state_0"
+    )
     run_dir = tmp_path / "full"
-    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-               "--module", "rlhf.stages.ppo", *stage_arguments(models, run_dir, tmp_path / "reg", **COMMON)]
+    command = [
+        PYTHON,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "rlhf.stages.ppo",
+        *stage_arguments(models, run_dir, tmp_path / "reg", **COMMON),
+    ]
     # No timeout: were rank 0 left waiting at a barrier, this would hang, and that is the failure it guards.
     failed = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     assert failed.returncode == 2, failed.stdout[-4000:]
     errors = [line for line in failed.stdout.splitlines() if "error: " in line]
-    assert errors and all(f"no space left on device writing {run_dir / 'checkpoints' / 'step-4'}" in line
-                          for line in errors), errors
+    assert errors and all(
+        f"no space left on device writing {run_dir / 'checkpoints' / 'step-4'}" in line for line in errors
+    ), errors
     assert f"the last whole checkpoint is {run_dir / 'checkpoints' / 'step-2'}" in errors[0]
     # Rank 0 may still be writing into the staging directory, so the failed rank leaves it for the next run.
     assert not marker.exists()

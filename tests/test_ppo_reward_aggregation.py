@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.ppo.reward_aggregation import (AGGREGATIONS, RewardAggregation, aggregate_rewards, ensemble_mean,
-                                         ensemble_std)
+from rlhf.ppo.reward_aggregation import AGGREGATIONS, RewardAggregation, aggregate_rewards, ensemble_mean, ensemble_std
 
 # Three responses scored by a 4-member ensemble.
 #   row 0: 1, 2, 3, 6  mean 3, deviations -2 -1 0 3, squares 4 1 0 9 = 14: population var 14/4 = 3.5, std 1.8708
@@ -17,7 +16,7 @@ SCORES = torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 0.0, 0.0], [-1.0, 1.0, -
 
 def test_mean_and_population_std_by_hand():
     torch.testing.assert_close(ensemble_mean(SCORES), torch.tensor([3.0, 0.0, 0.0]))
-    torch.testing.assert_close(ensemble_std(SCORES), torch.tensor([3.5 ** 0.5, 0.0, 1.0]))
+    torch.testing.assert_close(ensemble_std(SCORES), torch.tensor([3.5**0.5, 0.0, 1.0]))
     # The sample std (divided by k - 1) would be sqrt(14/3) and sqrt(4/3): it is not what we take.
     assert ensemble_std(SCORES)[2].item() != pytest.approx((4 / 3) ** 0.5)
 
@@ -26,8 +25,9 @@ def test_each_aggregation_by_hand():
     torch.testing.assert_close(aggregate_rewards(SCORES, "mean"), torch.tensor([3.0, 0.0, 0.0]))
     torch.testing.assert_close(aggregate_rewards(SCORES, "min"), torch.tensor([1.0, 0.0, -1.0]))
     # mean − λ·std with λ = 0.5: 3 − 0.5·1.8708 = 2.0646; 0 − 0 = 0; 0 − 0.5·1 = −0.5
-    torch.testing.assert_close(aggregate_rewards(SCORES, "mean_minus_std", 0.5),
-                               torch.tensor([3.0 - 0.5 * 3.5 ** 0.5, 0.0, -0.5]))
+    torch.testing.assert_close(
+        aggregate_rewards(SCORES, "mean_minus_std", 0.5), torch.tensor([3.0 - 0.5 * 3.5**0.5, 0.0, -0.5])
+    )
     # λ = 0 is the mean.
     torch.testing.assert_close(aggregate_rewards(SCORES, "mean_minus_std", 0.0), aggregate_rewards(SCORES, "mean"))
 
@@ -54,6 +54,7 @@ def test_an_empty_batch_and_bad_input():
 
 
 def test_the_config_callable_applies_its_method_and_coefficient():
-    torch.testing.assert_close(RewardAggregation("mean_minus_std", 2.0)(SCORES), torch.tensor([3.0 - 2 * 3.5 ** 0.5,
-                                                                                              0.0, -2.0]))
+    torch.testing.assert_close(
+        RewardAggregation("mean_minus_std", 2.0)(SCORES), torch.tensor([3.0 - 2 * 3.5**0.5, 0.0, -2.0])
+    )
     torch.testing.assert_close(RewardAggregation()(SCORES), ensemble_mean(SCORES))

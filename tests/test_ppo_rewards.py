@@ -79,14 +79,18 @@ def test_explained_variance_of_constant_returns_is_nan():
 EOS, PAD = 2, 0
 
 
-@pytest.mark.parametrize("response, expected", [
-    ([5, 2, 7, 0], [1, 1, 0, 0]),  # EOS in the middle: kept; the token after it is not
-    ([2, 5, 5, 5], [1, 0, 0, 0]),  # EOS as the first token
-    ([5, 6, 7, 8], [1, 1, 1, 1]),  # no EOS: truncated at max_new_tokens, all kept
-    ([5, 6, 0, 0], [1, 1, 0, 0]),  # no EOS, right padding
-    ([5, 2, 2, 0], [1, 1, 0, 0]),  # only the first EOS counts
-    ([0, 0, 0, 0], [0, 0, 0, 0]),  # nothing but padding
-], ids=["eos-middle", "eos-first", "no-eos", "no-eos-padded", "two-eos", "all-padding"])
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ([5, 2, 7, 0], [1, 1, 0, 0]),  # EOS in the middle: kept; the token after it is not
+        ([2, 5, 5, 5], [1, 0, 0, 0]),  # EOS as the first token
+        ([5, 6, 7, 8], [1, 1, 1, 1]),  # no EOS: truncated at max_new_tokens, all kept
+        ([5, 6, 0, 0], [1, 1, 0, 0]),  # no EOS, right padding
+        ([5, 2, 2, 0], [1, 1, 0, 0]),  # only the first EOS counts
+        ([0, 0, 0, 0], [0, 0, 0, 0]),  # nothing but padding
+    ],
+    ids=["eos-middle", "eos-first", "no-eos", "no-eos-padded", "two-eos", "all-padding"],
+)
 def test_response_mask_after_eos(response, expected):
     mask = ppo_rewards.response_mask_after_eos(torch.tensor([response]), EOS, PAD)
     assert mask.tolist() == [expected]
@@ -100,8 +104,9 @@ def test_response_mask_when_pad_is_eos():
 
 def test_score_with_eos_penalty():
     # row 0 ends with EOS: unchanged 1.0; row 1 has no EOS: 0.5 - 1.0 = -0.5
-    scores = ppo_rewards.score_with_eos_penalty(torch.tensor([1.0, 0.5]), torch.tensor([[5, 2, 0], [5, 6, 7]]),
-                                           eos_token_id=EOS, missing_eos_penalty=1.0)
+    scores = ppo_rewards.score_with_eos_penalty(
+        torch.tensor([1.0, 0.5]), torch.tensor([[5, 2, 0], [5, 6, 7]]), eos_token_id=EOS, missing_eos_penalty=1.0
+    )
     close(scores, [1.0, -0.5])
 
 
@@ -137,8 +142,9 @@ def test_kl_penalized_rewards_other_estimators_by_hand():
 def test_kl_penalized_rewards_eos_first_and_empty_response():
     # row 0: EOS as first token, one real token: -0.5 * (0 - 1) + 3 = 3.5
     # row 1: no real token: no KL, the score has nowhere to go, all zeros
-    rewards, kl = ppo_rewards.kl_penalized_rewards(torch.tensor([3.0, 7.0]), torch.zeros(2, 2), torch.ones(2, 2),
-                                              torch.tensor([[1, 0], [0, 0]]), kl_coef=0.5)
+    rewards, kl = ppo_rewards.kl_penalized_rewards(
+        torch.tensor([3.0, 7.0]), torch.zeros(2, 2), torch.ones(2, 2), torch.tensor([[1, 0], [0, 0]]), kl_coef=0.5
+    )
     close(rewards, [[3.5, 0.0], [0.0, 0.0]])
     close(kl, [[-1.0, 0.0], [0.0, 0.0]])
 
@@ -159,16 +165,18 @@ def test_gae_three_tokens_by_hand():
     # t=1: δ = 0 + 0.9·3 - 2 = 0.7                 A1 = 0.7 + 0.72·(-2) = -0.74
     # t=0: δ = 0 + 0.9·2 - 1 = 0.8                 A0 = 0.8 + 0.72·(-0.74) = 0.2672
     # returns = A + V = 1.2672, 1.26, 1.0
-    advantages, returns = ppo_rewards.gae_advantages(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[0.0, 0.0, 1.0]]),
-                                                torch.ones(1, 3), gamma=0.9, lam=0.8)
+    advantages, returns = ppo_rewards.gae_advantages(
+        torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[0.0, 0.0, 1.0]]), torch.ones(1, 3), gamma=0.9, lam=0.8
+    )
     close(advantages, [[0.2672, -0.74, -2.0]])
     close(returns, [[1.2672, 1.26, 1.0]])
 
 
 def test_gae_with_gamma_lambda_one_is_reward_to_go_minus_value():
     # A_t = Σ_{s>=t} r_s - V_t: 1 - 1, 1 - 2, 1 - 3; returns are the reward-to-go, 1 everywhere
-    advantages, returns = ppo_rewards.gae_advantages(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[0.0, 0.0, 1.0]]),
-                                                torch.ones(1, 3), gamma=1.0, lam=1.0)
+    advantages, returns = ppo_rewards.gae_advantages(
+        torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[0.0, 0.0, 1.0]]), torch.ones(1, 3), gamma=1.0, lam=1.0
+    )
     close(advantages, [[0.0, -1.0, -2.0]])
     close(returns, [[1.0, 1.0, 1.0]])
 

@@ -31,8 +31,10 @@ def supports(policy, critic):
     from rlhf.ppo.experience import causal_lm_logits
     from rlhf.shared_prompt.forward import check_support
 
-    return (check_support(causal_lm_logits(policy), policy, policy.config, "cpu", across_ranks=False),
-            check_support(critic, critic, critic.model.config, "cpu", across_ranks=False))
+    return (
+        check_support(causal_lm_logits(policy), policy, policy.config, "cpu", across_ranks=False),
+        check_support(critic, critic, critic.model.config, "cpu", across_ranks=False),
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -43,7 +45,7 @@ def test_shared_prompt_logits_and_values_equal_one_sequence_per_response(family)
     policy_shared, critic_shared = supports(policy, critic)
     assert policy_shared.enabled and critic_shared.enabled, (policy_shared.reason, critic_shared.reason)
     inputs = grouped_batch(vocab, torch.Generator().manual_seed(1))
-    real = inputs["attention_mask"][:, QUERY - 1:-1].bool()  # positions that predict a real response token
+    real = inputs["attention_mask"][:, QUERY - 1 : -1].bool()  # positions that predict a real response token
 
     with torch.no_grad():
         padded_logits = response_logits(policy, inputs, QUERY)
@@ -64,7 +66,7 @@ def test_shared_prompt_gradients_of_actor_and_critic_equal_one_sequence_per_resp
     policy, critic, vocab = family_models("llama3")
     policy_shared, critic_shared = supports(policy, critic)
     inputs = grouped_batch(vocab, torch.Generator().manual_seed(2))
-    real = inputs["attention_mask"][:, QUERY - 1:-1].bool()
+    real = inputs["attention_mask"][:, QUERY - 1 : -1].bool()
     labels = inputs["input_ids"][:, QUERY:]
     weights = torch.linspace(0.5, 1.5, real.numel()).view_as(real)  # every token's output counts differently
 
@@ -104,16 +106,31 @@ def test_the_reward_models_scores_of_a_prompts_responses_equal_one_sequence_per_
     prompts = ["sort these words : cat dog owl answer :"] * 3 + ["reverse these words : owl fox answer :"] * 3
     batch = tokenize_prompts(tokenizer, prompts)
     word, eos, pad = tokenizer.convert_tokens_to_ids, tokenizer.eos_token_id, tokenizer.pad_token_id
-    response_ids = torch.tensor([[word("cat"), word("dog"), word("owl"), eos], [word("dog"), eos, pad, pad],
-                                 [word("cat"), word("owl"), word("owl"), word("dog")],  # cut at max_new_tokens
-                                 [word("fox"), word("owl"), eos, pad], [word("owl"), eos, pad, pad],
-                                 [word("fox"), eos, pad, pad]])
+    response_ids = torch.tensor(
+        [
+            [word("cat"), word("dog"), word("owl"), eos],
+            [word("dog"), eos, pad, pad],
+            [word("cat"), word("owl"), word("owl"), word("dog")],  # cut at max_new_tokens
+            [word("fox"), word("owl"), eos, pad],
+            [word("owl"), eos, pad, pad],
+            [word("fox"), eos, pad, pad],
+        ]
+    )
     mask = rewards.response_mask_after_eos(response_ids, eos, pad)
     separate = scores_in_ppo(reward_model, tokenizer, tokenizer, batch, response_ids, mask, offset=0.5)
     # Whole, and in forwards of 4 rollouts, which cut the second group in two.
     for forward_batch_size in (0, 4):
-        together = scores_in_ppo(reward_model, tokenizer, tokenizer, batch, response_ids, mask, offset=0.5,
-                                 shared_prompt=shared, forward_batch_size=forward_batch_size)
+        together = scores_in_ppo(
+            reward_model,
+            tokenizer,
+            tokenizer,
+            batch,
+            response_ids,
+            mask,
+            offset=0.5,
+            shared_prompt=shared,
+            forward_batch_size=forward_batch_size,
+        )
         torch.testing.assert_close(together, separate, atol=1e-5, rtol=1e-5)
 
 
@@ -131,16 +148,22 @@ def test_models_that_fail_the_check_are_named_in_one_line_per_reason_and_a_missi
 
     AttentionInterface.register("ignores_custom_masks", ignores_custom_masks)
     reward_model = family_reward_model("llama3")
-    policy = AutoModelForCausalLM.from_config(copy.deepcopy(reward_model.config),
-                                              attn_implementation="ignores_custom_masks").eval()
-    engines = SimpleNamespace(actor=SimpleNamespace(module=policy, device=torch.device("cpu")), critic=None,
-                              reference=None, reward=SimpleNamespace(module=reward_model, device=torch.device("cpu")))
+    policy = AutoModelForCausalLM.from_config(
+        copy.deepcopy(reward_model.config), attn_implementation="ignores_custom_masks"
+    ).eval()
+    engines = SimpleNamespace(
+        actor=SimpleNamespace(module=policy, device=torch.device("cpu")),
+        critic=None,
+        reference=None,
+        reward=SimpleNamespace(module=reward_model, device=torch.device("cpu")),
+    )
     supports = shared_prompt_supports(engines)
     assert not supports["actor"].enabled and supports["reference"] == supports["actor"]
     assert supports["critic"] == OFF and supports["reward"].enabled
     assert capsys.readouterr().out.splitlines() == [
         "shared_prompt_forward: the actor, reference models: its attention does not keep the responses apart "
-        "under a custom mask; each response runs with its own copy of the prompt"]
+        "under a custom mask; each response runs with its own copy of the prompt"
+    ]
 
 
 @pytest.mark.slow
@@ -158,8 +181,10 @@ def test_the_ppo_stage_scores_and_trains_a_rollout_of_groups_behind_shared_promp
     from rlhf.stages.ppo import PPORecipe, PPOStageConfig
 
     models = build_models(tmp_path / "models")
-    config = parse_config(PPOStageConfig, stage_arguments(models, tmp_path / "run", tmp_path / "registry",
-                                                          samples_per_prompt=2, forward_batch_size=3))
+    config = parse_config(
+        PPOStageConfig,
+        stage_arguments(models, tmp_path / "run", tmp_path / "registry", samples_per_prompt=2, forward_batch_size=3),
+    )
     recipe = PPORecipe(config)
     recipe.setup()
     try:
@@ -171,8 +196,15 @@ def test_the_ppo_stage_scores_and_trains_a_rollout_of_groups_behind_shared_promp
         response_ids = experience.generate(engines.actor, batch, recipe.generation_config, recipe.zero3_generation)
 
         def scored():
-            return experience.score(engines, batch, response_ids, recipe.tokenizer, recipe.sampling,
-                                    config.reward_max_length, config.forward_batch_size)
+            return experience.score(
+                engines,
+                batch,
+                response_ids,
+                recipe.tokenizer,
+                recipe.sampling,
+                config.reward_max_length,
+                config.forward_batch_size,
+            )
 
         shared = scored()
         supports, engines.shared_prompt = engines.shared_prompt, dict.fromkeys(engines.shared_prompt, OFF)
@@ -180,16 +212,26 @@ def test_the_ppo_stage_scores_and_trains_a_rollout_of_groups_behind_shared_promp
         engines.shared_prompt = supports
         real = shared.response_mask.bool()
         for field in ("logprobs", "ref_logprobs", "values"):
-            torch.testing.assert_close(getattr(shared, field)[real], getattr(separate, field)[real],
-                                       atol=1e-5, rtol=1e-5, msg=field)
+            torch.testing.assert_close(
+                getattr(shared, field)[real], getattr(separate, field)[real], atol=1e-5, rtol=1e-5, msg=field
+            )
         torch.testing.assert_close(shared.scores, separate.scores, atol=1e-5, rtol=1e-5)
 
-        rollout, _ = experience.with_advantages(shared, experience.RewardShaping(0.05, "k1"),
-                                                recipe.sampling.stop_token_ids, None)
+        rollout, _ = experience.with_advantages(
+            shared, experience.RewardShaping(0.05, "k1"), recipe.sampling.stop_token_ids, None
+        )
         settings = recipe.update_settings
         assert settings.actor_shared_prompt.enabled and settings.critic_shared_prompt.enabled
-        result = update.ppo_update(engines.actor, engines.critic, rollout, dataclasses.replace(settings),
-                                   torch.Generator().manual_seed(0), None, 0, 10)
+        result = update.ppo_update(
+            engines.actor,
+            engines.critic,
+            rollout,
+            dataclasses.replace(settings),
+            torch.Generator().manual_seed(0),
+            None,
+            0,
+            10,
+        )
         assert result.skipped == 0 and len(result.stats) == 2
     finally:
         recipe.cleanup()

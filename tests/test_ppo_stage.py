@@ -11,13 +11,36 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppo_setup import (PYTHON, assert_same_final_metrics, assert_same_metric_rows, build_models,
-                        killed_at_step_2_then_resumed, stage_arguments, subprocess_env, wait_for)
+from ppo_setup import (
+    PYTHON,
+    assert_same_final_metrics,
+    assert_same_metric_rows,
+    build_models,
+    killed_at_step_2_then_resumed,
+    stage_arguments,
+    subprocess_env,
+    wait_for,
+)
 
 CONTRACT_STEP_KEYS = {
-    "step", "rm_score", "gold_score", "kl", "beta", "entropy", "response_length", "policy_loss", "value_loss",
-    "clip_fraction", "approx_kl", "value_explained_variance", "non_eos_fraction", "skipped_updates",
-    "time_generation", "time_scoring", "time_training", "tokens_per_second",
+    "step",
+    "rm_score",
+    "gold_score",
+    "kl",
+    "beta",
+    "entropy",
+    "response_length",
+    "policy_loss",
+    "value_loss",
+    "clip_fraction",
+    "approx_kl",
+    "value_explained_variance",
+    "non_eos_fraction",
+    "skipped_updates",
+    "time_generation",
+    "time_scoring",
+    "time_training",
+    "tokens_per_second",
 }
 
 
@@ -40,8 +63,13 @@ def read_rows(output_dir: Path) -> list[dict]:
 
 
 def launch(argv: list[str], tmp_path: Path) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, "-m", "rlhf.stages.ppo", *argv], env=subprocess_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [PYTHON, "-m", "rlhf.stages.ppo", *argv],
+        env=subprocess_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -49,10 +77,21 @@ def test_reward_rises_and_outputs_follow_the_contract(models, tmp_path):
     output_dir = tmp_path / "run"
     # No missing-EOS penalty: at 4 new tokens nearly every response is cut, and the penalty would pull the policy
     # towards ending early instead of towards what the random reward model scores (see the test below).
-    entry = run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=14,
-                                           rollout_batch_size=32, minibatch_size=8, ppo_epochs=2,
-                                           gold_scorer="demo", report_to="tensorboard", save_steps=7,
-                                           missing_eos_penalty=0.0))
+    entry = run_in_process(
+        stage_arguments(
+            models,
+            output_dir,
+            tmp_path / "registry",
+            max_steps=14,
+            rollout_batch_size=32,
+            minibatch_size=8,
+            ppo_epochs=2,
+            gold_scorer="demo",
+            report_to="tensorboard",
+            save_steps=7,
+            missing_eos_penalty=0.0,
+        )
+    )
     rows = read_rows(output_dir)
     assert [row["step"] for row in rows] == list(range(1, 15))
     assert CONTRACT_STEP_KEYS <= set(rows[0])
@@ -63,8 +102,17 @@ def test_reward_rises_and_outputs_follow_the_contract(models, tmp_path):
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first rollout is sampled by the reference itself
 
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    for key in ("win_rate_rm", "win_rate_gold", "rm_score_sft", "rm_score_ppo", "gold_score_sft", "gold_score_ppo",
-                "kl_final", "steps", "skipped_updates"):
+    for key in (
+        "win_rate_rm",
+        "win_rate_gold",
+        "rm_score_sft",
+        "rm_score_ppo",
+        "gold_score_sft",
+        "gold_score_ppo",
+        "kl_final",
+        "steps",
+        "skipped_updates",
+    ):
         assert key in metrics, key
     assert metrics["rm_score_ppo"] > metrics["rm_score_sft"]
     assert metrics["win_rate_rm"] > 0.5
@@ -86,8 +134,19 @@ def test_reward_rises_and_outputs_follow_the_contract(models, tmp_path):
 @pytest.mark.slow
 def test_the_default_missing_eos_penalty_teaches_the_policy_to_end_its_responses(models, tmp_path):
     output_dir = tmp_path / "run"
-    run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=14, rollout_batch_size=32,
-                                   minibatch_size=8, ppo_epochs=2, save_steps=0, eval_prompts=2))
+    run_in_process(
+        stage_arguments(
+            models,
+            output_dir,
+            tmp_path / "registry",
+            max_steps=14,
+            rollout_batch_size=32,
+            minibatch_size=8,
+            ppo_epochs=2,
+            save_steps=0,
+            eval_prompts=2,
+        )
+    )
     rows = read_rows(output_dir)
     unfinished = [row["non_eos_fraction"] for row in rows]
     # At 4 new tokens the tiny random policy runs to the cap ~90% of the time; the penalty alone makes it stop.
@@ -101,8 +160,14 @@ def test_resume_after_a_kill_reports_the_same_metrics_as_an_uninterrupted_run(mo
     assert straight.wait() == 0, straight.stdout.read()[-3000:]
 
     killed_dir = tmp_path / "killed"
-    killed_at_step_2_then_resumed(lambda argv: launch(argv, tmp_path), lambda run: run.send_signal(signal.SIGKILL),
-                                  models, killed_dir, tmp_path / "reg2", **common)
+    killed_at_step_2_then_resumed(
+        lambda argv: launch(argv, tmp_path),
+        lambda run: run.send_signal(signal.SIGKILL),
+        models,
+        killed_dir,
+        tmp_path / "reg2",
+        **common,
+    )
 
     expected, got = read_rows(tmp_path / "straight"), read_rows(killed_dir)
     assert [row["step"] for row in got] == list(range(1, 9))
@@ -115,8 +180,7 @@ def test_resume_after_a_kill_reports_the_same_metrics_as_an_uninterrupted_run(mo
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(models, tmp_path):
     output_dir = tmp_path / "run"
-    process = launch(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=500, save_steps=0),
-                     tmp_path)
+    process = launch(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=500, save_steps=0), tmp_path)
     wait_for(lambda: len(read_rows(output_dir)) >= 2, process)
     process.send_signal(signal.SIGTERM)
     output = process.communicate()[0]
@@ -132,8 +196,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(models, tmp_path):
 
 
 @pytest.mark.slow
-def test_non_finite_losses_skip_their_updates_then_stop_with_the_last_good_checkpoint(models, tmp_path,
-                                                                                       monkeypatch):
+def test_non_finite_losses_skip_their_updates_then_stop_with_the_last_good_checkpoint(models, tmp_path, monkeypatch):
     from rlhf.ppo import losses
     from rlhf.errors import RLHFError
 
@@ -149,10 +212,16 @@ def test_non_finite_losses_skip_their_updates_then_stop_with_the_last_good_check
     output_dir = tmp_path / "run"
     # Two minibatch updates per step: step 1 is good, step 2 skips both (its checkpoint holds step 1's weights),
     # step 3's first skip is the third in a row and stops the run.
-    with pytest.raises(RLHFError, match=r"stopped at step 3: 3 non-finite losses in a row; the last good "
-                                        r"checkpoint is .*step-2"):
-        run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=10, save_steps=1,
-                                       max_consecutive_nonfinite=3))
+    with pytest.raises(
+        RLHFError,
+        match=r"stopped at step 3: 3 non-finite losses in a row; the last good "
+        r"checkpoint is .*step-2",
+    ):
+        run_in_process(
+            stage_arguments(
+                models, output_dir, tmp_path / "registry", max_steps=10, save_steps=1, max_consecutive_nonfinite=3
+            )
+        )
     rows = read_rows(output_dir)
     assert [row["skipped_updates"] for row in rows] == [0, 2]
     assert rows[0]["policy_loss"] is not None and rows[1]["policy_loss"] is None  # no update applied at step 2
@@ -177,8 +246,19 @@ def test_a_bad_prompt_record_is_one_line_and_exit_code_2(models, tmp_path, capsy
 @pytest.mark.slow
 def test_ppo_ptx_mixes_in_a_language_modelling_loss_that_falls(models, tmp_path):
     output_dir = tmp_path / "run"
-    run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=6, save_steps=0,
-                                   eval_prompts_file="", ptx_coef=5.0, ptx_file=models["demos"], ptx_batch_size=8))
+    run_in_process(
+        stage_arguments(
+            models,
+            output_dir,
+            tmp_path / "registry",
+            max_steps=6,
+            save_steps=0,
+            eval_prompts_file="",
+            ptx_coef=5.0,
+            ptx_file=models["demos"],
+            ptx_batch_size=8,
+        )
+    )
     rows = read_rows(output_dir)
     losses = [row["ptx_loss"] for row in rows]
     assert all(loss is not None and loss > 0 for loss in losses)
@@ -192,31 +272,57 @@ def test_lora_actor_and_critic_train_and_save_a_merged_plain_model(models, tmp_p
     from transformers import AutoModelForCausalLM
 
     output_dir = tmp_path / "run"
-    entry = run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", max_steps=3, save_steps=0,
-                                           adaptation_method="lora", critic_adaptation_method="lora", lora_r=4,
-                                           actor_learning_rate=2e-2))
+    entry = run_in_process(
+        stage_arguments(
+            models,
+            output_dir,
+            tmp_path / "registry",
+            max_steps=3,
+            save_steps=0,
+            adaptation_method="lora",
+            critic_adaptation_method="lora",
+            lora_r=4,
+            actor_learning_rate=2e-2,
+        )
+    )
     rows = read_rows(output_dir)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[-1]["kl"] != 0  # the adapter moved the policy
     saved = AutoModelForCausalLM.from_pretrained(entry.path)  # merged: no peft needed to load it
     base = AutoModelForCausalLM.from_pretrained(models["policy"])
     assert not any("lora" in name for name in saved.state_dict())
-    changed = [name for name, tensor in saved.state_dict().items()
-               if not torch.equal(tensor, base.state_dict()[name])]
+    changed = [name for name, tensor in saved.state_dict().items() if not torch.equal(tensor, base.state_dict()[name])]
     assert changed and all(name.endswith(".weight") for name in changed)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("estimator, settings", [
-    ("rloo", {}),
-    # Dr.GRPO, with the KL as GRPO's loss term instead of a penalty in the reward.
-    ("grpo", {"scale_rewards": False, "loss_aggregation": "dr_grpo", "kl_in_loss": True}),
-])
+@pytest.mark.parametrize(
+    "estimator, settings",
+    [
+        ("rloo", {}),
+        # Dr.GRPO, with the KL as GRPO's loss term instead of a penalty in the reward.
+        ("grpo", {"scale_rewards": False, "loss_aggregation": "dr_grpo", "kl_in_loss": True}),
+    ],
+)
 def test_a_critic_free_estimator_trains_three_models_and_raises_the_reward(models, tmp_path, estimator, settings):
     output_dir = tmp_path / "run"
-    entry = run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", advantage_estimator=estimator,
-                                           samples_per_prompt=4, max_steps=10, rollout_batch_size=32,
-                                           minibatch_size=16, ppo_epochs=2, actor_learning_rate=1e-2,
-                                           missing_eos_penalty=0.0, save_steps=10, eval_prompts=4, **settings))
+    entry = run_in_process(
+        stage_arguments(
+            models,
+            output_dir,
+            tmp_path / "registry",
+            advantage_estimator=estimator,
+            samples_per_prompt=4,
+            max_steps=10,
+            rollout_batch_size=32,
+            minibatch_size=16,
+            ppo_epochs=2,
+            actor_learning_rate=1e-2,
+            missing_eos_penalty=0.0,
+            save_steps=10,
+            eval_prompts=4,
+            **settings,
+        )
+    )
     rows = read_rows(output_dir)
     mean = lambda rows, key: sum(row[key] for row in rows) / len(rows)  # noqa: E731
     assert mean(rows[-3:], "rm_score") > mean(rows[:3], "rm_score") + 0.8, [row["rm_score"] for row in rows]
@@ -225,7 +331,10 @@ def test_a_critic_free_estimator_trains_three_models_and_raises_the_reward(model
     assert not {"value_loss", "value_explained_variance"} & set(rows[0])
     assert ("kl_loss" in rows[0]) == bool(settings.get("kl_in_loss"))
     assert sorted(p.name for p in (output_dir / "checkpoints" / "step-10").iterdir()) == [
-        "actor", "rng_state_0.pt", "trainer_state.json"]
+        "actor",
+        "rng_state_0.pt",
+        "trainer_state.json",
+    ]
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert (metrics["advantage_estimator"], metrics["samples_per_prompt"]) == (estimator, 4)
     assert metrics["kl_in_loss"] == bool(settings.get("kl_in_loss"))
@@ -238,12 +347,26 @@ def test_an_ensemble_reward_is_aggregated_with_its_disagreement_in_every_row(mod
 
     ensemble = build_reward_ensemble(tmp_path, models, offsets=(0.5, -0.25))
     output_dir = tmp_path / "run"
-    entry = run_in_process(stage_arguments(models, output_dir, tmp_path / "registry", reward_model=ensemble,
-                                           critic_model=ensemble, reward_aggregation="mean_minus_std",
-                                           uncertainty_coef=0.5, max_steps=3, eval_steps=2, save_steps=0,
-                                           eval_prompts=4, gold_scorer="demo"))
-    rows, held_out = read_rows(output_dir), [json.loads(line) for line in
-                                             (output_dir / "eval_metrics.jsonl").read_text().splitlines()]
+    entry = run_in_process(
+        stage_arguments(
+            models,
+            output_dir,
+            tmp_path / "registry",
+            reward_model=ensemble,
+            critic_model=ensemble,
+            reward_aggregation="mean_minus_std",
+            uncertainty_coef=0.5,
+            max_steps=3,
+            eval_steps=2,
+            save_steps=0,
+            eval_prompts=4,
+            gold_scorer="demo",
+        )
+    )
+    rows, held_out = (
+        read_rows(output_dir),
+        [json.loads(line) for line in (output_dir / "eval_metrics.jsonl").read_text().splitlines()],
+    )
     assert [row["step"] for row in held_out] == [0, 2, 3]
     for row in rows + held_out:
         # The mean over responses of (mean − λ·std) is the mean of the means less λ times the mean std.
@@ -251,4 +374,7 @@ def test_an_ensemble_reward_is_aggregated_with_its_disagreement_in_every_row(mod
         assert row["rm_score_std"] > 0  # two members with their own random heads disagree
     metrics = entry.metrics
     assert (metrics["reward_aggregation"], metrics["uncertainty_coef"], metrics["reward_members"]) == (
-        "mean_minus_std", 0.5, 2)
+        "mean_minus_std",
+        0.5,
+        2,
+    )

@@ -19,9 +19,18 @@ from ppo_setup import REPO, assert_same_metric_rows, build_models, launch_two, s
 pytestmark = pytest.mark.slow
 
 ZERO3 = str(REPO / "deepspeed_configs" / "zero3.json")
-SETTINGS = dict(rollout_engine="vllm", max_prompt_length=40, max_new_tokens=6, max_steps=4, save_steps=2,
-                save_total_limit=0, eval_prompts=4, actor_deepspeed=ZERO3, advantage_estimator="rloo",
-                samples_per_prompt=2)
+SETTINGS = dict(
+    rollout_engine="vllm",
+    max_prompt_length=40,
+    max_new_tokens=6,
+    max_steps=4,
+    save_steps=2,
+    save_total_limit=0,
+    eval_prompts=4,
+    actor_deepspeed=ZERO3,
+    advantage_estimator="rloo",
+    samples_per_prompt=2,
+)
 # float32 on both sides, every update synced (measured: ~1e-7; an update left out: ~1e-1).
 SYNCED_GAP = 1e-4
 

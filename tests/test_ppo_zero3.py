@@ -17,18 +17,36 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppo_setup import (PYTHON, REPO, assert_same_final_metrics, assert_same_metric_rows, build_models,
-                        build_reward_ensemble, saved_weights, stage_arguments, subprocess_env)
-
+from ppo_setup import (
+    PYTHON,
+    REPO,
+    assert_same_final_metrics,
+    assert_same_metric_rows,
+    build_models,
+    build_reward_ensemble,
+    saved_weights,
+    stage_arguments,
+    subprocess_env,
+)
 
 
 def deepspeed_launch(argv: list[str], tmp_path, port: int) -> subprocess.CompletedProcess:
     # `python -m deepspeed.launcher.runner` is the `deepspeed` command, found without relying on PATH.
-    command = [PYTHON, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port), "--module", "rlhf.stages.ppo", *argv]
-    return subprocess.run(command, env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, cwd=REPO)
-
-
+    command = [
+        PYTHON,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(port),
+        "--module",
+        "rlhf.stages.ppo",
+        *argv,
+    ]
+    return subprocess.run(
+        command, env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+    )
 
 
 @pytest.mark.slow
@@ -38,17 +56,27 @@ def test_two_process_zero3_run_and_both_generation_paths_agree_and_equal_zero0(t
     models = build_models(tmp_path / "models")
     ensemble = build_reward_ensemble(tmp_path / "models", models)
     zero3, inference = (str(REPO / "deepspeed_configs" / name) for name in ("zero3.json", "zero3_inference.json"))
-    zero3_layout = dict(actor_deepspeed=zero3, critic_deepspeed=zero3, reference_deepspeed=inference,
-                        reward_deepspeed=inference)
+    zero3_layout = dict(
+        actor_deepspeed=zero3, critic_deepspeed=zero3, reference_deepspeed=inference, reward_deepspeed=inference
+    )
     runs = {}
     for port, path in ((29631, "gather_once"), (29632, "per_step"), (29633, "zero0")):
         output_dir = tmp_path / path
         layout = {} if path == "zero0" else dict(zero3_layout, zero3_generation=path)  # stage_arguments: ZeRO-0
         if path == "per_step":
             layout["gradient_checkpointing"] = True  # recomputed under ZeRO-3's gathers, the same numbers
-        argv = stage_arguments(models, output_dir, tmp_path / f"registry_{path}", max_steps=3, save_steps=3,
-                               eval_prompts=4, reward_model=ensemble, critic_model=ensemble,
-                               reward_aggregation="min", **layout)
+        argv = stage_arguments(
+            models,
+            output_dir,
+            tmp_path / f"registry_{path}",
+            max_steps=3,
+            save_steps=3,
+            eval_prompts=4,
+            reward_model=ensemble,
+            critic_model=ensemble,
+            reward_aggregation="min",
+            **layout,
+        )
         leftover = f"deepspeed_allreduce_buffer_*_{port}_*"
         for stale in Path("/dev/shm").glob(leftover):  # an older run's, from before the clean-up
             stale.unlink()

@@ -7,13 +7,26 @@ import os
 
 import pytest
 
-from rlhf.data.rankings import (Ranking, dense_ranks, merge_annotators, merge_duplicate_completions,
-                                ordered_pairs, ranking_from_record, ranks_from_scores, read_rankings,
-                                write_rankings)
+from rlhf.data.rankings import (
+    Ranking,
+    dense_ranks,
+    merge_annotators,
+    merge_duplicate_completions,
+    ordered_pairs,
+    ranking_from_record,
+    ranks_from_scores,
+    read_rankings,
+    write_rankings,
+)
 from rlhf.errors import DataError
 
-GOOD = {"id": "q1", "prompt": "Name a colour.", "completions": ["Blue", "Seven", "Red"], "ranks": [1, 3, 1],
-        "annotator": "alice"}
+GOOD = {
+    "id": "q1",
+    "prompt": "Name a colour.",
+    "completions": ["Blue", "Seven", "Red"],
+    "ranks": [1, 3, 1],
+    "annotator": "alice",
+}
 
 
 def with_(**changes):
@@ -27,30 +40,44 @@ def write_lines(path, rows):
 
 # -- validation ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("record, field, reason", [
-    ({k: v for k, v in GOOD.items() if k != "ranks"}, "ranks", "is missing"),
-    ({k: v for k, v in GOOD.items() if k != "prompt"}, "prompt", "is missing"),
-    (with_(completions=["only one"], ranks=[1]), "completions", "needs at least 2 completions (K >= 2)"),
-    (with_(ranks=["1", "2", "3"]), "ranks", "must be integers"),
-    (with_(ranks=[1.0, 2.5, 3.0]), "ranks", "must be integers"),
-    (with_(ranks=[float("nan"), 2, 3]), "ranks", "must be integers"),
-    (with_(ranks=[True, False, True]), "ranks", "must be integers"),
-    (with_(ranks=[0, 1, 2]), "ranks", "must be places from 1 (best) to 3, got 0, 1, 2"),
-    (with_(ranks=[1, 10**30, 3]), "ranks", "must be places from 1 (best) to 3, got 1, 100...(31 digits), 3"),
-    (with_(ranks=[1, 2, 4]), "ranks", "must be places from 1 (best) to 3, got 1, 2, 4"),
-    (with_(ranks=[1, 2]), "ranks", "has 2 entries for 3 completions"),
-    (with_(completions=["Blue", "  ", "Red"]), "completions", "completion 2 of 3 is empty"),
-    (with_(completions=["Blue", 7, "Red"]), "completions", "must be a list of strings"),
-    (with_(ranks=[2, 2, 2]), "ranks", "all completions are tied: no preference pair"),
-    (with_(prompt=""), "prompt", "must be a non-empty string or a list of chat messages {role, content}"),
-    (with_(prompt=[{"role": "user"}]), "prompt", "must be a non-empty string or a list of chat messages {role, content}"),
-    (with_(id=""), "id", "must be a non-empty string"),
-    (with_(annotator=7), "annotator", "must be a string or null"),
-    (with_(completions=["Blue", "Gr\ud800een", "Red"]), "completions",
-     "holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)"),
-    (with_(prompt=[{"role": "user", "content": "\udfff"}]), "prompt",
-     "holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)"),
-])
+
+@pytest.mark.parametrize(
+    "record, field, reason",
+    [
+        ({k: v for k, v in GOOD.items() if k != "ranks"}, "ranks", "is missing"),
+        ({k: v for k, v in GOOD.items() if k != "prompt"}, "prompt", "is missing"),
+        (with_(completions=["only one"], ranks=[1]), "completions", "needs at least 2 completions (K >= 2)"),
+        (with_(ranks=["1", "2", "3"]), "ranks", "must be integers"),
+        (with_(ranks=[1.0, 2.5, 3.0]), "ranks", "must be integers"),
+        (with_(ranks=[float("nan"), 2, 3]), "ranks", "must be integers"),
+        (with_(ranks=[True, False, True]), "ranks", "must be integers"),
+        (with_(ranks=[0, 1, 2]), "ranks", "must be places from 1 (best) to 3, got 0, 1, 2"),
+        (with_(ranks=[1, 10**30, 3]), "ranks", "must be places from 1 (best) to 3, got 1, 100...(31 digits), 3"),
+        (with_(ranks=[1, 2, 4]), "ranks", "must be places from 1 (best) to 3, got 1, 2, 4"),
+        (with_(ranks=[1, 2]), "ranks", "has 2 entries for 3 completions"),
+        (with_(completions=["Blue", "  ", "Red"]), "completions", "completion 2 of 3 is empty"),
+        (with_(completions=["Blue", 7, "Red"]), "completions", "must be a list of strings"),
+        (with_(ranks=[2, 2, 2]), "ranks", "all completions are tied: no preference pair"),
+        (with_(prompt=""), "prompt", "must be a non-empty string or a list of chat messages {role, content}"),
+        (
+            with_(prompt=[{"role": "user"}]),
+            "prompt",
+            "must be a non-empty string or a list of chat messages {role, content}",
+        ),
+        (with_(id=""), "id", "must be a non-empty string"),
+        (with_(annotator=7), "annotator", "must be a string or null"),
+        (
+            with_(completions=["Blue", "Gr\ud800een", "Red"]),
+            "completions",
+            "holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)",
+        ),
+        (
+            with_(prompt=[{"role": "user", "content": "\udfff"}]),
+            "prompt",
+            "holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)",
+        ),
+    ],
+)
 def test_invalid_records_name_the_field_and_reason(record, field, reason):
     with pytest.raises(DataError) as caught:
         ranking_from_record(record)
@@ -63,13 +90,18 @@ def test_valid_ranking_keeps_ties_and_gaps_and_chat_prompts():
     # whole-number floats, as a pandas round trip writes ranks, are the same ranks
     from_pandas = ranking_from_record(with_(ranks=[1.0, 3.0, 1.0]))
     assert from_pandas.ranks == (1, 3, 1) and all(type(rank) is int for rank in from_pandas.ranks)
-    chat = ranking_from_record(with_(prompt=[{"role": "system", "content": "Be brief."},
-                                             {"role": "user", "content": "A colour?"}], annotator=None))
+    chat = ranking_from_record(
+        with_(
+            prompt=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "A colour?"}],
+            annotator=None,
+        )
+    )
     assert chat.prompt[1]["content"] == "A colour?" and chat.annotator is None
     assert ranking_from_record({k: v for k, v in GOOD.items() if k != "annotator"}).annotator is None
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
+
 
 def test_read_rankings_names_file_record_and_field_of_the_first_bad_line(tmp_path):
     path = write_lines(tmp_path / "f.jsonl", [GOOD, GOOD, with_(ranks=["1", "2", "3"])])
@@ -86,13 +118,21 @@ def test_read_rankings_reports_broken_json_with_its_line(tmp_path):
 
 def test_read_rankings_reads_trl_standard_and_conversational_pairs(tmp_path):
     conversation = [{"role": "user", "content": "What color is the sky?"}]
-    path = write_lines(tmp_path / "trl.jsonl", [
-        {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
-        {"prompt": conversation, "chosen": [{"role": "assistant", "content": "Blue."}],
-         "rejected": [{"role": "assistant", "content": "Green."}]},
-        {"chosen": conversation + [{"role": "assistant", "content": "It is blue."}],
-         "rejected": conversation + [{"role": "assistant", "content": "It is green."}]},
-    ])
+    path = write_lines(
+        tmp_path / "trl.jsonl",
+        [
+            {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+            {
+                "prompt": conversation,
+                "chosen": [{"role": "assistant", "content": "Blue."}],
+                "rejected": [{"role": "assistant", "content": "Green."}],
+            },
+            {
+                "chosen": conversation + [{"role": "assistant", "content": "It is blue."}],
+                "rejected": conversation + [{"role": "assistant", "content": "It is green."}],
+            },
+        ],
+    )
     standard, explicit, implicit = read_rankings(path)
     assert (standard.prompt, standard.completions, standard.ranks) == ("The sky is", (" blue.", " green."), (1, 2))
     assert standard.id == "trl.jsonl:1"
@@ -101,8 +141,10 @@ def test_read_rankings_reads_trl_standard_and_conversational_pairs(tmp_path):
 
 
 def test_trl_text_pair_without_prompt_points_to_hh_importer(tmp_path):
-    path = write_lines(tmp_path / "hh.jsonl", [{"chosen": "\n\nHuman: hi\n\nAssistant: hello",
-                                                "rejected": "\n\nHuman: hi\n\nAssistant: go away"}])
+    path = write_lines(
+        tmp_path / "hh.jsonl",
+        [{"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}],
+    )
     with pytest.raises(DataError, match="field 'prompt': is missing .*--format hh_rlhf"):
         read_rankings(path)
 
@@ -110,8 +152,9 @@ def test_trl_text_pair_without_prompt_points_to_hh_importer(tmp_path):
 def test_read_rankings_reads_a_datasets_directory(tmp_path):
     from datasets import Dataset
 
-    Dataset.from_list([{"prompt": "2 + 2 =", "chosen": "4", "rejected": "5"},
-                       {"prompt": "3 + 3 =", "chosen": "6", "rejected": "33"}]).save_to_disk(str(tmp_path / "ds"))
+    Dataset.from_list(
+        [{"prompt": "2 + 2 =", "chosen": "4", "rejected": "5"}, {"prompt": "3 + 3 =", "chosen": "6", "rejected": "33"}]
+    ).save_to_disk(str(tmp_path / "ds"))
     rankings = read_rankings(tmp_path / "ds")
     assert [r.completions for r in rankings] == [("4", "5"), ("6", "33")]
     assert [r.id for r in rankings] == ["ds:1", "ds:2"]
@@ -126,6 +169,7 @@ def test_missing_and_empty_files_are_one_line_errors(tmp_path):
 
 
 # -- writing ------------------------------------------------------------------------------------------------------
+
 
 def test_write_then_read_round_trips(tmp_path):
     rankings = [ranking_from_record(GOOD), ranking_from_record(with_(id="q2", ranks=[2, 1, 3], annotator=None))]
@@ -156,6 +200,7 @@ def test_writing_into_a_missing_directory_is_a_data_error(tmp_path):
 
 # -- rank arithmetic ----------------------------------------------------------------------------------------------
 
+
 def test_dense_ranks_and_ranks_from_scores():
     assert dense_ranks([1, 4, 4, 9]) == (1, 2, 2, 3)
     assert dense_ranks([3, 1, 2]) == (3, 1, 2)
@@ -170,16 +215,19 @@ def test_ranks_from_scores_refuses_what_is_not_a_finite_number_naming_the_field(
     assert str(raised.value) == f"field 'rating_b': must be a finite number, not {score!r}"
 
 
-@pytest.mark.parametrize("ranks, pairs", [
-    ([1, 2], [(0, 1)]),
-    ([2, 1], [(1, 0)]),
-    ([2, 1, 2], [(1, 0), (1, 2)]),                      # tie between 0 and 2: no pair
-    ([1, 2, 3], [(0, 1), (0, 2), (1, 2)]),
-    ([1, 3], [(0, 1)]),                                # gaps are fine
-    ([1, 0, 2, 0], [(0, 2)]),                          # 0 is padding
-    ([3, 3, 3], []),
-    ([], []),
-])
+@pytest.mark.parametrize(
+    "ranks, pairs",
+    [
+        ([1, 2], [(0, 1)]),
+        ([2, 1], [(1, 0)]),
+        ([2, 1, 2], [(1, 0), (1, 2)]),  # tie between 0 and 2: no pair
+        ([1, 2, 3], [(0, 1), (0, 2), (1, 2)]),
+        ([1, 3], [(0, 1)]),  # gaps are fine
+        ([1, 0, 2, 0], [(0, 2)]),  # 0 is padding
+        ([3, 3, 3], []),
+        ([], []),
+    ],
+)
 def test_ordered_pairs_by_hand(ranks, pairs):
     assert ordered_pairs(ranks) == pairs
 
@@ -209,9 +257,9 @@ def test_merge_duplicate_completions_refuses_to_leave_no_pair():
 
 def test_merge_annotators_averages_dense_ranks_and_ties_equal_means():
     alice = Ranking("q:alice", "p", ("x", "y", "z"), (1, 2, 3), "alice")
-    bob = Ranking("q:bob", "p", ("z", "y", "x"), (1, 2, 3), "bob")        # z, y, x
+    bob = Ranking("q:bob", "p", ("z", "y", "x"), (1, 2, 3), "bob")  # z, y, x
     carol = Ranking("q:carol", "p", ("y", "x", "z"), (1, 3, 3), "carol")  # dense (1, 2, 2)
-    other = Ranking("other", "p", ("x", "w"), (1, 2), "alice")            # another completion set: untouched
+    other = Ranking("other", "p", ("x", "w"), (1, 2), "alice")  # another completion set: untouched
     merged, cancelled = merge_annotators([alice, other, bob, carol])
     assert cancelled == []
     assert merged[1] is other

@@ -45,15 +45,19 @@ def test_a_4_mb_gzip_bomb_of_one_endless_line_fails_fast(tmp_path):
     assert bomb.stat().st_size < 5 * 10**6
     with pytest.raises(DataError) as raised:
         load_prompts(str(bomb))
-    assert str(raised.value) == (f"{bomb}: inflates to over 100 times its compressed size, as a decompression bomb "
-                                 "does: refused before it inflates further")
+    assert str(raised.value) == (
+        f"{bomb}: inflates to over 100 times its compressed size, as a decompression bomb "
+        "does: refused before it inflates further"
+    )
 
 
 def test_a_gzip_bomb_of_short_lines_is_refused_as_it_inflates(tmp_path):
     line = json.dumps({"prompt": "Say hi. " * 100}).encode() + b"\n"
     bomb = gzip_bomb(tmp_path / "prompts.jsonl.gz", line * 2**14, 40)  # 500 MiB of lines of 800 bytes
-    assert error_of(bomb) == (f"{bomb}: inflates to over 100 times its compressed size, as a decompression bomb "
-                              "does: refused before it inflates further")
+    assert error_of(bomb) == (
+        f"{bomb}: inflates to over 100 times its compressed size, as a decompression bomb "
+        "does: refused before it inflates further"
+    )
 
 
 def test_a_gzip_bomb_of_empty_lines_is_refused_as_it_inflates(tmp_path, monkeypatch):
@@ -73,8 +77,10 @@ def test_an_ordinary_gzip_file_larger_than_one_record_streams_through(tmp_path, 
 def test_a_file_of_one_endless_line_is_refused_unread(tmp_path):
     endless = tmp_path / "train.jsonl"
     os.symlink("/dev/zero", endless)  # read whole, it would never end
-    assert error_of(endless) == (f"{endless}: record 1: is over 64 MiB, the most one record may be: refused unread "
-                                 "(one endless line, or a decompression bomb?)")
+    assert error_of(endless) == (
+        f"{endless}: record 1: is over 64 MiB, the most one record may be: refused unread "
+        "(one endless line, or a decompression bomb?)"
+    )
 
 
 def test_a_line_over_the_record_bound_is_refused_naming_its_record(tmp_path, monkeypatch):
@@ -90,8 +96,10 @@ def test_a_json_document_over_the_document_bound_says_to_write_json_lines(tmp_pa
     monkeypatch.setattr(records, "MAX_DOCUMENT_BYTES", 2**16)
     path = tmp_path / "export.json"
     path.write_text(json.dumps([RANKING] * 1000, indent=2))
-    assert error_of(path) == (f"{path}: is one JSON document over 65536 bytes, too big to parse whole: write its "
-                              "records as JSON Lines, one a line (for a list: jq -c '.[]' FILE > FILE.jsonl)")
+    assert error_of(path) == (
+        f"{path}: is one JSON document over 65536 bytes, too big to parse whole: write its "
+        "records as JSON Lines, one a line (for a list: jq -c '.[]' FILE > FILE.jsonl)"
+    )
 
 
 def test_json_lines_named_json_and_one_line_documents_are_told_apart(tmp_path):
@@ -104,11 +112,14 @@ def test_json_lines_named_json_and_one_line_documents_are_told_apart(tmp_path):
     assert [(raw.number, raw.value) for raw in read_records(pretty)] == [(1, RANKING), (2, RANKING)]
 
 
-@pytest.mark.parametrize("name, text", [
-    ("lines.jsonl", f"{json.dumps(RANKING)}\n{DEEP}\n\n{json.dumps(RANKING)}\n"),
-    ("list.json", f"[{json.dumps(RANKING)}, {DEEP}, {json.dumps(RANKING)}]"),
-    ("rest.json", json.dumps({"total": 3, "items": [RANKING, None, RANKING]}).replace("null", DEEP)),
-])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("lines.jsonl", f"{json.dumps(RANKING)}\n{DEEP}\n\n{json.dumps(RANKING)}\n"),
+        ("list.json", f"[{json.dumps(RANKING)}, {DEEP}, {json.dumps(RANKING)}]"),
+        ("rest.json", json.dumps({"total": 3, "items": [RANKING, None, RANKING]}).replace("null", DEEP)),
+    ],
+)
 def test_a_record_nested_too_deep_is_yielded_with_its_error_and_the_others_read(tmp_path, name, text):
     (tmp_path / name).write_text(text)
     read = [(raw.number, raw.value, raw.error) for raw in read_records(tmp_path / name)]
@@ -121,9 +132,11 @@ def test_a_document_nested_too_deep_that_is_no_list_of_records_is_one_line(tmp_p
     assert error_of(tmp_path / "one.json") == f"{tmp_path / 'one.json'}: nested deeper than 100 levels"
 
 
-STRICT_READERS = {"rankings": (read_rankings, RANKING),
-                  "demonstrations": (load_demonstrations, {"prompt": "Say hi.", "completion": " Hi."}),
-                  "prompts": (load_prompts, {"prompt": "Say hi."})}
+STRICT_READERS = {
+    "rankings": (read_rankings, RANKING),
+    "demonstrations": (load_demonstrations, {"prompt": "Say hi.", "completion": " Hi."}),
+    "prompts": (load_prompts, {"prompt": "Say hi."}),
+}
 
 
 @pytest.mark.parametrize("reader", list(STRICT_READERS))
@@ -150,5 +163,7 @@ def test_a_csv_cell_over_the_record_bound_is_refused_naming_its_row(tmp_path, mo
     path.write_text('prompt,id\n"Say hi.",1\n"' + "multi\nline " * 10**4 + '",2\n')
     assert error_of(path).startswith(f"{path}: record 2: not valid CSV (field larger than field limit (65536))")
     path.write_text("prompt,id\n" + "x" * 2**17 + ",1\n")
-    assert error_of(path) == (f"{path}: record 1: is over 65536 bytes, the most one record may be: refused unread "
-                              "(one endless line, or a decompression bomb?)")
+    assert error_of(path) == (
+        f"{path}: record 1: is over 65536 bytes, the most one record may be: refused unread "
+        "(one endless line, or a decompression bomb?)"
+    )

@@ -121,11 +121,14 @@ def test_a_registered_model_whose_directory_was_deleted_is_named_as_such(tmp_pat
         resolve_model("sft", registry)
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda data: data[:len(data) // 2], "cut short"),
-    (lambda data: b"\x07" * 5000, "not a safetensors file"),
-    (lambda data: b"", "not a safetensors file (0 bytes)"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda data: data[: len(data) // 2], "cut short"),
+        (lambda data: b"\x07" * 5000, "not a safetensors file"),
+        (lambda data: b"", "not a safetensors file (0 bytes)"),
+    ],
+)
 def test_a_model_directory_with_damaged_weights_is_refused_naming_the_file(tmp_path, damage, problem):
     from safetensors.torch import save_file
 
@@ -145,15 +148,24 @@ def deep_json(path: Path) -> None:
     path.write_text('{"architectures": ' + "[" * 10**5 + "]" * 10**5 + "}")
 
 
-@pytest.mark.parametrize("name, damage, problem", [
-    ("config.json", lambda path: os.symlink("/dev/zero", path),
-     "is over 64 MiB, far more than a JSON file of its kind holds: refused unread (a link to a device, or a damaged "
-     "file?)"),
-    ("config.json", deep_json, "nested deeper than 100 levels"),
-    ("tokenizer_config.json", lambda path: path.write_text('{"model_max_length": '), "is not valid JSON"),
-    ("model.safetensors", lambda path: path.write_bytes(struct.pack("<Q", len(DEEP_HEADER)) + DEEP_HEADER),
-     "not a safetensors file (its header is not JSON)"),
-])
+@pytest.mark.parametrize(
+    "name, damage, problem",
+    [
+        (
+            "config.json",
+            lambda path: os.symlink("/dev/zero", path),
+            "is over 64 MiB, far more than a JSON file of its kind holds: refused unread (a link to a device, or a damaged "
+            "file?)",
+        ),
+        ("config.json", deep_json, "nested deeper than 100 levels"),
+        ("tokenizer_config.json", lambda path: path.write_text('{"model_max_length": '), "is not valid JSON"),
+        (
+            "model.safetensors",
+            lambda path: path.write_bytes(struct.pack("<Q", len(DEEP_HEADER)) + DEEP_HEADER),
+            "not a safetensors file (its header is not JSON)",
+        ),
+    ],
+)
 def test_a_model_directory_with_a_hostile_json_file_is_refused_in_one_line_naming_it(tmp_path, name, damage, problem):
     model = make_model_dir(tmp_path / "model")
     (model / name).unlink(missing_ok=True)
@@ -171,8 +183,10 @@ def test_an_unknown_name_says_where_it_was_looked_for_without_a_minute_of_retrie
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 at start-up sets it
     with pytest.raises(ConfigError) as offline:
         resolve_model("no-such-model", registry)
-    assert str(offline.value) == (f"model 'no-such-model' is neither a registry entry in {registry.root}, nor a "
-                                  f"directory, nor in the local hub cache (HF_HUB_OFFLINE is set)")
+    assert str(offline.value) == (
+        f"model 'no-such-model' is neither a registry entry in {registry.root}, nor a "
+        f"directory, nor in the local hub cache (HF_HUB_OFFLINE is set)"
+    )
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     asked = []
@@ -180,9 +194,13 @@ def test_an_unknown_name_says_where_it_was_looked_for_without_a_minute_of_retrie
     def unreachable(self, model_id, timeout=None):
         asked.append((model_id, timeout))
         raise ConnectionError("[Errno -2] Name or service not known")
+
     monkeypatch.setattr(HfApi, "model_info", unreachable)
-    with pytest.raises(ConfigError, match=r"nor in the local hub cache, and the hub is not reachable "
-                                          r"\(\[Errno -2\] Name or service not known\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"nor in the local hub cache, and the hub is not reachable "
+        r"\(\[Errno -2\] Name or service not known\)",
+    ):
         resolve_model("no-such-model", registry)
     assert asked == [("no-such-model", 10)]  # asked once, with a short timeout
 
@@ -205,14 +223,23 @@ def test_cli_lists_entries_as_json(tmp_path):
     registry = Registry(tmp_path / "reg")
     registry.register("sft", "sft", make_model_dir(tmp_path / "s"), metrics={"eval_loss_after": 0.5})
     registry.register("rm", "rm", make_model_dir(tmp_path / "r"), parents=["sft"])
-    out = subprocess.run([sys.executable, "-m", "rlhf.registry", "--registry_dir", str(tmp_path / "reg"),
-                          "list", "--json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhf.registry", "--registry_dir", str(tmp_path / "reg"), "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rows = json.loads(out)
     assert [(r["name"], r["version"], r["stage"], r["parents"]) for r in rows] == [
-        ("rm", 1, "rm", ["sft@1"]), ("sft", 1, "sft", [])]
+        ("rm", 1, "rm", ["sft@1"]),
+        ("sft", 1, "sft", []),
+    ]
     assert rows[1]["metrics"] == {"eval_loss_after": 0.5} and Path(rows[1]["path"]).is_dir()
-    missing = subprocess.run([sys.executable, "-m", "rlhf.registry", "--registry_dir", str(tmp_path / "reg"),
-                              "show", "ppo"], capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-m", "rlhf.registry", "--registry_dir", str(tmp_path / "reg"), "show", "ppo"],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [f"error: registry {tmp_path / 'reg'}: no entry named 'ppo'"]
 

@@ -37,29 +37,95 @@ def run_dir(tmp_path):
     ppo = registry.register("ppo", "ppo", _model_dir(tmp_path / "m3"), parents=[sft.reference, rm.reference])
     for stage, entry in (("sft", sft), ("rm", rm), ("ppo", ppo)):
         _write(run / stage / "registered.json", {"reference": entry.reference, "path": entry.path})
-    _write(run / "sft" / "log_history.jsonl", [{"step": 0, "eval_loss": 3.8}, {"step": 10, "loss": 2.0},
-                                               {"step": 20, "loss": 1.1}, {"step": 20, "eval_loss": 1.3}])
+    _write(
+        run / "sft" / "log_history.jsonl",
+        [
+            {"step": 0, "eval_loss": 3.8},
+            {"step": 10, "loss": 2.0},
+            {"step": 20, "loss": 1.1},
+            {"step": 20, "eval_loss": 1.3},
+        ],
+    )
     _write(run / "sft" / "metrics.json", {"eval_loss_before": 3.8, "eval_loss_after": 1.3, "gold_score_after": 0.97})
-    _write(run / "rm" / "metrics.json", {"eval_pairwise_accuracy": 0.6889, "eval_pairwise_accuracy_k2": 0.9143,
-                                         "eval_pairwise_accuracy_k4": 0.6449, "eval_pairwise_accuracy_before": 0.51,
-                                         "gold_agreement": 0.7345})
-    steps = [{"step": s, "rm_score": 0.1 * s, "gold_score": 0.7 + 0.02 * s, "kl": 0.05 * s, "beta": 0.1,
-              "response_length": 6 - 0.1 * s, "time_generation": 3.0 if s % 2 else 1.0, "time_scoring": 0.5,
-              "time_training": 1.5} for s in range(1, 11)]
+    _write(
+        run / "rm" / "metrics.json",
+        {
+            "eval_pairwise_accuracy": 0.6889,
+            "eval_pairwise_accuracy_k2": 0.9143,
+            "eval_pairwise_accuracy_k4": 0.6449,
+            "eval_pairwise_accuracy_before": 0.51,
+            "gold_agreement": 0.7345,
+        },
+    )
+    steps = [
+        {
+            "step": s,
+            "rm_score": 0.1 * s,
+            "gold_score": 0.7 + 0.02 * s,
+            "kl": 0.05 * s,
+            "beta": 0.1,
+            "response_length": 6 - 0.1 * s,
+            "time_generation": 3.0 if s % 2 else 1.0,
+            "time_scoring": 0.5,
+            "time_training": 1.5,
+        }
+        for s in range(1, 11)
+    ]
     _write(run / "ppo" / "ppo_metrics.jsonl", steps)
-    _write(run / "ppo" / "metrics.json", {"win_rate_rm": 0.7075, "win_rate_gold": 0.63625, "eval_prompts": 100,
-                                          "kl_final": 1.4853, "gold_score_sft": 0.7287, "gold_score_ppo": 0.8902})
+    _write(
+        run / "ppo" / "metrics.json",
+        {
+            "win_rate_rm": 0.7075,
+            "win_rate_gold": 0.63625,
+            "eval_prompts": 100,
+            "kl_final": 1.4853,
+            "gold_score_sft": 0.7287,
+            "gold_score_ppo": 0.8902,
+        },
+    )
     sample = {"rm_sft": 0.0, "rm_ppo": 0.0}
-    _write(run / "ppo" / "samples.json", [
-        {"prompt": "sort b a answer :", "sft": "ok : a b", "ppo": "a b", "rm_sft": -0.5, "rm_ppo": 1.2,
-         "gold_sft": 0.8, "gold_ppo": 1.0, "task": "sort"},
-        {**sample, "prompt": "sort c a answer :", "sft": "a c", "ppo": "a c", "gold_sft": 1.0, "gold_ppo": 1.0,
-         "task": "sort"},
-        {**sample, "prompt": "sort d a answer :", "sft": "a d", "ppo": "d", "gold_sft": 1.0, "gold_ppo": 0.5,
-         "task": "sort"},
-        {**sample, "prompt": "say the last word of : a b answer :", "sft": "a", "ppo": "b", "gold_sft": 0.0,
-         "gold_ppo": 1.0, "task": "last"},
-    ])
+    _write(
+        run / "ppo" / "samples.json",
+        [
+            {
+                "prompt": "sort b a answer :",
+                "sft": "ok : a b",
+                "ppo": "a b",
+                "rm_sft": -0.5,
+                "rm_ppo": 1.2,
+                "gold_sft": 0.8,
+                "gold_ppo": 1.0,
+                "task": "sort",
+            },
+            {
+                **sample,
+                "prompt": "sort c a answer :",
+                "sft": "a c",
+                "ppo": "a c",
+                "gold_sft": 1.0,
+                "gold_ppo": 1.0,
+                "task": "sort",
+            },
+            {
+                **sample,
+                "prompt": "sort d a answer :",
+                "sft": "a d",
+                "ppo": "d",
+                "gold_sft": 1.0,
+                "gold_ppo": 0.5,
+                "task": "sort",
+            },
+            {
+                **sample,
+                "prompt": "say the last word of : a b answer :",
+                "sft": "a",
+                "ppo": "b",
+                "gold_sft": 0.0,
+                "gold_ppo": 1.0,
+                "task": "last",
+            },
+        ],
+    )
     _write_reward_model_extras(run)
     _write_matched_kl_curves(run)
     return run
@@ -83,8 +149,11 @@ def _overlapping_rankings(overlap: bool = True):
     p1, p2 = "sort these words : b a answer :", "reverse these words : a b answer :"
     rankings = [Ranking("1", p1, ("x", "y", "z"), (1, 2, 3), "alice"), Ranking("5", p2, ("u", "v"), (1, 2), "alice")]
     if overlap:
-        rankings += [Ranking("2", p1, ("z", "x", "y"), (2, 1, 3), "bob"),
-                     Ranking("3", p1, ("x", "y", "z"), (1, 1, 2), "carol"), Ranking("6", p2, ("u", "v"), (2, 1), "bob")]
+        rankings += [
+            Ranking("2", p1, ("z", "x", "y"), (2, 1, 3), "bob"),
+            Ranking("3", p1, ("x", "y", "z"), (1, 1, 2), "carol"),
+            Ranking("6", p2, ("u", "v"), (2, 1), "bob"),
+        ]
     return rankings
 
 
@@ -94,22 +163,43 @@ KL2, KL4 = best_of_n_kl(2), best_of_n_kl(4)
 def _write_matched_kl_curves(run: Path, gold: bool = True) -> None:
     """Best-of-N at N = 1, 2, 4, and PPO evaluated at the KL of N = 1, 2, 4 and beyond."""
     bon = [(1, 0.0, 0.1, 0.70), (2, KL2, 0.5, 0.80), (4, KL4, 0.9, 0.85)]
-    points = [{"n": n, "kl": kl, "d": kl ** 0.5, "rm_score": rm, **({"gold_score": g} if gold else {})}
-              for n, kl, rm, g in bon]
-    _write(run / "evaluation" / "best_of_n.json", {"policy": "sft@1", "reward_model": "rm@1", "prompts": 32,
-                                                   "samples_per_prompt": 4, "gold_scorer": "demo" if gold else None,
-                                                   "points": points})
+    points = [
+        {"n": n, "kl": kl, "d": kl**0.5, "rm_score": rm, **({"gold_score": g} if gold else {})} for n, kl, rm, g in bon
+    ]
+    _write(
+        run / "evaluation" / "best_of_n.json",
+        {
+            "policy": "sft@1",
+            "reward_model": "rm@1",
+            "prompts": 32,
+            "samples_per_prompt": 4,
+            "gold_scorer": "demo" if gold else None,
+            "points": points,
+        },
+    )
     ppo = [(0, 0.0, 0.1, 0.70), (5, KL2, 0.6, 0.75), (10, KL4, 1.2, 0.90), (12, KL2, 0.5, 0.80), (15, 2.0, 2.0, 0.60)]
-    _write(run / "ppo" / "eval_metrics.jsonl", [{"step": step, "kl": kl, "rm_score": rm, "prompts": 16,
-                                                 **({"gold_score": g} if gold else {})} for step, kl, rm, g in ppo])
+    _write(
+        run / "ppo" / "eval_metrics.jsonl",
+        [
+            {"step": step, "kl": kl, "rm_score": rm, "prompts": 16, **({"gold_score": g} if gold else {})}
+            for step, kl, rm, g in ppo
+        ],
+    )
 
 
 def test_report_draws_every_plot_as_a_png_a_person_can_open(run_dir):
     import matplotlib.image
 
     report = write_report(run_dir)
-    names = {"sft_loss.png", "rm_accuracy_by_k.png", "ppo_training.png", "ppo_rm_vs_gold_by_kl.png",
-             "ppo_response_length.png", "rm_calibration.png", "best_of_n_vs_ppo.png"}
+    names = {
+        "sft_loss.png",
+        "rm_accuracy_by_k.png",
+        "ppo_training.png",
+        "ppo_rm_vs_gold_by_kl.png",
+        "ppo_response_length.png",
+        "rm_calibration.png",
+        "best_of_n_vs_ppo.png",
+    }
     assert names <= {p.name for p in report.parent.iterdir()}
     for name in names:
         path = report.parent / name
@@ -183,7 +273,12 @@ def test_best_of_n_against_ppo_at_each_ppo_evaluations_kl_by_hand(run_dir):
     assert "| 12 | 0.193 | 0.500 | 0.500 | 0.800 | 0.800 | tie |" in section
     assert "PPO's gold score is higher at 1 of 3 evaluations, best-of-N's at 1, tied at 1." in section
     assert "32 held-out prompts with 4 samples each" in section and "5 evaluations" in section
-    for curve in ("best-of-N, gold score", "best-of-N, reward-model score", "PPO, gold score", "PPO, reward-model score"):
+    for curve in (
+        "best-of-N, gold score",
+        "best-of-N, reward-model score",
+        "PPO, gold score",
+        "PPO, reward-model score",
+    ):
         assert f"| {curve} |" in section
 
 
@@ -194,13 +289,16 @@ def test_the_fits_table_of_exact_gao_curves():
     bon = [{"d": d, "rm_score": 0.5 + gao_best_of_n(d, 1.0, 0.25)} for d in (0.0, 0.5, 1.0, 2.0)]
     rl = [{"d": d, "rm_score": -1.0 + gao_rl(d, 2.0, 1.0)} for d in (0.0, 1.0, 2.718281828459045)]
     assert fits_table({"best_of_n": bon, "rl": rl}) == [
-        "| curve | form | α | β | R² | RMSE | points |", "|---|---|---:|---:|---:|---:|---:|",
+        "| curve | form | α | β | R² | RMSE | points |",
+        "|---|---|---:|---:|---:|---:|---:|",
         "| best-of-N, reward-model score | d (α − β d) | 1 | 0.25 | 1.000 | 0.0000 | 3 |",
-        "| PPO, reward-model score | d (α − β log d) | 2 | 1 | 1.000 | 0.0000 | 2 |"]
+        "| PPO, reward-model score | d (α − β log d) | 2 | 1 | 1.000 | 0.0000 | 2 |",
+    ]
     assert fits_table({"best_of_n": bon[1:], "rl": []})[-1].endswith("too few points (or no d = 0) | | | | |")
 
 
 # -- the report on every run shape ----------------------------------------------------------------------------------
+
 
 def _metrics(run: Path, stage: str) -> dict:
     return json.loads((run / stage / "metrics.json").read_text())
@@ -208,21 +306,44 @@ def _metrics(run: Path, stage: str) -> dict:
 
 def _without_gold(run: Path) -> str:
     """A user's run: no gold scorer anywhere, chat prompts, and data over max_length dropped."""
-    _write(run / "sft" / "metrics.json", {"eval_loss_before": 3.8, "eval_loss_after": 1.3,
-                                          "overlong": "sft.jsonl: 2 of 9 demonstrations are over max_length 256: "
-                                                      "2 dropped (ids in sft/overlong.jsonl)"})
+    _write(
+        run / "sft" / "metrics.json",
+        {
+            "eval_loss_before": 3.8,
+            "eval_loss_after": 1.3,
+            "overlong": "sft.jsonl: 2 of 9 demonstrations are over max_length 256: "
+            "2 dropped (ids in sft/overlong.jsonl)",
+        },
+    )
     _write(run / "rm" / "metrics.json", {"eval_pairwise_accuracy": 0.6, "eval_pairwise_accuracy_k2": 0.6})
-    steps = [{"step": s, "rm_score": 0.1 * s, "kl": 0.05 * s, "beta": 0.1, "response_length": 6.0}
-             for s in range(1, 4)]
+    steps = [{"step": s, "rm_score": 0.1 * s, "kl": 0.05 * s, "beta": 0.1, "response_length": 6.0} for s in range(1, 4)]
     _write(run / "ppo" / "ppo_metrics.jsonl", steps)
     _write(run / "ppo" / "metrics.json", {"win_rate_rm": 0.625, "eval_prompts": 8, "kl_final": 0.15})
     _write_matched_kl_curves(run, gold=False)
-    chat = [{"role": "user", "content": "How do I bake bread?"}, {"role": "assistant", "content": "Flour."},
-            {"role": "user", "content": "And | yeast?"}]
-    _write(run / "ppo" / "samples.json", [{"prompt": chat, "sft": "Use it.", "ppo": "Add the yeast.", "rm_sft": -0.25,
-                                           "rm_ppo": 0.75, "gold_sft": None, "gold_ppo": None, "task": None}])
-    return "| user: How do I bake bread? / assistant: Flour. / user: And \\| yeast? | Use it. | Add the yeast. | – | " \
-           "-0.25 → 0.75 |"
+    chat = [
+        {"role": "user", "content": "How do I bake bread?"},
+        {"role": "assistant", "content": "Flour."},
+        {"role": "user", "content": "And | yeast?"},
+    ]
+    _write(
+        run / "ppo" / "samples.json",
+        [
+            {
+                "prompt": chat,
+                "sft": "Use it.",
+                "ppo": "Add the yeast.",
+                "rm_sft": -0.25,
+                "rm_ppo": 0.75,
+                "gold_sft": None,
+                "gold_ppo": None,
+                "task": None,
+            }
+        ],
+    )
+    return (
+        "| user: How do I bake bread? / assistant: Flour. / user: And \\| yeast? | Use it. | Add the yeast. | – | "
+        "-0.25 → 0.75 |"
+    )
 
 
 def _without_ppo(run: Path) -> str:
@@ -233,8 +354,10 @@ def _without_ppo(run: Path) -> str:
 
 
 def _pairs_only(run: Path) -> str:
-    _write(run / "rm" / "metrics.json", {"eval_pairwise_accuracy": 0.7, "eval_pairwise_accuracy_k2": 0.7,
-                                         "eval_pairwise_accuracy_before": 0.5})
+    _write(
+        run / "rm" / "metrics.json",
+        {"eval_pairwise_accuracy": 0.7, "eval_pairwise_accuracy_k2": 0.7, "eval_pairwise_accuracy_before": 0.5},
+    )
     return "| eval_pairwise_accuracy_k2 | 0.7 |"
 
 
@@ -250,10 +373,20 @@ def _hub_dataset(run: Path) -> str:
 
     shutil.rmtree(run / "registry")
     registry = Registry(run / "registry")
-    sft = registry.register("sft", "sft", _model_dir(run.parent / "h1"), base_model="Qwen/Qwen2.5-0.5B-Instruct",
-                            config={"train_file": "trl-lib/tldr:train"})
-    rm = registry.register("rm", "rm", _model_dir(run.parent / "h2"), parents=[sft.reference],
-                           config={"train_file": "trl-lib/ultrafeedback_binarized:train"})
+    sft = registry.register(
+        "sft",
+        "sft",
+        _model_dir(run.parent / "h1"),
+        base_model="Qwen/Qwen2.5-0.5B-Instruct",
+        config={"train_file": "trl-lib/tldr:train"},
+    )
+    rm = registry.register(
+        "rm",
+        "rm",
+        _model_dir(run.parent / "h2"),
+        parents=[sft.reference],
+        config={"train_file": "trl-lib/ultrafeedback_binarized:train"},
+    )
     ppo = registry.register("ppo", "ppo", _model_dir(run.parent / "h3"), parents=[sft.reference, rm.reference])
     for stage, entry in (("sft", sft), ("rm", rm), ("ppo", ppo)):
         _write(run / stage / "registered.json", {"reference": entry.reference, "path": entry.path})
@@ -272,8 +405,9 @@ def _labels_without_annotators(run: Path) -> str:
 
     from rlhf.data.rankings import write_rankings
 
-    write_rankings(run / "labels" / "rankings.jsonl",
-                   [dataclasses.replace(r, annotator=None) for r in _overlapping_rankings()])
+    write_rankings(
+        run / "labels" / "rankings.jsonl", [dataclasses.replace(r, annotator=None) for r in _overlapping_rankings()]
+    )
     return "### Calibration"
 
 
@@ -296,10 +430,22 @@ def _no_held_out_prompts(run: Path) -> str:
     return "No held-out prompts (`eval_prompts_file`): no win rate against SFT."
 
 
-@pytest.mark.parametrize("shape", [_without_gold, _without_ppo, _pairs_only, _lora, _hub_dataset,
-                                   _no_held_out_prompts, _no_labeler_overlap, _labels_without_annotators,
-                                   _no_best_of_n_or_ppo_evaluations,
-                                   _best_of_n_alone], ids=lambda shape: shape.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "shape",
+    [
+        _without_gold,
+        _without_ppo,
+        _pairs_only,
+        _lora,
+        _hub_dataset,
+        _no_held_out_prompts,
+        _no_labeler_overlap,
+        _labels_without_annotators,
+        _no_best_of_n_or_ppo_evaluations,
+        _best_of_n_alone,
+    ],
+    ids=lambda shape: shape.__name__.strip("_"),
+)
 def test_the_report_is_written_for_every_run_shape(run_dir, shape):
     expected = shape(run_dir)
     report = write_report(run_dir)
@@ -320,14 +466,22 @@ def test_the_report_is_written_for_every_run_shape(run_dir, shape):
 def test_the_report_says_which_advantage_estimator_ran(run_dir):
     assert "**Advantages**" not in write_report(run_dir).read_text()  # a run from before the estimators: no claim
     metrics = json.loads((run_dir / "ppo" / "metrics.json").read_text())
-    _write(run_dir / "ppo" / "metrics.json", {**metrics, "advantage_estimator": "grpo", "samples_per_prompt": 4,
-                                              "kl_in_loss": True})
-    assert ("**Advantages**: `grpo` without a critic (three models), 4 response(s) per prompt; the KL to the SFT "
-            "policy is a loss term (k3).") in write_report(run_dir).read_text()
-    _write(run_dir / "ppo" / "metrics.json", {**metrics, "advantage_estimator": "gae", "samples_per_prompt": 1,
-                                              "kl_in_loss": False})
-    assert ("**Advantages**: `gae` with a critic (four models), 1 response(s) per prompt; the KL to the SFT policy "
-            "is a per-token penalty in the reward.") in write_report(run_dir).read_text()
+    _write(
+        run_dir / "ppo" / "metrics.json",
+        {**metrics, "advantage_estimator": "grpo", "samples_per_prompt": 4, "kl_in_loss": True},
+    )
+    assert (
+        "**Advantages**: `grpo` without a critic (three models), 4 response(s) per prompt; the KL to the SFT "
+        "policy is a loss term (k3)."
+    ) in write_report(run_dir).read_text()
+    _write(
+        run_dir / "ppo" / "metrics.json",
+        {**metrics, "advantage_estimator": "gae", "samples_per_prompt": 1, "kl_in_loss": False},
+    )
+    assert (
+        "**Advantages**: `gae` with a critic (four models), 1 response(s) per prompt; the KL to the SFT policy "
+        "is a per-token penalty in the reward."
+    ) in write_report(run_dir).read_text()
 
 
 def test_an_ensembles_members_disagreement_and_ppos_aggregation_are_reported(run_dir):
@@ -336,19 +490,32 @@ def test_an_ensembles_members_disagreement_and_ppos_aggregation_are_reported(run
     text = write_report(run_dir).read_text()
     assert "### Ensemble" not in text and "**Reward**" not in text  # one reward model: nothing claimed
     metrics = json.loads((run_dir / "rm" / "metrics.json").read_text())
-    _write(run_dir / "rm" / "metrics.json", {
-        **metrics, "ensemble_size": 2, "eval_member_pairwise_accuracy": [0.6667, 0.6], "eval_ensemble_std": 0.25,
-        "eval_ensemble_relative_std": 0.5, "eval_averaged_pairwise_accuracy": 0.65,
-        "eval_averaged_mean_correlation": 0.99})
+    _write(
+        run_dir / "rm" / "metrics.json",
+        {
+            **metrics,
+            "ensemble_size": 2,
+            "eval_member_pairwise_accuracy": [0.6667, 0.6],
+            "eval_ensemble_std": 0.25,
+            "eval_ensemble_relative_std": 0.5,
+            "eval_averaged_pairwise_accuracy": 0.65,
+            "eval_averaged_mean_correlation": 0.99,
+        },
+    )
     # One pair ranked 1 > 2: member 0's margin 2 - 0 = 2, member 1's 0 - 1 = -1; the mean's 0.5 orders it right,
     # and the members' population std of the margin is |2 - (-1)| / 2 = 1.5.
-    _write(run_dir / "rm" / "calibration.json", calibration(None, [[1, 2]], member_rewards=[[[2.0, 0.0]],
-                                                                                           [[0.0, 1.0]]]))
+    _write(
+        run_dir / "rm" / "calibration.json", calibration(None, [[1, 2]], member_rewards=[[[2.0, 0.0]], [[0.0, 1.0]]])
+    )
     ppo = json.loads((run_dir / "ppo" / "metrics.json").read_text())
-    _write(run_dir / "ppo" / "metrics.json", {**ppo, "reward_members": 2, "reward_aggregation": "mean_minus_std",
-                                              "uncertainty_coef": 0.5})
-    steps = [{**json.loads(line), "rm_score_std": 0.5 - 0.01 * json.loads(line)["step"]}
-             for line in (run_dir / "ppo" / "ppo_metrics.jsonl").read_text().splitlines()]
+    _write(
+        run_dir / "ppo" / "metrics.json",
+        {**ppo, "reward_members": 2, "reward_aggregation": "mean_minus_std", "uncertainty_coef": 0.5},
+    )
+    steps = [
+        {**json.loads(line), "rm_score_std": 0.5 - 0.01 * json.loads(line)["step"]}
+        for line in (run_dir / "ppo" / "ppo_metrics.jsonl").read_text().splitlines()
+    ]
     _write(run_dir / "ppo" / "ppo_metrics.jsonl", steps)
 
     text = write_report(run_dir).read_text()
@@ -358,6 +525,7 @@ def test_an_ensembles_members_disagreement_and_ppos_aggregation_are_reported(run
     assert "the ensemble's mean reward σ(r_i − r_j)" in text
     assert "| 1 | 1 | 1.500 | 0.000 |" in text and "rm_uncertainty.png" in text
     assert (run_dir / "report" / "rm_uncertainty.png").read_bytes().startswith(PNG_MAGIC)
-    assert ("**Reward**: an ensemble of 2 reward models, `reward_aggregation: mean_minus_std`: their mean − 0.5 × "
-            "their std; the members' std on the policy's responses went from 0.490 (first step) to 0.400 (last).") \
-        in text
+    assert (
+        "**Reward**: an ensemble of 2 reward models, `reward_aggregation: mean_minus_std`: their mean − 0.5 × "
+        "their std; the members' std on the policy's responses went from 0.490 (first step) to 0.400 (last)."
+    ) in text

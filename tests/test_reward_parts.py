@@ -11,8 +11,10 @@ from rlhf.rm.evaluation import kendall_tau_b, ranking_metrics
 
 
 def test_collator_pads_variable_k_and_scatters_back():
-    features = [{"input_ids": [[5, 6], [7]], "ranks": [2, 1]},
-                {"input_ids": [[8], [9, 10, 11], [12]], "ranks": [1, 3, 2]}]
+    features = [
+        {"input_ids": [[5, 6], [7]], "ranks": [2, 1]},
+        {"input_ids": [[8], [9, 10, 11], [12]], "ranks": [1, 3, 2]},
+    ]
     batch = RankingCollator(pad_token_id=0)(features)
     assert batch["ranks"].tolist() == [[2, 1, 0], [1, 3, 2]]
     assert batch["input_ids"].tolist() == [[5, 6, 0], [7, 0, 0], [8, 0, 0], [9, 10, 11], [12, 0, 0]]
@@ -49,24 +51,33 @@ def ranking_trainer(model, output_dir, shared_prompt_forward: bool):
 
     from rlhf.rm.trainer import RankingTrainer
 
-    args = TrainingArguments(output_dir=str(output_dir), report_to="none", use_cpu=True, remove_unused_columns=False,
-                             label_names=["ranks"])
-    return RankingTrainer(model=model, args=args, data_collator=RankingCollator(pad_token_id=0),
-                          shared_prompt_forward=shared_prompt_forward)
+    args = TrainingArguments(
+        output_dir=str(output_dir), report_to="none", use_cpu=True, remove_unused_columns=False, label_names=["ranks"]
+    )
+    return RankingTrainer(
+        model=model,
+        args=args,
+        data_collator=RankingCollator(pad_token_id=0),
+        shared_prompt_forward=shared_prompt_forward,
+    )
 
 
 @pytest.mark.parametrize("shared_prompt_forward", [True, False])
-def test_trainer_loss_is_the_kway_loss_of_the_model_scores(tiny_reward_model, tmp_path, shared_prompt_forward,
-                                                           capsys):
+def test_trainer_loss_is_the_kway_loss_of_the_model_scores(tiny_reward_model, tmp_path, shared_prompt_forward, capsys):
     from rlhf.rm.trainer import ranking_rewards
 
-    features = [{"input_ids": [[1, 5, 6], [1, 7]], "ranks": [1, 2]},
-                {"input_ids": [[1, 8], [1, 9, 10], [1, 11]], "ranks": [2, 1, 3]}]
+    features = [
+        {"input_ids": [[1, 5, 6], [1, 7]], "ranks": [1, 2]},
+        {"input_ids": [[1, 8], [1, 9, 10], [1, 11]], "ranks": [2, 1, 3]},
+    ]
     batch = RankingCollator(pad_token_id=0)(features)
     rewards = ranking_rewards(tiny_reward_model, batch)
     # Each sequence scored alone (no padding) gives the same grid.
-    alone = [tiny_reward_model(input_ids=torch.tensor([ids])).logits[0, 0].item()
-             for feature in features for ids in feature["input_ids"]]
+    alone = [
+        tiny_reward_model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+        for feature in features
+        for ids in feature["input_ids"]
+    ]
     assert rewards[0, :2].tolist() + rewards[1].tolist() == pytest.approx(alone, abs=1e-5)
     trainer = ranking_trainer(tiny_reward_model, tmp_path, shared_prompt_forward)
     loss = trainer.compute_loss(tiny_reward_model, batch)

@@ -6,8 +6,14 @@ import math
 
 import pytest
 
-from rlhf.rm.calibration import (calibration, expected_calibration_error, pair_predictions, reliability_bins,
-                                 sigmoid, uncertainty_bins)
+from rlhf.rm.calibration import (
+    calibration,
+    expected_calibration_error,
+    pair_predictions,
+    reliability_bins,
+    sigmoid,
+    uncertainty_bins,
+)
 
 S1, S2 = 1 / (1 + math.exp(-1)), 1 / (1 + math.exp(-2))  # σ(1) = 0.7310586, σ(2) = 0.8807971
 

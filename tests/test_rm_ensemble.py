@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from ppo_setup import build_models, build_reward_ensemble
-from rlhf.rm.ensemble import (ENSEMBLE_FILE, RewardEnsemble, averaged_state_dict, is_ensemble, member_dirs,
-                              members_of)
+from rlhf.rm.ensemble import ENSEMBLE_FILE, RewardEnsemble, averaged_state_dict, is_ensemble, member_dirs, members_of
 from rlhf.rm.evaluation import ensemble_spread, mean_rows, pearson
 
 OFFSETS = (0.5, -0.25)
@@ -56,8 +55,9 @@ def test_the_directory_holds_the_members_and_their_weight_average(ensemble):
     assert members == [path / "members" / "0", path / "members" / "1"]
     assert member_dirs(ensemble["reward"]) == [Path(ensemble["reward"])]
     weights = [read_weights(member) for member in members]
-    torch.testing.assert_close(read_weights(path)["score.weight"],
-                               (weights[0]["score.weight"] + weights[1]["score.weight"]) / 2)
+    torch.testing.assert_close(
+        read_weights(path)["score.weight"], (weights[0]["score.weight"] + weights[1]["score.weight"]) / 2
+    )
     # What a reader that knows nothing of ensembles needs is at the top: a whole model and its tokenizer.
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in path.iterdir()}
     # The members were hard-linked in, and the places they were saved to are gone.
@@ -72,12 +72,13 @@ def test_k_members_score_as_k_separate_reward_models_and_the_ensemble_as_their_m
     assert normalization.offsets == OFFSETS  # each member's own
     prompts = ["sort these words : cat dog answer :"] * 2 + ["reverse these words : owl fox bear answer :"]
     completions = ["cat dog", "dog cat", "bear fox owl"]
-    together = score_texts_by_member(model, tokenizer, prompts, completions, normalization=normalization,
-                                     max_length=64)
+    together = score_texts_by_member(model, tokenizer, prompts, completions, normalization=normalization, max_length=64)
     for member_dir, scores in zip(member_dirs(ensemble["ensemble"]), together):
         alone, alone_tokenizer, alone_normalization = single_reward_model(str(member_dir))
-        assert scores == pytest.approx(score_texts(alone, alone_tokenizer, prompts, completions,
-                                                   normalization=alone_normalization, max_length=64), abs=1e-5)
+        assert scores == pytest.approx(
+            score_texts(alone, alone_tokenizer, prompts, completions, normalization=alone_normalization, max_length=64),
+            abs=1e-5,
+        )
     mean = score_texts(model, tokenizer, prompts, completions, normalization=normalization, max_length=64)
     assert mean == pytest.approx([(a + b) / 2 for a, b in zip(*together)], abs=1e-6)
     # The members scored apart: a member's scores are not the other's.

@@ -60,8 +60,11 @@ def test_kway_loss_ranking_without_pairs_is_left_out_of_the_mean():
     close(rm_loss.kway_ranking_loss(rewards, ranks), SP3)
 
 
-@pytest.mark.parametrize("ranks", [[[1, 1, 1], [2, 2, 0]], [[0, 0, 0], [0, 0, 0]], [[1, 0, 0], [0, 3, 0]]],
-                         ids=["all-ties", "all-empty", "one-filled-slot-each"])
+@pytest.mark.parametrize(
+    "ranks",
+    [[[1, 1, 1], [2, 2, 0]], [[0, 0, 0], [0, 0, 0]], [[1, 0, 0], [0, 3, 0]]],
+    ids=["all-ties", "all-empty", "one-filled-slot-each"],
+)
 def test_kway_loss_batch_without_pairs_is_zero_with_a_gradient(ranks):
     rewards = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, NAN]], requires_grad=True)
     loss = rm_loss.kway_ranking_loss(rewards, torch.tensor(ranks))
@@ -82,8 +85,9 @@ def test_kway_loss_equals_mean_over_rankings_of_pairwise_loss_on_expanded_pairs(
     torch.manual_seed(0)
     rewards = torch.randn(6, 5)
     # variable K, ties and an all-tie row
-    ranks = torch.tensor([[1, 2, 3, 4, 5], [3, 1, 2, 0, 0], [1, 1, 2, 2, 3], [2, 1, 0, 0, 0],
-                          [1, 1, 1, 0, 0], [5, 4, 3, 2, 1]])
+    ranks = torch.tensor(
+        [[1, 2, 3, 4, 5], [3, 1, 2, 0, 0], [1, 1, 2, 2, 3], [2, 1, 0, 0, 0], [1, 1, 1, 0, 0], [5, 4, 3, 2, 1]]
+    )
     ranking_index, chosen_index, rejected_index = rm_loss.expand_to_pairs(ranks)
     per_ranking = []
     for b in range(len(ranks)):
@@ -97,7 +101,6 @@ def test_kway_loss_equals_mean_over_rankings_of_pairwise_loss_on_expanded_pairs(
 def test_kway_loss_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="rewards and ranks"):
         rm_loss.kway_ranking_loss(torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.long))
-
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,13 +23,18 @@ def _demo_rankings(count: int, seed: int) -> list[Ranking]:
     rankings = []
     for number, record in enumerate(make_split(count, seed)):
         answer = correct_answer(parse_prompt(record["prompt"]))
-        responses = [" ".join(answer),
-                     f"{rng.choice(CHATTER)} {' '.join(answer)}",
-                     " ".join(answer + rng.sample(WORDS, 3)),
-                     " ".join(rng.sample(WORDS, 6))]
+        responses = [
+            " ".join(answer),
+            f"{rng.choice(CHATTER)} {' '.join(answer)}",
+            " ".join(answer + rng.sample(WORDS, 3)),
+            " ".join(rng.sample(WORDS, 6)),
+        ]
         scores = [gold_score(record["prompt"], text) for text in responses]
-        rankings.append(Ranking(f"r{number}", record["prompt"], tuple(responses), ranks_from_scores(scores),
-                                f"labeler-{number % 3}"))
+        rankings.append(
+            Ranking(
+                f"r{number}", record["prompt"], tuple(responses), ranks_from_scores(scores), f"labeler-{number % 3}"
+            )
+        )
     return rankings
 
 
@@ -46,12 +51,41 @@ def rm_workspace(tmp_path_factory):
 
 
 def _rm_args(root, *extra):
-    return ["--model_name_or_path", "sft", "--registry_dir", str(root / "registry"),
-            "--train_file", str(root / "rankings.jsonl"), "--normalization_file", str(root / "demos.jsonl"),
-            "--eval_fraction", "0.2", "--gold_scorer", "demo", "--max_length", "48",
-            "--num_train_epochs", "4", "--per_device_train_batch_size", "8", "--learning_rate", "2e-3",
-            "--lr_scheduler_type", "constant", "--eval_strategy", "no", "--save_strategy", "no",
-            "--logging_steps", "10", "--report_to", "none", "--seed", "0", *extra]
+    return [
+        "--model_name_or_path",
+        "sft",
+        "--registry_dir",
+        str(root / "registry"),
+        "--train_file",
+        str(root / "rankings.jsonl"),
+        "--normalization_file",
+        str(root / "demos.jsonl"),
+        "--eval_fraction",
+        "0.2",
+        "--gold_scorer",
+        "demo",
+        "--max_length",
+        "48",
+        "--num_train_epochs",
+        "4",
+        "--per_device_train_batch_size",
+        "8",
+        "--learning_rate",
+        "2e-3",
+        "--lr_scheduler_type",
+        "constant",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "10",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -82,8 +116,14 @@ def test_rm_run_raises_held_out_pairwise_accuracy_and_registers_with_its_sft_par
     model, tokenizer, normalization = load_reward_model(entry.path)
     assert normalization.offset == pytest.approx(metrics["reward_offset"])
     demos = [json.loads(line) for line in (rm_workspace / "demos.jsonl").read_text().splitlines()]
-    rewards = score_texts(model, tokenizer, [d["prompt"] for d in demos], [d["completion"] for d in demos],
-                          normalization=normalization, max_length=48)
+    rewards = score_texts(
+        model,
+        tokenizer,
+        [d["prompt"] for d in demos],
+        [d["completion"] for d in demos],
+        normalization=normalization,
+        max_length=48,
+    )
     assert sum(rewards) / len(rewards) == pytest.approx(0.0, abs=1e-3)
     assert json.loads((rm_workspace / "out" / "registered.json").read_text())["reference"] == "rm@1"
     assert (rm_workspace / "out" / "resolved_config.yaml").is_file()
@@ -94,9 +134,20 @@ def test_rm_bad_rankings_file_is_one_line_error_and_registers_nothing(rm_workspa
     good = json.loads((rm_workspace / "rankings.jsonl").read_text().splitlines()[0])
     bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "ranks": [1, 2]}) + "\n")
     before = [e.reference for e in Registry(rm_workspace / "registry").entries()]
-    result = subprocess.run([sys.executable, "-m", "rlhf.stages.rm", *_rm_args(rm_workspace),
-                             "--train_file", str(bad), "--output_dir", str(tmp_path / "out")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf.stages.rm",
+            *_rm_args(rm_workspace),
+            "--train_file",
+            str(bad),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert str(bad) in result.stderr and "record 2" in result.stderr and "ranks" in result.stderr
@@ -115,16 +166,33 @@ def test_export_annotate_import_closes_the_labeling_loop(rm_workspace, tmp_path)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    said = run("rlhf.labels", "export", "--policy", "sft", "--registry_dir", str(rm_workspace / "registry"),
-               "--prompts", str(prompts), "--k", "4", "--max_new_tokens", "8", "--format", "label-studio",
-               "-o", str(tasks))
+    said = run(
+        "rlhf.labels",
+        "export",
+        "--policy",
+        "sft",
+        "--registry_dir",
+        str(rm_workspace / "registry"),
+        "--prompts",
+        str(prompts),
+        "--k",
+        "4",
+        "--max_new_tokens",
+        "8",
+        "--format",
+        "label-studio",
+        "-o",
+        str(tasks),
+    )
     assert f"{prompts}: 1 of 7 prompts are over max_prompt_length 56: 1 dropped" in said
     assert (tmp_path / "tasks.config.xml").read_text().count("<Ranker") == 1
     run("rlhf.demo.annotate", str(tasks), "-o", str(export))
     summary = run("rlhf.labels", "import", "--format", "label-studio", str(export), "-o", str(rankings))
 
-    shown = {task["data"]["prompt"]: {item["body"] for item in task["data"]["items"]}
-             for task in json.loads(tasks.read_text())}
+    shown = {
+        task["data"]["prompt"]: {item["body"] for item in task["data"]["items"]}
+        for task in json.loads(tasks.read_text())
+    }
     imported = read_rankings(rankings)
     assert set(shown) <= set(prompt_texts) and imported
     for ranking in imported:
@@ -140,25 +208,52 @@ def test_rankable_leaves_out_empty_and_duplicate_samples_and_counts_them():
     items = [("p1", ["a b", "a b", " ", "c"]), ("p2", ["x", "x", ""]), ("p3", ["y", "z"])]
     kept, dropped = rankable(items)
     assert kept == [("p1", ["a b", "c"]), ("p3", ["y", "z"])]
-    assert dropped == {"empty responses": 2, "duplicate responses": 2,
-                       "prompts with fewer than 2 distinct responses": 1}
+    assert dropped == {
+        "empty responses": 2,
+        "duplicate responses": 2,
+        "prompts with fewer than 2 distinct responses": 1,
+    }
 
 
 def test_argilla_export_from_a_policy_keeps_only_prompts_with_k_distinct_responses(rm_workspace, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in make_split(8, seed=4)))
-    result = subprocess.run([sys.executable, "-m", "rlhf.labels", "export", "--policy", "sft",
-                             "--registry_dir", str(rm_workspace / "registry"), "--prompts", str(prompts), "--k", "3",
-                             "--max_new_tokens", "6", "--format", "argilla", "-o", str(tmp_path / "records.json")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf.labels",
+            "export",
+            "--policy",
+            "sft",
+            "--registry_dir",
+            str(rm_workspace / "registry"),
+            "--prompts",
+            str(prompts),
+            "--k",
+            "3",
+            "--max_new_tokens",
+            "6",
+            "--format",
+            "argilla",
+            "-o",
+            str(tmp_path / "records.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     records = json.loads((tmp_path / "records.json").read_text())
     settings = json.loads((tmp_path / "records.settings.json").read_text())
-    assert records and all(sorted(k for k in r if k.startswith("response-")) == ["response-1", "response-2", "response-3"]
-                           for r in records)
-    assert [o["value"] for o in settings["questions"][0]["settings"]["options"]] == ["response-1", "response-2", "response-3"]
+    assert records and all(
+        sorted(k for k in r if k.startswith("response-")) == ["response-1", "response-2", "response-3"] for r in records
+    )
+    assert [o["value"] for o in settings["questions"][0]["settings"]["options"]] == [
+        "response-1",
+        "response-2",
+        "response-3",
+    ]
     assert f"wrote {len(records)} tasks" in result.stdout
-
 
 
 def test_sampling_for_labels_repeats_with_the_same_seed_and_batch_size_and_shows_progress(rm_workspace, capsys):
@@ -167,8 +262,9 @@ def test_sampling_for_labels_repeats_with_the_same_seed_and_batch_size_and_shows
     prompts = [r["prompt"] for r in make_split(5, seed=5)]
 
     def sample():
-        return sample_k_responses("sft", prompts, k=3, registry_dir=str(rm_workspace / "registry"),
-                                  max_new_tokens=6, seed=7, batch_size=4)
+        return sample_k_responses(
+            "sft", prompts, k=3, registry_dir=str(rm_workspace / "registry"), max_new_tokens=6, seed=7, batch_size=4
+        )
 
     first = sample()
     assert "sampling responses" in capsys.readouterr().err
@@ -179,9 +275,24 @@ def test_sampling_for_labels_repeats_with_the_same_seed_and_batch_size_and_shows
 def test_export_refuses_a_batch_size_below_one_in_one_line(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "sort: b a"}) + "\n")
-    result = subprocess.run([sys.executable, "-m", "rlhf.labels", "export", "--prompts", str(prompts),
-                             "--batch_size", "0", "--format", "label-studio", "-o", str(tmp_path / "tasks.json")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf.labels",
+            "export",
+            "--prompts",
+            str(prompts),
+            "--batch_size",
+            "0",
+            "--format",
+            "label-studio",
+            "-o",
+            str(tmp_path / "tasks.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == ["error: --batch_size must be >= 1, got 0"]
     assert not (tmp_path / "tasks.json").exists()
@@ -195,14 +306,34 @@ def test_rm_under_two_process_zero3_trains_on_both_ranks_and_saves_whole_weights
     from safetensors.torch import load_file
 
     registry = tmp_path / "registry"
-    Registry(registry).register("sft", "sft", build_tiny_model(tmp_path / "sft", corpus_words(), hidden_size=32,
-                                                                num_layers=2), base_model="tiny")
+    Registry(registry).register(
+        "sft",
+        "sft",
+        build_tiny_model(tmp_path / "sft", corpus_words(), hidden_size=32, num_layers=2),
+        base_model="tiny",
+    )
     deepspeed = Path(sys.executable).parent / "deepspeed"
     result = subprocess.run(
-        [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "rlhf.stages.rm",
-         *_rm_args(rm_workspace, "--num_train_epochs", "1"), "--registry_dir", str(registry),
-         "--output_dir", str(tmp_path / "out"), "--deepspeed", "deepspeed_configs/zero3.json"],
-        capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+        [
+            str(deepspeed),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "rlhf.stages.rm",
+            *_rm_args(rm_workspace, "--num_train_epochs", "1"),
+            "--registry_dir",
+            str(registry),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--deepspeed",
+            "deepspeed_configs/zero3.json",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     entries = Registry(registry).entries("rm")
@@ -226,8 +357,19 @@ def test_an_ensemble_trains_k_seeds_and_registers_them_as_one_entry_with_each_me
     from rlhf.stages.rm import main
 
     output_dir = rm_workspace / "ensemble"
-    main(_rm_args(rm_workspace, "--output_dir", str(output_dir), "--ensemble_size", "2", "--num_train_epochs", "2",
-                  "--register_as", "rmens"))
+    main(
+        _rm_args(
+            rm_workspace,
+            "--output_dir",
+            str(output_dir),
+            "--ensemble_size",
+            "2",
+            "--num_train_epochs",
+            "2",
+            "--register_as",
+            "rmens",
+        )
+    )
 
     entry = Registry(rm_workspace / "registry").get("rmens")
     assert [e.reference for e in Registry(rm_workspace / "registry").entries("rmens")] == ["rmens@1"]
@@ -251,11 +393,13 @@ def test_an_ensemble_trains_k_seeds_and_registers_them_as_one_entry_with_each_me
     prompts, completions = [d["prompt"] for d in demos], [d["completion"] for d in demos]
     model, tokenizer, normalization = load_reward_model(entry.path)
     assert len(members_of(model)) == 2 and list(normalization.offsets) == metrics["member_reward_offsets"]
-    for scores in score_texts_by_member(model, tokenizer, prompts, completions, normalization=normalization,
-                                        max_length=48):
+    for scores in score_texts_by_member(
+        model, tokenizer, prompts, completions, normalization=normalization, max_length=48
+    ):
         assert sum(scores) / len(scores) == pytest.approx(0.0, abs=1e-3)
     averaged, _, averaged_normalization = single_reward_model(entry.path)
     assert averaged_normalization.offset == pytest.approx(metrics["reward_offset"])
-    rewards = score_texts(averaged, tokenizer, prompts, completions, normalization=averaged_normalization,
-                          max_length=48)
+    rewards = score_texts(
+        averaged, tokenizer, prompts, completions, normalization=averaged_normalization, max_length=48
+    )
     assert sum(rewards) / len(rewards) == pytest.approx(0.0, abs=1e-3)

@@ -15,9 +15,14 @@ def make_rollout(batch_size: int = 5) -> Rollout:
     rows = torch.arange(batch_size)
     grid = rows[:, None].expand(batch_size, 3)
     return Rollout(
-        query_ids=grid.clone(), query_mask=torch.ones(batch_size, 3, dtype=torch.long),
-        response_ids=grid.clone(), response_mask=torch.ones(batch_size, 3, dtype=torch.long),
-        logprobs=grid.float(), ref_logprobs=grid.float(), values=grid.float(), scores=rows.float(),
+        query_ids=grid.clone(),
+        query_mask=torch.ones(batch_size, 3, dtype=torch.long),
+        response_ids=grid.clone(),
+        response_mask=torch.ones(batch_size, 3, dtype=torch.long),
+        logprobs=grid.float(),
+        ref_logprobs=grid.float(),
+        values=grid.float(),
+        scores=rows.float(),
     )
 
 
@@ -69,6 +74,16 @@ def test_minibatch_size_must_be_positive():
 def test_ppo_stats_is_a_named_tuple():
     zero = torch.tensor(0.0)
     stats = PPOStats(*([zero] * len(PPOStats._fields)))
-    assert stats._fields == ("loss", "policy_loss", "value_loss", "ptx_loss", "clip_fraction",
-                             "value_clip_fraction", "approx_kl", "entropy", "ratio", "kl_loss")
+    assert stats._fields == (
+        "loss",
+        "policy_loss",
+        "value_loss",
+        "ptx_loss",
+        "clip_fraction",
+        "value_clip_fraction",
+        "approx_kl",
+        "entropy",
+        "ratio",
+        "kl_loss",
+    )
     assert stats.approx_kl is zero

@@ -30,8 +30,9 @@ def test_a_prompt_and_response_over_the_models_length_is_one_line():
     from rlhf.rollout.settings import check_model_length
 
     assert check_model_length(40, 8, 64) == 48
-    with pytest.raises(ConfigError, match="max_prompt_length 256 \\+ max_new_tokens 32 = 288 is over the engine's "
-                                          "max_model_len 128"):
+    with pytest.raises(
+        ConfigError, match="max_prompt_length 256 \\+ max_new_tokens 32 = 288 is over the engine's max_model_len 128"
+    ):
         check_model_length(256, 32, 128)
 
 
@@ -59,8 +60,10 @@ def test_the_stage_refuses_before_any_model_loads(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv(settings.PYTHON_ENV, sys.executable)
     monkeypatch.setattr(settings, "_has_vllm", lambda python: True)  # as if installed: the length is checked next
     # The tiny policy holds 64 positions; the stage's default max_prompt_length is 256.
-    assert refusal() == ("error: rollout_engine vllm: max_prompt_length 256 + max_new_tokens 4 = 260 is over the "
-                         "engine's max_model_len 64 (the model's max_position_embeddings); lower one of them")
+    assert refusal() == (
+        "error: rollout_engine vllm: max_prompt_length 256 + max_new_tokens 4 = 260 is over the "
+        "engine's max_model_len 64 (the model's max_position_embeddings); lower one of them"
+    )
 
 
 def test_rollout_is_cap_needs_the_vllm_engine():
@@ -88,9 +91,10 @@ def test_request_seeds_depend_on_their_parts_only():
     from rlhf.rollout.sampling import seed_of
 
     assert seed_of(0, "train", 3, 1, 7) == seed_of(0, "train", 3, 1, 7)
-    assert len({seed_of(0, "train", step, rank, row) for step in range(3) for rank in range(2)
-                for row in range(4)}) == 24
-    assert 0 <= seed_of("x") < 2 ** 63
+    assert (
+        len({seed_of(0, "train", step, rank, row) for step in range(3) for rank in range(2) for row in range(4)}) == 24
+    )
+    assert 0 <= seed_of("x") < 2**63
 
 
 def test_engine_answers_become_padded_rows():
@@ -106,8 +110,16 @@ def test_tied_weights_go_under_every_name():
 
     from rlhf.rollout.weights import tied_names, with_tied_names
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                         num_attention_heads=2, tie_word_embeddings=True))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=16,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            tie_word_embeddings=True,
+        )
+    )
     assert tied_names(model) == {"model.embed_tokens.weight": ["lm_head.weight"]}
     sent = list(with_tied_names([("model.embed_tokens.weight", 1), ("model.norm.weight", 2)], tied_names(model)))
     assert sent == [("model.embed_tokens.weight", 1), ("lm_head.weight", 1), ("model.norm.weight", 2)]

@@ -45,8 +45,9 @@ def _rollouts(engine, inputs, config):
     from rlhf.ppo.rollouts import VLLMRollouts
 
     tokenizer = inputs.tokenizer
-    sampling = sampling_settings_for(tokenizer, config.temperature, config.top_k, config.top_p, config.max_new_tokens,
-                                     stop_token_ids(tokenizer))
+    sampling = sampling_settings_for(
+        tokenizer, config.temperature, config.top_k, config.top_p, config.max_new_tokens, stop_token_ids(tokenizer)
+    )
     return VLLMRollouts(engine, sampling, tokenizer), sampling
 
 
@@ -87,7 +88,8 @@ def _after_updates_then_a_skipped_sync(engine, engines, config, inputs, updates:
 
 
 def test_after_each_update_the_engine_samples_the_actors_distribution_and_a_skipped_sync_shows(
-        models, policy_engine, tmp_path):
+    models, policy_engine, tmp_path
+):
     config, inputs, engines = engines_for(models, tmp_path, **ROLLOUT)
     _after_updates_then_a_skipped_sync(policy_engine, engines, config, inputs)
 
@@ -129,7 +131,7 @@ def _reference_logprobs(model, prompt, response, *, temperature=1.0, top_k=0):
     """log-probabilities of `response` under `model` after `prompt`: the tempered softmax, top-k truncated when
     asked (what vLLM's processed log-probabilities are)."""
     with torch.no_grad():
-        logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1:-1].float() / temperature
+        logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1].float() / temperature
     if top_k:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -159,19 +161,22 @@ def test_sampling_is_the_stages_and_every_stop_id_ends_a_response_whatever_the_c
         if len(response) < 16:
             ended_by.add(response[-1])
         # Our temperature 1 and no top-k, top-p or repetition penalty: the actor's full tempered softmax.
-        torch.testing.assert_close(torch.tensor(logprobs), _reference_logprobs(model, prompt, response),
-                                   atol=SYNCED_TOLERANCE, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(logprobs), _reference_logprobs(model, prompt, response), atol=SYNCED_TOLERANCE, rtol=0
+        )
     assert ended_by == set(stops)  # each of the three EOS ids ends some response
     assert max(len(response) for response, _ in answers) > 2  # the shipped max_new_tokens 2 is not read
     assert any(len(set(response)) < len(response) for response, _ in answers)  # nor no_repeat_ngram_size 1
 
     # The stage's own settings are what the engine samples with: temperature 0.7 and top-k 5 here.
-    tempered = sampling_for(tokenizer, max_new_tokens=6, stop_token_ids=stops, temperature=0.7, top_k=5,
-                            logprobs=True)
+    tempered = sampling_for(tokenizer, max_new_tokens=6, stop_token_ids=stops, temperature=0.7, top_k=5, logprobs=True)
     for prompt, (response, logprobs) in zip(prompts[:6], engine.generate(prompts[:6], tempered, range(6))):
-        torch.testing.assert_close(torch.tensor(logprobs),
-                                   _reference_logprobs(model, prompt, response, temperature=0.7, top_k=5),
-                                   atol=SYNCED_TOLERANCE, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(logprobs),
+            _reference_logprobs(model, prompt, response, temperature=0.7, top_k=5),
+            atol=SYNCED_TOLERANCE,
+            rtol=0,
+        )
 
 
 def test_an_architecture_vllm_lacks_is_one_line_before_anything_trains(llama3_engine, tmp_path):

@@ -31,8 +31,13 @@ def holder_of(tmp_path):
     started = []
 
     def start(directory: Path) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory)], env=subprocess_env(tmp_path),
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(directory)],
+            env=subprocess_env(tmp_path),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         started.append(process)
         assert process.stdout.readline() == "held\n"
         return process
@@ -63,8 +68,9 @@ def test_a_second_pipeline_on_a_run_dir_in_use_refuses_and_a_kill_frees_it(holde
     run_dir = tmp_path / "run"
     first = holder_of(run_dir)
     message = refusal(capsys, pipeline.main, ["--run_dir", str(run_dir)])
-    assert message.startswith(f"error: {run_dir} is in use by another run (pid {first.pid} on host "
-                              f"{socket.gethostname()}, since ")
+    assert message.startswith(
+        f"error: {run_dir} is in use by another run (pid {first.pid} on host {socket.gethostname()}, since "
+    )
     assert message.endswith("); wait for it to end, or give this run another run_dir")
     assert [path.name for path in run_dir.iterdir()] == [".run.lock"]  # the second run wrote nothing
 
@@ -78,8 +84,18 @@ def test_a_stage_on_an_output_dir_in_use_refuses_and_a_kill_frees_it(holder_of, 
     from rlhf.stages import sft
 
     output_dir = tmp_path / "sft"
-    argv = ["--model_name_or_path", str(tmp_path / "no_model"), "--train_file", str(tmp_path / "demos.jsonl"),
-            "--output_dir", str(output_dir), "--registry_dir", str(tmp_path / "registry"), "--report_to", "none"]
+    argv = [
+        "--model_name_or_path",
+        str(tmp_path / "no_model"),
+        "--train_file",
+        str(tmp_path / "demos.jsonl"),
+        "--output_dir",
+        str(output_dir),
+        "--registry_dir",
+        str(tmp_path / "registry"),
+        "--report_to",
+        "none",
+    ]
     first = holder_of(output_dir)
     message = refusal(capsys, sft.main, argv)
     assert message.startswith(f"error: {output_dir} is in use by another run (pid {first.pid} on host ")

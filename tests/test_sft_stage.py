@@ -34,12 +34,41 @@ def sft_workspace(tmp_path_factory):
 
 
 def _sft_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--model_name_or_path", str(root / "base"), "--registry_dir", str(out / "registry"),
-            "--train_file", str(root / "train.jsonl"), "--eval_file", str(root / "eval.jsonl"),
-            "--output_dir", str(out / "run"), "--max_length", "48", "--per_device_train_batch_size", "16",
-            "--per_device_eval_batch_size", "32", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
-            "--max_steps", "30", "--logging_steps", "10", "--eval_strategy", "no", "--save_strategy", "no",
-            "--report_to", "none", "--seed", "0", *extra]
+    return [
+        "--model_name_or_path",
+        str(root / "base"),
+        "--registry_dir",
+        str(out / "registry"),
+        "--train_file",
+        str(root / "train.jsonl"),
+        "--eval_file",
+        str(root / "eval.jsonl"),
+        "--output_dir",
+        str(out / "run"),
+        "--max_length",
+        "48",
+        "--per_device_train_batch_size",
+        "16",
+        "--per_device_eval_batch_size",
+        "32",
+        "--learning_rate",
+        "3e-3",
+        "--lr_scheduler_type",
+        "constant",
+        "--max_steps",
+        "30",
+        "--logging_steps",
+        "10",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -79,13 +108,29 @@ def _first_batch(sft_workspace, tmp_path, records, *extra):
     from rlhf.models import load_causal_lm, load_tokenizer
     from rlhf.stages.sft import SFTStageConfig
 
-    config = parse_config(SFTStageConfig, ["--model_name_or_path", str(sft_workspace / "base"),
-                                           "--output_dir", str(tmp_path / "o"), "--max_length", "48",
-                                           "--per_device_train_batch_size", str(len(records)), "--report_to", "none",
-                                           *extra])
+    config = parse_config(
+        SFTStageConfig,
+        [
+            "--model_name_or_path",
+            str(sft_workspace / "base"),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--max_length",
+            "48",
+            "--per_device_train_batch_size",
+            str(len(records)),
+            "--report_to",
+            "none",
+            *extra,
+        ],
+    )
     tokenizer = load_tokenizer(str(sft_workspace / "base"))
-    trainer = SFTTrainer(model=load_causal_lm(str(sft_workspace / "base")), args=config, processing_class=tokenizer,
-                         train_dataset=datasets.Dataset.from_list(records))
+    trainer = SFTTrainer(
+        model=load_causal_lm(str(sft_workspace / "base")),
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=datasets.Dataset.from_list(records),
+    )
     keep_packed_rows(trainer)  # as the stage does
     batch = next(iter(trainer.get_train_dataloader()))
     return batch, tokenizer
@@ -96,17 +141,22 @@ def _ids(tokenizer, words: str) -> list[int]:
 
 
 def test_loss_is_on_completion_tokens_and_eos_only_by_default(sft_workspace, tmp_path):
-    batch, tokenizer = _first_batch(sft_workspace, tmp_path,
-                                    [{"prompt": "reverse cat dog answer :", "completion": " dog cat"}])
+    batch, tokenizer = _first_batch(
+        sft_workspace, tmp_path, [{"prompt": "reverse cat dog answer :", "completion": " dog cat"}]
+    )
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     assert batch["input_ids"][0].tolist() == [bos, *_ids(tokenizer, "reverse cat dog answer : dog cat"), eos]
     assert batch["labels"][0].tolist() == [-100] * 6 + [*_ids(tokenizer, "dog cat"), eos]
 
 
 def test_instruction_modeling_puts_the_prompt_in_the_loss_too(sft_workspace, tmp_path):
-    batch, tokenizer = _first_batch(sft_workspace, tmp_path,
-                                    [{"prompt": "first owl bee answer :", "completion": " owl"}],
-                                    "--completion_only_loss", "false")
+    batch, tokenizer = _first_batch(
+        sft_workspace,
+        tmp_path,
+        [{"prompt": "first owl bee answer :", "completion": " owl"}],
+        "--completion_only_loss",
+        "false",
+    )
     expected = [tokenizer.bos_token_id, *_ids(tokenizer, "first owl bee answer : owl"), tokenizer.eos_token_id]
     assert batch["input_ids"][0].tolist() == expected
     assert batch["labels"][0].tolist() == expected  # the model shifts labels itself
@@ -115,8 +165,10 @@ def test_instruction_modeling_puts_the_prompt_in_the_loss_too(sft_workspace, tmp
 def test_conversational_records_put_only_the_assistant_reply_in_the_loss(sft_workspace, tmp_path):
     from rlhf.data.demonstrations import load_demonstrations
 
-    path = _write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
-        {"role": "user", "content": "repeat cat answer :"}, {"role": "assistant", "content": "cat"}]}])
+    path = _write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"messages": [{"role": "user", "content": "repeat cat answer :"}, {"role": "assistant", "content": "cat"}]}],
+    )
     batch, tokenizer = _first_batch(sft_workspace, tmp_path, load_demonstrations(str(path)))
     tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
     labelled = [t for t, label in zip(tokens, batch["labels"][0].tolist()) if label != -100]
@@ -148,12 +200,15 @@ def test_packed_rows_give_the_loss_of_trls_flattened_batch(sft_workspace, tmp_pa
     from rlhf.stages.sft import SFTStageConfig
 
     records = make_split(24, seed=6)
-    config = parse_config(SFTStageConfig, ["--output_dir", str(tmp_path / "p"), "--max_length", "48",
-                                           "--packing", "true", "--report_to", "none"])
+    config = parse_config(
+        SFTStageConfig,
+        ["--output_dir", str(tmp_path / "p"), "--max_length", "48", "--packing", "true", "--report_to", "none"],
+    )
     tokenizer = load_tokenizer(str(sft_workspace / "base"))
     model = load_causal_lm(str(sft_workspace / "base"))
-    trainer = SFTTrainer(model=model, args=config, processing_class=tokenizer,
-                         train_dataset=datasets.Dataset.from_list(records))
+    trainer = SFTTrainer(
+        model=model, args=config, processing_class=tokenizer, train_dataset=datasets.Dataset.from_list(records)
+    )
     examples = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
     assert sum(len(e["seq_lengths"]) for e in examples) == len(records) > len(examples)
 
@@ -212,8 +267,19 @@ def test_each_adaptation_method_trains_only_its_parameters_through_the_stage(sft
     from rlhf.adaptation import load_adapted
     from rlhf.stages.sft import main
 
-    main(_sft_args(sft_workspace, tmp_path, "--adaptation_method", method, *ADAPTATIONS[method],
-                   "--max_steps", "4", "--learning_rate", "1e-2"))
+    main(
+        _sft_args(
+            sft_workspace,
+            tmp_path,
+            "--adaptation_method",
+            method,
+            *ADAPTATIONS[method],
+            "--max_steps",
+            "4",
+            "--learning_rate",
+            "1e-2",
+        )
+    )
     entry = Registry(tmp_path / "registry").get("sft")
     assert 0 < entry.metrics["trainable_params"] < entry.metrics["total_params"] / 2
     assert entry.metrics["eval_loss_after"] < entry.metrics["eval_loss_before"]
@@ -238,8 +304,11 @@ def test_csv_demonstrations_and_a_datasets_directory_train_through_the_stage(sft
     eval_dir = tmp_path / "eval_dataset"
     datasets.Dataset.from_list(make_split(32, seed=2)).save_to_disk(str(eval_dir))
 
-    main(_sft_args(sft_workspace, tmp_path, "--train_file", str(train_csv), "--eval_file", str(eval_dir),
-                   "--max_steps", "8"))
+    main(
+        _sft_args(
+            sft_workspace, tmp_path, "--train_file", str(train_csv), "--eval_file", str(eval_dir), "--max_steps", "8"
+        )
+    )
     entry = Registry(tmp_path / "registry").get("sft")
     assert entry.data_fingerprint == fingerprint_files([train_csv])
     assert entry.metrics["eval_loss_after"] < entry.metrics["eval_loss_before"]
@@ -272,17 +341,21 @@ def _stage_error(capsys, argv) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing file", ["nope.jsonl", "no such file"]),
-    ("misnamed column", ["bad.jsonl", "record 2", "'prompt'", "missing"]),
-    ("empty data set", ["bad.jsonl", "empty"]),
-    ("nothing fits", ["bad.jsonl", "none of the 1 demonstrations fits max_length 48"]),
-    ("missing model", ["no/such/model", "neither a registry entry"]),
-    ("unknown key", ["learning_rat"]),
-    ("wrong type", ["learning_rate", "fast"]),
-])
-def test_bad_input_is_one_line_naming_where_and_leaves_the_registry_untouched(sft_workspace, tmp_path, capsys,
-                                                                           case, expected):
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing file", ["nope.jsonl", "no such file"]),
+        ("misnamed column", ["bad.jsonl", "record 2", "'prompt'", "missing"]),
+        ("empty data set", ["bad.jsonl", "empty"]),
+        ("nothing fits", ["bad.jsonl", "none of the 1 demonstrations fits max_length 48"]),
+        ("missing model", ["no/such/model", "neither a registry entry"]),
+        ("unknown key", ["learning_rat"]),
+        ("wrong type", ["learning_rate", "fast"]),
+    ],
+)
+def test_bad_input_is_one_line_naming_where_and_leaves_the_registry_untouched(
+    sft_workspace, tmp_path, capsys, case, expected
+):
     bad = tmp_path / "bad.jsonl"
     args = _sft_args(sft_workspace, tmp_path)
     if case == "missing file":
@@ -312,12 +385,12 @@ def test_bad_input_is_one_line_naming_where_and_leaves_the_registry_untouched(sf
 def test_the_command_line_reports_a_yaml_typo_without_a_traceback(sft_workspace, tmp_path):
     config = tmp_path / "sft.yaml"
     config.write_text(f"model_name_or_path: {sft_workspace / 'base'}\nnum_train_epoch: 3\n")
-    result = subprocess.run([sys.executable, "-m", "rlhf.stages.sft", "--config", str(config)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhf.stages.sft", "--config", str(config)], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "num_train_epoch" in result.stderr and str(config) in result.stderr and "Traceback" not in result.stderr
-
 
 
 @pytest.mark.slow
@@ -329,11 +402,33 @@ def test_sft_under_two_process_zero3_trains_registers_once_and_saves_whole_weigh
 
     deepspeed = Path(sys.executable).parent / "deepspeed"
     result = subprocess.run(
-        [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "rlhf.stages.sft",
-         *_sft_args(sft_workspace, tmp_path, "--max_steps", "16", "--per_device_train_batch_size", "8",
-                    "--gold_scorer", "demo", "--gold_eval_prompts", "4"),
-         "--deepspeed", "deepspeed_configs/zero3.json"],
-        capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+        [
+            str(deepspeed),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "rlhf.stages.sft",
+            *_sft_args(
+                sft_workspace,
+                tmp_path,
+                "--max_steps",
+                "16",
+                "--per_device_train_batch_size",
+                "8",
+                "--gold_scorer",
+                "demo",
+                "--gold_eval_prompts",
+                "4",
+            ),
+            "--deepspeed",
+            "deepspeed_configs/zero3.json",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     entries = Registry(tmp_path / "registry").entries()
@@ -353,23 +448,49 @@ def test_sft_under_two_process_zero3_trains_registers_once_and_saves_whole_weigh
 @pytest.mark.parametrize("failing_rank", [0, 1])
 def test_a_full_disk_on_one_of_two_zero3_ranks_is_one_line_and_the_run_resumes(sft_workspace, tmp_path, failing_rank):
     deepspeed = Path(sys.executable).parent / "deepspeed"
-    command = [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "rlhf.stages.sft",
-               *_sft_args(sft_workspace, tmp_path, "--max_steps", "6", "--per_device_train_batch_size", "8",
-                          "--save_strategy", "steps", "--save_steps", "2", "--resume", "true"),
-               "--deepspeed", "deepspeed_configs/zero3.json"]
+    command = [
+        str(deepspeed),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "rlhf.stages.sft",
+        *_sft_args(
+            sft_workspace,
+            tmp_path,
+            "--max_steps",
+            "6",
+            "--per_device_train_batch_size",
+            "8",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "2",
+            "--resume",
+            "true",
+        ),
+        "--deepspeed",
+        "deepspeed_configs/zero3.json",
+    ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     # One rank's ZeRO-3 optimiser shard of checkpoint-4 fills the disk while the other is still to write its own.
     full_disk_env, marker = full_disk_hook.install(
-        tmp_path, env, inside="checkpoint-4", failing=f"zero_pp_rank_{failing_rank}_mp_rank_00_optim",
-        watching=f"zero_pp_rank_{1 - failing_rank}_mp_rank_00_optim")
+        tmp_path,
+        env,
+        inside="checkpoint-4",
+        failing=f"zero_pp_rank_{failing_rank}_mp_rank_00_optim",
+        watching=f"zero_pp_rank_{1 - failing_rank}_mp_rank_00_optim",
+    )
     # No timeout: were rank 0 left waiting at a barrier, this would hang, and that is the failure it guards.
     failed = subprocess.run(command, capture_output=True, text=True, env=full_disk_env)
     output = failed.stdout + failed.stderr
     assert failed.returncode == 2, output[-4000:]
     run_dir = tmp_path / "run"
     errors = [line for line in output.splitlines() if "error: " in line]
-    assert errors and all(f"no space left on device writing {run_dir / 'checkpoint-4'}" in line
-                          for line in errors), errors
+    assert errors and all(f"no space left on device writing {run_dir / 'checkpoint-4'}" in line for line in errors), (
+        errors
+    )
     assert f"the last whole checkpoint is {run_dir / 'checkpoint-2'}" in errors[0]
     assert f"left the partial {run_dir / 'checkpoint-4'}, as other ranks" in errors[0]
     assert not marker.exists()  # nothing was removed under the other rank's write

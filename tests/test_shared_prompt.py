@@ -10,16 +10,30 @@ import torch
 def test_the_shared_prefix_is_what_all_of_a_groups_sequences_begin_with_less_each_ones_last_token():
     from rlhf.shared_prompt.layout import shared_prefix_lengths
 
-    input_ids = torch.tensor([[11, 12, 13, 21, 22],
-                              [11, 12, 13, 31, 0],
-                              [41, 42, 0, 0, 0],
-                              [51, 52, 61, 0, 0],
-                              [51, 52, 62, 63, 0],
-                              [51, 52, 61, 64, 0],
-                              [5, 6, 7, 0, 0],
-                              [5, 6, 7, 0, 0]])
-    mask = torch.tensor([[1] * 5, [1] * 4 + [0], [1] * 2 + [0] * 3, [1] * 3 + [0] * 2, [1] * 4 + [0],
-                         [1] * 4 + [0], [1] * 3 + [0] * 2, [1] * 3 + [0] * 2])
+    input_ids = torch.tensor(
+        [
+            [11, 12, 13, 21, 22],
+            [11, 12, 13, 31, 0],
+            [41, 42, 0, 0, 0],
+            [51, 52, 61, 0, 0],
+            [51, 52, 62, 63, 0],
+            [51, 52, 61, 64, 0],
+            [5, 6, 7, 0, 0],
+            [5, 6, 7, 0, 0],
+        ]
+    )
+    mask = torch.tensor(
+        [
+            [1] * 5,
+            [1] * 4 + [0],
+            [1] * 2 + [0] * 3,
+            [1] * 3 + [0] * 2,
+            [1] * 4 + [0],
+            [1] * 4 + [0],
+            [1] * 3 + [0] * 2,
+            [1] * 3 + [0] * 2,
+        ]
+    )
     # (a) 11 12 13 in common; (b) alone: all but its last token; (c) the third member agrees with the first on
     # 51 52 61, the second only on 51 52, and the first has 3 tokens: 2; (d) two equal sequences keep their last.
     assert shared_prefix_lengths(input_ids, mask, [2, 1, 3, 2]).tolist() == [3, 1, 2, 2]
@@ -33,12 +47,16 @@ def test_the_shared_prefix_is_what_all_of_a_groups_sequences_begin_with_less_eac
 def right_padded_groups():
     """A ranking of 2, one of 1 and one of 3 (the last one's members share 2 tokens), right-padded as the reward
     model's collator pads them."""
-    input_ids = torch.tensor([[11, 12, 13, 21, 22],
-                              [11, 12, 13, 31, 0],
-                              [41, 42, 0, 0, 0],
-                              [51, 52, 61, 0, 0],
-                              [51, 52, 62, 63, 0],
-                              [51, 52, 61, 64, 0]])
+    input_ids = torch.tensor(
+        [
+            [11, 12, 13, 21, 22],
+            [11, 12, 13, 31, 0],
+            [41, 42, 0, 0, 0],
+            [51, 52, 61, 0, 0],
+            [51, 52, 62, 63, 0],
+            [51, 52, 61, 64, 0],
+        ]
+    )
     return input_ids, (input_ids != 0).long(), [2, 1, 3]
 
 
@@ -48,14 +66,10 @@ def test_groups_are_laid_out_shared_part_first_then_each_sequences_own_with_posi
     input_ids, mask, sizes = right_padded_groups()
     # Spans: 3 + 2 + 1 = 6, 1 + 1 = 2, 2 + 1 + 2 + 2 = 7; rows of 8: the first two groups share row 0.
     rows = shared_prompt_rows(input_ids, mask, sizes, row_tokens=8)
-    assert rows.input_ids.tolist() == [[11, 12, 13, 21, 22, 31, 41, 42],
-                                       [51, 52, 61, 62, 63, 61, 64, 0]]
-    assert rows.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 0, 1],
-                                          [0, 1, 2, 2, 3, 2, 3, 0]]
-    assert rows.group_ids.tolist() == [[0, 0, 0, 0, 0, 0, 1, 1],
-                                       [2, 2, 2, 2, 2, 2, 2, -1]]
-    assert rows.segment_ids.tolist() == [[0, 0, 0, 1, 1, 2, 0, 1],
-                                         [0, 0, 1, 2, 2, 3, 3, -1]]
+    assert rows.input_ids.tolist() == [[11, 12, 13, 21, 22, 31, 41, 42], [51, 52, 61, 62, 63, 61, 64, 0]]
+    assert rows.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 0, 1], [0, 1, 2, 2, 3, 2, 3, 0]]
+    assert rows.group_ids.tolist() == [[0, 0, 0, 0, 0, 0, 1, 1], [2, 2, 2, 2, 2, 2, 2, -1]]
+    assert rows.segment_ids.tolist() == [[0, 0, 0, 1, 1, 2, 0, 1], [0, 0, 1, 2, 2, 3, 3, -1]]
     # Each sequence's score is read at its own last token.
     last_rows, last_columns = rows.last_tokens()
     assert list(zip(last_rows.tolist(), last_columns.tolist())) == [(0, 4), (0, 5), (0, 7), (1, 2), (1, 4), (1, 6)]
@@ -63,8 +77,11 @@ def test_groups_are_laid_out_shared_part_first_then_each_sequences_own_with_posi
     assert rows.unpack(rows.input_ids, 0, 5).tolist() == input_ids.tolist()
     # Without row_tokens a row holds the longest group (7): each group gets its own row.
     alone = shared_prompt_rows(input_ids, mask, sizes)
-    assert alone.input_ids.tolist() == [[11, 12, 13, 21, 22, 31, 0], [41, 42, 0, 0, 0, 0, 0],
-                                        [51, 52, 61, 62, 63, 61, 64]]
+    assert alone.input_ids.tolist() == [
+        [11, 12, 13, 21, 22, 31, 0],
+        [41, 42, 0, 0, 0, 0, 0],
+        [51, 52, 61, 62, 63, 61, 64],
+    ]
 
 
 def test_each_token_sees_the_shared_part_and_its_own_sequence_causally_and_nothing_else():
@@ -74,15 +91,26 @@ def test_each_token_sees_the_shared_part_and_its_own_sequence_causally_and_nothi
     mask = rows.attention_mask(torch.float32)
     assert mask.shape == (2, 1, 8, 8)
     seen = [[(mask[row, 0, i] == 0).nonzero()[:, 0].tolist() for i in range(8)] for row in range(2)]
-    assert seen[0] == [[0], [0, 1], [0, 1, 2],
-                       [0, 1, 2, 3], [0, 1, 2, 3, 4],  # 21 22: the prompt, then themselves
-                       [0, 1, 2, 5],  # 31: the prompt and itself, not 21 22
-                       [6], [6, 7]]  # the second group, alone in its part of the row
-    assert seen[1] == [[0], [0, 1],
-                       [0, 1, 2],  # 61 (member 1)
-                       [0, 1, 3], [0, 1, 3, 4],  # 62 63 (member 2)
-                       [0, 1, 5], [0, 1, 5, 6],  # 61 64 (member 3): its own 61, not member 1's
-                       [7]]  # filler sees only filler
+    assert seen[0] == [
+        [0],
+        [0, 1],
+        [0, 1, 2],
+        [0, 1, 2, 3],
+        [0, 1, 2, 3, 4],  # 21 22: the prompt, then themselves
+        [0, 1, 2, 5],  # 31: the prompt and itself, not 21 22
+        [6],
+        [6, 7],
+    ]  # the second group, alone in its part of the row
+    assert seen[1] == [
+        [0],
+        [0, 1],
+        [0, 1, 2],  # 61 (member 1)
+        [0, 1, 3],
+        [0, 1, 3, 4],  # 62 63 (member 2)
+        [0, 1, 5],
+        [0, 1, 5, 6],  # 61 64 (member 3): its own 61, not member 1's
+        [7],
+    ]  # filler sees only filler
     assert (mask[mask != 0] == torch.finfo(torch.float32).min).all()
     assert rows.attention_mask(torch.bfloat16).dtype == torch.bfloat16
 
@@ -92,10 +120,7 @@ def test_left_padded_prompts_with_right_padded_responses_share_the_prompt_as_ppo
     from rlhf.ppo.logprobs import position_ids_from_mask
     from rlhf.shared_prompt.layout import shared_prompt_rows
 
-    input_ids = torch.tensor([[0, 11, 12, 21, 22],
-                              [0, 11, 12, 23, 0],
-                              [13, 14, 15, 24, 0],
-                              [13, 14, 15, 25, 26]])
+    input_ids = torch.tensor([[0, 11, 12, 21, 22], [0, 11, 12, 23, 0], [13, 14, 15, 24, 0], [13, 14, 15, 25, 26]])
     mask = (input_ids != 0).long()
     rows = shared_prompt_rows(input_ids, mask, [2, 2])
     # Spans 2 + 2 + 1 = 5 and 3 + 1 + 2 = 6: a row each, of 6.
@@ -161,8 +186,11 @@ def ranking_batch(config, seed: int):
         return torch.randint(3, config.vocab_size, (count,), generator=generator).tolist()
 
     features = []
-    for prompt_length, completion_lengths, ranks in ((7, [3, 1], [1, 2]), (3, [5, 2, 4, 2], [2, 1, 4, 2]),
-                                                     (5, [1, 4, 3], [3, 1, 2])):
+    for prompt_length, completion_lengths, ranks in (
+        (7, [3, 1], [1, 2]),
+        (3, [5, 2, 4, 2], [2, 1, 4, 2]),
+        (5, [1, 4, 3], [3, 1, 2]),
+    ):
         prompt = tokens(prompt_length)
         features.append({"input_ids": [prompt + tokens(n) for n in completion_lengths], "ranks": ranks})
     return RankingCollator(pad_token_id=config.pad_token_id)(features)
@@ -196,9 +224,11 @@ def assert_same_training_signal(model, batch, shared):
     assert max(g.abs().max() for g in separate[2].values()) > 1e-3  # the gradients compared are not all zero
 
 
-@pytest.mark.parametrize("family, attention", [(family, "sdpa") for family in
-                                               ("llama3", "qwen2", "gpt2", "opt", "gpt_neox", "mistral")]
-                         + [("llama3", "eager"), ("gpt2", "eager")])
+@pytest.mark.parametrize(
+    "family, attention",
+    [(family, "sdpa") for family in ("llama3", "qwen2", "gpt2", "opt", "gpt_neox", "mistral")]
+    + [("llama3", "eager"), ("gpt2", "eager")],
+)
 def test_shared_prompt_rewards_losses_and_gradients_equal_one_sequence_per_completion(family, attention):
     from rlhf.shared_prompt.forward import reward_model_support
 
@@ -226,8 +256,9 @@ def test_a_lora_reward_model_shares_through_peft_with_the_same_training_signal()
     from rlhf.adaptation.config import AdaptationConfig
     from rlhf.shared_prompt.forward import reward_model_support
 
-    model = apply_adaptation(family_reward_model("llama3"), AdaptationConfig(adaptation_method="lora"),
-                             task="reward").eval()
+    model = apply_adaptation(
+        family_reward_model("llama3"), AdaptationConfig(adaptation_method="lora"), task="reward"
+    ).eval()
     shared = reward_model_support(model, across_ranks=False)
     batch = ranking_batch(model.config, seed=2)
     assert_same_training_signal(model, batch, shared)
@@ -249,11 +280,19 @@ def test_held_out_rankings_score_the_same_shared_with_prompts_cut_to_max_length_
     tokenizer = family_tokenizer("qwen2", corpus_words())
     model = family_reward_model("qwen2")
     records = make_split(3, seed=0)
-    rankings = [Ranking(f"r{i}", record["prompt"], completions, tuple(range(1, len(completions) + 1)), None)
-                for i, (record, completions) in enumerate(zip(records, (
+    rankings = [
+        Ranking(f"r{i}", record["prompt"], completions, tuple(range(1, len(completions) + 1)), None)
+        for i, (record, completions) in enumerate(
+            zip(
+                records,
+                (
                     (" a b", " lemon", " peach plum cat lemon banana owl owl"),
                     (" cat", " peach cat cherry lemon wolf"),
-                    (" owl", " banana duck", " banana duck lemon owl owl", " duck"))))]
+                    (" owl", " banana duck", " banana duck lemon owl owl", " duck"),
+                ),
+            )
+        )
+    ]
     shared = reward_model_support(model, across_ranks=False)
     assert shared.enabled
     prompts = [r.prompt for r in rankings for _ in r.completions]
@@ -261,8 +300,9 @@ def test_held_out_rankings_score_the_same_shared_with_prompts_cut_to_max_length_
     for max_length in (64, 18):  # 18: the prompts (12-13 tokens) lose their start behind the longer completions
         separate = score_texts(model, tokenizer, prompts, completions, max_length=max_length)
         # Batches of 4 cut the first and last rankings in two: each part shares within its batch.
-        together = score_texts(model, tokenizer, prompts, completions, max_length=max_length, batch_size=4,
-                               shared_prompt=shared)
+        together = score_texts(
+            model, tokenizer, prompts, completions, max_length=max_length, batch_size=4, shared_prompt=shared
+        )
         assert together == pytest.approx(separate, abs=1e-5)
     rows = score_rankings(model, tokenizer, rankings, None, 18, shared_prompt=shared)
     assert [len(row) for row in rows] == [3, 2, 4] and sum(rows, []) == pytest.approx(separate, abs=1e-5)
@@ -292,7 +332,8 @@ def test_a_model_whose_attention_ignores_the_custom_mask_fails_the_check_and_sco
     assert not shared.enabled
     assert shared.line("reward model") == (
         "shared_prompt_forward: the reward model: its attention does not keep the responses apart under a custom "
-        "mask; each response runs with its own copy of the prompt")
+        "mask; each response runs with its own copy of the prompt"
+    )
     batch = ranking_batch(model.config, seed=3)
     with torch.no_grad():
         assert torch.equal(ranking_rewards(model, batch, shared), ranking_rewards(model, batch, OFF))
@@ -321,8 +362,14 @@ def test_flash_attention_is_refused_by_its_name_without_running_the_model():
     def never(**inputs):
         raise AssertionError("flash attention's kernels are not asked")
 
-    config = LlamaConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=8, attn_implementation="flash_attention_2")
+    config = LlamaConfig(
+        vocab_size=16,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
+        attn_implementation="flash_attention_2",
+    )
     shared = check_support(never, torch.nn.Linear(2, 2), config, "cpu", across_ranks=False)
     assert not shared.enabled and shared.reason == "flash_attention_2's kernels take no custom attention mask"
 

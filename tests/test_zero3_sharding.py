@@ -27,8 +27,6 @@ def houlsby_reward_model(reward_dir: str, out_dir) -> str:
     return str(out_dir)
 
 
-
-
 @pytest.mark.slow
 def test_no_rank_holds_a_whole_model_and_streamed_saves_equal_whole_ones(tmp_path):
     from rlhf.adaptation import load_adapted
@@ -81,18 +79,23 @@ def test_shard_writer_streams_safetensors_that_safetensors_reads_back(tmp_path):
     from rlhf.adaptation.partitioned_save import SAFE_WEIGHTS_INDEX, ShardWriter
 
     generator = torch.Generator().manual_seed(0)
-    tensors = {"embed.weight": torch.randn(3, 5, generator=generator),
-               "layer.bf16": torch.randn(7, generator=generator).bfloat16(),
-               "layer.half": torch.randn(2, 2, generator=generator).half(),
-               "mask": torch.tensor([True, False, True]), "positions": torch.arange(4),
-               "empty": torch.zeros(0), "big": torch.randn(100, 10, generator=generator)}
+    tensors = {
+        "embed.weight": torch.randn(3, 5, generator=generator),
+        "layer.bf16": torch.randn(7, generator=generator).bfloat16(),
+        "layer.half": torch.randn(2, 2, generator=generator).half(),
+        "mask": torch.tensor([True, False, True]),
+        "positions": torch.arange(4),
+        "empty": torch.zeros(0),
+        "big": torch.randn(100, 10, generator=generator),
+    }
     writer = ShardWriter(tmp_path, max_bytes=200)
     for key, tensor in tensors.items():
         writer.add(key, tensor)
     writer.finish()
     index = json.loads((tmp_path / SAFE_WEIGHTS_INDEX).read_text())
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted({*index["weight_map"].values(),
-                                                                      SAFE_WEIGHTS_INDEX})
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        {*index["weight_map"].values(), SAFE_WEIGHTS_INDEX}
+    )
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors.values())
     assert len(set(index["weight_map"].values())) == 2  # "big" (4000 bytes) has a file of its own
     for key, tensor in tensors.items():

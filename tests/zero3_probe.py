@@ -65,8 +65,13 @@ def main(models_path: str, out_dir: str) -> None:
     zero3, inference = (str(REPO / "deepspeed_configs" / n) for n in ("zero3.json", "zero3_inference.json"))
     setups = {
         "full": dict(reward_model=models["reward"]),
-        "lora": dict(adaptation_method="lora", critic_adaptation_method="lora", lora_dropout=0.0,
-                     merge_lora_on_save=True, reward_model=models["houlsby_reward"]),
+        "lora": dict(
+            adaptation_method="lora",
+            critic_adaptation_method="lora",
+            lora_dropout=0.0,
+            merge_lora_on_save=True,
+            reward_model=models["houlsby_reward"],
+        ),
     }
     report = {}
     original_initialize = deepspeed.initialize
@@ -77,9 +82,16 @@ def main(models_path: str, out_dir: str) -> None:
             as_loaded.append(local_share(model, only_partitioned=True))
             return original_initialize(*args, model=model, **kwargs)
 
-        argv = stage_arguments(models, out / name / "run", out / name / "registry", actor_deepspeed=zero3,
-                               critic_deepspeed=zero3, reference_deepspeed=inference, reward_deepspeed=inference,
-                               **overrides)
+        argv = stage_arguments(
+            models,
+            out / name / "run",
+            out / name / "registry",
+            actor_deepspeed=zero3,
+            critic_deepspeed=zero3,
+            reference_deepspeed=inference,
+            reward_deepspeed=inference,
+            **overrides,
+        )
         config = parse_config(PPOStageConfig, argv)
         inputs = ppo_inputs.read_inputs(config)
         deepspeed.initialize = initialize
@@ -88,19 +100,25 @@ def main(models_path: str, out_dir: str) -> None:
         finally:
             deepspeed.initialize = original_initialize
         roles = [role for role in ("actor", "critic", "reference", "reward") if getattr(engines, role) is not None]
-        report[name] = {"as_loaded": dict(zip(roles, as_loaded)),
-                        "built": {role: local_share(getattr(engines, role).module) for role in roles}}
+        report[name] = {
+            "as_loaded": dict(zip(roles, as_loaded)),
+            "built": {role: local_share(getattr(engines, role).module) for role in roles},
+        }
 
         # Trained-looking weights (LoRA B and Houlsby W_up start at zero), then both saves of each.
         saves = {"actor": (engines.actor.module, adaptation_for(config, config.adaptation_method))}
         if name == "lora":
             saves["reward"] = (engines.reward.module, adaptation_for(config, "adapter"))
         for seed, (role, (module, adaptation)) in enumerate(saves.items()):
-            trained = [p for n, p in module.named_parameters()
-                       if p.requires_grad or "adapter" in n.split(".")] if name == "lora" else list(module.parameters())
+            trained = (
+                [p for n, p in module.named_parameters() if p.requires_grad or "adapter" in n.split(".")]
+                if name == "lora"
+                else list(module.parameters())
+            )
             randomise(trained, seed)
-            save_adapted_partitioned(module, inputs.tokenizer, out / name / f"{role}_streamed", adaptation,
-                                     max_shard_bytes=20_000)
+            save_adapted_partitioned(
+                module, inputs.tokenizer, out / name / f"{role}_streamed", adaptation, max_shard_bytes=20_000
+            )
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 if rank == 0:
                     save_adapted(module, inputs.tokenizer, out / name / f"{role}_whole", adaptation)

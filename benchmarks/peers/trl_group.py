@@ -58,12 +58,17 @@ def main(argv=None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.policy, padding_side="left")
     policy = AutoModelForCausalLM.from_pretrained(args.policy)
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = build_trainer(args, policy, tokenizer, Dataset.from_dict({"prompt": prompts}), output_dir,
-                                [StepEnd()])
+        trainer = build_trainer(
+            args, policy, tokenizer, Dataset.from_dict({"prompt": prompts}), output_dir, [StepEnd()]
+        )
         time_phases(trainer, marks)
         trainer.train()
-    result = {"peer": f"trl.{type(trainer).__name__}", "versions": versions(), "steps": iteration_rows(marks),
-              "python": sys.version.split()[0]}
+    result = {
+        "peer": f"trl.{type(trainer).__name__}",
+        "versions": versions(),
+        "steps": iteration_rows(marks),
+        "python": sys.version.split()[0],
+    }
     with open(args.out, "w") as file:
         json.dump(result, file, indent=2)
     print(json.dumps(result))
@@ -75,12 +80,27 @@ def build_trainer(args, policy, tokenizer, dataset, output_dir: str, callbacks: 
 
     steps_per_generation = args.rollout_batch_size // args.minibatch_size
     common = dict(
-        output_dir=output_dir, per_device_train_batch_size=args.minibatch_size, gradient_accumulation_steps=1,
-        steps_per_generation=steps_per_generation, num_generations=args.samples_per_prompt,
-        max_completion_length=args.max_new_tokens, num_iterations=args.ppo_epochs,
-        max_steps=args.steps * steps_per_generation * args.ppo_epochs, learning_rate=args.learning_rate,
-        beta=args.kl_coef, temperature=1.0, top_p=1.0, top_k=0, report_to=[], save_strategy="no",
-        logging_steps=10**6, bf16=False, fp16=False, seed=args.seed, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=output_dir,
+        per_device_train_batch_size=args.minibatch_size,
+        gradient_accumulation_steps=1,
+        steps_per_generation=steps_per_generation,
+        num_generations=args.samples_per_prompt,
+        max_completion_length=args.max_new_tokens,
+        num_iterations=args.ppo_epochs,
+        max_steps=args.steps * steps_per_generation * args.ppo_epochs,
+        learning_rate=args.learning_rate,
+        beta=args.kl_coef,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10**6,
+        bf16=False,
+        fp16=False,
+        seed=args.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     if args.trainer == "rloo":
         # The leave-one-out baseline on score - β Σ KL, as ours; no advantage normalisation (the paper's, ours).
@@ -91,8 +111,14 @@ def build_trainer(args, policy, tokenizer, dataset, output_dir: str, callbacks: 
         # tokens, our token_mean.
         config = GRPOConfig(**common, loss_type="bnpo", scale_rewards="group")
         trainer_class = GRPOTrainer
-    return trainer_class(model=policy, reward_funcs=args.reward, args=config, train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=callbacks)
+    return trainer_class(
+        model=policy,
+        reward_funcs=args.reward,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
 
 
 def time_phases(trainer, marks: dict[str, list]) -> None:
@@ -124,11 +150,16 @@ def iteration_rows(marks: dict[str, list]) -> list[dict]:
         trained = max(t for t in marks["step_end"] if t < following)
         generation = marks["generated"][number] - start
         tokens, completions = marks["tokens"][number]
-        rows.append({"step": number + 1, "time_generation": generation,
-                     "time_scoring": marks["scored"][number] - marks["generated"][number],
-                     "time_training": trained - marks["scored"][number],
-                     "response_length": tokens / max(completions, 1),
-                     "tokens_per_second": tokens / max(generation, 1e-9)})
+        rows.append(
+            {
+                "step": number + 1,
+                "time_generation": generation,
+                "time_scoring": marks["scored"][number] - marks["generated"][number],
+                "time_training": trained - marks["scored"][number],
+                "response_length": tokens / max(completions, 1),
+                "tokens_per_second": tokens / max(generation, 1e-9),
+            }
+        )
     return rows
 
 

@@ -40,8 +40,7 @@ def main(argv=None) -> None:
 
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                              TrainerCallback)
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
     import trl.experimental.ppo.ppo_trainer as ppo_trainer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
@@ -104,38 +103,70 @@ def main(argv=None) -> None:
     with open(args.prompt_ids) as file:
         prompt_ids = json.load(file)
     train = Dataset.from_dict({"input_ids": prompt_ids})
-    evaluation = Dataset.from_dict({"input_ids": prompt_ids[:args.rollout_batch_size]})
+    evaluation = Dataset.from_dict({"input_ids": prompt_ids[: args.rollout_batch_size]})
 
     with tempfile.TemporaryDirectory() as output_dir:
         # One micro-batch per minibatch and as many minibatches as the rollout holds (TRL's rollout batch is
         # per_device_train_batch_size x gradient_accumulation_steps).
         accumulation = args.rollout_batch_size // args.minibatch_size
         config = PPOConfig(
-            output_dir=output_dir, per_device_train_batch_size=args.minibatch_size,
-            gradient_accumulation_steps=accumulation, num_mini_batches=accumulation,
-            local_rollout_forward_batch_size=args.rollout_batch_size, num_ppo_epochs=args.ppo_epochs,
-            response_length=args.max_new_tokens, total_episodes=args.steps * args.rollout_batch_size,
-            learning_rate=args.learning_rate, kl_coef=args.kl_coef, temperature=1.0, stop_token="eos",
-            missing_eos_penalty=None, num_sample_generations=0, report_to=[], save_strategy="no",
-            logging_steps=10**6, bf16=False, fp16=False, seed=args.seed, disable_tqdm=True,
+            output_dir=output_dir,
+            per_device_train_batch_size=args.minibatch_size,
+            gradient_accumulation_steps=accumulation,
+            num_mini_batches=accumulation,
+            local_rollout_forward_batch_size=args.rollout_batch_size,
+            num_ppo_epochs=args.ppo_epochs,
+            response_length=args.max_new_tokens,
+            total_episodes=args.steps * args.rollout_batch_size,
+            learning_rate=args.learning_rate,
+            kl_coef=args.kl_coef,
+            temperature=1.0,
+            stop_token="eos",
+            missing_eos_penalty=None,
+            num_sample_generations=0,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=10**6,
+            bf16=False,
+            fp16=False,
+            seed=args.seed,
+            disable_tqdm=True,
             dataloader_num_workers=0,
         )
-        trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=reference,
-                             reward_model=reward, value_model=value, train_dataset=train, eval_dataset=evaluation,
-                             callbacks=[StepEnd()])
+        trainer = PPOTrainer(
+            args=config,
+            processing_class=tokenizer,
+            model=policy,
+            ref_model=reference,
+            reward_model=reward,
+            value_model=value,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            callbacks=[StepEnd()],
+        )
         trainer.train()
 
     rows = []
     for number, step in enumerate(steps, start=1):
         generation = step["generated"] - step["start"]
-        rows.append({"step": number, "time_generation": generation,
-                     "time_scoring": step["scored"] - step["generated"], "time_training": step["trained"] - step["scored"],
-                     "response_length": step["response_tokens"] / max(step["responses"], 1),
-                     "tokens_per_second": step["response_tokens"] / max(generation, 1e-9),
-                     "time_gc_collect": step.get("gc", 0.0)})
+        rows.append(
+            {
+                "step": number,
+                "time_generation": generation,
+                "time_scoring": step["scored"] - step["generated"],
+                "time_training": step["trained"] - step["scored"],
+                "response_length": step["response_tokens"] / max(step["responses"], 1),
+                "tokens_per_second": step["response_tokens"] / max(generation, 1e-9),
+                "time_gc_collect": step.get("gc", 0.0),
+            }
+        )
     versions = {name: metadata.version(name) for name in ("trl", "transformers", "torch", "accelerate")}
-    result = {"peer": "trl.experimental.ppo.PPOTrainer", "versions": versions, "steps": rows,
-              "python": sys.version.split()[0]}
+    result = {
+        "peer": "trl.experimental.ppo.PPOTrainer",
+        "versions": versions,
+        "steps": rows,
+        "python": sys.version.split()[0],
+    }
     with open(args.out, "w") as file:
         json.dump(result, file, indent=2)
     print(json.dumps(result))

@@ -18,10 +18,21 @@ import importlib
 from typing import Any
 
 _HOMES = {
-    "apply_adaptation": "apply", "count_parameters": "apply", "disable_adapter_context": "apply",
-    "is_adapted": "apply", "parameter_summary": "apply", "reward_head_names": "apply", "virtual_token_count": "apply",
-    "base_model_config": "checkpoint", "load_adapted": "checkpoint", "merged_lora_state_dict": "checkpoint", "save_adapted": "checkpoint",
-    "AdaptationConfig": "config", "METHODS": "config", "PEFT_METHODS": "config", "TASKS": "config",
+    "apply_adaptation": "apply",
+    "count_parameters": "apply",
+    "disable_adapter_context": "apply",
+    "is_adapted": "apply",
+    "parameter_summary": "apply",
+    "reward_head_names": "apply",
+    "virtual_token_count": "apply",
+    "base_model_config": "checkpoint",
+    "load_adapted": "checkpoint",
+    "merged_lora_state_dict": "checkpoint",
+    "save_adapted": "checkpoint",
+    "AdaptationConfig": "config",
+    "METHODS": "config",
+    "PEFT_METHODS": "config",
+    "TASKS": "config",
 }
 
 __all__ = sorted(_HOMES)

@@ -38,8 +38,12 @@ def apply_adaptation(model: nn.Module, config: AdaptationConfig, task: str = "ca
         if method == "bitfit":
             trainable = _bias_names(model, head_names)
         elif method == "adapter":
-            houlsby.insert_adapters(model, houlsby.insertion_points(model),
-                                    model.config.get_text_config().hidden_size, config.adapter_bottleneck)
+            houlsby.insert_adapters(
+                model,
+                houlsby.insertion_points(model),
+                model.config.get_text_config().hidden_size,
+                config.adapter_bottleneck,
+            )
             trainable = list(houlsby.adapter_state_dict(model))
         else:
             trainable = []
@@ -147,14 +151,20 @@ def _apply_peft(model: nn.Module, config: AdaptationConfig, task: str, head_name
     # For SEQ_CLS peft itself appends "classifier" and "score" to modules_to_save (twice for prompt learning),
     # so name only a head called otherwise; the tests check the head trains either way.
     other_heads = [name for name in head_names if name not in ("classifier", "score")]
-    common = dict(task_type=TaskType.SEQ_CLS if task == "reward" else TaskType.CAUSAL_LM,
-                  modules_to_save=other_heads or None)
+    common = dict(
+        task_type=TaskType.SEQ_CLS if task == "reward" else TaskType.CAUSAL_LM, modules_to_save=other_heads or None
+    )
     method = config.adaptation_method
     if method == "lora":
         targets = config.lora_target_modules
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
-                                 bias="none", **common)
+        peft_config = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
+            bias="none",
+            **common,
+        )
     elif method == "prompt_tuning":
         peft_config = PromptTuningConfig(num_virtual_tokens=config.num_virtual_tokens, **common)
     elif method == "prefix_tuning":
@@ -169,8 +179,11 @@ def _apply_peft(model: nn.Module, config: AdaptationConfig, task: str, head_name
 
 
 def _bias_names(model: nn.Module, head_names: list[str]) -> list[str]:
-    names = [name for name, _ in model.named_parameters()
-             if name.rsplit(".", 1)[-1] == "bias" and name.split(".")[0] not in head_names]
+    names = [
+        name
+        for name, _ in model.named_parameters()
+        if name.rsplit(".", 1)[-1] == "bias" and name.split(".")[0] not in head_names
+    ]
     if not names:
         raise ConfigError(
             f"adaptation_method 'bitfit' trains bias terms, but {type(model).__name__} has none "

@@ -64,13 +64,23 @@ def save_adapted(model: nn.Module, tokenizer, out_dir: str | os.PathLike, config
 
 def description_of(config: AdaptationConfig, *, merged_lora: bool) -> dict:
     """The contents of rlhf_adaptation.json, before any method adds its own fields."""
-    return {"format_version": FORMAT_VERSION, "adaptation_method": config.adaptation_method,
-            "merged_lora": merged_lora, "adaptation_config": asdict(config)}
+    return {
+        "format_version": FORMAT_VERSION,
+        "adaptation_method": config.adaptation_method,
+        "merged_lora": merged_lora,
+        "adaptation_config": asdict(config),
+    }
 
 
-def load_adapted(path: str | os.PathLike, task: str, torch_dtype: torch.dtype | None = None,
-                 trust_remote_code: bool = False, *, is_trainable: bool = False,
-                 attn_implementation: str = DEFAULT_ATTENTION) -> nn.Module:
+def load_adapted(
+    path: str | os.PathLike,
+    task: str,
+    torch_dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    *,
+    is_trainable: bool = False,
+    attn_implementation: str = DEFAULT_ATTENTION,
+) -> nn.Module:
     """Load a directory written by `save_adapted` (or any Hugging Face model directory or hub name).
 
     task "reward" loads an AutoModelForSequenceClassification with num_labels=1 (a causal LM checkpoint gets a
@@ -85,14 +95,14 @@ def load_adapted(path: str | os.PathLike, task: str, torch_dtype: torch.dtype | 
     directory = Path(path_str)
     description = _read_description(directory) if directory.is_dir() else None
     if description is not None and description["adaptation_method"] == "adapter":
-        model = _load_with_houlsby_adapters(directory, description, task, torch_dtype, trust_remote_code,
-                                            attn_implementation)
+        model = _load_with_houlsby_adapters(
+            directory, description, task, torch_dtype, trust_remote_code, attn_implementation
+        )
         if is_trainable:
             heads = reward_head_names(model) if task == "reward" else []
             set_trainable(model, list(houlsby.adapter_state_dict(model)) + head_parameter_names(model, heads))
     elif (directory / PEFT_CONFIG_FILE).is_file():
-        model = _load_peft_adapter(directory, task, torch_dtype, trust_remote_code, is_trainable,
-                                   attn_implementation)
+        model = _load_peft_adapter(directory, task, torch_dtype, trust_remote_code, is_trainable, attn_implementation)
     else:
         model = _load_plain(path_str, task, torch_dtype, trust_remote_code, attn_implementation)
     if not is_trainable:
@@ -176,12 +186,17 @@ def houlsby_description(model: nn.Module) -> dict:
     """What rlhf_adaptation.json records of a model's Houlsby adapters, so that `load_adapted` can rebuild them."""
     wrapped = houlsby.adapted_modules(model)
     first = next(iter(wrapped.values())).adapter
-    return {"adapted_modules": list(wrapped), "hidden_size": first.down.in_features,
-            "adapter_bottleneck": first.down.out_features, "adapter_weights": ADAPTER_WEIGHTS_FILE}
+    return {
+        "adapted_modules": list(wrapped),
+        "hidden_size": first.down.in_features,
+        "adapter_bottleneck": first.down.out_features,
+        "adapter_weights": ADAPTER_WEIGHTS_FILE,
+    }
 
 
-def _load_plain(name_or_path: str, task: str, torch_dtype, trust_remote_code: bool,
-                attn_implementation: str) -> nn.Module:
+def _load_plain(
+    name_or_path: str, task: str, torch_dtype, trust_remote_code: bool, attn_implementation: str
+) -> nn.Module:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if task == "reward":
@@ -194,9 +209,14 @@ def _load_plain(name_or_path: str, task: str, torch_dtype, trust_remote_code: bo
     try:
         # Under ZeRO-3 no rank reads the whole checkpoint.
         with streamed_zero3_loading(), new_reward_head_explained() if task == "reward" else contextlib.nullcontext():
-            return model_class.from_pretrained(name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                               use_safetensors=True, attn_implementation=attn_implementation,
-                                               **extra)
+            return model_class.from_pretrained(
+                name_or_path,
+                dtype=torch_dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+                attn_implementation=attn_implementation,
+                **extra,
+            )
     except OSError as error:  # a missing directory, hub name or safetensors file
         raise ConfigError(f"cannot load model '{name_or_path}': {error}") from error
     except ValueError as error:  # an attention the architecture does not implement, or code it would have to run
@@ -205,12 +225,14 @@ def _load_plain(name_or_path: str, task: str, torch_dtype, trust_remote_code: bo
         if "attn" not in str(error) and "attention" not in str(error):
             raise
         first_line = str(error).strip().splitlines()[0]
-        raise ConfigError(f"cannot load model '{name_or_path}' with attn_implementation "
-                          f"'{attn_implementation}': {first_line}") from None
+        raise ConfigError(
+            f"cannot load model '{name_or_path}' with attn_implementation '{attn_implementation}': {first_line}"
+        ) from None
 
 
-def _load_peft_adapter(directory: Path, task: str, torch_dtype, trust_remote_code: bool,
-                       is_trainable: bool, attn_implementation: str) -> nn.Module:
+def _load_peft_adapter(
+    directory: Path, task: str, torch_dtype, trust_remote_code: bool, is_trainable: bool, attn_implementation: str
+) -> nn.Module:
     from peft import PeftConfig, PeftModel
 
     if not (directory / PEFT_WEIGHTS_FILE).is_file():
@@ -219,13 +241,13 @@ def _load_peft_adapter(directory: Path, task: str, torch_dtype, trust_remote_cod
     expected = "SEQ_CLS" if task == "reward" else "CAUSAL_LM"
     if peft_config.task_type != expected:
         raise ConfigError(f"{directory}: the adapter was trained for {peft_config.task_type}, not task '{task}'")
-    base = _load_plain(peft_config.base_model_name_or_path, task, torch_dtype, trust_remote_code,
-                       attn_implementation)
+    base = _load_plain(peft_config.base_model_name_or_path, task, torch_dtype, trust_remote_code, attn_implementation)
     return PeftModel.from_pretrained(base, str(directory), is_trainable=is_trainable)
 
 
-def _load_with_houlsby_adapters(directory: Path, description: dict, task: str, torch_dtype,
-                                trust_remote_code: bool, attn_implementation: str) -> nn.Module:
+def _load_with_houlsby_adapters(
+    directory: Path, description: dict, task: str, torch_dtype, trust_remote_code: bool, attn_implementation: str
+) -> nn.Module:
     from safetensors.torch import load_file
 
     model = _load_plain(str(directory), task, torch_dtype, trust_remote_code, attn_implementation)
@@ -246,8 +268,10 @@ def _read_description(directory: Path) -> dict | None:
         return None  # a directory from elsewhere: a plain model or a peft adapter
     description = read_small_json(description_file)
     if description.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{description_file}: format_version {description.get('format_version')!r} is not "
-                          f"{FORMAT_VERSION}; it was written by another version of rlhf")
+        raise ConfigError(
+            f"{description_file}: format_version {description.get('format_version')!r} is not "
+            f"{FORMAT_VERSION}; it was written by another version of rlhf"
+        )
     return description
 
 

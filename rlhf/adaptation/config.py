@@ -23,21 +23,44 @@ TASKS = ("causal_lm", "reward")
 class AdaptationConfig:
     """How a stage adapts its pretrained model. Each stage's config includes these fields once."""
 
-    adaptation_method: str = field(default="full", metadata={"help": 'Which parameters train. `full`: all. `lora`: low-rank updates of the target linear layers (Hu et al. 2021). `prompt_tuning`: learned input embeddings (Lester et al. 2021). `prefix_tuning`: learned keys and values in every layer (Li & Liang 2021). `ia3`: learned rescaling vectors (Liu et al. 2022). `adapter`: Houlsby bottleneck adapters after attention and feed-forward (Houlsby et al. 2019). `bitfit`: bias terms only (Ben Zaken et al. 2021). `probe`: the reward head only (reward models only). On reward models every method also trains the scalar head, which starts untrained.'})
+    adaptation_method: str = field(
+        default="full",
+        metadata={
+            "help": "Which parameters train. `full`: all. `lora`: low-rank updates of the target linear layers (Hu et al. 2021). `prompt_tuning`: learned input embeddings (Lester et al. 2021). `prefix_tuning`: learned keys and values in every layer (Li & Liang 2021). `ia3`: learned rescaling vectors (Liu et al. 2022). `adapter`: Houlsby bottleneck adapters after attention and feed-forward (Houlsby et al. 2019). `bitfit`: bias terms only (Ben Zaken et al. 2021). `probe`: the reward head only (reward models only). On reward models every method also trains the scalar head, which starts untrained."
+        },
+    )
 
-    lora_r: int = field(default=8, metadata={"help": 'LoRA rank: the inner dimension of each low-rank update.'})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank: the inner dimension of each low-rank update."})
 
-    lora_alpha: float = field(default=16.0, metadata={"help": 'LoRA scale numerator: each update is multiplied by lora_alpha / lora_r.'})
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scale numerator: each update is multiplied by lora_alpha / lora_r."}
+    )
 
-    lora_dropout: float = field(default=0.05, metadata={"help": 'Dropout probability on the LoRA branch input, in [0, 1).'})
+    lora_dropout: float = field(
+        default=0.05, metadata={"help": "Dropout probability on the LoRA branch input, in [0, 1)."}
+    )
 
-    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"], metadata={"help": 'Modules LoRA adapts: "all-linear" (every linear layer but the output head) or a list of module names such as ["q_proj", "v_proj"].'})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={
+            "help": 'Modules LoRA adapts: "all-linear" (every linear layer but the output head) or a list of module names such as ["q_proj", "v_proj"].'
+        },
+    )
 
-    num_virtual_tokens: int = field(default=20, metadata={"help": 'Learned positions for prompt_tuning and prefix_tuning.'})
+    num_virtual_tokens: int = field(
+        default=20, metadata={"help": "Learned positions for prompt_tuning and prefix_tuning."}
+    )
 
-    adapter_bottleneck: int = field(default=64, metadata={"help": 'Inner width of each Houlsby adapter (its down-projection output size).'})
+    adapter_bottleneck: int = field(
+        default=64, metadata={"help": "Inner width of each Houlsby adapter (its down-projection output size)."}
+    )
 
-    merge_lora_on_save: bool = field(default=True, metadata={"help": 'LoRA only. True: fold the update into the weights and save a plain model, which the next stage and any other tool load directly. False: save only the small adapter directory, which names its base model by path, so that path must still hold the base when it is loaded.'})
+    merge_lora_on_save: bool = field(
+        default=True,
+        metadata={
+            "help": "LoRA only. True: fold the update into the weights and save a plain model, which the next stage and any other tool load directly. False: save only the small adapter directory, which names its base model by path, so that path must still hold the base when it is loaded."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.adaptation_method not in METHODS:
@@ -50,7 +73,7 @@ class AdaptationConfig:
         targets = self.lora_target_modules
         _require(
             (isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)),
-            f"lora_target_modules must be [\"all-linear\"] or a non-empty list of module names, got {targets!r}",
+            f'lora_target_modules must be ["all-linear"] or a non-empty list of module names, got {targets!r}',
         )
         _require(self.num_virtual_tokens >= 1, f"num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
         _require(self.adapter_bottleneck >= 1, f"adapter_bottleneck must be at least 1, got {self.adapter_bottleneck}")

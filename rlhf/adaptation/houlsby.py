@@ -69,10 +69,15 @@ def insertion_points(model: nn.Module) -> list[str]:
         if not isinstance(module_list, nn.ModuleList) or len(module_list) == 0:
             continue
         for attention_path, feed_forward_path in LAYER_LAYOUTS:
-            if all(_has_submodule(layer, attention_path) and _has_submodule(layer, feed_forward_path)
-                   for layer in module_list):
-                return [f"{list_name}.{index}.{path}" for index in range(len(module_list))
-                        for path in (attention_path, feed_forward_path)]
+            if all(
+                _has_submodule(layer, attention_path) and _has_submodule(layer, feed_forward_path)
+                for layer in module_list
+            ):
+                return [
+                    f"{list_name}.{index}.{path}"
+                    for index in range(len(module_list))
+                    for path in (attention_path, feed_forward_path)
+                ]
     known = "; ".join(f"{attention} + {feed_forward}" for attention, feed_forward in LAYER_LAYOUTS)
     raise ConfigError(
         f"adaptation_method 'adapter' does not know the layer layout of {type(model).__name__}; "
@@ -97,9 +102,11 @@ def adapted_modules(model: nn.Module) -> dict[str, HoulsbyAdapted]:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapters' weights only, keyed as in `model.state_dict()` (`<module>.adapter.down.weight`, ...)."""
-    return {f"{name}.adapter.{key}": tensor
-            for name, module in adapted_modules(model).items()
-            for key, tensor in module.adapter.state_dict().items()}
+    return {
+        f"{name}.adapter.{key}": tensor
+        for name, module in adapted_modules(model).items()
+        for key, tensor in module.adapter.state_dict().items()
+    }
 
 
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -110,8 +117,9 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
         raise ConfigError(f"adapter weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     for name, module in adapted_modules(model).items():
         prefix = f"{name}.adapter."
-        module.adapter.load_state_dict({key[len(prefix):]: tensor for key, tensor in state.items()
-                                        if key.startswith(prefix)})
+        module.adapter.load_state_dict(
+            {key[len(prefix) :]: tensor for key, tensor in state.items() if key.startswith(prefix)}
+        )
 
 
 @contextmanager

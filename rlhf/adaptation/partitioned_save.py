@@ -25,21 +25,43 @@ from torch import nn
 from rlhf import distributed
 from rlhf.adaptation import houlsby
 from rlhf.adaptation.apply import is_peft_model
-from rlhf.adaptation.checkpoint import (ADAPTATION_FILE, ADAPTER_WEIGHTS_FILE, check_model_matches, description_of,
-                                        houlsby_description, plain_lora_key, save_adapted)
+from rlhf.adaptation.checkpoint import (
+    ADAPTATION_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    check_model_matches,
+    description_of,
+    houlsby_description,
+    plain_lora_key,
+    save_adapted,
+)
 from rlhf.adaptation.config import PEFT_METHODS, AdaptationConfig
 from rlhf.io import atomic_directory
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
 DEFAULT_SHARD_BYTES = 1 << 30
-SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-                      torch.uint8: "U8", torch.bool: "BOOL"}
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
 
-def save_adapted_partitioned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, config: AdaptationConfig, *,
-                             max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+def save_adapted_partitioned(
+    model: nn.Module,
+    tokenizer,
+    out_dir: str | os.PathLike,
+    config: AdaptationConfig,
+    *,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> None:
     """What `save_adapted(model, tokenizer, out_dir, config)` writes, for a ZeRO-3 model. Every rank calls it;
     rank 0 writes."""
     import deepspeed
@@ -69,7 +91,7 @@ def save_adapted_partitioned(model: nn.Module, tokenizer, out_dir: str | os.Path
             elif key.startswith(f"{owner}.adapter."):
                 adapter_weights[key] = tensor
             else:  # the wrapped base module, saved under its own name as `adapters_removed` has it
-                weights.add(f"{owner}." + key[len(f"{owner}.base_layer."):], tensor)
+                weights.add(f"{owner}." + key[len(f"{owner}.base_layer.") :], tensor)
         if main:
             weights.finish()
             plain.config.architectures = [type(plain).__name__]
@@ -87,8 +109,9 @@ def save_adapted_partitioned(model: nn.Module, tokenizer, out_dir: str | os.Path
     distributed.barrier()
 
 
-def gathered_state(model: nn.Module, method: str, *,
-                   every_rank: bool = False) -> Iterator[tuple[str, torch.Tensor | None]]:
+def gathered_state(
+    model: nn.Module, method: str, *, every_rank: bool = False
+) -> Iterator[tuple[str, torch.Tensor | None]]:
     """(key, CPU tensor) of every saved weight, one module gathered at a time; the tensor is None off rank 0.
 
     Keys are those of the saved plain model: for LoRA merged, `W + (alpha/r) B A` under the base layer's name.
@@ -115,8 +138,10 @@ def gathered_state(model: nn.Module, method: str, *,
             if whole_layer:
                 yield from _merged_lora_layer(name, module, adapter, main, seen, taken)
                 continue
-            entries = [*module.named_parameters(prefix=name, recurse=False),
-                       *module.named_buffers(prefix=name, recurse=False)]
+            entries = [
+                *module.named_parameters(prefix=name, recurse=False),
+                *module.named_buffers(prefix=name, recurse=False),
+            ]
             for key, tensor in entries:
                 if key not in saved_keys or id(tensor) in seen:
                     continue
@@ -133,8 +158,11 @@ def _merged_lora_layer(name: str, layer, adapter: str, main: bool, seen: set[int
     merged = None
     if main:
         with torch.no_grad():
-            merged = weight + layer.get_delta_weight(adapter).to(weight.dtype) \
-                if adapter in layer.lora_A or adapter in layer.lora_embedding_A else weight
+            merged = (
+                weight + layer.get_delta_weight(adapter).to(weight.dtype)
+                if adapter in layer.lora_A or adapter in layer.lora_embedding_A
+                else weight
+            )
     yield f"{name}.weight", taken(merged) if main else None
     for local, tensor in base_layer.named_parameters(recurse=False):
         if local != "weight" and id(tensor) not in seen:
@@ -183,8 +211,11 @@ class ShardWriter:
             self._flush()
         if self.data is None:
             self.data = open(self.directory / f"shard-{len(self.files):05d}.data", "wb")
-        self.entries[key] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                             "data_offsets": [self.pending_bytes, self.pending_bytes + size]}
+        self.entries[key] = {
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [self.pending_bytes, self.pending_bytes + size],
+        }
         if size:
             self.data.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
         self.pending_bytes += size

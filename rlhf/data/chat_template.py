@@ -30,8 +30,11 @@ def apply_chat_template(tokenizer, conversation: list[dict[str, Any]], **kwargs)
     try:
         return tokenizer.apply_chat_template(conversation, **kwargs)
     except SecurityError as error:
-        raise ChatTemplateError(f"the chat template tried to leave Jinja's sandbox and was stopped ({error}); use a model "
-                        f"whose template you trust", file=template_file(tokenizer)) from None
+        raise ChatTemplateError(
+            f"the chat template tried to leave Jinja's sandbox and was stopped ({error}); use a model "
+            f"whose template you trust",
+            file=template_file(tokenizer),
+        ) from None
     except TemplateError as error:
         raise ChatTemplateError(f"the chat template failed: {error}", file=template_file(tokenizer)) from None
 

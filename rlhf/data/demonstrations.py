@@ -25,7 +25,9 @@ def load_demonstrations(path: str) -> list[dict[str, Any]]:
         if raw.error is not None:
             raise DataError(raw.problem, file=path, record=raw.number)
         if not isinstance(raw.value, dict):
-            raise DataError("must be an object with 'prompt' and 'completion', or 'messages'", file=path, record=raw.number)
+            raise DataError(
+                "must be an object with 'prompt' and 'completion', or 'messages'", file=path, record=raw.number
+            )
         demonstrations.append(_demonstration(raw.value, path, raw.number))
     if not demonstrations:
         raise DataError("no records (the data set is empty)", file=path)
@@ -37,8 +39,12 @@ def _demonstration(record: dict[str, Any], path: str, number: int) -> dict[str, 
         return _from_messages(record["messages"], path, number)
     for name in ("prompt", "completion"):
         if name not in record:
-            raise DataError(f"missing (expected 'prompt' and 'completion', or 'messages'; found "
-                            f"{sorted(record)})", file=path, record=number, field=name)
+            raise DataError(
+                f"missing (expected 'prompt' and 'completion', or 'messages'; found {sorted(record)})",
+                file=path,
+                record=number,
+                field=name,
+            )
         value = record[name]
         if not isinstance(value, str):
             raise DataError(f"must be a string, not {type(value).__name__}", file=path, record=number, field=name)
@@ -54,10 +60,18 @@ def _from_messages(messages: Any, path: str, number: int) -> dict[str, Any]:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise DataError(f"message {turn} needs a string 'content'", file=path, record=number, field="messages")
         if message.get("role") not in ROLES:
-            raise DataError(f"message {turn} has role {message.get('role')!r}; expected one of {sorted(ROLES)}",
-                            file=path, record=number, field="messages")
+            raise DataError(
+                f"message {turn} has role {message.get('role')!r}; expected one of {sorted(ROLES)}",
+                file=path,
+                record=number,
+                field="messages",
+            )
     if messages[-1]["role"] != "assistant" or len(messages) < 2:
-        raise DataError("the last message must be the assistant's reply, after at least one other",
-                        file=path, record=number, field="messages")
+        raise DataError(
+            "the last message must be the assistant's reply, after at least one other",
+            file=path,
+            record=number,
+            field="messages",
+        )
     clean = [{"role": m["role"], "content": m["content"]} for m in messages]
     return {"prompt": clean[:-1], "completion": clean[-1:]}

@@ -61,8 +61,12 @@ def encode_prompts(tokenizer, prompts: Sequence[Prompt]):
     The prompts of one batch are all text or all chat (the first one decides how BOS is handled).
     """
     with padding_side(tokenizer, "left"):
-        return tokenizer([prompt_text(tokenizer, prompt) for prompt in prompts], return_tensors="pt", padding=True,
-                         add_special_tokens=adds_special_tokens(prompts[0]))
+        return tokenizer(
+            [prompt_text(tokenizer, prompt) for prompt in prompts],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=adds_special_tokens(prompts[0]),
+        )
 
 
 def completion_content(completion: Completion) -> str:
@@ -74,8 +78,9 @@ def completion_content(completion: Completion) -> str:
 
 def is_text(response: Any) -> bool:
     """Whether a response is text (a string, or a chat demonstration's message list) rather than token ids."""
-    return isinstance(response, str) or (isinstance(response, list) and bool(response)
-                                         and isinstance(response[0], dict))
+    return isinstance(response, str) or (
+        isinstance(response, list) and bool(response) and isinstance(response[0], dict)
+    )
 
 
 def end_of_response(tokenizer, stop_token_ids: Sequence[int]) -> tuple[set[int], int | None]:
@@ -91,7 +96,7 @@ def ended(response_ids: Sequence[int], tokenizer, stop_token_ids: Sequence[int] 
     ids = list(response_ids)
     for position, token in enumerate(ids):
         if token in stops:
-            return ids[:position + 1]
+            return ids[: position + 1]
     return ids + [eos] if eos is not None else ids
 
 
@@ -107,12 +112,14 @@ def response_ids(tokenizer, prompt: Prompt, completion: Completion, stop_token_i
     content = completion_content(completion)
     prompt_ids = prompt_token_ids(tokenizer, prompt)
     if isinstance(prompt, list):
-        whole = tokenizer(apply_chat_template(tokenizer, prompt + [{"role": "assistant", "content": content}],
-                                              tokenize=False), add_special_tokens=False)["input_ids"]
+        whole = tokenizer(
+            apply_chat_template(tokenizer, prompt + [{"role": "assistant", "content": content}], tokenize=False),
+            add_special_tokens=False,
+        )["input_ids"]
     else:
         whole = tokenizer(prompt + content)["input_ids"]
-    if whole[:len(prompt_ids)] == prompt_ids:
-        tail = whole[len(prompt_ids):]
+    if whole[: len(prompt_ids)] == prompt_ids:
+        tail = whole[len(prompt_ids) :]
     else:
         tail = tokenizer(content, add_special_tokens=False)["input_ids"]
     return ended(tail, tokenizer, stop_token_ids)
@@ -129,12 +136,18 @@ def response_text(tokenizer, prompt_ids: Sequence[int], response_ids: Sequence[i
     prompt_part = tokenizer.decode(list(prompt_ids), **options)
     whole = tokenizer.decode(list(prompt_ids) + list(response_ids), **options)
     if whole.startswith(prompt_part):
-        return whole[len(prompt_part):]
+        return whole[len(prompt_part) :]
     return tokenizer.decode(list(response_ids), **options)
 
 
-def reward_input_ids(tokenizer, prompt: Prompt, response: Completion | Sequence[int], *,
-                     stop_token_ids: Sequence[int] = (), prompt_ids: Sequence[int] | None = None) -> list[int]:
+def reward_input_ids(
+    tokenizer,
+    prompt: Prompt,
+    response: Completion | Sequence[int],
+    *,
+    stop_token_ids: Sequence[int] = (),
+    prompt_ids: Sequence[int] | None = None,
+) -> list[int]:
     """What the reward model reads for a prompt and a response: the prompt's ids, then the response's ids ending in
     a stop token (EOS appended to a response without one).
 
@@ -151,8 +164,9 @@ def reward_input_ids(tokenizer, prompt: Prompt, response: Completion | Sequence[
     return list(prompt_ids) + ids
 
 
-def demonstration_ids(tokenizer, prompt: Prompt, completion: Completion,
-                      stop_token_ids: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+def demonstration_ids(
+    tokenizer, prompt: Prompt, completion: Completion, stop_token_ids: Sequence[int] = ()
+) -> tuple[list[int], list[int]]:
     """(input ids, completion mask) of a demonstration as the SFT stage trains on it: the prompt's ids (mask 0),
     then the response's ids through its stop token (mask 1). The same ids as `reward_input_ids` gives the reward
     model for the same pair."""

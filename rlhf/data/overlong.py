@@ -23,9 +23,11 @@ from rlhf.errors import DataError
 
 POLICIES = ("drop", "truncate", "error")
 OVERLONG_FILE = "overlong.jsonl"
-OVERLONG_HELP = ("What to do with an example over the stage's length limit: drop (left out, counted, its records "
-                 "in overlong.jsonl beside the outputs), truncate (the prompt shortened from the left at a turn "
-                 "boundary where it can; an example whose completion leaves no room is dropped) or error.")
+OVERLONG_HELP = (
+    "What to do with an example over the stage's length limit: drop (left out, counted, its records "
+    "in overlong.jsonl beside the outputs), truncate (the prompt shortened from the left at a turn "
+    "boundary where it can; an example whose completion leaves no room is dropped) or error."
+)
 
 Item = TypeVar("Item")
 
@@ -60,18 +62,31 @@ class Fitted(Generic[Item]):
 
     def metrics(self, prefix: str) -> dict[str, Any]:
         """Counts for a stage's metrics: `<prefix>_over`, `_dropped`, `_truncated` and the summary line."""
-        return {f"{prefix}_total": self.total, f"{prefix}_over": self.over,
-                f"{prefix}_dropped": len(self.dropped), f"{prefix}_truncated": len(self.truncated)}
+        return {
+            f"{prefix}_total": self.total,
+            f"{prefix}_over": self.over,
+            f"{prefix}_dropped": len(self.dropped),
+            f"{prefix}_truncated": len(self.truncated),
+        }
 
     def rows(self) -> list[dict[str, Any]]:
         """The records that were over, for `overlong.jsonl`."""
-        return ([{**row, "what": self.what, "action": "dropped"} for row in self.dropped]
-                + [{**row, "what": self.what, "action": "truncated"} for row in self.truncated])
+        return [{**row, "what": self.what, "action": "dropped"} for row in self.dropped] + [
+            {**row, "what": self.what, "action": "truncated"} for row in self.truncated
+        ]
 
 
-def fit(items: Iterable[tuple[Any, Item]], *, length: Callable[[Item], int], max_tokens: int,
-        shorten: Callable[[Item], tuple[Item | None, str]], policy: str, what: str, limit: str,
-        file: str) -> Fitted[Item]:
+def fit(
+    items: Iterable[tuple[Any, Item]],
+    *,
+    length: Callable[[Item], int],
+    max_tokens: int,
+    shorten: Callable[[Item], tuple[Item | None, str]],
+    policy: str,
+    what: str,
+    limit: str,
+    file: str,
+) -> Fitted[Item]:
     """Apply `policy` to (record, item) pairs whose `length(item)` is over `max_tokens`.
 
     `shorten(item)` returns (the shortened item, "") or (None, the reason it cannot be). Raises DataError when
@@ -100,17 +115,23 @@ def fit(items: Iterable[tuple[Any, Item]], *, length: Callable[[Item], int], max
         fitted.dropped.append({"record": record, "tokens": tokens, "reason": reason})
     if policy == "error" and fitted.dropped:
         first = fitted.dropped[0]
-        raise DataError(f"{len(fitted.dropped)} of {fitted.total} {what} are over {limit} (the first: record "
-                        f"{first['record']}, {first['tokens']} tokens); set overlong: drop or truncate to go on "
-                        f"without them", file=file)
+        raise DataError(
+            f"{len(fitted.dropped)} of {fitted.total} {what} are over {limit} (the first: record "
+            f"{first['record']}, {first['tokens']} tokens); set overlong: drop or truncate to go on "
+            f"without them",
+            file=file,
+        )
     if fitted.total and not fitted.kept:
         longest = max(row["tokens"] for row in fitted.dropped)
-        raise DataError(f"none of the {fitted.total} {what} fits {limit} (the longest is {longest} tokens); raise "
-                        f"the limit", file=file)
+        raise DataError(
+            f"none of the {fitted.total} {what} fits {limit} (the longest is {longest} tokens); raise the limit",
+            file=file,
+        )
     return fitted
 
 
 # -- shortening a prompt ------------------------------------------------------------------------------------------
+
 
 def shortened_prompt(tokenizer, prompt: Prompt, max_tokens: int) -> Prompt | None:
     """The prompt cut from the left to at most `max_tokens` tokens, or None when it cannot be.
@@ -127,7 +148,7 @@ def shortened_prompt(tokenizer, prompt: Prompt, max_tokens: int) -> Prompt | Non
     if isinstance(prompt, str):
         return _cut_text(prompt, fits)
     system = [m for m in prompt[:1] if m.get("role") == "system"]
-    turns = prompt[len(system):]
+    turns = prompt[len(system) :]
     for start in range(1, len(turns)):
         if turns[start].get("role") == "user" and fits(system + turns[start:]):
             return system + turns[start:]
@@ -160,16 +181,33 @@ def _first_fitting(starts: Sequence[int], fits: Callable[[int], bool]) -> int | 
 
 # -- the data sets of the stages ------------------------------------------------------------------------------------
 
-def fit_prompts(prompts: Sequence[Prompt], tokenizer, *, max_tokens: int, setting: str, policy: str,
-                file: str) -> Fitted[Prompt]:
+
+def fit_prompts(
+    prompts: Sequence[Prompt], tokenizer, *, max_tokens: int, setting: str, policy: str, file: str
+) -> Fitted[Prompt]:
     """Prompts (PPO's, the labels export's) of at most `max_tokens` tokens; records numbered from 1."""
-    return fit(enumerate(prompts, start=1), length=lambda prompt: len(prompt_token_ids(tokenizer, prompt)),
-               max_tokens=max_tokens, shorten=lambda prompt: _shortened_or_why(tokenizer, prompt, max_tokens),
-               policy=policy, what="prompts", limit=f"{setting} {max_tokens}", file=file)
+    return fit(
+        enumerate(prompts, start=1),
+        length=lambda prompt: len(prompt_token_ids(tokenizer, prompt)),
+        max_tokens=max_tokens,
+        shorten=lambda prompt: _shortened_or_why(tokenizer, prompt, max_tokens),
+        policy=policy,
+        what="prompts",
+        limit=f"{setting} {max_tokens}",
+        file=file,
+    )
 
 
-def fit_demonstrations(records: Sequence[dict[str, Any]], tokenizer, *, max_length: int, policy: str, file: str,
-                       stop_token_ids: Sequence[int] = (), setting: str = "max_length") -> Fitted[dict[str, Any]]:
+def fit_demonstrations(
+    records: Sequence[dict[str, Any]],
+    tokenizer,
+    *,
+    max_length: int,
+    policy: str,
+    file: str,
+    stop_token_ids: Sequence[int] = (),
+    setting: str = "max_length",
+) -> Fitted[dict[str, Any]]:
     """Demonstrations ({prompt, completion}) whose ids as the SFT stage trains on them fit `max_length`."""
     from rlhf.data.formatting import response_ids
 
@@ -183,12 +221,21 @@ def fit_demonstrations(records: Sequence[dict[str, Any]], tokenizer, *, max_leng
         prompt, why = _shortened_or_why(tokenizer, record["prompt"], max_length - len(response_of(record)))
         return ({**record, "prompt": prompt} if prompt is not None else None), why
 
-    return fit(enumerate(records, start=1), length=length, max_tokens=max_length, shorten=shorten, policy=policy,
-               what="demonstrations", limit=f"{setting} {max_length}", file=file)
+    return fit(
+        enumerate(records, start=1),
+        length=length,
+        max_tokens=max_length,
+        shorten=shorten,
+        policy=policy,
+        what="demonstrations",
+        limit=f"{setting} {max_length}",
+        file=file,
+    )
 
 
-def fit_rankings(rankings: Sequence[Any], tokenizer, *, max_length: int, policy: str, file: str,
-                 stop_token_ids: Sequence[int] = ()) -> Fitted[Any]:
+def fit_rankings(
+    rankings: Sequence[Any], tokenizer, *, max_length: int, policy: str, file: str, stop_token_ids: Sequence[int] = ()
+) -> Fitted[Any]:
     """Rankings whose prompt and longest completion, as the reward model reads them, fit `max_length`."""
     from dataclasses import replace
 
@@ -204,8 +251,16 @@ def fit_rankings(rankings: Sequence[Any], tokenizer, *, max_length: int, policy:
         prompt, why = _shortened_or_why(tokenizer, ranking.prompt, max_length - longest_response(ranking))
         return (replace(ranking, prompt=prompt) if prompt is not None else None), why
 
-    return fit(((ranking.id, ranking) for ranking in rankings), length=length, max_tokens=max_length,
-               shorten=shorten, policy=policy, what="rankings", limit=f"max_length {max_length}", file=file)
+    return fit(
+        ((ranking.id, ranking) for ranking in rankings),
+        length=length,
+        max_tokens=max_length,
+        shorten=shorten,
+        policy=policy,
+        what="rankings",
+        limit=f"max_length {max_length}",
+        file=file,
+    )
 
 
 def _shortened_or_why(tokenizer, prompt: Prompt, max_tokens: int) -> tuple[Prompt | None, str]:

@@ -21,8 +21,12 @@ def load_prompts(path: str) -> list[Prompt]:
         if not isinstance(raw.value, dict) or "prompt" not in raw.value:
             raise DataError("is missing", file=path, record=raw.number, field="prompt")
         if not is_prompt(raw.value["prompt"]):
-            raise DataError("must be a non-empty string or a list of chat messages {role, content}", file=path,
-                            record=raw.number, field="prompt")
+            raise DataError(
+                "must be a non-empty string or a list of chat messages {role, content}",
+                file=path,
+                record=raw.number,
+                field="prompt",
+            )
         prompts.append(raw.value["prompt"])
     if not prompts:
         raise DataError("no prompts", file=path)

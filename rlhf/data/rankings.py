@@ -51,8 +51,13 @@ class Ranking:
         return len(self.completions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "prompt": self.prompt, "completions": list(self.completions),
-                "ranks": list(self.ranks), "annotator": self.annotator}
+        return {
+            "id": self.id,
+            "prompt": self.prompt,
+            "completions": list(self.completions),
+            "ranks": list(self.ranks),
+            "annotator": self.annotator,
+        }
 
 
 def check_ranking(id, prompt, completions, ranks, annotator=None) -> None:
@@ -71,8 +76,9 @@ def check_ranking(id, prompt, completions, ranks, annotator=None) -> None:
     if not _is_utf8(prompt):
         raise DataError("holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)", field="prompt")
     if not _is_utf8(list(completions)):
-        raise DataError("holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)",
-                        field="completions")
+        raise DataError(
+            "holds a lone surrogate (text that is not Unicode, cannot be written as UTF-8)", field="completions"
+        )
     if not isinstance(ranks, (list, tuple)) or not all(_is_int(rank) for rank in ranks):
         raise DataError("must be integers", field="ranks")
     if len(ranks) != len(completions):
@@ -118,11 +124,13 @@ def is_prompt(prompt) -> bool:
 
 
 def _is_message(message) -> bool:
-    return (isinstance(message, dict) and isinstance(message.get("role"), str)
-            and isinstance(message.get("content"), str))
+    return (
+        isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)
+    )
 
 
 # -- reading and writing ------------------------------------------------------------------------------------------
+
 
 def ranking_from_record(record: Any, default_id: str | None = None) -> Ranking:
     """Our JSON object, or a TRL preference row (prompt/chosen/rejected, standard or conversational)."""
@@ -132,8 +140,7 @@ def ranking_from_record(record: Any, default_id: str | None = None) -> Ranking:
         missing = [name for name in REQUIRED_FIELDS if name not in record]
         if missing:
             raise DataError("is missing", field=missing[0])
-        return Ranking(record["id"], record["prompt"], record["completions"], record["ranks"],
-                       record.get("annotator"))
+        return Ranking(record["id"], record["prompt"], record["completions"], record["ranks"], record.get("annotator"))
     if "chosen" in record and "rejected" in record:
         return _ranking_from_trl_pair(record, default_id)
     raise DataError("is neither a ranking (id, prompt, completions, ranks) nor a TRL pair (prompt, chosen, rejected)")
@@ -144,8 +151,9 @@ def _ranking_from_trl_pair(record: dict, default_id: str | None) -> Ranking:
     if prompt is None:
         # TRL's implicit-prompt conversational form: both conversations share the prompt turns.
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
-            raise DataError("is missing (text pairs with the prompt inside chosen/rejected: use --format hh_rlhf)",
-                            field="prompt")
+            raise DataError(
+                "is missing (text pairs with the prompt inside chosen/rejected: use --format hh_rlhf)", field="prompt"
+            )
         prompt, chosen, rejected = split_shared_messages(chosen, rejected)
     elif isinstance(chosen, list) and isinstance(rejected, list):
         # Full conversations that repeat the prompt (HuggingFaceH4/ultrafeedback_binarized: "prompt" is the user
@@ -158,8 +166,7 @@ def _ranking_from_trl_pair(record: dict, default_id: str | None) -> Ranking:
         if not text.strip():
             raise DataError(f"the {name} reply is empty", field=name.split()[0])
     ranking_id = record.get("id", default_id)
-    return Ranking(str(ranking_id) if ranking_id is not None else "", prompt, texts, (1, 2),
-                   record.get("annotator"))
+    return Ranking(str(ranking_id) if ranking_id is not None else "", prompt, texts, (1, 2), record.get("annotator"))
 
 
 def _repeats_prompt(shared: list, prompt) -> bool:
@@ -179,8 +186,7 @@ def split_shared_messages(first: list, second: list) -> tuple[list, list, list]:
 def _completion_text(value, field: str) -> str:
     if isinstance(value, str):
         return value
-    if (isinstance(value, list) and len(value) == 1 and _is_message(value[0])
-            and value[0]["role"] == "assistant"):
+    if isinstance(value, list) and len(value) == 1 and _is_message(value[0]) and value[0]["role"] == "assistant":
         return value[0]["content"]
     raise DataError("must be a string or a single assistant message", field=field)
 
@@ -208,6 +214,7 @@ def write_rankings(path: str | os.PathLike, rankings: Iterable[Ranking]) -> int:
 
 
 # -- rank arithmetic ----------------------------------------------------------------------------------------------
+
 
 def dense_ranks(places: Sequence) -> tuple[int, ...]:
     """Renumber places (smaller = better) as 1, 2, 3, ... keeping ties: (1, 4, 4, 9) -> (1, 2, 2, 3)."""
@@ -239,9 +246,13 @@ def ordered_pairs(ranks: Sequence) -> list[tuple[int, int]]:
     Ranks may be a list, a tuple, or a row of a tensor (each element goes through int()).
     """
     places = [int(rank) for rank in ranks]
-    return [(better, worse)
-            for better, better_place in enumerate(places) if better_place > 0
-            for worse, worse_place in enumerate(places) if better_place < worse_place]
+    return [
+        (better, worse)
+        for better, better_place in enumerate(places)
+        if better_place > 0
+        for worse, worse_place in enumerate(places)
+        if better_place < worse_place
+    ]
 
 
 def merge_duplicate_completions(ranking: Ranking) -> Ranking:

@@ -97,8 +97,7 @@ def hub_reference(reference: str) -> tuple[str, str | None, str] | None:
     """(name, config, split) of `owner/name[:config]:split` (split defaults to train); None for anything that
     reads as a file path instead (a file suffix, more than one slash)."""
     name, *rest = reference.split(":")
-    if not _HUB_NAME.fullmatch(name) or name.lower().endswith(_FILE_SUFFIXES) or len(rest) > 2 \
-            or not all(rest):
+    if not _HUB_NAME.fullmatch(name) or name.lower().endswith(_FILE_SUFFIXES) or len(rest) > 2 or not all(rest):
         return None
     config = rest[0] if len(rest) == 2 else None
     return name, config, rest[-1] if rest else "train"
@@ -111,8 +110,11 @@ def _hub_dataset(reference: str) -> Iterator[RawRecord]:
     try:
         rows = load_dataset(name, config, split=split)
     except Exception as error:  # datasets raises many types: missing split, offline, unknown name
-        raise DataError(f"no such file, and not loadable as hub dataset {name!r} (config {config}, split "
-                        f"{split!r}): {_first_line(error)}", file=reference) from None
+        raise DataError(
+            f"no such file, and not loadable as hub dataset {name!r} (config {config}, split "
+            f"{split!r}): {_first_line(error)}",
+            file=reference,
+        ) from None
     for number, row in enumerate(rows, start=1):
         yield RawRecord(number, row)
 
@@ -135,10 +137,15 @@ class _GzipBombGuard(io.RawIOBase):
     def readinto(self, buffer) -> int:
         read = self._inflated.readinto(buffer)
         self._inflated_bytes += read
-        if (self._inflated_bytes > GZIP_RATIO_CHECKED_AFTER_BYTES
-                and self._inflated_bytes > MAX_GZIP_RATIO * self._compressed.tell()):
-            raise DataError(f"inflates to over {MAX_GZIP_RATIO} times its compressed size, as a decompression bomb "
-                            "does: refused before it inflates further", file=str(self._path))
+        if (
+            self._inflated_bytes > GZIP_RATIO_CHECKED_AFTER_BYTES
+            and self._inflated_bytes > MAX_GZIP_RATIO * self._compressed.tell()
+        ):
+            raise DataError(
+                f"inflates to over {MAX_GZIP_RATIO} times its compressed size, as a decompression bomb "
+                "does: refused before it inflates further",
+                file=str(self._path),
+            )
         return read
 
 
@@ -151,8 +158,9 @@ def _bytes_of(path: Path) -> Iterator[BinaryIO]:
     except EOFError:  # gzip's answer to a file cut short (download or copy interrupted)
         raise DataError("gzip file is truncated (it ends before its end-of-stream marker)", file=str(path)) from None
     except (OSError, zlib.error) as error:  # zlib.error: a gzip file whose compressed data is damaged
-        raise DataError(f"cannot be read ({' '.join(str(error).split()) or type(error).__name__})",
-                        file=str(path)) from None
+        raise DataError(
+            f"cannot be read ({' '.join(str(error).split()) or type(error).__name__})", file=str(path)
+        ) from None
 
 
 def _lines_of(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
@@ -168,8 +176,12 @@ def _lines_of(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
 
 
 def _too_big(path: Path, record: int) -> DataError:
-    return DataError(f"is over {size_text(MAX_RECORD_BYTES)}, the most one record may be: refused unread (one "
-                     "endless line, or a decompression bomb?)", file=str(path), record=record)
+    return DataError(
+        f"is over {size_text(MAX_RECORD_BYTES)}, the most one record may be: refused unread (one "
+        "endless line, or a decompression bomb?)",
+        file=str(path),
+        record=record,
+    )
 
 
 def _record(number: int, data: bytes | str) -> RawRecord:
@@ -226,9 +238,11 @@ def _json_document(path: Path) -> Iterator[RawRecord]:
     with _bytes_of(path) as stream:
         data = stream.read(MAX_DOCUMENT_BYTES + 1)
     if len(data) > MAX_DOCUMENT_BYTES:
-        raise DataError(f"is one JSON document over {size_text(MAX_DOCUMENT_BYTES)}, too big to parse whole: write "
-                        "its records as JSON Lines, one a line (for a list: jq -c '.[]' FILE > FILE.jsonl)",
-                        file=str(path))
+        raise DataError(
+            f"is one JSON document over {size_text(MAX_DOCUMENT_BYTES)}, too big to parse whole: write "
+            "its records as JSON Lines, one a line (for a list: jq -c '.[]' FILE > FILE.jsonl)",
+            file=str(path),
+        )
     try:
         text = data.decode("utf-8-sig")  # utf-8-sig: without the byte-order mark that Windows tools write
     except UnicodeDecodeError:
@@ -273,8 +287,8 @@ def _record_texts(text: str) -> list[str] | None:
                 start, list_depth = mark.end(), depth
             continue
         if start is not None and depth == list_depth:  # a comma between records, or the end of the list
-            if text[start:mark.start()].strip():
-                records.append(text[start:mark.start()])
+            if text[start : mark.start()].strip():
+                records.append(text[start : mark.start()])
             if character != ",":
                 return records
             start = mark.end()
@@ -330,8 +344,7 @@ def _hub_snapshot(folder: Path, split: str | None) -> Iterator[RawRecord]:
     except Exception as error:  # datasets raises many types: no data files, several configs, bad YAML
         raise DataError(f"not a readable hub snapshot folder: {_first_line(error)}", file=where) from None
     if split is None and len(splits) != 1:
-        raise DataError(f"hub snapshot folder holds splits {', '.join(splits)}: name one as {folder}:SPLIT",
-                        file=where)
+        raise DataError(f"hub snapshot folder holds splits {', '.join(splits)}: name one as {folder}:SPLIT", file=where)
     split = split or splits[0]
     if split not in splits:
         raise DataError(f"hub snapshot folder has no split {split!r} (splits: {', '.join(splits)})", file=where)
@@ -345,8 +358,10 @@ def _first_line(error: Exception) -> str:
 
 def _dataset_directory(path: Path) -> Iterator[RawRecord]:
     if not _is_saved_dataset(path):
-        raise DataError("directory is not a `datasets` save_to_disk directory (nor a hub snapshot folder of parquet "
-                        "files)", file=str(path))
+        raise DataError(
+            "directory is not a `datasets` save_to_disk directory (nor a hub snapshot folder of parquet files)",
+            file=str(path),
+        )
     from datasets import DatasetDict, load_from_disk
 
     loaded = load_from_disk(str(path))

@@ -23,8 +23,14 @@ RANKER_NAME, LIST_NAME = "rank", "responses"  # the names in rlhf.labels.exporte
 OVERLAP = 0.2  # share of tasks ranked by two labelers
 
 
-def annotate_tasks(tasks: list[dict], *, seed: int = 0, labelers: int = 4, second_opinion_rate: float = OVERLAP,
-                   skip_rate: float = 0.02) -> list[dict]:
+def annotate_tasks(
+    tasks: list[dict],
+    *,
+    seed: int = 0,
+    labelers: int = 4,
+    second_opinion_rate: float = OVERLAP,
+    skip_rate: float = 0.02,
+) -> list[dict]:
     """Label Studio export records for `tasks`, ranked by simulated labelers from the gold score."""
     rng = random.Random(seed)
     panel = make_labelers(labelers, seed=seed)
@@ -42,19 +48,44 @@ def annotate_tasks(tasks: list[dict], *, seed: int = 0, labelers: int = 4, secon
             # Rank mode of the Ranker has no ties, so the labelers here order every response.
             ranks = rank_responses(panel[annotator], gold, rng, tie_rate=0.0)
             order = [items[i]["id"] for i in sorted(range(len(items)), key=lambda i: ranks[i])]
-            result = [{"id": f"r{task_id}-{annotator}", "type": "ranker", "origin": "manual",
-                       "from_name": RANKER_NAME, "to_name": LIST_NAME, "value": {"ranker": {RANKER_NAME: order}}}]
+            result = [
+                {
+                    "id": f"r{task_id}-{annotator}",
+                    "type": "ranker",
+                    "origin": "manual",
+                    "from_name": RANKER_NAME,
+                    "to_name": LIST_NAME,
+                    "value": {"ranker": {RANKER_NAME: order}},
+                }
+            ]
             annotations.append(_annotation(annotation_id, task_id, annotator, result, cancelled=False))
-        exported.append({"id": task_id, "data": task["data"], "annotations": annotations, "drafts": [],
-                         "predictions": [], "meta": {}, "total_annotations": len(annotations),
-                         "cancelled_annotations": sum(a["was_cancelled"] for a in annotations)})
+        exported.append(
+            {
+                "id": task_id,
+                "data": task["data"],
+                "annotations": annotations,
+                "drafts": [],
+                "predictions": [],
+                "meta": {},
+                "total_annotations": len(annotations),
+                "cancelled_annotations": sum(a["was_cancelled"] for a in annotations),
+            }
+        )
     return exported
 
 
 def _annotation(annotation_id: int, task_id: int, annotator: int, result: list, *, cancelled: bool) -> dict:
-    return {"id": annotation_id, "completed_by": {"id": annotator + 1, "email": f"labeler-{annotator}@demo.local"},
-            "result": result, "was_cancelled": cancelled, "ground_truth": False, "task": task_id,
-            "created_at": "2026-01-01T00:00:00.000000Z", "lead_time": 30.0, "prediction": {}}
+    return {
+        "id": annotation_id,
+        "completed_by": {"id": annotator + 1, "email": f"labeler-{annotator}@demo.local"},
+        "result": result,
+        "was_cancelled": cancelled,
+        "ground_truth": False,
+        "task": task_id,
+        "created_at": "2026-01-01T00:00:00.000000Z",
+        "lead_time": 30.0,
+        "prediction": {},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,13 +93,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("tasks", help="Label Studio tasks written by `python -m rlhf.labels export`")
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overlap", type=float, default=OVERLAP,
-                        help=f"share of tasks ranked by two labelers, for their agreement (default {OVERLAP})")
+    parser.add_argument(
+        "--overlap",
+        type=float,
+        default=OVERLAP,
+        help=f"share of tasks ranked by two labelers, for their agreement (default {OVERLAP})",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.overlap <= 1:
         parser.error(f"--overlap must be between 0 and 1, got {args.overlap}")
-    exported = annotate_tasks(json.loads(Path(args.tasks).read_text()), seed=args.seed,
-                              second_opinion_rate=args.overlap)
+    exported = annotate_tasks(
+        json.loads(Path(args.tasks).read_text()), seed=args.seed, second_opinion_rate=args.overlap
+    )
     atomic_write_text(args.output, json.dumps(exported, indent=2))
     print(f"{len(exported)} tasks annotated by simulated labelers -> {args.output}")
 

@@ -35,13 +35,25 @@ TOPICS = {
     "sleep": ("sleep better on work nights", ["bedtime", "screen", "coffee", "dark", "routine", "alarm"]),
 }
 OPENERS = ["Sure.", "Good question.", "Happy to help.", "Here is how I would do it.", "Of course."]
-STEPS = ["first get the {a} and the {b} ready", "then check the {a} before you add the {b}",
-         "keep the {a} close to the {b} for a while", "after that, look at the {a} again and adjust the {b}",
-         "finally, give the {a} some time and note how the {b} changed"]
-DISMISSALS = ["I don't know.", "Figure it out yourself.", "Why would you want to {goal}?", "No.",
-              "That is not something I can talk about.", "Search online."]
-WANDERING = ["Speaking of which, my favourite colour is blue and {a} reminds me of the sea.",
-             "Anyway, did you know that the {a} was invented long ago? History is full of {b}."]
+STEPS = [
+    "first get the {a} and the {b} ready",
+    "then check the {a} before you add the {b}",
+    "keep the {a} close to the {b} for a while",
+    "after that, look at the {a} again and adjust the {b}",
+    "finally, give the {a} some time and note how the {b} changed",
+]
+DISMISSALS = [
+    "I don't know.",
+    "Figure it out yourself.",
+    "Why would you want to {goal}?",
+    "No.",
+    "That is not something I can talk about.",
+    "Search online.",
+]
+WANDERING = [
+    "Speaking of which, my favourite colour is blue and {a} reminds me of the sea.",
+    "Anyway, did you know that the {a} was invented long ago? History is full of {b}.",
+]
 FOLLOW_UPS = ["What about the {a}?", "And if I have no {a}?", "How long does the {b} take?", "Can I skip the {a}?"]
 DETAILS = "For context, here is everything about my situation with the {a} and the {b}: "
 SPEAKERS = {"user": "Human", "assistant": "Assistant"}
@@ -54,6 +66,7 @@ SPECIAL_TOKENS = ["<|pad|>", "<|startoftext|>", "<|end|>", "<|system|>", "<|user
 
 
 # -- dialogues ----------------------------------------------------------------------------------------------------
+
 
 def _words(rng: random.Random, topic: str) -> tuple[str, str]:
     a, b = rng.sample(TOPICS[topic][1], 2)
@@ -86,8 +99,10 @@ def user_turn(rng: random.Random, topic: str, first: bool, long: bool) -> str:
     a, b = _words(rng, topic)
     text = f"How do I {TOPICS[topic][0]}?" if first else rng.choice(FOLLOW_UPS).format(a=a, b=b)
     if long:
-        filler = " ".join(f"The {rng.choice(TOPICS[topic][1])} was {rng.choice(['fine', 'odd', 'late', 'new'])}."
-                          for _ in range(rng.randint(60, 110)))
+        filler = " ".join(
+            f"The {rng.choice(TOPICS[topic][1])} was {rng.choice(['fine', 'odd', 'late', 'new'])}."
+            for _ in range(rng.randint(60, 110))
+        )
         text = DETAILS.format(a=a, b=b) + filler + " " + text
     return text
 
@@ -122,8 +137,10 @@ def preference_rows(count: int, rng: random.Random, long_share: float = 0.065) -
             rejected = ""
         elif number % 89 == 7:
             rejected = chosen
-        row = {"chosen": transcript(turns + [{"role": "assistant", "content": chosen}]),
-               "rejected": transcript(turns + [{"role": "assistant", "content": rejected}])}
+        row = {
+            "chosen": transcript(turns + [{"role": "assistant", "content": chosen}]),
+            "rejected": transcript(turns + [{"role": "assistant", "content": rejected}]),
+        }
         rows.append(row)
         if number % 83 == 3:
             rows.append(dict(row))  # exported twice
@@ -131,8 +148,10 @@ def preference_rows(count: int, rng: random.Random, long_share: float = 0.065) -
 
 
 def demonstrations(count: int, rng: random.Random, long_share: float = 0.065) -> list[dict]:
-    return [{"messages": turns + [{"role": "assistant", "content": helpful_reply(rng, topic)}]}
-            for topic, turns in (dialogue(rng, long=rng.random() < long_share) for _ in range(count))]
+    return [
+        {"messages": turns + [{"role": "assistant", "content": helpful_reply(rng, topic)}]}
+        for topic, turns in (dialogue(rng, long=rng.random() < long_share) for _ in range(count))
+    ]
 
 
 def prompts(count: int, rng: random.Random, long_share: float = 0.065) -> list[dict]:
@@ -140,6 +159,7 @@ def prompts(count: int, rng: random.Random, long_share: float = 0.065) -> list[d
 
 
 # -- the user's model ---------------------------------------------------------------------------------------------
+
 
 def build_chat_tokenizer(corpus: list[str], vocab_size: int = 700):
     """A byte-level BPE tokenizer with a chat template whose assistant turn opens with no separator, as many do."""
@@ -149,27 +169,46 @@ def build_chat_tokenizer(corpus: list[str], vocab_size: int = 700):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(corpus, trainer=trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|startoftext|>", eos_token="<|end|>",
-                                      pad_token="<|pad|>", model_max_length=512)
+    tokenizer.train_from_iterator(
+        corpus,
+        trainer=trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|startoftext|>",
+        eos_token="<|end|>",
+        pad_token="<|pad|>",
+        model_max_length=512,
+    )
     wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
 
 
-def build_chat_model(out: Path, corpus: list[str], *, hidden_size: int = 128, num_layers: int = 2,
-                     seed: int = 0) -> Path:
+def build_chat_model(
+    out: Path, corpus: list[str], *, hidden_size: int = 128, num_layers: int = 2, seed: int = 0
+) -> Path:
     import torch
     from transformers import LlamaForCausalLM
 
     from rlhf.demo.tiny_model import tiny_llama_config
 
     tokenizer = build_chat_tokenizer(corpus)
-    config = tiny_llama_config(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, num_heads=4,
-                               max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                               tie_word_embeddings=True)
+    config = tiny_llama_config(
+        len(tokenizer),
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(seed)
     with atomic_directory(out) as staging:
         LlamaForCausalLM(config).save_pretrained(staging, safe_serialization=True)
@@ -181,10 +220,16 @@ def prepare(out: str | Path, *, seed: int = 0, scale: float = 1.0) -> Path:
     """Write the example's model and data under `out`."""
     out = Path(out)
     rng = random.Random(seed)
-    sizes = {name: max(8, int(count * scale)) for name, count in
-             {"preferences": 800, "sft": 600, "prompts_train": 400, "prompts_eval": 32}.items()}
-    data = {"preferences": preference_rows(sizes["preferences"], rng), "sft": demonstrations(sizes["sft"], rng),
-            "prompts_train": prompts(sizes["prompts_train"], rng), "prompts_eval": prompts(sizes["prompts_eval"], rng)}
+    sizes = {
+        name: max(8, int(count * scale))
+        for name, count in {"preferences": 800, "sft": 600, "prompts_train": 400, "prompts_eval": 32}.items()
+    }
+    data = {
+        "preferences": preference_rows(sizes["preferences"], rng),
+        "sft": demonstrations(sizes["sft"], rng),
+        "prompts_train": prompts(sizes["prompts_train"], rng),
+        "prompts_eval": prompts(sizes["prompts_eval"], rng),
+    }
     for name, records in data.items():
         atomic_write_text(out / "data" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     corpus = [turn["content"] for record in data["sft"] for turn in record["messages"]]

@@ -19,14 +19,14 @@ class Labeler:
     temperature: float  # in gold-score units: the score gap at which preference odds are e:1
 
 
-def make_labelers(count: int = 4, seed: int = 0, min_temperature: float = 0.02,
-                  max_temperature: float = 0.12) -> list[Labeler]:
+def make_labelers(
+    count: int = 4, seed: int = 0, min_temperature: float = 0.02, max_temperature: float = 0.12
+) -> list[Labeler]:
     rng = random.Random(seed)
     return [Labeler(f"labeler-{i}", rng.uniform(min_temperature, max_temperature)) for i in range(count)]
 
 
-def rank_responses(labeler: Labeler, gold_scores: list[float], rng: random.Random,
-                   tie_rate: float = 0.5) -> list[int]:
+def rank_responses(labeler: Labeler, gold_scores: list[float], rng: random.Random, tie_rate: float = 0.5) -> list[int]:
     """Ranks (1 = best) for responses with these gold scores, drawn from Plackett-Luce.
 
     Sorting score/temperature + Gumbel noise samples a Plackett-Luce order exactly.
@@ -37,8 +37,7 @@ def rank_responses(labeler: Labeler, gold_scores: list[float], rng: random.Rando
     place = 0
     for position, index in enumerate(order):
         previous = order[position - 1] if position else None
-        tied = (previous is not None and gold_scores[index] == gold_scores[previous]
-                and rng.random() < tie_rate)
+        tied = previous is not None and gold_scores[index] == gold_scores[previous] and rng.random() < tie_rate
         if not tied:
             place += 1
         ranks[index] = place

@@ -1,12 +1,12 @@
 """Write the demo's starting model and data files, as a user would bring their own.
 
-    python -m rlhf.demo.prepare --out runs/demo
+python -m rlhf.demo.prepare --out runs/demo
 
-    runs/demo/base_model/              tiny Llama-style causal LM + tokenizer (Hugging Face format)
-    runs/demo/data/sft_train.jsonl     human-like demonstrations (prompt/completion)
-    runs/demo/data/sft_eval.jsonl      held-out demonstrations
-    runs/demo/data/prompts_train.jsonl prompts for sampling responses to rank, and for PPO
-    runs/demo/data/prompts_eval.jsonl  held-out prompts for win rates and gold scores
+runs/demo/base_model/              tiny Llama-style causal LM + tokenizer (Hugging Face format)
+runs/demo/data/sft_train.jsonl     human-like demonstrations (prompt/completion)
+runs/demo/data/sft_eval.jsonl      held-out demonstrations
+runs/demo/data/prompts_train.jsonl prompts for sampling responses to rank, and for PPO
+runs/demo/data/prompts_eval.jsonl  held-out prompts for win rates and gold scores
 """
 
 from __future__ import annotations
@@ -50,19 +50,33 @@ def demo_inputs(out: str | Path) -> dict[str, dict[str, str]]:
     """The stage settings that point at the demo written to `out`: the base model and demonstrations of SFT, the
     prompts of labeling and PPO."""
     out, data = Path(out), Path(out) / "data"
-    return {"sft": {"model_name_or_path": str(out / "base_model"), "train_file": str(data / "sft_train.jsonl"),
-                    "eval_file": str(data / "sft_eval.jsonl")},
-            "labels": {"label_prompts": str(data / "prompts_train.jsonl")},
-            "ppo": {"prompts_file": str(data / "prompts_train.jsonl"),
-                    "eval_prompts_file": str(data / "prompts_eval.jsonl")}}
+    return {
+        "sft": {
+            "model_name_or_path": str(out / "base_model"),
+            "train_file": str(data / "sft_train.jsonl"),
+            "eval_file": str(data / "sft_eval.jsonl"),
+        },
+        "labels": {"label_prompts": str(data / "prompts_train.jsonl")},
+        "ppo": {
+            "prompts_file": str(data / "prompts_train.jsonl"),
+            "eval_prompts_file": str(data / "prompts_eval.jsonl"),
+        },
+    }
 
 
 def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(record) + "\n" for record in records)
 
 
-def prepare(out: str | Path, *, seed: int = 0, hidden_size: int = 128, num_layers: int = 3,
-            sizes: dict[str, int] | None = None, settings: DemoSettings = DemoSettings()) -> Path:
+def prepare(
+    out: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 128,
+    num_layers: int = 3,
+    sizes: dict[str, int] | None = None,
+    settings: DemoSettings = DemoSettings(),
+) -> Path:
     """Write the demo's files under `out`; every split's prompts are distinct from the others'."""
     out = Path(out)
     sizes = {**SPLITS, **(sizes or {})}
@@ -87,8 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_layers", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every split's size (smoke tests: 0.02)")
     args = parser.parse_args(argv)
-    path = prepare(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
-                   sizes=split_sizes(args.scale))
+    path = prepare(
+        args.out,
+        seed=args.seed,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        sizes=split_sizes(args.scale),
+    )
     print(f"demo model and data written to {path}")
 
 

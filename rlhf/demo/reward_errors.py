@@ -30,7 +30,7 @@ def response_kind(prompt_text: str, response: str) -> str:
     """'ok', 'perm' or 'slip', prefixed 'chat+' when the response opens with one of the demo's chatter phrases."""
     text = response.strip()
     chatter = next((phrase for phrase in CHATTER if text.startswith(phrase)), None)
-    said = (text[len(chatter):] if chatter else text).split()
+    said = (text[len(chatter) :] if chatter else text).split()
     answer = correct_answer(parse_prompt(prompt_text))
     kind = "ok" if said == answer else "perm" if sorted(said) == sorted(answer) else "slip"
     return f"chat+{kind}" if chatter else kind

@@ -16,8 +16,22 @@ import random
 from dataclasses import dataclass
 
 WORDS = (
-    "apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "plum",
-    "cat", "dog", "fox", "owl", "bear", "wolf", "frog", "duck",
+    "apple",
+    "banana",
+    "cherry",
+    "grape",
+    "lemon",
+    "mango",
+    "peach",
+    "plum",
+    "cat",
+    "dog",
+    "fox",
+    "owl",
+    "bear",
+    "wolf",
+    "frog",
+    "duck",
 )
 OPERATIONS = {
     "sort": "sort these words :",
@@ -54,7 +68,7 @@ def parse_prompt(text: str) -> Prompt:
     """Recover the operation and words from a prompt's text (the gold scorer sees only text)."""
     for operation, instruction in OPERATIONS.items():
         if text.startswith(instruction) and text.endswith(PROMPT_SUFFIX):
-            words = text[len(instruction):-len(PROMPT_SUFFIX)].split()
+            words = text[len(instruction) : -len(PROMPT_SUFFIX)].split()
             return Prompt(operation, tuple(words))
     raise ValueError(f"not a demo prompt: {text!r}")
 
@@ -117,8 +131,9 @@ def write_demonstration(prompt: Prompt, rng: random.Random, settings: DemoSettin
     return words
 
 
-def make_split(count: int, seed: int, settings: DemoSettings = DemoSettings(),
-               exclude: set[str] | frozenset[str] = frozenset()) -> list[dict]:
+def make_split(
+    count: int, seed: int, settings: DemoSettings = DemoSettings(), exclude: set[str] | frozenset[str] = frozenset()
+) -> list[dict]:
     """`count` prompt/completion records with distinct prompts, none of them in `exclude`."""
     rng = random.Random(seed)
     records, seen = [], set(exclude)

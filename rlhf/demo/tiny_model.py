@@ -33,40 +33,72 @@ def build_tokenizer(words: list[str]):
     tokenizer.train_from_iterator([" ".join([*words, *CHAT_ROLES])], trainer=trainer)
     bos = SPECIAL_TOKENS["bos"]
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+    )
     tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token=SPECIAL_TOKENS["pad"], bos_token=bos,
-        eos_token=SPECIAL_TOKENS["eos"], unk_token=SPECIAL_TOKENS["unk"], model_max_length=64,
+        tokenizer_object=tokenizer,
+        pad_token=SPECIAL_TOKENS["pad"],
+        bos_token=bos,
+        eos_token=SPECIAL_TOKENS["eos"],
+        unk_token=SPECIAL_TOKENS["unk"],
+        model_max_length=64,
     )
     wrapped.padding_side = "left"  # prompts are left-padded for batched generation
     wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
 
 
-def tiny_llama_config(vocab_size: int, *, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
-                      num_key_value_heads: int | None = None, **overrides):
+def tiny_llama_config(
+    vocab_size: int,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_key_value_heads: int | None = None,
+    **overrides,
+):
     """A LlamaConfig for a tiny model; biases on, so that BitFit has something to train (Llama's default has none)."""
     from transformers import LlamaConfig
 
-    settings = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=4 * hidden_size,
-                    num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                    num_key_value_heads=num_key_value_heads or num_heads, attention_bias=True, mlp_bias=True)
+    settings = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_key_value_heads or num_heads,
+        attention_bias=True,
+        mlp_bias=True,
+    )
     settings.update(overrides)
     return LlamaConfig(**settings)
 
 
-def build_tiny_model(out_dir: str | os.PathLike, words: list[str], *, hidden_size: int = 64,
-                     num_layers: int = 2, num_heads: int = 4, seed: int = 0) -> Path:
+def build_tiny_model(
+    out_dir: str | os.PathLike,
+    words: list[str],
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+) -> Path:
     """Save a randomly initialised Llama-style model and its tokenizer to `out_dir`."""
     import torch
     from transformers import LlamaForCausalLM
 
     tokenizer = build_tokenizer(words)
     config = tiny_llama_config(
-        len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-        max_position_embeddings=tokenizer.model_max_length, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+        len(tokenizer),
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        max_position_embeddings=tokenizer.model_max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -76,8 +108,9 @@ def build_tiny_model(out_dir: str | os.PathLike, words: list[str], *, hidden_siz
     return Path(out_dir)
 
 
-def build_tiny_reward_model(out_dir: str | os.PathLike, policy_dir: str | os.PathLike, *, seed: int = 1,
-                            head_scale: float = 1.0) -> Path:
+def build_tiny_reward_model(
+    out_dir: str | os.PathLike, policy_dir: str | os.PathLike, *, seed: int = 1, head_scale: float = 1.0
+) -> Path:
     """Save a reward model of the policy's architecture and tokenizer, with a random scalar head, to `out_dir`.
 
     `head_scale` > 1 spreads its (fixed, random) scores, so that PPO on it has something to climb.

@@ -29,9 +29,18 @@ class Sampling:
     rollout_engine: str = "hf"  # or vllm (rlhf.rollout): the engine that samples
 
 
-def best_of_n(policy: str, reward_model: str, prompts: Sequence[Any], ns: Sequence[int], *, sampling: Sampling,
-              gold_scorer: str = "", registry_dir: str = "", reward_max_length: int = 512,
-              trust_remote_code: bool = False) -> dict[str, Any]:
+def best_of_n(
+    policy: str,
+    reward_model: str,
+    prompts: Sequence[Any],
+    ns: Sequence[int],
+    *,
+    sampling: Sampling,
+    gold_scorer: str = "",
+    registry_dir: str = "",
+    reward_max_length: int = 512,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
     """The best-of-N curve of `policy` under `reward_model` on `prompts`, as written to best_of_n.json: the
     settings, one point per N (n, kl, d, rm_score, gold_score), Gao's best-of-N fit of each score, and every
     sample's scores (rm_scores[p][i], gold_scores[p][i]) for a later look."""
@@ -43,19 +52,35 @@ def best_of_n(policy: str, reward_model: str, prompts: Sequence[Any], ns: Sequen
 
     ns = sorted(set(ns))
     samples = max(ns)
-    sampled = sample_k_responses(policy, list(prompts), k=samples, registry_dir=registry_dir,
-                                 max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                 top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed,
-                                 batch_size=sampling.batch_size, trust_remote_code=trust_remote_code,
-                                 rollout_engine=sampling.rollout_engine)
+    sampled = sample_k_responses(
+        policy,
+        list(prompts),
+        k=samples,
+        registry_dir=registry_dir,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        seed=sampling.seed,
+        batch_size=sampling.batch_size,
+        trust_remote_code=trust_remote_code,
+        rollout_engine=sampling.rollout_engine,
+    )
     registry = Registry(registry_dir or None)
     policy_path, _ = resolve_model(policy, registry)
     reward_path, _ = resolve_model(reward_model, registry)
     model, tokenizer, normalization = load_reward_model(reward_path, trust_remote_code=trust_remote_code)
     flat_prompts = [prompt for prompt, responses in sampled for _ in responses]
     flat_responses = [response for _, responses in sampled for response in responses]
-    flat_rm = score_texts(model, tokenizer, flat_prompts, flat_responses, normalization=normalization,
-                          stop_token_ids=stop_token_ids_of(reward_path, tokenizer), max_length=reward_max_length)
+    flat_rm = score_texts(
+        model,
+        tokenizer,
+        flat_prompts,
+        flat_responses,
+        normalization=normalization,
+        stop_token_ids=stop_token_ids_of(reward_path, tokenizer),
+        max_length=reward_max_length,
+    )
     rm_scores = _rows(flat_rm, samples)
     gold_scores = None
     if gold_scorer:
@@ -63,35 +88,51 @@ def best_of_n(policy: str, reward_model: str, prompts: Sequence[Any], ns: Sequen
         from rlhf.models import load_tokenizer
 
         scorer, policy_tokenizer = named_scorer(gold_scorer), load_tokenizer(policy_path, trust_remote_code)
-        gold_scores = _rows([scorer(prompt_text(policy_tokenizer, p), r) for p, r in zip(flat_prompts, flat_responses)],
-                            samples)
+        gold_scores = _rows(
+            [scorer(prompt_text(policy_tokenizer, p), r) for p, r in zip(flat_prompts, flat_responses)], samples
+        )
     points = best_of_n_curve(rm_scores, gold_scores, ns)
-    return {"policy": policy, "policy_path": policy_path, "reward_model": reward_model, "reward_model_path": reward_path,
-            "gold_scorer": gold_scorer or None, "prompts": len(sampled), "samples_per_prompt": samples,
-            "sampling": asdict(sampling), "estimator": "mean over every N-subset of the samples of each prompt",
-            "points": points,
-            "fits": {key: asdict(fit) if fit else None for key, fit in curve_fits("best_of_n", points).items()},
-            "rm_scores": rm_scores, "gold_scores": gold_scores}
+    return {
+        "policy": policy,
+        "policy_path": policy_path,
+        "reward_model": reward_model,
+        "reward_model_path": reward_path,
+        "gold_scorer": gold_scorer or None,
+        "prompts": len(sampled),
+        "samples_per_prompt": samples,
+        "sampling": asdict(sampling),
+        "estimator": "mean over every N-subset of the samples of each prompt",
+        "points": points,
+        "fits": {key: asdict(fit) if fit else None for key, fit in curve_fits("best_of_n", points).items()},
+        "rm_scores": rm_scores,
+        "gold_scores": gold_scores,
+    }
 
 
 def _rows(flat: Sequence[float], width: int) -> list[list[float]]:
-    return [list(flat[start:start + width]) for start in range(0, len(flat), width)]
+    return [list(flat[start : start + width]) for start in range(0, len(flat), width)]
 
 
 def format_result(result: dict[str, Any]) -> str:
     """The curve as a table, then each fit of Gao's best-of-N form with its quality."""
     gold = result["gold_scorer"] is not None
-    lines = [f"best-of-N of {result['policy']} under {result['reward_model']}: {result['prompts']} prompts, "
-             f"{result['samples_per_prompt']} samples each",
-             f"{'N':>4} {'KL':>7} {'d':>6} {'RM score':>9}" + (f" {'gold':>7}" if gold else "")]
+    lines = [
+        f"best-of-N of {result['policy']} under {result['reward_model']}: {result['prompts']} prompts, "
+        f"{result['samples_per_prompt']} samples each",
+        f"{'N':>4} {'KL':>7} {'d':>6} {'RM score':>9}" + (f" {'gold':>7}" if gold else ""),
+    ]
     for point in result["points"]:
-        lines.append(f"{point['n']:>4} {point['kl']:>7.3f} {point['d']:>6.3f} {point['rm_score']:>9.4f}"
-                     + (f" {point['gold_score']:>7.4f}" if gold else ""))
+        lines.append(
+            f"{point['n']:>4} {point['kl']:>7.3f} {point['d']:>6.3f} {point['rm_score']:>9.4f}"
+            + (f" {point['gold_score']:>7.4f}" if gold else "")
+        )
     lines.append("Gao et al.'s best-of-N form R(d) = d (alpha - beta d), R the gain over N = 1:")
     for key, fit in result["fits"].items():
         if fit is None:
             lines.append(f"  {key}: too few N to fit")
         else:
-            lines.append(f"  {key}: alpha {fit['alpha']:.4f}, beta {fit['beta']:.4f}, R^2 {fit['r_squared']:.3f}, "
-                         f"RMSE {fit['rmse']:.4f} over {fit['points']} points")
+            lines.append(
+                f"  {key}: alpha {fit['alpha']:.4f}, beta {fit['beta']:.4f}, R^2 {fit['r_squared']:.3f}, "
+                f"RMSE {fit['rmse']:.4f} over {fit['points']} points"
+            )
     return "\n".join(lines)

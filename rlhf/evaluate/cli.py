@@ -33,47 +33,90 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_best_of_n_command(subcommands) -> None:
-    command = subcommands.add_parser("best-of-n", help="best-of-N of a policy under a reward model, at every N",
-                                     description="Best-of-N sampling at matched KL (Gao et al. 2022).")
+    command = subcommands.add_parser(
+        "best-of-n",
+        help="best-of-N of a policy under a reward model, at every N",
+        description="Best-of-N sampling at matched KL (Gao et al. 2022).",
+    )
     given = "default: the run's PPO setting with --run_dir, else %(default)s"
-    command.add_argument("--run_dir", default="", help="a pipeline run: settings from its PPO stage, output to "
-                                                       "RUN_DIR/evaluation/best_of_n.json")
-    command.add_argument("--policy", help="policy to sample: registry reference, directory or hub id (default: the "
-                                          "run's PPO reference policy, else sft)")
-    command.add_argument("--reward_model", help="reward model that picks (default: the run's PPO reward model, else rm)")
-    command.add_argument("--prompts", help="held-out prompts, records with a 'prompt' (default: the run's PPO "
-                                           "eval_prompts_file)")
+    command.add_argument(
+        "--run_dir",
+        default="",
+        help="a pipeline run: settings from its PPO stage, output to RUN_DIR/evaluation/best_of_n.json",
+    )
+    command.add_argument(
+        "--policy",
+        help="policy to sample: registry reference, directory or hub id (default: the "
+        "run's PPO reference policy, else sft)",
+    )
+    command.add_argument(
+        "--reward_model", help="reward model that picks (default: the run's PPO reward model, else rm)"
+    )
+    command.add_argument(
+        "--prompts", help="held-out prompts, records with a 'prompt' (default: the run's PPO eval_prompts_file)"
+    )
     command.add_argument("--limit", type=int, default=32, help="use the first N prompts (0: all; default %(default)s)")
-    command.add_argument("--n", type=int, nargs="+", default=list(DEFAULT_NS),
-                         help="the N of best-of-N; max(N) responses are sampled per prompt (default 1 2 4 ... 64)")
-    command.add_argument("--gold_scorer",
-                         help="gold scorer name ('demo') for the gold curve (" + given % {"default": "none"} + ")")
-    command.add_argument("-o", "--output", default="", help="JSON file to write (default with --run_dir: "
-                                                            "RUN_DIR/evaluation/best_of_n.json)")
+    command.add_argument(
+        "--n",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_NS),
+        help="the N of best-of-N; max(N) responses are sampled per prompt (default 1 2 4 ... 64)",
+    )
+    command.add_argument(
+        "--gold_scorer", help="gold scorer name ('demo') for the gold curve (" + given % {"default": "none"} + ")"
+    )
+    command.add_argument(
+        "-o",
+        "--output",
+        default="",
+        help="JSON file to write (default with --run_dir: RUN_DIR/evaluation/best_of_n.json)",
+    )
     command.add_argument("--max_new_tokens", type=int, help=given % {"default": 32})
     command.add_argument("--temperature", type=float, help=given % {"default": 1.0})
     command.add_argument("--top_k", type=int, help=given % {"default": 0})
     command.add_argument("--top_p", type=float, help=given % {"default": 1.0})
     command.add_argument("--seed", type=int, help=given % {"default": 0})
     command.add_argument("--batch_size", type=int, default=128, help="responses generated at once")
-    command.add_argument("--max_prompt_length", type=int, help="prompt length cap in tokens (" + given % {
-        "default": "0: the policy's max_position_embeddings minus max_new_tokens"} + ")")
-    command.add_argument("--overlong", choices=OVERLONG_POLICIES, default="drop",
-                         help="prompts over max_prompt_length: drop, truncate or error")
-    command.add_argument("--registry_dir", default="", help="registry root (default: RUN_DIR/registry with --run_dir, "
-                                                            "else $RLHF_REGISTRY or runs/registry)")
+    command.add_argument(
+        "--max_prompt_length",
+        type=int,
+        help="prompt length cap in tokens ("
+        + given % {"default": "0: the policy's max_position_embeddings minus max_new_tokens"}
+        + ")",
+    )
+    command.add_argument(
+        "--overlong",
+        choices=OVERLONG_POLICIES,
+        default="drop",
+        help="prompts over max_prompt_length: drop, truncate or error",
+    )
+    command.add_argument(
+        "--registry_dir",
+        default="",
+        help="registry root (default: RUN_DIR/registry with --run_dir, else $RLHF_REGISTRY or runs/registry)",
+    )
     command.add_argument("--trust_remote_code", action="store_true")
-    command.add_argument("--rollout_engine", choices=ENGINES,
-                         help=ROLLOUT_ENGINE_HELP + " (" + given % {"default": "hf"} + ")")
+    command.add_argument(
+        "--rollout_engine", choices=ENGINES, help=ROLLOUT_ENGINE_HELP + " (" + given % {"default": "hf"} + ")"
+    )
     command.set_defaults(run=run_best_of_n)
 
 
 # What a run's PPO stage supplies, by its config keys: (argument, PPO key, default without a run).
-FROM_PPO = (("policy", "reference_model", "sft"), ("reward_model", "reward_model", "rm"),
-            ("prompts", "eval_prompts_file", ""), ("gold_scorer", "gold_scorer", ""),
-            ("max_new_tokens", "max_new_tokens", 32), ("temperature", "temperature", 1.0), ("top_k", "top_k", 0),
-            ("top_p", "top_p", 1.0), ("seed", "seed", 0), ("max_prompt_length", "max_prompt_length", 0),
-            ("rollout_engine", "rollout_engine", "hf"))
+FROM_PPO = (
+    ("policy", "reference_model", "sft"),
+    ("reward_model", "reward_model", "rm"),
+    ("prompts", "eval_prompts_file", ""),
+    ("gold_scorer", "gold_scorer", ""),
+    ("max_new_tokens", "max_new_tokens", 32),
+    ("temperature", "temperature", 1.0),
+    ("top_k", "top_k", 0),
+    ("top_p", "top_p", 1.0),
+    ("seed", "seed", 0),
+    ("max_prompt_length", "max_prompt_length", 0),
+    ("rollout_engine", "rollout_engine", "hf"),
+)
 
 
 def settings_from_run(args: argparse.Namespace) -> argparse.Namespace:
@@ -112,15 +155,23 @@ def run_best_of_n(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n must be between 1 and {MOST_SAMPLES}, got {' '.join(map(str, args.n))}")
     if args.limit < 0 or args.batch_size < 1:
         raise ConfigError("--limit must be >= 0 and --batch_size >= 1")
-    prompts = fitted_prompts(args, load_prompts(args.prompts)[:args.limit or None])
+    prompts = fitted_prompts(args, load_prompts(args.prompts)[: args.limit or None])
     if not prompts:
         raise ConfigError(f"{args.prompts}: no prompt fits max_prompt_length")
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.batch_size,
-                        args.rollout_engine)
-    result = best_of_n(args.policy, args.reward_model, prompts, args.n, sampling=sampling,
-                       gold_scorer=args.gold_scorer, registry_dir=args.registry_dir,
-                       reward_max_length=_longest_prompt(args) + args.max_new_tokens + 1,
-                       trust_remote_code=args.trust_remote_code)
+    sampling = Sampling(
+        args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.batch_size, args.rollout_engine
+    )
+    result = best_of_n(
+        args.policy,
+        args.reward_model,
+        prompts,
+        args.n,
+        sampling=sampling,
+        gold_scorer=args.gold_scorer,
+        registry_dir=args.registry_dir,
+        reward_max_length=_longest_prompt(args) + args.max_new_tokens + 1,
+        trust_remote_code=args.trust_remote_code,
+    )
     result["prompts_file"] = args.prompts
     atomic_write_json(args.output, result)
     print(format_result(result))

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 # -- best-of-N ------------------------------------------------------------------------------------------------------
 
+
 def best_of_n_kl(n: int) -> float:
     """KL(best-of-N ‖ policy) = log N − (N − 1) / N, in nats per response (Stiennon et al. 2020, Appendix G.3).
 
@@ -58,16 +59,21 @@ def best_of_n_expectation(selector_scores: Sequence[float], scores: Sequence[flo
     return sum(math.comb(place, n - 1) / subsets * scores[index] for place, index in enumerate(ascending))
 
 
-def best_of_n_curve(rm_scores: Sequence[Sequence[float]], gold_scores: Sequence[Sequence[float]] | None,
-                    ns: Sequence[int]) -> list[dict]:
+def best_of_n_curve(
+    rm_scores: Sequence[Sequence[float]], gold_scores: Sequence[Sequence[float]] | None, ns: Sequence[int]
+) -> list[dict]:
     """One point per N: its analytic KL, d = sqrt(KL), and the mean over prompts of the kept sample's reward-model
     score and (when given) gold score. `rm_scores[p]` are the M samples of prompt p, scored by the reward model
     that selects; `gold_scores[p]` the same samples under the gold scorer."""
     points = []
     for n in ns:
         kl = best_of_n_kl(n)
-        point = {"n": n, "kl": kl, "d": math.sqrt(kl),
-                 "rm_score": _mean(best_of_n_expectation(row, row, n) for row in rm_scores)}
+        point = {
+            "n": n,
+            "kl": kl,
+            "d": math.sqrt(kl),
+            "rm_score": _mean(best_of_n_expectation(row, row, n) for row in rm_scores),
+        }
         if gold_scores is not None:
             point["gold_score"] = _mean(best_of_n_expectation(rm, gold, n) for rm, gold in zip(rm_scores, gold_scores))
         points.append(point)
@@ -85,6 +91,7 @@ def sqrt_kl(kl: float) -> float:
 
 
 # -- Gao et al.'s forms ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class GaoFit:
@@ -121,7 +128,9 @@ def _d_log_d(d: float) -> float:
 FORMS: dict[str, Callable[[float, float, float], float]] = {"best_of_n": gao_best_of_n, "rl": gao_rl}
 # R = α·first(d) − β·second(d): each form's two regressors.
 _REGRESSORS: dict[str, tuple[Callable[[float], float], Callable[[float], float]]] = {
-    "best_of_n": (lambda d: d, lambda d: d * d), "rl": (lambda d: d, _d_log_d)}
+    "best_of_n": (lambda d: d, lambda d: d * d),
+    "rl": (lambda d: d, _d_log_d),
+}
 
 
 def fit_gao(form: str, d: Sequence[float], gains: Sequence[float]) -> GaoFit | None:
@@ -165,8 +174,9 @@ def fit_curve(form: str, points: Sequence[dict], key: str) -> GaoFit | None:
     """`fit_gao` on points {"d": ..., key: ...}, whose point at d = 0 (the initial policy) is the baseline: the fit
     is of `key` minus its value there, over the points with d > 0 (the baseline would add a residual of 0 to the
     fit's quality). None without a d = 0 point, or with too few points."""
-    usable = sorted((p for p in points if isinstance(p.get(key), (int, float)) and p.get("d") is not None),
-                    key=lambda p: p["d"])
+    usable = sorted(
+        (p for p in points if isinstance(p.get(key), (int, float)) and p.get("d") is not None), key=lambda p: p["d"]
+    )
     if not usable or usable[0]["d"] > 0:
         return None
     baseline = usable[0][key]

@@ -97,8 +97,13 @@ class Agreement:
     by_annotator: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"sets": self.sets, "shared_pairs": self.shared_pairs, "pairwise": self.pairwise, "alpha": self.alpha,
-                "by_annotator": {name: list(value) for name, value in self.by_annotator.items()}}
+        return {
+            "sets": self.sets,
+            "shared_pairs": self.shared_pairs,
+            "pairwise": self.pairwise,
+            "alpha": self.alpha,
+            "by_annotator": {name: list(value) for name, value in self.by_annotator.items()},
+        }
 
 
 def shared_rankings(rankings: Iterable[Ranking]) -> list[dict[str, dict[str, int]]]:
@@ -127,14 +132,21 @@ def labeler_agreement(rankings: Iterable[Ranking]) -> Agreement:
         responses = sorted(next(iter(group.values())))
         units += [[group[name][text] for name in annotators] for text in responses]
         for a, first in enumerate(annotators):
-            for second in annotators[a + 1:]:
+            for second in annotators[a + 1 :]:
                 for i, x in enumerate(responses):
-                    for y in responses[i + 1:]:
+                    for y in responses[i + 1 :]:
                         value = order_agreement(group[first][x], group[first][y], group[second][x], group[second][y])
                         outcomes.append(value)
                         by_annotator[first].append(value)
                         by_annotator[second].append(value)
-    per_annotator = {name: (sum(values) / len(values), len(values))
-                     for name, values in sorted(by_annotator.items(), key=lambda item: (-len(item[1]), item[0]))}
-    return Agreement(len(groups), len(outcomes), sum(outcomes) / len(outcomes) if outcomes else float("nan"),
-                     krippendorff_alpha(units, "ordinal"), per_annotator)
+    per_annotator = {
+        name: (sum(values) / len(values), len(values))
+        for name, values in sorted(by_annotator.items(), key=lambda item: (-len(item[1]), item[0]))
+    }
+    return Agreement(
+        len(groups),
+        len(outcomes),
+        sum(outcomes) / len(outcomes) if outcomes else float("nan"),
+        krippendorff_alpha(units, "ordinal"),
+        per_annotator,
+    )

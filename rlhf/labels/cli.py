@@ -42,16 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_import_command(subcommands) -> None:
-    command = subcommands.add_parser("import", help="a labeling tool's export -> rankings JSONL",
-                                     description="Read a labeling export into rankings JSONL.")
-    command.add_argument("--format", required=True, choices=sorted(IMPORTERS), type=_format_name,
-                         help="the tool or dataset (label-studio and label_studio are the same)")
+    command = subcommands.add_parser(
+        "import",
+        help="a labeling tool's export -> rankings JSONL",
+        description="Read a labeling export into rankings JSONL.",
+    )
+    command.add_argument(
+        "--format",
+        required=True,
+        choices=sorted(IMPORTERS),
+        type=_format_name,
+        help="the tool or dataset (label-studio and label_studio are the same)",
+    )
     command.add_argument("inputs", nargs="+", metavar="INPUT", help="export files (or `datasets` directories)")
     command.add_argument("-o", "--output", required=True, help="rankings JSONL to write")
-    command.add_argument("--merge-annotators", action="store_true",
-                         help="merge rankings of the same completions by several annotators (mean rank)")
-    command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                         help="importer option, e.g. prompt_field=question (see each importer's docstring)")
+    command.add_argument(
+        "--merge-annotators",
+        action="store_true",
+        help="merge rankings of the same completions by several annotators (mean rank)",
+    )
+    command.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="importer option, e.g. prompt_field=question (see each importer's docstring)",
+    )
     command.set_defaults(run=run_import)
 
 
@@ -67,10 +83,17 @@ def run_import(args: argparse.Namespace) -> int:
     report = import_rankings(args.format, args.inputs, merge_annotators=args.merge_annotators, **options)
     if not report.rankings:
         # Nothing is written: an old rankings file keeps the quarantine that describes it.
-        raise DataError(f"no rankings imported from {report.records_read} records, so nothing was written; left "
-                        f"out: {_reasons(report)}", file=args.output)
-    write_files_together({args.output: jsonl_lines(ranking.to_dict() for ranking in report.rankings),
-                          quarantine: jsonl_lines(report.quarantine)})
+        raise DataError(
+            f"no rankings imported from {report.records_read} records, so nothing was written; left "
+            f"out: {_reasons(report)}",
+            file=args.output,
+        )
+    write_files_together(
+        {
+            args.output: jsonl_lines(ranking.to_dict() for ranking in report.rankings),
+            quarantine: jsonl_lines(report.quarantine),
+        }
+    )
     print(format_summary(report, args.format, args.output, quarantine))
     return 0
 
@@ -87,9 +110,12 @@ EXPORT_FORMATS = ("label-studio", "argilla")
 
 
 def add_export_command(subcommands) -> None:
-    command = subcommands.add_parser("export", help="sample K responses per prompt -> labeling tasks",
-                                     description="Sample K responses per prompt from a policy and write tasks "
-                                                 "for a labeling tool, with its labeling config beside them.")
+    command = subcommands.add_parser(
+        "export",
+        help="sample K responses per prompt -> labeling tasks",
+        description="Sample K responses per prompt from a policy and write tasks "
+        "for a labeling tool, with its labeling config beside them.",
+    )
     command.add_argument("--policy", default="sft", help="registry reference, directory or hub id (default: sft)")
     command.add_argument("--prompts", required=True, help="JSONL/JSON/CSV records with a 'prompt' field")
     command.add_argument("--k", type=int, default=4, help="responses sampled per prompt (InstructGPT: 4 to 9)")
@@ -100,14 +126,24 @@ def add_export_command(subcommands) -> None:
     command.add_argument("--temperature", type=float, default=1.0)
     command.add_argument("--top_p", type=float, default=1.0)
     command.add_argument("--seed", type=int, default=0)
-    command.add_argument("--batch_size", type=int, default=128,
-                         help="responses generated at once (the same samples need the same batch size and seed)")
-    command.add_argument("--max_prompt_length", type=int, default=0,
-                         help="prompt length cap in tokens (0: the policy's max_position_embeddings minus "
-                              "max_new_tokens)")
-    command.add_argument("--overlong", choices=OVERLONG_POLICIES, default="drop",
-                         help="prompts over max_prompt_length: drop, truncate (from the left, at a turn boundary "
-                              "where it can) or error")
+    command.add_argument(
+        "--batch_size",
+        type=int,
+        default=128,
+        help="responses generated at once (the same samples need the same batch size and seed)",
+    )
+    command.add_argument(
+        "--max_prompt_length",
+        type=int,
+        default=0,
+        help="prompt length cap in tokens (0: the policy's max_position_embeddings minus max_new_tokens)",
+    )
+    command.add_argument(
+        "--overlong",
+        choices=OVERLONG_POLICIES,
+        default="drop",
+        help="prompts over max_prompt_length: drop, truncate (from the left, at a turn boundary where it can) or error",
+    )
     command.add_argument("--registry_dir", default="", help="registry root (default $RLHF_REGISTRY or runs/registry)")
     command.add_argument("--trust_remote_code", action="store_true")
     command.add_argument("--rollout_engine", choices=ENGINES, default="hf", help=ROLLOUT_ENGINE_HELP)
@@ -127,18 +163,28 @@ def run_export(args: argparse.Namespace) -> int:
         from rlhf.rollout.settings import vllm_python
 
         vllm_python()  # installed, or one line now rather than after the prompts are read
-    prompts = fitted_prompts(args, load_prompts(args.prompts)[:args.limit or None])
-    items = sample_k_responses(args.policy, prompts, k=args.k, registry_dir=args.registry_dir,
-                               max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                               top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-                               trust_remote_code=args.trust_remote_code, rollout_engine=args.rollout_engine)
+    prompts = fitted_prompts(args, load_prompts(args.prompts)[: args.limit or None])
+    items = sample_k_responses(
+        args.policy,
+        prompts,
+        k=args.k,
+        registry_dir=args.registry_dir,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        trust_remote_code=args.trust_remote_code,
+        rollout_engine=args.rollout_engine,
+    )
     items, dropped = rankable(items)
     if args.format == "argilla":
         # Argilla fixes a ranking question's options per dataset: every record needs all K responses.
         complete = [(prompt, responses) for prompt, responses in items if len(responses) == args.k]
         if len(complete) < len(items):
-            dropped[f"prompts with fewer than {args.k} distinct responses (Argilla needs K per record)"] = \
-                len(items) - len(complete)
+            dropped[f"prompts with fewer than {args.k} distinct responses (Argilla needs K per record)"] = len(
+                items
+            ) - len(complete)
         items = complete
     if not items:
         raise DataError(f"no prompt got 2 distinct non-empty responses from {args.policy}", file=args.prompts)
@@ -160,8 +206,9 @@ def fitted_prompts(args: argparse.Namespace, prompts: list) -> list:
     limit = args.max_prompt_length or max_positions(path, args.trust_remote_code) - args.max_new_tokens
     if limit < 1:
         raise ConfigError(f"--max_prompt_length {limit} leaves no room for a prompt; lower --max_new_tokens")
-    fitted = fit_prompts(prompts, tokenizer, max_tokens=limit, setting="max_prompt_length", policy=args.overlong,
-                         file=args.prompts)
+    fitted = fit_prompts(
+        prompts, tokenizer, max_tokens=limit, setting="max_prompt_length", policy=args.overlong, file=args.prompts
+    )
     if fitted.over:
         print(f"{args.prompts}: {fitted.summary()}")
     return fitted.kept
@@ -172,17 +219,21 @@ def _options(pairs: list[str], format: str) -> dict[str, str]:
     for pair in pairs:
         key, separator, value = pair.partition("=")
         if not separator or not key:
-            raise ConfigError(f"--option {pair!r} must read KEY=VALUE (options of {format}: "
-                              f"{', '.join(importer_options(format)) or 'none'})")
+            raise ConfigError(
+                f"--option {pair!r} must read KEY=VALUE (options of {format}: "
+                f"{', '.join(importer_options(format)) or 'none'})"
+            )
         options[key.strip()] = value.strip()
     return options
 
 
 def format_summary(report: ImportReport, format: str, output, quarantine) -> str:
-    lines = [f"read {report.records_read} records ({format})",
-             f"wrote {len(report.rankings)} rankings to {output}",
-             "K histogram: " + ", ".join(f"K={k}: {n}" for k, n in report.k_histogram().items()),
-             "annotators: " + ", ".join(f"{name}: {n}" for name, n in report.annotators().most_common())]
+    lines = [
+        f"read {report.records_read} records ({format})",
+        f"wrote {len(report.rankings)} rankings to {output}",
+        "K histogram: " + ", ".join(f"K={k}: {n}" for k, n in report.k_histogram().items()),
+        "annotators: " + ", ".join(f"{name}: {n}" for name, n in report.annotators().most_common()),
+    ]
     if report.skipped:
         lines.append(f"left out {sum(report.skipped.values())} (details in {quarantine}):")
         lines += [f"  {n:6d}  {reason}" for reason, n in report.skipped.most_common()]
@@ -212,11 +263,13 @@ def agreement_lines(rankings) -> list[str]:
         return []
     people = list(agreement.by_annotator.items())
     shown = ", ".join(f"{name}: {value:.3f} ({pairs})" for name, (value, pairs) in people[:ANNOTATORS_SHOWN])
-    return [f"labeler agreement: pairwise {agreement.pairwise:.3f} on {agreement.shared_pairs} response pairs that "
-            f"two annotators both ranked ({agreement.sets} prompts' responses ranked by several), Krippendorff's "
-            f"alpha (ordinal) {agreement.alpha:.3f}",
-            f"agreement with the others by annotator (pairs): {shown}" + (", ..." if len(people) > ANNOTATORS_SHOWN
-                                                                          else "")]
+    return [
+        f"labeler agreement: pairwise {agreement.pairwise:.3f} on {agreement.shared_pairs} response pairs that "
+        f"two annotators both ranked ({agreement.sets} prompts' responses ranked by several), Krippendorff's "
+        f"alpha (ordinal) {agreement.alpha:.3f}",
+        f"agreement with the others by annotator (pairs): {shown}"
+        + (", ..." if len(people) > ANNOTATORS_SHOWN else ""),
+    ]
 
 
 @exits_cleanly

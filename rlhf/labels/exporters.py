@@ -53,28 +53,44 @@ def _as_chat(prompt: Prompt) -> list:
 
 # -- Label Studio -------------------------------------------------------------------------------------------------
 
+
 def label_studio_tasks(items, *, seed: int = 0) -> list[dict]:
     prepared = prepare(items, seed)
     chat = _is_chat([prompt for _, prompt, _ in prepared])
-    return [{"data": {"prompt_id": prompt_id, "prompt": _as_chat(prompt) if chat else prompt,
-                      "items": [{"id": f"r{j}", "title": f"Response {j}", "body": text}
-                                for j, text in enumerate(completions, start=1)]}}
-            for prompt_id, prompt, completions in prepared]
+    return [
+        {
+            "data": {
+                "prompt_id": prompt_id,
+                "prompt": _as_chat(prompt) if chat else prompt,
+                "items": [
+                    {"id": f"r{j}", "title": f"Response {j}", "body": text}
+                    for j, text in enumerate(completions, start=1)
+                ],
+            }
+        }
+        for prompt_id, prompt, completions in prepared
+    ]
 
 
 def label_studio_config(*, chat: bool = False) -> str:
     """A labeling config: the prompt, then a Ranker to drag the responses into order, best first."""
-    prompt = ('<Paragraphs name="prompt" value="$prompt" layout="dialogue" nameKey="role" textKey="content"/>'
-              if chat else '<Text name="prompt" value="$prompt"/>')
-    return "\n".join([
-        "<View>",
-        '  <Header value="Prompt"/>',
-        f"  {prompt}",
-        '  <Header value="Drag the responses into order: best at the top"/>',
-        f'  <List name={quoteattr(LIST_NAME)} value="$items" title="Responses"/>',
-        f"  <Ranker name={quoteattr(RANKER_NAME)} toName={quoteattr(LIST_NAME)}/>",
-        "</View>",
-        ""])
+    prompt = (
+        '<Paragraphs name="prompt" value="$prompt" layout="dialogue" nameKey="role" textKey="content"/>'
+        if chat
+        else '<Text name="prompt" value="$prompt"/>'
+    )
+    return "\n".join(
+        [
+            "<View>",
+            '  <Header value="Prompt"/>',
+            f"  {prompt}",
+            '  <Header value="Drag the responses into order: best at the top"/>',
+            f'  <List name={quoteattr(LIST_NAME)} value="$items" title="Responses"/>',
+            f"  <Ranker name={quoteattr(RANKER_NAME)} toName={quoteattr(LIST_NAME)}/>",
+            "</View>",
+            "",
+        ]
+    )
 
 
 def write_label_studio_export(items, tasks_path: str | os.PathLike, *, seed: int = 0) -> tuple[Path, Path]:
@@ -82,11 +98,16 @@ def write_label_studio_export(items, tasks_path: str | os.PathLike, *, seed: int
     tasks_path = Path(tasks_path)
     tasks = label_studio_tasks(items, seed=seed)
     chat = any(isinstance(task["data"]["prompt"], list) for task in tasks)
-    return _write_pair(tasks_path, json.dumps(tasks, ensure_ascii=False, indent=2),
-                       tasks_path.with_name(tasks_path.stem + ".config.xml"), label_studio_config(chat=chat))
+    return _write_pair(
+        tasks_path,
+        json.dumps(tasks, ensure_ascii=False, indent=2),
+        tasks_path.with_name(tasks_path.stem + ".config.xml"),
+        label_studio_config(chat=chat),
+    )
 
 
 # -- Argilla ------------------------------------------------------------------------------------------------------
+
 
 def argilla_records(items, *, seed: int = 0) -> list[dict]:
     prepared = prepare(items, seed)
@@ -95,9 +116,14 @@ def argilla_records(items, *, seed: int = 0) -> list[dict]:
         counts = ", ".join(f"{pid}: {len(c)}" for pid, _, c in prepared)
         raise DataError(f"Argilla needs the same number of distinct completions for every prompt ({counts})")
     chat = _is_chat([prompt for _, prompt, _ in prepared])
-    return [{"id": prompt_id, "prompt": _as_chat(prompt) if chat else prompt,
-             **{f"response-{j}": text for j, text in enumerate(completions, start=1)}}
-            for prompt_id, prompt, completions in prepared]
+    return [
+        {
+            "id": prompt_id,
+            "prompt": _as_chat(prompt) if chat else prompt,
+            **{f"response-{j}": text for j, text in enumerate(completions, start=1)},
+        }
+        for prompt_id, prompt, completions in prepared
+    ]
 
 
 def argilla_settings(k: int, *, chat: bool = False) -> dict:
@@ -107,25 +133,50 @@ def argilla_settings(k: int, *, chat: bool = False) -> dict:
     return {
         "guidelines": "Rank the responses to the prompt, best first. Give equal ranks only when truly equal.",
         "fields": [{"name": "prompt", "title": "Prompt", "required": True, "settings": prompt_settings}]
-                  + [{"name": name, "title": f"Response {j}", "required": True,
-                      "settings": {"type": "text", "use_markdown": False}} for j, name in enumerate(responses, 1)],
-        "questions": [{"name": QUESTION_NAME, "title": "Rank the responses, best first", "description": None,
-                       "required": True,
-                       "settings": {"type": "ranking",
-                                    "options": [{"value": name, "text": f"Response {j}", "description": None}
-                                                for j, name in enumerate(responses, 1)]}}],
-        "vectors": [], "metadata": [], "allow_extra_metadata": False}
+        + [
+            {
+                "name": name,
+                "title": f"Response {j}",
+                "required": True,
+                "settings": {"type": "text", "use_markdown": False},
+            }
+            for j, name in enumerate(responses, 1)
+        ],
+        "questions": [
+            {
+                "name": QUESTION_NAME,
+                "title": "Rank the responses, best first",
+                "description": None,
+                "required": True,
+                "settings": {
+                    "type": "ranking",
+                    "options": [
+                        {"value": name, "text": f"Response {j}", "description": None}
+                        for j, name in enumerate(responses, 1)
+                    ],
+                },
+            }
+        ],
+        "vectors": [],
+        "metadata": [],
+        "allow_extra_metadata": False,
+    }
 
 
 def write_argilla_export(items, records_path: str | os.PathLike, *, seed: int = 0) -> tuple[Path, Path]:
     """Write the records to `records_path` and the dataset settings beside it (`<stem>.settings.json`)."""
     records_path = Path(records_path)
     records = argilla_records(items, seed=seed)
-    settings = argilla_settings(sum(key.startswith("response-") for key in records[0]) if records else 2,
-                                chat=any(isinstance(record["prompt"], list) for record in records))
-    return _write_pair(records_path, json.dumps(records, ensure_ascii=False, indent=2),
-                       records_path.with_name(records_path.stem + ".settings.json"),
-                       json.dumps(settings, ensure_ascii=False, indent=2))
+    settings = argilla_settings(
+        sum(key.startswith("response-") for key in records[0]) if records else 2,
+        chat=any(isinstance(record["prompt"], list) for record in records),
+    )
+    return _write_pair(
+        records_path,
+        json.dumps(records, ensure_ascii=False, indent=2),
+        records_path.with_name(records_path.stem + ".settings.json"),
+        json.dumps(settings, ensure_ascii=False, indent=2),
+    )
 
 
 def _write_pair(path: Path, text: str, config_path: Path, config: str) -> tuple[Path, Path]:

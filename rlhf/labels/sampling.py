@@ -6,10 +6,21 @@ from pathlib import Path
 from typing import Any
 
 
-def sample_k_responses(policy: str, prompts: list[Any], *, k: int, registry_dir: str = "", max_new_tokens: int = 64,
-                       temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 128,
-                       trust_remote_code: bool = False, top_k: int = 0,
-                       rollout_engine: str = "hf") -> list[tuple[Any, list[str]]]:
+def sample_k_responses(
+    policy: str,
+    prompts: list[Any],
+    *,
+    k: int,
+    registry_dir: str = "",
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 128,
+    trust_remote_code: bool = False,
+    top_k: int = 0,
+    rollout_engine: str = "hf",
+) -> list[tuple[Any, list[str]]]:
     """(prompt, k sampled responses) for each prompt; duplicates are removed later by the exporters (best-of-N,
     rlhf.evaluate, keeps them: they are samples of the policy like any other). `rollout_engine` vllm samples on a
     vLLM engine started for the call (the same samples need the same engine, seed and, for hf, batch size)."""
@@ -19,15 +30,23 @@ def sample_k_responses(policy: str, prompts: list[Any], *, k: int, registry_dir:
     path, _ = resolve_model(policy, Registry(registry_dir or None))
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     repeated = [prompt for prompt in prompts for _ in range(k)]
-    settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                    batch_size=batch_size, trust_remote_code=trust_remote_code)
+    settings = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        trust_remote_code=trust_remote_code,
+    )
     sample = _vllm_samples if rollout_engine == "vllm" else _hf_samples
     responses = sample(path, tokenizer, repeated, **settings)
-    return [(prompt, responses[i * k:(i + 1) * k]) for i, prompt in enumerate(prompts)]
+    return [(prompt, responses[i * k : (i + 1) * k]) for i, prompt in enumerate(prompts)]
 
 
-def _hf_samples(path: str, tokenizer, prompts: list[Any], *, seed: int, trust_remote_code: bool,
-                **settings) -> list[str]:
+def _hf_samples(
+    path: str, tokenizer, prompts: list[Any], *, seed: int, trust_remote_code: bool, **settings
+) -> list[str]:
     import torch
 
     from rlhf.adaptation import load_adapted
@@ -38,17 +57,40 @@ def _hf_samples(path: str, tokenizer, prompts: list[Any], *, seed: int, trust_re
     return generate_responses(model, tokenizer, prompts, do_sample=True, progress="sampling responses", **settings)
 
 
-def _vllm_samples(path: str, tokenizer, prompts: list[Any], *, max_new_tokens: int, temperature: float, top_k: int,
-                  top_p: float, seed: int, batch_size: int, trust_remote_code: bool) -> list[str]:
+def _vllm_samples(
+    path: str,
+    tokenizer,
+    prompts: list[Any],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int,
+    batch_size: int,
+    trust_remote_code: bool,
+) -> list[str]:
     from rlhf.generation import stop_token_ids_of
     from rlhf.rollout.sampling import engine_responses, sampling_for, start_engine_for_prompts
 
-    engine = start_engine_for_prompts(path, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                      seed=seed, trust_remote_code=trust_remote_code)
+    engine = start_engine_for_prompts(
+        path,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
+    )
     with engine.wait_ready():
-        settings = sampling_for(tokenizer, max_new_tokens=max_new_tokens,
-                                stop_token_ids=stop_token_ids_of(path, tokenizer), temperature=temperature,
-                                top_k=top_k, top_p=top_p)
+        settings = sampling_for(
+            tokenizer,
+            max_new_tokens=max_new_tokens,
+            stop_token_ids=stop_token_ids_of(path, tokenizer),
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
         return engine_responses(engine, tokenizer, prompts, settings, seed, batch_size)
 
 
@@ -58,7 +100,10 @@ def rankable(items: list[tuple[Any, list[str]]]) -> tuple[list[tuple[Any, list[s
     A policy can answer with nothing or say the same thing twice; neither gives a comparison, so they are
     left out here and counted, rather than failing the export.
     """
-    kept, dropped = [], {"empty responses": 0, "duplicate responses": 0, "prompts with fewer than 2 distinct responses": 0}
+    kept, dropped = (
+        [],
+        {"empty responses": 0, "duplicate responses": 0, "prompts with fewer than 2 distinct responses": 0},
+    )
     for prompt, responses in items:
         non_empty = [text for text in responses if text.strip()]
         distinct = list(dict.fromkeys(non_empty))

@@ -40,16 +40,23 @@ def enable(model: nn.Module) -> None:
 def checkpointed_layers(model: nn.Module) -> list[nn.Module]:
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    return [module for module in model.modules()
-            if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing]
+    return [
+        module
+        for module in model.modules()
+        if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing
+    ]
 
 
 @contextlib.contextmanager
 def in_force(model: nn.Module) -> Iterator[None]:
     """For the block (a forward and its backward), checkpointing runs even though the model is in eval mode."""
     layers = [layer for layer in checkpointed_layers(model) if not layer.training]
-    rates = [(layer, name, value) for layer in layers for name, value in vars(layer).items()
-             if "dropout" in name and isinstance(value, float)]
+    rates = [
+        (layer, name, value)
+        for layer in layers
+        for name, value in vars(layer).items()
+        if "dropout" in name and isinstance(value, float)
+    ]
     for layer in layers:
         layer.training = True  # this module only: its children stay in eval mode
     for layer, name, _ in rates:

@@ -40,8 +40,11 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     directory = checkpoints_dir(output_dir)
     if not directory.is_dir():
         return None
-    found = [(int(m.group(1)), path) for path in directory.iterdir()
-             if (m := STEP_PATTERN.match(path.name)) and (path / TRAINER_STATE).is_file()]
+    found = [
+        (int(m.group(1)), path)
+        for path in directory.iterdir()
+        if (m := STEP_PATTERN.match(path.name)) and (path / TRAINER_STATE).is_file()
+    ]
     return max(found)[1] if found else None
 
 
@@ -63,8 +66,7 @@ def resumable_checkpoint(output_dir: str | Path, with_critic: bool = True) -> Pa
     return chosen
 
 
-def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_state: dict[str, Any],
-                    keep: int) -> Path:
+def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_state: dict[str, Any], keep: int) -> Path:
     """Write checkpoint `step` (every rank calls this) and keep only the newest `keep` (0: all). `critic` is None
     for a critic-free estimator."""
     directory = checkpoints_dir(output_dir)
@@ -91,9 +93,15 @@ def save_checkpoint(output_dir: str | Path, step: int, actor, critic, trainer_st
         if alone:
             shutil.rmtree(staging, ignore_errors=True)
         if is_disk_full(error):
-            raise RLHFError(checkpoint_files.disk_full_message(
-                final, error, [staging] if alone else [], latest_checkpoint(output_dir),
-                left_for_next_run=[] if alone else [staging])) from None
+            raise RLHFError(
+                checkpoint_files.disk_full_message(
+                    final,
+                    error,
+                    [staging] if alone else [],
+                    latest_checkpoint(output_dir),
+                    left_for_next_run=[] if alone else [staging],
+                )
+            ) from None
         raise
     if distributed.is_main_process():
         if final.exists():
@@ -126,8 +134,9 @@ def load_checkpoint(path: Path, actor, critic) -> dict[str, Any]:
         for engine, tag in ((actor, "actor"), (critic, "critic")):
             if engine is None:
                 continue
-            loaded, _ = engine.load_checkpoint(str(path), tag=tag, load_optimizer_states=True,
-                                               load_lr_scheduler_states=True)
+            loaded, _ = engine.load_checkpoint(
+                str(path), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
             if loaded is None:
                 raise RLHFError(f"{path}: DeepSpeed found no {tag} checkpoint")
         rng_file = path / f"rng_state_{distributed.global_rank()}.pt"
@@ -139,8 +148,11 @@ def rng_states() -> dict[str, Any]:
     import numpy as np
 
     kind, keys, position, has_gauss, cached = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached]}
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached],
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states

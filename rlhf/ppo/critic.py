@@ -39,11 +39,16 @@ class TokenValueModel(nn.Module):
     def _inner(self) -> nn.Module:
         return self.model.get_base_model() if is_peft_model(self.model) else self.model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         inner = self._inner()
         # No KV cache: nothing follows this forward, and with a cache transformers takes a packed batch
         # (`packing`) for one sequence being continued.
-        hidden = getattr(inner, self._body_name)(input_ids=input_ids, attention_mask=attention_mask,
-                                                 position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = getattr(inner, self._body_name)(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         return getattr(inner, self._head_name)(hidden)[..., 0].float() - self.value_offset  # (B, L)

@@ -14,8 +14,10 @@ import torch
 
 from rlhf.ppo.groups import repeat_each
 
-def prompts_for_step(prompts: Sequence[Any], step: int, per_rank: int, world_size: int, rank: int,
-                     seed: int, samples_per_prompt: int = 1) -> list[Any]:
+
+def prompts_for_step(
+    prompts: Sequence[Any], step: int, per_rank: int, world_size: int, rank: int, seed: int, samples_per_prompt: int = 1
+) -> list[Any]:
     """The prompts rank `rank` samples at PPO step `step` (0-based), wrapping into the next epochs: its `per_rank`
     prompts, each `samples_per_prompt` times in a row (rows [g·n, (g+1)·n) are prompt g's group)."""
     per_step = per_rank * world_size
@@ -37,8 +39,9 @@ def _epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
     return _orders[key]
 
 
-def ptx_batches(examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int, batch_size: int, seed: int,
-                start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
+def ptx_batches(
+    examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int, batch_size: int, seed: int, start_batch: int
+) -> Iterator[dict[str, torch.Tensor]]:
     """Endless language-modelling batches for PPO-ptx (InstructGPT eq. 2) of (input ids, loss mask) examples, from
     batch `start_batch` on; the loss covers the tokens whose mask is 1. Seeded order, so a resumed run continues
     with the same batches."""
@@ -55,9 +58,9 @@ def _right_padded(examples: list[tuple[list[int], list[int]]], pad_token_id: int
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
     labels = torch.full((len(examples), width), -100, dtype=torch.long)
     for row, (ids, loss_mask) in enumerate(examples):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        attention_mask[row, :len(ids)] = 1
-        labels[row, :len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, loss_mask)])
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, loss_mask)])
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

@@ -40,16 +40,27 @@ def init_distributed() -> None:
 
     if "RANK" not in os.environ:
         # DeepSpeed reads these even when the process group already exists (a second run in one process).
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()),
+        )
     if dist.is_available() and dist.is_initialized():
         return
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
 
-
-def fill_auto(ds_config: dict[str, Any], *, micro_batch_size: int, max_grad_norm: float, hidden_size: int,
-              source: str, bf16: bool = False) -> dict[str, Any]:
+def fill_auto(
+    ds_config: dict[str, Any],
+    *,
+    micro_batch_size: int,
+    max_grad_norm: float,
+    hidden_size: int,
+    source: str,
+    bf16: bool = False,
+) -> dict[str, Any]:
     """A copy of `ds_config` with every "auto" resolved as the Hugging Face integration resolves it.
 
     One optimiser step per minibatch: no gradient accumulation, so train_batch_size = minibatch x world size.
@@ -70,8 +81,12 @@ def fill_auto(ds_config: dict[str, Any], *, micro_batch_size: int, max_grad_norm
 
     def filled(node: Any, prefix: str) -> Any:
         if isinstance(node, dict):
-            return {key: filled(value, f"{prefix}{key}") if not isinstance(value, dict)
-                    else filled(value, f"{prefix}{key}.") for key, value in node.items()}
+            return {
+                key: filled(value, f"{prefix}{key}")
+                if not isinstance(value, dict)
+                else filled(value, f"{prefix}{key}.")
+                for key, value in node.items()
+            }
         if node == "auto":
             if prefix not in automatic:
                 raise ConfigError(f"{source}: '{prefix}' is \"auto\", which PPO cannot resolve; give a value")
@@ -134,13 +149,18 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     remote, attention = config.trust_remote_code, config.attn_implementation
     ds_configs = engine_configs(config, paths)
     with partitioned_loading(ds_configs["actor"]):
-        actor_model = apply_adaptation(load_adapted(paths["actor"], task="causal_lm", trust_remote_code=remote,
-                                                    attn_implementation=attention),
-                                       adaptation_for(config, config.adaptation_method), task="causal_lm")
+        actor_model = apply_adaptation(
+            load_adapted(paths["actor"], task="causal_lm", trust_remote_code=remote, attn_implementation=attention),
+            adaptation_for(config, config.adaptation_method),
+            task="causal_lm",
+        )
     critic_model = critic_model_for(config, paths, tokenizer, ds_configs) if config.needs_critic else None
     if distributed.is_main_process():
-        critic_summary = (f"critic {config.critic_adaptation_method}: {parameter_summary(critic_model)}"
-                          if critic_model is not None else f"no critic ({config.advantage_estimator})")
+        critic_summary = (
+            f"critic {config.critic_adaptation_method}: {parameter_summary(critic_model)}"
+            if critic_model is not None
+            else f"no critic ({config.advantage_estimator})"
+        )
         print(f"actor {config.adaptation_method}: {parameter_summary(actor_model)}; {critic_summary}", flush=True)
 
     if config.gradient_checkpointing:
@@ -155,12 +175,14 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     reference = None
     if not uses_adapter_as_reference(config, paths):
         with partitioned_loading(ds_configs["reference"]):
-            reference_model = load_adapted(paths["reference"], task="causal_lm", trust_remote_code=remote,
-                                           attn_implementation=attention)
+            reference_model = load_adapted(
+                paths["reference"], task="causal_lm", trust_remote_code=remote, attn_implementation=attention
+            )
         reference = _frozen_engine(reference_model, ds_configs["reference"])
     with partitioned_loading(ds_configs["reward"]):
-        reward_model, reward_tokenizer, normalization = load_reward_model(paths["reward"], trust_remote_code=remote,
-                                                                          attn_implementation=attention)
+        reward_model, reward_tokenizer, normalization = load_reward_model(
+            paths["reward"], trust_remote_code=remote, attn_implementation=attention
+        )
     reward = _frozen_engine(reward_model, ds_configs["reward"])
     # from_pretrained leaves models in eval mode, which is also what disable_dropout wants: dropout would make the
     # rollout's log π_old differ from the update's log π for the same weights. The frozen models never drop out.
@@ -170,8 +192,15 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     for engine in (reference, reward):
         if engine is not None:
             engine.module.eval()
-    engines = PPOEngines(actor, critic, reference, reward, reward_tokenizer, normalization.offsets,
-                         stop_token_ids_of(paths["reward"], reward_tokenizer))
+    engines = PPOEngines(
+        actor,
+        critic,
+        reference,
+        reward,
+        reward_tokenizer,
+        normalization.offsets,
+        stop_token_ids_of(paths["reward"], reward_tokenizer),
+    )
     if config.padding_free:
         engines.row_tokens = padding_free_rows(engines, len(tokenizer), config.padding_free_row_tokens)
     if config.shared_prompt_forward and config.samples_per_prompt > 1:
@@ -189,8 +218,10 @@ def engine_configs(config, paths: dict[str, str]) -> dict[str, dict[str, Any]]:
     from rlhf.adaptation import base_model_config
 
     hidden = base_model_config(paths["actor"], config.trust_remote_code).get_text_config().hidden_size
-    return {role: engine_config(getattr(config, f"{role}_deepspeed"), config, hidden, trained=role in TRAINED)
-            for role in roles_of(config)}
+    return {
+        role: engine_config(getattr(config, f"{role}_deepspeed"), config, hidden, trained=role in TRAINED)
+        for role in roles_of(config)
+    }
 
 
 def critic_model_for(config, paths: dict[str, str], tokenizer, ds_configs: dict[str, dict[str, Any]]):
@@ -203,14 +234,19 @@ def critic_model_for(config, paths: dict[str, str], tokenizer, ds_configs: dict[
     from rlhf.rm.model import RewardNormalization
 
     with partitioned_loading(ds_configs["critic"]):
-        critic_base = load_adapted(paths["critic"], task="reward", trust_remote_code=config.trust_remote_code,
-                                   attn_implementation=config.attn_implementation)
+        critic_base = load_adapted(
+            paths["critic"],
+            task="reward",
+            trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation,
+        )
     if critic_base.config.pad_token_id is None:
         critic_base.config.pad_token_id = tokenizer.pad_token_id
     # The critic's start is a reward model: its saved normalisation puts V on the rewards' scale.
-    return TokenValueModel(apply_adaptation(critic_base, adaptation_for(config, config.critic_adaptation_method),
-                                            task="reward"),
-                           value_offset=RewardNormalization.load(paths["critic"]).offset)
+    return TokenValueModel(
+        apply_adaptation(critic_base, adaptation_for(config, config.critic_adaptation_method), task="reward"),
+        value_offset=RewardNormalization.load(paths["critic"]).offset,
+    )
 
 
 PACKED_ROLES = ("actor", "reference", "critic")
@@ -238,8 +274,10 @@ def padding_free_rows(engines: PPOEngines, vocab_size: int, row_tokens: int) -> 
     built = [role for role in PACKED_ROLES if role != "critic" or engines.critic is not None]
     padded = [role for role in built if rows[role] is None]
     if padded and distributed.is_main_process():
-        print(f"padding_free: the {', '.join(padded)} model's attention crosses packed sequences; it runs padded",
-              flush=True)
+        print(
+            f"padding_free: the {', '.join(padded)} model's attention crosses packed sequences; it runs padded",
+            flush=True,
+        )
     return {role: rows[role] for role in PACKED_ROLES}
 
 
@@ -254,14 +292,28 @@ def shared_prompt_supports(engines: PPOEngines) -> dict[str, SharedPromptSupport
     from rlhf.shared_prompt.forward import check_support, reward_model_support
 
     # role: (engine, per-token forward, the module it runs in, the transformers config naming its attention)
-    models = {"actor": (engines.actor, causal_lm_logits(engines.actor.module), engines.actor.module,
-                        engines.actor.module.config)}
+    models = {
+        "actor": (
+            engines.actor,
+            causal_lm_logits(engines.actor.module),
+            engines.actor.module,
+            engines.actor.module.config,
+        )
+    }
     if engines.critic is not None:
-        models["critic"] = (engines.critic, engines.critic.module, engines.critic.module,
-                            engines.critic.module.model.config)
+        models["critic"] = (
+            engines.critic,
+            engines.critic.module,
+            engines.critic.module,
+            engines.critic.module.model.config,
+        )
     if engines.reference is not None:
-        models["reference"] = (engines.reference, causal_lm_logits(engines.reference.module),
-                               engines.reference.module, engines.reference.module.config)
+        models["reference"] = (
+            engines.reference,
+            causal_lm_logits(engines.reference.module),
+            engines.reference.module,
+            engines.reference.module.config,
+        )
     checked = {}
     for role, (engine, forward, module, model_config) in models.items():
         checked[role] = check_support(forward, module, model_config, engine.device, across_ranks=True)
@@ -272,8 +324,11 @@ def shared_prompt_supports(engines: PPOEngines) -> dict[str, SharedPromptSupport
     release_gathered(engines.reward)
     if distributed.is_main_process():
         for reason in dict.fromkeys(s.reason for s in checked.values() if not s.enabled):
-            roles = [role for role in SHARED_ROLES if role in checked and checked[role].reason == reason
-                     and not checked[role].enabled]
+            roles = [
+                role
+                for role in SHARED_ROLES
+                if role in checked and checked[role].reason == reason and not checked[role].enabled
+            ]
             print(checked[roles[0]].line(f"{', '.join(roles)} model{'s' if len(roles) > 1 else ''}"), flush=True)
     return {role: checked.get(role, OFF) for role in SHARED_ROLES}
 
@@ -284,9 +339,14 @@ TRAINED = ("actor", "critic")
 
 def engine_config(config_path: str, config, hidden: int, *, trained: bool) -> dict[str, Any]:
     """The DeepSpeed config of one engine, every "auto" resolved; a frozen engine clips no gradients."""
-    ds_config = fill_auto(load_deepspeed_config(config_path), micro_batch_size=config.minibatch_size,
-                          max_grad_norm=config.max_grad_norm, hidden_size=hidden, source=config_path,
-                          bf16=config.bf16)
+    ds_config = fill_auto(
+        load_deepspeed_config(config_path),
+        micro_batch_size=config.minibatch_size,
+        max_grad_norm=config.max_grad_norm,
+        hidden_size=hidden,
+        source=config_path,
+        bf16=config.bf16,
+    )
     if not trained:
         ds_config.pop("gradient_clipping", None)
     return ds_config
@@ -304,8 +364,9 @@ def _trained_engine(model, ds_config: dict[str, Any], learning_rate: float, conf
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(parameters, ds_config, learning_rate, config.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
-                                      lr_scheduler=learning_rate_schedule(optimizer, config))
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds_config, lr_scheduler=learning_rate_schedule(optimizer, config)
+    )
     _compat.share_fp32_master_weights(engine)
     skip_all_reduce_in_a_world_of_one(engine)
     return engine
@@ -332,8 +393,9 @@ def learning_rate_schedule(optimizer, config):
 
     # transformers' "constant" ignores warmup; "constant_with_warmup" with 0 steps is the same constant.
     name = "constant_with_warmup" if config.lr_scheduler_type == "constant" else config.lr_scheduler_type
-    return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps,
-                         num_training_steps=config.steps * config.updates_per_step)
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps * config.updates_per_step
+    )
 
 
 def _frozen_engine(model, ds_config: dict[str, Any]):

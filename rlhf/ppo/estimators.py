@@ -34,8 +34,9 @@ def on_every_token(per_sequence: torch.Tensor, response_mask: torch.Tensor) -> t
     return torch.where(mask, values, torch.zeros_like(values))
 
 
-def rloo_advantages(sequence_reward: torch.Tensor, response_mask: torch.Tensor,
-                    samples_per_prompt: int) -> torch.Tensor:
+def rloo_advantages(
+    sequence_reward: torch.Tensor, response_mask: torch.Tensor, samples_per_prompt: int
+) -> torch.Tensor:
     """REINFORCE with the leave-one-out baseline (Ahmadian et al. 2024, eq. 6; Kool et al. 2019):
 
         A_i = R_i - 1/(n-1) Σ_{j≠i} R_j          (j over the other responses to the same prompt)
@@ -59,8 +60,13 @@ def rloo_advantages(sequence_reward: torch.Tensor, response_mask: torch.Tensor,
     return on_every_token((group - others_mean).reshape(-1), response_mask)
 
 
-def grpo_advantages(sequence_reward: torch.Tensor, response_mask: torch.Tensor, samples_per_prompt: int,
-                    scale_rewards: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def grpo_advantages(
+    sequence_reward: torch.Tensor,
+    response_mask: torch.Tensor,
+    samples_per_prompt: int,
+    scale_rewards: bool = True,
+    eps: float = 1e-6,
+) -> torch.Tensor:
     """Group-relative advantages (GRPO, Shao et al. 2024 §4.1.2, outcome supervision):
 
         A_i = (R_i - mean_group(R)) / (std_group(R) + eps)       (std unbiased, over the n responses)
@@ -86,7 +92,7 @@ def grpo_advantages(sequence_reward: torch.Tensor, response_mask: torch.Tensor, 
     if scale_rewards:
         centred = centred / (group.std(dim=1, keepdim=True) + eps)
     # Equal rewards can round to a mean a hair off their value; the std division would blow that up.
-    all_equal = (group.amax(dim=1, keepdim=True) == group.amin(dim=1, keepdim=True))
+    all_equal = group.amax(dim=1, keepdim=True) == group.amin(dim=1, keepdim=True)
     centred = torch.where(all_equal, torch.zeros_like(centred), centred)
     return on_every_token(centred.reshape(-1), response_mask)
 
@@ -114,8 +120,9 @@ def discounted_returns(rewards: torch.Tensor, response_mask: torch.Tensor, gamma
     return returns
 
 
-def reinforce_pp_advantages(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float,
-                            across_ranks: bool = False) -> torch.Tensor:
+def reinforce_pp_advantages(
+    rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float, across_ranks: bool = False
+) -> torch.Tensor:
     """REINFORCE++ (Hu 2025, §3): token-level rewards (the per-token KL penalty in them, the score at the last
     token), their discounted returns, normalised over the whole global batch:
 

@@ -23,8 +23,9 @@ from rlhf import run_files
 from rlhf.data.formatting import prompt_text
 
 
-def final_metrics(config, inputs, tokenizer, sampling, state: dict[str, Any], final_dir: Path,
-                  engine=None) -> dict[str, Any]:
+def final_metrics(
+    config, inputs, tokenizer, sampling, state: dict[str, Any], final_dir: Path, engine=None
+) -> dict[str, Any]:
     """The run's final metrics (steps, skips, last KL, the estimator, win rates); writes samples.json beside them
     (rank 0). With a vLLM `engine` (rank 0's, rollout_engine vllm) the policies sample there."""
     from rlhf.io import atomic_write_json
@@ -34,9 +35,13 @@ def final_metrics(config, inputs, tokenizer, sampling, state: dict[str, Any], fi
     history = read_metrics(output_dir)
     from rlhf.rm.ensemble import member_dirs
 
-    metrics: dict[str, Any] = {"steps": config.steps, "skipped_updates": state["skipped_updates"],
-                               "kl_final": history[-1]["kl"] if history else None, **estimator_metrics(config),
-                               "reward_members": len(member_dirs(inputs.paths["reward"]))}
+    metrics: dict[str, Any] = {
+        "steps": config.steps,
+        "skipped_updates": state["skipped_updates"],
+        "kl_final": history[-1]["kl"] if history else None,
+        **estimator_metrics(config),
+        "reward_members": len(member_dirs(inputs.paths["reward"])),
+    }
     if inputs.eval_prompts:
         comparison, samples = compare_policies(config, inputs, tokenizer, sampling, final_dir, engine)
         metrics.update(comparison)
@@ -47,9 +52,13 @@ def final_metrics(config, inputs, tokenizer, sampling, state: dict[str, Any], fi
 def estimator_metrics(config) -> dict[str, Any]:
     """How the advantages were estimated and the reward made of an ensemble's scores, for metrics.json, the registry
     entry and the report."""
-    return {"advantage_estimator": config.advantage_estimator, "samples_per_prompt": config.samples_per_prompt,
-            "kl_in_loss": config.kl_in_loss, "reward_aggregation": config.reward_aggregation,
-            **({"uncertainty_coef": config.uncertainty_coef} if config.reward_aggregation == "mean_minus_std" else {})}
+    return {
+        "advantage_estimator": config.advantage_estimator,
+        "samples_per_prompt": config.samples_per_prompt,
+        "kl_in_loss": config.kl_in_loss,
+        "reward_aggregation": config.reward_aggregation,
+        **({"uncertainty_coef": config.uncertainty_coef} if config.reward_aggregation == "mean_minus_std" else {}),
+    }
 
 
 def reward_aggregation(config):
@@ -59,8 +68,9 @@ def reward_aggregation(config):
     return RewardAggregation(config.reward_aggregation, config.uncertainty_coef)
 
 
-def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path,
-                     engine=None) -> tuple[dict[str, Any], list[dict]]:
+def compare_policies(
+    config, inputs, tokenizer, sampling, final_dir: Path, engine=None
+) -> tuple[dict[str, Any], list[dict]]:
     """Win rates of the PPO policy against the reference (SFT) policy on held-out prompts (ties count half); under a
     reward-model ensemble, by its members' mean (`score_texts`), whatever reward_aggregation trained on.
 
@@ -78,50 +88,91 @@ def compare_policies(config, inputs, tokenizer, sampling, final_dir: Path,
     greedy = bool(config.gold_scorer) and config.eval_do_sample
     responses, greedy_responses = {}, {}
     for name, path in (("sft", inputs.paths["reference"]), ("ppo", str(final_dir))):
-        policy = load_adapted(path, task="causal_lm", trust_remote_code=config.trust_remote_code,
-                              attn_implementation=config.attn_implementation)
+        policy = load_adapted(
+            path,
+            task="causal_lm",
+            trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation,
+        )
         if engine is not None:
             from rlhf.rollout.weights import sync_weights
 
             sync_weights(engine, policy)
-        responses[name] = sample_responses(policy, tokenizer, prompts, sampling, config.eval_do_sample,
-                                           config.seed, engine=engine)
+        responses[name] = sample_responses(
+            policy, tokenizer, prompts, sampling, config.eval_do_sample, config.seed, engine=engine
+        )
         if greedy:
-            greedy_responses[name] = sample_responses(policy, tokenizer, inputs.eval_prompts, sampling, False,
-                                                      config.seed, engine=engine)
+            greedy_responses[name] = sample_responses(
+                policy, tokenizer, inputs.eval_prompts, sampling, False, config.seed, engine=engine
+            )
         del policy
     reward_model, reward_tokenizer, normalization = load_reward_model(
-        inputs.paths["reward"], trust_remote_code=config.trust_remote_code,
-        attn_implementation=config.attn_implementation)
+        inputs.paths["reward"],
+        trust_remote_code=config.trust_remote_code,
+        attn_implementation=config.attn_implementation,
+    )
     reward_stops = stop_token_ids_of(inputs.paths["reward"], reward_tokenizer)
-    rm = {name: score_texts(reward_model, reward_tokenizer, prompts, texts, normalization=normalization,
-                            stop_token_ids=reward_stops, max_length=config.reward_input_limit)
-          for name, texts in responses.items()}
-    metrics = {"rm_score_sft": fmean(rm["sft"]), "rm_score_ppo": fmean(rm["ppo"]),
-               "win_rate_rm": win_rate(rm["ppo"], rm["sft"]), "eval_prompts": len(inputs.eval_prompts),
-               "eval_responses": len(prompts)}
+    rm = {
+        name: score_texts(
+            reward_model,
+            reward_tokenizer,
+            prompts,
+            texts,
+            normalization=normalization,
+            stop_token_ids=reward_stops,
+            max_length=config.reward_input_limit,
+        )
+        for name, texts in responses.items()
+    }
+    metrics = {
+        "rm_score_sft": fmean(rm["sft"]),
+        "rm_score_ppo": fmean(rm["ppo"]),
+        "win_rate_rm": win_rate(rm["ppo"], rm["sft"]),
+        "eval_prompts": len(inputs.eval_prompts),
+        "eval_responses": len(prompts),
+    }
     gold_scores = {"sft": [None] * len(prompts), "ppo": [None] * len(prompts)}
     tasks = [None] * len(prompts)
     if config.gold_scorer:
         scorer = gold_scorer(config.gold_scorer)
         texts = [prompt_text(tokenizer, p) for p in prompts]
         gold_scores = {name: [scorer(t, r) for t, r in zip(texts, answers)] for name, answers in responses.items()}
-        metrics.update({"gold_score_sft": fmean(gold_scores["sft"]), "gold_score_ppo": fmean(gold_scores["ppo"]),
-                        "win_rate_gold": win_rate(gold_scores["ppo"], gold_scores["sft"])})
+        metrics.update(
+            {
+                "gold_score_sft": fmean(gold_scores["sft"]),
+                "gold_score_ppo": fmean(gold_scores["ppo"]),
+                "win_rate_gold": win_rate(gold_scores["ppo"], gold_scores["sft"]),
+            }
+        )
         if greedy:
             greedy_texts = [prompt_text(tokenizer, p) for p in inputs.eval_prompts]
-            greedy_gold = {name: [scorer(t, r) for t, r in zip(greedy_texts, answers)]
-                           for name, answers in greedy_responses.items()}
-            metrics.update({"gold_score_sft_greedy": fmean(greedy_gold["sft"]),
-                            "gold_score_ppo_greedy": fmean(greedy_gold["ppo"]),
-                            "win_rate_gold_greedy": win_rate(greedy_gold["ppo"], greedy_gold["sft"])})
+            greedy_gold = {
+                name: [scorer(t, r) for t, r in zip(greedy_texts, answers)]
+                for name, answers in greedy_responses.items()
+            }
+            metrics.update(
+                {
+                    "gold_score_sft_greedy": fmean(greedy_gold["sft"]),
+                    "gold_score_ppo_greedy": fmean(greedy_gold["ppo"]),
+                    "win_rate_gold_greedy": win_rate(greedy_gold["ppo"], greedy_gold["sft"]),
+                }
+            )
         task_of = task_of_prompt(config.gold_scorer)
         if task_of is not None:
             tasks = [task_of(t) for t in texts]
-    samples = [{"prompt": p, "sft": s, "ppo": q, "rm_sft": rs, "rm_ppo": rq, "gold_sft": gs, "gold_ppo": gq,
-                "task": task}
-               for p, s, q, rs, rq, gs, gq, task in zip(prompts, responses["sft"], responses["ppo"], rm["sft"],
-                                                        rm["ppo"], gold_scores["sft"], gold_scores["ppo"], tasks)]
+    samples = [
+        {"prompt": p, "sft": s, "ppo": q, "rm_sft": rs, "rm_ppo": rq, "gold_sft": gs, "gold_ppo": gq, "task": task}
+        for p, s, q, rs, rq, gs, gq, task in zip(
+            prompts,
+            responses["sft"],
+            responses["ppo"],
+            rm["sft"],
+            rm["ppo"],
+            gold_scores["sft"],
+            gold_scores["ppo"],
+            tasks,
+        )
+    ]
     return metrics, samples
 
 
@@ -131,8 +182,9 @@ def win_rate(candidate: Sequence[float], baseline: Sequence[float]) -> float:
     return fmean(outcomes) if outcomes else float("nan")
 
 
-def sample_responses(policy, tokenizer, prompts: Sequence[Any], sampling, do_sample: bool, seed: int,
-                     batch_size: int = 64, engine=None) -> list[str]:
+def sample_responses(
+    policy, tokenizer, prompts: Sequence[Any], sampling, do_sample: bool, seed: int, batch_size: int = 64, engine=None
+) -> list[str]:
     """Responses under the PPO sampling settings (seeded, so both policies draw with the same generator),
     or greedy ones; from `engine` (vLLM, holding the policy's weights) when given."""
     from rlhf.generation import generate_responses
@@ -140,14 +192,28 @@ def sample_responses(policy, tokenizer, prompts: Sequence[Any], sampling, do_sam
     if engine is not None:
         from rlhf.rollout.sampling import engine_responses, sampling_for
 
-        settings = sampling_for(tokenizer, max_new_tokens=sampling.max_new_tokens,
-                                stop_token_ids=sampling.stops(tokenizer), do_sample=do_sample,
-                                temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+        settings = sampling_for(
+            tokenizer,
+            max_new_tokens=sampling.max_new_tokens,
+            stop_token_ids=sampling.stops(tokenizer),
+            do_sample=do_sample,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+        )
         return engine_responses(engine, tokenizer, prompts, settings, seed, batch_size)
     torch.manual_seed(seed)
-    return generate_responses(policy, tokenizer, prompts, max_new_tokens=sampling.max_new_tokens,
-                              do_sample=do_sample, temperature=sampling.temperature, top_k=sampling.top_k,
-                              top_p=sampling.top_p, batch_size=batch_size)
+    return generate_responses(
+        policy,
+        tokenizer,
+        prompts,
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=do_sample,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        batch_size=batch_size,
+    )
 
 
 class HeldOutEvaluation:
@@ -169,7 +235,7 @@ class HeldOutEvaluation:
         self.every, self.last_step = config.eval_steps, config.steps
         # The first of the held-out file's prompts that fit, however many the final comparison takes (eval_prompts).
         held_out = next((fitted.kept for name, _, fitted in inputs.fitted if name == "eval_prompts"), [])
-        self.prompts = list(held_out[:config.eval_steps_prompts]) if config.eval_steps else []
+        self.prompts = list(held_out[: config.eval_steps_prompts]) if config.eval_steps else []
         self.tokenizer, self.sampling, self.gold = tokenizer, sampling, gold
         self.rollouts = rollouts  # rlhf.ppo.rollouts: the actor's generate or its vLLM engine
         self.reward_input_limit, self.batch_size = config.reward_input_limit, config.rollout_batch_size
@@ -191,9 +257,11 @@ class HeldOutEvaluation:
 
         if not self.due(step):
             return None
-        row = {"step": step, **self.measure(engines, _share_of_rank(self.prompts, distributed.global_rank(),
-                                                                     distributed.world_size())),
-               "prompts": len(self.prompts)}
+        row = {
+            "step": step,
+            **self.measure(engines, _share_of_rank(self.prompts, distributed.global_rank(), distributed.world_size())),
+            "prompts": len(self.prompts),
+        }
         if self.writes:
             _append_row(self.path, row)
         return row
@@ -206,11 +274,19 @@ class HeldOutEvaluation:
 
         rm, kl, gold, members = [], [], [], []
         for start in range(0, len(prompts), self.batch_size):
-            batch = experience.tokenize_prompts(self.tokenizer, prompts[start:start + self.batch_size])
+            batch = experience.tokenize_prompts(self.tokenizer, prompts[start : start + self.batch_size])
             with _forked_rng(self.seed + start):  # the vLLM engine draws from the seeds it is given instead
                 response_ids, _ = self.rollouts.generate(engines.actor, batch, (self.seed, "eval", start))
-            rollout = experience.score(engines, batch, response_ids, self.tokenizer, self.sampling,
-                                       self.reward_input_limit, self.forward_batch_size, self.aggregation)
+            rollout = experience.score(
+                engines,
+                batch,
+                response_ids,
+                self.tokenizer,
+                self.sampling,
+                self.reward_input_limit,
+                self.forward_batch_size,
+                self.aggregation,
+            )
             mask = rollout.response_mask.bool()
             kl += ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(dim=-1).tolist()
             rm += rollout.scores.float().tolist()
@@ -257,8 +333,9 @@ def _keep_rows_before(path: Path, step: int) -> None:
 def _append_row(path: Path, row: dict[str, Any]) -> None:
     import math
 
-    clean = {key: None if isinstance(value, float) and not math.isfinite(value) else value
-             for key, value in row.items()}
+    clean = {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in row.items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as file:
         file.write(json.dumps(clean) + "\n")

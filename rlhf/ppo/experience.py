@@ -24,12 +24,23 @@ from rlhf.generation import checkpoint_defaults_off
 from rlhf.models import same_tokenization
 from rlhf.ppo import activation_checkpointing, packing
 from rlhf.ppo.engines import PPOEngines, zero_stage
-from rlhf.ppo.estimators import (grpo_advantages, minus_group_mean, reinforce_pp_advantages, rloo_advantages,
-                                 sequence_rewards)
+from rlhf.ppo.estimators import (
+    grpo_advantages,
+    minus_group_mean,
+    reinforce_pp_advantages,
+    rloo_advantages,
+    sequence_rewards,
+)
 from rlhf.ppo.logprobs import SamplingSettings, position_ids_from_mask, sampling_logprobs
 from rlhf.ppo.reward_aggregation import RewardAggregation
-from rlhf.ppo.rewards import (RunningMoments, gae_advantages, kl_penalized_rewards, masked_whiten,
-                              response_mask_after_eos, score_with_eos_penalty)
+from rlhf.ppo.rewards import (
+    RunningMoments,
+    gae_advantages,
+    kl_penalized_rewards,
+    masked_whiten,
+    response_mask_after_eos,
+    score_with_eos_penalty,
+)
 from rlhf.ppo.rollout import Rollout
 from rlhf.shared_prompt.forward import OFF, SharedPromptSupport, forward_shared
 from rlhf.shared_prompt.layout import consecutive_runs, runs_of_equal_rows
@@ -71,9 +82,13 @@ def generate(actor, batch: PromptBatch, generation_config, zero3_generation: str
             synced_gpus = True
     device = actor.device
     with gathered, torch.no_grad(), checkpoint_defaults_off(module), activation_checkpointing.paused(module):
-        output = module.generate(input_ids=batch.query_ids.to(device), attention_mask=batch.query_mask.to(device),
-                                 generation_config=generation_config, synced_gpus=synced_gpus)
-    return output[:, batch.query_ids.shape[1]:].cpu()
+        output = module.generate(
+            input_ids=batch.query_ids.to(device),
+            attention_mask=batch.query_mask.to(device),
+            generation_config=generation_config,
+            synced_gpus=synced_gpus,
+        )
+    return output[:, batch.query_ids.shape[1] :].cpu()
 
 
 @contextlib.contextmanager
@@ -94,8 +109,9 @@ def gathered_for_generation(engine):
 
     parameters = list(engine.module.parameters())
     offload = _compat.zero3_offload_of(engine)
-    unhooked = _compat.zero3_hooks_removed(offload) if _compat.can_remove_zero3_hooks(offload) \
-        else contextlib.nullcontext()
+    unhooked = (
+        _compat.zero3_hooks_removed(offload) if _compat.can_remove_zero3_hooks(offload) else contextlib.nullcontext()
+    )
     with deepspeed.zero.GatheredParameters(parameters, modifier_rank=None):
         persistent = [getattr(p, "ds_persist", False) for p in parameters]
         for parameter in parameters:
@@ -142,8 +158,11 @@ def decide_zero3_generation(full_bytes: int, free_bytes: int) -> str:
 def sequence_inputs(query_ids, query_mask, response_ids, response_mask) -> dict[str, torch.Tensor]:
     """Prompt + response as one left-padded sequence, with the positions generation used."""
     attention_mask = torch.cat([query_mask, response_mask.to(query_mask.dtype)], dim=1)
-    return {"input_ids": torch.cat([query_ids, response_ids], dim=1), "attention_mask": attention_mask,
-            "position_ids": position_ids_from_mask(attention_mask)}
+    return {
+        "input_ids": torch.cat([query_ids, response_ids], dim=1),
+        "attention_mask": attention_mask,
+        "position_ids": position_ids_from_mask(attention_mask),
+    }
 
 
 def causal_lm_logits(model):
@@ -152,9 +171,14 @@ def causal_lm_logits(model):
     return lambda **inputs: model(**inputs, use_cache=False).logits
 
 
-def at_response_positions(forward, inputs: dict[str, torch.Tensor], query_length: int,
-                          row_tokens: int | None = None, shared_prompt: SharedPromptSupport = OFF,
-                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def at_response_positions(
+    forward,
+    inputs: dict[str, torch.Tensor],
+    query_length: int,
+    row_tokens: int | None = None,
+    shared_prompt: SharedPromptSupport = OFF,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """forward(**inputs)'s per-token outputs (B, T, ...) at the positions that predicted each response token:
     position Q-1+t predicts response token t. Padding-free (`packing`) when `row_tokens` is set; 0 where the
     padded batch holds padding then.
@@ -172,18 +196,30 @@ def at_response_positions(forward, inputs: dict[str, torch.Tensor], query_length
     return forward(**inputs)[:, start:stop]
 
 
-def response_logits(model, inputs: dict[str, torch.Tensor], query_length: int,
-                    row_tokens: int | None = None, shared_prompt: SharedPromptSupport = OFF) -> torch.Tensor:
+def response_logits(
+    model,
+    inputs: dict[str, torch.Tensor],
+    query_length: int,
+    row_tokens: int | None = None,
+    shared_prompt: SharedPromptSupport = OFF,
+) -> torch.Tensor:
     """(B, T, V) logits that predicted each response token (`at_response_positions`)."""
-    return at_response_positions(causal_lm_logits(model), inputs, query_length, row_tokens, shared_prompt,
-                                 probes.parameter_dtype(model))
+    return at_response_positions(
+        causal_lm_logits(model), inputs, query_length, row_tokens, shared_prompt, probes.parameter_dtype(model)
+    )
 
 
-def response_values(critic, inputs: dict[str, torch.Tensor], query_length: int,
-                    row_tokens: int | None = None, shared_prompt: SharedPromptSupport = OFF) -> torch.Tensor:
+def response_values(
+    critic,
+    inputs: dict[str, torch.Tensor],
+    query_length: int,
+    row_tokens: int | None = None,
+    shared_prompt: SharedPromptSupport = OFF,
+) -> torch.Tensor:
     """(B, T) critic values V(s_t) at the positions that predicted each response token (`at_response_positions`)."""
-    return at_response_positions(critic, inputs, query_length, row_tokens, shared_prompt,
-                                 probes.parameter_dtype(critic))
+    return at_response_positions(
+        critic, inputs, query_length, row_tokens, shared_prompt, probes.parameter_dtype(critic)
+    )
 
 
 def _on(device, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -200,14 +236,22 @@ def in_micro_batches(forward, rows: dict[str, torch.Tensor], micro_batch_size: i
     """
     total = next(iter(rows.values())).shape[0]
     size = micro_batch_size if micro_batch_size > 0 else max(total, 1)
-    return torch.cat([forward({key: value[start:start + size] for key, value in rows.items()})
-                      for start in range(0, total, size)])
+    return torch.cat(
+        [forward({key: value[start : start + size] for key, value in rows.items()}) for start in range(0, total, size)]
+    )
 
 
 @torch.no_grad()
-def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, tokenizer,
-          settings: SamplingSettings, reward_max_length: int, forward_batch_size: int = 0,
-          aggregation: RewardAggregation = RewardAggregation()) -> Rollout:
+def score(
+    engines: PPOEngines,
+    batch: PromptBatch,
+    response_ids: torch.Tensor,
+    tokenizer,
+    settings: SamplingSettings,
+    reward_max_length: int,
+    forward_batch_size: int = 0,
+    aggregation: RewardAggregation = RewardAggregation(),
+) -> Rollout:
     """A Rollout holding everything measured at sampling time (rewards and advantages still None).
 
     Each model scores `forward_batch_size` rollouts per forward (0: all at once). An ensemble's member scores are
@@ -219,36 +263,59 @@ def score(engines: PPOEngines, batch: PromptBatch, response_ids: torch.Tensor, t
     def logprobs_under(model, device, role):
         def forward(part):
             labels = part.pop("labels").to(device)
-            logits = response_logits(model, _on(device, part), query_length, engines.row_tokens[role],
-                                     engines.shared_prompt[role])
+            logits = response_logits(
+                model, _on(device, part), query_length, engines.row_tokens[role], engines.shared_prompt[role]
+            )
             return sampling_logprobs(logits, labels, settings)
+
         return forward
 
-    logprobs = in_micro_batches(logprobs_under(engines.actor.module, engines.actor.device, "actor"), rows,
-                                forward_batch_size)
+    logprobs = in_micro_batches(
+        logprobs_under(engines.actor.module, engines.actor.device, "actor"), rows, forward_batch_size
+    )
     release_gathered(engines.actor)
     with engines.reference_context():
         device = engines.reference.device if engines.reference is not None else engines.actor.device
-        ref_logprobs = in_micro_batches(logprobs_under(engines.reference_module, device, "reference"), rows,
-                                        forward_batch_size)
+        ref_logprobs = in_micro_batches(
+            logprobs_under(engines.reference_module, device, "reference"), rows, forward_batch_size
+        )
     release_gathered(engines.reference if engines.reference is not None else engines.actor)
 
     def critic_values(part):
         part.pop("labels")
-        return response_values(engines.critic.module, _on(engines.critic.device, part), query_length,
-                               engines.row_tokens["critic"], engines.shared_prompt["critic"])
+        return response_values(
+            engines.critic.module,
+            _on(engines.critic.device, part),
+            query_length,
+            engines.row_tokens["critic"],
+            engines.shared_prompt["critic"],
+        )
 
     values = None
     if engines.critic is not None:
         values = in_micro_batches(critic_values, rows, forward_batch_size).float().cpu()
         release_gathered(engines.critic)
-    members = member_reward_scores(engines, tokenizer, batch, response_ids, response_mask, reward_max_length,
-                                   settings.stops(tokenizer), forward_batch_size).cpu()
+    members = member_reward_scores(
+        engines,
+        tokenizer,
+        batch,
+        response_ids,
+        response_mask,
+        reward_max_length,
+        settings.stops(tokenizer),
+        forward_batch_size,
+    ).cpu()
     release_gathered(engines.reward)
     return Rollout(
-        query_ids=batch.query_ids, query_mask=batch.query_mask, response_ids=response_ids,
-        response_mask=response_mask, logprobs=logprobs.float().cpu(), ref_logprobs=ref_logprobs.float().cpu(),
-        values=values, scores=aggregation(members), member_scores=members if members.shape[1] > 1 else None,
+        query_ids=batch.query_ids,
+        query_mask=batch.query_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        logprobs=logprobs.float().cpu(),
+        ref_logprobs=ref_logprobs.float().cpu(),
+        values=values,
+        scores=aggregation(members),
+        member_scores=members if members.shape[1] > 1 else None,
     )
 
 
@@ -265,16 +332,31 @@ def release_gathered(engine) -> None:
         release()
 
 
-def member_reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
-                         response_mask: torch.Tensor, max_length: int, stop_token_ids: Sequence[int] = (),
-                         forward_batch_size: int = 0) -> torch.Tensor:
+def member_reward_scores(
+    engines: PPOEngines,
+    tokenizer,
+    batch: PromptBatch,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    max_length: int,
+    stop_token_ids: Sequence[int] = (),
+    forward_batch_size: int = 0,
+) -> torch.Tensor:
     """(B, k) normalised score of each rollout by each of the reward model's k members (k = 1 for one reward
     model), each less its own offset, read as `reward_inputs` gives it; rollouts of one prompt in consecutive rows
     behind one copy of it, where the reward model passed its check."""
     from rlhf.rm.model import member_scores, pad_right
 
-    sequences = reward_inputs(tokenizer, engines.reward_tokenizer, batch, response_ids, response_mask, max_length,
-                              stop_token_ids, engines.reward_stop_token_ids)
+    sequences = reward_inputs(
+        tokenizer,
+        engines.reward_tokenizer,
+        batch,
+        response_ids,
+        response_mask,
+        max_length,
+        stop_token_ids,
+        engines.reward_stop_token_ids,
+    )
     input_ids, attention_mask = pad_right(sequences, engines.reward_tokenizer.pad_token_id)
     # Each rollout's prompt, numbered: consecutive rows with one number are one prompt's group.
     runs = consecutive_runs(batch.prompts)
@@ -282,41 +364,63 @@ def member_reward_scores(engines: PPOEngines, tokenizer, batch: PromptBatch, res
     device = engines.reward.device
 
     def forward(part):
-        return member_scores(engines.reward.module, part["input_ids"].to(device), part["attention_mask"].to(device),
-                             engines.shared_prompt["reward"], runs_of_equal_rows(part["prompt_index"][:, None]))
+        return member_scores(
+            engines.reward.module,
+            part["input_ids"].to(device),
+            part["attention_mask"].to(device),
+            engines.shared_prompt["reward"],
+            runs_of_equal_rows(part["prompt_index"][:, None]),
+        )
 
-    raw = in_micro_batches(forward, {"input_ids": input_ids, "attention_mask": attention_mask,
-                                     "prompt_index": prompt_index}, forward_batch_size)
+    raw = in_micro_batches(
+        forward,
+        {"input_ids": input_ids, "attention_mask": attention_mask, "prompt_index": prompt_index},
+        forward_batch_size,
+    )
     return raw.float() - torch.tensor(engines.reward_offsets, device=raw.device)
 
 
-def reward_inputs(tokenizer, reward_tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
-                  response_mask: torch.Tensor, max_length: int, stop_token_ids: Sequence[int] = (),
-                  reward_stop_token_ids: Sequence[int] = ()) -> list[list[int]]:
+def reward_inputs(
+    tokenizer,
+    reward_tokenizer,
+    batch: PromptBatch,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    max_length: int,
+    stop_token_ids: Sequence[int] = (),
+    reward_stop_token_ids: Sequence[int] = (),
+) -> list[list[int]]:
     """The ids the reward model reads for each rollout, as the RM stage trained it (`reward_input_ids`): the
     prompt's ids and the generated ids through the first stop token (EOS appended to a response cut at
     max_new_tokens). A reward model that tokenizes otherwise reads the response decoded in context and tokenized as
     its own policy would write it. An input over `max_length` loses the start of its prompt."""
     same = same_tokenization(tokenizer, reward_tokenizer)
     sequences = []
-    for prompt, query, query_mask, response, mask in zip(batch.prompts, batch.query_ids, batch.query_mask,
-                                                         response_ids, response_mask):
+    for prompt, query, query_mask, response, mask in zip(
+        batch.prompts, batch.query_ids, batch.query_mask, response_ids, response_mask
+    ):
         prompt_ids, generated = query[query_mask.bool()].tolist(), response[mask.bool()].tolist()
         if same:
             ids = reward_input_ids(tokenizer, prompt, generated, stop_token_ids=stop_token_ids, prompt_ids=prompt_ids)
         else:
-            ids = reward_input_ids(reward_tokenizer, prompt, response_text(tokenizer, prompt_ids, generated),
-                                   stop_token_ids=reward_stop_token_ids)
+            ids = reward_input_ids(
+                reward_tokenizer,
+                prompt,
+                response_text(tokenizer, prompt_ids, generated),
+                stop_token_ids=reward_stop_token_ids,
+            )
         sequences.append(ids[-max_length:])
     return sequences
 
 
-def decode_responses(tokenizer, batch: PromptBatch, response_ids: torch.Tensor,
-                     response_mask: torch.Tensor) -> list[str]:
+def decode_responses(
+    tokenizer, batch: PromptBatch, response_ids: torch.Tensor, response_mask: torch.Tensor
+) -> list[str]:
     """Each rollout's response as text, decoded in context (`response_text`)."""
-    return [response_text(tokenizer, query[query_mask.bool()].tolist(), response[mask.bool()].tolist())
-            for query, query_mask, response, mask in zip(batch.query_ids, batch.query_mask, response_ids,
-                                                         response_mask)]
+    return [
+        response_text(tokenizer, query[query_mask.bool()].tolist(), response[mask.bool()].tolist())
+        for query, query_mask, response, mask in zip(batch.query_ids, batch.query_mask, response_ids, response_mask)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -337,8 +441,9 @@ class RewardShaping:
     scale_rewards: bool = True  # grpo: divide by the group's std (false: Dr.GRPO)
 
 
-def with_advantages(rollout: Rollout, shaping: RewardShaping, eos_token_id: int | Sequence[int],
-                    moments: RunningMoments | None) -> tuple[Rollout, torch.Tensor]:
+def with_advantages(
+    rollout: Rollout, shaping: RewardShaping, eos_token_id: int | Sequence[int], moments: RunningMoments | None
+) -> tuple[Rollout, torch.Tensor]:
     """The rollout with rewards, advantages and (GAE) returns; and the per-token KL (B, T).
 
     Scores: normalised by the running moments of all ranks' scores so far (when `moments` is given), clipped to
@@ -347,14 +452,16 @@ def with_advantages(rollout: Rollout, shaping: RewardShaping, eos_token_id: int 
     reward model. Then r_t = -β·KL_t + [t = last]·score, and the estimator's advantages (`ADVANTAGES`).
     """
     scores = shaped_scores(rollout, shaping, eos_token_id, moments)
-    rewards, kl = kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask,
-                                       shaping.kl_coef, shaping.kl_estimator)
+    rewards, kl = kl_penalized_rewards(
+        scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask, shaping.kl_coef, shaping.kl_estimator
+    )
     rewards, advantages, returns = ADVANTAGES[shaping.advantage_estimator](rollout, scores, rewards, shaping)
     return dataclasses.replace(rollout, rewards=rewards, advantages=advantages, returns=returns), kl
 
 
-def shaped_scores(rollout: Rollout, shaping: RewardShaping, eos_token_id: int | Sequence[int],
-                  moments: RunningMoments | None) -> torch.Tensor:
+def shaped_scores(
+    rollout: Rollout, shaping: RewardShaping, eos_token_id: int | Sequence[int], moments: RunningMoments | None
+) -> torch.Tensor:
     """(B,) scores normalised (running moments of every rank's scores), clipped, less the missing-EOS penalty."""
     scores = rollout.scores
     if moments is not None:
@@ -383,8 +490,11 @@ def _rloo(rollout, scores, rewards, shaping):
 def _grpo(rollout, scores, rewards, shaping):
     """The group's mean (and std, unless Dr.GRPO) on the sequence reward (score - β Σ KL)."""
     mask = rollout.response_mask
-    return rewards, grpo_advantages(sequence_rewards(rewards, mask), mask, shaping.samples_per_prompt,
-                                    shaping.scale_rewards), None
+    return (
+        rewards,
+        grpo_advantages(sequence_rewards(rewards, mask), mask, shaping.samples_per_prompt, shaping.scale_rewards),
+        None,
+    )
 
 
 def _reinforce_pp(rollout, scores, rewards, shaping):
@@ -394,11 +504,21 @@ def _reinforce_pp(rollout, scores, rewards, shaping):
 
 def _reinforce_pp_baseline(rollout, scores, rewards, shaping):
     """REINFORCE++ on rewards whose scores had their group's mean taken off."""
-    centred, _ = kl_penalized_rewards(minus_group_mean(scores, shaping.samples_per_prompt), rollout.logprobs,
-                                      rollout.ref_logprobs, rollout.response_mask, shaping.kl_coef,
-                                      shaping.kl_estimator)
+    centred, _ = kl_penalized_rewards(
+        minus_group_mean(scores, shaping.samples_per_prompt),
+        rollout.logprobs,
+        rollout.ref_logprobs,
+        rollout.response_mask,
+        shaping.kl_coef,
+        shaping.kl_estimator,
+    )
     return _reinforce_pp(rollout, scores, centred, shaping)
 
 
-ADVANTAGES = {"gae": _gae, "rloo": _rloo, "grpo": _grpo, "reinforce_pp": _reinforce_pp,
-              "reinforce_pp_baseline": _reinforce_pp_baseline}
+ADVANTAGES = {
+    "gae": _gae,
+    "rloo": _rloo,
+    "grpo": _grpo,
+    "reinforce_pp": _reinforce_pp,
+    "reinforce_pp_baseline": _reinforce_pp_baseline,
+}

@@ -39,8 +39,9 @@ def grouped(x: torch.Tensor, samples_per_prompt: int) -> torch.Tensor:
     return x.reshape(x.shape[0] // samples_per_prompt, samples_per_prompt, *x.shape[1:])
 
 
-def shuffled_rows_by_group(num_rows: int, samples_per_prompt: int,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+def shuffled_rows_by_group(
+    num_rows: int, samples_per_prompt: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A permutation of range(num_rows) that moves whole groups: the groups in a random order, each group's rows
     in their own order. Cut into slices of a multiple of n, every slice holds whole groups.
 

@@ -27,15 +27,24 @@ class PPOInputs:
     def lineage(self, config) -> dict[str, Any]:
         """Where the trained policy came from, for its registry entry: base model, parents, data files."""
         actor, reward = self.entries["actor"], self.entries["reward"]
-        return {"base_model": (actor.base_model if actor else "") or self.paths["actor"],
-                "parents": list(dict.fromkeys(e.reference for e in (actor, reward) if e is not None)),
-                "data_files": [config.prompts_file] + ([config.ptx_file] if config.ptx_coef else [])}
+        return {
+            "base_model": (actor.base_model if actor else "") or self.paths["actor"],
+            "parents": list(dict.fromkeys(e.reference for e in (actor, reward) if e is not None)),
+            "data_files": [config.prompts_file] + ([config.ptx_file] if config.ptx_coef else []),
+        }
 
     def prompts_for_step(self, step: int) -> list[Any]:
         from rlhf.ppo.data import prompts_for_step
 
-        return prompts_for_step(self.prompts, step, self.prompts_per_rank, distributed.world_size(),
-                                distributed.global_rank(), self.seed, self.samples_per_prompt)
+        return prompts_for_step(
+            self.prompts,
+            step,
+            self.prompts_per_rank,
+            distributed.world_size(),
+            distributed.global_rank(),
+            self.seed,
+            self.samples_per_prompt,
+        )
 
 
 def read_inputs(config) -> PPOInputs:
@@ -48,8 +57,11 @@ def read_inputs(config) -> PPOInputs:
     from rlhf.models import load_tokenizer
 
     registry = Registry(config.registry_dir or None)
-    references = {"actor": config.model_name_or_path, "reference": config.reference_model or config.model_name_or_path,
-                  "reward": config.reward_model}
+    references = {
+        "actor": config.model_name_or_path,
+        "reference": config.reference_model or config.model_name_or_path,
+        "reward": config.reward_model,
+    }
     if config.needs_critic:  # the critic-free estimators never read critic_model
         references["critic"] = config.critic_model
     paths, entries = {}, {}
@@ -65,18 +77,39 @@ def read_inputs(config) -> PPOInputs:
         check_critic_tokenizer(tokenizer, paths, config.trust_remote_code)
 
     def fitted(name, path):
-        return name, path, fit_prompts(load_prompts(path), tokenizer, max_tokens=config.max_prompt_length,
-                                 setting="max_prompt_length", policy=config.overlong, file=path)
+        return (
+            name,
+            path,
+            fit_prompts(
+                load_prompts(path),
+                tokenizer,
+                max_tokens=config.max_prompt_length,
+                setting="max_prompt_length",
+                policy=config.overlong,
+                file=path,
+            ),
+        )
 
-    fitted_prompts = [fitted("prompts", config.prompts_file)] + ([fitted("eval_prompts", config.eval_prompts_file)]
-                                                                 if config.eval_prompts_file else [])
+    fitted_prompts = [fitted("prompts", config.prompts_file)] + (
+        [fitted("eval_prompts", config.eval_prompts_file)] if config.eval_prompts_file else []
+    )
     eval_prompts = []
     if config.eval_prompts_file:
         eval_prompts, shortfall = held_out_prompts(fitted_prompts[1][2], config.eval_prompts)
         if shortfall and distributed.is_main_process():
             print(f"{config.eval_prompts_file}: {shortfall}", flush=True)
-    return PPOInputs(paths, entries, registry, tokenizer, fitted_prompts[0][2].kept, eval_prompts, config.seed,
-                     config.prompts_per_rank, config.samples_per_prompt, fitted_prompts)
+    return PPOInputs(
+        paths,
+        entries,
+        registry,
+        tokenizer,
+        fitted_prompts[0][2].kept,
+        eval_prompts,
+        config.seed,
+        config.prompts_per_rank,
+        config.samples_per_prompt,
+        fitted_prompts,
+    )
 
 
 def held_out_prompts(fitted, wanted: int) -> tuple[list[Any], str]:
@@ -85,8 +118,9 @@ def held_out_prompts(fitted, wanted: int) -> tuple[list[Any], str]:
     if len(prompts) == wanted:
         return prompts, ""
     why = f", after {fitted.over} over {fitted.limit} were left out" if fitted.over else ""
-    return prompts, (f"evaluating on {len(prompts)} prompts, not the {wanted} of eval_prompts: the file holds "
-                     f"{fitted.total}{why}")
+    return prompts, (
+        f"evaluating on {len(prompts)} prompts, not the {wanted} of eval_prompts: the file holds {fitted.total}{why}"
+    )
 
 
 def check_reward_aggregation(config, reward_path: str) -> None:
@@ -95,9 +129,11 @@ def check_reward_aggregation(config, reward_path: str) -> None:
     from rlhf.rm.ensemble import is_ensemble
 
     if config.reward_aggregation != "mean" and not is_ensemble(reward_path):
-        raise ConfigError(f"reward_aggregation {config.reward_aggregation} combines the members of a reward-model "
-                          f"ensemble, and reward model {reward_path} is one model; train one with the RM stage's "
-                          f"ensemble_size > 1, or use reward_aggregation: mean")
+        raise ConfigError(
+            f"reward_aggregation {config.reward_aggregation} combines the members of a reward-model "
+            f"ensemble, and reward model {reward_path} is one model; train one with the RM stage's "
+            f"ensemble_size > 1, or use reward_aggregation: mean"
+        )
 
 
 def check_critic_tokenizer(tokenizer, paths: dict[str, str], trust_remote_code: bool) -> None:
@@ -109,9 +145,11 @@ def check_critic_tokenizer(tokenizer, paths: dict[str, str], trust_remote_code: 
         return
     critic_tokenizer = load_tokenizer(paths["critic"], trust_remote_code=trust_remote_code)
     if not same_tokenization(tokenizer, critic_tokenizer):
-        raise ConfigError(f"critic_model {paths['critic']} tokenizes differently from the policy "
-                          f"{paths['actor']} (vocabulary, special tokens or chat template); the critic reads the "
-                          "policy's token ids, so start it from a reward model trained on the policy's base model")
+        raise ConfigError(
+            f"critic_model {paths['critic']} tokenizes differently from the policy "
+            f"{paths['actor']} (vocabulary, special tokens or chat template); the critic reads the "
+            "policy's token ids, so start it from a reward model trained on the policy's base model"
+        )
 
 
 def ptx_examples(config, tokenizer, stop_token_ids: Sequence[int]) -> tuple[str, str, Any]:
@@ -129,8 +167,15 @@ def ptx_examples(config, tokenizer, stop_token_ids: Sequence[int]) -> tuple[str,
     path, limit = config.ptx_file, config.ptx_max_length
     first = next(iter(read_records(path)))
     if not (isinstance(first.value, dict) and isinstance(first.value.get("text"), str)):
-        fitted = fit_demonstrations(load_demonstrations(path), tokenizer, max_length=limit, policy=config.overlong,
-                                    file=path, stop_token_ids=stop_token_ids, setting="ptx_max_length")
+        fitted = fit_demonstrations(
+            load_demonstrations(path),
+            tokenizer,
+            max_length=limit,
+            policy=config.overlong,
+            file=path,
+            stop_token_ids=stop_token_ids,
+            setting="ptx_max_length",
+        )
         fitted.kept = [demonstration_ids(tokenizer, r["prompt"], r["completion"], stop_token_ids) for r in fitted.kept]
         return "ptx", path, fitted
     examples = []
@@ -139,22 +184,31 @@ def ptx_examples(config, tokenizer, stop_token_ids: Sequence[int]) -> tuple[str,
             raise DataError("missing or not a string", file=path, record=raw.number, field="text")
         ids = tokenizer(raw.value["text"])["input_ids"]
         examples.append((raw.number, (ids, [1] * len(ids))))
-    fitted = fit(examples, length=lambda example: len(example[0]), max_tokens=limit,
-                 shorten=lambda example: ((example[0][:limit], example[1][:limit]), ""), policy=config.overlong,
-                 what="texts", limit=f"ptx_max_length {limit}", file=path)
+    fitted = fit(
+        examples,
+        length=lambda example: len(example[0]),
+        max_tokens=limit,
+        shorten=lambda example: ((example[0][:limit], example[1][:limit]), ""),
+        policy=config.overlong,
+        what="texts",
+        limit=f"ptx_max_length {limit}",
+        file=path,
+    )
     return "ptx", path, fitted
 
 
-def ptx_iterator(config, examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int,
-                 start_batch: int) -> Iterator | None:
+def ptx_iterator(
+    config, examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int, start_batch: int
+) -> Iterator | None:
     """PPO-ptx batches of `examples` from `start_batch` on (so a resumed run continues the sequence), or None when
     off."""
     if not config.ptx_coef:
         return None
     from rlhf.ppo.data import ptx_batches
 
-    return ptx_batches(examples, pad_token_id, config.ptx_batch_size, config.seed + distributed.global_rank(),
-                       start_batch)
+    return ptx_batches(
+        examples, pad_token_id, config.ptx_batch_size, config.seed + distributed.global_rank(), start_batch
+    )
 
 
 def gold_scorer_or_none(config):

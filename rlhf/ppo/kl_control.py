@@ -63,8 +63,9 @@ class AdaptiveKLController:
         self.horizon = state["horizon"]
 
 
-def make_kl_controller(kl_coef: float, adaptive: bool = False, target_kl: float | None = None,
-                       horizon: int | None = None) -> FixedKLController | AdaptiveKLController:
+def make_kl_controller(
+    kl_coef: float, adaptive: bool = False, target_kl: float | None = None, horizon: int | None = None
+) -> FixedKLController | AdaptiveKLController:
     """The controller a PPO config asks for: fixed at `kl_coef`, or adaptive starting from it."""
     if not adaptive:
         return FixedKLController(kl_coef)

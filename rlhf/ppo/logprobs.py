@@ -45,9 +45,15 @@ class SamplingSettings:
         from transformers import GenerationConfig
 
         return GenerationConfig(
-            do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=list(self.stops(tokenizer)) or None, bos_token_id=tokenizer.bos_token_id,
+            do_sample=True,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=list(self.stops(tokenizer)) or None,
+            bos_token_id=tokenizer.bos_token_id,
             suppress_tokens=list(self.suppressed_token_ids) or None,
         )
 
@@ -61,8 +67,9 @@ def tempered_scores(logits: torch.Tensor, settings: SamplingSettings) -> torch.T
     return scores
 
 
-def sampling_settings_for(tokenizer, temperature: float, top_k: int, top_p: float,
-                          max_new_tokens: int, stop_token_ids: tuple[int, ...] = ()) -> SamplingSettings:
+def sampling_settings_for(
+    tokenizer, temperature: float, top_k: int, top_p: float, max_new_tokens: int, stop_token_ids: tuple[int, ...] = ()
+) -> SamplingSettings:
     """Settings with the tokenizer's padding token suppressed (unless it ends responses, as GPT-2's EOS does)."""
     stops = stop_token_ids or ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ())
     pad = tokenizer.pad_token_id

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 
 from rlhf.ppo.rewards import kl_penalty, masked_mean
 
-def aggregate(per_token: torch.Tensor, response_mask: torch.Tensor, aggregation: str = "token_mean",
-              max_tokens: int | None = None) -> torch.Tensor:
+
+def aggregate(
+    per_token: torch.Tensor, response_mask: torch.Tensor, aggregation: str = "token_mean", max_tokens: int | None = None
+) -> torch.Tensor:
     """A (B, T) per-token loss as one number, three ways (m the mask, L = max_tokens):
 
         token_mean      Σ_{i,t} m·x / Σ_{i,t} m           every real token weighs the same (PPO; DAPO)
@@ -37,10 +39,16 @@ def aggregate(per_token: torch.Tensor, response_mask: torch.Tensor, aggregation:
     raise ValueError(f"aggregation must be token_mean, sequence_mean or dr_grpo; got {aggregation!r}")
 
 
-def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    response_mask: torch.Tensor, clip_eps: float, aggregation: str = "token_mean",
-                    max_tokens: int | None = None,
-                    token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ppo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps: float,
+    aggregation: str = "token_mean",
+    max_tokens: int | None = None,
+    token_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
 
         ρ_t = exp(log π(a_t) - log π_old(a_t))
@@ -68,8 +76,13 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     return loss, clip_fraction.detach(), approx_kl.detach()
 
 
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                   response_mask: torch.Tensor, clip_eps_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps_value: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss (PPO2 baselines, as used by Ziegler et al. 2019):
 
         V_clip = V_old + clip(V - V_old, -ε_v, ε_v)
@@ -85,8 +98,13 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     return loss, clip_fraction.detach()
 
 
-def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor,
-            aggregation: str = "token_mean", max_tokens: int | None = None) -> torch.Tensor:
+def kl_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    aggregation: str = "token_mean",
+    max_tokens: int | None = None,
+) -> torch.Tensor:
     """GRPO's KL term (Shao et al. 2024, eq. 4), to add to the policy loss with weight β instead of a KL penalty
     in the reward: Schulman's k3 estimate of KL(π || π_ref) at each sampled token,
 

@@ -14,8 +14,9 @@ import torch
 from rlhf.ppo.rewards import masked_mean
 
 
-def logprob_gap(engine_logprobs: torch.Tensor, logprobs: torch.Tensor,
-                response_mask: torch.Tensor) -> tuple[float, float]:
+def logprob_gap(
+    engine_logprobs: torch.Tensor, logprobs: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[float, float]:
     """(mean |Δ|, KL) between the engine's and the actor's log-probabilities of the sampled tokens, over the
     masked tokens, with Δ_t = log π_engine(a_t) − log π_actor(a_t):
 
@@ -27,7 +28,7 @@ def logprob_gap(engine_logprobs: torch.Tensor, logprobs: torch.Tensor,
     mask = response_mask.bool()
     if not mask.any():
         return 0.0, 0.0
-    delta = (engine_logprobs.float() - logprobs.float())
+    delta = engine_logprobs.float() - logprobs.float()
     gap = masked_mean(delta.abs(), response_mask)
     kl = masked_mean(torch.expm1(-delta) + delta, response_mask)
     return gap.item(), kl.item()

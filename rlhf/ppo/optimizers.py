@@ -38,31 +38,42 @@ def choose_optimizer(ds_config: dict[str, Any], cuda: bool) -> str:
     return "fused_adam" if cuda else "torch_adamw"
 
 
-def build_optimizer(parameters: Iterable[torch.nn.Parameter], ds_config: dict[str, Any], learning_rate: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    parameters: Iterable[torch.nn.Parameter], ds_config: dict[str, Any], learning_rate: float, weight_decay: float
+) -> torch.optim.Optimizer:
     parameters = list(parameters)
     choice = choose_optimizer(ds_config, torch.cuda.is_available())
     if choice == "cpu_adam":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(parameters, lr=learning_rate, eps=ADAM_EPS, weight_decay=weight_decay,
-                                adamw_mode=True)
+        return DeepSpeedCPUAdam(parameters, lr=learning_rate, eps=ADAM_EPS, weight_decay=weight_decay, adamw_mode=True)
     if choice == "fused_adam":
         from deepspeed.ops.adam import FusedAdam
 
         try:
-            return FusedAdam(parameters, lr=learning_rate, eps=ADAM_EPS, weight_decay=weight_decay,
-                             adam_w_mode=True)
+            return FusedAdam(parameters, lr=learning_rate, eps=ADAM_EPS, weight_decay=weight_decay, adam_w_mode=True)
         except Exception as error:  # the op's JIT build: no nvcc, another CUDA version, an arch it cannot parse
             if distributed.is_main_process():
                 reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-                print(f"DeepSpeed's FusedAdam could not be built ({type(error).__name__}: {reason}); "
-                      f"using torch's fused AdamW", flush=True)
-    return torch.optim.AdamW(parameters, lr=learning_rate, eps=ADAM_EPS, weight_decay=weight_decay,
-                             fused=all(can_fuse(parameter) for parameter in parameters))
+                print(
+                    f"DeepSpeed's FusedAdam could not be built ({type(error).__name__}: {reason}); "
+                    f"using torch's fused AdamW",
+                    flush=True,
+                )
+    return torch.optim.AdamW(
+        parameters,
+        lr=learning_rate,
+        eps=ADAM_EPS,
+        weight_decay=weight_decay,
+        fused=all(can_fuse(parameter) for parameter in parameters),
+    )
 
 
 def can_fuse(parameter: torch.Tensor) -> bool:
     """Whether torch's fused AdamW kernel takes this parameter (the devices and float types it is built for)."""
     return parameter.device.type in ("cpu", "cuda", "xpu", "mps") and parameter.dtype in (
-        torch.float32, torch.float64, torch.float16, torch.bfloat16)
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+    )

@@ -32,8 +32,9 @@ def row_tokens_for(attention_implementation: str | None, row_tokens: int) -> int
     return sys.maxsize if is_flash_attention(attention_implementation) else row_tokens
 
 
-def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-         row_tokens: int) -> PackedBatch:
+def pack(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, row_tokens: int
+) -> PackedBatch:
     """The real tokens of each row of a padded batch, packed into rows of at most max(T, row_tokens) tokens.
 
     Each sequence keeps the positions the padded forward gives it (`position_ids`, counting real tokens only),
@@ -63,8 +64,9 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: to
     return PackedBatch(packed_ids, packed_positions, mask, rows, columns)
 
 
-def forward_packed(forward: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor], row_tokens: int,
-                   start: int, stop: int) -> torch.Tensor:
+def forward_packed(
+    forward: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor], row_tokens: int, start: int, stop: int
+) -> torch.Tensor:
     """forward(input_ids=, position_ids=) -> (R, C, ...) per-token outputs on the packed batch, returned for
     the padded columns [start, stop) as (B, stop - start, ...)."""
     packed = pack(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], row_tokens)
@@ -72,8 +74,9 @@ def forward_packed(forward: Callable[..., torch.Tensor], inputs: dict[str, torch
 
 
 @torch.no_grad()
-def keeps_sequences_apart(forward: Callable[..., torch.Tensor], module: torch.nn.Module, vocab_size: int,
-                          device) -> bool:
+def keeps_sequences_apart(
+    forward: Callable[..., torch.Tensor], module: torch.nn.Module, vocab_size: int, device
+) -> bool:
     """Whether forward(input_ids=, position_ids=) keeps two packed sequences apart: the second sequence's
     outputs packed behind a first one equal its outputs alone.
 
@@ -82,8 +85,11 @@ def keeps_sequences_apart(forward: Callable[..., torch.Tensor], module: torch.nn
     first = [(7 * i + 3) % vocab_size for i in range(6)]
     second = [(5 * i + 2) % vocab_size for i in range(3)]
     with probes.without_dropout(module):
-        packed = forward(input_ids=torch.tensor([first + second], device=device),
-                         position_ids=torch.tensor([[*range(6), *range(3)]], device=device))[0, 6:]
-        alone = forward(input_ids=torch.tensor([second], device=device),
-                        position_ids=torch.tensor([[*range(3)]], device=device))[0]
+        packed = forward(
+            input_ids=torch.tensor([first + second], device=device),
+            position_ids=torch.tensor([[*range(6), *range(3)]], device=device),
+        )[0, 6:]
+        alone = forward(
+            input_ids=torch.tensor([second], device=device), position_ids=torch.tensor([[*range(3)]], device=device)
+        )[0]
     return distributed.all_ranks(probes.same_outputs(packed, alone, module))

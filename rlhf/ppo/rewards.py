@@ -47,8 +47,9 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return biased * count / (count - 1).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
-                  across_ranks: bool = False) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, across_ranks: bool = False
+) -> torch.Tensor:
     """Whitening over the masked entries: (x - μ) / sqrt(σ² + eps), plus μ back when `shift_mean` is False.
 
     μ and σ² (unbiased) are taken over the masked entries only; masked-out positions are set to 0 in the
@@ -100,13 +101,17 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 def is_stop_token(response_ids: torch.Tensor, stop_token_ids: int | Sequence[int]) -> torch.Tensor:
     """Bool mask of the tokens that end a response: one EOS id, or any of a checkpoint's several."""
-    stops = torch.as_tensor([stop_token_ids] if isinstance(stop_token_ids, int) else list(stop_token_ids),
-                            device=response_ids.device, dtype=response_ids.dtype)
+    stops = torch.as_tensor(
+        [stop_token_ids] if isinstance(stop_token_ids, int) else list(stop_token_ids),
+        device=response_ids.device,
+        dtype=response_ids.dtype,
+    )
     return torch.isin(response_ids, stops)
 
 
-def response_mask_after_eos(response_ids: torch.Tensor, eos_token_id: int | Sequence[int],
-                            pad_token_id: int) -> torch.Tensor:
+def response_mask_after_eos(
+    response_ids: torch.Tensor, eos_token_id: int | Sequence[int], pad_token_id: int
+) -> torch.Tensor:
     """(B, T) long mask of the tokens a response really holds: 1 up to and including its first EOS (any of the
     stop ids), 0 after it and on padding. A response without EOS keeps every non-pad token (it hit max_new_tokens).
 
@@ -118,8 +123,9 @@ def response_mask_after_eos(response_ids: torch.Tensor, eos_token_id: int | Sequ
     return ((eos_strictly_before == 0) & real_token).long()
 
 
-def score_with_eos_penalty(scores: torch.Tensor, response_ids: torch.Tensor, eos_token_id: int | Sequence[int],
-                           missing_eos_penalty: float) -> torch.Tensor:
+def score_with_eos_penalty(
+    scores: torch.Tensor, response_ids: torch.Tensor, eos_token_id: int | Sequence[int], missing_eos_penalty: float
+) -> torch.Tensor:
     """score - penalty for each response holding no EOS (truncated at max_new_tokens), else unchanged.
 
     Without it the policy can learn to ramble past the length limit where the reward model never sees an
@@ -138,10 +144,10 @@ def _last_true_index(mask: torch.Tensor) -> torch.Tensor:
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_estimator: str = "k1") -> torch.Tensor:
     """Per-token estimate of KL(π || π_ref) from samples of π, with log r = log π_ref - log π:
 
-        k1 = -log r = log π - log π_ref           (unbiased, can be negative)
-        k2 = ½ (log r)²                            (biased, >= 0)
-        k3 = (r - 1) - log r                       (unbiased, >= 0; Schulman, "Approximating KL divergence")
-        abs = |log π - log π_ref|
+    k1 = -log r = log π - log π_ref           (unbiased, can be negative)
+    k2 = ½ (log r)²                            (biased, >= 0)
+    k3 = (r - 1) - log r                       (unbiased, >= 0; Schulman, "Approximating KL divergence")
+    abs = |log π - log π_ref|
     """
     log_ratio = ref_logprobs - logprobs
     if kl_estimator == "k1":
@@ -155,9 +161,14 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_estimator:
     raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}; got {kl_estimator!r}")
 
 
-def kl_penalized_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                         response_mask: torch.Tensor, kl_coef: float,
-                         kl_estimator: str = "k1") -> tuple[torch.Tensor, torch.Tensor]:
+def kl_penalized_rewards(
+    score: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    kl_coef: float,
+    kl_estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO rewards with the KL penalty (Ziegler et al. 2019 eq. 2; InstructGPT eq. 2):
 
         reward_t = -kl_coef · kl_t  +  [t = last response token] · score,    kl_t = kl_penalty(t)
@@ -189,8 +200,9 @@ def kl_penalized_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logpro
 # ---------------------------------------------------------------------------------------------------------
 
 
-def gae_advantages(values: torch.Tensor, rewards: torch.Tensor, response_mask: torch.Tensor,
-                   gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae_advantages(
+    values: torch.Tensor, rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016), right to left over the response:
 
         δ_t = r_t + γ · V_{t+1} - V_t
@@ -261,8 +273,9 @@ class RunningMoments:
         if across_ranks:
             from rlhf.distributed import sum_over_ranks
 
-            batch_count, batch_sum = sum_over_ranks(torch.stack([torch.tensor(float(x.numel()), dtype=x.dtype),
-                                                                 x.sum()])).tolist()
+            batch_count, batch_sum = sum_over_ranks(
+                torch.stack([torch.tensor(float(x.numel()), dtype=x.dtype), x.sum()])
+            ).tolist()
             batch_count = int(round(batch_count))
             batch_mean = batch_sum / batch_count if batch_count else 0.0
             batch_m2 = sum_over_ranks(((x - batch_mean) ** 2).sum()).item()

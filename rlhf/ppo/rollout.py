@@ -12,6 +12,7 @@ import torch
 
 from rlhf.ppo.groups import shuffled_rows_by_group
 
+
 @dataclasses.dataclass
 class Rollout:
     """A batch of PPO experience, row b being one prompt and the response the policy sampled for it. With several
@@ -49,8 +50,9 @@ class Rollout:
 
     def _map(self, fn) -> Rollout:
         """A new Rollout with `fn` applied to every tensor field (None stays None)."""
-        changes = {f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
-                   if getattr(self, f.name) is not None}
+        changes = {
+            f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name) is not None
+        }
         return dataclasses.replace(self, **changes)
 
     def to(self, device: torch.device | str) -> Rollout:
@@ -61,8 +63,9 @@ class Rollout:
         """The rollout restricted to `rows` (a long index or bool mask over B)."""
         return self._map(lambda tensor: tensor[rows.to(tensor.device)])
 
-    def minibatches(self, size: int, generator: torch.Generator | None = None,
-                    samples_per_prompt: int = 1) -> Iterator[Rollout]:
+    def minibatches(
+        self, size: int, generator: torch.Generator | None = None, samples_per_prompt: int = 1
+    ) -> Iterator[Rollout]:
         """Shuffle whole groups of `samples_per_prompt` rows (with `generator`, for reproducible epochs) and yield
         Rollouts of `size` rows, a multiple of the group; the last one holds the remainder. Every row appears
         exactly once per call, and a group's rows in one minibatch, in their order."""
@@ -70,7 +73,7 @@ class Rollout:
             raise ValueError(f"minibatch size must be a positive multiple of {samples_per_prompt}; got {size}")
         order = shuffled_rows_by_group(len(self), samples_per_prompt, generator)
         for start in range(0, len(self), size):
-            yield self.select(order[start:start + size])
+            yield self.select(order[start : start + size])
 
 
 class PPOStats(NamedTuple):

@@ -52,9 +52,15 @@ class VLLMRollouts:
 
         self.engine, self.sleep_mode, self.pad_token_id = engine, sleep_mode, tokenizer.pad_token_id
         self.asleep = False
-        self.sampling = sampling_for(tokenizer, max_new_tokens=sampling.max_new_tokens,
-                                     stop_token_ids=sampling.stops(tokenizer), temperature=sampling.temperature,
-                                     top_k=sampling.top_k, top_p=sampling.top_p, logprobs=True)
+        self.sampling = sampling_for(
+            tokenizer,
+            max_new_tokens=sampling.max_new_tokens,
+            stop_token_ids=sampling.stops(tokenizer),
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            logprobs=True,
+        )
 
     def generate(self, actor, batch, seed_parts: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) response ids, padded after the stop token as `generate` pads them, and (B, T) the engine's
@@ -96,9 +102,9 @@ def padded(answers: list[tuple[list[int], list[float] | None]], pad_token_id: in
     response_ids = torch.full((len(answers), length), pad_token_id, dtype=torch.long)
     logprobs = torch.zeros((len(answers), length), dtype=torch.float32)
     for row, (ids, values) in enumerate(answers):
-        response_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        response_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         if values is not None:
-            logprobs[row, :len(values)] = torch.tensor(values, dtype=torch.float32)
+            logprobs[row, : len(values)] = torch.tensor(values, dtype=torch.float32)
     return response_ids, logprobs
 
 
@@ -113,17 +119,25 @@ def start_vllm_engine(config, inputs):
     vllm_python()
     check_sleep_mode(config.vllm_sleep_mode)
     path = inputs.paths["actor"]
-    max_model_len = check_model_length(config.max_prompt_length, config.max_new_tokens,
-                                       max_positions(path, config.trust_remote_code))
-    return start_engine(path, max_model_len=max_model_len, max_num_seqs=config.rollout_batch_size,
-                        dtype="bfloat16" if config.bf16 else "float32", seed=config.seed,
-                        trust_remote_code=config.trust_remote_code,
-                        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-                        sleep_mode=config.vllm_sleep_mode, dummy_weights=True)
+    max_model_len = check_model_length(
+        config.max_prompt_length, config.max_new_tokens, max_positions(path, config.trust_remote_code)
+    )
+    return start_engine(
+        path,
+        max_model_len=max_model_len,
+        max_num_seqs=config.rollout_batch_size,
+        dtype="bfloat16" if config.bf16 else "float32",
+        seed=config.seed,
+        trust_remote_code=config.trust_remote_code,
+        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        sleep_mode=config.vllm_sleep_mode,
+        dummy_weights=True,
+    )
 
 
-def make_rollouts(config, engine, sampling: SamplingSettings, tokenizer, generation_config,
-                  zero3_generation: str) -> Any:
+def make_rollouts(
+    config, engine, sampling: SamplingSettings, tokenizer, generation_config, zero3_generation: str
+) -> Any:
     if engine is None:
         return HFRollouts(generation_config, zero3_generation)
     return VLLMRollouts(engine.wait_ready(), sampling, tokenizer, config.vllm_sleep_mode)

@@ -26,10 +26,22 @@ METRICS_FILE = PPO_METRICS
 BAR_KEYS = ("rm_score", "kl", "beta")
 
 
-def step_metrics(step: int, rollout: Rollout, kl: torch.Tensor, result, beta: float, prompts: Sequence[Any],
-                 texts: Sequence[str], gold: Callable[[str, str], float] | None, times: tuple[float, float, float],
-                 skipped_updates: int, ptx: bool, eos_token_id: int | Sequence[int],
-                 kl_loss: bool = False, extra: dict[str, float] | None = None) -> dict[str, Any]:
+def step_metrics(
+    step: int,
+    rollout: Rollout,
+    kl: torch.Tensor,
+    result,
+    beta: float,
+    prompts: Sequence[Any],
+    texts: Sequence[str],
+    gold: Callable[[str, str], float] | None,
+    times: tuple[float, float, float],
+    skipped_updates: int,
+    ptx: bool,
+    eos_token_id: int | Sequence[int],
+    kl_loss: bool = False,
+    extra: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """One flat row of ppo_metrics.jsonl, averaged over ranks (contracts: the PPO metric keys). The value metrics
     only with a critic (GAE); `kl_loss` only when the KL is a loss term; with a reward-model ensemble, `rm_score` is
     the aggregated score PPO optimises, `rm_score_mean` the members' mean and `rm_score_std` their disagreement
@@ -80,8 +92,10 @@ def ensemble_member_metrics(member_scores: torch.Tensor | None) -> dict[str, flo
     (population) std; {} for one reward model."""
     if member_scores is None:
         return {}
-    return {"rm_score_mean": ensemble_mean(member_scores.float()).mean().item(),
-            "rm_score_std": ensemble_std(member_scores.float()).mean().item()}
+    return {
+        "rm_score_mean": ensemble_mean(member_scores.float()).mean().item(),
+        "rm_score_std": ensemble_std(member_scores.float()).mean().item(),
+    }
 
 
 def non_eos_fraction(rollout: Rollout, eos_token_id: int | Sequence[int]) -> float:
@@ -109,8 +123,14 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
 
 
 class MetricsLogger:
-    def __init__(self, output_dir: str | Path, report_to: list[str], total_steps: int, start_step: int,
-                 show_progress: bool = True):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        report_to: list[str],
+        total_steps: int,
+        start_step: int,
+        show_progress: bool = True,
+    ):
         self.enabled = distributed.is_main_process()
         self.path = Path(output_dir) / METRICS_FILE
         self.writer = None
@@ -138,8 +158,10 @@ class MetricsLogger:
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        clean = {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
-                 for key, value in row.items()}
+        clean = {
+            key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+            for key, value in row.items()
+        }
         # A full disk may tear this line; read_jsonl leaves a torn last line out when the run resumes.
         with disk_full_is_one_line(self.path), open(self.path, "a", encoding="utf-8") as file:
             file.write(json.dumps(clean) + "\n")

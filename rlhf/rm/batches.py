@@ -14,18 +14,25 @@ from rlhf.data.formatting import prompt_token_ids, reward_input_ids
 from rlhf.data.rankings import Ranking
 
 
-def tokenize_rankings(rankings: Sequence[Ranking], tokenizer, stop_token_ids: Sequence[int] = ()
-                      ) -> list[dict[str, Any]]:
+def tokenize_rankings(
+    rankings: Sequence[Ranking], tokenizer, stop_token_ids: Sequence[int] = ()
+) -> list[dict[str, Any]]:
     """{"input_ids": [ids per completion], "ranks": [...]} per ranking, each completion as the reward model reads
     it (`reward_input_ids`: the ids PPO will score). The rankings are fitted to max_length already."""
     features = []
     for ranking in rankings:
         prompt_ids = prompt_token_ids(tokenizer, ranking.prompt)
-        features.append({
-            "input_ids": [reward_input_ids(tokenizer, ranking.prompt, completion, stop_token_ids=stop_token_ids,
-                                           prompt_ids=prompt_ids) for completion in ranking.completions],
-            "ranks": list(ranking.ranks),
-        })
+        features.append(
+            {
+                "input_ids": [
+                    reward_input_ids(
+                        tokenizer, ranking.prompt, completion, stop_token_ids=stop_token_ids, prompt_ids=prompt_ids
+                    )
+                    for completion in ranking.completions
+                ],
+                "ranks": list(ranking.ranks),
+            }
+        )
     return features
 
 
@@ -44,13 +51,17 @@ class RankingCollator:
         ranks = torch.zeros((len(features), width), dtype=torch.long)
         sequences, slots = [], []
         for row, feature in enumerate(features):
-            ranks[row, :len(feature["ranks"])] = torch.tensor(feature["ranks"], dtype=torch.long)
+            ranks[row, : len(feature["ranks"])] = torch.tensor(feature["ranks"], dtype=torch.long)
             for column, ids in enumerate(feature["input_ids"]):
                 sequences.append(ids)
                 slots.append(row * width + column)
         input_ids, attention_mask = pad_right(sequences, self.pad_token_id)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks,
-                "slot_index": torch.tensor(slots, dtype=torch.long)}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "ranks": ranks,
+            "slot_index": torch.tensor(slots, dtype=torch.long),
+        }
 
 
 def ranking_sizes(slot_index, ranks) -> list[int]:

@@ -44,23 +44,25 @@ def label_outcome(rank_i: int, rank_j: int) -> float:
     return 1.0 if rank_i < rank_j else 0.0 if rank_i > rank_j else 0.5
 
 
-def pair_predictions(rewards: Sequence[Sequence[float]], ranks: Sequence[Sequence[int]]
-                     ) -> tuple[list[float], list[float]]:
+def pair_predictions(
+    rewards: Sequence[Sequence[float]], ranks: Sequence[Sequence[int]]
+) -> tuple[list[float], list[float]]:
     """(σ(r_i − r_j), y_ij) for every pair i < j of ranked responses (rank > 0) in each ranking, and the same pair
     the other way round, (σ(r_j − r_i), 1 − y_ij)."""
     probabilities, outcomes = [], []
     for row_rewards, row_ranks in zip(rewards, ranks):
         slots = [i for i, rank in enumerate(row_ranks) if rank > 0]
         for a, i in enumerate(slots):
-            for j in slots[a + 1:]:
+            for j in slots[a + 1 :]:
                 p, y = sigmoid(row_rewards[i] - row_rewards[j]), label_outcome(row_ranks[i], row_ranks[j])
                 probabilities += [p, 1.0 - p]
                 outcomes += [y, 1.0 - y]
     return probabilities, outcomes
 
 
-def reliability_bins(probabilities: Sequence[float], outcomes: Sequence[float], bins: int = BINS
-                     ) -> list[CalibrationBin]:
+def reliability_bins(
+    probabilities: Sequence[float], outcomes: Sequence[float], bins: int = BINS
+) -> list[CalibrationBin]:
     """`bins` equal-width bins of [0, 1] (the last one closed): each bin's count, mean prediction and mean outcome."""
     members: list[list[tuple[float, float]]] = [[] for _ in range(bins)]
     for p, y in zip(probabilities, outcomes):
@@ -88,8 +90,9 @@ class UncertaintyBin:
     error_rate: float  # share of the bin's pairs the ensemble's mean orders against the labels (a mean tie: ½)
 
 
-def uncertainty_bins(member_rewards: Sequence[Sequence[Sequence[float]]], ranks: Sequence[Sequence[int]],
-                     bins: int = BINS) -> list[UncertaintyBin]:
+def uncertainty_bins(
+    member_rewards: Sequence[Sequence[Sequence[float]]], ranks: Sequence[Sequence[int]], bins: int = BINS
+) -> list[UncertaintyBin]:
     """The ensemble's spread against its error rate (Coste et al. 2023): for each pair the labels order, the
     (population) std over members of the margin r_better − r_worse, and whether the members' mean margin orders
     it wrong; pairs sorted by std and cut into `bins` bins of (nearly) equal count. A useful spread rises with the
@@ -107,24 +110,35 @@ def uncertainty_bins(member_rewards: Sequence[Sequence[Sequence[float]]], ranks:
     pairs.sort(key=lambda pair: pair[0])
     result = []
     for index in range(bins):
-        inside = pairs[index * len(pairs) // bins:(index + 1) * len(pairs) // bins]
+        inside = pairs[index * len(pairs) // bins : (index + 1) * len(pairs) // bins]
         if inside:
-            result.append(UncertaintyBin(len(inside), sum(s for s, _ in inside) / len(inside),
-                                         sum(e for _, e in inside) / len(inside)))
+            result.append(
+                UncertaintyBin(
+                    len(inside), sum(s for s, _ in inside) / len(inside), sum(e for _, e in inside) / len(inside)
+                )
+            )
     return result
 
 
-def calibration(rewards: Sequence[Sequence[float]] | None, ranks: Sequence[Sequence[int]],
-                member_rewards: Sequence[Sequence[Sequence[float]]] | None = None) -> dict:
+def calibration(
+    rewards: Sequence[Sequence[float]] | None,
+    ranks: Sequence[Sequence[int]],
+    member_rewards: Sequence[Sequence[Sequence[float]]] | None = None,
+) -> dict:
     """{"ece", "pairs", "bins"} of one reward model's `rewards` (one row per ranking) against `ranks`; with an
     ensemble's `member_rewards`, the members' mean is the model calibrated (when `rewards` is None) and
     "uncertainty" holds its `uncertainty_bins`. Bins are dicts, ready for JSON."""
     if member_rewards is not None and rewards is None:
-        rewards = [[sum(member[k][i] for member in member_rewards) / len(member_rewards)
-                    for i in range(len(row))] for k, row in enumerate(ranks)]
+        rewards = [
+            [sum(member[k][i] for member in member_rewards) / len(member_rewards) for i in range(len(row))]
+            for k, row in enumerate(ranks)
+        ]
     bins = reliability_bins(*pair_predictions(rewards, ranks))
-    result = {"ece": expected_calibration_error(bins), "pairs": sum(b.pairs for b in bins) // 2,
-              "bins": [asdict(b) for b in bins]}
+    result = {
+        "ece": expected_calibration_error(bins),
+        "pairs": sum(b.pairs for b in bins) // 2,
+        "bins": [asdict(b) for b in bins],
+    }
     if member_rewards is not None:
         result["uncertainty"] = [asdict(b) for b in uncertainty_bins(member_rewards, ranks)]
     return result

@@ -97,8 +97,13 @@ def read_weights(model_dir: Path) -> dict:
     return weights
 
 
-def assemble(saved_members: Sequence[Path], out_dir: Path, *, trust_remote_code: bool = False,
-             attn_implementation: str = DEFAULT_ATTENTION) -> Path:
+def assemble(
+    saved_members: Sequence[Path],
+    out_dir: Path,
+    *,
+    trust_remote_code: bool = False,
+    attn_implementation: str = DEFAULT_ATTENTION,
+) -> Path:
     """Write the ensemble directory at `out_dir` (atomically): the members in members/0..k-1 and their weight
     average beside them, a whole model (however the members trained), with the first member's tokenizer and
     generation config. The members are hard-linked in, so that a failed write leaves them where they were; they
@@ -113,12 +118,17 @@ def assemble(saved_members: Sequence[Path], out_dir: Path, *, trust_remote_code:
     from rlhf.models import load_tokenizer
 
     first = Path(saved_members[0])
-    model = load_adapted(first, task="reward", trust_remote_code=trust_remote_code,
-                         attn_implementation=attn_implementation)
+    model = load_adapted(
+        first, task="reward", trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
+    )
     model.load_state_dict(averaged_state_dict([read_weights(Path(member)) for member in saved_members]))
     averaged_dir = out_dir.parent / f".{out_dir.name}.averaged"
-    save_adapted(model, load_tokenizer(str(first), trust_remote_code=trust_remote_code), averaged_dir,
-                 AdaptationConfig(adaptation_method="full"))
+    save_adapted(
+        model,
+        load_tokenizer(str(first), trust_remote_code=trust_remote_code),
+        averaged_dir,
+        AdaptationConfig(adaptation_method="full"),
+    )
     with atomic_directory(out_dir) as staging:
         for item in averaged_dir.iterdir():
             os.replace(item, staging / item.name)

@@ -38,8 +38,13 @@ def evaluate(model_dir: str | Path, config, tokenizer, rankings: Sequence[Rankin
     return metrics
 
 
-def ensemble_metrics(model_dir: str | Path, config, rankings: Sequence[Ranking], by_member: list[list[list[float]]],
-                     mean: list[list[float]]) -> dict[str, Any]:
+def ensemble_metrics(
+    model_dir: str | Path,
+    config,
+    rankings: Sequence[Ranking],
+    by_member: list[list[list[float]]],
+    mean: list[list[float]],
+) -> dict[str, Any]:
     """Each member's held-out pairwise accuracy, how much the members disagree (`ensemble_spread`), and how their
     weight average (the directory's top-level model, PPO's critic start) scores: its accuracy and the correlation
     of its scores with the members' mean."""
@@ -47,16 +52,23 @@ def ensemble_metrics(model_dir: str | Path, config, rankings: Sequence[Ranking],
     averaged, tokenizer, normalization = single_reward_model(str(model_dir), config.trust_remote_code)
     averaged_rewards = _scored_by_member(averaged, tokenizer, rankings, normalization, config, model_dir)[0]
     flat_mean, flat_averaged = ([x for row in rows for x in row] for rows in (mean, averaged_rewards))
-    return {"ensemble_size": len(by_member),
-            "eval_member_pairwise_accuracy": [ranking_metrics(rewards, ranks)["pairwise_accuracy"]
-                                              for rewards in by_member],
-            **{f"eval_{key}": value for key, value in ensemble_spread(by_member).items()},
-            "eval_averaged_pairwise_accuracy": ranking_metrics(averaged_rewards, ranks)["pairwise_accuracy"],
-            "eval_averaged_mean_correlation": pearson(flat_averaged, flat_mean)}
+    return {
+        "ensemble_size": len(by_member),
+        "eval_member_pairwise_accuracy": [
+            ranking_metrics(rewards, ranks)["pairwise_accuracy"] for rewards in by_member
+        ],
+        **{f"eval_{key}": value for key, value in ensemble_spread(by_member).items()},
+        "eval_averaged_pairwise_accuracy": ranking_metrics(averaged_rewards, ranks)["pairwise_accuracy"],
+        "eval_averaged_mean_correlation": pearson(flat_averaged, flat_mean),
+    }
 
 
-def write_calibration(output_dir: Path, rewards: list[list[float]], ranks: list[list[int]],
-                      by_member: list[list[list[float]]] | None = None) -> dict[str, float]:
+def write_calibration(
+    output_dir: Path,
+    rewards: list[list[float]],
+    ranks: list[list[int]],
+    by_member: list[list[list[float]]] | None = None,
+) -> dict[str, float]:
     """{"eval_ece", "eval_calibration_pairs"} for the metrics; the bins in output_dir/calibration.json. With an
     ensemble's `by_member` rewards, the calibration of their mean (`rewards`) and, under "uncertainty", the
     members' spread against the mean's error rate, whose least and most uncertain tenths go into the metrics."""
@@ -73,40 +85,69 @@ def write_calibration(output_dir: Path, rewards: list[list[float]], ranks: list[
     return metrics
 
 
-def _scored_by_member(model, tokenizer, rankings: Sequence[Ranking], normalization, config,
-                      model_dir: str | Path) -> list[list[list[float]]]:
+def _scored_by_member(
+    model, tokenizer, rankings: Sequence[Ranking], normalization, config, model_dir: str | Path
+) -> list[list[list[float]]]:
     """`rankings_by_member`, read as the RM stage trains the model (its max_length, the stop tokens of
     `model_dir`, shared prompts where the config has them)."""
     from rlhf.shared_prompt.forward import OFF, reward_model_support
 
     # Rank 0 alone scores here; the training already said whether the model fails the check.
     shared = reward_model_support(members_of(model)[0], across_ranks=False) if config.shared_prompt_forward else OFF
-    return rankings_by_member(model, tokenizer, rankings, normalization, config.max_length,
-                              stop_token_ids_of(str(model_dir), tokenizer), shared_prompt=shared)
+    return rankings_by_member(
+        model,
+        tokenizer,
+        rankings,
+        normalization,
+        config.max_length,
+        stop_token_ids_of(str(model_dir), tokenizer),
+        shared_prompt=shared,
+    )
 
 
-def score_rankings(model, tokenizer, rankings: Sequence[Ranking], normalization, max_length: int,
-                   stop_token_ids: Sequence[int] = (), shared_prompt=None) -> list[list[float]]:
+def score_rankings(
+    model,
+    tokenizer,
+    rankings: Sequence[Ranking],
+    normalization,
+    max_length: int,
+    stop_token_ids: Sequence[int] = (),
+    shared_prompt=None,
+) -> list[list[float]]:
     """The reward of every completion of every ranking, one row per ranking (an ensemble's: its members' mean),
     each response through each model once (`rankings_by_member`)."""
-    return mean_rows(rankings_by_member(model, tokenizer, rankings, normalization, max_length, stop_token_ids,
-                                        shared_prompt))
+    return mean_rows(
+        rankings_by_member(model, tokenizer, rankings, normalization, max_length, stop_token_ids, shared_prompt)
+    )
 
 
-def rankings_by_member(model, tokenizer, rankings: Sequence[Ranking], normalization, max_length: int,
-                       stop_token_ids: Sequence[int] = (), shared_prompt=None) -> list[list[list[float]]]:
+def rankings_by_member(
+    model,
+    tokenizer,
+    rankings: Sequence[Ranking],
+    normalization,
+    max_length: int,
+    stop_token_ids: Sequence[int] = (),
+    shared_prompt=None,
+) -> list[list[list[float]]]:
     """Each member's reward of every completion of every ranking, [member][ranking][completion] (one member for a
     single reward model); with `shared_prompt`, a ranking's completions behind one copy of its prompt
     (`score_texts_by_member`)."""
-    by_member = score_texts_by_member(model, tokenizer, [r.prompt for r in rankings for _ in r.completions],
-                                      [c for r in rankings for c in r.completions], normalization=normalization,
-                                      stop_token_ids=stop_token_ids, max_length=max_length,
-                                      shared_prompt=shared_prompt)
+    by_member = score_texts_by_member(
+        model,
+        tokenizer,
+        [r.prompt for r in rankings for _ in r.completions],
+        [c for r in rankings for c in r.completions],
+        normalization=normalization,
+        stop_token_ids=stop_token_ids,
+        max_length=max_length,
+        shared_prompt=shared_prompt,
+    )
     result = []
     for flat in by_member:
         rows, at = [], 0
         for ranking in rankings:
-            rows.append(flat[at:at + ranking.k])
+            rows.append(flat[at : at + ranking.k])
             at += ranking.k
         result.append(rows)
     return result
@@ -122,9 +163,9 @@ def mean_rows(by_member: Sequence[Sequence[Sequence[float]]]) -> list[list[float
 def ensemble_spread(by_member: Sequence[Sequence[Sequence[float]]]) -> dict[str, float]:
     """How much an ensemble's members disagree on held-out responses, [member][ranking][completion] rewards:
 
-        ensemble_std            mean over responses i of the members' (population) std, sqrt(1/k Σ_m (r_mi − r̄_i)²)
-        ensemble_relative_std   ensemble_std / the (population) std of r̄_i over the responses: the disagreement
-                                in units of how much the mean tells responses apart (free of the reward scale)
+    ensemble_std            mean over responses i of the members' (population) std, sqrt(1/k Σ_m (r_mi − r̄_i)²)
+    ensemble_relative_std   ensemble_std / the (population) std of r̄_i over the responses: the disagreement
+                            in units of how much the mean tells responses apart (free of the reward scale)
     """
     members = [[x for row in rows for x in row] for rows in by_member]
     means = [sum(values) / len(values) for values in zip(*members)]
@@ -190,8 +231,11 @@ def ranking_metrics(rewards: Sequence[Sequence[float]], ranks: Sequence[Sequence
         by_k[len(slots)][0] += row_correct
         by_k[len(slots)][1] += len(pairs)
         taus.append(kendall_tau_b(scores, [-p for p in places]))
-    metrics = {"pairwise_accuracy": correct / total if total else float("nan"), "pairs": float(total),
-               "kendall_tau": fmean(taus) if taus else float("nan")}
+    metrics = {
+        "pairwise_accuracy": correct / total if total else float("nan"),
+        "pairs": float(total),
+        "kendall_tau": fmean(taus) if taus else float("nan"),
+    }
     for k, (k_correct, k_total) in sorted(by_k.items()):
         metrics[f"pairwise_accuracy_k{k}"] = k_correct / k_total
     return metrics

@@ -71,7 +71,9 @@ def pairwise_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) 
     No pairs gives 0 with a gradient path, as `kway_ranking_loss` does.
     """
     if chosen_rewards.shape != rejected_rewards.shape:
-        raise ValueError(f"chosen and rejected rewards differ in shape: "
-                         f"{tuple(chosen_rewards.shape)} vs {tuple(rejected_rewards.shape)}")
+        raise ValueError(
+            f"chosen and rejected rewards differ in shape: "
+            f"{tuple(chosen_rewards.shape)} vs {tuple(rejected_rewards.shape)}"
+        )
     losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
     return losses.sum() / max(losses.numel(), 1)

@@ -65,10 +65,12 @@ def load_reward_model(path: str, trust_remote_code: bool = False, attn_implement
     if not is_ensemble(path):
         return single_reward_model(path, trust_remote_code, attn_implementation)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    loaded = [single_reward_model(str(member), trust_remote_code, attn_implementation)
-              for member in member_dirs(path)]
-    return (RewardEnsemble([model for model, _, _ in loaded]).eval(), tokenizer,
-            EnsembleNormalization(tuple(normalization for _, _, normalization in loaded)))
+    loaded = [single_reward_model(str(member), trust_remote_code, attn_implementation) for member in member_dirs(path)]
+    return (
+        RewardEnsemble([model for model, _, _ in loaded]).eval(),
+        tokenizer,
+        EnsembleNormalization(tuple(normalization for _, _, normalization in loaded)),
+    )
 
 
 def single_reward_model(path: str, trust_remote_code: bool = False, attn_implementation: str = DEFAULT_ATTENTION):
@@ -77,8 +79,9 @@ def single_reward_model(path: str, trust_remote_code: bool = False, attn_impleme
     from rlhf.models import load_tokenizer
 
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    model = load_adapted(path, task="reward", trust_remote_code=trust_remote_code,
-                         attn_implementation=attn_implementation)
+    model = load_adapted(
+        path, task="reward", trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
+    )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, RewardNormalization.load(path)
@@ -92,8 +95,8 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_token_id: int):
     input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
     for row, sequence in enumerate(sequences):
-        input_ids[row, :len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[row, :len(sequence)] = 1
+        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[row, : len(sequence)] = 1
     return input_ids, attention_mask
 
 
@@ -114,14 +117,24 @@ def member_scores(model, input_ids, attention_mask, shared_prompt=None, group_si
     """(N, k) each member's raw score of each sequence (`raw_scores`); k = 1 for a single reward model."""
     import torch
 
-    return torch.stack([raw_scores(member, input_ids, attention_mask, shared_prompt, group_sizes)
-                        for member in members_of(model)], dim=1)
+    return torch.stack(
+        [raw_scores(member, input_ids, attention_mask, shared_prompt, group_sizes) for member in members_of(model)],
+        dim=1,
+    )
 
 
-def score_texts(model, tokenizer, prompts: Sequence[Any], completions: Sequence[Any], *,
-                normalization: RewardNormalization | EnsembleNormalization | None = None,
-                stop_token_ids: Sequence[int] = (), max_length: int = 512, batch_size: int = 32,
-                shared_prompt=None) -> list[float]:
+def score_texts(
+    model,
+    tokenizer,
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    *,
+    normalization: RewardNormalization | EnsembleNormalization | None = None,
+    stop_token_ids: Sequence[int] = (),
+    max_length: int = 512,
+    batch_size: int = 32,
+    shared_prompt=None,
+) -> list[float]:
     """Normalised reward of each (prompt, completion), read as `reward_input_ids` gives it and scored in batches
     without gradients; an ensemble's is its members' mean (`score_texts_by_member`). An input over `max_length`
     loses the start of its prompt, never the end of its response (the stages fit their data to the limit first, so
@@ -129,18 +142,34 @@ def score_texts(model, tokenizer, prompts: Sequence[Any], completions: Sequence[
 
     `shared_prompt` (a `SharedPromptSupport`): consecutive pairs with the same prompt share one copy of it.
     """
-    by_member = score_texts_by_member(model, tokenizer, prompts, completions, normalization=normalization,
-                                      stop_token_ids=stop_token_ids, max_length=max_length, batch_size=batch_size,
-                                      shared_prompt=shared_prompt)
+    by_member = score_texts_by_member(
+        model,
+        tokenizer,
+        prompts,
+        completions,
+        normalization=normalization,
+        stop_token_ids=stop_token_ids,
+        max_length=max_length,
+        batch_size=batch_size,
+        shared_prompt=shared_prompt,
+    )
     if len(by_member) == 1:
         return by_member[0]
     return [sum(scores) / len(scores) for scores in zip(*by_member)]
 
 
-def score_texts_by_member(model, tokenizer, prompts: Sequence[Any], completions: Sequence[Any], *,
-                          normalization: RewardNormalization | EnsembleNormalization | None = None,
-                          stop_token_ids: Sequence[int] = (), max_length: int = 512, batch_size: int = 32,
-                          shared_prompt=None) -> list[list[float]]:
+def score_texts_by_member(
+    model,
+    tokenizer,
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    *,
+    normalization: RewardNormalization | EnsembleNormalization | None = None,
+    stop_token_ids: Sequence[int] = (),
+    max_length: int = 512,
+    batch_size: int = 32,
+    shared_prompt=None,
+) -> list[list[float]]:
     """`score_texts` of each member: scores[m][i] is member m's normalised reward of pair i (one row for a single
     reward model), each member less its own offset."""
     import torch
@@ -155,17 +184,25 @@ def score_texts_by_member(model, tokenizer, prompts: Sequence[Any], completions:
     device = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
-            ids = [reward_input_ids(tokenizer, p, c, stop_token_ids=stop_token_ids)[-max_length:]
-                   for p, c in zip(prompts[start:start + batch_size], completions[start:start + batch_size])]
+            ids = [
+                reward_input_ids(tokenizer, p, c, stop_token_ids=stop_token_ids)[-max_length:]
+                for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size])
+            ]
             input_ids, attention_mask = pad_right(ids, tokenizer.pad_token_id)
-            raw = member_scores(model, input_ids.to(device), attention_mask.to(device), shared_prompt,
-                                consecutive_runs(prompts[start:start + batch_size]))
+            raw = member_scores(
+                model,
+                input_ids.to(device),
+                attention_mask.to(device),
+                shared_prompt,
+                consecutive_runs(prompts[start : start + batch_size]),
+            )
             rows.extend((raw.float().cpu() - offsets).tolist())
     return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(members)]
 
 
-def normalization_records(config, inputs, train_rankings: Sequence[Ranking] = (), stop_token_ids: Sequence[int] = ()
-                          ) -> tuple[list[dict], str]:
+def normalization_records(
+    config, inputs, train_rankings: Sequence[Ranking] = (), stop_token_ids: Sequence[int] = ()
+) -> tuple[list[dict], str]:
     """(prompt/completion records, their source): the config's file, else the SFT parent's demonstrations (text or
     chat), else the best-ranked training completions; those over max_length follow the `overlong` policy."""
     from rlhf.data.demonstrations import load_demonstrations
@@ -177,25 +214,39 @@ def normalization_records(config, inputs, train_rankings: Sequence[Ranking] = ()
         if parent_train_file and Path(parent_train_file).exists():
             source = parent_train_file
     if source:
-        records = load_demonstrations(source)[:config.normalization_samples]
-        fitted = fit_demonstrations(records, inputs.tokenizer, max_length=config.max_length, policy=config.overlong,
-                                    file=source, stop_token_ids=stop_token_ids)
+        records = load_demonstrations(source)[: config.normalization_samples]
+        fitted = fit_demonstrations(
+            records,
+            inputs.tokenizer,
+            max_length=config.max_length,
+            policy=config.overlong,
+            file=source,
+            stop_token_ids=stop_token_ids,
+        )
         if fitted.over:
             print(f"normalisation: {source}: {fitted.summary()}", flush=True)
         return fitted.kept, source
     best = [{"prompt": r.prompt, "completion": r.completions[r.ranks.index(min(r.ranks))]} for r in train_rankings]
-    return best[:config.normalization_samples], "best-ranked training completions"
+    return best[: config.normalization_samples], "best-ranked training completions"
 
 
-def normalise(model_dir: str | Path, config, inputs, train_rankings: Sequence[Ranking] = (),
-              stop_token_ids: Sequence[int] = ()) -> RewardNormalization:
+def normalise(
+    model_dir: str | Path, config, inputs, train_rankings: Sequence[Ranking] = (), stop_token_ids: Sequence[int] = ()
+) -> RewardNormalization:
     """Save the bias that makes the mean reward of the demonstrations 0 (InstructGPT §C.2), for the one model saved
     at `model_dir` (an ensemble normalises each member and its average so)."""
-    model, tokenizer, _ = single_reward_model(str(model_dir), trust_remote_code=config.trust_remote_code,
-                                              attn_implementation=config.attn_implementation)
+    model, tokenizer, _ = single_reward_model(
+        str(model_dir), trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation
+    )
     records, source = normalization_records(config, inputs, train_rankings, stop_token_ids)
-    raw = score_texts(model, tokenizer, [r["prompt"] for r in records], [r["completion"] for r in records],
-                      stop_token_ids=stop_token_ids, max_length=config.max_length)
+    raw = score_texts(
+        model,
+        tokenizer,
+        [r["prompt"] for r in records],
+        [r["completion"] for r in records],
+        stop_token_ids=stop_token_ids,
+        max_length=config.max_length,
+    )
     normalization = RewardNormalization(offset=sum(raw) / len(raw), normalized_on=source, samples=len(raw))
     normalization.save(model_dir)
     return normalization

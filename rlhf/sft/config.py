@@ -20,8 +20,12 @@ class SFTStageConfig(CommonArguments, AdaptationConfig, SFTConfig):
 
     train_file: str = field(default="", metadata={"help": "Demonstrations: JSONL/JSON/CSV or a `datasets` directory."})
     eval_file: str = field(default="", metadata={"help": "Held-out demonstrations, same format. Empty: no evaluation."})
-    gold_scorer: str = field(default="", metadata={"help": "Name of a gold scorer ('demo') to grade greedy "
-                                                             "responses to held-out prompts before and after."})
+    gold_scorer: str = field(
+        default="",
+        metadata={
+            "help": "Name of a gold scorer ('demo') to grade greedy responses to held-out prompts before and after."
+        },
+    )
     gold_eval_prompts: int = field(default=100, metadata={"help": "How many held-out prompts the gold scorer grades."})
     gold_max_new_tokens: int = field(default=32, metadata={"help": "Length cap of those responses, in tokens."})
     output_dir: str = field(default="runs/sft", metadata={"help": "Checkpoints, metrics and the resolved config."})

@@ -9,15 +9,28 @@ from rlhf.data.formatting import demonstration_ids
 from rlhf.data.overlong import Fitted, fit_demonstrations
 
 
-def load_demonstration_splits(config, tokenizer, stop_token_ids: Sequence[int]
-                              ) -> list[tuple[str, str, Fitted[dict[str, Any]]]]:
+def load_demonstration_splits(
+    config, tokenizer, stop_token_ids: Sequence[int]
+) -> list[tuple[str, str, Fitted[dict[str, Any]]]]:
     """[("train", file, fitted demonstrations)] of an SFTStageConfig, then ("eval", ...) when there is an eval_file.
 
     Demonstrations over max_length follow the config's `overlong` policy."""
     named = [("train", config.train_file)] + ([("eval", config.eval_file)] if config.eval_file else [])
-    return [(name, path, fit_demonstrations(load_demonstrations(path), tokenizer, max_length=config.max_length,
-                                            policy=config.overlong, file=path, stop_token_ids=stop_token_ids))
-            for name, path in named]
+    return [
+        (
+            name,
+            path,
+            fit_demonstrations(
+                load_demonstrations(path),
+                tokenizer,
+                max_length=config.max_length,
+                policy=config.overlong,
+                file=path,
+                stop_token_ids=stop_token_ids,
+            ),
+        )
+        for name, path in named
+    ]
 
 
 def tokenized(records: Sequence[dict[str, Any]], tokenizer, stop_token_ids: Sequence[int]):
@@ -27,7 +40,8 @@ def tokenized(records: Sequence[dict[str, Any]], tokenizer, stop_token_ids: Sequ
 
     rows = []
     for record in records:
-        input_ids, completion_mask = demonstration_ids(tokenizer, record["prompt"], record["completion"],
-                                                       stop_token_ids)
+        input_ids, completion_mask = demonstration_ids(
+            tokenizer, record["prompt"], record["completion"], stop_token_ids
+        )
         rows.append({"input_ids": input_ids, "completion_mask": completion_mask})
     return datasets.Dataset.from_list(rows)

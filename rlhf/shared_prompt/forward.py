@@ -92,12 +92,16 @@ def per_position_scores(model: nn.Module, **inputs: torch.Tensor) -> torch.Tenso
 
 
 def rows_inputs(rows, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {"input_ids": rows.input_ids, "attention_mask": rows.attention_mask(dtype),
-            "position_ids": rows.position_ids}
+    return {
+        "input_ids": rows.input_ids,
+        "attention_mask": rows.attention_mask(dtype),
+        "position_ids": rows.position_ids,
+    }
 
 
-def shared_prompt_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         group_sizes: Sequence[int]) -> torch.Tensor:
+def shared_prompt_scores(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, group_sizes: Sequence[int]
+) -> torch.Tensor:
     """(N,) a reward model's raw score of each sequence of a padded batch whose consecutive groups of
     `group_sizes` sequences share their prompts, each group's prompt computed once."""
     rows = shared_prompt_rows(input_ids, attention_mask, group_sizes)
@@ -105,8 +109,15 @@ def shared_prompt_scores(model: nn.Module, input_ids: torch.Tensor, attention_ma
     return scores[rows.last_tokens()]
 
 
-def forward_shared(forward: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor], group_sizes: Sequence[int],
-                   start: int, stop: int, dtype: torch.dtype, row_tokens: int = 0) -> torch.Tensor:
+def forward_shared(
+    forward: Callable[..., torch.Tensor],
+    inputs: dict[str, torch.Tensor],
+    group_sizes: Sequence[int],
+    start: int,
+    stop: int,
+    dtype: torch.dtype,
+    row_tokens: int = 0,
+) -> torch.Tensor:
     """forward(input_ids=, attention_mask=, position_ids=) -> (R, C, ...) per-token outputs on shared-prompt rows,
     returned for the padded columns [start, stop) of `inputs` as (B, stop - start, ...); 0 at padding."""
     rows = shared_prompt_rows(inputs["input_ids"], inputs["attention_mask"], group_sizes, row_tokens)
@@ -114,8 +125,7 @@ def forward_shared(forward: Callable[..., torch.Tensor], inputs: dict[str, torch
 
 
 @torch.no_grad()
-def keeps_responses_apart(forward: Callable[..., torch.Tensor], module: nn.Module, vocab_size: int,
-                          device) -> bool:
+def keeps_responses_apart(forward: Callable[..., torch.Tensor], module: nn.Module, vocab_size: int, device) -> bool:
     """Whether forward(input_ids=, attention_mask=, position_ids=)'s per-token outputs of a prompt with two
     responses in one shared row equal those of each sequence run alone, as the model runs it by default."""
     # Five tokens at most, within any sliding window a model would have.
@@ -126,16 +136,22 @@ def keeps_responses_apart(forward: Callable[..., torch.Tensor], module: nn.Modul
     input_ids = torch.tensor([s + [0] * (width - len(s)) for s in sequences], device=device)
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
     with probes.without_dropout(module):
-        shared = forward_shared(forward, {"input_ids": input_ids, "attention_mask": mask}, [2], 0, width,
-                                probes.parameter_dtype(module))
-        alone = [forward(input_ids=torch.tensor([s], device=device),
-                         attention_mask=torch.ones((1, len(s)), dtype=torch.long, device=device))[0]
-                 for s in sequences]
-    return all(probes.same_outputs(shared[row, :len(s)], alone[row], module) for row, s in enumerate(sequences))
+        shared = forward_shared(
+            forward, {"input_ids": input_ids, "attention_mask": mask}, [2], 0, width, probes.parameter_dtype(module)
+        )
+        alone = [
+            forward(
+                input_ids=torch.tensor([s], device=device),
+                attention_mask=torch.ones((1, len(s)), dtype=torch.long, device=device),
+            )[0]
+            for s in sequences
+        ]
+    return all(probes.same_outputs(shared[row, : len(s)], alone[row], module) for row, s in enumerate(sequences))
 
 
-def check_support(forward: Callable[..., torch.Tensor], module: nn.Module, model_config, device, *,
-                  across_ranks: bool) -> SharedPromptSupport:
+def check_support(
+    forward: Callable[..., torch.Tensor], module: nn.Module, model_config, device, *, across_ranks: bool
+) -> SharedPromptSupport:
     """Whether shared-prompt forwards give `forward` its own outputs, decided before any training.
 
     `across_ranks`: every rank runs the same check (ZeRO-3 gathers for it) and the most cautious answer wins;
@@ -166,8 +182,16 @@ def reward_model_support(model: nn.Module, *, across_ranks: bool) -> SharedPromp
     if isinstance(model, nn.DataParallel):
         # Its replicas run parts of the rows in threads, each through the one head: the outputs read there would
         # be one replica's part.
-        return SharedPromptSupport(False, "torch's DataParallel splits its rows over several GPUs (launch with "
-                                          "torchrun or deepspeed for one process per GPU)")
+        return SharedPromptSupport(
+            False,
+            "torch's DataParallel splits its rows over several GPUs (launch with "
+            "torchrun or deepspeed for one process per GPU)",
+        )
     device = next(model.parameters()).device
-    return check_support(lambda **inputs: per_position_scores(model, **inputs), model, unwrapped(model).config,
-                         device, across_ranks=across_ranks)
+    return check_support(
+        lambda **inputs: per_position_scores(model, **inputs),
+        model,
+        unwrapped(model).config,
+        device,
+        across_ranks=across_ranks,
+    )

@@ -64,8 +64,9 @@ def group_of_each(group_sizes: Sequence[int], device=None) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes)
 
 
-def shared_prefix_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          group_sizes: Sequence[int]) -> torch.Tensor:
+def shared_prefix_lengths(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, group_sizes: Sequence[int]
+) -> torch.Tensor:
     """(G,) how many first real tokens all sequences of each group have in common, at most the group's shortest
     length - 1: every sequence keeps a token of its own, at which its last output is read.
 
@@ -101,7 +102,8 @@ class SharedPromptRows(PackedBatch):
         attention adds to its scores and sdpa takes as it is."""
         allowed = may_attend(self.group_ids, self.segment_ids)
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-            ~allowed, torch.finfo(dtype).min)[:, None]
+            ~allowed, torch.finfo(dtype).min
+        )[:, None]
 
     def last_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, columns), (N,) each, of each sequence's last real token: where a reward model's score is read."""
@@ -120,8 +122,9 @@ def may_attend(group_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tens
     return causal & same_group & visible
 
 
-def shared_prompt_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, group_sizes: Sequence[int],
-                       row_tokens: int = 0) -> SharedPromptRows:
+def shared_prompt_rows(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, group_sizes: Sequence[int], row_tokens: int = 0
+) -> SharedPromptRows:
     """The groups of a padded (N, L) batch as shared-prompt rows of at most max(longest group, row_tokens) tokens,
     groups placed first fit in their order (`plan_rows`).
 
@@ -164,5 +167,4 @@ def shared_prompt_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, gr
     group_ids = torch.full(shape, -1, dtype=torch.long, device=device).index_put((rows, columns), its_group)
     segment = torch.where(shared, 0, batch - first[its_group] + 1)
     segment_ids = torch.full(shape, -1, dtype=torch.long, device=device).index_put((rows, columns), segment)
-    return SharedPromptRows(packed_ids, positions, mask, rows, columns, group_ids=group_ids,
-                            segment_ids=segment_ids)
+    return SharedPromptRows(packed_ids, positions, mask, rows, columns, group_ids=group_ids, segment_ids=segment_ids)

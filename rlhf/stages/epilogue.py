@@ -42,17 +42,34 @@ def save_final_model(module, tokenizer, final_dir: Path, adaptation, *, zero3: b
     save_adapted_partitioned(module, tokenizer, final_dir, adaptation)
 
 
-def write_and_register(config, registry: Registry, final_dir: Path, *, stage: str, metrics: dict[str, Any],
-                       base_model: str, parents: Iterable[str], data_files: list[str]) -> Entry:
+def write_and_register(
+    config,
+    registry: Registry,
+    final_dir: Path,
+    *,
+    stage: str,
+    metrics: dict[str, Any],
+    base_model: str,
+    parents: Iterable[str],
+    data_files: list[str],
+) -> Entry:
     """Write the run's record beside its outputs and register `final_dir` (rank 0 only)."""
     output_dir = Path(config.output_dir)
     write_resolved_config(config, output_dir)
     atomic_write_json(output_dir / run_files.METRICS, metrics)
     name, run_id = config.register_as or stage, uuid.uuid4().hex
     atomic_write_json(output_dir / run_files.REGISTERING, {"name": name, "run_id": run_id})
-    entry = registry.register(name, stage, final_dir, base_model=base_model,
-                              parents=list(parents), data_fingerprint=fingerprint_files(data_files),
-                              config=config_to_dict(config), metrics=metrics, run_id=run_id)
+    entry = registry.register(
+        name,
+        stage,
+        final_dir,
+        base_model=base_model,
+        parents=list(parents),
+        data_fingerprint=fingerprint_files(data_files),
+        config=config_to_dict(config),
+        metrics=metrics,
+        run_id=run_id,
+    )
     atomic_write_json(output_dir / run_files.REGISTERED, {"reference": entry.reference, "path": entry.path})
     return entry
 
@@ -69,9 +86,18 @@ def metrics_before_training(trainer) -> dict[str, Any]:
     return {}
 
 
-def save_and_register(trainer, config, inputs, metrics: dict[str, Any], *, stage: str, data_files: list[str],
-                      gold_prompts: list, task: str = "causal_lm",
-                      after_save: Callable[[Path], dict[str, Any]] | None = None) -> Entry | None:
+def save_and_register(
+    trainer,
+    config,
+    inputs,
+    metrics: dict[str, Any],
+    *,
+    stage: str,
+    data_files: list[str],
+    gold_prompts: list,
+    task: str = "causal_lm",
+    after_save: Callable[[Path], dict[str, Any]] | None = None,
+) -> Entry | None:
     """A Trainer stage's end: save the trained model, grade it, write the run's files and register it.
 
     `after_save(saved_dir)` runs on rank 0 before registration and returns more metrics (the reward
@@ -80,16 +106,41 @@ def save_and_register(trainer, config, inputs, metrics: dict[str, Any], *, stage
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     final_dir = Path(config.output_dir) / run_files.FINAL_MODEL
-    save_final_model(trainer.model, inputs.tokenizer, final_dir, config, zero3=is_deepspeed_zero3_enabled(),
-                     engine=trainer.model_wrapped)
-    return register_on_main(config, inputs, final_dir, metrics, stage=stage, data_files=data_files,
-                            log_history=trainer.state.log_history, gold_prompts=gold_prompts, task=task,
-                            after_save=after_save)
+    save_final_model(
+        trainer.model,
+        inputs.tokenizer,
+        final_dir,
+        config,
+        zero3=is_deepspeed_zero3_enabled(),
+        engine=trainer.model_wrapped,
+    )
+    return register_on_main(
+        config,
+        inputs,
+        final_dir,
+        metrics,
+        stage=stage,
+        data_files=data_files,
+        log_history=trainer.state.log_history,
+        gold_prompts=gold_prompts,
+        task=task,
+        after_save=after_save,
+    )
 
 
-def register_on_main(config, inputs, final_dir: Path, metrics: dict[str, Any], *, stage: str, data_files: list[str],
-                     log_history: list[dict], gold_prompts: list = (), task: str = "causal_lm",
-                     after_save: Callable[[Path], dict[str, Any]] | None = None) -> Entry | None:
+def register_on_main(
+    config,
+    inputs,
+    final_dir: Path,
+    metrics: dict[str, Any],
+    *,
+    stage: str,
+    data_files: list[str],
+    log_history: list[dict],
+    gold_prompts: list = (),
+    task: str = "causal_lm",
+    after_save: Callable[[Path], dict[str, Any]] | None = None,
+) -> Entry | None:
     """What follows the save of a Trainer stage's model at `final_dir` (every rank calls it; rank 0 works): grade
     it, `after_save`, write the run's files (the Trainer's `log_history` among them) and register it."""
     from rlhf import _compat
@@ -103,9 +154,16 @@ def register_on_main(config, inputs, final_dir: Path, metrics: dict[str, Any], *
         if after_save is not None:
             metrics.update(after_save(final_dir))
         _write_trainer_records(log_history, config, metrics)
-        return write_and_register(config, inputs.registry, final_dir, stage=stage, metrics=metrics,
-                                  base_model=(inputs.parent.base_model if inputs.parent else "") or inputs.model_path,
-                                  parents=[inputs.parent.reference] if inputs.parent else [], data_files=data_files)
+        return write_and_register(
+            config,
+            inputs.registry,
+            final_dir,
+            stage=stage,
+            metrics=metrics,
+            base_model=(inputs.parent.base_model if inputs.parent else "") or inputs.model_path,
+            parents=[inputs.parent.reference] if inputs.parent else [],
+            data_files=data_files,
+        )
 
 
 def _graded(config, inputs, final_dir: Path, gold_prompts: list, task: str) -> dict[str, Any]:
@@ -114,8 +172,12 @@ def _graded(config, inputs, final_dir: Path, gold_prompts: list, task: str) -> d
     from rlhf.adaptation import load_adapted
     from rlhf.evaluation import gold_metrics
 
-    saved = load_adapted(str(final_dir), task=task, trust_remote_code=config.trust_remote_code,
-                         attn_implementation=config.attn_implementation)
+    saved = load_adapted(
+        str(final_dir),
+        task=task,
+        trust_remote_code=config.trust_remote_code,
+        attn_implementation=config.attn_implementation,
+    )
     return gold_metrics(saved, inputs.tokenizer, gold_prompts, config, suffix="after")
 
 

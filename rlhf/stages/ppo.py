@@ -25,6 +25,7 @@ import torch
 from rlhf import distributed, host_memory, run_files
 from rlhf.errors import RLHFError, exits_cleanly
 from rlhf.generation import stop_token_ids
+
 # Modules, not their functions: the phases are looked up when they run, so a profiler can wrap them.
 from rlhf.ppo import checkpoint, engines, evaluation, experience, mismatch, rollouts, tracking, update
 from rlhf.ppo import inputs as ppo_inputs
@@ -63,40 +64,59 @@ class PPORecipe:
         # vLLM (rollout_engine vllm) loads in its own process while the DeepSpeed engines are built.
         self.vllm = rollouts.start_vllm_engine(config, self.inputs) if config.rollout_engine == "vllm" else None
         self.engines = engines.build_engines(config, self.inputs.paths, self.tokenizer)
-        self.sampling = sampling_settings_for(self.tokenizer, config.temperature, config.top_k, config.top_p,
-                                              config.max_new_tokens,
-                                              stop_token_ids(self.tokenizer, self.engines.actor.module))
+        self.sampling = sampling_settings_for(
+            self.tokenizer,
+            config.temperature,
+            config.top_k,
+            config.top_p,
+            config.max_new_tokens,
+            stop_token_ids(self.tokenizer, self.engines.actor.module),
+        )
         self.generation_config = self.sampling.generation_config(self.tokenizer)
         self.zero3_generation = experience.choose_zero3_generation(config.zero3_generation, self.engines.actor)
-        self.rollouts = rollouts.make_rollouts(config, self.vllm, self.sampling, self.tokenizer,
-                                               self.generation_config, self.zero3_generation)
-        self.kl_controller = make_kl_controller(config.kl_coef, config.adaptive_kl, config.target_kl,
-                                                config.kl_horizon)
+        self.rollouts = rollouts.make_rollouts(
+            config, self.vllm, self.sampling, self.tokenizer, self.generation_config, self.zero3_generation
+        )
+        self.kl_controller = make_kl_controller(config.kl_coef, config.adaptive_kl, config.target_kl, config.kl_horizon)
         self.moments = RunningMoments() if config.normalize_scores else None
         self.gold = ppo_inputs.gold_scorer_or_none(config)
         self.aggregation = evaluation.reward_aggregation(config)  # one score from an ensemble's members
         self.update_settings = update.UpdateSettings(
-            ppo_epochs=config.ppo_epochs, minibatch_size=config.minibatch_size, cliprange=config.cliprange,
-            cliprange_value=config.cliprange_value, vf_coef=config.vf_coef, ptx_coef=config.ptx_coef,
-            sampling=self.sampling, actor_row_tokens=self.engines.row_tokens["actor"],
-            critic_row_tokens=self.engines.row_tokens["critic"], samples_per_prompt=config.samples_per_prompt,
+            ppo_epochs=config.ppo_epochs,
+            minibatch_size=config.minibatch_size,
+            cliprange=config.cliprange,
+            cliprange_value=config.cliprange_value,
+            vf_coef=config.vf_coef,
+            ptx_coef=config.ptx_coef,
+            sampling=self.sampling,
+            actor_row_tokens=self.engines.row_tokens["actor"],
+            critic_row_tokens=self.engines.row_tokens["critic"],
+            samples_per_prompt=config.samples_per_prompt,
             loss_aggregation=config.loss_aggregation,
             kl_loss_coef=config.kl_coef if config.kl_in_loss else None,
             actor_shared_prompt=self.engines.shared_prompt["actor"],
-            critic_shared_prompt=self.engines.shared_prompt["critic"], rollout_is_cap=config.rollout_is_cap)
+            critic_shared_prompt=self.engines.shared_prompt["critic"],
+            rollout_is_cap=config.rollout_is_cap,
+        )
         checkpoint.remove_partial_saves(config.output_dir)
         self.resume()
         # The engine starts from random weights of the actor's shape: the actor's (resumed) weights go in now.
         self.rollouts.sync(self.engines.actor)
         ptx = ppo_inputs.ptx_examples(config, self.tokenizer, self.sampling.stop_token_ids) if config.ptx_coef else None
         self.overlong = prologue.report_overlong(config.output_dir, self.inputs.fitted + ([ptx] if ptx else []))
-        self.ptx = ppo_inputs.ptx_iterator(config, ptx[2].kept if ptx else [], self.tokenizer.pad_token_id,
-                                           start_batch=self.state["step"] * config.updates_per_step)
-        self.logger = tracking.MetricsLogger(config.output_dir, config.report_to, config.steps, self.state["step"],
-                                             show_progress=not config.disable_tqdm)
+        self.ptx = ppo_inputs.ptx_iterator(
+            config,
+            ptx[2].kept if ptx else [],
+            self.tokenizer.pad_token_id,
+            start_batch=self.state["step"] * config.updates_per_step,
+        )
+        self.logger = tracking.MetricsLogger(
+            config.output_dir, config.report_to, config.steps, self.state["step"], show_progress=not config.disable_tqdm
+        )
         # Held-out RM score, gold score and KL every eval_steps: PPO's points against best-of-N (Gao et al. 2022).
-        self.held_out = evaluation.HeldOutEvaluation(config, self.inputs, self.tokenizer, self.sampling,
-                                                     self.rollouts, self.gold, self.state["step"])
+        self.held_out = evaluation.HeldOutEvaluation(
+            config, self.inputs, self.tokenizer, self.sampling, self.rollouts, self.gold, self.state["step"]
+        )
         self.held_out.evaluate_if_due(self.state["step"], self.engines)
         self.stop = StopRequest()
 
@@ -145,27 +165,52 @@ class PPORecipe:
         # 2. Score: log π_old and log π_ref under the sampling distribution, V(s_t) (GAE), reward-model scores
         #    (an ensemble's members' scores, aggregated by reward_aggregation). log π_old is the actor's own,
         #    whichever engine sampled.
-        rollout = experience.score(models, batch, response_ids, tokenizer, self.sampling, config.reward_input_limit,
-                                   config.scoring_batch_size, self.aggregation)
+        rollout = experience.score(
+            models,
+            batch,
+            response_ids,
+            tokenizer,
+            self.sampling,
+            config.reward_input_limit,
+            config.scoring_batch_size,
+            self.aggregation,
+        )
         rollout.engine_logprobs = engine_logprobs
         scored = time.perf_counter()
 
         # 3. Advantages: per-token rewards with the KL penalty (unless it is a loss term), then GAE and whitening,
         #    or the critic-free estimator's.
-        shaping = experience.RewardShaping(0.0 if config.kl_in_loss else self.kl_controller.value,
-                                           config.kl_estimator, config.score_clip, config.missing_eos_penalty,
-                                           config.gamma, config.lam, config.advantage_estimator,
-                                           config.samples_per_prompt, config.scale_rewards)
+        shaping = experience.RewardShaping(
+            0.0 if config.kl_in_loss else self.kl_controller.value,
+            config.kl_estimator,
+            config.score_clip,
+            config.missing_eos_penalty,
+            config.gamma,
+            config.lam,
+            config.advantage_estimator,
+            config.samples_per_prompt,
+            config.scale_rewards,
+        )
         rollout, kl = experience.with_advantages(rollout, shaping, self.sampling.stop_token_ids, self.moments)
 
         # 4. Update: PPO epochs over minibatches of whole groups; a non-finite loss skips its update.
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         try:
-            result = update.ppo_update(models.actor, models.critic, rollout, self.update_settings, generator,
-                                       self.ptx, self.state["consecutive_skips"], config.max_consecutive_nonfinite)
+            result = update.ppo_update(
+                models.actor,
+                models.critic,
+                rollout,
+                self.update_settings,
+                generator,
+                self.ptx,
+                self.state["consecutive_skips"],
+                config.max_consecutive_nonfinite,
+            )
         except update.NonFiniteLossError as error:
-            raise RLHFError(f"stopped at step {step + 1}: {error}; the last good checkpoint is "
-                            f"{self.last_saved or 'none (no checkpoint was saved yet)'}") from None
+            raise RLHFError(
+                f"stopped at step {step + 1}: {error}; the last good checkpoint is "
+                f"{self.last_saved or 'none (no checkpoint was saved yet)'}"
+            ) from None
         self.state["skipped_updates"] += result.skipped
         self.state["consecutive_skips"] = result.consecutive_skips
         trained = time.perf_counter()
@@ -178,38 +223,71 @@ class PPORecipe:
         engine_metrics = {}
         if engine_logprobs is not None:
             gap, kl_engine = mismatch.logprob_gap(engine_logprobs, rollout.logprobs, rollout.response_mask)
-            engine_metrics = {"rollout_logprob_gap": gap, "rollout_logprob_kl": kl_engine,
-                              "time_weight_sync": sync_seconds}
-        row = tracking.step_metrics(step + 1, rollout, kl, result, self.kl_controller.value, prompts, texts,
-                                     self.gold, times=(generated - started, scored - generated, trained - scored),
-                                     skipped_updates=self.state["skipped_updates"], ptx=self.ptx is not None,
-                                     eos_token_id=self.sampling.stop_token_ids, kl_loss=config.kl_in_loss,
-                                     extra=engine_metrics)
+            engine_metrics = {
+                "rollout_logprob_gap": gap,
+                "rollout_logprob_kl": kl_engine,
+                "time_weight_sync": sync_seconds,
+            }
+        row = tracking.step_metrics(
+            step + 1,
+            rollout,
+            kl,
+            result,
+            self.kl_controller.value,
+            prompts,
+            texts,
+            self.gold,
+            times=(generated - started, scored - generated, trained - scored),
+            skipped_updates=self.state["skipped_updates"],
+            ptx=self.ptx is not None,
+            eos_token_id=self.sampling.stop_token_ids,
+            kl_loss=config.kl_in_loss,
+            extra=engine_metrics,
+        )
         row["learning_rate"] = models.actor.get_lr()[0]  # the schedule's value for the next step
         return row
 
     def save_checkpoint(self, step: int) -> None:
-        trainer_state = {"step": step, "kl_controller": self.kl_controller.state_dict(),
-                         "skipped_updates": self.state["skipped_updates"],
-                         "consecutive_skips": self.state["consecutive_skips"],
-                         "score_moments": self.moments.state_dict() if self.moments is not None else None}
-        self.last_saved = checkpoint.save_checkpoint(self.config.output_dir, step, self.engines.actor,
-                                                     self.engines.critic, trainer_state, self.config.save_total_limit)
+        trainer_state = {
+            "step": step,
+            "kl_controller": self.kl_controller.state_dict(),
+            "skipped_updates": self.state["skipped_updates"],
+            "consecutive_skips": self.state["consecutive_skips"],
+            "score_moments": self.moments.state_dict() if self.moments is not None else None,
+        }
+        self.last_saved = checkpoint.save_checkpoint(
+            self.config.output_dir,
+            step,
+            self.engines.actor,
+            self.engines.critic,
+            trainer_state,
+            self.config.save_total_limit,
+        )
 
     def finish(self):
         """6. Save the policy in Hugging Face format, compare it with the SFT policy on held-out prompts, register.
         Returns the registry entry (None off rank 0)."""
         config = self.config
         final_dir = Path(config.output_dir) / run_files.FINAL_MODEL
-        epilogue.save_final_model(self.engines.actor.module, self.tokenizer, final_dir,
-                                  engines.adaptation_for(config, config.adaptation_method),
-                                  zero3=engines.zero_stage(self.engines.actor) == 3, engine=self.engines.actor)
+        epilogue.save_final_model(
+            self.engines.actor.module,
+            self.tokenizer,
+            final_dir,
+            engines.adaptation_for(config, config.adaptation_method),
+            zero3=engines.zero_stage(self.engines.actor) == 3,
+            engine=self.engines.actor,
+        )
         if not distributed.is_main_process():
             return None
-        metrics = {**evaluation.final_metrics(config, self.inputs, self.tokenizer, self.sampling, self.state,
-                                              final_dir, self.rollouts.engine), **self.overlong}
-        return epilogue.write_and_register(config, self.inputs.registry, final_dir, stage="ppo", metrics=metrics,
-                                           **self.inputs.lineage(config))
+        metrics = {
+            **evaluation.final_metrics(
+                config, self.inputs, self.tokenizer, self.sampling, self.state, final_dir, self.rollouts.engine
+            ),
+            **self.overlong,
+        }
+        return epilogue.write_and_register(
+            config, self.inputs.registry, final_dir, stage="ppo", metrics=metrics, **self.inputs.lineage(config)
+        )
 
     def cleanup(self) -> None:
         self.logger.close()

@@ -15,8 +15,10 @@ from rlhf.registry import Entry, Registry, resolve_model
 
 
 # What Ctrl-C leaves of a stage, and how to go on.
-STAGE_INTERRUPTED = ("the stage stopped; run the same command with --resume true to continue from its last "
-                     "checkpoint (SIGTERM instead saves one before stopping)")
+STAGE_INTERRUPTED = (
+    "the stage stopped; run the same command with --resume true to continue from its last "
+    "checkpoint (SIGTERM instead saves one before stopping)"
+)
 
 
 def run_from_command_line(config_class: type, run: Callable[[Any], Entry | None], argv: list[str] | None) -> None:
@@ -79,8 +81,12 @@ def load_trainable(inputs: StageInputs, config, task: str):
     # A new head (the reward model's score) and adapter weights start from the config's seed, not from whatever
     # the process drew before: a rerun, in this process or another, starts from the same weights.
     set_seed(config.seed)
-    model = load_adapted(inputs.model_path, task=task, trust_remote_code=config.trust_remote_code,
-                         attn_implementation=config.attn_implementation)
+    model = load_adapted(
+        inputs.model_path,
+        task=task,
+        trust_remote_code=config.trust_remote_code,
+        attn_implementation=config.attn_implementation,
+    )
     if task == "reward" and model.config.pad_token_id is None:
         # The score is read at the last non-padding token, which needs to know the padding token.
         model.config.pad_token_id = inputs.tokenizer.pad_token_id
@@ -138,6 +144,10 @@ def gold_metrics_of_start(model, inputs: StageInputs, prompts: list, config) -> 
 
     # Loading and generating both inside: under ZeRO-3, generate() would otherwise wait for the other ranks.
     with _compat.zero3_init_disabled():
-        whole = load_adapted(inputs.model_path, task="causal_lm", trust_remote_code=config.trust_remote_code,
-                             attn_implementation=config.attn_implementation)
+        whole = load_adapted(
+            inputs.model_path,
+            task="causal_lm",
+            trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation,
+        )
         return gold_metrics(whole, inputs.tokenizer, prompts, config, suffix="before")

@@ -37,11 +37,16 @@ def run(config: RMStageConfig):
     overlong = prologue.report_overlong(config.output_dir, splits)
     train_features = tokenize_rankings(train_rankings, inputs.tokenizer, stops)
     eval_features = tokenize_rankings(eval_rankings, inputs.tokenizer, stops)
-    metrics = {"train_rankings": len(train_rankings), "eval_rankings": len(eval_rankings),
-               "ensemble_size": config.ensemble_size, **overlong}
+    metrics = {
+        "train_rankings": len(train_rankings),
+        "eval_rankings": len(eval_rankings),
+        "ensemble_size": config.ensemble_size,
+        **overlong,
+    }
     if config.ensemble_size > 1:
-        return run_ensemble(config, inputs, stops, train_features, eval_features, train_rankings, eval_rankings,
-                            metrics)
+        return run_ensemble(
+            config, inputs, stops, train_features, eval_features, train_rankings, eval_rankings, metrics
+        )
 
     # 2-3. A scalar-head model on the SFT body, trained on the K-way ranking loss (`train_one`).
     trained = train_one(config, inputs, train_features, eval_features)
@@ -54,11 +59,22 @@ def run(config: RMStageConfig):
     def normalise_and_evaluate(saved_dir):
         keep_stop_tokens(inputs.model_path, saved_dir)
         normalization = normalise(saved_dir, config, inputs, train_rankings, stops)
-        return {"reward_offset": normalization.offset,
-                **evaluation.evaluate(saved_dir, config, inputs.tokenizer, eval_rankings)}
+        return {
+            "reward_offset": normalization.offset,
+            **evaluation.evaluate(saved_dir, config, inputs.tokenizer, eval_rankings),
+        }
 
-    return epilogue.save_and_register(trainer, config, inputs, metrics, stage="rm", data_files=[config.train_file],
-                                      gold_prompts=[], task="reward", after_save=normalise_and_evaluate)
+    return epilogue.save_and_register(
+        trainer,
+        config,
+        inputs,
+        metrics,
+        stage="rm",
+        data_files=[config.train_file],
+        gold_prompts=[],
+        task="reward",
+        after_save=normalise_and_evaluate,
+    )
 
 
 def train_one(config: RMStageConfig, inputs, train_features, eval_features):
@@ -73,8 +89,12 @@ def train_one(config: RMStageConfig, inputs, train_features, eval_features):
     metrics = prologue.parameter_counts(model)
     # The K-way ranking loss with the Trainer; held-out ranking metrics as it goes.
     trainer = RankingTrainer(
-        model=model, args=config, train_dataset=train_features, eval_dataset=eval_features or None,
-        data_collator=RankingCollator(inputs.tokenizer.pad_token_id), compute_metrics=compute_ranking_metrics,
+        model=model,
+        args=config,
+        train_dataset=train_features,
+        eval_dataset=eval_features or None,
+        data_collator=RankingCollator(inputs.tokenizer.pad_token_id),
+        compute_metrics=compute_ranking_metrics,
         shared_prompt_forward=config.shared_prompt_forward,
     )
     config.eval_on_start = bool(eval_features)  # the "before" numbers
@@ -91,8 +111,9 @@ def train_one(config: RMStageConfig, inputs, train_features, eval_features):
     return trainer, metrics
 
 
-def run_ensemble(config: RMStageConfig, inputs, stops, train_features, eval_features, train_rankings, eval_rankings,
-                 metrics: dict):
+def run_ensemble(
+    config: RMStageConfig, inputs, stops, train_features, eval_features, train_rankings, eval_rankings, metrics: dict
+):
     """k reward models (`ensemble_size`), each trained as `train_one` trains one with seed + i, so that their new
     heads and data orders differ; saved as one directory (rlhf.rm.ensemble) and registered as one entry."""
     from rlhf import run_files
@@ -102,8 +123,9 @@ def run_ensemble(config: RMStageConfig, inputs, stops, train_features, eval_feat
 
     # 2-3. Each member in its own output directory (its checkpoints: --resume continues the member it stopped in,
     #      and a member already saved is not trained again).
-    members = [member_run(config, index, inputs, train_features, eval_features)
-               for index in range(config.ensemble_size)]
+    members = [
+        member_run(config, index, inputs, train_features, eval_features) for index in range(config.ensemble_size)
+    ]
     if any(member is None for member in members):
         return None
     metrics.update(ensemble_training_metrics([member_metrics for _, member_metrics, _ in members]))
@@ -114,17 +136,35 @@ def run_ensemble(config: RMStageConfig, inputs, stops, train_features, eval_feat
     def assemble_normalise_evaluate(final_dir):
         for saved, _, _ in members:
             keep_stop_tokens(inputs.model_path, saved)
-        ensemble.assemble([saved for saved, _, _ in members], final_dir,
-                          trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation)
-        offsets = [normalise(member, config, inputs, train_rankings, stops).offset
-                   for member in ensemble.member_dirs(final_dir)]
+        ensemble.assemble(
+            [saved for saved, _, _ in members],
+            final_dir,
+            trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation,
+        )
+        offsets = [
+            normalise(member, config, inputs, train_rankings, stops).offset
+            for member in ensemble.member_dirs(final_dir)
+        ]
         averaged = normalise(final_dir, config, inputs, train_rankings, stops)
-        return {"reward_offset": averaged.offset, "member_reward_offsets": offsets,
-                **evaluation.evaluate(final_dir, config, inputs.tokenizer, eval_rankings)}
+        return {
+            "reward_offset": averaged.offset,
+            "member_reward_offsets": offsets,
+            **evaluation.evaluate(final_dir, config, inputs.tokenizer, eval_rankings),
+        }
 
     final_dir = Path(config.output_dir) / run_files.FINAL_MODEL
-    return epilogue.register_on_main(config, inputs, final_dir, metrics, stage="rm", data_files=[config.train_file],
-                                     log_history=history, task="reward", after_save=assemble_normalise_evaluate)
+    return epilogue.register_on_main(
+        config,
+        inputs,
+        final_dir,
+        metrics,
+        stage="rm",
+        data_files=[config.train_file],
+        log_history=history,
+        task="reward",
+        after_save=assemble_normalise_evaluate,
+    )
 
 
 def member_run(config: RMStageConfig, index: int, inputs, train_features, eval_features):
@@ -140,21 +180,31 @@ def member_run(config: RMStageConfig, index: int, inputs, train_features, eval_f
     from rlhf.io import atomic_write_json, atomic_write_text
     from rlhf.stages import epilogue
 
-    member_config = dataclasses.replace(config, seed=config.seed + index,
-                                        output_dir=str(Path(config.output_dir) / f"member-{index}"))
+    member_config = dataclasses.replace(
+        config, seed=config.seed + index, output_dir=str(Path(config.output_dir) / f"member-{index}")
+    )
     out = Path(member_config.output_dir)
     saved = out / run_files.FINAL_MODEL
     if config.resume and (out / run_files.METRICS).is_file() and saved.is_dir():
-        return (saved, json.loads((out / run_files.METRICS).read_text()),
-                run_files.read_jsonl(out / run_files.LOG_HISTORY))
+        return (
+            saved,
+            json.loads((out / run_files.METRICS).read_text()),
+            run_files.read_jsonl(out / run_files.LOG_HISTORY),
+        )
     if distributed.is_main_process():
         print(f"ensemble member {index + 1} of {config.ensemble_size} (seed {member_config.seed})", flush=True)
     trained = train_one(member_config, inputs, train_features, eval_features)
     if trained is None:
         return None
     trainer, metrics = trained
-    epilogue.save_final_model(trainer.model, inputs.tokenizer, saved, member_config,
-                              zero3=is_deepspeed_zero3_enabled(), engine=trainer.model_wrapped)
+    epilogue.save_final_model(
+        trainer.model,
+        inputs.tokenizer,
+        saved,
+        member_config,
+        zero3=is_deepspeed_zero3_enabled(),
+        engine=trainer.model_wrapped,
+    )
     rows = list(trainer.state.log_history)
     if distributed.is_main_process():  # the metrics last: their file marks the member as saved whole
         atomic_write_text(out / run_files.LOG_HISTORY, "".join(json.dumps(row) + "\n" for row in rows))
@@ -168,16 +218,20 @@ def member_run(config: RMStageConfig, index: int, inputs, train_features, eval_f
 def ensemble_training_metrics(members: list[dict]) -> dict:
     """The ensemble's training metrics from its members': parameters and time summed (its cost), losses and
     before-training numbers averaged, and each member's train loss and time."""
+
     def mean(key):
         values = [member[key] for member in members if isinstance(member.get(key), (int, float))]
         return sum(values) / len(values) if values else None
 
-    metrics = {"trainable_params": sum(m["trainable_params"] for m in members),
-               "total_params": sum(m["total_params"] for m in members),
-               "train_loss": mean("train_loss"), "member_train_loss": [m.get("train_loss") for m in members],
-               "train_runtime_s": sum(m.get("train_runtime_s") or 0.0 for m in members),
-               "member_train_runtime_s": [m.get("train_runtime_s") for m in members],
-               "shared_prompt_forward": all(m.get("shared_prompt_forward") for m in members)}
+    metrics = {
+        "trainable_params": sum(m["trainable_params"] for m in members),
+        "total_params": sum(m["total_params"] for m in members),
+        "train_loss": mean("train_loss"),
+        "member_train_loss": [m.get("train_loss") for m in members],
+        "train_runtime_s": sum(m.get("train_runtime_s") or 0.0 for m in members),
+        "member_train_runtime_s": [m.get("train_runtime_s") for m in members],
+        "shared_prompt_forward": all(m.get("shared_prompt_forward") for m in members),
+    }
     for key in ("eval_pairwise_accuracy_before", "eval_loss_before"):
         if mean(key) is not None:
             metrics[key] = mean(key)

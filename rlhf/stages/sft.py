@@ -41,7 +41,7 @@ def run(config: SFTStageConfig):
     metrics = {**prologue.parameter_counts(model), **overlong}
 
     # 3. Gold score of the starting policy on held-out prompts (the demo's stand-in for people).
-    gold_prompts = [r["prompt"] for r in eval_records[:config.gold_eval_prompts]]
+    gold_prompts = [r["prompt"] for r in eval_records[: config.gold_eval_prompts]]
     metrics.update(prologue.gold_metrics_of_start(model, inputs, gold_prompts, config))
 
     # 4. Train with TRL's SFTTrainer; held-out loss before (at step 0) and after.
@@ -53,7 +53,9 @@ def run(config: SFTStageConfig):
     if config.completion_only_loss is None:
         config.completion_only_loss = True  # TRL's default for prompt/completion data, which it sees tokenized
     trainer = trainer_class(
-        model=model, args=config, processing_class=tokenizer,
+        model=model,
+        args=config,
+        processing_class=tokenizer,
         train_dataset=tokenized(train_records, tokenizer, stops),
         eval_dataset=tokenized(eval_records, tokenizer, stops) if eval_records else None,
     )
@@ -70,8 +72,9 @@ def run(config: SFTStageConfig):
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
 
     # 5. Save in Hugging Face format, grade the saved policy, register it.
-    return epilogue.save_and_register(trainer, config, inputs, metrics, stage="sft",
-                                      data_files=[config.train_file], gold_prompts=gold_prompts)
+    return epilogue.save_and_register(
+        trainer, config, inputs, metrics, stage="sft", data_files=[config.train_file], gold_prompts=gold_prompts
+    )
 
 
 @exits_cleanly(on_interrupt=STAGE_INTERRUPTED)

@@ -1,10 +1,10 @@
 """The train() call of the Trainer stages (SFT, RM), made to survive what clusters do to jobs.
 
-    resume        from the newest *whole* checkpoint in output_dir; one cut short is stepped over and removed;
-                  the resumed run's train_loss and log rows are the uninterrupted run's
-    safe loads    every checkpoint file checked before loading, and loaded with weights_only=True
-    SIGTERM       the step in progress ends, a checkpoint is saved, and the stage exits 0 without registering
-    disk full     one line naming the checkpoint; the partial one removed, the last whole one left to resume
+resume        from the newest *whole* checkpoint in output_dir; one cut short is stepped over and removed;
+              the resumed run's train_loss and log rows are the uninterrupted run's
+safe loads    every checkpoint file checked before loading, and loaded with weights_only=True
+SIGTERM       the step in progress ends, a checkpoint is saved, and the stage exits 0 without registering
+disk full     one line naming the checkpoint; the partial one removed, the last whole one left to resume
 """
 
 from __future__ import annotations
@@ -75,8 +75,11 @@ def train(trainer, config):
     if resume_from:
         # The Trainer's training_loss averages only the steps of this process; the run is all of its steps.
         start_step = _checkpoint_state(Path(resume_from))["global_step"]
-        result = result._replace(training_loss=whole_run_loss(trainer.state.log_history, start_step,
-                                                              result.training_loss, result.global_step))
+        result = result._replace(
+            training_loss=whole_run_loss(
+                trainer.state.log_history, start_step, result.training_loss, result.global_step
+            )
+        )
         for row in trainer.state.log_history:
             if "train_loss" in row:  # the Trainer's summary row says the same
                 row["train_loss"] = result.training_loss
@@ -120,8 +123,9 @@ def _after_a_full_disk(output_dir: Path, error: BaseException) -> str:
         partial = _remove_newer_than(chosen, candidates)
         return checkpoint_files.disk_full_message(partial[0] if partial else output_dir, error, partial, chosen)
     partial = _newer_than(chosen, candidates)
-    return checkpoint_files.disk_full_message(partial[0] if partial else output_dir, error, [], chosen,
-                                              left_for_next_run=partial)
+    return checkpoint_files.disk_full_message(
+        partial[0] if partial else output_dir, error, [], chosen, left_for_next_run=partial
+    )
 
 
 def _newer_than(chosen: Path | None, candidates: list[tuple[int, Path]]) -> list[Path]:
@@ -165,5 +169,8 @@ def resume_argument(config) -> str | None:
 def trainer_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     if not output_dir.is_dir():
         return []
-    return [(int(m.group(1)), path) for path in output_dir.iterdir()
-            if (m := TRAINER_CHECKPOINT.match(path.name)) and path.is_dir()]
+    return [
+        (int(m.group(1)), path)
+        for path in output_dir.iterdir()
+        if (m := TRAINER_CHECKPOINT.match(path.name)) and path.is_dir()
+    ]

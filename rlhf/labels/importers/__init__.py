@@ -1,7 +1,7 @@
 """One importer per labeling tool or public preference dataset, all yielding the events of `base`.
 
-    report = import_rankings("label_studio", ["export.json"], merge_annotators=False, prompt_field="prompt")
-    report.rankings, report.quarantine, report.skipped, report.flagged, ...
+report = import_rankings("label_studio", ["export.json"], merge_annotators=False, prompt_field="prompt")
+report.rankings, report.quarantine, report.skipped, report.flagged, ...
 """
 
 from __future__ import annotations

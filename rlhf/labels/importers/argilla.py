@@ -34,22 +34,31 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 from rlhf.labels.importers.argilla_v1 import is_feedback_row, rest_form
-from rlhf.labels.importers.base import (RecordsRead, Skipped, build, invalid, left_out, option_list,
-                                      records_by_file)
+from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, left_out, option_list, records_by_file
 from rlhf.data.rankings import is_finite_number, ranks_from_scores
 from rlhf.errors import DataError
 
 NO_STATUS = "argilla export without response status (drafts not told apart)"
 UNRATED_FIELDS = "response fields without a rating: left out"
-RATINGS_UNMAPPED = ("response has RatingQuestion answers but no ranking: map each rating question to the field it "
-                    "rates with --option rating_fields=question=field,...")
-RANKS_LOST = ("ranking answers are bare option lists, an Argilla SDK export (to_list, to_datasets, to_json) that "
-              "has dropped the ranks; export the REST records instead (GET /api/v1/datasets/{id}/records"
-              "?include=responses) or write each record.responses answer with its rank")
+RATINGS_UNMAPPED = (
+    "response has RatingQuestion answers but no ranking: map each rating question to the field it "
+    "rates with --option rating_fields=question=field,..."
+)
+RANKS_LOST = (
+    "ranking answers are bare option lists, an Argilla SDK export (to_list, to_datasets, to_json) that "
+    "has dropped the ranks; export the REST records instead (GET /api/v1/datasets/{id}/records"
+    "?include=responses) or write each record.responses answer with its rank"
+)
 
 
-def read_argilla(paths: Sequence[str], *, question: str | None = None, prompt_field: str = "prompt",
-                 option_fields=None, rating_fields=None) -> Iterator:
+def read_argilla(
+    paths: Sequence[str],
+    *,
+    question: str | None = None,
+    prompt_field: str = "prompt",
+    option_fields=None,
+    rating_fields=None,
+) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for Argilla record exports (JSON, JSONL, `datasets` dir).
 
     question: the RankingQuestion's name (found automatically when one question holds rankings).
@@ -128,8 +137,9 @@ def _problem_with(record: Any) -> str | None:
         return None
     if is_feedback_row(record):
         return None
-    return ("records have no 'responses', no '<question>.responses' keys and no v1 '<question>-suggestion-metadata' "
-            "columns")
+    return (
+        "records have no 'responses', no '<question>.responses' keys and no v1 '<question>-suggestion-metadata' columns"
+    )
 
 
 def _fields(record: dict, prompt_field: str) -> dict:
@@ -144,21 +154,28 @@ def _answers(record: dict) -> Iterator[tuple[str | None, str | None, dict[str, A
     responses = record.get("responses")
     if isinstance(responses, list):  # REST: one response per user, all questions inside "values"
         for response in responses:
-            values = {name: answer.get("value") if isinstance(answer, dict) else None
-                      for name, answer in (response.get("values") or {}).items()}
+            values = {
+                name: answer.get("value") if isinstance(answer, dict) else None
+                for name, answer in (response.get("values") or {}).items()
+            }
             yield _user(response.get("user_id")), response.get("status"), values, ()
         return
     if isinstance(responses, dict):  # SDK nested: {question: [{"value", "user_id", maybe "status"}]}
-        answers = [(name, answer.get("user_id"), index, answer.get("status"), answer.get("value"))
-                   for name, listed in responses.items()
-                   for index, answer in enumerate(listed or []) if isinstance(answer, dict)]
+        answers = [
+            (name, answer.get("user_id"), index, answer.get("status"), answer.get("value"))
+            for name, listed in responses.items()
+            for index, answer in enumerate(listed or [])
+            if isinstance(answer, dict)
+        ]
     else:  # SDK flattened: "<question>.responses", ".users", ".status", aligned by position
         answers = []
         for name in [key[: -len(".responses")] for key in record if key.endswith(".responses")]:
             users = record.get(f"{name}.responses.users") or []
             statuses = record.get(f"{name}.responses.status") or []
-            answers += [(name, users[i] if i < len(users) else None, i, statuses[i] if i < len(statuses) else None,
-                         value) for i, value in enumerate(record.get(f"{name}.responses") or [])]
+            answers += [
+                (name, users[i] if i < len(users) else None, i, statuses[i] if i < len(statuses) else None, value)
+                for i, value in enumerate(record.get(f"{name}.responses") or [])
+            ]
     by_user: dict[Any, list] = {}  # a user (or, without user ids, a position) -> [user, status, {question: value}]
     for name, user, index, status, value in answers:
         entry = by_user.setdefault(user if user not in (None, "") else ("position", index), [user, status, {}])
@@ -169,16 +186,22 @@ def _answers(record: dict) -> Iterator[tuple[str | None, str | None, dict[str, A
 
 def _ranking_question(answers: list) -> str | None:
     """The one question whose answers look like rankings: lists of option values or of {value, rank}."""
-    names = list(dict.fromkeys(name for _, _, values, _ in answers for name, value in values.items()
-                               if _looks_like_ranking(value)))
+    names = list(
+        dict.fromkeys(
+            name for _, _, values, _ in answers for name, value in values.items() if _looks_like_ranking(value)
+        )
+    )
     if len(names) > 1:
         raise DataError(f"several questions hold rankings ({', '.join(names)}): set the question option")
     return names[0] if names else None
 
 
 def _looks_like_ranking(value) -> bool:
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(item, str) or (isinstance(item, dict) and "value" in item) for item in value))
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, str) or (isinstance(item, dict) and "value" in item) for item in value)
+    )
 
 
 def _ranks_lost(value) -> bool:
@@ -210,10 +233,20 @@ def _ranking(path, number, record, fields, prompt_field, mapping, user, status, 
             continue  # REST: an option the annotator did not rank
         field = mapping.get(option, option)
         if field not in fields:
-            return invalid(path, number, "ranking option names no field (set option_fields)", raw,
-                           detail=f"option {option!r}")
+            return invalid(
+                path, number, "ranking option names no field (set option_fields)", raw, detail=f"option {option!r}"
+            )
         completions.append(fields[field])
         ranks.append(rank)
     ranking_id = str(record.get("external_id") or record.get("id"))
-    return build(path, number, raw, flags, id=f"{ranking_id}:{user}" if user else ranking_id,
-                 prompt=fields[prompt_field], completions=completions, ranks=ranks, annotator=user)
+    return build(
+        path,
+        number,
+        raw,
+        flags,
+        id=f"{ranking_id}:{user}" if user else ranking_id,
+        prompt=fields[prompt_field],
+        completions=completions,
+        ranks=ranks,
+        annotator=user,
+    )

@@ -29,11 +29,16 @@ def rest_form(row: dict, default_id: str) -> dict:
         for answer in row.get(question) or []:
             if not isinstance(answer, dict):
                 continue
-            response = responses.setdefault(answer.get("user_id"), {"user_id": answer.get("user_id"),
-                                                                    "status": answer.get("status"), "values": {}})
+            response = responses.setdefault(
+                answer.get("user_id"), {"user_id": answer.get("user_id"), "status": answer.get("status"), "values": {}}
+            )
             response["values"][question] = {"value": _ranking_items(answer.get("value"))}
-    return {"id": default_id, "external_id": row.get("external_id"), "fields": fields,
-            "responses": list(responses.values())}
+    return {
+        "id": default_id,
+        "external_id": row.get("external_id"),
+        "fields": fields,
+        "responses": list(responses.values()),
+    }
 
 
 def _ranking_items(value):

@@ -75,8 +75,9 @@ class ImportReport:
 DUPLICATE_RECORD = "exact duplicate of an earlier record: kept once"
 
 
-def records_by_file(paths: Sequence[str], what: str, problem_with: Callable[[Any], str | None]
-                    ) -> Iterator[tuple[str, list[RawRecord]]]:
+def records_by_file(
+    paths: Sequence[str], what: str, problem_with: Callable[[Any], str | None]
+) -> Iterator[tuple[str, list[RawRecord]]]:
     """(path, its records) for each path, after checking that the first readable record of each is `what`; if not,
     the file is not that format (a DataError).
 
@@ -114,8 +115,9 @@ def _fingerprint(value: Any) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-def build(source: str, record: int, raw: Any, flags: Sequence[str] = (), also: Sequence[int] = (),
-          **fields) -> Imported | Skipped:
+def build(
+    source: str, record: int, raw: Any, flags: Sequence[str] = (), also: Sequence[int] = (), **fields
+) -> Imported | Skipped:
     """An Imported if the fields make a valid Ranking, else a Skipped naming what is wrong."""
     also = tuple(sorted(set(also) - {record}))  # the other records
     try:
@@ -136,20 +138,26 @@ def conversation_prompt(prompt: Any) -> tuple[Any, bool]:
     if not isinstance(prompt, list) or not prompt or not all(isinstance(m, dict) for m in prompt):
         return prompt, False
     if prompt[-1].get("role") == "assistant":
-        raise DataError("the conversation ends with an assistant turn: no user turn for the completions to answer",
-                        field="prompt")
+        raise DataError(
+            "the conversation ends with an assistant turn: no user turn for the completions to answer", field="prompt"
+        )
     turns: list[dict] = []
     for message in prompt:
-        if turns and message.get("role") == turns[-1].get("role") and isinstance(message.get("content"), str) \
-                and isinstance(turns[-1].get("content"), str):
+        if (
+            turns
+            and message.get("role") == turns[-1].get("role")
+            and isinstance(message.get("content"), str)
+            and isinstance(turns[-1].get("content"), str)
+        ):
             turns[-1] = {**turns[-1], "content": turns[-1]["content"] + "\n\n" + message["content"]}
         else:
             turns.append(message)
     return turns, len(turns) < len(prompt)
 
 
-def each_record(paths: Sequence[str], what: str, problem_with: Callable[[Any], str | None],
-                convert: Callable[[str, int, Any], Any]) -> Iterator:
+def each_record(
+    paths: Sequence[str], what: str, problem_with: Callable[[Any], str | None], convert: Callable[[str, int, Any], Any]
+) -> Iterator:
     """The events of a one-record-one-ranking format: RecordsRead per file, then per record a Skipped for one
     that is left out (unreadable, a duplicate) or not the format's shape, else what `convert(path, number, record)`
     returns."""
@@ -164,15 +172,22 @@ def each_record(paths: Sequence[str], what: str, problem_with: Callable[[Any], s
                 yield convert(path, raw.number, raw.value)
 
 
-def invalid(source: str, record: int, error: DataError | str, raw: Any = None, detail: str | None = None,
-            also: Sequence[int] = ()) -> Skipped:
+def invalid(
+    source: str,
+    record: int,
+    error: DataError | str,
+    raw: Any = None,
+    detail: str | None = None,
+    also: Sequence[int] = (),
+) -> Skipped:
     """A Skipped of kind "invalid"; keep `error` countable (no ids in it) and put specifics in `detail`."""
     if isinstance(error, DataError):
         reason = f"field '{error.field}': {error.reason}" if error.field else error.reason
     else:
         reason = error
-    return Skipped(source, record, reason, kind="invalid", detail=detail, raw=raw,
-                   also=tuple(sorted(set(also) - {record})))
+    return Skipped(
+        source, record, reason, kind="invalid", detail=detail, raw=raw, also=tuple(sorted(set(also) - {record}))
+    )
 
 
 def records_of(event: RecordsRead | Imported | Skipped) -> set[int]:
@@ -196,8 +211,9 @@ def option_list(value: str | Sequence[str] | None) -> list[str] | None:
     return list(value)
 
 
-def collect(events: Iterable[RecordsRead | Imported | Skipped], *, merge_annotator_rankings: bool = False
-            ) -> ImportReport:
+def collect(
+    events: Iterable[RecordsRead | Imported | Skipped], *, merge_annotator_rankings: bool = False
+) -> ImportReport:
     """Run an importer's events into a report: duplicate completions merged, optional annotator merge, ids made
     unique, quarantine built."""
     report = ImportReport()
@@ -210,8 +226,9 @@ def collect(events: Iterable[RecordsRead | Imported | Skipped], *, merge_annotat
             try:
                 ranking = merge_duplicate_completions(event.ranking)
             except DataError as error:
-                _quarantine(report, invalid(event.source, event.record, error, event.ranking.to_dict(),
-                                            also=event.also))
+                _quarantine(
+                    report, invalid(event.source, event.record, error, event.ranking.to_dict(), also=event.also)
+                )
                 continue
             report.duplicates_merged += ranking is not event.ranking
             report.rankings.append(ranking)
@@ -221,8 +238,17 @@ def collect(events: Iterable[RecordsRead | Imported | Skipped], *, merge_annotat
         before = len(report.rankings)
         report.rankings, cancelled = merge_annotators(report.rankings)
         for group in cancelled:
-            _quarantine(report, Skipped("(merge)", 0, "annotators cancel out: equal mean ranks", kind="skipped",
-                                        detail=", ".join(r.id for r in group), raw=[r.to_dict() for r in group]))
+            _quarantine(
+                report,
+                Skipped(
+                    "(merge)",
+                    0,
+                    "annotators cancel out: equal mean ranks",
+                    kind="skipped",
+                    detail=", ".join(r.id for r in group),
+                    raw=[r.to_dict() for r in group],
+                ),
+            )
         report.annotator_merge = (before, len(report.rankings), len(cancelled))
     report.rankings, renamed = unique_ids(report.rankings)
     if renamed:
@@ -257,8 +283,14 @@ def unique_ids(rankings: list[Ranking]) -> tuple[list[Ranking], list[str]]:
 
 def _quarantine(report: ImportReport, skipped: Skipped) -> None:
     report.skipped[skipped.reason] += 1
-    entry = {"source": skipped.source, "record": skipped.record, "kind": skipped.kind, "reason": skipped.reason,
-             "detail": _writable(skipped.detail), "raw": _writable(skipped.raw)}
+    entry = {
+        "source": skipped.source,
+        "record": skipped.record,
+        "kind": skipped.kind,
+        "reason": skipped.reason,
+        "detail": _writable(skipped.detail),
+        "raw": _writable(skipped.raw),
+    }
     if skipped.also:
         entry["also_records"] = list(skipped.also)
     report.quarantine.append(entry)

@@ -38,14 +38,13 @@ def _problem_with(record: Any) -> str | None:
 
 
 def split_transcript(text: str) -> list[dict[str, str]]:
-    """"\\n\\nHuman: a\\n\\nAssistant: b" -> [{"role": "user", "content": "a"}, {"role": "assistant", ...}]."""
+    """ "\\n\\nHuman: a\\n\\nAssistant: b" -> [{"role": "user", "content": "a"}, {"role": "assistant", ...}]."""
     if text.startswith(("Human:", "Assistant:")):
         text = "\n\n" + text
     parts = _TURN.split(text)
     if parts[0].strip():
         raise ValueError("text before the first turn")
-    return [{"role": _ROLES[speaker], "content": content.strip()}
-            for speaker, content in zip(parts[1::2], parts[2::2])]
+    return [{"role": _ROLES[speaker], "content": content.strip()} for speaker, content in zip(parts[1::2], parts[2::2])]
 
 
 def _pair(path: str, number: int, row: dict):
@@ -64,5 +63,12 @@ def _pair(path: str, number: int, row: dict):
     for side, transcript in (("chosen (preferred)", chosen), ("rejected", rejected)):
         if not transcript[-1]["content"].strip():
             return invalid(path, number, f"the {side} reply is empty", row)
-    return build(path, number, row, id=f"{path.rsplit('/', 1)[-1]}:{number}", prompt=chosen[:-1],
-                 completions=(chosen[-1]["content"], rejected[-1]["content"]), ranks=(1, 2))
+    return build(
+        path,
+        number,
+        row,
+        id=f"{path.rsplit('/', 1)[-1]}:{number}",
+        prompt=chosen[:-1],
+        completions=(chosen[-1]["content"], rejected[-1]["content"]),
+        ranks=(1, 2),
+    )

@@ -39,8 +39,16 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from rlhf import bounded_json
-from rlhf.labels.importers.base import (Imported, RecordsRead, Skipped, build, invalid, left_out, option_list,
-                                      records_by_file)
+from rlhf.labels.importers.base import (
+    Imported,
+    RecordsRead,
+    Skipped,
+    build,
+    invalid,
+    left_out,
+    option_list,
+    records_by_file,
+)
 from rlhf.labels.importers.label_studio_config import LabelingConfig, read_labeling_config
 from rlhf.labels.importers.label_studio_ratings import from_choices, from_ratings, preference_choice_map
 from rlhf.errors import DataError
@@ -49,15 +57,28 @@ UNTOUCHED = "untouched ranker: result equals the shown order"
 UNRANKED = "ranker items left in the list ('_'), not judged: left out"
 
 
-NO_RESULT_COLUMN = ("no result column (a single Choice is a bare value in JSON-MIN and CSV: pass the labeling "
-                    "config with --option config=CONFIG.xml)")
+NO_RESULT_COLUMN = (
+    "no result column (a single Choice is a bare value in JSON-MIN and CSV: pass the labeling "
+    "config with --option config=CONFIG.xml)"
+)
 
 
 class BucketOrderUnknown(DataError):
     """Bucket results without a labeling config: any order taken would be a guess, so the whole import stops."""
+
+
 KNOWN_PAIR_FIELDS = (("answer1", "answer2"), ("text1", "text2"), ("response1", "response2"))
-_MIN_EXPORT_KEYS = {"id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time", "agreement",
-                    "history", "was_cancelled"}
+_MIN_EXPORT_KEYS = {
+    "id",
+    "annotator",
+    "annotation_id",
+    "created_at",
+    "updated_at",
+    "lead_time",
+    "agreement",
+    "history",
+    "was_cancelled",
+}
 
 
 @dataclass(frozen=True)
@@ -71,9 +92,16 @@ class _Options:
     choices: dict[str, str]  # a <Choice> value, casefolded -> "left" | "right" | "tie"
 
 
-def read_label_studio(paths: Sequence[str], *, prompt_field: str = "prompt", pair_fields=None,
-                      list_field: str | None = None, bucket_order=None, config: str | None = None,
-                      preference_choices=None) -> Iterator:
+def read_label_studio(
+    paths: Sequence[str],
+    *,
+    prompt_field: str = "prompt",
+    pair_fields=None,
+    list_field: str | None = None,
+    bucket_order=None,
+    config: str | None = None,
+    preference_choices=None,
+) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for Label Studio export files.
 
     prompt_field: the task data key that holds the prompt. pair_fields: "left,right" data keys a Pairwise
@@ -82,9 +110,15 @@ def read_label_studio(paths: Sequence[str], *, prompt_field: str = "prompt", pai
     first. bucket_order: "best,ok,bad" bucket names, best first, for every Ranker (overrides the config).
     preference_choices: "left,right[,tie]" <Choice> values of an A/B/tie <Choices> (default "A,B,Tie").
     """
-    options = _Options(prompt_field, option_list(pair_fields), list_field, option_list(bucket_order),
-                       read_labeling_config(config) if config else LabelingConfig(), config,
-                       preference_choice_map(option_list(preference_choices)))
+    options = _Options(
+        prompt_field,
+        option_list(pair_fields),
+        list_field,
+        option_list(bucket_order),
+        read_labeling_config(config) if config else LabelingConfig(),
+        config,
+        preference_choice_map(option_list(preference_choices)),
+    )
     if options.pair_fields is not None and len(options.pair_fields) != 2:
         raise DataError("pair_fields must name two task data keys: left,right")
     for path, records in records_by_file(paths, "a Label Studio export", _problem_with):
@@ -125,11 +159,26 @@ def _full_task(path: str, number: int, task: dict, options: _Options) -> Iterato
         if annotation.get("was_cancelled") or annotation.get("skipped"):
             yield Skipped(path, number, "cancelled (skipped) annotation", raw=where)
             continue
-        results = [{"from_name": r.get("from_name"), "to_name": r.get("to_name"), "type": r.get("type"),
-                    "value": r.get("value") or {}}
-                   for r in annotation.get("result") or [] if isinstance(r, dict)]
-        yield from _judgements(path, number, data, results, _annotator(annotation.get("completed_by")),
-                               f"{task.get('id')}:{annotation.get('id')}", where, options)
+        results = [
+            {
+                "from_name": r.get("from_name"),
+                "to_name": r.get("to_name"),
+                "type": r.get("type"),
+                "value": r.get("value") or {},
+            }
+            for r in annotation.get("result") or []
+            if isinstance(r, dict)
+        ]
+        yield from _judgements(
+            path,
+            number,
+            data,
+            results,
+            _annotator(annotation.get("completed_by")),
+            f"{task.get('id')}:{annotation.get('id')}",
+            where,
+            options,
+        )
 
 
 def _flat_row(path: str, number: int, row: dict, options: _Options, from_csv: bool) -> Iterator:
@@ -153,8 +202,9 @@ def _flat_row(path: str, number: int, row: dict, options: _Options, from_csv: bo
         return
     annotator = row.get("annotator")
     annotator = str(annotator) if annotator not in (None, "") else None
-    yield from _judgements(path, number, data, results, annotator, f"{row.get('id')}:{row.get('annotation_id')}",
-                           row, options)
+    yield from _judgements(
+        path, number, data, results, annotator, f"{row.get('id')}:{row.get('annotation_id')}", row, options
+    )
 
 
 def _annotation_cell(text: str):
@@ -173,13 +223,15 @@ def _annotation_cell(text: str):
 
 
 def _is_item_list(value) -> bool:
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(item, dict) and "id" in item for item in value))
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) and "id" in item for item in value)
 
 
 def _is_result_list(value) -> bool:
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(item, dict) and set(item) & _RESULT_KEYS for item in value))
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, dict) and set(item) & _RESULT_KEYS for item in value)
+    )
 
 
 _RESULT_KEYS = {"selected", "ranker", "rating", "choices"}
@@ -242,8 +294,16 @@ def _from_pairwise(path, number, raw, value, data, prompt, ranking_id, annotator
         return Skipped(path, number, "pairwise with nothing selected", raw=raw)
     left, right = _pair(data, options)
     completions = (data.get(left), data.get(right))
-    return build(path, number, raw, id=ranking_id, prompt=prompt, completions=completions,
-                 ranks=(1, 2) if selected == "left" else (2, 1), annotator=annotator)
+    return build(
+        path,
+        number,
+        raw,
+        id=ranking_id,
+        prompt=prompt,
+        completions=completions,
+        ranks=(1, 2) if selected == "left" else (2, 1),
+        annotator=annotator,
+    )
 
 
 def _pair(data: dict, options: _Options) -> tuple[str, str]:
@@ -283,8 +343,17 @@ def _from_ranker(path, number, raw, result, data, prompt, ranking_id, annotator,
                 raise DataError("ranker names an item that is not in the task's list")
             completions.append(texts[str(item)])
             ranks.append(place)
-    return build(path, number, raw, flags, id=ranking_id, prompt=prompt, completions=completions, ranks=ranks,
-                 annotator=annotator)
+    return build(
+        path,
+        number,
+        raw,
+        flags,
+        id=ranking_id,
+        prompt=prompt,
+        completions=completions,
+        ranks=ranks,
+        annotator=annotator,
+    )
 
 
 def _bucket_names(ranker: str, options: _Options) -> list[str]:
@@ -293,11 +362,14 @@ def _bucket_names(ranker: str, options: _Options) -> list[str]:
     if options.labeling.buckets.get(ranker):
         return options.labeling.buckets[ranker]
     if options.config:
-        raise BucketOrderUnknown(f"the labeling config {options.config} has no <Bucket> tags in a <Ranker "
-                                 f"name=\"{ranker}\">")
-    raise BucketOrderUnknown("bucket results, but no labeling config to order the buckets (export key order is not "
-                             "the bucket order): pass the project's config with --option config=CONFIG.xml, or "
-                             "--option bucket_order=best,...,worst")
+        raise BucketOrderUnknown(
+            f'the labeling config {options.config} has no <Bucket> tags in a <Ranker name="{ranker}">'
+        )
+    raise BucketOrderUnknown(
+        "bucket results, but no labeling config to order the buckets (export key order is not "
+        "the bucket order): pass the project's config with --option config=CONFIG.xml, or "
+        "--option bucket_order=best,...,worst"
+    )
 
 
 def _list_items(data: dict, list_field: str | None) -> tuple[list[str], dict[str, Any]]:
@@ -305,8 +377,14 @@ def _list_items(data: dict, list_field: str | None) -> tuple[list[str], dict[str
     if list_field is not None:
         items = data.get(list_field)
     else:
-        items = next((value for value in data.values() if isinstance(value, list) and value
-                      and all(isinstance(item, dict) and "id" in item for item in value)), None)
+        items = next(
+            (
+                value
+                for value in data.values()
+                if isinstance(value, list) and value and all(isinstance(item, dict) and "id" in item for item in value)
+            ),
+            None,
+        )
     if not isinstance(items, list):
         raise DataError("task data has no list of {id, body} items for the Ranker (set the list_field option)")
     ids, texts = [], {}

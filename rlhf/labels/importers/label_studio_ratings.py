@@ -22,8 +22,16 @@ UNRATED_RESPONSES = "responses without a Rating: left out"
 DEFAULT_PREFERENCE_CHOICES = ("A", "B", "Tie")
 
 
-def from_ratings(path: str, number: int, raw: Any, results: list[dict], labeling: LabelingConfig,
-                 config: str | None, data: dict, fields: dict) -> Imported | Skipped:
+def from_ratings(
+    path: str,
+    number: int,
+    raw: Any,
+    results: list[dict],
+    labeling: LabelingConfig,
+    config: str | None,
+    data: dict,
+    fields: dict,
+) -> Imported | Skipped:
     completions, ratings, rated_by = [], [], {}
     for result in results:
         control = result["from_name"]
@@ -31,28 +39,43 @@ def from_ratings(path: str, number: int, raw: Any, results: list[dict], labeling
         if isinstance(rating, bool) or not isinstance(rating, (int, float)):
             return invalid(path, number, DataError("rating is not a number", field=control), raw)
         if not is_finite_number(rating):  # NaN or Infinity, which json.loads reads: no place to rank it at
-            return invalid(path, number, DataError(f"rating must be a finite number, not {rating}", field=control),
-                           raw)
+            return invalid(path, number, DataError(f"rating must be a finite number, not {rating}", field=control), raw)
         response = result.get("to_name") or labeling.controls.get(control, ("", ""))[1]
         if not response:
-            return invalid(path, number, DataError(
-                "a Rating result names no response (JSON-MIN and CSV exports drop to_name): pass the labeling "
-                "config with --option config=CONFIG.xml", field=control), raw)
+            return invalid(
+                path,
+                number,
+                DataError(
+                    "a Rating result names no response (JSON-MIN and CSV exports drop to_name): pass the labeling "
+                    "config with --option config=CONFIG.xml",
+                    field=control,
+                ),
+                raw,
+            )
         key = labeling.data_key(response)
         if key not in data:
             hint = "" if config else " (pass the labeling config with --option config=CONFIG.xml)"
-            return invalid(path, number, DataError(f"the rated object is not a task data key{hint}",
-                                                   field=control), raw)
+            return invalid(
+                path, number, DataError(f"the rated object is not a task data key{hint}", field=control), raw
+            )
         if key in rated_by:
-            return invalid(path, number, DataError("two Ratings rate the same response: which one ranks is unknown",
-                                                   field=f"{rated_by[key]}, {control}"), raw)
+            return invalid(
+                path,
+                number,
+                DataError(
+                    "two Ratings rate the same response: which one ranks is unknown",
+                    field=f"{rated_by[key]}, {control}",
+                ),
+                raw,
+            )
         rated_by[key] = control
         completions.append(data[key])
         ratings.append(rating)
     unrated = set(labeling.names_of("rating")) - {result["from_name"] for result in results}
     flags = (UNRATED_RESPONSES,) if unrated else ()
-    return build(path, number, raw, flags, completions=completions, ranks=ranks_from_scores(ratings, "rating"),
-                 **fields)
+    return build(
+        path, number, raw, flags, completions=completions, ranks=ranks_from_scores(ratings, "rating"), **fields
+    )
 
 
 def preference_choice_map(values: list[str] | None) -> dict[str, str]:
@@ -63,15 +86,30 @@ def preference_choice_map(values: list[str] | None) -> dict[str, str]:
     return {value.strip().casefold(): meaning for value, meaning in zip(values, ("left", "right", "tie"))}
 
 
-def from_choices(path: str, number: int, raw: Any, result: dict, choice_map: dict[str, str],
-                 pair: tuple[str, str], data: dict, fields: dict) -> Imported | Skipped:
+def from_choices(
+    path: str,
+    number: int,
+    raw: Any,
+    result: dict,
+    choice_map: dict[str, str],
+    pair: tuple[str, str],
+    data: dict,
+    fields: dict,
+) -> Imported | Skipped:
     chosen = result["value"]["choices"]
     if len(chosen) != 1:
-        return invalid(path, number, DataError("more than one preference choice selected",
-                                               field=result["from_name"]), raw)
+        return invalid(
+            path, number, DataError("more than one preference choice selected", field=result["from_name"]), raw
+        )
     meaning = choice_map[str(chosen[0]).strip().casefold()]
     if meaning == "tie":
         return Skipped(path, number, "tie chosen: no preference pair", raw=raw)
     left, right = pair
-    return build(path, number, raw, completions=(data.get(left), data.get(right)),
-                 ranks=(1, 2) if meaning == "left" else (2, 1), **fields)
+    return build(
+        path,
+        number,
+        raw,
+        completions=(data.get(left), data.get(right)),
+        ranks=(1, 2) if meaning == "left" else (2, 1),
+        **fields,
+    )

@@ -55,8 +55,11 @@ def _problem_with(record: Any) -> str | None:
     if not isinstance(record, dict):
         return "records are not JSON objects"
     if _is_tree(record):
-        return None if isinstance(record.get("prompt"), dict) or record.get("prompt") is None else \
-            "tree 'prompt' is not a message object"
+        return (
+            None
+            if isinstance(record.get("prompt"), dict) or record.get("prompt") is None
+            else "tree 'prompt' is not a message object"
+        )
     missing = [key for key in ("message_id", "role", "text") if key not in record]
     if missing:
         return f"records lack {', '.join(missing)} (and are not message trees with 'message_tree_id')"
@@ -87,8 +90,13 @@ def _tree_messages(path: str, number: int, tree: dict, messages: dict) -> Iterat
 def _id_taken(path: str, number: int, message_id: str, messages: dict) -> Skipped:
     """A message whose id an earlier message has: which one the replies answer is unknown, so the later is left out
     (an exact copy never gets here: `records_by_file` quarantines it as a duplicate)."""
-    return invalid(path, number, "message_id of an earlier, different message", {"message_id": message_id},
-                   detail=f"message_id {message_id!r} of record {messages[message_id][0]}")
+    return invalid(
+        path,
+        number,
+        "message_id of an earlier, different message",
+        {"message_id": message_id},
+        detail=f"message_id {message_id!r} of record {messages[message_id][0]}",
+    )
 
 
 def _rankings(path: str, messages: dict[str, tuple[int, dict]]) -> Iterator:
@@ -96,8 +104,9 @@ def _rankings(path: str, messages: dict[str, tuple[int, dict]]) -> Iterator:
     for number, message in messages.values():
         if message["role"] == "assistant":
             if message.get("parent_id") is None:
-                yield invalid(path, number, "assistant message without a parent prompt",
-                              {"message_id": message["message_id"]})
+                yield invalid(
+                    path, number, "assistant message without a parent prompt", {"message_id": message["message_id"]}
+                )
             else:
                 replies.setdefault(str(message["parent_id"]), []).append((number, message))
     for parent_id, siblings in replies.items():
@@ -118,31 +127,54 @@ def _siblings(path: str, parent_id: str, siblings, messages) -> Iterator:
         if message.get("deleted"):
             yield Skipped(path, number, "deleted reply", raw={"message_id": message["message_id"]})
         elif _has_rank(message) and not is_finite_number(message["rank"]):  # Infinity, or not a number at all
-            yield invalid(path, number, DataError(f"must be a finite number or null, not {message['rank']!r}",
-                                                  field="rank"), {"message_id": message["message_id"]})
+            yield invalid(
+                path,
+                number,
+                DataError(f"must be a finite number or null, not {message['rank']!r}", field="rank"),
+                {"message_id": message["message_id"]},
+            )
         else:
             kept.append((number, message))
     ranked = [(number, message) for number, message in kept if _has_rank(message)]
     first = siblings[0][0]
     parent = [messages[parent_id][0]] if parent_id in messages else []
     if len(ranked) < 2:
-        yield Skipped(path, first, "fewer than 2 ranked replies to one prompt", raw={"parent_id": parent_id},
-                      also=tuple(sorted(({number for number, _ in kept} | set(parent)) - {first})))
+        yield Skipped(
+            path,
+            first,
+            "fewer than 2 ranked replies to one prompt",
+            raw={"parent_id": parent_id},
+            also=tuple(sorted(({number for number, _ in kept} | set(parent)) - {first})),
+        )
         return
     for number, message in kept:
         if not _has_rank(message):
-            yield Skipped(path, number, "reply left out of its siblings' ranking",
-                          raw={"message_id": message["message_id"]})
+            yield Skipped(
+                path, number, "reply left out of its siblings' ranking", raw={"message_id": message["message_id"]}
+            )
     used = [number for number, _ in ranked] + parent
     try:
         prompt = _conversation_to(parent_id, messages)
     except KeyError as missing:
-        yield invalid(path, first, "parent chain broken: an ancestor message is not in the file",
-                      {"parent_id": parent_id}, detail=f"missing message_id {missing.args[0]}", also=used)
+        yield invalid(
+            path,
+            first,
+            "parent chain broken: an ancestor message is not in the file",
+            {"parent_id": parent_id},
+            detail=f"missing message_id {missing.args[0]}",
+            also=used,
+        )
         return
-    yield build(path, first, {"parent_id": parent_id}, also=used, id=parent_id, prompt=prompt,
-                completions=[message["text"] for _, message in ranked],
-                ranks=dense_ranks([float(message["rank"]) for _, message in ranked]))
+    yield build(
+        path,
+        first,
+        {"parent_id": parent_id},
+        also=used,
+        id=parent_id,
+        prompt=prompt,
+        completions=[message["text"] for _, message in ranked],
+        ranks=dense_ranks([float(message["rank"]) for _, message in ranked]),
+    )
 
 
 def _conversation_to(message_id: str, messages) -> list[dict[str, str]]:

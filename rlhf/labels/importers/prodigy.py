@@ -23,8 +23,9 @@ def read_prodigy(paths: Sequence[str], *, prompt_field: str = "text") -> Iterato
 
     prompt_field: the task key holding a choice task's prompt (compare tasks use input.text).
     """
-    return each_record(paths, "a Prodigy export", _problem_with,
-                       lambda path, number, task: _answer(path, number, task, prompt_field))
+    return each_record(
+        paths, "a Prodigy export", _problem_with, lambda path, number, task: _answer(path, number, task, prompt_field)
+    )
 
 
 def _problem_with(record: Any) -> str | None:
@@ -54,9 +55,16 @@ def _answer(path: str, number: int, task: dict, prompt_field: str):
 
 def _compare(path: str, number: int, task: dict, ranking_id: str):
     prompt = (task.get("input") or {}).get("text")
-    return build(path, number, task, id=ranking_id, prompt=prompt,
-                 completions=(task["accept"].get("text"), task["reject"].get("text")),
-                 ranks=(1, 2) if task["answer"] == "accept" else (2, 1), annotator=_annotator(task))
+    return build(
+        path,
+        number,
+        task,
+        id=ranking_id,
+        prompt=prompt,
+        completions=(task["accept"].get("text"), task["reject"].get("text")),
+        ranks=(1, 2) if task["answer"] == "accept" else (2, 1),
+        annotator=_annotator(task),
+    )
 
 
 def _choice(path: str, number: int, task: dict, prompt_field: str, ranking_id: str):
@@ -68,7 +76,13 @@ def _choice(path: str, number: int, task: dict, prompt_field: str, ranking_id: s
     options = [option for option in task["options"] if isinstance(option, dict)]
     if len(selected) == len(options):
         return Skipped(path, number, "choice with every option selected", raw=task)
-    return build(path, number, task, id=ranking_id, prompt=task.get(prompt_field),
-                 completions=[option.get("text") for option in options],
-                 ranks=[1 if str(option.get("id")) in selected else 2 for option in options],
-                 annotator=_annotator(task))
+    return build(
+        path,
+        number,
+        task,
+        id=ranking_id,
+        prompt=task.get(prompt_field),
+        completions=[option.get("text") for option in options],
+        ranks=[1 if str(option.get("id")) in selected else 2 for option in options],
+        annotator=_annotator(task),
+    )

@@ -40,9 +40,16 @@ def read_shp(paths: Sequence[str], *, total_orders: bool | str = True) -> Iterat
                 yield from (_pair(path, number, row) for number, row in rows)
             else:
                 texts = _comment_texts(rows)
-                yield build(path, rows[0][0], [row for _, row in rows], also=[number for number, _ in rows],
-                            id=str(post_id), prompt=rows[0][1]["history"], completions=[texts[c] for c in order],
-                            ranks=tuple(range(1, len(order) + 1)))
+                yield build(
+                    path,
+                    rows[0][0],
+                    [row for _, row in rows],
+                    also=[number for number, _ in rows],
+                    id=str(post_id),
+                    prompt=rows[0][1]["history"],
+                    completions=[texts[c] for c in order],
+                    ranks=tuple(range(1, len(order) + 1)),
+                )
 
 
 def _problem_with(record: Any) -> str | None:
@@ -86,5 +93,12 @@ def _total_order(rows) -> list[str] | None:
 def _pair(path: str, number: int, row: dict):
     winner, loser = _winner_loser(row)
     texts = _comment_texts([(number, row)])
-    return build(path, number, row, id=f"{row['post_id']}:{winner}>{loser}", prompt=row["history"],
-                 completions=(texts[winner], texts[loser]), ranks=(1, 2))
+    return build(
+        path,
+        number,
+        row,
+        id=f"{row['post_id']}:{winner}>{loser}",
+        prompt=row["history"],
+        completions=(texts[winner], texts[loser]),
+        ranks=(1, 2),
+    )

@@ -38,16 +38,19 @@ def read_ultrafeedback(paths: Sequence[str], *, score: str = "mean_aspects") -> 
     """Yield RecordsRead, Imported and Skipped events for UltraFeedback files (JSONL, JSON, parquet, `datasets`)."""
     if score not in ("mean_aspects", "overall_score", "fine-grained_score") + ASPECTS:
         raise DataError(f"unknown score {score!r}: use mean_aspects, overall_score, fine-grained_score or an aspect")
-    return each_record(paths, "an UltraFeedback file", _problem_with,
-                       lambda path, number, row: _row(path, number, row, score))
+    return each_record(
+        paths, "an UltraFeedback file", _problem_with, lambda path, number, row: _row(path, number, row, score)
+    )
 
 
 def _problem_with(record: Any) -> str | None:
     if isinstance(record, dict) and {"prompt", "chosen", "rejected"} <= set(record):
         return None  # binarized
     if not isinstance(record, dict) or "instruction" not in record or not isinstance(record.get("completions"), list):
-        return ("records lack 'instruction' and a 'completions' list, and are not binarized rows ('prompt', "
-                "'chosen', 'rejected')")
+        return (
+            "records lack 'instruction' and a 'completions' list, and are not binarized rows ('prompt', "
+            "'chosen', 'rejected')"
+        )
     return None
 
 
@@ -58,8 +61,12 @@ def _binarized(path: str, number: int, row: dict):
         return invalid(path, number, error, row)
     if chosen is not None and chosen == rejected:
         return Skipped(path, number, "chosen and rejected scored equal: no preference", raw=row)
-    pair = {"id": f"{path.rsplit('/', 1)[-1]}:{number}", "prompt": row["prompt"], "chosen": row["chosen"],
-            "rejected": row["rejected"]}
+    pair = {
+        "id": f"{path.rsplit('/', 1)[-1]}:{number}",
+        "prompt": row["prompt"],
+        "chosen": row["chosen"],
+        "rejected": row["rejected"],
+    }
     try:
         return Imported(ranking_from_record(pair), path, number)
     except DataError as error:
@@ -67,7 +74,7 @@ def _binarized(path: str, number: int, row: dict):
 
 
 def rating(value) -> float | None:
-    """"4" -> 4.0, 4 -> 4.0, "N/A" / "" / None -> None; a list of per-pass ratings -> their mean. A rating that
+    """ "4" -> 4.0, 4 -> 4.0, "N/A" / "" / None -> None; a list of per-pass ratings -> their mean. A rating that
     reads as NaN or infinite (NaN in JSON, "nan", "inf", "-inf") is a DataError: there is no place to rank it at."""
     if isinstance(value, list):
         ratings = [r for r in (rating(item) for item in value) if r is not None]
@@ -98,8 +105,11 @@ def completion_score(completion: dict, score: str) -> float | None:
     if score in ASPECTS:
         return _rating_of(annotations.get(score), f"annotations.{score}")
     if score == "mean_aspects":
-        ratings = [r for r in (_rating_of(annotations.get(aspect), f"annotations.{aspect}") for aspect in ASPECTS)
-                   if r is not None]
+        ratings = [
+            r
+            for r in (_rating_of(annotations.get(aspect), f"annotations.{aspect}") for aspect in ASPECTS)
+            if r is not None
+        ]
         return sum(ratings) / len(ratings) if ratings else None
     return _rating_of(completion.get(score), score)
 
@@ -113,8 +123,13 @@ def _row(path: str, number: int, row: dict, score: str):
         try:
             value = completion_score(completion, score) if isinstance(completion, dict) else None
         except DataError as error:
-            return invalid(path, number, DataError(error.reason, field=f"completions.{error.field}"), row,
-                           detail=f"completion {place}")
+            return invalid(
+                path,
+                number,
+                DataError(error.reason, field=f"completions.{error.field}"),
+                row,
+                detail=f"completion {place}",
+            )
         if value is None:
             unrated += 1
         elif isinstance(completion.get("response"), str) and not completion["response"].strip():
@@ -131,5 +146,13 @@ def _row(path: str, number: int, row: dict, score: str):
     except DataError as error:
         return invalid(path, number, error, row)
     flags = ((UNRATED,) if unrated else ()) + ((EMPTY,) if empty else ())
-    return build(path, number, row, flags, id=f"{path.rsplit('/', 1)[-1]}:{number}",
-                 prompt=row["instruction"], completions=texts, ranks=ranks)
+    return build(
+        path,
+        number,
+        row,
+        flags,
+        id=f"{path.rsplit('/', 1)[-1]}:{number}",
+        prompt=row["instruction"],
+        completions=texts,
+        ranks=ranks,
+    )
