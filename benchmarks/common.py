@@ -17,9 +17,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 from rlhf.distributed import free_port
 from rlhf.io import atomic_write_text

@@ -66,7 +66,7 @@ class Settings:
     smallest: bool = False  # tiny random models instead of a demo run, and a few steps
 
     @classmethod
-    def smoke(cls) -> "Settings":
+    def smoke(cls) -> Settings:
         return cls(
             seeds=[0],
             samples_per_prompt=2,

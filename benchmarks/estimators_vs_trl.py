@@ -46,7 +46,7 @@ class Settings:
     num_layers: int = 6
 
     @classmethod
-    def smallest(cls) -> "Settings":
+    def smallest(cls) -> Settings:
         return cls(
             steps=2,
             rounds=1,

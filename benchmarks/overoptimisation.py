@@ -56,7 +56,7 @@ class Settings:
     smallest: bool = False
 
     @classmethod
-    def smoke(cls) -> "Settings":
+    def smoke(cls) -> Settings:
         return cls(
             seeds=[0],
             variants=["single", "min"],

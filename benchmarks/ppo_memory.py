@@ -17,8 +17,8 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -52,7 +52,7 @@ class Settings:
     bf16: bool | None = False
 
     @classmethod
-    def smallest(cls) -> "Settings":
+    def smallest(cls) -> Settings:
         return cls(
             layouts=["zero0", "zero3"], steps=1, rollout_batch_size=2, max_new_tokens=4, hidden_size=32, num_layers=1
         )

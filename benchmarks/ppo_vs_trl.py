@@ -48,7 +48,7 @@ class Settings:
     padded_too: bool = False  # ours also with padding_free false, in every round
 
     @classmethod
-    def smallest(cls) -> "Settings":
+    def smallest(cls) -> Settings:
         return cls(
             steps=2,
             rounds=1,
@@ -187,11 +187,11 @@ def generation_control(config, repeats: int = 10) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
+    from rlhf.data.prompts import load_prompts
     from rlhf.models import load_tokenizer
     from rlhf.ppo.data import prompts_for_step
     from rlhf.ppo.experience import generate, tokenize_prompts
     from rlhf.ppo.logprobs import sampling_settings_for
-    from rlhf.data.prompts import load_prompts
 
     tokenizer = load_tokenizer(config.model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path).eval()

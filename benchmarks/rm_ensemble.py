@@ -42,7 +42,7 @@ class Settings:
     smallest: bool = False
 
     @classmethod
-    def smoke(cls) -> "Settings":
+    def smoke(cls) -> Settings:
         return cls(k=2, smallest=True)
 
 
@@ -87,7 +87,7 @@ def smallest_inputs(workdir: Path) -> dict:
     import random
 
     from rlhf.data.rankings import Ranking, ranks_from_scores, write_rankings
-    from rlhf.demo.task import CHATTER, WORDS, correct_answer, corpus_words, gold_score, make_split, parse_prompt
+    from rlhf.demo.task import CHATTER, WORDS, corpus_words, correct_answer, gold_score, make_split, parse_prompt
     from rlhf.demo.tiny_model import build_tiny_model
 
     root = workdir / "smallest"

@@ -1,6 +1,6 @@
 """Every benchmark in one command; writes benchmarks/RESULTS.md and benchmarks/results/all.json.
 
-    python -m benchmarks.run                         # the full suite (~7 min on 2 shared CPU cores, plus creating the TRL venv once)
+    python -m benchmarks.run                         # the full suite (plus creating the TRL venv once)
     python -m benchmarks.run --smallest --no-peer    # smallest settings, no TRL venv: checks the suite runs
     python -m benchmarks.run --demo-run runs/demo    # also read a pipeline run for the end-to-end section
     python -m benchmarks.run --only ppo_vs_trl rm_kway
@@ -223,13 +223,15 @@ def render(machine: dict, results: dict, derived: list[dict], args, seconds: flo
                 f"{' --no-peer' if args.no_peer else ''}` on {machine['date']} in {seconds / 60:.1f} min.",
                 "",
                 f"- Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}; "
-                f"shared with other jobs, so compare ratios, not seconds. OMP_NUM_THREADS={machine['omp_num_threads']}.",
+                "shared with other jobs, so compare ratios, not seconds. "
+                f"OMP_NUM_THREADS={machine['omp_num_threads']}.",
                 f"- Python {machine['python']}; "
                 + ", ".join(f"{k} {v[k]}" for k in v if v[k])
                 + "."
                 + (
                     f" Peer: TRL {results['ppo_vs_trl']['trl_versions']['trl']} with transformers "
-                    f"{results['ppo_vs_trl']['trl_versions']['transformers']} in its own venv (benchmarks/.venv-trl100)."
+                    f"{results['ppo_vs_trl']['trl_versions']['transformers']} in its own venv "
+                    "(benchmarks/.venv-trl100)."
                     if results.get("ppo_vs_trl", {}).get("trl_versions")
                     else ""
                 ),

@@ -57,7 +57,7 @@ class Settings:
     seed: int = 0
 
     @classmethod
-    def smallest(cls) -> "Settings":
+    def smallest(cls) -> Settings:
         return cls(rankings_per_step=2, hidden_size=32, num_layers=1, num_heads=2, vocab_size=64, repeats=1)
 
     def describe(self) -> str:

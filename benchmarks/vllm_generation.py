@@ -50,7 +50,7 @@ class Settings:
     smallest: bool = False
 
     @classmethod
-    def smoke(cls) -> "Settings":
+    def smoke(cls) -> Settings:
         return cls(prompts=4, max_new_tokens=4, repeats=1, threads=1, sizes=[SMALLEST], ppo_steps=2, smallest=True)
 
 
@@ -245,7 +245,8 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         f"PPO with `rollout_engine: vllm` at the {s['sizes'][0]['name']} size, steps after the first "
-        f"({step['steps']}, {step['rollout_batch_size']} responses of 16 tokens): weight sync {step['sync_s_median']:.3f} s of a {step['step_s_median']:.3f} s "
+        f"({step['steps']}, {step['rollout_batch_size']} responses of 16 tokens): "
+        f"weight sync {step['sync_s_median']:.3f} s of a {step['step_s_median']:.3f} s "
         f"step, **{step['sync_share_median']:.1%}**; largest rollout_logprob_gap "
         f"{step['rollout_logprob_gap_max']:.1e}.",
     ]

@@ -36,21 +36,20 @@ class Settings:
     num_processes: int = 2
 
     @classmethod
-    def smallest(cls) -> "Settings":
+    def smallest(cls) -> Settings:
         return cls(prompts_per_rank=2, max_new_tokens=4, repeats=1, hidden_size=32, num_layers=1)
 
 
 def worker(args) -> None:
     import torch
     import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
 
     from rlhf import distributed
-    from rlhf.models import load_tokenizer
-    from rlhf.models import partitioned_loading
+    from rlhf.models import load_tokenizer, partitioned_loading
     from rlhf.ppo.engines import _trained_engine, engine_config, init_distributed
     from rlhf.ppo.experience import generate, tokenize_prompts
     from rlhf.ppo.logprobs import sampling_settings_for
-    from transformers import AutoModelForCausalLM
 
     settings = Settings(**json.loads(args.settings))
     models = read_json(Path(args.models))
@@ -108,7 +107,7 @@ def worker(args) -> None:
         engine = engines["unsharded" if mode == "unsharded" else "zero3"]
         path = mode if mode != "unsharded" else "gather_once"
         dist.barrier()
-        profiles[mode] = profile_call(lambda: generate(engine, batch, generation_config, path))
+        profiles[mode] = profile_call(lambda engine=engine, path=path: generate(engine, batch, generation_config, path))
     if distributed.is_main_process():
         Path(args.out).write_text(json.dumps({"seconds": seconds, "profiles": profiles}))
     dist.barrier()

@@ -8,10 +8,13 @@ time. Each function says what it reaches into and why no public API does the job
 | `ArgumentParser._actions`                         | argparse     | Python 3.10 to 3.13 |
 | `integrations.deepspeed._hf_deepspeed_config_weak_ref` | transformers | 5.23.0 |
 | `PretrainedConfig._attn_implementation`           | transformers | 5.23.0 |
-| `PreTrainedModel._load_pretrained_model`, `LoadStateDictInfo`, `core_model_loading.rename_source_key`, `._is_hf_initialized`, `._weight_conversions` | transformers | 5.23.0 |
+| `PreTrainedModel._load_pretrained_model`, `LoadStateDictInfo`         | transformers | 5.23.0 |
+| `core_model_loading.rename_source_key`            | transformers | 5.23.0 |
+| `._is_hf_initialized`, `._weight_conversions` (parameters, modules) | transformers | 5.23.0 |
 | `Trainer._prepare_inputs`                         | transformers | 5.23.0 |
 | `PartialState._prepare_backend`                   | accelerate   | 1.15.0 |
-| `DeepSpeedZeRoOffload._remove_module_hooks`, `.forward_hooks`, `.backward_hooks`, `parameter_offload.FWD_MODULE_STACK` | deepspeed | 0.19.8 |
+| `DeepSpeedZeRoOffload._remove_module_hooks`, `.forward_hooks`, `.backward_hooks` | deepspeed | 0.19.8 |
+| `parameter_offload.FWD_MODULE_STACK`              | deepspeed    | 0.19.8 |
 | `DeepSpeedZeroOptimizer_Stage3.fp32_partitioned_groups_flat`, `.fp16_partitioned_groups_flat` | deepspeed | 0.19.8 |
 | `SFTTrainer.padding_free` (set in `__init__`, undocumented) | trl  | 1.16.0 |
 | `SFTTrainer._total_train_tokens`                  | trl          | 1.16.0 |
@@ -24,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 def parser_actions(parser) -> list:

@@ -17,8 +17,8 @@ import contextlib
 import os
 import struct
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from rlhf import bounded_json
 from rlhf.errors import DataError, RLHFError

@@ -16,14 +16,16 @@ import math
 import os
 import sys
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
 from rlhf import _compat
-from rlhf.data.overlong import OVERLONG_HELP, POLICIES as OVERLONG_POLICIES
+from rlhf.data.overlong import OVERLONG_HELP
+from rlhf.data.overlong import POLICIES as OVERLONG_POLICIES
 from rlhf.errors import ConfigError
 from rlhf.models import DEFAULT_ATTENTION
 

@@ -6,8 +6,9 @@ it is what tells us whether each stage really improved the policy.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from statistics import fmean
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rlhf.errors import ConfigError
 

@@ -10,7 +10,8 @@ config it is given that is left unset from the model's `generation_config` (a sh
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from rlhf.data.formatting import encode_prompts, response_text
 from rlhf.errors import ConfigError

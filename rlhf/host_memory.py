@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter; setting it also turns the dynamic adjustment off
 MMAP_THRESHOLD_BYTES = 128 << 10

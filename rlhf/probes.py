@@ -5,7 +5,7 @@ apart (`rlhf.ppo.packing`), shared-prompt forwards whether a custom attention ma
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -164,11 +164,14 @@ def _lineage(run_dir: Path, registry_dir: str) -> list[str]:
         registered = _json(run_dir / stage / run_files.REGISTERED)
         if registered and registry.has(registered["reference"]):
             return [
-                f"- `{entry.reference}` ({entry.stage}), from {', '.join(f'`{p}`' for p in entry.parents) or f'`{entry.base_model}`'}"
-                f", made {entry.created_at}"
+                f"- `{entry.reference}` ({entry.stage}), from {_origin(entry)}, made {entry.created_at}"
                 for entry in registry.lineage(registered["reference"])
             ]
     return ["- nothing registered yet"]
+
+
+def _origin(entry) -> str:
+    return ", ".join(f"`{parent}`" for parent in entry.parents) or f"`{entry.base_model}`"
 
 
 def _samples_table(samples: list[dict]) -> list[str]:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rlhf import figures, run_files
 from rlhf.evaluate.overoptimisation import GaoFit, curve_fits, interpolate, sqrt_kl

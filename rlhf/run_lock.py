@@ -19,8 +19,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from rlhf.errors import RLHFError
 from rlhf.run_files import RUN_LOCK

@@ -125,8 +125,8 @@ def main(cases_path: str, out_dir: str) -> None:
     for name, case in cases.items():
         dtype = getattr(torch, case["dtype"]) if case.get("dtype") else None
         loads = {
-            "streamed": lambda: load_adapted(case["path"], task=case["task"], torch_dtype=dtype),
-            "transformers": lambda: transformers_load(case["path"], case["task"], dtype),
+            "streamed": lambda case=case, dtype=dtype: load_adapted(case["path"], task=case["task"], torch_dtype=dtype),
+            "transformers": lambda case=case, dtype=dtype: transformers_load(case["path"], case["task"], dtype),
         }
         record = {}
         for how, load in loads.items():  # streamed first: it inherits no heap the other load freed

@@ -32,8 +32,8 @@ def tokenizer_with_template(model_dir, template: str):
     [
         (
             "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-            "the chat template tried to leave Jinja's sandbox and was stopped (access to attribute '__class__' of 'str' "
-            "object is unsafe.); use a model whose template you trust",
+            "the chat template tried to leave Jinja's sandbox and was stopped "
+            "(access to attribute '__class__' of 'str' object is unsafe.); use a model whose template you trust",
         ),
         (
             "{{ raise_exception('Conversation roles must alternate user/assistant') }}",

@@ -74,4 +74,4 @@ def test_equal_quality_is_sometimes_tied():
 
 def test_labelers_differ():
     labelers = make_labelers(4, seed=0)
-    assert len({l.temperature for l in labelers}) == 4 and len({l.name for l in labelers}) == 4
+    assert len({labeler.temperature for labeler in labelers}) == 4 and len({labeler.name for labeler in labelers}) == 4

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
-
 from ppo_setup import build_models
+
 from rlhf.evaluate.cli import build_parser, main, settings_from_run
 from rlhf.evaluate.overoptimisation import best_of_n_expectation, best_of_n_kl
 

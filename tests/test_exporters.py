@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 from full_disk_hook import writes_fail
 
+from rlhf.errors import DataError, RLHFError
 from rlhf.labels.cli import main
 from rlhf.labels.exporters import (
     argilla_records,
@@ -21,7 +22,6 @@ from rlhf.labels.exporters import (
 )
 from rlhf.labels.importers import import_rankings
 from rlhf.labels.importers.label_studio import UNTOUCHED
-from rlhf.errors import DataError, RLHFError
 
 # Each completion carries its true quality, so a simulated annotator can rank it and the test can check the result.
 ITEMS = [

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ppo_setup import build_models, stage_arguments
+
 from rlhf.demo.task import corpus_words, make_split
 from rlhf.demo.tiny_model import build_tiny_model
 from rlhf.registry import Registry

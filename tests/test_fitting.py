@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from ppo_setup import TIMING_KEYS, assert_same_metric_rows, build_models, engines_for, stage_arguments
 
 # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` in get_peft_model, and TRL's configs set the
@@ -76,7 +75,7 @@ def test_scoring_in_micro_batches_equals_scoring_the_whole_batch(models, tmp_pat
                 getattr(whole, field),
                 rtol=1e-5,
                 atol=1e-5,
-                msg=lambda message: f"forward_batch_size {size}, {field}: {message}",
+                msg=lambda message, size=size, field=field: f"forward_batch_size {size}, {field}: {message}",
             )
 
 
@@ -149,7 +148,7 @@ def test_gradient_checkpointing_recomputes_every_layer_of_actor_and_critic_in_th
         attention_calls = []
         first_attention = next(m for m in engines.actor.module.modules() if type(m).__name__.endswith("Attention"))
         handle = first_attention.register_forward_pre_hook(
-            lambda module, args, kwargs: attention_calls.append(kwargs.get("past_key_values") is not None),
+            lambda module, args, kwargs, calls=attention_calls: calls.append(kwargs.get("past_key_values") is not None),
             with_kwargs=True,
         )
         sampled[checkpointing] = scored_rollout(engines, inputs)[0].response_ids
@@ -163,7 +162,7 @@ def test_gradient_checkpointing_recomputes_every_layer_of_actor_and_critic_in_th
         for role, module in attention.items():
             first_layer = next(m for m in module.modules() if type(m).__name__.endswith("DecoderLayer"))
 
-            def count(*_, role=role):
+            def count(*_, role=role, counts=counts):
                 counts[role] += 1
 
             handles.append(first_layer.self_attn.register_forward_hook(count))
@@ -378,6 +377,7 @@ def master_weights(engine) -> list[torch.Tensor]:
 @pytest.mark.parametrize("layout", ["zero0.json", "zero3.json"])
 def test_a_bf16_ppo_update_on_a_cpu_computes_in_bf16_on_float32_master_weights(models, tmp_path, layout):
     from ppo_setup import REPO
+
     from rlhf.ppo import update
 
     ds = str(REPO / "deepspeed_configs" / layout)
@@ -414,6 +414,7 @@ def test_a_bf16_ppo_run_on_a_cpu_trains_and_saves_its_policy(models, tmp_path):
     import json
 
     from ppo_setup import saved_weights
+
     from rlhf.ppo.tracking import read_metrics
 
     run_in_process(
@@ -435,6 +436,7 @@ def test_deepspeeds_own_adam_where_it_applies_torchs_otherwise(cuda):
     import json
 
     from ppo_setup import REPO
+
     from rlhf.ppo.optimizers import choose_optimizer
 
     files = {path.name: json.loads(path.read_text()) for path in (REPO / "deepspeed_configs").glob("*.json")}
@@ -496,8 +498,8 @@ def test_torchs_adamw_is_the_fused_kernel_and_steps_as_the_for_loop_one():
 @pytest.mark.slow
 def test_optimiser_offload_steps_with_deepspeeds_cpu_adam_the_same_adamw_as_torchs(models, tmp_path):
     from deepspeed.ops.adam import DeepSpeedCPUAdam
-
     from ppo_setup import REPO
+
     from rlhf.ppo.tracking import read_metrics
 
     zero3, offload = (str(REPO / "deepspeed_configs" / name) for name in ("zero3.json", "zero3_offload.json"))
@@ -555,6 +557,7 @@ def test_gradient_checkpointing_trains_a_lora_actor_and_critic_under_two_process
     import subprocess
 
     from ppo_setup import PYTHON, REPO, saved_weights, subprocess_env
+
     from rlhf.distributed import free_port
     from rlhf.ppo.tracking import read_metrics
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from architectures import family_tokenizer, llama3_stop_ids
-from rlhf.data.formatting import demonstration_ids, prompt_token_ids, reward_input_ids, response_text
+
+from rlhf.data.formatting import demonstration_ids, prompt_token_ids, response_text, reward_input_ids
 from rlhf.data.rankings import Ranking
 from rlhf.demo.task import corpus_words
 from rlhf.ppo.experience import reward_inputs, tokenize_prompts

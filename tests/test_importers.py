@@ -14,14 +14,14 @@ import pytest
 from full_disk_hook import writes_fail
 
 from rlhf.data.rankings import read_rankings
+from rlhf.errors import ConfigError, DataError
+from rlhf.labels.cli import main, quarantine_path
 from rlhf.labels.importers import import_rankings
 from rlhf.labels.importers.argilla import NO_STATUS, RATINGS_UNMAPPED, UNRATED_FIELDS
 from rlhf.labels.importers.base import DUPLICATE_RECORD, RENAMED_ID
 from rlhf.labels.importers.label_studio import NO_RESULT_COLUMN, UNRANKED, UNTOUCHED
 from rlhf.labels.importers.label_studio_ratings import UNRATED_RESPONSES
 from rlhf.labels.importers.ultrafeedback import EMPTY, UNRATED, rating
-from rlhf.errors import ConfigError, DataError
-from rlhf.labels.cli import main, quarantine_path
 
 SAMPLES = Path(__file__).parent / "data" / "labels"
 

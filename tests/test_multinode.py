@@ -8,8 +8,8 @@ import json
 import subprocess
 
 import pytest
-
 from ppo_setup import PYTHON, REPO, assert_same_final_metrics, build_models, stage_arguments, subprocess_env
+
 from rlhf.distributed import free_port
 
 TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second"}

@@ -11,9 +11,9 @@ import json
 
 import pytest
 import torch
-
 from architectures import build_family_model
 from ppo_setup import reports_of_two_ranks, saved_weights
+
 from rlhf.partitioned_load import AmbiguousCheckpoint, checkpoint_sources, model_key_for
 
 REWARD_BODY = {"model.embed_tokens.weight", "model.norm.weight", "score.weight"}

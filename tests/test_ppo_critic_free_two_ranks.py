@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 import torch
-
 from ppo_setup import (
     REPO,
     assert_same_final_metrics,
@@ -19,6 +18,7 @@ from ppo_setup import (
     saved_weights,
     stage_arguments,
 )
+
 from rlhf.ppo.checkpoint import checkpoints_dir
 from rlhf.run_files import PPO_METRICS
 

@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 import torch
-
 from ppo_setup import build_models, engines_for
 
 
@@ -100,6 +99,7 @@ def test_learning_rate_warms_up_then_decays_over_all_optimiser_steps(models, tmp
 
 def test_an_ensemble_is_one_reward_engine_and_the_critic_starts_from_its_weight_average(models, tmp_path):
     from ppo_setup import build_reward_ensemble
+
     from rlhf.ppo.experience import member_reward_scores, reward_inputs, tokenize_prompts
     from rlhf.rm.ensemble import RewardEnsemble, member_dirs
     from rlhf.rm.model import RewardNormalization, raw_scores, single_reward_model
@@ -150,11 +150,12 @@ def test_an_ensemble_is_one_reward_engine_and_the_critic_starts_from_its_weight_
 
 
 def test_an_aggregation_of_members_needs_an_ensemble(models, tmp_path):
+    from ppo_setup import stage_arguments
+
     from rlhf.config import parse_config
     from rlhf.errors import ConfigError
     from rlhf.ppo import inputs as ppo_inputs
     from rlhf.stages.ppo import PPOStageConfig
-    from ppo_setup import stage_arguments
 
     config = parse_config(
         PPOStageConfig,

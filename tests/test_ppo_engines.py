@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from ppo_setup import REPO, build_models, engines_for
 
 

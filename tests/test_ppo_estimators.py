@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from by_hand import NAN, close
+
 from rlhf.ppo import estimators
 
 FULL = torch.ones(4, 2)

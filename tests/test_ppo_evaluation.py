@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from ppo_setup import assert_same_metric_rows, build_models, engines_for, stage_arguments
+
 from rlhf.errors import ConfigError
 from rlhf.ppo.evaluation import _share_of_rank
 

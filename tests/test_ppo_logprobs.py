@@ -1,4 +1,7 @@
-"""PPO's log-probabilities: the tempered softmax (the sampler's exactly without top-k/top-p), finite at every sampled token."""
+"""PPO's log-probabilities: the tempered softmax, finite at every sampled token.
+
+Without top-k/top-p it is the sampler's softmax exactly.
+"""
 
 from __future__ import annotations
 

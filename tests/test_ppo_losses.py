@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-
 from by_hand import LN2, close
-from rlhf.ppo import losses
 
+from rlhf.ppo import losses
 
 # ---------------------------------------------------------------------------------------------------------
 # PPO losses

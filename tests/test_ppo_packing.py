@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from architectures import FAMILIES, family_config, family_tokenizer
 
 

@@ -102,8 +102,8 @@ def test_win_rate_counts_ties_half():
 
 
 def test_non_eos_fraction_reads_the_last_real_token():
-    from rlhf.ppo.tracking import non_eos_fraction
     from rlhf.ppo.rollout import Rollout
+    from rlhf.ppo.tracking import non_eos_fraction
 
     response_ids = torch.tensor([[5, 2, 0], [5, 6, 7], [2, 0, 0], [0, 0, 0]])  # eos 2, pad 0
     mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]])
@@ -270,10 +270,10 @@ def scores_in_ppo(
 
 
 def test_responses_are_retokenized_for_a_reward_model_with_another_tokenizer():
-    from rlhf.ppo import rewards
     from rlhf.demo.task import corpus_words
     from rlhf.demo.tiny_model import build_tokenizer
     from rlhf.models import same_tokenization
+    from rlhf.ppo import rewards
     from rlhf.ppo.experience import decode_responses, tokenize_prompts
     from rlhf.rm.model import score_texts
 
@@ -297,9 +297,9 @@ def test_responses_are_retokenized_for_a_reward_model_with_another_tokenizer():
 
 
 def test_with_the_same_tokenization_the_generated_ids_are_scored_as_the_text_would_be():
-    from rlhf.ppo import rewards
     from rlhf.demo.task import corpus_words
     from rlhf.demo.tiny_model import build_tokenizer
+    from rlhf.ppo import rewards
     from rlhf.ppo.experience import decode_responses, tokenize_prompts
     from rlhf.rm.model import score_texts
 

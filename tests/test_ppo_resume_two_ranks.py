@@ -9,9 +9,8 @@ import os
 import signal
 import subprocess
 
-import pytest
-
 import full_disk_hook
+import pytest
 from ppo_setup import (
     PYTHON,
     REPO,
@@ -22,6 +21,7 @@ from ppo_setup import (
     stage_arguments,
     subprocess_env,
 )
+
 from rlhf.distributed import free_port
 
 

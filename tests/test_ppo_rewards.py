@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-
 from by_hand import NAN, close
-from rlhf.ppo import rewards as ppo_rewards
 
+from rlhf.ppo import rewards as ppo_rewards
 
 # ---------------------------------------------------------------------------------------------------------
 # masked statistics

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from architectures import FAMILIES
 from test_ppo_packing import family_models
 
@@ -83,7 +82,10 @@ def test_shared_prompt_gradients_of_actor_and_critic_equal_one_sequence_per_resp
         return (response_values(critic, inputs, QUERY, 512, shared) ** 2 * weights)[real].sum()
 
     for model, loss, shared in ((policy, policy_loss, policy_shared), (critic, critic_loss, critic_shared)):
-        separate, together = gradients(model, lambda: loss(OFF)), gradients(model, lambda: loss(shared))
+        separate, together = (
+            gradients(model, lambda loss=loss: loss(OFF)),
+            gradients(model, lambda loss=loss, shared=shared: loss(shared)),
+        )
         assert separate.keys() == together.keys() and len(separate) > 5
         for name in separate:
             torch.testing.assert_close(together[name], separate[name], atol=1e-5, rtol=1e-4, msg=name)
@@ -140,9 +142,9 @@ def test_models_that_fail_the_check_are_named_in_one_line_per_reason_and_a_missi
     import copy
     from types import SimpleNamespace
 
+    from test_shared_prompt import family_reward_model, ignores_custom_masks
     from transformers import AttentionInterface, AutoModelForCausalLM
 
-    from test_shared_prompt import family_reward_model, ignores_custom_masks
     from rlhf.ppo.engines import shared_prompt_supports
     from rlhf.shared_prompt.forward import OFF
 
@@ -174,6 +176,7 @@ def test_the_ppo_stage_scores_and_trains_a_rollout_of_groups_behind_shared_promp
     import dataclasses
 
     from ppo_setup import build_models, stage_arguments
+
     from rlhf.config import parse_config
     from rlhf.ppo import experience, update
     from rlhf.shared_prompt.forward import OFF

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ppo_setup import (
     PYTHON,
     assert_same_final_metrics,
@@ -197,8 +196,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(models, tmp_path):
 
 @pytest.mark.slow
 def test_non_finite_losses_skip_their_updates_then_stop_with_the_last_good_checkpoint(models, tmp_path, monkeypatch):
-    from rlhf.ppo import losses
     from rlhf.errors import RLHFError
+    from rlhf.ppo import losses
 
     real_policy_loss = losses.ppo_policy_loss
     calls = {"count": 0}

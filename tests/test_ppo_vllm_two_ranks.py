@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from ppo_setup import REPO, assert_same_metric_rows, build_models, launch_two, stage_arguments
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ppo_setup import (
     PYTHON,
     REPO,

@@ -1,8 +1,8 @@
 import json
+import multiprocessing
 import os
 import shutil
 import struct
-import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +101,10 @@ def test_resolve_order_registry_then_directory_then_hub(tmp_path, monkeypatch):
 
 
 def hub_cache(root: Path, model_id: str, monkeypatch) -> None:
-    """The hub client's cache layout (models--org--name/refs/main -> snapshots/<commit>/...), as a download leaves it."""
+    """The hub client's cache layout, as a download leaves it.
+
+    models--org--name/refs/main -> snapshots/<commit>/...
+    """
     from huggingface_hub import constants
 
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -154,8 +157,8 @@ def deep_json(path: Path) -> None:
         (
             "config.json",
             lambda path: os.symlink("/dev/zero", path),
-            "is over 64 MiB, far more than a JSON file of its kind holds: refused unread (a link to a device, or a damaged "
-            "file?)",
+            "is over 64 MiB, far more than a JSON file of its kind holds: "
+            "refused unread (a link to a device, or a damaged file?)",
         ),
         ("config.json", deep_json, "nested deeper than 100 levels"),
         ("tokenizer_config.json", lambda path: path.write_text('{"model_max_length": '), "is not valid JSON"),

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rlhf.rm.batches import RankingCollator, scores_on_grid
-from rlhf.rm.loss import kway_ranking_loss
 from rlhf.rm.evaluation import kendall_tau_b, ranking_metrics
+from rlhf.rm.loss import kway_ranking_loss
 
 
 def test_collator_pads_variable_k_and_scatters_back():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ppo_setup import build_models, build_reward_ensemble
+
 from rlhf.rm.ensemble import ENSEMBLE_FILE, RewardEnsemble, averaged_state_dict, is_ensemble, member_dirs, members_of
 from rlhf.rm.evaluation import ensemble_spread, mean_rows, pearson
 

@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-
 from by_hand import NAN, SP1, SP2, SP3, close
-from rlhf.rm import loss as rm_loss
 
+from rlhf.rm import loss as rm_loss
 
 # ---------------------------------------------------------------------------------------------------------
 # kway_ranking_loss

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from rlhf.data.rankings import Ranking, ranks_from_scores, read_rankings, write_rankings
-from rlhf.demo.task import CHATTER, WORDS, correct_answer, corpus_words, gold_score, make_split, parse_prompt
+from rlhf.demo.task import CHATTER, WORDS, corpus_words, correct_answer, gold_score, make_split, parse_prompt
 from rlhf.demo.tiny_model import build_tiny_model
 from rlhf.distributed import free_port
 from rlhf.registry import Registry
@@ -353,7 +353,6 @@ def test_rm_under_two_process_zero3_trains_on_both_ranks_and_saves_whole_weights
 def test_an_ensemble_trains_k_seeds_and_registers_them_as_one_entry_with_each_members_zero(rm_workspace):
     from rlhf.rm.ensemble import member_dirs, members_of
     from rlhf.rm.model import load_reward_model, score_texts, score_texts_by_member, single_reward_model
-
     from rlhf.stages.rm import main
 
     output_dir = rm_workspace / "ensemble"

@@ -40,6 +40,7 @@ def test_the_stage_refuses_before_any_model_loads(tmp_path, monkeypatch, capsys)
     """The PPO stage's own path: vLLM missing, then a length the model cannot hold, each in one line (exit code 2)
     before any engine is built."""
     from ppo_setup import build_models, stage_arguments
+
     from rlhf.rollout import settings
     from rlhf.stages.ppo import main
 

@@ -11,9 +11,9 @@ import shutil
 
 import pytest
 import torch
-
 from architectures import build_family_model, llama3_stop_ids
 from ppo_setup import build_models, engines_for
+
 from rlhf.demo.task import corpus_words
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from ppo_setup import subprocess_env
+
 from rlhf.errors import RLHFError
 from rlhf.run_lock import holding
 

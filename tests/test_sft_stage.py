@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import full_disk_hook
 import pytest
 import yaml
 
-import full_disk_hook
 from rlhf.demo.task import corpus_words, make_split
 from rlhf.demo.tiny_model import build_tiny_model
 from rlhf.distributed import free_port
@@ -104,8 +104,8 @@ def _first_batch(sft_workspace, tmp_path, records, *extra):
     from trl import SFTTrainer
 
     from rlhf.config import parse_config
-    from rlhf.sft.packing import keep_packed_rows
     from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.sft.packing import keep_packed_rows
     from rlhf.stages.sft import SFTStageConfig
 
     config = parse_config(
@@ -195,8 +195,8 @@ def test_packed_rows_give_the_loss_of_trls_flattened_batch(sft_workspace, tmp_pa
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from rlhf.config import parse_config
-    from rlhf.sft.packing import PackedRowsCollator
     from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.sft.packing import PackedRowsCollator
     from rlhf.stages.sft import SFTStageConfig
 
     records = make_split(24, seed=6)
@@ -233,9 +233,8 @@ ADAPTATIONS = {
 
 
 def _changed_tensors(saved: Path, base: Path) -> set[str]:
-    from safetensors.torch import load_file
-
     import torch
+    from safetensors.torch import load_file
 
     before, after = load_file(base / "model.safetensors"), load_file(saved / "model.safetensors")
     assert after.keys() == before.keys()

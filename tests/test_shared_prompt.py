@@ -161,9 +161,9 @@ def test_runs_of_equal_rows_are_ppos_groups_and_only_a_group_of_two_or_more_runs
 
 
 def family_reward_model(family: str, attention: str = "sdpa"):
+    from architectures import family_config, family_tokenizer
     from transformers import AutoModelForSequenceClassification
 
-    from architectures import family_config, family_tokenizer
     from rlhf.demo.task import corpus_words
 
     config = family_config(family, family_tokenizer(family, corpus_words()))
@@ -271,6 +271,7 @@ def test_held_out_rankings_score_the_same_shared_with_prompts_cut_to_max_length_
     """Evaluation (`score_rankings` -> `score_texts`): consecutive completions of a prompt share it. Cut to
     max_length, a longer completion loses more of its prompt's start; those rankings share what is still common."""
     from architectures import family_tokenizer
+
     from rlhf.data.rankings import Ranking
     from rlhf.demo.task import corpus_words, make_split
     from rlhf.rm.evaluation import score_rankings
@@ -340,9 +341,8 @@ def test_a_model_whose_attention_ignores_the_custom_mask_fails_the_check_and_sco
 
 
 def test_the_rm_trainer_checks_once_at_the_first_batch_and_says_so_in_one_line(tmp_path, capsys):
-    from transformers import AttentionInterface
-
     from test_reward_parts import ranking_trainer
+    from transformers import AttentionInterface
 
     AttentionInterface.register("ignores_custom_masks", ignores_custom_masks)
     model = family_reward_model("llama3", attention="ignores_custom_masks")

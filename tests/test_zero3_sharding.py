@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ppo_setup import build_models, reports_of_two_ranks, saved_weights
 
 MAX_SHARE = 0.55  # half of each model, plus padding and ZeRO-3's persistent small parameters

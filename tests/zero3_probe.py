@@ -78,7 +78,7 @@ def main(models_path: str, out_dir: str) -> None:
     for name, overrides in setups.items():
         as_loaded = []
 
-        def initialize(*args, model, **kwargs):
+        def initialize(*args, model, as_loaded=as_loaded, **kwargs):
             as_loaded.append(local_share(model, only_partitioned=True))
             return original_initialize(*args, model=model, **kwargs)
 

@@ -39,10 +39,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     import torch
+    import trl.experimental.ppo.ppo_trainer as ppo_trainer
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
-
-    import trl.experimental.ppo.ppo_trainer as ppo_trainer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     torch.set_num_threads(args.threads)

@@ -11,8 +11,8 @@ until the first update. We insert them by wrapping modules of the loaded model, 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

@@ -17,7 +17,8 @@ prompts padded on the left (`padding_side`).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from rlhf.data.chat_template import apply_chat_template
 

@@ -16,16 +16,17 @@ import json
 import math
 import numbers
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any
 
-from rlhf.io import write_jsonl_atomically
 from rlhf.data.records import read_records
 from rlhf.errors import DataError
+from rlhf.io import write_jsonl_atomically
 
-Prompt = Union[str, list]
+Prompt = str | list
 REQUIRED_FIELDS = ("id", "prompt", "completions", "ranks")
 
 

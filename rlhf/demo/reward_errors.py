@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rlhf.data.rankings import Ranking, ordered_pairs, ranks_from_scores
 from rlhf.demo.task import CHATTER, correct_answer, gold_score, parse_prompt

@@ -23,7 +23,7 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer(words: list[str]):
     """A word-level tokenizer trained with `tokenizers` on the task's words, wrapped for transformers."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS["unk"]))

@@ -10,8 +10,9 @@ from the policy is the analytic log N − (N − 1)/N.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from rlhf.evaluate.overoptimisation import best_of_n_curve, curve_fits
 

@@ -13,9 +13,8 @@ ordinary least squares through the origin, solved in closed form. Pure functions
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
-
 
 # -- best-of-N ------------------------------------------------------------------------------------------------------
 

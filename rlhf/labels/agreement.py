@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Sequence
 
 from rlhf.data.rankings import Ranking, dense_ranks
 

@@ -4,12 +4,14 @@ Pure and model-free: sampling the completions from a policy belongs to the `expo
 deduplicated (identical samples would waste an annotator's comparison) and shuffled with a seed, so that the
 position on screen says nothing about which sample came first.
 
-- Label Studio: a tasks file such as `tasks.json` (a list of {"data": {"prompt_id", "prompt", "items": [{"id", "title", "body"}]}})
-  and `tasks.config.xml` beside it, a <List> + <Ranker> labeling config. Item ids are "r1".."rK", not numbers: the Ranker keeps
-  items in a JavaScript object, which would reorder integer-like keys. Chat prompts use <Paragraphs>.
-- Argilla v2: a records file such as `records.json` (with `records.settings.json` beside it), flat dicts for `dataset.records.log(...)` ({"id", "prompt", "response-1", ...}),
-  and `settings.json` in `rg.Settings.from_json` shape, with a RankingQuestion whose options are the field
-  names. Argilla's options are fixed per dataset, so every prompt needs the same number of distinct completions.
+- Label Studio: a tasks file such as `tasks.json` (a list of
+  {"data": {"prompt_id", "prompt", "items": [{"id", "title", "body"}]}}) and `tasks.config.xml` beside it, a
+  <List> + <Ranker> labeling config. Item ids are "r1".."rK", not numbers: the Ranker keeps items in a JavaScript
+  object, which would reorder integer-like keys. Chat prompts use <Paragraphs>.
+- Argilla v2: a records file such as `records.json` (with `records.settings.json` beside it), flat dicts for
+  `dataset.records.log(...)` ({"id", "prompt", "response-1", ...}), and `settings.json` in `rg.Settings.from_json`
+  shape, with a RankingQuestion whose options are the field names. Argilla's options are fixed per dataset, so every
+  prompt needs the same number of distinct completions.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 from xml.sax.saxutils import quoteattr
 
-from rlhf.io import write_files_together
 from rlhf.data.rankings import Prompt, check_ranking
 from rlhf.errors import DataError
+from rlhf.io import write_files_together
 
 RANKER_NAME, LIST_NAME, QUESTION_NAME = "rank", "responses", "ranking"
 

@@ -8,7 +8,8 @@ of its prompts `samples_per_prompt` times in a row (`groups`): a prompt's group 
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 

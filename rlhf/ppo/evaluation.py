@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 

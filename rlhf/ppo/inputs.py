@@ -3,8 +3,9 @@ optional PPO-ptx data."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from rlhf import distributed
 from rlhf.errors import ConfigError, DataError

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 LOGPROB_FLOOR = -1e4
 
 

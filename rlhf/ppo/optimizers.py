@@ -20,7 +20,8 @@ a build that fails falls back to torch's fused AdamW, with one line saying why, 
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

@@ -16,7 +16,7 @@ flash attention everything goes into one row (`row_tokens_for`).
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -11,7 +11,7 @@ float); a position with mask 0 never affects a result, even when it holds NaN or
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -6,7 +6,8 @@ Imports torch only. Shapes: B rollouts, Q query (prompt) tokens, T response toke
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 

@@ -7,8 +7,8 @@ optimiser states stay those of the last good update; the caller counts skips and
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 

@@ -7,8 +7,9 @@ to a (B, K) grid whose empty slots have rank 0 (InstructGPT §C.2).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from rlhf.data.formatting import prompt_token_ids, reward_input_ids
 from rlhf.data.rankings import Ranking

@@ -17,8 +17,8 @@ members' margins is set against the mean's error rate (`uncertainty_bins`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 BINS = 10
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from rlhf.data.overlong import Fitted, fit_rankings
 from rlhf.data.rankings import Ranking, merge_annotators, merge_duplicate_completions, read_rankings

@@ -6,9 +6,10 @@ errors. `ranking_metrics`, `kendall_tau_b` and `ensemble_spread` are pure functi
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Sequence
+from typing import Any
 
 from rlhf.data.rankings import Ranking, ordered_pairs
 from rlhf.generation import stop_token_ids_of

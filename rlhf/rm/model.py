@@ -13,9 +13,10 @@ scores, `score_texts` their mean: what "the reward model's score" is for every r
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rlhf.data.formatting import reward_input_ids
 from rlhf.data.rankings import Ranking
@@ -36,7 +37,7 @@ class RewardNormalization:
         atomic_write_json(Path(model_dir) / NORMALIZATION_FILE, asdict(self))
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> "RewardNormalization":
+    def load(cls, model_dir: str | Path) -> RewardNormalization:
         path = Path(model_dir) / NORMALIZATION_FILE
         return cls(**json.loads(path.read_text())) if path.is_file() else cls()
 

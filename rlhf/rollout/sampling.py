@@ -9,7 +9,8 @@ the prompt, the seed and its place, never on the batch around it.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rlhf.rollout.vllm_engine import EngineSampling, EngineSettings, VLLMEngine
 

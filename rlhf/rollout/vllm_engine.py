@@ -24,9 +24,9 @@ import os
 import socket
 import subprocess
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from rlhf.errors import ConfigError
 from rlhf.rollout import protocol
@@ -83,7 +83,7 @@ class VLLMEngine:
 
     # -- life --------------------------------------------------------------------------------------------------
 
-    def start(self) -> "VLLMEngine":
+    def start(self) -> VLLMEngine:
         """Launch the engine process and hand it its settings; it loads the model while the caller goes on."""
         from multiprocessing.connection import Connection
 
@@ -109,7 +109,7 @@ class VLLMEngine:
         atexit.register(self.close)
         return self
 
-    def wait_ready(self) -> "VLLMEngine":
+    def wait_ready(self) -> VLLMEngine:
         """Block until the engine has its model; a one-line ConfigError for what the user can fix."""
         kind, payload = self._receive()
         if kind == protocol.USER_ERROR:
@@ -144,7 +144,7 @@ class VLLMEngine:
             self._shared = None
         atexit.unregister(self.close)
 
-    def __enter__(self) -> "VLLMEngine":
+    def __enter__(self) -> VLLMEngine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -166,7 +166,7 @@ class VLLMEngine:
             },
         )
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, "object"]]) -> int:
+    def load_weights(self, named_tensors: Iterable[tuple[str, object]]) -> int:
         """Copy (name, tensor) pairs, the model's every weight under its checkpoint name, into the engine's model,
         a bucket of at most `bucket_bytes` at a time. Each tensor is copied into shared memory before the next is
         drawn, so the iterator may hand out tensors valid only until then (ZeRO-3's gathered modules). Returns

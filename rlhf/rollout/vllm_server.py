@@ -54,7 +54,7 @@ def main() -> None:
     serve(connection, Engine(llm))
 
 
-def serve(connection, engine: "Engine") -> None:
+def serve(connection, engine: Engine) -> None:
     handlers = {
         protocol.GENERATE: engine.generate,
         protocol.LOAD_WEIGHTS: lambda _: engine.load_weights(connection),

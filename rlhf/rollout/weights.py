@@ -9,7 +9,7 @@ nothing at sampling time (vLLM's LoRA path would run the adapter at every token)
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from rlhf.rollout.vllm_engine import VLLMEngine
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rlhf.data.demonstrations import load_demonstrations
 from rlhf.data.formatting import demonstration_ids

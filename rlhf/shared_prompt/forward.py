@@ -16,8 +16,8 @@ engine or DDP, peft), so that ZeRO-3 gathers the parameters and DDP reduces the 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rlhf import distributed, run_lock
 from rlhf.registry import Entry, Registry, resolve_model
-
 
 # What Ctrl-C leaves of a stage, and how to go on.
 STAGE_INTERRUPTED = (
@@ -130,7 +130,10 @@ def parameter_counts(model) -> dict[str, int]:
 
 
 def gold_metrics_of_start(model, inputs: StageInputs, prompts: list, config) -> dict[str, Any]:
-    """The gold score of the starting policy (rank 0). Under ZeRO-3 `model` is a partition, so a whole copy is graded."""
+    """The gold score of the starting policy (rank 0).
+
+    Under ZeRO-3 `model` is a partition, so a whole copy is graded.
+    """
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     from rlhf import _compat

@@ -7,10 +7,11 @@ report.rankings, report.quarantine, report.skipped, report.flagged, ...
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+from rlhf.errors import ConfigError
 from rlhf.labels.importers.argilla import read_argilla
-from rlhf.labels.importers.base import ImportReport, Imported, RecordsRead, Skipped, collect
+from rlhf.labels.importers.base import Imported, ImportReport, RecordsRead, Skipped, collect
 from rlhf.labels.importers.hh_rlhf import read_hh_rlhf
 from rlhf.labels.importers.jsonl import read_jsonl
 from rlhf.labels.importers.label_studio import read_label_studio
@@ -18,7 +19,6 @@ from rlhf.labels.importers.oasst import read_oasst
 from rlhf.labels.importers.prodigy import read_prodigy
 from rlhf.labels.importers.shp import read_shp
 from rlhf.labels.importers.ultrafeedback import read_ultrafeedback
-from rlhf.errors import ConfigError
 
 IMPORTERS: dict[str, Callable[..., Iterator]] = {
     "label_studio": read_label_studio,

@@ -31,12 +31,13 @@ options "response-1".."response-K" and fields of the same names), or be mapped w
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from rlhf.labels.importers.argilla_v1 import is_feedback_row, rest_form
-from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, left_out, option_list, records_by_file
 from rlhf.data.rankings import is_finite_number, ranks_from_scores
 from rlhf.errors import DataError
+from rlhf.labels.importers.argilla_v1 import is_feedback_row, rest_form
+from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, left_out, option_list, records_by_file
 
 NO_STATUS = "argilla export without response status (drafts not told apart)"
 UNRATED_FIELDS = "response fields without a rating: left out"

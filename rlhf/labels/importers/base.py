@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from rlhf.data.rankings import Ranking, merge_annotators, merge_duplicate_completions
 from rlhf.data.records import RawRecord, read_records

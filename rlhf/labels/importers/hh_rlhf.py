@@ -10,7 +10,8 @@ identical, or whose final turn is empty exist in the real data; they go to quara
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, left_out, records_by_file
 

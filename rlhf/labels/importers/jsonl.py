@@ -6,12 +6,13 @@ importer is the lenient road for files from elsewhere: every bad line goes to qu
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-from rlhf.labels.importers.base import Imported, RecordsRead, invalid, left_out, records_by_file
 from rlhf.data.rankings import ranking_from_record
 from rlhf.errors import DataError
+from rlhf.labels.importers.base import Imported, RecordsRead, invalid, left_out, records_by_file
 
 
 def read_jsonl(paths: Sequence[str]) -> Iterator:

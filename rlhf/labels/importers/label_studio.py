@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import ast
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from rlhf import bounded_json
+from rlhf.errors import DataError
 from rlhf.labels.importers.base import (
     Imported,
     RecordsRead,
@@ -51,7 +53,6 @@ from rlhf.labels.importers.base import (
 )
 from rlhf.labels.importers.label_studio_config import LabelingConfig, read_labeling_config
 from rlhf.labels.importers.label_studio_ratings import from_choices, from_ratings, preference_choice_map
-from rlhf.errors import DataError
 
 UNTOUCHED = "untouched ranker: result equals the shown order"
 UNRANKED = "ranker items left in the list ('_'), not judged: left out"

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlhf.labels.importers.base import Imported, Skipped, build, invalid
-from rlhf.labels.importers.label_studio_config import LabelingConfig
 from rlhf.data.rankings import is_finite_number, ranks_from_scores
 from rlhf.errors import DataError
+from rlhf.labels.importers.base import Imported, Skipped, build, invalid
+from rlhf.labels.importers.label_studio_config import LabelingConfig
 
 UNRATED_RESPONSES = "responses without a Rating: left out"
 DEFAULT_PREFERENCE_CHOICES = ("A", "B", "Tie")

@@ -18,11 +18,12 @@ unranked and deleted replies, reply groups with fewer than 2 ranked, and prompts
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, left_out, records_by_file
 from rlhf.data.rankings import dense_ranks, is_finite_number
 from rlhf.errors import DataError
+from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, left_out, records_by_file
 
 _ROLES = {"prompter": "user", "assistant": "assistant"}
 

@@ -13,7 +13,8 @@ Every answered task carries "answer": "accept" | "reject" | "ignore", plus "_inp
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from rlhf.labels.importers.base import Skipped, build, each_record, invalid
 

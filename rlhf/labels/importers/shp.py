@@ -14,7 +14,8 @@ there is no annotator.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from rlhf.labels.importers.base import RecordsRead, build, invalid, left_out, records_by_file
 

@@ -23,11 +23,12 @@ whose two scores are equal holds no preference (its "chosen" was picked among eq
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from rlhf.labels.importers.base import Imported, Skipped, build, each_record, invalid
 from rlhf.data.rankings import ranking_from_record, ranks_from_scores
 from rlhf.errors import DataError
+from rlhf.labels.importers.base import Imported, Skipped, build, each_record, invalid
 
 ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 UNRATED = "completion without a usable rating left out"
