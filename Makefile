@@ -18,7 +18,7 @@ TEST_THREADS := $(OMP_NUM_THREADS)
 DEMO_THREADS := $(OMP_NUM_THREADS)
 endif
 
-.PHONY: setup vllm demo test test-fast bench clean
+.PHONY: setup vllm demo lint test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@# A torch already importable (a user's CUDA build) is kept: the venv sees it and nothing replaces it.
@@ -53,9 +53,15 @@ demo: setup
 # idle: on 2 cores the suite took 647-710 s in two workers against about 1040 s in one.
 TEST_WORKERS ?= 2
 
+# One linter and one formatter over the whole tree (pyproject.toml, [tool.ruff]).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 test:
 	@# The two virtualenvs install side by side: most of their time is waiting on downloads and unpacking.
 	$(MAKE) --no-print-directory -j2 setup vllm
+	$(MAKE) --no-print-directory lint
 	RLHF_VLLM_PYTHON=$(VLLM_PY) OMP_NUM_THREADS=$(TEST_THREADS) DS_ACCELERATOR=cpu \
 	  $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
