@@ -98,7 +98,7 @@ def worker(out_dir: Path, stage_argv: list[str], stop_over_mb: float | None = No
     import transformers  # noqa: F401
 
     from benchmarks.memory_phases import Phases
-    from rlhf import adaptation, distributed
+    from rlhf import distributed
     from rlhf.config import parse_config
     from rlhf.ppo import engines, experience, update
     from rlhf.ppo import inputs as ppo_inputs
@@ -111,14 +111,15 @@ def worker(out_dir: Path, stage_argv: list[str], stop_over_mb: float | None = No
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     # Each phase's own peak RSS, so that a peak can be placed: the stage looks these functions up on their
-    # modules when it runs, so wrapping the module attributes is enough. RLHF_MEMORY_TRIM=1 also records the RSS
-    # after malloc_trim at each phase's end (what the allocator kept but the program had freed).
+    # modules when it runs (engines imports load_adapted), so wrapping the module attributes is enough.
+    # RLHF_MEMORY_TRIM=1 also records the RSS after malloc_trim at each phase's end (what the allocator kept but
+    # the program had freed).
     phases = Phases(trim=os.environ.get("RLHF_MEMORY_TRIM") == "1", cuda=torch.cuda.is_available())
     for owner, name, label in (
         (engines, "init_distributed", "distributed_init"),
         (ppo_inputs, "read_inputs", "inputs"),
         (engines, "build_engines", "engines_built"),
-        (adaptation, "load_adapted", "load"),
+        (engines, "load_adapted", "load"),
         (rm_model, "load_reward_model", "load_reward"),
         (deepspeed, "initialize", "deepspeed_initialize"),
         (experience, "generate", "generation"),

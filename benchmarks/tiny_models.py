@@ -69,6 +69,6 @@ def build(root: Path, size: TinySize = TinySize(), num_prompts: int = 64, seed: 
 
 
 def parameter_count(path: Path, task: str) -> int:
-    from rlhf.adaptation import load_adapted
+    from rlhf.adaptation.checkpoint import load_adapted
 
     return sum(p.numel() for p in load_adapted(str(path), task=task).parameters())

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -174,7 +175,6 @@ def close_progress_bars() -> None:
     """Close every progress bar still open (the Trainer's, when a run stops part-way), so that none redraws itself
     below the command's last line when the interpreter exits. tqdm lists its open bars only in a private set; a
     process that never imported tqdm has none."""
-    import sys
 
     tqdm = sys.modules.get("tqdm")
     for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):

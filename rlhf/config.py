@@ -24,10 +24,12 @@ from typing import Any, TypeVar
 import yaml
 
 from rlhf import _compat
+from rlhf.attention import DEFAULT_ATTENTION, check_attention
 from rlhf.data.overlong import OVERLONG_HELP
 from rlhf.data.overlong import POLICIES as OVERLONG_POLICIES
 from rlhf.errors import ConfigError
-from rlhf.models import DEFAULT_ATTENTION
+from rlhf.io import atomic_write_text
+from rlhf.run_files import RESOLVED_CONFIG
 
 T = TypeVar("T")
 
@@ -108,7 +110,6 @@ class SharedPromptArguments:
 
 def _check_before_any_work(config) -> None:
     """Values that would fail only deep inside training, or after it (registration), refused at once."""
-    from rlhf.models import check_attention
 
     check_attention(getattr(config, "attn_implementation", DEFAULT_ATTENTION))
     if getattr(config, "overlong", "drop") not in OVERLONG_POLICIES:
@@ -377,8 +378,6 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def write_resolved_config(config: Any, output_dir: str | os.PathLike) -> Path:
     """Write the resolved config as YAML beside the outputs, the record of what this run used."""
-    from rlhf.io import atomic_write_text
-    from rlhf.run_files import RESOLVED_CONFIG
 
     path = Path(output_dir) / RESOLVED_CONFIG
     atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=True))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
+import sys
 
 
 def global_rank() -> int:
@@ -21,7 +24,6 @@ def is_main_process() -> bool:
 
 def free_port() -> int:
     """A TCP port nobody listens on now, for a launcher's --master_port or a world of one's MASTER_PORT."""
-    import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -76,8 +78,6 @@ def exit_after_success() -> None:
     and a rank that had trained, saved and registered sometimes aborted in it ('terminate called without an active
     exception', exit status -6; two CI runs in about six, never in 60 runs alone), which failed the whole launch. A
     world of one returns as usual: tests and notebooks call the stages in their own process."""
-    import logging
-    import sys
 
     if world_size() == 1:
         return

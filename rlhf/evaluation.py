@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from statistics import fmean
 from typing import Any
 
+from rlhf import distributed
 from rlhf.errors import ConfigError
 
 GoldScorer = Callable[[str, str], float]
@@ -60,7 +61,6 @@ def gold_evaluation(
 
 def gold_metrics(model, tokenizer, prompts: list, config, suffix: str) -> dict[str, Any]:
     """{'gold_score_<suffix>': mean, 'gold_samples_<suffix>': a few} on rank 0 when the config names a gold scorer."""
-    from rlhf import distributed
 
     if not config.gold_scorer or not prompts or not distributed.is_main_process():
         return {}

@@ -12,31 +12,9 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from rlhf import _compat, distributed
+from rlhf.attention import DEFAULT_ATTENTION
 from rlhf.errors import ConfigError
-
-# transformers' default where a model supports it; flash_attention_2 needs the flash-attn package and a GPU.
-DEFAULT_ATTENTION = "sdpa"
-FLASH_ATTENTION = {f"flash_attention_{n}": f"is_flash_attn_{n}_available" for n in (2, 3, 4)}  # transformers.utils
-
-
-def is_flash_attention(attention_implementation: str | None) -> bool:
-    """Whether an attention implementation runs flash attention's kernels (2, 3, 4 and the hub kernels built on
-    them): variable-length sequences of a flattened batch (cu_seq_lens), and no dense mask, custom ones included."""
-    return "flash" in (attention_implementation or "")
-
-
-def check_attention(attn_implementation: str) -> None:
-    """A flash attention that is asked for but not installed is a one-line error before any model loads
-    (transformers would fail at the first load, with a page of advice)."""
-    if attn_implementation not in FLASH_ATTENTION:
-        return
-    from transformers import utils
-
-    if not getattr(utils, FLASH_ATTENTION[attn_implementation])():
-        raise ConfigError(
-            f"attn_implementation '{attn_implementation}' needs the flash-attn package, which is not "
-            f"installed here (pip install flash-attn on a CUDA machine); use '{DEFAULT_ATTENTION}'"
-        )
 
 
 def _load(loader, path: str, what: str, **kwargs) -> Any:
@@ -99,7 +77,6 @@ class _NewHeadExplained:
         expected = {"MISSING": self.NEW_HEADS, "UNEXPECTED": self.LEFT_BEHIND}
         if not keys or not all(key.startswith(expected[status]) for key, status in keys):
             return True
-        from rlhf import distributed
 
         if distributed.is_main_process():
             new = ", ".join(key for key, status in keys if status == "MISSING")
@@ -199,7 +176,6 @@ def partitioned_loading(ds_config: dict[str, Any]):
     """A block in which models load as the DeepSpeed engine `ds_config` describes will hold them: under ZeRO-3
     each rank builds and keeps only its partition of every parameter (no rank ever holds the whole model), under
     ZeRO-0/1/2 every rank loads the whole model."""
-    from rlhf import _compat
     from rlhf.config import is_zero3
 
     if is_zero3(ds_config):

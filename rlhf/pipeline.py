@@ -26,9 +26,11 @@ from typing import Any
 from rlhf import run_lock
 from rlhf.config import check_numbers, load_yaml, parse_config, parse_yaml, settings_to_argv, write_resolved_config
 from rlhf.demo.annotate import OVERLAP
+from rlhf.demo.prepare import demo_inputs, demo_settings, is_prepared
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
 from rlhf.io import atomic_write_json, disk_full_is_one_line
 from rlhf.registry import Registry, fingerprint_files
+from rlhf.report import write_report
 from rlhf.run_files import best_of_n_path, registered_reference
 
 LABEL_MODES = ("simulated", "import", "pause")
@@ -315,7 +317,6 @@ class Pipeline:
     # -- the stages, in order -------------------------------------------------------------------------------------
 
     def prepare_demo(self) -> None:
-        from rlhf.demo.prepare import demo_settings, is_prepared
 
         out = Path(self.config.prepare_demo)
         if is_prepared(out, demo_settings(scale=self.config.demo_scale, hidden_size=self.config.demo_hidden_size)):
@@ -344,7 +345,6 @@ class Pipeline:
         """With prepare_demo, the settings that point `stage` at the demo written there, wherever that is."""
         if not self.config.prepare_demo:
             return {}
-        from rlhf.demo.prepare import demo_inputs
 
         return demo_inputs(self.config.prepare_demo)[stage]
 
@@ -573,8 +573,6 @@ def run_stages(config: PipelineConfig) -> int:
     pipeline.best_of_n(sft_reference, rm_reference, ppo_reference)
 
     if config.report:
-        from rlhf.report import write_report
-
         report = write_report(pipeline.run_dir, registry_dir=str(pipeline.registry.root))
         pipeline._say(f"done: {sft_reference} -> {rm_reference} -> {ppo_reference}. Report: {report}")
     else:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf import figures, run_files
+from rlhf.errors import DataError
 
 CALIBRATION_PLOT = "rm_calibration.png"
 UNCERTAINTY_PLOT = "rm_uncertainty.png"
@@ -165,7 +166,6 @@ def training_labels(run_dir: Path) -> list[Path]:
 def agreement_lines(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
     """The labelers' agreement where several ranked the same responses, beside the reward model's accuracy."""
     from rlhf.data.rankings import read_rankings
-    from rlhf.errors import DataError
     from rlhf.labels.agreement import labeler_agreement
 
     files = training_labels(run_dir)

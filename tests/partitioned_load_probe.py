@@ -102,7 +102,7 @@ def main(cases_path: str, out_dir: str) -> None:
     from safetensors.torch import save_file
 
     from rlhf import distributed, host_memory, partitioned_load
-    from rlhf.adaptation import load_adapted
+    from rlhf.adaptation.checkpoint import load_adapted
     from rlhf.models import partitioned_loading
     from rlhf.ppo.engines import init_distributed
 

@@ -12,17 +12,15 @@ import torch
 from conftest import tiny_llama_config
 from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
-from rlhf.adaptation import (
-    METHODS,
-    AdaptationConfig,
+from rlhf.adaptation.apply import (
     apply_adaptation,
     count_parameters,
     disable_adapter_context,
-    load_adapted,
     parameter_summary,
-    save_adapted,
     virtual_token_count,
 )
+from rlhf.adaptation.checkpoint import load_adapted, save_adapted
+from rlhf.adaptation.config import METHODS, AdaptationConfig
 from rlhf.errors import ConfigError
 
 # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` in get_peft_model; not ours to fix.

@@ -84,7 +84,7 @@ def _unguarded_sample(model, tokenizer, settings, seed: int):
 
 def test_the_samplers_logprobs_equal_ppos_whatever_the_checkpoint_ships(llama3):
     from rlhf.generation import checkpoint_defaults_off, stop_token_ids
-    from rlhf.ppo import experience, rewards
+    from rlhf.ppo import experience, forward, rewards
     from rlhf.ppo.logprobs import sampling_logprobs, sampling_settings_for
 
     model, tokenizer = _load(llama3)
@@ -99,9 +99,9 @@ def test_the_samplers_logprobs_equal_ppos_whatever_the_checkpoint_ships(llama3):
     sampler = torch.stack([torch.log_softmax(s.float(), -1) for s in output.scores], 1)
     sampler = sampler.gather(-1, response_ids[..., None])[..., 0]
     mask = rewards.response_mask_after_eos(response_ids, settings.stop_token_ids, tokenizer.pad_token_id)
-    inputs = experience.sequence_inputs(batch.query_ids, batch.query_mask, response_ids, mask)
+    inputs = forward.sequence_inputs(batch.query_ids, batch.query_mask, response_ids, mask)
     with torch.no_grad():
-        logits = experience.response_logits(model, inputs, batch.query_ids.shape[1])
+        logits = forward.response_logits(model, inputs, batch.query_ids.shape[1])
     ours = sampling_logprobs(logits, response_ids, settings)
     real = mask.bool()
     assert real.sum() >= 6

@@ -1103,7 +1103,7 @@ def test_a_bad_trainer_stage_input_is_one_line_naming_it_and_trains_nothing(case
 
 
 def test_a_model_that_needs_its_own_code_is_refused_before_any_model_loads(workspace, tmp_path, capsys, monkeypatch):
-    from rlhf.adaptation import load_adapted
+    from rlhf.adaptation.checkpoint import load_adapted
     from rlhf.errors import ConfigError
     from rlhf.stages import prologue
 

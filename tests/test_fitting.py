@@ -269,7 +269,9 @@ def test_sft_checkpoints_by_default_and_rm_when_asked_through_the_trainer(models
 
 def test_every_loading_path_runs_the_attention_asked_for(models, tmp_path):
     from rlhf import _compat
-    from rlhf.adaptation import AdaptationConfig, apply_adaptation, load_adapted, save_adapted
+    from rlhf.adaptation.apply import apply_adaptation
+    from rlhf.adaptation.checkpoint import load_adapted, save_adapted
+    from rlhf.adaptation.config import AdaptationConfig
     from rlhf.models import load_causal_lm, load_tokenizer
     from rlhf.rm.model import load_reward_model
 
@@ -322,9 +324,9 @@ def test_the_sft_and_rm_stages_load_with_the_configured_attention(models, tmp_pa
 def test_a_flash_attention_that_is_not_installed_is_one_line_before_any_work(models, tmp_path, attention):
     from transformers import utils
 
+    from rlhf.attention import FLASH_ATTENTION
     from rlhf.config import parse_config
     from rlhf.errors import ConfigError
-    from rlhf.models import FLASH_ATTENTION
     from rlhf.rm.config import RMStageConfig
     from rlhf.sft.config import SFTStageConfig
     from rlhf.stages.ppo import PPOStageConfig
@@ -342,7 +344,7 @@ def test_a_flash_attention_that_is_not_installed_is_one_line_before_any_work(mod
 
 
 def test_an_attention_the_model_does_not_implement_is_one_line(models):
-    from rlhf.adaptation import load_adapted
+    from rlhf.adaptation.checkpoint import load_adapted
     from rlhf.errors import ConfigError
 
     with pytest.raises(ConfigError, match="attn_implementation 'bogus'") as error:

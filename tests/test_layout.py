@@ -97,6 +97,47 @@ def module_name(path: Path) -> str:
     return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
 
 
+def import_graph() -> dict[str, set[str]]:
+    """module -> the rlhf modules it imports, at the top or inside a function (`from a import b` is a -> a.b when
+    a.b is a module)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        reached = {m for m in imported_rlhf_modules(path) if m in modules}
+        # `from rlhf.x import y` names both rlhf.x and rlhf.x.y: keep the package only when y is not a module.
+        graph[name] = {m for m in reached if not any(other.startswith(m + ".") for other in reached)} - {name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each import cycle once, as the path that closes it."""
+    found, finished = [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph[module]):
+            if target in path:
+                found.append(path[path.index(target) :] + [target])
+            elif target not in finished:
+                visit(target, path + [target])
+        finished.add(module)
+
+    for module in sorted(graph):
+        if module not in finished:
+            visit(module, [module])
+    return found
+
+
+def test_cycles_finds_a_cycle_hidden_in_a_function():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_even_through_imports_inside_functions():
+    """A lazy import is for a heavy optional library, never to get around a cycle between our own modules."""
+    assert cycles(import_graph()) == []
+
+
 STAGE_PACKAGES = ("rlhf.sft", "rlhf.rm", "rlhf.ppo", "rlhf.labels", "rlhf.stages")
 ORCHESTRATION = ("rlhf.pipeline", "rlhf.report", "rlhf.demo", "rlhf.evaluate")
 

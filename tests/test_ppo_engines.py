@@ -20,8 +20,8 @@ def rollout_batch(inputs, count: int = 6):
 
 
 def test_lora_actor_is_its_own_reference_and_disabling_the_adapter_gives_the_base_models_logprobs(models, tmp_path):
-    from rlhf.adaptation import load_adapted
-    from rlhf.ppo import experience
+    from rlhf.adaptation.checkpoint import load_adapted
+    from rlhf.ppo import experience, forward
     from rlhf.ppo.logprobs import sampling_logprobs, sampling_settings_for
 
     config, inputs, engines = engines_for(models, tmp_path, adaptation_method="lora", lora_dropout=0.0)
@@ -40,9 +40,9 @@ def test_lora_actor_is_its_own_reference_and_disabling_the_adapter_gives_the_bas
 
     base = load_adapted(models["policy"], task="causal_lm")
     mask = rollout.response_mask
-    seq = experience.sequence_inputs(batch.query_ids, batch.query_mask, response_ids, mask)
+    seq = forward.sequence_inputs(batch.query_ids, batch.query_mask, response_ids, mask)
     with torch.no_grad():
-        base_logits = experience.response_logits(base, seq, batch.query_ids.shape[1])
+        base_logits = forward.response_logits(base, seq, batch.query_ids.shape[1])
     base_logprobs = sampling_logprobs(base_logits, response_ids, sampling)
     real = mask.bool()
     torch.testing.assert_close(rollout.ref_logprobs[real], base_logprobs[real], atol=1e-5, rtol=1e-5)
@@ -132,7 +132,7 @@ def test_zero3_float32_actor_has_no_second_master_copy_and_steps_as_plain_adamw(
 
     import deepspeed
 
-    from rlhf.adaptation import load_adapted
+    from rlhf.adaptation.checkpoint import load_adapted
 
     ds_config = json.loads((REPO / "deepspeed_configs" / "zero3.json").read_text())
     ds_config["zero_optimization"]["sub_group_size"] = 5000  # several sub-groups on the tiny actor
@@ -162,7 +162,7 @@ def test_zero3_float32_actor_has_no_second_master_copy_and_steps_as_plain_adamw(
 def test_zero0_in_one_process_skips_deepspeeds_all_reduce_and_steps_as_plain_adamw(models, tmp_path):
     """One process without ZeRO: the gradient all-reduce over a group of one is switched off, and two steps still
     give the weights of torch's AdamW (with clipping) on the whole model. (ZeRO-3 keeps it: the test above.)"""
-    from rlhf.adaptation import load_adapted
+    from rlhf.adaptation.checkpoint import load_adapted
 
     zero0 = str(REPO / "deepspeed_configs" / "zero0.json")
     config, inputs, engines = engines_for(
@@ -182,7 +182,7 @@ def stepped_beside_plain_adamw(actor, inputs, config, max_grad_norm: float, step
     """Take `steps` optimiser steps of the actor engine and of a plain copy of its model under torch's AdamW
     (same settings, clipping at `max_grad_norm`) on the same batch; the losses must agree at every step.
     Returns the plain model, whose weights the engine's should then equal."""
-    from rlhf.adaptation import load_adapted
+    from rlhf.adaptation.checkpoint import load_adapted
 
     plain = load_adapted(inputs.paths["actor"], task="causal_lm")
     plain.train(actor.module.training).requires_grad_(True)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import torch
 
 from rlhf.ppo import rewards
-from rlhf.ppo.experience import response_logits, sequence_inputs
+from rlhf.ppo.forward import response_logits, sequence_inputs
 from rlhf.ppo.logprobs import LOGPROB_FLOOR, SamplingSettings, sampling_entropy, sampling_logprobs
 
 TOKENS = SimpleNamespace(pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -48,7 +48,7 @@ def test_pack_gives_each_sequence_its_own_positions_and_unpack_restores_the_padd
 
 def padded_batch(vocab: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Prompts of 3..6 tokens left-padded to 6, responses of 1..5 tokens right-padded to 5."""
-    from rlhf.ppo.experience import sequence_inputs
+    from rlhf.ppo.forward import sequence_inputs
 
     prompt_lengths, response_lengths = [6, 3, 5, 4], [5, 1, 3, 4]
     query = torch.randint(3, vocab, (4, 6), generator=generator)
@@ -74,7 +74,7 @@ def family_models(family: str):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_packed_forwards_equal_padded_ones_where_the_probe_finds_sequences_kept_apart(family):
-    from rlhf.ppo.experience import response_logits, response_values
+    from rlhf.ppo.forward import response_logits, response_values
     from rlhf.ppo.packing import keeps_sequences_apart
 
     policy, critic, vocab = family_models(family)
@@ -101,7 +101,7 @@ def test_packed_forwards_equal_padded_ones_where_the_probe_finds_sequences_kept_
 
 
 def test_packed_gradients_equal_padded_ones():
-    from rlhf.ppo.experience import response_logits
+    from rlhf.ppo.forward import response_logits
 
     policy, _, vocab = family_models("llama3")
     inputs = padded_batch(vocab, torch.Generator().manual_seed(2))

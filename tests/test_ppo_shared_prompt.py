@@ -16,7 +16,7 @@ QUERY, RESPONSE = 5, 4
 def grouped_batch(vocab: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Two prompts (5 and 3 tokens, left-padded to 5), each answered three times (responses of 1 to 4 tokens,
     right-padded to 4): rows 0-2 are the first prompt's group, rows 3-5 the second's."""
-    from rlhf.ppo.experience import sequence_inputs
+    from rlhf.ppo.forward import sequence_inputs
 
     prompts = [torch.randint(3, vocab, (QUERY,), generator=generator) for _ in range(2)]
     query_mask = torch.stack([torch.arange(QUERY) >= QUERY - n for n in (5, 5, 5, 3, 3, 3)]).long()
@@ -27,7 +27,7 @@ def grouped_batch(vocab: int, generator: torch.Generator) -> dict[str, torch.Ten
 
 
 def supports(policy, critic):
-    from rlhf.ppo.experience import causal_lm_logits
+    from rlhf.ppo.forward import causal_lm_logits
     from rlhf.shared_prompt.forward import check_support
 
     return (
@@ -38,7 +38,7 @@ def supports(policy, critic):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shared_prompt_logits_and_values_equal_one_sequence_per_response(family):
-    from rlhf.ppo.experience import response_logits, response_values
+    from rlhf.ppo.forward import response_logits, response_values
 
     policy, critic, vocab = family_models(family)
     policy_shared, critic_shared = supports(policy, critic)
@@ -59,7 +59,7 @@ def test_shared_prompt_logits_and_values_equal_one_sequence_per_response(family)
 
 
 def test_shared_prompt_gradients_of_actor_and_critic_equal_one_sequence_per_response():
-    from rlhf.ppo.experience import response_logits, response_values
+    from rlhf.ppo.forward import response_logits, response_values
     from rlhf.shared_prompt.forward import OFF
 
     policy, critic, vocab = family_models("llama3")

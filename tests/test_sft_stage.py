@@ -263,7 +263,7 @@ def _trained_only_its_parameters(method: str, saved: Path, base: Path) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(ADAPTATIONS))
 def test_each_adaptation_method_trains_only_its_parameters_through_the_stage(sft_workspace, tmp_path, method):
-    from rlhf.adaptation import load_adapted
+    from rlhf.adaptation.checkpoint import load_adapted
     from rlhf.stages.sft import main
 
     main(

@@ -252,7 +252,7 @@ def test_under_activation_checkpointing_in_train_mode_the_training_signal_is_the
 
 def test_a_lora_reward_model_shares_through_peft_with_the_same_training_signal():
     """peft wraps the model and puts a trainable copy of the head in its place: the head's outputs are read there."""
-    from rlhf.adaptation import apply_adaptation
+    from rlhf.adaptation.apply import apply_adaptation
     from rlhf.adaptation.config import AdaptationConfig
     from rlhf.shared_prompt.forward import reward_model_support
 

@@ -17,7 +17,9 @@ MAX_SHARE = 0.55  # half of each model, plus padding and ZeRO-3's persistent sma
 
 
 def houlsby_reward_model(reward_dir: str, out_dir) -> str:
-    from rlhf.adaptation import AdaptationConfig, apply_adaptation, load_adapted, save_adapted
+    from rlhf.adaptation.apply import apply_adaptation
+    from rlhf.adaptation.checkpoint import load_adapted, save_adapted
+    from rlhf.adaptation.config import AdaptationConfig
     from rlhf.models import load_tokenizer
 
     adaptation = AdaptationConfig(adaptation_method="adapter", adapter_bottleneck=4)
@@ -28,7 +30,7 @@ def houlsby_reward_model(reward_dir: str, out_dir) -> str:
 
 @pytest.mark.slow
 def test_no_rank_holds_a_whole_model_and_streamed_saves_equal_whole_ones(tmp_path):
-    from rlhf.adaptation import load_adapted
+    from rlhf.adaptation.checkpoint import load_adapted
 
     models = build_models(tmp_path / "models")
     models["houlsby_reward"] = houlsby_reward_model(models["reward"], tmp_path / "models" / "houlsby_reward")

@@ -51,7 +51,7 @@ def main(models_path: str, out_dir: str) -> None:
     import deepspeed
 
     from rlhf import distributed
-    from rlhf.adaptation import save_adapted
+    from rlhf.adaptation.checkpoint import save_adapted
     from rlhf.adaptation.partitioned_save import save_adapted_partitioned
     from rlhf.config import parse_config
     from rlhf.ppo import inputs as ppo_inputs

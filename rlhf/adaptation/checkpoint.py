@@ -25,10 +25,12 @@ from torch import nn
 from rlhf.adaptation import houlsby
 from rlhf.adaptation.apply import head_parameter_names, is_peft_model, reward_head_names, set_trainable
 from rlhf.adaptation.config import PEFT_METHODS, AdaptationConfig, check_task
+from rlhf.attention import DEFAULT_ATTENTION
 from rlhf.bounded_json import read_small_json
 from rlhf.errors import ConfigError
 from rlhf.io import atomic_directory
-from rlhf.models import DEFAULT_ATTENTION, load_model_config, load_refused, needs_remote_code
+from rlhf.models import load_model_config, load_refused, needs_remote_code, new_reward_head_explained
+from rlhf.partitioned_load import streamed_zero3_loading
 
 ADAPTATION_FILE = "rlhf_adaptation.json"
 ADAPTER_WEIGHTS_FILE = "rlhf_adapters.safetensors"
@@ -203,8 +205,6 @@ def _load_plain(
         model_class, extra = AutoModelForSequenceClassification, {"num_labels": 1}
     else:
         model_class, extra = AutoModelForCausalLM, {}
-    from rlhf.models import new_reward_head_explained
-    from rlhf.partitioned_load import streamed_zero3_loading
 
     try:
         # Under ZeRO-3 no rank reads the whole checkpoint.

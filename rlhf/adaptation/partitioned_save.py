@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -222,8 +224,6 @@ class ShardWriter:
         self.total_bytes += size
 
     def _flush(self) -> None:
-        import shutil
-        import struct
 
         name = f"shard-{len(self.files):05d}.tmp"
         header = json.dumps({"__metadata__": {"format": "pt"}, **self.entries}, separators=(",", ":")).encode()

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from rlhf.data.chat_template import ChatTemplateError
-from rlhf.data.formatting import Prompt, prompt_token_ids
+from rlhf.data.formatting import Prompt, prompt_token_ids, response_ids
 from rlhf.errors import DataError
+from rlhf.io import write_jsonl_atomically
 
 POLICIES = ("drop", "truncate", "error")
 OVERLONG_FILE = "overlong.jsonl"
@@ -210,7 +211,6 @@ def fit_demonstrations(
     setting: str = "max_length",
 ) -> Fitted[dict[str, Any]]:
     """Demonstrations ({prompt, completion}) whose ids as the SFT stage trains on them fit `max_length`."""
-    from rlhf.data.formatting import response_ids
 
     def length(record):
         return len(prompt_token_ids(tokenizer, record["prompt"])) + len(response_of(record))
@@ -239,8 +239,6 @@ def fit_rankings(
 ) -> Fitted[Any]:
     """Rankings whose prompt and longest completion, as the reward model reads them, fit `max_length`."""
     from dataclasses import replace
-
-    from rlhf.data.formatting import response_ids
 
     def longest_response(ranking):
         return max(len(response_ids(tokenizer, ranking.prompt, text, stop_token_ids)) for text in ranking.completions)
@@ -274,7 +272,6 @@ def _shortened_or_why(tokenizer, prompt: Prompt, max_tokens: int) -> tuple[Promp
 def write_overlong(path, fitted: Iterable[tuple[str, Fitted]]) -> int:
     """Write what was over the limit, per (file, Fitted), to `path` (JSON Lines); nothing when nothing was.
     Returns the number of rows."""
-    from rlhf.io import write_jsonl_atomically
 
     rows = [{"file": file, **row} for file, result in fitted for row in result.rows()]
     if rows:

@@ -22,6 +22,7 @@ import json
 import random
 from pathlib import Path
 
+from rlhf.demo.tiny_model import tiny_llama_config
 from rlhf.io import atomic_directory, atomic_write_text
 
 TOPICS = {
@@ -194,8 +195,6 @@ def build_chat_model(
 ) -> Path:
     import torch
     from transformers import LlamaForCausalLM
-
-    from rlhf.demo.tiny_model import tiny_llama_config
 
     tokenizer = build_chat_tokenizer(corpus)
     config = tiny_llama_config(

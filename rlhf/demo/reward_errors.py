@@ -21,7 +21,9 @@ from pathlib import Path
 from rlhf.data.rankings import Ranking, ordered_pairs, ranks_from_scores
 from rlhf.demo.task import CHATTER, correct_answer, gold_score, parse_prompt
 from rlhf.errors import exits_cleanly
-from rlhf.rm.evaluation import pair_agreement
+from rlhf.rm.data import load_ranking_splits
+from rlhf.rm.evaluation import pair_agreement, score_rankings
+from rlhf.rm.model import load_reward_model
 
 PairCounts = dict[tuple[str, str], list[float]]  # (task, "better > worse") -> [agreed, pairs]
 
@@ -71,9 +73,6 @@ def held_out_scores(rm_dir: Path) -> tuple[list[Ranking], list[list[float]]]:
     """The RM stage's held-out rankings and its registered model's scores of them."""
     from rlhf.config import parse_config
     from rlhf.rm.config import RMStageConfig
-    from rlhf.rm.data import load_ranking_splits
-    from rlhf.rm.evaluation import score_rankings
-    from rlhf.rm.model import load_reward_model
 
     config = parse_config(RMStageConfig, ["--config", str(rm_dir / "resolved_config.yaml")])
     _, held_out = load_ranking_splits(config)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rlhf.evaluate.overoptimisation import best_of_n_curve, curve_fits
+from rlhf.models import load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,6 @@ def best_of_n(
     gold_scores = None
     if gold_scorer:
         from rlhf.data.formatting import prompt_text
-        from rlhf.models import load_tokenizer
 
         scorer, policy_tokenizer = named_scorer(gold_scorer), load_tokenizer(policy_path, trust_remote_code)
         gold_scores = _rows(

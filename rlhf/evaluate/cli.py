@@ -17,8 +17,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rlhf import run_files
 from rlhf.data.overlong import POLICIES as OVERLONG_POLICIES
 from rlhf.errors import ConfigError, exits_cleanly
+from rlhf.evaluate.best_of_n import Sampling, best_of_n, format_result
+from rlhf.io import atomic_write_json
+from rlhf.models import max_positions
 from rlhf.rollout.settings import ENGINES, ROLLOUT_ENGINE_HELP
 
 DEFAULT_NS = (1, 2, 4, 8, 16, 32, 64)
@@ -122,7 +126,6 @@ FROM_PPO = (
 def settings_from_run(args: argparse.Namespace) -> argparse.Namespace:
     """`args` with every setting left out filled from the run's PPO config (RUN_DIR/ppo/resolved_config.yaml), or
     from the defaults; the registry and output path from the run directory."""
-    from rlhf import run_files
     from rlhf.config import load_yaml
 
     ppo: dict[str, Any] = {}
@@ -142,8 +145,6 @@ def settings_from_run(args: argparse.Namespace) -> argparse.Namespace:
 
 def run_best_of_n(args: argparse.Namespace) -> int:
     from rlhf.data.prompts import load_prompts
-    from rlhf.evaluate.best_of_n import Sampling, best_of_n, format_result
-    from rlhf.io import atomic_write_json
     from rlhf.labels.cli import fitted_prompts
 
     args = settings_from_run(args)
@@ -183,7 +184,6 @@ def _longest_prompt(args: argparse.Namespace) -> int:
     """The prompt length cap `fitted_prompts` applied, so that the reward model reads every prompt whole."""
     if args.max_prompt_length:
         return args.max_prompt_length
-    from rlhf.models import max_positions
     from rlhf.registry import Registry, resolve_model
 
     path, _ = resolve_model(args.policy, Registry(args.registry_dir or None))

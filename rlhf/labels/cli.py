@@ -20,10 +20,15 @@ import argparse
 from pathlib import Path
 
 from rlhf.data.overlong import POLICIES as OVERLONG_POLICIES
+from rlhf.data.overlong import fit_prompts
+from rlhf.data.prompts import load_prompts
 from rlhf.errors import ConfigError, DataError, exits_cleanly
 from rlhf.io import check_output_file, jsonl_lines, write_files_together
+from rlhf.labels.agreement import labeler_agreement
 from rlhf.labels.importers import IMPORTERS, ImportReport, import_rankings, importer_options
-from rlhf.rollout.settings import ENGINES, ROLLOUT_ENGINE_HELP
+from rlhf.labels.sampling import rankable, sample_k_responses, write_labeling_tasks
+from rlhf.models import load_tokenizer, max_positions
+from rlhf.rollout.settings import ENGINES, ROLLOUT_ENGINE_HELP, vllm_python
 
 FLAGGED_IDS_SHOWN = 5
 
@@ -151,8 +156,6 @@ def add_export_command(subcommands) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from rlhf.data.prompts import load_prompts
-    from rlhf.labels.sampling import rankable, sample_k_responses, write_labeling_tasks
 
     check_output_file(args.output)  # before sampling, which takes minutes
     if not 2 <= args.k <= 16:
@@ -160,8 +163,6 @@ def run_export(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.rollout_engine == "vllm":
-        from rlhf.rollout.settings import vllm_python
-
         vllm_python()  # installed, or one line now rather than after the prompts are read
     prompts = fitted_prompts(args, load_prompts(args.prompts)[: args.limit or None])
     items = sample_k_responses(
@@ -197,8 +198,6 @@ def run_export(args: argparse.Namespace) -> int:
 
 def fitted_prompts(args: argparse.Namespace, prompts: list) -> list:
     """The prompts that fit the policy (`--max_prompt_length`), after the `--overlong` policy; says what it did."""
-    from rlhf.data.overlong import fit_prompts
-    from rlhf.models import load_tokenizer, max_positions
     from rlhf.registry import Registry, resolve_model
 
     path, _ = resolve_model(args.policy, Registry(args.registry_dir or None))
@@ -256,7 +255,6 @@ ANNOTATORS_SHOWN = 10
 def agreement_lines(rankings) -> list[str]:
     """How much the annotators agree where several ranked the same responses (rlhf.labels.agreement); nothing
     when no two annotators' rankings overlap."""
-    from rlhf.labels.agreement import labeler_agreement
 
     agreement = labeler_agreement(rankings)
     if not agreement.shared_pairs:

@@ -49,7 +49,7 @@ def _hf_samples(
 ) -> list[str]:
     import torch
 
-    from rlhf.adaptation import load_adapted
+    from rlhf.adaptation.checkpoint import load_adapted
     from rlhf.generation import generate_responses
 
     model = load_adapted(path, task="causal_lm", trust_remote_code=trust_remote_code)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rlhf import distributed
 from rlhf.adaptation.config import AdaptationConfig
 from rlhf.config import CommonArguments, SharedPromptArguments
 from rlhf.errors import ConfigError
@@ -459,7 +460,6 @@ class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments, R
 
     @property
     def steps(self) -> int:
-        from rlhf import distributed
 
         if self.total_episodes > 0:
             per_step = self.rollout_batch_size * distributed.world_size()

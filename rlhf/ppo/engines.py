@@ -24,12 +24,21 @@ from typing import Any
 import torch
 
 from rlhf import _compat, distributed
+from rlhf.adaptation.apply import apply_adaptation, disable_adapter_context, parameter_summary
+from rlhf.adaptation.checkpoint import base_model_config, load_adapted
 from rlhf.adaptation.config import AdaptationConfig
 from rlhf.config import load_deepspeed_config
 from rlhf.distributed import free_port
 from rlhf.errors import ConfigError
 from rlhf.generation import stop_token_ids_of
-from rlhf.shared_prompt.forward import OFF, SharedPromptSupport
+from rlhf.models import partitioned_loading
+from rlhf.ppo import activation_checkpointing
+from rlhf.ppo.critic import TokenValueModel
+from rlhf.ppo.forward import causal_lm_logits, release_gathered
+from rlhf.ppo.optimizers import build_optimizer
+from rlhf.ppo.packing import keeps_sequences_apart, row_tokens_for
+from rlhf.rm.ensemble import members_of
+from rlhf.shared_prompt.forward import OFF, SharedPromptSupport, check_support, reward_model_support
 
 
 def init_distributed() -> None:
@@ -118,7 +127,6 @@ class PPOEngines:
         """Where the reference's forward runs: the actor with its adapter disabled, or nothing special."""
         if self.reference is not None:
             return contextlib.nullcontext()
-        from rlhf.adaptation import disable_adapter_context
 
         return disable_adapter_context(self.actor.module)
 
@@ -141,9 +149,6 @@ def build_engines(config, paths: dict[str, str], tokenizer) -> PPOEngines:
     Each model loads as its engine holds it: under ZeRO-3 partitioned from the start (`partitioned_loading`),
     so that no rank ever holds a whole model, not even while the engines are being built.
     """
-    from rlhf.adaptation import apply_adaptation, load_adapted, parameter_summary
-    from rlhf.models import partitioned_loading
-    from rlhf.ppo import activation_checkpointing
     from rlhf.rm.model import load_reward_model
 
     remote, attention = config.trust_remote_code, config.attn_implementation
@@ -215,7 +220,6 @@ def roles_of(config) -> tuple[str, ...]:
 
 def engine_configs(config, paths: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The DeepSpeed config of every model this run builds, its "auto"s resolved."""
-    from rlhf.adaptation import base_model_config
 
     hidden = base_model_config(paths["actor"], config.trust_remote_code).get_text_config().hidden_size
     return {
@@ -228,9 +232,6 @@ def critic_model_for(config, paths: dict[str, str], tokenizer, ds_configs: dict[
     """The critic: the reward model at `paths["critic"]` read at every token, adapted as configured. An ensemble's
     directory holds its members' weight average at its top level, which is what loads here: the critic starts from
     one model that scores nearly as the members' mean does (rlhf.rm.ensemble), at one model's cost."""
-    from rlhf.adaptation import apply_adaptation, load_adapted
-    from rlhf.models import partitioned_loading
-    from rlhf.ppo.critic import TokenValueModel
     from rlhf.rm.model import RewardNormalization
 
     with partitioned_loading(ds_configs["critic"]):
@@ -255,8 +256,6 @@ PACKED_ROLES = ("actor", "reference", "critic")
 def padding_free_rows(engines: PPOEngines, vocab_size: int, row_tokens: int) -> dict[str, int | None]:
     """Tokens per packed row for each of actor, reference and critic whose model keeps packed sequences apart,
     else None (padded, or no critic), with a line naming any that runs padded."""
-    from rlhf.ppo.experience import causal_lm_logits, release_gathered
-    from rlhf.ppo.packing import keeps_sequences_apart, row_tokens_for
 
     # role: (engine, per-token forward, the transformers model whose config names its attention)
     models = {"actor": (engines.actor, causal_lm_logits(engines.actor.module), engines.actor.module)}
@@ -287,9 +286,6 @@ SHARED_ROLES = ("actor", "reference", "critic", "reward")
 def shared_prompt_supports(engines: PPOEngines) -> dict[str, SharedPromptSupport]:
     """Whether each model's forwards may share a prompt among its responses (checked on every rank, the most
     cautious answer winning), with a line naming any model that runs one sequence per response, and why."""
-    from rlhf.ppo.experience import causal_lm_logits, release_gathered
-    from rlhf.rm.ensemble import members_of
-    from rlhf.shared_prompt.forward import check_support, reward_model_support
 
     # role: (engine, per-token forward, the module it runs in, the transformers config naming its attention)
     models = {
@@ -359,8 +355,6 @@ def uses_adapter_as_reference(config, paths: dict[str, str]) -> bool:
 
 def _trained_engine(model, ds_config: dict[str, Any], learning_rate: float, config):
     import deepspeed
-
-    from rlhf.ppo.optimizers import build_optimizer
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(parameters, ds_config, learning_rate, config.weight_decay)

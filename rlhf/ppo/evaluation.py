@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from statistics import fmean
@@ -20,8 +21,14 @@ from typing import Any
 
 import torch
 
-from rlhf import run_files
+from rlhf import distributed, run_files
+from rlhf.adaptation.checkpoint import load_adapted
 from rlhf.data.formatting import prompt_text
+from rlhf.evaluation import gold_scorer, task_of_prompt
+from rlhf.generation import generate_responses, stop_token_ids_of
+from rlhf.io import atomic_write_json, atomic_write_text
+from rlhf.rm.ensemble import member_dirs
+from rlhf.run_files import read_jsonl
 
 
 def final_metrics(
@@ -29,12 +36,10 @@ def final_metrics(
 ) -> dict[str, Any]:
     """The run's final metrics (steps, skips, last KL, the estimator, win rates); writes samples.json beside them
     (rank 0). With a vLLM `engine` (rank 0's, rollout_engine vllm) the policies sample there."""
-    from rlhf.io import atomic_write_json
     from rlhf.ppo.tracking import read_metrics
 
     output_dir = Path(config.output_dir)
     history = read_metrics(output_dir)
-    from rlhf.rm.ensemble import member_dirs
 
     metrics: dict[str, Any] = {
         "steps": config.steps,
@@ -80,9 +85,6 @@ def compare_policies(
     With a vLLM `engine`, each policy is loaded as before and its (merged) weights synced into the engine, which
     samples.
     """
-    from rlhf.adaptation import load_adapted
-    from rlhf.evaluation import gold_scorer, task_of_prompt
-    from rlhf.generation import stop_token_ids_of
     from rlhf.rm.model import load_reward_model, score_texts
 
     prompts = [p for p in inputs.eval_prompts for _ in range(config.eval_samples_per_prompt)]
@@ -188,7 +190,6 @@ def sample_responses(
 ) -> list[str]:
     """Responses under the PPO sampling settings (seeded, so both policies draw with the same generator),
     or greedy ones; from `engine` (vLLM, holding the policy's weights) when given."""
-    from rlhf.generation import generate_responses
 
     if engine is not None:
         from rlhf.rollout.sampling import engine_responses, sampling_for
@@ -231,7 +232,6 @@ class HeldOutEvaluation:
     """
 
     def __init__(self, config, inputs, tokenizer, sampling, rollouts, gold, start_step: int):
-        from rlhf import distributed
 
         self.every, self.last_step = config.eval_steps, config.steps
         # The first of the held-out file's prompts that fit, however many the final comparison takes (eval_prompts).
@@ -254,7 +254,6 @@ class HeldOutEvaluation:
     def evaluate_if_due(self, step: int, engines) -> dict[str, Any] | None:
         """The row of the policy after `step` steps when an evaluation is due then (written on rank 0), else None.
         Every rank must call it: under ZeRO-3 generation and the forwards are collective."""
-        from rlhf import distributed
 
         if not self.due(step):
             return None
@@ -323,8 +322,6 @@ def _forked_rng(seed: int) -> Iterator[None]:
 
 def _keep_rows_before(path: Path, step: int) -> None:
     """`path` without its rows from `step` on (a resumed run's checkpoint step: they are evaluated again)."""
-    from rlhf.io import atomic_write_text
-    from rlhf.run_files import read_jsonl
 
     if path.is_file():
         kept = [row for row in read_jsonl(path) if row["step"] < step]
@@ -332,7 +329,6 @@ def _keep_rows_before(path: Path, step: int) -> None:
 
 
 def _append_row(path: Path, row: dict[str, Any]) -> None:
-    import math
 
     clean = {
         key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in row.items()

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from rlhf import probes
+from rlhf import _compat, distributed
 from rlhf.data.formatting import encode_prompts, response_text, reward_input_ids
 from rlhf.generation import checkpoint_defaults_off
 from rlhf.models import same_tokenization
-from rlhf.ppo import activation_checkpointing, packing
+from rlhf.ppo import activation_checkpointing
 from rlhf.ppo.engines import PPOEngines, zero_stage
 from rlhf.ppo.estimators import (
     grpo_advantages,
@@ -32,7 +32,8 @@ from rlhf.ppo.estimators import (
     rloo_advantages,
     sequence_rewards,
 )
-from rlhf.ppo.logprobs import SamplingSettings, position_ids_from_mask, sampling_logprobs
+from rlhf.ppo.forward import in_micro_batches, release_gathered, response_logits, response_values, sequence_inputs
+from rlhf.ppo.logprobs import SamplingSettings, sampling_logprobs
 from rlhf.ppo.reward_aggregation import RewardAggregation
 from rlhf.ppo.rewards import (
     RunningMoments,
@@ -43,7 +44,6 @@ from rlhf.ppo.rewards import (
     score_with_eos_penalty,
 )
 from rlhf.ppo.rollout import Rollout
-from rlhf.shared_prompt.forward import OFF, SharedPromptSupport, forward_shared
 from rlhf.shared_prompt.layout import consecutive_runs, runs_of_equal_rows
 
 
@@ -106,8 +106,6 @@ def gathered_for_generation(engine):
     """
     import deepspeed
 
-    from rlhf import _compat
-
     parameters = list(engine.module.parameters())
     offload = _compat.zero3_offload_of(engine)
     unhooked = (
@@ -146,7 +144,6 @@ def decide_zero3_generation(full_bytes: int, free_bytes: int) -> str:
     Ranks that chose differently would wait on different collectives (one on a whole-model gather, the other on
     per-step gathers) and never return, so the least free memory of any rank decides for all.
     """
-    from rlhf import distributed
 
     return "gather_once" if distributed.all_ranks(2 * full_bytes < free_bytes) else "per_step"
 
@@ -156,90 +153,8 @@ def decide_zero3_generation(full_bytes: int, free_bytes: int) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def sequence_inputs(query_ids, query_mask, response_ids, response_mask) -> dict[str, torch.Tensor]:
-    """Prompt + response as one left-padded sequence, with the positions generation used."""
-    attention_mask = torch.cat([query_mask, response_mask.to(query_mask.dtype)], dim=1)
-    return {
-        "input_ids": torch.cat([query_ids, response_ids], dim=1),
-        "attention_mask": attention_mask,
-        "position_ids": position_ids_from_mask(attention_mask),
-    }
-
-
-def causal_lm_logits(model):
-    """forward(**inputs) -> logits of a causal LM. No KV cache: nothing follows these forwards, a checkpointed
-    layer would refuse the cache anyway, and with one transformers would take a packed row for one sequence."""
-    return lambda **inputs: model(**inputs, use_cache=False).logits
-
-
-def at_response_positions(
-    forward,
-    inputs: dict[str, torch.Tensor],
-    query_length: int,
-    row_tokens: int | None = None,
-    shared_prompt: SharedPromptSupport = OFF,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """forward(**inputs)'s per-token outputs (B, T, ...) at the positions that predicted each response token:
-    position Q-1+t predicts response token t. Padding-free (`packing`) when `row_tokens` is set; 0 where the
-    padded batch holds padding then.
-
-    With `shared_prompt` (the model passed its check), rollouts with the same prompt in consecutive rows (a
-    prompt's samples_per_prompt responses) run behind one copy of it (`rlhf.shared_prompt`), in rows of at most
-    max(a group, row_tokens) tokens; `dtype` is the model's, for the attention mask.
-    """
-    start, stop = query_length - 1, inputs["input_ids"].shape[1] - 1
-    groups = runs_of_equal_rows(inputs["input_ids"][:, :query_length])
-    if shared_prompt.shares(groups, inputs["attention_mask"]):
-        return forward_shared(forward, inputs, groups, start, stop, dtype, row_tokens or 0)
-    if row_tokens is not None:
-        return packing.forward_packed(forward, inputs, row_tokens, start, stop)
-    return forward(**inputs)[:, start:stop]
-
-
-def response_logits(
-    model,
-    inputs: dict[str, torch.Tensor],
-    query_length: int,
-    row_tokens: int | None = None,
-    shared_prompt: SharedPromptSupport = OFF,
-) -> torch.Tensor:
-    """(B, T, V) logits that predicted each response token (`at_response_positions`)."""
-    return at_response_positions(
-        causal_lm_logits(model), inputs, query_length, row_tokens, shared_prompt, probes.parameter_dtype(model)
-    )
-
-
-def response_values(
-    critic,
-    inputs: dict[str, torch.Tensor],
-    query_length: int,
-    row_tokens: int | None = None,
-    shared_prompt: SharedPromptSupport = OFF,
-) -> torch.Tensor:
-    """(B, T) critic values V(s_t) at the positions that predicted each response token (`at_response_positions`)."""
-    return at_response_positions(
-        critic, inputs, query_length, row_tokens, shared_prompt, probes.parameter_dtype(critic)
-    )
-
-
 def _on(device, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.to(device) for key, value in inputs.items()}
-
-
-def in_micro_batches(forward, rows: dict[str, torch.Tensor], micro_batch_size: int) -> torch.Tensor:
-    """forward(part) for successive parts of `micro_batch_size` rows of every tensor in `rows` (the last part may
-    be shorter; 0: one part), concatenated along the batch.
-
-    The scoring passes run on the whole rollout batch; in one forward its (B, T, V) logits would be the largest
-    tensor of the run. In parts only one part's logits exist at a time. Every rank holds the same number of
-    rollouts, so under ZeRO-3 every rank makes the same number of forwards and joins the same gathers.
-    """
-    total = next(iter(rows.values())).shape[0]
-    size = micro_batch_size if micro_batch_size > 0 else max(total, 1)
-    return torch.cat(
-        [forward({key: value[start : start + size] for key, value in rows.items()}) for start in range(0, total, size)]
-    )
 
 
 @torch.no_grad()
@@ -318,19 +233,6 @@ def score(
         scores=aggregation(members),
         member_scores=members if members.shape[1] > 1 else None,
     )
-
-
-def release_gathered(engine) -> None:
-    """Re-partition whatever a ZeRO-3 engine's last forward left gathered (a no-op for other stages).
-
-    Once ZeRO-3 has traced a model, a forward can end with up to stage3_max_live_parameters of it still gathered,
-    prefetched for that model's next forward; scoring runs four models one after another, so each of them would
-    hold its own (measured: +382 MB in the second step's scoring at 4 processes, 200M parameters per model).
-    The next forward gathers them again, as it would after any other model ran.
-    """
-    release = getattr(getattr(engine, "optimizer", None), "empty_partition_cache", None)
-    if release is not None and getattr(engine, "zero_optimization_stage", lambda: 0)() == 3:
-        release()
 
 
 def member_reward_scores(

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlhf import distributed
+from rlhf.data.formatting import demonstration_ids
+from rlhf.data.overlong import fit, fit_demonstrations, fit_prompts
 from rlhf.errors import ConfigError, DataError
+from rlhf.models import load_tokenizer, same_tokenization
 from rlhf.registry import Entry, Registry, resolve_model
 
 
@@ -52,10 +55,8 @@ def read_inputs(config) -> PPOInputs:
     """The four models by reference (each one's config read, so that a model that cannot load is refused now),
     the policy's tokenizer, and the prompts fitted to max_prompt_length by the `overlong` policy, before anything
     loads."""
-    from rlhf.adaptation import base_model_config
-    from rlhf.data.overlong import fit_prompts
+    from rlhf.adaptation.checkpoint import base_model_config
     from rlhf.data.prompts import load_prompts
-    from rlhf.models import load_tokenizer
 
     registry = Registry(config.registry_dir or None)
     references = {
@@ -140,7 +141,6 @@ def check_reward_aggregation(config, reward_path: str) -> None:
 def check_critic_tokenizer(tokenizer, paths: dict[str, str], trust_remote_code: bool) -> None:
     """The critic reads the policy's token ids as its own, so it must tokenize as the policy does; the reward
     model need not (its input is re-tokenized from text)."""
-    from rlhf.models import load_tokenizer, same_tokenization
 
     if paths["critic"] == paths["actor"]:
         return
@@ -161,8 +161,6 @@ def ptx_examples(config, tokenizer, stop_token_ids: Sequence[int]) -> tuple[str,
     (`demonstration_ids`: the loss on the completion and its stop token, never the prompt).
     """
     from rlhf.data.demonstrations import load_demonstrations
-    from rlhf.data.formatting import demonstration_ids
-    from rlhf.data.overlong import fit, fit_demonstrations
     from rlhf.data.records import read_records
 
     path, limit = config.ptx_file, config.ptx_max_length

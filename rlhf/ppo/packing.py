@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from rlhf import distributed, probes
-from rlhf.models import is_flash_attention
+from rlhf.attention import is_flash_attention
 from rlhf.packed_rows import PackedBatch, plan_rows
 
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from rlhf.distributed import sum_over_ranks
+
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
 
 
@@ -72,7 +74,6 @@ def _masked_moments(x: torch.Tensor, mask: torch.Tensor, across_ranks: bool) -> 
     """(mean, unbiased variance) of the masked entries, of this rank or of all ranks; fewer than 2 give var 0."""
     if not across_ranks:
         return masked_mean(x, mask), masked_var(x, mask, unbiased=True)
-    from rlhf.distributed import sum_over_ranks
 
     mask = mask.bool()
     zeros = torch.zeros_like(x)
@@ -271,8 +272,6 @@ class RunningMoments:
         """
         x = x.detach().double().flatten()
         if across_ranks:
-            from rlhf.distributed import sum_over_ranks
-
             batch_count, batch_sum = sum_over_ranks(
                 torch.stack([torch.tensor(float(x.numel()), dtype=x.dtype), x.sum()])
             ).tolist()

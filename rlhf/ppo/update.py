@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.ppo import activation_checkpointing, losses, mismatch
-from rlhf.ppo.experience import response_logits, response_values, sequence_inputs
+from rlhf.ppo.forward import response_logits, response_values, sequence_inputs
 from rlhf.ppo.logprobs import SamplingSettings, sampling_entropy, sampling_logprobs
 from rlhf.ppo.rewards import masked_mean
 from rlhf.ppo.rollout import PPOStats, Rollout

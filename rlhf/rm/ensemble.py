@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from torch import nn
 
-from rlhf.models import DEFAULT_ATTENTION
+from rlhf.adaptation.checkpoint import load_adapted, save_adapted
+from rlhf.attention import DEFAULT_ATTENTION
+from rlhf.generation import GENERATION_CONFIG
+from rlhf.io import atomic_directory
+from rlhf.models import load_tokenizer
 
 ENSEMBLE_FILE = "ensemble.json"
 MEMBERS_DIR = "members"
@@ -109,13 +114,7 @@ def assemble(
     generation config. The members are hard-linked in, so that a failed write leaves them where they were; they
     are removed from there once the ensemble is whole. Rank 0 alone; the members must be whole saved models
     (RMStageConfig checks the method)."""
-    import shutil
-
-    from rlhf.adaptation import load_adapted, save_adapted
     from rlhf.adaptation.config import AdaptationConfig
-    from rlhf.generation import GENERATION_CONFIG
-    from rlhf.io import atomic_directory
-    from rlhf.models import load_tokenizer
 
     first = Path(saved_members[0])
     model = load_adapted(
@@ -145,7 +144,6 @@ def assemble(
 
 def _link_or_copy(source: str, destination: str) -> None:
     """A hard link (no second copy of the weights), or a copy where the file system has none."""
-    import shutil
 
     try:
         os.link(source, destination)

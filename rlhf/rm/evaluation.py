@@ -11,8 +11,12 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from rlhf.data.rankings import Ranking, ordered_pairs
+from rlhf import run_files
+from rlhf.data.rankings import Ranking, ordered_pairs, ranks_from_scores
+from rlhf.evaluation import gold_scorer
 from rlhf.generation import stop_token_ids_of
+from rlhf.io import atomic_write_json
+from rlhf.rm.calibration import calibration
 from rlhf.rm.ensemble import members_of
 from rlhf.rm.model import load_reward_model, score_texts_by_member, single_reward_model
 
@@ -73,9 +77,6 @@ def write_calibration(
     """{"eval_ece", "eval_calibration_pairs"} for the metrics; the bins in output_dir/calibration.json. With an
     ensemble's `by_member` rewards, the calibration of their mean (`rewards`) and, under "uncertainty", the
     members' spread against the mean's error rate, whose least and most uncertain tenths go into the metrics."""
-    from rlhf import run_files
-    from rlhf.io import atomic_write_json
-    from rlhf.rm.calibration import calibration
 
     result = calibration(rewards, ranks, member_rewards=by_member)
     atomic_write_json(output_dir / run_files.RM_CALIBRATION, result)
@@ -196,8 +197,6 @@ def pair_agreement(better_reward: float, worse_reward: float) -> float:
 
 def _gold_agreement(rankings: Sequence[Ranking], rewards: list[list[float]], scorer_name: str) -> dict[str, float]:
     """How often the RM, and the human labels themselves, order pairs as the gold scorer does."""
-    from rlhf.data.rankings import ranks_from_scores
-    from rlhf.evaluation import gold_scorer
 
     scorer = gold_scorer(scorer_name)
     gold = [[scorer(r.prompt, c) for c in r.completions] for r in rankings]

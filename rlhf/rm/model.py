@@ -18,11 +18,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhf.adaptation.checkpoint import load_adapted
+from rlhf.attention import DEFAULT_ATTENTION
+from rlhf.data.demonstrations import load_demonstrations
 from rlhf.data.formatting import reward_input_ids
+from rlhf.data.overlong import fit_demonstrations
 from rlhf.data.rankings import Ranking
-from rlhf.io import atomic_write_json
-from rlhf.models import DEFAULT_ATTENTION
+from rlhf.generation import GENERATION_CONFIG
+from rlhf.io import atomic_write_json, atomic_write_text
+from rlhf.models import load_tokenizer
 from rlhf.rm.ensemble import RewardEnsemble, is_ensemble, member_dirs, members_of
+from rlhf.shared_prompt.layout import consecutive_runs
 
 NORMALIZATION_FILE = "reward_normalization.json"
 
@@ -61,7 +67,6 @@ def load_reward_model(path: str, trust_remote_code: bool = False, attn_implement
     """(model, tokenizer, normalization) for a saved reward model, frozen and in eval mode. An ensemble's directory
     gives a `RewardEnsemble` of its members and an `EnsembleNormalization` of their offsets; `single_reward_model`
     reads its top-level model (the members' weight average) alone."""
-    from rlhf.models import load_tokenizer
 
     if not is_ensemble(path):
         return single_reward_model(path, trust_remote_code, attn_implementation)
@@ -76,8 +81,6 @@ def load_reward_model(path: str, trust_remote_code: bool = False, attn_implement
 
 def single_reward_model(path: str, trust_remote_code: bool = False, attn_implementation: str = DEFAULT_ATTENTION):
     """(model, tokenizer, normalization) of the one model saved at `path`, frozen and in eval mode."""
-    from rlhf.adaptation import load_adapted
-    from rlhf.models import load_tokenizer
 
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     model = load_adapted(
@@ -175,8 +178,6 @@ def score_texts_by_member(
     reward model), each member less its own offset."""
     import torch
 
-    from rlhf.shared_prompt.layout import consecutive_runs
-
     members = len(members_of(model))
     offsets = torch.tensor(normalization.offsets if normalization else (0.0,) * members)
     if len(offsets) != members:
@@ -206,8 +207,6 @@ def normalization_records(
 ) -> tuple[list[dict], str]:
     """(prompt/completion records, their source): the config's file, else the SFT parent's demonstrations (text or
     chat), else the best-ranked training completions; those over max_length follow the `overlong` policy."""
-    from rlhf.data.demonstrations import load_demonstrations
-    from rlhf.data.overlong import fit_demonstrations
 
     source = config.normalization_file
     if not source and inputs.parent is not None:
@@ -256,8 +255,6 @@ def normalise(
 def keep_stop_tokens(base_dir: str | Path, model_dir: str | Path) -> None:
     """Copy the base model's generation_config.json (its stop tokens) beside the reward model's weights, so that a
     user of the reward model ends responses as the RM stage did (`stop_token_ids_of`), whatever its policy."""
-    from rlhf.generation import GENERATION_CONFIG
-    from rlhf.io import atomic_write_text
 
     shipped = Path(base_dir) / GENERATION_CONFIG
     if shipped.is_file() and not (Path(model_dir) / GENERATION_CONFIG).exists():

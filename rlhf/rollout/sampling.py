@@ -12,6 +12,9 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from rlhf.data.formatting import encode_prompts, response_text
+from rlhf.models import max_positions
+from rlhf.rollout.settings import check_model_length, cpu_kv_cache_bytes, vllm_python
 from rlhf.rollout.vllm_engine import EngineSampling, EngineSettings, VLLMEngine
 
 
@@ -35,7 +38,6 @@ def start_engine(
 ) -> VLLMEngine:
     """A started (not yet ready) engine on `model_path`; the caller waits with `wait_ready()`, after other work.
     `dummy_weights`: random weights of the model's shape, for an engine whose weights are synced before it samples."""
-    from rlhf.rollout.settings import cpu_kv_cache_bytes, vllm_python
 
     settings = EngineSettings(
         model=model_path,
@@ -64,9 +66,6 @@ def start_engine_for_prompts(
 ) -> VLLMEngine:
     """An engine (started, not yet ready) with the checkpoint's weights in its own dtype, holding the longest of
     `prompts` and its response: no longer, so that a CPU's KV cache stays the size of the batch."""
-    from rlhf.data.formatting import encode_prompts
-    from rlhf.models import max_positions
-    from rlhf.rollout.settings import check_model_length
 
     longest = max(int(encode_prompts(tokenizer, [prompt])["attention_mask"].sum()) for prompt in prompts)
     max_model_len = check_model_length(longest, max_new_tokens, max_positions(model_path, trust_remote_code))
@@ -112,7 +111,6 @@ def engine_responses(
     engine: VLLMEngine, tokenizer, prompts: Sequence[Any], sampling: EngineSampling, seed: int, batch_size: int = 128
 ) -> list[str]:
     """One response per prompt, decoded in context without special tokens (`response_text`)."""
-    from rlhf.data.formatting import encode_prompts, response_text
 
     responses: list[str] = []
     for start in range(0, len(prompts), batch_size):

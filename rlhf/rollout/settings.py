@@ -118,7 +118,7 @@ def cpu_kv_cache_bytes(
 ) -> int:
     """The KV cache that `max_num_seqs` sequences of `max_model_len` tokens need, with a block of slack each: on a
     CPU vLLM would otherwise reserve a share of the whole machine's memory (its gpu_memory_utilization)."""
-    from rlhf.adaptation import base_model_config
+    from rlhf.adaptation.checkpoint import base_model_config
 
     config = base_model_config(model_path, trust_remote_code).get_text_config()
     heads = config.num_attention_heads

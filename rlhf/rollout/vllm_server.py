@@ -15,6 +15,7 @@ changes any of them.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import mmap
@@ -236,7 +237,6 @@ def _die_with_parent() -> None:
     would otherwise leave the engine, and its memory, behind)."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

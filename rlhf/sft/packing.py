@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from rlhf.models import is_flash_attention
+from rlhf import _compat
+from rlhf.attention import is_flash_attention
 
 
 def has_varlen_attention(attention_implementation: str | None) -> bool:
@@ -66,7 +67,6 @@ def keep_packed_rows(trainer) -> bool:
     Returns whether it did. TRL refuses a custom collator with packing, so the trainer's is replaced after
     construction; the Trainer reads `data_collator` only when it builds a data loader.
     """
-    from rlhf import _compat
 
     attention = _compat.attention_implementation(trainer.model.config)
     if not _compat.sft_trainer_is_padding_free(trainer) or has_varlen_attention(attention):

@@ -24,7 +24,7 @@ from torch import nn
 
 from rlhf import _compat, distributed, probes
 from rlhf.adaptation.apply import is_peft_model, reward_head_names
-from rlhf.models import is_flash_attention
+from rlhf.attention import is_flash_attention
 from rlhf.shared_prompt.layout import shared_prompt_rows
 
 FALLBACK = "each response runs with its own copy of the prompt"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from rlhf import distributed, run_files
+from rlhf import _compat, distributed, run_files
 from rlhf.config import config_to_dict, write_resolved_config
 from rlhf.io import atomic_write_json, atomic_write_text
 from rlhf.registry import Entry, Registry, fingerprint_files
@@ -28,9 +28,9 @@ def save_final_model(module, tokenizer, final_dir: Path, adaptation, *, zero3: b
     Under ZeRO-3 no rank gathers the whole model: one module at a time is gathered and rank 0 streams it to
     safetensors shards (rlhf.adaptation.partitioned_save).
     """
-    if not zero3:
-        from rlhf.adaptation import save_adapted
+    from rlhf.adaptation.checkpoint import save_adapted
 
+    if not zero3:
         if distributed.is_main_process():
             save_adapted(module, tokenizer, final_dir, adaptation)
         distributed.barrier()
@@ -144,7 +144,6 @@ def register_on_main(
 ) -> Entry | None:
     """What follows the save of a Trainer stage's model at `final_dir` (every rank calls it; rank 0 works): grade
     it, `after_save`, write the run's files (the Trainer's `log_history` among them) and register it."""
-    from rlhf import _compat
 
     if not distributed.is_main_process():
         return None
@@ -168,9 +167,10 @@ def register_on_main(
 
 
 def _graded(config, inputs, final_dir: Path, gold_prompts: list, task: str) -> dict[str, Any]:
+    from rlhf.adaptation.checkpoint import load_adapted
+
     if not (gold_prompts and config.gold_scorer):
         return {}
-    from rlhf.adaptation import load_adapted
     from rlhf.evaluation import gold_metrics
 
     saved = load_adapted(

@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf import distributed, run_lock
+from rlhf import _compat, distributed, host_memory, run_lock
+from rlhf.data.overlong import OVERLONG_FILE, write_overlong
+from rlhf.models import load_tokenizer
 from rlhf.registry import Entry, Registry, resolve_model
 
 # What Ctrl-C leaves of a stage, and how to go on.
@@ -58,8 +60,7 @@ class StageInputs:
 def resolve_inputs(config) -> StageInputs:
     """The starting model (registry reference, directory or hub id), its registry entry and its tokenizer; a
     model that cannot load (code of its own with trust_remote_code off) is refused before anything loads."""
-    from rlhf.adaptation import base_model_config
-    from rlhf.models import load_tokenizer
+    from rlhf.adaptation.checkpoint import base_model_config
 
     registry = Registry(config.registry_dir or None)
     model_path, parent = resolve_model(config.model_name_or_path, registry)
@@ -72,8 +73,8 @@ def load_trainable(inputs: StageInputs, config, task: str):
     """The input model with the config's adaptation applied, so that only the chosen parameters train."""
     from transformers import set_seed
 
-    from rlhf import host_memory
-    from rlhf.adaptation import apply_adaptation, load_adapted, parameter_summary
+    from rlhf.adaptation.apply import apply_adaptation, parameter_summary
+    from rlhf.adaptation.checkpoint import load_adapted
 
     # What ZeRO-3 gathers and frees module by module leaves the resident set (see rlhf.host_memory).
     if host_memory.zero3_in([config.deepspeed]):
@@ -102,8 +103,6 @@ def report_overlong(output_dir: str, fitted: Sequence[tuple[str, str, Any]]) -> 
     the data set's counts in the metrics. Returns the metrics: the counts, and the summary lines under "overlong"."""
     from pathlib import Path
 
-    from rlhf.data.overlong import OVERLONG_FILE, write_overlong
-
     listed_in = Path(output_dir) / OVERLONG_FILE
     metrics: dict[str, Any] = {}
     lines = []
@@ -123,7 +122,8 @@ def report_overlong(output_dir: str, fitted: Sequence[tuple[str, str, Any]]) -> 
 
 
 def parameter_counts(model) -> dict[str, int]:
-    from rlhf.adaptation import count_parameters
+
+    from rlhf.adaptation.apply import count_parameters
 
     trainable, total = count_parameters(model)
     return {"trainable_params": trainable, "total_params": total}
@@ -136,14 +136,13 @@ def gold_metrics_of_start(model, inputs: StageInputs, prompts: list, config) -> 
     """
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from rlhf import _compat
+    from rlhf.adaptation.checkpoint import load_adapted
     from rlhf.evaluation import gold_metrics
 
     if not config.gold_scorer or not prompts or not distributed.is_main_process():
         return {}
     if not is_deepspeed_zero3_enabled():
         return gold_metrics(model, inputs.tokenizer, prompts, config, suffix="before")
-    from rlhf.adaptation import load_adapted
 
     # Loading and generating both inside: under ZeRO-3, generate() would otherwise wait for the other ranks.
     with _compat.zero3_init_disabled():

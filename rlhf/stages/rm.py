@@ -12,22 +12,27 @@ seeds seed..seed+k-1, and saved and registered as one ensemble (rlhf.rm.ensemble
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+import json
 import sys
 from pathlib import Path
 
+from rlhf import distributed, run_files
 from rlhf.errors import exits_cleanly
+from rlhf.generation import stop_token_ids_of
+from rlhf.io import atomic_write_json, atomic_write_text
 from rlhf.rm.config import RMStageConfig
+from rlhf.stages import epilogue, prologue
 from rlhf.stages.prologue import STAGE_INTERRUPTED, run_from_command_line
 
 
 def run(config: RMStageConfig):
     """Train, normalise, evaluate, save and register. Returns the registry entry (None off rank 0)."""
-    from rlhf.generation import stop_token_ids_of
     from rlhf.rm import evaluation
     from rlhf.rm.batches import tokenize_rankings
     from rlhf.rm.data import load_ranking_splits
     from rlhf.rm.model import keep_stop_tokens, normalise
-    from rlhf.stages import epilogue, prologue
 
     # 1. Inputs: the starting model by reference, the rankings fitted to max_length before any training starts,
     #    each completion read as the policy writes it (so that PPO's scores read the same tokens).
@@ -116,10 +121,8 @@ def run_ensemble(
 ):
     """k reward models (`ensemble_size`), each trained as `train_one` trains one with seed + i, so that their new
     heads and data orders differ; saved as one directory (rlhf.rm.ensemble) and registered as one entry."""
-    from rlhf import run_files
     from rlhf.rm import ensemble, evaluation
     from rlhf.rm.model import keep_stop_tokens, normalise
-    from rlhf.stages import epilogue
 
     # 2-3. Each member in its own output directory (its checkpoints: --resume continues the member it stopped in,
     #      and a member already saved is not trained again).
@@ -170,15 +173,8 @@ def run_ensemble(
 def member_run(config: RMStageConfig, index: int, inputs, train_features, eval_features):
     """(saved model directory, metrics, log rows) of member `index`, trained in output_dir/member-<index> with seed
     + index, or read back from there when a resumed run had saved it; None when SIGTERM stopped it."""
-    import dataclasses
-    import gc
-    import json
 
     from transformers.integrations import is_deepspeed_zero3_enabled
-
-    from rlhf import distributed, run_files
-    from rlhf.io import atomic_write_json, atomic_write_text
-    from rlhf.stages import epilogue
 
     member_config = dataclasses.replace(
         config, seed=config.seed + index, output_dir=str(Path(config.output_dir) / f"member-{index}")

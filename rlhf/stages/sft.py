@@ -13,7 +13,9 @@ from __future__ import annotations
 import sys
 
 from rlhf.errors import exits_cleanly
+from rlhf.generation import stop_token_ids_of
 from rlhf.sft.config import SFTStageConfig
+from rlhf.sft.prefix_tuning import prefix_tuning_trainer_class
 from rlhf.stages.prologue import STAGE_INTERRUPTED, run_from_command_line
 
 
@@ -21,10 +23,8 @@ def run(config: SFTStageConfig):
     """Train, evaluate, save and register. Returns the registry entry (None off rank 0)."""
     from trl import SFTTrainer
 
-    from rlhf.generation import stop_token_ids_of
     from rlhf.sft.data import load_demonstration_splits, tokenized
     from rlhf.sft.packing import keep_packed_rows
-    from rlhf.sft.prefix_tuning import prefix_tuning_trainer_class
     from rlhf.stages import epilogue, prologue, trainer_run
 
     # 1. Inputs: the model by reference, the demonstrations fitted to max_length before any training starts.
