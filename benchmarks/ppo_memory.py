@@ -72,7 +72,7 @@ def stop_when_over(limit_mb: float, out_dir: Path, poll_s: float = 0.05) -> None
     import threading
 
     from benchmarks.memory_phases import status_mb
-    from rlhf import distributed
+    from rlhf import _compat
 
     def watch() -> None:
         while True:
@@ -83,7 +83,7 @@ def stop_when_over(limit_mb: float, out_dir: Path, poll_s: float = 0.05) -> None
                 (out_dir / f"rank-{rank}.json").write_text(
                     json.dumps({"rank": rank, "stopped_over_mb": rss, "limit_mb": limit_mb})
                 )
-                distributed._unlink_cpu_all_reduce_buffer()  # a stopped rank never reaches the stage's shutdown
+                _compat.unlink_deepspeed_cpu_all_reduce_buffer()  # a stopped rank never reaches the stage's shutdown
                 os._exit(3)
             time.sleep(poll_s)
 

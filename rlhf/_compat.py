@@ -19,6 +19,11 @@ time. Each function says what it reaches into and why no public API does the job
 | `SFTTrainer.padding_free` (set in `__init__`, undocumented) | trl  | 1.16.0 |
 | `SFTTrainer._total_train_tokens`                  | trl          | 1.16.0 |
 | `tqdm._instances`                                 | tqdm         | 4.70.1 |
+| `distributed_c10d._world.pg_names`                | torch        | 2.13.0 |
+| `Module._parameters`, `._buffers`, `._modules`, `._non_persistent_buffers_set` | torch | 2.13.0 |
+| `numpy._core.multiarray._reconstruct` (`numpy.core` before 2.0) | numpy | 2.x |
+| `DeepSpeedEngine.enable_backward_allreduce`, `Parameter.ds_persist` (undocumented) | deepspeed | 0.19.8 |
+| the `/dev/shm` file name of DeepSpeed's CPU all-reduce buffer | deepspeed | 0.19.8 |
 
 Imports nothing heavy at module level: each function imports its library when called.
 """
@@ -269,3 +274,60 @@ def share_fp32_master_weights(engine) -> int:
         master.data = partition.data
         shared += partition.numel()
     return shared
+
+
+def process_groups_in_creation_order() -> list:
+    """Every process group this rank belongs to, the default group first. torch registers groups as they are made
+    in a private list; there is no public way to enumerate them."""
+    from torch.distributed import distributed_c10d
+
+    return list(distributed_c10d._world.pg_names)
+
+
+def unlink_deepspeed_cpu_all_reduce_buffer() -> None:
+    """Remove this rank's `/dev/shm` file of DeepSpeed's CPU all-reduce buffer, which DeepSpeed maps and never
+    unlinks; the file name is its private convention. The mappings of ranks still running stay valid."""
+    name = (
+        f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+        f"{os.environ.get('MASTER_PORT', '')}_{os.environ.get('RANK', '0')}"
+    )
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join("/dev/shm", name))
+
+
+def own_tensors_and_children(module) -> tuple[dict, dict, dict]:
+    """(parameters, persistent buffers, children) a module holds itself, by local name, as `state_dict` walks them.
+    `named_parameters` and friends deduplicate shared tensors and modules, which loading by key must not."""
+    buffers = {
+        name: buffer for name, buffer in module._buffers.items() if name not in module._non_persistent_buffers_set
+    }
+    return module._parameters, buffers, module._modules
+
+
+def numpy_array_reconstructor():
+    """The function numpy pickles arrays through (`numpy._core.multiarray._reconstruct`; `numpy.core` before 2.0),
+    which an unpickler's allow-list must name."""
+    import numpy as np
+
+    numpy_core = np._core if hasattr(np, "_core") else np.core
+    return numpy_core.multiarray._reconstruct
+
+
+def skip_backward_all_reduce(engine) -> None:
+    """Stop a DeepSpeed engine all-reducing gradients after each backward. Its engine has the switch as a plain
+    attribute and no public setter."""
+    engine.enable_backward_allreduce = False
+
+
+@contextlib.contextmanager
+def zero3_parameters_persistent(parameters) -> Iterator[None]:
+    """Inside the block, ZeRO-3 keeps `parameters` gathered between forwards (its undocumented `ds_persist` flag,
+    which it sets itself for small parameters); after it, each flag is as it was."""
+    saved = [getattr(parameter, "ds_persist", False) for parameter in parameters]
+    for parameter in parameters:
+        parameter.ds_persist = True
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(parameters, saved):
+            parameter.ds_persist = flag

@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from rlhf import bounded_json
+from rlhf import _compat, bounded_json
 from rlhf.errors import DataError, RLHFError
 from rlhf.io import disk_full_detail
 
@@ -43,8 +43,7 @@ def allowed_types() -> list[type]:
     """
     import numpy as np
 
-    numpy_core = np._core if hasattr(np, "_core") else np.core
-    types = [numpy_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    types = [_compat.numpy_array_reconstructor(), np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     with contextlib.suppress(ImportError):
         from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum

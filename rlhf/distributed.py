@@ -1,12 +1,17 @@
-"""Which process this is, read from the launcher's environment (no torch.distributed needed)."""
+"""Which process this is, and the collectives the stages run across processes.
+
+Rank and world size come from the launcher's environment, so asking them needs no torch.distributed. Every
+collective goes through `all_reduce`: in a world of one it is the identity, and on NCCL it reduces on the GPU.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import sys
+
+from rlhf import _compat
 
 
 def global_rank() -> int:
@@ -37,17 +42,60 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_ranks(flag: bool) -> bool:
-    """True on every rank when `flag` is True on every rank (a MIN all-reduce); `flag` itself in a world of one."""
+def in_multi_process_world() -> bool:
+    """Whether a process group with more than one rank is up: collectives are needed and can run."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce(tensor, op: str = "sum"):
+    """`tensor` reduced element-wise over every rank (`op`: sum, min or max), as a new tensor on `tensor`'s device;
+    `tensor` itself in a world of one. NCCL reduces CUDA tensors only, so there the reduction runs on this rank's
+    GPU."""
+    if not in_multi_process_world():
+        return tensor
     import torch
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
-    value = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+    reduced = tensor.detach().clone().to(device)
+    dist.all_reduce(reduced, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+    return reduced.to(tensor.device)
+
+
+def all_ranks(flag: bool) -> bool:
+    """True on every rank when `flag` is True on every rank; `flag` itself in a world of one."""
+    import torch
+
+    return bool(all_reduce(torch.tensor([int(flag)]), "min").item())
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is True on any rank; `flag` itself in a world of one."""
+    import torch
+
+    return bool(all_reduce(torch.tensor([int(flag)]), "max").item())
+
+
+def sum_over_ranks(tensor):
+    """The element-wise sum of `tensor` over all ranks (a new tensor; the input itself when the world is one).
+
+    Statistics PPO takes over a batch (score moments, advantage whitening) go through this, so that every rank
+    normalises with the same numbers, those of the whole global batch.
+    """
+    return all_reduce(tensor, "sum")
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each value averaged over all ranks (one all-reduce for the lot)."""
+    if not in_multi_process_world():
+        return dict(values)
+    import torch
+
+    keys = sorted(values)
+    summed = sum_over_ranks(torch.tensor([float(values[key]) for key in keys], dtype=torch.float64))
+    return dict(zip(keys, (summed / world_size()).tolist()))
 
 
 def finish_pending_work() -> None:
@@ -67,9 +115,7 @@ def groups_in_creation_order() -> list:
     """Every process group this rank belongs to, the default group first. torch registers groups as they are made
     and every rank makes them in the same order, so collectives over this list cannot wait on each other in a
     cycle."""
-    from torch.distributed import distributed_c10d
-
-    return list(distributed_c10d._world.pg_names)
+    return _compat.process_groups_in_creation_order()
 
 
 def exit_after_success() -> None:
@@ -98,34 +144,6 @@ def shutdown() -> None:
 
     if world_size() > 1 and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-        _unlink_cpu_all_reduce_buffer()
-
-
-def _unlink_cpu_all_reduce_buffer() -> None:
-    """DeepSpeed's CPU all-reduce maps one /dev/shm file per rank (66 MB) and never unlinks it, so every
-    multi-process CPU run would leave its files, and their memory, behind until a reboot. Each rank removes its
-    own name at the end; the mappings of ranks still running stay valid until they exit."""
-    name = (
-        f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-        f"{os.environ.get('MASTER_PORT', '')}_{os.environ.get('RANK', '0')}"
-    )
-    with contextlib.suppress(OSError):
-        os.unlink(os.path.join("/dev/shm", name))
-
-
-def sum_over_ranks(tensor):
-    """The element-wise sum of `tensor` over all ranks (a new tensor; the input itself when the world is one).
-
-    Statistics PPO takes over a batch (score moments, advantage whitening) go through this, so that every rank
-    normalises with the same numbers, those of the whole global batch.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return tensor
-    device = tensor.device
-    reduced = tensor.detach().clone()
-    if dist.get_backend() == "nccl":
-        reduced = reduced.cuda()
-    dist.all_reduce(reduced)
-    return reduced.to(device)
+        # DeepSpeed maps a /dev/shm file per rank and never unlinks it: without this every run would leave its
+        # files, and their memory, behind until a reboot.
+        _compat.unlink_deepspeed_cpu_all_reduce_buffer()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from rlhf import distributed
+from rlhf import _compat, distributed
 
 
 def model_key_for(checkpoint_key: str, model_keys: set[str] | dict, base_model_prefix: str) -> str | None:
@@ -75,13 +75,14 @@ def local_tensors(model: nn.Module) -> Iterator[tuple[nn.Module, str, str, bool]
     does: a key of either name can be the one the checkpoint has."""
 
     def visit(module: nn.Module, prefix: str):
-        for name, parameter in module._parameters.items():
+        parameters, buffers, children = _compat.own_tensors_and_children(module)
+        for name, parameter in parameters.items():
             if parameter is not None:
                 yield module, name, prefix + name, True
-        for name, buffer in module._buffers.items():
-            if buffer is not None and name not in module._non_persistent_buffers_set:
+        for name, buffer in buffers.items():
+            if buffer is not None:
                 yield module, name, prefix + name, False
-        for child_name, child in module._modules.items():
+        for child_name, child in children.items():
             if child is not None:
                 yield from visit(child, f"{prefix}{child_name}.")
 

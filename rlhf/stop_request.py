@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-import torch
+from rlhf import distributed
 
 
 class StopRequest:
@@ -18,14 +18,7 @@ class StopRequest:
 
     def any_rank(self) -> bool:
         """True when any rank was signalled: all ranks must stop together (saving is a collective)."""
-        import torch.distributed as dist
-
-        flag = torch.tensor([1.0 if self.requested else 0.0])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            if dist.get_backend() == "nccl":
-                flag = flag.cuda()
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+        return distributed.any_rank(self.requested)
 
     def restore(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)

@@ -117,3 +117,57 @@ def test_tqdm_lists_its_open_bars_in_instances():
     assert bar in tqdm._instances
     _compat.close_progress_bars()
     assert bar not in tqdm._instances
+
+
+def test_torch_lists_process_groups_in_world_pg_names():
+    from torch.distributed import distributed_c10d
+
+    assert isinstance(distributed_c10d._world.pg_names, dict)
+
+
+def test_deepspeed_names_its_cpu_all_reduce_buffer_as_we_unlink_it():
+    from pathlib import Path
+
+    import deepspeed
+
+    source = (Path(deepspeed.__file__).parent / "ops" / "csrc" / "cpu" / "comm" / "shm.cpp").read_text()
+    assert '#define SHM_BUFFER_NAME "deepspeed_allreduce_buffer"' in source
+    assert '"%s_%d_%s_%s",\n             SHM_BUFFER_NAME,\n             getuid(),' in source  # then address, port
+
+
+def test_modules_hold_their_own_tensors_and_children_in_private_dicts():
+    import torch
+    from torch import nn
+
+    module = nn.Linear(2, 3)
+    module.register_buffer("kept", torch.zeros(1))
+    module.register_buffer("scratch", torch.zeros(1), persistent=False)
+    module.child = nn.Identity()
+    parameters, buffers, children = _compat.own_tensors_and_children(module)
+    assert list(parameters) == ["weight", "bias"] and list(buffers) == ["kept"] and list(children) == ["child"]
+    assert list(module.state_dict()) == ["weight", "bias", "kept"]
+
+
+def test_numpy_pickles_arrays_through_the_reconstructor_we_allow():
+    import numpy as np
+
+    assert np.zeros(2).__reduce__()[0] is _compat.numpy_array_reconstructor()
+
+
+def test_deepspeed_engines_switch_backward_all_reduce_with_a_plain_attribute():
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    source = inspect.getsource(DeepSpeedEngine)
+    assert "self.enable_backward_allreduce = True" in source and "if self.enable_backward_allreduce" in source
+
+
+def test_zero3_keeps_parameters_gathered_by_their_ds_persist_flag():
+    import torch
+    from deepspeed.runtime.zero import partitioned_param_coordinator
+
+    assert "ds_persist" in inspect.getsource(partitioned_param_coordinator)
+    parameters = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    parameters[1].ds_persist = True
+    with _compat.zero3_parameters_persistent(parameters):
+        assert all(parameter.ds_persist for parameter in parameters)
+    assert [parameter.ds_persist for parameter in parameters] == [False, True]

@@ -176,3 +176,72 @@ def test_every_module_opens_with_a_docstring():
         module_name(path) for path in PACKAGE.rglob("*.py") if not ast.get_docstring(ast.parse(path.read_text()))
     ]
     assert missing == []
+
+
+LIBRARIES = ("torch", "transformers", "deepspeed", "accelerate", "numpy", "trl", "peft", "datasets", "tqdm")
+# Public names that happen to start with an underscore.
+PUBLIC_UNDERSCORED = {"_exit", "_replace", "_asdict", "_fields", "_make"}
+# Undocumented attributes with no underscore to give them away.
+UNDOCUMENTED = {"ds_persist", "enable_backward_allreduce", "deepspeed_allreduce_buffer"}
+
+
+def names_defined_in(paths: list[Path]) -> set[str]:
+    """Functions, classes, variables and attributes our own code defines: using these is not reaching in."""
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return names - UNDOCUMENTED
+
+
+def private_uses(path: Path, ours: set[str]) -> list[str]:
+    """`x._name`, getattr(x, "_name"), `from library._module import`, and the UNDOCUMENTED names, in `path`."""
+
+    def private(name: str) -> bool:
+        underscored = name.startswith("_") and not name.startswith("__") and name not in PUBLIC_UNDERSCORED
+        return (underscored and name not in ours) or name in UNDOCUMENTED
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and private(node.attr):
+            found.append((node.lineno, f".{node.attr}"))
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr"):
+            name = node.args[1] if len(node.args) > 1 else None
+            if isinstance(name, ast.Constant) and isinstance(name.value, str) and private(name.value):
+                found.append((node.lineno, repr(name.value)))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in UNDOCUMENTED:
+            found.append((node.lineno, repr(node.value)))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in LIBRARIES:
+            if any(private(part) for part in node.module.split(".")[1:]):
+                found.append((node.lineno, f"from {node.module}"))
+    return [f"{path.name}:{line}: {use}" for line, use in sorted(found)]
+
+
+def test_private_api_finder_sees_each_way_of_reaching_in(tmp_path):
+    code = tmp_path / "code.py"
+    code.write_text(
+        "from numpy._core import multiarray\n"
+        "x = torch.distributed._world\n"
+        "y = getattr(module, '_buffers')\n"
+        "engine.enable_backward_allreduce = False\n"
+        "os._exit(0)\n"
+        "z = self._ours\n"
+    )
+    assert private_uses(code, {"_ours"}) == [
+        "code.py:1: from numpy._core",
+        "code.py:2: ._world",
+        "code.py:3: '_buffers'",
+        "code.py:4: .enable_backward_allreduce",
+    ]
+
+
+def test_private_apis_of_other_libraries_are_used_only_in_compat():
+    """rlhf/_compat.py is the one seam, tested by tests/test_compat.py; the library and the benchmarks use it."""
+    paths = sorted(PACKAGE.rglob("*.py")) + sorted((REPO / "benchmarks").rglob("*.py"))
+    ours = names_defined_in([path for path in paths if path.name != "_compat.py"])
+    assert [use for path in paths if path.name != "_compat.py" for use in private_uses(path, ours)] == []

@@ -374,7 +374,7 @@ def skip_all_reduce_in_a_world_of_one(engine) -> bool:
     gradients into partitions through it. Returns whether it was switched off."""
     alone = getattr(engine, "dp_world_size", 1) == 1 and getattr(engine, "seq_dp_world_size", 1) == 1
     if alone and engine.zero_optimization_stage() == 0:
-        engine.enable_backward_allreduce = False
+        _compat.skip_backward_all_reduce(engine)
         return True
     return False
 

@@ -111,16 +111,12 @@ def gathered_for_generation(engine):
     unhooked = (
         _compat.zero3_hooks_removed(offload) if _compat.can_remove_zero3_hooks(offload) else contextlib.nullcontext()
     )
-    with deepspeed.zero.GatheredParameters(parameters, modifier_rank=None):
-        persistent = [getattr(p, "ds_persist", False) for p in parameters]
-        for parameter in parameters:
-            parameter.ds_persist = True
-        try:
-            with unhooked:
-                yield
-        finally:
-            for parameter, flag in zip(parameters, persistent):
-                parameter.ds_persist = flag
+    with (
+        deepspeed.zero.GatheredParameters(parameters, modifier_rank=None),
+        _compat.zero3_parameters_persistent(parameters),
+        unhooked,
+    ):
+        yield
 
 
 def choose_zero3_generation(setting: str, actor) -> str:
@@ -331,15 +327,17 @@ def decode_responses(
 # ---------------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RewardShaping:
+    """How scores become per-token rewards and advantages (`with_advantages`): the config's values, by keyword."""
+
     kl_coef: float  # β of the penalty in the reward; 0 when the KL is a loss term (kl_in_loss)
     kl_estimator: str = "k1"
     score_clip: float = 0.0  # 0: off
     missing_eos_penalty: float = 0.0
     gamma: float = 1.0
     lam: float = 0.95
-    advantage_estimator: str = "gae"  # or one of rlhf.ppo.estimators' (rlhf.ppo.config.ADVANTAGE_ESTIMATORS)
+    advantage_estimator: str = "gae"  # one of rlhf.ppo.options.ADVANTAGE_ESTIMATORS
     samples_per_prompt: int = 1
     scale_rewards: bool = True  # grpo: divide by the group's std (false: Dr.GRPO)
 

@@ -1,8 +1,8 @@
 """Tracking a PPO run: each step's metrics, one JSON object per step in ppo_metrics.jsonl, TensorBoard scalars
 and a progress bar.
 
-`step_metrics` averages a step's values over ranks (`mean_over_ranks`); rank 0 writes. On resume, rows after the
-checkpoint's step are dropped, so the file reads as one uninterrupted run.
+`step_metrics` averages a step's values over ranks (`distributed.mean_over_ranks`); rank 0 writes. On resume, rows
+after the checkpoint's step are dropped, so the file reads as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def step_metrics(
     if kl_loss:
         values["kl_loss"] = mean_stat("kl_loss")
     values.update(extra or {})
-    values = mean_over_ranks(values)
+    values = distributed.mean_over_ranks(values)
     # Throughput adds up over ranks; the mean above is per rank.
     values["tokens_per_second"] *= distributed.world_size()
     return {"step": step, **values, "beta": beta, "skipped_updates": skipped_updates}
@@ -106,21 +106,6 @@ def non_eos_fraction(rollout: Rollout, eos_token_id: int | Sequence[int]) -> flo
     last = rollout.response_ids.gather(1, (lengths - 1).clamp(min=0)[:, None])[:, 0]
     ended = (lengths > 0) & is_stop_token(last, eos_token_id)
     return 1.0 - ended.float().mean().item()
-
-
-def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    """Each value averaged over all ranks (one all-reduce for the lot)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return dict(values)
-    keys = sorted(values)
-    stacked = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        stacked = stacked.cuda()
-    dist.all_reduce(stacked)
-    stacked /= dist.get_world_size()
-    return dict(zip(keys, stacked.tolist()))
 
 
 class MetricsLogger:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf import distributed
 from rlhf.ppo import activation_checkpointing, losses, mismatch
 from rlhf.ppo.forward import response_logits, response_values, sequence_inputs
 from rlhf.ppo.logprobs import SamplingSettings, sampling_entropy, sampling_logprobs
@@ -195,9 +196,4 @@ def critic_loss_of(
 
 def all_finite(*tensors: torch.Tensor) -> bool:
     """True when every tensor is finite on every rank: all ranks must agree to skip, or their steps deadlock."""
-    import torch.distributed as dist
-
-    finite = torch.tensor([float(all(torch.isfinite(t).all().item() for t in tensors))], device=tensors[0].device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    return bool(finite.item() == 1.0)
+    return distributed.all_ranks(all(torch.isfinite(t).all().item() for t in tensors))
