@@ -53,7 +53,7 @@ def run(settings: Settings, workdir: Path, repeats: int, log=print) -> dict:
                 config.scoring_batch_size,
             )
             scored = time.perf_counter()
-            shaping = experience.RewardShaping(0.05, "k1")
+            shaping = experience.RewardShaping(kl_coef=0.05, kl_estimator="k1")
             rollout, _ = experience.with_advantages(rollout, shaping, recipe.sampling.stop_token_ids, None)
             settings_for_side = dataclasses.replace(
                 recipe.update_settings,

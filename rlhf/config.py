@@ -71,10 +71,34 @@ class CommonArguments:
     overlong: str = field(default="drop", metadata={"help": OVERLONG_HELP})
 
     def __post_init__(self):
-        _check_before_any_work(self)
+        """Values that would fail only deep inside training, or after it (registration), refused at once."""
+        check_attention(self.attn_implementation)
+        if self.overlong not in OVERLONG_POLICIES:
+            raise ConfigError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got '{self.overlong}'")
+        check_numbers(self)
+        if self.register_as:
+            from rlhf.registry import check_name
+
+            try:
+                check_name(self.register_as)
+            except ConfigError as error:
+                raise ConfigError(f"register_as: {error}") from None
+        # Stage configs combine this with other dataclasses: let the next class in the MRO check its fields too.
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+
+
+@dataclass
+class TrainerArguments(CommonArguments):
+    """CommonArguments of the stages that train with transformers' Trainer (SFT, RM), whose configs also extend
+    its TrainingArguments: what those fields need before TrainingArguments checks them itself."""
+
+    def __post_init__(self):
+        _check_trainer_settings(self)
         # TRL turns bf16 on whenever it is unset, which fails on a CPU; unset means "where supported".
-        if getattr(self, "bf16", False) is None:
-            self.bf16 = _bf16_supported() and not getattr(self, "fp16", False)
+        if self.bf16 is None:
+            self.bf16 = bf16_supported() and not self.fp16
         # transformers 5 renamed gradient_checkpointing to activation_checkpointing and warns on every run that
         # still carries the old field (TRL's SFTConfig sets it): take its value over without the warning.
         for old, new in (
@@ -83,11 +107,9 @@ class CommonArguments:
         ):
             if hasattr(self, new) and getattr(self, new) is None and getattr(self, old, None) is not None:
                 setattr(self, new, getattr(self, old))
-        if getattr(self, "dataloader_pin_memory", False) and not _cuda_available():
+        if self.dataloader_pin_memory and not _cuda_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; on a CPU it only warns
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:
-            parent()
+        super().__post_init__()
         _check_deepspeed_agrees(self)
 
 
@@ -108,41 +130,23 @@ class SharedPromptArguments:
     )
 
 
-def _check_before_any_work(config) -> None:
-    """Values that would fail only deep inside training, or after it (registration), refused at once."""
-
-    check_attention(getattr(config, "attn_implementation", DEFAULT_ATTENTION))
-    if getattr(config, "overlong", "drop") not in OVERLONG_POLICIES:
-        raise ConfigError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got '{config.overlong}'")
-    check_numbers(config)
+def _check_trainer_settings(config) -> None:
+    """TrainingArguments values that would fail only once training starts, refused at once."""
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        value = getattr(config, key, None)
+        value = getattr(config, key)
         if isinstance(value, int) and value <= 0:
             raise ConfigError(f"{key} must be >= 1, got {value}")
-    save_steps = getattr(config, "save_steps", None)
-    if (
-        str(getattr(config, "save_strategy", "")).endswith("steps")
-        and isinstance(save_steps, (int, float))
-        and save_steps < 0
-    ):
+    save_steps = config.save_steps
+    if str(config.save_strategy).endswith("steps") and isinstance(save_steps, (int, float)) and save_steps < 0:
         raise ConfigError(
             f"save_steps must be > 0 (steps between checkpoints, or a fraction of the run), got {save_steps}"
         )
-    deepspeed_file = getattr(config, "deepspeed", None)
+    epochs = config.num_train_epochs
+    if isinstance(epochs, (int, float)) and epochs <= 0 and config.max_steps <= 0:
+        raise ConfigError(f"num_train_epochs must be > 0 (or max_steps set), got {epochs}")
+    deepspeed_file = config.deepspeed
     if isinstance(deepspeed_file, str) and (deepspeed_file.endswith(".json") or Path(deepspeed_file).is_file()):
         load_deepspeed_config(deepspeed_file)  # transformers' own error does not name the file
-    eval_fraction = getattr(config, "eval_fraction", None)
-    if isinstance(eval_fraction, (int, float)) and not 0 <= eval_fraction < 1:
-        raise ConfigError(
-            f"eval_fraction must be at least 0 and below 1 (a share of the prompts held out), got {eval_fraction}"
-        )
-    if getattr(config, "register_as", ""):
-        from rlhf.registry import check_name
-
-        try:
-            check_name(config.register_as)
-        except ConfigError as error:
-            raise ConfigError(f"register_as: {error}") from None
 
 
 AT_LEAST_0 = (lambda value: value >= 0, "must be >= 0")
@@ -190,9 +194,6 @@ def check_numbers(config) -> None:
         in_range, requirement = FLOAT_RANGES.get(setting.name, (None, ""))
         if in_range is not None and not in_range(value):
             raise ConfigError(f"{setting.name} {requirement}, got {value}")
-    epochs = getattr(config, "num_train_epochs", None)
-    if isinstance(epochs, (int, float)) and epochs <= 0 and getattr(config, "max_steps", -1) <= 0:
-        raise ConfigError(f"num_train_epochs must be > 0 (or max_steps set), got {epochs}")
 
 
 def load_deepspeed_config(path: str) -> dict[str, Any]:
@@ -217,6 +218,7 @@ def is_zero3(ds_config: dict[str, Any]) -> bool:
 def _check_deepspeed_agrees(config) -> None:
     """The Trainer stages' DeepSpeed values that contradict their own settings (batch sizes, learning rate...):
     transformers finds them when the arguments are made but raises only once the model is loaded."""
+    # TrainingArguments sets hf_deepspeed_config only when a DeepSpeed config is given.
     mismatches = getattr(getattr(config, "hf_deepspeed_config", None), "mismatches", None)
     if mismatches:
         found = "; ".join(line.lstrip("- ") for line in mismatches)
@@ -232,10 +234,10 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _bf16_supported() -> bool:
+def bf16_supported() -> bool:
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return torch.cuda.is_available() and torch.cuda.isbf16_supported()
 
 
 class _RaisingParser:

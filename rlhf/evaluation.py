@@ -1,45 +1,73 @@
-"""Gold-score evaluation: how good a policy's responses are by the task's own judge.
+"""Evaluation shared by the stages: comparing two scores, and gold scorers, each a task's own judge of a response.
 
-On the demo the judge is `rlhf.demo.task.gold_score`, standing in for what people truly prefer;
-it is what tells us whether each stage really improved the policy.
+A gold scorer stands in for what people truly prefer, where a task has one (the demo's does); it tells whether a
+stage really improved the policy. Scorers are plug-ins: a package names one under the `rlhf.gold_scorers` entry
+point group (the demo's is in pyproject.toml), or code calls `register_gold_scorer` before a stage runs. Configs
+name a scorer, never an import path, so a config cannot run arbitrary code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
 from statistics import fmean
 from typing import Any
 
 from rlhf import distributed
 from rlhf.errors import ConfigError
 
-GoldScorer = Callable[[str, str], float]
+ScoreFunction = Callable[[str, str], float]
+ENTRY_POINT_GROUP = "rlhf.gold_scorers"
 
 
-def gold_scorer(name: str) -> GoldScorer:
-    """The named gold scorer. Names, not import paths, so a config cannot run arbitrary code."""
-    if name == "demo":
-        from rlhf.demo.task import gold_score
+@dataclass(frozen=True)
+class GoldScorer:
+    """score(prompt text, response) -> a number, higher is better; task_of(prompt text) -> the prompt's task (the
+    demo's operation: sort, reverse, ...), so that results can be broken down by task, or None."""
 
-        return gold_score
-    raise ConfigError(f"unknown gold_scorer '{name}' (known: demo)")
+    score: ScoreFunction
+    task_of: Callable[[str], str] | None = None
+
+
+_REGISTERED: dict[str, GoldScorer] = {}
+
+
+def register_gold_scorer(name: str, scorer: GoldScorer) -> None:
+    _REGISTERED[name] = scorer
+
+
+def pair_outcome(first: float, second: float) -> float:
+    """1 when `first` scores higher, 0 when lower, and a tie counts half."""
+    return 1.0 if first > second else 0.5 if first == second else 0.0
+
+
+def _scorer(name: str) -> GoldScorer:
+    if name not in _REGISTERED:
+        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry.name == name:
+                register_gold_scorer(name, entry.load())
+    if name not in _REGISTERED:
+        known = sorted(set(_REGISTERED) | {entry.name for entry in metadata.entry_points(group=ENTRY_POINT_GROUP)})
+        raise ConfigError(f"unknown gold_scorer '{name}' (known: {', '.join(known) or 'none'})")
+    return _REGISTERED[name]
+
+
+def gold_scorer(name: str) -> ScoreFunction:
+    """The named gold scorer's score function."""
+    return _scorer(name).score
 
 
 def task_of_prompt(name: str) -> Callable[[str], str] | None:
-    """The named gold scorer's task label of a prompt text (the demo's operation: sort, reverse, ...), so that
-    results can be broken down by task; None when the scorer has none."""
-    if name == "demo":
-        from rlhf.demo.task import parse_prompt
-
-        return lambda text: parse_prompt(text).operation
-    return None
+    """The named gold scorer's task label of a prompt text; None when the scorer has none."""
+    return _scorer(name).task_of
 
 
 def gold_evaluation(
     model,
     tokenizer,
     prompts: Sequence[Any],
-    scorer: GoldScorer,
+    scorer: ScoreFunction,
     *,
     max_new_tokens: int = 32,
     samples_kept: int = 5,

@@ -25,7 +25,7 @@ from typing import Any
 
 from rlhf import run_lock
 from rlhf.config import check_numbers, load_yaml, parse_config, parse_yaml, settings_to_argv, write_resolved_config
-from rlhf.demo.annotate import OVERLAP
+from rlhf.demo.arguments import DemoArguments
 from rlhf.demo.prepare import demo_inputs, demo_settings, is_prepared
 from rlhf.errors import ConfigError, RLHFError, exits_cleanly
 from rlhf.io import atomic_write_json, disk_full_is_one_line
@@ -38,24 +38,13 @@ LAUNCHERS = ("python", "deepspeed")
 
 
 @dataclass
-class PipelineConfig:
-    """What to run and where. Each stage's own settings stay in its own config file."""
+class PipelineConfig(DemoArguments):
+    """What to run and where. Each stage's own settings stay in its own config file; the demo's in DemoArguments."""
 
     run_dir: str = field(
-        default="runs/demo-run", metadata={"help": "Every stage's outputs, the labels and the report."}
+        default="runs/pipeline", metadata={"help": "Every stage's outputs, the labels and the report."}
     )
     registry_dir: str = field(default="", metadata={"help": "Model registry. Empty: <run_dir>/registry."})
-    prepare_demo: str = field(
-        default="",
-        metadata={
-            "help": "Write the bundled demo (model + data) here first, "
-            "when it is not there yet, and run every stage on it "
-            "(its model, demonstrations and prompts, wherever the "
-            "stage configs point). Empty: bring your own."
-        },
-    )
-    demo_scale: float = field(default=1.0, metadata={"help": "Scale of the demo's data splits (tests use 0.02)."})
-    demo_hidden_size: int = field(default=128, metadata={"help": "Width of the demo's tiny model."})
     sft_config: str = field(default="configs/sft.yaml", metadata={"help": "Stage 1's config file."})
     rm_config: str = field(default="configs/rm.yaml", metadata={"help": "Stage 2's config file."})
     ppo_config: str = field(default="configs/ppo.yaml", metadata={"help": "Stage 3's config file."})
@@ -84,7 +73,8 @@ class PipelineConfig:
         },
     )
     label_prompts: str = field(
-        default="runs/demo/data/prompts_train.jsonl", metadata={"help": "Prompts whose sampled responses people rank."}
+        default="",
+        metadata={"help": "With labels: simulated or pause, the prompts whose sampled responses are ranked."},
     )
     label_k: int = field(
         default=4, metadata={"help": "Responses sampled per prompt for ranking (InstructGPT: 4 to 9)."}
@@ -92,14 +82,6 @@ class PipelineConfig:
     label_limit: int = field(default=0, metadata={"help": "Use only the first N prompts for labeling (0: all)."})
     label_max_new_tokens: int = field(default=24, metadata={"help": "Length cap of the sampled responses."})
     label_batch_size: int = field(default=128, metadata={"help": "Responses sampled at once for labeling."})
-    label_overlap: float = field(
-        default=OVERLAP,
-        metadata={
-            "help": "With labels: simulated, the share of prompts two "
-            "of the demo's labelers rank, so that their "
-            "agreement shows in the import summary and report."
-        },
-    )
     launcher: str = field(default="python", metadata={"help": "'python' (one process) or 'deepspeed'."})
     launcher_args: str = field(
         default="",
@@ -130,6 +112,7 @@ class PipelineConfig:
     report: bool = field(default=True, metadata={"help": "Write the report (plots + summary) at the end."})
 
     def __post_init__(self):
+        super().__post_init__()
         check_numbers(self)
         if self.labels not in LABEL_MODES:
             raise ConfigError(f"labels must be one of {LABEL_MODES}, got '{self.labels}'")
@@ -137,8 +120,6 @@ class PipelineConfig:
             raise ConfigError(f"launcher must be one of {LAUNCHERS}, got '{self.launcher}'")
         if self.labels == "import" and not self.labels_file:
             raise ConfigError("labels: import needs labels_file (the labeling tool's export)")
-        if not 0 <= self.label_overlap <= 1:
-            raise ConfigError(f"label_overlap must be between 0 and 1, got {self.label_overlap}")
         if self.best_of_n_max < 0 or self.best_of_n_prompts < 1:
             raise ConfigError(
                 f"best_of_n_max must be >= 0 (0: off) and best_of_n_prompts >= 1, got "
@@ -448,7 +429,10 @@ class Pipeline:
 
     @property
     def label_prompts(self) -> str:
-        return self.demo_inputs("labels").get("label_prompts") or self.config.label_prompts
+        prompts = self.demo_inputs("labels").get("label_prompts") or self.config.label_prompts
+        if not prompts:
+            raise ConfigError(f"labels: {self.config.labels} needs label_prompts (the prompts to sample responses to)")
+        return prompts
 
     def _write_tasks(self, sft_reference: str, tasks: Path) -> Path:
         self._run(

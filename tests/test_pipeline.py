@@ -338,7 +338,9 @@ def test_simulated_labels_pass_the_overlap_and_rerun_when_it_changes(tmp_path):
         output.write_text("")
 
     for overlap, runs in ((0.2, 1), (0.2, 1), (0.5, 2)):
-        pipeline = Pipeline(PipelineConfig(run_dir=str(tmp_path / "run"), label_overlap=overlap))
+        pipeline = Pipeline(
+            PipelineConfig(run_dir=str(tmp_path / "run"), label_overlap=overlap, label_prompts="prompts.jsonl")
+        )
         pipeline._run = record
         pipeline.labels("sft@1")
         annotate = [c for c in commands if "rlhf.demo.annotate" in c]

@@ -12,6 +12,7 @@ import torch
 from rlhf.ppo import rewards
 from rlhf.ppo.forward import response_logits, sequence_inputs
 from rlhf.ppo.logprobs import LOGPROB_FLOOR, SamplingSettings, sampling_entropy, sampling_logprobs
+from rlhf.ppo.options import KL_ESTIMATORS
 
 TOKENS = SimpleNamespace(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
@@ -67,7 +68,7 @@ def test_with_top_k_and_top_p_the_logprobs_are_the_full_tempered_softmax(tiny_ca
     real = mask.bool()
     torch.testing.assert_close(ours[real], expected[real])
     # KL of the policy to an identical reference is exactly 0 under every estimator.
-    for estimator in rewards.KL_ESTIMATORS:
+    for estimator in KL_ESTIMATORS:
         assert (
             rewards.kl_penalty(ours, sampling_logprobs(logits.clone(), response_ids, settings), estimator)[real]
             .abs()

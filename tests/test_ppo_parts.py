@@ -41,7 +41,7 @@ def test_demo_config_loads_and_every_field_documents_itself():
         (["--temperature", "0"], "temperature must be > 0"),
         (["--zero3_generation", "sometimes"], "zero3_generation must be one of"),
         (["--ptx_coef", "0.5"], "ptx_coef > 0 needs a ptx_file"),
-        (["--kl_estimator", "k9"], "kl_estimator 'k9' is unknown"),
+        (["--kl_estimator", "k9"], r"kl_estimator must be one of \('k1', 'k2', 'k3', 'abs'\), got 'k9'"),
         (["--reward_aggregation", "median"], "reward_aggregation must be one of"),
         (["--uncertainty_coef", "-1"], "uncertainty_coef must be >= 0"),
     ],

@@ -221,7 +221,7 @@ def test_the_ppo_stage_scores_and_trains_a_rollout_of_groups_behind_shared_promp
         torch.testing.assert_close(shared.scores, separate.scores, atol=1e-5, rtol=1e-5)
 
         rollout, _ = experience.with_advantages(
-            shared, experience.RewardShaping(0.05, "k1"), recipe.sampling.stop_token_ids, None
+            shared, experience.RewardShaping(kl_coef=0.05, kl_estimator="k1"), recipe.sampling.stop_token_ids, None
         )
         settings = recipe.update_settings
         assert settings.actor_shared_prompt.enabled and settings.critic_shared_prompt.enabled

@@ -21,8 +21,9 @@ from pathlib import Path
 from rlhf.data.rankings import Ranking, ordered_pairs, ranks_from_scores
 from rlhf.demo.task import CHATTER, correct_answer, gold_score, parse_prompt
 from rlhf.errors import exits_cleanly
+from rlhf.evaluation import pair_outcome
 from rlhf.rm.data import load_ranking_splits
-from rlhf.rm.evaluation import pair_agreement, score_rankings
+from rlhf.rm.evaluation import score_rankings
 from rlhf.rm.model import load_reward_model
 
 PairCounts = dict[tuple[str, str], list[float]]  # (task, "better > worse") -> [agreed, pairs]
@@ -47,7 +48,7 @@ def agreement_by_pair_kind(rankings: Sequence[Ranking], scores: Sequence[Sequenc
         task = parse_prompt(ranking.prompt).operation
         for better, worse in ordered_pairs(ranks_from_scores(gold)):
             count = counts[(task, f"{kinds[better]} > {kinds[worse]}")]
-            count[0] += pair_agreement(rewards[better], rewards[worse])
+            count[0] += pair_outcome(rewards[better], rewards[worse])
             count[1] += 1
     return dict(counts)
 

@@ -15,6 +15,8 @@ import difflib
 import random
 from dataclasses import dataclass
 
+from rlhf.evaluation import GoldScorer
+
 WORDS = (
     "apple",
     "banana",
@@ -153,3 +155,11 @@ def corpus_words() -> list[str]:
     for phrase in (*OPERATIONS.values(), *CHATTER):
         words.update(phrase.split())
     return sorted(words)
+
+
+def prompt_operation(prompt_text: str) -> str:
+    return parse_prompt(prompt_text).operation
+
+
+# The demo's gold scorer, found by name through the `rlhf.gold_scorers` entry point (pyproject.toml).
+GOLD_SCORER = GoldScorer(score=gold_score, task_of=prompt_operation)

@@ -11,19 +11,15 @@ from dataclasses import dataclass, field
 
 from rlhf import distributed
 from rlhf.adaptation.config import AdaptationConfig
-from rlhf.config import CommonArguments, SharedPromptArguments
+from rlhf.config import CommonArguments, SharedPromptArguments, bf16_supported
 from rlhf.errors import ConfigError
+from rlhf.ppo.options import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS
 from rlhf.ppo.reward_aggregation import AGGREGATIONS as REWARD_AGGREGATIONS
 from rlhf.rollout.settings import RolloutEngineArguments
 
 ACTOR_CRITIC_METHODS = ("full", "lora")
 ZERO3_GENERATION = ("auto", "gather_once", "per_step")
 LR_SCHEDULES = ("linear", "cosine", "constant")
-# How advantages are estimated: GAE with a critic (InstructGPT), or one of the critic-free estimators.
-ADVANTAGE_ESTIMATORS = ("gae", "rloo", "grpo", "reinforce_pp", "reinforce_pp_baseline")
-# These compare a response with the other responses to its prompt, so they need several per prompt.
-GROUP_ESTIMATORS = ("rloo", "grpo", "reinforce_pp_baseline")
-LOSS_AGGREGATIONS = ("token_mean", "sequence_mean", "dr_grpo")
 
 
 @dataclass
@@ -355,6 +351,8 @@ class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments, R
     )
 
     def __post_init__(self):
+        if self.bf16 is None:  # unset means "where supported", as for the Trainer stages
+            self.bf16 = bf16_supported()
         _check(
             self.adaptation_method in ACTOR_CRITIC_METHODS,
             f"adaptation_method (actor) must be one of {ACTOR_CRITIC_METHODS}, got '{self.adaptation_method}'",
@@ -385,7 +383,10 @@ class PPOStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments, R
         )
         _check(self.ppo_epochs >= 1 and self.max_new_tokens >= 1, "ppo_epochs and max_new_tokens must be >= 1")
         self._check_estimator()
-        _check(self.kl_estimator in ("k1", "k2", "k3", "abs"), f"kl_estimator '{self.kl_estimator}' is unknown")
+        _check(
+            self.kl_estimator in KL_ESTIMATORS,
+            f"kl_estimator must be one of {KL_ESTIMATORS}, got '{self.kl_estimator}'",
+        )
         _check(self.kl_coef >= 0, "kl_coef must be >= 0")
         _check(
             self.lr_scheduler_type in LR_SCHEDULES,

@@ -24,7 +24,7 @@ import torch
 from rlhf import distributed, run_files
 from rlhf.adaptation.checkpoint import load_adapted
 from rlhf.data.formatting import prompt_text
-from rlhf.evaluation import gold_scorer, task_of_prompt
+from rlhf.evaluation import gold_scorer, pair_outcome, task_of_prompt
 from rlhf.generation import generate_responses, stop_token_ids_of
 from rlhf.io import atomic_write_json, atomic_write_text
 from rlhf.rm.ensemble import member_dirs
@@ -181,7 +181,7 @@ def compare_policies(
 
 def win_rate(candidate: Sequence[float], baseline: Sequence[float]) -> float:
     """Share of pairs where the candidate scores higher, a tie counting half."""
-    outcomes = [1.0 if c > b else 0.5 if c == b else 0.0 for c, b in zip(candidate, baseline)]
+    outcomes = [pair_outcome(c, b) for c, b in zip(candidate, baseline)]
     return fmean(outcomes) if outcomes else float("nan")
 
 
@@ -270,7 +270,6 @@ class HeldOutEvaluation:
         """Mean reward-model score (an ensemble's: aggregated as in training, with its members' mean and std), KL and
         gold score of one sampled response per prompt, over every rank."""
         from rlhf.ppo import experience
-        from rlhf.ppo.tracking import mean_over_ranks
 
         rm, kl, gold, members = [], [], [], []
         for start in range(0, len(prompts), self.batch_size):
@@ -302,7 +301,7 @@ class HeldOutEvaluation:
             values.update(ensemble_member_metrics(torch.cat(members)))
         if self.gold is not None:
             values["gold_score"] = fmean(gold)
-        return mean_over_ranks(values)
+        return distributed.mean_over_ranks(values)
 
 
 def _share_of_rank(prompts: Sequence[Any], rank: int, world_size: int) -> list[Any]:

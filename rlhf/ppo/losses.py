@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlhf.ppo.options import LOSS_AGGREGATIONS
 from rlhf.ppo.rewards import kl_penalty, masked_mean
 
 
@@ -36,7 +37,7 @@ def aggregate(
         if not max_tokens or max_tokens < 1:
             raise ValueError(f"dr_grpo aggregation needs max_tokens >= 1, got {max_tokens}")
         return masked.sum(dim=-1).mean() / max_tokens
-    raise ValueError(f"aggregation must be token_mean, sequence_mean or dr_grpo; got {aggregation!r}")
+    raise ValueError(f"aggregation must be one of {LOSS_AGGREGATIONS}; got {aggregation!r}")
 
 
 def ppo_policy_loss(

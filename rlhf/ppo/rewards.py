@@ -16,9 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from rlhf.distributed import sum_over_ranks
-
-KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
-
+from rlhf.ppo.options import KL_ESTIMATORS
 
 # ---------------------------------------------------------------------------------------------------------
 # Masked statistics

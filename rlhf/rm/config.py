@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from rlhf.adaptation.config import AdaptationConfig
-from rlhf.config import CommonArguments, SharedPromptArguments
+from rlhf.config import SharedPromptArguments, TrainerArguments
 from rlhf.errors import ConfigError
 
 # Methods whose saved reward model is a whole model, so that an ensemble's members can be weight-averaged into the
@@ -17,7 +17,7 @@ WHOLE_MODEL_METHODS = ("full", "bitfit", "probe")
 
 
 @dataclass
-class RMStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments, TrainingArguments):
+class RMStageConfig(TrainerArguments, AdaptationConfig, SharedPromptArguments, TrainingArguments):
     """Stage 2's config: our fields, the adaptation fields (full, lora, bitfit, probe, ...), the shared-prompt switch
     and the Trainer's.
 
@@ -79,6 +79,11 @@ class RMStageConfig(CommonArguments, AdaptationConfig, SharedPromptArguments, Tr
     )
 
     def __post_init__(self):
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(
+                "eval_fraction must be at least 0 and below 1 (a share of the prompts held out), "
+                f"got {self.eval_fraction}"
+            )
         super().__post_init__()
         if self.ensemble_size < 1:
             raise ConfigError(f"ensemble_size must be >= 1, got {self.ensemble_size}")

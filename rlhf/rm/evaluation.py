@@ -13,7 +13,7 @@ from typing import Any
 
 from rlhf import run_files
 from rlhf.data.rankings import Ranking, ordered_pairs, ranks_from_scores
-from rlhf.evaluation import gold_scorer
+from rlhf.evaluation import gold_scorer, pair_outcome
 from rlhf.generation import stop_token_ids_of
 from rlhf.io import atomic_write_json
 from rlhf.rm.calibration import calibration
@@ -190,11 +190,6 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     return covariance / scale if scale else float("nan")
 
 
-def pair_agreement(better_reward: float, worse_reward: float) -> float:
-    """1 when the reward orders a pair as it should, 0 when it reverses it, and half for a tie."""
-    return 1.0 if better_reward > worse_reward else 0.5 if better_reward == worse_reward else 0.0
-
-
 def _gold_agreement(rankings: Sequence[Ranking], rewards: list[list[float]], scorer_name: str) -> dict[str, float]:
     """How often the RM, and the human labels themselves, order pairs as the gold scorer does."""
 
@@ -226,7 +221,7 @@ def ranking_metrics(rewards: Sequence[Sequence[float]], ranks: Sequence[Sequence
         pairs = ordered_pairs(places)
         if not pairs:
             continue
-        row_correct = sum(pair_agreement(scores[b], scores[w]) for b, w in pairs)
+        row_correct = sum(pair_outcome(scores[b], scores[w]) for b, w in pairs)
         correct, total = correct + row_correct, total + len(pairs)
         by_k[len(slots)][0] += row_correct
         by_k[len(slots)][1] += len(pairs)

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from rlhf.adaptation.config import AdaptationConfig
-from rlhf.config import CommonArguments
+from rlhf.config import TrainerArguments
 
 
 @dataclass
-class SFTStageConfig(CommonArguments, AdaptationConfig, SFTConfig):
+class SFTStageConfig(TrainerArguments, AdaptationConfig, SFTConfig):
     """Stage 1's config: our fields, the adaptation fields, and every field of TRL's SFTConfig.
 
     Instruction modeling (Shi et al. 2024: the loss on the prompt too) is `completion_only_loss: false`;

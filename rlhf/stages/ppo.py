@@ -181,15 +181,15 @@ class PPORecipe:
         # 3. Advantages: per-token rewards with the KL penalty (unless it is a loss term), then GAE and whitening,
         #    or the critic-free estimator's.
         shaping = experience.RewardShaping(
-            0.0 if config.kl_in_loss else self.kl_controller.value,
-            config.kl_estimator,
-            config.score_clip,
-            config.missing_eos_penalty,
-            config.gamma,
-            config.lam,
-            config.advantage_estimator,
-            config.samples_per_prompt,
-            config.scale_rewards,
+            kl_coef=0.0 if config.kl_in_loss else self.kl_controller.value,
+            kl_estimator=config.kl_estimator,
+            score_clip=config.score_clip,
+            missing_eos_penalty=config.missing_eos_penalty,
+            gamma=config.gamma,
+            lam=config.lam,
+            advantage_estimator=config.advantage_estimator,
+            samples_per_prompt=config.samples_per_prompt,
+            scale_rewards=config.scale_rewards,
         )
         rollout, kl = experience.with_advantages(rollout, shaping, self.sampling.stop_token_ids, self.moments)
 
