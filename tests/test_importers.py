@@ -976,7 +976,10 @@ SAMPLES_OF_EVERY_FORMAT = [
 @pytest.mark.parametrize("format, name, options", SAMPLES_OF_EVERY_FORMAT)
 def test_every_record_read_is_imported_or_quarantined_with_a_reason(format, name, options):
     from rlhf.labels.importers import IMPORTERS
-    from rlhf.labels.importers.base import Imported, RecordsRead, Skipped, records_of
+    from rlhf.labels.importers.base import Imported, RecordsRead, Skipped
+
+    def records_of(event: Imported | Skipped) -> set[int]:
+        return {event.record, *event.also}
 
     events = list(IMPORTERS[format]([sample(name)], **options))
     (read,) = [event.count for event in events if isinstance(event, RecordsRead)]

@@ -37,7 +37,7 @@ from typing import Any
 from rlhf.data.rankings import is_finite_number, ranks_from_scores
 from rlhf.errors import DataError
 from rlhf.labels.importers.argilla_v1 import is_feedback_row, rest_form
-from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, left_out, option_list, records_by_file
+from rlhf.labels.importers.base import Skipped, build, each_record, invalid, option_list
 
 NO_STATUS = "argilla export without response status (drafts not told apart)"
 UNRATED_FIELDS = "response fields without a rating: left out"
@@ -70,40 +70,45 @@ def read_argilla(
     """
     mapping = _pairs(option_fields, "option_fields")
     ratings = _pairs(rating_fields, "rating_fields")
-    for path, records in records_by_file(paths, "an Argilla records export", _problem_with):
-        yield RecordsRead(path, len(records))
-        for raw in records:
-            if raw.error:
-                yield left_out(path, raw)
-                continue
-            record = raw.value.get("record", raw.value) if isinstance(raw.value, dict) else raw.value
-            if is_feedback_row(record):
-                record = rest_form(record, default_id=f"{path.rsplit('/', 1)[-1]}:{raw.number}")
+    yield from each_record(
+        paths,
+        "an Argilla records export",
+        _problem_with,
+        lambda path, number, record: _record(path, number, record, question, prompt_field, mapping, ratings),
+        check_each=False,
+    )
+
+
+def _record(path, number, record, question, prompt_field, mapping, ratings) -> Iterator:
+    """A ranking, or a Skipped, per annotator's response to the record."""
+    record = record.get("record", record) if isinstance(record, dict) else record
+    if is_feedback_row(record):
+        record = rest_form(record, default_id=f"{path.rsplit('/', 1)[-1]}:{number}")
+    try:
+        fields = _fields(record, prompt_field)
+        answers = list(_answers(record))
+        name = None if ratings else question or _ranking_question(answers)
+    except DataError as error:
+        yield invalid(path, number, error, record)
+        return
+    if not answers:
+        yield Skipped(path, number, "record has no responses", raw={"id": record.get("id")})
+    for user, status, values, flags in answers:
+        if ratings:
             try:
-                fields = _fields(record, prompt_field)
-                answers = list(_answers(record))
-                name = None if ratings else question or _ranking_question(answers)
+                value, unrated = _ratings_as_ranking(values, ratings)
             except DataError as error:
-                yield invalid(path, raw.number, error, record)
+                yield invalid(path, number, error, {"id": record.get("id"), "user_id": user})
                 continue
-            if not answers:
-                yield Skipped(path, raw.number, "record has no responses", raw={"id": record.get("id")})
-            for user, status, values, flags in answers:
-                if ratings:
-                    try:
-                        value, unrated = _ratings_as_ranking(values, ratings)
-                    except DataError as error:
-                        yield invalid(path, raw.number, error, {"id": record.get("id"), "user_id": user})
-                        continue
-                    flags += (UNRATED_FIELDS,) if unrated and value else ()
-                else:
-                    value = values.get(name) if name else None
-                if _ranks_lost(value):
-                    raise DataError(RANKS_LOST, file=path, record=raw.number, field=name)
-                if value is None and not ratings and any(_is_rating(v) for v in values.values()):
-                    yield Skipped(path, raw.number, RATINGS_UNMAPPED, raw={"id": record.get("id"), "user_id": user})
-                    continue
-                yield _ranking(path, raw.number, record, fields, prompt_field, mapping, user, status, value, flags)
+            flags += (UNRATED_FIELDS,) if unrated and value else ()
+        else:
+            value = values.get(name) if name else None
+        if _ranks_lost(value):
+            raise DataError(RANKS_LOST, file=path, record=number, field=name)
+        if value is None and not ratings and any(_is_rating(v) for v in values.values()):
+            yield Skipped(path, number, RATINGS_UNMAPPED, raw={"id": record.get("id"), "user_id": user})
+            continue
+        yield _ranking(path, number, record, fields, prompt_field, mapping, user, status, value, flags)
 
 
 def _pairs(option: str | None, name: str) -> dict[str, str]:

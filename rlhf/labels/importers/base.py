@@ -157,20 +157,34 @@ def conversation_prompt(prompt: Any) -> tuple[Any, bool]:
 
 
 def each_record(
-    paths: Sequence[str], what: str, problem_with: Callable[[Any], str | None], convert: Callable[[str, int, Any], Any]
+    paths: Sequence[str],
+    what: str,
+    problem_with: Callable[[Any], str | None],
+    convert: Callable[[str, int, Any], Any],
+    *,
+    check_each: bool = True,
+    end: Callable[[str], Iterable] | None = None,
 ) -> Iterator:
-    """The events of a one-record-one-ranking format: RecordsRead per file, then per record a Skipped for one
-    that is left out (unreadable, a duplicate) or not the format's shape, else what `convert(path, number, record)`
-    returns."""
+    """The events of an import: per file its RecordsRead, then per record a Skipped for one that is left out
+    (unreadable, a duplicate) or not the format's shape, else what `convert(path, number, record)` returns (an event,
+    or an iterable of them), then what `end(path)` yields.
+
+    check_each=False leaves the shape of every record after the first to `convert`, whose reasons are more specific.
+    `end` is for formats whose rankings join several records of a file (the rows of an SHP post, the messages of an
+    OASST tree): `convert` gathers them, `end` ranks them.
+    """
     for path, records in records_by_file(paths, what, problem_with):
         yield RecordsRead(path, len(records))
         for raw in records:
             if raw.error:
                 yield left_out(path, raw)
-            elif problem_with(raw.value):
+            elif check_each and problem_with(raw.value):
                 yield invalid(path, raw.number, problem_with(raw.value), raw.value)
             else:
-                yield convert(path, raw.number, raw.value)
+                events = convert(path, raw.number, raw.value)
+                yield from [events] if isinstance(events, (Imported, Skipped)) else events
+        if end:
+            yield from end(path)
 
 
 def invalid(
@@ -189,11 +203,6 @@ def invalid(
     return Skipped(
         source, record, reason, kind="invalid", detail=detail, raw=raw, also=tuple(sorted(set(also) - {record}))
     )
-
-
-def records_of(event: RecordsRead | Imported | Skipped) -> set[int]:
-    """The record numbers an Imported or Skipped accounts for."""
-    return {event.record, *event.also} if isinstance(event, (Imported, Skipped)) else set()
 
 
 def left_out(source: str, raw: RawRecord) -> Skipped:

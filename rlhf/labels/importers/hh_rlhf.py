@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, left_out, records_by_file
+from rlhf.labels.importers.base import Skipped, build, each_record, invalid
 
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -21,13 +21,7 @@ _ROLES = {"Human": "user", "Assistant": "assistant"}
 
 def read_hh_rlhf(paths: Sequence[str]) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for HH-RLHF JSONL files (gzipped or not)."""
-    for path, records in records_by_file(paths, "an HH-RLHF file", _problem_with):
-        yield RecordsRead(path, len(records))
-        for raw in records:
-            if raw.error:
-                yield left_out(path, raw)
-                continue
-            yield _pair(path, raw.number, raw.value)
+    return each_record(paths, "an HH-RLHF file", _problem_with, _pair, check_each=False)
 
 
 def _problem_with(record: Any) -> str | None:

@@ -12,26 +12,22 @@ from typing import Any
 
 from rlhf.data.rankings import ranking_from_record
 from rlhf.errors import DataError
-from rlhf.labels.importers.base import Imported, RecordsRead, invalid, left_out, records_by_file
+from rlhf.labels.importers.base import Imported, Skipped, each_record, invalid
 
 
 def read_jsonl(paths: Sequence[str]) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for ranking or TRL pair files (or `datasets` dirs)."""
-    for path, records in records_by_file(paths, "a ranking or TRL preference file", _problem_with):
-        yield RecordsRead(path, len(records))
-        for raw in records:
-            if raw.error:
-                yield left_out(path, raw)
-                continue
-            try:
-                ranking = ranking_from_record(raw.value, default_id=f"{Path(path).name}:{raw.number}")
-            except DataError as error:
-                yield invalid(path, raw.number, error, raw.value)
-            else:
-                yield Imported(ranking, path, raw.number)
+    return each_record(paths, "a ranking or TRL preference file", _problem_with, _ranking, check_each=False)
 
 
 def _problem_with(record: Any) -> str | None:
     if isinstance(record, dict) and ({"completions", "ranks"} <= set(record) or {"chosen", "rejected"} <= set(record)):
         return None
     return "records have neither 'completions' and 'ranks' nor 'chosen' and 'rejected'"
+
+
+def _ranking(path: str, number: int, record: Any) -> Imported | Skipped:
+    try:
+        return Imported(ranking_from_record(record, default_id=f"{Path(path).name}:{number}"), path, number)
+    except DataError as error:
+        return invalid(path, number, error, record)

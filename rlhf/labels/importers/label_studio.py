@@ -41,16 +41,7 @@ from typing import Any
 
 from rlhf import bounded_json
 from rlhf.errors import DataError
-from rlhf.labels.importers.base import (
-    Imported,
-    RecordsRead,
-    Skipped,
-    build,
-    invalid,
-    left_out,
-    option_list,
-    records_by_file,
-)
+from rlhf.labels.importers.base import Imported, Skipped, build, each_record, invalid, option_list
 from rlhf.labels.importers.label_studio_config import LabelingConfig, read_labeling_config
 from rlhf.labels.importers.label_studio_ratings import from_choices, from_ratings, preference_choice_map
 
@@ -122,16 +113,13 @@ def read_label_studio(
     )
     if options.pair_fields is not None and len(options.pair_fields) != 2:
         raise DataError("pair_fields must name two task data keys: left,right")
-    for path, records in records_by_file(paths, "a Label Studio export", _problem_with):
-        yield RecordsRead(path, len(records))
-        from_csv = path.lower().endswith((".csv", ".tsv"))
-        for raw in records:
-            if raw.error:
-                yield left_out(path, raw)
-            elif "data" in raw.value and ("annotations" in raw.value or "completions" in raw.value):
-                yield from _full_task(path, raw.number, raw.value, options)
-            else:
-                yield from _flat_row(path, raw.number, raw.value, options, from_csv)
+    yield from each_record(
+        paths,
+        "a Label Studio export",
+        _problem_with,
+        lambda path, number, record: _record(path, number, record, options),
+        check_each=False,
+    )
 
 
 def _problem_with(record: Any) -> str | None:
@@ -142,6 +130,12 @@ def _problem_with(record: Any) -> str | None:
     if "annotation_id" in record:
         return None
     return "records have neither 'data' and 'annotations' (JSON export) nor 'annotation_id' (JSON-MIN, CSV)"
+
+
+def _record(path: str, number: int, record: dict, options: _Options) -> Iterator[Imported | Skipped]:
+    if "data" in record and ("annotations" in record or "completions" in record):
+        return _full_task(path, number, record, options)
+    return _flat_row(path, number, record, options, path.lower().endswith((".csv", ".tsv")))
 
 
 def _full_task(path: str, number: int, task: dict, options: _Options) -> Iterator[Imported | Skipped]:

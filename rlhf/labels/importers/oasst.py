@@ -23,7 +23,7 @@ from typing import Any
 
 from rlhf.data.rankings import dense_ranks, is_finite_number
 from rlhf.errors import DataError
-from rlhf.labels.importers.base import RecordsRead, Skipped, build, invalid, left_out, records_by_file
+from rlhf.labels.importers.base import Skipped, build, each_record, invalid
 
 _ROLES = {"prompter": "user", "assistant": "assistant"}
 
@@ -31,21 +31,19 @@ _ROLES = {"prompter": "user", "assistant": "assistant"}
 def read_oasst(paths: Sequence[str]) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for oasst message or tree files (JSONL(.gz), parquet,
     `datasets`)."""
-    for path, records in records_by_file(paths, "an oasst message or tree file", _problem_with):
-        yield RecordsRead(path, len(records))
-        messages: dict[str, tuple[int, dict]] = {}
-        for raw in records:
-            if raw.error:
-                yield left_out(path, raw)
-            elif _problem_with(raw.value):
-                yield invalid(path, raw.number, _problem_with(raw.value), raw.value)
-            elif _is_tree(raw.value):
-                yield from _tree_messages(path, raw.number, raw.value, messages)
-            elif str(raw.value["message_id"]) in messages:
-                yield _id_taken(path, raw.number, str(raw.value["message_id"]), messages)
-            else:
-                messages[str(raw.value["message_id"])] = (raw.number, raw.value)
-        yield from _rankings(path, messages)
+    files: dict[str, dict[str, tuple[int, dict]]] = {}  # path -> message_id -> (record number, message)
+
+    def add(path: str, number: int, record: dict):
+        messages = files.setdefault(path, {})
+        if _is_tree(record):
+            return _tree_messages(path, number, record, messages)
+        if str(record["message_id"]) in messages:
+            return _id_taken(path, number, str(record["message_id"]), messages)
+        messages[str(record["message_id"])] = (number, record)
+        return ()
+
+    what = "an oasst message or tree file"
+    return each_record(paths, what, _problem_with, add, end=lambda path: _rankings(path, files.pop(path, {})))
 
 
 def _is_tree(record: dict) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from rlhf.labels.importers.base import RecordsRead, build, invalid, left_out, records_by_file
+from rlhf.labels.importers.base import build, each_record, invalid
 
 _FIELDS = ("post_id", "history", "c_root_id_A", "c_root_id_B", "human_ref_A", "human_ref_B", "labels")
 
@@ -25,32 +25,37 @@ _FIELDS = ("post_id", "history", "c_root_id_A", "c_root_id_B", "human_ref_A", "h
 def read_shp(paths: Sequence[str], *, total_orders: bool | str = True) -> Iterator:
     """Yield RecordsRead, Imported and Skipped events for SHP files (JSONL, parquet or `datasets` dir)."""
     total_orders = str(total_orders).lower() not in ("false", "0", "no")
-    for path, records in records_by_file(paths, "an SHP file", _problem_with):
-        yield RecordsRead(path, len(records))
-        posts: dict[str, list[tuple[int, dict]]] = {}
-        for raw in records:
-            if raw.error:
-                yield left_out(path, raw)
-            elif _problem_with(raw.value) or raw.value["labels"] not in (0, 1):
-                yield invalid(path, raw.number, _problem_with(raw.value) or "'labels' is not 0 or 1", raw.value)
-            else:
-                posts.setdefault(str(raw.value["post_id"]), []).append((raw.number, raw.value))
-        for post_id, rows in posts.items():
-            order = _total_order(rows) if total_orders else None
-            if order is None:
-                yield from (_pair(path, number, row) for number, row in rows)
-            else:
-                texts = _comment_texts(rows)
-                yield build(
-                    path,
-                    rows[0][0],
-                    [row for _, row in rows],
-                    also=[number for number, _ in rows],
-                    id=str(post_id),
-                    prompt=rows[0][1]["history"],
-                    completions=[texts[c] for c in order],
-                    ranks=tuple(range(1, len(order) + 1)),
-                )
+    posts: dict[str, dict[str, list[tuple[int, dict]]]] = {}  # path -> post_id -> its (record number, row)s
+
+    def add(path: str, number: int, row: dict):
+        if row["labels"] not in (0, 1):
+            return invalid(path, number, "'labels' is not 0 or 1", row)
+        posts.setdefault(path, {}).setdefault(str(row["post_id"]), []).append((number, row))
+        return ()
+
+    return each_record(
+        paths, "an SHP file", _problem_with, add, end=lambda path: _rankings(path, posts.pop(path, {}), total_orders)
+    )
+
+
+def _rankings(path: str, posts: dict[str, list[tuple[int, dict]]], total_orders: bool) -> Iterator:
+    """Per post, one ranking of its comments when its rows order them totally, else each row as a pair."""
+    for post_id, rows in posts.items():
+        order = _total_order(rows) if total_orders else None
+        if order is None:
+            yield from (_pair(path, number, row) for number, row in rows)
+        else:
+            texts = _comment_texts(rows)
+            yield build(
+                path,
+                rows[0][0],
+                [row for _, row in rows],
+                also=[number for number, _ in rows],
+                id=str(post_id),
+                prompt=rows[0][1]["history"],
+                completions=[texts[c] for c in order],
+                ranks=tuple(range(1, len(order) + 1)),
+            )
 
 
 def _problem_with(record: Any) -> str | None:
