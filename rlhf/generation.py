@@ -3,7 +3,7 @@
 A checkpoint's own generation_config.json never changes how we sample: `generate` fills every field of the
 config it is given that is left unset from the model's `generation_config` (a shipped `repetition_penalty`,
 `no_repeat_ngram_size`, `temperature`...), so generation runs with a neutral one in its place
-(`checkpoint_defaults_off`). Its stop tokens are kept on purpose: Llama 3 Instruct ends a turn with
+(`neutral_generation_defaults`). Its stop tokens are kept on purpose: Llama 3 Instruct ends a turn with
 `<|eot_id|>`, which is not the tokenizer's EOS, and lists several EOS ids (`stop_token_ids`).
 """
 
@@ -59,9 +59,9 @@ def _generation_model(model):
 
 
 @contextlib.contextmanager
-def checkpoint_defaults_off(model) -> Iterator[None]:
+def neutral_generation_defaults(model) -> Iterator[None]:
     """For the block, every generating (sub)module holds a default GenerationConfig, so that what `generate`
-    does not get from us is transformers' neutral default and never the checkpoint's setting."""
+    does not get from us is transformers' neutral default, never a setting saved with the model."""
     from transformers import GenerationConfig, GenerationMixin
 
     swapped = [
@@ -113,7 +113,7 @@ def generate_responses(
     try:
         for start in range(0, len(prompts), batch_size):
             batch = encode_prompts(tokenizer, prompts[start : start + batch_size]).to(model.device)
-            with torch.no_grad(), checkpoint_defaults_off(model):
+            with torch.no_grad(), neutral_generation_defaults(model):
                 output = model.generate(**batch, generation_config=generation_config)
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             responses.extend(

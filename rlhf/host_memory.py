@@ -1,20 +1,10 @@
-"""Host memory that a stage frees goes back to the operating system, so that a process's resident set follows
-what it holds.
+"""Host memory that a ZeRO-3 stage frees goes back to the operating system, so that its resident set follows what
+it holds.
 
-glibc's malloc serves requests below its mmap threshold from heaps it keeps after a free, and raises that
-threshold (up to 32 MiB) each time a larger block is freed. After the first few frees every layer-sized tensor
-comes from those heaps, so what ZeRO-3 gathers and frees module by module, and the optimiser's temporaries,
-stay in the resident set as if held: on the 100M-parameter memory benchmark (2 processes, ZeRO-3, fp32) the
-peak per process was 5451 MB with the default and 3381 MB with a fixed 1 MiB threshold; ZeRO-0's hardly moved
-(4368 -> 4309 MB), since it frees little. A fixed threshold sends every block of at least that size to its own
-mapping, unmapped at free. 128 KiB, glibc's own starting value kept fixed, took another 100 MB off ZeRO-3's
-steady state there than 1 MiB (the many mid-sized blocks of small modules and activations). Elsewhere than
-glibc nothing changes.
-
-It costs time: every block of 128 KiB or more is then mapped and unmapped by a system call and faulted in page
-by page. On the demo's reward model (ZeRO-0, one process) an epoch took 73.4 s with it and 46.9 s without (system
-time 29 s against 2 s). So the stages set it only when a model is sharded by ZeRO-3, which gathers and frees
-whole layers all the time (`zero3_in`); without ZeRO-3 little is freed that the allocator should give back.
+glibc keeps freed blocks below its mmap threshold, and raises that threshold as large blocks are freed, so what
+ZeRO-3 gathers and frees layer by layer would stay resident; a fixed threshold maps such blocks on their own and
+unmaps them at free. Each mapping costs a system call, so stages set it only under ZeRO-3 (`zero3_in`), which
+frees whole layers all the time. Measurements: benchmarks/RESULTS.md, sections 4b and 7.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Loading models and tokenizers by reference: a registry entry, a local directory, or a hub id.
+"""Loading tokenizers and model configs from a local directory or a hub id, and loading that refuses in one line.
+
+Models load through rlhf.adaptation.checkpoint; registry references resolve to directories in rlhf.registry.
 
 Weights load from safetensors only, and model code from the hub runs only when the config sets
 `trust_remote_code`.
@@ -13,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from rlhf import _compat, distributed
-from rlhf.attention import DEFAULT_ATTENTION
 from rlhf.errors import ConfigError
 
 
@@ -154,22 +155,6 @@ def max_positions(path: str, trust_remote_code: bool = False) -> int:
         if isinstance(getattr(text_config, name, None), int):
             return getattr(text_config, name)
     raise ConfigError(f"{path}: its config names no maximum length (max_position_embeddings); pass --max_prompt_length")
-
-
-def load_causal_lm(
-    path: str, trust_remote_code: bool = False, dtype: Any = None, attn_implementation: str = DEFAULT_ATTENTION
-):
-    from transformers import AutoModelForCausalLM
-
-    return _load(
-        AutoModelForCausalLM.from_pretrained,
-        path,
-        "causal LM",
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-    )
 
 
 def partitioned_loading(ds_config: dict[str, Any]):

@@ -48,6 +48,12 @@ def best_of_n_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / EVALUATION_DIR / BEST_OF_N
 
 
+def registered(output_dir: str | Path) -> dict[str, Any] | None:
+    """What a finished run wrote about the model it registered ("reference", "path"), or None."""
+    path = Path(output_dir) / REGISTERED
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def registered_reference(output_dir: str | Path, registry=None) -> str | None:
     """The registry reference a finished run wrote, or None when it registered nothing.
 
@@ -55,8 +61,8 @@ def registered_reference(output_dir: str | Path, registry=None) -> str | None:
     recognised by the run id it announced in registering.json.
     """
     output_dir = Path(output_dir)
-    if (output_dir / REGISTERED).is_file():
-        return json.loads((output_dir / REGISTERED).read_text())["reference"]
+    if (finished := registered(output_dir)) is not None:
+        return finished["reference"]
     if registry is None or not (output_dir / REGISTERING).is_file():
         return None
     intent = json.loads((output_dir / REGISTERING).read_text())

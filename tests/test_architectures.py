@@ -83,7 +83,7 @@ def _unguarded_sample(model, tokenizer, settings, seed: int):
 
 
 def test_the_samplers_logprobs_equal_ppos_whatever_the_checkpoint_ships(llama3):
-    from rlhf.generation import checkpoint_defaults_off, stop_token_ids
+    from rlhf.generation import neutral_generation_defaults, stop_token_ids
     from rlhf.ppo import experience, forward, rewards
     from rlhf.ppo.logprobs import sampling_logprobs, sampling_settings_for
 
@@ -93,7 +93,7 @@ def test_the_samplers_logprobs_equal_ppos_whatever_the_checkpoint_ships(llama3):
     config = settings.generation_config(tokenizer)
     config.update(output_scores=True, return_dict_in_generate=True)
     torch.manual_seed(0)
-    with checkpoint_defaults_off(model), torch.no_grad():
+    with neutral_generation_defaults(model), torch.no_grad():
         output = model.generate(input_ids=batch.query_ids, attention_mask=batch.query_mask, generation_config=config)
     response_ids = output.sequences[:, batch.query_ids.shape[1] :]
     sampler = torch.stack([torch.log_softmax(s.float(), -1) for s in output.scores], 1)

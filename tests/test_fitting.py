@@ -220,9 +220,10 @@ def test_sft_checkpoints_by_default_and_rm_when_asked_through_the_trainer(models
     import datasets
     from trl import SFTTrainer
 
+    from rlhf.adaptation.checkpoint import load_adapted
     from rlhf.config import parse_config
     from rlhf.data.rankings import Ranking
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.models import load_tokenizer
     from rlhf.rm.batches import RankingCollator, tokenize_rankings
     from rlhf.rm.config import RMStageConfig
     from rlhf.rm.model import load_reward_model
@@ -245,7 +246,7 @@ def test_sft_checkpoints_by_default_and_rm_when_asked_through_the_trainer(models
     tokenizer = load_tokenizer(models["policy"])
     records = [{"prompt": "add 1 and 2", "completion": " 3"}]
     for argv, on in ((common, True), (common + ["--gradient_checkpointing", "false"], False)):
-        policy = load_causal_lm(models["policy"])
+        policy = load_adapted(models["policy"], task="causal_lm")
         SFTTrainer(
             model=policy,
             args=parse_config(SFTStageConfig, argv),
@@ -272,7 +273,7 @@ def test_every_loading_path_runs_the_attention_asked_for(models, tmp_path):
     from rlhf.adaptation.apply import apply_adaptation
     from rlhf.adaptation.checkpoint import load_adapted, save_adapted
     from rlhf.adaptation.config import AdaptationConfig
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.models import load_tokenizer
     from rlhf.rm.model import load_reward_model
 
     tokenizer = load_tokenizer(models["policy"])
@@ -284,7 +285,7 @@ def test_every_loading_path_runs_the_attention_asked_for(models, tmp_path):
         saved[method] = str(tmp_path / method)
     for attention in ("eager", "sdpa"):
         loaded = [
-            load_causal_lm(models["policy"], attn_implementation=attention),
+            load_adapted(models["policy"], task="causal_lm", attn_implementation=attention),
             load_reward_model(models["reward"], attn_implementation=attention)[0],
             *(load_adapted(path, task="causal_lm", attn_implementation=attention) for path in saved.values()),
         ]

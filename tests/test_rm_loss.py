@@ -8,6 +8,7 @@ import pytest
 import torch
 from by_hand import NAN, SP1, SP2, SP3, close
 
+from benchmarks import kway_vs_pairs
 from rlhf.rm import loss as rm_loss
 
 # ---------------------------------------------------------------------------------------------------------
@@ -87,12 +88,14 @@ def test_kway_loss_equals_mean_over_rankings_of_pairwise_loss_on_expanded_pairs(
     ranks = torch.tensor(
         [[1, 2, 3, 4, 5], [3, 1, 2, 0, 0], [1, 1, 2, 2, 3], [2, 1, 0, 0, 0], [1, 1, 1, 0, 0], [5, 4, 3, 2, 1]]
     )
-    ranking_index, chosen_index, rejected_index = rm_loss.expand_to_pairs(ranks)
+    ranking_index, chosen_index, rejected_index = kway_vs_pairs.expand_to_pairs(ranks)
     per_ranking = []
     for b in range(len(ranks)):
         rows = ranking_index == b
         if rows.any():
-            per_ranking.append(rm_loss.pairwise_loss(rewards[b, chosen_index[rows]], rewards[b, rejected_index[rows]]))
+            per_ranking.append(
+                kway_vs_pairs.pairwise_loss(rewards[b, chosen_index[rows]], rewards[b, rejected_index[rows]])
+            )
     expected = torch.stack(per_ranking).mean()
     close(rm_loss.kway_ranking_loss(rewards, ranks), expected.item())
 
@@ -112,7 +115,7 @@ def test_expand_to_pairs_by_hand():
     # row 1: slots 0 and 1 tied, slot 2 empty -> no pair
     # row 2: ranks 0, 2, 1 -> (2, 1)
     ranks = torch.tensor([[2, 1, 3], [1, 1, 0], [0, 2, 1]])
-    ranking_index, chosen_index, rejected_index = rm_loss.expand_to_pairs(ranks)
+    ranking_index, chosen_index, rejected_index = kway_vs_pairs.expand_to_pairs(ranks)
     assert ranking_index.tolist() == [0, 0, 0, 2]
     assert chosen_index.tolist() == [0, 1, 1, 2]
     assert rejected_index.tolist() == [2, 0, 2, 1]
@@ -121,14 +124,14 @@ def test_expand_to_pairs_by_hand():
 def test_expand_to_pairs_gives_k_choose_2_pairs_for_a_strict_ranking():
     for k in (2, 4, 6, 9):
         ranks = torch.arange(1, k + 1).flip(0).unsqueeze(0)
-        assert len(rm_loss.expand_to_pairs(ranks)[0]) == math.comb(k, 2)
+        assert len(kway_vs_pairs.expand_to_pairs(ranks)[0]) == math.comb(k, 2)
 
 
 def test_pairwise_loss_by_hand_and_empty():
     # margins 1 and 0: (SP1 + LN2) / 2 = 0.5032044
-    close(rm_loss.pairwise_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])), 0.5032044)
+    close(kway_vs_pairs.pairwise_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])), 0.5032044)
     chosen = torch.zeros(0, requires_grad=True)
-    loss = rm_loss.pairwise_loss(chosen, torch.zeros(0))
+    loss = kway_vs_pairs.pairwise_loss(chosen, torch.zeros(0))
     assert loss.item() == 0.0
     loss.backward()
     assert chosen.grad.shape == (0,)

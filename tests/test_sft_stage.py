@@ -103,8 +103,9 @@ def _first_batch(sft_workspace, tmp_path, records, *extra):
     import datasets
     from trl import SFTTrainer
 
+    from rlhf.adaptation.checkpoint import load_adapted
     from rlhf.config import parse_config
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.models import load_tokenizer
     from rlhf.sft.packing import keep_packed_rows
     from rlhf.stages.sft import SFTStageConfig
 
@@ -126,7 +127,7 @@ def _first_batch(sft_workspace, tmp_path, records, *extra):
     )
     tokenizer = load_tokenizer(str(sft_workspace / "base"))
     trainer = SFTTrainer(
-        model=load_causal_lm(str(sft_workspace / "base")),
+        model=load_adapted(str(sft_workspace / "base"), task="causal_lm"),
         args=config,
         processing_class=tokenizer,
         train_dataset=datasets.Dataset.from_list(records),
@@ -194,8 +195,9 @@ def test_packed_rows_give_the_loss_of_trls_flattened_batch(sft_workspace, tmp_pa
     from trl import SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+    from rlhf.adaptation.checkpoint import load_adapted
     from rlhf.config import parse_config
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.models import load_tokenizer
     from rlhf.sft.packing import PackedRowsCollator
     from rlhf.stages.sft import SFTStageConfig
 
@@ -205,7 +207,7 @@ def test_packed_rows_give_the_loss_of_trls_flattened_batch(sft_workspace, tmp_pa
         ["--output_dir", str(tmp_path / "p"), "--max_length", "48", "--packing", "true", "--report_to", "none"],
     )
     tokenizer = load_tokenizer(str(sft_workspace / "base"))
-    model = load_causal_lm(str(sft_workspace / "base"))
+    model = load_adapted(str(sft_workspace / "base"), task="causal_lm")
     trainer = SFTTrainer(
         model=model, args=config, processing_class=tokenizer, train_dataset=datasets.Dataset.from_list(records)
     )
@@ -397,7 +399,7 @@ def test_sft_under_two_process_zero3_trains_registers_once_and_saves_whole_weigh
     import torch
     from safetensors.torch import load_file
 
-    from rlhf.models import load_causal_lm
+    from rlhf.adaptation.checkpoint import load_adapted
 
     deepspeed = Path(sys.executable).parent / "deepspeed"
     result = subprocess.run(
@@ -440,7 +442,7 @@ def test_sft_under_two_process_zero3_trains_registers_once_and_saves_whole_weigh
     assert saved.keys() == base.keys()
     assert all(saved[name].shape == base[name].shape for name in base)  # whole tensors, not ZeRO-3 partitions
     assert any(not torch.equal(saved[name], base[name]) for name in base)  # and trained
-    load_causal_lm(entries[0].path)
+    load_adapted(entries[0].path, task="causal_lm")
 
 
 @pytest.mark.slow

@@ -193,7 +193,7 @@ class ShardWriter:
     Each tensor's bytes go to disk when it is added, so rank 0 holds one module's tensors, never a shard's: the
     open shard's data is appended to a side file, and when the shard closes its header (which needs every
     offset) is written and the data copied after it in chunks. safetensors' own `save_file` would hold the whole
-    shard and a bytes copy of each tensor (+405 MB on rank 0 for a 385 MB model in one shard).
+    shard and a bytes copy of each tensor (benchmarks/RESULTS.md, section 4b).
     """
 
     COPY_CHUNK = 16 << 20

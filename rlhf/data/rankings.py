@@ -5,9 +5,10 @@
 
 `ranks[i]` is the place of `completions[i]`: 1 is best and equal numbers are ties (here completions 0 and 2 tie
 behind completion 1). K = len(completions) >= 2 and may differ from line to line; a pairwise comparison
-(TRL's prompt/chosen/rejected) is K = 2. Ranks need not be dense: [1, 3] is a valid pair. Batched tensors pad
-ranks with 0, which `ordered_pairs` skips. Each line is one annotator's judgement; `merge_annotators` is the
-opt-in way to average several annotators' rankings of the same completions (InstructGPT §3.5 keeps them apart).
+(TRL's prompt/chosen/rejected) is K = 2. Ranks are places from 1 to K and need not be dense: [1, 3, 3] (one
+best, two tied behind it) is as valid as [1, 2, 2]. Batched tensors pad ranks with 0, which `ordered_pairs`
+skips. Each line is one annotator's judgement; `merge_annotators` is the opt-in way to average several
+annotators' rankings of the same completions (InstructGPT §3.5 keeps them apart).
 """
 
 from __future__ import annotations

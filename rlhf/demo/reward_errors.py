@@ -13,11 +13,11 @@ the RM gets wrong every time; this table shows it.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from rlhf import run_files
 from rlhf.data.rankings import Ranking, ordered_pairs, ranks_from_scores
 from rlhf.demo.task import CHATTER, correct_answer, gold_score, parse_prompt
 from rlhf.errors import exits_cleanly
@@ -75,9 +75,9 @@ def held_out_scores(rm_dir: Path) -> tuple[list[Ranking], list[list[float]]]:
     from rlhf.config import parse_config
     from rlhf.rm.config import RMStageConfig
 
-    config = parse_config(RMStageConfig, ["--config", str(rm_dir / "resolved_config.yaml")])
+    config = parse_config(RMStageConfig, ["--config", str(rm_dir / run_files.RESOLVED_CONFIG)])
     _, held_out = load_ranking_splits(config)
-    model_dir = json.loads((rm_dir / "registered.json").read_text())["path"]
+    model_dir = run_files.registered(rm_dir)["path"]
     model, tokenizer, normalization = load_reward_model(model_dir, trust_remote_code=config.trust_remote_code)
     return held_out, score_rankings(model, tokenizer, held_out, normalization, config.max_length)
 

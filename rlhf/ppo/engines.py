@@ -368,8 +368,8 @@ def _trained_engine(model, ds_config: dict[str, Any], learning_rate: float, conf
 
 def skip_all_reduce_in_a_world_of_one(engine) -> bool:
     """Without ZeRO and with one data-parallel process, DeepSpeed still all-reduces every gradient after each
-    backward: it flattens them into buckets, reduces over a group of one, and copies them back (1.8 s of a
-    15.5 s update at 100M parameters, against TRL's plain backward). The average over one process is the
+    backward: it flattens them into buckets, reduces over a group of one, and copies them back (RESULTS.md,
+    section 1). The average over one process is the
     gradient itself, so the reduction is switched off there; ZeRO stages keep it, as their optimisers move
     gradients into partitions through it. Returns whether it was switched off."""
     alone = getattr(engine, "dp_world_size", 1) == 1 and getattr(engine, "seq_dp_world_size", 1) == 1

@@ -21,7 +21,7 @@ import torch
 
 from rlhf import _compat, distributed
 from rlhf.data.formatting import encode_prompts, response_text, reward_input_ids
-from rlhf.generation import checkpoint_defaults_off
+from rlhf.generation import neutral_generation_defaults
 from rlhf.models import same_tokenization
 from rlhf.ppo import activation_checkpointing
 from rlhf.ppo.engines import PPOEngines, zero_stage
@@ -82,7 +82,7 @@ def generate(actor, batch: PromptBatch, generation_config, zero3_generation: str
         else:
             synced_gpus = True
     device = actor.device
-    with gathered, torch.no_grad(), checkpoint_defaults_off(module), activation_checkpointing.paused(module):
+    with gathered, torch.no_grad(), neutral_generation_defaults(module), activation_checkpointing.paused(module):
         output = module.generate(
             input_ids=batch.query_ids.to(device),
             attention_mask=batch.query_mask.to(device),

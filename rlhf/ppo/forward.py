@@ -103,7 +103,7 @@ def release_gathered(engine) -> None:
 
     Once ZeRO-3 has traced a model, a forward can end with up to stage3_max_live_parameters of it still gathered,
     prefetched for that model's next forward; scoring runs four models one after another, so each of them would
-    hold its own (measured: +382 MB in the second step's scoring at 4 processes, 200M parameters per model).
+    hold its own (benchmarks/RESULTS.md, section 4b).
     The next forward gathers them again, as it would after any other model ran.
     """
     release = getattr(getattr(engine, "optimizer", None), "empty_partition_cache", None)

@@ -8,11 +8,11 @@
     otherwise (a CPU run without offload)                         torch.optim.AdamW, fused: one pass over each
                                                                   tensor, no temporaries (the for-loop AdamW
                                                                   makes two the size of a tensor, a whole ZeRO
-                                                                  partition, and is about 7x slower on a CPU)
+                                                                  partition, and is slower)
 
 All three are the same AdamW (decoupled weight decay, bias correction, betas 0.9/0.999); eps 1e-5 as in OpenAI's
-lm-human-preferences. The first use of either DeepSpeed op compiles it (about a minute and a half for CPU Adam on
-a 2-core machine; cached under ~/.cache/torch_extensions after). FusedAdam's build needs the CUDA toolkit's nvcc
+lm-human-preferences. The first use of either DeepSpeed op compiles it (a minute or two; cached under
+~/.cache/torch_extensions after). FusedAdam's build needs the CUDA toolkit's nvcc
 at the version torch was built with, and DeepSpeed 0.19.8 cannot parse an architecture with a suffix in
 TORCH_CUDA_ARCH_LIST ("9.0a", Hopper's own, raises ValueError: invalid literal for int(): '0a'; seen on an H200):
 a build that fails falls back to torch's fused AdamW, with one line saying why, rather than stopping the run.

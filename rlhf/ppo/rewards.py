@@ -57,9 +57,8 @@ def masked_whiten(
     whitened in some PPO setups, so that their sign survives).
 
     across_ranks: μ and σ² of the masked entries of every rank together (Σ m·x, Σ m and Σ m·(x - μ)²
-    summed over ranks), as if one process held the whole batch. Per-rank whitening of one or two sequences
-    would remove most of their sequence-level signal (issue 13: correlation 0.76 with global whitening at 1
-    sequence per rank).
+    summed over ranks), as if one process held the whole batch: per-rank whitening of one or two sequences
+    would remove most of their sequence-level signal.
     """
     mean, var = _masked_moments(x, mask, across_ranks)
     whitened = (x - mean) * torch.rsqrt(var + eps)

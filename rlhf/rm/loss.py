@@ -1,4 +1,4 @@
-"""The reward model's loss on K-way rankings (InstructGPT §3.5), and the pair expansion other frameworks use.
+"""The reward model's loss on K-way rankings (InstructGPT §3.5).
 
 Pure functions of tensors; imports torch only. Shapes: B rankings, K responses per ranking.
 """
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 
-def _ranking_pair_mask(ranks: torch.Tensor) -> torch.Tensor:
+def ranking_pair_mask(ranks: torch.Tensor) -> torch.Tensor:
     """(B, K, K) bool: True at [b, i, j] when response i is ranked strictly better than j (1 = best, 0 = empty)."""
     filled = ranks > 0
     both_filled = filled[:, :, None] & filled[:, None, :]
@@ -44,36 +44,9 @@ def kway_ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tenso
     # Empty slots may hold anything (NaN from a dummy forward pass); zero them so no NaN reaches the sum.
     rewards = torch.where(ranks > 0, rewards, torch.zeros_like(rewards))
     margin = rewards[:, :, None] - rewards[:, None, :]  # margin[b, i, j] = r_i - r_j
-    pair_mask = _ranking_pair_mask(ranks)
+    pair_mask = ranking_pair_mask(ranks)
     pair_losses = torch.where(pair_mask, -F.logsigmoid(margin), torch.zeros_like(margin))
     pairs_per_ranking = pair_mask.sum(dim=(1, 2))
     loss_per_ranking = pair_losses.sum(dim=(1, 2)) / pairs_per_ranking.clamp(min=1)
     has_pairs = pairs_per_ranking > 0
     return (loss_per_ranking * has_pairs).sum() / has_pairs.sum().clamp(min=1)
-
-
-def expand_to_pairs(ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The C(K, 2) expansion other frameworks train on: one (chosen, rejected) row per ordered pair.
-
-    Returns (ranking_index, chosen_index, rejected_index), three long tensors of length P (number of pairs),
-    sorted by ranking, then chosen slot, then rejected slot. `responses[ranking_index, chosen_index]` is
-    preferred to `responses[ranking_index, rejected_index]`. Ties and empty slots give no row.
-    """
-    if ranks.dim() != 2:
-        raise ValueError(f"ranks must be (B, K); got {tuple(ranks.shape)}")
-    ranking_index, chosen_index, rejected_index = _ranking_pair_mask(ranks).nonzero(as_tuple=True)
-    return ranking_index, chosen_index, rejected_index
-
-
-def pairwise_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-    """Bradley-Terry loss on (chosen, rejected) pairs: mean_p -log σ(r_chosen,p - r_rejected,p).
-
-    No pairs gives 0 with a gradient path, as `kway_ranking_loss` does.
-    """
-    if chosen_rewards.shape != rejected_rewards.shape:
-        raise ValueError(
-            f"chosen and rejected rewards differ in shape: "
-            f"{tuple(chosen_rewards.shape)} vs {tuple(rejected_rewards.shape)}"
-        )
-    losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
-    return losses.sum() / max(losses.numel(), 1)

@@ -4,8 +4,8 @@ TRL's SFTTrainer, when packing (best-fit decreasing), flattens the whole batch i
 demonstration starts with `position_ids`; flash attention's variable-length kernels then attend within each
 demonstration only. Every other attention implementation (sdpa, eager: all a CPU has, and GPUs without
 flash-attn) turns those position ids into a block-diagonal mask over the flattened row, so attention costs
-(batch x max_length)^2 instead of batch x max_length^2: with 64 rows of 64 tokens on a CPU, 5x fewer tokens per
-second than no packing at all (benchmarks/sft_throughput.py). Keeping each packed row a row, with positions
+(batch x max_length)^2 instead of batch x max_length^2, slower than no packing at all
+(benchmarks/sft_throughput.py). Keeping each packed row a row, with positions
 restarting at each demonstration and no attention mask, gives transformers the same per-demonstration mask at
 the per-row cost.
 """
