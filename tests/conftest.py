@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers.ppo_setup import build_models
+from tests.helpers.tiny import tiny_llama_config
+
 TINY_VOCAB = 64
 
 pytest_plugins = ["pytester"]  # tests/test_suite_isolation.py runs small sessions of its own
@@ -43,21 +46,6 @@ def _module_environment_restored():
     yield from _restore_environment_afterwards()
 
 
-def tiny_llama_config(**overrides):
-    from rlhf.demo.tiny_model import tiny_llama_config as config
-
-    settings = dict(
-        intermediate_size=64,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    settings.update(overrides)
-    return config(TINY_VOCAB, hidden_size=32, num_layers=2, num_heads=4, num_key_value_heads=2, **settings)
-
-
 @pytest.fixture
 def tiny_causal_lm():
     from transformers import LlamaForCausalLM
@@ -72,3 +60,10 @@ def tiny_reward_model():
 
     torch.manual_seed(0)
     return LlamaForSequenceClassification(tiny_llama_config(num_labels=1))
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict:
+    """The tiny policy, reward model, prompts and demonstrations that PPO tests read and never write: built once per
+    test process (tests/helpers/ppo_setup.py, build_models)."""
+    return build_models(tmp_path_factory.mktemp("tiny_models"))

@@ -1,5 +1,5 @@
 """Real checkpoints' conventions: shipped generation settings, several EOS ids, tokenizers that differ in more
-than their vocabulary. Tiny random models of real families (tests/architectures.py), never downloaded."""
+than their vocabulary. Tiny random models of real families (tests/helpers/architectures.py), never downloaded."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
-from architectures import build_family_model, family_tokenizer, llama3_stop_ids
-from hub_cache import cache_hub_dataset
 
 from rlhf.demo.task import corpus_words
 from rlhf.errors import ConfigError
+from tests.helpers.architectures import build_family_model, family_tokenizer, llama3_stop_ids
+from tests.helpers.hub_cache import cache_hub_dataset
 
 
 class _Engine:
@@ -206,10 +206,9 @@ def matrix_data(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("family,method", MATRIX, ids=[f"{f}-{m}" for f, m in MATRIX])
 def test_each_family_trains_through_sft_rm_and_ppo(family, method, matrix_data, tmp_path):
-    from ppo_setup import saved_weights, stage_arguments
-
     from rlhf.registry import Registry, resolve_model
     from rlhf.stages import ppo, rm, sft
+    from tests.helpers.ppo_setup import saved_weights, stage_arguments
 
     base = build_family_model(tmp_path / "base", family, corpus_words())
     registry = tmp_path / "registry"
@@ -310,13 +309,12 @@ def test_each_family_trains_through_sft_rm_and_ppo(family, method, matrix_data, 
 @pytest.mark.parametrize("family", ["qwen2", "gpt2"])
 def test_two_families_run_ppo_on_two_processes_under_zero3(family, matrix_data, tmp_path):
     """Tied embeddings (Qwen2) and Conv1D layers without a pad token (GPT-2), sharded over two ranks."""
-    from ppo_setup import REPO, stage_arguments
-    from test_ppo_zero3 import deepspeed_launch
     from transformers import AutoModelForCausalLM
 
     from rlhf.ppo.tracking import read_metrics
     from rlhf.registry import Registry, resolve_model
     from rlhf.stages import rm
+    from tests.helpers.ppo_setup import REPO, deepspeed_launch, stage_arguments
 
     base = build_family_model(tmp_path / "base", family, corpus_words())
     registry = tmp_path / "registry"

@@ -1,13 +1,11 @@
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from rlhf.config import parse_config
 from rlhf.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 @dataclass
@@ -66,14 +64,14 @@ def test_a_yaml_alias_bomb_is_refused_in_one_line_naming_the_file(tmp_path):
     )
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_config_is_a_mapping_without_aliases(path):
     from rlhf.config import load_yaml
 
     assert load_yaml(path)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "deepspeed_configs").glob("*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "deepspeed_configs").glob("*.json")), ids=lambda p: p.name)
 def test_deepspeed_configs_are_valid(path):
     config = json.loads(path.read_text())
     stage = config["zero_optimization"]["stage"]
@@ -108,7 +106,7 @@ def test_training_arguments_count_non_padding_tokens_from_the_command_line():
     assert config.include_num_input_tokens_seen == "non_padding"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_bundled_config_is_a_valid_stage_or_pipeline_config(path):
     """Each file parses with its own dataclass (named by the file: sft, rm, ppo, or the pipeline's)."""
     from rlhf.pipeline import PipelineConfig
@@ -120,4 +118,4 @@ def test_every_bundled_config_is_a_valid_stage_or_pipeline_config(path):
     config = parse_config(config_class, ["--config", str(path)])
     if config_class is PipelineConfig:
         for stage in ("sft", "rm", "ppo"):
-            assert (ROOT / getattr(config, f"{stage}_config")).is_file()
+            assert (REPO / getattr(config, f"{stage}_config")).is_file()

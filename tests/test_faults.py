@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from ppo_setup import build_models, stage_arguments
 
 from rlhf.demo.task import corpus_words, make_split
 from rlhf.demo.tiny_model import build_tiny_model
 from rlhf.registry import Registry
+from tests.helpers.ppo_setup import stage_arguments
 
 TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second"}
 
@@ -347,7 +347,14 @@ def test_trainer_stage_saves_a_checkpoint_on_sigterm_exits_0_and_resumes_to_the_
     args = trainer_stage_args(stage, workspace, out, "--save_steps", "100")
     with log.open("w") as sink:
         process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("pause_at_step.py")), stage, "2", str(ready), *args],
+            [
+                sys.executable,
+                str(Path(__file__).parent / "helpers" / "pause_at_step.py"),
+                stage,
+                "2",
+                str(ready),
+                *args,
+            ],
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
@@ -376,7 +383,14 @@ def test_ctrl_c_stops_a_trainer_stage_in_one_line_with_exit_130_and_the_rerun_re
     args = trainer_stage_args(stage, workspace, out)
     with log.open("w") as sink:
         process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("pause_at_step.py")), stage, "3", str(ready), *args],
+            [
+                sys.executable,
+                str(Path(__file__).parent / "helpers" / "pause_at_step.py"),
+                stage,
+                "3",
+                str(ready),
+                *args,
+            ],
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
@@ -397,11 +411,6 @@ def test_ctrl_c_stops_a_trainer_stage_in_one_line_with_exit_130_and_the_rerun_re
 
 
 # -- PPO -----------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ppo_models(tmp_path_factory) -> dict:
-    return build_models(tmp_path_factory.mktemp("ppo_models"))
-
-
 def ppo_args(models: dict, out: Path, **overrides) -> list[str]:
     return stage_arguments(
         models, out / "run", out / "registry", max_steps=4, save_steps=2, eval_prompts=4, **overrides
@@ -409,11 +418,11 @@ def ppo_args(models: dict, out: Path, **overrides) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def finished_ppo_run(ppo_models, tmp_path_factory) -> Path:
+def finished_ppo_run(models, tmp_path_factory) -> Path:
     from rlhf.stages.ppo import main
 
     out = tmp_path_factory.mktemp("ppo_straight")
-    main(ppo_args(ppo_models, out))
+    main(ppo_args(models, out))
     return out
 
 
@@ -431,7 +440,7 @@ def assert_same_rows(got: list[dict], want: list[dict]) -> None:
 
 
 @pytest.mark.slow
-def test_ppo_resumes_past_a_torn_metrics_line(finished_ppo_run, ppo_models, tmp_path, capsys):
+def test_ppo_resumes_past_a_torn_metrics_line(finished_ppo_run, models, tmp_path, capsys):
     from rlhf.stages.ppo import main
 
     out = as_if_killed(finished_ppo_run, tmp_path / "killed")
@@ -441,7 +450,7 @@ def test_ppo_resumes_past_a_torn_metrics_line(finished_ppo_run, ppo_models, tmp_
     lines = metrics_file.read_text().splitlines()
     metrics_file.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
 
-    main(ppo_args(ppo_models, out, resume=True))
+    main(ppo_args(models, out, resume=True))
     assert "resuming from" in capsys.readouterr().out
     assert_same_rows(ppo_rows(out), ppo_rows(finished_ppo_run))
     assert Registry(out / "registry").get("ppo").version == 2
@@ -453,7 +462,7 @@ def test_ppo_resumes_past_a_torn_metrics_line(finished_ppo_run, ppo_models, tmp_
 )
 @pytest.mark.slow
 def test_ppo_falls_back_from_a_damaged_latest_checkpoint_saying_which_file(
-    finished_ppo_run, ppo_models, tmp_path, capsys, damaged
+    finished_ppo_run, models, tmp_path, capsys, damaged
 ):
     from rlhf.stages.ppo import main
 
@@ -461,7 +470,7 @@ def test_ppo_falls_back_from_a_damaged_latest_checkpoint_saying_which_file(
     checkpoints = out / "run" / "checkpoints"
     cut_in_half(checkpoints / "step-4" / damaged)
 
-    main(ppo_args(ppo_models, out, resume=True))
+    main(ppo_args(models, out, resume=True))
     output = capsys.readouterr().out
     assert f"skipping damaged checkpoint(s) ({checkpoints / 'step-4' / damaged}:" in output
     assert f"resuming from {checkpoints / 'step-2'}" in output
@@ -469,9 +478,7 @@ def test_ppo_falls_back_from_a_damaged_latest_checkpoint_saying_which_file(
 
 
 @pytest.mark.slow
-def test_a_ppo_checkpoint_that_pickles_code_is_refused_without_running_it(
-    finished_ppo_run, ppo_models, tmp_path, capsys
-):
+def test_a_ppo_checkpoint_that_pickles_code_is_refused_without_running_it(finished_ppo_run, models, tmp_path, capsys):
     from rlhf.stages.ppo import main
 
     out = as_if_killed(finished_ppo_run, tmp_path / "tampered")
@@ -481,7 +488,7 @@ def test_a_ppo_checkpoint_that_pickles_code_is_refused_without_running_it(
     state["payload"] = RunsCode(marker)
     torch.save(state, target)
 
-    message = one_line_error(capsys, main, ppo_args(ppo_models, out, resume=True))
+    message = one_line_error(capsys, main, ppo_args(models, out, resume=True))
     assert str(target) in message and "refusing to load" in message
     assert not marker.exists()
 
@@ -552,7 +559,7 @@ def test_a_full_disk_during_a_trainer_checkpoint_is_one_line_cleans_up_and_resum
 
 @pytest.mark.slow
 def test_a_full_disk_during_a_ppo_checkpoint_is_one_line_leaves_no_staging_and_resumes(
-    finished_ppo_run, ppo_models, tmp_path, capsys, monkeypatch
+    finished_ppo_run, models, tmp_path, capsys, monkeypatch
 ):
     from rlhf.stages.ppo import main
 
@@ -563,14 +570,14 @@ def test_a_full_disk_during_a_ppo_checkpoint_is_one_line_leaves_no_staging_and_r
         "step-4.saving/critic",
         RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 3145728 vs 3145664"),
     )
-    message = one_line_error(capsys, main, ppo_args(ppo_models, out))
+    message = one_line_error(capsys, main, ppo_args(models, out))
     checkpoints = out / "run" / "checkpoints"
     assert f"no space left on device writing {checkpoints / 'step-4'}" in message
     assert f"the last whole checkpoint is {checkpoints / 'step-2'}" in message
     assert sorted(path.name for path in checkpoints.iterdir()) == ["step-2"]  # no staging directory left behind
 
     monkeypatch.undo()
-    main(ppo_args(ppo_models, out, resume=True))
+    main(ppo_args(models, out, resume=True))
     assert_same_rows(ppo_rows(out), ppo_rows(finished_ppo_run))
 
 
@@ -1122,14 +1129,14 @@ def test_a_model_that_needs_its_own_code_is_refused_before_any_model_loads(works
         load_adapted(model, task="causal_lm")
 
 
-def test_a_ppo_model_that_needs_its_own_code_is_one_line_naming_its_role(ppo_models, tmp_path, capsys):
+def test_a_ppo_model_that_needs_its_own_code_is_one_line_naming_its_role(models, tmp_path, capsys):
     from rlhf.stages.ppo import main
 
     critic = tmp_path / "critic"
-    shutil.copytree(ppo_models["reward"], critic)
+    shutil.copytree(models["reward"], critic)
     _needing_its_own_code(critic)
     message = one_line_error(
-        capsys, main, ppo_args({**ppo_models, "reward": str(critic)}, tmp_path, reward_model=ppo_models["reward"])
+        capsys, main, ppo_args({**models, "reward": str(critic)}, tmp_path, reward_model=models["reward"])
     )
     assert message.startswith(
         f"error: critic model: cannot load model config from '{critic}': it needs code "
@@ -1138,13 +1145,13 @@ def test_a_ppo_model_that_needs_its_own_code_is_one_line_naming_its_role(ppo_mod
 
 
 @pytest.mark.parametrize("prompt", [[1, 2, 3], "   \n\t", 7])
-def test_a_ppo_prompt_that_is_not_text_or_messages_is_one_line_naming_the_record(prompt, ppo_models, tmp_path, capsys):
+def test_a_ppo_prompt_that_is_not_text_or_messages_is_one_line_naming_the_record(prompt, models, tmp_path, capsys):
     from rlhf.stages.ppo import main
 
     prompts = tmp_path / "prompts.jsonl"
     lines = [json.dumps({"prompt": "a good prompt"})] * 2 + [json.dumps({"prompt": prompt})]
     prompts.write_text("\n".join(lines) + "\n")
-    message = one_line_error(capsys, main, ppo_args({**ppo_models, "prompts": str(prompts)}, tmp_path))
+    message = one_line_error(capsys, main, ppo_args({**models, "prompts": str(prompts)}, tmp_path))
     assert message == (
         f"error: {prompts}: record 3: field 'prompt': must be a non-empty string or a list of chat "
         f"messages {{role, content}}"

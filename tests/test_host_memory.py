@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+from tests.helpers import REPO
+
 PROBE = textwrap.dedent("""
     import sys
     import torch
@@ -42,11 +44,10 @@ def test_freed_tensors_leave_the_resident_set():
 def test_the_fixed_threshold_is_for_zero3_runs_only():
     """It costs system time on every large allocation (an epoch of the demo's RM: 73 s with it, 47 s without), so
     the stages set it only when some model is sharded by ZeRO-3: a mapping, a JSON file, or None (no DeepSpeed)."""
-    from pathlib import Path
 
     from rlhf.host_memory import zero3_in
 
-    configs = Path(__file__).resolve().parents[1] / "deepspeed_configs"
+    configs = REPO / "deepspeed_configs"
     assert zero3_in([str(configs / "zero3.json")]) and zero3_in([str(configs / "zero3_inference_offload.json")])
     assert not zero3_in([str(configs / "zero0.json"), str(configs / "zero2.json"), None, ""])
     assert zero3_in([str(configs / "zero0.json"), {"zero_optimization": {"stage": 3}}])  # any one of them

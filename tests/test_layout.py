@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 PACKAGE = REPO / "rlhf"
 HEAVY = ("torch", "transformers", "deepspeed", "peft", "accelerate", "datasets", "trl")
 
@@ -149,7 +150,6 @@ def test_shared_parts_import_no_stage():
         name = module_name(path)
         if name.startswith(STAGE_PACKAGES + ORCHESTRATION):
             continue
-        # The gold scorer is looked up by name in the demo (rlhf.evaluation): a plug-in, not a stage.
         reached = {m for m in imported_rlhf_modules(path) if m.startswith(STAGE_PACKAGES + ("rlhf.pipeline",))}
         offenders += [f"{name} -> {m}" for m in sorted(reached)]
     assert offenders == []
@@ -164,6 +164,30 @@ def test_only_the_recipes_import_the_recipes():
         if m.startswith("rlhf.stages")
     ]
     assert offenders == []
+
+
+def test_the_demo_is_a_plug_in_that_only_the_pipeline_reaches():
+    """The demo registers its gold scorer through an entry point; only the pipeline's demo mode starts it."""
+    offenders = [
+        f"{module_name(path)} -> {m}"
+        for path in PACKAGE.rglob("*.py")
+        if not module_name(path).startswith(("rlhf.demo", "rlhf.pipeline"))
+        for m in imported_rlhf_modules(path)
+        if m.startswith("rlhf.demo")
+    ]
+    assert offenders == []
+
+
+def test_tests_mirror_the_source_tree():
+    """tests/ppo/test_rewards.py tests rlhf/ppo/rewards.py: each test folder is a package of rlhf (or the
+    benchmarks), and each test file of a folder is named after a module of that package or what it checks."""
+    folders = {path.parent for path in (REPO / "tests").rglob("test_*.py")} - {REPO / "tests"}
+    unmatched = [
+        str(folder.relative_to(REPO))
+        for folder in folders
+        if not ((PACKAGE / folder.relative_to(REPO / "tests")).is_dir() or folder.name == "benchmarks")
+    ]
+    assert unmatched == [] and len(folders) >= 10
 
 
 def test_the_vllm_engines_process_needs_none_of_rlhf_but_its_protocol():

@@ -8,9 +8,16 @@ import json
 import subprocess
 
 import pytest
-from ppo_setup import PYTHON, REPO, assert_same_final_metrics, build_models, stage_arguments, subprocess_env
 
 from rlhf.distributed import free_port
+from tests.helpers.ppo_setup import (
+    PYTHON,
+    REPO,
+    assert_same_final_metrics,
+    build_models,
+    stage_arguments,
+    subprocess_env,
+)
 
 TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second"}
 

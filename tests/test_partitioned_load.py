@@ -2,7 +2,7 @@
 ZeRO-3 load and the checkpoint, for several families, as a causal LM and as a reward model, from sharded
 checkpoints too, while rank 0 never holds the whole checkpoint.
 
-The key mapping is tested here directly; the loads run on 2 processes in tests/partitioned_load_probe.py.
+The key mapping is tested here directly; the loads run on 2 processes in tests/helpers/partitioned_load_probe.py.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import json
 
 import pytest
 import torch
-from architectures import build_family_model
-from ppo_setup import reports_of_two_ranks, saved_weights
 
 from rlhf.partitioned_load import AmbiguousCheckpoint, checkpoint_sources, model_key_for
+from tests.helpers.architectures import build_family_model
+from tests.helpers.ppo_setup import reports_of_two_ranks, saved_weights
 
 REWARD_BODY = {"model.embed_tokens.weight", "model.norm.weight", "score.weight"}
 
@@ -80,7 +80,8 @@ def build_large_llama(out_dir):
 
 
 def plain_checkpoint(path):
-    """Weights of tests/partitioned_load_probe.py's WithBuffer: a persistent buffer, one weight for two modules."""
+    """Weights of tests/helpers/partitioned_load_probe.py's WithBuffer: a persistent buffer, one weight for two
+    modules."""
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(0)

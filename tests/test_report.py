@@ -132,8 +132,8 @@ def run_dir(tmp_path):
 
 
 def _write_reward_model_extras(run: Path) -> None:
-    """The RM's calibration bins (ECE 0.2834 by hand in tests/test_rm_calibration.py) and the labels it read, where
-    three annotators overlap as in tests/test_labels_agreement.py (pairwise 0.6, α 194/1001)."""
+    """The RM's calibration bins (ECE 0.2834 by hand in tests/rm/test_calibration.py) and the labels it read, where
+    three annotators overlap as in tests/labels/test_agreement.py (pairwise 0.6, α 194/1001)."""
     from rlhf.data.rankings import write_rankings
     from rlhf.rm.calibration import calibration
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ppo_setup import subprocess_env
 
 from rlhf.errors import RLHFError
 from rlhf.run_lock import holding
+from tests.helpers.ppo_setup import subprocess_env
 
 # Takes the lock, says so, and holds it until the test closes its stdin or kills it: no timing involved.
 HOLDER = """

