@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
 from tests.helpers.ppo_setup import build_models
 from tests.helpers.tiny import tiny_llama_config
-
-TINY_VOCAB = 64
 
 pytest_plugins = ["pytester"]  # tests/test_suite_isolation.py runs small sessions of its own
 
@@ -20,6 +20,14 @@ def pytest_configure(config):
     from transformers.utils import logging
 
     logging.get_logger("transformers")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files with the most slow tests first, each file's tests in their order. Under `make test` (xdist, a file
+    per worker, --no-loadscope-reorder) the workers then start on the long files and the many quick ones fill in at
+    the end, rather than one long file running alone after everything else."""
+    slow_tests_in = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow_tests_in[item.path])
 
 
 def _restore_environment_afterwards():
