@@ -99,7 +99,7 @@ def run_hf_trainer(paths: dict, args, output_dir: Path) -> dict:
     # EOS appended as TRL does, so that both see the same tokens per demonstration.
     rows = [{"input_ids": ids + [tokenizer.eos_token_id]} for ids in encoded["input_ids"]]
     trainer = Trainer(
-        model=load_adapted(paths["model"], task="causal_lm"),
+        model=load_adapted(paths["model"], task="causal_lm", is_trainable=True),
         args=TrainingArguments(**shared_settings(args, output_dir)),
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
@@ -124,7 +124,7 @@ def run_trl_sft(paths: dict, args, output_dir: Path, packing: bool) -> dict:
         settings["max_steps"] = max(args.steps // 4, 3)
     config = SFTConfig(max_length=args.max_length, bf16=bf16, packing=packing, **settings)
     trainer = SFTTrainer(
-        model=load_adapted(paths["model"], task="causal_lm"),
+        model=load_adapted(paths["model"], task="causal_lm", is_trainable=True),
         args=config,
         processing_class=load_tokenizer(paths["model"]),
         train_dataset=datasets.Dataset.from_list(records),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,16 +26,40 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The files with the most slow tests first, each file's tests in their order. Under `make test` (xdist, a file
-    per worker, --no-loadscope-reorder) the workers then start on the long files and the many quick ones fill in at
-    the end, rather than one long file running alone after everything else."""
+    """The files with the most slow tests first, each file's tests in their order; then the files that need vLLM's
+    virtualenv, which `make test` installs meanwhile; then the quick ones. Under `make test` (xdist, a file per
+    worker, --no-loadscope-reorder) the workers start on the long files and the many quick ones fill in at the end,
+    rather than one long file running alone after everything else."""
     slow_tests_in = Counter(item.path for item in items if item.get_closest_marker("slow"))
-    items.sort(key=lambda item: -slow_tests_in[item.path])
+    needs_vllm = {item.path for item in items if item.get_closest_marker("vllm")}
+
+    def order(item):
+        group = 1 if item.path in needs_vllm else 0 if slow_tests_in[item.path] else 2
+        return group, -slow_tests_in[item.path]
+
+    items.sort(key=order)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """`make test` installs vLLM's virtualenv while the tests run and names it in $RLHF_VLLM_INSTALLING: a test that
+    starts the engine waits for the install to finish (before its fixtures, which may start one)."""
+    venv = os.environ.get("RLHF_VLLM_INSTALLING")
+    if venv and item.get_closest_marker("vllm"):
+        wait_for_installed(Path(venv), timeout_s=1800)
+
+
+def wait_for_installed(venv: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (venv / ".installed").exists():
+        if Path(f"{venv}.failed").exists():
+            pytest.fail(f"make vllm failed, so {venv} is not there: see {venv}.log")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{venv} was not installed within {timeout_s:.0f} s: see {venv}.log")
+        time.sleep(2)
 
 
 def _restore_environment_afterwards():
-    import os
-
     saved = dict(os.environ)
     yield
     os.environ.clear()

@@ -26,14 +26,12 @@ class AdaptationConfig:
     adaptation_method: str = field(
         default="full",
         metadata={
-            "help": (
-                "Which parameters train. `full`: all. `lora`: low-rank updates of the target linear layers (Hu et al."
-                " 2021). `prompt_tuning`: learned input embeddings (Lester et al. 2021). `prefix_tuning`: learned "
-                "keys and values in every layer (Li & Liang 2021). `ia3`: learned rescaling vectors (Liu et al. "
-                "2022). `adapter`: Houlsby bottleneck adapters after attention and feed-forward (Houlsby et al. "
-                "2019). `bitfit`: bias terms only (Ben Zaken et al. 2021). `probe`: the reward head only (reward "
-                "models only). On reward models every method also trains the scalar head, which starts untrained."
-            )
+            "help": "Which parameters train. `full`: all. `lora`: low-rank updates of the target linear layers "
+            "(Hu et al. 2021). `prompt_tuning`: learned input embeddings (Lester et al. 2021). `prefix_tuning`: "
+            "learned keys and values in every layer (Li & Liang 2021). `ia3`: learned rescaling vectors (Liu et "
+            "al. 2022). `adapter`: Houlsby bottleneck adapters after attention and feed-forward (Houlsby et al. "
+            "2019). `bitfit`: bias terms only (Ben Zaken et al. 2021). `probe`: the reward head only (reward "
+            "models only). On reward models every method also trains the scalar head, which starts untrained."
         },
     )
 
@@ -50,10 +48,8 @@ class AdaptationConfig:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"],
         metadata={
-            "help": (
-                'Modules LoRA adapts: "all-linear" (every linear layer but the output head) or a list of module names'
-                ' such as ["q_proj", "v_proj"].'
-            )
+            "help": 'Modules LoRA adapts: "all-linear" (every linear layer but the output head) or a list of '
+            'module names such as ["q_proj", "v_proj"].'
         },
     )
 
@@ -68,11 +64,9 @@ class AdaptationConfig:
     merge_lora_on_save: bool = field(
         default=True,
         metadata={
-            "help": (
-                "LoRA only. True: fold the update into the weights and save a plain model, which the next stage and "
-                "any other tool load directly. False: save only the small adapter directory, which names its base "
-                "model by path, so that path must still hold the base when it is loaded."
-            )
+            "help": "LoRA only. True: fold the update into the weights and save a plain model, which the next stage "
+            "and any other tool load directly. False: save only the small adapter directory, which names its base "
+            "model by path, so that path must still hold the base when it is loaded."
         },
     )
 

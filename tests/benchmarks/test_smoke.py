@@ -343,6 +343,7 @@ def test_a_bootstrapped_heads_loss_weighs_each_ranking_by_hand():
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_vllm_generation_benchmark_runs_on_smallest_settings_and_fills_its_block(tmp_path):
     from benchmarks import vllm_generation
 

@@ -141,7 +141,7 @@ def test_sft_checkpoints_by_default_and_rm_when_asked_through_the_trainer(models
     tokenizer = load_tokenizer(models["policy"])
     records = [{"prompt": "add 1 and 2", "completion": " 3"}]
     for argv, on in ((common, True), (common + ["--gradient_checkpointing", "false"], False)):
-        policy = load_adapted(models["policy"], task="causal_lm")
+        policy = load_adapted(models["policy"], task="causal_lm", is_trainable=True)
         SFTTrainer(
             model=policy,
             args=parse_config(SFTStageConfig, argv),

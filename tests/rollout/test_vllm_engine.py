@@ -16,7 +16,7 @@ from rlhf.demo.task import corpus_words
 from tests.helpers.architectures import build_family_model, llama3_stop_ids
 from tests.helpers.ppo_setup import build_models, engines_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 # float32 on both sides; measured: ~1e-7 after a sync, ~1e-1 when one update was not synced.
 SYNCED_TOLERANCE = 1e-4

@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers.ppo_setup import REPO, assert_same_metric_rows, build_models, launch_two, stage_arguments
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 ZERO3 = str(REPO / "deepspeed_configs" / "zero3.json")
 SETTINGS = dict(

@@ -127,7 +127,7 @@ def _first_batch(sft_workspace, tmp_path, records, *extra):
     )
     tokenizer = load_tokenizer(str(sft_workspace / "base"))
     trainer = SFTTrainer(
-        model=load_adapted(str(sft_workspace / "base"), task="causal_lm"),
+        model=load_adapted(str(sft_workspace / "base"), task="causal_lm", is_trainable=True),
         args=config,
         processing_class=tokenizer,
         train_dataset=datasets.Dataset.from_list(records),
@@ -207,7 +207,7 @@ def test_packed_rows_give_the_loss_of_trls_flattened_batch(sft_workspace, tmp_pa
         ["--output_dir", str(tmp_path / "p"), "--max_length", "48", "--packing", "true", "--report_to", "none"],
     )
     tokenizer = load_tokenizer(str(sft_workspace / "base"))
-    model = load_adapted(str(sft_workspace / "base"), task="causal_lm")
+    model = load_adapted(str(sft_workspace / "base"), task="causal_lm", is_trainable=True)
     trainer = SFTTrainer(
         model=model, args=config, processing_class=tokenizer, train_dataset=datasets.Dataset.from_list(records)
     )
