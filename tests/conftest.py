@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from tests.helpers.ppo_setup import build_models
 from tests.helpers.tiny import tiny_llama_config
@@ -98,7 +100,26 @@ def tiny_reward_model():
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory) -> dict:
-    """The tiny policy, reward model, prompts and demonstrations that PPO tests read and never write: built once per
-    test process (tests/helpers/ppo_setup.py, build_models)."""
-    return build_models(tmp_path_factory.mktemp("tiny_models"))
+def models(tmp_path_factory, worker_id) -> dict:
+    """The tiny policy, reward model, prompts and demonstrations that PPO tests read and never write
+    (tests/helpers/ppo_setup.py, build_models): built once per test session, whatever the number of workers."""
+    return built_once(tmp_path_factory, worker_id, "tiny_models", build_models)
+
+
+@pytest.fixture(scope="session")
+def models_64(tmp_path_factory, worker_id) -> dict:
+    """The same with hidden size 64: head_dim 32, the smallest vLLM's CPU attention runs."""
+    return built_once(tmp_path_factory, worker_id, "tiny_models_64", lambda root: build_models(root, hidden_size=64))
+
+
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> dict:
+    """build(root) -> paths, once per session: under xdist the workers share the session's base directory, and the
+    first to arrive builds while the others wait on the lock."""
+    if worker_id == "master":
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(f"{root}.lock"):
+        if not (root / "paths.json").exists():
+            paths = build(root)
+            (root / "paths.json").write_text(json.dumps(paths))
+    return json.loads((root / "paths.json").read_text())

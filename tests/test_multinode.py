@@ -14,7 +14,6 @@ from tests.helpers.ppo_setup import (
     PYTHON,
     REPO,
     assert_same_final_metrics,
-    build_models,
     stage_arguments,
     subprocess_env,
 )
@@ -39,11 +38,10 @@ def _ppo_arguments(models, tmp_path, name):
 
 
 @pytest.mark.slow
-def test_two_nodes_without_ssh_equal_one_node_with_two_processes(tmp_path):
+def test_two_nodes_without_ssh_equal_one_node_with_two_processes(tmp_path, models):
     from rlhf.ppo.tracking import read_metrics
     from rlhf.registry import Registry
 
-    models = build_models(tmp_path / "models")
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
     runner = [PYTHON, "-m", "deepspeed.launcher.runner"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.ppo_setup import build_models, reports_of_two_ranks, saved_weights
+from tests.helpers.ppo_setup import reports_of_two_ranks, saved_weights
 
 MAX_SHARE = 0.55  # half of each model, plus padding and ZeRO-3's persistent small parameters
 
@@ -30,11 +30,10 @@ def houlsby_reward_model(reward_dir: str, out_dir) -> str:
 
 
 @pytest.mark.slow
-def test_no_rank_holds_a_whole_model_and_streamed_saves_equal_whole_ones(tmp_path):
+def test_no_rank_holds_a_whole_model_and_streamed_saves_equal_whole_ones(tmp_path, models):
     from rlhf.adaptation.checkpoint import load_adapted
 
-    models = build_models(tmp_path / "models")
-    models["houlsby_reward"] = houlsby_reward_model(models["reward"], tmp_path / "models" / "houlsby_reward")
+    models = {**models, "houlsby_reward": houlsby_reward_model(models["reward"], tmp_path / "houlsby_reward")}
     (tmp_path / "models.json").write_text(json.dumps(models))
     reports, _ = reports_of_two_ranks("zero3_probe.py", tmp_path / "models.json", tmp_path / "out", tmp_path)
     for report in reports:

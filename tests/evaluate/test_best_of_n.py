@@ -9,7 +9,6 @@ import yaml
 
 from rlhf.evaluate.cli import build_parser, main, settings_from_run
 from rlhf.evaluate.overoptimisation import best_of_n_expectation, best_of_n_kl
-from tests.helpers.ppo_setup import build_models
 
 
 def _run_dir(root, ppo_settings: dict):
@@ -73,8 +72,7 @@ def test_missing_or_bad_settings_are_one_line_errors(argv, message, capsys):
 
 
 @pytest.mark.slow
-def test_best_of_n_on_a_run_samples_once_and_reads_every_n_off_the_same_samples(tmp_path, capsys):
-    models = build_models(tmp_path / "models")
+def test_best_of_n_on_a_run_samples_once_and_reads_every_n_off_the_same_samples(tmp_path, capsys, models):
     run = _run_dir(
         tmp_path,
         {

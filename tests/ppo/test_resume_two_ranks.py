@@ -17,7 +17,6 @@ from tests.helpers.ppo_setup import (
     PYTHON,
     REPO,
     assert_same_metric_rows,
-    build_models,
     killed_at_step_2_then_resumed,
     launch_two,
     stage_arguments,
@@ -35,10 +34,9 @@ COMMON = dict(max_steps=6, save_steps=2, eval_prompts=4, normalize_scores=True, 
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
+def straight_run(tmp_path_factory, models):
     """The models, and the output of an uninterrupted 2-process run of 6 steps."""
     root = tmp_path_factory.mktemp("two_ranks")
-    models = build_models(root / "models")
     straight = launch_two(stage_arguments(models, root / "straight", root / "reg1", **COMMON), root)
     output = straight.communicate()[0]
     assert straight.returncode == 0, output[-4000:]

@@ -168,7 +168,7 @@ def test_models_that_fail_the_check_are_named_in_one_line_per_reason_and_a_missi
 
 
 @pytest.mark.slow
-def test_the_ppo_stage_scores_and_trains_a_rollout_of_groups_behind_shared_prompts(tmp_path, capsys):
+def test_the_ppo_stage_scores_and_trains_a_rollout_of_groups_behind_shared_prompts(tmp_path, capsys, models):
     """The stage's own engines (ZeRO-0, a LoRA reference would be the actor) with samples_per_prompt 2: every
     model passes its check, and the rollout's log-probabilities, reference log-probabilities, values and scores
     equal those of one sequence per response; the update runs on the shared forwards."""
@@ -179,9 +179,8 @@ def test_the_ppo_stage_scores_and_trains_a_rollout_of_groups_behind_shared_promp
     from rlhf.shared_prompt.forward import OFF
     from rlhf.shared_prompt.layout import runs_of_equal_rows
     from rlhf.stages.ppo import PPORecipe, PPOStageConfig
-    from tests.helpers.ppo_setup import build_models, stage_arguments
+    from tests.helpers.ppo_setup import stage_arguments
 
-    models = build_models(tmp_path / "models")
     config = parse_config(
         PPOStageConfig,
         stage_arguments(models, tmp_path / "run", tmp_path / "registry", samples_per_prompt=2, forward_batch_size=3),

@@ -20,7 +20,6 @@ from tests.helpers.ppo_setup import (
     REPO,
     assert_same_final_metrics,
     assert_same_metric_rows,
-    build_models,
     build_reward_ensemble,
     deepspeed_launch,
     saved_weights,
@@ -29,11 +28,10 @@ from tests.helpers.ppo_setup import (
 
 
 @pytest.mark.slow
-def test_two_process_zero3_run_and_both_generation_paths_agree_and_equal_zero0(tmp_path):
+def test_two_process_zero3_run_and_both_generation_paths_agree_and_equal_zero0(tmp_path, models):
     from rlhf.ppo.tracking import read_metrics
 
-    models = build_models(tmp_path / "models")
-    ensemble = build_reward_ensemble(tmp_path / "models", models)
+    ensemble = build_reward_ensemble(tmp_path, models)
     zero3, inference = (str(REPO / "deepspeed_configs" / name) for name in ("zero3.json", "zero3_inference.json"))
     zero3_layout = dict(
         actor_deepspeed=zero3, critic_deepspeed=zero3, reference_deepspeed=inference, reward_deepspeed=inference

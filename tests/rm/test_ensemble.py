@@ -12,16 +12,17 @@ import torch
 
 from rlhf.rm.ensemble import ENSEMBLE_FILE, RewardEnsemble, averaged_state_dict, is_ensemble, member_dirs, members_of
 from rlhf.rm.evaluation import ensemble_spread, mean_rows, pearson
-from tests.helpers.ppo_setup import build_models, build_reward_ensemble
+from tests.helpers.ppo_setup import build_reward_ensemble
 
 OFFSETS = (0.5, -0.25)
 
 
 @pytest.fixture(scope="module")
-def ensemble(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("rm_ensemble")
-    paths = build_models(root)
-    return {**paths, "ensemble": build_reward_ensemble(root, paths, offsets=OFFSETS)}
+def ensemble(tmp_path_factory, models) -> dict:
+    return {
+        **models,
+        "ensemble": build_reward_ensemble(tmp_path_factory.mktemp("rm_ensemble"), models, offsets=OFFSETS),
+    }
 
 
 def test_the_weight_average_by_hand():

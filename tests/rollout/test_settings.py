@@ -36,14 +36,14 @@ def test_a_prompt_and_response_over_the_models_length_is_one_line():
         check_model_length(256, 32, 128)
 
 
-def test_the_stage_refuses_before_any_model_loads(tmp_path, monkeypatch, capsys):
+def test_the_stage_refuses_before_any_model_loads(tmp_path, monkeypatch, capsys, models_64):
     """The PPO stage's own path: vLLM missing, then a length the model cannot hold, each in one line (exit code 2)
     before any engine is built."""
     from rlhf.rollout import settings
     from rlhf.stages.ppo import main
-    from tests.helpers.ppo_setup import build_models, stage_arguments
+    from tests.helpers.ppo_setup import stage_arguments
 
-    models = build_models(tmp_path / "models", hidden_size=64)
+    models = models_64
     monkeypatch.setattr(settings, "CHECKOUT_VENV", tmp_path / "none")
     monkeypatch.delenv(settings.PYTHON_ENV, raising=False)
     monkeypatch.setattr("rlhf.ppo.engines.build_engines", None)  # reaching it would be a TypeError, not one line

@@ -14,7 +14,7 @@ import torch
 
 from rlhf.demo.task import corpus_words
 from tests.helpers.architectures import build_family_model, llama3_stop_ids
-from tests.helpers.ppo_setup import build_models, engines_for
+from tests.helpers.ppo_setup import engines_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -25,8 +25,9 @@ ROLLOUT = dict(max_prompt_length=40, max_new_tokens=8, actor_learning_rate=5e-2,
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory.mktemp("vllm_models"), hidden_size=64)
+def models(models_64):
+    """Every test here runs on the hidden-size-64 models."""
+    return models_64
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from tests.helpers.ppo_setup import REPO, assert_same_metric_rows, build_models, launch_two, stage_arguments
+from tests.helpers.ppo_setup import REPO, assert_same_metric_rows, launch_two, stage_arguments
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -42,10 +42,10 @@ def _run(models, output_dir, registry, tmp_path, **overrides) -> str:
     return output
 
 
-def test_two_ranks_under_zero3_sync_every_update_and_resume_as_the_uninterrupted_run(tmp_path):
+def test_two_ranks_under_zero3_sync_every_update_and_resume_as_the_uninterrupted_run(tmp_path, models_64):
     from rlhf.ppo.tracking import read_metrics
 
-    models = build_models(tmp_path / "models", hidden_size=64)
+    models = models_64
     _run(models, tmp_path / "straight", tmp_path / "reg1", tmp_path)
     expected = read_metrics(tmp_path / "straight")
     assert [row["step"] for row in expected] == [1, 2, 3, 4]
