@@ -16,6 +16,8 @@ from pathlib import Path
 
 
 def main(stage: str, step: int, ready_file: str, argv: list[str]) -> None:
+    # Ctrl-C as a terminal delivers it, even to a suite started in the background, where SIGINT comes in ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from transformers import TrainerCallback
 
     from rlhf.stages import rm, sft, trainer_run

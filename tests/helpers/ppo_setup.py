@@ -108,24 +108,27 @@ PYTHON = sys.executable
 TIMING_KEYS = {"time_generation", "time_scoring", "time_training", "tokens_per_second", "time_weight_sync"}
 
 
-def launch_two(argv: list[str], tmp_path: Path) -> subprocess.Popen:
-    """The PPO stage on 2 processes with `argv`, started and not waited for."""
+def two_process_command(*target: str, port: int | None = None) -> list[str]:
+    """The `deepspeed` command for 2 processes on this machine (`python -m deepspeed.launcher.runner`, found without
+    relying on PATH), running `target`: a script and its arguments, or --module and a stage's."""
     from rlhf.distributed import free_port
 
-    # `python -m deepspeed.launcher.runner` is the `deepspeed` command; its own session, so that a kill takes the
-    # launcher and both ranks at once, as a node failure would.
-    command = [
+    return [
         PYTHON,
         "-m",
         "deepspeed.launcher.runner",
         "--num_gpus",
         "2",
         "--master_port",
-        str(free_port()),
-        "--module",
-        "rlhf.stages.ppo",
-        *argv,
+        str(port or free_port()),
+        *target,
     ]
+
+
+def launch_two(argv: list[str], tmp_path: Path) -> subprocess.Popen:
+    """The PPO stage on 2 processes with `argv`, started and not waited for."""
+    # Its own session, so that a kill takes the launcher and both ranks at once, as a node failure would.
+    command = two_process_command("--module", "rlhf.stages.ppo", *argv)
     return subprocess.Popen(
         command,
         env=subprocess_env(tmp_path),
@@ -140,20 +143,8 @@ def launch_two(argv: list[str], tmp_path: Path) -> subprocess.Popen:
 def reports_of_two_ranks(probe: str, input_file: Path, out_dir: Path, tmp_path: Path) -> tuple[list[dict], str]:
     """Run tests/<probe> in 2 processes (the deepspeed launcher, gloo on CPU) on `input_file`; each rank writes
     out_dir/rank<N>.json. Returns both reports and the run's output."""
-    from rlhf.distributed import free_port
 
-    command = [
-        PYTHON,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(REPO / "tests" / "helpers" / probe),
-        str(input_file),
-        str(out_dir),
-    ]
+    command = two_process_command(str(REPO / "tests" / "helpers" / probe), str(input_file), str(out_dir))
     result = subprocess.run(
         command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -280,19 +271,7 @@ def scores_in_ppo(
 
 
 def deepspeed_launch(argv: list[str], tmp_path, port: int) -> subprocess.CompletedProcess:
-    # `python -m deepspeed.launcher.runner` is the `deepspeed` command, found without relying on PATH.
-    command = [
-        PYTHON,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(port),
-        "--module",
-        "rlhf.stages.ppo",
-        *argv,
-    ]
+    command = two_process_command("--module", "rlhf.stages.ppo", *argv, port=port)
     return subprocess.run(
         command, env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
     )

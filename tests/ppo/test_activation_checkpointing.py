@@ -12,6 +12,7 @@ from tests.helpers.ppo_setup import (
     run_in_process,
     scored_rollout,
     stage_arguments,
+    two_process_command,
 )
 
 
@@ -171,9 +172,8 @@ def test_gradient_checkpointing_trains_a_lora_actor_and_critic_under_two_process
     import json
     import subprocess
 
-    from rlhf.distributed import free_port
     from rlhf.ppo.tracking import read_metrics
-    from tests.helpers.ppo_setup import PYTHON, REPO, saved_weights, subprocess_env
+    from tests.helpers.ppo_setup import REPO, saved_weights, subprocess_env
 
     ds_config = json.loads((REPO / "deepspeed_configs" / "zero3.json").read_text())
     ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
@@ -198,18 +198,7 @@ def test_gradient_checkpointing_trains_a_lora_actor_and_critic_under_two_process
         reference_deepspeed=inference,
         reward_deepspeed=inference,
     )
-    command = [
-        PYTHON,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "--module",
-        "rlhf.stages.ppo",
-        *argv,
-    ]
+    command = two_process_command("--module", "rlhf.stages.ppo", *argv)
     result = subprocess.run(
         command, env=subprocess_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -11,16 +11,15 @@ import subprocess
 
 import pytest
 
-from rlhf.distributed import free_port
 from tests.helpers import full_disk_hook
 from tests.helpers.ppo_setup import (
-    PYTHON,
     REPO,
     assert_same_metric_rows,
     killed_at_step_2_then_resumed,
     launch_two,
     stage_arguments,
     subprocess_env,
+    two_process_command,
 )
 
 
@@ -78,18 +77,9 @@ def test_a_full_disk_on_one_rank_stops_every_rank_in_one_line_and_the_run_resume
         tmp_path, subprocess_env(tmp_path), inside=".step-4.saving", failing="rng_state_1", watching="rng_state_0"
     )
     run_dir = tmp_path / "full"
-    command = [
-        PYTHON,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "--module",
-        "rlhf.stages.ppo",
-        *stage_arguments(models, run_dir, tmp_path / "reg", **COMMON),
-    ]
+    command = two_process_command(
+        "--module", "rlhf.stages.ppo", *stage_arguments(models, run_dir, tmp_path / "reg", **COMMON)
+    )
     # No timeout: were rank 0 left waiting at a barrier, this would hang, and that is the failure it guards.
     failed = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     assert failed.returncode == 2, failed.stdout[-4000:]
