@@ -48,8 +48,7 @@ demo: setup
 	  $(PY) -m rlhf.pipeline --config configs/demo.yaml
 
 # Two pytest workers by default (TEST_WORKERS=0: one process): many tests run one single-thread process and would
-# leave the second core idle. --dist loadfile keeps a test file on one worker, so a module's fixtures build once;
-# the files with the most slow tests go first (tests/conftest.py), so no long file runs alone at the end.
+# leave the second core idle. --dist loadfile keeps a test file on one worker, so a module's fixtures build once.
 TEST_WORKERS ?= 2
 
 # One linter and one formatter over the whole tree (pyproject.toml, [tool.ruff]).
@@ -65,7 +64,7 @@ test:
 	@rm -f $(VLLM_VENV).failed
 	@($(MAKE) --no-print-directory vllm > $(VLLM_VENV).log 2>&1 || touch $(VLLM_VENV).failed) &
 	RLHF_VLLM_PYTHON=$(VLLM_PY) RLHF_VLLM_INSTALLING=$(VLLM_VENV) OMP_NUM_THREADS=$(TEST_THREADS) DS_ACCELERATOR=cpu \
-	  $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	  $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The tests that train nothing and start no process group: the math, data formats, configs and layout.
 test-fast: setup

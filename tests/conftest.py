@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -25,21 +24,6 @@ def pytest_configure(config):
     from transformers.utils import logging
 
     logging.get_logger("transformers")
-
-
-def pytest_collection_modifyitems(config, items):
-    """The files with the most slow tests first, each file's tests in their order; then the files that need vLLM's
-    virtualenv, which `make test` installs meanwhile; then the quick ones. Under `make test` (xdist, a file per
-    worker, --no-loadscope-reorder) the workers start on the long files and the many quick ones fill in at the end,
-    rather than one long file running alone after everything else."""
-    slow_tests_in = Counter(item.path for item in items if item.get_closest_marker("slow"))
-    needs_vllm = {item.path for item in items if item.get_closest_marker("vllm")}
-
-    def order(item):
-        group = 1 if item.path in needs_vllm else 0 if slow_tests_in[item.path] else 2
-        return group, -slow_tests_in[item.path]
-
-    items.sort(key=order)
 
 
 @pytest.hookimpl(tryfirst=True)
