@@ -57,13 +57,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test:
-	$(MAKE) --no-print-directory setup
+	@# The two virtualenvs install side by side: most of their time is waiting on downloads and unpacking.
+	$(MAKE) --no-print-directory -j2 setup vllm
 	$(MAKE) --no-print-directory lint
-	@# vLLM's virtualenv installs while the tests run (mostly downloads and unpacking); the tests marked vllm
-	@# wait for it (tests/conftest.py) and fail with its log if the install fails.
-	@rm -f $(VLLM_VENV).failed
-	@($(MAKE) --no-print-directory vllm > $(VLLM_VENV).log 2>&1 || touch $(VLLM_VENV).failed) &
-	RLHF_VLLM_PYTHON=$(VLLM_PY) RLHF_VLLM_INSTALLING=$(VLLM_VENV) OMP_NUM_THREADS=$(TEST_THREADS) DS_ACCELERATOR=cpu \
+	RLHF_VLLM_PYTHON=$(VLLM_PY) OMP_NUM_THREADS=$(TEST_THREADS) DS_ACCELERATOR=cpu \
 	  $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The tests that train nothing and start no process group: the math, data formats, configs and layout.

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,25 +22,6 @@ def pytest_configure(config):
     from transformers.utils import logging
 
     logging.get_logger("transformers")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    """`make test` installs vLLM's virtualenv while the tests run and names it in $RLHF_VLLM_INSTALLING: a test that
-    starts the engine waits for the install to finish (before its fixtures, which may start one)."""
-    venv = os.environ.get("RLHF_VLLM_INSTALLING")
-    if venv and item.get_closest_marker("vllm"):
-        wait_for_installed(Path(venv), timeout_s=1800)
-
-
-def wait_for_installed(venv: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not (venv / ".installed").exists():
-        if Path(f"{venv}.failed").exists():
-            pytest.fail(f"make vllm failed, so {venv} is not there: see {venv}.log")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{venv} was not installed within {timeout_s:.0f} s: see {venv}.log")
-        time.sleep(2)
 
 
 def _restore_environment_afterwards():
